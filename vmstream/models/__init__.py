@@ -1,0 +1,1 @@
+"""VideoMamba and its parts: pure PyTorch first, fused kernels optional."""

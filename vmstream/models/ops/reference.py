@@ -1,0 +1,116 @@
+"""Readable PyTorch references for the selective scan and the causal depthwise conv.
+
+These are the oracles every fast backend is tested against. Same math as mamba-ssm's
+`selective_scan_ref` and `causal_conv1d_ref`, with three differences that the recurrent
+(streaming) mode needs:
+
+* token-major layout: `u`, `delta`, `z` and the output are [B, L, D], `B` and `C` are
+  [B, L, N] (the layout `nn.Linear` produces, so the model never transposes);
+* an optional `initial_state` [B, D, N], and the final state returned;
+* `reverse=True` scans from the last token to the first, which equals flipping the
+  sequence, scanning and flipping back (the bidirectional block's backward direction).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    initial_state: Optional[Tensor] = None,
+    return_last_state: bool = False,
+    reverse: bool = False,
+):
+    """h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t ;  y_t = C_t·h_t + D u_t ;  out = y · silu(z).
+
+    Shapes: u, delta, z [B, L, D]; A [D, N]; B, C [B, L, N]; D, delta_bias [D];
+    initial_state [B, D, N]. Returns out [B, L, D] in u's dtype, and the last state
+    [B, D, N] (float32) when `return_last_state`. Differentiable (autograd through
+    the loop), including with respect to `initial_state`.
+    """
+    dtype_in = u.dtype
+    u = u.float()
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    Bsz, L, Dm = u.shape
+    N = A.shape[1]
+    A = A.float()
+    Bm = B.float()
+    Cm = C.float()
+    if initial_state is None:
+        h = u.new_zeros(Bsz, Dm, N)
+    else:
+        h = initial_state.float()
+    steps = range(L - 1, -1, -1) if reverse else range(L)
+    ys = [None] * L
+    for t in steps:
+        dA = torch.exp(delta[:, t, :, None] * A)  # [B, D, N]
+        dBu = (delta[:, t] * u[:, t])[:, :, None] * Bm[:, t, None, :]  # [B, D, N]
+        h = dA * h + dBu
+        ys[t] = torch.einsum("bdn,bn->bd", h, Cm[:, t])
+    y = torch.stack(ys, dim=1)  # [B, L, D]
+    if D is not None:
+        y = y + u * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    out = y.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+def causal_conv1d_ref(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    initial_tail: Optional[Tensor] = None,
+    activation: Optional[str] = None,
+    return_final_tail: bool = False,
+    reverse: bool = False,
+):
+    """Depthwise causal conv over the token axis of x [B, L, D] with weight [D, K].
+
+    `initial_tail` [B, D, K-1] holds the last K-1 inputs of the previous piece of the
+    sequence (zeros = the start of a sequence), so convolving a sequence in pieces equals
+    convolving it whole. The final tail (the last K-1 inputs, for the next piece) is
+    returned when `return_final_tail`. `reverse=True` is the anti-causal conv of the
+    flipped sequence: out = flip(conv(flip(x))).
+    """
+    if reverse:
+        out = causal_conv1d_ref(
+            x.flip(1), weight, bias, initial_tail, activation, return_final_tail, reverse=False
+        )
+        if return_final_tail:
+            return out[0].flip(1), out[1]
+        return out.flip(1)
+    Bsz, L, Dm = x.shape
+    K = weight.shape[-1]
+    w = weight.reshape(Dm, 1, K)
+    xt = x.transpose(1, 2)  # [B, D, L]
+    if initial_tail is None:
+        tail = xt.new_zeros(Bsz, Dm, K - 1)
+    else:
+        tail = initial_tail.to(xt.dtype)
+    xp = torch.cat([tail, xt], dim=2)  # [B, D, K-1+L]
+    out = F.conv1d(xp, w, bias, groups=Dm)  # [B, D, L]
+    if activation in ("silu", "swish"):
+        out = F.silu(out)
+    elif activation is not None:
+        raise ValueError(f"unsupported activation {activation!r} (silu or None)")
+    out = out.transpose(1, 2)
+    if return_final_tail:
+        return out, xp[:, :, xp.shape[2] - (K - 1):]
+    return out

@@ -1,0 +1,1 @@
+"""Config, the runner that wires stages with bounded queues, the Kafka worker, the CLI."""

@@ -1,0 +1,1 @@
+"""Offline training: datasets, samplers, augmentation, recipes, engine."""
