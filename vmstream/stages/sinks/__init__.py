@@ -1,0 +1,4 @@
+"""Where results go: Parquet, the FAISS store, the console timeline, Kafka."""
+from .base import Sink, SinkRecord
+
+__all__ = ["Sink", "SinkRecord"]
