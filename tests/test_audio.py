@@ -1,0 +1,250 @@
+"""Per-segment log-mel audio features (vmstream.stages.audio), on real encoded files
+made here with ffmpeg: sine tones at known frequencies, with and without an audio track,
+audio shorter than the video, a long track for the memory bound."""
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+
+import av
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from vmstream.records import Segment
+from vmstream.stages.audio import (
+    AudioConfig,
+    AudioFeatures,
+    LogMelStream,
+    has_audio_track,
+    reference_logmel_summary,
+    segment_audio_summaries,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI to make test media")
+
+CFG = AudioConfig()
+# 480 Hz and 2400 Hz sit exactly on STFT bins (16000 / 400 = 40 Hz apart).
+LOW, HIGH = 480.0, 2400.0
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def _tone_expr(switch_at: float) -> str:
+    return f"0.5*sin(2*PI*if(lt(t,{switch_at}),{LOW},{HIGH})*t)"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("audio_media")
+    files = {}
+    # H.264 + AAC stereo 44.1 kHz: 480 Hz for 2 s, then 2400 Hz for 2 s.
+    files["mp4"] = d / "tones.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=4",
+            "-f", "lavfi", "-i", f"aevalsrc='{_tone_expr(2)}':s=44100:d=4",
+            "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-ac", "2", str(files["mp4"]))
+    # VP9 + Opus 48 kHz mono, same tones.
+    files["webm"] = d / "tones.webm"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=4",
+            "-f", "lavfi", "-i", f"aevalsrc='{_tone_expr(2)}':s=48000:d=4",
+            "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus", str(files["webm"]))
+    # Video only.
+    files["silent"] = d / "noaudio.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=2",
+            "-c:v", "libx264", "-preset", "ultrafast", str(files["silent"]))
+    # 4 s of video, 2 s of audio (480 Hz).
+    files["short_audio"] = d / "short_audio.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=4",
+            "-f", "lavfi", "-i", f"sine=frequency={LOW}:sample_rate=44100:duration=2",
+            "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(files["short_audio"]))
+    # 120 s of audio only, the tone switching every 10 s: memory bound and seeking.
+    files["long"] = d / "long.m4a"
+    _ffmpeg("-f", "lavfi", "-i",
+            f"aevalsrc='0.5*sin(2*PI*if(lt(mod(t,20),10),{LOW},{HIGH})*t)':s=16000:d=120",
+            "-c:a", "aac", "-b:a", "48k", str(files["long"]))
+    return files
+
+
+def _decode_all(path) -> tuple[np.ndarray, float]:
+    """The whole track at 16 kHz mono with the time of its first sample (reference only)."""
+    with av.open(str(path)) as c:
+        r = av.AudioResampler(format="flt", layout="mono", rate=CFG.sample_rate)
+        out, t0 = [], None
+        for f in c.decode(c.streams.audio[0]):
+            for o in r.resample(f):
+                t0 = o.time if t0 is None else t0
+                out.append(o.to_ndarray().reshape(-1))
+        for o in r.resample(None):
+            out.append(o.to_ndarray().reshape(-1))
+    return np.concatenate(out), float(t0)
+
+
+def _expected_bin(freq: float, cfg: AudioConfig = CFG) -> int:
+    fb = torchaudio.functional.melscale_fbanks(
+        cfg.n_fft // 2 + 1, cfg.f_min, cfg.sample_rate / 2, cfg.n_mels, cfg.sample_rate)
+    return int(fb[int(round(freq / (cfg.sample_rate / cfg.n_fft)))].argmax())
+
+
+def _segments(uri, spans):
+    return [Segment(stream_id="s", index=i, t_start=a, t_end=b, pixels=torch.zeros(3, 1, 8, 8), uri=str(uri))
+            for i, (a, b) in enumerate(spans)]
+
+
+def test_torch_torchaudio_pair_and_melspectrogram():
+    # Released in lockstep: a mismatched pair fails at import or in its C++ ops.
+    assert torch.__version__.split("+")[0] == torchaudio.__version__.split("+")[0]
+    x = torch.sin(2 * torch.pi * 1000 * torch.arange(16000) / 16000)
+    spec = CFG.mel_transform()(x)
+    assert spec.shape == (64, 1 + (16000 - 400) // 160)
+    assert torch.isfinite(spec).all()
+    assert int(spec.mean(1).argmax()) == _expected_bin(1000)
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm"])
+def test_tone_lights_the_right_mel_bin(media, kind):
+    segs = list(AudioFeatures()(_segments(media[kind], [(0.2, 1.8), (2.2, 3.8)])))
+    lo, hi = (s.audio for s in segs)
+    for feat, freq in ((lo, LOW), (hi, HIGH)):
+        assert feat.shape == (CFG.dim,) and feat.dtype == np.float32
+        mean, std = feat[: CFG.n_mels], feat[CFG.n_mels :]
+        assert abs(int(mean.argmax()) - _expected_bin(freq)) <= 1, (freq, int(mean.argmax()))
+        # A steady tone: its own bin is far above the floor and barely moves over time.
+        assert mean.max() - np.median(mean) > 8.0
+        assert std[mean.argmax()] < 0.5
+    assert _expected_bin(HIGH) - _expected_bin(LOW) > 10
+
+
+def test_tone_change_is_placed_in_time(media):
+    """The switch at 2.0 s shows up in the segment straddling it, not a neighbour: the
+    audio timeline is aligned with the container's."""
+    spans = [(1.0, 1.95), (1.95, 2.05), (2.05, 3.0)]
+    a, b, c = segment_audio_summaries(str(media["mp4"]), spans)
+    lo, hi = _expected_bin(LOW), _expected_bin(HIGH)
+    assert a[lo] > a[hi] + 5 and c[hi] > c[lo] + 5
+    assert b[lo] > a[hi] + 3 and b[hi] > c[lo] + 3  # both tones inside the straddling span
+    assert b[CFG.n_mels + lo] > 1.0  # and its std shows the change
+
+
+def test_stage_matches_whole_track_reference(media):
+    """The incremental stage (blocks of PCM, frames dropped as segments pass) equals the
+    readable reference that takes the mel of the whole decoded track at once."""
+    spans = [(0.0, 0.5), (0.5, 1.337), (1.337, 1.337), (1.9, 2.6), (2.6, 3.95), (3.95, 6.0)]
+    got = segment_audio_summaries(str(media["mp4"]), spans, AudioConfig(block_seconds=0.3))
+    samples, t0 = _decode_all(media["mp4"])
+    want = reference_logmel_summary(samples, t0, spans)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_logmelstream_is_chunking_invariant():
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * CFG.sample_rate) / CFG.sample_rate
+    x = (0.3 * np.sin(2 * np.pi * 700 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    spans = [(0.0, 1.0), (0.8, 2.2), (2.2, 2.2), (2.5, 3.5)]
+    want = reference_logmel_summary(x, 5.0, [(a + 5.0, b + 5.0) for a, b in spans])
+    s = LogMelStream(AudioConfig(block_seconds=0.25))
+    pos, first = 0, True
+    while pos < x.size:
+        n = int(rng.integers(1, 3000))
+        s.push(x[pos : pos + n], 5.0 if first else None)
+        first, pos = False, pos + n
+    s.finish()
+    for (a, b), w in zip(spans, want):
+        np.testing.assert_allclose(s.summary(a + 5.0, b + 5.0), w, rtol=1e-5, atol=1e-5)
+
+
+def test_logmelstream_gap_starts_a_new_grid():
+    x = np.sin(2 * np.pi * 480 * np.arange(16000) / 16000).astype(np.float32)
+    s = LogMelStream()
+    s.push(x, 0.0)  # [0, 1) s
+    s.push(x, 3.0)  # [3, 4) s: a 2 s hole
+    s.finish()
+    assert s.summary(1.3, 2.7) is None
+    np.testing.assert_allclose(s.summary(3.0, 4.0), reference_logmel_summary(x, 3.0, [(3.0, 4.0)])[0], atol=1e-5)
+
+
+def test_no_audio_track_passes_through_with_one_log_line(media, caplog):
+    assert not has_audio_track(str(media["silent"]))
+    segs_in = _segments(media["silent"], [(0.0, 1.0), (1.0, 2.0)])
+    with caplog.at_level(logging.INFO, logger="vmstream.stages.audio"):
+        segs = list(AudioFeatures()(segs_in))
+    assert [s.index for s in segs] == [0, 1] and all(s.audio is None for s in segs)
+    lines = [r for r in caplog.records if "no audio track" in r.getMessage()]
+    assert len(lines) == 1 and str(media["silent"]) in lines[0].getMessage()
+
+
+def test_span_past_the_end_of_audio(media):
+    stage = AudioFeatures()
+    spans = [(0.5, 1.5), (1.5, 2.5), (2.6, 3.5), (3.5, 3.9)]
+    out = [s.audio for s in stage(_segments(media["short_audio"], spans))]
+    assert out[0] is not None and out[1] is not None  # the second one covers audio in part
+    assert out[2] is None and out[3] is None
+    assert stage.stats["segments_without_audio"] == 2
+    samples, t0 = _decode_all(media["short_audio"])
+    np.testing.assert_allclose(out[1], reference_logmel_summary(samples, t0, [(1.5, 2.5)])[0], atol=1e-4)
+
+
+def test_memory_stays_flat_on_a_long_track(media):
+    stage = AudioFeatures()
+    spans = [(2.0 * i, 2.0 * i + 2.0) for i in range(60)]
+    out = [s.audio for s in stage(_segments(media["long"], spans))]
+    assert all(o is not None for o in out)
+    # One segment span plus one PCM block plus a little slack, not 120 s.
+    assert stage.stats["peak_buffered_seconds"] < 2.0 + CFG.block_seconds + 1.0
+    # Tone switches every 10 s: segment i is low when (2i mod 20) < 10.
+    lo, hi = _expected_bin(LOW), _expected_bin(HIGH)
+    for i, o in enumerate(out):
+        assert (o[lo] > o[hi]) == ((2 * i) % 20 < 10), i
+
+
+def test_jumps_and_out_of_order_segments_seek(media):
+    spans = [(1.0, 3.0), (75.0, 77.0), (12.0, 14.0), (116.0, 118.0)]
+    stage = AudioFeatures()
+    got = [s.audio for s in stage(_segments(media["long"], spans))]
+    assert stage.stats["seeks"] >= 2
+    samples, t0 = _decode_all(media["long"])
+    want = reference_logmel_summary(samples, t0, spans)
+    for g, w in zip(got, want):
+        # After a seek the frame grid restarts at a packet boundary (frames shifted by
+        # under one hop) and the AAC decoder warms up again: the same sound, with the
+        # near-silent bins (log floor ~ -13.8) free to wander a little.
+        g, w = g[: CFG.n_mels], w[: CFG.n_mels]
+        loud = w > -8
+        assert loud.sum() >= 2 and g.argmax() == w.argmax()
+        np.testing.assert_allclose(g[loud], w[loud], atol=0.05)
+
+
+def test_bad_config_is_rejected_with_the_field_named():
+    with pytest.raises(ValueError, match="n_mels"):
+        AudioConfig(n_mels=0)
+    with pytest.raises(ValueError, match="hop_length"):
+        AudioConfig(hop_length=500)
+    with pytest.raises(ValueError, match="f_max"):
+        AudioConfig(f_max=9000)
+
+
+def test_unreadable_or_remote_sources_leave_audio_none(tmp_path, caplog):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    with caplog.at_level(logging.INFO, logger="vmstream.stages.audio"):
+        a = list(AudioFeatures()(_segments(junk, [(0.0, 1.0)])))
+        b = list(AudioFeatures()(_segments("rtsp://127.0.0.1:1/cam", [(0.0, 1.0)])))
+    assert a[0].audio is None and b[0].audio is None
+    assert any(str(junk) in r.getMessage() for r in caplog.records)
+    assert any("rtsp://127.0.0.1:1/cam" in r.getMessage() for r in caplog.records)
+
+
+def test_truncated_file_keeps_what_decodes(media, tmp_path):
+    whole = media["webm"].read_bytes()
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(whole[: len(whole) // 2])
+    stage = AudioFeatures()
+    out = [s.audio for s in stage(_segments(cut, [(0.2, 1.0), (3.6, 3.9)]))]
+    assert out[0] is not None and abs(int(out[0][: CFG.n_mels].argmax()) - _expected_bin(LOW)) <= 1
+    assert out[1] is None  # the cut took the end of the track with it

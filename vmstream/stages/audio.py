@@ -1,0 +1,477 @@
+"""Per-segment audio features: a log-mel summary of each segment's time span.
+
+For one stream, `AudioFeatures` takes the Segments the segmenter made and gives back the
+same Segments with `Segment.audio` set to float32 ``[2 * n_mels]``: the mean, then the
+standard deviation, over time of the log-mel spectrogram frames whose centres fall in
+``[t_start, t_end)``. The audio is decoded with PyAV (its own demuxer on the same file),
+resampled to a fixed rate, mono, and turned into mel frames incrementally on one fixed
+frame grid, so an hour-long file costs constant memory and the result does not depend on
+how the stream is cut into segments or how the PCM arrives in chunks.
+
+Conventions (what the sinks will see):
+
+- A segment with no audio in its span (past the end of the audio track, inside a gap of
+  it, or a file without an audio track) gets ``audio=None``, not zeros: zeros are a real
+  log-mel value (an amplitude of 1) and would read as a loud, flat sound. None becomes a
+  null in Parquet / Kafka.
+- A segment whose span covers audio only in part is summarised over the part it covers.
+- A span shorter than one hop (a one-frame segment has ``t_end == t_start``) is given the
+  single mel frame whose centre is nearest the span's midpoint, if that frame's window
+  overlaps the span.
+- Features are natural-log mel power: ``log(mel + log_offset)``.
+
+`LogMelStream` is the incremental core, independent of where the PCM comes from: a live
+decoder that already demuxes the audio packets can feed it directly (`push`) instead of
+opening a second connection. `reference_logmel_summary` is the readable whole-signal
+version the tests hold the incremental one to.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torchaudio
+
+from vmstream.records import Segment
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AudioConfig",
+    "AudioFeatures",
+    "LogMelStream",
+    "PyAVAudioReader",
+    "has_audio_track",
+    "reference_logmel_summary",
+    "segment_audio_summaries",
+]
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How audio is turned into per-segment features. Defaults: 16 kHz mono, 25 ms
+    windows every 10 ms, 64 mel bins (the usual audio-event front end)."""
+
+    sample_rate: int = 16000
+    n_mels: int = 64
+    n_fft: int = 400
+    hop_length: int = 160
+    f_min: float = 0.0
+    f_max: Optional[float] = None  # None: sample_rate / 2
+    log_offset: float = 1e-6
+    # PCM is turned into mel frames in blocks of about this much audio: big enough to
+    # amortise the STFT call, small enough to keep memory flat.
+    block_seconds: float = 2.0
+    # A jump ahead larger than this (sparse segments) seeks instead of decoding through.
+    seek_ahead_seconds: float = 30.0
+    # Timestamp disagreement (container pts vs. samples counted) that counts as a break
+    # in the audio; smaller differences are pts rounding (e.g. 1 ms time bases).
+    discontinuity_seconds: float = 0.1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sample_rate <= 0:
+            problems.append(f"sample_rate={self.sample_rate} must be > 0")
+        if self.n_mels < 1:
+            problems.append(f"n_mels={self.n_mels} must be >= 1")
+        if self.n_fft < 2:
+            problems.append(f"n_fft={self.n_fft} must be >= 2")
+        if not 0 < self.hop_length <= self.n_fft:
+            problems.append(f"hop_length={self.hop_length} must be in (0, n_fft={self.n_fft}]")
+        f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
+        if not 0 <= self.f_min < f_max <= self.sample_rate / 2:
+            problems.append(
+                f"need 0 <= f_min ({self.f_min}) < f_max ({f_max}) <= sample_rate/2 ({self.sample_rate / 2})"
+            )
+        if self.log_offset <= 0:
+            problems.append(f"log_offset={self.log_offset} must be > 0")
+        if self.block_seconds <= 0 or self.seek_ahead_seconds <= 0 or self.discontinuity_seconds <= 0:
+            problems.append("block_seconds, seek_ahead_seconds, discontinuity_seconds must be > 0")
+        if problems:
+            raise ValueError("bad AudioConfig: " + "; ".join(problems))
+
+    @property
+    def dim(self) -> int:
+        """Length of `Segment.audio`: mean then std of each mel bin."""
+        return 2 * self.n_mels
+
+    @property
+    def half_window(self) -> float:
+        return self.n_fft / (2 * self.sample_rate)
+
+    def mel_transform(self) -> torchaudio.transforms.MelSpectrogram:
+        # center=False: frames sit on one grid anchored at the first sample, so a frame
+        # never depends on where a block of PCM was cut (no per-block reflect padding).
+        return torchaudio.transforms.MelSpectrogram(
+            sample_rate=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+            f_min=self.f_min,
+            f_max=self.f_max,
+            power=2.0,
+            center=False,
+        )
+
+
+def _log_mel(mel: torchaudio.transforms.MelSpectrogram, samples: np.ndarray, offset: float) -> np.ndarray:
+    """log-mel rows [F, n_mels] of every complete window of `samples` (center=False)."""
+    with torch.no_grad():
+        spec = mel(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)))
+        return torch.log(spec + offset).T.contiguous().numpy()
+
+
+def _summarise(centers: np.ndarray, rows: np.ndarray, t_start: float, t_end: float, half_window: float) -> Optional[np.ndarray]:
+    """Mean and std of the rows whose centre is in [t_start, t_end), with the short-span
+    and no-audio conventions of the module docstring."""
+    if len(centers) == 0:
+        return None
+    sel = (centers >= t_start) & (centers < t_end)
+    if sel.any():
+        x = rows[sel].astype(np.float64)
+    else:
+        mid = 0.5 * (t_start + t_end)
+        k = int(np.argmin(np.abs(centers - mid)))
+        # The window of frame k is [c - hw, c + hw); it must overlap the span.
+        if centers[k] + half_window <= t_start or centers[k] - half_window > max(t_end, t_start):
+            return None
+        x = rows[k : k + 1].astype(np.float64)
+    return np.concatenate([x.mean(axis=0), x.std(axis=0)]).astype(np.float32)
+
+
+def reference_logmel_summary(
+    samples: np.ndarray, t0: float, spans: Sequence[tuple[float, float]], config: AudioConfig = AudioConfig()
+) -> list[Optional[np.ndarray]]:
+    """The readable reference: mel of the whole mono signal at once (sample i at time
+    t0 + i / sample_rate), then one summary per (t_start, t_end) span."""
+    cfg = config
+    rows = _log_mel(cfg.mel_transform(), samples, cfg.log_offset) if len(samples) >= cfg.n_fft else np.zeros((0, cfg.n_mels), np.float32)
+    centers = t0 + (np.arange(len(rows)) * cfg.hop_length + cfg.n_fft / 2) / cfg.sample_rate
+    return [_summarise(centers, rows, a, b, cfg.half_window) for a, b in spans]
+
+
+class _Grid:
+    """One unbroken run of PCM: sample i is at t0 + i / sr. Turns complete windows into
+    mel frames and keeps only the samples the next window still needs."""
+
+    def __init__(self, t0: float, cfg: AudioConfig):
+        self.t0 = t0
+        self.cfg = cfg
+        self.pending: list[np.ndarray] = []
+        self.pending_len = 0
+        self.consumed = 0  # samples dropped from the front (always a multiple of hop)
+        self.next_frame = 0
+
+    @property
+    def samples_seen(self) -> int:
+        return self.consumed + self.pending_len
+
+    def end_time(self) -> float:
+        return self.t0 + self.samples_seen / self.cfg.sample_rate
+
+    def next_center(self) -> float:
+        c = self.cfg
+        return self.t0 + (self.next_frame * c.hop_length + c.n_fft / 2) / c.sample_rate
+
+    def push(self, x: np.ndarray) -> None:
+        if len(x):
+            self.pending.append(x)
+            self.pending_len += len(x)
+
+    def frames(self, mel) -> tuple[np.ndarray, np.ndarray]:
+        c = self.cfg
+        if self.pending_len < c.n_fft:
+            return np.zeros(0), np.zeros((0, c.n_mels), np.float32)
+        buf = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        n = 1 + (len(buf) - c.n_fft) // c.hop_length
+        rows = _log_mel(mel, buf[: (n - 1) * c.hop_length + c.n_fft], c.log_offset)
+        centers = self.t0 + ((self.next_frame + np.arange(n)) * c.hop_length + c.n_fft / 2) / c.sample_rate
+        rest = buf[n * c.hop_length :]
+        self.pending = [rest] if len(rest) else []
+        self.pending_len = len(rest)
+        self.consumed += n * c.hop_length
+        self.next_frame += n
+        return centers, rows
+
+
+class LogMelStream:
+    """Incremental log-mel frames of one audio stream, kept only as long as asked.
+
+    `push(samples, t)` appends mono float32 PCM at `config.sample_rate`; `t` is the time of
+    its first sample (None: right after the previous chunk). A `t` that disagrees with the
+    running sample count by more than `discontinuity_seconds` starts a new frame grid
+    (a gap or a jump in the audio). `summary(t_start, t_end)` needs every frame whose
+    centre is before `t_end`: call it once `ready(t_end)` or after `finish()`.
+    `discard_before(t)` drops frames a caller will not ask for again.
+    """
+
+    def __init__(self, config: AudioConfig = AudioConfig()):
+        self.cfg = config
+        self._mel = config.mel_transform()
+        self._grid: Optional[_Grid] = None
+        self._centers: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+        self.finished = False
+        self.peak_buffered_seconds = 0.0  # frames + pending PCM held at once, for tests/stats
+
+    # -- feeding --------------------------------------------------------------------
+    def push(self, samples: np.ndarray, t: Optional[float] = None) -> None:
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        g = self._grid
+        if g is None or (t is not None and abs(t - g.end_time()) > self.cfg.discontinuity_seconds):
+            if g is not None:
+                self._collect(g)
+            if t is None:
+                t = 0.0 if g is None else g.end_time()
+            self._grid = g = _Grid(float(t), self.cfg)
+        g.push(x)
+        if g.pending_len >= self.cfg.block_seconds * self.cfg.sample_rate:
+            self._collect(g)
+        self._track_peak()
+
+    def finish(self) -> None:
+        """No more audio: every frame that can exist does now."""
+        if self._grid is not None:
+            self._collect(self._grid)
+        self.finished = True
+
+    def reset(self) -> None:
+        """Forget everything (after a seek)."""
+        self._grid = None
+        self._centers.clear()
+        self._rows.clear()
+        self.finished = False
+
+    # -- asking ---------------------------------------------------------------------
+    def ready(self, t_end: float) -> bool:
+        """True if every frame with centre < t_end is known (more audio would not change
+        the summary of a span ending at t_end)."""
+        if self.finished:
+            return True
+        g = self._grid
+        if g is None:
+            return False
+        # Frames of the current grid with centre < t_end are computable once the samples
+        # up to that window's end have arrived.
+        return g.end_time() >= t_end + self.cfg.half_window
+
+    def covered_until(self) -> float:
+        """End time of the audio pushed so far (-inf before any)."""
+        return -math.inf if self._grid is None else self._grid.end_time()
+
+    def earliest(self) -> float:
+        """Centre of the oldest frame still held (or of the next one to come)."""
+        for c in self._centers:
+            if len(c):
+                return float(c[0])
+        return math.inf if self._grid is None else self._grid.next_center()
+
+    def summary(self, t_start: float, t_end: float) -> Optional[np.ndarray]:
+        if self._grid is not None:
+            self._collect(self._grid)
+        if not self._centers:
+            return None
+        centers = np.concatenate(self._centers)
+        rows = np.concatenate(self._rows)
+        return _summarise(centers, rows, t_start, t_end, self.cfg.half_window)
+
+    def discard_before(self, t: float) -> None:
+        keep_c, keep_r = [], []
+        for c, r in zip(self._centers, self._rows):
+            if len(c) and c[-1] < t:
+                continue
+            sel = c >= t
+            keep_c.append(c[sel])
+            keep_r.append(r[sel])
+        self._centers, self._rows = keep_c, keep_r
+
+    # -- internals --------------------------------------------------------------------
+    def _collect(self, g: _Grid) -> None:
+        centers, rows = g.frames(self._mel)
+        if len(centers):
+            self._centers.append(centers)
+            self._rows.append(rows)
+
+    def _track_peak(self) -> None:
+        held = sum(len(c) for c in self._centers) * self.cfg.hop_length
+        if self._grid is not None:
+            held += self._grid.pending_len
+        self.peak_buffered_seconds = max(self.peak_buffered_seconds, held / self.cfg.sample_rate)
+
+
+def _is_local(uri: str) -> bool:
+    if os.path.exists(uri):
+        return True
+    scheme = urlparse(uri).scheme
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
+
+
+def has_audio_track(uri: str) -> bool:
+    """True if the container at `uri` has at least one audio stream."""
+    import av
+
+    with av.open(uri) as c:
+        return len(c.streams.audio) > 0
+
+
+class PyAVAudioReader:
+    """Mono float32 PCM at a fixed rate from the first audio stream of a file, decoded
+    lazily packet by packet (never the whole track). Broken packets are counted and
+    skipped."""
+
+    def __init__(self, uri: str, sample_rate: int):
+        import av
+
+        self.uri = uri
+        self.sample_rate = sample_rate
+        self.broken_packets = 0
+        self._av = av
+        self.container = av.open(uri)
+        if not self.container.streams.audio:
+            self.container.close()
+            raise LookupError(f"{uri}: no audio track")
+        self.stream = self.container.streams.audio[0]
+        self.codec = self.stream.codec_context.name
+
+    def close(self) -> None:
+        self.container.close()
+
+    def chunks(self, start: Optional[float] = None) -> Iterator[tuple[np.ndarray, Optional[float]]]:
+        """(samples, time of the first sample) until the end of the track; from the
+        keyframe at or before `start` if given (earlier samples may come too)."""
+        av = self._av
+        if start is not None:
+            target = max(0.0, float(start))
+            self.container.seek(int(target / self.stream.time_base), stream=self.stream, backward=True, any_frame=False)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
+        for packet in self.container.demux(self.stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as e:
+                self.broken_packets += 1
+                log.debug("%s: broken audio packet at pts %s: %s", self.uri, packet.pts, e)
+                continue
+            for frame in frames:
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().reshape(-1), out.time
+        for out in resampler.resample(None):
+            yield out.to_ndarray().reshape(-1), out.time
+
+
+class AudioFeatures:
+    """The audio stage: Segments of one stream in, the same Segments out with `audio` set.
+
+        stage = AudioFeatures(AudioConfig(n_mels=64))
+        for seg in stage(segments):          # uri taken from the segments' `uri`
+            ...
+
+    Reads the stream's file once, front to back, just far enough ahead to summarise the
+    segment at hand (memory: the PCM block being turned into frames plus the mel frames
+    from the current segment's start on, 25.6 kB per second of span at 64 mels). It
+    seeks only for a jump ahead of more than `seek_ahead_seconds` or a segment that starts
+    before frames it already dropped (segments are expected in time order).
+    A file without an audio track, a URL that is not a local file (live feeds: feed
+    `LogMelStream` from the decoder's own demuxer instead), or an audio track that cannot
+    be opened: the segments pass through with audio None and one log line; audio never
+    fails a stream. `stats` describes the last stream.
+    """
+
+    def __init__(self, config: AudioConfig = AudioConfig()):
+        self.config = config
+        self.stats: dict = {}
+
+    def __call__(self, segments: Iterable[Segment], uri: Optional[str] = None) -> Iterator[Segment]:
+        it = iter(segments)
+        first = next(it, None)
+        if first is None:
+            return
+        uri = uri or first.uri
+        self.stats = {"uri": uri, "audio": False, "segments": 0, "segments_without_audio": 0,
+                      "broken_packets": 0, "seeks": 0, "peak_buffered_seconds": 0.0}
+        reader = self._open(uri)
+        if reader is None:
+            yield first
+            yield from it
+            return
+        self.stats["audio"] = True
+        try:
+            yield from self._run(reader, _chain(first, it))
+        finally:
+            self.stats["broken_packets"] = reader.broken_packets
+            reader.close()
+            if reader.broken_packets:
+                log.warning("%s: %d broken audio packets skipped", uri, reader.broken_packets)
+
+    def _open(self, uri: str) -> Optional[PyAVAudioReader]:
+        if not uri:
+            log.warning("audio: segments carry no uri; audio stays None")
+            return None
+        if not _is_local(uri):
+            log.info("%s: audio features are read from local files only; audio stays None", uri)
+            return None
+        try:
+            return PyAVAudioReader(uri, self.config.sample_rate)
+        except LookupError:
+            log.info("%s: no audio track; audio stays None", uri)
+        except Exception as e:  # the video may still be fine: never fail the stream for audio
+            log.warning("%s: cannot open the audio track (%s: %s); audio stays None", uri, type(e).__name__, e)
+        return None
+
+    def _run(self, reader: PyAVAudioReader, segments: Iterator[Segment]) -> Iterator[Segment]:
+        cfg = self.config
+        mel = LogMelStream(cfg)
+        chunks = reader.chunks()
+        dropped_until = -math.inf  # frames centred before this were discarded
+        for seg in segments:
+            t0 = float(seg.t_start)
+            t1 = max(float(seg.t_end), t0)
+            # Earliest frame centre this span may use (its nearest-frame rule included).
+            need_from = min(t0, 0.5 * (t0 + t1)) - cfg.half_window
+            far_ahead = need_from - max(mel.covered_until(), 0.0) > cfg.seek_ahead_seconds and not mel.finished
+            behind = need_from < dropped_until
+            if far_ahead or behind:
+                self.stats["seeks"] += 1
+                mel.reset()
+                chunks.close()
+                chunks = reader.chunks(start=need_from - cfg.half_window)
+                dropped_until = -math.inf
+            try:
+                while not mel.ready(t1):
+                    try:
+                        x, t = next(chunks)
+                    except StopIteration:
+                        mel.finish()
+                        break
+                    mel.push(x, t)
+                seg.audio = mel.summary(t0, t1)
+            except Exception as e:  # a decode/summary failure loses audio, never the segment
+                log.warning("%s: audio of segment %s failed (%s: %s); audio stays None",
+                            reader.uri, seg.index, type(e).__name__, e)
+                seg.audio = None
+            keep_from = need_from - cfg.hop_length / cfg.sample_rate
+            mel.discard_before(keep_from)
+            dropped_until = max(dropped_until, keep_from)
+            self.stats["segments"] += 1
+            if seg.audio is None:
+                self.stats["segments_without_audio"] += 1
+            self.stats["peak_buffered_seconds"] = mel.peak_buffered_seconds
+            yield seg
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def segment_audio_summaries(
+    uri: str, spans: Sequence[tuple[float, float]], config: AudioConfig = AudioConfig()
+) -> list[Optional[np.ndarray]]:
+    """Summaries for (t_start, t_end) spans of one file, without a segmenter (tools, tests)."""
+    segs = [Segment(stream_id=uri, index=i, t_start=a, t_end=b, pixels=None, uri=uri) for i, (a, b) in enumerate(spans)]
+    return [s.audio for s in AudioFeatures(config)(segs)]
