@@ -1,0 +1,355 @@
+"""Parquet output: segments, events and summaries, each a directory of part files.
+
+Layout under the sink's directory (every file readable by pandas/pyarrow/duckdb alone):
+
+    OUT/segments/part-000000012-1a2b3c.parquet   one row per segment, SEGMENT_SCHEMA
+    OUT/events/part-*.parquet                    gaps, errors, ends, EVENT_SCHEMA
+    OUT/summaries/part-*.parquet                 one row per finished stream, SUMMARY_SCHEMA
+
+    pandas.read_parquet("OUT/segments")   or   duckdb: SELECT * FROM 'OUT/segments/*.parquet'
+
+Why a directory of parts: a Parquet file is unreadable until its footer is written, so
+one growing file would lose everything in a crash. Here every row group is its own small
+file, written aside and renamed into place when it closes (`flush`, every
+`row_group_rows` rows, or `max_delay_s` after its first row so a slow live stream does
+not hold rows for long). A crash (even SIGKILL) loses at most the open row group.
+
+Upsert: a resumed run produces the segments since its last snapshot again, with the
+same `uid`. Parts are immutable and numbered in write order; compaction keeps the
+newest row of every key (segments: `uid`; summaries: `stream_id`; events: the whole
+row) and merges small parts into one file. It runs on open (cleaning up after a crash),
+whenever `max_small_parts` small parts have piled up, and on close, so after close there
+are no duplicate keys. Between compactions a plain reader may see both the old and the
+new row of a re-produced segment; `read_table` de-duplicates at read time.
+
+Compaction is crash-safe: the merged file is renamed into place (with a higher part
+number than its inputs, so its rows win) before the inputs are unlinked; a crash between
+the two leaves duplicates of identical rows, which the next open removes.
+
+One writer per directory (an flock; the kernel releases it if the writer dies).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vmstream.records import (
+    EVENT_SCHEMA,
+    SEGMENT_SCHEMA,
+    SUMMARY_SCHEMA,
+    SegmentResult,
+    StreamEvent,
+    StreamSummary,
+)
+
+from .atomic import DirLock, atomic_path, fsync_dir, remove_stale_tmp
+from .base import Sink, SinkRecord
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+# Table name -> (schema, key columns; None = the whole row).
+TABLES: dict[str, tuple[pa.Schema, Optional[tuple[str, ...]]]] = {
+    "segments": (SEGMENT_SCHEMA, ("uid",)),
+    "events": (EVENT_SCHEMA, None),
+    "summaries": (SUMMARY_SCHEMA, ("stream_id",)),
+}
+
+_PART_RE = re.compile(r"^part-(\d{9})-([0-9a-f]+)\.parquet$")
+
+
+@dataclass(frozen=True)
+class _Part:
+    seq: int
+    path: Path
+    num_rows: int
+
+
+def _list_parts(directory: Path) -> list[_Part]:
+    parts = []
+    for p in directory.iterdir() if directory.is_dir() else ():
+        m = _PART_RE.match(p.name)
+        if m:
+            parts.append(_Part(int(m.group(1)), p, pq.ParquetFile(p).metadata.num_rows))
+    return sorted(parts, key=lambda part: (part.seq, part.path.name))
+
+
+def _keys_of(table: pa.Table, key: Optional[tuple[str, ...]]) -> Sequence:
+    """Hashable per-row keys, or an int64 array when the key is one integer column."""
+    cols = key or tuple(table.column_names)
+    if len(cols) == 1 and pa.types.is_integer(table.schema.field(cols[0]).type):
+        return table.column(cols[0]).to_numpy()
+
+    def norm(v):
+        # NaN != NaN would make two identical event rows look different; lists are
+        # unhashable.
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, list):
+            return tuple(norm(x) for x in v)
+        return v
+
+    columns = [[norm(v) for v in table.column(c).to_pylist()] for c in cols]
+    return list(zip(*columns))
+
+
+def newest_mask(keys: Sequence) -> np.ndarray:
+    """True for the last occurrence of every key (rows are in write order)."""
+    n = len(keys)
+    keep = np.zeros(n, dtype=bool)
+    if isinstance(keys, np.ndarray):
+        rev = keys[::-1]
+        _, first_in_rev = np.unique(rev, return_index=True)
+        keep[n - 1 - first_in_rev] = True
+    else:
+        last: dict = {}
+        for i, k in enumerate(keys):
+            last[k] = i
+        keep[list(last.values())] = True
+    return keep
+
+
+class PartTable:
+    """One table kept as a directory of immutable Parquet parts (see module docstring)."""
+
+    def __init__(
+        self,
+        directory: PathLike,
+        schema: pa.Schema,
+        key: Optional[tuple[str, ...]],
+        *,
+        row_group_rows: int = 512,
+        max_delay_s: Optional[float] = 30.0,
+        target_file_rows: int = 100_000,
+        max_small_parts: int = 64,
+        compression: str = "zstd",
+    ):
+        if row_group_rows < 1:
+            raise ValueError(f"row_group_rows must be >= 1, got {row_group_rows}")
+        self.directory = Path(directory)
+        self.schema = schema
+        self.key = key
+        self.row_group_rows = int(row_group_rows)
+        self.max_delay_s = max_delay_s
+        self.target_file_rows = int(target_file_rows)
+        self.max_small_parts = int(max_small_parts)
+        self.compression = compression
+        self._token = uuid.uuid4().hex[:6]
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffer_since: float = 0.0
+        self._lock = DirLock(self.directory, what="Parquet table").acquire()
+        self._closed = False
+        try:
+            remove_stale_tmp(self.directory)
+            parts = _list_parts(self.directory)
+            self._next_seq = (parts[-1].seq + 1) if parts else 0
+            self.compact()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # -- writing -------------------------------------------------------------------
+    def append(self, row: dict, what: str = "row") -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.directory} is closed; cannot append {what}")
+        try:
+            batch = pa.RecordBatch.from_pylist([row], schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise ValueError(f"{what} does not fit the schema of {self.directory.name}: {e}") from e
+        if not self._buffer:
+            self._buffer_since = time.monotonic()
+        self._buffer.append(batch)
+        if len(self._buffer) >= self.row_group_rows or (
+            self.max_delay_s is not None and time.monotonic() - self._buffer_since >= self.max_delay_s
+        ):
+            self.flush()
+
+    @property
+    def buffered_rows(self) -> int:
+        return len(self._buffer)
+
+    def flush(self) -> None:
+        """Close the open row group: write it as a new part (durable on return)."""
+        if not self._buffer:
+            return
+        table = pa.Table.from_batches(self._buffer, schema=self.schema).combine_chunks()
+        self._write_part(table)
+        self._buffer = []
+        if self._small_part_count() >= self.max_small_parts:
+            self.compact()
+
+    def _new_part_path(self) -> Path:
+        seq = self._next_seq
+        self._next_seq += 1
+        return self.directory / f"part-{seq:09d}-{self._token}.parquet"
+
+    def _write_part(self, table: pa.Table) -> Path:
+        final = self._new_part_path()
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp, row_group_size=self.row_group_rows, compression=self.compression)
+        return final
+
+    def _small_part_count(self) -> int:
+        return sum(1 for p in _list_parts(self.directory) if p.num_rows < self.target_file_rows)
+
+    # -- compaction ------------------------------------------------------------------
+    def compact(self) -> bool:
+        """De-duplicate keys (newest wins) and merge small parts. Returns True if it
+        rewrote anything. Buffered rows are not included; `flush` first for that."""
+        parts = _list_parts(self.directory)
+        if not parts:
+            return False
+        key_cols = list(self.key) if self.key else None
+        keys_per_part = [_keys_of(pq.read_table(p.path, columns=key_cols), self.key) for p in parts]
+        if keys_per_part and isinstance(keys_per_part[0], np.ndarray):
+            all_keys: Sequence = np.concatenate(keys_per_part)
+        else:
+            all_keys = [k for ks in keys_per_part for k in ks]
+        keep = newest_mask(all_keys)
+        masks, start = [], 0
+        for p in parts:
+            masks.append(keep[start : start + p.num_rows])
+            start += p.num_rows
+
+        dirty = [i for i, m in enumerate(masks) if not m.all()]
+        small = [i for i, p in enumerate(parts) if p.num_rows < self.target_file_rows]
+        chosen = sorted(set(dirty) | (set(small) if (dirty or len(small) >= 2) else set()))
+        if not chosen:
+            return False
+        if len(chosen) == 1 and not dirty:
+            return False
+
+        out = self._new_part_path()
+        kept_rows = 0
+        with atomic_path(out) as tmp:
+            with pq.ParquetWriter(tmp, self.schema, compression=self.compression) as writer:
+                for i in chosen:
+                    pf = pq.ParquetFile(parts[i].path)
+                    offset = 0
+                    for batch in pf.iter_batches(batch_size=max(self.row_group_rows, 4096)):
+                        m = masks[i][offset : offset + batch.num_rows]
+                        offset += batch.num_rows
+                        if not m.all():
+                            batch = batch.filter(pa.array(m))
+                        if batch.num_rows:
+                            writer.write_table(pa.Table.from_batches([batch], schema=self.schema), row_group_size=self.row_group_rows)
+                            kept_rows += batch.num_rows
+        others_left = len(parts) - len(chosen)
+        if kept_rows == 0 and others_left > 0:
+            out.unlink()  # nothing survived; an empty file is only needed to keep the schema
+        for i in chosen:
+            parts[i].path.unlink()
+        fsync_dir(self.directory)
+        log.debug("compacted %d parts of %s into %s (%d rows kept)", len(chosen), self.directory, out.name, kept_rows)
+        return True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+            self.compact()
+            if not _list_parts(self.directory):
+                # An empty run still leaves a readable table with the schema.
+                self._write_part(self.schema.empty_table())
+        finally:
+            self._closed = True
+            self._lock.release()
+
+
+def read_table(directory: PathLike, table: Optional[str] = None) -> pa.Table:
+    """Read a part directory, de-duplicated (newest row per key), in write order.
+
+    `directory` is a table directory (OUT/segments) or, with `table`, the sink's OUT.
+    Safe while a writer is running: it only reads complete, renamed parts.
+    """
+    directory = Path(directory)
+    name = table or directory.name
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r} (expected one of {sorted(TABLES)})")
+    if table:
+        directory = directory / table
+    schema, key = TABLES[name]
+    parts = _list_parts(directory)
+    if not parts:
+        return schema.empty_table()
+    t = pa.concat_tables([pq.read_table(p.path, schema=schema) for p in parts])
+    return t.filter(pa.array(newest_mask(_keys_of(t, key))))
+
+
+def read_segment_results(out_dir: PathLike) -> list[SegmentResult]:
+    """All segment results under OUT, de-duplicated, sorted by (stream, segment)."""
+    rows = read_table(out_dir, "segments").to_pylist()
+    rows.sort(key=lambda r: (r["stream_id"], r["segment_index"]))
+    return [SegmentResult.from_row(r) for r in rows]
+
+
+class ParquetSink(Sink):
+    """Writes SegmentResult, StreamEvent and StreamSummary rows under `out_dir`.
+
+    `flush()` closes every open row group (durable on return); `close()` also compacts,
+    leaving no duplicate uids. Options are `PartTable`'s: `row_group_rows` (rows per
+    row group / part), `max_delay_s` (longest a row waits in memory; None = no limit),
+    `target_file_rows` and `max_small_parts` (compaction).
+    """
+
+    name = "parquet"
+
+    def __init__(self, out_dir: PathLike, **options):
+        self.out_dir = Path(out_dir)
+        self.tables: dict[str, PartTable] = {}
+        try:
+            for tname, (schema, key) in TABLES.items():
+                self.tables[tname] = PartTable(self.out_dir / tname, schema, key, **options)
+        except BaseException:
+            for t in self.tables.values():
+                t.close()
+            raise
+        self._closed = False
+
+    def write(self, record: SinkRecord) -> None:
+        if isinstance(record, SegmentResult):
+            table, what = "segments", f"segment result (stream {record.stream_id!r}, segment {record.segment_index})"
+        elif isinstance(record, StreamEvent):
+            table, what = "events", f"{record.kind} event of stream {record.stream_id!r}"
+        elif isinstance(record, StreamSummary):
+            table, what = "summaries", f"summary of stream {record.stream_id!r}"
+        else:
+            raise TypeError(f"ParquetSink cannot write {type(record).__name__}")
+        try:
+            row = record.to_row()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what} is malformed: {e}") from e
+        self.tables[table].append(row, what)
+
+    def flush(self) -> None:
+        for t in self.tables.values():
+            t.flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for t in self.tables.values():
+            try:
+                t.close()
+            except Exception as e:  # close the others anyway; report the first
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def paths(self) -> dict[str, Path]:
+        return {name: t.directory for name, t in self.tables.items()}
