@@ -39,7 +39,7 @@ def _tone_expr(switch_at: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def audio_media(tmp_path_factory):
     d = tmp_path_factory.mktemp("audio_media")
     files = {}
     # H.264 + AAC stereo 44.1 kHz: 480 Hz for 2 s, then 2400 Hz for 2 s.
@@ -105,8 +105,8 @@ def test_torch_torchaudio_pair_and_melspectrogram():
 
 
 @pytest.mark.parametrize("kind", ["mp4", "webm"])
-def test_tone_lights_the_right_mel_bin(media, kind):
-    segs = list(AudioFeatures()(_segments(media[kind], [(0.2, 1.8), (2.2, 3.8)])))
+def test_tone_lights_the_right_mel_bin(audio_media, kind):
+    segs = list(AudioFeatures()(_segments(audio_media[kind], [(0.2, 1.8), (2.2, 3.8)])))
     lo, hi = (s.audio for s in segs)
     for feat, freq in ((lo, LOW), (hi, HIGH)):
         assert feat.shape == (CFG.dim,) and feat.dtype == np.float32
@@ -118,23 +118,23 @@ def test_tone_lights_the_right_mel_bin(media, kind):
     assert _expected_bin(HIGH) - _expected_bin(LOW) > 10
 
 
-def test_tone_change_is_placed_in_time(media):
+def test_tone_change_is_placed_in_time(audio_media):
     """The switch at 2.0 s shows up in the segment straddling it, not a neighbour: the
     audio timeline is aligned with the container's."""
     spans = [(1.0, 1.95), (1.95, 2.05), (2.05, 3.0)]
-    a, b, c = segment_audio_summaries(str(media["mp4"]), spans)
+    a, b, c = segment_audio_summaries(str(audio_media["mp4"]), spans)
     lo, hi = _expected_bin(LOW), _expected_bin(HIGH)
     assert a[lo] > a[hi] + 5 and c[hi] > c[lo] + 5
     assert b[lo] > a[hi] + 3 and b[hi] > c[lo] + 3  # both tones inside the straddling span
     assert b[CFG.n_mels + lo] > 1.0  # and its std shows the change
 
 
-def test_stage_matches_whole_track_reference(media):
+def test_stage_matches_whole_track_reference(audio_media):
     """The incremental stage (blocks of PCM, frames dropped as segments pass) equals the
     readable reference that takes the mel of the whole decoded track at once."""
     spans = [(0.0, 0.5), (0.5, 1.337), (1.337, 1.337), (1.9, 2.6), (2.6, 3.95), (3.95, 6.0)]
-    got = segment_audio_summaries(str(media["mp4"]), spans, AudioConfig(block_seconds=0.3))
-    samples, t0 = _decode_all(media["mp4"])
+    got = segment_audio_summaries(str(audio_media["mp4"]), spans, AudioConfig(block_seconds=0.3))
+    samples, t0 = _decode_all(audio_media["mp4"])
     want = reference_logmel_summary(samples, t0, spans)
     for g, w in zip(got, want):
         assert (g is None) == (w is None)
@@ -169,31 +169,31 @@ def test_logmelstream_gap_starts_a_new_grid():
     np.testing.assert_allclose(s.summary(3.0, 4.0), reference_logmel_summary(x, 3.0, [(3.0, 4.0)])[0], atol=1e-5)
 
 
-def test_no_audio_track_passes_through_with_one_log_line(media, caplog):
-    assert not has_audio_track(str(media["silent"]))
-    segs_in = _segments(media["silent"], [(0.0, 1.0), (1.0, 2.0)])
+def test_no_audio_track_passes_through_with_one_log_line(audio_media, caplog):
+    assert not has_audio_track(str(audio_media["silent"]))
+    segs_in = _segments(audio_media["silent"], [(0.0, 1.0), (1.0, 2.0)])
     with caplog.at_level(logging.INFO, logger="vmstream.stages.audio"):
         segs = list(AudioFeatures()(segs_in))
     assert [s.index for s in segs] == [0, 1] and all(s.audio is None for s in segs)
     lines = [r for r in caplog.records if "no audio track" in r.getMessage()]
-    assert len(lines) == 1 and str(media["silent"]) in lines[0].getMessage()
+    assert len(lines) == 1 and str(audio_media["silent"]) in lines[0].getMessage()
 
 
-def test_span_past_the_end_of_audio(media):
+def test_span_past_the_end_of_audio(audio_media):
     stage = AudioFeatures()
     spans = [(0.5, 1.5), (1.5, 2.5), (2.6, 3.5), (3.5, 3.9)]
-    out = [s.audio for s in stage(_segments(media["short_audio"], spans))]
+    out = [s.audio for s in stage(_segments(audio_media["short_audio"], spans))]
     assert out[0] is not None and out[1] is not None  # the second one covers audio in part
     assert out[2] is None and out[3] is None
     assert stage.stats["segments_without_audio"] == 2
-    samples, t0 = _decode_all(media["short_audio"])
+    samples, t0 = _decode_all(audio_media["short_audio"])
     np.testing.assert_allclose(out[1], reference_logmel_summary(samples, t0, [(1.5, 2.5)])[0], atol=1e-4)
 
 
-def test_memory_stays_flat_on_a_long_track(media):
+def test_memory_stays_flat_on_a_long_track(audio_media):
     stage = AudioFeatures()
     spans = [(2.0 * i, 2.0 * i + 2.0) for i in range(60)]
-    out = [s.audio for s in stage(_segments(media["long"], spans))]
+    out = [s.audio for s in stage(_segments(audio_media["long"], spans))]
     assert all(o is not None for o in out)
     # One segment span plus one PCM block plus a little slack, not 120 s.
     assert stage.stats["peak_buffered_seconds"] < 2.0 + CFG.block_seconds + 1.0
@@ -203,12 +203,12 @@ def test_memory_stays_flat_on_a_long_track(media):
         assert (o[lo] > o[hi]) == ((2 * i) % 20 < 10), i
 
 
-def test_jumps_and_out_of_order_segments_seek(media):
+def test_jumps_and_out_of_order_segments_seek(audio_media):
     spans = [(1.0, 3.0), (75.0, 77.0), (12.0, 14.0), (116.0, 118.0)]
     stage = AudioFeatures()
-    got = [s.audio for s in stage(_segments(media["long"], spans))]
+    got = [s.audio for s in stage(_segments(audio_media["long"], spans))]
     assert stage.stats["seeks"] >= 2
-    samples, t0 = _decode_all(media["long"])
+    samples, t0 = _decode_all(audio_media["long"])
     want = reference_logmel_summary(samples, t0, spans)
     for g, w in zip(got, want):
         # After a seek the frame grid restarts at a packet boundary (frames shifted by
@@ -240,8 +240,8 @@ def test_unreadable_or_remote_sources_leave_audio_none(tmp_path, caplog):
     assert any("rtsp://127.0.0.1:1/cam" in r.getMessage() for r in caplog.records)
 
 
-def test_truncated_file_keeps_what_decodes(media, tmp_path):
-    whole = media["webm"].read_bytes()
+def test_truncated_file_keeps_what_decodes(audio_media, tmp_path):
+    whole = audio_media["webm"].read_bytes()
     cut = tmp_path / "cut.webm"
     cut.write_bytes(whole[: len(whole) // 2])
     stage = AudioFeatures()

@@ -1,0 +1,483 @@
+"""NVIDIA DALI decoder backend (`pip install vmstream[dali]`).
+
+Same contract as every decoder (`base.Decoder`): frames at model size, chosen by a
+sampling policy with the shared rule (`sampling.frames_for_targets`: the frame on
+screen at each target time), timestamps from the container, then one "end" event.
+
+How it works. A cheap first pass demuxes the video packets (no decoding) into a frame
+index: the presentation time and keyframe flag of every frame. The policy's target
+times become frame numbers on that index, which is what makes both backends return the
+same frames at the same timestamps. Then one DALI pipeline per stream streams the file
+through `fn.experimental.inputs.video` (sequences of `chunk_frames` consecutive
+frames, constant memory however long the file; the file is memory-mapped, never read
+into RAM), keeps the wanted frames of each chunk with `fn.sequence_rearrange`, and
+resizes / centre-crops them with `fn.resize` + `fn.slice` inside the pipeline, so a
+full-resolution RGB frame never reaches Python. Decoding stops after the chunk holding
+the last wanted frame.
+
+Devices. With a CUDA GPU, decoding runs on NVDEC (`device="mixed"`), resizing on the
+GPU, and frames reach torch through DLPack without a host copy (`Frame.image` is then a
+CUDA uint8 tensor). Without one, DALI's CPU variant decodes VP8, VP9 and MJPEG only: for
+any other codec `frames()` either falls back to PyAV with a log line (`fallback=True`,
+the default) or raises `UnsupportedVideoError` naming the file and codec.
+
+What it does not do: it decodes every frame up to the last wanted one (no packet
+skipping or seeking as the PyAV backend does for sparse sampling; NVDEC makes this cheap
+on a GPU, DALI's CPU decoder less so), and it reads local files only (live URLs go to
+PyAV). `keyframes_only` policies are honoured exactly (a target gets the last keyframe
+at or before it) but are not faster here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import numpy as np
+
+from vmstream.records import Frame
+
+from .base import (
+    Decoder,
+    DecodedItem,
+    FrameSize,
+    InputNotFoundError,
+    NotAVideoError,
+    NoVideoTrackError,
+    StreamInfo,
+    UnsupportedVideoError,
+    VideoInputError,
+    end_event,
+)
+
+if TYPE_CHECKING:
+    from vmstream.stages.sampling import SamplingPolicy
+    from vmstream.stages.sources import Source
+
+try:  # optional dependency: the module imports without it, the decoder does not build
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    DALI_IMPORT_ERROR: Optional[BaseException] = None
+except ImportError as _e:  # pragma: no cover - exercised where DALI is absent
+    fn = types = pipeline_def = None
+    DALI_IMPORT_ERROR = _e
+
+log = logging.getLogger(__name__)
+
+# What DALI's decoders accept (FFmpeg codec names), per its documentation of
+# fn.experimental.inputs.video / fn.decoders.video.
+CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+GPU_CODECS = CPU_CODECS | frozenset({"h264", "hevc", "av1", "mpeg4"})
+
+# FrameSize.interpolation (PyAV / libswscale names) -> DALI interpolation. DALI's
+# resize antialiases when it shrinks, as swscale's filters do, so "BILINEAR" lands close
+# to the PyAV backend's frames.
+_INTERP = {
+    "BILINEAR": "INTERP_LINEAR",
+    "FAST_BILINEAR": "INTERP_LINEAR",
+    "AREA": "INTERP_LINEAR",
+    "BICUBIC": "INTERP_CUBIC",
+    "BICUBLIN": "INTERP_CUBIC",
+    "GAUSS": "INTERP_GAUSSIAN",
+    "POINT": "INTERP_NN",
+    "NEAREST": "INTERP_NN",
+    "LANCZOS": "INTERP_LANCZOS3",
+    "SINC": "INTERP_LANCZOS3",
+    "SPLINE": "INTERP_CUBIC",
+}
+
+TIME_EPS = 1e-6
+
+
+def dali_available() -> bool:
+    return DALI_IMPORT_ERROR is None
+
+
+def _cuda_device() -> Optional[int]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.current_device())
+    except Exception:  # a broken CUDA install must not stop CPU decoding
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Presentation times (seconds, ascending) and keyframe flags of every frame of the
+    best video stream, read from packet headers without decoding."""
+
+    times: np.ndarray
+    keyframe: np.ndarray
+    frame_duration: float  # typical spacing, for the end of the last frame
+    # Why the file looks cut short ("" if it does not): it ends before the duration its
+    # header declares, or demuxing failed part way.
+    truncated: str = ""
+    broken_packets: int = 0
+
+    def __len__(self) -> int:
+        return int(self.times.size)
+
+    @property
+    def end_time(self) -> float:
+        return float(self.times[-1] + self.frame_duration) if len(self) else 0.0
+
+    @classmethod
+    def from_packets(cls, pts: list[int], key: list[bool], time_base: Fraction,
+                     fallback_fps: Optional[float]) -> "FrameIndex":
+        order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+        # float(pts * time_base) in exact rationals, as PyAV's Frame.time: the same
+        # float for the same frame in both backends.
+        tb = Fraction(time_base)
+        t = np.asarray([float(pts[i] * tb) for i in order], dtype=np.float64)
+        k = np.asarray(key, dtype=bool)[order]
+        if t.size > 1:
+            d = float(np.median(np.diff(t)))
+        else:
+            d = 1.0 / fallback_fps if fallback_fps else 0.0
+        return cls(times=t, keyframe=k, frame_duration=d)
+
+    def with_damage(self, truncated: str, broken_packets: int) -> "FrameIndex":
+        return FrameIndex(self.times, self.keyframe, self.frame_duration, truncated, broken_packets)
+
+
+def _open_container(uri: str, options: Optional[dict] = None):
+    import av
+
+    if not os.path.exists(uri):
+        raise InputNotFoundError(uri, "no such file")
+    if os.path.isdir(uri):
+        raise NotAVideoError(uri, "is a directory, not a video file")
+    opts = dict((options or {}).get("ffmpeg") or {})
+    fmt = (options or {}).get("format")
+    try:
+        return av.open(uri, format=fmt, options={k: str(v) for k, v in opts.items()})
+    except av.error.FFmpegError as e:
+        raise NotAVideoError(uri, f"FFmpeg cannot open it as a media file ({e})") from None
+
+
+def scan_file(uri: str, options: Optional[dict] = None) -> tuple[StreamInfo, FrameIndex]:
+    """Describe a local video file and index its frames (one demux pass, no decoding)."""
+    import av
+
+    c = _open_container(uri, options)
+    with c:
+        if not c.streams.video:
+            raise NoVideoTrackError(uri, "the file has no video track")
+        vs = c.streams.video[0]
+        cc = vs.codec_context
+        width, height = int(cc.width or 0), int(cc.height or 0)
+        codec = cc.name
+        tb = vs.time_base
+        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+        fps = float(rate) if rate else None
+        declared = None
+        if vs.duration is not None and tb is not None:
+            declared = float(vs.duration * tb) + (float(vs.start_time * tb) if vs.start_time is not None else 0.0)
+        elif c.duration is not None:
+            declared = c.duration / 1_000_000 + (c.start_time or 0) / 1_000_000
+        pts, key = [], []
+        broken, cut = 0, ""
+        try:
+            for pkt in c.demux(vs):
+                if pkt.size == 0 or pkt.pts is None:  # flush packets; no timestamp to place
+                    continue
+                if pkt.is_corrupt:
+                    broken += 1
+                    continue
+                pts.append(int(pkt.pts))
+                key.append(bool(pkt.is_keyframe))
+        except av.error.FFmpegError as e:
+            cut = f"demuxing stopped after {len(pts)} frames: {e}"
+        has_audio = len(c.streams.audio) > 0
+        container = c.format.name
+        pix_fmt = cc.format.name if cc.format is not None else ""
+        bit_rate = c.bit_rate or None
+    if not pts:
+        raise NotAVideoError(uri, "its video track holds no frames")
+    if width <= 0 or height <= 0:
+        raise NotAVideoError(uri, f"bad frame size {width}x{height}")
+    index = FrameIndex.from_packets(pts, key, tb, fps)
+    if not cut and declared is not None and index.end_time < declared - max(0.5, 2 * index.frame_duration):
+        cut = f"the file ends at {index.end_time:.3f}s but its header says {declared:.3f}s"
+    if cut or broken:
+        index = index.with_damage(cut, broken)
+    rotation = _first_frame_rotation(uri, options)
+    start = float(index.times[0])
+    info = StreamInfo(
+        uri=uri, width=width, height=height, codec=codec, fps=fps,
+        duration=max(index.end_time - start, 0.0) or None, frame_count=len(index),
+        frame_count_exact=True, start_time=start, has_audio=has_audio, container=container,
+        pix_fmt=pix_fmt, bit_rate=bit_rate, time_base=Fraction(tb), rotation=rotation,
+    )
+    return info, index
+
+
+def _first_frame_rotation(uri: str, options: Optional[dict]) -> int:
+    """Clockwise rotation (0/90/180/270) the display matrix asks for, read from the first
+    decoded frame (FFmpeg exposes the matrix there; it gives the counter-clockwise angle)."""
+    try:
+        with _open_container(uri, options) as c:
+            for frame in c.decode(c.streams.video[0]):
+                return int(round(-float(getattr(frame, "rotation", 0) or 0) / 90.0)) * 90 % 360
+    except Exception:  # the packet scan already vouched for the file; no rotation then
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select_frames(index: FrameIndex, info: StreamInfo, policy: "SamplingPolicy",
+                  start_time: float = 0.0, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Frame numbers (ascending, repeated where the policy repeats) the policy asks for,
+    by the shared rule `sampling.frames_for_targets`; none before `start_time`."""
+    from vmstream.stages.sampling import frames_for_targets
+
+    n = len(index)
+    if policy.keyframes_only:
+        candidates = np.flatnonzero(index.keyframe)
+        if candidates.size == 0:
+            candidates = np.arange(1)
+    else:
+        candidates = np.arange(n)
+    cand_times = index.times[candidates]
+    targets = policy.target_times(info, rng)
+    if targets is None:  # every (key)frame
+        chosen = candidates
+    else:
+        if not isinstance(targets, np.ndarray):
+            # Endless or estimated-length target streams end where the video does.
+            ts = []
+            for t in targets:
+                if t >= index.end_time - TIME_EPS:
+                    break
+                ts.append(t)
+            targets = np.asarray(ts, dtype=np.float64)
+        if targets.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        chosen = candidates[frames_for_targets(cand_times, targets)]
+        if not type(policy).repeats:
+            chosen = np.unique(chosen)
+    chosen = np.asarray(chosen, dtype=np.int64)
+    if start_time > -math.inf:
+        chosen = chosen[index.times[chosen] >= start_time - TIME_EPS]
+    return chosen
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _build_pipeline(*, device: str, device_id: Optional[int], num_threads: int, chunk: int,
+                    scaled: tuple[int, int], crop: tuple[int, int, int, int], rotation: int,
+                    interp: str):
+    """One stream's DALI pipeline: consecutive chunks of decoded frames in, the wanted
+    frames of each chunk out, resized and centre-cropped, uint8 FHWC."""
+    sw, sh = scaled
+    x0, y0, cw, ch = crop
+
+    @pipeline_def(batch_size=1, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1)
+    def graph():
+        video = fn.experimental.inputs.video(
+            name="video", device=device, sequence_length=chunk, last_sequence_policy="partial",
+            no_copy=True,
+        )
+        sel = fn.external_source(name="sel", dtype=types.INT32, ndim=1)
+        decoded = video.shape()
+        x = fn.sequence_rearrange(video, new_order=sel)
+        if rotation == 90:
+            x = fn.flip(fn.transpose(x, perm=[0, 2, 1, 3]), horizontal=1)
+        elif rotation == 180:
+            x = fn.flip(x, horizontal=1, vertical=1)
+        elif rotation == 270:
+            x = fn.flip(fn.transpose(x, perm=[0, 2, 1, 3]), vertical=1)
+        x = fn.resize(x, resize_x=sw, resize_y=sh, interp_type=getattr(types, interp), antialias=True)
+        if (sw, sh) != (cw, ch):
+            x = fn.slice(x, start=[y0, x0], shape=[ch, cw], axis_names="HW")
+        return x, decoded
+
+    pipe = graph()
+    pipe.build()
+    return pipe
+
+
+# --------------------------------------------------------------------------- decoder
+
+
+class DALIDecoder(Decoder):
+    """Decoder on NVIDIA DALI. See the module docstring.
+
+    device: "auto" (NVDEC when a CUDA GPU is present, else DALI's CPU decoder), "gpu"
+    or "cpu". fallback: decode what DALI cannot (codec, live URL) with PyAV instead of
+    raising UnsupportedVideoError. chunk_frames: frames decoded per pipeline run.
+    """
+
+    name = "dali"
+
+    def __init__(self, device: str = "auto", *, fallback: bool = True, chunk_frames: int = 16,
+                 num_threads: int = 2, device_id: Optional[int] = None, **pyav_kwargs):
+        if not dali_available():
+            raise ImportError(f"nvidia-dali is not importable ({DALI_IMPORT_ERROR}); pip install 'vmstream[dali]'")
+        if device not in ("auto", "gpu", "cpu"):
+            raise ValueError(f"DALIDecoder device={device!r}; expected 'auto', 'gpu' or 'cpu'")
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
+        gpu = _cuda_device() if device_id is None else device_id
+        if device == "gpu" and gpu is None:
+            raise ValueError("DALIDecoder device='gpu' asked for, but no CUDA GPU is available")
+        self.on_gpu = device != "cpu" and gpu is not None
+        self.device_id = gpu if self.on_gpu else None
+        self.fallback = fallback
+        self.chunk_frames = chunk_frames
+        self.num_threads = num_threads
+        self._pyav_kwargs = pyav_kwargs
+        self._pyav: Optional[Decoder] = None
+        self._lock = threading.Lock()
+
+    @property
+    def codecs(self) -> frozenset:
+        return GPU_CODECS if self.on_gpu else CPU_CODECS
+
+    # -- interface ---------------------------------------------------------------------
+    def probe(self, uri: str, options: Optional[dict] = None) -> StreamInfo:
+        return scan_file(uri, options)[0]
+
+    def supports(self, info: StreamInfo) -> bool:
+        return (not info.live) and info.codec in self.codecs
+
+    def frames(self, source: "Source", policy: "SamplingPolicy", size: FrameSize,
+               start_time: float = 0.0, *, stop: Optional[threading.Event] = None
+               ) -> Iterator[DecodedItem]:
+        why = None
+        path = source.path
+        if source.live or path is None:
+            why = f"{source.uri}: DALI reads local files only (live or remote source)"
+        else:
+            info, index = scan_file(path, dict(source.options))  # VideoInputError up front
+            policy.check_for(info)
+            if info.codec not in self.codecs:
+                where = "NVDEC" if self.on_gpu else "DALI's CPU decoder (VP8/VP9/MJPEG only; H.264 and others need a GPU)"
+                why = f"{path}: codec {info.codec!r} cannot be decoded by {where}"
+        if why is not None:
+            if not self.fallback:
+                raise UnsupportedVideoError(source.uri, why.split(": ", 1)[1])
+            log.info("%s; decoding with PyAV instead", why)
+            return self._pyav_decoder().frames(source, policy, size, start_time, stop=stop)
+        chosen = select_frames(index, info, policy, start_time)
+        return self._decode(source, path, info, index, chosen, size, stop)
+
+    def close(self) -> None:
+        if self._pyav is not None:
+            self._pyav.close()
+
+    # -- internals ---------------------------------------------------------------------
+    def _pyav_decoder(self) -> Decoder:
+        with self._lock:
+            if self._pyav is None:
+                from .pyav import PyAVDecoder
+
+                self._pyav = PyAVDecoder(**self._pyav_kwargs)
+            return self._pyav
+
+    def _decode(self, source, path, info: StreamInfo, index: FrameIndex, chosen: np.ndarray,
+                size: FrameSize, stop: Optional[threading.Event]) -> Iterator[DecodedItem]:
+        sid, uri = source.stream_id, source.uri
+        L = self.chunk_frames
+        dw, dh = info.display_size
+        scaled = size.scaled_size(dw, dh)
+        x0, y0 = size.crop_box(*scaled)
+        interp = _INTERP.get(size.interpolation.upper())
+        if interp is None:
+            raise ValueError(f"FrameSize.interpolation={size.interpolation!r} has no DALI equivalent; "
+                             f"use one of {sorted(_INTERP)}")
+        n = len(index)
+        t0 = time.perf_counter()
+        pipe = _build_pipeline(
+            device="mixed" if self.on_gpu else "cpu", device_id=self.device_id,
+            num_threads=self.num_threads, chunk=L, scaled=scaled, crop=(x0, y0, size.width, size.height),
+            rotation=info.rotation % 360, interp=interp,
+        )
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        pipe.feed_input("video", [data])
+        log.debug("%s: DALI pipeline (%s) built in %.3fs", uri, "mixed" if self.on_gpu else "cpu",
+                  time.perf_counter() - t0)
+
+        def gen():
+            emitted = 0
+            decoded = 0
+            reason, message = "eof", ""
+            last_t = math.nan
+            try:
+                last_chunk = int(chosen[-1]) // L if chosen.size else -1
+                pos = 0  # into `chosen`
+                for j in range(last_chunk + 1):
+                    if stop is not None and stop.is_set():
+                        reason = "stopped"
+                        break
+                    expect = min(L, n - j * L)
+                    hi = pos
+                    while hi < chosen.size and chosen[hi] < (j + 1) * L:
+                        hi += 1
+                    want = chosen[pos:hi]
+                    local = (want - j * L).astype(np.int32) if want.size else np.zeros(1, np.int32)
+                    pipe.feed_input("sel", [local])
+                    try:
+                        out, shp = pipe.run()
+                    except Exception as e:  # DALI marks the pipeline dead after an error
+                        reason, message = "truncated", f"DALI stopped decoding at frame ~{j * L}: {_first_line(e)}"
+                        break
+                    got = int(np.asarray(shp.as_cpu()[0])[0]) if self.on_gpu else int(np.asarray(shp[0])[0])
+                    decoded += got
+                    if got < expect:
+                        want = want[want - j * L < got]
+                        reason = "truncated"
+                        message = f"decoder returned {decoded} frames where the index has {n}"
+                    if want.size:
+                        imgs = self._images(out)
+                        for k, fi in enumerate(want):
+                            t = float(index.times[fi])
+                            last_t = t
+                            yield Frame(stream_id=sid, index=int(fi), t=t, image=imgs[k])
+                            emitted += 1
+                    pos = hi
+                    if reason == "truncated":
+                        break
+            finally:
+                del pipe_ref[:]
+            if reason == "eof" and (index.truncated or index.broken_packets):
+                reason = "truncated"
+                message = index.truncated or f"{index.broken_packets} corrupt packets skipped"
+            yield end_event(sid, uri, reason, frames=emitted, broken_packets=index.broken_packets, t_start=info.start_time,
+                            t_end=last_t, message=message, decoder="dali",
+                            device="gpu" if self.on_gpu else "cpu", decoded_frames=decoded)
+
+        pipe_ref = [pipe, data]  # released when the generator ends or is closed
+        return gen()
+
+    def _images(self, out):
+        """The run's frames as a sequence of HWC uint8 images: numpy on the CPU; on the GPU
+        torch CUDA tensors sharing DALI's memory through DLPack (no host copy)."""
+        if self.on_gpu:
+            import torch
+
+            return torch.from_dlpack(out[0])
+        return np.array(out[0])  # own the memory: DALI may reuse its buffer next run
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
