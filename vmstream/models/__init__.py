@@ -1,1 +1,24 @@
-"""VideoMamba and its parts: pure PyTorch first, fused kernels optional."""
+"""VideoMamba and its parts: pure PyTorch first, fused kernels optional.
+
+    from vmstream.models import load_model
+    model = load_model("videomamba_t16_k400_f16_res224")      # or a .pth path
+    logits = model(clip)                                       # clip [B, 3, T, 224, 224]
+    state = model.init_state(batch_size=B)
+    out = model.forward_segment(clip, state)                   # out.features/.logits/.state
+"""
+from .checkpoint import (CheckpointError, LoadReport, adapt_state_dict, infer_config, load_checkpoint, load_model,
+                         read_checkpoint, resample_pos_embed)
+from .hub import CHECKPOINT_DIR_ENV, CheckpointNotFound, file_digest, resolve_checkpoint
+from .registry import (CHECKPOINTS, CLASS_LISTS, HF_REPO, SIZES, CheckpointInfo, class_names, create_model,
+                       get_checkpoint, list_checkpoints)
+from .state import StateError, StreamState
+from .videomamba import SegmentOutput, VideoMamba, resample_temporal_pos
+
+__all__ = [
+    "VideoMamba", "SegmentOutput", "StreamState", "StateError", "resample_temporal_pos",
+    "create_model", "SIZES", "CHECKPOINTS", "CheckpointInfo", "get_checkpoint", "list_checkpoints",
+    "class_names", "CLASS_LISTS", "HF_REPO",
+    "load_model", "load_checkpoint", "read_checkpoint", "adapt_state_dict", "infer_config", "resample_pos_embed",
+    "LoadReport", "CheckpointError",
+    "resolve_checkpoint", "file_digest", "CheckpointNotFound", "CHECKPOINT_DIR_ENV",
+]

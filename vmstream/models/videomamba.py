@@ -1,0 +1,549 @@
+"""VideoMamba (Li et al., 2024) with the official parameter layout, plus a recurrent mode.
+
+One file for the model, timm/nanoGPT style. Parameter names, shapes and initialisation
+follow OpenGVLab/VideoMamba (`videomamba/video_sm/models/videomamba.py` and its
+bidirectional `Mamba` from `mamba/mamba_ssm/modules/mamba_simple.py`), so official
+checkpoints load key for key. The numerics follow the official *fast path*, the one the
+released checkpoints were trained with:
+
+* each block: `residual += drop_path(hidden)`; `hidden = RMSNorm(residual)` (the fused
+  add+norm of mamba-ssm's triton layernorm, residual kept in fp32); `hidden = mixer(hidden)`;
+* the mixer: `in_proj` -> x, z; forward direction = causal depthwise conv + SiLU, `x_proj`
+  -> (dt, B, C), `dt_proj` without its bias (the bias goes to the scan as `delta_bias`,
+  softplus inside), selective scan with D and the z gate fused; backward direction = the
+  same with its own `*_b` parameters on the *flipped* sequence, x and z flipped together;
+  `out_proj(forward + backward)`;
+* the output is the final RMSNorm of the cls token (first token).
+
+Every scan and conv goes through `vmstream.models.ops` in token-major layout [B, L, D] (what
+`nn.Linear` produces, so nothing is transposed); the backward direction uses the ops'
+`reverse=True` instead of flip copies. Which backend runs (reference, fast CPU kernel,
+CUDA) is the ops' business, not the model's.
+
+Recurrent (streaming) mode, see DESIGN.md: a segment of T frames is embedded on its own
+(its own cls token at its start, segment-local temporal positions, resampled when T differs
+from `num_frames`); each layer's forward direction starts from the carried `StreamState`
+and returns the new one; the backward direction runs inside the segment from zero.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor
+
+from ..records import IMAGENET_MEAN, IMAGENET_STD
+from .ops import causal_conv1d, selective_scan
+from .state import StateError, StreamState
+
+__all__ = ["VideoMamba", "Mamba", "Block", "RMSNorm", "PatchEmbed", "DropPath", "SegmentOutput",
+           "create_block", "resample_temporal_pos"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def resample_temporal_pos(pos: Tensor, length: int) -> Tensor:
+    """Temporal position embedding [1, T0, D] resampled to [1, length, D].
+
+    Linear interpolation with align_corners=False, which is what the official fine-tuning
+    does when a checkpoint's frame count differs; used for segments whose length differs
+    from the model's `num_frames` (e.g. a stream's last, partial segment).
+    """
+    if pos.shape[1] == length:
+        return pos
+    if length < 1:
+        raise ValueError(f"cannot resample temporal positions to {length} frames")
+    return F.interpolate(pos.transpose(1, 2), size=length, mode="linear", align_corners=False).transpose(1, 2)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 like the fused kernel; x's dtype out."""
+    return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """mamba-ssm's RMSNorm: a `weight`, no bias (so the state dict has only `*.weight`)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
+        self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's DropPath, scale_by_keep)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class PatchEmbed(nn.Module):
+    """Conv3d with kernel = stride = (kernel_size, patch, patch): [B, C, T, H, W] -> [B, D, T', H', W']."""
+
+    def __init__(self, img_size=224, patch_size=16, kernel_size=1, in_chans=3, embed_dim=768):
+        super().__init__()
+        img_size = _pair(img_size)
+        patch_size = _pair(patch_size)
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.tubelet_size = kernel_size
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(kernel_size, *patch_size),
+                              stride=(kernel_size, *patch_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+# ----------------------------------------------------------------------------- mixer
+
+class Mamba(nn.Module):
+    """Bidirectional Mamba mixer with the official (mamba_simple + bimamba) parameters.
+
+    Token-major in and out: [B, L, d_model]. `state` is the forward direction's
+    (conv tail [B, d_inner, d_conv-1], ssm state [B, d_inner, d_state]) to start from;
+    with `return_state` the new pair is returned too.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank="auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        use_fast_path: bool = True,  # accepted for ssm_cfg compatibility; backends are chosen in ops
+        layer_idx: Optional[int] = None,
+        device=None,
+        dtype=None,
+        bimamba: bool = True,
+    ):
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.layer_idx = layer_idx
+        self.bimamba = bimamba
+        # Registration order = the official one, so state_dict() lists keys in the same order.
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
+        self.conv1d = self._conv(conv_bias, factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        _init_dt_proj(self.dt_proj, self.dt_rank, dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+        self.A_log = nn.Parameter(_s4d_real_log(self.d_inner, d_state, device))  # kept in fp32
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # kept in fp32
+        self.D._no_weight_decay = True
+        if bimamba:
+            self.A_b_log = nn.Parameter(_s4d_real_log(self.d_inner, d_state, device))
+            self.A_b_log._no_weight_decay = True
+            self.conv1d_b = self._conv(conv_bias, factory)
+            # As in the official code, the backward branch's x_proj_b / dt_proj_b keep
+            # nn.Linear's default init here (VideoMamba re-initialises all Linears anyway).
+            self.x_proj_b = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+            self.dt_proj_b = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+            self.D_b = nn.Parameter(torch.ones(self.d_inner, device=device))
+            self.D_b._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _conv(self, conv_bias, factory) -> nn.Conv1d:
+        # Only its weight [d_inner, 1, d_conv] and bias are used (by ops.causal_conv1d);
+        # padding is the official one, for anyone calling the module directly.
+        return nn.Conv1d(self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
+                         padding=self.d_conv - 1, bias=conv_bias, **factory)
+
+    def forward(self, hidden_states: Tensor, state: Optional[tuple[Tensor, Tensor]] = None,
+                return_state: bool = False):
+        xz = self.in_proj(hidden_states)  # [B, L, 2*d_inner]
+        x, z = xz.chunk(2, dim=-1)  # views; last dim contiguous, as the ops require
+        conv_tail, ssm_state = state if state is not None else (None, None)
+        y, new_state = self._direction(x, z, self.A_log, self.conv1d, self.x_proj, self.dt_proj, self.D,
+                                       conv_tail, ssm_state, reverse=False, return_state=return_state)
+        if self.bimamba:
+            # Official: inner(xz.flip(-1)) with the *_b parameters, flipped back. Scanning
+            # the flipped sequence from its start == scanning ours from the end, from zero.
+            y_b, _ = self._direction(x, z, self.A_b_log, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.D_b,
+                                     None, None, reverse=True, return_state=False)
+            y = y + y_b
+        out = self.out_proj(y)
+        return (out, new_state) if return_state else out
+
+    def _direction(self, x, z, A_log, conv, x_proj, dt_proj, D, conv_tail, ssm_state, reverse, return_state):
+        A = -torch.exp(A_log.float())
+        weight = conv.weight.view(self.d_inner, self.d_conv)
+        xc = causal_conv1d(x, weight, conv.bias, initial_tail=conv_tail, activation="silu",
+                           return_final_tail=return_state, reverse=reverse)
+        if return_state:
+            xc, new_tail = xc
+        x_dbl = x_proj(xc)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, dt_proj.weight)  # bias -> delta_bias, as the fused kernel does
+        y = selective_scan(xc, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
+                           delta_softplus=True, initial_state=ssm_state, return_last_state=return_state,
+                           reverse=reverse)
+        if return_state:
+            y, last = y
+            return y, (new_tail, last)
+        return y, None
+
+
+def _s4d_real_log(d_inner: int, d_state: int, device) -> Tensor:
+    """log(1..N) on every row: the S4D-real initialisation of A = -exp(A_log)."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32, device=device)).repeat(d_inner, 1).contiguous()
+
+
+def _init_dt_proj(dt_proj: nn.Linear, dt_rank, dt_init, dt_scale, dt_min, dt_max, dt_init_floor) -> None:
+    std = dt_rank ** -0.5 * dt_scale
+    if dt_init == "constant":
+        nn.init.constant_(dt_proj.weight, std)
+    elif dt_init == "random":
+        nn.init.uniform_(dt_proj.weight, -std, std)
+    else:
+        raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+    # Bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max], so that
+    # softplus(bias) starts there.
+    d = dt_proj.bias.shape[0]
+    dt = torch.exp(torch.rand(d, device=dt_proj.bias.device) * (math.log(dt_max) - math.log(dt_min))
+                   + math.log(dt_min)).clamp(min=dt_init_floor)
+    with torch.no_grad():
+        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+    dt_proj.bias._no_reinit = True
+
+
+# ----------------------------------------------------------------------------- block
+
+class Block(nn.Module):
+    """Add -> norm -> mixer, returning (mixer output, residual), the official layout.
+
+    The fused add+norm (mamba-ssm's `rms_norm_fn(prenorm=True)`) and the unfused path
+    compute the same thing; we run the plain PyTorch form for both settings.
+    """
+
+    def __init__(self, dim, mixer_cls, norm_cls=nn.LayerNorm, fused_add_norm=False, residual_in_fp32=False,
+                 drop_path=0.0):
+        super().__init__()
+        self.residual_in_fp32 = residual_in_fp32
+        self.fused_add_norm = fused_add_norm
+        self.mixer = mixer_cls(dim)
+        self.norm = norm_cls(dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, hidden_states: Tensor, residual: Optional[Tensor] = None,
+                state: Optional[tuple[Tensor, Tensor]] = None, return_state: bool = False,
+                use_checkpoint: bool = False):
+        residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
+        hidden_states = self.norm(residual.to(dtype=self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.to(torch.float32)
+        if use_checkpoint:
+            out = torch.utils.checkpoint.checkpoint(self.mixer, hidden_states, state, return_state,
+                                                    use_reentrant=False)
+        else:
+            out = self.mixer(hidden_states, state, return_state)
+        if return_state:
+            hidden_states, new_state = out
+            return hidden_states, residual, new_state
+        return out, residual, None
+
+
+def create_block(d_model, ssm_cfg=None, norm_epsilon=1e-5, drop_path=0.0, rms_norm=True, residual_in_fp32=True,
+                 fused_add_norm=True, layer_idx=None, bimamba=True, device=None, dtype=None) -> Block:
+    factory = {"device": device, "dtype": dtype}
+    ssm_cfg = dict(ssm_cfg or {})
+
+    def mixer_cls(dim):
+        return Mamba(dim, layer_idx=layer_idx, bimamba=bimamba, **ssm_cfg, **factory)
+
+    def norm_cls(dim):
+        if rms_norm:
+            return RMSNorm(dim, eps=norm_epsilon, **factory)
+        return nn.LayerNorm(dim, eps=norm_epsilon, **factory)
+
+    block = Block(d_model, mixer_cls, norm_cls=norm_cls, drop_path=drop_path, fused_add_norm=fused_add_norm,
+                  residual_in_fp32=residual_in_fp32)
+    block.layer_idx = layer_idx
+    return block
+
+
+# ----------------------------------------------------------------------------- model
+
+@dataclass
+class SegmentOutput:
+    """What `forward_segment` returns: the cls embedding, the head's logits, the next state."""
+
+    features: Tensor  # [B, embed_dim]
+    logits: Tensor  # [B, num_classes] ([B, embed_dim] when the model has no head)
+    state: StreamState
+
+
+class VideoMamba(nn.Module):
+    """The official VideoMamba video classifier (the `VisionMamba` of video_sm), parameter for parameter."""
+
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        depth=24,
+        embed_dim=192,
+        channels=3,
+        num_classes=1000,
+        drop_rate=0.0,
+        drop_path_rate=0.1,
+        ssm_cfg=None,
+        norm_epsilon=1e-5,
+        initializer_cfg=None,
+        fused_add_norm=True,
+        rms_norm=True,
+        residual_in_fp32=True,
+        bimamba=True,
+        # video
+        kernel_size=1,
+        num_frames=8,
+        fc_drop_rate=0.0,
+        device=None,
+        dtype=None,
+        # activation checkpointing of the first `checkpoint_num` blocks' mixers (training)
+        use_checkpoint=False,
+        checkpoint_num=0,
+    ):
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        if num_frames % kernel_size:
+            raise ValueError(f"num_frames={num_frames} is not a multiple of kernel_size={kernel_size}")
+        self.residual_in_fp32 = residual_in_fp32
+        self.fused_add_norm = fused_add_norm
+        self.use_checkpoint = use_checkpoint
+        self.checkpoint_num = checkpoint_num
+        self.num_classes = num_classes
+        self.d_model = self.num_features = self.embed_dim = embed_dim
+        self.num_frames = num_frames
+        self.kernel_size = kernel_size
+        self.bimamba = bimamba
+
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size,
+                                      in_chans=channels, embed_dim=embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **factory))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim, **factory))
+        self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // kernel_size, embed_dim, **factory))
+        self.pos_drop = nn.Dropout(p=drop_rate)
+        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **factory) if num_classes > 0 else nn.Identity()
+
+        # Stochastic depth as in the official code: block i drops the *previous* block's
+        # mixer output with rate dpr[i-1] (block 0 has nothing to drop), and the final
+        # add+norm drops the last block's output with the full drop_path_rate.
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        inter_dpr = [0.0] + dpr
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
+        self.layers = nn.ModuleList([
+            create_block(embed_dim, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
+                         residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, layer_idx=i,
+                         bimamba=bimamba, drop_path=inter_dpr[i], **factory)
+            for i in range(depth)
+        ])
+        self.norm_f = (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory)
+
+        self._init_weights(depth, initializer_cfg or {})
+        mixer = self.layers[0].mixer if depth else None
+        self.d_inner = mixer.d_inner if mixer else 0
+        self.d_state = mixer.d_state if mixer else 0
+        self.d_conv = mixer.d_conv if mixer else 0
+        # timm-style metadata the pipeline reads (input size, normalisation, labels);
+        # `load_model` fills in the checkpoint fields.
+        self.default_cfg = {
+            "num_frames": num_frames,
+            "img_size": self.patch_embed.img_size[0],
+            "input_size": (channels, num_frames, *self.patch_embed.img_size),
+            "patch_size": self.patch_embed.patch_size[0],
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "num_classes": num_classes,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "class_names": None,
+            "checkpoint": "",
+            "checkpoint_digest": "",
+            "name": "",
+        }
+
+    # ------------------------------------------------------------------ init, misc
+    def _init_weights(self, depth: int, initializer_cfg: dict) -> None:
+        # The official order: every Linear trunc_normal(0.02) with zero bias (this also
+        # overrides the mixer's dt_proj init, exactly as in the official model), LayerNorms
+        # to 1/0, pos_embed trunc_normal(0.02); then the GPT-2 style rescale of out_proj.
+        def segm_init(m):
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.constant_(m.bias, 0)
+                nn.init.constant_(m.weight, 1.0)
+
+        self.apply(segm_init)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        rescale = initializer_cfg.get("rescale_prenorm_residual", True)
+        n_res = initializer_cfg.get("n_residuals_per_layer", 1)
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
+                nn.init.zeros_(m.bias)
+            if rescale and isinstance(m, Mamba):
+                nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
+                with torch.no_grad():
+                    m.out_proj.weight /= math.sqrt(n_res * depth)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "temporal_pos_embedding"}
+
+    def get_num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def img_size(self) -> int:
+        return self.patch_embed.img_size[0]
+
+    # ------------------------------------------------------------------- embedding
+    def embed(self, x: Tensor) -> Tensor:
+        """Clip [B, C, T, H, W] -> tokens [B, 1 + T'*h*w, D]: the cls token, then the patches
+        frame by frame, with spatial and (segment-local) temporal positions added."""
+        self._check_clip(x)
+        x = self.patch_embed(x)  # [B, D, T', h, w]
+        B, D, T, h, w = x.shape
+        x = x.permute(0, 2, 3, 4, 1).reshape(B, T, h * w, D)
+        # Same order of additions as the official code: (patch + pos) + temporal.
+        x = x + self.pos_embed[:, None, 1:, :]
+        x = x + resample_temporal_pos(self.temporal_pos_embedding, T)[:, :, None, :]
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
+        return self.pos_drop(torch.cat([cls, x.reshape(B, T * h * w, D)], dim=1))
+
+    def _check_clip(self, x: Tensor) -> None:
+        C = self.patch_embed.proj.in_channels
+        if x.dim() != 5 or x.shape[1] != C:
+            raise ValueError(f"clip must be [B, {C}, T, H, W]; got shape {tuple(x.shape)}")
+        H, W = self.patch_embed.img_size
+        if tuple(x.shape[-2:]) != (H, W):
+            raise ValueError(f"clip frames are {x.shape[-2]}x{x.shape[-1]} but the model takes {H}x{W} "
+                             f"(resize when decoding, or load the model with img_size={x.shape[-2]} so its "
+                             "position embedding is resampled)")
+        T = x.shape[2]
+        if T < self.kernel_size or T % self.kernel_size:
+            raise ValueError(f"clip has {T} frames; it needs a positive multiple of kernel_size={self.kernel_size}")
+
+    # -------------------------------------------------------------------- backbone
+    def _blocks(self, hidden: Tensor, state: Optional[StreamState], return_state: bool):
+        residual = None
+        tails, ssms = [], []
+        for i, layer in enumerate(self.layers):
+            ckpt = self.use_checkpoint and i < self.checkpoint_num and self.training and torch.is_grad_enabled()
+            layer_state = state.layer(i) if state is not None else None
+            hidden, residual, new = layer(hidden, residual, layer_state, return_state, use_checkpoint=ckpt)
+            if return_state:
+                tails.append(new[0])
+                ssms.append(new[1])
+        new_state = None
+        if return_state:
+            tag = state.tag if state is not None else ""
+            new_state = StreamState(torch.stack(tails).float(), torch.stack(ssms).float(), tag)
+        return hidden, residual, new_state
+
+    def _final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
+        residual = residual + self.drop_path(hidden)
+        return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype)).to(hidden.dtype)
+
+    def forward_tokens(self, tokens: Tensor, state: Optional[StreamState] = None) -> tuple[Tensor, StreamState]:
+        """Run the blocks and the final norm over one piece of a token sequence [B, L, D].
+
+        The forward direction starts from `state` (zeros when None) and the new state is
+        returned; the backward direction sees only this piece. So with `bimamba=False`,
+        feeding a sequence in pieces equals one pass; with `bimamba=True` a piece is a
+        segment. Returns (normed hidden states [B, L, D], new state).
+        """
+        if state is None:
+            state = self.init_state(tokens.shape[0], device=tokens.device)
+        self._check_state(state, tokens.shape[0], tokens.device)
+        hidden, residual, new_state = self._blocks(tokens, state, return_state=True)
+        return self._final_norm(hidden, residual), new_state
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The official clip forward: [B, C, T, H, W] -> final-norm cls feature [B, D]."""
+        hidden, residual, _ = self._blocks(self.embed(x), None, return_state=False)
+        return self._final_norm(hidden[:, 0], residual[:, 0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.head_drop(self.forward_features(x)))
+
+    # -------------------------------------------------------------- recurrent mode
+    def state_spec(self) -> dict:
+        """The StreamState shape this model needs (for `StreamState.check` / `from_bytes(expect=)`)."""
+        return {"n_layers": len(self.layers), "d_inner": self.d_inner, "d_conv": self.d_conv, "d_state": self.d_state}
+
+    def init_state(self, batch_size: int, device=None) -> StreamState:
+        """The state of streams that have seen nothing: zeros, float32."""
+        if device is None:
+            device = self.cls_token.device
+        return StreamState.zeros(len(self.layers), batch_size, self.d_inner, self.d_conv, self.d_state,
+                                 device=device, tag=self.default_cfg.get("checkpoint_digest", ""))
+
+    def _check_state(self, state: StreamState, batch_size: int, device) -> None:
+        if not isinstance(state, StreamState):
+            raise TypeError(f"state must be a StreamState (from model.init_state), got {type(state).__name__}")
+        state.check(batch_size=batch_size, **self.state_spec())
+        digest = self.default_cfg.get("checkpoint_digest", "")
+        if state.tag and digest and state.tag != digest:
+            raise StateError(f"state was made by checkpoint {state.tag!r}, this model is {digest!r}; "
+                             "a stream cannot continue on different weights")
+        if state.device != torch.device(device):
+            raise StateError(f"state is on {state.device} but the input is on {device}; move it with state.to()")
+
+    def forward_segment(self, clip: Tensor, state: Optional[StreamState] = None) -> SegmentOutput:
+        """One segment of B streams: clip [B, C, T, H, W] and their carried state.
+
+        T may differ from `num_frames` (temporal positions are resampled), e.g. for a
+        stream's last, shorter segment. Returns features, logits and the next state; the
+        given state is not modified.
+        """
+        tokens = self.embed(clip)
+        if state is None:
+            state = self.init_state(clip.shape[0], device=clip.device)
+        self._check_state(state, clip.shape[0], clip.device)
+        hidden, residual, new_state = self._blocks(tokens, state, return_state=True)
+        features = self._final_norm(hidden[:, 0], residual[:, 0])
+        return SegmentOutput(features=features, logits=self.head(self.head_drop(features)), state=new_state)
