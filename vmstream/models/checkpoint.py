@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,16 +81,21 @@ def read_checkpoint(source: Union[str, os.PathLike, Mapping]) -> tuple[dict[str,
         try:
             with torch.serialization.safe_globals(_safe_globals()):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            text = str(e)
+            if "Weights only load failed" not in text:
+                raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {text}") from None
+            # torch's message is generic advice; the useful line names the refused global.
+            reason = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line),
+                          "a class outside the allowed list")
             raise CheckpointError(
                 f"refused to load {path}: it contains pickled objects other than tensors, containers and "
-                f"argparse.Namespace, which could run code when unpickled ({first}). If you trust the file, "
+                f"argparse.Namespace, which could run code when unpickled ({reason}). If you trust the file, "
                 "load it yourself and pass its state dict (or re-save it with torch.save(state_dict))."
             ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-            if isinstance(e, FileNotFoundError):
-                raise
+        except Exception as e:  # a corrupt file fails in many ways inside the unpickler
             raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("args"), argparse.Namespace):
         meta["args"] = obj["args"]
