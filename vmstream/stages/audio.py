@@ -365,33 +365,51 @@ class PyAVAudioReader:
 
 
 class AudioFeatures:
-    """The audio stage: Segments of one stream in, the same Segments out with `audio` set.
+    """The audio stage: one stream's Segments in, the same Segments out with `audio` set.
 
         stage = AudioFeatures(AudioConfig(n_mels=64))
-        for seg in stage(segments):          # uri taken from the segments' `uri`
+        for item in stage.run(items):     # Segments (and StreamEvents, passed through)
             ...
+        # the runner's hook: audio_factory=AudioFeatures.factory(AudioConfig())
 
-    Reads the stream's file once, front to back, just far enough ahead to summarise the
-    segment at hand (memory: the PCM block being turned into frames plus the mel frames
-    from the current segment's start on, 25.6 kB per second of span at 64 mels). It
-    seeks only for a jump ahead of more than `seek_ahead_seconds` or a segment that starts
-    before frames it already dropped (segments are expected in time order).
+    The file is the `uri` given here, else the first Segment's `uri`. Reads it once,
+    front to back, just far enough ahead to summarise the segment at hand (memory: the
+    PCM block being turned into frames plus the mel frames from the current segment's
+    start on, 25.6 kB per second of span at 64 mels). It seeks only for a jump ahead of
+    more than `seek_ahead_seconds` or a segment that starts before frames it already
+    dropped (segments are expected in time order).
     A file without an audio track, a URL that is not a local file (live feeds: feed
     `LogMelStream` from the decoder's own demuxer instead), or an audio track that cannot
     be opened: the segments pass through with audio None and one log line; audio never
     fails a stream. `stats` describes the last stream.
     """
 
-    def __init__(self, config: AudioConfig = AudioConfig()):
+    def __init__(self, config: AudioConfig = AudioConfig(), uri: Optional[str] = None):
         self.config = config
+        self.uri = uri
         self.stats: dict = {}
 
-    def __call__(self, segments: Iterable[Segment], uri: Optional[str] = None) -> Iterator[Segment]:
-        it = iter(segments)
-        first = next(it, None)
+    @classmethod
+    def factory(cls, config: AudioConfig = AudioConfig()):
+        """`audio_factory(source)` for the runner: one stage per source, on its file."""
+
+        def make(source) -> "AudioFeatures":
+            return cls(config, uri=getattr(source, "path", None) or getattr(source, "uri", None))
+
+        return make
+
+    def run(self, items: Iterable, uri: Optional[str] = None) -> Iterator:
+        """Segments get `audio`; anything else (StreamEvents) passes through in order."""
+        it = iter(items)
+        first = None
+        for item in it:  # anything before the first Segment goes out as it comes
+            if isinstance(item, Segment):
+                first = item
+                break
+            yield item
         if first is None:
             return
-        uri = uri or first.uri
+        uri = uri or self.uri or first.uri
         self.stats = {"uri": uri, "audio": False, "segments": 0, "segments_without_audio": 0,
                       "broken_packets": 0, "seeks": 0, "peak_buffered_seconds": 0.0}
         reader = self._open(uri)
@@ -408,6 +426,8 @@ class AudioFeatures:
             if reader.broken_packets:
                 log.warning("%s: %d broken audio packets skipped", uri, reader.broken_packets)
 
+    __call__ = run
+
     def _open(self, uri: str) -> Optional[PyAVAudioReader]:
         if not uri:
             log.warning("audio: segments carry no uri; audio stays None")
@@ -423,12 +443,15 @@ class AudioFeatures:
             log.warning("%s: cannot open the audio track (%s: %s); audio stays None", uri, type(e).__name__, e)
         return None
 
-    def _run(self, reader: PyAVAudioReader, segments: Iterator[Segment]) -> Iterator[Segment]:
+    def _run(self, reader: PyAVAudioReader, segments: Iterator) -> Iterator:
         cfg = self.config
         mel = LogMelStream(cfg)
         chunks = reader.chunks()
         dropped_until = -math.inf  # frames centred before this were discarded
         for seg in segments:
+            if not isinstance(seg, Segment):
+                yield seg
+                continue
             t0 = float(seg.t_start)
             t1 = max(float(seg.t_end), t0)
             # Earliest frame centre this span may use (its nearest-frame rule included).
