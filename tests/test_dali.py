@@ -266,3 +266,16 @@ def test_factory_gives_dali_and_rejects_bad_options():
     if NO_GPU:
         with pytest.raises(ValueError, match="no CUDA GPU"):
             DALIDecoder(device="gpu")
+
+
+def test_normalize_in_the_pipeline_matches_normalizing_the_uint8_frames(vids):
+    from vmstream.records import IMAGENET_MEAN, IMAGENET_STD
+
+    a, _ = _run(DALIDecoder(device="cpu"), vids["vp9"], UniformSampling(4))
+    b, _ = _run(DALIDecoder(device="cpu", normalize=True), vids["vp9"], UniformSampling(4))
+    mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
+    std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
+    for x, y in zip(a, b):
+        assert y.image.dtype == np.float32 and y.image.shape == (3, 224, 224)
+        want = (x.image.transpose(2, 0, 1).astype(np.float32) / 255.0 - mean) / std
+        np.testing.assert_allclose(y.image, want, atol=1e-4)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
-from vmstream.records import Frame
+from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame
 
 from .base import (
     Decoder,
@@ -282,9 +282,10 @@ def select_frames(index: FrameIndex, info: StreamInfo, policy: "SamplingPolicy",
 
 def _build_pipeline(*, device: str, device_id: Optional[int], num_threads: int, chunk: int,
                     scaled: tuple[int, int], crop: tuple[int, int, int, int], rotation: int,
-                    interp: str):
+                    interp: str, normalize: bool = False):
     """One stream's DALI pipeline: consecutive chunks of decoded frames in, the wanted
-    frames of each chunk out, resized and centre-cropped, uint8 FHWC."""
+    frames of each chunk out, resized and centre-cropped: uint8 FHWC, or with
+    `normalize` float32 FCHW normalised with the ImageNet mean / std."""
     sw, sh = scaled
     x0, y0, cw, ch = crop
 
@@ -306,6 +307,10 @@ def _build_pipeline(*, device: str, device_id: Optional[int], num_threads: int, 
         x = fn.resize(x, resize_x=sw, resize_y=sh, interp_type=getattr(types, interp), antialias=True)
         if (sw, sh) != (cw, ch):
             x = fn.slice(x, start=[y0, x0], shape=[ch, cw], axis_names="HW")
+        if normalize:
+            x = fn.crop_mirror_normalize(
+                x, dtype=types.FLOAT, output_layout="FCHW",
+                mean=[255.0 * m for m in IMAGENET_MEAN], std=[255.0 * s for s in IMAGENET_STD])
         return x, decoded
 
     pipe = graph()
@@ -322,12 +327,17 @@ class DALIDecoder(Decoder):
     device: "auto" (NVDEC when a CUDA GPU is present, else DALI's CPU decoder), "gpu"
     or "cpu". fallback: decode what DALI cannot (codec, live URL) with PyAV instead of
     raising UnsupportedVideoError. chunk_frames: frames decoded per pipeline run.
+    normalize: finish the model's input transform inside DALI too, so `Frame.image` is
+    float32 [3, H, W] normalised with IMAGENET_MEAN / STD (on the GPU a CUDA tensor)
+    instead of uint8 [H, W, 3]; a segmenter must then stack these as they are. Off by
+    default, as the `Frame` contract says uint8. (Not applied to PyAV fallbacks.)
     """
 
     name = "dali"
 
     def __init__(self, device: str = "auto", *, fallback: bool = True, chunk_frames: int = 16,
-                 num_threads: int = 2, device_id: Optional[int] = None, **pyav_kwargs):
+                 num_threads: int = 2, device_id: Optional[int] = None, normalize: bool = False,
+                 **pyav_kwargs):
         if not dali_available():
             raise ImportError(f"nvidia-dali is not importable ({DALI_IMPORT_ERROR}); pip install 'vmstream[dali]'")
         if device not in ("auto", "gpu", "cpu"):
@@ -344,6 +354,7 @@ class DALIDecoder(Decoder):
         self.fallback = fallback
         self.chunk_frames = chunk_frames
         self.num_threads = num_threads
+        self.normalize = bool(normalize)
         self._pyav_kwargs = pyav_kwargs
         self._pyav: Optional[Decoder] = None
         self._lock = threading.Lock()
@@ -409,7 +420,7 @@ class DALIDecoder(Decoder):
         pipe = _build_pipeline(
             device="mixed" if self.on_gpu else "cpu", device_id=self.device_id,
             num_threads=self.num_threads, chunk=L, scaled=scaled, crop=(x0, y0, size.width, size.height),
-            rotation=info.rotation % 360, interp=interp,
+            rotation=info.rotation % 360, interp=interp, normalize=self.normalize,
         )
         data = np.memmap(path, dtype=np.uint8, mode="r")
         pipe.feed_input("video", [data])
@@ -440,7 +451,7 @@ class DALIDecoder(Decoder):
                     except Exception as e:  # DALI marks the pipeline dead after an error
                         reason, message = "truncated", f"DALI stopped decoding at frame ~{j * L}: {_first_line(e)}"
                         break
-                    got = int(np.asarray(shp.as_cpu()[0])[0]) if self.on_gpu else int(np.asarray(shp[0])[0])
+                    got = int(np.asarray(shp.as_cpu()[0])[0])
                     decoded += got
                     if got < expect:
                         want = want[want - j * L < got]
@@ -469,8 +480,8 @@ class DALIDecoder(Decoder):
         return gen()
 
     def _images(self, out):
-        """The run's frames as a sequence of HWC uint8 images: numpy on the CPU; on the GPU
-        torch CUDA tensors sharing DALI's memory through DLPack (no host copy)."""
+        """The run's frames (HWC uint8, or CHW float32 with `normalize`): numpy on the CPU;
+        on the GPU torch CUDA tensors sharing DALI's memory through DLPack (no host copy)."""
         if self.on_gpu:
             import torch
 
