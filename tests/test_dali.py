@@ -58,6 +58,21 @@ def vids(tmp_path_factory):
     v["mjpeg"] = str(d / "a.mkv")
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10:duration=2", "-c:v", "mjpeg",
             "-q:v", "3", "-pix_fmt", "yuvj420p", v["mjpeg"])
+    # MJPEG in MOV whose display matrix asks for a 90 degree clockwise turn (written with
+    # PyAV: the ffmpeg CLI here cannot set one).
+    mj = str(d / "plain.mov")
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10:duration=1", "-c:v", "mjpeg",
+            "-q:v", "3", "-pix_fmt", "yuvj420p", mj)
+    v["rotated"] = str(d / "rotated.mov")
+    with av.open(mj) as src, av.open(v["rotated"], "w") as out:
+        st = out.add_stream("mjpeg", rate=10)
+        st.width, st.height, st.pix_fmt = 320, 240, "yuvj420p"
+        st.set_display_rotation(-90)  # counter-clockwise degrees, as FFmpeg stores them
+        for f in src.decode(video=0):
+            for pkt in st.encode(f):
+                out.mux(pkt)
+        for pkt in st.encode(None):
+            out.mux(pkt)
     v["h264"] = str(d / "a.mp4")
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1", "-c:v", "libx264",
             "-preset", "ultrafast", "-pix_fmt", "yuv420p", v["h264"])
@@ -279,3 +294,23 @@ def test_normalize_in_the_pipeline_matches_normalizing_the_uint8_frames(vids):
         assert y.image.dtype == np.float32 and y.image.shape == (3, 224, 224)
         want = (x.image.transpose(2, 0, 1).astype(np.float32) / 255.0 - mean) / std
         np.testing.assert_allclose(y.image, want, atol=1e-4)
+
+
+def test_display_rotation_is_applied(vids, dec):
+    info = dec.probe(vids["rotated"])
+    assert info.rotation == 90 and info.display_size == (240, 320)
+    size = FrameSize(224, 160)  # portrait, like the displayed video
+    frames, _ = _run(dec, vids["rotated"], AllFrames(), size)
+    sw, sh = size.scaled_size(*info.display_size)
+    x0, y0 = size.crop_box(sw, sh)
+    ref = []
+    with av.open(vids["rotated"]) as c:
+        for f in c.decode(video=0):
+            turned = np.ascontiguousarray(np.rot90(f.to_ndarray(format="rgb24"), k=-1))  # clockwise
+            img = av.VideoFrame.from_ndarray(turned, format="rgb24").reformat(
+                width=sw, height=sh, interpolation="BILINEAR").to_ndarray()
+            ref.append(img[y0 : y0 + size.height, x0 : x0 + size.width])
+    assert len(frames) == len(ref) == 10
+    for f in frames:
+        assert f.image.shape == (224, 160, 3)
+        assert _mad(f.image, ref[f.index]) < 3.0

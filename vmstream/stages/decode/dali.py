@@ -299,11 +299,11 @@ def _build_pipeline(*, device: str, device_id: Optional[int], num_threads: int, 
         decoded = video.shape()
         x = fn.sequence_rearrange(video, new_order=sel)
         if rotation == 90:
-            x = fn.flip(fn.transpose(x, perm=[0, 2, 1, 3]), horizontal=1)
+            x = fn.flip(fn.transpose(x, perm=[0, 2, 1, 3], output_layout="FHWC"), horizontal=1)
         elif rotation == 180:
             x = fn.flip(x, horizontal=1, vertical=1)
         elif rotation == 270:
-            x = fn.flip(fn.transpose(x, perm=[0, 2, 1, 3]), vertical=1)
+            x = fn.flip(fn.transpose(x, perm=[0, 2, 1, 3], output_layout="FHWC"), vertical=1)
         x = fn.resize(x, resize_x=sw, resize_y=sh, interp_type=getattr(types, interp), antialias=True)
         if (sw, sh) != (cw, ch):
             x = fn.slice(x, start=[y0, x0], shape=[ch, cw], axis_names="HW")
@@ -490,5 +490,12 @@ class DALIDecoder(Decoder):
 
 
 def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[0] if s else type(e).__name__
+    """The useful part of a DALI error: which operator, and what it said."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    op = next((ln.rstrip(",") for ln in lines if ln.startswith("Error in")), "")
+    said = ""
+    if "encountered:" in lines:
+        rest = lines[lines.index("encountered:") + 1 :]
+        said = rest[0] if rest else ""
+    msg = "; ".join(x for x in (op, said) if x)
+    return msg or (lines[0] if lines else type(e).__name__)
