@@ -296,7 +296,8 @@ def _build_pipeline(*, device: str, device_id: Optional[int], num_threads: int, 
             no_copy=True,
         )
         sel = fn.external_source(name="sel", dtype=types.INT32, ndim=1)
-        decoded = video.shape()
+        # Frames DALI actually decoded in this chunk (fewer than asked: the file ended).
+        decoded = video.shape() if hasattr(video, "shape") else fn.shapes(video)  # DALI < 1.44
         x = fn.sequence_rearrange(video, new_order=sel)
         if rotation == 90:
             x = fn.flip(fn.transpose(x, perm=[0, 2, 1, 3], output_layout="FHWC"), horizontal=1)
