@@ -265,13 +265,6 @@ class LogMelStream:
         """End time of the audio pushed so far (-inf before any)."""
         return -math.inf if self._grid is None else self._grid.end_time()
 
-    def earliest(self) -> float:
-        """Centre of the oldest frame still held (or of the next one to come)."""
-        for c in self._centers:
-            if len(c):
-                return float(c[0])
-        return math.inf if self._grid is None else self._grid.next_center()
-
     def summary(self, t_start: float, t_end: float) -> Optional[np.ndarray]:
         if self._grid is not None:
             self._collect(self._grid)
