@@ -66,6 +66,14 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
 
 
+def norm_fp32(norm: nn.Module, x: Tensor) -> Tensor:
+    """RMSNorm or LayerNorm of x computed in fp32 (returns fp32), like the fused add+norm."""
+    if isinstance(norm, RMSNorm):
+        return F.rms_norm(x.float(), (x.shape[-1],), norm.weight.float(), norm.eps)
+    return F.layer_norm(x.float(), (x.shape[-1],), norm.weight.float(),
+                        None if norm.bias is None else norm.bias.float(), norm.eps)
+
+
 class RMSNorm(nn.Module):
     """mamba-ssm's RMSNorm: a `weight`, no bias (so the state dict has only `*.weight`)."""
 
@@ -267,10 +275,12 @@ class Block(nn.Module):
     def forward(self, hidden_states: Tensor, residual: Optional[Tensor] = None,
                 state: Optional[tuple[Tensor, Tensor]] = None, return_state: bool = False,
                 use_checkpoint: bool = False):
+        in_dtype = hidden_states.dtype
         residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
-        hidden_states = self.norm(residual.to(dtype=self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.to(torch.float32)
+        # As the fused kernel: normalise the (fp32) residual in fp32, output in the input's dtype.
+        hidden_states = norm_fp32(self.norm, residual).to(in_dtype)
         if use_checkpoint:
             out = torch.utils.checkpoint.checkpoint(self.mixer, hidden_states, state, return_state,
                                                     use_reentrant=False)
@@ -485,8 +495,7 @@ class VideoMamba(nn.Module):
         return hidden, residual, new_state
 
     def _final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
-        residual = residual + self.drop_path(hidden)
-        return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype)).to(hidden.dtype)
+        return norm_fp32(self.norm_f, residual + self.drop_path(hidden)).to(hidden.dtype)
 
     def forward_tokens(self, tokens: Tensor, state: Optional[StreamState] = None) -> tuple[Tensor, StreamState]:
         """Run the blocks and the final norm over one piece of a token sequence [B, L, D].
