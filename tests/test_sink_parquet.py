@@ -80,8 +80,8 @@ def test_resumed_run_upserts_newest_row_wins(tmp_path):
 
     seg = pd.read_parquet(tmp_path / "segments")
     assert len(seg) == 15 and seg.uid.is_unique
-    by_index = seg.set_index("segment_index").checkpoint_digest
-    assert all(by_index[i] == "seed0" for i in range(5)) and all(by_index[i] == "seed1" for i in range(5, 15))
+    by_index = seg.set_index("segment_index").num_frames
+    assert all(by_index[i] == 8 for i in range(5)) and all(by_index[i] == 9 for i in range(5, 15))
     new = make_result("cam0", 7, seed=1)
     np.testing.assert_array_equal(np.asarray(seg.set_index("uid").loc[new.uid].embedding, np.float32), new.embedding)
     assert pd.read_parquet(tmp_path / "summaries").segment_count.tolist() == [15]
@@ -99,7 +99,7 @@ def test_duplicates_within_one_run_and_read_while_open(tmp_path):
     # A plain reader mid-run may see both versions; read_table de-duplicates.
     assert len(pd.read_parquet(tmp_path / "segments")) == 8
     t = read_table(tmp_path / "segments").to_pandas().set_index("segment_index")
-    assert len(t) == 6 and t.checkpoint_digest[2] == "seed1" and t.checkpoint_digest[1] == "seed0"
+    assert len(t) == 6 and t.num_frames[2] == 9 and t.num_frames[1] == 8
     sink.close()
     seg = pd.read_parquet(tmp_path / "segments")
     assert len(seg) == 6 and seg.uid.is_unique
@@ -190,7 +190,7 @@ def test_crash_during_compaction_is_repaired_on_open(tmp_path, monkeypatch):
     ParquetSink(tmp_path).close()
     seg = pd.read_parquet(tmp_path / "segments").set_index("segment_index")
     assert len(seg) == 8 and seg.uid.is_unique
-    assert [seg.checkpoint_digest[i] for i in range(8)] == ["seed0"] * 4 + ["seed1"] * 4
+    assert [seg.num_frames[i] for i in range(8)] == [8] * 4 + [9] * 4
 
 
 WRITER = textwrap.dedent(
@@ -237,7 +237,7 @@ def test_sigkill_loses_at_most_the_open_row_group(tmp_path):
             sink.write(make_result("cam0", i, dim=192, seed=7))
     seg = pd.read_parquet(out / "segments")
     assert sorted(seg.segment_index) == list(range(40)) and seg.uid.is_unique
-    assert set(seg[seg.segment_index >= 25].checkpoint_digest) == {"seed7"}
+    assert set(seg[seg.segment_index >= 25].num_frames) == {15}
 
 
 def test_sigkill_at_a_random_moment_leaves_whole_row_groups(tmp_path):
