@@ -1,0 +1,438 @@
+"""How vmstream's records look on Kafka, and reading them back.
+
+One message per record, keyed by stream id (UTF-8), so all of a stream's records land
+in one partition in the order they were written. The value is the record's row
+(`to_row()` of `vmstream.records`) as JSON (UTF-8; embeddings as float lists;
+non-finite floats as null, since JSON has no NaN). Headers:
+
+    vmstream.schema_version   b"1"  (SCHEMA_VERSION; a reader refuses newer ones)
+    vmstream.kind             b"segment" | b"event" | b"summary"
+    vmstream.payload          b"inline" | b"parquet-ref"
+    vmstream.uid              the segment uid in decimal (segments only), so a consumer
+                              can de-duplicate without parsing the value
+    content-type              b"application/json"
+
+Each kind has its own topic (`DEFAULT_TOPICS`): a FAISS indexer reads segments only,
+a dashboard reads summaries only, and neither has to skip the other kinds. The kind
+header is there anyway so a consumer of several topics, or a user who points all
+three names at one topic, can tell records apart.
+
+A record whose message would exceed the broker's message size limit is written to a
+Parquet file (one row, the record's Arrow schema) by the sink, and the message carries
+the record's identity and a reference instead (payload `parquet-ref`):
+
+    {"uid": ..., "stream_id": ..., "segment_index": ..., "t_start": ..., "t_end": ...,
+     "$ref": {"format": "parquet", "uri": "file:///.../123.parquet", "bytes": N}}
+
+`decode_message` resolves such references (the file must be readable where the
+consumer runs: a shared directory in multi-machine deployments).
+
+Delivery is at least once: after a broker outage a record can arrive twice (same uid).
+`read_records` / `dedupe_by_uid` keep the first copy of each segment.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vmstream.records import (
+    EVENT_SCHEMA,
+    SCHEMA_VERSION,
+    SEGMENT_SCHEMA,
+    SUMMARY_SCHEMA,
+    SegmentResult,
+    StreamEvent,
+    StreamSummary,
+    rows_to_table,
+)
+
+Record = Union[SegmentResult, StreamEvent, StreamSummary]
+
+H_SCHEMA = "vmstream.schema_version"
+H_KIND = "vmstream.kind"
+H_PAYLOAD = "vmstream.payload"
+H_UID = "vmstream.uid"
+H_CONTENT_TYPE = "content-type"
+
+KIND_SEGMENT, KIND_EVENT, KIND_SUMMARY = "segment", "event", "summary"
+PAYLOAD_INLINE, PAYLOAD_REF = "inline", "parquet-ref"
+
+# Default topic per record kind (the admin step creates them; see
+# vmstream.pipeline.kafka_admin).
+DEFAULT_TOPICS = {
+    KIND_SEGMENT: "vmstream.segments",
+    KIND_EVENT: "vmstream.events",
+    KIND_SUMMARY: "vmstream.summaries",
+}
+
+_SCHEMAS = {KIND_SEGMENT: SEGMENT_SCHEMA, KIND_EVENT: EVENT_SCHEMA, KIND_SUMMARY: SUMMARY_SCHEMA}
+_CLASSES = {KIND_SEGMENT: SegmentResult, KIND_EVENT: StreamEvent, KIND_SUMMARY: StreamSummary}
+# Float fields that may legitimately be NaN (an event without a time); JSON carries
+# them as null and the reader restores NaN.
+_NAN_FIELDS = {KIND_EVENT: ("t_start", "t_end"), KIND_SUMMARY: ("duration", "t_start", "t_end")}
+
+
+class RecordFormatError(ValueError):
+    """A Kafka message that is not a vmstream record this version can read."""
+
+
+def kind_of(record: Record) -> str:
+    if isinstance(record, SegmentResult):
+        return KIND_SEGMENT
+    if isinstance(record, StreamEvent):
+        return KIND_EVENT
+    if isinstance(record, StreamSummary):
+        return KIND_SUMMARY
+    raise TypeError(f"not a vmstream record: {type(record).__name__}")
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, list):
+        # Float lists (embeddings) are the bulk of a message: skip the per-item walk
+        # when they hold only finite floats, which is almost always.
+        # (A sum of finite floats is finite unless it overflows; NaN and inf propagate.)
+        if x and isinstance(x[0], float):
+            try:
+                if math.isfinite(sum(x)):
+                    return x
+            except TypeError:
+                pass
+        return [_json_safe(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    return x
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(_json_safe(obj), separators=(",", ":"), allow_nan=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRecord:
+    """A record ready for the producer."""
+
+    kind: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    row: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        """Bytes the record occupies in a batch, near enough for the size limit."""
+        return len(self.key) + len(self.value) + sum(len(k) + len(v) for k, v in self.headers)
+
+
+def _headers(kind: str, payload: str, row: dict[str, Any]) -> list[tuple[str, bytes]]:
+    h = [
+        (H_SCHEMA, str(SCHEMA_VERSION).encode()),
+        (H_KIND, kind.encode()),
+        (H_PAYLOAD, payload.encode()),
+        (H_CONTENT_TYPE, b"application/json"),
+    ]
+    if kind == KIND_SEGMENT:
+        h.append((H_UID, str(row["uid"]).encode()))
+    return h
+
+
+def encode_record(record: Record) -> EncodedRecord:
+    kind = kind_of(record)
+    row = record.to_row()
+    return EncodedRecord(kind, record.stream_id.encode(), _dumps(row), _headers(kind, PAYLOAD_INLINE, row), row)
+
+
+def spill_to_parquet(enc: EncodedRecord, spill_dir: Union[str, Path]) -> EncodedRecord:
+    """Write the record to its own Parquet file and return the reference message.
+
+    The file is complete (written, fsynced, renamed into place) before the reference
+    exists, so a reference never points at a half-written file. Segment files are
+    named by uid, so a re-sent segment overwrites its own file with the same content.
+    """
+    base = Path(spill_dir).absolute() / enc.kind
+    base.mkdir(parents=True, exist_ok=True)
+    if enc.kind == KIND_SEGMENT:
+        name = f"{enc.row['uid']}.parquet"
+    else:
+        # Events and summaries have no uid; time and pid keep names unique per writer.
+        name = f"{abs(hash(enc.row['stream_id'])):x}-{time.time_ns()}-{os.getpid()}.parquet"
+    path = base / name
+    tmp = base / f".{name}.tmp-{os.getpid()}"
+    pq.write_table(rows_to_table([enc.row], _SCHEMAS[enc.kind]), tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    ref_row = {k: enc.row[k] for k in ("uid", "stream_id", "segment_index", "t_start", "t_end") if k in enc.row}
+    ref_row["$ref"] = {"format": "parquet", "uri": path.as_uri(), "bytes": path.stat().st_size}
+    return EncodedRecord(enc.kind, enc.key, _dumps(ref_row), _headers(enc.kind, PAYLOAD_REF, enc.row), enc.row)
+
+
+def _header_map(headers: Optional[Sequence[tuple[str, bytes]]]) -> dict[str, bytes]:
+    return {k: v for k, v in (headers or [])}
+
+
+def _where(topic: Any, partition: Any, offset: Any) -> str:
+    return f"{topic}[{partition}]@{offset}"
+
+
+def _load_ref(ref: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
+    uri = ref.get("uri", "")
+    parsed = urllib.parse.urlparse(uri)
+    if ref.get("format") != "parquet" or parsed.scheme != "file":
+        raise RecordFormatError(f"message {where}: unsupported payload reference {ref!r}")
+    path = urllib.request.url2pathname(parsed.path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise RecordFormatError(f"message {where}: cannot read referenced Parquet file {path}: {e}") from e
+    if table.num_rows != 1:
+        raise RecordFormatError(f"message {where}: {path} has {table.num_rows} rows, expected 1")
+    return table.to_pylist()[0]
+
+
+def decode_message(
+    value: bytes,
+    headers: Optional[Sequence[tuple[str, bytes]]],
+    *,
+    topic: Any = "?",
+    partition: Any = "?",
+    offset: Any = "?",
+    resolve_refs: bool = True,
+) -> Record:
+    """The record in one message. Raises RecordFormatError, naming the message, for
+    anything that is not a vmstream record or comes from a newer schema."""
+    where = _where(topic, partition, offset)
+    h = _header_map(headers)
+    if H_SCHEMA not in h or H_KIND not in h:
+        raise RecordFormatError(f"message {where} has no vmstream headers ({H_SCHEMA}, {H_KIND}): not a vmstream record")
+    try:
+        version = int(h[H_SCHEMA])
+    except ValueError:
+        raise RecordFormatError(f"message {where}: bad {H_SCHEMA} header {h[H_SCHEMA]!r}") from None
+    if version > SCHEMA_VERSION:
+        raise RecordFormatError(
+            f"message {where} has schema version {version}, newer than this vmstream's {SCHEMA_VERSION}: upgrade the reader"
+        )
+    kind = h[H_KIND].decode()
+    if kind not in _CLASSES:
+        raise RecordFormatError(f"message {where}: unknown record kind {kind!r}")
+    try:
+        row = json.loads(value)
+    except (ValueError, TypeError) as e:
+        raise RecordFormatError(f"message {where}: value is not JSON: {e}") from e
+    if not isinstance(row, dict):
+        raise RecordFormatError(f"message {where}: value is not a JSON object")
+    if h.get(H_PAYLOAD, b"inline").decode() == PAYLOAD_REF or "$ref" in row:
+        if not resolve_refs:
+            raise RecordFormatError(f"message {where} is a Parquet reference and resolve_refs is off")
+        row = _load_ref(row["$ref"], kind, where)
+    for name in _NAN_FIELDS.get(kind, ()):
+        if row.get(name) is None:
+            row[name] = math.nan
+    try:
+        return _CLASSES[kind].from_row(row)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordFormatError(f"message {where}: not a valid {kind} row: {e!r}") from e
+
+
+def dedupe_by_uid(records: Iterable[Record]) -> list[Record]:
+    """Keep the first copy of each segment (by uid); other records pass through.
+
+    Events and summaries carry no uid: a duplicate of one is identical in content, so
+    they are de-duplicated by their full row.
+    """
+    seen: set[Any] = set()
+    out = []
+    for r in records:
+        if isinstance(r, SegmentResult):
+            key: Any = ("s", r.uid)
+        else:
+            key = (kind_of(r), json.dumps(_json_safe(r.to_row()), sort_keys=True))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def read_records(
+    bootstrap_servers: Union[str, Sequence[str]],
+    topics: Union[str, Sequence[str]],
+    *,
+    client_config: Optional[dict[str, Any]] = None,
+    dedupe: bool = True,
+    timeout_s: float = 60.0,
+    resolve_refs: bool = True,
+) -> list[Record]:
+    """Everything on `topics` now, from the beginning up to the end offsets seen when
+    the call starts, decoded (and de-duplicated by uid unless `dedupe=False`).
+
+    Order is the log order within each partition (so per stream), partitions one after
+    another. Reads without a consumer group: commits nothing, disturbs no one.
+    Raises TimeoutError if the end is not reached in `timeout_s`.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    from vmstream.stages.sinks.kafka import client_options
+
+    if isinstance(topics, str):
+        topics = [topics]
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # Spilled records are small; the raised limit is for large inline ones.
+        max_partition_fetch_bytes=16 << 20,
+        **client_options(client_config, "consumer"),
+    )
+    try:
+        parts = []
+        for t in topics:
+            ps = consumer.partitions_for_topic(t)
+            if ps is None:
+                raise ValueError(f"topic {t!r} does not exist on {bootstrap_servers}")
+            parts += [TopicPartition(t, p) for p in sorted(ps)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        per_part: dict[Any, list[Record]] = {tp: [] for tp in parts}
+        remaining = {tp for tp in parts if end[tp] > 0}
+        deadline = time.monotonic() + timeout_s
+        for tp in parts:
+            if tp not in remaining:
+                consumer.pause(tp)
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"read_records: did not reach the end of {sorted(map(str, remaining))} in {timeout_s}s"
+                )
+            batch = consumer.poll(timeout_ms=200)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if m.offset >= end[tp]:
+                        continue
+                    per_part[tp].append(
+                        decode_message(m.value, m.headers, topic=m.topic, partition=m.partition,
+                                       offset=m.offset, resolve_refs=resolve_refs)
+                    )
+            for tp in list(remaining):
+                if consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+                    consumer.pause(tp)
+        records = [r for tp in parts for r in per_part[tp]]
+    finally:
+        consumer.close()
+    return dedupe_by_uid(records) if dedupe else records
+
+
+def read_results(
+    bootstrap_servers: Union[str, Sequence[str]],
+    topic: str = DEFAULT_TOPICS[KIND_SEGMENT],
+    **kwargs: Any,
+) -> list[SegmentResult]:
+    """The segment results on `topic`, de-duplicated by uid, sorted by (stream id,
+    segment index)."""
+    recs = read_records(bootstrap_servers, topic, **kwargs)
+    seg = [r for r in recs if isinstance(r, SegmentResult)]
+    return sorted(seg, key=lambda r: (r.stream_id, r.segment_index))
+
+
+class RecordConsumer:
+    """Follows topics live and yields decoded records, skipping segment duplicates.
+
+    For users' own consumers and the latency benchmark:
+
+        with RecordConsumer("127.0.0.1:9092", ["vmstream.segments"], group_id="ui") as c:
+            for rec in c:
+                ...
+
+    `group_id=None` reads without a group (from the end, or from the beginning with
+    `from_beginning=True`). Duplicate suppression remembers the last `dedupe_window`
+    uids, which covers re-sends after an outage (they arrive close together).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: Union[str, Sequence[str]],
+        topics: Union[str, Sequence[str]],
+        *,
+        group_id: Optional[str] = None,
+        from_beginning: bool = False,
+        client_config: Optional[dict[str, Any]] = None,
+        dedupe_window: int = 100_000,
+        consumer_options: Optional[dict[str, Any]] = None,
+    ):
+        from kafka import KafkaConsumer, TopicPartition
+
+        from vmstream.stages.sinks.kafka import client_options
+
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        opts = dict(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            enable_auto_commit=group_id is not None,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            max_partition_fetch_bytes=16 << 20,
+        )
+        opts.update(client_options(client_config, "consumer"))
+        opts.update(consumer_options or {})
+        self._consumer = KafkaConsumer(**opts)
+        if group_id is None:
+            parts = []
+            for t in self.topics:
+                ps = self._consumer.partitions_for_topic(t)
+                if ps is None:
+                    raise ValueError(f"topic {t!r} does not exist on {bootstrap_servers}")
+                parts += [TopicPartition(t, p) for p in sorted(ps)]
+            self._consumer.assign(parts)
+            if from_beginning:
+                self._consumer.seek_to_beginning(*parts)
+            else:
+                self._consumer.seek_to_end(*parts)
+                for tp in parts:  # resolve "end" now, not at the first poll
+                    self._consumer.position(tp)
+        else:
+            self._consumer.subscribe(self.topics)
+        self._seen: dict[int, None] = {}
+        self._window = dedupe_window
+        self.duplicates = 0
+
+    def poll(self, timeout_s: float = 1.0) -> list[Record]:
+        out = []
+        for tp, msgs in self._consumer.poll(timeout_ms=int(timeout_s * 1000)).items():
+            for m in msgs:
+                rec = decode_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset)
+                if isinstance(rec, SegmentResult):
+                    uid = rec.uid
+                    if uid in self._seen:
+                        self.duplicates += 1
+                        continue
+                    self._seen[uid] = None
+                    if len(self._seen) > self._window:
+                        self._seen.pop(next(iter(self._seen)))
+                out.append(rec)
+        return out
+
+    def __iter__(self) -> Iterator[Record]:
+        while True:
+            yield from self.poll()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> "RecordConsumer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
