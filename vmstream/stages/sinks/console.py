@@ -1,0 +1,290 @@
+"""The console timeline: what a person watching a run reads.
+
+With few streams (at most `per_segment_streams`, default 4) every segment gets a line:
+
+    cam0   00:01:04-00:01:12  walking             0.83   running 0.10
+    cam0   00:01:12-00:01:20  walking             0.79   running 0.12
+    cam0   GAP 00:01:20-00:01:31 (11.0 s)  reconnected
+    cam1   ERROR  moov atom not found  (file:///videos/broken.mp4)
+
+With more streams a line per segment would scroll faster than anyone reads, so lines
+are collapsed to runs: a stream prints a line when its top label changes (the run that
+just ended, with its length and mean score), and the whole console is rate-limited
+(`max_lines_per_s`; a count of what was held back is printed instead). Gaps and errors
+are always printed. `close()` prints the summary table of the StreamSummary records:
+
+    stream  status  duration  segments  answer (mode)           top-3
+    cam0    ok      0:10:00   75        cooking 0.71 (last)     cooking 0.71, ...
+
+Times are media seconds for files (H:MM:SS) and wall-clock epochs for live streams
+(printed as local clock time).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, TextIO
+
+from vmstream.records import SegmentResult, StreamEvent, StreamSummary
+
+from .base import Sink, SinkRecord
+
+# Seconds above this are wall-clock epochs (live streams), not media time: 2001-09-09.
+_EPOCH_THRESHOLD = 1e9
+
+
+def fmt_time(t: float) -> str:
+    """Media seconds as HH:MM:SS; wall-clock epochs (live streams) as local HH:MM:SS."""
+    if t != t:  # NaN
+        return "--:--:--"
+    if t >= _EPOCH_THRESHOLD:
+        return time.strftime("%H:%M:%S", time.localtime(t))
+    t = max(0.0, t)
+    h, rem = divmod(int(t), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}" if h < 100 else f"{h}:{m:02d}:{s:02d}"
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds != seconds:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return fmt_time(seconds).lstrip("0").lstrip(":") if seconds < 3600 else fmt_time(seconds)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+class _Style:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled else text
+
+
+@dataclass
+class _Run:
+    """A run of consecutive segments of one stream with the same top label."""
+
+    label: str = ""
+    t_start: float = 0.0
+    t_end: float = 0.0
+    count: int = 0
+    score_sum: float = 0.0
+
+
+@dataclass
+class _StreamState:
+    segments: int = 0
+    gaps: int = 0
+    errors: int = 0
+    ended: bool = False
+    run: _Run = field(default_factory=_Run)
+
+
+class ConsoleSink(Sink):
+    """Prints the live timeline to `file` (default stdout).
+
+    `writer`, if given, replaces printing (e.g. `tqdm.write`, so lines do not tear
+    progress bars). `show` is how many labels a segment line shows (1-3)."""
+
+    name = "console"
+
+    def __init__(
+        self,
+        file: Optional[TextIO] = None,
+        *,
+        writer: Optional[Callable[[str], None]] = None,
+        per_segment_streams: int = 4,
+        max_lines_per_s: float = 20.0,
+        show: int = 2,
+        color: Optional[bool] = None,
+        stream_width: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.file = file or sys.stdout
+        self._writer = writer
+        self.per_segment_streams = per_segment_streams
+        self.max_lines_per_s = max_lines_per_s
+        self.show = max(1, min(3, show))
+        if color is None:
+            color = bool(getattr(self.file, "isatty", lambda: False)())
+        self.style = _Style(color)
+        self.stream_width = stream_width
+        self._clock = clock
+        self.streams: dict[str, _StreamState] = {}
+        self.summaries: list[StreamSummary] = []
+        self._window_start = clock()
+        self._window_lines = 0
+        self._suppressed = 0
+        self._closed = False
+        self._sid_width = 4
+
+    # -- output ----------------------------------------------------------------------
+    def _emit(self, line: str, *, always: bool = False) -> None:
+        now = self._clock()
+        if now - self._window_start >= 1.0:
+            if self._suppressed:
+                self._out(self.style(f"… {self._suppressed} timeline lines held back (many streams)", "2"))
+                self._suppressed = 0
+            self._window_start, self._window_lines = now, 0
+        if not always and self._window_lines >= self.max_lines_per_s:
+            self._suppressed += 1
+            return
+        self._window_lines += 1
+        self._out(line)
+
+    def _out(self, line: str) -> None:
+        if self._writer is not None:
+            self._writer(line)
+        else:
+            print(line, file=self.file, flush=True)
+
+    def _sid(self, stream_id: str) -> str:
+        self._sid_width = max(self._sid_width, min(self.stream_width, len(stream_id)))
+        return _fit(stream_id, self.stream_width).ljust(self._sid_width)
+
+    @property
+    def collapsed(self) -> bool:
+        active = sum(1 for s in self.streams.values() if not s.ended)
+        return active > self.per_segment_streams
+
+    # -- formatting ------------------------------------------------------------------
+    def format_segment(self, r: SegmentResult) -> str:
+        span = f"{fmt_time(r.t_start)}-{fmt_time(r.t_end)}"
+        if r.labels:
+            top = f"{_fit(r.labels[0], 24):<24} {r.scores[0]:.2f}" if r.scores else _fit(r.labels[0], 24)
+        else:
+            top = "(no label)"
+        rest = "  ".join(f"{_fit(lab, 18)} {s:.2f}" for lab, s in zip(r.labels[1 : self.show], r.scores[1 : self.show]))
+        return f"{self._sid(r.stream_id)}  {span}  {self.style(top, '1')}   {self.style(rest, '2')}".rstrip()
+
+    def format_run(self, stream_id: str, run: _Run) -> str:
+        span = f"{fmt_time(run.t_start)}-{fmt_time(run.t_end)}"
+        mean = run.score_sum / max(1, run.count)
+        return (f"{self._sid(stream_id)}  {span}  {self.style(f'{_fit(run.label, 24):<24}', '1')} "
+                f"x{run.count:<4} mean {mean:.2f}")
+
+    def format_gap(self, stream_id: str, t0: float, t1: float, message: str = "") -> str:
+        text = f"GAP {fmt_time(t0)}-{fmt_time(t1)} ({fmt_duration(t1 - t0)})"
+        return f"{self._sid(stream_id)}  {self.style(text, '33')}  {message}".rstrip()
+
+    def format_error(self, e: StreamEvent) -> str:
+        where = f"  ({e.uri})" if e.uri else ""
+        at = f" at {fmt_time(e.t_start)}" if e.t_start == e.t_start else ""
+        return f"{self._sid(e.stream_id)}  {self.style('ERROR' + at, '31;1')}  {e.message}{where}"
+
+    # -- the sink --------------------------------------------------------------------
+    def write(self, record: SinkRecord) -> None:
+        if self._closed:
+            raise RuntimeError("ConsoleSink is closed")
+        if isinstance(record, SegmentResult):
+            self._segment(record)
+        elif isinstance(record, StreamEvent):
+            self._event(record)
+        elif isinstance(record, StreamSummary):
+            self.summaries.append(record)
+            st = self.streams.setdefault(record.stream_id, _StreamState())
+            self._end_stream(record.stream_id, st)
+        else:
+            raise TypeError(f"ConsoleSink cannot write {type(record).__name__}")
+
+    def _segment(self, r: SegmentResult) -> None:
+        st = self.streams.setdefault(r.stream_id, _StreamState())
+        st.ended = False
+        st.segments += 1
+        for g0, g1 in r.gaps:  # gaps the source saw since the previous segment
+            st.gaps += 1
+            self._emit(self.format_gap(r.stream_id, g0, g1), always=True)
+        label = r.labels[0] if r.labels else "(no label)"
+        score = r.scores[0] if r.scores else 0.0
+        if self.collapsed:
+            run = st.run
+            if run.count and run.label != label:
+                self._emit(self.format_run(r.stream_id, run))
+                st.run = run = _Run()
+            if not run.count:
+                run.label, run.t_start = label, r.t_start
+            run.count += 1
+            run.t_end = r.t_end
+            run.score_sum += score
+        else:
+            if st.run.count:  # switched back from collapsed mode: close the open run
+                self._emit(self.format_run(r.stream_id, st.run))
+                st.run = _Run()
+            self._emit(self.format_segment(r))
+
+    def _event(self, e: StreamEvent) -> None:
+        st = self.streams.setdefault(e.stream_id, _StreamState())
+        if e.kind == "gap":
+            st.gaps += 1
+            self._emit(self.format_gap(e.stream_id, e.t_start, e.t_end, e.message), always=True)
+        elif e.kind == "error":
+            st.errors += 1
+            self._emit(self.format_error(e), always=True)
+        elif e.kind == "end":
+            self._end_stream(e.stream_id, st)
+        else:
+            self._emit(f"{self._sid(e.stream_id)}  {e.kind.upper()}  {e.message}")
+
+    def _end_stream(self, stream_id: str, st: _StreamState) -> None:
+        if st.run.count:
+            self._emit(self.format_run(stream_id, st.run), always=True)
+            st.run = _Run()
+        st.ended = True
+
+    def flush(self) -> None:
+        if self._writer is None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for sid, st in self.streams.items():
+            if st.run.count:
+                self._emit(self.format_run(sid, st.run), always=True)
+                st.run = _Run()
+        if self._suppressed:
+            self._out(f"… {self._suppressed} timeline lines held back (many streams)")
+            self._suppressed = 0
+        if self.summaries or self.streams:
+            self._out("")
+            for line in format_summary_table(self.summaries, self.streams).splitlines():
+                self._out(line)
+        self._closed = True
+        self.flush()
+
+
+def format_summary_table(summaries: Iterable[StreamSummary],
+                         streams: Optional[dict[str, _StreamState]] = None) -> str:
+    """The end-of-run table: one row per stream (a StreamSummary, or the counts of a
+    stream that ended without one, e.g. after an error)."""
+    summaries = list(summaries)
+    latest = {s.stream_id: s for s in summaries}  # a re-sent summary replaces the old
+    streams = streams or {}
+    header = ("stream", "status", "duration", "segments", "answer", "top-3", "gaps", "errors")
+    rows = []
+    for sid in sorted(set(latest) | set(streams)):
+        s = latest.get(sid)
+        st = streams.get(sid, _StreamState())
+        if s is not None:
+            answer = f"{s.labels[0]} {s.scores[0]:.2f} ({s.mode})" if s.labels and s.scores else "-"
+            top3 = ", ".join(f"{lab} {sc:.2f}" for lab, sc in list(zip(s.labels, s.scores))[:3]) or "-"
+            rows.append((sid, s.status, fmt_time(s.duration), str(s.segment_count), answer, top3,
+                         str(st.gaps), str(st.errors)))
+        else:
+            status = "error" if st.errors else ("running" if not st.ended else "ok")
+            rows.append((sid, status, "-", str(st.segments), "-", "-", str(st.gaps), str(st.errors)))
+    widths = [max(len(h), *(len(_fit(r[i], 48)) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    for r in rows:
+        lines.append("  ".join(_fit(c, 48).ljust(w) for c, w in zip(r, widths)).rstrip())
+    total_seg = sum(int(r[3]) for r in rows)
+    n_err = sum(1 for r in rows if r[1] == "error")
+    lines.append(f"{len(rows)} streams, {total_seg} segments" + (f", {n_err} failed" if n_err else ""))
+    return "\n".join(lines)
