@@ -438,18 +438,18 @@ class VideoStore:
             raise ValueError(f"k must be >= 1, got {k}")
         if self.index is None or len(self.ids) == 0:
             return [[] for _ in range(q.shape[0])]
+        n_live = len(self.ids)
+        first = min(k if keep is None else 2 * k + 8, n_live)
+        D, I = self.index.search(q, first, gpu_index=self._searchable(), **params)
         out = []
         for row in range(q.shape[0]):
-            want = k if keep is None else min(2 * k + 8, len(self.ids))
-            while True:
-                kk = min(want, len(self.ids))
-                D, I = self.index.search(q[row : row + 1], kk, gpu_index=self._searchable(), **params)
-                hits = self._hits(D[0], I[0])
-                if keep is not None:
-                    hits = [h for h in hits if keep(h)]
-                if len(hits) >= k or kk >= len(self.ids):
-                    break
-                want = kk * 4
+            hits, kk = self._hits(D[row], I[row]), first
+            if keep is not None:
+                hits = [h for h in hits if keep(h)]
+            while len(hits) < k and kk < n_live:  # filtered too many: widen this query
+                kk = min(4 * kk, n_live)
+                Dw, Iw = self.index.search(q[row : row + 1], kk, gpu_index=self._searchable(), **params)
+                hits = [h for h in self._hits(Dw[0], Iw[0]) if keep is None or keep(h)]
             out.append(hits[:k])
         return out
 
