@@ -1,0 +1,344 @@
+"""VideoMamba-Ti segment speed and memory on this machine's CPU (issue 2, "Speed and memory").
+
+Prints, for VideoMamba-Ti at 224x224, batch 1:
+  * segment latency (forward_segment, state carried) at T=8 and T=16 frames with the fast
+    scan backend and with the reference scan, and their ratio;
+  * one isolated scan at L=3137 (d_inner 384, d_state 16), fast vs reference;
+  * the share of segment time spent in the scan and the conv ops;
+  * achieved GFLOP/s against torch.matmul GFLOP/s measured in the same run on the very
+    matmul shapes of a segment, and from it `matmul_efficiency`;
+  * streaming overhead: forward_segment versus a plain clip forward (forward_features);
+  * peak RSS after 1, 10 and 100 segments of one stream (a fresh child process).
+
+FLOP counting. A segment's matmul work is counted from the layer shapes, as multiply-adds
+(MACs): patch embedding (as a matmul), and per layer in_proj, x_proj and x_proj_b, dt_proj
+and dt_proj_b, out_proj; plus the head. For Ti at T=16 that is ~20.4 G MACs. The paper's
+"17 GFLOPs" (also multiply-adds, fvcore) is printed beside it; it matches in_proj + out_proj
++ patch embedding alone (17.1 G), i.e. fvcore did not see the x_proj / dt_proj matmuls
+inside the fused mamba kernel. `matmul_efficiency` uses our full count, because that is the
+matmul work the segment really does: it is (time those matmuls take in isolation at the
+rate measured here) / (measured segment time); 1.0 means everything but the matmuls is free.
+
+Backends: the fast one is `--backend` (default: $VMSTREAM_SCAN_BACKEND or "cpu"), the
+baseline is "ref"; the line `backend_used=` says which ran. When the fast backend is not
+available, its figures are reported as nan and the rest is measured with the reference.
+
+    .venv/bin/python benchmarks/model_speed.py            # full run
+    .venv/bin/python benchmarks/model_speed.py --quick    # fewer repeats, no reference T=16
+
+Timings on a shared machine are noisy: every figure is a median over repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vmstream.models import create_model  # noqa: E402
+from vmstream.models import videomamba as vm_module  # noqa: E402
+from vmstream.models.ops import selective_scan  # noqa: E402
+
+PAPER_GMACS_TI_T16 = 17.0
+IMG = 224
+
+
+# ------------------------------------------------------------------ utilities
+
+@contextlib.contextmanager
+def scan_backend(name: str):
+    """Select the ops backend through the documented environment variable."""
+    old = os.environ.get("VMSTREAM_SCAN_BACKEND")
+    os.environ["VMSTREAM_SCAN_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VMSTREAM_SCAN_BACKEND", None)
+        else:
+            os.environ["VMSTREAM_SCAN_BACKEND"] = old
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def backend_works(name: str) -> tuple[bool, str]:
+    """Run one tiny scan and conv with `name`; (usable, reason)."""
+    from vmstream.models.ops import causal_conv1d
+    u = torch.randn(1, 8, 4)
+    try:
+        with scan_backend(name), torch.inference_mode():
+            selective_scan(u, u, -torch.rand(4, 2), torch.randn(1, 8, 2), torch.randn(1, 8, 2), torch.ones(4), z=u,
+                           delta_bias=torch.zeros(4), delta_softplus=True, initial_state=torch.zeros(1, 4, 2),
+                           return_last_state=True)
+            causal_conv1d(u, torch.randn(4, 4), torch.zeros(4), activation="silu")
+        return True, "ok"
+    except Exception as e:  # not built, no compiler, no GPU ...
+        return False, f"{type(e).__name__}: {e}"
+
+
+def matmul_shapes(T: int, embed=192, depth=24, d_state=16, num_classes=400, patch=16, bimamba=True):
+    """(M, K, N, count) of every matmul in one Ti segment of T frames, batch 1."""
+    n_patch = (IMG // patch) ** 2
+    L = 1 + T * n_patch
+    d_inner = 2 * embed
+    dt_rank = math.ceil(embed / 16)
+    dirs = 2 if bimamba else 1
+    return [
+        ("patch_embed", T * n_patch, 3 * patch * patch, embed, 1),
+        ("in_proj", L, embed, 2 * d_inner, depth),
+        ("x_proj", L, d_inner, dt_rank + 2 * d_state, depth * dirs),
+        ("dt_proj", L, dt_rank, d_inner, depth * dirs),
+        ("out_proj", L, d_inner, embed, depth),
+        ("head", 1, embed, num_classes, 1),
+    ]
+
+
+def macs(shapes) -> float:
+    return float(sum(m * k * n * c for _, m, k, n, c in shapes))
+
+
+def time_matmuls(shapes, repeats: int) -> float:
+    """Seconds the segment's matmuls take in isolation (torch.matmul, same shapes)."""
+    total = 0.0
+    for _, m, k, n, count in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        t = median_time(lambda: torch.matmul(a, b), repeats=max(repeats, 5), warmup=2)
+        total += t * count
+    return total
+
+
+class OpTimer:
+    """Accumulates time spent inside the model's scan and conv calls."""
+
+    def __init__(self):
+        self.scan = 0.0
+        self.conv = 0.0
+
+    @contextlib.contextmanager
+    def installed(self):
+        orig_scan, orig_conv = vm_module.selective_scan, vm_module.causal_conv1d
+
+        def scan(*a, **k):
+            t = time.perf_counter()
+            try:
+                return orig_scan(*a, **k)
+            finally:
+                self.scan += time.perf_counter() - t
+
+        def conv(*a, **k):
+            t = time.perf_counter()
+            try:
+                return orig_conv(*a, **k)
+            finally:
+                self.conv += time.perf_counter() - t
+
+        vm_module.selective_scan, vm_module.causal_conv1d = scan, conv
+        try:
+            yield self
+        finally:
+            vm_module.selective_scan, vm_module.causal_conv1d = orig_scan, orig_conv
+
+
+# --------------------------------------------------------------------- phases
+
+def segment_latency(model, T: int, backend: str, repeats: int) -> tuple[float, float, float]:
+    """(median seconds of forward_segment, share of time in scans, share in convs)."""
+    clip = torch.randn(1, 3, T, IMG, IMG)
+    state = model.init_state(1)
+    timer = OpTimer()
+    times = []
+    with scan_backend(backend), torch.inference_mode():
+        if repeats > 1:
+            model.forward_segment(clip, state)  # warm-up
+        with timer.installed():  # ~100 perf_counter calls per segment: negligible
+            for _ in range(repeats):
+                t = time.perf_counter()
+                model.forward_segment(clip, state)
+                times.append(time.perf_counter() - t)
+    total = sum(times)
+    return statistics.median(times), timer.scan / total, timer.conv / total
+
+
+def isolated_scan(backend: str, repeats: int, L: int = 3137, d_inner: int = 384, d_state: int = 16) -> float:
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(1, L, d_inner, generator=g)
+    z = torch.randn(1, L, d_inner, generator=g)
+    dt = torch.randn(1, L, d_inner, generator=g) * 0.5 - 3
+    A = -torch.exp(torch.log(torch.arange(1, d_state + 1.0)).repeat(d_inner, 1))
+    B, C = torch.randn(1, L, d_state, generator=g), torch.randn(1, L, d_state, generator=g)
+    h0 = torch.randn(1, d_inner, d_state, generator=g)
+
+    def run():
+        selective_scan(u, dt, A, B, C, torch.ones(d_inner), z=z, delta_bias=torch.zeros(d_inner),
+                       delta_softplus=True, initial_state=h0, return_last_state=True)
+
+    with scan_backend(backend), torch.inference_mode():
+        return median_time(run, repeats, warmup=1 if repeats > 1 else 0)
+
+
+def stream_overhead(model, T: int, backend: str, repeats: int) -> tuple[float, float, float]:
+    """(segment s, clip s, overhead) with interleaved repeats so load drifts hit both."""
+    clip = torch.randn(1, 3, T, IMG, IMG)
+    state = model.init_state(1)
+    seg_t, clip_t = [], []
+    with scan_backend(backend), torch.inference_mode():
+        if repeats > 1:
+            model.forward_segment(clip, state)
+            model.forward_features(clip)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model.forward_segment(clip, state)
+            seg_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            model.forward_features(clip)
+            clip_t.append(time.perf_counter() - t)
+    s, c = statistics.median(seg_t), statistics.median(clip_t)
+    return s, c, s / c - 1.0
+
+
+def memory_child(backend: str, T: int, counts: list[int]) -> None:
+    """Runs in a fresh process: peak RSS (MB) after each count of segments, as JSON."""
+    torch.manual_seed(0)
+    model = create_model("videomamba_tiny", num_frames=16, num_classes=400, img_size=IMG).eval()
+    state = model.init_state(1)
+    out, done = {}, 0
+    with scan_backend(backend), torch.inference_mode():
+        for target in counts:
+            while done < target:
+                clip = torch.randn(1, 3, T, IMG, IMG)
+                state = model.forward_segment(clip, state).state
+                done += 1
+            out[target] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"peak_mb": out, "state_bytes": state.nbytes}))
+
+
+def peak_memory(backend: str, T: int, counts: list[int]) -> dict:
+    cmd = [sys.executable, __file__, "--memory-child", "--backend", backend, "--mem-frames", str(T),
+           "--img-size", str(IMG),
+           "--mem-segments", ",".join(map(str, counts))]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"memory child failed: {res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------ main
+
+def main() -> None:
+    global IMG
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", default=os.environ.get("VMSTREAM_SCAN_BACKEND") or "cpu",
+                    help="the fast scan backend to measure (cpu, cuda, ...); the baseline is 'ref'")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ref-repeats", type=int, default=1, help="repeats for the (slow) reference runs")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats; reference segment at T=8 only")
+    ap.add_argument("--mem-segments", default="1,10,100")
+    ap.add_argument("--mem-frames", type=int, default=0, help="frames per segment in the memory run "
+                    "(default 16; 1 when only the slow reference backend is available)")
+    ap.add_argument("--img-size", type=int, default=224, help="frame size (224 is the figure of record; "
+                    "smaller sizes are for smoke tests)")
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    IMG = args.img_size
+    counts = [int(c) for c in args.mem_segments.split(",")]
+    if args.memory_child:
+        memory_child(args.backend, args.mem_frames or 16, counts)
+        return
+    repeats = 2 if args.quick else args.repeats
+
+    torch.manual_seed(0)
+    model = create_model("videomamba_tiny", num_frames=16, num_classes=400, img_size=IMG).eval()
+    fast_ok, why = backend_works(args.backend) if args.backend != "ref" else (False, "baseline itself")
+    fast = args.backend if fast_ok else "ref"
+    with scan_backend("ref"), torch.inference_mode():  # one-off lazy initialisation, off the clock
+        model.forward_segment(torch.randn(1, 3, 1, IMG, IMG))
+    print(f"# VideoMamba-Ti {IMG}x{IMG}, batch 1, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"cpus {os.cpu_count()}")
+    print(f"# fast backend {args.backend!r}: {'ok' if fast_ok else 'UNAVAILABLE (' + why + ')'}")
+
+    # Matmul work of a T=16 segment and its time at the torch.matmul rate measured now.
+    shapes16 = matmul_shapes(16)
+    gmacs16 = macs(shapes16) / 1e9
+    paper_like = macs([s for s in shapes16 if s[0] in ("patch_embed", "in_proj", "out_proj")]) / 1e9
+    t_mm16 = time_matmuls(shapes16, repeats)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    t_sq = median_time(lambda: torch.matmul(a, b), repeats=max(repeats, 3))
+    print(f"matmul work T=16: {gmacs16:.2f} G multiply-adds counted from the layer shapes "
+          f"(paper: {PAPER_GMACS_TI_T16:.0f} G; in_proj+out_proj+patch alone: {paper_like:.2f} G)")
+    print(f"torch.matmul on the segment's shapes: {2 * gmacs16 / t_mm16:.1f} GFLOP/s "
+          f"({t_mm16 * 1e3:.1f} ms for one segment's matmuls); 2048^3 square: {2 * 2048 ** 3 / t_sq / 1e9:.1f} GFLOP/s")
+
+    # Segment latency, fast vs reference.
+    lat, shares = {}, {}
+    for T in (8, 16):
+        lat[(fast, T)], *shares[(fast, T)] = segment_latency(model, T, fast,
+                                                             repeats if fast != "ref" else args.ref_repeats)
+        print(f"segment T={T:2d} [{fast}]: {lat[(fast, T)] * 1e3:9.1f} ms   (scan {shares[(fast, T)][0]:.1%}, "
+              f"conv {shares[(fast, T)][1]:.1%} of it)")
+        if fast != "ref" and not (args.quick and T == 16):
+            lat[("ref", T)], *shares[("ref", T)] = segment_latency(model, T, "ref", args.ref_repeats)
+            print(f"segment T={T:2d} [ref]: {lat[('ref', T)] * 1e3:9.1f} ms   (scan {shares[('ref', T)][0]:.1%}) "
+                  f"-> fast is {lat[('ref', T)] / lat[(fast, T)]:.1f}x faster")
+
+    # One scan at L=3137, the DESIGN.md measurement.
+    scan_ref = isolated_scan("ref", args.ref_repeats if not args.quick else 1)
+    if fast != "ref":
+        scan_fast = isolated_scan(fast, repeats)
+        speedup = scan_ref / scan_fast
+        print(f"one scan L=3137 d_inner=384 N=16: ref {scan_ref * 1e3:.1f} ms, {fast} {scan_fast * 1e3:.2f} ms "
+              f"-> {speedup:.1f}x")
+    else:
+        speedup = float("nan")
+        print(f"one scan L=3137 d_inner=384 N=16: ref {scan_ref * 1e3:.1f} ms, fast: unavailable")
+
+    scan_share, conv_share = shares[(fast, 16)]
+    print(f"time in ops at T=16 [{fast}]: scan {scan_share:.1%}, conv {conv_share:.1%}, "
+          f"everything else {1 - scan_share - conv_share:.1%}")
+
+    seg16 = lat[(fast, 16)]
+    efficiency = t_mm16 / seg16
+    print(f"achieved T=16 [{fast}]: {2 * gmacs16 / seg16:.1f} GFLOP/s vs matmul {2 * gmacs16 / t_mm16:.1f} GFLOP/s "
+          f"-> matmul_efficiency {efficiency:.3f} (with the paper's 17 G: "
+          f"{t_mm16 * PAPER_GMACS_TI_T16 / gmacs16 / seg16:.3f}); target >= 0.5")
+
+    ov_repeats = repeats if fast != "ref" else max(1, args.ref_repeats)
+    s, c, overhead = stream_overhead(model, 16, fast, ov_repeats)
+    print(f"streaming overhead T=16 [{fast}]: forward_segment {s * 1e3:.1f} ms vs forward_features {c * 1e3:.1f} ms "
+          f"-> {overhead:+.1%} (target < 5%)")
+
+    mem_T = args.mem_frames or (16 if fast != "ref" else 1)
+    mem = peak_memory(fast, mem_T, counts)
+    peaks = [mem["peak_mb"][str(n)] for n in counts]
+    print(f"peak RSS after {counts} segments of T={mem_T} [{fast}]: "
+          + ", ".join(f"{p:.0f} MB" for p in peaks) + f"; state {mem['state_bytes'] / 1e6:.2f} MB")
+
+    print(f"backend_used={fast}")
+    print(f"segment_ms_t16={seg16 * 1e3:.1f}")
+    print(f"scan_speedup_vs_reference={speedup:.1f}")
+    print(f"matmul_efficiency={efficiency:.3f}")
+    print(f"stream_overhead={overhead:.4f}")
+    print("peak_mb_1_10_100=" + ",".join(f"{p:.0f}" for p in peaks))
+
+
+if __name__ == "__main__":
+    main()
