@@ -4,16 +4,18 @@ Same contract as every decoder (`base.Decoder`): frames at model size, chosen by
 sampling policy with the shared rule (`sampling.frames_for_targets`: the frame on
 screen at each target time), timestamps from the container, then one "end" event.
 
-How it works. A cheap first pass demuxes the video packets (no decoding) into a frame
-index: the presentation time and keyframe flag of every frame. The policy's target
-times become frame numbers on that index, which is what makes both backends return the
-same frames at the same timestamps. Then one DALI pipeline per stream streams the file
-through `fn.experimental.inputs.video` (sequences of `chunk_frames` consecutive
-frames, constant memory however long the file; the file is memory-mapped, never read
-into RAM), keeps the wanted frames of each chunk with `fn.sequence_rearrange`, and
-resizes / centre-crops them with `fn.resize` + `fn.slice` inside the pipeline, so a
-full-resolution RGB frame never reaches Python. Decoding stops after the chunk holding
-the last wanted frame.
+How it works. `probe` is the PyAV backend's, so both backends plan their target times
+from the same StreamInfo. A cheap first pass demuxes the video packets (no decoding)
+into a frame index: the presentation time and keyframe flag of every frame. The
+targets become frame numbers on that index, which is what makes both backends return
+the same frames at the same timestamps. Then one DALI pipeline per stream streams the
+file through `fn.experimental.inputs.video` (sequences of `chunk_frames` consecutive
+frames: decoder memory stays flat however long the file), keeps the wanted frames of
+each chunk with `fn.sequence_rearrange`, and resizes / centre-crops them with
+`fn.resize` + `fn.slice` inside the pipeline (optionally normalises them with
+`fn.crop_mirror_normalize`), so a full-resolution RGB frame never reaches Python.
+Decoding stops after the chunk holding the last wanted frame. The encoded file is
+handed to DALI memory-mapped (`no_copy`); on the CPU DALI reads it in place.
 
 Devices. With a CUDA GPU, decoding runs on NVDEC (`device="mixed"`), resizing on the
 GPU, and frames reach torch through DLPack without a host copy (`Frame.image` is then a
@@ -23,35 +25,34 @@ the default) or raises `UnsupportedVideoError` naming the file and codec.
 
 What it does not do: it decodes every frame up to the last wanted one (no packet
 skipping or seeking as the PyAV backend does for sparse sampling; NVDEC makes this cheap
-on a GPU, DALI's CPU decoder less so), and it reads local files only (live URLs go to
+on a GPU, DALI's CPU decoder is several times slower than FFmpeg's, see
+benchmarks/dali_decode_speed.py), and it reads local files only (live URLs go to
 PyAV). `keyframes_only` policies are honoured exactly (a target gets the last keyframe
-at or before it) but are not faster here.
+at or before it) but are not faster here. Untested here (no GPU): the mixed-device
+path; DALI's mixed video input keeps its input in pinned host memory, which may mean a
+copy of the whole encoded file per stream.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
-from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame
+from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame, StreamEvent
 
 from .base import (
     Decoder,
     DecodedItem,
     FrameSize,
-    InputNotFoundError,
     NotAVideoError,
-    NoVideoTrackError,
     StreamInfo,
     UnsupportedVideoError,
-    VideoInputError,
     end_event,
 )
 
@@ -117,11 +118,14 @@ def _cuda_device() -> Optional[int]:
 @dataclass(frozen=True)
 class FrameIndex:
     """Presentation times (seconds, ascending) and keyframe flags of every frame of the
-    best video stream, read from packet headers without decoding."""
+    video stream, read from packet headers without decoding, plus what the first decoded
+    frame says about display rotation."""
 
     times: np.ndarray
     keyframe: np.ndarray
     frame_duration: float  # typical spacing, for the end of the last frame
+    # Clockwise quarter turns x 90 the display matrix asks for (0/90/180/270).
+    rotation: int = 0
     # Why the file looks cut short ("" if it does not): it ends before the duration its
     # header declares, or demuxing failed part way.
     truncated: str = ""
@@ -134,60 +138,23 @@ class FrameIndex:
     def end_time(self) -> float:
         return float(self.times[-1] + self.frame_duration) if len(self) else 0.0
 
-    @classmethod
-    def from_packets(cls, pts: list[int], key: list[bool], time_base: Fraction,
-                     fallback_fps: Optional[float]) -> "FrameIndex":
-        order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-        # float(pts * time_base) in exact rationals, as PyAV's Frame.time: the same
-        # float for the same frame in both backends.
-        tb = Fraction(time_base)
-        t = np.asarray([float(pts[i] * tb) for i in order], dtype=np.float64)
-        k = np.asarray(key, dtype=bool)[order]
-        if t.size > 1:
-            d = float(np.median(np.diff(t)))
-        else:
-            d = 1.0 / fallback_fps if fallback_fps else 0.0
-        return cls(times=t, keyframe=k, frame_duration=d)
 
-    def with_damage(self, truncated: str, broken_packets: int) -> "FrameIndex":
-        return FrameIndex(self.times, self.keyframe, self.frame_duration, truncated, broken_packets)
-
-
-def _open_container(uri: str, options: Optional[dict] = None):
+def index_file(uri: str, options: Optional[dict] = None) -> FrameIndex:
+    """Index the frames of a local video file (one demux pass, no decoding, and one
+    decoded frame for the rotation). Raises VideoInputError naming `uri`."""
     import av
 
-    if not os.path.exists(uri):
-        raise InputNotFoundError(uri, "no such file")
-    if os.path.isdir(uri):
-        raise NotAVideoError(uri, "is a directory, not a video file")
-    opts = dict((options or {}).get("ffmpeg") or {})
-    fmt = (options or {}).get("format")
-    try:
-        return av.open(uri, format=fmt, options={k: str(v) for k, v in opts.items()})
-    except av.error.FFmpegError as e:
-        raise NotAVideoError(uri, f"FFmpeg cannot open it as a media file ({e})") from None
+    from .pyav import _video_stream, open_input
 
-
-def scan_file(uri: str, options: Optional[dict] = None) -> tuple[StreamInfo, FrameIndex]:
-    """Describe a local video file and index its frames (one demux pass, no decoding)."""
-    import av
-
-    c = _open_container(uri, options)
-    with c:
-        if not c.streams.video:
-            raise NoVideoTrackError(uri, "the file has no video track")
-        vs = c.streams.video[0]
-        cc = vs.codec_context
-        width, height = int(cc.width or 0), int(cc.height or 0)
-        codec = cc.name
+    with open_input(uri, options) as c:
+        vs = _video_stream(c, uri)
         tb = vs.time_base
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
-        fps = float(rate) if rate else None
         declared = None
-        if vs.duration is not None and tb is not None:
-            declared = float(vs.duration * tb) + (float(vs.start_time * tb) if vs.start_time is not None else 0.0)
+        if vs.duration and tb is not None:
+            declared = float((vs.start_time or 0) * tb) + float(vs.duration * tb)
         elif c.duration is not None:
-            declared = c.duration / 1_000_000 + (c.start_time or 0) / 1_000_000
+            declared = (c.duration + (c.start_time or 0)) / av.time_base
         pts, key = [], []
         broken, cut = 0, ""
         try:
@@ -201,35 +168,32 @@ def scan_file(uri: str, options: Optional[dict] = None) -> tuple[StreamInfo, Fra
                 key.append(bool(pkt.is_keyframe))
         except av.error.FFmpegError as e:
             cut = f"demuxing stopped after {len(pts)} frames: {e}"
-        has_audio = len(c.streams.audio) > 0
-        container = c.format.name
-        pix_fmt = cc.format.name if cc.format is not None else ""
-        bit_rate = c.bit_rate or None
     if not pts:
-        raise NotAVideoError(uri, "its video track holds no frames")
-    if width <= 0 or height <= 0:
-        raise NotAVideoError(uri, f"bad frame size {width}x{height}")
-    index = FrameIndex.from_packets(pts, key, tb, fps)
-    if not cut and declared is not None and index.end_time < declared - max(0.5, 2 * index.frame_duration):
-        cut = f"the file ends at {index.end_time:.3f}s but its header says {declared:.3f}s"
-    if cut or broken:
-        index = index.with_damage(cut, broken)
-    rotation = _first_frame_rotation(uri, options)
-    start = float(index.times[0])
-    info = StreamInfo(
-        uri=uri, width=width, height=height, codec=codec, fps=fps,
-        duration=max(index.end_time - start, 0.0) or None, frame_count=len(index),
-        frame_count_exact=True, start_time=start, has_audio=has_audio, container=container,
-        pix_fmt=pix_fmt, bit_rate=bit_rate, time_base=Fraction(tb), rotation=rotation,
-    )
-    return info, index
+        raise NotAVideoError(uri, "its video track holds no frames with timestamps")
+    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+    # pts * time_base in exact integers, one rounding (as the PyAV backend times its
+    # frames): the same float for the same frame in both backends.
+    num, den = Fraction(tb).numerator, Fraction(tb).denominator
+    times = np.asarray([(pts[i] * num) / den for i in order], dtype=np.float64)
+    keyframe = np.asarray(key, dtype=bool)[order]
+    if times.size > 1:
+        dur = float(np.median(np.diff(times)))
+    else:
+        dur = 1.0 / float(rate) if rate else 0.0
+    end = float(times[-1]) + dur
+    if not cut and declared is not None and end < declared - max(0.5, 2 * dur):
+        cut = f"the file ends at {end:.3f}s but its header says {declared:.3f}s"
+    return FrameIndex(times=times, keyframe=keyframe, frame_duration=dur,
+                      rotation=_first_frame_rotation(uri, options), truncated=cut, broken_packets=broken)
 
 
 def _first_frame_rotation(uri: str, options: Optional[dict]) -> int:
     """Clockwise rotation (0/90/180/270) the display matrix asks for, read from the first
-    decoded frame (FFmpeg exposes the matrix there; it gives the counter-clockwise angle)."""
+    decoded frame (FFmpeg exposes the matrix there, as a counter-clockwise angle)."""
+    from .pyav import open_input
+
     try:
-        with _open_container(uri, options) as c:
+        with open_input(uri, options) as c:
             for frame in c.decode(c.streams.video[0]):
                 return int(round(-float(getattr(frame, "rotation", 0) or 0) / 90.0)) * 90 % 360
     except Exception:  # the packet scan already vouched for the file; no rotation then
@@ -239,42 +203,45 @@ def _first_frame_rotation(uri: str, options: Optional[dict]) -> int:
 
 # --------------------------------------------------------------------------- selection
 
+# As the PyAV backend: a target this close to the end of the last frame's display
+# counts as past the end (container durations are often rounded to the millisecond).
+END_SLACK = 1e-3
+
 
 def select_frames(index: FrameIndex, info: StreamInfo, policy: "SamplingPolicy",
                   start_time: float = 0.0, rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """Frame numbers (ascending, repeated where the policy repeats) the policy asks for,
-    by the shared rule `sampling.frames_for_targets`; none before `start_time`."""
+    by the shared rule `sampling.frames_for_targets`; none before `start_time`.
+
+    Targets come from `info` (the PyAV probe, as in the PyAV backend). Past the last
+    frame, fixed-count policies repeat it; others take targets only up to the end of its
+    display (1 / fps after it)."""
     from vmstream.stages.sampling import frames_for_targets
 
-    n = len(index)
     if policy.keyframes_only:
         candidates = np.flatnonzero(index.keyframe)
         if candidates.size == 0:
             candidates = np.arange(1)
     else:
-        candidates = np.arange(n)
-    cand_times = index.times[candidates]
+        candidates = np.arange(len(index))
     targets = policy.target_times(info, rng)
     if targets is None:  # every (key)frame
         chosen = candidates
     else:
-        if not isinstance(targets, np.ndarray):
-            # Endless or estimated-length target streams end where the video does.
-            ts = []
-            for t in targets:
-                if t >= index.end_time - TIME_EPS:
-                    break
-                ts.append(t)
-            targets = np.asarray(ts, dtype=np.float64)
-        if targets.size == 0:
+        frame_dur = 1.0 / info.fps if info.fps else index.frame_duration
+        limit = math.inf if type(policy).repeats else float(index.times[-1]) + frame_dur - END_SLACK
+        ts = []
+        for t in targets:  # ascending; fps targets are endless without a duration
+            if t > limit:
+                break
+            ts.append(float(t))
+        if not ts:
             return np.zeros(0, dtype=np.int64)
-        chosen = candidates[frames_for_targets(cand_times, targets)]
+        chosen = candidates[frames_for_targets(index.times[candidates], ts)]
         if not type(policy).repeats:
             chosen = np.unique(chosen)
     chosen = np.asarray(chosen, dtype=np.int64)
-    if start_time > -math.inf:
-        chosen = chosen[index.times[chosen] >= start_time - TIME_EPS]
-    return chosen
+    return chosen[index.times[chosen] >= start_time - TIME_EPS]
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -347,7 +314,9 @@ class DALIDecoder(Decoder):
             raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
-        gpu = _cuda_device() if device_id is None else device_id
+        gpu = _cuda_device()
+        if gpu is not None and device_id is not None:
+            gpu = int(device_id)
         if device == "gpu" and gpu is None:
             raise ValueError("DALIDecoder device='gpu' asked for, but no CUDA GPU is available")
         self.on_gpu = device != "cpu" and gpu is not None
@@ -365,8 +334,10 @@ class DALIDecoder(Decoder):
         return GPU_CODECS if self.on_gpu else CPU_CODECS
 
     # -- interface ---------------------------------------------------------------------
-    def probe(self, uri: str, options: Optional[dict] = None) -> StreamInfo:
-        return scan_file(uri, options)[0]
+    def probe(self, uri: str, options: Optional[dict] = None, *, count: bool = False) -> StreamInfo:
+        """The PyAV backend's probe: both backends plan their targets from the same
+        StreamInfo, which is what makes their timestamps agree."""
+        return self._pyav_decoder().probe(uri, options, count=count)
 
     def supports(self, info: StreamInfo) -> bool:
         return (not info.live) and info.codec in self.codecs
@@ -374,12 +345,28 @@ class DALIDecoder(Decoder):
     def frames(self, source: "Source", policy: "SamplingPolicy", size: FrameSize,
                start_time: float = 0.0, *, stop: Optional[threading.Event] = None
                ) -> Iterator[DecodedItem]:
+        """See base.Decoder.frames. Probes, indexes and builds the pipeline now (bad input
+        raises here); decoding runs lazily in the returned iterator."""
+        from vmstream.stages.sampling import SamplingPolicy, stream_length
+
+        if not isinstance(policy, SamplingPolicy):
+            raise TypeError(f"policy must be a SamplingPolicy, got {type(policy).__name__}")
+        if not isinstance(size, FrameSize):
+            raise TypeError(f"size must be a FrameSize, got {type(size).__name__}")
+        if isinstance(start_time, bool) or not isinstance(start_time, (int, float)) \
+                or not math.isfinite(start_time) or start_time < 0:
+            raise ValueError(f"start_time must be seconds >= 0, got {start_time!r}")
         why = None
         path = source.path
         if source.live or path is None:
             why = f"{source.uri}: DALI reads local files only (live or remote source)"
         else:
-            info, index = scan_file(path, dict(source.options))  # VideoInputError up front
+            info = self.probe(path, source.options)  # VideoInputError up front
+            if policy.needs_length:
+                try:
+                    stream_length(info)
+                except ValueError:
+                    info = self.probe(path, source.options, count=True)
             policy.check_for(info)
             if info.codec not in self.codecs:
                 where = "NVDEC" if self.on_gpu else "DALI's CPU decoder (VP8/VP9/MJPEG only; H.264 and others need a GPU)"
@@ -389,8 +376,9 @@ class DALIDecoder(Decoder):
                 raise UnsupportedVideoError(source.uri, why.split(": ", 1)[1])
             log.info("%s; decoding with PyAV instead", why)
             return self._pyav_decoder().frames(source, policy, size, start_time, stop=stop)
-        chosen = select_frames(index, info, policy, start_time)
-        return self._decode(source, path, info, index, chosen, size, stop)
+        index = index_file(path, source.options)
+        chosen = select_frames(index, info, policy, float(start_time))
+        return self._decode(source, path, replace(info, rotation=index.rotation), index, chosen, size, stop)
 
     def close(self) -> None:
         if self._pyav is not None:
@@ -432,7 +420,7 @@ class DALIDecoder(Decoder):
             emitted = 0
             decoded = 0
             reason, message = "eof", ""
-            last_t = math.nan
+            first_t = last_t = math.nan
             try:
                 last_chunk = int(chosen[-1]) // L if chosen.size else -1
                 pos = 0  # into `chosen`
@@ -450,7 +438,11 @@ class DALIDecoder(Decoder):
                     try:
                         out, shp = pipe.run()
                     except Exception as e:  # DALI marks the pipeline dead after an error
-                        reason, message = "truncated", f"DALI stopped decoding at frame ~{j * L}: {_first_line(e)}"
+                        message = f"DALI stopped decoding near frame {j * L} of {n}: {_first_line(e)}"
+                        reason = "truncated" if index.truncated else "error"
+                        log.warning("%s: %s", uri, message)
+                        yield StreamEvent(sid, "error", t_start=last_t, message=message,
+                                          details={"error": type(e).__name__, "decoder": "dali"}, uri=uri)
                         break
                     got = int(np.asarray(shp.as_cpu()[0])[0])
                     decoded += got
@@ -462,8 +454,11 @@ class DALIDecoder(Decoder):
                         imgs = self._images(out)
                         for k, fi in enumerate(want):
                             t = float(index.times[fi])
+                            if emitted == 0:
+                                first_t = t
                             last_t = t
-                            yield Frame(stream_id=sid, index=int(fi), t=t, image=imgs[k])
+                            # index: the ordinal of the frame handed out, as in PyAV.
+                            yield Frame(stream_id=sid, index=emitted, t=t, image=imgs[k])
                             emitted += 1
                     pos = hi
                     if reason == "truncated":
@@ -473,8 +468,8 @@ class DALIDecoder(Decoder):
             if reason == "eof" and (index.truncated or index.broken_packets):
                 reason = "truncated"
                 message = index.truncated or f"{index.broken_packets} corrupt packets skipped"
-            yield end_event(sid, uri, reason, frames=emitted, broken_packets=index.broken_packets, t_start=info.start_time,
-                            t_end=last_t, message=message, decoder="dali",
+            yield end_event(sid, uri, reason, frames=emitted, broken_packets=index.broken_packets,
+                            t_start=first_t, t_end=last_t, message=message, decoder="dali",
                             device="gpu" if self.on_gpu else "cpu", decoded_frames=decoded)
 
         pipe_ref = [pipe, data]  # released when the generator ends or is closed
