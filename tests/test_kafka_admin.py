@@ -40,10 +40,14 @@ def _describe(bootstrap, topics):
 def test_names_and_prefix():
     d = TopicNames()
     assert (d.jobs, d.segments, d.state, d.dead_letter) == (
-        "vmstream.jobs", "vmstream.segments", "vmstream.state", "vmstream.jobs.dlq")
+        "vmstream.jobs", "vmstream.segments", "vmstream.state", "vmstream.dead-letter")
     c = TopicNames.with_prefix("cam")
-    assert c.all() == ["cam.jobs", "cam.segments", "cam.events", "cam.summaries", "cam.state", "cam.jobs.dlq"]
+    assert c.all() == ["cam.jobs", "cam.segments", "cam.events", "cam.summaries", "cam.state", "cam.dead-letter"]
     assert c.sink_topics() == {"segment": "cam.segments", "event": "cam.events", "summary": "cam.summaries"}
+    from vmstream.pipeline.config import PipelineConfig
+
+    # The pipeline config's default topic names are these.
+    assert TopicNames.from_config(PipelineConfig().kafka) == d
     with pytest.raises(ValueError, match="prefix"):
         TopicNames.with_prefix("bad prefix!")
     with pytest.raises(ValueError, match="partitions"):

@@ -18,7 +18,7 @@ The topics (defaults; `TopicNames` renames them):
     vmstream.state         stream state snapshots, keyed by stream id: compacted (only the
                            latest snapshot per stream is kept) and with a raised message
                            size limit (a VideoMamba-M state is ~2.8 MB in fp32)
-    vmstream.jobs.dlq      dead letters: failed jobs with their error
+    vmstream.dead-letter   failed jobs with their error
 
 Partition counts: results and state topics are keyed by stream id, so the count fixes
 which partition a stream lands on. `ensure_topics` never adds partitions to an existing
@@ -52,7 +52,7 @@ class TopicNames:
     events: str = DEFAULT_TOPICS[KIND_EVENT]
     summaries: str = DEFAULT_TOPICS[KIND_SUMMARY]
     state: str = "vmstream.state"
-    dead_letter: str = "vmstream.jobs.dlq"
+    dead_letter: str = "vmstream.dead-letter"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> "TopicNames":
@@ -61,6 +61,18 @@ class TopicNames:
             raise ValueError(f"Kafka topic prefix {prefix!r}: use letters, digits, '.', '_' or '-'")
         d = cls()
         return cls(**{k: prefix + getattr(d, k)[len("vmstream"):] for k in d.__dataclass_fields__})
+
+    @classmethod
+    def from_config(cls, kafka: Any) -> "TopicNames":
+        """From the pipeline config's `kafka` section (vmstream.pipeline.config.KafkaConfig)."""
+        return cls(
+            jobs=kafka.jobs_topic,
+            segments=kafka.results_topic,
+            events=kafka.events_topic,
+            summaries=kafka.summaries_topic,
+            state=kafka.state_topic,
+            dead_letter=kafka.dead_letter_topic,
+        )
 
     def sink_topics(self) -> dict[str, str]:
         """The record-kind -> topic map `KafkaSink(topics=...)` takes."""
@@ -276,12 +288,12 @@ def delete_topics(
         admin.close()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vmstream.pipeline.kafka_admin",
         description="Create (or check) vmstream's Kafka topics.",
     )
-    p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
     p.add_argument("--prefix", default="vmstream", help="topic name prefix (default: vmstream)")
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--replication-factor", type=int, default=None,
@@ -290,15 +302,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--grow-partitions", action="store_true")
     p.add_argument("--describe", action="store_true", help="only print the topics' partitions and configs")
     p.add_argument("--delete", action="store_true", help="delete vmstream's topics (all their data!)")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    names = TopicNames() if a.prefix == "vmstream" else TopicNames.with_prefix(a.prefix)
+    p.add_argument("--config", help="take topic names from this pipeline config's kafka section "
+                                    "(and its bootstrap / client settings)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    client_config: dict[str, Any] = {}
+    bootstrap = a.bootstrap
     try:
+        if a.config:
+            from vmstream.pipeline.config import load_config
+
+            kcfg = load_config(a.config).kafka
+            names = TopicNames.from_config(kcfg)
+            client_config = dict(kcfg.client)
+            bootstrap = bootstrap or kcfg.bootstrap
+        else:
+            names = TopicNames() if a.prefix == "vmstream" else TopicNames.with_prefix(a.prefix)
+        if not bootstrap:
+            raise ValueError("no bootstrap servers: give --bootstrap or a --config with kafka.bootstrap")
         if a.delete:
-            print("deleted:", ", ".join(delete_topics(a.bootstrap, names.all())) or "nothing")
+            print("deleted:", ", ".join(delete_topics(bootstrap, names.all(), client_config=client_config)) or "nothing")
             return 0
         if a.describe:
-            admin = admin_client(a.bootstrap)
+            admin = admin_client(bootstrap, client_config)
             try:
                 for n, d in describe_topics(admin, names.all()).items():
                     interesting = {k: v for k, v in d["configs"].items()
@@ -309,10 +339,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         specs = vmstream_topics(names, partitions=a.partitions, replication_factor=a.replication_factor,
                                 state_max_message_bytes=a.state_max_message_bytes)
-        for n, what in ensure_topics(a.bootstrap, specs, grow_partitions=a.grow_partitions).items():
+        for n, what in ensure_topics(bootstrap, specs, client_config=client_config,
+                                     grow_partitions=a.grow_partitions).items():
             print(f"{n}: {what}")
         return 0
-    except (ConnectionError, ValueError, RuntimeError) as e:
+    except (ConnectionError, ValueError, RuntimeError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
 
