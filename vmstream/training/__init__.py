@@ -1,1 +1,31 @@
-"""Offline training: datasets, samplers, augmentation, recipes, engine."""
+"""Offline training: datasets, samplers, augmentation, recipes, engine.
+
+Entry points (what `vmstream train` / `vmstream eval` call):
+
+    train_main(config_path, overrides) -> exit code
+    eval_main(config_path, overrides, checkpoint=None) -> exit code
+
+Modules: `annotations` (official list formats, LVU trimming), `datasets` (TSN sampling,
+multi-view test views, repeated augmentation, corrupt-video skipping), `augment`
+(clip-consistent crops, flip, RandAugment, erasing), `mixup`, `recipes` (YAML ->
+TrainConfig), `optim` (param groups, layer decay, cosine schedules), `engine` (epochs,
+evaluation), `checkpoint` (official layout, exact resume), `distributed` (torchrun),
+`streaming` (TBPTT through the carried state), `synthetic` (the long-range memory task),
+`runner` (whole runs).
+"""
+from __future__ import annotations
+
+
+def train_main(config_path, overrides=()) -> int:
+    from .runner import train_main as _main
+
+    return _main(config_path, overrides)
+
+
+def eval_main(config_path, overrides=(), checkpoint=None) -> int:
+    from .runner import eval_main as _main
+
+    return _main(config_path, overrides, checkpoint)
+
+
+__all__ = ["train_main", "eval_main"]

@@ -1,0 +1,71 @@
+"""Multi-process training with torchrun: process group, ranks, reductions.
+
+`torchrun --nproc_per_node N -m vmstream.training train ...` sets RANK / WORLD_SIZE /
+LOCAL_RANK; `init()` then joins the group (gloo on CPU, nccl on CUDA). Without those
+variables everything runs as a single process and the helpers are no-ops.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device: str = "cpu", timeout_s: float = 300.0) -> bool:
+    """Join the torchrun process group if launched by torchrun; returns whether it did."""
+    if is_dist():
+        return True
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    if int(os.environ["WORLD_SIZE"]) <= 1:
+        return False
+    use_cuda = device.startswith("cuda") and torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return True
+
+
+def shutdown() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_object(obj) -> list:
+    if not is_dist():
+        return [obj]
+    out: list[Optional[object]] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

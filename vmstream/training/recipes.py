@@ -1,0 +1,235 @@
+"""Training recipes: YAML files in ``configs/train/``, validated into `TrainConfig`.
+
+A recipe may name a ``base:`` recipe (path relative to itself) whose keys it overrides,
+so the per-size / per-dataset tables stay small and each value is written once.
+Command-line overrides are ``key=value`` strings (values parsed as YAML, so
+``lr=2e-4``, ``opt_betas=[0.9,0.95]``, ``streaming.tbptt_k=2`` work).
+
+Field names follow the official fine-tuning arguments (``run_class_finetuning.py`` of
+OpenGVLab/VideoMamba) so a recipe reads like the official run scripts and the
+checkpoint's ``args`` load in the official code.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "train")
+
+
+class RecipeError(ValueError):
+    pass
+
+
+class StreamingConfig(BaseModel):
+    """Streaming fine-tuning: videos cut into `segments` consecutive segments of
+    `segment_frames` frames, the state carried between them (unless `carry_state` is
+    false), gradients through the last `tbptt_k` segments (1 = detach between segments;
+    0 = all, full backpropagation through time)."""
+
+    model_config = ConfigDict(extra="forbid")
+    segments: int = Field(4, ge=1)
+    segment_frames: int = Field(4, ge=1)
+    tbptt_k: int = Field(0, ge=0)
+    loss: Literal["last", "dense"] = "last"
+    carry_state: bool = True
+
+
+class SyntheticConfig(BaseModel):
+    """The long-range memory task (`vmstream.training.synthetic`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_classes: int = Field(4, ge=2)
+    train_videos: int = Field(512, ge=2)
+    val_videos: int = Field(256, ge=2)
+    img_size: int = 32
+    shape_size: int = 12
+    noise: float = 0.25
+    distractor_shapes: int = 2
+    seed: int = 1234
+    # also train a model with the state reset at every segment (the control)
+    train_reset_control: bool = True
+    # start Δ in mamba's range instead of the official VideoMamba init's 0.69 (see
+    # synthetic.mamba_dt_init_): a from-scratch model then starts able to remember
+    mamba_dt_init: bool = True
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = "run"
+    task: Literal["classification", "regression", "streaming", "synthetic_memory"] = "classification"
+    source: str = ""  # the official script the numbers come from
+    reference_gpus: Optional[int] = None  # GPUs of that official run (its total batch)
+
+    # model
+    model: str = "videomamba_tiny"
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    finetune: str = ""
+    delete_head: bool = False
+    drop_path: float = 0.1
+    fc_drop_rate: float = 0.0
+    tubelet_size: int = 1
+    orig_t_size: Optional[int] = None
+
+    # data
+    data_set: str = "k400"
+    data_path: str = ""
+    train_list: str = ""
+    val_list: str = ""
+    test_list: str = ""
+    prefix: str = ""
+    split: str = " "
+    nb_classes: int = 400
+    num_frames: int = 8
+    input_size: int = 224
+    short_side_size: int = 224
+    decode_short_side: Optional[int] = 256
+    trimmed: Optional[float] = None  # LVU window length (seconds); None = whole videos
+    time_stride: float = 16.0
+    num_workers: int = 2
+    flip: bool = True
+    regression_norm: Literal["zscore", "none"] = "zscore"
+
+    # augmentation
+    aa: Optional[str] = "rand-m7-n4-mstd0.5-inc1"
+    train_interpolation: str = "bilinear"
+    reprob: float = 0.25
+    smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    cutmix_minmax: Optional[list[float]] = None
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: Literal["batch", "pair", "elem"] = "batch"
+    num_sample: int = Field(2, ge=1)  # repeated augmentation
+
+    # optimisation
+    opt: str = "adamw"
+    opt_betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
+    opt_eps: float = 1e-8
+    weight_decay: float = 0.05
+    weight_decay_end: Optional[float] = None
+    lr: float = 1e-3
+    lr_scale_divisor: float = 256.0  # lr * total batch (x num_sample) / divisor
+    lr_scale_num_sample: bool = True
+    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
+    warmup_epochs: float = 5
+    warmup_steps: int = -1
+    layer_decay: float = 0.75
+    layer_decay_mode: Literal["depth", "official"] = "depth"
+    clip_grad: Optional[float] = None
+    update_freq: int = Field(1, ge=1)
+
+    # run
+    epochs: int = 30
+    batch_size: int = 64
+    max_steps_per_epoch: Optional[int] = None
+    seed: int = 0
+    output_dir: str = ""
+    save_ckpt: bool = True
+    save_ckpt_freq: int = 100
+    auto_resume: bool = True
+    resume: str = ""
+    eval: bool = False
+    eval_every: int = 1
+    test_best: bool = True
+    test_num_segment: int = 4
+    test_num_crop: int = 3
+    device: str = "auto"
+    # torch intra-op threads (None: torch's default). Tiny models (the memory task) run
+    # many small ops, for which thread hand-offs cost more than they save: use 1.
+    torch_threads: Optional[int] = None
+    bf16: bool = True  # autocast dtype on CUDA; CPU always trains in fp32
+    log_every: int = 10
+
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @field_validator("opt_betas")
+    @classmethod
+    def _two_betas(cls, v):
+        if len(v) != 2:
+            raise ValueError(f"opt_betas needs two values, got {v}")
+        return v
+
+    def list_path(self, split: str) -> str:
+        explicit = {"train": self.train_list, "val": self.val_list, "test": self.test_list}[split]
+        if explicit:
+            return explicit
+        if not self.data_path:
+            return ""
+        return os.path.join(self.data_path, f"{split}.csv")
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_recipe_dict(path: str, _seen: Optional[set] = None) -> dict:
+    """The recipe at `path` with its ``base:`` chain merged (child keys win)."""
+    path = os.path.abspath(path)
+    seen = _seen or set()
+    if path in seen:
+        raise RecipeError(f"recipe {path}: 'base' chain loops back to itself")
+    seen.add(path)
+    if not os.path.exists(path):
+        raise RecipeError(f"recipe {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base:
+        parent = load_recipe_dict(os.path.join(os.path.dirname(path), base), seen)
+        data = _deep_update(parent, data)
+    return data
+
+
+def parse_overrides(overrides) -> dict:
+    out: dict = {}
+    for item in overrides or ():
+        if "=" not in item:
+            raise RecipeError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_recipe(path: Optional[str] = None, overrides=(), **kwargs) -> TrainConfig:
+    """Load and validate a recipe; errors name the recipe and the offending key."""
+    data = load_recipe_dict(path) if path else {}
+    data = _deep_update(data, parse_overrides(overrides))
+    data = _deep_update(data, kwargs)
+    try:
+        return TrainConfig(**data)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise RecipeError(f"recipe {path or '<inline>'}: " + "; ".join(lines)) from None
+
+
+def recipe_path(name: str) -> str:
+    """A recipe by file name (``k400/videomamba_tiny_f8x224``) in the repo's configs/train."""
+    p = name if name.endswith(".yaml") else name + ".yaml"
+    return os.path.normpath(os.path.join(REPO_CONFIG_DIR, p))

@@ -1,0 +1,369 @@
+"""Whole training / evaluation runs from a recipe: what `vmstream train` / `vmstream
+eval` call (`train_main`, `eval_main`), runnable meanwhile as
+``python -m vmstream.training train --config RECIPE [key=value ...]``.
+
+`fit(cfg)` is the official fine-tuning flow: datasets from the annotation lists, the
+model (optionally initialised from a checkpoint, temporal positions resampled by the
+model's loader), AdamW with layer decay, per-step cosine schedules, auto-resume from
+``output_dir``, ``checkpoint-latest.pth`` every epoch, ``checkpoint-best.pth`` on a
+better validation score, and at the end the multi-view test of the best model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from functools import partial
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .annotations import (DATASET_CLASSES, REGRESSION_DATASETS, TargetNorm, check_labels,
+                          read_video_list, trim_entries)
+from .augment import TrainTransform
+from .datasets import LongVideoDataset, VideoClsDataset, collate
+from .engine import autocast_context, clip_step, evaluate, train_one_epoch
+from .mixup import LabelSmoothingCrossEntropy, Mixup, SoftTargetCrossEntropy
+from .optim import build_optimizer, cosine_schedule, scaled_lr
+from .recipes import RecipeError, TrainConfig, load_recipe
+
+log = logging.getLogger("vmstream.training")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    random.seed(seed)
+
+
+def apply_threads(cfg: TrainConfig) -> None:
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------- model
+
+
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    frames = cfg.streaming.segment_frames if cfg.task in ("streaming", "synthetic_memory") else cfg.num_frames
+    kw = dict(img_size=cfg.input_size, num_classes=cfg.nb_classes, num_frames=frames,
+              drop_path_rate=cfg.drop_path, fc_drop_rate=cfg.fc_drop_rate, kernel_size=cfg.tubelet_size)
+    kw.update(cfg.model_args)
+    return kw
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The project's VideoMamba for this recipe: a registry size (`cfg.model`) with the
+    recipe's overrides (`model_args`), then `finetune` weights if named."""
+    from vmstream import models
+
+    kw = model_kwargs(cfg)
+    create = getattr(models, "create_model", None)
+    if create is not None:
+        model = create(cfg.model, **kw)
+    else:
+        factory = getattr(models, cfg.model, None)
+        if not callable(factory):
+            raise RecipeError(f"model {cfg.model!r} is not in vmstream.models")
+        model = factory(**kw)
+    if cfg.finetune:
+        # a path, or an official checkpoint name from the model registry (downloaded)
+        path = models.resolve_checkpoint(cfg.finetune)
+        report = models.load_checkpoint(model, path, reset_head=cfg.delete_head)
+        log.info("initialised from %s: %s", path, report)
+    return model
+
+
+# ------------------------------------------------------------------------- data
+
+
+def num_classes_for(cfg: TrainConfig) -> int:
+    known = DATASET_CLASSES.get(cfg.data_set)
+    if known and known != cfg.nb_classes and cfg.data_set not in REGRESSION_DATASETS:
+        raise RecipeError(f"data_set {cfg.data_set!r} has {known} classes but nb_classes={cfg.nb_classes}")
+    return cfg.nb_classes
+
+
+def _entries(cfg: TrainConfig, split: str):
+    path = cfg.list_path(split)
+    if not path:
+        return None
+    if split != "train" and not os.path.exists(path):
+        return None
+    regression = cfg.task == "regression" or cfg.data_set in REGRESSION_DATASETS
+    entries = read_video_list(path, cfg.split, cfg.prefix, regression=regression,
+                              with_duration=cfg.trimmed is not None)
+    if cfg.trimmed is not None:
+        entries = trim_entries(entries, cfg.trimmed, cfg.time_stride)
+    if not regression:
+        check_labels(entries, num_classes_for(cfg), path)
+    return entries
+
+
+def build_datasets(cfg: TrainConfig):
+    """(train, val, test, target_norm) datasets for a classification / regression /
+    streaming recipe; val and test are None when their lists are absent."""
+    train_e = _entries(cfg, "train")
+    if train_e is None:
+        raise RecipeError("the recipe names no training list (data_path or train_list)")
+    val_e, test_e = _entries(cfg, "val"), _entries(cfg, "test")
+    norm = None
+    target_fn = None
+    if cfg.task == "regression" and cfg.regression_norm == "zscore":
+        norm = TargetNorm.fit([float(e.label) for e in train_e])
+        target_fn = norm.apply
+    tt = TrainTransform(crop_size=cfg.input_size, rand_augment=cfg.aa, flip=cfg.flip, reprob=cfg.reprob,
+                        interpolation=cfg.train_interpolation)
+    if cfg.task == "streaming":
+        st = cfg.streaming
+        mk = partial(LongVideoDataset, segments=st.segments, segment_frames=st.segment_frames,
+                     crop_size=cfg.input_size, short_side_size=cfg.short_side_size,
+                     decode_short_side=cfg.decode_short_side, target_fn=target_fn)
+        return (mk(train_e, train=True, train_transform=tt), mk(val_e, train=False) if val_e else None,
+                mk(test_e, train=False) if test_e else None, norm)
+    mk = partial(VideoClsDataset, num_frames=cfg.num_frames, crop_size=cfg.input_size,
+                 short_side_size=cfg.short_side_size, test_num_segment=cfg.test_num_segment,
+                 test_num_crop=cfg.test_num_crop, decode_short_side=cfg.decode_short_side,
+                 target_fn=target_fn)
+    train = mk(train_e, mode="train", train_transform=tt, num_sample=cfg.num_sample)
+    val = mk(val_e, mode="val") if val_e else None
+    test = mk(test_e, mode="test") if test_e else None
+    return train, val, test, norm
+
+
+def _loader(ds, cfg: TrainConfig, train: bool, batch_size: int, collate_fn=collate):
+    sampler = DistributedSampler(ds, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=train,
+                                 seed=cfg.seed, drop_last=train)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                      collate_fn=collate_fn, drop_last=train, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+# ------------------------------------------------------------------------- fit
+
+
+def _stream_forward(model):
+    from .streaming import streaming_predict
+
+    raw = model.module if hasattr(model, "module") else model
+
+    def fwd(x):  # x [B, S, 3, T, H, W]: one long video per row
+        return streaming_predict(raw, x, True, "last")
+
+    return fwd
+
+
+def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
+    """Train (resuming from ``output_dir`` if it holds a checkpoint), validate, test.
+
+    `datasets` (train, val, test, norm) may be passed in (tests, synthetic data);
+    otherwise they come from the recipe's annotation lists.
+    """
+    device = resolve_device(cfg.device)
+    dist.init(device.type)
+    apply_threads(cfg)
+    seed_everything(cfg.seed + dist.rank())
+    train_set, val_set, test_set, norm = datasets if datasets is not None else build_datasets(cfg)
+    regression = cfg.task == "regression"
+    streaming = cfg.task == "streaming"
+
+    model = build_model(cfg).to(device)
+    ws = dist.world_size()
+    reps = cfg.num_sample if (cfg.lr_scale_num_sample and not streaming) else 1
+    lr = scaled_lr(cfg.lr, cfg.batch_size, ws, cfg.update_freq, reps, cfg.lr_scale_divisor)
+    min_lr = scaled_lr(cfg.min_lr, cfg.batch_size, ws, cfg.update_freq, reps, cfg.lr_scale_divisor)
+    warmup_lr = scaled_lr(cfg.warmup_lr, cfg.batch_size, ws, cfg.update_freq, reps, cfg.lr_scale_divisor)
+    optimizer, specs = build_optimizer(model, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps,
+                                       cfg.layer_decay, cfg.layer_decay_mode, cfg.opt)
+    if dist.is_dist() and not streaming:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    elif dist.is_dist():
+        for t in list(model.parameters()) + list(model.buffers()):
+            torch.distributed.broadcast(t.data, 0)
+
+    batch = cfg.batch_size
+    train_loader = _loader(train_set, cfg, True, batch)
+    val_loader = _loader(val_set, cfg, False, max(1, int(1.5 * batch))) if val_set is not None else None
+    test_loader = _loader(test_set, cfg, False, batch) if test_set is not None else None
+    steps = len(train_loader) // cfg.update_freq
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    if steps < 1:
+        raise RecipeError(f"{len(train_set)} training samples give no full batch of {batch} x {ws} ranks")
+    lr_values = cosine_schedule(lr, min_lr, cfg.epochs, steps, cfg.warmup_epochs, warmup_lr, cfg.warmup_steps)
+    wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
+    wd_values = cosine_schedule(cfg.weight_decay, wd_end, cfg.epochs, steps)
+
+    amp = partial(autocast_context, device, cfg.bf16)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 / fp32 need no loss scaling
+    mixup = None
+    if regression:
+        criterion = nn.MSELoss()
+    elif streaming:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 else nn.CrossEntropyLoss()
+    elif cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None:
+        mixup = Mixup(cfg.mixup, cfg.cutmix, cfg.cutmix_minmax, cfg.mixup_prob, cfg.mixup_switch_prob,
+                      cfg.mixup_mode, label_smoothing=cfg.smoothing, num_classes=cfg.nb_classes)
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    if streaming:
+        from .streaming import streaming_step
+
+        st = cfg.streaming
+        step_fn = streaming_step(criterion, st.tbptt_k, st.loss, st.carry_state, device, amp)
+    else:
+        step_fn = clip_step(criterion, mixup, device, amp, regression)
+
+    start_epoch, best = 0, None
+    resume_path = cfg.resume or (ckpt.find_resume(cfg.output_dir) if cfg.auto_resume else None)
+    if resume_path:
+        ck = ckpt.resume(resume_path, model=model, optimizer=optimizer, scaler=scaler,
+                         restore_rng=False)
+        ranks = ck.get("rng_ranks")
+        ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == ws else ck["rng"])
+        start_epoch, best = int(ck["epoch"]) + 1, ck.get("best")
+        if dist.is_main():
+            log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+
+    history: list[dict] = []
+    eval_fwd = _stream_forward(model) if streaming else None
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, train_loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
+                                start_step=epoch * steps, lr_values=lr_values, wd_values=wd_values,
+                                update_freq=cfg.update_freq, clip_grad=cfg.clip_grad,
+                                manual_grad_reduce=streaming and dist.is_dist(), log_every=cfg.log_every)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses,
+                               "skipped": len(stats.skipped), "seconds": stats.seconds}
+        improved = False
+        if val_loader is not None and (epoch + 1) % cfg.eval_every == 0:
+            v = evaluate(model, val_loader, device, amp, regression, eval_fwd, multi_view=not streaming)
+            row["val"] = v
+            score = -v.get("mse", 0.0) if regression else v.get("acc1", 0.0)
+            if v.get("n") and (best is None or score > best):
+                best, improved = score, True
+        history.append(row)
+        if dist.is_main():
+            msg = f"epoch {epoch}: train_loss={stats.loss:.4f}"
+            if "val" in row:
+                msg += " " + " ".join(f"val_{k}={v:.4f}" for k, v in row["val"].items() if isinstance(v, float))
+            if stats.skipped:
+                msg += f" skipped_videos={len(stats.skipped)}"
+            print_fn(msg)
+        # Saved after evaluation: the RNG states are then exactly those the next epoch
+        # starts from, so a resumed run repeats the uninterrupted one step for step.
+        if cfg.output_dir and cfg.save_ckpt:
+            extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
+            if norm is not None:
+                extra["target_norm"] = {"mean": norm.mean, "std": norm.std}
+            if dist.is_main():
+                save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch,
+                               step=(epoch + 1) * steps, config=cfg, scaler=scaler, best=best, extra=extra)
+                save(os.path.join(cfg.output_dir, "checkpoint-latest.pth"))
+                if improved:
+                    save(os.path.join(cfg.output_dir, "checkpoint-best.pth"))
+                if (epoch + 1) % cfg.save_ckpt_freq == 0:
+                    save(os.path.join(cfg.output_dir, f"checkpoint-{epoch}.pth"))
+            dist.barrier()
+
+    result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs}
+    if test_loader is not None:
+        best_path = os.path.join(cfg.output_dir, "checkpoint-best.pth") if cfg.output_dir else ""
+        if cfg.test_best and best_path and os.path.exists(best_path):
+            ckpt.resume(best_path, model=model, restore_rng=False)
+        t = evaluate(model, test_loader, device, amp, regression, eval_fwd, multi_view=not streaming)
+        result["test"] = t
+        if dist.is_main():
+            if regression:
+                print_fn(f"test_mse={t.get('mse', float('nan')):.4f} videos={t['n']} views={t['num_views']}")
+            else:
+                print_fn(f"test_top1={t.get('acc1', float('nan')):.2f} test_top5={t.get('acc5', float('nan')):.2f} "
+                         f"videos={t['n']} views={t['num_views']} skipped={t['skipped']}")
+    return result
+
+
+# ------------------------------------------------------------------------- entry points
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                            stream=sys.stderr)
+
+
+def train_main(config_path: Optional[str], overrides=()) -> int:
+    """`vmstream train --config RECIPE [key=value ...]`. Returns the process exit code."""
+    _setup_logging()
+    try:
+        cfg = load_recipe(config_path, overrides)
+    except RecipeError as e:
+        print(f"vmstream train: {e}", file=sys.stderr)
+        return 2
+    try:
+        if cfg.task == "synthetic_memory":
+            from .synthetic import run_memory_task
+
+            device = resolve_device(cfg.device)
+            dist.init(device.type)
+            apply_threads(cfg)
+            res = run_memory_task(cfg, device)
+            ok = res["carried_state_accuracy"] >= 0.9
+            return 0 if ok else 1
+        fit(cfg)
+        return 0
+    except RecipeError as e:
+        print(f"vmstream train: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.shutdown()
+
+
+def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str] = None) -> int:
+    """`vmstream eval --config RECIPE [--checkpoint PATH] [key=value ...]`: the multi-view
+    test of a checkpoint (ours or official) on the recipe's test list."""
+    _setup_logging()
+    try:
+        cfg = load_recipe(config_path, overrides)
+        device = resolve_device(cfg.device)
+        dist.init(device.type)
+        _, _, test_set, norm = build_datasets(cfg)
+        if test_set is None:
+            raise RecipeError(f"no test list found at {cfg.list_path('test')!r}")
+        model = build_model(cfg.model_copy(update={"finetune": ""})).to(device)
+        path = checkpoint or cfg.finetune
+        if path:
+            from vmstream import models
+
+            models.load_checkpoint(model, path)
+        loader = _loader(test_set, cfg, False, cfg.batch_size)
+        amp = partial(autocast_context, device, cfg.bf16)
+        fwd = _stream_forward(model) if cfg.task == "streaming" else None
+        t = evaluate(model, loader, device, amp, cfg.task == "regression", fwd,
+                     multi_view=cfg.task != "streaming")
+        if dist.is_main():
+            if cfg.task == "regression":
+                print(f"test_mse={t.get('mse', float('nan')):.4f} videos={t['n']} views={t['num_views']}")
+            else:
+                print(f"test_top1={t.get('acc1', float('nan')):.2f} test_top5={t.get('acc5', float('nan')):.2f} "
+                      f"videos={t['n']} views={t['num_views']} skipped={t['skipped']}")
+        return 0
+    except (RecipeError, FileNotFoundError, ValueError) as e:
+        print(f"vmstream eval: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.shutdown()
