@@ -83,6 +83,11 @@ def test_drifted_config_is_restored_and_partitions_are_not_silently_changed(kafk
         )
     finally:
         admin.close()
+    # Config changes reach the broker's metadata asynchronously.
+    deadline = time.monotonic() + 10
+    while _describe(kafka_bootstrap, [names.state])[names.state]["configs"]["max.message.bytes"] != "1000000":
+        assert time.monotonic() < deadline, "the altered config never showed"
+        time.sleep(0.1)
     report = ensure_topics(kafka_bootstrap, specs)
     assert report[names.state] == "updated" and report[names.jobs] == "exists"
     cfg = _describe(kafka_bootstrap, [names.state])[names.state]["configs"]

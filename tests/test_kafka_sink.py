@@ -172,9 +172,15 @@ def test_inline_limit_and_broker_refusal_both_spill(kafka_bootstrap, kafka_topic
                 [ConfigResource(ConfigResourceType.TOPIC, names.segments, {"max.message.bytes": "4000"})],
                 incremental=True,
             )
+            # Config changes reach the broker's metadata asynchronously.
+            from vmstream.stages.sinks.kafka import topic_message_limit
+
+            deadline = time.monotonic() + 10
+            while topic_message_limit(admin, names.segments) != 4000:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
         finally:
             admin.close()
-        time.sleep(0.5)  # config changes reach the log asynchronously
         sink.write(make_result("s", 2, dim=1000))  # ~20 KB of JSON, under the 1 MB read at start
         sink.flush(timeout_s=60)
         assert sink.stats.spilled == 1 and sink.stats.resent >= 1

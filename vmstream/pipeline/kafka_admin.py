@@ -245,11 +245,25 @@ def ensure_topics(
                 # Incremental SET of just these keys: other settings an operator made stay.
                 admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.name, want)], incremental=True)
                 report[s.name] = "updated"
+                _wait_for_configs(admin, s.name, want, timeout_s)
     finally:
         admin.close()
     for name, what in report.items():
         log.info("Kafka topic %s: %s", name, what)
     return report
+
+
+def _wait_for_configs(admin: Any, topic: str, want: Mapping[str, str], timeout_s: float) -> None:
+    """Config changes reach the brokers' metadata asynchronously; return once `topic`
+    shows them, so whoever runs next (a sink reading max.message.bytes) sees them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = describe_topics(admin, [topic]).get(topic, {}).get("configs", {})
+        if all(have.get(k) == v for k, v in want.items()):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Kafka topic {topic!r}: config change {dict(want)} not visible after {timeout_s:.0f}s")
+        time.sleep(0.1)
 
 
 def _create_results(resp: Any) -> list[tuple[str, int, str]]:

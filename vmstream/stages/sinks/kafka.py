@@ -704,7 +704,7 @@ class KafkaSink(Sink):
         """The broker refused a record, or a batch it was in, for size: its limit is now
         lower than the one read at start. Re-read the limit (at most every few seconds)
         and send the record as it is if it fits, else as a Parquet reference."""
-        import json
+        import orjson
 
         from vmstream.stages.sinks.kafka_records import H_KIND
 
@@ -726,7 +726,7 @@ class KafkaSink(Sink):
         if size <= self.inline_limit[topic] or hmap.get("vmstream.payload") == b"parquet-ref":
             return value, headers
         kind = hmap[H_KIND].decode()
-        enc = EncodedRecord(kind, key or b"", value, headers, json.loads(value))
+        enc = EncodedRecord(kind, key or b"", value, headers, orjson.loads(value))
         ref = spill_to_parquet(enc, self.spill_dir)
         self._producer.stats.spilled += 1
         log.warning("Kafka refused a %d-byte record on %s as too large (limit now %d); sent a Parquet "
