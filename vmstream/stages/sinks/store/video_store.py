@@ -25,9 +25,16 @@ segment)`); adding a uid that exists replaces its vector and its id-map row.
 
 One writer per store directory (an flock); readers (`readonly=True`) take no lock and
 see the last saved generation.
+
+Threads: faiss work runs on `threads` threads (default 1). The store works beside the
+model, which keeps every core busy, and there faiss's OpenMP/OpenBLAS threads spin
+waiting for each other: on the 2-core machine under load, 2 threads were 3x (PQ
+training) to 27x (one flat query) slower than 1 (see `index.omp_threads`). Use
+threads=0 (faiss's default, all cores) for an offline bulk build on an idle machine.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,7 +52,7 @@ from vmstream.records import SCHEMA_VERSION, SegmentResult
 
 from ..atomic import DirLock, atomic_path, remove_quietly, remove_stale_tmp, write_bytes_atomic
 from .idmap import IdMap, meta_table
-from .index import KINDS, TRAINED_KINDS, VectorIndex, default_nlist, gpu_available, min_train_size
+from .index import KINDS, TRAINED_KINDS, VectorIndex, default_nlist, gpu_available, min_train_size, omp_threads
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +125,13 @@ class VideoStore:
         hnsw_m: int = 32,
         use_gpu: Union[bool, str] = "auto",
         readonly: bool = False,
+        threads: int = 1,
     ):
         if kind is not None and kind not in ("auto", *KINDS):
             raise ValueError(f"unknown index kind {kind!r} (expected auto, {', '.join(KINDS)})")
         self.path = Path(path)
         self.readonly = readonly
+        self.threads = int(threads)
         self._lock: Optional[DirLock] = None
         if not readonly:
             self._lock = DirLock(self.path, what="video store").acquire()
@@ -246,6 +255,9 @@ class VideoStore:
         if self._closed:
             raise RuntimeError(f"video store {self.path} is closed")
 
+    def _faiss_threads(self):
+        return omp_threads(self.threads) if self.threads > 0 else contextlib.nullcontext()
+
     # -- properties ------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.ids)
@@ -296,12 +308,13 @@ class VideoStore:
         if self.index is None:
             self.index = self._new_index()
         existing = uids[self.ids.contains(uids)]
-        self.index.upsert(uids, x, existing)
-        self.ids.add(table)
-        self._dirty = True
-        self._gpu_index = None
-        if self.index.kind == "flat" and self._target_kind() in TRAINED_KINDS and len(self.ids) >= self._train_at():
-            self._convert(self._target_kind())
+        with self._faiss_threads():
+            self.index.upsert(uids, x, existing)
+            self.ids.add(table)
+            self._dirty = True
+            self._gpu_index = None
+            if self.index.kind == "flat" and self._target_kind() in TRAINED_KINDS and len(self.ids) >= self._train_at():
+                self._convert(self._target_kind())
 
     def add_results(self, results: Iterable[SegmentResult]) -> int:
         """Upsert segment results (embedding + id-map row each); returns how many."""
@@ -350,7 +363,8 @@ class VideoStore:
         present = uids[self.ids.contains(uids)]
         if present.size == 0:
             return 0
-        self.index.remove(present)
+        with self._faiss_threads():
+            self.index.remove(present)
         self.ids.remove(present)
         self._dirty = True
         self._gpu_index = None
@@ -398,11 +412,12 @@ class VideoStore:
             self.meta["nlist"] = nlist
         if self.index is None:
             return
-        ids, vecs = self.index.live_vectors()
-        target = self._target_kind()
-        if target in TRAINED_KINDS and ids.size < self._train_at():
-            target = "flat"  # too few to train; `add` converts once there are enough
-        self._convert(target, from_ids=ids, from_vecs=vecs)
+        with self._faiss_threads():
+            ids, vecs = self.index.live_vectors()
+            target = self._target_kind()
+            if target in TRAINED_KINDS and ids.size < self._train_at():
+                target = "flat"  # too few to train; `add` converts once there are enough
+            self._convert(target, from_ids=ids, from_vecs=vecs)
 
     # -- searching -------------------------------------------------------------------
     def _searchable(self):
@@ -440,7 +455,8 @@ class VideoStore:
             return [[] for _ in range(q.shape[0])]
         n_live = len(self.ids)
         first = min(k if keep is None else 2 * k + 8, n_live)
-        D, I = self.index.search(q, first, gpu_index=self._searchable(), **params)
+        with self._faiss_threads():
+            D, I = self.index.search(q, first, gpu_index=self._searchable(), **params)
         out = []
         for row in range(q.shape[0]):
             hits, kk = self._hits(D[row], I[row]), first
@@ -448,7 +464,8 @@ class VideoStore:
                 hits = [h for h in hits if keep(h)]
             while len(hits) < k and kk < n_live:  # filtered too many: widen this query
                 kk = min(4 * kk, n_live)
-                Dw, Iw = self.index.search(q[row : row + 1], kk, gpu_index=self._searchable(), **params)
+                with self._faiss_threads():
+                    Dw, Iw = self.index.search(q[row : row + 1], kk, gpu_index=self._searchable(), **params)
                 hits = [h for h in self._hits(Dw[0], Iw[0]) if keep is None or keep(h)]
             out.append(hits[:k])
         return out
