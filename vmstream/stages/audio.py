@@ -65,9 +65,10 @@ class AudioConfig:
     f_min: float = 0.0
     f_max: Optional[float] = None  # None: sample_rate / 2
     log_offset: float = 1e-6
-    # PCM is turned into mel frames in blocks of about this much audio: big enough to
-    # amortise the STFT call, small enough to keep memory flat.
-    block_seconds: float = 2.0
+    # PCM is turned into mel frames in blocks of about this much audio (512 kB at
+    # 16 kHz): few torch calls, as each one pays a thread-pool handoff that costs far
+    # more than the work when the cores are busy (the model runs beside this stage).
+    block_seconds: float = 8.0
     # A jump ahead larger than this (sparse segments) seeks instead of decoding through.
     seek_ahead_seconds: float = 30.0
     # Timestamp disagreement (container pts vs. samples counted) that counts as a break
@@ -440,7 +441,7 @@ class AudioFeatures:
         cfg = self.config
         mel = LogMelStream(cfg)
         chunks = reader.chunks()
-        dropped_until = -math.inf  # frames centred before this were discarded
+        dropped_until = -math.inf  # frames centred before this may be missing (dropped, or before a seek)
         for seg in segments:
             if not isinstance(seg, Segment):
                 yield seg
@@ -456,7 +457,14 @@ class AudioFeatures:
                 mel.reset()
                 chunks.close()
                 chunks = reader.chunks(start=need_from - cfg.half_window)
-                dropped_until = -math.inf
+                # Audio before the seek point may be missing: earlier spans seek again.
+                dropped_until = need_from - cfg.hop_length / cfg.sample_rate
+            else:
+                # Segments come in time order: what lies before this one's start is done
+                # (dropped here, not after the previous segment, in case they overlap).
+                keep_from = need_from - cfg.hop_length / cfg.sample_rate
+                mel.discard_before(keep_from)
+                dropped_until = max(dropped_until, keep_from)
             try:
                 while not mel.ready(t1):
                     try:
@@ -470,9 +478,6 @@ class AudioFeatures:
                 log.warning("%s: audio of segment %s failed (%s: %s); audio stays None",
                             reader.uri, seg.index, type(e).__name__, e)
                 seg.audio = None
-            keep_from = need_from - cfg.hop_length / cfg.sample_rate
-            mel.discard_before(keep_from)
-            dropped_until = max(dropped_until, keep_from)
             self.stats["segments"] += 1
             if seg.audio is None:
                 self.stats["segments_without_audio"] += 1
