@@ -318,3 +318,22 @@ def test_rebuild_changes_kind(tmp_path):
     store.rebuild("ivfsq8")  # fewer than train_at (50k): stays exact until enough
     assert store.index_kind == "flat"
     store.close()
+
+
+def test_empty_store_small_k_and_gpu_fallback(tmp_path, monkeypatch, caplog):
+    store = VideoStore(tmp_path / "e", dim=D)
+    assert store.search(np.ones(D), k=5) == [] and store.search(np.ones((2, D)), k=5) == [[], []]
+    store.add(np.arange(3), clustered(3))
+    assert len(store.search(np.ones(D), k=10)) == 3  # k beyond the store: all of it
+
+    # A GPU index that faiss-gpu cannot build (a kind or size it lacks) must not break
+    # search: the store logs it and stays on the CPU. (The GPU itself is not here.)
+    def no_gpu(self, resources, device=0):
+        raise RuntimeError("This index type is not implemented on GPU.")
+
+    monkeypatch.setattr(index_mod.VectorIndex, "to_gpu", no_gpu)
+    store._gpu_res, store._gpu_index = object(), None
+    with caplog.at_level("WARNING"):
+        assert [h.uid for h in store.search(clustered(3)[0], k=1)] == [0]
+    assert store._gpu_res is None and "searching on CPU" in caplog.text
+    store.close()

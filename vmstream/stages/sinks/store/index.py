@@ -326,7 +326,14 @@ class VectorIndex:
         clone this kind (HNSW)."""
         if self.kind == "hnsw":
             return None
-        return faiss.index_cpu_to_gpu(resources, device, self.index)
+        opts = faiss.GpuClonerOptions()
+        # IVF-PQ's lookup tables in fp16: faiss-gpu needs that for codes of 56+ bits
+        # (ours are 8*d/4); for the other kinds it would make the stored vectors fp16.
+        opts.useFloat16 = self.kind == "ivfpq"
+        # Flat and SQ8 ids sit in an IndexIDMap2 / the IVF lists: faiss-gpu clones the
+        # former with its CPU cloner around a GPU flat index (GpuCloner.cpp), so
+        # search results carry our ids either way.
+        return faiss.index_cpu_to_gpu(resources, device, self.index, opts)
 
 
 def default_nprobe(nlist: int) -> int:
