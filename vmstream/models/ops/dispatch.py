@@ -4,56 +4,296 @@ Contract (every backend honours it, tests hold each to `reference.py`):
 
     selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                    delta_softplus=False, initial_state=None,
-                   return_last_state=False, reverse=False, backend=None)
+                   return_last_state=False, reverse=False, backend=None,
+                   out=None, accumulate=False)
         u, delta, z: [B, L, D] (last dim contiguous; any stride over L and B)
         A: [D, N]   B, C: [B, L, N]   D, delta_bias: [D]   initial_state: [B, D, N]
         -> out [B, L, D]  (and last_state [B, D, N] float32 if return_last_state)
 
     causal_conv1d(x, weight, bias=None, initial_tail=None, activation=None,
                   return_final_tail=False, reverse=False, backend=None)
-        x: [B, L, D]  weight: [D, K]  initial_tail: [B, D, K-1]
+        x: [B, L, D]  weight: [D, K] (or nn.Conv1d's [D, 1, K])  initial_tail: [B, D, K-1]
         -> out [B, L, D]  (and final_tail [B, D, K-1] if return_final_tail)
 
-`backend` is None (automatic), or one of "ref", "cpu", "cuda"; the environment
-variable VMSTREAM_SCAN_BACKEND overrides the automatic choice.
+Optional keyword arguments added to the contract:
+    out=None, accumulate=False (selective_scan): when `out` ([B, L, D]) is given the
+        result is written into it, or added to it with `accumulate=True`, and `out` is
+        returned. The bidirectional block sums its two directions this way: the
+        backward-direction scan (`reverse=True`) adds into the forward direction's
+        output with no extra [B, L, D] temporary. On the "cpu" backend without
+        gradients a float32 `out` with a contiguous last dim is written by the kernel
+        itself; elsewhere (and under autograd) it is `out.add_(y)` / `out.copy_(y)`.
+
+`backend` is None (automatic), or one of "ref", "cpu", "numba", "cuda"; the environment
+variable VMSTREAM_SCAN_BACKEND overrides the automatic choice (the argument wins over
+the variable). Automatic: CUDA tensors -> "cuda" when mamba-ssm and causal-conv1d import,
+else "ref"; CPU tensors -> "cpu". "cpu" is the fused C++ kernel, built on first use
+(`cpu_ext.py`); where it cannot be built it falls back to "numba", and where numba is
+missing too, to "ref" — each fallback logged once with its reason. "numba" asks for the
+numba kernels explicitly. Backends differ only in float rounding (a few ulp per op);
+all compute in float32 and return `out` in u's dtype (x's for the conv).
+
+`available_backends()` tells which backends work here and why not (`vmstream info`).
+Pre-build the C++ kernel with `python -m vmstream.models.ops.build`.
 """
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Optional
+
+import torch
+from torch import Tensor
 
 from .reference import causal_conv1d_ref, selective_scan_ref
 
-_BACKENDS = ("ref", "cpu", "cuda")
+log = logging.getLogger("vmstream.models.ops")
+
+_BACKENDS = ("ref", "cpu", "numba", "cuda")
+ENV_VAR = "VMSTREAM_SCAN_BACKEND"
+
+_lock = threading.Lock()
+_cpu_impl: Optional[str] = None  # what "cpu" resolved to: "cpp", "numba" or "ref"
+_numba_error: Optional[str] = None
+_warned: set[str] = set()
 
 
-def available_backends() -> dict[str, str]:
-    """Backend name -> "ok" or the reason it is unusable here."""
-    return {"ref": "ok"}
+def _numba_status() -> str:
+    if _numba_error is not None:
+        return _numba_error
+    try:
+        import numba  # noqa: F401, PLC0415
+    except ImportError as e:
+        return f"numba not installed ({e})"
+    return "ok"
 
 
-def _choose(tensor, backend: Optional[str]) -> str:
-    backend = backend or os.environ.get("VMSTREAM_SCAN_BACKEND") or None
+def available_backends(build: bool = True) -> dict[str, str]:
+    """Backend name -> "ok" or the reason it is unusable here.
+
+    With `build=True` (the default) the C++ kernel is built if it is not cached yet
+    (about 10-20 s, once per machine); with `build=False` an unbuilt kernel is
+    reported as such instead.
+    """
+    from . import cpu_ext, cuda  # noqa: PLC0415
+
+    result = {"ref": "ok"}
+    if build:
+        try:
+            cpu_ext.load()
+            result["cpu"] = "ok"
+        except cpu_ext.ExtensionUnavailable as e:
+            result["cpu"] = str(e)
+    else:
+        result["cpu"] = "ok" if "native" in cpu_ext._loaded else "not built yet (built on first use)"
+    result["numba"] = _numba_status()
+    result["cuda"] = cuda.status()
+    return result
+
+
+def _warn_once(key: str, msg: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg, *args)
+
+
+def _resolve_cpu() -> str:
+    """What the "cpu" backend runs on this machine: decided once, logged once."""
+    global _cpu_impl
+    with _lock:
+        if _cpu_impl is not None:
+            return _cpu_impl
+        from . import cpu_ext  # noqa: PLC0415
+
+        try:
+            ops = cpu_ext.load()
+            _cpu_impl = "cpp"
+            log.info("scan backend: cpu (fused C++ kernel, %s)", ops.isa())
+            return _cpu_impl
+        except cpu_ext.ExtensionUnavailable as e:
+            reason = str(e)
+        status = _numba_status()
+        if status == "ok":
+            _cpu_impl = "numba"
+            log.warning("scan backend: numba (the fused C++ kernel is unavailable: %s)", reason)
+        else:
+            _cpu_impl = "ref"
+            log.warning("scan backend: ref, the slow PyTorch loop (C++ kernel unavailable: %s; "
+                        "numba unavailable: %s)", reason, status)
+        return _cpu_impl
+
+
+def _choose(tensor: Tensor, backend: Optional[str]) -> str:
+    source = "backend="
+    if backend is None and os.environ.get(ENV_VAR):
+        backend, source = os.environ[ENV_VAR], ENV_VAR
     if backend is not None:
         if backend not in _BACKENDS:
-            raise ValueError(f"unknown scan backend {backend!r}; expected one of {_BACKENDS}")
+            raise ValueError(f"unknown scan backend {backend!r} (from {source}); "
+                             f"expected one of {_BACKENDS}")
+        if backend == "cuda" and not tensor.is_cuda:
+            raise ValueError(f"scan backend 'cuda' (from {source}) needs CUDA tensors, "
+                             f"got {tensor.device}")
+        if backend in ("cpu", "numba") and tensor.device.type != "cpu":
+            raise ValueError(f"scan backend {backend!r} (from {source}) needs CPU tensors, "
+                             f"got {tensor.device}")
         return backend
+    if tensor.is_cuda:
+        from . import cuda  # noqa: PLC0415
+
+        status = cuda.status()
+        if status == "ok":
+            return "cuda"
+        _warn_once("cuda", "scan backend: ref on CUDA tensors (%s)", status)
+        return "ref"
+    if tensor.device.type == "cpu":
+        return "cpu"
     return "ref"
 
 
+def _numba_kernels(explicit: bool):
+    """The numba module (importing it compiles the kernels, or loads them from numba's
+    cache), or None when they fail to compile here and numba was only a fallback."""
+    global _numba_error
+    try:
+        from . import numba_scan  # noqa: PLC0415
+
+        return numba_scan
+    except Exception as e:  # an LLVM/numba version problem: say so, keep working
+        _numba_error = f"numba kernels failed to compile ({type(e).__name__}: {e})"
+        if explicit:
+            raise RuntimeError(f"scan backend 'numba': {_numba_error}") from e
+        _warn_once("numba", "scan backend: ref, the slow PyTorch loop (%s)", _numba_error)
+        return None
+
+
+def reset() -> None:
+    """Forget the resolved CPU backend and the kernels' build/compile failures, so the
+    next call decides again (after installing a compiler, or in tests)."""
+    global _cpu_impl, _numba_error
+    from . import cpu_ext  # noqa: PLC0415
+
+    with _lock:
+        _cpu_impl = None
+        _numba_error = None
+        _warned.clear()
+        cpu_ext._failed.clear()
+
+
+# ----------------------------------------------------------------------------- checks
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, out):
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be [B, L, D], got shape {_shape(u)}")
+    Bsz, L, Dm = u.shape
+    if L == 0:
+        raise ValueError("selective_scan: u has no tokens (L == 0)")
+    if A.dim() != 2 or A.shape[0] != Dm:
+        raise ValueError(f"selective_scan: A must be [D, N] = [{Dm}, N], got shape {_shape(A)}")
+    N = A.shape[1]
+    expect = {"delta": (delta, (Bsz, L, Dm)), "B": (B, (Bsz, L, N)), "C": (C, (Bsz, L, N)),
+              "D": (D, (Dm,)), "z": (z, (Bsz, L, Dm)), "delta_bias": (delta_bias, (Dm,)),
+              "initial_state": (initial_state, (Bsz, Dm, N)), "out": (out, (Bsz, L, Dm))}
+    for name, (t, shape) in expect.items():
+        if t is None:
+            continue
+        if _shape(t) != shape:
+            raise ValueError(f"selective_scan: {name} must have shape {list(shape)} "
+                             f"(u is [B, L, D] = {list(u.shape)}, A is [D, N] = {list(A.shape)}), "
+                             f"got {list(t.shape)}")
+        if t.device != u.device:
+            raise ValueError(f"selective_scan: {name} is on {t.device}, u on {u.device}")
+        if not t.is_floating_point():
+            raise ValueError(f"selective_scan: {name} must be a floating-point tensor, got {t.dtype}")
+    if not u.is_floating_point():
+        raise ValueError(f"selective_scan: u must be a floating-point tensor, got {u.dtype}")
+
+
+def _check_conv(x, weight, bias, initial_tail):
+    if x.dim() != 3:
+        raise ValueError(f"causal_conv1d: x must be [B, L, D], got shape {_shape(x)}")
+    Bsz, L, Dm = x.shape
+    if L == 0:
+        raise ValueError("causal_conv1d: x has no tokens (L == 0)")
+    if weight.dim() not in (2, 3) or weight.shape[0] != Dm or (weight.dim() == 3 and weight.shape[1] != 1):
+        raise ValueError(f"causal_conv1d: weight must be [D, K] (or [D, 1, K]) with D = {Dm}, "
+                         f"got shape {_shape(weight)}")
+    K = weight.shape[-1]
+    if K < 2:
+        raise ValueError(f"causal_conv1d: kernel width K must be >= 2, got {K}")
+    for name, t, shape in (("bias", bias, (Dm,)), ("initial_tail", initial_tail, (Bsz, Dm, K - 1))):
+        if t is None:
+            continue
+        if _shape(t) != shape:
+            raise ValueError(f"causal_conv1d: {name} must have shape {list(shape)}, got {list(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"causal_conv1d: {name} is on {t.device}, x on {x.device}")
+
+
+# ----------------------------------------------------------------------------- entry points
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   initial_state=None, return_last_state=False, reverse=False, backend=None):
-    name = _choose(u, backend)
-    if name == "ref":
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                   initial_state=None, return_last_state=False, reverse=False, backend=None,
+                   out=None, accumulate=False):
+    _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, out)
+    name = explicit = _choose(u, backend)
+    if name == "cpu":
+        impl = _resolve_cpu()
+        if impl == "cpp":
+            from .cpu import selective_scan_cpu  # noqa: PLC0415
+
+            return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                      initial_state, return_last_state, reverse, out, accumulate)
+        name = impl
+    if name == "numba":
+        nbk = _numba_kernels(explicit == "numba")
+        if nbk is not None:
+            return nbk.selective_scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                            initial_state, return_last_state, reverse, out,
+                                            accumulate)
+        name = "ref"
+    if name == "cuda":
+        from .cuda import selective_scan_cuda  # noqa: PLC0415
+
+        res = selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   initial_state, return_last_state, reverse)
-    raise NotImplementedError(f"scan backend {name!r} is not built yet")
+    else:
+        res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                 initial_state, return_last_state, reverse)
+    if out is None:
+        return res
+    y, rest = (res[0], res[1:]) if return_last_state else (res, ())
+    y = out.add_(y) if accumulate else out.copy_(y)
+    return (y, *rest) if return_last_state else y
 
 
 def causal_conv1d(x, weight, bias=None, initial_tail=None, activation=None,
                   return_final_tail=False, reverse=False, backend=None):
-    name = _choose(x, backend)
-    if name == "ref":
-        return causal_conv1d_ref(x, weight, bias, initial_tail, activation,
-                                 return_final_tail, reverse)
-    raise NotImplementedError(f"conv backend {name!r} is not built yet")
+    _check_conv(x, weight, bias, initial_tail)
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"causal_conv1d: unsupported activation {activation!r} (silu or None)")
+    name = explicit = _choose(x, backend)
+    if name == "cpu":
+        impl = _resolve_cpu()
+        if impl == "cpp":
+            from .cpu import causal_conv1d_cpu  # noqa: PLC0415
+
+            return causal_conv1d_cpu(x, weight, bias, initial_tail, activation,
+                                     return_final_tail, reverse)
+        name = impl
+    if name == "numba":
+        nbk = _numba_kernels(explicit == "numba")
+        if nbk is not None:
+            return nbk.causal_conv1d_numba(x, weight, bias, initial_tail, activation,
+                                           return_final_tail, reverse)
+        name = "ref"
+    if name == "cuda":
+        from .cuda import causal_conv1d_cuda  # noqa: PLC0415
+
+        return causal_conv1d_cuda(x, weight, bias, initial_tail, activation,
+                                  return_final_tail, reverse)
+    return causal_conv1d_ref(x, weight, bias, initial_tail, activation, return_final_tail,
+                             reverse)

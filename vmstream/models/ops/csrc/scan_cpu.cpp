@@ -1,0 +1,917 @@
+// Fused CPU kernels for the selective scan and the causal depthwise conv, token-major
+// layout [B, L, D] (last dim contiguous, any stride over B and L), float32.
+//
+// The scan is vectorised across D (one SIMD register holds W neighbouring channels),
+// the state h[n] of those channels lives in registers, the time loop runs inside the
+// kernel, and work is split over (batch, D-chunk) tasks with at::parallel_for. Nothing
+// of size [B, D, L, N] is ever materialised: the forward keeps h in registers, the
+// backward recomputes h per time chunk from checkpoints the forward stored every
+// `ckpt_every` steps. The readable oracle is reference.py; tests hold this file to it.
+//
+// Built on first use by cpu_ext.py with -O3 -march=native; VMS_NS (the op namespace) is
+// set per build so two builds (e.g. AVX-512 and AVX2 variants) can live in one process.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define VMS_X86 1
+#endif
+
+#ifndef VMS_NS
+#define VMS_NS vmstream_scan
+#endif
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+// Minimax fit of 2^f on [-0.5, 0.5], relative error 7.5e-8 (<= 2.7 ulp in float32).
+constexpr float kP0 = 1.000000119e+00f, kP1 = 6.931469440e-01f, kP2 = 2.402212024e-01f,
+                kP3 = 5.550713092e-02f, kP4 = 9.675540961e-03f, kP5 = 1.327647245e-03f;
+
+// ---------------------------------------------------------------- SIMD layer
+// One small set of primitives per ISA; the kernels below are written once against them.
+#if defined(__AVX512F__)
+constexpr int W = 16;
+const char* kIsa = "avx512";
+using vf = __m512;
+using vmask = __mmask16;
+inline vmask lane_mask(int n) { return n >= W ? (vmask)0xFFFF : (vmask)((1u << n) - 1u); }
+inline vf vload(const float* p, vmask m) { return _mm512_maskz_loadu_ps(m, p); }
+inline void vstore(float* p, vf a, vmask m) { _mm512_mask_storeu_ps(p, m, a); }
+inline vf vset(float x) { return _mm512_set1_ps(x); }
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf vfnma(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a*b
+// max/min with the constant first: a NaN in `x` propagates (x86 returns the 2nd operand).
+inline vf vmax_c(float c, vf x) { return _mm512_max_ps(vset(c), x); }
+inline vf vmin_c(float c, vf x) { return _mm512_min_ps(vset(c), x); }
+inline vf vabs(vf a) { return _mm512_abs_ps(a); }
+inline float vsum(vf a) { return _mm512_reduce_add_ps(a); }
+inline vf vexp2_core(vf w) {
+  // w clamped below: 2^(-200) scales to exactly 0 (never NaN); scalef does the 2^k.
+  w = vmax_c(-200.f, w);
+  vf k = _mm512_roundscale_ps(w, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf f = vsub(w, k);
+  vf p = vfma(vfma(vfma(vfma(vfma(vset(kP5), f, vset(kP4)), f, vset(kP3)), f, vset(kP2)), f,
+                   vset(kP1)), f, vset(kP0));
+  return _mm512_scalef_ps(p, k);
+}
+// Sums of each of 16 vectors, returned as one vector (lane j = sum of v[j]); a
+// transpose-and-add tree, 4 levels instead of 16 separate horizontal reductions.
+inline vf vsum16(const vf* v) {
+  // The tree permutes lanes; feeding inputs in this (self-inverse) order undoes it.
+  static constexpr int ord[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+  vf a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i) {
+    vf x = v[ord[i]], y = v[ord[i + 8]];
+    a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xEE));
+  }
+  for (int i = 0; i < 4; ++i)
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 4], 0x88),
+                         _mm512_shuffle_f32x4(a[i], a[i + 4], 0xDD));
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[i], b[i + 2], 0x44),
+                         _mm512_shuffle_ps(b[i], b[i + 2], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int W = 8;
+const char* kIsa = "avx2";
+using vf = __m256;
+using vmask = __m256i;
+inline vmask lane_mask(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline vf vload(const float* p, vmask m) { return _mm256_maskload_ps(p, m); }
+inline void vstore(float* p, vf a, vmask m) { _mm256_maskstore_ps(p, m, a); }
+inline vf vset(float x) { return _mm256_set1_ps(x); }
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf vfnma(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
+inline vf vmax_c(float c, vf x) { return _mm256_max_ps(vset(c), x); }
+inline vf vmin_c(float c, vf x) { return _mm256_min_ps(vset(c), x); }
+inline vf vabs(vf a) { return _mm256_andnot_ps(vset(-0.f), a); }
+inline float vsum(vf a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline vf vexp2_core(vf w) {
+  // Clamped to [-127, 128]: k = -127 builds the bit pattern of +0, k = 128 that of +inf.
+  w = vmin_c(128.f, vmax_c(-127.f, w));
+  vf k = _mm256_round_ps(w, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf f = vsub(w, k);
+  vf p = vfma(vfma(vfma(vfma(vfma(vset(kP5), f, vset(kP4)), f, vset(kP3)), f, vset(kP2)), f,
+                   vset(kP1)), f, vset(kP0));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return vmul(p, _mm256_castsi256_ps(e));
+}
+#else
+constexpr int W = 1;
+const char* kIsa = "scalar";
+using vf = float;
+using vmask = int;
+inline vmask lane_mask(int n) { return n > 0; }
+inline vf vload(const float* p, vmask m) { return m ? *p : 0.f; }
+inline void vstore(float* p, vf a, vmask m) {
+  if (m) *p = a;
+}
+inline vf vset(float x) { return x; }
+inline vf vzero() { return 0.f; }
+inline vf vadd(vf a, vf b) { return a + b; }
+inline vf vsub(vf a, vf b) { return a - b; }
+inline vf vmul(vf a, vf b) { return a * b; }
+inline vf vdiv(vf a, vf b) { return a / b; }
+inline vf vfma(vf a, vf b, vf c) { return std::fma(a, b, c); }
+inline vf vfnma(vf a, vf b, vf c) { return std::fma(-a, b, c); }
+inline vf vmax_c(float c, vf x) { return std::isnan(x) ? x : std::max(c, x); }
+inline vf vmin_c(float c, vf x) { return std::isnan(x) ? x : std::min(c, x); }
+inline vf vabs(vf a) { return std::fabs(a); }
+inline float vsum(vf a) { return a; }
+inline vf vexp2_core(vf w) { return std::exp2(w); }
+#endif
+
+const vmask kAll = lane_mask(W);
+
+// exp(x) for the scan's decay: x = Δ·A is <= 0 in Mamba, but any finite x works and
+// exp(-huge) is exactly 0.
+inline vf vexp(vf x) { return vexp2_core(vmul(x, vset(kLog2e))); }
+// exp(x) for arguments that may be +-inf (sigmoid/softplus inputs).
+inline vf vexp_safe(vf x) { return vexp2_core(vmin_c(200.f, vmul(x, vset(kLog2e)))); }
+inline vf vsigmoid(vf x) { return vdiv(vset(1.f), vadd(vset(1.f), vexp_safe(vsub(vzero(), x)))); }
+inline vf vsilu(vf x) { return vmul(x, vsigmoid(x)); }
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(e) on e in [0, 1] via
+// 2·atanh(s), s = e / (2 + e) <= 1/3, series to s^13 (relative error < 2e-8).
+inline vf vsoftplus(vf x) {
+  vf e = vexp_safe(vsub(vzero(), vabs(x)));
+  vf s = vdiv(e, vadd(e, vset(2.f)));
+  vf s2 = vmul(s, s);
+  vf p = vfma(vset(1.f / 13), s2, vset(1.f / 11));
+  p = vfma(p, s2, vset(1.f / 9));
+  p = vfma(p, s2, vset(1.f / 7));
+  p = vfma(p, s2, vset(1.f / 5));
+  p = vfma(p, s2, vset(1.f / 3));
+  p = vfma(p, s2, vset(1.f));
+  vf l = vmul(vadd(s, s), p);
+#if defined(__AVX512F__)
+  vf pos = _mm512_max_ps(x, vzero());
+#elif defined(__AVX2__) && defined(__FMA__)
+  vf pos = _mm256_max_ps(x, vzero());
+#else
+  vf pos = x > 0.f ? x : 0.f;
+#endif
+  return vadd(pos, l);  // NaN in x: l is NaN
+}
+
+// Per-lane gathers/scatters for the small per-channel tensors ([D, N], [B, D, N], ...).
+inline vf gather(const float* base, int64_t stride, int nl) {
+  alignas(64) float tmp[W] = {};
+  for (int i = 0; i < nl; ++i) tmp[i] = base[i * stride];
+  return vload(tmp, kAll);
+}
+inline void scatter(float* base, int64_t stride, int nl, vf v) {
+  alignas(64) float tmp[W];
+  vstore(tmp, v, kAll);
+  for (int i = 0; i < nl; ++i) base[i * stride] = tmp[i];
+}
+inline void scatter_add(float* base, int64_t stride, int nl, vf v) {
+  alignas(64) float tmp[W];
+  vstore(tmp, v, kAll);
+  for (int i = 0; i < nl; ++i) base[i * stride] += tmp[i];
+}
+// row[n] += sum over lanes of v[n], n < N.
+inline void add_lane_sums(float* row, const vf* v, int N) {
+  int n = 0;
+#if defined(__AVX512F__)
+  for (; n + 16 <= N; n += 16) _mm512_storeu_ps(row + n, _mm512_add_ps(_mm512_loadu_ps(row + n), vsum16(v + n)));
+#endif
+  for (; n < N; ++n) row[n] += vsum(v[n]);
+}
+
+// Denormals from decayed states cost ~100x per op on x86; flush them (values < 1e-38).
+struct FlushDenormals {
+#if defined(VMS_X86)
+  unsigned saved;
+  FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+// Run `fn(worker, task)` over tasks, each worker taking every nw-th task: workers own
+// their reduction buffers, and the sums do not depend on thread timing.
+template <class F>
+void for_each_task(int64_t ntasks, int64_t nw, const F& fn) {
+  at::parallel_for(0, nw, 1, [&](int64_t w0, int64_t w1) {
+    FlushDenormals ftz;
+    for (int64_t w = w0; w < w1; ++w)
+      for (int64_t t = w; t < ntasks; t += nw) fn(w, t);
+  });
+}
+
+constexpr int kMaxN = 64;  // d_state bound of the compiled kernel (Mamba uses 16)
+
+// ---------------------------------------------------------------- selective scan
+struct Scan {
+  int64_t Bsz, L, D, N;
+  const float *u, *delta, *A, *Bm, *Cm, *Dv, *z, *bias;
+  int64_t su_b, su_l, sd_b, sd_l, sz_b, sz_l, sB_b, sB_l, sB_n, sC_b, sC_l, sC_n;
+  bool softplus, reverse;
+  int64_t K, nck;  // checkpoint interval and count
+  int64_t tok(int64_t i) const { return reverse ? L - 1 - i : i; }  // step -> token
+};
+
+constexpr int kBlock = 32;  // forward: steps whose Δ, Δu, gate are computed ahead
+
+// Per-task lane constants: A·log2(e) and A, one vector per state index.
+template <int NT>
+struct LaneConsts {
+  vf A2[NT > 0 ? NT : kMaxN];
+  vf Ar[NT > 0 ? NT : kMaxN];
+  vf Dv, bias;
+  LaneConsts(const Scan& s, int64_t d0, int nl) {
+    const int N = NT > 0 ? NT : (int)s.N;
+    for (int n = 0; n < N; ++n) {
+      Ar[n] = gather(s.A + d0 * N + n, N, nl);
+      A2[n] = vmul(Ar[n], vset(kLog2e));
+    }
+    Dv = s.Dv ? gather(s.Dv + d0, 1, nl) : vzero();
+    bias = s.bias ? gather(s.bias + d0, 1, nl) : vzero();
+  }
+};
+
+// Δ + delta_bias (the pre-activation) for one step.
+inline vf step_pre(const Scan& s, const float* db, int64_t t, vmask m, vf bias) {
+  vf raw = vload(db + t * s.sd_l, m);
+  return s.bias ? vadd(raw, bias) : raw;
+}
+// Δ itself. Clamped to +-1e30 so Δ·A stays finite for any |A| < 1e8 and the exp needs no
+// clamp per state index (exp(Δ·A) of a huge finite Δ·A is exactly 0 or inf; NaN stays NaN).
+inline vf step_delta(const Scan& s, vf pre) {
+  vf dt = s.softplus ? vsoftplus(pre) : pre;
+  return vmin_c(1e30f, vmax_c(-1e30f, dt));
+}
+// exp(dt·A) from A2 = A·log2(e). No clamp needed on AVX-512: dt is finite, so w is,
+// and once |w| >= 2^23 it is an integer (f = 0) and scalef gives exactly 0 or inf.
+// (f must be w - k, not fma(dt, A2, -k): for huge w the latter is the product's
+// rounding error, ~1e23, and the polynomial overflows.)
+inline vf decay(vf dt, vf A2) {
+  vf w = vmul(dt, A2);
+#if defined(__AVX512F__)
+  vf k = _mm512_roundscale_ps(w, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf f = vsub(w, k);
+  vf p = vfma(vfma(vfma(vfma(vfma(vset(kP5), f, vset(kP4)), f, vset(kP3)), f, vset(kP2)), f,
+                   vset(kP1)), f, vset(kP0));
+  return _mm512_scalef_ps(p, k);
+#else
+  return vexp2_core(w);
+#endif
+}
+
+template <int NT>
+void scan_fwd_task(const Scan& s, int64_t b, int64_t d0, float* out, int64_t so_b, int64_t so_l,
+                   bool accumulate, const float* h0, float* last, float* ckpt) {
+  const int N = NT > 0 ? NT : (int)s.N;
+  const int nl = (int)std::min<int64_t>(W, s.D - d0);
+  const vmask m = lane_mask(nl);
+  LaneConsts<NT> c(s, d0, nl);
+  vf h[NT > 0 ? NT : kMaxN];
+  for (int n = 0; n < N; ++n)
+    h[n] = h0 ? gather(h0 + (b * s.D + d0) * N + n, N, nl) : vzero();
+  const float* ub = s.u + b * s.su_b + d0;
+  const float* db = s.delta + b * s.sd_b + d0;
+  const float* zb = s.z ? s.z + b * s.sz_b + d0 : nullptr;
+  const float* Bb = s.Bm + b * s.sB_b;
+  const float* Cb = s.Cm + b * s.sC_b;
+  float* ob = out + b * so_b + d0;
+  vf dtb[kBlock], dub[kBlock], yb[kBlock], gate[kBlock];
+  for (int64_t i0 = 0; i0 < s.L; i0 += kBlock) {
+    const int cnt = (int)std::min<int64_t>(kBlock, s.L - i0);
+    // Independent per-step work first (softplus, silu): throughput, not latency.
+    for (int j = 0; j < cnt; ++j) {
+      const int64_t t = s.tok(i0 + j);
+      vf dt = step_delta(s, step_pre(s, db, t, m, c.bias));
+      vf uv = vload(ub + t * s.su_l, m);
+      dtb[j] = dt;
+      dub[j] = vmul(dt, uv);
+      yb[j] = s.Dv ? vmul(c.Dv, uv) : vzero();
+      if (zb) gate[j] = vsilu(vload(zb + t * s.sz_l, m));
+    }
+    for (int j = 0; j < cnt; ++j) {
+      const int64_t i = i0 + j, t = s.tok(i);
+      if (ckpt && i % s.K == 0) {
+        float* cp = ckpt + ((b * s.nck + i / s.K) * N) * s.D + d0;
+#pragma GCC unroll 16
+        for (int n = 0; n < N; ++n) vstore(cp + n * s.D, h[n], m);
+      }
+      const vf dt = dtb[j], du = dub[j];
+      const float* Bt = Bb + t * s.sB_l;
+      const float* Ct = Cb + t * s.sC_l;
+      vf y = yb[j];
+#pragma GCC unroll 16
+      for (int n = 0; n < N; ++n) {
+        h[n] = vfma(decay(dt, c.A2[n]), h[n], vmul(du, vset(Bt[n * s.sB_n])));
+        y = vfma(h[n], vset(Ct[n * s.sC_n]), y);
+      }
+      if (zb) y = vmul(y, gate[j]);
+      float* o = ob + t * so_l;
+      if (accumulate) y = vadd(y, vload(o, m));
+      vstore(o, y, m);
+    }
+  }
+  if (last)
+    for (int n = 0; n < N; ++n) scatter(last + (b * s.D + d0) * N + n, N, nl, h[n]);
+}
+
+// 64-byte aligned float storage viewed as vectors. `skew` cache lines of offset keep
+// buffers that are walked in lockstep from sharing address bits mod 4096: a load whose
+// address matches a pending store's low 12 bits waits for it (4K aliasing), which made
+// the backward 2x slower when K*N*64 bytes was a multiple of 4096.
+struct VecBuf {
+  std::vector<float> raw;
+  vf* p = nullptr;
+  void resize(int64_t nvec, int skew = 0) {
+    raw.assign((size_t)(nvec * W + 16 * (skew + 1)), 0.f);
+    auto addr = reinterpret_cast<uintptr_t>(raw.data());
+    p = reinterpret_cast<vf*>(((addr + 63) & ~uintptr_t(63)) + 64 * skew);
+  }
+};
+
+// Per-worker scratch (one time chunk of one D-chunk) and reduction buffers.
+struct ScanWork {
+  VecBuf H, G;                      // per step and state index: h, then a / dLoss/dh; K * N
+  VecBuf pre, dt, dtu, dy;          // per step: Δ before/after softplus, Δ·u, dLoss/dy
+  VecBuf gcarry, dAsum, dDb;        // per D-chunk of a task: dLoss/dh carried across time
+                                    // chunks (N), dA sums (N), D and delta_bias sums (2)
+  std::vector<float> dA, dD, dbias, dB, dC;  // reductions over batch / channels
+};
+
+// Inputs and outputs of the backward (besides the forward's Scan).
+struct ScanGrads {
+  const float *ckpt, *dout, *dlast;
+  int64_t sg_b, sg_l;
+  float *du, *ddelta, *dz, *dh0;
+};
+
+// The backward of one time chunk k of one D-chunk (lanes d0..d0+W) of batch row b.
+// gc: dLoss/dh carried from chunk k+1 (N vectors), dAs: dA partial sums (N), dDb: the
+// D and delta_bias partial sums (2). They live in memory between chunks and passes, in
+// registers within a pass: keeping them in registers throughout spills everything.
+template <int NT>
+void scan_bwd_chunk(const Scan& s, const ScanGrads& io, int64_t b, int64_t d0, int64_t k,
+                    vf* gc, vf* dAs, vf* dDb, ScanWork& w) {
+  const int N = NT > 0 ? NT : (int)s.N;
+  const int nl = (int)std::min<int64_t>(W, s.D - d0);
+  const vmask m = lane_mask(nl);
+  const int64_t L = s.L, D = s.D;
+  const float* ckpt = io.ckpt;
+  const int64_t sg_l = io.sg_l;
+  float *du_o = io.du, *dd_o = io.ddelta, *dz_o = io.dz;
+  LaneConsts<NT> c(s, d0, nl);
+  vf dDacc = dDb[0], dbacc = dDb[1];
+  const float* ub = s.u + b * s.su_b + d0;
+  const float* db = s.delta + b * s.sd_b + d0;
+  const float* zb = s.z ? s.z + b * s.sz_b + d0 : nullptr;
+  const float* gb = io.dout + b * io.sg_b + d0;
+  const float* Bb = s.Bm + b * s.sB_b;
+  const float* Cb = s.Cm + b * s.sC_b;
+  float* dB0 = w.dB.data() + b * L * N;
+  float* dC0 = w.dC.data() + b * L * N;
+  vf *H = w.H.p, *G = w.G.p;
+  vf *pre = w.pre.p, *dtb = w.dt.p, *dtu = w.dtu.p, *dyb = w.dy.p;
+  {
+    const int64_t i0 = k * s.K;
+    const int cnt = (int)std::min(s.K, L - i0);
+    // A. Recompute the chunk from its checkpoint. H[j] = state after step j (H[-1] is
+    // the checkpoint, kept in hprev); G[j] temporarily holds the decay of step j.
+    {
+      vf h[NT > 0 ? NT : kMaxN];
+      const float* cp = ckpt + ((b * s.nck + k) * N) * D + d0;
+      for (int n = 0; n < N; ++n) h[n] = vload(cp + n * D, m);
+      for (int j = 0; j < cnt; ++j) {
+        const int64_t t = s.tok(i0 + j);
+        pre[j] = step_pre(s, db, t, m, c.bias);
+        dtb[j] = step_delta(s, pre[j]);
+        dtu[j] = vmul(dtb[j], vload(ub + t * s.su_l, m));
+      }
+      for (int j = 0; j < cnt; ++j) {
+        const int64_t t = s.tok(i0 + j);
+        const float* Bt = Bb + t * s.sB_l;
+        const float* Ct = Cb + t * s.sC_l;
+        vf *hn = H + j * N, *an = G + j * N;
+        vf y = vzero();
+#pragma GCC unroll 16
+        for (int n = 0; n < N; ++n) {
+          const vf a = decay(dtb[j], c.A2[n]);
+          h[n] = vfma(a, h[n], vmul(dtu[j], vset(Bt[n * s.sB_n])));
+          an[n] = a;
+          hn[n] = h[n];
+          if (zb) y = vfma(h[n], vset(Ct[n * s.sC_n]), y);
+        }
+        vf go = vload(gb + t * sg_l, m);
+        if (zb) {
+          const vf uv = vload(ub + t * s.su_l, m);
+          if (s.Dv) y = vfma(c.Dv, uv, y);
+          const vf zv = vload(zb + t * s.sz_l, m);
+          const vf sg = vsigmoid(zv);
+          // d silu/dz = sg * (1 + z * (1 - sg))
+          const vf dsilu = vmul(sg, vfma(zv, vsub(vset(1.f), sg), vset(1.f)));
+          vstore(dz_o + (b * L + t) * D + d0, vmul(vmul(go, y), dsilu), m);
+          go = vmul(go, vmul(zv, sg));
+        }
+        dyb[j] = go;
+      }
+    }
+    // B. The only true recurrence: g_j = dLoss/dh_j = C_j dy_j + a_{j+1} g_{j+1}.
+    // G[j] (the decay a_j) is replaced by g_j.
+    {
+      vf g[NT > 0 ? NT : kMaxN];
+      for (int n = 0; n < N; ++n) g[n] = gc[n];
+      for (int j = cnt - 1; j >= 0; --j) {
+        const float* Ct = Cb + s.tok(i0 + j) * s.sC_l;
+        vf* Gj = G + j * N;
+#pragma GCC unroll 16
+        for (int n = 0; n < N; ++n) {
+          g[n] = vfma(vset(Ct[n * s.sC_n]), dyb[j], g[n]);
+          const vf a = Gj[n];
+          Gj[n] = g[n];
+          g[n] = vmul(a, g[n]);
+        }
+      }
+      for (int n = 0; n < N; ++n) gc[n] = g[n];
+    }
+    // C. Per-step gradients, independent across steps. a_j h_{j-1} = h_j - Δu B_j,
+    // so the decays need not be kept. G[j] and H[j] are overwritten by the dB and dC
+    // terms before their lane sums.
+    {
+      vf dAacc[NT > 0 ? NT : kMaxN];
+      for (int n = 0; n < N; ++n) dAacc[n] = dAs[n];
+      for (int j = cnt - 1; j >= 0; --j) {
+        const int64_t t = s.tok(i0 + j);
+        const float* Bt = Bb + t * s.sB_l;
+        const vf uv = vload(ub + t * s.su_l, m);
+        const vf dt = dtb[j], du = dtu[j], dy = dyb[j];
+        vf* Hj = H + j * N;
+        vf* Gj = G + j * N;
+        vf sgB = vzero(), sdA = vzero();
+#pragma GCC unroll 16
+        for (int n = 0; n < N; ++n) {
+          const vf Gn = Gj[n], Bn = vset(Bt[n * s.sB_n]);
+          sgB = vfma(Gn, Bn, sgB);
+          const vf t1 = vmul(Gn, vfnma(du, Bn, Hj[n]));  // g · a · h_prev
+          sdA = vfma(t1, c.Ar[n], sdA);
+          dAacc[n] = vfma(t1, dt, dAacc[n]);
+          Gj[n] = vmul(Gn, du);     // dB terms
+          Hj[n] = vmul(Hj[n], dy);  // dC terms
+        }
+        add_lane_sums(dB0 + t * N, Gj, N);
+        add_lane_sums(dC0 + t * N, Hj, N);
+        vf duv = vfma(dt, sgB, s.Dv ? vmul(dy, c.Dv) : vzero());
+        if (s.Dv) dDacc = vfma(dy, uv, dDacc);
+        vf ddt = vfma(uv, sgB, sdA);
+        if (s.softplus) ddt = vmul(ddt, vsigmoid(pre[j]));
+        dbacc = vadd(dbacc, ddt);
+        vstore(du_o + (b * L + t) * D + d0, duv, m);
+        vstore(dd_o + (b * L + t) * D + d0, ddt, m);
+      }
+      for (int n = 0; n < N; ++n) dAs[n] = dAacc[n];
+    }
+  }
+  dDb[0] = dDacc;
+  dDb[1] = dbacc;
+}
+
+// Batch row b, D-chunks c0..c1 (contiguous), all time chunks from the last to the first.
+// Walking every D-chunk of the group through one time chunk before the next one keeps
+// that chunk's rows of u, delta, z, dout (and the dB/dC rows) in cache: per D-chunk
+// alone, each row contributes one 64-byte line and the backward ran memory-bound.
+template <int NT>
+void scan_bwd_task(const Scan& s, const ScanGrads& io, int64_t b, int64_t c0, int64_t c1,
+                   ScanWork& w) {
+  const int N = NT > 0 ? NT : (int)s.N;
+  const int64_t D = s.D;
+  vf *gcs = w.gcarry.p, *dAs = w.dAsum.p, *dDb = w.dDb.p;
+  for (int64_t ci = c0; ci < c1; ++ci) {
+    const int64_t d0 = ci * W, o = ci - c0;
+    const int nl = (int)std::min<int64_t>(W, D - d0);
+    for (int n = 0; n < N; ++n) {
+      gcs[o * N + n] = io.dlast ? gather(io.dlast + (b * D + d0) * N + n, N, nl) : vzero();
+      dAs[o * N + n] = vzero();
+    }
+    dDb[2 * o] = dDb[2 * o + 1] = vzero();
+  }
+  for (int64_t k = s.nck - 1; k >= 0; --k)
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      const int64_t o = ci - c0;
+      scan_bwd_chunk<NT>(s, io, b, ci * W, k, gcs + o * N, dAs + o * N, dDb + 2 * o, w);
+    }
+  for (int64_t ci = c0; ci < c1; ++ci) {
+    const int64_t d0 = ci * W, o = ci - c0;
+    const int nl = (int)std::min<int64_t>(W, D - d0);
+    if (io.dh0)
+      for (int n = 0; n < N; ++n) scatter(io.dh0 + (b * D + d0) * N + n, N, nl, gcs[o * N + n]);
+    for (int n = 0; n < N; ++n) scatter_add(w.dA.data() + d0 * N + n, N, nl, dAs[o * N + n]);
+    scatter_add(w.dD.data() + d0, 1, nl, dDb[2 * o]);
+    scatter_add(w.dbias.data() + d0, 1, nl, dDb[2 * o + 1]);
+  }
+}
+
+// ---------------------------------------------------------------- argument checks
+void check_tokens(const at::Tensor& t, const char* name, int64_t Bsz, int64_t L, int64_t D) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name,
+              " must be a float32 CPU tensor, got ", t.scalar_type(), " on ", t.device());
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == Bsz && t.size(1) == L && t.size(2) == D, name,
+              " must have shape [", Bsz, ", ", L, ", ", D, "], got ", t.sizes());
+  TORCH_CHECK(t.stride(2) == 1 || D == 1, name, " must have a contiguous last dim, strides ",
+              t.strides());
+}
+void check_small(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), name,
+              " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+}
+const float* opt_ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr;
+}
+
+Scan make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+               const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& Dv,
+               const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
+               bool softplus, bool reverse, int64_t K) {
+  Scan s{};
+  s.Bsz = u.size(0);
+  s.L = u.size(1);
+  s.D = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == s.D, "A must have shape [D, N] with D=", s.D);
+  s.N = A.size(1);
+  TORCH_CHECK(s.N >= 1 && s.N <= kMaxN, "d_state N=", s.N, " outside 1..", kMaxN);
+  TORCH_CHECK(K >= 1, "checkpoint interval must be >= 1");
+  check_tokens(u, "u", s.Bsz, s.L, s.D);
+  check_tokens(delta, "delta", s.Bsz, s.L, s.D);
+  check_small(A, "A", {s.D, s.N});
+  for (auto* bc : {&B, &C}) {
+    TORCH_CHECK(bc->device().is_cpu() && bc->scalar_type() == at::kFloat && bc->dim() == 3 &&
+                    bc->size(0) == s.Bsz && bc->size(1) == s.L && bc->size(2) == s.N,
+                "B and C must be float32 CPU tensors of shape [", s.Bsz, ", ", s.L, ", ", s.N, "]");
+  }
+  if (Dv) check_small(*Dv, "D", {s.D});
+  if (bias) check_small(*bias, "delta_bias", {s.D});
+  if (z) check_tokens(*z, "z", s.Bsz, s.L, s.D);
+  s.u = u.data_ptr<float>();
+  s.delta = delta.data_ptr<float>();
+  s.A = A.data_ptr<float>();
+  s.Bm = B.data_ptr<float>();
+  s.Cm = C.data_ptr<float>();
+  s.Dv = opt_ptr(Dv);
+  s.z = opt_ptr(z);
+  s.bias = opt_ptr(bias);
+  s.su_b = u.stride(0), s.su_l = u.stride(1);
+  s.sd_b = delta.stride(0), s.sd_l = delta.stride(1);
+  if (s.z) s.sz_b = z->stride(0), s.sz_l = z->stride(1);
+  s.sB_b = B.stride(0), s.sB_l = B.stride(1), s.sB_n = B.stride(2);
+  s.sC_b = C.stride(0), s.sC_l = C.stride(1), s.sC_n = C.stride(2);
+  s.softplus = softplus;
+  s.reverse = reverse;
+  s.K = K;
+  s.nck = (s.L + K - 1) / K;
+  return s;
+}
+
+int64_t num_workers(int64_t ntasks) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
+}
+
+// Returns (out, last_state, checkpoints); empty tensors stand for "not requested". When
+// `out` is given the result is written (or added, `accumulate`) there and the first
+// return value is empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_fwd(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& C, const std::optional<at::Tensor>& Dv, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& h0, bool softplus,
+    bool reverse, const std::optional<at::Tensor>& out_opt, bool accumulate,
+    bool return_last, int64_t ckpt_every) {
+  Scan s = make_scan(u, delta, A, B, C, Dv, z, bias, softplus, reverse,
+                     ckpt_every > 0 ? ckpt_every : 64);
+  auto opts = u.options().dtype(at::kFloat);
+  if (h0) check_small(*h0, "initial_state", {s.Bsz, s.D, s.N});
+  at::Tensor ret, out;
+  if (out_opt && out_opt->defined()) {
+    out = *out_opt;
+    check_tokens(out, "out", s.Bsz, s.L, s.D);
+  } else {
+    TORCH_CHECK(!accumulate, "accumulate needs an out tensor");
+    ret = out = at::empty({s.Bsz, s.L, s.D}, opts);
+  }
+  at::Tensor last = return_last ? at::empty({s.Bsz, s.D, s.N}, opts) : at::empty({0}, opts);
+  at::Tensor ckpt = ckpt_every > 0 ? at::empty({s.Bsz, s.nck, s.N, s.D}, opts) : at::empty({0}, opts);
+  const int64_t nd = (s.D + W - 1) / W, ntasks = s.Bsz * nd;
+  float* op = out.data_ptr<float>();
+  const int64_t so_b = out.stride(0), so_l = out.stride(1);
+  const float* h0p = opt_ptr(h0);
+  float* lp = return_last ? last.data_ptr<float>() : nullptr;
+  float* cp = ckpt_every > 0 ? ckpt.data_ptr<float>() : nullptr;
+  at::parallel_for(0, ntasks, 1, [&](int64_t t0, int64_t t1) {
+    FlushDenormals ftz;
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / nd, d0 = (task % nd) * W;
+      if (s.N == 16)
+        scan_fwd_task<16>(s, b, d0, op, so_b, so_l, accumulate, h0p, lp, cp);
+      else
+        scan_fwd_task<0>(s, b, d0, op, so_b, so_l, accumulate, h0p, lp, cp);
+    }
+  });
+  if (!ret.defined()) ret = at::empty({0}, opts);
+  return {ret, last, ckpt};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor>
+selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                   const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& Dv,
+                   const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
+                   const at::Tensor& ckpt, const at::Tensor& dout,
+                   const std::optional<at::Tensor>& dlast, bool softplus, bool reverse,
+                   int64_t ckpt_every, bool need_dh0) {
+  Scan s = make_scan(u, delta, A, B, C, Dv, z, bias, softplus, reverse, ckpt_every);
+  check_small(ckpt, "checkpoints", {s.Bsz, s.nck, s.N, s.D});
+  check_tokens(dout, "dout", s.Bsz, s.L, s.D);
+  if (dlast) check_small(*dlast, "dlast", {s.Bsz, s.D, s.N});
+  auto opts = u.options().dtype(at::kFloat);
+  const int64_t Bsz = s.Bsz, L = s.L, D = s.D, N = s.N;
+  at::Tensor du = at::empty({Bsz, L, D}, opts), dd = at::empty({Bsz, L, D}, opts);
+  at::Tensor dz = z ? at::empty({Bsz, L, D}, opts) : at::empty({0}, opts);
+  at::Tensor dh0 = need_dh0 ? at::empty({Bsz, D, N}, opts) : at::empty({0}, opts);
+  // Tasks: (batch row, contiguous group of D-chunks); as many groups per row as it
+  // takes to give every thread work.
+  const int64_t nd = (D + W - 1) / W;
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t groups = std::min<int64_t>(nd, (nthreads + Bsz - 1) / Bsz);
+  const int64_t per = (nd + groups - 1) / groups, ntasks = Bsz * groups;
+  const int64_t nw = num_workers(ntasks);
+  std::vector<ScanWork> work(nw);
+  for (auto& w : work) {
+    w.H.resize(s.K * N, 0);
+    w.G.resize(s.K * N, 5);
+    int skew = 10;
+    for (VecBuf* v : {&w.pre, &w.dt, &w.dtu, &w.dy}) v->resize(s.K, skew += 3);
+    w.gcarry.resize(per * N);
+    w.dAsum.resize(per * N);
+    w.dDb.resize(2 * per);
+    w.dA.assign(D * N, 0.f);
+    w.dD.assign(D, 0.f);
+    w.dbias.assign(D, 0.f);
+    w.dB.assign(Bsz * L * N, 0.f);
+    w.dC.assign(Bsz * L * N, 0.f);
+  }
+  ScanGrads io{ckpt.data_ptr<float>(), dout.data_ptr<float>(), opt_ptr(dlast), dout.stride(0),
+               dout.stride(1), du.data_ptr<float>(), dd.data_ptr<float>(),
+               z ? dz.data_ptr<float>() : nullptr, need_dh0 ? dh0.data_ptr<float>() : nullptr};
+  for_each_task(ntasks, nw, [&](int64_t wi, int64_t task) {
+    const int64_t b = task / groups, c0 = (task % groups) * per, c1 = std::min(nd, c0 + per);
+    if (c0 >= c1) return;
+    if (N == 16)
+      scan_bwd_task<16>(s, io, b, c0, c1, work[wi]);
+    else
+      scan_bwd_task<0>(s, io, b, c0, c1, work[wi]);
+  });
+  // Sum the workers' partial reductions.
+  at::Tensor dA = at::zeros({D, N}, opts), dD = at::zeros({D}, opts), db = at::zeros({D}, opts);
+  at::Tensor dB = at::zeros({Bsz, L, N}, opts), dC = at::zeros({Bsz, L, N}, opts);
+  auto sum_into = [](float* dst, const std::vector<float>& src) {
+    for (size_t i = 0; i < src.size(); ++i) dst[i] += src[i];
+  };
+  for (auto& w : work) {
+    sum_into(dA.data_ptr<float>(), w.dA);
+    sum_into(dD.data_ptr<float>(), w.dD);
+    sum_into(db.data_ptr<float>(), w.dbias);
+    sum_into(dB.data_ptr<float>(), w.dB);
+    sum_into(dC.data_ptr<float>(), w.dC);
+  }
+  return {du, dd, dA, dB, dC, dD, dz, db, dh0};
+}
+
+// ---------------------------------------------------------------- causal depthwise conv
+// The sequence as the conv sees it, in processing order (t = L-1 .. 0 when reversed):
+// win = [tail_0 .. tail_{K-2}, x_{t(0)}, x_{t(1)}, ...];  out_i = bias + sum_k w_k win_{i+k}.
+// The final tail is the last K-1 entries of win.
+struct Conv {
+  int64_t Bsz, L, D, K;
+  const float *x, *w, *bias, *tail;
+  int64_t sx_b, sx_l;
+  bool silu, reverse;
+};
+constexpr int kMaxK = 16;
+
+template <int KT>
+void conv_fwd_task(const Conv& c, int64_t b, int64_t d0, float* out, float* final_tail) {
+  const int K = KT > 0 ? KT : (int)c.K;
+  const int nl = (int)std::min<int64_t>(W, c.D - d0);
+  const vmask m = lane_mask(nl);
+  vf wv[KT > 0 ? KT : kMaxK], win[KT > 0 ? KT : kMaxK];
+  for (int k = 0; k < K; ++k) wv[k] = gather(c.w + d0 * K + k, K, nl);
+  for (int k = 0; k + 1 < K; ++k)
+    win[k] = c.tail ? gather(c.tail + (b * c.D + d0) * (K - 1) + k, K - 1, nl) : vzero();
+  const vf bv = c.bias ? gather(c.bias + d0, 1, nl) : vzero();
+  const float* xb = c.x + b * c.sx_b + d0;
+  float* ob = out + b * c.L * c.D + d0;
+  for (int64_t i = 0; i < c.L; ++i) {
+    const int64_t t = c.reverse ? c.L - 1 - i : i;
+    win[K - 1] = vload(xb + t * c.sx_l, m);
+    vf acc = bv;
+    for (int k = 0; k < K; ++k) acc = vfma(wv[k], win[k], acc);
+    if (c.silu) acc = vsilu(acc);
+    vstore(ob + t * c.D, acc, m);
+    for (int k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
+  }
+  if (final_tail)
+    for (int k = 0; k + 1 < K; ++k)
+      scatter(final_tail + (b * c.D + d0) * (K - 1) + k, K - 1, nl, win[k]);
+}
+
+struct ConvWork {
+  std::vector<float> dw, dbias;
+};
+
+template <int KT>
+void conv_bwd_task(const Conv& c, int64_t b, int64_t d0, const float* dout, int64_t sg_b,
+                   int64_t sg_l, const float* dfinal, float* dx, float* dtail, ConvWork& cw) {
+  const int K = KT > 0 ? KT : (int)c.K;
+  const int nl = (int)std::min<int64_t>(W, c.D - d0);
+  const vmask m = lane_mask(nl);
+  const int64_t L = c.L, D = c.D;
+  vf wv[KT > 0 ? KT : kMaxK], win[KT > 0 ? KT : kMaxK], dact[KT > 0 ? KT : kMaxK],
+      dw[KT > 0 ? KT : kMaxK];
+  for (int k = 0; k < K; ++k) {
+    wv[k] = gather(c.w + d0 * K + k, K, nl);
+    dact[k] = vzero();
+    dw[k] = vzero();
+  }
+  for (int k = 0; k + 1 < K; ++k)
+    win[k] = c.tail ? gather(c.tail + (b * D + d0) * (K - 1) + k, K - 1, nl) : vzero();
+  const vf bv = c.bias ? gather(c.bias + d0, 1, nl) : vzero();
+  vf dbacc = vzero();
+  const float* xb = c.x + b * c.sx_b + d0;
+  const float* gb = dout + b * sg_b + d0;
+  // j walks the window; dact[K-1] is the newest output gradient (index j), dact[K-1-k]
+  // that of output j-k, so dwin_j = sum_k w_k dact_{j-k}.
+  for (int64_t j = 0; j < L + K - 1; ++j) {
+    vf a = vzero();
+    if (j < L) {
+      const int64_t t = c.reverse ? L - 1 - j : j;
+      win[K - 1] = vload(xb + t * c.sx_l, m);
+      a = vload(gb + t * sg_l, m);
+      if (c.silu) {
+        vf pre = bv;
+        for (int k = 0; k < K; ++k) pre = vfma(wv[k], win[k], pre);
+        vf sg = vsigmoid(pre);
+        a = vmul(a, vmul(sg, vfma(pre, vsub(vset(1.f), sg), vset(1.f))));
+      }
+      for (int k = 0; k < K; ++k) dw[k] = vfma(a, win[k], dw[k]);
+      dbacc = vadd(dbacc, a);
+      for (int k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
+    }
+    for (int k = 0; k + 1 < K; ++k) dact[k] = dact[k + 1];
+    dact[K - 1] = a;
+    vf dwin = vzero();
+    for (int k = 0; k < K; ++k) dwin = vfma(wv[k], dact[K - 1 - k], dwin);
+    if (j >= L && dfinal)
+      dwin = vadd(dwin, gather(dfinal + (b * D + d0) * (K - 1) + (j - L), K - 1, nl));
+    // window entry j is tail_j (j < K-1) or the input at processing step j-(K-1)
+    if (j < K - 1) {
+      if (dtail) scatter(dtail + (b * D + d0) * (K - 1) + j, K - 1, nl, dwin);
+    } else {
+      const int64_t i = j - (K - 1);
+      const int64_t t = c.reverse ? L - 1 - i : i;
+      vstore(dx + (b * L + t) * D + d0, dwin, m);
+    }
+  }
+  for (int k = 0; k < K; ++k) scatter_add(cw.dw.data() + d0 * K + k, K, nl, dw[k]);
+  scatter_add(cw.dbias.data() + d0, 1, nl, dbacc);
+}
+
+Conv make_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+               const std::optional<at::Tensor>& tail, bool silu, bool reverse) {
+  Conv c{};
+  TORCH_CHECK(x.dim() == 3, "x must be [B, L, D], got ", x.sizes());
+  c.Bsz = x.size(0), c.L = x.size(1), c.D = x.size(2);
+  check_tokens(x, "x", c.Bsz, c.L, c.D);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == c.D, "weight must be [D, K] with D=", c.D);
+  c.K = weight.size(1);
+  TORCH_CHECK(c.K >= 2 && c.K <= kMaxK, "conv width K=", c.K, " outside 2..", kMaxK);
+  check_small(weight, "weight", {c.D, c.K});
+  if (bias) check_small(*bias, "bias", {c.D});
+  if (tail) check_small(*tail, "initial_tail", {c.Bsz, c.D, c.K - 1});
+  c.x = x.data_ptr<float>();
+  c.w = weight.data_ptr<float>();
+  c.bias = opt_ptr(bias);
+  c.tail = opt_ptr(tail);
+  c.sx_b = x.stride(0), c.sx_l = x.stride(1);
+  c.silu = silu;
+  c.reverse = reverse;
+  return c;
+}
+
+std::tuple<at::Tensor, at::Tensor> causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     const std::optional<at::Tensor>& tail,
+                                                     bool silu, bool reverse, bool return_tail) {
+  Conv c = make_conv(x, weight, bias, tail, silu, reverse);
+  auto opts = x.options();
+  at::Tensor out = at::empty({c.Bsz, c.L, c.D}, opts);
+  at::Tensor ft = return_tail ? at::empty({c.Bsz, c.D, c.K - 1}, opts) : at::empty({0}, opts);
+  const int64_t nd = (c.D + W - 1) / W, ntasks = c.Bsz * nd;
+  float* op = out.data_ptr<float>();
+  float* fp = return_tail ? ft.data_ptr<float>() : nullptr;
+  at::parallel_for(0, ntasks, 1, [&](int64_t t0, int64_t t1) {
+    FlushDenormals ftz;
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / nd, d0 = (task % nd) * W;
+      if (c.K == 4)
+        conv_fwd_task<4>(c, b, d0, op, fp);
+      else
+        conv_fwd_task<0>(c, b, d0, op, fp);
+    }
+  });
+  return {out, ft};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& tail, const at::Tensor& dout,
+    const std::optional<at::Tensor>& dfinal, bool silu, bool reverse, bool need_dtail) {
+  Conv c = make_conv(x, weight, bias, tail, silu, reverse);
+  check_tokens(dout, "dout", c.Bsz, c.L, c.D);
+  if (dfinal) check_small(*dfinal, "dfinal_tail", {c.Bsz, c.D, c.K - 1});
+  auto opts = x.options();
+  at::Tensor dx = at::empty({c.Bsz, c.L, c.D}, opts);
+  at::Tensor dtail = need_dtail ? at::empty({c.Bsz, c.D, c.K - 1}, opts) : at::empty({0}, opts);
+  const int64_t nd = (c.D + W - 1) / W, ntasks = c.Bsz * nd, nw = num_workers(ntasks);
+  std::vector<ConvWork> work(nw);
+  for (auto& w : work) {
+    w.dw.assign(c.D * c.K, 0.f);
+    w.dbias.assign(c.D, 0.f);
+  }
+  const float* gp = dout.data_ptr<float>();
+  const float* dfp = opt_ptr(dfinal);
+  float* dxp = dx.data_ptr<float>();
+  float* dtp = need_dtail ? dtail.data_ptr<float>() : nullptr;
+  const int64_t sg_b = dout.stride(0), sg_l = dout.stride(1);
+  for_each_task(ntasks, nw, [&](int64_t wi, int64_t task) {
+    const int64_t b = task / nd, d0 = (task % nd) * W;
+    if (c.K == 4)
+      conv_bwd_task<4>(c, b, d0, gp, sg_b, sg_l, dfp, dxp, dtp, work[wi]);
+    else
+      conv_bwd_task<0>(c, b, d0, gp, sg_b, sg_l, dfp, dxp, dtp, work[wi]);
+  });
+  at::Tensor dw = at::zeros({c.D, c.K}, opts), db = at::zeros({c.D}, opts);
+  for (auto& w : work) {
+    float *pw = dw.data_ptr<float>(), *pb = db.data_ptr<float>();
+    for (size_t i = 0; i < w.dw.size(); ++i) pw[i] += w.dw[i];
+    for (size_t i = 0; i < w.dbias.size(); ++i) pb[i] += w.dbias[i];
+  }
+  return {dx, dw, db, dtail};
+}
+
+std::string isa() { return std::string(kIsa) + "/" + std::to_string(W); }
+
+}  // namespace
+
+TORCH_LIBRARY(VMS_NS, m) {
+  m.def("isa() -> str", &isa);
+  m.def("selective_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+        "Tensor? z, Tensor? delta_bias, Tensor? initial_state, bool softplus, bool reverse, "
+        "Tensor(a!)? out, bool accumulate, bool return_last, int ckpt_every) "
+        "-> (Tensor, Tensor, Tensor)",
+        &selective_scan_fwd);
+  m.def("selective_scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+        "Tensor? z, Tensor? delta_bias, Tensor ckpt, Tensor dout, Tensor? dlast, bool softplus, "
+        "bool reverse, int ckpt_every, bool need_dh0) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+        &selective_scan_bwd);
+  m.def("causal_conv1d_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? initial_tail, "
+        "bool silu, bool reverse, bool return_tail) -> (Tensor, Tensor)",
+        &causal_conv1d_fwd);
+  m.def("causal_conv1d_bwd(Tensor x, Tensor weight, Tensor? bias, Tensor? initial_tail, "
+        "Tensor dout, Tensor? dfinal_tail, bool silu, bool reverse, bool need_dtail) "
+        "-> (Tensor, Tensor, Tensor, Tensor)",
+        &causal_conv1d_bwd);
+}
