@@ -337,3 +337,38 @@ def test_empty_store_small_k_and_gpu_fallback(tmp_path, monkeypatch, caplog):
         assert [h.uid for h in store.search(clustered(3)[0], k=1)] == [0]
     assert store._gpu_res is None and "searching on CPU" in caplog.text
     store.close()
+
+
+def test_readers_see_complete_generations_while_a_writer_saves(tmp_path):
+    import threading
+
+    path = tmp_path / "rw"
+    writer = VideoStore(path)
+    x = clustered(6000)
+    writer.add(np.arange(500), x[:500])
+    writer.save()
+    seen, errors, done = [], [], threading.Event()
+
+    def read_loop():
+        while not done.is_set():
+            try:
+                reader = VideoStore(path, readonly=True)  # readers take no lock
+                n = len(reader)
+                assert n % 500 == 0 and reader.index.ntotal == n
+                assert reader.search(x[n - 1], k=1)[0].uid == n - 1
+                seen.append(n)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+    t = threading.Thread(target=read_loop)
+    t.start()
+    try:
+        for i in range(500, 6000, 500):
+            writer.add(np.arange(i, i + 500), x[i : i + 500])
+            writer.save()
+    finally:
+        done.set()
+        t.join(timeout=60)
+    writer.close()
+    assert not errors, errors[:3]
+    assert len(set(seen)) >= 2 and seen == sorted(seen)

@@ -282,11 +282,20 @@ def read_table(directory: PathLike, table: Optional[str] = None) -> pa.Table:
     if table:
         directory = directory / table
     schema, key = TABLES[name]
-    parts = _list_parts(directory)
-    if not parts:
-        return schema.empty_table()
-    t = pa.concat_tables([pq.read_table(p.path, schema=schema) for p in parts])
-    return t.filter(pa.array(newest_mask(_keys_of(t, key))))
+    for attempt in range(5):
+        try:
+            parts = _list_parts(directory)
+            if not parts:
+                return schema.empty_table()
+            t = pa.concat_tables([pq.read_table(p.path, schema=schema) for p in parts])
+            return t.filter(pa.array(newest_mask(_keys_of(t, key))))
+        except FileNotFoundError:
+            # A running writer compacted a part away between listing and reading; its
+            # rows are in the merged part now. List again.
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def read_segment_results(out_dir: PathLike) -> list[SegmentResult]:

@@ -136,7 +136,16 @@ class VideoStore:
         if not readonly:
             self._lock = DirLock(self.path, what="video store").acquire()
         try:
-            self._open(dim, kind, train_at, nlist, pq_m, hnsw_m)
+            for attempt in range(5):
+                try:
+                    self._open(dim, kind, train_at, nlist, pq_m, hnsw_m)
+                    break
+                except FileNotFoundError:
+                    # A reader raced the writer: CURRENT moved on and the generation it
+                    # named was deleted while we read it. Read CURRENT again.
+                    if not readonly or attempt == 4 or not (self.path / "CURRENT").exists():
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
         except BaseException:
             if self._lock:
                 self._lock.release()
@@ -153,8 +162,10 @@ class VideoStore:
         if not cur.exists():
             return None
         name = cur.read_text().strip()
-        if not _GEN_RE.match(name) or not (self.path / name).is_dir():
-            raise RuntimeError(f"video store {self.path}: CURRENT names {name!r}, which is not a saved generation")
+        if not _GEN_RE.match(name):
+            raise RuntimeError(f"video store {self.path}: CURRENT names {name!r}, which is not a generation")
+        if not (self.path / name).is_dir():
+            raise FileNotFoundError(f"video store {self.path}: CURRENT names {name!r}, which does not exist")
         return name
 
     def _open(self, dim, kind, train_at, nlist, pq_m, hnsw_m) -> None:
