@@ -20,7 +20,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     # A registry name (downloaded from the Hugging Face hub into its cache) or a local
     # checkpoint file; a checkpoint wins when both are given.
-    name: Optional[str] = "videomamba_tiny_k400_f16"
+    name: Optional[str] = "videomamba_t16_k400_f16_res224"
     checkpoint: Optional[str] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     scan_backend: Literal["auto", "ref", "cpu", "cuda"] = "auto"

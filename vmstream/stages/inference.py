@@ -1,0 +1,283 @@
+"""The inference stage: segments of many streams in, results out, state kept per stream.
+
+VideoMamba's recurrent mode carries each stream's SSM state from one segment to the
+next. This stage owns those states: segments of different streams that happen to be
+ready together are stacked into one forward (their states stacked likewise and split
+again after), so many streams share one model. A stream's segments must arrive in
+order; the runner guarantees it (one FIFO per stream).
+
+When a finite stream ends (its "end" StreamEvent), the stage emits a StreamSummary:
+the video-level labels from the last segment's logits (which have seen the whole
+video through the carried state) or from the mean of all segments' logits.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from vmstream.records import Segment, SegmentResult, StreamEvent, StreamSummary
+
+log = logging.getLogger(__name__)
+
+InferenceOutput = Union[SegmentResult, StreamEvent, StreamSummary]
+
+_END_STATUS = {"eof": "ok", "stopped": "ok", "truncated": "truncated", "error": "error", "gave_up": "error"}
+
+
+@dataclass
+class _StreamBook:
+    """Per-stream bookkeeping besides the model state: what the summary needs."""
+
+    state: object = None  # StreamState, batch 1
+    next_index: int = 0
+    segments: int = 0
+    t_start: float = math.nan
+    t_end: float = math.nan
+    uri: str = ""
+    last_logits: Optional[torch.Tensor] = None
+    sum_logits: Optional[torch.Tensor] = None
+
+    def to_bytes(self) -> bytes:
+        """The summary accumulators (the model state is serialized separately)."""
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "next_index": self.next_index,
+                "segments": self.segments,
+                "t_start": self.t_start,
+                "t_end": self.t_end,
+                "uri": self.uri,
+                "last_logits": self.last_logits,
+                "sum_logits": self.sum_logits,
+            },
+            buf,
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "_StreamBook":
+        d = torch.load(io.BytesIO(data), weights_only=True)
+        return cls(**d)
+
+
+@dataclass
+class ModelMeta:
+    name: str
+    checkpoint_digest: str
+    class_names: Optional[list[str]]
+    num_frames: int
+    img_size: int
+
+    @classmethod
+    def of(cls, model) -> "ModelMeta":
+        cfg = getattr(model, "default_cfg", {}) or {}
+        img = cfg.get("img_size") or getattr(model, "img_size", 224)
+        if isinstance(img, (tuple, list)):
+            img = img[0]
+        return cls(
+            name=str(cfg.get("name", type(model).__name__)),
+            checkpoint_digest=str(cfg.get("checkpoint_digest", "") or ""),
+            class_names=list(cfg["class_names"]) if cfg.get("class_names") else None,
+            num_frames=int(cfg.get("num_frames", getattr(model, "num_frames", 16))),
+            img_size=int(img),
+        )
+
+
+@dataclass
+class StageStats:
+    segments: int = 0
+    batches: int = 0
+    busy_s: float = 0.0
+    per_batch_size: dict = field(default_factory=dict)
+
+
+class InferenceStage:
+    """Run VideoMamba's recurrent mode over segments of any number of streams."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        device: Union[str, torch.device] = "cpu",
+        top_k: int = 5,
+        summary: str = "last",
+        class_names: Optional[Sequence[str]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ):
+        if summary not in ("last", "mean"):
+            raise ValueError(f"summary must be 'last' or 'mean', got {summary!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = ModelMeta.of(model)
+        if class_names is not None:
+            self.meta.class_names = list(class_names)
+        self.top_k = int(top_k)
+        self.summary_mode = summary
+        self.dtype = dtype
+        self._books: "OrderedDict[str, _StreamBook]" = OrderedDict()
+        self.stats = StageStats()
+
+    # ----------------------------------------------------------------- state
+
+    def has_stream(self, stream_id: str) -> bool:
+        return stream_id in self._books
+
+    def active_streams(self) -> list[str]:
+        return list(self._books)
+
+    def snapshot(self, stream_id: str) -> dict:
+        """Everything needed to continue `stream_id` elsewhere: model state bytes,
+        summary accumulators, the next segment index and the last segment's end time."""
+        book = self._books[stream_id]
+        return {
+            "stream_id": stream_id,
+            "next_index": book.next_index,
+            "t_end": book.t_end,
+            "state": book.state.to_bytes() if book.state is not None else b"",
+            "book": book.to_bytes(),
+        }
+
+    def restore(self, snap: dict) -> None:
+        """Resume a stream from `snapshot()` output (possibly made by another process)."""
+        from vmstream.models import StreamState
+
+        book = _StreamBook.from_bytes(snap["book"])
+        if snap.get("state"):
+            book.state = StreamState.from_bytes(
+                snap["state"], device=self.device, expect=self.model.state_spec()
+            )
+        self._books[snap["stream_id"]] = book
+
+    def drop(self, stream_id: str) -> None:
+        self._books.pop(stream_id, None)
+
+    # ----------------------------------------------------------------- compute
+
+    def _book(self, seg: Segment) -> _StreamBook:
+        book = self._books.get(seg.stream_id)
+        if book is None:
+            book = _StreamBook(next_index=seg.index, uri=seg.uri)
+            self._books[seg.stream_id] = book
+        if seg.index != book.next_index:
+            raise ValueError(
+                f"stream {seg.stream_id!r}: got segment {seg.index}, expected {book.next_index} "
+                "(segments of a stream must arrive in order)"
+            )
+        return book
+
+    def _topk(self, logits: torch.Tensor) -> tuple[list[str], list[float], list[int]]:
+        probs = torch.softmax(logits.float(), dim=-1)
+        k = min(self.top_k, probs.shape[-1])
+        scores, ids = probs.topk(k)
+        ids_l = ids.tolist()
+        names = self.meta.class_names
+        labels = [names[i] if names and i < len(names) else f"class_{i}" for i in ids_l]
+        return labels, scores.tolist(), ids_l
+
+    @torch.inference_mode()
+    def process(self, segments: Sequence[Segment]) -> list[SegmentResult]:
+        """One step: at most one segment per stream. Segments of equal shape run as one
+        batch; their results come back in the order given."""
+        ids = [s.stream_id for s in segments]
+        if len(set(ids)) != len(ids):
+            raise ValueError("process() takes at most one segment per stream per call")
+        import time
+
+        t0 = time.perf_counter()
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(segments):
+            groups.setdefault(tuple(s.pixels.shape), []).append(i)
+        out: list[Optional[SegmentResult]] = [None] * len(segments)
+        for idxs in groups.values():
+            segs = [segments[i] for i in idxs]
+            books = [self._book(s) for s in segs]
+            clip = torch.stack([torch.as_tensor(s.pixels) for s in segs]).to(self.device)
+            if self.dtype is not None:
+                clip = clip.to(self.dtype)
+            states = [b.state if b.state is not None else self.model.init_state(1, device=self.device)
+                      for b in books]
+            from vmstream.models import StreamState
+
+            state = states[0] if len(states) == 1 else StreamState.stack(states)
+            res = self.model.forward_segment(clip, state)
+            new_states = [res.state] if len(segs) == 1 else res.state.split(1)
+            feats = res.features.float().cpu()
+            logits = res.logits.float().cpu()
+            for j, (i, s, b) in enumerate(zip(idxs, segs, books)):
+                b.state = new_states[j]
+                b.next_index = s.index + 1
+                b.segments += 1
+                if math.isnan(b.t_start):
+                    b.t_start = s.t_start
+                b.t_end = s.t_end
+                b.last_logits = logits[j].clone()
+                b.sum_logits = logits[j].clone() if b.sum_logits is None else b.sum_logits + logits[j]
+                labels, scores, label_ids = self._topk(logits[j])
+                out[i] = SegmentResult(
+                    stream_id=s.stream_id,
+                    segment_index=s.index,
+                    t_start=s.t_start,
+                    t_end=s.t_end,
+                    labels=labels,
+                    scores=scores,
+                    label_ids=label_ids,
+                    embedding=feats[j].numpy().astype(np.float32, copy=False),
+                    model=self.meta.name,
+                    checkpoint_digest=self.meta.checkpoint_digest,
+                    num_frames=s.num_frames,
+                    gaps=list(s.gaps),
+                    audio=s.audio,
+                    uri=s.uri,
+                )
+            self.stats.batches += 1
+            self.stats.per_batch_size[len(segs)] = self.stats.per_batch_size.get(len(segs), 0) + 1
+        self.stats.segments += len(segments)
+        self.stats.busy_s += time.perf_counter() - t0
+        return out  # type: ignore[return-value]
+
+    def end_stream(self, event: StreamEvent) -> Optional[StreamSummary]:
+        """The stream's "end" event arrived: its summary (None if it had no segments);
+        its state is released."""
+        book = self._books.pop(event.stream_id, None)
+        if book is None or book.segments == 0:
+            return None
+        logits = book.last_logits if self.summary_mode == "last" else book.sum_logits / book.segments
+        labels, scores, label_ids = self._topk(logits)
+        reason = (event.details or {}).get("reason", "eof")
+        return StreamSummary(
+            stream_id=event.stream_id,
+            labels=labels,
+            scores=scores,
+            label_ids=label_ids,
+            mode=self.summary_mode,
+            duration=max(0.0, book.t_end - book.t_start),
+            segment_count=book.segments,
+            t_start=book.t_start,
+            t_end=book.t_end,
+            status=_END_STATUS.get(reason, "error"),
+            model=self.meta.name,
+            checkpoint_digest=self.meta.checkpoint_digest,
+            uri=book.uri or event.uri,
+        )
+
+    def run(self, items: Iterable[Union[Segment, StreamEvent]]) -> Iterator[InferenceOutput]:
+        """Sequential form (one segment at a time, any streams interleaved): results,
+        events passed through, and a summary after each stream's "end" event."""
+        for item in items:
+            if isinstance(item, Segment):
+                yield from self.process([item])
+            elif isinstance(item, StreamEvent):
+                yield item
+                if item.kind == "end":
+                    summary = self.end_stream(item)
+                    if summary is not None:
+                        yield summary
+            else:
+                raise TypeError(f"inference stage got {type(item).__name__}, expected Segment or StreamEvent")
