@@ -138,8 +138,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000, help="vectors per add (the sink uses 256)")
     ap.add_argument("--train-at", type=int, default=None,
                     help="vectors before an IVF kind is trained (default: the store's, 50k)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="faiss threads (VideoStore's default 1; 0 = all cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="force faiss threads (default: VideoStore's policy, 1 for small work)")
     ap.add_argument("--quick", action="store_true", help="20k vectors, 100 queries, IVF trained at 10k")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()

@@ -26,11 +26,13 @@ segment)`); adding a uid that exists replaces its vector and its id-map row.
 One writer per store directory (an flock); readers (`readonly=True`) take no lock and
 see the last saved generation.
 
-Threads: faiss work runs on `threads` threads (default 1). The store works beside the
-model, which keeps every core busy, and there faiss's OpenMP/OpenBLAS threads spin
-waiting for each other: on the 2-core machine under load, 2 threads were 3x (PQ
-training) to 27x (one flat query) slower than 1 (see `index.omp_threads`). Use
-threads=0 (faiss's default, all cores) for an offline bulk build on an idle machine.
+Threads: the store works beside the model, which keeps every core busy, and there
+faiss's OpenMP/OpenBLAS threads spin waiting for each other when each has little to
+do. By default (`threads=None`) small work runs on one thread: adds under 4096
+vectors (the sink adds 256), searches of under 16 queries and index training, where
+2 threads were 3x (PQ training) to 27x (one flat query) slower than 1 on the 2-core
+machine under load; bulk adds and batch searches use every core (an HNSW bulk build:
+1.5k vectors/s on 2 threads, 0.8k on 1). `threads=n` forces n for everything.
 """
 from __future__ import annotations
 
@@ -125,13 +127,13 @@ class VideoStore:
         hnsw_m: int = 32,
         use_gpu: Union[bool, str] = "auto",
         readonly: bool = False,
-        threads: int = 1,
+        threads: Optional[int] = None,
     ):
         if kind is not None and kind not in ("auto", *KINDS):
             raise ValueError(f"unknown index kind {kind!r} (expected auto, {', '.join(KINDS)})")
         self.path = Path(path)
         self.readonly = readonly
-        self.threads = int(threads)
+        self.threads = None if threads is None else int(threads)
         self._lock: Optional[DirLock] = None
         if not readonly:
             self._lock = DirLock(self.path, what="video store").acquire()
@@ -267,7 +269,7 @@ class VideoStore:
             raise RuntimeError(f"video store {self.path} is closed")
 
     def _faiss_threads(self):
-        return omp_threads(self.threads) if self.threads > 0 else contextlib.nullcontext()
+        return omp_threads(self.threads) if self.threads else contextlib.nullcontext()
 
     # -- properties ------------------------------------------------------------------
     def __len__(self) -> int:
