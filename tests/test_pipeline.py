@@ -196,3 +196,31 @@ def test_slow_sink_applies_backpressure(tmp_path, tiny_ckpt, h264_mp4):
     t.join()
     assert slow.n == 25  # 100 frames / T=4
     assert max(peak) <= 2 + runner._out_q.maxsize
+
+
+def test_cancel_one_stream_keeps_it_resumable(tmp_path, tiny_ckpt, h264_mp4):
+    from tests.fixtures.media import make_video
+    from vmstream.pipeline.snapshots import LocalStateStore
+
+    long_video = make_video(str(tmp_path / "long.mp4"), fps=10, seconds=30, gop=20, size=(64, 48))
+    cfg = _cfg(tmp_path / "out", tiny_ckpt, **{"runner.queue_size": 1, "runner.max_streams": 2,
+                                               "runner.snapshot_every": 1})
+    done = {}
+    (long_src,) = resolve_sources([long_video])
+    (short_src,) = resolve_sources([h264_mp4])
+
+    def progress(item):
+        if isinstance(item, SegmentResult) and item.stream_id == long_src.stream_id and item.segment_index == 1:
+            runner.cancel(long_src.stream_id)
+
+    runner = build_runner(cfg, progress=progress)
+    runner.start()
+    runner.submit(long_src, on_done=lambda s, status, err: done.__setitem__(s.stream_id, status))
+    runner.submit(short_src, on_done=lambda s, status, err: done.__setitem__(s.stream_id, status))
+    runner.wait(timeout=120)
+    report = runner.close()
+    assert done == {long_src.stream_id: "stopped", short_src.stream_id: "ok"}
+    assert not report.stopped
+    snap = LocalStateStore(tmp_path / "out" / "state").load(long_src.stream_id)
+    assert snap is not None and 2 <= snap["next_index"] < 30
+    assert LocalStateStore(tmp_path / "out" / "state").load(short_src.stream_id) is None

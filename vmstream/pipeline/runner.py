@@ -108,13 +108,16 @@ class RunReport:
 
 
 class _Job:
-    __slots__ = ("source", "on_done", "status", "error")
+    __slots__ = ("source", "on_done", "status", "error", "stop")
 
     def __init__(self, source, on_done):
         self.source = source
         self.on_done = on_done
         self.status = "pending"
         self.error: Optional[str] = None
+        # Set by runner.stop() (all streams) or runner.cancel(stream_id) (one): the
+        # decoder ends the stream with reason "stopped" and a snapshot is saved.
+        self.stop = threading.Event()
 
 
 class Runner:
@@ -212,8 +215,28 @@ class Runner:
         """Stop producing (SIGINT/SIGTERM): streams end early, snapshots are saved,
         sinks flushed; `wait`/`close` then return."""
         self._stop.set()
+        for job in list(self._jobs.values()):
+            job.stop.set()
         with self._pending_lock:
             self._pending_lock.notify_all()
+
+    def cancel(self, stream_id: str) -> bool:
+        """Stop one stream the way `stop()` stops all (snapshot saved, reported as
+        "stopped" to its on_done), e.g. when a Kafka rebalance moves its job to another
+        worker. False if the stream is not running or queued here."""
+        job = self._jobs.get(stream_id)
+        if job is None:
+            return False
+        job.stop.set()
+        with self._pending_lock:
+            if job in self._pending:
+                self._pending.remove(job)
+                self._put_seg(_Done(stream_id, "stopped"), force=True)
+        return True
+
+    def running(self) -> list[str]:
+        """Stream ids submitted and not yet done."""
+        return list(self._jobs)
 
     @property
     def stopped(self) -> bool:
@@ -344,7 +367,9 @@ class Runner:
             self.progress(("stream", sid, info))
         if snap is not None:
             self._put_seg(_Restore(snap), force=True)
-        frames = self.decoder.frames(src, self.policy, self.size, start_time, stop=self._stop)
+        if self._stop.is_set():
+            job.stop.set()
+        frames = self.decoder.frames(src, self.policy, self.size, start_time, stop=job.stop)
         items = self.segmenter_factory(src).segments(_counted(frames, self.report, start_time), uri=src.uri,
                                                      first_index=start_index)
         if self.audio_factory is not None and info.has_audio:
