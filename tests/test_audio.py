@@ -131,12 +131,15 @@ def test_tone_change_is_placed_in_time(audio_media):
 
 def test_stage_matches_whole_track_reference(audio_media):
     """The incremental stage (blocks of PCM, frames dropped as segments pass) equals the
-    readable reference that takes the mel of the whole decoded track at once."""
+    readable reference that takes the mel of the whole decoded track at once. It also
+    leaves the caller's torch thread count alone (it runs its STFTs on one thread)."""
+    threads = torch.get_num_threads()
     # Starts in time order; spans may overlap, be empty, or run past the audio.
     spans = [(0.0, 0.5), (0.25, 1.337), (1.337, 1.337), (1.9, 2.6), (2.5, 3.95), (3.95, 6.0)]
     stage = AudioFeatures(AudioConfig(block_seconds=0.3))
     got = [x.audio for x in stage(_segments(audio_media["mp4"], spans))]
     assert stage.stats["seeks"] == 0
+    assert torch.get_num_threads() == threads
     samples, t0 = _decode_all(audio_media["mp4"])
     want = reference_logmel_summary(samples, t0, spans)
     for g, w in zip(got, want):

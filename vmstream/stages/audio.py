@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 from urllib.parse import urlparse
@@ -66,8 +67,7 @@ class AudioConfig:
     f_max: Optional[float] = None  # None: sample_rate / 2
     log_offset: float = 1e-6
     # PCM is turned into mel frames in blocks of about this much audio (512 kB at
-    # 16 kHz): few torch calls, as each one pays a thread-pool handoff that costs far
-    # more than the work when the cores are busy (the model runs beside this stage).
+    # 16 kHz): few torch calls, each big enough to amortise its overhead.
     block_seconds: float = 8.0
     # A jump ahead larger than this (sparse segments) seeks instead of decoding through.
     seek_ahead_seconds: float = 30.0
@@ -121,9 +121,30 @@ class AudioConfig:
         )
 
 
+# With the OpenMP backend (PyTorch's CPU wheels) torch.set_num_threads is per calling
+# thread, so this stage can run its small STFTs single-threaded without touching the
+# model's threads. Measured on the 2-core dev machine under load: 2 threads 26x
+# realtime for the whole stage, 1 thread 153x (benchmarks/audio_features_speed.py):
+# the pool handoff costs far more than these tiny ops when the cores are busy.
+_THREAD_LOCAL_POOL = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+@contextmanager
+def _one_torch_thread():
+    prev = torch.get_num_threads()
+    if not _THREAD_LOCAL_POOL or prev == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def _log_mel(mel: torchaudio.transforms.MelSpectrogram, samples: np.ndarray, offset: float) -> np.ndarray:
     """log-mel rows [F, n_mels] of every complete window of `samples` (center=False)."""
-    with torch.no_grad():
+    with torch.no_grad(), _one_torch_thread():
         spec = mel(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)))
         return torch.log(spec + offset).T.contiguous().numpy()
 
