@@ -178,6 +178,7 @@ class ReliableProducer:
         delivery_timeout_ms: int = 120_000,
         request_timeout_ms: Optional[int] = None,
         linger_ms: int = 5,
+        batch_size: int = 256 << 10,
         max_request_size: int = 1 << 20,
         compression_type: Optional[str] = None,
         retry_backoff_s: float = 0.5,
@@ -207,6 +208,10 @@ class ReliableProducer:
             delivery_timeout_ms=delivery_timeout_ms,
             request_timeout_ms=request_timeout_ms,
             linger_ms=linger_ms,
+            # kafka-python's 16 KiB default holds two or three results; one request
+            # per few results halves throughput (benchmarks/kafka_speed.py). Kept well
+            # under the broker's 1 MB batch limit.
+            batch_size=min(batch_size, max_request_size),
             max_request_size=max_request_size,
             compression_type=compression_type,
             # Blocking inside send() for metadata would stall the caller without our
