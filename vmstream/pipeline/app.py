@@ -336,6 +336,30 @@ class _Signals:
             signal.signal(sig, old)
 
 
+def with_live_options(cfg: PipelineConfig, sources: Sequence) -> list:
+    """Live sources get the config's reconnect policy and timeout unless their own
+    options (e.g. a Kafka job's) set them."""
+    import dataclasses
+
+    live = cfg.live
+    policy = {
+        "initial": live.backoff_initial,
+        "max_delay": live.backoff_max,
+        "give_up_after": live.give_up_after or None,
+    }
+    if not live.reconnect:
+        policy["max_tries"] = 0
+    out = []
+    for s in sources:
+        if s.live:
+            opts = dict(s.options)
+            opts.setdefault("reconnect", policy)
+            opts.setdefault("timeout", live.open_timeout)
+            s = dataclasses.replace(s, options=opts)
+        out.append(s)
+    return out
+
+
 def cmd_run(args) -> int:
     from vmstream.stages.sources import SourceSpecError, resolve_sources
 
@@ -346,6 +370,7 @@ def cmd_run(args) -> int:
         raise UserError(str(e)) from None
     if not sources:
         raise UserError(f"no video found in {' '.join(args.sources)}")
+    sources = with_live_options(cfg, sources)
     model = load_pipeline_model(cfg)
     progress = Progress(enabled=cfg.runner.progress)
     sinks = build_sinks(cfg, model, console_stream=progress)
