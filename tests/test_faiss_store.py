@@ -372,3 +372,27 @@ def test_readers_see_complete_generations_while_a_writer_saves(tmp_path):
     writer.close()
     assert not errors, errors[:3]
     assert len(set(seen)) >= 2 and seen == sorted(seen)
+
+
+def test_id_map_counts_and_lookups_match_a_plain_dict():
+    """The id map's aside-then-merge bookkeeping against the obvious reference."""
+    from vmstream.stages.sinks.store.idmap import IdMap, meta_table
+
+    rng = np.random.default_rng(3)
+    ids, ref = IdMap(), {}
+    for step in range(60):
+        uids = rng.integers(0, 3000, rng.integers(1, 400))
+        uids = np.unique(uids)
+        t = meta_table(uids, {"segment_index": (uids * 0 + step).tolist()})
+        ids.add(t)
+        ref.update({int(u): step for u in uids})
+        if step % 7 == 3:
+            gone = rng.choice(list(ref), 50, replace=False)
+            ids.remove(gone)
+            for g in gone:
+                ref.pop(int(g))
+        assert len(ids) == len(ref)
+        probe = rng.integers(0, 3000, 100)
+        assert ids.contains(probe).tolist() == [int(p) in ref for p in probe]
+    rows = ids.rows(list(ref))
+    assert [r["segment_index"] for r in rows] == list(ref.values())

@@ -55,13 +55,14 @@ class IdMap:
         self._table = ID_MAP_SCHEMA.empty_table()
         self._sorted = np.empty(0, np.int64)
         self._pending: list[pa.Table] = []
-        self._pending_uids: list[np.ndarray] = []
+        self._pending_uids: set[int] = set()
         self._pending_rows = 0
+        self._count = 0  # live uids, kept without settling (len() is on the add path)
         if table is not None:
             self._pending.append(table.cast(ID_MAP_SCHEMA))
-            self._pending_uids.append(table.column("uid").to_numpy())
             self._pending_rows = table.num_rows
             self._settle()
+            self._count = self._table.num_rows
 
     # -- updates ---------------------------------------------------------------------
     def contains(self, uids: np.ndarray) -> np.ndarray:
@@ -71,14 +72,18 @@ class IdMap:
             pos = np.searchsorted(self._sorted, uids).clip(0, self._sorted.size - 1)
             found |= self._sorted[pos] == uids
         if self._pending_uids:
-            found |= np.isin(uids, np.concatenate(self._pending_uids))
+            pend = self._pending_uids
+            found |= np.fromiter((int(u) in pend for u in uids), bool, count=uids.size)
         return found
 
     def add(self, table: pa.Table) -> None:
         """Add or replace rows (by uid; the later row wins)."""
+        uids = np.unique(table.column("uid").to_numpy())
+        self._count += int((~self.contains(uids)).sum())
         self._pending.append(table)
-        self._pending_uids.append(table.column("uid").to_numpy())
+        self._pending_uids.update(uids.tolist())
         self._pending_rows += table.num_rows
+        # Merge once the aside part is a quarter of the whole: amortised O(batch).
         if self._pending_rows > max(65536, self._table.num_rows // 4):
             self._settle()
 
@@ -88,6 +93,7 @@ class IdMap:
         if drop.any():
             self._table = self._table.filter(pa.array(~drop))
             self._sorted = self._sorted[~drop]
+        self._count = self._table.num_rows
 
     def _settle(self) -> None:
         if not self._pending:
@@ -101,12 +107,11 @@ class IdMap:
         order = np.argsort(t.column("uid").to_numpy(), kind="stable")
         self._table = t.take(pa.array(order))
         self._sorted = self._table.column("uid").to_numpy()
-        self._pending, self._pending_uids, self._pending_rows = [], [], 0
+        self._pending, self._pending_uids, self._pending_rows = [], set(), 0
 
     # -- reading ---------------------------------------------------------------------
     def __len__(self) -> int:
-        self._settle()
-        return self._table.num_rows
+        return self._count
 
     @property
     def table(self) -> pa.Table:
