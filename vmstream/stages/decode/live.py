@@ -2,9 +2,10 @@
 
 A camera feed drops; the decoder notices (EOF, an error, or no data for `timeout`
 seconds), waits `initial` seconds, tries again, doubling the wait up to `max_delay`,
-and gives up after `max_tries` failed attempts or `give_up_after` seconds without
-video. The stream keeps its id (so the model keeps its state) and the outage is
-reported: a "gap" StreamEvent and `Frame.gap` on the first frame after it.
+and gives up after `max_tries` connection attempts in a row that bring no video
+(0: never retry) or `give_up_after` seconds without video. The stream keeps its id
+(so the model keeps its state) and the outage is reported: a "gap" StreamEvent and
+`Frame.gap` on the first frame after it. Frame times are wall clock (`WallClock`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class ReconnectPolicy:
     max_delay: float = 10.0     # cap on one wait
     factor: float = 2.0         # growth per failed attempt
     jitter: float = 0.1         # +- fraction, so many cameras do not retry in lockstep
-    max_tries: Optional[int] = None        # failed attempts in a row before giving up
+    max_tries: Optional[int] = None        # attempts in a row that bring no video, then give up
     give_up_after: Optional[float] = 300.0  # seconds without video before giving up
 
     def __post_init__(self) -> None:
@@ -146,7 +147,7 @@ def live_frames(decoder: "PyAVDecoder", source: "Source", policy: "SamplingPolic
     index = 0
 
     def give_up_now() -> bool:
-        if rp.max_tries is not None and failures > rp.max_tries:
+        if rp.max_tries is not None and failures >= rp.max_tries:
             return True
         return (rp.give_up_after is not None and lost_since is not None
                 and time.monotonic() - lost_since > rp.give_up_after)
