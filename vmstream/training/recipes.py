@@ -129,6 +129,9 @@ class TrainConfig(BaseModel):
     epochs: int = 30
     batch_size: int = 64
     max_steps_per_epoch: Optional[int] = None
+    # stop after this many epochs in this invocation (a time-sliced job); the schedule
+    # still spans `epochs`, and the next invocation auto-resumes where this one stopped
+    stop_after_epochs: Optional[int] = None
     seed: int = 0
     output_dir: str = ""
     save_ckpt: bool = True

@@ -242,7 +242,10 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
 
     history: list[dict] = []
     eval_fwd = _stream_forward(model) if streaming else None
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = cfg.epochs
+    if cfg.stop_after_epochs is not None:
+        end_epoch = min(end_epoch, start_epoch + cfg.stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
         train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
                                 start_step=epoch * steps, lr_values=lr_values, wd_values=wd_values,
@@ -282,7 +285,7 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
             dist.barrier()
 
     result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs}
-    if test_loader is not None:
+    if test_loader is not None and end_epoch == cfg.epochs:
         best_path = os.path.join(cfg.output_dir, "checkpoint-best.pth") if cfg.output_dir else ""
         if cfg.test_best and best_path and os.path.exists(best_path):
             ckpt.resume(best_path, model=model, restore_rng=False)
