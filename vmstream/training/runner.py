@@ -154,6 +154,20 @@ def _loader(ds, cfg: TrainConfig, train: bool, batch_size: int, collate_fn=colla
 # ------------------------------------------------------------------------- fit
 
 
+def check_ranks_in_sync(model: nn.Module, print_fn=print) -> None:
+    """Every rank must hold the same weights after training (DDP / reduced gradients);
+    a divergence means a broken setup and is an error, not a warning."""
+    raw = model.module if hasattr(model, "module") else model
+    with torch.no_grad():
+        digest = torch.stack([p.double().sum() for p in raw.parameters()]).tolist()
+    all_digests = dist.all_gather_object(digest)
+    same = all(d == all_digests[0] for d in all_digests)
+    if dist.is_main():
+        print_fn(f"ranks_in_sync={str(same).lower()} world_size={dist.world_size()}")
+    if not same:
+        raise RuntimeError("model weights differ between ranks after training")
+
+
 def _stream_forward(model):
     from .streaming import streaming_predict
 
@@ -284,6 +298,8 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
                     save(os.path.join(cfg.output_dir, f"checkpoint-{epoch}.pth"))
             dist.barrier()
 
+    if dist.is_dist():
+        check_ranks_in_sync(model, print_fn)
     result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs}
     if test_loader is not None and end_epoch == cfg.epochs:
         best_path = os.path.join(cfg.output_dir, "checkpoint-best.pth") if cfg.output_dir else ""

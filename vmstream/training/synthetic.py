@@ -169,6 +169,10 @@ def _train_one(cfg, carry_state: bool, train_set, val_set, device) -> dict:
         if dist.is_main():
             log.info("memory task (%s state) epoch %d loss %.4f (%.1fs)",
                      "carried" if carry_state else "reset", epoch, st.loss, st.seconds)
+    if dist.is_dist():
+        from .runner import check_ranks_in_sync
+
+        check_ranks_in_sync(model)
     acc = streaming_accuracy(model, val_loader, carry_state=carry_state, device=device)
     other = streaming_accuracy(model, val_loader, carry_state=not carry_state, device=device)
     return {"accuracy": acc, "other_mode_accuracy": other, "losses": history,
