@@ -396,3 +396,21 @@ def test_id_map_counts_and_lookups_match_a_plain_dict():
         assert ids.contains(probe).tolist() == [int(p) in ref for p in probe]
     rows = ids.rows(list(ref))
     assert [r["segment_index"] for r in rows] == list(ref.values())
+
+
+def test_thread_settings_are_scoped(tmp_path):
+    before = index_mod.faiss.omp_get_max_threads()
+    blas = index_mod._faiss_openblas()
+    blas_before = blas.openblas_get_num_threads() if blas else None
+    store = VideoStore(tmp_path / "t", kind="hnsw", threads=2)
+    store.add(np.arange(5000), clustered(5000))
+    assert store.index.threads == 2 and len(store.search(clustered(3), k=2)) == 3
+    reopened_threads = None
+    store.close()
+    with VideoStore(tmp_path / "t", threads=1) as again:
+        reopened_threads = again.index.threads
+    assert reopened_threads == 1
+    # Whatever the store did, the process's faiss and OpenBLAS settings are as before.
+    assert index_mod.faiss.omp_get_max_threads() == before
+    if blas:
+        assert blas.openblas_get_num_threads() == blas_before

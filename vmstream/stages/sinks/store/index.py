@@ -44,15 +44,18 @@ log = logging.getLogger(__name__)
 KINDS = ("flat", "ivfpq", "ivfsq8", "hnsw")
 TRAINED_KINDS = ("ivfpq", "ivfsq8")
 HNSW_PURGE_FRACTION = 0.2
-# Below this many queries a search runs on one OpenMP thread: there is too little work
-# to share, and on a busy machine (the pipeline's decode and model threads use every
-# core) waking and waiting for a second thread costs far more than the search:
-# one query over 20k flat vectors, 2-core machine under load: 43 ms on 2 threads,
-# 1.6 ms on 1.
-SMALL_BATCH = 16
-# The same for adds below this many vectors (the sink adds 256 at a time): 3000 vectors
-# into HNSW in batches of 256 on the busy machine, 2.1 s on 1 thread, 9.7 s on 2.
-SMALL_ADD = 4096
+# Thread policy. The store runs beside the model, which keeps every core busy; there
+# faiss's OpenMP and OpenBLAS threads mostly spin waiting for each other. Measured on
+# the 2-core machine under load, 1 thread against 2:
+#   one flat query over 20k vectors          1.6 ms   vs 43 ms
+#   IVF-SQ8 adds, 1M vectors in 10k batches  63k/s    vs 13k/s
+#   k-means (IVF training), 5000 vectors     0.17 s   vs 2.7 s
+#   HNSW adds, 3000 vectors in 256 batches   2.1 s    vs 9.7 s
+#   HNSW adds, 100k vectors in 10k batches   0.8k/s   vs 1.5k/s   <- the exception
+# So everything runs on one thread except HNSW graph building in batches of at least
+# HNSW_BULK_ADD vectors (locks, no BLAS: it does share well). VideoStore(threads=n)
+# overrides this for a machine that has cores to spare.
+HNSW_BULK_ADD = 4096
 # Largest id a search may return: tombstones are negative, real ids (segment_uid) >= 0.
 _ID_MAX = 2**63 - 1
 
@@ -157,21 +160,24 @@ class VectorIndex:
     """A faiss index of unit vectors under int64 ids. Callers pass normalised float32
     [n, d] arrays and ids they know to be new or (for `upsert`) maybe present."""
 
-    def __init__(self, index, kind: Optional[str] = None):
+    def __init__(self, index, kind: Optional[str] = None, threads: Optional[int] = None):
         self.index = index
+        # None: the policy above; n: n threads for everything.
+        self.threads = threads
         self.kind = kind or kind_of(index)
         self.d = int(index.d)
         self.tombstones = int((_id_map_view(index) < 0).sum()) if self.kind == "hnsw" and index.ntotal else 0
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def empty(cls, kind: str, d: int, *, hnsw_m: int = 32, ef_construction: int = 64) -> "VectorIndex":
+    def empty(cls, kind: str, d: int, *, hnsw_m: int = 32, ef_construction: int = 64,
+              threads: Optional[int] = None) -> "VectorIndex":
         if kind == "flat":
-            return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(d)), "flat")
+            return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(d)), "flat", threads)
         if kind == "hnsw":
             h = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             h.hnsw.efConstruction = ef_construction
-            return cls(faiss.IndexIDMap2(h), "hnsw")
+            return cls(faiss.IndexIDMap2(h), "hnsw", threads)
         raise ValueError(f"index kind {kind!r} needs training data: use VectorIndex.trained")
 
     @classmethod
@@ -184,6 +190,7 @@ class VectorIndex:
         nlist: Optional[int] = None,
         pq_m: Optional[int] = None,
         seed: int = 1234,
+        threads: Optional[int] = None,
     ) -> "VectorIndex":
         """An empty IVF index trained on `train_x` (a sample of the data, unit rows)."""
         if kind not in TRAINED_KINDS:
@@ -208,7 +215,7 @@ class VectorIndex:
         #    thread: 0.17 s against 2.7 s on two for 5000 vectors on the busy machine,
         #    and no slower at 50k (20 s against 25 s).
         km = faiss.Kmeans(d, nlist, niter=20, seed=seed, spherical=True)
-        with omp_threads(1):
+        with omp_threads(threads or 1):
             km.train(x)
         ivf.quantizer.add(km.centroids)
 
@@ -226,12 +233,16 @@ class VectorIndex:
             # ... and its many tiny parallel regions run faster on one thread than on
             # two that wait for each other (3.5 s vs 13.8 s for the PQ test on a busy
             # 2-core machine). The setting is per calling thread.
-            with omp_threads(1):
+            with omp_threads(threads or 1):
                 index.train(x)
         else:
             index.train(x)
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        return cls(index, kind)
+        return cls(index, kind, threads)
+
+    def _pool(self, policy: Optional[int]):
+        n = self.threads if self.threads is not None else policy
+        return omp_threads(n) if n else contextlib.nullcontext()
 
     # -- mutation --------------------------------------------------------------------
     @property
@@ -241,10 +252,8 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
         x, ids = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(ids, np.int64)
-        if x.shape[0] < SMALL_ADD:
-            with omp_threads(1):
-                self.index.add_with_ids(x, ids)
-        else:
+        bulk_graph = self.kind == "hnsw" and x.shape[0] >= HNSW_BULK_ADD
+        with self._pool(None if bulk_graph else 1):
             self.index.add_with_ids(x, ids)
 
     def remove(self, ids: np.ndarray) -> int:
@@ -271,7 +280,8 @@ class VectorIndex:
     def _purge_hnsw(self) -> None:
         live_ids, vecs = self.live_vectors()
         old = faiss.downcast_index(self.index.index)
-        fresh = VectorIndex.empty("hnsw", self.d, hnsw_m=_hnsw_m(old), ef_construction=old.hnsw.efConstruction)
+        fresh = VectorIndex.empty("hnsw", self.d, hnsw_m=_hnsw_m(old), ef_construction=old.hnsw.efConstruction,
+                                  threads=self.threads)
         fresh.add(live_ids, vecs)
         log.info("rebuilt HNSW graph without %d tombstones (%d live vectors)", self.tombstones, live_ids.size)
         self.index, self.tombstones = fresh.index, 0
@@ -318,10 +328,8 @@ class VectorIndex:
             if self.tombstones:
                 self._sel = faiss.IDSelectorRange(0, _ID_MAX)  # kept alive during the search
                 params.sel = self._sel
-        if q.shape[0] < SMALL_BATCH:
-            with omp_threads(1):
-                return self.index.search(q, k, params=params)
-        return self.index.search(q, k, params=params)
+        with self._pool(1):
+            return self.index.search(q, k, params=params)
 
     # -- GPU -------------------------------------------------------------------------
     def to_gpu(self, resources, device: int = 0):

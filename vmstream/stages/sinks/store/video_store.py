@@ -27,16 +27,12 @@ One writer per store directory (an flock); readers (`readonly=True`) take no loc
 see the last saved generation.
 
 Threads: the store works beside the model, which keeps every core busy, and there
-faiss's OpenMP/OpenBLAS threads spin waiting for each other when each has little to
-do. By default (`threads=None`) small work runs on one thread: adds under 4096
-vectors (the sink adds 256), searches of under 16 queries and index training, where
-2 threads were 3x (PQ training) to 27x (one flat query) slower than 1 on the 2-core
-machine under load; bulk adds and batch searches use every core (an HNSW bulk build:
-1.5k vectors/s on 2 threads, 0.8k on 1). `threads=n` forces n for everything.
+faiss's OpenMP/OpenBLAS threads mostly spin waiting for each other. By default
+(`threads=None`) faiss runs on one thread except for HNSW bulk adds (the measurements
+are in `index.py`); `threads=n` uses n threads for everything.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -54,7 +50,7 @@ from vmstream.records import SCHEMA_VERSION, SegmentResult
 
 from ..atomic import DirLock, atomic_path, remove_quietly, remove_stale_tmp, write_bytes_atomic
 from .idmap import IdMap, meta_table
-from .index import KINDS, TRAINED_KINDS, VectorIndex, default_nlist, gpu_available, min_train_size, omp_threads
+from .index import KINDS, TRAINED_KINDS, VectorIndex, default_nlist, gpu_available, min_train_size
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +204,7 @@ class VideoStore:
             for name, value in (("train_at", train_at), ("nlist", nlist), ("pq_m", pq_m)):
                 if value is not None:
                     self.meta[name] = value
-            self.index = VectorIndex(faiss.read_index(str(d / "index.faiss"))) if (d / "index.faiss").exists() else None
+            self.index = VectorIndex(faiss.read_index(str(d / "index.faiss")), threads=self.threads) if (d / "index.faiss").exists() else None
             self.ids = IdMap.read(d / "ids.parquet")
             live = (self.index.ntotal - self.index.tombstones) if self.index else 0
             if live != len(self.ids):
@@ -268,9 +264,6 @@ class VideoStore:
         if self._closed:
             raise RuntimeError(f"video store {self.path} is closed")
 
-    def _faiss_threads(self):
-        return omp_threads(self.threads) if self.threads else contextlib.nullcontext()
-
     # -- properties ------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.ids)
@@ -321,13 +314,12 @@ class VideoStore:
         if self.index is None:
             self.index = self._new_index()
         existing = uids[self.ids.contains(uids)]
-        with self._faiss_threads():
-            self.index.upsert(uids, x, existing)
-            self.ids.add(table)
-            self._dirty = True
-            self._gpu_index = None
-            if self.index.kind == "flat" and self._target_kind() in TRAINED_KINDS and len(self.ids) >= self._train_at():
-                self._convert(self._target_kind())
+        self.index.upsert(uids, x, existing)
+        self.ids.add(table)
+        self._dirty = True
+        self._gpu_index = None
+        if self.index.kind == "flat" and self._target_kind() in TRAINED_KINDS and len(self.ids) >= self._train_at():
+            self._convert(self._target_kind())
 
     def add_results(self, results: Iterable[SegmentResult]) -> int:
         """Upsert segment results (embedding + id-map row each); returns how many."""
@@ -376,8 +368,7 @@ class VideoStore:
         present = uids[self.ids.contains(uids)]
         if present.size == 0:
             return 0
-        with self._faiss_threads():
-            self.index.remove(present)
+        self.index.remove(present)
         self.ids.remove(present)
         self._dirty = True
         self._gpu_index = None
@@ -389,8 +380,8 @@ class VideoStore:
     def _new_index(self) -> VectorIndex:
         target = self._target_kind()
         if target == "hnsw":
-            return VectorIndex.empty("hnsw", self.dim, hnsw_m=int(self.meta.get("hnsw_m") or 32))
-        return VectorIndex.empty("flat", self.dim)  # IVF kinds start exact, see docstring
+            return VectorIndex.empty("hnsw", self.dim, hnsw_m=int(self.meta.get("hnsw_m") or 32), threads=self.threads)
+        return VectorIndex.empty("flat", self.dim, threads=self.threads)  # IVF kinds start exact, see docstring
 
     def _convert(self, kind: str, *, from_ids=None, from_vecs=None) -> None:
         ids, vecs = (from_ids, from_vecs) if from_ids is not None else self.index.live_vectors()
@@ -401,11 +392,12 @@ class VideoStore:
             rng = np.random.default_rng(0)
             n_train = min(n, max(min_train_size(nlist), 64 * 1024))
             sample = vecs[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else vecs
-            fresh = VectorIndex.trained(kind, sample, n_expected=n, nlist=nlist, pq_m=self.meta.get("pq_m"))
+            fresh = VectorIndex.trained(kind, sample, n_expected=n, nlist=nlist, pq_m=self.meta.get("pq_m"),
+                                        threads=self.threads)
         elif kind == "hnsw":
-            fresh = VectorIndex.empty("hnsw", self.dim, hnsw_m=int(self.meta.get("hnsw_m") or 32))
+            fresh = VectorIndex.empty("hnsw", self.dim, hnsw_m=int(self.meta.get("hnsw_m") or 32), threads=self.threads)
         else:
-            fresh = VectorIndex.empty("flat", self.dim)
+            fresh = VectorIndex.empty("flat", self.dim, threads=self.threads)
         for i in range(0, n, 65536):
             fresh.add(ids[i : i + 65536], vecs[i : i + 65536])
         self.index = fresh
@@ -425,12 +417,11 @@ class VideoStore:
             self.meta["nlist"] = nlist
         if self.index is None:
             return
-        with self._faiss_threads():
-            ids, vecs = self.index.live_vectors()
-            target = self._target_kind()
-            if target in TRAINED_KINDS and ids.size < self._train_at():
-                target = "flat"  # too few to train; `add` converts once there are enough
-            self._convert(target, from_ids=ids, from_vecs=vecs)
+        ids, vecs = self.index.live_vectors()
+        target = self._target_kind()
+        if target in TRAINED_KINDS and ids.size < self._train_at():
+            target = "flat"  # too few to train; `add` converts once there are enough
+        self._convert(target, from_ids=ids, from_vecs=vecs)
 
     # -- searching -------------------------------------------------------------------
     def _searchable(self):
@@ -468,8 +459,7 @@ class VideoStore:
             return [[] for _ in range(q.shape[0])]
         n_live = len(self.ids)
         first = min(k if keep is None else 2 * k + 8, n_live)
-        with self._faiss_threads():
-            D, I = self.index.search(q, first, gpu_index=self._searchable(), **params)
+        D, I = self.index.search(q, first, gpu_index=self._searchable(), **params)
         out = []
         for row in range(q.shape[0]):
             hits, kk = self._hits(D[row], I[row]), first
@@ -477,8 +467,7 @@ class VideoStore:
                 hits = [h for h in hits if keep(h)]
             while len(hits) < k and kk < n_live:  # filtered too many: widen this query
                 kk = min(4 * kk, n_live)
-                with self._faiss_threads():
-                    Dw, Iw = self.index.search(q[row : row + 1], kk, gpu_index=self._searchable(), **params)
+                Dw, Iw = self.index.search(q[row : row + 1], kk, gpu_index=self._searchable(), **params)
                 hits = [h for h in self._hits(Dw[0], Iw[0]) if keep is None or keep(h)]
             out.append(hits[:k])
         return out
