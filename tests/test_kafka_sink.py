@@ -30,6 +30,20 @@ from vmstream.stages.sinks.kafka_records import (
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
 
+@pytest.fixture(scope="module")
+def outage_broker(tmp_path_factory):
+    """A private broker the outage tests stop and start (the shared one stays up)."""
+    from tests.fixtures.kafka import KafkaBroker, _skip_reason
+
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-outage"))
+    broker.start()
+    yield broker
+    broker.clean()
+
+
 def make_result(stream: str, i: int, dim: int = 16, seed: int = 0) -> SegmentResult:
     rng = np.random.default_rng(hash((stream, i, seed)) % 2**32)
     return SegmentResult(
@@ -191,8 +205,9 @@ def test_inline_limit_and_broker_refusal_both_spill(kafka_bootstrap, kafka_topic
         assert_same(back[i], make_result("s", i, dim=dim))
 
 
-def test_broker_restart_mid_run_loses_nothing(make_kafka_broker, kafka_topics, tmp_path):
-    broker = make_kafka_broker()
+def test_broker_restart_mid_run_loses_nothing(outage_broker, kafka_topics, tmp_path):
+    broker = outage_broker
+    broker.start()  # no-op when running
     names = kafka_topics(partitions=2, bootstrap=broker.bootstrap)
     streams = ["a", "b", "c"]
     n_per = 40
@@ -202,7 +217,7 @@ def test_broker_restart_mid_run_loses_nothing(make_kafka_broker, kafka_topics, t
         spill_dir=tmp_path,
         # Shorter than the outage below, so records expire in the producer and the
         # sink's own re-send path runs, not only the producer's internal retries.
-        delivery_timeout_ms=2500,
+        delivery_timeout_ms=1500,
         retry_backoff_s=0.2,
         max_retry_backoff_s=1.0,
         give_up_s=120,
@@ -225,7 +240,7 @@ def test_broker_restart_mid_run_loses_nothing(make_kafka_broker, kafka_topics, t
     while progress["n"] < 30:
         time.sleep(0.01)
     broker.stop()
-    time.sleep(4)  # > delivery_timeout_ms: in-flight batches expire
+    time.sleep(2.5)  # > delivery_timeout_ms: in-flight batches expire
     broker.start()
     t.join(120)
     assert not t.is_alive() and not errors, errors
@@ -248,8 +263,9 @@ def test_broker_restart_mid_run_loses_nothing(make_kafka_broker, kafka_topics, t
         assert idx == list(range(n_per))
 
 
-def test_backpressure_blocks_then_resumes_and_give_up_raises(make_kafka_broker, kafka_topics, tmp_path):
-    broker = make_kafka_broker()
+def test_backpressure_blocks_then_resumes_and_give_up_raises(outage_broker, kafka_topics, tmp_path):
+    broker = outage_broker
+    broker.start()
     names = kafka_topics(partitions=1, bootstrap=broker.bootstrap)
     record_bytes = len(encode_record(make_result("s", 0, dim=256)).value)
     sink = KafkaSink(
@@ -274,18 +290,18 @@ def test_backpressure_blocks_then_resumes_and_give_up_raises(make_kafka_broker, 
 
     t = threading.Thread(target=produce)
     t.start()
-    time.sleep(3)
+    time.sleep(1.5)
     assert not done.is_set() and not errors, "write did not block on a full buffer while the broker was down"
     assert sink.producer.pending_bytes <= 11 * record_bytes + 200
     broker.start()
     t.join(60)
     assert done.is_set() and not errors, errors
     sink.flush(timeout_s=60)
-    assert sink.stats.blocked_s > 1
+    assert sink.stats.blocked_s > 1.0
     assert [r.segment_index for r in read_results(broker.bootstrap, names.segments)] == list(range(40))
 
     # Now an outage longer than give_up_s: the sink raises, and keeps the records.
-    sink.producer.give_up_s = 2.0
+    sink.producer.give_up_s = 1.5
     broker.stop()
     for i in range(40, 45):
         sink.write(make_result("s", i, dim=256))
@@ -311,7 +327,7 @@ def test_missing_topics_and_unreachable_broker_fail_clearly(kafka_bootstrap, tmp
     port = s.getsockname()[1]
     s.close()
     t0 = time.monotonic()
-    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+    with pytest.raises(ConnectionError, match=f"cannot connect to Kafka at 127.0.0.1:{port}"):
         KafkaSink(f"127.0.0.1:{port}", spill_dir=tmp_path, connect_timeout_s=2)
     assert time.monotonic() - t0 < 30
 
@@ -337,6 +353,22 @@ def test_live_consumer_sees_records_and_skips_duplicates(kafka_bootstrap, kafka_
         got += consumer.poll(0.5)
         assert [r.segment_index for r in got] == list(range(5))
         assert consumer.duplicates == 1
+
+
+def test_security_settings_pass_through_to_a_sasl_listener(kafka_bootstrap, kafka_sasl, kafka_topics, tmp_path):
+    sasl_bootstrap, cfg = kafka_sasl
+    names = kafka_topics(partitions=1)
+    with KafkaSink(sasl_bootstrap, topics=names.sink_topics(), client_config=cfg, spill_dir=tmp_path) as sink:
+        assert sink.producer.producer.config["sasl_mechanism"] == "PLAIN"
+        sink.write(make_result("sasl", 0))
+        sink.flush()
+    (back,) = read_results(sasl_bootstrap, names.segments, client_config=cfg)
+    assert_same(back, make_result("sasl", 0))
+    # Without the settings, or with a wrong password, the listener refuses us.
+    for bad in ({}, {**cfg, "sasl_plain_password": "wrong"}):
+        with pytest.raises(ConnectionError, match="cannot connect to Kafka"):
+            KafkaSink(sasl_bootstrap, topics=names.sink_topics(), client_config=bad, spill_dir=tmp_path,
+                      connect_timeout_s=2)
 
 
 # ------------------------------------------------------------------ no broker needed

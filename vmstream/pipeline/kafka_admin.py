@@ -143,7 +143,7 @@ def admin_client(bootstrap_servers: Union[str, Sequence[str]], client_config: Op
     """A kafka-python admin client with vmstream's option checking."""
     from kafka import KafkaAdminClient
 
-    from vmstream.stages.sinks.kafka import _UNREACHABLE
+    from vmstream.stages.sinks.kafka import _UNREACHABLE, _connect_error
 
     try:
         return KafkaAdminClient(
@@ -153,7 +153,7 @@ def admin_client(bootstrap_servers: Union[str, Sequence[str]], client_config: Op
             **client_options(client_config, "admin"),
         )
     except _UNREACHABLE as e:
-        raise ConnectionError(f"cannot reach Kafka at {bootstrap_servers} within {timeout_s:.0f}s: {e}") from e
+        raise ConnectionError(_connect_error(bootstrap_servers, timeout_s, client_config, e)) from e
 
 
 def describe_topics(admin: Any, names: Sequence[str]) -> dict[str, dict[str, Any]]:

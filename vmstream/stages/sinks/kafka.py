@@ -139,6 +139,15 @@ def _unreachable_errors() -> tuple:
 _UNREACHABLE = _unreachable_errors()
 
 
+def _connect_error(bootstrap: Any, timeout_s: float, config: Optional[Mapping[str, Any]], exc: BaseException) -> str:
+    # kafka-python reports a refused login the same way as no broker at all (it logs the
+    # real reason and keeps trying until the bootstrap timeout), so say both.
+    msg = f"cannot connect to Kafka at {bootstrap} within {timeout_s:.0f}s ({exc})"
+    proto = dict(client_options(config, "producer")).get("security_protocol", "PLAINTEXT")
+    return msg + (f": is the broker running and listening for {proto} there?"
+                  + (" Are the SASL/SSL settings (sasl_*, ssl_*) right?" if proto != "PLAINTEXT" else ""))
+
+
 def _classify(exc: BaseException) -> str:
     """'resend', 'too_large' or 'fatal'."""
     from kafka import errors as E
@@ -228,9 +237,7 @@ class ReliableProducer:
         try:
             self._producer = KafkaProducer(**opts)
         except _UNREACHABLE as e:
-            raise ConnectionError(
-                f"cannot reach Kafka at {bootstrap_servers} within {connect_timeout_s:.0f}s: {e}"
-            ) from e
+            raise ConnectionError(_connect_error(bootstrap_servers, connect_timeout_s, client_config, e)) from e
         self.producers_created = 1
         self._gen = 0  # which producer a callback comes from (see _replace_producer)
         self._no_id_since: Optional[float] = None
@@ -643,7 +650,9 @@ class KafkaSink(Sink):
                 **client_options(self._client_config, "admin"),
             )
         except _UNREACHABLE as e:
-            raise ConnectionError(f"cannot reach Kafka at {self.bootstrap_servers}: {e}") from e
+            raise ConnectionError(
+                _connect_error(self.bootstrap_servers, connect_timeout_s, self._client_config, e)
+            ) from e
 
     def _check_topics(self, connect_timeout_s: float) -> dict[str, int]:
         from kafka import errors as E
