@@ -269,3 +269,20 @@ def test_sigkill_at_a_random_moment_leaves_whole_row_groups(tmp_path):
     seg = pd.read_parquet(out / "segments")
     assert len(seg) == n and seg.uid.is_unique
     assert not [p for p in os.listdir(out / "segments") if p.startswith(".tmp-")]
+
+
+def test_readable_by_duckdb_mid_run_and_after(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    sink = ParquetSink(tmp_path, row_group_rows=4)
+    for i in range(10):
+        sink.write(make_result("cam0", i))
+    # Mid-run: the closed row groups, through a glob that skips the hidden temporaries.
+    q = f"SELECT count(*), max(segment_index) FROM '{tmp_path}/segments/*.parquet'"
+    assert duckdb.sql(q).fetchall() == [(8, 7)]
+    sink.write(make_summary("cam0", 10))
+    sink.close()
+    assert duckdb.sql(q).fetchall() == [(10, 9)]
+    top = duckdb.sql(f"SELECT labels[1] AS top, count(*) FROM '{tmp_path}/segments/*.parquet' "
+                     "GROUP BY top ORDER BY top").fetchall()
+    assert top == [("running", 5), ("walking", 5)]
+    assert duckdb.sql(f"SELECT segment_count FROM '{tmp_path}/summaries/*.parquet'").fetchall() == [(10,)]
