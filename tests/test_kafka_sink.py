@@ -276,6 +276,7 @@ def test_backpressure_blocks_then_resumes_and_give_up_raises(outage_broker, kafk
     sink.write(make_result("s", 0, dim=256))
     sink.flush()
     broker.stop()
+    assert not broker.running()
 
     done = threading.Event()
     errors: list[BaseException] = []
@@ -315,6 +316,23 @@ def test_backpressure_blocks_then_resumes_and_give_up_raises(outage_broker, kafk
         sink.write(make_result("s", 45, dim=256))
     with pytest.raises(KafkaDeliveryError):
         sink.close()
+
+
+def test_kafka_local_start_is_idempotent_and_status_tells(kafka_broker):
+    import subprocess
+
+    from tests.fixtures.kafka import SCRIPT
+
+    assert kafka_broker.running()
+    status = subprocess.run([str(SCRIPT), "status", "--state-dir", str(kafka_broker.state_dir)],
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and f"bootstrap={kafka_broker.bootstrap}" in status.stdout
+    assert "sasl_bootstrap=127.0.0.1:" in status.stdout
+    before = kafka_broker.bootstrap
+    assert kafka_broker.start() == before  # already running: same address, no second JVM
+    missing = subprocess.run([str(SCRIPT), "status", "--state-dir", str(kafka_broker.state_dir) + "-none"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 3 and "stopped" in missing.stdout
 
 
 def test_missing_topics_and_unreachable_broker_fail_clearly(kafka_bootstrap, tmp_path):
