@@ -22,8 +22,8 @@ The topics (defaults; `TopicNames` renames them):
 
 Partition counts: results and state topics are keyed by stream id, so the count fixes
 which partition a stream lands on. `ensure_topics` never adds partitions to an existing
-topic unless asked (`grow_partitions=True`), because that moves streams between
-partitions and breaks their order across the change.
+topic unless asked (`grow_partitions=True`; it warns instead), because that moves
+streams between partitions and breaks their order across the change.
 """
 from __future__ import annotations
 
@@ -188,8 +188,8 @@ def ensure_topics(
 
     Returns {topic: "created" | "exists" | "updated"}. Safe to run from several
     processes at once (a topic created by another one in between counts as
-    "exists"). Raises ValueError for an existing topic with fewer partitions than its
-    spec unless `grow_partitions` (see module doc); more partitions are fine.
+    "exists"). An existing topic with fewer partitions than its spec is left as it is,
+    with a warning, unless `grow_partitions` (see module doc).
     """
     from kafka import errors as E
 
@@ -228,13 +228,15 @@ def ensure_topics(
             report.setdefault(s.name, "exists")
             if have["partitions"] < s.partitions:
                 if not grow_partitions:
-                    raise ValueError(
-                        f"Kafka topic {s.name!r} has {have['partitions']} partitions, the spec asks for "
-                        f"{s.partitions}; adding partitions moves streams between partitions, so it is "
-                        "not done unless asked (grow_partitions=True / --grow-partitions)"
-                    )
-                admin.create_partitions({s.name: s.partitions}, timeout_ms=int(timeout_s * 1000))
-                report[s.name] = "updated"
+                    # Works as it is (fewer consumers can share it); changing it is the
+                    # operator's call.
+                    log.warning(
+                        "Kafka topic %s has %d partitions, the spec asks for %d; not adding them, since that "
+                        "moves streams between partitions (grow_partitions=True / --grow-partitions does)",
+                        s.name, have["partitions"], s.partitions)
+                else:
+                    admin.create_partitions({s.name: s.partitions}, timeout_ms=int(timeout_s * 1000))
+                    report[s.name] = "updated"
             want = {k: str(v) for k, v in s.configs.items() if have["configs"].get(k) != str(v)}
             if want:
                 if not update_configs:

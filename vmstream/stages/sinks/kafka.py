@@ -121,7 +121,7 @@ class DeliveryStats:
 class _Out:
     topic: str
     key: Optional[bytes]
-    value: bytes
+    value: Optional[bytes]
     headers: list
     nbytes: int
     t_write: float
@@ -198,7 +198,6 @@ class ReliableProducer:
         track_latency: bool = False,
     ):
         from kafka import KafkaProducer
-        from kafka import errors as E
 
         self.bootstrap_servers = bootstrap_servers
         self.max_buffer_bytes = int(max_buffer_bytes)
@@ -261,12 +260,13 @@ class ReliableProducer:
 
     # -- public
 
-    def send(self, topic: str, value: bytes, key: Optional[bytes] = None,
+    def send(self, topic: str, value: Optional[bytes], key: Optional[bytes] = None,
              headers: Optional[list] = None, timeout_s: Optional[float] = None) -> int:
-        """Queue one record; returns its sequence number. Blocks while the buffer is
-        full (at most `timeout_s`, then TimeoutError; None: until give-up)."""
+        """Queue one record (value None: a tombstone, for compacted topics); returns its
+        sequence number. Blocks while the buffer is full (at most `timeout_s`, then
+        TimeoutError; None: until give-up)."""
         headers = headers or []
-        nbytes = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        nbytes = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
         t0 = time.monotonic()
         with self._cond:
             self._raise_if_failed()
@@ -641,7 +641,6 @@ class KafkaSink(Sink):
 
     def _admin(self, connect_timeout_s: float = 30.0):
         from kafka import KafkaAdminClient
-        from kafka import errors as E
 
         try:
             return KafkaAdminClient(

@@ -263,21 +263,18 @@ def dedupe_by_uid(records: Iterable[Record]) -> list[Record]:
     return out
 
 
-def read_records(
+def read_messages(
     bootstrap_servers: Union[str, Sequence[str]],
     topics: Union[str, Sequence[str]],
     *,
     client_config: Optional[dict[str, Any]] = None,
-    dedupe: bool = True,
     timeout_s: float = 60.0,
-    resolve_refs: bool = True,
-) -> list[Record]:
-    """Everything on `topics` now, from the beginning up to the end offsets seen when
-    the call starts, decoded (and de-duplicated by uid unless `dedupe=False`).
-
-    Order is the log order within each partition (so per stream), partitions one after
-    another. Reads without a consumer group: commits nothing, disturbs no one.
-    Raises TimeoutError if the end is not reached in `timeout_s`.
+    max_message_bytes: int = 16 << 20,
+) -> list[Any]:
+    """The raw messages (kafka-python ConsumerRecords) on `topics` now: from the
+    beginning up to the end offsets seen when the call starts, in log order within each
+    partition, partitions one after another. Reads without a consumer group: commits
+    nothing, disturbs no one. TimeoutError if the end is not reached in `timeout_s`.
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -290,8 +287,8 @@ def read_records(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        # Spilled records are small; the raised limit is for large inline ones.
-        max_partition_fetch_bytes=16 << 20,
+        max_partition_fetch_bytes=max_message_bytes,
+        fetch_max_bytes=max(max_message_bytes, 50 << 20),
         **client_options(client_config, "consumer"),
     )
     try:
@@ -304,7 +301,7 @@ def read_records(
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         end = consumer.end_offsets(parts)
-        per_part: dict[Any, list[Record]] = {tp: [] for tp in parts}
+        per_part: dict[Any, list[Any]] = {tp: [] for tp in parts}
         remaining = {tp for tp in parts if end[tp] > 0}
         deadline = time.monotonic() + timeout_s
         for tp in parts:
@@ -312,25 +309,51 @@ def read_records(
                 consumer.pause(tp)
         while remaining:
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"read_records: did not reach the end of {sorted(map(str, remaining))} in {timeout_s}s"
-                )
-            batch = consumer.poll(timeout_ms=200)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    if m.offset >= end[tp]:
-                        continue
-                    per_part[tp].append(
-                        decode_message(m.value, m.headers, topic=m.topic, partition=m.partition,
-                                       offset=m.offset, resolve_refs=resolve_refs)
-                    )
+                raise TimeoutError(f"did not reach the end of {sorted(map(str, remaining))} in {timeout_s}s")
+            for tp, msgs in consumer.poll(timeout_ms=200).items():
+                per_part[tp] += [m for m in msgs if m.offset < end[tp]]
             for tp in list(remaining):
                 if consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
                     consumer.pause(tp)
-        records = [r for tp in parts for r in per_part[tp]]
+        return [m for tp in parts for m in per_part[tp]]
     finally:
         consumer.close()
+
+
+def latest_by_key(
+    bootstrap_servers: Union[str, Sequence[str]],
+    topic: str,
+    **kwargs: Any,
+) -> dict[bytes, Any]:
+    """The latest message of each key on `topic` (a compacted topic's view: what a
+    resuming worker needs from the state topic). A key whose latest message is a
+    tombstone (value None) is left out. Values are kafka-python ConsumerRecords."""
+    latest: dict[bytes, Any] = {}
+    for m in read_messages(bootstrap_servers, topic, **kwargs):
+        if m.value is None:
+            latest.pop(m.key, None)
+        else:
+            latest[m.key] = m
+    return latest
+
+
+def read_records(
+    bootstrap_servers: Union[str, Sequence[str]],
+    topics: Union[str, Sequence[str]],
+    *,
+    client_config: Optional[dict[str, Any]] = None,
+    dedupe: bool = True,
+    timeout_s: float = 60.0,
+    resolve_refs: bool = True,
+) -> list[Record]:
+    """Everything on `topics` now (see `read_messages`), decoded, and de-duplicated
+    by uid unless `dedupe=False`."""
+    records = [
+        decode_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset,
+                       resolve_refs=resolve_refs)
+        for m in read_messages(bootstrap_servers, topics, client_config=client_config, timeout_s=timeout_s)
+    ]
     return dedupe_by_uid(records) if dedupe else records
 
 
