@@ -245,7 +245,7 @@ class ReliableProducer:
         self._cond = threading.Condition()
         self._pending: dict[int, _Out] = {}  # seq -> record, insertion (= seq) order
         self._pending_bytes = 0
-        self._queue: list[int] = []  # seqs waiting to be (re)sent, ascending
+        self._queue: set[int] = set()  # seqs waiting to be (re)sent; sent in seq order
         self._queue_due = 0.0
         self._failures_in_row = 0
         self._resending = False
@@ -294,7 +294,7 @@ class ReliableProducer:
             self.stats.written += 1
             direct = not self._queue and not self._resending
             if not direct:
-                self._queue.append(seq)
+                self._queue.add(seq)
                 self._cond.notify_all()
         if direct:
             self._submit(seq)
@@ -329,6 +329,8 @@ class ReliableProducer:
                 self._producer.flush(timeout=0.5)
             except E.KafkaTimeoutError:
                 pass
+            except Exception as e:  # the producer was just replaced and closed under us
+                log.debug("flush of the kafka producer: %r", e)
             with self._cond:
                 if self._pending and next(iter(self._pending)) < mark:
                     self._cond.wait(0.05)
@@ -415,12 +417,11 @@ class ReliableProducer:
             if kind == "resend":
                 out.attempts += 1
                 self.stats.resent += 1
-                if seq not in self._queue:
-                    self._queue.append(seq)
-                    self._queue.sort()
-                self._failures_in_row += 1
+                self._queue.add(seq)
+                # Backoff grows with re-send rounds that brought no ack (counted in the
+                # re-send loop), not with the number of records failing at once.
                 backoff = min(self._max_retry_backoff_s,
-                              self._retry_backoff_s * 2 ** min(self._failures_in_row - 1, 10))
+                              self._retry_backoff_s * 2 ** min(self._failures_in_row, 10))
                 self._queue_due = max(self._queue_due, time.monotonic() + backoff)
                 now = time.monotonic()
                 if now - self._last_warn > 10:
@@ -510,8 +511,9 @@ class ReliableProducer:
             if not due:
                 continue
             with self._cond:
-                batch, self._queue = self._queue, []
+                batch, self._queue = sorted(self._queue), set()
                 self._resending = True
+                self._failures_in_row += 1
             try:
                 for seq in batch:
                     with self._cond:
