@@ -247,13 +247,14 @@ SAVER = textwrap.dedent(
     """
     import sys, numpy as np
     from vmstream.stages.sinks.store import VideoStore
-    store = VideoStore(sys.argv[1], kind=sys.argv[2], train_at=3000)
+    store = VideoStore(sys.argv[1], kind=sys.argv[2], train_at=3000, wal_max_rows=2000)
     rng = np.random.default_rng(0)
     i = 0
     while True:
         store.add(np.arange(i, i + 500), rng.standard_normal((500, 32)))
+        store.add(np.arange(i, i + 100), rng.standard_normal((100, 32)))  # upserts too
         i += 500
-        store.save()
+        store.commit()  # log files, and a new generation every 2000 rows
         print(i, flush=True)
     """
 )
@@ -282,6 +283,8 @@ def test_sigkill_during_saves_leaves_a_consistent_store(tmp_path, kind):
     assert store.index_kind == ("ivfsq8" if kind == "auto" else "hnsw")
     assert not [p for p in path.iterdir() if p.name.startswith(".tmp-")]
     assert len([p for p in path.iterdir() if p.name.startswith("gen-")]) == 1
+    gen = int((path / "CURRENT").read_text().strip()[4:])
+    assert all(p.name.startswith(f"wal-{gen:06d}-") for p in path.glob("wal-*"))
     store.add(np.arange(n, n + 10), np.ones((10, 32)))
     store.close()
 
@@ -414,3 +417,55 @@ def test_thread_settings_are_scoped(tmp_path):
     assert index_mod.faiss.omp_get_max_threads() == before
     if blas:
         assert blas.openblas_get_num_threads() == blas_before
+
+
+def test_commit_logs_changes_and_readers_replay_them(tmp_path):
+    path = tmp_path / "wal"
+    x = clustered(400)
+    writer = VideoStore(path, kind="hnsw", wal_max_files=3)
+    writer.add_results([make_result("cam0", i, dim=D) for i in range(100)])
+    assert writer.commit() and (path / "CURRENT").read_text().strip() == "gen-000001"  # first: a generation
+    assert not writer.commit()  # nothing new
+
+    writer.add(np.arange(1000, 1300), x[:300], {"stream_id": ["cam9"] * 300, "t_start": [1.0] * 300})
+    writer.add(np.arange(1000, 1010), x[300:310], {"stream_id": ["cam9"] * 10})  # upsert: tombstones
+    writer.remove(np.arange(1290, 1300))
+    writer.remove_stream("cam0")
+    assert writer.commit()
+    assert (path / "CURRENT").read_text().strip() == "gen-000001"  # no rewrite of the index
+    assert sorted(p.name for p in path.glob("wal-*")) == ["wal-000001-000000.arrow"]
+
+    reader = VideoStore(path, readonly=True)
+    assert len(reader) == len(writer) == 290 and reader.streams() == ["cam9"]
+    for u in (1000, 1005, 1100, 1289):
+        np.testing.assert_allclose(reader.vector(u), writer.vector(u), atol=1e-6)
+        assert repr(reader.get(u)) == repr(writer.get(u))  # repr: nan == nan
+    assert reader.get(1295) is None and reader.get(1010)["stream_id"] == "cam9"
+    q = clustered(5, seed=4)
+    assert [[h.uid for h in hs] for hs in reader.search(q, k=5)] == [[h.uid for h in hs] for hs in writer.search(q, k=5)]
+
+    for i in range(3):  # the log reaches wal_max_files: the next commit rolls a generation
+        writer.add([5000 + i], x[350 + i : 351 + i])
+        writer.commit()
+    assert (path / "CURRENT").read_text().strip() == "gen-000002" and not list(path.glob("wal-000001-*"))
+    writer.close()
+    again = VideoStore(path)
+    assert len(again) == 293 and again.index.tombstones == writer.index.tombstones
+    again.close()
+
+
+def test_conversion_between_commits_writes_a_generation(tmp_path):
+    path = tmp_path / "conv"
+    store = VideoStore(path, kind="ivfsq8", train_at=2000)
+    x = clustered(3000)
+    store.add(np.arange(1000), x[:1000])
+    store.commit()
+    store.add(np.arange(1000, 1500), x[1000:1500])
+    store.commit()
+    assert (path / "CURRENT").read_text().strip() == "gen-000001" and len(list(path.glob("wal-*"))) == 1
+    store.add(np.arange(1500, 3000), x[1500:])  # crosses train_at: a new index
+    store.commit()
+    assert (path / "CURRENT").read_text().strip() == "gen-000002" and not list(path.glob("wal-*"))
+    reader = VideoStore(path, readonly=True)
+    assert reader.index_kind == "ivfsq8" and len(reader) == 3000
+    store.close()

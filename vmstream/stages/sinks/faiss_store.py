@@ -1,7 +1,7 @@
 """The FAISS sink: segment embeddings into a `VideoStore` (upsert by uid).
 
     sink = FaissSink("out/index")              # creates, or loads and continues
-    sink.write(result) ...; sink.flush()       # flush = add buffered + atomic save
+    sink.write(result) ...; sink.flush()       # flush = add buffered + durable commit
     sink.close()
 
 Events and summaries carry no embedding and are ignored here (the Parquet sink keeps
@@ -63,7 +63,7 @@ class FaissSink(Sink):
 
     def flush(self) -> None:
         self._add_buffer()
-        self.store.save()
+        self.store.commit()  # a log file of the changes; a whole generation when due
 
     def close(self) -> None:
         if self._closed:
