@@ -29,6 +29,7 @@ from vmstream.stages.decode.pyav import FrameConverter, PyAVDecoder
 from vmstream.stages.sampling import (
     AllFrames,
     FpsSampling,
+    FrameIndexSampling,
     TsnSampling,
     UniformSampling,
     frames_for_targets,
@@ -150,7 +151,7 @@ def test_selected_times_are_the_frames_on_screen_at_the_targets(media, name):
 def test_fast_modes_are_bit_identical_to_decoding_everything(media, name):
     path = media.path(name)
     policies = [FpsSampling(1), FpsSampling(3.3), UniformSampling(7), TsnSampling(5, train=True, seed=3),
-                TsnSampling(9, train=True, seed=11)]
+                TsnSampling(9, train=True, seed=11), FrameIndexSampling([3, 3, 26, 49, 77, 1000])]
     for policy in policies:
         ref, ref_end = decode(path, policy, mode="full")
         assert ref_end.details["mode"] == "full" and ref_end.details["seeks"] == 0
@@ -247,9 +248,9 @@ def test_frames_are_swscale_resized_and_centre_cropped(h264_mp4):
     with av.open(h264_mp4) as c:
         first = next(c.decode(video=0))
         # 320x240 -> short side 224 -> 299x224, centre crop x 37..261.
-        scaled = first.to_ndarray(width=299, height=224, format="rgb24", interpolation="BILINEAR")
-        direct = first.to_ndarray(width=64, height=48, format="rgb24", interpolation="BILINEAR")
-    frames, _ = decode(h264_mp4, UniformSampling(1), size=FrameSize(224, 224))
+        scaled = first.to_ndarray(width=299, height=224, format="gbrp", interpolation="BILINEAR")
+        direct = first.to_ndarray(width=64, height=48, format="gbrp", interpolation="BILINEAR")
+        full_rgb = first.to_ndarray(format="rgb24")
     assert FrameSize(224, 224).scaled_size(320, 240) == (299, 224)
     f0, _ = decode(h264_mp4, FpsSampling(1), size=FrameSize(224, 224))
     assert f0[0].image.shape == (224, 224, 3) and f0[0].image.flags.c_contiguous
@@ -259,6 +260,14 @@ def test_frames_are_swscale_resized_and_centre_cropped(h264_mp4):
     # Non-square targets crop the other way.
     assert FrameSize(224, 160).scaled_size(320, 240) == (299, 224)
     assert FrameSize(160, 320).scaled_size(320, 240) == (320, 240)
+    # The readable reference: full-resolution RGB, antialiased bilinear in float, crop.
+    import torch
+
+    x = torch.from_numpy(full_rgb).permute(2, 0, 1)[None].float()
+    ref = torch.nn.functional.interpolate(x, size=(224, 299), mode="bilinear", antialias=True)
+    ref = ref[0].permute(1, 2, 0).numpy()[:, 37:261]
+    err = np.abs(f0[0].image.astype(np.float32) - ref)
+    assert err.mean() < 4.0 and np.median(err) < 1.5  # edges of the pattern differ most (4:2:0 chroma)
 
 
 def test_display_rotation_is_applied_like_ffmpeg(rotated_mp4):

@@ -9,6 +9,7 @@ from vmstream.stages.decode.base import StreamInfo
 from vmstream.stages.sampling import (
     AllFrames,
     FpsSampling,
+    FrameIndexSampling,
     TsnSampling,
     UniformSampling,
     frames_for_targets,
@@ -135,3 +136,13 @@ def test_positional_args_mean_the_policy_parameter():
     assert FpsSampling(3).fps == 3 and not FpsSampling(3).keyframes_only
     assert UniformSampling(4).num_frames == 4
     assert math.isclose(FpsSampling(1, keyframes_only=True).fps, 1.0)
+
+
+def test_frame_index_sampling_for_training_loaders():
+    p = FrameIndexSampling([30, 0, 0, 299, 5000])
+    assert p.indices == (0, 0, 30, 299, 5000) and p.repeats
+    t = p.target_times(info(n=300, fps=30.0, start=2.0))
+    assert frames_for_targets(2.0 + np.arange(300) / 30.0, t).tolist() == [0, 0, 30, 299, 299]
+    for bad in ([], [-1], ["a"], None):
+        with pytest.raises(ValueError):
+            FrameIndexSampling(bad)

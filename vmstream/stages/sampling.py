@@ -10,6 +10,7 @@ frame on screen at that time (the largest presentation time <= target;
     TsnSampling(8, train=..)  one frame per equal chunk: random (seeded) in training,
                               the chunk centre in evaluation (TSN / the official loaders)
     AllFrames()               every frame
+    FrameIndexSampling(ix)    given frame numbers (training loaders)
 
 Any policy can be made `keyframes_only=True`: the decoder then looks at keyframes only
 (`skip_frame="NONKEY"`), which is many times faster and APPROXIMATE IN TIME: a target
@@ -282,6 +283,40 @@ class TsnSampling(SamplingPolicy):
     def describe(self) -> str:
         mode = "train" if self.train else "eval"
         return f"tsn={self.num_frames} {mode}" + (" keyframes" if self.keyframes_only else "")
+
+
+@dataclass(frozen=True)
+class FrameIndexSampling(SamplingPolicy):
+    """Explicit 0-based frame numbers (presentation order), as training loaders pick
+    them; repeats allowed, numbers past the end get the last frame. Frames come out in
+    time order (sorted). Frame numbers map to times with the average rate: exact for
+    constant-frame-rate files, approximate for variable ones."""
+
+    indices: tuple = ()
+    repeats: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        try:
+            idx = tuple(int(i) for i in self.indices)
+        except (TypeError, ValueError):
+            raise ValueError(f"indices must be a sequence of ints, got {self.indices!r}") from None
+        if not idx:
+            raise ValueError("indices must not be empty")
+        if min(idx) < 0 or any(isinstance(i, bool) for i in self.indices):
+            raise ValueError(f"indices must be ints >= 0, got {self.indices!r}")
+        object.__setattr__(self, "indices", tuple(sorted(idx)))
+
+    @property
+    def needs_length(self) -> bool:
+        return True
+
+    def target_times(self, info, rng=None) -> np.ndarray:
+        n, fps = stream_length(info)
+        idx = np.minimum(np.asarray(self.indices, dtype=np.int64), n - 1)
+        return info.start_time + idx / fps
+
+    def describe(self) -> str:
+        return f"indices[{len(self.indices)}]" + (" keyframes" if self.keyframes_only else "")
 
 
 def parse_policy(spec: Union[str, SamplingPolicy, dict]) -> SamplingPolicy:

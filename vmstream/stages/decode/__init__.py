@@ -53,14 +53,14 @@ def make_decoder(name: str = "auto", **kwargs) -> Decoder:
             reason = "no CUDA GPU"
         else:
             try:
-                from .dali import DALIDecoder  # noqa: WPS433 (optional dependency)
+                from .dali import DALIDecoder  # optional dependency
+
+                return DALIDecoder(**kwargs)
             except ImportError as e:
                 reason = f"DALI is not available ({e})"
                 if name == "dali":
                     raise ImportError(f"decoder 'dali' asked for, but {reason}; "
                                       f"pip install 'vmstream[dali]'") from e
-            else:
-                return DALIDecoder(**kwargs)
         log.info("decoder: using PyAV (%s)", reason)
     from .pyav import PyAVDecoder
 
