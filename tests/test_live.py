@@ -1,4 +1,5 @@
 """Live sources: a real ffmpeg MPEG-TS server on 127.0.0.1 that we kill and restart."""
+import os
 import random
 import shutil
 import socket
@@ -149,3 +150,24 @@ def test_wall_clock_is_smooth_monotonic_and_re_anchors():
     clock.reset()  # a reconnect: the new connection's clock starts over
     now[0] = 1011.0
     assert clock(0.0) == 1011.0
+
+
+def test_a_pipe_source_ends_when_the_pipe_closes(h264_ts):
+    code = (
+        "from vmstream.stages.decode.pyav import PyAVDecoder\n"
+        "from vmstream.stages.decode.base import FrameSize\n"
+        "from vmstream.stages.sampling import AllFrames\n"
+        "from vmstream.stages.sources import resolve_sources\n"
+        "(src,) = resolve_sources(['pipe:0'])\n"
+        "assert src.live\n"
+        "items = list(PyAVDecoder().frames(src, AllFrames(), FrameSize(32, 32)))\n"
+        "print(len(items) - 1, items[-1].details['reason'])\n"
+    )
+    import sys
+
+    with open(h264_ts, "rb") as f:
+        r = subprocess.run([sys.executable, "-c", code], stdin=f, capture_output=True, timeout=60,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    n, reason = r.stdout.decode().split()
+    assert int(n) == 100 and reason == "eof"

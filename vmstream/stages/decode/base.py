@@ -160,7 +160,8 @@ class StreamInfo:
     pix_fmt: str = ""
     bit_rate: Optional[int] = None
     time_base: Optional[Fraction] = None
-    # Clockwise rotation the display matrix asks for (phone videos); decoders apply it.
+    # Display rotation in degrees (counter-clockwise, FFmpeg's convention) when the probe
+    # can tell; 0 when none or unknown. Decoders apply each frame's own rotation anyway.
     rotation: int = 0
     live: bool = False
     extra: dict = field(default_factory=dict, compare=False)

@@ -69,13 +69,13 @@ class ReconnectPolicy:
 
 # --------------------------------------------------------------------------- reading
 
-# FFmpeg options for live inputs: small probe, no input buffering, low-delay decoding,
-# and socket timeouts (microseconds) so a dead feed errors out instead of hanging.
-# A source's own options.ffmpeg override these.
 def low_latency_options(timeout: float) -> dict[str, str]:
+    """FFmpeg options for live inputs: a small probe, low-delay decoding, and socket
+    timeouts (microseconds) so a dead feed errors out instead of hanging. A source's
+    own options.ffmpeg override these. Not "fflags=nobuffer": it throws away the
+    packets read while probing (the first second of every connection)."""
     us = str(int(timeout * 1_000_000))
     return {
-        "fflags": "nobuffer",
         "flags": "low_delay",
         "probesize": "500000",
         "analyzeduration": "1000000",
@@ -120,9 +120,9 @@ def live_frames(decoder: "PyAVDecoder", source: "Source", policy: "SamplingPolic
                 *, stop: Optional[threading.Event] = None) -> Iterator:
     """Frames of a live source, reconnecting per `ReconnectPolicy` (see module doc).
 
-    Yields Frame (t = wall clock), StreamEvent("gap") after each outage, "error" events
-    for failed attempts worth reporting, and a final "end" (reason "stopped" or
-    "gave_up")."""
+    Yields Frame (t = wall clock), StreamEvent("gap") after each outage, and a final
+    "end" (reason "stopped", "gave_up", or "eof" when a `pipe:` source closes: a pipe
+    cannot be reopened)."""
     import av
     import av.error
 
@@ -212,6 +212,10 @@ def live_frames(decoder: "PyAVDecoder", source: "Source", policy: "SamplingPolic
             finally:
                 container.close()
         if stop.is_set():
+            break
+        if uri.startswith("pipe:") and got_frame and err == "the feed ended":
+            # A pipe cannot be reopened: its end is the end of the stream.
+            reason, message = "eof", "the pipe was closed"
             break
         # The feed is down. Remember when, then back off and try again.
         if t_lost is None and stats["frames"] > 0 and not math.isnan(last_t):

@@ -638,8 +638,8 @@ class PyAVDecoder(Decoder):
                 reason, message = "stopped", "stopped by the caller"
             else:
                 reason, message = run.end_reason()
-        except (av.error.FFmpegError, OSError, MemoryError) as e:
-            log.warning("%s: decoding failed: %s", uri, e)
+        except Exception as e:  # a bad file fails its stream, never the caller's loop
+            log.warning("%s: decoding failed: %s", uri, e, exc_info=not isinstance(e, av.error.FFmpegError))
             yield StreamEvent(sid, "error", t_start=last_t, message=f"decoding failed: {e}",
                               details={"error": type(e).__name__}, uri=uri)
             reason, message = "error", f"decoding failed: {e}"
