@@ -5,7 +5,9 @@ A decoder turns a `Source` into frames already at model size, chosen by a
 
     info = decoder.probe(source.uri)          # raises VideoInputError before any work
     for item in decoder.frames(source, policy, FrameSize(224, 224)):
-        Frame       uint8 [H, W, 3] at model size, t in seconds, increasing
+        Frame       uint8 [H, W, 3] at model size, t in seconds, increasing (repeated
+                    only by fixed-count policies on short videos); index counts the
+                    frames this call handed out (0, 1, 2, ...)
         StreamEvent "gap" (live outage), "error" (recoverable trouble), and exactly one
                     "end" as the last item, with details
                     {"frames": n, "broken_packets": k, "reason": r}

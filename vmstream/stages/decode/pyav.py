@@ -302,13 +302,6 @@ class _Targets:
             self._fill()
         return out
 
-    def drop_all(self) -> int:
-        n = 0
-        while self._next is not None and n < 1_000_000:
-            self._fill()
-            n += 1
-        return n
-
 
 class _GopReader:
     """Video packets in decode order, one GOP window at a time, with the lookahead
@@ -330,7 +323,6 @@ class _GopReader:
         self._last_key_t: Optional[float] = None
         self.pts_dts_offset = 0                  # keyframe pts - dts (index is in dts for MP4)
         self._offset_known = False
-        self.any_missing_pts = False
         self.no_seek_until = -math.inf  # a seek that made no progress is not retried
         self.end_time: Optional[float] = None
         try:
@@ -372,8 +364,6 @@ class _GopReader:
                 self.stats["corrupt_packets"] += 1
             pts, dts = p.pts, p.dts
             t = _stream_time(pts, self.tb) if pts is not None else None
-            if pts is None:
-                self.any_missing_pts = True
             key = bool(p.is_keyframe)
             ref, idr = True, key
             if self.inspector is not None:
