@@ -128,12 +128,19 @@ def test_max_delay_closes_row_group_for_slow_streams(tmp_path):
 
 
 def test_small_parts_are_merged_during_a_run(tmp_path):
+    d = tmp_path / "segments"
     sink = ParquetSink(tmp_path, row_group_rows=1, max_small_parts=4)
+    merged: set[str] = set()
     for i in range(21):
         sink.write(make_result("cam0", i))
-        assert len(part_files(tmp_path / "segments")) < 4
+        rows = {f: pq.ParquetFile(d / f).metadata.num_rows for f in part_files(d)}
+        assert sum(1 for n in rows.values() if n == 1) < 4  # flushes get merged...
+        merged |= {f for f, n in rows.items() if n > 1}
+        assert merged <= set(rows)  # ...and merged parts are not rewritten again mid-run
+    assert len(merged) == 5
     sink.close()
-    seg = pd.read_parquet(tmp_path / "segments")
+    assert len(part_files(d)) == 1  # close merges everything small
+    seg = pd.read_parquet(d)
     assert sorted(seg.segment_index) == list(range(21))
 
 

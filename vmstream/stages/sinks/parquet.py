@@ -17,9 +17,9 @@ not hold rows for long). A crash (even SIGKILL) loses at most the open row group
 Upsert: a resumed run produces the segments since its last snapshot again, with the
 same `uid`. Parts are immutable and numbered in write order; compaction keeps the
 newest row of every key (segments: `uid`; summaries: `stream_id`; events: the whole
-row) and merges small parts into one file. It runs on open (cleaning up after a crash),
-whenever `max_small_parts` small parts have piled up, and on close, so after close there
-are no duplicate keys. Between compactions a plain reader may see both the old and the
+row) and merges small parts into one file. It runs on open (cleaning up after a crash)
+and on close, so after close there are no duplicate keys; during a run, whenever
+`max_small_parts` flushed parts have piled up, they alone are merged. Between compactions a plain reader may see both the old and the
 new row of a re-produced segment; `read_table` de-duplicates at read time.
 
 Compaction is crash-safe: the merged file is renamed into place (with a higher part
@@ -187,8 +187,8 @@ class PartTable:
         table = pa.Table.from_batches(self._buffer, schema=self.schema).combine_chunks()
         self._write_part(table)
         self._buffer = []
-        if self._small_part_count() >= self.max_small_parts:
-            self.compact()
+        if self._fresh_part_count() >= self.max_small_parts:
+            self.compact(full=False)
 
     def _new_part_path(self) -> Path:
         seq = self._next_seq
@@ -201,13 +201,19 @@ class PartTable:
             pq.write_table(table, tmp, row_group_size=self.row_group_rows, compression=self.compression)
         return final
 
-    def _small_part_count(self) -> int:
-        return sum(1 for p in _list_parts(self.directory) if p.num_rows < self.target_file_rows)
+    def _fresh_part_count(self) -> int:
+        return sum(1 for p in _list_parts(self.directory) if p.num_rows <= self.row_group_rows)
 
     # -- compaction ------------------------------------------------------------------
-    def compact(self) -> bool:
+    def compact(self, full: bool = True) -> bool:
         """De-duplicate keys (newest wins) and merge small parts. Returns True if it
-        rewrote anything. Buffered rows are not included; `flush` first for that."""
+        rewrote anything. Buffered rows are not included; `flush` first for that.
+
+        `full=False` (during a run) merges only parts of at most one row group, the
+        flushes since the last merge, so a long run neither piles up files nor rewrites
+        its big parts again and again; stale rows in big parts wait for the full
+        compaction at close (or open). Either way the merged rows are the newest of
+        their keys, so the merged part's higher number keeps the order right."""
         parts = _list_parts(self.directory)
         if not parts:
             return False
@@ -223,8 +229,12 @@ class PartTable:
             masks.append(keep[start : start + p.num_rows])
             start += p.num_rows
 
-        dirty = [i for i, m in enumerate(masks) if not m.all()]
-        small = [i for i, p in enumerate(parts) if p.num_rows < self.target_file_rows]
+        if full:
+            dirty = [i for i, m in enumerate(masks) if not m.all()]
+            small = [i for i, p in enumerate(parts) if p.num_rows < self.target_file_rows]
+        else:
+            small = [i for i, p in enumerate(parts) if p.num_rows <= self.row_group_rows]
+            dirty = [i for i in small if not masks[i].all()]
         chosen = sorted(set(dirty) | (set(small) if (dirty or len(small) >= 2) else set()))
         if not chosen:
             return False
