@@ -19,8 +19,9 @@ same `uid`. Parts are immutable and numbered in write order; compaction keeps th
 newest row of every key (segments: `uid`; summaries: `stream_id`; events: the whole
 row) and merges small parts into one file. It runs on open (cleaning up after a crash)
 and on close, so after close there are no duplicate keys; during a run, whenever
-`max_small_parts` flushed parts have piled up, they alone are merged. Between compactions a plain reader may see both the old and the
-new row of a re-produced segment; `read_table` de-duplicates at read time.
+`max_small_parts` flushed parts have piled up, they alone are merged. Until close a
+plain reader may see both the old and the new row of a re-produced segment;
+`read_table` de-duplicates at read time.
 
 Compaction is crash-safe: the merged file is renamed into place (with a higher part
 number than its inputs, so its rows win) before the inputs are unlinked; a crash between
