@@ -143,3 +143,27 @@ def test_train_sampling_follows_global_seed(train_videos):
         return ds[3][0]
 
     assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+
+
+def test_reader_returns_the_frames_at_the_indices_asked(tmp_path):
+    import av
+
+    from vmstream.training.video_reader import VideoReader
+
+    path = str(tmp_path / "ramp.mp4")
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.options = {"qp": "0"}
+        for k in range(20):
+            img = np.full((48, 64, 3), 10 * k + 20, dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    r = VideoReader()
+    assert r.probe(path)[:2] == (20, 10.0)
+    f = r.read(path, [0, 5, 5, 19, 3], short_side=32)
+    assert f.shape == (5, 32, 48, 3)  # 64x48 at short side 32 -> 43x32, sides rounded to 16
+    levels = f.reshape(5, -1).mean(1)
+    assert np.allclose(levels, [20, 70, 70, 210, 50], atol=4), levels

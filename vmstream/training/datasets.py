@@ -27,9 +27,9 @@ from torch.utils.data import Dataset, default_collate
 
 from vmstream.stages.sampling import TsnSampling
 
-from . import _decode_adapter as reader
 from .annotations import VideoEntry
 from .augment import EvalTransform, TrainTransform
+from .video_reader import VideoReader, VideoReadError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class VideoClsDataset(Dataset):
         self.decode_short_side = decode_short_side
         self.target_fn = target_fn
         self.max_retries = max_retries
+        self.reader = VideoReader()
         self._tsn = TsnSampling(self.num_frames, train=True)
         self._val = EvalTransform(crop_size, short_side_size, 1, "center")
         self._test = EvalTransform(crop_size, short_side_size, self.test_num_crop, "views")
@@ -112,7 +113,7 @@ class VideoClsDataset(Dataset):
         return self.target_fn(e.label) if self.target_fn is not None else e.label
 
     def _frames(self, e: VideoEntry, clip_idx: Optional[int] = None) -> np.ndarray:
-        n, fps = reader.probe_frames(e.path)
+        n, fps, _ = self.reader.probe(e.path)
         first, last = window_frames(e, n, fps)
         size = last - first + 1
         if clip_idx is None:
@@ -124,7 +125,7 @@ class VideoClsDataset(Dataset):
             idx = view_frame_indices(size, self.num_frames, clip_idx, self.test_num_segment)
         idx = np.minimum(idx, size - 1) + first
         short = self.decode_short_side if self.mode == "train" else self.short_side_size
-        return reader.read_frames(e.path, idx, short)
+        return self.reader.read(e.path, idx, short)
 
     def _load(self, index: int):
         e = self.entries[index]
@@ -133,11 +134,11 @@ class VideoClsDataset(Dataset):
             clips = [self.train_transform(frames) for _ in range(self.num_sample)]
             return clips if self.num_sample > 1 else clips[0]
         if self.mode == "val":
-            n, fps = reader.probe_frames(e.path)
+            n, fps, _ = self.reader.probe(e.path)
             first, last = window_frames(e, n, fps)
             size = last - first + 1
             idx = TsnSampling(self.num_frames, train=False).frame_indices(size) + first
-            return self._val(reader.read_frames(e.path, idx, self.short_side_size))[0]
+            return self._val(self.reader.read(e.path, idx, self.short_side_size))[0]
         views = []
         for c in range(self.test_num_segment):
             views.extend(self._test(self._frames(e, clip_idx=c)))
@@ -152,7 +153,7 @@ class VideoClsDataset(Dataset):
             try:
                 x = self._load(i)
                 return x, self._label(e), i, skipped
-            except (reader.VideoReadError, ValueError, RuntimeError) as err:
+            except (VideoReadError, ValueError, RuntimeError) as err:
                 log.warning("skipping %s (line %d): %s", e.path, e.line, err)
                 skipped.append(Skip(e.path, str(err)))
                 i = (i + 1) % len(self.entries)
@@ -206,17 +207,18 @@ class LongVideoDataset(Dataset):
         self.decode_short_side = decode_short_side if train else short_side_size
         self.target_fn = target_fn
         self.max_retries = max_retries
+        self.reader = VideoReader()
         self._tsn = TsnSampling(self.segments * self.segment_frames, train=train)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def _load(self, e: VideoEntry) -> torch.Tensor:
-        n, fps = reader.probe_frames(e.path)
+        n, fps, _ = self.reader.probe(e.path)
         first, last = window_frames(e, n, fps)
         rng = np.random.default_rng(np.random.randint(0, 2**31 - 1)) if self.train else None
         idx = self._tsn.frame_indices(last - first + 1, rng) + first
-        frames = reader.read_frames(e.path, idx, self.decode_short_side)
+        frames = self.reader.read(e.path, idx, self.decode_short_side)
         x = self.train_transform(frames) if self.train else self.eval_transform(frames)[0]
         c, _, h, w = x.shape  # [3, S*T, H, W] -> [S, 3, T, H, W]
         return x.view(c, self.segments, self.segment_frames, h, w).permute(1, 0, 2, 3, 4).contiguous()
@@ -230,7 +232,7 @@ class LongVideoDataset(Dataset):
                 x = self._load(e)
                 y = self.target_fn(e.label) if self.target_fn else e.label
                 return x, y, i, skipped
-            except (reader.VideoReadError, ValueError, RuntimeError) as err:
+            except (VideoReadError, ValueError, RuntimeError) as err:
                 log.warning("skipping %s (line %d): %s", e.path, e.line, err)
                 skipped.append(Skip(e.path, str(err)))
                 i = (i + 1) % len(self.entries)
