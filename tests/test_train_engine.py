@@ -143,3 +143,41 @@ def test_lvu_recipe_builds_trimmed_datasets(train_videos):
                        "trimmed=1.0", "time_stride=0.5", "nb_classes=4", "data_set=custom"])
     train, val, test, _ = build_datasets(cfg)
     assert len(train) > 16 and train.entries[1].start == 0.5 and len(val) == len(train) and test is None
+
+
+def test_regression_streaming_eval_and_finetune_resampling(train_videos, tmp_path, capsys, caplog):
+    import logging
+
+    # LVU-style regression (like / view): float targets, z-scored, MSE
+    reg = fit(_cfg(train_videos, tmp_path / "reg", task="regression", nb_classes=1, epochs=1, num_sample=1,
+                   batch_size=4, test_num_segment=1, test_num_crop=1), print_fn=lambda *_: None)
+    assert "mse" in reg["test"] and np.isfinite(reg["history"][0]["train_loss"])
+    ck = torch.load(tmp_path / "reg" / "checkpoint-latest.pth", weights_only=False)
+    assert ck["target_norm"]["std"] > 0
+
+    # streaming fine-tuning from a video list: 2 segments of 2 frames per video
+    st = fit(_cfg(train_videos, tmp_path / "stream", task="streaming", epochs=1, batch_size=4, num_sample=1,
+                  streaming={"segments": 2, "segment_frames": 2, "tbptt_k": 1, "loss": "last"}),
+             print_fn=lambda *_: None)
+    assert len(st["history"][0]["losses"]) == 4 and st["test"]["n"] == 4
+
+    # eval_main on the clip checkpoint of a fresh run (the CLI's `vmstream eval`)
+    fit(_cfg(train_videos, tmp_path / "clip", epochs=1, num_sample=1, batch_size=4), print_fn=lambda *_: None)
+    from vmstream.training.recipes import parse_overrides  # noqa: F401
+    import yaml
+
+    rp = tmp_path / "r.yaml"
+    base = _cfg(train_videos, tmp_path / "x", test_num_segment=2, test_num_crop=3).model_dump()
+    rp.write_text(yaml.safe_dump(base))
+    capsys.readouterr()
+    from vmstream.training import eval_main
+
+    assert eval_main(str(rp), [f"finetune={tmp_path / 'clip' / 'checkpoint-best.pth'}"]) == 0
+    out = capsys.readouterr().out
+    assert "test_top1=" in out and "views=6" in out
+
+    # fine-tuning a 2-frame checkpoint at 4 frames resamples the temporal positions, and says so
+    with caplog.at_level(logging.INFO, logger="vmstream"):
+        fit(_cfg(train_videos, tmp_path / "long", epochs=1, num_sample=1, batch_size=4, num_frames=4,
+                 finetune=str(tmp_path / "clip" / "checkpoint-best.pth")), print_fn=lambda *_: None)
+    assert any("temporal" in r.getMessage().lower() for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -368,7 +368,8 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
         if path:
             from vmstream import models
 
-            models.load_checkpoint(model, path)
+            report = models.load_checkpoint(model, models.resolve_checkpoint(path))
+            log.info("evaluating %s: %s", path, report)
         loader = _loader(test_set, cfg, False, cfg.batch_size)
         amp = partial(autocast_context, device, cfg.bf16)
         fwd = _stream_forward(model) if cfg.task == "streaming" else None
