@@ -47,9 +47,10 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     if reverse:
         u, delta, B, C = u.flip(1), delta.flip(1), B.flip(1), C.flip(1)
         z = None if z is None else z.flip(1)
-    # [B, L, X] -> [B, X, L] with the token axis contiguous, as the kernel requires.
+    # [B, L, X] -> [B, X, L] with the token axis contiguous, as the kernel requires;
+    # delta, B, C must share u's dtype there (A, D, delta_bias are float32).
     def chan(t):
-        return t.transpose(1, 2).contiguous()
+        return t.to(dtype_in).transpose(1, 2).contiguous()
 
     y, last = selective_scan_fn(
         chan(u), chan(delta), A.float().contiguous(), chan(B), chan(C),
