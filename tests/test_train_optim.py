@@ -61,6 +61,9 @@ def test_layer_decay_official_mode(model):
     # the released code's assigner has its 'layers.' branch commented out: blocks keep scale 1
     assert where["layers.0.mixer.in_proj.weight"].lr_scale == 1.0
     assert where["temporal_pos_embedding"].lr_scale == 1.0
+    assert where["layers.0.mixer.A_log"].weight_decay == 0.1  # the official code decays it
+    assert sorted(s.name for s in specs) == ["layer_0_decay", "layer_0_no_decay", f"layer_{DEPTH + 1}_decay",
+                                             f"layer_{DEPTH + 1}_no_decay"]
 
 
 def test_groups_match_the_recipe(model):

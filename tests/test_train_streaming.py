@@ -80,7 +80,8 @@ def test_dense_loss_with_full_window_equals_one_backward_of_the_mean():
     streaming_step(torch.nn.CrossEntropyLoss(), tbptt_k=2, loss="dense")(c, {"x": x, "y": y}, 1.0)
     assert not all(torch.allclose(pa.grad, pc.grad, atol=1e-7) for pa, pc in zip(a.parameters(), c.parameters()))
     with pytest.raises(ValueError, match=r"labels \[B, S=4\]"):
-        streaming_step(loss="dense")(c, {"x": x, "y": torch.tensor([0, 1])}, 1.0)
+        streaming_step(loss="dense")(c, {"x": x, "y": torch.zeros(2, 3, dtype=torch.long)}, 1.0)
+    streaming_step(loss="dense")(c, {"x": x, "y": torch.tensor([0, 1])}, 1.0)  # video label, every segment
 
 
 def test_reset_state_equals_independent_segments_and_carry_differs():

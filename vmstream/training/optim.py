@@ -14,10 +14,12 @@ Layer ids ("depth" mode, the default): embeddings (``patch_embed``, ``cls_token`
 ``pos_embed``, ``temporal_pos_embedding``) are layer 0, block ``layers.{i}`` is layer
 i + 1, everything after the blocks (``norm_f``, ``head``) is layer depth + 1.
 
-"official" mode reproduces the released fine-tuning scripts bit for bit: their
+"official" mode reproduces the released fine-tuning scripts' groups exactly: their
 ``get_num_layer_for_vit`` has the ``layers.`` branch commented out, so only
 ``patch_embed``, ``cls_token`` and ``pos_embed`` are decayed (to layer 0) and every other
-parameter, blocks included, keeps scale 1.
+parameter, blocks included, keeps scale 1; and their no-decay test ignores mamba's
+``_no_weight_decay`` flags (``A_log`` is decayed there). Same groups in the same order
+means an optimizer state saved in this mode loads into the official optimizer.
 """
 from __future__ import annotations
 
@@ -59,12 +61,12 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     return set(fn()) if callable(fn) else set()
 
 
-def _skips_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
+def _skips_decay(name: str, param: torch.Tensor, skip: set[str], flags: bool = True) -> bool:
     if param.ndim <= 1 or name.endswith(".bias"):
         return True
     if name in skip or name.rsplit(".", 1)[-1] in skip:
         return True
-    return bool(getattr(param, "_no_weight_decay", False))
+    return flags and bool(getattr(param, "_no_weight_decay", False))
 
 
 @dataclass
@@ -108,7 +110,10 @@ def parameter_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if _skips_decay(name, param, skip):
+        # "official" groups exactly as the released code does (it ignores mamba's
+        # _no_weight_decay flags, so A_log / A_b_log are decayed there), so an optimizer
+        # state saved here loads into the official code's optimizer.
+        if _skips_decay(name, param, skip, flags=mode == "depth"):
             kind, wd = "no_decay", 0.0
         else:
             kind, wd = "decay", float(weight_decay)

@@ -83,6 +83,8 @@ def streaming_step(criterion: nn.Module = None, tbptt_k: int = 0, loss: str = "l
             _check_finite(l)
             (l * scale).backward()
             return float(l.detach()), x.shape[0]
+        if y.dim() == 1:  # one label per video: every segment is asked for it
+            y = y[:, None].expand(-1, s_total)
         if y.dim() != 2 or y.shape[1] != s_total:
             raise ValueError(f"dense streaming loss needs labels [B, S={s_total}], got {tuple(y.shape)}")
         window: list[Tensor] = []
