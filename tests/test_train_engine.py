@@ -107,9 +107,13 @@ def test_every_shipped_recipe_validates():
     paths = glob.glob(os.path.join(REPO, "configs", "train", "**", "*.yaml"), recursive=True)
     paths = [p for p in paths if not os.path.basename(p).startswith("_")]
     assert len(paths) >= 60
+    from vmstream.models import get_checkpoint
+
     for p in paths:
         cfg = load_recipe(p)
         assert cfg.source or cfg.task == "synthetic_memory", p
+        if cfg.finetune and cfg.data_set != "imagenet":  # ImageNet: 2D image checkpoints
+            assert get_checkpoint(cfg.finetune), p  # every initialisation is an official checkpoint
     t = load_recipe(recipe_path("k400/videomamba_tiny_f8x224"))
     assert (t.weight_decay, t.drop_path, t.lr, t.epochs, t.num_sample, t.smoothing, t.cutmix) == \
         (0.1, 0.1, 2e-4, 70, 2, 0.1, 1.0)
