@@ -95,6 +95,10 @@ class KafkaConfig(_Strict):
     group_id: str = "vmstream-workers"
     # Passed through to kafka-python (security_protocol, ssl_*, sasl_* ...).
     client: dict[str, Any] = Field(default_factory=dict)
+    # Passed to the worker's jobs consumer only, on top of `client`: group timing
+    # (session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms), which the
+    # producers and admin clients that also take `client` would refuse.
+    consumer: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunnerConfig(_Strict):
