@@ -38,7 +38,10 @@ VARIANT_FLAGS = {
     "avx2": ["-march=haswell", "-mtune=generic"],
     "scalar": ["-march=x86-64", "-mtune=generic"] if platform.machine() in ("x86_64", "AMD64") else [],
 }
-BASE_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno", "-Wno-unused-function"]
+# -ffp-contract=off: every intended fma is an explicit intrinsic; GCC would otherwise fuse
+# a written multiply and add (the exp's argument reduction relies on them being rounded
+# separately: fused, exp(-huge) came out inf).
+BASE_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-Wno-unused-function"]
 
 
 def _openmp_flags() -> list[str]:
