@@ -167,3 +167,16 @@ def test_reader_returns_the_frames_at_the_indices_asked(tmp_path):
     assert f.shape == (5, 32, 48, 3)  # 64x48 at short side 32 -> 43x32, sides rounded to 16
     levels = f.reshape(5, -1).mean(1)
     assert np.allclose(levels, [20, 70, 70, 210, 50], atol=4), levels
+
+
+def test_dataloader_workers_and_pickling(train_videos):
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    e = read_video_list(os.path.join(train_videos, "val.csv"), ",", prefix=train_videos)
+    ds = VideoClsDataset(e, "val", num_frames=2, crop_size=32, short_side_size=32)
+    clone = pickle.loads(pickle.dumps(ds))  # spawn-started workers get a pickled copy
+    assert torch.equal(clone[1][0], ds[1][0])
+    batches = list(DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate))
+    assert sum(b["x"].shape[0] for b in batches) == len(ds)
