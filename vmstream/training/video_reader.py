@@ -1,42 +1,26 @@
 """Frames for training, read through the project's decoder (`vmstream.stages.decode`).
 
 The datasets choose frame *indices* (TSN chunks, official test views, LVU windows); this
-module turns them into the decoder's terms: target times on the stream's clock, an
-explicit-times `SamplingPolicy`, and a `FrameSize` that keeps the aspect ratio (the
+module hands them to the decoder as a `FrameIndexSampling` policy with a `FrameSize`
+that keeps the aspect ratio (the
 training crops need the whole frame, so no centre crop here). Resizing happens inside
 the decoder (libswscale), as everywhere else in the project.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Optional
 
 import numpy as np
 
 from vmstream.records import Frame
 from vmstream.stages.decode import FrameSize, StreamInfo, VideoInputError, make_decoder
 from vmstream.stages.decode.base import PATCH_SIZE
-from vmstream.stages.sampling import SamplingPolicy, stream_length
+from vmstream.stages.sampling import FrameIndexSampling, stream_length
 from vmstream.stages.sources import Source
 
 
 class VideoReadError(RuntimeError):
     """A video that cannot be used (missing, corrupt, no video track, too short)."""
-
-
-@dataclass(frozen=True)
-class ExplicitTimes(SamplingPolicy):
-    """Exactly these target times (seconds, ascending; repeats allowed): the frame on
-    screen at each one."""
-
-    times: tuple = ()
-    repeats: ClassVar[bool] = True
-
-    def target_times(self, info, rng=None) -> np.ndarray:
-        return np.asarray(self.times, dtype=np.float64)
-
-    def describe(self) -> str:
-        return f"explicit={len(self.times)}"
 
 
 def _round_patch(v: float) -> int:
@@ -88,11 +72,9 @@ class VideoReader:
         allowed), the short side resized to about `short_side` by the decoder."""
         n, fps, info = self.probe(path)
         want = np.clip(np.asarray(indices, dtype=np.int64), 0, n - 1)
-        order = np.argsort(want, kind="stable")  # the decoder walks the stream forwards
+        order = np.argsort(want, kind="stable")  # frames come out in time order
         idx = want[order]
-        # Aim at the middle of each frame's display interval: robust to rounding.
-        times = info.start_time + (idx + 0.5) / fps
-        policy = ExplicitTimes(times=tuple(float(t) for t in times))
+        policy = FrameIndexSampling(indices=tuple(int(i) for i in idx))
         frames, end = [], None
         try:
             for item in self.decoder.frames(Source(stream_id="train", uri=path), policy,
