@@ -96,7 +96,7 @@ def test_runner_resumes_from_kafka_snapshots(tmp_path, kafka_bootstrap, kafka_to
     names = kafka_topics(partitions=2)
     ckpt = tmp_path / "tiny.pth"
     torch.save({"model": make_tiny_model(seed=3).state_dict()}, ckpt)
-    video = make_video(str(tmp_path / "v.mp4"), fps=10, seconds=12, gop=20, size=(64, 48))
+    video = make_video(str(tmp_path / "v.mp4"), fps=10, seconds=40, gop=20, size=(64, 48))
     cfg = load_config(overrides={
         "model": {"checkpoint": str(ckpt), "name": None, "top_k": 3},
         "decode": {"fps": 4.0, "img_size": 32},
@@ -117,7 +117,7 @@ def test_runner_resumes_from_kafka_snapshots(tmp_path, kafka_bootstrap, kafka_to
     (src,) = resolve_sources([video])
     full = Collect()
     build_runner(cfg, sinks=[full], state_store=None).run([src])
-    assert len(full.results) == 12
+    assert len(full.results) == 40
 
     part = Collect()
     with KafkaStateStore(kafka_bootstrap, names.state) as store:
@@ -128,7 +128,8 @@ def test_runner_resumes_from_kafka_snapshots(tmp_path, kafka_bootstrap, kafka_to
 
         runner = build_runner(cfg, sinks=[part], state_store=store, progress=progress)
         assert runner.run([src]).stopped
-    assert 3 <= len(part.results) < 12
+    # The stop lands within the runner's queues (bounded), well before the end.
+    assert 3 <= len(part.results) < 40
     rest = Collect()
     with KafkaStateStore(kafka_bootstrap, names.state) as store:
         saved = store.load(src.stream_id)

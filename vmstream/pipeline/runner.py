@@ -159,6 +159,9 @@ class Runner:
         self.snapshot_every = snapshot_every
         self.flush_on_stream_end = flush_on_stream_end
         self.progress = progress
+        # Segments the inference thread holds beyond the bounded queue: enough to batch
+        # max_batch streams with one in reserve each.
+        self._fifo_limit = 2 * max(1, max_batch)
 
         self._seg_q: "queue.Queue" = queue.Queue(maxsize=queue_size)
         self._out_q: "queue.Queue" = queue.Queue(maxsize=max(4 * queue_size, 16))
@@ -407,20 +410,26 @@ class Runner:
             while True:
                 # Block for the first item only when nothing is ready.
                 ready = any(fifos.values())
-                if not finished_input:
+                # Take input only while the FIFOs are short: they hold decoded segments,
+                # and unbounded they would let a fast decoder park a whole video here
+                # (memory; and a stop or cancel would wait behind all of it).
+                buffered = sum(len(q) for q in fifos.values())
+                if not finished_input and (not ready or buffered < self._fifo_limit):
                     try:
                         item = self._seg_q.get(timeout=None if not ready else 0)
                         if item is None:
                             finished_input = True
                         else:
                             fifos.setdefault(_sid(item), deque()).append(item)
+                            buffered += 1
                         # Drain what else is there, so streams can be batched.
-                        while True:
+                        while not finished_input and buffered < self._fifo_limit:
                             item = self._seg_q.get_nowait()
                             if item is None:
                                 finished_input = True
                                 break
                             fifos.setdefault(_sid(item), deque()).append(item)
+                            buffered += 1
                     except queue.Empty:
                         pass
                 if not any(fifos.values()):
