@@ -152,3 +152,22 @@ def test_snapshot_bytes_are_the_shared_format(kafka_bootstrap, kafka_topics):
         a.save(s)
     (m,) = latest_by_key(kafka_bootstrap, names.state).values()
     assert m.key == b"fmt" and m.value == encode_snapshot(s)
+
+
+def test_kafka_topics_command(kafka_bootstrap, capsys):
+    """`vmstream kafka-topics`: the admin step as a vmstream subcommand."""
+    import uuid
+
+    from vmstream.pipeline.cli import main
+
+    prefix = f"cli{uuid.uuid4().hex[:8]}"
+    try:
+        assert main(["kafka-topics", "--bootstrap", kafka_bootstrap, "--prefix", prefix, "--partitions", "2"]) == 0
+        assert f"{prefix}.state: created" in capsys.readouterr().out
+        assert main(["kafka-topics", "--bootstrap", kafka_bootstrap, "--prefix", prefix, "--describe"]) == 0
+        out = capsys.readouterr().out
+        assert f"{prefix}.state: partitions=2" in out and "'cleanup.policy': 'compact'" in out
+    finally:
+        assert main(["kafka-topics", "--bootstrap", kafka_bootstrap, "--prefix", prefix, "--delete"]) == 0
+    with pytest.raises(SystemExit):  # argparse's usage error, as for every subcommand
+        main(["kafka-topics", "--no-such-flag"])

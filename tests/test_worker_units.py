@@ -187,3 +187,143 @@ def test_runner_stop_lands_within_its_bounded_queues(tmp_path, media):
     # seg queue + inference FIFOs (2 * max_batch) + results queue + one in hand
     bound = runner._seg_q.maxsize + 2 + runner._out_q.maxsize + 1
     assert sink.n <= 20 + bound < 150, f"{sink.n} segments after the stop"
+
+
+# --------------------------------------------------------------------------- rebalance bookkeeping
+# The revoke/lost logic on its own, with a stand-in runner and consumer so the timing
+# cases (a cancel that outlasts the wait) are exact. test_worker.py runs the same code
+# with real workers in a real group.
+
+
+class _Runner:
+    max_streams = 4
+
+    def __init__(self, stops_on_cancel: set):
+        self.jobs = {}
+        self.cancelled = []
+        self.stops_on_cancel = stops_on_cancel
+
+    def running(self):
+        return list(self.jobs)
+
+    def submit(self, source, on_done):
+        self.jobs[source.stream_id] = (source, on_done)
+
+    def finish(self, sid, status):
+        source, on_done = self.jobs.pop(sid)
+        on_done(source, status, None)
+
+    def cancel(self, sid):
+        self.cancelled.append(sid)
+        if sid in self.stops_on_cancel:
+            import threading
+
+            threading.Timer(0.05, self.finish, (sid, "stopped")).start()
+        return True
+
+
+class _Consumer:
+    def __init__(self):
+        self.async_commits = []
+
+    def commit_async(self, offsets):
+        from kafka.future import Future
+
+        self.async_commits.append({tp.partition: o.offset for tp, o in offsets.items()})
+        f = Future()
+        f.success(None)
+        return f
+
+
+class _Msg:
+    def __init__(self, offset, sid):
+        self.offset, self.key, self.headers, self.timestamp = offset, sid.encode(), [], 0
+        self.value = json.dumps({"stream_id": sid, "uri": f"/videos/{sid}.mp4"}).encode()
+
+
+def _worker_with(stops_on_cancel):
+    w = Worker(_cfg(), install_signals=False, revoke_timeout_s=0.5)
+    w.runner, w.consumer = _Runner(stops_on_cancel), _Consumer()
+    w._sleep, w._sync_wait_s = None, 0.5
+    return w
+
+
+@pytest.mark.parametrize("listener", ["sync", "async"])
+def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
+    from kafka import TopicPartition
+
+    from vmstream.pipeline.worker import _GuardedStore
+
+    w = _worker_with(stops_on_cancel={"b"})
+    saved = []
+
+    class Store:
+        def save(self, snap):
+            saved.append(snap["stream_id"])
+
+        def delete(self, sid):
+            saved.append("-" + sid)
+
+        def load(self, sid):
+            return None
+
+    guard = _GuardedStore(Store(), w)
+    tp0, tp1 = TopicPartition("jobs", 0), TopicPartition("jobs", 1)
+    for tp, off, sid in [(tp0, 0, "a"), (tp0, 1, "b"), (tp0, 2, "c"), (tp1, 0, "d")]:
+        w._take(tp, _Msg(off, sid))
+    w.runner.finish("a", "ok")
+    w._process_completions()  # a: done, seen by the main loop
+    w.runner.finish("c", "ok")  # c: done, not yet seen by the main loop
+    revoked = {tp0, tp1}
+    if listener == "sync":
+        w._on_revoked_sync(revoked)
+    else:
+        coro = w._on_revoked_async(revoked)
+        with pytest.raises(StopIteration):
+            coro.send(None)
+    assert sorted(w.runner.cancelled) == ["b", "d"]
+    # tp0: a done, b cancelled (stopped in time, not done), c done -> commit up to b.
+    # tp1: d still stopping -> nothing to commit.
+    assert w.consumer.async_commits == [{0: 1}]
+    # b stopped within the wait: its final snapshot was allowed. d did not: fenced.
+    assert not w._fenced_stream("b") and w._fenced_stream("d")
+    guard.save({"stream_id": "d"})
+    guard.delete("d")
+    guard.save({"stream_id": "b"})
+    assert saved == ["b"]
+    # d's cancel completes later: the fence goes, the completion is ignored.
+    w.runner.finish("d", "stopped")
+    assert not w._fenced_stream("d")
+    w._process_completions()
+    assert w._ledgers == {} and not w._jobs
+
+
+def test_lost_partitions_fence_at_once_and_commit_nothing():
+    from kafka import TopicPartition
+
+    w = _worker_with(stops_on_cancel=set())
+    tp = TopicPartition("jobs", 3)
+    w._take(tp, _Msg(7, "e"))
+    w._take(tp, _Msg(8, "f"))
+    w.runner.finish("f", "ok")
+    w._on_lost({tp})
+    assert w.runner.cancelled == ["e"] and w._fenced_stream("e")
+    assert w.consumer.async_commits == [] and w._ledgers == {}
+
+
+def test_jobs_of_a_stream_still_in_the_runner_wait_their_turn():
+    from kafka import TopicPartition
+
+    w = _worker_with(stops_on_cancel=set())
+    tp = TopicPartition("jobs", 0)
+    w._take(tp, _Msg(0, "g"))
+    w._take(tp, _Msg(1, "g"))  # the same stream again: waits for the first
+    states = [j.state for j in w._jobs.values()]
+    assert states == ["running", "deferred"] and w._free_slots() == 4 - 1 - 1
+    w.runner.finish("g", "ok")
+    w._process_completions()
+    w._submit_deferred()
+    assert [j.state for j in w._jobs.values()] == ["running"] and "g" in w.runner.running()
+    w.runner.finish("g", "ok")
+    w._process_completions()
+    assert w._ledgers[tp].commit_offset() == 2

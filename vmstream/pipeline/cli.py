@@ -5,6 +5,7 @@
     vmstream search --index DIR (--video FILE [--at S] | --id N | --stream ID --at S) [-k K]
     vmstream info
     vmstream worker --config FILE
+    vmstream kafka-topics [--bootstrap B | --config FILE] [--describe | --delete] ...
     vmstream train --config FILE
     vmstream eval --config FILE
 
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(worker)
     _add_common(worker)
 
+    # Its options are kafka_admin's own (`vmstream kafka-topics --help`); main() hands
+    # the rest of the command line over unparsed.
+    sub.add_parser("kafka-topics", add_help=False,
+                   help="create (or --describe, --delete) vmstream's Kafka topics: the admin step before workers")
+
     train = sub.add_parser("train", help="train or fine-tune (configs/train/*.yaml)")
     train.add_argument("--config", required=True)
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -109,6 +115,11 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["kafka-topics"]:
+        from vmstream.pipeline.kafka_admin import main as kafka_topics
+
+        return kafka_topics(argv[1:], prog="vmstream kafka-topics")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -304,9 +304,9 @@ def delete_topics(
         admin.close()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m vmstream.pipeline.kafka_admin") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m vmstream.pipeline.kafka_admin",
+        prog=prog,
         description="Create (or check) vmstream's Kafka topics.",
     )
     p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    a = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    a = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     client_config: dict[str, Any] = {}
     bootstrap = a.bootstrap

@@ -426,7 +426,9 @@ class Worker:
                 if s.name in have:
                     s = type(s)(s.name, have[s.name]["partitions"], s.replication_factor, s.configs)
                 specs.append(s)
-            ensure_topics(k.bootstrap, specs, client_config=k.client)
+            # Configs of existing topics are the operator's (the admin step reconciles
+            # them); differences are only reported here.
+            ensure_topics(k.bootstrap, specs, client_config=k.client, update_configs=False)
         except ConnectionError as e:
             raise UserError(f"Kafka at {k.bootstrap}: {e}") from None
 
