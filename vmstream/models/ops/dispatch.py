@@ -31,7 +31,14 @@ else "ref"; CPU tensors -> "cpu". "cpu" is the fused C++ kernel, built on first 
 (`cpu_ext.py`); where it cannot be built it falls back to "numba", and where numba is
 missing too, to "ref" — each fallback logged once with its reason. "numba" asks for the
 numba kernels explicitly. Backends differ only in float rounding (a few ulp per op);
-all compute in float32 and return `out` in u's dtype (x's for the conv).
+the CPU ones compute in float32 and return `out` in u's dtype (x's for the conv).
+
+Gradients: every backend is differentiable with respect to every tensor input,
+`initial_state` and `initial_tail` included, and a loss on `last_state` / `final_tail`
+flows back (truncated BPTT across segments). "cpu" and "numba" have backward kernels
+that recompute the states from checkpoints every 64 steps (memory O(B·D·N·L/64));
+"cuda" differentiates through mamba-ssm's kernel plus the injection terms, and
+recomputes the last state as a differentiable expression when it needs a gradient.
 
 `available_backends()` tells which backends work here and why not (`vmstream info`).
 Pre-build the C++ kernel with `python -m vmstream.models.ops.build`.
@@ -43,7 +50,6 @@ import os
 import threading
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from .reference import causal_conv1d_ref, selective_scan_ref

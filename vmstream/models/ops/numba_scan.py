@@ -17,7 +17,6 @@ strided views); gradients come from `torch.autograd.Function` wrappers.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional
 
 import numba as nb
@@ -330,10 +329,10 @@ def conv_bwd(x, w, bias, tail, dout, dfinal, flags, dx, dw, db, dtail):
 
 
 
-def _np(t: Optional[Tensor], like: Tensor, shape=(1,)) -> np.ndarray:
-    """A numpy view of a float32 CPU tensor (no copy), or a 1-element dummy for None."""
+def _np(t: Optional[Tensor]) -> np.ndarray:
+    """A numpy view of a float32 CPU [D] tensor (no copy), or a 1-element dummy for None."""
     if t is None:
-        return np.zeros(shape, np.float32)
+        return np.zeros(1, np.float32)
     return t.detach().numpy()
 
 
@@ -342,9 +341,7 @@ def _f32c(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _num_workers() -> int:
-    import numba
-
-    return max(1, numba.get_num_threads())
+    return max(1, nb.get_num_threads())
 
 
 def _fwd(u, delta, A, B, C, D, z, bias, h0, softplus, reverse, out, accumulate, want_last, K):
@@ -358,7 +355,7 @@ def _fwd(u, delta, A, B, C, D, z, bias, h0, softplus, reverse, out, accumulate, 
              bool(reverse), bool(accumulate), bool(want_last), K > 0)
     d3 = np.zeros((1, 1, 1), np.float32)
     scan_fwd(u.detach().numpy(), delta.detach().numpy(), A.detach().numpy(), B.detach().numpy(),
-             C.detach().numpy(), _np(D, u), d3 if z is None else z.detach().numpy(), _np(bias, u),
+             C.detach().numpy(), _np(D), d3 if z is None else z.detach().numpy(), _np(bias),
              d3 if h0 is None else h0.detach().numpy(), out.detach().numpy(),
              d3 if last is None else last.numpy(),
              np.zeros((1, 1, 1, 1), np.float32) if ckpt is None else ckpt.numpy(),
@@ -391,8 +388,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         dout = dout.float().contiguous()
         flags = (D is not None, z is not None, bias is not None, bool(softplus), bool(reverse),
                  dlast is not None)
-        scan_bwd(u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), _np(D, u),
-                 d3 if z is None else z.numpy(), _np(bias, u), ckpt.numpy(), dout.numpy(),
+        scan_bwd(u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), _np(D),
+                 d3 if z is None else z.numpy(), _np(bias), ckpt.numpy(), dout.numpy(),
                  d3 if dlast is None else dlast.float().contiguous().numpy(), flags, K,
                  du.numpy(), dd.numpy(), d3 if dz is None else dz.numpy(), dh0.numpy(),
                  dA_w.numpy(), dD_w.numpy(), db_w.numpy(), dB_w.numpy(), dC_w.numpy())
@@ -427,7 +424,7 @@ def _conv_fwd(x, w, bias, tail, silu, reverse, want_tail):
     out = torch.empty(Bsz, L, D)
     ftail = torch.empty(Bsz, D, K - 1)
     d3 = np.zeros((1, 1, 1), np.float32)
-    conv_fwd(x.detach().numpy(), w.detach().numpy(), _np(bias, x),
+    conv_fwd(x.detach().numpy(), w.detach().numpy(), _np(bias),
              d3 if tail is None else tail.detach().numpy(), out.numpy(), ftail.numpy(),
              (bias is not None, tail is not None, bool(silu), bool(reverse), bool(want_tail)))
     return out, ftail
@@ -451,7 +448,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         dw, db = torch.zeros(D, K), torch.zeros(D)
         dtail = torch.empty(Bsz, D, K - 1)
         d3 = np.zeros((1, 1, 1), np.float32)
-        conv_bwd(x.numpy(), w.numpy(), _np(bias, x), d3 if tail is None else tail.numpy(),
+        conv_bwd(x.numpy(), w.numpy(), _np(bias), d3 if tail is None else tail.numpy(),
                  dout.float().contiguous().numpy(),
                  d3 if dfinal is None else dfinal.float().contiguous().numpy(),
                  (bias is not None, tail is not None, bool(silu), bool(reverse), dfinal is not None),
