@@ -547,7 +547,8 @@ class VideoMamba(nn.Module):
 
         T may differ from `num_frames` (temporal positions are resampled), e.g. for a
         stream's last, shorter segment. Returns features, logits and the next state; the
-        given state is not modified.
+        given state is not modified. For inference, call it under `torch.inference_mode()`;
+        in training, gradients flow through the state (`state.detach()` truncates them).
         """
         tokens = self.embed(clip)
         if state is None:
