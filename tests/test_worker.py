@@ -7,6 +7,7 @@ heartbeat 1 s) so the group notices a dead worker quickly.
 """
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -119,8 +120,67 @@ def videos(tmp_path_factory):
         # 4 s at 4 fps: 4 segments of T=4 (the tiny checkpoint's num_frames)
         "short": make_video(str(d / "short.mp4"), fps=10, seconds=4, gop=20, size=(64, 48)),
         # 60 s at 8 fps: 120 segments, long enough to catch a worker mid-stream
-        "long": make_video(str(d / "long.mp4"), fps=10, seconds=60, gop=20, size=(64, 48)),
+        # (index at the front, so it can also be read over HTTP without seeking to the end)
+        "long": make_video(str(d / "long.mp4"), fps=10, seconds=60, gop=20, size=(64, 48), faststart=True),
     }
+
+
+class _Throttled(http.server.BaseHTTPRequestHandler):
+    """Serves one file at a fixed byte rate, with Range requests (FFmpeg seeks with them)."""
+
+    def do_GET(self):
+        data, rate = self.server.data, self.server.rate
+        start, end = 0, len(data) - 1
+        rng = self.headers.get("Range", "")
+        if rng.startswith("bytes="):
+            a, _, b = rng[len("bytes="):].partition("-")
+            start = int(a) if a else 0
+            end = min(int(b), end) if b else end
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "video/mp4")
+        self.end_headers()
+        pos = start
+        while pos <= end and not self.server.closing:
+            n = min(1024, end - pos + 1)
+            try:
+                self.wfile.write(data[pos:pos + n])
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            pos += n
+            time.sleep(n / rate)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def slow_http():
+    """serve(path, seconds) -> an http://127.0.0.1 URL that delivers the file in about
+    `seconds`: a source whose pace does not depend on how fast this machine is."""
+    import threading
+
+    servers = []
+
+    def serve(path: str, seconds: float) -> str:
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttled)
+        srv.daemon_threads = True
+        srv.data = Path(path).read_bytes()
+        srv.rate = len(srv.data) / seconds
+        srv.closing = False
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/{Path(path).name}"
+
+    yield serve
+    for srv in servers:
+        srv.closing = True
+        srv.shutdown()
+        srv.server_close()
 
 
 PIPELINE = {"decode": {"fps": 4.0, "img_size": 32},
@@ -423,12 +483,14 @@ class Intruder:
         self._thread.join(30)
 
 
-def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos):
+def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos,
+                                            slow_http):
     """A runs two long jobs on two partitions. A new group member arrives: A gives one
     partition up, cancelling its job (snapshot saved, offset not committed) while the
     other job runs on undisturbed. The partition then reaches worker b, which resumes
     the job from A's snapshot. Both streams end complete and equal to uninterrupted
-    runs."""
+    runs. The jobs read the video over HTTP at a fixed pace (about 12 s each), so the
+    rebalance lands mid-stream however fast this machine is."""
     from vmstream.stages.sinks.kafka_records import RecordConsumer
 
     names = kafka_topics(partitions=2)
@@ -438,8 +500,9 @@ def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_top
     a = workers(cfg, "a")
     a.wait_log(r"assigned partitions \[\S")
     with RecordConsumer(kafka_bootstrap, [names.segments], from_beginning=True) as c:
-        send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "p0", "uri": videos["long"]}], partition=0)
-        send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "p1", "uri": videos["long"]}], partition=1)
+        for p in (0, 1):
+            url = slow_http(videos["long"], seconds=12)
+            send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": f"p{p}", "uri": url}], partition=p)
         seen: dict[str, int] = {}
         deadline = time.monotonic() + 90
         while min(seen.get("p0", 0), seen.get("p1", 0)) < 3:
@@ -449,7 +512,7 @@ def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_top
                     seen[r.stream_id] = seen.get(r.stream_id, 0) + 1
     intruder = Intruder(kafka_bootstrap, group, names.jobs)
     try:
-        m = a.wait_log(r"job \S+\[(\d)\]@0: stream (p[01]) handed over \((\w+)\)", timeout=60)
+        m = a.wait_log(r"job \S+\[(\d)\]@0: stream (p[01]) handed over \((\w+)\)", timeout=30)
         moved_partition, moved, status = int(m.group(1)), m.group(2), m.group(3)
         assert status == "stopped", "the job finished before the rebalance; make the video longer"
         stayed = "p1" if moved == "p0" else "p0"
@@ -512,3 +575,37 @@ def test_sigterm_stops_cleanly_and_the_job_resumes(tmp_path, kafka_bootstrap, ka
     raw = [r for r in records(kafka_bootstrap, names, dedupe=False) if isinstance(r, SegmentResult)]
     assert len(raw) == len(ref[0])  # a clean stop repeats nothing
     assert b.terminate() == 0
+
+
+@pytest.mark.slow
+def test_broker_outage_delays_results_and_loses_none(tmp_path, make_kafka_broker, kafka_topics, workers, tiny_ckpt,
+                                                     videos):
+    """The broker goes away mid-stream and comes back: the worker waits (results and
+    snapshots held, commits retried) and then completes the job, every segment there."""
+    from vmstream.stages.sinks.kafka_records import RecordConsumer
+
+    broker = make_kafka_broker()
+    bootstrap = broker.bootstrap
+    names = kafka_topics(partitions=1, bootstrap=bootstrap)
+    group = f"g-{names.jobs}"
+    cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, bootstrap, names, group, **LONG)
+    ref = reference(tiny_ckpt, videos["long"], tmp_path, **LONG)
+    a = workers(cfg, "a")
+    a.wait_log(r"assigned partitions \[\S")
+    sid = "cam-outage"
+    with RecordConsumer(bootstrap, [names.segments], from_beginning=True) as c:
+        send_jobs(bootstrap, names.jobs, [{"stream_id": sid, "uri": videos["long"]}])
+        seen = 0
+        deadline = time.monotonic() + 90
+        while seen < 3:
+            assert time.monotonic() < deadline, "no results from the worker"
+            seen += sum(isinstance(r, SegmentResult) for r in c.poll(0.05))
+    broker.stop()
+    time.sleep(4)
+    assert a.proc.poll() is None, "the worker died with the broker:\n" + a.log()[-3000:]
+    broker.start()
+    recs = wait_until(lambda: (r := records(bootstrap, names)) and summaries_of(r, sid) and r, 180,
+                      "the stream's summary after the outage")
+    assert_matches_reference(recs, sid, ref)
+    wait_until(lambda: committed(bootstrap, group, names.jobs) == {0: 1}, 60, "the job's offset committed")
+    assert a.terminate() == 0

@@ -327,3 +327,20 @@ def test_jobs_of_a_stream_still_in_the_runner_wait_their_turn():
     w.runner.finish("g", "ok")
     w._process_completions()
     assert w._ledgers[tp].commit_offset() == 2
+
+
+def test_repeat_filter_thins_kafka_noise_only():
+    import logging
+
+    from vmstream.pipeline.worker import RepeatFilter
+
+    f = RepeatFilter(every_s=60)
+
+    def rec(name, msg, *args):
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+
+    assert f.filter(rec("kafka.net.connection", "%s: Connection lost", "a"))
+    assert not f.filter(rec("kafka.net.connection", "%s: Connection lost", "b"))  # same kind, other args
+    assert f.filter(rec("kafka.cluster", "Metadata refresh: failed %s", "x"))
+    assert all(f.filter(rec("vmstream.pipeline.worker", "job %s done", i)) for i in range(3))
+    assert f.suppressed == 1

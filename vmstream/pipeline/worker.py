@@ -346,17 +346,18 @@ class Worker:
 
         old_handlers = self._install_signal_handlers()
         try:
-            self._start()
+            try:
+                self._start()
+            except (E.KafkaError, ConnectionError) as e:
+                raise UserError(f"Kafka at {self.cfg.kafka.bootstrap}: {e}") from None
             rc = 0
             try:
                 self._serve()
-            except RuntimeError as e:  # the pipeline failed (e.g. a sink gave up on the broker)
-                log.error("worker %s: %s; stopping without committing unfinished jobs", self.worker_id, e)
+            except Exception as e:  # the pipeline failed (e.g. a sink gave up on the broker)
+                log.error("worker %s: %s: %s; stopping without committing unfinished jobs", self.worker_id,
+                          type(e).__name__, e, exc_info=not isinstance(e, RuntimeError))
                 rc = 1
-            rc = max(rc, self._shutdown(failed=rc != 0))
-            return rc
-        except (E.KafkaError, ConnectionError) as e:
-            raise UserError(f"Kafka at {self.cfg.kafka.bootstrap}: {e}") from None
+            return max(rc, self._shutdown(failed=rc != 0))
         finally:
             self._close_clients()
             for sig, old in old_handlers.items():
@@ -542,8 +543,15 @@ class Worker:
             self._commit()
             free = self._free_slots()
             if free <= 0:
+                # Full: keep the membership alive and wait for a job to finish (the
+                # next one starts as soon as one does). The poll needs a real timeout:
+                # kafka-python drives group joins from inside it, and one of 0 ms never
+                # gets a rebalance going, which would hold the whole group up.
                 self._pause_all()
-            elif c.paused():
+                self._poll_nothing(timeout_s=self.poll_timeout_s / 2)
+                self._wait_completion(self.poll_timeout_s / 2)
+                continue
+            if c.paused():
                 c.resume(*c.paused())
             records = c.poll(timeout_ms=int(self.poll_timeout_s * 1000), max_records=max(1, free))
             for tp, msgs in records.items():
@@ -566,9 +574,10 @@ class Worker:
         if assigned:
             self.consumer.pause(*assigned)
 
-    def _poll_nothing(self) -> None:
+    def _poll_nothing(self, timeout_s: Optional[float] = None) -> None:
         """Keep the group membership alive (all partitions paused)."""
-        records = self.consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000), max_records=1)
+        t = self.poll_timeout_s if timeout_s is None else timeout_s
+        records = self.consumer.poll(timeout_ms=int(t * 1000), max_records=1)
         for tp, msgs in records.items():
             if msgs:
                 self.consumer.seek(tp, msgs[0].offset)
@@ -670,27 +679,37 @@ class Worker:
                 job = self._completed.get_nowait()
             except queue.Empty:
                 return
-            if job.revoked:
-                continue  # its partition went to another worker, which runs it again
-            status = job.status
-            if status in ("ok", "truncated"):
-                log.info("job %s: stream %s done (%s)", job.where, job.stream_id, status)
-                self._finish(job)
-            elif status in ("failed", "error") and job.store_failed:
-                log.warning("job %s: %s; retrying in %.0fs", job.where, job.error, self.retry_backoff_s)
-                self.stats["retried"] += 1
+            self._completion(job, stopping)
+
+    def _wait_completion(self, timeout_s: float) -> None:
+        try:
+            job = self._completed.get(timeout=timeout_s)
+        except queue.Empty:
+            return
+        self._completion(job, stopping=False)
+
+    def _completion(self, job: _Job, stopping: bool) -> None:
+        if job.revoked:
+            return  # its partition went to another worker, which runs it again
+        status = job.status
+        if status in ("ok", "truncated"):
+            log.info("job %s: stream %s done (%s)", job.where, job.stream_id, status)
+            self._finish(job)
+        elif status in ("failed", "error") and job.store_failed:
+            log.warning("job %s: %s; retrying in %.0fs", job.where, job.error, self.retry_backoff_s)
+            self.stats["retried"] += 1
+            job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
+        elif status in ("failed", "error"):
+            log.warning("job %s: stream %s %s: %s", job.where, job.stream_id, status, job.error)
+            self._dead_letter(job, status, job.error or status)
+        elif status == "stopped":
+            if not stopping and not self._stop_requested.is_set():
+                # Not asked for: run it again (it resumes from its snapshot).
                 job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
-            elif status in ("failed", "error"):
-                log.warning("job %s: stream %s %s: %s", job.where, job.stream_id, status, job.error)
-                self._dead_letter(job, status, job.error or status)
-            elif status == "stopped":
-                if not stopping and not self._stop_requested.is_set():
-                    # Not asked for: run it again (it resumes from its snapshot).
-                    job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
-                    self.stats["retried"] += 1
-                # else: left uncommitted; whoever owns the partition next resumes it
-            else:
-                log.error("job %s: unknown status %r; leaving it uncommitted", job.where, status)
+                self.stats["retried"] += 1
+            # else: left uncommitted; whoever owns the partition next resumes it
+        else:
+            log.error("job %s: unknown status %r; leaving it uncommitted", job.where, status)
 
     def _finish(self, job: _Job) -> None:
         with self._lock:
@@ -899,9 +918,38 @@ def _fmt_offsets(offsets: dict) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]={o}" for tp, o in sorted(offsets.items(), key=lambda x: x[0].partition))
 
 
+class RepeatFilter(logging.Filter):
+    """Lets one record of each kind (logger, level, message template) from kafka-python
+    through per `every_s` seconds. kafka-python logs every failed connection attempt
+    at ERROR, so a broker outage would bury the worker's own log lines under hundreds
+    of lines a second; our producer reports the outage itself (every 10 s)."""
+
+    def __init__(self, every_s: float = 30.0, prefix: str = "kafka"):
+        super().__init__()
+        self.every_s = every_s
+        self.prefix = prefix
+        self._last: dict = {}
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self.suppressed += 1
+            return False
+        self._last[key] = now
+        return True
+
+
 def cmd_worker(args) -> int:
     """`vmstream worker --config FILE [--kafka B] [--model NAME | --checkpoint PATH] [--device D] [--set K=V]`"""
     from vmstream.pipeline.app import config_from_args
 
     cfg = config_from_args(args)
+    quiet = RepeatFilter()
+    for h in logging.getLogger().handlers:
+        h.addFilter(quiet)
     return Worker(cfg).run()
