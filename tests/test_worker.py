@@ -609,3 +609,18 @@ def test_broker_outage_delays_results_and_loses_none(tmp_path, make_kafka_broker
     assert_matches_reference(recs, sid, ref)
     wait_until(lambda: committed(bootstrap, group, names.jobs) == {0: 1}, 60, "the job's offset committed")
     assert a.terminate() == 0
+
+
+def test_start_errors_are_one_clear_line(tmp_path, kafka_bootstrap, kafka_topics, tiny_ckpt):
+    names = kafka_topics(partitions=1)
+    cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, f"g-{names.jobs}")
+    cases = [
+        (["--checkpoint", str(tmp_path / "missing.pth")], "missing.pth"),
+        (["--set", "kafka.consumer.enable_auto_commit=true"], "auto-commit"),
+        (["--set", "kafka.client.sasl_mechanizm=PLAIN"], "did you mean sasl_mechanism"),
+    ]
+    for extra, message in cases:
+        r = subprocess.run([sys.executable, "-m", "vmstream.pipeline.cli", "worker", "--config", str(cfg), *extra],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

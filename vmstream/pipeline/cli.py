@@ -167,4 +167,8 @@ class UserError(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module, not this __main__ copy: otherwise its UserError is a
+    # different class from the one the commands raise, and errors show as tracebacks.
+    from vmstream.pipeline.cli import main as _main
+
+    sys.exit(_main())

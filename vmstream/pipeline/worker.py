@@ -348,8 +348,12 @@ class Worker:
         try:
             try:
                 self._start()
-            except (E.KafkaError, ConnectionError) as e:
+            except (E.KafkaError, ConnectionError, ValueError) as e:  # ValueError: a bad client setting
+                self._abort_start()
                 raise UserError(f"Kafka at {self.cfg.kafka.bootstrap}: {e}") from None
+            except BaseException:
+                self._abort_start()
+                raise
             rc = 0
             try:
                 self._serve()
@@ -515,6 +519,14 @@ class Worker:
         log.info("worker %s: stopped (%s)", self.worker_id, ", ".join(f"{k} {v}" for k, v in self.stats.items()))
         return rc
 
+    def _abort_start(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+            try:
+                self.runner.close()  # closes the sinks (their producers) too
+            except Exception as e:
+                log.warning("closing the pipeline: %s", e)
+
     def _close_clients(self) -> None:
         if self.consumer is not None:
             try:
@@ -555,7 +567,7 @@ class Worker:
                 c.resume(*c.paused())
             records = c.poll(timeout_ms=int(self.poll_timeout_s * 1000), max_records=max(1, free))
             for tp, msgs in records.items():
-                for i, m in enumerate(msgs):
+                for m in msgs:
                     if self._free_slots() <= 0:
                         # Taken while full (a partition assigned since the last pause):
                         # give it back to the fetcher for later.
