@@ -344,3 +344,30 @@ def test_repeat_filter_thins_kafka_noise_only():
     assert f.filter(rec("kafka.cluster", "Metadata refresh: failed %s", "x"))
     assert all(f.filter(rec("vmstream.pipeline.worker", "job %s done", i)) for i in range(3))
     assert f.suppressed == 1
+
+
+def test_a_snapshot_that_cannot_be_loaded_is_retried_not_dead_lettered():
+    from kafka import TopicPartition
+
+    from vmstream.pipeline.worker import _GuardedStore
+
+    class Down:
+        def load(self, sid):
+            raise TimeoutError("reading Kafka state topic vmstream.state[0] took over 120s")
+
+    w = _worker_with(stops_on_cancel=set())
+    w.retry_backoff_s = 0.0
+    w.dead_letters = None  # a dead letter here would fail the test
+    tp = TopicPartition("jobs", 0)
+    w._take(tp, _Msg(0, "x"))
+    with pytest.raises(TimeoutError):
+        _GuardedStore(Down(), w).load("x")  # what the runner's decode thread does first
+    w.runner.finish("x", "error")
+    w._process_completions()
+    (job,) = w._jobs.values()
+    assert job.state == "deferred" and "state topic" in job.error and w.stats["retried"] == 1
+    w._submit_deferred()
+    assert job.state == "running" and "x" in w.runner.running()
+    w.runner.finish("x", "ok")
+    w._process_completions()
+    assert w._ledgers[tp].commit_offset() == 1

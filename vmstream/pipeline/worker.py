@@ -6,7 +6,9 @@ Workers in one consumer group (`kafka.group_id`) share the jobs topic
     {"stream_id": "cam-7", "uri": "rtsp://10.0.0.7/stream", "options": {...}, "live": true}
     {"uri": "/data/videos/match.mp4"}                    # stream id = the absolute path
 
-(`vmstream.stages.sources.source_from_job` validates it). A worker runs its jobs
+(`vmstream.stages.sources.source_from_job` validates it). Key job messages by stream
+id: a stream's jobs then share a partition, so two workers never run one stream at
+once (a worker runs two jobs of one stream one after the other). A worker runs its jobs
 through the pipeline runner, at most `runner.max_streams` at a time, and publishes
 results, events and summaries to Kafka (plus the local Parquet / FAISS outputs its
 config asks for). Every `runner.snapshot_every` segments the runner flushes the sinks
