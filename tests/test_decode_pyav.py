@@ -122,7 +122,8 @@ def test_bad_inputs_fail_before_any_work_with_the_input_named(tmp_path, not_a_vi
 
 def test_absurd_options_are_rejected(h264_mp4):
     for bad in [dict(height=100, width=224), dict(height=0, width=224), dict(height=-16, width=16),
-                dict(height=224, width=224, mode="stretch"), dict(height=224.0, width=224)]:
+                dict(height=224, width=224, mode="stretch"), dict(height=224.0, width=224),
+                dict(height=224, width=224, interpolation="smooth")]:
         with pytest.raises(ValueError):
             FrameSize(**bad)
     d = PyAVDecoder()
@@ -257,6 +258,8 @@ def test_frames_are_swscale_resized_and_centre_cropped(h264_mp4):
     assert np.array_equal(f0[0].image, scaled[:, 37:261])
     d0, _ = decode(h264_mp4, FpsSampling(1), size=FrameSize(48, 64, mode="direct"))
     assert np.array_equal(d0[0].image, direct)
+    a0, _ = decode(h264_mp4, FpsSampling(1), size=FrameSize(48, 64, mode="direct", interpolation="area"))
+    assert a0[0].image.shape == (48, 64, 3) and not np.array_equal(a0[0].image, direct)
     # Non-square targets crop the other way.
     assert FrameSize(224, 160).scaled_size(320, 240) == (299, 224)
     assert FrameSize(160, 320).scaled_size(320, 240) == (320, 240)

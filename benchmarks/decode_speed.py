@@ -1,0 +1,158 @@
+"""Decoding speed of the PyAV decoder, as ratios to FFmpeg's own plain decode.
+
+Makes a 1080p and a 720p H.264 video (a moving test pattern with temporal noise so it
+compresses like real footage, a realistic bitrate, 2 s GOP, B-frames; cached under
+~/.cache/vmstream/bench or $VMSTREAM_BENCH_CACHE) and times, in the same run:
+
+  baseline   `ffmpeg -threads 2 -i X -f null -`           (decode only, no conversion)
+  full       every frame to 224x224 RGB (our decoder, AllFrames)
+  fps1       exact 1 fps sampling: "full" (decode all, pick), "seek", "filter" (default)
+  keyframes  1 fps, keyframes only (approximate in time)
+
+Speeds are source frames covered per second of wall time (medians of --repeats runs);
+each of our runs is paired with an ffmpeg run just before it and a ratio is the median
+of the pairs' ratios, so machine load that comes and goes hits both sides.
+The last lines are machine-readable (1080p figures):
+
+  full_decode_ratio=X.XX  fps1_ratio=X.XX  keyframes_ratio=X.XX  hour_1080p_1fps_seconds=N
+
+    .venv/bin/python benchmarks/decode_speed.py [--seconds 60] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vmstream.records import Frame  # noqa: E402
+from vmstream.stages.decode.base import FrameSize  # noqa: E402
+from vmstream.stages.decode.pyav import PyAVDecoder  # noqa: E402
+from vmstream.stages.sampling import AllFrames, FpsSampling  # noqa: E402
+from vmstream.stages.sources import source_from_uri  # noqa: E402
+
+FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
+FPS = 30
+VIDEOS = {  # name: (width, height, bitrate)
+    "1080p": (1920, 1080, "8M"),
+    "720p": (1280, 720, "4M"),
+}
+
+
+def cache_dir() -> str:
+    d = os.environ.get("VMSTREAM_BENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vmstream", "bench")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def make_video(name: str, seconds: int) -> str:
+    w, h, rate = VIDEOS[name]
+    path = os.path.join(cache_dir(), f"decode_{name}_{seconds}s_gop2s.mp4")
+    if os.path.exists(path):
+        return path
+    tmp = path + ".part.mp4"
+    print(f"making {path} (once) ...", flush=True)
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", f"testsrc2=size={w}x{h}:rate={FPS}:duration={seconds}",
+                    "-vf", "noise=alls=12:allf=t", "-c:v", "libx264", "-preset", "veryfast",
+                    "-b:v", rate, "-maxrate", rate, "-bufsize", rate,
+                    "-x264-params", f"keyint={2 * FPS}:min-keyint={2 * FPS}:scenecut=0:bframes=3",
+                    "-pix_fmt", "yuv420p", tmp], check=True)
+    os.replace(tmp, path)
+    return path
+
+
+def time_ffmpeg(path: str) -> float:
+    t = time.perf_counter()
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-threads", "2", "-i", path, "-f", "null", "-"],
+                   check=True)
+    return time.perf_counter() - t
+
+
+def time_ours(path: str, policy, mode: str = "auto") -> tuple[float, int, dict]:
+    dec = PyAVDecoder(exact_mode=mode)
+    src = source_from_uri(path)
+    size = FrameSize(224, 224)
+    t = time.perf_counter()
+    n, end = 0, None
+    for item in dec.frames(src, policy, size):
+        if isinstance(item, Frame):
+            n += 1
+        else:
+            end = item
+    return time.perf_counter() - t, n, end.details
+
+
+def bench(path: str, n_frames: int, repeats: int) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+    """(source fps, ratio to ffmpeg, frames out) per case. Each of our runs is paired
+    with an ffmpeg run just before it; a case's ratio is the median of its pairs' ratios,
+    so load that changes during the run hits both sides of each pair."""
+    cases = {
+        "full": (AllFrames(), "auto"),
+        "fps1_decode_all": (FpsSampling(1), "full"),
+        "fps1_seek": (FpsSampling(1), "seek"),
+        "fps1_filter": (FpsSampling(1), "filter"),
+        "keyframes": (FpsSampling(1, keyframes_only=True), "auto"),
+    }
+    times: dict[str, list[float]] = {k: [] for k in ["ffmpeg", *cases]}
+    ratios: dict[str, list[float]] = {k: [] for k in cases}
+    outputs: dict[str, int] = {}
+    for _ in range(repeats):
+        for k, (pol, mode) in cases.items():
+            base = time_ffmpeg(path)
+            dt, n, _details = time_ours(path, pol, mode)
+            times["ffmpeg"].append(base)
+            times[k].append(dt)
+            ratios[k].append(base / dt)
+            outputs[k] = n
+    fps = {k: n_frames / statistics.median(v) for k, v in times.items()}
+    ratio = {k: statistics.median(v) for k, v in ratios.items()}
+    ratio["ffmpeg"] = 1.0
+    return fps, ratio, outputs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=60, help="length of the test videos")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    ap.add_argument("--only", choices=sorted(VIDEOS), help="one resolution only")
+    args = ap.parse_args()
+    if args.seconds < 4 or args.repeats < 1:
+        ap.error("--seconds >= 4 and --repeats >= 1")
+    import av
+
+    print(f"PyAV {av.__version__} (FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}); "
+          f"baseline: {FFMPEG} -threads 2 -f null; {os.cpu_count()} CPUs; "
+          f"{args.seconds}s videos at {FPS} fps, 2 s GOP, median of {args.repeats}")
+    results = {}
+    for name in ([args.only] if args.only else list(VIDEOS)):
+        path = make_video(name, args.seconds)
+        n = args.seconds * FPS
+        fps, ratio, outs = bench(path, n, args.repeats)
+        results[name] = (fps, ratio)
+        print(f"\n{name} ({os.path.getsize(path) / 1e6 * 8 / args.seconds:.1f} Mbit/s), source frames per second"
+              f" (ratio: median of paired runs):")
+        print(f"  {'ffmpeg -f null (baseline)':34s} {fps['ffmpeg']:8.0f}   1.00x")
+        labels = {"full": "full decode -> 224x224 RGB", "fps1_decode_all": "1 fps exact, decode all",
+                  "fps1_seek": "1 fps exact, seek/skip GOPs", "fps1_filter": "1 fps exact, packet filter",
+                  "keyframes": "1 fps keyframes only (approx.)"}
+        for k, label in labels.items():
+            print(f"  {label:34s} {fps[k]:8.0f}   {ratio[k]:4.2f}x   ({outs[k]} frames out)")
+    fps, ratio = results.get("1080p") or next(iter(results.values()))
+    # An hour of 1080p30 at the measured 1 fps speed (median source fps).
+    hour = 3600 * FPS / fps["fps1_filter"]
+    print(f"\nestimate: a 1-hour 1080p30 video at exact 1 fps takes {hour:.0f} s "
+          f"({3600 / hour:.1f}x real time) on this machine")
+    print(f"full_decode_ratio={ratio['full']:.2f}")
+    print(f"fps1_ratio={ratio['fps1_filter']:.2f}")
+    print(f"keyframes_ratio={ratio['keyframes']:.2f}")
+    print(f"hour_1080p_1fps_seconds={hour:.0f}")
+
+
+if __name__ == "__main__":
+    main()
