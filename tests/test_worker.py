@@ -158,29 +158,42 @@ class _Throttled(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def slow_http():
+class SlowHTTP:
     """serve(path, seconds) -> an http://127.0.0.1 URL that delivers the file in about
-    `seconds`: a source whose pace does not depend on how fast this machine is."""
-    import threading
+    `seconds`: a source whose pace does not depend on how fast this machine is.
+    `unthrottle()` lets every server go full speed from then on."""
 
-    servers = []
+    def __init__(self):
+        self.servers = []
 
-    def serve(path: str, seconds: float) -> str:
+    def serve(self, path: str, seconds: float) -> str:
+        import threading
+
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttled)
         srv.daemon_threads = True
         srv.data = Path(path).read_bytes()
         srv.rate = len(srv.data) / seconds
         srv.closing = False
         threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
+        self.servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}/{Path(path).name}"
 
-    yield serve
-    for srv in servers:
-        srv.closing = True
-        srv.shutdown()
-        srv.server_close()
+    def unthrottle(self) -> None:
+        for srv in self.servers:
+            srv.rate = float("inf")
+
+    def close(self) -> None:
+        for srv in self.servers:
+            srv.closing = True
+            srv.shutdown()
+            srv.server_close()
+
+
+@pytest.fixture
+def slow_http():
+    h = SlowHTTP()
+    yield h
+    h.close()
 
 
 PIPELINE = {"decode": {"fps": 4.0, "img_size": 32},
@@ -501,7 +514,7 @@ def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_top
     a.wait_log(r"assigned partitions \[\S")
     with RecordConsumer(kafka_bootstrap, [names.segments], from_beginning=True) as c:
         for p in (0, 1):
-            url = slow_http(videos["long"], seconds=12)
+            url = slow_http.serve(videos["long"], seconds=12)
             send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": f"p{p}", "uri": url}], partition=p)
         seen: dict[str, int] = {}
         deadline = time.monotonic() + 90
@@ -527,6 +540,7 @@ def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_top
     finally:
         intruder.leave()
     b.wait_log(rf"stream {moved}: resuming at segment \d+", timeout=60)
+    slow_http.unthrottle()  # the handover is done; no need to wait out the pace
     recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "p0")
                       and summaries_of(r, "p1") and r, 120, "both streams to finish")
     for sid in ("p0", "p1"):
