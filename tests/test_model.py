@@ -181,3 +181,22 @@ def test_default_cfg_describes_the_input():
     cfg = model.default_cfg
     assert cfg["num_frames"] == 16 and cfg["img_size"] == 224 and cfg["input_size"] == (3, 16, 224, 224)
     assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
+
+
+def test_cached_A_follows_weight_changes():
+    model = make_tiny_model(seed=12)
+    clip = torch.randn(1, 3, 4, 32, 32)
+    with torch.inference_mode():
+        a = model.forward_features(clip)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mixer.A_log.sub_(4.0)  # bumps the version counter: the cache must not serve stale A
+            layer.mixer.A_b_log.sub_(4.0)
+    with torch.inference_mode():
+        b = model.forward_features(clip)
+    torch.testing.assert_close(b.double(), oracle_features(model, clip), atol=2e-5, rtol=1e-4)
+    assert (a - b).abs().max() > 1e-3
+    fresh = make_tiny_model(seed=13)
+    model.load_state_dict(fresh.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(model.forward_features(clip), fresh.forward_features(clip))

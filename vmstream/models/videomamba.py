@@ -212,8 +212,28 @@ class Mamba(nn.Module):
         out = self.out_proj(y)
         return (out, new_state) if return_state else out
 
+    def _neg_exp(self, A_log: Tensor, slot: str) -> Tensor:
+        """A = -exp(A_log) in fp32, cached between calls when no gradient is needed.
+
+        Tiny, but 2 ops per direction per layer per segment; on a busy CPU every small op
+        can cost a scheduler slice while torch's worker threads wait, so inference skips it.
+        The cache key (storage, version counter) changes on load_state_dict, .to(), optimiser steps.
+        """
+        if torch.is_grad_enabled() and A_log.requires_grad:
+            return -torch.exp(A_log.float())
+        try:
+            key = (A_log.data_ptr(), A_log._version, A_log.device)
+        except RuntimeError:  # parameters created under inference_mode have no version counter
+            return -torch.exp(A_log.float())
+        cache = self.__dict__.setdefault("_A_cache", {})  # slot -> (parameter, key, A)
+        hit = cache.get(slot)
+        if hit is None or hit[0] is not A_log or hit[1] != key:
+            with torch.no_grad():
+                hit = cache[slot] = (A_log, key, -torch.exp(A_log.float()))
+        return hit[2]
+
     def _direction(self, x, z, A_log, conv, x_proj, dt_proj, D, conv_tail, ssm_state, reverse, return_state):
-        A = -torch.exp(A_log.float())
+        A = self._neg_exp(A_log, "backward" if reverse else "forward")
         weight = conv.weight.view(self.d_inner, self.d_conv)
         xc = causal_conv1d(x, weight, conv.bias, initial_tail=conv_tail, activation="silu",
                            return_final_tail=return_state, reverse=reverse)
