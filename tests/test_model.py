@@ -200,3 +200,18 @@ def test_cached_A_follows_weight_changes():
     model.load_state_dict(fresh.state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(clip), fresh.forward_features(clip))
+
+
+def test_frozen_A_trains_after_inference_calls():
+    """A cached under inference_mode must never reach autograd (inference tensors cannot be
+    saved for backward), e.g. fine-tuning with A frozen after a validation pass."""
+    model = make_tiny_model(seed=14)
+    clip = torch.randn(1, 3, 4, 32, 32)
+    with torch.inference_mode():
+        model.forward_segment(clip)
+    for layer in model.layers:
+        layer.mixer.A_log.requires_grad_(False)
+        layer.mixer.A_b_log.requires_grad_(False)
+    model.train()
+    model.forward_segment(clip).logits.sum().backward()
+    assert model.layers[0].mixer.in_proj.weight.grad is not None

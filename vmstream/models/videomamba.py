@@ -219,7 +219,7 @@ class Mamba(nn.Module):
         can cost a scheduler slice while torch's worker threads wait, so inference skips it.
         The cache key (storage, version counter) changes on load_state_dict, .to(), optimiser steps.
         """
-        if torch.is_grad_enabled() and A_log.requires_grad:
+        if torch.is_grad_enabled():  # training (even with A frozen, autograd may save A)
             return -torch.exp(A_log.float())
         try:
             key = (A_log.data_ptr(), A_log._version, A_log.device)
