@@ -9,9 +9,10 @@ compresses like real footage, a realistic bitrate, 2 s GOP, B-frames; cached und
   fps1       exact 1 fps sampling: "full" (decode all, pick), "seek", "filter" (default)
   keyframes  1 fps, keyframes only (approximate in time)
 
-Speeds are source frames covered per second of wall time (medians of --repeats runs);
-each of our runs is paired with an ffmpeg run just before it and a ratio is the median
-of the pairs' ratios, so machine load that comes and goes hits both sides.
+Speeds are source frames covered per second of wall time (medians of --repeats runs).
+Each of our runs is compared with the ffmpeg runs on either side of it and a ratio is
+the median over runs, so load that comes and goes hits both sides; a CPU-time ratio
+(insensitive to other processes) is printed beside it as a cross-check.
 The last lines are machine-readable (1080p figures):
 
   full_decode_ratio=X.XX  fps1_ratio=X.XX  keyframes_ratio=X.XX  hour_1080p_1fps_seconds=N
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,31 +69,39 @@ def make_video(name: str, seconds: int) -> str:
     return path
 
 
-def time_ffmpeg(path: str) -> float:
-    t = time.perf_counter()
+def _cpu(who) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def time_ffmpeg(path: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of FFmpeg's plain decode."""
+    c, t = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-threads", "2", "-i", path, "-f", "null", "-"],
                    check=True)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, _cpu(resource.RUSAGE_CHILDREN) - c
 
 
-def time_ours(path: str, policy, mode: str = "auto") -> tuple[float, int, dict]:
+def time_ours(path: str, policy, mode: str = "auto") -> tuple[float, float, int]:
+    """(wall, CPU, frames out) of our decoder (this process, all its threads)."""
     dec = PyAVDecoder(exact_mode=mode)
     src = source_from_uri(path)
     size = FrameSize(224, 224)
-    t = time.perf_counter()
-    n, end = 0, None
+    c, t = _cpu(resource.RUSAGE_SELF), time.perf_counter()
+    n = 0
     for item in dec.frames(src, policy, size):
         if isinstance(item, Frame):
             n += 1
-        else:
-            end = item
-    return time.perf_counter() - t, n, end.details
+    return time.perf_counter() - t, _cpu(resource.RUSAGE_SELF) - c, n
 
 
-def bench(path: str, n_frames: int, repeats: int) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
-    """(source fps, ratio to ffmpeg, frames out) per case. Each of our runs is paired
-    with an ffmpeg run just before it; a case's ratio is the median of its pairs' ratios,
-    so load that changes during the run hits both sides of each pair."""
+def bench(path: str, n_frames: int, repeats: int):
+    """Per case: source fps (median), wall ratio to ffmpeg, CPU ratio, frames out.
+
+    Runs go ffmpeg, ours, ffmpeg, ours, ... ending with ffmpeg; each of our runs is
+    compared with the mean of the ffmpeg runs on either side of it, and a case's ratio is
+    the median over its runs, so load that comes and goes hits both sides. The CPU
+    ratio (FFmpeg's CPU seconds over ours) does not depend on other load at all."""
     cases = {
         "full": (AllFrames(), "auto"),
         "fps1_decode_all": (FpsSampling(1), "full"),
@@ -99,21 +109,22 @@ def bench(path: str, n_frames: int, repeats: int) -> tuple[dict[str, float], dic
         "fps1_filter": (FpsSampling(1), "filter"),
         "keyframes": (FpsSampling(1, keyframes_only=True), "auto"),
     }
-    times: dict[str, list[float]] = {k: [] for k in ["ffmpeg", *cases]}
-    ratios: dict[str, list[float]] = {k: [] for k in cases}
-    outputs: dict[str, int] = {}
-    for _ in range(repeats):
-        for k, (pol, mode) in cases.items():
-            base = time_ffmpeg(path)
-            dt, n, _details = time_ours(path, pol, mode)
-            times["ffmpeg"].append(base)
-            times[k].append(dt)
-            ratios[k].append(base / dt)
-            outputs[k] = n
-    fps = {k: n_frames / statistics.median(v) for k, v in times.items()}
-    ratio = {k: statistics.median(v) for k, v in ratios.items()}
-    ratio["ffmpeg"] = 1.0
-    return fps, ratio, outputs
+    order = [k for _ in range(repeats) for k in cases]
+    base = [time_ffmpeg(path)]
+    ours = []
+    for k in order:
+        pol, mode = cases[k]
+        ours.append((k, *time_ours(path, pol, mode)))
+        base.append(time_ffmpeg(path))
+    fps, ratio, cpu_ratio, outs = {}, {}, {}, {}
+    for k in cases:
+        runs = [(i, w, c, n) for i, (kk, w, c, n) in enumerate(ours) if kk == k]
+        fps[k] = n_frames / statistics.median(w for _, w, _, _ in runs)
+        ratio[k] = statistics.median((base[i][0] + base[i + 1][0]) / 2 / w for i, w, _, _ in runs)
+        cpu_ratio[k] = statistics.median((base[i][1] + base[i + 1][1]) / 2 / c for i, _, c, _ in runs)
+        outs[k] = runs[-1][3]
+    fps["ffmpeg"] = n_frames / statistics.median(w for w, _ in base)
+    return fps, ratio, cpu_ratio, outs
 
 
 def main() -> None:
@@ -133,16 +144,16 @@ def main() -> None:
     for name in ([args.only] if args.only else list(VIDEOS)):
         path = make_video(name, args.seconds)
         n = args.seconds * FPS
-        fps, ratio, outs = bench(path, n, args.repeats)
+        fps, ratio, cpu_ratio, outs = bench(path, n, args.repeats)
         results[name] = (fps, ratio)
-        print(f"\n{name} ({os.path.getsize(path) / 1e6 * 8 / args.seconds:.1f} Mbit/s), source frames per second"
-              f" (ratio: median of paired runs):")
-        print(f"  {'ffmpeg -f null (baseline)':34s} {fps['ffmpeg']:8.0f}   1.00x")
+        print(f"\n{name} ({os.path.getsize(path) / 1e6 * 8 / args.seconds:.1f} Mbit/s): source frames per second, "
+              f"wall-time ratio to ffmpeg, CPU-time ratio")
+        print(f"  {'ffmpeg -f null (baseline)':34s} {fps['ffmpeg']:8.0f}   1.00x   1.00x")
         labels = {"full": "full decode -> 224x224 RGB", "fps1_decode_all": "1 fps exact, decode all",
                   "fps1_seek": "1 fps exact, seek/skip GOPs", "fps1_filter": "1 fps exact, packet filter",
                   "keyframes": "1 fps keyframes only (approx.)"}
         for k, label in labels.items():
-            print(f"  {label:34s} {fps[k]:8.0f}   {ratio[k]:4.2f}x   ({outs[k]} frames out)")
+            print(f"  {label:34s} {fps[k]:8.0f}   {ratio[k]:4.2f}x   {cpu_ratio[k]:4.2f}x   ({outs[k]} frames out)")
     fps, ratio = results.get("1080p") or next(iter(results.values()))
     # An hour of 1080p30 at the measured 1 fps speed (median source fps).
     hour = 3600 * FPS / fps["fps1_filter"]
