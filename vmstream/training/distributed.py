@@ -47,8 +47,19 @@ def init(device: str = "cpu", timeout_s: float = 300.0) -> bool:
 
 
 def shutdown() -> None:
+    """Tear the process group down while the interpreter is whole. A DDP model in a
+    reference cycle keeps the gloo group (and its worker threads) alive until the
+    interpreter's final GC; a worker thread then releasing a tensor needs the GIL during
+    finalization and the process aborts ("terminate called without an active
+    exception"). Collect first, so the group's last reference goes here and its
+    destructor joins the threads."""
     if is_dist():
+        import gc
+
+        dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def barrier() -> None:
