@@ -206,9 +206,12 @@ class Mamba(nn.Module):
         if self.bimamba:
             # Official: inner(xz.flip(-1)) with the *_b parameters, flipped back. Scanning
             # the flipped sequence from its start == scanning ours from the end, from zero.
+            # Without autograd the kernel adds its output into y in place (no temporary,
+            # no extra pass); under autograd y must stay intact for backward, so sum.
+            acc = None if torch.is_grad_enabled() else y
             y_b, _ = self._direction(x, z, self.A_b_log, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.D_b,
-                                     None, None, reverse=True, return_state=False)
-            y = y + y_b
+                                     None, None, reverse=True, return_state=False, out=acc)
+            y = y_b if acc is not None else y + y_b
         out = self.out_proj(y)
         return (out, new_state) if return_state else out
 
@@ -232,7 +235,8 @@ class Mamba(nn.Module):
                 hit = cache[slot] = (A_log, key, -torch.exp(A_log.float()))
         return hit[2]
 
-    def _direction(self, x, z, A_log, conv, x_proj, dt_proj, D, conv_tail, ssm_state, reverse, return_state):
+    def _direction(self, x, z, A_log, conv, x_proj, dt_proj, D, conv_tail, ssm_state, reverse, return_state,
+                   out=None):
         A = self._neg_exp(A_log, "backward" if reverse else "forward")
         weight = conv.weight.view(self.d_inner, self.d_conv)
         xc = causal_conv1d(x, weight, conv.bias, initial_tail=conv_tail, activation="silu",
@@ -244,7 +248,7 @@ class Mamba(nn.Module):
         dt = F.linear(dt, dt_proj.weight)  # bias -> delta_bias, as the fused kernel does
         y = selective_scan(xc, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
                            delta_softplus=True, initial_state=ssm_state, return_last_state=return_state,
-                           reverse=reverse)
+                           reverse=reverse, out=out, accumulate=out is not None)
         if return_state:
             y, last = y
             return y, (new_tail, last)
