@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a data list (multi-view)")
     ev.add_argument("--config", required=True)
+    ev.add_argument("--checkpoint", help="checkpoint file or registry name (default: the recipe's finetune)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ev.add_argument("-v", "--verbose", action="count", default=0)
     return parser
@@ -150,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "eval":
             from vmstream.training import eval_main
 
-            return int(eval_main(args.config, args.overrides) or 0)
+            return int(eval_main(args.config, args.overrides, checkpoint=args.checkpoint) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
