@@ -309,6 +309,19 @@ def test_truncated_file_decodes_what_is_there_and_says_so(truncated_mp4):
         assert frames[-1].t < 4.0 and end.message
 
 
+def test_truncated_webm_without_a_frame_index_is_reported_truncated(tmp_path):
+    # WebM has no exact frame index; the header's duration still shows the cut.
+    full = make_video(str(tmp_path / "full.webm"), codec="vp9", fps=25, seconds=10, gop=25)
+    cut = tmp_path / "cut.webm"
+    data = open(full, "rb").read()
+    cut.write_bytes(data[: len(data) * 45 // 100])
+    frames, end = decode(str(cut), FpsSampling(2))
+    assert frames and frames[-1].t < 6.0
+    assert end.details["reason"] == "truncated" and "container says" in end.message
+    _, end_full = decode(full, FpsSampling(2))
+    assert end_full.details["reason"] == "eof"
+
+
 def test_corrupt_file_counts_broken_packets_and_ends_cleanly(corrupt_mp4):
     frames, end = decode(corrupt_mp4, AllFrames())
     assert 50 < len(frames) <= 100

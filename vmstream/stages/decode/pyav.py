@@ -666,10 +666,15 @@ class _FileRun:
             return "truncated", f"reading stopped early: {r.demux_error}"
         if broken:
             return "truncated", f"{broken} broken packet(s); decoded what could be decoded"
-        if (r is not None and r.eof and info.frame_count_exact and info.end_time is not None
-                and r.last_t is not None and r.last_t < info.end_time - 2 * max(self.frame_dur, 0.02) - 0.5):
-            return "truncated", (f"the data ends at {r.last_t:.2f}s but the container says "
-                                 f"{info.end_time:.2f}s")
+        if r is not None and r.eof and info.end_time is not None and r.last_t is not None:
+            # With an exact frame index the container's end is trusted to a frame or two;
+            # otherwise (webm, TS: a header duration or a bitrate estimate) only a clear
+            # shortfall counts, so an estimate a few percent off is not called truncation.
+            slack = (2 * max(self.frame_dur, 0.02) + 0.5 if info.frame_count_exact
+                     else 0.1 * (info.duration or 0.0) + 1.0)
+            if r.last_t < info.end_time - slack:
+                return "truncated", (f"the data ends at {r.last_t:.2f}s but the container says "
+                                     f"{info.end_time:.2f}s")
         return "eof", ""
 
     def _emit(self, avf, t: float, count: int) -> Iterator[Frame]:
