@@ -19,6 +19,8 @@ nothing: one self-contained file with inline SVG and a tooltip per bar.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import html
 import math
 import os
@@ -131,7 +133,23 @@ def build_timelines(source) -> dict[str, Timeline]:
     for t in timelines.values():
         t.segments.sort(key=lambda s: s.t_start)
         t.gaps = sorted(set(t.gaps))
+        t.segments = _close_sampling_gaps(t.segments)
     return timelines
+
+
+def _close_sampling_gaps(segs: list[_Seg]) -> list[_Seg]:
+    """A segment's times are its first and last frame; the video between its last frame
+    and the next segment's first (one sampling step) belongs to it too. Drawn as is,
+    every segment boundary would look like an outage, so bars reach the next segment
+    when the space between them is a small fraction of a segment (real gaps are longer
+    and are drawn separately)."""
+    out = list(segs)
+    for i in range(len(out) - 1):
+        cur, nxt = out[i], out[i + 1]
+        space = nxt.t_start - cur.t_end
+        if 0 < space <= 0.25 * max(cur.t_end - cur.t_start, 0.0):
+            out[i] = dataclasses.replace(cur, t_end=nxt.t_start)
+    return out
 
 
 def _safe_name(stream_id: str) -> str:
