@@ -210,6 +210,18 @@ def test_resume_from_start_time_drops_earlier_frames(h264_mp4, h264_ts):
         assert frames[0].t == pytest.approx(t0 + 2.0) and len(frames) == 50
 
 
+def test_resume_off_grid_returns_no_frame_before_start_time(tmp_path):
+    # 4 fps targets on a 10 fps file: the frame on screen at the first target after
+    # start_time (3.75 s) is the one at 3.7 s, before start_time; it must not come back.
+    path = make_video(str(tmp_path / "v.mp4"), fps=10, seconds=8, gop=20, size=(64, 48))
+    every, _ = decode(path, FpsSampling(4), mode="full")
+    start = every[15].t + 1e-5
+    for mode in ("full", "filter"):
+        got, _ = decode(path, FpsSampling(4), mode=mode, start_time=start)
+        assert got[0].t > every[15].t
+        assert_same_frames([f for f in every if f.t >= start], got)
+
+
 def test_all_frames_and_short_videos(h264_mp4, vfr_mp4, one_frame_mp4):
     frames, end = decode(h264_mp4, AllFrames())
     assert [f.t for f in frames] == pytest.approx([k / 25 for k in range(100)])

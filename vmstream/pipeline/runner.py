@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 # Seconds a blocked put/get waits before re-checking the stop flag.
 _POLL = 0.1
-# A resumed stream starts decoding just after its last segment's end time.
-_RESUME_EPS = 1e-6
+# A resumed stream starts decoding just after its last segment's end time: past the
+# decoders' own tolerance for time rounding (sampling.TIME_EPS, 1 us), so that frame is
+# not returned again, and far below any frame interval.
+_RESUME_EPS = 1e-5
 
 
 @dataclass
@@ -373,7 +375,7 @@ class Runner:
         if self._stop.is_set():
             job.stop.set()
         frames = self.decoder.frames(src, self.policy, self.size, start_time, stop=job.stop)
-        items = self.segmenter_factory(src).segments(_counted(frames, self.report, start_time), uri=src.uri,
+        items = self.segmenter_factory(src).segments(_counted(frames, self.report), uri=src.uri,
                                                      first_index=start_index)
         if self.audio_factory is not None and info.has_audio:
             items = self.audio_factory(src).run(items)
@@ -584,15 +586,10 @@ def _sid(item) -> str:
     raise TypeError(f"unexpected item {type(item).__name__}")
 
 
-def _counted(frames, report: RunReport, start_time: float = 0.0):
-    """Counts frames; on a resumed stream also drops any frame at or before the last
-    processed segment's end (a decoder may return the frame on screen at the first
-    target after `start_time`, which can be that segment's last frame)."""
+def _counted(frames, report: RunReport):
     from vmstream.records import Frame
 
     for item in frames:
         if isinstance(item, Frame):
-            if start_time and item.t < start_time:
-                continue
             report.frames += 1
         yield item
