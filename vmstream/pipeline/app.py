@@ -12,9 +12,8 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from vmstream.pipeline.cli import UserError
 from vmstream.pipeline.config import ConfigError, PipelineConfig, load_config
@@ -423,12 +422,17 @@ def embed_video(cfg: PipelineConfig, model, uri: str):
     from vmstream.stages.inference import InferenceStage
     from vmstream.stages.sources import resolve_sources
 
+    from vmstream.stages.decode.base import probe_for_policy
+
     (src,) = resolve_sources([uri])
-    decoder = make_decoder(cfg)
-    decoder.probe(src.uri, src.options)
+    decoder, policy = make_decoder(cfg), make_policy(cfg)
+    try:
+        info = probe_for_policy(decoder, src.uri, src.options, policy)
+    except ValueError as e:  # VideoInputError included: the message names the input
+        raise UserError(str(e)) from None
     stage = InferenceStage(model, device=resolve_device(cfg.model.device), top_k=cfg.model.top_k)
     seg = make_segmenter_factory(cfg, segment_frames(cfg, model))(src)
-    items = seg.segments(decoder.frames(src, make_policy(cfg), make_size(cfg)), uri=src.uri)
+    items = seg.segments(decoder.frames(src, policy, make_size(cfg), info=info), uri=src.uri)
     embs, spans = [], []
     for r in stage.run(items):
         if isinstance(r, SegmentResult):

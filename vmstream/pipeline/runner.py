@@ -19,15 +19,14 @@ The runner takes sources at any time (`submit`), which is what the Kafka worker 
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence
 
-from vmstream.records import Segment, SegmentResult, StreamEvent, StreamSummary
+from vmstream.records import Segment, StreamEvent, StreamSummary
 from vmstream.stages.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -346,7 +345,7 @@ class Runner:
                 self._put_seg(_Done(job.source.stream_id, "error", str(e)), force=True)
 
     def _decode_stream(self, job: _Job) -> None:
-        from vmstream.stages.decode.base import VideoInputError
+        from vmstream.stages.decode.base import VideoInputError, probe_for_policy
 
         src = job.source
         sid = src.stream_id
@@ -358,8 +357,9 @@ class Runner:
             log.info("stream %s: resuming at segment %d (t > %.3f s) from its snapshot", sid, start_index,
                      snap["t_end"])
         try:
-            info = self.decoder.probe(src.uri, src.options)
-            self.policy.check_for(info)
+            # The decoder's own rule (re-probe for an exact length when the policy
+            # needs one), so what passes here decodes, and `frames` reuses the probe.
+            info = probe_for_policy(self.decoder, src.uri, src.options, self.policy)
         except (VideoInputError, ValueError) as e:
             # Unusable input: reported and skipped; the others go on.
             reason = getattr(e, "reason", "bad_input")
@@ -374,7 +374,7 @@ class Runner:
             self._put_seg(_Restore(snap), force=True)
         if self._stop.is_set():
             job.stop.set()
-        frames = self.decoder.frames(src, self.policy, self.size, start_time, stop=job.stop)
+        frames = self.decoder.frames(src, self.policy, self.size, start_time, stop=job.stop, info=info)
         items = self.segmenter_factory(src).segments(_counted(frames, self.report), uri=src.uri,
                                                      first_index=start_index)
         if self.audio_factory is not None and info.has_audio:

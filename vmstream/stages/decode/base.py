@@ -200,8 +200,9 @@ class Decoder(abc.ABC):
     name: str = "decoder"
 
     @abc.abstractmethod
-    def probe(self, uri: str, options: Optional[dict] = None) -> StreamInfo:
-        """Open the input just enough to describe it.
+    def probe(self, uri: str, options: Optional[dict] = None, *, count: bool = False) -> StreamInfo:
+        """Open the input just enough to describe it; `count=True` also reads every
+        packet for an exact frame count and duration where the header lacks them.
 
         Raises InputNotFoundError / NotAVideoError / NoVideoTrackError (all
         VideoInputError, naming `uri`) when it cannot be decoded at all.
@@ -216,6 +217,7 @@ class Decoder(abc.ABC):
         start_time: float = 0.0,
         *,
         stop: Optional[threading.Event] = None,
+        info: Optional[StreamInfo] = None,
     ) -> Iterator[DecodedItem]:
         """Frames of `source` chosen by `policy`, at `size`, then one "end" event.
 
@@ -223,7 +225,8 @@ class Decoder(abc.ABC):
         after that, trouble becomes "error"/"end" events (a corrupt file fails its
         stream, never the caller). `start_time` (seconds, the stream's own clock)
         resumes a stream: no frame before it is returned. `stop` ends a (live)
-        stream early with reason "stopped". Closing the generator releases the input.
+        stream early with reason "stopped". `info` (from `probe_for_policy`) saves a
+        second probe of a file. Closing the generator releases the input.
         """
 
     def supports(self, info: StreamInfo) -> bool:
@@ -232,6 +235,41 @@ class Decoder(abc.ABC):
 
     def close(self) -> None:
         """Release shared resources (pipelines, threads). Idempotent."""
+
+
+def check_frames_args(source, policy, size, start_time) -> None:
+    """The argument checks every backend's `frames()` makes before any work."""
+    from vmstream.stages.sampling import SamplingPolicy
+    from vmstream.stages.sources import Source
+
+    if not isinstance(source, Source):
+        raise TypeError(f"source must be a Source, got {type(source).__name__}")
+    if not isinstance(policy, SamplingPolicy):
+        raise TypeError(f"policy must be a SamplingPolicy, got {type(policy).__name__}")
+    if not isinstance(size, FrameSize):
+        raise TypeError(f"size must be a FrameSize, got {type(size).__name__}")
+    if isinstance(start_time, bool) or not isinstance(start_time, (int, float)) \
+            or not math.isfinite(start_time) or start_time < 0:
+        raise ValueError(f"start_time must be seconds >= 0, got {start_time!r}")
+
+
+def probe_for_policy(decoder: Decoder, uri: str, options: Optional[dict], policy: "SamplingPolicy",
+                     info: Optional[StreamInfo] = None) -> StreamInfo:
+    """What `policy` needs to know about a (file) input: the probe (or `info`, a probe
+    the caller already made), probed again with an exact frame count when the policy
+    needs the stream's length and the container does not say it. Raises
+    VideoInputError / ValueError (naming the input) when the policy cannot sample it."""
+    from vmstream.stages.sampling import stream_length
+
+    if info is None:
+        info = decoder.probe(uri, options)
+    if policy.needs_length and not info.live:
+        try:
+            stream_length(info)
+        except ValueError:
+            info = decoder.probe(uri, options, count=True)
+    policy.check_for(info)
+    return info
 
 
 def end_event(stream_id: str, uri: str, reason: str, *, frames: int, broken_packets: int = 0,

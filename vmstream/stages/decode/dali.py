@@ -53,7 +53,9 @@ from .base import (
     NotAVideoError,
     StreamInfo,
     UnsupportedVideoError,
+    check_frames_args,
     end_event,
+    probe_for_policy,
 )
 
 if TYPE_CHECKING:
@@ -343,31 +345,17 @@ class DALIDecoder(Decoder):
         return (not info.live) and info.codec in self.codecs
 
     def frames(self, source: "Source", policy: "SamplingPolicy", size: FrameSize,
-               start_time: float = 0.0, *, stop: Optional[threading.Event] = None
-               ) -> Iterator[DecodedItem]:
+               start_time: float = 0.0, *, stop: Optional[threading.Event] = None,
+               info: Optional[StreamInfo] = None) -> Iterator[DecodedItem]:
         """See base.Decoder.frames. Probes, indexes and builds the pipeline now (bad input
         raises here); decoding runs lazily in the returned iterator."""
-        from vmstream.stages.sampling import SamplingPolicy, stream_length
-
-        if not isinstance(policy, SamplingPolicy):
-            raise TypeError(f"policy must be a SamplingPolicy, got {type(policy).__name__}")
-        if not isinstance(size, FrameSize):
-            raise TypeError(f"size must be a FrameSize, got {type(size).__name__}")
-        if isinstance(start_time, bool) or not isinstance(start_time, (int, float)) \
-                or not math.isfinite(start_time) or start_time < 0:
-            raise ValueError(f"start_time must be seconds >= 0, got {start_time!r}")
+        check_frames_args(source, policy, size, start_time)
         why = None
         path = source.path
         if source.live or path is None:
             why = f"{source.uri}: DALI reads local files only (live or remote source)"
         else:
-            info = self.probe(path, source.options)  # VideoInputError up front
-            if policy.needs_length:
-                try:
-                    stream_length(info)
-                except ValueError:
-                    info = self.probe(path, source.options, count=True)
-            policy.check_for(info)
+            info = probe_for_policy(self, path, source.options, policy, info)  # VideoInputError up front
             if info.codec not in self.codecs:
                 where = "NVDEC" if self.on_gpu else "DALI's CPU decoder (VP8/VP9/MJPEG only; H.264 and others need a GPU)"
                 why = f"{path}: codec {info.codec!r} cannot be decoded by {where}"
@@ -375,7 +363,7 @@ class DALIDecoder(Decoder):
             if not self.fallback:
                 raise UnsupportedVideoError(source.uri, why.split(": ", 1)[1])
             log.info("%s; decoding with PyAV instead", why)
-            return self._pyav_decoder().frames(source, policy, size, start_time, stop=stop)
+            return self._pyav_decoder().frames(source, policy, size, start_time, stop=stop, info=info)
         index = index_file(path, source.options)
         chosen = select_frames(index, info, policy, float(start_time))
         return self._decode(source, path, replace(info, rotation=index.rotation), index, chosen, size, stop)

@@ -41,10 +41,12 @@ from vmstream.stages.decode.base import (
     NoVideoTrackError,
     StreamInfo,
     VideoInputError,
+    check_frames_args,
     end_event,
+    probe_for_policy,
 )
 from vmstream.stages.decode.packet_filter import H264Inspector, feed_mask, wanted_in_window
-from vmstream.stages.sampling import TIME_EPS, SamplingPolicy, stream_length
+from vmstream.stages.sampling import TIME_EPS, SamplingPolicy
 from vmstream.stages.sources import Source
 
 log = logging.getLogger(__name__)
@@ -561,28 +563,13 @@ class PyAVDecoder(Decoder):
         """See base.Decoder.frames. Validates and probes now (errors raise here, before
         any work); the decoding itself runs lazily in the returned iterator.
         `info` skips the probe when the caller already has it."""
-        if not isinstance(source, Source):
-            raise TypeError(f"source must be a Source, got {type(source).__name__}")
-        if not isinstance(policy, SamplingPolicy):
-            raise TypeError(f"policy must be a SamplingPolicy, got {type(policy).__name__}")
-        if not isinstance(size, FrameSize):
-            raise TypeError(f"size must be a FrameSize, got {type(size).__name__}")
-        if isinstance(start_time, bool) or not isinstance(start_time, (int, float)) \
-                or not math.isfinite(start_time) or start_time < 0:
-            raise ValueError(f"start_time must be seconds >= 0, got {start_time!r}")
+        check_frames_args(source, policy, size, start_time)
         if source.live:
             from vmstream.stages.decode.live import live_frames
 
             policy.online()  # raises for policies that need a known length
             return live_frames(self, source, policy, size, stop=stop)
-        if info is None:
-            info = self.probe(source.uri, source.options)
-        if policy.needs_length:
-            try:
-                stream_length(info)
-            except ValueError:
-                info = self.probe(source.uri, source.options, count=True)
-        policy.check_for(info)
+        info = probe_for_policy(self, source.uri, source.options, policy, info)
         return self._file_frames(source, info, policy, size, float(start_time), stop)
 
     def _open_stream(self, source: Source, keyframes_only: bool):
