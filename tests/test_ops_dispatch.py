@@ -158,3 +158,22 @@ def test_build_command_warms_the_cache():
     assert r.returncode == 0, r.stderr
     assert "fused CPU kernels ready" in r.stdout
     assert "loaded from" in r.stdout + r.stderr  # not rebuilt
+
+
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_later_loads():
+    """Ctrl-C during the first build leaves torch's lock file behind; torch alone would
+    wait on it forever. The next process removes it under its own flock and loads."""
+    if cpu_ext._compiler() is None:
+        pytest.skip("no C++ compiler")
+    cpu_ext.load()
+    name, _ = cpu_ext.build_key()
+    stale = cpu_ext.cache_root() / "ext" / name / "lock"
+    stale.touch()
+    try:
+        r = subprocess.run([sys.executable, "-m", "vmstream.models.ops.build"], capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        stale.unlink(missing_ok=True)
+    assert r.returncode == 0, r.stderr
+    assert "fused CPU kernels ready" in r.stdout
+    assert "left by a build that was killed" in r.stdout + r.stderr

@@ -14,6 +14,7 @@ that carries the same hash (no pybind11, no Python headers: a smaller, faster bu
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -53,7 +54,6 @@ def _openmp_flags() -> list[str]:
     if "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
         return ["-fopenmp"]
     return []
-_STALE_LOCK_S = 15 * 60  # a build lock older than this was left by a killed process
 
 
 class ExtensionUnavailable(RuntimeError):
@@ -125,14 +125,25 @@ def build_key(variant: str = "native") -> tuple[str, list[str]]:
     return name, flags + [f"-DVMS_NS={name}"]
 
 
-def _clear_stale_lock(build_dir: Path) -> None:
-    lock = build_dir / "lock"
-    try:
-        if time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
-            log.warning("removing stale build lock %s", lock)
-            lock.unlink()
-    except FileNotFoundError:
-        pass
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """One builder per build directory across processes. torch's own lock is a file whose
+    mere existence means "busy": a build killed midway (Ctrl-C on first use) leaves it
+    behind and every later load waits on it forever. Ours is an flock, which the kernel
+    drops when its holder dies; while we hold it nobody else is building here, so a
+    torch lock file found then is such a leftover and is removed."""
+    import fcntl  # noqa: PLC0415 (POSIX; Windows never builds, see _build_and_load)
+
+    with open(build_dir / "build.flock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            stale = build_dir / "lock"
+            if stale.exists():
+                log.warning("removing %s, left by a build that was killed", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def load(variant: str = "native"):
@@ -171,12 +182,12 @@ def _build_and_load(variant: str):
     name, flags = build_key(variant)
     build_dir = cache_root() / "ext" / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale_lock(build_dir)
     cached = (build_dir / f"{name}.so").exists()
     t0 = time.perf_counter()
     ldflags = ["-fopenmp"] if "-fopenmp" in flags else []
-    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=ldflags,
-                       build_directory=str(build_dir), is_python_module=False, verbose=False)
+    with _build_lock(build_dir):
+        cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=ldflags,
+                           build_directory=str(build_dir), is_python_module=False, verbose=False)
     ops = getattr(torch.ops, name)
     isa = ops.isa()
     if cached:
