@@ -124,6 +124,24 @@ def test_cli_run_then_search(tmp_path, tiny_ckpt, h264_mp4, vp9_webm_noaudio, ca
     assert main(["search", "--index", str(out), "--stream", sid, "--at", "1.5", "-k", "2"]) == 0
 
 
+def test_query_video_is_embedded_with_the_stores_sampling(tmp_path, tiny_ckpt, h264_mp4, capsys):
+    """--checkpoint names the model anew, but decoding and segmenting still come from the
+    store's run (here non-default fps and T): the same video at --at finds its own segment."""
+    import json
+
+    out = tmp_path / "out"
+    assert main(["run", h264_mp4, "--checkpoint", tiny_ckpt, "--out", str(out), "--fps", "6",
+                 "--segment-frames", "2", "--set", "decode.img_size=32", "--no-progress"]) == 0
+    capsys.readouterr()
+    store = VideoStore(out / "index", readonly=True)
+    assert len(store) >= 4
+    assert main(["search", "--index", str(out), "--video", h264_mp4, "--at", "1.0", "-k", "3", "--json",
+                 "--checkpoint", tiny_ckpt]) == 0
+    hits = [json.loads(h) for h in capsys.readouterr().out.strip().splitlines()]
+    own = [h for h in hits if h["t_start"] <= 1.0 <= h["t_end"] + 1 / 6]
+    assert own and own[0]["score"] >= hits[0]["score"] - 1e-5 and own[0]["score"] > 0.9999
+
+
 def test_stop_and_resume_gives_the_uninterrupted_results(tmp_path, tiny_ckpt, media):
     from tests.fixtures.media import make_video
 

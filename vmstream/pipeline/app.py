@@ -481,18 +481,25 @@ def cmd_search(args) -> int:
 
 
 def _search_config(args, store, store_dir: Path) -> PipelineConfig:
-    """Embed the query video with the store's model and decoding unless told otherwise."""
-    cfg = config_from_args(args)
+    """Embed the query video with the store's decoding and segmenting (its embeddings are
+    comparable only then), and with the store's model unless --model/--checkpoint name it
+    (e.g. the checkpoint file moved; the digest check catches a different model). A
+    --config replaces the store's settings; --fps, --set etc. override either."""
     manifest = store_dir.parent / RUN_MANIFEST
-    if not (args.model or args.checkpoint or args.config) and manifest.exists():
-        m = json.loads(manifest.read_text())
-        run_cfg = m.get("config", {})
-        data = {k: run_cfg[k] for k in ("model", "decode", "segment") if k in run_cfg}
-        try:
-            cfg = load_config(overrides=data, sets=getattr(args, "sets", []))
-        except ConfigError as e:
-            raise UserError(f"{manifest}: {e}") from None
-    return cfg
+    if getattr(args, "config", None) or not manifest.exists():
+        return config_from_args(args)
+    run_cfg = json.loads(manifest.read_text()).get("config", {})
+    data = {k: dict(run_cfg[k]) for k in ("model", "decode", "segment") if k in run_cfg}
+    model = data.setdefault("model", {})
+    if getattr(args, "checkpoint", None) or getattr(args, "model", None):
+        model["checkpoint"] = getattr(args, "checkpoint", None)
+        model["name"] = getattr(args, "model", None) or model.get("name")
+    if getattr(args, "device", None):
+        model["device"] = args.device
+    try:
+        return load_config(overrides=data, sets=getattr(args, "sets", []))
+    except ConfigError as e:
+        raise UserError(f"{manifest}: {e}") from None
 
 
 def _print_hits(hits, as_json: bool = False) -> None:
