@@ -13,7 +13,7 @@ from tests.fixtures.videomamba import make_tiny_model
 from vmstream.pipeline.app import build_runner, embed_video
 from vmstream.pipeline.cli import main
 from vmstream.pipeline.config import load_config
-from vmstream.records import SegmentResult, StreamSummary, segment_uid
+from vmstream.records import SegmentResult, segment_uid
 from vmstream.stages.sinks.parquet import read_table
 from vmstream.stages.sinks.store import VideoStore
 from vmstream.stages.sources import resolve_sources

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmstream.training.augment import (EvalTransform, RandAugment, TrainTransform, parse_rand_augment,
+from vmstream.training.augment import (EvalTransform, TrainTransform, parse_rand_augment,
                                        random_resized_crop_params, spatial_views)
 from vmstream.training.mixup import (LabelSmoothingCrossEntropy, Mixup, SoftTargetCrossEntropy,
                                      mixup_target, smooth_one_hot)

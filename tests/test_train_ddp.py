@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

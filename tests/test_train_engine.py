@@ -167,7 +167,6 @@ def test_regression_streaming_eval_and_finetune_resampling(train_videos, tmp_pat
 
     # eval_main on the clip checkpoint of a fresh run (the CLI's `vmstream eval`)
     fit(_cfg(train_videos, tmp_path / "clip", epochs=1, num_sample=1, batch_size=4), print_fn=lambda *_: None)
-    from vmstream.training.recipes import parse_overrides  # noqa: F401
     import yaml
 
     rp = tmp_path / "r.yaml"

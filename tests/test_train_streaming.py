@@ -43,7 +43,6 @@ def _grad_to_input(model, x, k):
     step = streaming_step(tbptt_k=k, loss="last")
     # run through the step function itself, as training does
     model.zero_grad()
-    xs = {"x": x, "y": y}
     logits = run_segments(model, x, grad_from=x.shape[1] - (x.shape[1] if k == 0 else k))
     F.cross_entropy(logits[-1], y).backward()
     step(model, {"x": x.detach(), "y": y}, 1.0)  # must run without error too

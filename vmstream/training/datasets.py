@@ -18,7 +18,7 @@ and never stops training: a training sample is replaced by the next readable ent
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np

@@ -26,7 +26,6 @@ import contextlib
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .engine import StepFn, _check_finite

@@ -28,7 +28,7 @@ import re
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from vmstream.records import SegmentResult, StreamEvent, StreamSummary
 
