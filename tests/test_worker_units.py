@@ -371,3 +371,30 @@ def test_a_snapshot_that_cannot_be_loaded_is_retried_not_dead_lettered():
     w.runner.finish("x", "ok")
     w._process_completions()
     assert w._ledgers[tp].commit_offset() == 1
+
+
+def test_poll_rides_out_broker_errors_and_raises_real_ones(caplog):
+    """kafka-python 3 raises connection errors out of poll() while the broker is away
+    (seen in the real outage test): the worker must wait and poll again, not stop."""
+    from kafka import errors as E
+
+    w = _worker_with(stops_on_cancel=set())
+    w.poll_timeout_s = 0.01
+    outcomes = [E.KafkaConnectionError("111 ECONNREFUSED"), E.KafkaTimeoutError(), ConnectionRefusedError(111),
+                {"tp": ["m"]}, E.IllegalStateError("a bug, not an outage")]
+
+    class Flaky:
+        def poll(self, timeout_ms, max_records):
+            got = outcomes.pop(0)
+            if isinstance(got, BaseException):
+                raise got
+            return got
+
+    w.consumer = Flaky()
+    with caplog.at_level("INFO", logger="vmstream.pipeline.worker"):
+        assert [w._poll(0.01, 1) for _ in range(4)] == [{}, {}, {}, {"tp": ["m"]}]
+    warned = [r for r in caplog.records if "retrying while the broker is away" in r.getMessage()]
+    assert len(warned) == 1  # one warning per outage, not one per poll
+    assert any("after 3 failed poll(s)" in r.getMessage() for r in caplog.records)
+    with pytest.raises(E.IllegalStateError):
+        w._poll(0.01, 1)

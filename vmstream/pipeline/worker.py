@@ -329,6 +329,8 @@ class Worker:
         self._store_failures: dict[str, str] = {}
         self._seq = 0
         self._stop_requested = threading.Event()
+        self._poll_failures = 0
+        self._poll_warned_at = 0.0
         self._signals = 0
         self.runner = None
         self.consumer = None
@@ -567,7 +569,7 @@ class Worker:
                 continue
             if c.paused():
                 c.resume(*c.paused())
-            records = c.poll(timeout_ms=int(self.poll_timeout_s * 1000), max_records=max(1, free))
+            records = self._poll(self.poll_timeout_s, max(1, free))
             for tp, msgs in records.items():
                 for m in msgs:
                     if self._free_slots() <= 0:
@@ -583,6 +585,33 @@ class Worker:
             deferred = sum(1 for j in self._jobs.values() if j.state == "deferred")
         return self.runner.max_streams - len(self.runner.running()) - deferred
 
+    def _poll(self, timeout_s: float, max_records: int) -> dict:
+        """consumer.poll, riding out a broker outage: kafka-python 3 raises connection and
+        timeout errors out of poll (the coordinator lookup, offset validation) where it
+        used to retry inside. Those are the broker's trouble, not the worker's: wait and
+        poll again (jobs keep running, results wait in the sinks), never stop."""
+        from kafka import errors as E
+
+        try:
+            records = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except (E.KafkaError, ConnectionError) as e:
+            # NoBrokersAvailable: kafka-python 2.x's name for it; 3.x has no such class
+            if isinstance(e, E.KafkaError) and not getattr(e, "retriable", False) \
+                    and not isinstance(e, getattr(E, "NoBrokersAvailable", ())):
+                raise
+            now = time.monotonic()
+            if self._poll_failures == 0 or now - self._poll_warned_at > 30:
+                log.warning("worker %s: polling the jobs topic: %s: %s (retrying while the broker is away)",
+                            self.worker_id, type(e).__name__, e)
+                self._poll_warned_at = now
+            self._poll_failures += 1
+            self._stop_requested.wait(min(self.poll_timeout_s, 1.0))
+            return {}
+        if self._poll_failures:
+            log.info("worker %s: polling again after %d failed poll(s)", self.worker_id, self._poll_failures)
+            self._poll_failures = 0
+        return records
+
     def _pause_all(self) -> None:
         assigned = self.consumer.assignment()
         if assigned:
@@ -591,7 +620,7 @@ class Worker:
     def _poll_nothing(self, timeout_s: Optional[float] = None) -> None:
         """Keep the group membership alive (all partitions paused)."""
         t = self.poll_timeout_s if timeout_s is None else timeout_s
-        records = self.consumer.poll(timeout_ms=int(t * 1000), max_records=1)
+        records = self._poll(t, 1)
         for tp, msgs in records.items():
             if msgs:
                 self.consumer.seek(tp, msgs[0].offset)
@@ -778,8 +807,12 @@ class Worker:
         try:
             self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
                                  timeout_ms=int(self.commit_timeout_s * 1000))
-        except (E.CommitFailedError, E.RebalanceInProgressError, E.KafkaTimeoutError, E.IllegalGenerationError,
-                E.UnknownMemberIdError, E.KafkaConnectionError, E.NodeNotReadyError) as e:
+        except (E.KafkaError, ConnectionError) as e:
+            # Retriable ones (the broker away, a coordinator moving) and the group's own
+            # churn: the offsets stay pending and the next commit tries again.
+            churn = (E.CommitFailedError, E.RebalanceInProgressError, E.IllegalGenerationError, E.UnknownMemberIdError)
+            if isinstance(e, E.KafkaError) and not (getattr(e, "retriable", False) or isinstance(e, churn)):
+                raise
             (log.error if final else log.warning)("committing offsets %s: %s%s", _fmt_offsets(offsets), e,
                                                   "" if final else " (will retry)")
             return
