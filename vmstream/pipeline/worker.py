@@ -586,10 +586,10 @@ class Worker:
         return self.runner.max_streams - len(self.runner.running()) - deferred
 
     def _poll(self, timeout_s: float, max_records: int) -> dict:
-        """consumer.poll, riding out a broker outage: kafka-python 3 raises connection and
-        timeout errors out of poll (the coordinator lookup, offset validation) where it
-        used to retry inside. Those are the broker's trouble, not the worker's: wait and
-        poll again (jobs keep running, results wait in the sinks), never stop."""
+        """consumer.poll, riding out a broker outage: kafka-python 3 can raise connection
+        and timeout errors out of poll (from the coordinator lookup and offset validation
+        it runs inside). Those are the broker's trouble, not the worker's: wait and poll
+        again (jobs keep running, results wait in the sinks), never stop."""
         from kafka import errors as E
 
         try:
