@@ -101,9 +101,13 @@ def omp_threads(n: int):
     try:
         yield
     finally:
-        faiss.omp_set_num_threads(old)
+        # BLAS first: the bundled OpenBLAS is its OpenMP build, whose set_num_threads
+        # also sets the calling thread's OpenMP count, and its own count is process-wide
+        # (another thread's scope may have changed it meanwhile). Restoring OpenMP last
+        # leaves this thread's setting as it was, whatever the BLAS count says.
         if blas:
             blas.openblas_set_num_threads(old_blas)
+        faiss.omp_set_num_threads(old)
 
 
 def default_nlist(n: int) -> int:
