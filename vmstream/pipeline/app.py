@@ -419,10 +419,9 @@ def embed_video(cfg: PipelineConfig, model, uri: str):
     import numpy as np
 
     from vmstream.records import SegmentResult
+    from vmstream.stages.decode.base import probe_for_policy
     from vmstream.stages.inference import InferenceStage
     from vmstream.stages.sources import resolve_sources
-
-    from vmstream.stages.decode.base import probe_for_policy
 
     (src,) = resolve_sources([uri])
     decoder, policy = make_decoder(cfg), make_policy(cfg)
@@ -484,7 +483,7 @@ def _search_config(args, store, store_dir: Path) -> PipelineConfig:
     """Embed the query video with the store's decoding and segmenting (its embeddings are
     comparable only then), and with the store's model unless --model/--checkpoint name it
     (e.g. the checkpoint file moved; the digest check catches a different model). A
-    --config replaces the store's settings; --fps, --set etc. override either."""
+    --config replaces the store's settings; --set overrides either."""
     manifest = store_dir.parent / RUN_MANIFEST
     if getattr(args, "config", None) or not manifest.exists():
         return config_from_args(args)

@@ -281,6 +281,16 @@ def _make_listener(worker: "Worker"):
     return SyncListener()
 
 
+def _broker_trouble(e: BaseException, also: tuple = ()) -> bool:
+    """Whether an error from a consumer call is the broker being away or busy (a socket
+    error, or a Kafka error marked retriable, or one of `also`): wait and call again."""
+    from kafka import errors as E
+
+    if isinstance(e, E.KafkaError):
+        return bool(getattr(e, "retriable", False)) or isinstance(e, also)
+    return isinstance(e, ConnectionError)
+
+
 # --------------------------------------------------------------------------- the worker
 
 
@@ -595,9 +605,7 @@ class Worker:
         try:
             records = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except (E.KafkaError, ConnectionError) as e:
-            # NoBrokersAvailable: kafka-python 2.x's name for it; 3.x has no such class
-            if isinstance(e, E.KafkaError) and not getattr(e, "retriable", False) \
-                    and not isinstance(e, getattr(E, "NoBrokersAvailable", ())):
+            if not _broker_trouble(e):
                 raise
             now = time.monotonic()
             if self._poll_failures == 0 or now - self._poll_warned_at > 30:
@@ -808,10 +816,10 @@ class Worker:
             self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
                                  timeout_ms=int(self.commit_timeout_s * 1000))
         except (E.KafkaError, ConnectionError) as e:
-            # Retriable ones (the broker away, a coordinator moving) and the group's own
-            # churn: the offsets stay pending and the next commit tries again.
-            churn = (E.CommitFailedError, E.RebalanceInProgressError, E.IllegalGenerationError, E.UnknownMemberIdError)
-            if isinstance(e, E.KafkaError) and not (getattr(e, "retriable", False) or isinstance(e, churn)):
+            # The broker's trouble or the group's own churn: the offsets stay pending
+            # and the next commit tries again.
+            if not _broker_trouble(e, also=(E.CommitFailedError, E.RebalanceInProgressError,
+                                            E.IllegalGenerationError, E.UnknownMemberIdError)):
                 raise
             (log.error if final else log.warning)("committing offsets %s: %s%s", _fmt_offsets(offsets), e,
                                                   "" if final else " (will retry)")
