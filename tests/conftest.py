@@ -17,7 +17,11 @@ def pytest_sessionstart(session):
 
     if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
         return
-    missing = [tool for tool in ("ffmpeg", "java", "mvn", "c++") if shutil.which(tool) is None]
+    from vmstream.models.ops import cpu_ext
+
+    missing = [tool for tool in ("ffmpeg", "java", "mvn") if shutil.which(tool) is None]
+    if cpu_ext._compiler() is None:
+        missing.append("a C++ compiler")
     for mod in ["duckdb", "matplotlib"] + (["nvidia.dali"] if platform.machine() == "x86_64" else []):
         try:
             __import__(mod)
