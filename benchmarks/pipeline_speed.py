@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vmstream.models import create_model  # noqa: E402
-from vmstream.pipeline.app import build_runner  # noqa: E402
+from vmstream.pipeline.assembly import build_runner  # noqa: E402
 from vmstream.pipeline.config import load_config  # noqa: E402
 from vmstream.records import Segment  # noqa: E402
 from vmstream.stages.decode import FrameSize, make_decoder  # noqa: E402

@@ -113,7 +113,7 @@ def bench_worker(bootstrap: str, jobs: int, tmp: Path) -> dict:
 
     from tests.fixtures.media import make_video
     from tests.fixtures.videomamba import make_tiny_model
-    from vmstream.pipeline.app import build_runner
+    from vmstream.pipeline.assembly import build_runner
     from vmstream.pipeline.config import load_config
     from vmstream.stages.sinks.kafka_records import read_records
     from vmstream.stages.sources import source_from_job
@@ -144,7 +144,7 @@ def bench_worker(bootstrap: str, jobs: int, tmp: Path) -> dict:
     (tmp / "w.yaml").write_text(yaml.safe_dump(wcfg))
     log = open(tmp / "worker.log", "w")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "vmstream.pipeline.cli", "worker", "--config", str(tmp / "w.yaml")],
+    proc = subprocess.Popen([sys.executable, "-m", "vmstream.cli", "worker", "--config", str(tmp / "w.yaml")],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         while "assigned partitions [" + names.jobs not in (tmp / "worker.log").read_text():

@@ -82,7 +82,7 @@ def vmstream_invocation(argv: list[str]):
 def check_vmstream_argv(kind: str, args: list[str]):
     """Parse with the real parser; returns the parsed namespace or fails the test."""
     if kind == "cli":
-        from vmstream.pipeline.cli import build_parser
+        from vmstream.cli import build_parser
     elif kind == "vmstream.pipeline.kafka_admin":
         from vmstream.pipeline.kafka_admin import build_parser
     else:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests.fixtures.videomamba import make_tiny_model
-from vmstream.pipeline.app import build_runner, embed_video
-from vmstream.pipeline.cli import main
+from vmstream.pipeline.assembly import build_runner
+from vmstream.pipeline.sequential import embed_video
+from vmstream.cli import main
 from vmstream.pipeline.config import load_config
 from vmstream.records import SegmentResult, segment_uid
 from vmstream.stages.sinks.parquet import read_table

@@ -1,7 +1,7 @@
 """`vmstream worker` end to end: real worker processes in one consumer group on the
 local broker, real encoded videos, a tiny checkpoint.
 
-Workers run as subprocesses (`python -m vmstream.pipeline.cli worker`) so one can be
+Workers run as subprocesses (`python -m vmstream.cli worker`) so one can be
 SIGKILLed mid-stream. Their group timing is short (session 6 s, the broker's minimum;
 heartbeat 1 s) so the group notices a dead worker quickly.
 """
@@ -52,7 +52,7 @@ class WorkerProc:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmstream.pipeline.cli", "worker", "--config", str(config),
+            [sys.executable, "-m", "vmstream.cli", "worker", "--config", str(config),
              "--set", f"output.dir={out_dir}", *extra],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
@@ -281,7 +281,7 @@ def reference(ckpt: str, video: str, tmp_path: Path, **over) -> tuple[dict[int, 
     key = (ckpt, video, json.dumps(over, sort_keys=True))
     if key in _REFS:
         return _REFS[key]
-    from vmstream.pipeline.app import build_runner
+    from vmstream.pipeline.assembly import build_runner
     from vmstream.pipeline.config import load_config
     from vmstream.stages.sinks.base import Sink
     from vmstream.stages.sources import resolve_sources
@@ -640,7 +640,7 @@ def test_start_errors_are_one_clear_line(tmp_path, kafka_bootstrap, kafka_topics
         (["--set", "kafka.client.sasl_mechanizm=PLAIN"], "did you mean sasl_mechanism"),
     ]
     for extra, message in cases:
-        r = subprocess.run([sys.executable, "-m", "vmstream.pipeline.cli", "worker", "--config", str(cfg), *extra],
+        r = subprocess.run([sys.executable, "-m", "vmstream.cli", "worker", "--config", str(cfg), *extra],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr[-2000:]
         assert message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

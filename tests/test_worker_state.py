@@ -87,7 +87,7 @@ def test_runner_resumes_from_kafka_snapshots(tmp_path, kafka_bootstrap, kafka_to
 
     from tests.fixtures.media import make_video
     from tests.fixtures.videomamba import make_tiny_model
-    from vmstream.pipeline.app import build_runner
+    from vmstream.pipeline.assembly import build_runner
     from vmstream.pipeline.config import load_config
     from vmstream.records import SegmentResult
     from vmstream.stages.sinks.base import Sink
@@ -158,7 +158,7 @@ def test_kafka_topics_command(kafka_bootstrap, capsys):
     """`vmstream kafka-topics`: the admin step as a vmstream subcommand."""
     import uuid
 
-    from vmstream.pipeline.cli import main
+    from vmstream.cli import main
 
     prefix = f"cli{uuid.uuid4().hex[:8]}"
     try:

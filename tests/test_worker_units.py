@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from vmstream.pipeline.cli import UserError
+from vmstream.errors import UserError
 from vmstream.pipeline.config import load_config
 from vmstream.pipeline.worker import OffsetLedger, Worker, _Job, dead_letter_payload, parse_job
 
@@ -146,7 +146,7 @@ def test_runner_stop_lands_within_its_bounded_queues(tmp_path, media):
 
     from tests.fixtures.media import make_video
     from tests.fixtures.videomamba import make_tiny_model
-    from vmstream.pipeline.app import build_runner
+    from vmstream.pipeline.assembly import build_runner
     from vmstream.records import SegmentResult
     from vmstream.stages.sinks.base import Sink
     from vmstream.stages.sources import resolve_sources

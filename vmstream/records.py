@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -210,6 +211,33 @@ class StreamEvent:
             details=json.loads(row.get("details") or "{}"),
             uri=row.get("uri", "") or "",
         )
+
+
+class EndReason(str, Enum):
+    """Why a stream ended (the "reason" of its "end" event)."""
+
+    EOF = "eof"              # the input ended where it said it would
+    TRUNCATED = "truncated"  # the data ended before the container's duration
+    STOPPED = "stopped"      # the caller stopped it (Ctrl-C, a rebalance): resumable
+    ERROR = "error"          # decoding failed
+    GAVE_UP = "gave_up"      # a live source stopped reconnecting
+
+
+# The one table from an end reason to a stream's status, shared by every report of a
+# stream (summary records, the console table, the runner's report, job callbacks).
+_STATUS_OF_END = {EndReason.EOF: "ok", EndReason.TRUNCATED: "truncated", EndReason.STOPPED: "stopped"}
+
+
+def stream_status(reason: str | None) -> str:
+    """A stream's status from its end reason: "ok", "truncated", "stopped" or "error"."""
+    try:
+        return _STATUS_OF_END.get(EndReason(reason or "eof"), "error")
+    except ValueError:
+        return "error"
+
+
+def end_reason(event: "StreamEvent") -> str:
+    return (event.details or {}).get("reason", EndReason.EOF.value)
 
 
 EVENT_SCHEMA = pa.schema(

@@ -26,7 +26,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
-from vmstream.records import Segment, StreamEvent, StreamSummary
+from vmstream.records import EndReason, Segment, StreamEvent, StreamSummary, end_reason, stream_status
 from vmstream.stages.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class RunReport:
     wall_s: float = 0.0
     streams: int = 0
     streams_failed: int = 0
+    streams_stopped: int = 0  # ended early by stop()/cancel(): resumable from a snapshot
     segments: int = 0
     frames: int = 0
     decode: StageTimes = field(default_factory=StageTimes)
@@ -81,7 +82,8 @@ class RunReport:
     sink_busy: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)  # (stream_id, uri, message)
     summaries: list = field(default_factory=list)
-    stopped: bool = False
+    stopped: bool = False  # stop() was called (streams_stopped says which streams it cut short)
+    statuses: dict = field(default_factory=dict)  # stream_id -> final status
 
     def bottleneck(self) -> str:
         # Decode busy time is summed over its threads; normalise by the wall time of
@@ -104,7 +106,7 @@ class RunReport:
             f"  bottleneck: {self.bottleneck()}",
         ]
         for sid, uri, msg in self.failures:
-            lines.append(f"  FAILED {sid}: {msg}")
+            lines.append(f"  FAILED {msg}" if msg.startswith((sid, uri or sid)) else f"  FAILED {sid}: {msg}")
         return "\n".join(lines)
 
 
@@ -180,6 +182,7 @@ class Runner:
         self._t0 = 0.0
         self._started = False
         self._decode_lock = threading.Lock()
+        self._cut: set[str] = set()  # stopped streams whose queued segments were dropped
 
     # ----------------------------------------------------------------- public
 
@@ -368,8 +371,7 @@ class Runner:
                                       details={"reason": reason}), force=True)
             self._put_seg(_Done(sid, "failed", str(e)), force=True)
             return
-        if self.progress is not None:
-            self.progress(("stream", sid, info))
+        self._notify(("stream", sid, info))
         if snap is not None:
             self._put_seg(_Restore(snap), force=True)
         if self._stop.is_set():
@@ -392,8 +394,7 @@ class Runner:
                     with self._decode_lock:
                         self.report.decode.busy_s += time.perf_counter() - t0
                 if isinstance(item, StreamEvent) and item.kind == "end":
-                    reason = (item.details or {}).get("reason", "eof")
-                    status = {"eof": "ok", "truncated": "truncated", "stopped": "stopped"}.get(reason, "error")
+                    status = stream_status(end_reason(item))
                     err = None if status in ("ok", "stopped") else item.message
                 if not self._put_seg(item):
                     return
@@ -456,6 +457,9 @@ class Runner:
             q = fifos[sid]
             while q and not isinstance(q[0], Segment):
                 self._handle_marker(q.popleft())
+            if q and self._stopping(sid):
+                self._cut_stream(sid, q)
+                continue
             if q and len(batch) < self.max_batch:
                 batch.append(q.popleft())
         # Round robin: streams served now go to the back.
@@ -470,11 +474,29 @@ class Runner:
             if self.snapshot_every and (seg.index + 1) % self.snapshot_every == 0 and self.state_store is not None:
                 self._put_out(_Snap(self.inference.snapshot(seg.stream_id)))
 
+    def _stopping(self, stream_id: str) -> bool:
+        job = self._jobs.get(stream_id)
+        return job is not None and job.stop.is_set()
+
+    def _cut_stream(self, stream_id: str, q: deque) -> None:
+        """A stopped stream's segments still queued are dropped, so a stop takes effect
+        within one inference step. Nothing is lost: the stream ends "stopped" and its
+        snapshot (taken after the last segment processed) resumes right there."""
+        dropped = 0
+        while q and isinstance(q[0], Segment):
+            q.popleft()
+            dropped += 1
+        if dropped:
+            self._cut.add(stream_id)
+            log.debug("stream %s: stopping, %d queued segments left for the resume", stream_id, dropped)
+
     def _handle_marker(self, item) -> None:
+        if isinstance(item, (StreamEvent, _Done)) and item.stream_id in self._cut:
+            item = self._as_stopped(item)
         if isinstance(item, _Restore):
             self.inference.restore(item.snap)
         elif isinstance(item, StreamEvent):
-            if item.kind == "end" and (item.details or {}).get("reason") == "stopped":
+            if item.kind == "end" and end_reason(item) == EndReason.STOPPED.value:
                 # Interrupted, not finished: keep the stream resumable.
                 self._put_out(item)
                 if self.inference.has_stream(item.stream_id) and self.state_store is not None:
@@ -492,6 +514,18 @@ class Runner:
             self._put_out(item)
         else:
             raise TypeError(f"unexpected item in the segment queue: {type(item).__name__}")
+
+    def _as_stopped(self, item):
+        # Segments were dropped for the stop: whatever the decoder saw after them (the
+        # file's end, say), this stream ended early and must resume, not be "done".
+        if isinstance(item, _Done):
+            self._cut.discard(item.stream_id)
+            return _Done(item.stream_id, "stopped") if item.status in ("ok", "truncated") else item
+        if item.kind == "end" and end_reason(item) in (EndReason.EOF.value, EndReason.TRUNCATED.value):
+            details = dict(item.details or {}, reason=EndReason.STOPPED.value)
+            return StreamEvent(stream_id=item.stream_id, kind="end", t_start=item.t_start, t_end=item.t_end,
+                               message="stopped by the caller", details=details, uri=item.uri)
+        return item
 
     def _put_out(self, item, force: bool = False) -> None:
         while True:
@@ -528,8 +562,7 @@ class Runner:
                 self.report.sinks.busy_s += time.perf_counter() - t0
                 if isinstance(item, StreamSummary):
                     self.report.summaries.append(item)
-                if self.progress is not None:
-                    self.progress(item)
+                self._notify(item)
         except BaseException as e:
             log.exception("sink failed")
             self._fail(e)
@@ -548,6 +581,9 @@ class Runner:
     def _stream_done(self, done: _Done) -> None:
         job = self._jobs.get(done.stream_id)
         self.report.streams += 1
+        self.report.statuses[done.stream_id] = done.status
+        if done.status == "stopped":
+            self.report.streams_stopped += 1
         if done.status in ("failed", "error"):
             self.report.streams_failed += 1
             self.report.failures.append((done.stream_id, job.source.uri if job else "", done.error or done.status))
@@ -562,11 +598,22 @@ class Runner:
             self._jobs.pop(done.stream_id, None)
             if job.on_done is not None:
                 job.on_done(job.source, done.status, done.error)
-        if self.progress is not None:
-            self.progress(("done", done.stream_id, done.status))
+        self._notify(("done", done.stream_id, done.status))
         with self._idle:
             self._outstanding -= 1
             self._idle.notify_all()
+
+    def _notify(self, item) -> None:
+        # Progress reporting is decoration: its failure is logged once and switched off,
+        # never a stream's failure (it runs on the decode and sink threads).
+        progress = self.progress
+        if progress is None:
+            return
+        try:
+            progress(item)
+        except Exception as e:
+            self.progress = None
+            log.warning("progress reporting switched off after an error: %s: %s", type(e).__name__, e)
 
     def _fail(self, e: BaseException) -> None:
         if self._fatal is None:

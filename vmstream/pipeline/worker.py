@@ -66,7 +66,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from vmstream.pipeline.cli import UserError
+from vmstream.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ class Worker:
     def _start(self) -> None:
         from kafka import KafkaConsumer
 
-        from vmstream.pipeline.app import build_runner, build_sinks, load_pipeline_model
+        from vmstream.pipeline.assembly import build_runner, build_sinks, load_pipeline_model
         from vmstream.pipeline.kafka_admin import TopicNames
         from vmstream.pipeline.kafka_state import KafkaStateStore
         from vmstream.stages.sinks.kafka import ReliableProducer
@@ -637,7 +637,7 @@ class Worker:
     # ----------------------------------------------------------------- jobs in
 
     def _take(self, tp, m) -> None:
-        from vmstream.pipeline.app import with_live_options
+        from vmstream.pipeline.assembly import with_live_options
         from vmstream.stages.sources import source_from_job
 
         with self._lock:
@@ -997,14 +997,3 @@ class RepeatFilter(logging.Filter):
             return False
         self._last[key] = now
         return True
-
-
-def cmd_worker(args) -> int:
-    """`vmstream worker --config FILE [--kafka B] [--model NAME | --checkpoint PATH] [--device D] [--set K=V]`"""
-    from vmstream.pipeline.app import config_from_args
-
-    cfg = config_from_args(args)
-    quiet = RepeatFilter()
-    for h in logging.getLogger().handlers:
-        h.addFilter(quiet)
-    return Worker(cfg).run()

@@ -22,13 +22,11 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from vmstream.records import Segment, SegmentResult, StreamEvent, StreamSummary
+from vmstream.records import Segment, SegmentResult, StreamEvent, StreamSummary, end_reason, stream_status
 
 log = logging.getLogger(__name__)
 
 InferenceOutput = Union[SegmentResult, StreamEvent, StreamSummary]
-
-_END_STATUS = {"eof": "ok", "stopped": "ok", "truncated": "truncated", "error": "error", "gave_up": "error"}
 
 
 @dataclass
@@ -250,7 +248,6 @@ class InferenceStage:
             return None
         logits = book.last_logits if self.summary_mode == "last" else book.sum_logits / book.segments
         labels, scores, label_ids = self._topk(logits)
-        reason = (event.details or {}).get("reason", "eof")
         return StreamSummary(
             stream_id=event.stream_id,
             labels=labels,
@@ -261,7 +258,7 @@ class InferenceStage:
             segment_count=book.segments,
             t_start=book.t_start,
             t_end=book.t_end,
-            status=_END_STATUS.get(reason, "error"),
+            status=stream_status(end_reason(event)),
             model=self.meta.name,
             checkpoint_digest=self.meta.checkpoint_digest,
             uri=book.uri or event.uri,

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, TextIO
 
-from vmstream.records import SegmentResult, StreamEvent, StreamSummary
+from vmstream.records import SegmentResult, StreamEvent, StreamSummary, end_reason, stream_status
 
 from .base import Sink, SinkRecord
 
@@ -58,6 +58,23 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(1, width - 1)] + "…"
 
 
+def short_name(stream_id: str, width: int) -> str:
+    """A stream id in `width` characters that keeps what tells streams apart: the file
+    name whole where it fits, the start of the path before it, an ellipsis between
+    (`/home/me/vi…/one.mp4`)."""
+    if len(stream_id) <= width:
+        return stream_id
+    cut = stream_id.rstrip("/").rfind("/")
+    tail = stream_id[cut:] if cut >= 0 else ""
+    if tail and len(tail) + 2 <= width:
+        head = width - len(tail) - 1
+        return stream_id[:head] + "…" + tail
+    # No path, or a file name longer than the width: keep both ends of the name.
+    keep = width - 1
+    front = keep // 3
+    return stream_id[:front] + "…" + stream_id[len(stream_id) - (keep - front):]
+
+
 class _Style:
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -83,6 +100,9 @@ class _StreamState:
     gaps: int = 0
     errors: int = 0
     ended: bool = False
+    status: str = ""  # from the "end" event's reason, through records.stream_status
+    t_first: float = float("nan")
+    t_last: float = float("nan")
     run: _Run = field(default_factory=_Run)
 
 
@@ -103,7 +123,7 @@ class ConsoleSink(Sink):
         max_lines_per_s: float = 20.0,
         show: int = 2,
         color: Optional[bool] = None,
-        stream_width: int = 16,
+        stream_width: Optional[int] = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.file = file or sys.stdout
@@ -114,7 +134,13 @@ class ConsoleSink(Sink):
         if color is None:
             color = bool(getattr(self.file, "isatty", lambda: False)())
         self.style = _Style(color)
+        # A quarter of the terminal for the stream's name, within 16-40 characters.
+        if stream_width is None:
+            import shutil
+
+            stream_width = max(16, min(40, shutil.get_terminal_size((80, 24)).columns // 4))
         self.stream_width = stream_width
+        self._broken = False  # stdout's reader went away: the timeline stops, the run goes on
         self._clock = clock
         self.streams: dict[str, _StreamState] = {}
         self.summaries: list[StreamSummary] = []
@@ -139,14 +165,26 @@ class ConsoleSink(Sink):
         self._out(line)
 
     def _out(self, line: str) -> None:
-        if self._writer is not None:
-            self._writer(line)
-        else:
-            print(line, file=self.file, flush=True)
+        if self._broken:
+            return
+        try:
+            if self._writer is not None:
+                self._writer(line)
+            else:
+                print(line, file=self.file, flush=True)
+        except BrokenPipeError:
+            # `vmstream run ... | head`: the reader is gone. Losing the timeline must not
+            # lose the run: stop printing, and let sinks and snapshots finish.
+            self._broken = True
+            _detach_stdout(self.file)
+            import logging
+
+            logging.getLogger(__name__).warning("the timeline's reader closed its end (broken pipe): "
+                                                "no more timeline lines; the run goes on")
 
     def _sid(self, stream_id: str) -> str:
         self._sid_width = max(self._sid_width, min(self.stream_width, len(stream_id)))
-        return _fit(stream_id, self.stream_width).ljust(self._sid_width)
+        return short_name(stream_id, self.stream_width).ljust(self._sid_width)
 
     @property
     def collapsed(self) -> bool:
@@ -174,7 +212,7 @@ class ConsoleSink(Sink):
         return f"{self._sid(stream_id)}  {self.style(text, '33')}  {message}".rstrip()
 
     def format_error(self, e: StreamEvent) -> str:
-        where = f"  ({e.uri})" if e.uri else ""
+        where = f"  ({e.uri})" if e.uri and e.uri not in e.message else ""
         at = f" at {fmt_time(e.t_start)}" if e.t_start == e.t_start else ""
         return f"{self._sid(e.stream_id)}  {self.style('ERROR' + at, '31;1')}  {e.message}{where}"
 
@@ -197,6 +235,9 @@ class ConsoleSink(Sink):
         st = self.streams.setdefault(r.stream_id, _StreamState())
         st.ended = False
         st.segments += 1
+        if st.t_first != st.t_first:
+            st.t_first = r.t_start
+        st.t_last = r.t_end
         for g0, g1 in r.gaps:  # gaps the source saw since the previous segment
             st.gaps += 1
             self._emit(self.format_gap(r.stream_id, g0, g1), always=True)
@@ -227,6 +268,7 @@ class ConsoleSink(Sink):
             st.errors += 1
             self._emit(self.format_error(e), always=True)
         elif e.kind == "end":
+            st.status = stream_status(end_reason(e))
             self._end_stream(e.stream_id, st)
         else:
             self._emit(f"{self._sid(e.stream_id)}  {e.kind.upper()}  {e.message}")
@@ -238,8 +280,12 @@ class ConsoleSink(Sink):
         st.ended = True
 
     def flush(self) -> None:
-        if self._writer is None:
-            self.file.flush()
+        if self._writer is None and not self._broken:
+            try:
+                self.file.flush()
+            except BrokenPipeError:
+                self._broken = True
+                _detach_stdout(self.file)
 
     def close(self) -> None:
         if self._closed:
@@ -277,14 +323,37 @@ def format_summary_table(summaries: Iterable[StreamSummary],
             rows.append((sid, s.status, fmt_time(s.duration), str(s.segment_count), answer, top3,
                          str(st.gaps), str(st.errors)))
         else:
-            status = "error" if st.errors else ("running" if not st.ended else "ok")
-            rows.append((sid, status, "-", str(st.segments), "-", "-", str(st.gaps), str(st.errors)))
-    widths = [max(len(h), *(len(_fit(r[i], 48)) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+            if st.status:
+                status = st.status
+            else:
+                status = "error" if st.errors else ("running" if not st.ended else "ok")
+            done = st.t_last - st.t_first
+            duration = fmt_time(done) if done == done and done < _EPOCH_THRESHOLD else "-"
+            rows.append((sid, status, duration, str(st.segments), "-", "-", str(st.gaps), str(st.errors)))
+    # The stream column keeps what tells streams apart (the file name); others are cut.
+    rows = [(short_name(r[0], 40),) + tuple(_fit(c, 48) for c in r[1:]) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
     for r in rows:
-        lines.append("  ".join(_fit(c, 48).ljust(w) for c, w in zip(r, widths)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     total_seg = sum(int(r[3]) for r in rows)
     n_err = sum(1 for r in rows if r[1] == "error")
-    lines.append(f"{len(rows)} streams, {total_seg} segments" + (f", {n_err} failed" if n_err else ""))
+    n_stop = sum(1 for r in rows if r[1] == "stopped")
+    lines.append(f"{len(rows)} streams, {total_seg} segments" + (f", {n_err} failed" if n_err else "")
+                 + (f", {n_stop} stopped (resumable)" if n_stop else ""))
     return "\n".join(lines)
+
+
+def _detach_stdout(file) -> None:
+    """Point a closed stdout at /dev/null, so later writes and the interpreter's final
+    flush do not raise again."""
+    import os
+
+    target = file if file is not None else sys.stdout
+    try:
+        if target is sys.stdout or target is sys.__stdout__:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,5 @@
+import sys
+
+from vmstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""What the commands share: common options, logging, and turning options into a config."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from vmstream.errors import UserError
+
+SET_HELP = ("override any config key, e.g. --set decode.fps=2 (repeatable; the value is YAML: "
+            "2, true, [1, 2]; an empty value, key=, sets null)")
+
+
+def add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    add_verbose(p)
+    add_set(p)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", help="registry name of an official checkpoint, e.g. videomamba_t16_k400_f16_res224 "
+                                   "(downloaded from the Hugging Face hub into its cache)")
+    g.add_argument("--checkpoint", help="a local checkpoint file (.pth); the architecture is read from it")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Our own one-line notices (backend choice, resampling) are worth seeing by default.
+    logging.getLogger("vmstream").setLevel(min(level, logging.INFO))
+
+
+# Command-line options and the config keys they set (a checkpoint wins over a name).
+_OPTION_KEYS = {
+    "checkpoint": "model.checkpoint",
+    "model": "model.name",
+    "device": "model.device",
+    "out": "output.dir",
+    "kafka": "kafka.bootstrap",
+    "fps": "decode.fps",
+    "sampling": "decode.sampling",
+    "decoder": "decode.backend",
+    "audio": "decode.audio",
+    "segment_frames": "segment.frames",
+    "summary": "model.summary",
+    "top_k": "model.top_k",
+    "max_streams": "runner.max_streams",
+    "plot": "output.plot",
+}
+
+
+def config_from_args(args):
+    """The validated pipeline config: --config, then the options, then --set."""
+    from vmstream.pipeline.config import ConfigError, load_config
+
+    over: dict[str, Any] = {}
+    for option, key in _OPTION_KEYS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            _put(over, key, value)
+    if getattr(args, "no_progress", False):
+        _put(over, "runner.progress", False)
+    try:
+        return load_config(getattr(args, "config", None), overrides=over, sets=getattr(args, "sets", []))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+
+
+def _put(tree: dict, path: str, value) -> None:
+    parts = path.split(".")
+    for p in parts[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[parts[-1]] = value

@@ -1,0 +1,88 @@
+"""`vmstream run`: analyse files, directories, globs and live URLs."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vmstream.cli.common import add_common, add_model_args, config_from_args
+from vmstream.errors import UserError
+
+
+def add_parser(sub) -> None:
+    run = sub.add_parser("run", help="analyse videos: files, directories, globs, live URLs",
+                         description="Decode SOURCEs into segments, run VideoMamba carrying its state from "
+                                     "segment to segment, write Parquet + a FAISS index under --out "
+                                     "(and Kafka with --kafka), print a per-segment timeline.")
+    run.add_argument("sources", nargs="+", metavar="SOURCE",
+                     help="video file, directory (each file its own stream), glob, or URL (rtsp://, http://, tcp://, ...)")
+    run.add_argument("--config", help="YAML config (see configs/); flags override it")
+    add_model_args(run)
+    run.add_argument("--out", help="output directory (Parquet, index, snapshots); default runs/latest")
+    run.add_argument("--kafka", metavar="BOOTSTRAP", help="also publish results to Kafka at host:port")
+    run.add_argument("--fps", type=float, help="frames sampled per second of video (default 1)")
+    run.add_argument("--sampling", choices=["fps", "uniform", "keyframes", "all"],
+                     help="frame sampling (default fps; keyframes is fast but approximate in time)")
+    run.add_argument("--segment-frames", type=int, metavar="T", help="frames per segment (default: the model's)")
+    run.add_argument("--decoder", choices=["auto", "pyav", "dali"], help="decoding backend (default auto)")
+    run.add_argument("--audio", action="store_true", default=None, help="attach per-segment audio log-mel features")
+    run.add_argument("--summary", choices=["last", "mean"], help="video-level labels from the last segment or the mean")
+    run.add_argument("--top-k", type=int, help="labels kept per segment (default 5)")
+    run.add_argument("--max-streams", type=int, help="streams decoded concurrently (default 2)")
+    run.add_argument("--plot", action="store_true", default=None, help="write a timeline plot per video at the end")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common(run)
+    run.set_defaults(handler=main)
+
+
+def main(args) -> int:
+    from vmstream.pipeline.assembly import build_runner, build_sinks, load_pipeline_model, with_live_options
+    from vmstream.pipeline.manifest import write_manifest
+    from vmstream.pipeline.progress import Progress
+    from vmstream.pipeline.signals import StopSignals
+    from vmstream.stages.sources import SourceSpecError, resolve_sources
+
+    cfg = config_from_args(args)
+    try:
+        sources = resolve_sources(list(args.sources))
+    except (SourceSpecError, ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    if not sources:
+        raise UserError(f"no video found in {' '.join(args.sources)}")
+    sources = with_live_options(cfg, sources)
+    model = load_pipeline_model(cfg)
+    progress = Progress(enabled=cfg.runner.progress)
+    sinks = build_sinks(cfg, model, console_stream=progress)
+    runner = build_runner(cfg, model=model, sinks=sinks, progress=progress)
+    write_manifest(cfg.output.dir, dict(model.default_cfg), cfg.model_dump(mode="json"), sources)
+    with StopSignals(runner.stop, what="flushing sinks, saving snapshots") as signals, progress.logging_above():
+        try:
+            report = runner.run(sources)
+        finally:
+            progress.close()
+    print(report.format(), file=sys.stderr)
+    if cfg.output.plot:
+        _plots(Path(cfg.output.dir))
+    for sid, status in report.statuses.items():
+        if status == "truncated":
+            print(f"warning: {sid}: the data ends before the container's duration (truncated); "
+                  "its results cover what could be decoded", file=sys.stderr)
+    if report.streams_stopped:
+        where = getattr(runner.state_store, "root", None)
+        print(f"stopped: {report.streams_stopped} of {report.streams} streams did not finish; run the same "
+              f"command again to resume them" + (f" (snapshots in {where})" if where else ""), file=sys.stderr)
+        return 130
+    if signals.received:
+        print(f"{signals.received} came after every stream had finished: nothing left to resume", file=sys.stderr)
+    return 1 if report.streams_failed else 0
+
+
+def _plots(out: Path) -> None:
+    from vmstream.stages.sinks.plot import plot_timeline
+
+    try:
+        paths = plot_timeline(out, out / "plots" / "timeline.png")
+    except ValueError as e:  # nothing to plot (every stream failed)
+        print(f"plot: {e}", file=sys.stderr)
+        return
+    for path in paths:
+        print(f"plot: {path}", file=sys.stderr)

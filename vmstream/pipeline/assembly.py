@@ -1,0 +1,196 @@
+"""Assembly: a validated config in, wired objects out (model, decoder, sampling policy,
+segmenter, sinks, runner). Every command and the Kafka worker build pipelines here, so
+they build them the same way; no command logic lives here."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from vmstream.errors import UserError
+from vmstream.pipeline.config import PipelineConfig
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device (see `vmstream info`)")
+    return name
+
+
+def load_pipeline_model(cfg: PipelineConfig):
+    """The model the config names (a checkpoint file wins over a registry name)."""
+    from vmstream.models import CheckpointError, CheckpointNotFound, load_model
+
+    if cfg.model.scan_backend != "auto":
+        os.environ["VMSTREAM_SCAN_BACKEND"] = cfg.model.scan_backend
+    ref = cfg.model.checkpoint or cfg.model.name
+    if not ref:
+        raise UserError("no model: pass --model NAME or --checkpoint PATH (see configs/)")
+    overrides = {}
+    if cfg.decode.img_size:
+        overrides["img_size"] = cfg.decode.img_size
+    try:
+        model = load_model(ref, **overrides)
+    except (CheckpointNotFound, CheckpointError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    if cfg.model.labels:
+        p = Path(cfg.model.labels)
+        if not p.is_file():
+            raise UserError(f"model.labels: {p} does not exist")
+        names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        n = model.head.out_features if hasattr(model.head, "out_features") else None
+        if n is not None and len(names) != n:
+            raise UserError(f"model.labels: {p} has {len(names)} names, the model has {n} classes")
+        model.default_cfg["class_names"] = names
+    return model
+
+
+def make_policy(cfg: PipelineConfig):
+    from vmstream.stages.sampling import AllFrames, FpsSampling, UniformSampling
+
+    d = cfg.decode
+    if d.sampling == "fps":
+        return FpsSampling(d.fps)
+    if d.sampling == "uniform":
+        return UniformSampling(d.uniform_frames)
+    if d.sampling == "keyframes":
+        return AllFrames(keyframes_only=True)
+    return AllFrames()
+
+
+def make_size(cfg: PipelineConfig):
+    from vmstream.stages.decode import FrameSize
+
+    return FrameSize(cfg.decode.img_size, cfg.decode.img_size, cfg.decode.resize)
+
+
+def make_decoder(cfg: PipelineConfig):
+    from vmstream.stages.decode import make_decoder as _make
+
+    kwargs = {}
+    if cfg.decode.threads:
+        kwargs["threads"] = cfg.decode.threads
+    return _make(cfg.decode.backend, **kwargs)
+
+
+def segment_frames(cfg: PipelineConfig, model) -> int:
+    return int(cfg.segment.frames or model.default_cfg.get("num_frames") or model.num_frames)
+
+
+def make_segmenter_factory(cfg: PipelineConfig, num_frames: int):
+    from vmstream.stages.segmenter import Segmenter
+
+    def factory(source):
+        return Segmenter(num_frames=num_frames, drop_last=cfg.segment.drop_last)
+
+    return factory
+
+
+def make_audio_factory(cfg: PipelineConfig):
+    if not cfg.decode.audio:
+        return None
+    from vmstream.stages.audio import AudioFeatures
+
+    return AudioFeatures.factory()
+
+
+def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
+    from vmstream.stages.sinks.console import ConsoleSink
+
+    out = Path(cfg.output.dir)
+    sinks = []
+    if cfg.output.parquet:
+        from vmstream.stages.sinks.parquet import ParquetSink
+
+        sinks.append(ParquetSink(out))
+    if cfg.output.faiss:
+        from vmstream.stages.sinks.faiss_store import FaissSink
+
+        kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind
+        sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind))
+    if cfg.kafka.bootstrap:
+        sinks.append(make_kafka_sink(cfg))
+    if cfg.output.console:
+        # Through the progress bar's writer, so timeline lines do not tear the bar.
+        writer = console_stream.write if console_stream is not None else None
+        sinks.append(ConsoleSink(writer=writer))
+    return sinks
+
+
+def make_kafka_sink(cfg: PipelineConfig, *, create_topics: bool = True):
+    """The Kafka results sink; the results/events/summaries topics are created first
+    when missing (the project's admin step; auto-creation is off on the broker)."""
+    from vmstream.pipeline.kafka_admin import TopicNames, ensure_topics, vmstream_topics
+    from vmstream.stages.sinks.kafka import KafkaSink
+
+    names = TopicNames.from_config(cfg.kafka)
+    if create_topics:
+        wanted = set(names.sink_topics().values())
+        specs = [s for s in vmstream_topics(names) if s.name in wanted]
+        try:
+            ensure_topics(cfg.kafka.bootstrap, specs, client_config=cfg.kafka.client)
+        except (ConnectionError, OSError) as e:
+            raise UserError(f"Kafka at {cfg.kafka.bootstrap}: {e}") from None
+    return KafkaSink(cfg.kafka.bootstrap, topics=names.sink_topics(), client_config=cfg.kafka.client,
+                     spill_dir=Path(cfg.output.dir) / "kafka-spill")
+
+
+def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=None, progress=None,
+                 flush_on_stream_end: bool = False):
+    """A ready (not started) runner for `cfg`. Pass `model`/`sinks`/`state_store` to
+    reuse or replace the configured ones (tests, the worker)."""
+    from vmstream.pipeline.runner import Runner
+    from vmstream.pipeline.snapshots import LocalStateStore
+    from vmstream.stages.inference import InferenceStage
+
+    if model is None:
+        model = load_pipeline_model(cfg)
+    device = resolve_device(cfg.model.device)
+    inference = InferenceStage(model, device=device, top_k=cfg.model.top_k, summary=cfg.model.summary)
+    if sinks is None:
+        sinks = build_sinks(cfg, model)
+    if state_store is None:
+        state_store = LocalStateStore(cfg.runner.state_dir or Path(cfg.output.dir) / "state")
+    return Runner(
+        decoder=make_decoder(cfg),
+        policy=make_policy(cfg),
+        size=make_size(cfg),
+        segmenter_factory=make_segmenter_factory(cfg, segment_frames(cfg, model)),
+        audio_factory=make_audio_factory(cfg),
+        inference=inference,
+        sinks=sinks,
+        state_store=state_store,
+        queue_size=cfg.runner.queue_size,
+        max_streams=cfg.runner.max_streams,
+        max_batch=cfg.model.max_batch,
+        snapshot_every=cfg.runner.snapshot_every,
+        flush_on_stream_end=flush_on_stream_end,
+        progress=progress,
+    )
+
+
+def with_live_options(cfg: PipelineConfig, sources: Sequence) -> list:
+    """Live sources get the config's reconnect policy and timeout unless their own
+    options (e.g. a Kafka job's) set them."""
+    import dataclasses
+
+    live = cfg.live
+    policy = {
+        "initial": live.backoff_initial,
+        "max_delay": live.backoff_max,
+        "give_up_after": live.give_up_after or None,
+    }
+    if not live.reconnect:
+        policy["max_tries"] = 0
+    out = []
+    for s in sources:
+        if s.live:
+            opts = dict(s.options)
+            opts.setdefault("reconnect", policy)
+            opts.setdefault("timeout", live.open_timeout)
+            s = dataclasses.replace(s, options=opts)
+        out.append(s)
+    return out
