@@ -105,3 +105,16 @@ def test_the_key_names_the_torch_installation():
     assert parts["torch installation"] == str(Path(torch.__file__).resolve().parent)
     assert parts["torch version"] == torch.__version__
     assert set(parts) >= {"source", "flags", "compiler", "CPU", "C++ ABI", "Python"}
+
+
+def test_an_unwritable_cache_is_named_in_the_error(tmp_path, monkeypatch):
+    if cpu_ext._compiler() is None:
+        pytest.skip("no C++ compiler")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("VMSTREAM_CACHE_DIR", str(blocker / "cache"))  # under a file: no directory can be made
+    monkeypatch.setattr(cpu_ext, "_loaded", {})
+    monkeypatch.setattr(cpu_ext, "_failed", {})
+    with pytest.raises(cpu_ext.ExtensionUnavailable, match=f"cannot create the kernel cache directory {blocker}.*"
+                                                           "VMSTREAM_CACHE_DIR"):
+        cpu_ext.load()

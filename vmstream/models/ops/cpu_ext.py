@@ -212,7 +212,11 @@ def _build_and_load(variant: str):
         raise ExtensionUnavailable("no C++ compiler (c++, g++ or clang++) on PATH")
     name, flags = build_key(variant)
     build_dir = cache_root() / "ext" / name
-    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExtensionUnavailable(f"cannot create the kernel cache directory {build_dir} ({e.strerror or e}); "
+                                   "set VMSTREAM_CACHE_DIR to a writable directory") from None
     library, done = build_dir / f"{name}.so", build_dir / "built.txt"
     with _build_lock(build_dir):
         if done.exists() and library.exists():
