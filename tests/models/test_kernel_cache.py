@@ -23,14 +23,23 @@ def _checkout(root: Path) -> Path:
     return root
 
 
-def _load_in(checkout: Path, cache: Path, *, logging: bool = True) -> subprocess.CompletedProcess:
+def _start_in(checkout: Path, cache: Path, *, logging: bool = True) -> subprocess.Popen:
     code = (("import logging; logging.basicConfig(level=logging.INFO)\n" if logging else "")
             + "from vmstream.models.ops import cpu_ext\n"
             "cpu_ext.load()\n"
             "print(cpu_ext.SOURCE)\n")
     env = {**os.environ, "PYTHONPATH": str(checkout), "VMSTREAM_CACHE_DIR": str(cache)}
-    return subprocess.run([sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=checkout, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _load_in(checkout: Path, cache: Path, *, logging: bool = True) -> subprocess.CompletedProcess:
+    return _finish(_start_in(checkout, cache, logging=logging))
 
 
 def _library(cache: Path) -> Path:
@@ -63,6 +72,20 @@ def test_two_checkouts_share_one_build_and_say_so(tmp_path):
     again = _load_in(a, cache)  # and back: no ping-pong between the checkouts
     assert again.returncode == 0 and "loaded from" in again.stderr, again.stderr
     assert so.stat().st_mtime_ns == built
+
+
+def test_two_checkouts_starting_together_build_once(tmp_path):
+    """A pool of workers started at once on a fresh cache: one builds, the others wait for
+    it (the flock) and load its library."""
+    if cpu_ext._compiler() is None:
+        pytest.skip("no C++ compiler")
+    cache = tmp_path / "cache"
+    procs = [_start_in(_checkout(tmp_path / n), cache) for n in ("a", "b")]
+    runs = [_finish(p) for p in procs]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    assert sorted("built in" in r.stderr for r in runs) == [False, True], [r.stderr for r in runs]
+    assert sum("loaded from" in r.stderr for r in runs) == 1, [r.stderr for r in runs]
+    _library(cache)  # exactly one build directory
 
 
 def test_the_key_follows_everything_that_changes_the_binary(tmp_path, monkeypatch):
