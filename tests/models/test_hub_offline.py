@@ -162,7 +162,9 @@ def test_a_reachable_hub_is_asked_and_its_answer_reported_once(tmp_path, monkeyp
     with caplog.at_level(logging.DEBUG), pytest.raises(CheckpointNotFound) as err:
         resolve_checkpoint(NAME, cache_dir=tmp_path / "hub")
     assert time.monotonic() - t0 < 5  # a 404 is an answer, not a retry
-    assert "unreachable" not in str(err.value) and "could not be downloaded" in str(err.value)
+    msg = str(err.value)
+    assert "unreachable" not in msg and "could not be downloaded" in msg
+    assert "404 Not Found" in msg.splitlines()[0] and "check your connection" not in msg, msg
     assert not [r for r in caplog.records if r.name.startswith("huggingface_hub") and r.levelno >= logging.WARNING]
 
 
@@ -170,6 +172,7 @@ def test_the_probe_goes_through_the_proxy_the_environment_names(monkeypatch, clo
                                                                 hub_without_the_file, no_checkpoint_env):
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("no_proxy", raising=False)
     reason = hub.hub_unreachable("http://hub.invalid")
     assert reason is not None and f"127.0.0.1:{closed_port}" in reason and "refused" in reason
     monkeypatch.setenv("HTTP_PROXY", hub_without_the_file)

@@ -91,7 +91,10 @@ def resolve_checkpoint(name_or_path: Union[str, os.PathLike], *, cache_dir: Opti
         elif unreachable:
             reason = f"the hub at {endpoint} is unreachable: {unreachable}; it is not in the Hugging Face cache either"
         else:
-            reason = f"{type(e).__name__}: {e}".splitlines()[0]
+            # "cannot find the requested files in the local cache ... check your connection"
+            # wraps what the hub answered (a 404, a 401): report that answer.
+            answer = e.__cause__ if type(e).__name__ == "LocalEntryNotFoundError" and e.__cause__ else e
+            reason = f"{type(answer).__name__}: {answer}".splitlines()[0]
         raise CheckpointNotFound(f"checkpoint {info.name!r} is not available locally and could not be downloaded "
                                  f"({reason}).\n" + _where_to_get(info, cache_dir)) from None
 
