@@ -2,15 +2,20 @@
 
 The extension is compiled with `torch.utils.cpp_extension.load` for the machine it runs
 on (`-O3 -march=native`) into `~/.cache/vmstream/ext/<name>/` (or `$VMSTREAM_CACHE_DIR`,
-or `$XDG_CACHE_HOME/vmstream`). The name is a hash of the source, the flags, the torch
-and Python versions, the compiler and the CPU's feature flags, so a second process (or a
-second run) loads the cached library instead of rebuilding, and a changed source, torch
-or CPU gets a fresh build. The ops are registered with `TORCH_LIBRARY` under a namespace
-that carries the same hash (no pybind11, no Python headers: a smaller, faster build).
+or `$XDG_CACHE_HOME/vmstream`). The name is a hash of everything that changes the binary
+(`_key_parts`): the source's content, the flags, the compiler and its version, the CPU's
+feature flags, the torch version, installation and C++ ABI, and the Python build. Two
+checkouts with the same source and the same torch share one build; another torch gets
+its own. A finished build leaves `built.txt` (its key, written last); a process that finds
+it loads the library directly, without asking torch's builder, whose ninja file names the
+source's path and the torch headers' paths and would rebuild for every other checkout.
+The ops are registered with `TORCH_LIBRARY` under a namespace that carries the same hash
+(no pybind11, no Python headers: a smaller, faster build).
 
 `load()` returns the op namespace (`ops.selective_scan_fwd(...)` etc.) or raises
 `ExtensionUnavailable` with the reason (no compiler, no ninja, a failed build).
-`python -m vmstream.models.ops.build` calls it ahead of time to warm the cache.
+`python -m vmstream.models.ops.build` calls it ahead of time to warm the cache
+(`scripts/setup` does).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -109,17 +115,31 @@ def _ensure_ninja() -> None:
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def _key_parts(flags: list[str]) -> dict[str, str]:
+    """Everything the compiled library depends on, by name (written to `built.txt`)."""
+    cxx = _compiler()
+    return {
+        "source": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        "flags": " ".join(flags),
+        "compiler": f"{os.path.realpath(cxx)} {_compiler_version(cxx)}" if cxx else "none",
+        "CPU": _cpu_identity(),
+        "torch version": torch.__version__,
+        # Headers and libtorch come from this directory: two venvs with the same torch
+        # version are still two builds (each .so links its own libtorch).
+        "torch installation": str(Path(torch.__file__).resolve().parent),
+        "C++ ABI": f"cxx11abi={int(torch.compiled_with_cxx11_abi())}",
+        "Python": f"{sys.version} {sysconfig.get_paths()['include']}",
+    }
+
+
 def build_key(variant: str = "native") -> tuple[str, list[str]]:
     """(extension name, compiler flags) for a variant; the name hashes every input."""
     if variant not in VARIANT_FLAGS:
         raise ValueError(f"unknown kernel variant {variant!r}; expected one of {list(VARIANT_FLAGS)}")
-    cxx = _compiler()
     flags = BASE_FLAGS + _openmp_flags() + VARIANT_FLAGS[variant]
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(flags).encode(), torch.__version__.encode(),
-                 sys.version.encode(), _compiler_version(cxx).encode() if cxx else b"",
-                 _cpu_identity().encode()):
-        h.update(part)
+    for label, value in _key_parts(flags).items():
+        h.update(f"{label}={value}".encode())
         h.update(b"\0")
     name = f"vmstream_scan_{variant}_{h.hexdigest()[:16]}"
     return name, flags + [f"-DVMS_NS={name}"]
@@ -135,7 +155,11 @@ def _build_lock(build_dir: Path):
     import fcntl  # noqa: PLC0415 (POSIX; Windows never builds, see _build_and_load)
 
     with open(build_dir / "build.flock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _notice(f"waiting for another process that is building the fused CPU scan kernel in {build_dir}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             stale = build_dir / "lock"
             if stale.exists():
@@ -144,6 +168,16 @@ def _build_lock(build_dir: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _notice(message: str) -> None:
+    """A line the user sees before a long silent step: through logging where the program
+    configured it (the CLI shows `vmstream` INFO by default), else straight to stderr
+    (Python's fallback handler drops INFO, and 15 s of silence looks like a hang)."""
+    if log.hasHandlers():
+        log.info(message)
+    else:
+        print(f"vmstream: {message}", file=sys.stderr, flush=True)
 
 
 def load(variant: str = "native"):
@@ -176,23 +210,46 @@ def _build_and_load(variant: str):
         raise ExtensionUnavailable("the fused CPU kernels are built with gcc/clang; not on Windows")
     if _compiler() is None:
         raise ExtensionUnavailable("no C++ compiler (c++, g++ or clang++) on PATH")
+    name, flags = build_key(variant)
+    build_dir = cache_root() / "ext" / name
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExtensionUnavailable(f"cannot create the kernel cache directory {build_dir} ({e.strerror or e}); "
+                                   "set VMSTREAM_CACHE_DIR to a writable directory") from None
+    library, done = build_dir / f"{name}.so", build_dir / "built.txt"
+    with _build_lock(build_dir):
+        if done.exists() and library.exists():
+            torch.ops.load_library(str(library))
+            ops = getattr(torch.ops, name)
+            log.info("fused CPU scan kernels (%s) loaded from %s", ops.isa(), build_dir)
+            return ops
+        before = library.stat().st_mtime_ns if library.exists() else None
+        _notice(f"building the fused CPU scan kernel for this machine (once per torch install, "
+                f"~15 s) into {build_dir} ...")
+        t0 = time.perf_counter()
+        _compile(name, flags, build_dir)
+        ops = getattr(torch.ops, name)
+        done.write_text("".join(f"{k}: {v}\n" for k, v in _key_parts(flags).items()))
+    isa = ops.isa()
+    if before is not None and library.stat().st_mtime_ns == before:
+        log.info("fused CPU scan kernels (%s) loaded from %s", isa, build_dir)
+    else:
+        _notice(f"fused CPU scan kernels ({isa}) built in {time.perf_counter() - t0:.1f} s into {build_dir}")
+    return ops
+
+
+def _compile(name: str, flags: list[str], build_dir: Path) -> None:
+    """Build and load through torch's builder, from a copy of the source inside the build
+    directory: the ninja file then names no checkout, so whichever checkout finishes an
+    interrupted build reuses what another one compiled."""
     _ensure_ninja()
     from torch.utils import cpp_extension  # noqa: PLC0415 (slow import, only when building)
 
-    name, flags = build_key(variant)
-    build_dir = cache_root() / "ext" / name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    cached = (build_dir / f"{name}.so").exists()
-    t0 = time.perf_counter()
+    source = build_dir / SOURCE.name
+    text = SOURCE.read_bytes()
+    if not source.exists() or source.read_bytes() != text:  # rewritten only when it differs: ninja reads mtimes
+        source.write_bytes(text)
     ldflags = ["-fopenmp"] if "-fopenmp" in flags else []
-    with _build_lock(build_dir):
-        cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=ldflags,
-                           build_directory=str(build_dir), is_python_module=False, verbose=False)
-    ops = getattr(torch.ops, name)
-    isa = ops.isa()
-    if cached:
-        log.info("fused CPU scan kernels (%s) loaded from %s", isa, build_dir)
-    else:
-        log.info("fused CPU scan kernels (%s) built in %.1f s into %s", isa,
-                 time.perf_counter() - t0, build_dir)
-    return ops
+    cpp_extension.load(name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=ldflags,
+                       build_directory=str(build_dir), is_python_module=False, verbose=False)
