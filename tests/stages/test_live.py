@@ -10,7 +10,7 @@ import time
 import pytest
 
 from vmstream.records import Frame, Segment, StreamEvent
-from vmstream.stages.decode.base import FrameSize
+from vmstream.stages.media import FrameSize
 from vmstream.stages.decode.live import ReconnectPolicy, WallClock
 from vmstream.stages.decode.pyav import PyAVDecoder
 from vmstream.stages.sampling import AllFrames, FpsSampling, UniformSampling

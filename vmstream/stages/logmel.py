@@ -257,16 +257,18 @@ class LogMelStream:
 
     # -- asking ---------------------------------------------------------------------
     def ready(self, t_end: float) -> bool:
-        """True if every frame with centre < t_end is known (more audio would not change
-        the summary of a span ending at t_end)."""
+        """True if every frame the summary of a span ending at t_end may use is known
+        (more audio would not change it): those with centre < t_end, and the first one
+        after, which the nearest-frame rule of a span shorter than a hop may pick."""
         if self.finished:
             return True
         g = self._grid
         if g is None:
             return False
-        # Frames of the current grid with centre < t_end are computable once the samples
-        # up to that window's end have arrived.
-        return g.end_time() >= t_end + self.cfg.half_window
+        # A frame is computable once the samples up to its window's end have arrived;
+        # the first centre at or after t_end lies less than one hop after it.
+        c = self.cfg
+        return g.end_time() >= t_end + c.hop_length / c.sample_rate + c.half_window
 
     def covered_until(self) -> float:
         """End time of the audio pushed so far (-inf before any)."""
