@@ -15,6 +15,16 @@ Speed comes from not doing work (measured in benchmarks/decode_speed.py):
 for H.264), "seek" (the same minus the H.264 NAL filter; the default for other
 codecs), "full" (decode everything and pick on output: the readable reference the
 others are tested against, bit for bit).
+
+Asked for audio (`frames(..., audio=AudioFormat)`), a file's audio track is demuxed in
+the same pass (`audio_tap`): an `AudioTrack` comes before the first frame and
+`AudioChunk`s among the frames, so the audio stage reads no file of its own. Forward
+seeks are then off (the skipped span's audio is wanted); GOP skipping and the packet
+filter still spare the video decoder.
+
+Layout: `container` opens, probes and converts; `gop_reader` reads packets a GOP at a
+time; `packet_filter` plans which of them to feed; `live` runs live sources; this
+module picks the strategy and runs it over a file.
 """
 from __future__ import annotations
 from __future__ import annotations
