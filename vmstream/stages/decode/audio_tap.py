@@ -5,11 +5,14 @@ once. The PCM is the same as a separate audio reader's (`container.AudioDecoder`
 same packets in the same order)."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
 from vmstream.stages.decode.container import AudioDecoder
 from vmstream.stages.media import AudioChunk, AudioFormat, AudioTrack
+
+log = logging.getLogger(__name__)
 
 
 class AudioTap:
@@ -44,12 +47,20 @@ class AudioTap:
                     return
                 self._skip_until = None
             self._last_pts = packet.pts
-        self._add(self._decoder.decode(packet))
+        try:
+            self._add(self._decoder.decode(packet))
+        except Exception as e:  # audio never fails the video: the rest of the track is dropped
+            log.warning("%s: audio decoding failed (%s: %s); the rest of the audio is skipped",
+                        self._decoder.uri, type(e).__name__, e)
+            self.finished = True
 
     def finish(self, at_eof: bool) -> None:
         """No more packets: at the end of the file the resampler's tail comes too."""
         if not self.finished and at_eof:
-            self._add(self._decoder.flush())
+            try:
+                self._add(self._decoder.flush())
+            except Exception as e:  # as in feed: audio never fails the video
+                log.warning("%s: audio decoding failed (%s: %s)", self._decoder.uri, type(e).__name__, e)
         self.finished = True
 
     def covered_until(self) -> float:
