@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import av  # noqa: E402
 
-from vmstream.stages.decode.base import FrameSize  # noqa: E402
+from vmstream.stages.media import FrameSize  # noqa: E402
 from vmstream.stages.sampling import AllFrames, FpsSampling  # noqa: E402
 from vmstream.stages.sources import source_from_uri  # noqa: E402
 

@@ -33,7 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vmstream.records import Frame  # noqa: E402
-from vmstream.stages.decode.base import FrameSize  # noqa: E402
+from vmstream.stages.media import FrameSize  # noqa: E402
 from vmstream.stages.decode.pyav import PyAVDecoder  # noqa: E402
 from vmstream.stages.sampling import AllFrames, FpsSampling  # noqa: E402
 from vmstream.stages.sources import source_from_uri  # noqa: E402

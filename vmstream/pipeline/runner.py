@@ -376,11 +376,15 @@ class Runner:
             self._put_seg(_Restore(snap), force=True)
         if self._stop.is_set():
             job.stop.set()
-        frames = self.decoder.frames(src, self.policy, self.size, start_time, stop=job.stop, info=info)
+        audio = self.audio_factory(src) if self.audio_factory is not None and info.has_audio else None
+        # A stage that says its `audio_format` gets the audio in the decoder's pass (one read).
+        fmt = getattr(audio, "audio_format", None)
+        frames = self.decoder.frames(src, self.policy, self.size, start_time, stop=job.stop, info=info,
+                                     **({"audio": fmt} if fmt is not None else {}))
         items = self.segmenter_factory(src).segments(_counted(frames, self.report), uri=src.uri,
                                                      first_index=start_index)
-        if self.audio_factory is not None and info.has_audio:
-            items = self.audio_factory(src).run(items)
+        if audio is not None:
+            items = audio.run(items)
         status, err = "ok", None
         it = iter(items)
         try:

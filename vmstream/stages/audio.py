@@ -3,10 +3,19 @@
 For one stream, `AudioFeatures` takes the Segments the segmenter made and gives back the
 same Segments with `Segment.audio` set to float32 ``[2 * n_mels]``: the mean, then the
 standard deviation, over time of the log-mel spectrogram frames whose centres fall in
-``[t_start, t_end)``. The audio is decoded with PyAV (its own demuxer on the same file),
-resampled to a fixed rate, mono, and turned into mel frames incrementally on one fixed
-frame grid, so an hour-long file costs constant memory and the result does not depend on
-how the stream is cut into segments or how the PCM arrives in chunks.
+``[t_start, t_end)`` (`logmel.LogMelStream`: constant memory over an hour-long file, and
+a result that does not depend on how the stream is cut into segments or how the PCM
+arrives in chunks).
+
+Where the PCM comes from:
+
+- in the video's pass: when the decoder was asked for audio (`frames(..., audio=
+  config.audio_format)`), its items carry an `AudioTrack` and then `AudioChunk`s, which
+  the segmenter passes along; the stage takes them out of the item stream and the file
+  is opened and read once;
+- otherwise its own reader (`PyAVAudioReader`) on the same file, front to back, seeking
+  only for big jumps (a backend that decodes no audio, such as DALI, or a caller that
+  did not ask).
 
 Conventions (what the sinks will see):
 
@@ -19,27 +28,22 @@ Conventions (what the sinks will see):
   single mel frame whose centre is nearest the span's midpoint, if that frame's window
   overlaps the span.
 - Features are natural-log mel power: ``log(mel + log_offset)``.
-
-`LogMelStream` is the incremental core, independent of where the PCM comes from: a live
-decoder that already demuxes the audio packets can feed it directly (`push`) instead of
-opening a second connection. `reference_logmel_summary` is the readable whole-signal
-version the tests hold the incremental one to.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections import deque
 from typing import Iterable, Iterator, Optional, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
-import torch
-import torchaudio
 
-from vmstream.records import Segment
+from vmstream.records import Segment, StreamEvent
+from vmstream.stages.decode.container import AudioDecoder, audio_stream, open_input
+from vmstream.stages.logmel import AudioConfig, LogMelStream, reference_logmel_summary
+from vmstream.stages.media import AudioChunk, AudioFormat, AudioTrack
 
 log = logging.getLogger(__name__)
 
@@ -54,272 +58,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class AudioConfig:
-    """How audio is turned into per-segment features. Defaults: 16 kHz mono, 25 ms
-    windows every 10 ms, 64 mel bins (the usual audio-event front end)."""
-
-    sample_rate: int = 16000
-    n_mels: int = 64
-    n_fft: int = 400
-    hop_length: int = 160
-    f_min: float = 0.0
-    f_max: Optional[float] = None  # None: sample_rate / 2
-    log_offset: float = 1e-6
-    # PCM is turned into mel frames in blocks of about this much audio (512 kB at
-    # 16 kHz): few torch calls, each big enough to amortise its overhead.
-    block_seconds: float = 8.0
-    # A jump ahead larger than this (sparse segments) seeks instead of decoding through.
-    seek_ahead_seconds: float = 30.0
-    # Timestamp disagreement (container pts vs. samples counted) that counts as a break
-    # in the audio; smaller differences are pts rounding (e.g. 1 ms time bases).
-    discontinuity_seconds: float = 0.1
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.sample_rate <= 0:
-            problems.append(f"sample_rate={self.sample_rate} must be > 0")
-        if self.n_mels < 1:
-            problems.append(f"n_mels={self.n_mels} must be >= 1")
-        if self.n_fft < 2:
-            problems.append(f"n_fft={self.n_fft} must be >= 2")
-        if not 0 < self.hop_length <= self.n_fft:
-            problems.append(f"hop_length={self.hop_length} must be in (0, n_fft={self.n_fft}]")
-        f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
-        if not 0 <= self.f_min < f_max <= self.sample_rate / 2:
-            problems.append(
-                f"need 0 <= f_min ({self.f_min}) < f_max ({f_max}) <= sample_rate/2 ({self.sample_rate / 2})"
-            )
-        if self.log_offset <= 0:
-            problems.append(f"log_offset={self.log_offset} must be > 0")
-        if self.block_seconds <= 0 or self.seek_ahead_seconds <= 0 or self.discontinuity_seconds <= 0:
-            problems.append("block_seconds, seek_ahead_seconds, discontinuity_seconds must be > 0")
-        if problems:
-            raise ValueError("bad AudioConfig: " + "; ".join(problems))
-
-    @property
-    def dim(self) -> int:
-        """Length of `Segment.audio`: mean then std of each mel bin."""
-        return 2 * self.n_mels
-
-    @property
-    def half_window(self) -> float:
-        return self.n_fft / (2 * self.sample_rate)
-
-    def mel_transform(self) -> torchaudio.transforms.MelSpectrogram:
-        # center=False: frames sit on one grid anchored at the first sample, so a frame
-        # never depends on where a block of PCM was cut (no per-block reflect padding).
-        return torchaudio.transforms.MelSpectrogram(
-            sample_rate=self.sample_rate,
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            n_mels=self.n_mels,
-            f_min=self.f_min,
-            f_max=self.f_max,
-            power=2.0,
-            center=False,
-        )
-
-
-# With the OpenMP backend (PyTorch's CPU wheels) torch.set_num_threads is per calling
-# thread, so this stage can run its small STFTs single-threaded without touching the
-# model's threads. Measured on the 2-core dev machine under load: 2 threads 26x
-# realtime for the whole stage, 1 thread 153x (benchmarks/audio_features_speed.py):
-# the pool handoff costs far more than these tiny ops when the cores are busy.
-_THREAD_LOCAL_POOL = "parallel backend: OpenMP" in torch.__config__.parallel_info()
-
-
-@contextmanager
-def _one_torch_thread():
-    prev = torch.get_num_threads()
-    if not _THREAD_LOCAL_POOL or prev == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-def _log_mel(mel: torchaudio.transforms.MelSpectrogram, samples: np.ndarray, offset: float) -> np.ndarray:
-    """log-mel rows [F, n_mels] of every complete window of `samples` (center=False)."""
-    with torch.no_grad(), _one_torch_thread():
-        spec = mel(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)))
-        return torch.log(spec + offset).T.contiguous().numpy()
-
-
-def _summarise(centers: np.ndarray, rows: np.ndarray, t_start: float, t_end: float, half_window: float) -> Optional[np.ndarray]:
-    """Mean and std of the rows whose centre is in [t_start, t_end), with the short-span
-    and no-audio conventions of the module docstring."""
-    if len(centers) == 0:
-        return None
-    sel = (centers >= t_start) & (centers < t_end)
-    if sel.any():
-        x = rows[sel].astype(np.float64)
-    else:
-        mid = 0.5 * (t_start + t_end)
-        k = int(np.argmin(np.abs(centers - mid)))
-        # The window of frame k is [c - hw, c + hw); it must overlap the span.
-        if centers[k] + half_window <= t_start or centers[k] - half_window > max(t_end, t_start):
-            return None
-        x = rows[k : k + 1].astype(np.float64)
-    return np.concatenate([x.mean(axis=0), x.std(axis=0)]).astype(np.float32)
-
-
-def reference_logmel_summary(
-    samples: np.ndarray, t0: float, spans: Sequence[tuple[float, float]], config: AudioConfig = AudioConfig()
-) -> list[Optional[np.ndarray]]:
-    """The readable reference: mel of the whole mono signal at once (sample i at time
-    t0 + i / sample_rate), then one summary per (t_start, t_end) span."""
-    cfg = config
-    rows = _log_mel(cfg.mel_transform(), samples, cfg.log_offset) if len(samples) >= cfg.n_fft else np.zeros((0, cfg.n_mels), np.float32)
-    centers = t0 + (np.arange(len(rows)) * cfg.hop_length + cfg.n_fft / 2) / cfg.sample_rate
-    return [_summarise(centers, rows, a, b, cfg.half_window) for a, b in spans]
-
-
-class _Grid:
-    """One unbroken run of PCM: sample i is at t0 + i / sr. Turns complete windows into
-    mel frames and keeps only the samples the next window still needs."""
-
-    def __init__(self, t0: float, cfg: AudioConfig):
-        self.t0 = t0
-        self.cfg = cfg
-        self.pending: list[np.ndarray] = []
-        self.pending_len = 0
-        self.consumed = 0  # samples dropped from the front (always a multiple of hop)
-        self.next_frame = 0
-
-    @property
-    def samples_seen(self) -> int:
-        return self.consumed + self.pending_len
-
-    def end_time(self) -> float:
-        return self.t0 + self.samples_seen / self.cfg.sample_rate
-
-    def next_center(self) -> float:
-        c = self.cfg
-        return self.t0 + (self.next_frame * c.hop_length + c.n_fft / 2) / c.sample_rate
-
-    def push(self, x: np.ndarray) -> None:
-        if len(x):
-            self.pending.append(x)
-            self.pending_len += len(x)
-
-    def frames(self, mel) -> tuple[np.ndarray, np.ndarray]:
-        c = self.cfg
-        if self.pending_len < c.n_fft:
-            return np.zeros(0), np.zeros((0, c.n_mels), np.float32)
-        buf = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        n = 1 + (len(buf) - c.n_fft) // c.hop_length
-        rows = _log_mel(mel, buf[: (n - 1) * c.hop_length + c.n_fft], c.log_offset)
-        centers = self.t0 + ((self.next_frame + np.arange(n)) * c.hop_length + c.n_fft / 2) / c.sample_rate
-        rest = buf[n * c.hop_length :]
-        self.pending = [rest] if len(rest) else []
-        self.pending_len = len(rest)
-        self.consumed += n * c.hop_length
-        self.next_frame += n
-        return centers, rows
-
-
-class LogMelStream:
-    """Incremental log-mel frames of one audio stream, kept only as long as asked.
-
-    `push(samples, t)` appends mono float32 PCM at `config.sample_rate`; `t` is the time of
-    its first sample (None: right after the previous chunk). A `t` that disagrees with the
-    running sample count by more than `discontinuity_seconds` starts a new frame grid
-    (a gap or a jump in the audio). `summary(t_start, t_end)` needs every frame whose
-    centre is before `t_end`: call it once `ready(t_end)` or after `finish()`.
-    `discard_before(t)` drops frames a caller will not ask for again.
-    """
-
-    def __init__(self, config: AudioConfig = AudioConfig()):
-        self.cfg = config
-        self._mel = config.mel_transform()
-        self._grid: Optional[_Grid] = None
-        self._centers: list[np.ndarray] = []
-        self._rows: list[np.ndarray] = []
-        self.finished = False
-        self.peak_buffered_seconds = 0.0  # frames + pending PCM held at once, for tests/stats
-
-    # -- feeding --------------------------------------------------------------------
-    def push(self, samples: np.ndarray, t: Optional[float] = None) -> None:
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        g = self._grid
-        if g is None or (t is not None and abs(t - g.end_time()) > self.cfg.discontinuity_seconds):
-            if g is not None:
-                self._collect(g)
-            if t is None:
-                t = 0.0 if g is None else g.end_time()
-            self._grid = g = _Grid(float(t), self.cfg)
-        g.push(x)
-        if g.pending_len >= self.cfg.block_seconds * self.cfg.sample_rate:
-            self._collect(g)
-        self._track_peak()
-
-    def finish(self) -> None:
-        """No more audio: every frame that can exist does now."""
-        if self._grid is not None:
-            self._collect(self._grid)
-        self.finished = True
-
-    def reset(self) -> None:
-        """Forget everything (after a seek)."""
-        self._grid = None
-        self._centers.clear()
-        self._rows.clear()
-        self.finished = False
-
-    # -- asking ---------------------------------------------------------------------
-    def ready(self, t_end: float) -> bool:
-        """True if every frame with centre < t_end is known (more audio would not change
-        the summary of a span ending at t_end)."""
-        if self.finished:
-            return True
-        g = self._grid
-        if g is None:
-            return False
-        # Frames of the current grid with centre < t_end are computable once the samples
-        # up to that window's end have arrived.
-        return g.end_time() >= t_end + self.cfg.half_window
-
-    def covered_until(self) -> float:
-        """End time of the audio pushed so far (-inf before any)."""
-        return -math.inf if self._grid is None else self._grid.end_time()
-
-    def summary(self, t_start: float, t_end: float) -> Optional[np.ndarray]:
-        if self._grid is not None:
-            self._collect(self._grid)
-        if not self._centers:
-            return None
-        centers = np.concatenate(self._centers)
-        rows = np.concatenate(self._rows)
-        return _summarise(centers, rows, t_start, t_end, self.cfg.half_window)
-
-    def discard_before(self, t: float) -> None:
-        keep_c, keep_r = [], []
-        for c, r in zip(self._centers, self._rows):
-            if len(c) and c[-1] < t:
-                continue
-            sel = c >= t
-            keep_c.append(c[sel])
-            keep_r.append(r[sel])
-        self._centers, self._rows = keep_c, keep_r
-
-    # -- internals --------------------------------------------------------------------
-    def _collect(self, g: _Grid) -> None:
-        centers, rows = g.frames(self._mel)
-        if len(centers):
-            self._centers.append(centers)
-            self._rows.append(rows)
-
-    def _track_peak(self) -> None:
-        held = sum(len(c) for c in self._centers) * self.cfg.hop_length
-        if self._grid is not None:
-            held += self._grid.pending_len
-        self.peak_buffered_seconds = max(self.peak_buffered_seconds, held / self.cfg.sample_rate)
-
-
 def _is_local(uri: str) -> bool:
     if os.path.exists(uri):
         return True
@@ -329,29 +67,25 @@ def _is_local(uri: str) -> bool:
 
 def has_audio_track(uri: str) -> bool:
     """True if the container at `uri` has at least one audio stream."""
-    import av
-
-    with av.open(uri) as c:
-        return len(c.streams.audio) > 0
+    with open_input(uri) as c:
+        return audio_stream(c) is not None
 
 
 class PyAVAudioReader:
     """Mono float32 PCM at a fixed rate from the first audio stream of a file, decoded
     lazily packet by packet (never the whole track). Broken packets are counted and
-    skipped."""
+    skipped. Raises LookupError for a file without an audio track, VideoInputError
+    (naming the file) for one that cannot be opened."""
 
     def __init__(self, uri: str, sample_rate: int):
-        import av
-
         self.uri = uri
         self.sample_rate = sample_rate
         self.broken_packets = 0
-        self._av = av
-        self.container = av.open(uri)
-        if not self.container.streams.audio:
+        self.container = open_input(uri)
+        self.stream = audio_stream(self.container)
+        if self.stream is None:
             self.container.close()
             raise LookupError(f"{uri}: no audio track")
-        self.stream = self.container.streams.audio[0]
         self.codec = self.stream.codec_context.name
 
     def close(self) -> None:
@@ -360,39 +94,38 @@ class PyAVAudioReader:
     def chunks(self, start: Optional[float] = None) -> Iterator[tuple[np.ndarray, Optional[float]]]:
         """(samples, time of the first sample) until the end of the track; from the
         keyframe at or before `start` if given (earlier samples may come too)."""
-        av = self._av
         if start is not None:
             target = max(0.0, float(start))
             self.container.seek(int(target / self.stream.time_base), stream=self.stream, backward=True, any_frame=False)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
+        dec = AudioDecoder(AudioFormat(self.sample_rate), self.uri)
+        before = self.broken_packets
         for packet in self.container.demux(self.stream):
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError as e:
-                self.broken_packets += 1
-                log.debug("%s: broken audio packet at pts %s: %s", self.uri, packet.pts, e)
-                continue
-            for frame in frames:
-                for out in resampler.resample(frame):
-                    yield out.to_ndarray().reshape(-1), out.time
-        for out in resampler.resample(None):
-            yield out.to_ndarray().reshape(-1), out.time
+            out = dec.decode(packet)
+            self.broken_packets = before + dec.broken_packets
+            yield from out
+        yield from dec.flush()
 
 
 class AudioFeatures:
     """The audio stage: one stream's Segments in, the same Segments out with `audio` set.
 
         stage = AudioFeatures(AudioConfig(n_mels=64))
-        for item in stage.run(items):     # Segments (and StreamEvents, passed through)
+        items = decoder.frames(source, policy, size, audio=stage.audio_format)
+        for item in stage.run(segmenter.segments(items)):   # Segments and StreamEvents
             ...
         # the runner's hook: audio_factory=AudioFeatures.factory(AudioConfig())
 
-    The file is the `uri` given here, else the first Segment's `uri`. Reads it once,
-    front to back, just far enough ahead to summarise the segment at hand (memory: the
-    PCM block being turned into frames plus the mel frames from the current segment's
-    start on, 25.6 kB per second of span at 64 mels). It seeks only for a jump ahead of
-    more than `seek_ahead_seconds` or a segment that starts before frames it already
-    dropped (segments are expected in time order).
+    Audio in the item stream (an `AudioTrack` before the first Segment, then
+    `AudioChunk`s): taken out of the stream and summarised; each Segment waits (in
+    order with the events around it) until the audio covers its span, the stream ends,
+    or the video runs `interleave_seconds` past it.
+
+    Otherwise the file is the `uri` given here, else the first Segment's `uri`. Reads it
+    once, front to back, just far enough ahead to summarise the segment at hand (memory:
+    the PCM block being turned into frames plus the mel frames from the current
+    segment's start on, 25.6 kB per second of span at 64 mels). It seeks only for a jump
+    ahead of more than `seek_ahead_seconds` or a segment that starts before frames it
+    already dropped (segments are expected in time order).
     A file without an audio track, a URL that is not a local file (live feeds: feed
     `LogMelStream` from the decoder's own demuxer instead), or an audio track that cannot
     be opened: the segments pass through with audio None and one log line; audio never
@@ -403,6 +136,11 @@ class AudioFeatures:
         self.config = config
         self.uri = uri
         self.stats: dict = {}
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        """What to ask the decoder for (`frames(..., audio=)`) to read audio in its pass."""
+        return self.config.audio_format
 
     @classmethod
     def factory(cls, config: AudioConfig = AudioConfig()):
@@ -418,6 +156,9 @@ class AudioFeatures:
         it = iter(items)
         first = None
         for item in it:  # anything before the first Segment goes out as it comes
+            if isinstance(item, AudioTrack):
+                yield from self._run_in_band(item, it, uri or self.uri or "")
+                return
             if isinstance(item, Segment):
                 first = item
                 break
@@ -425,8 +166,7 @@ class AudioFeatures:
         if first is None:
             return
         uri = uri or self.uri or first.uri
-        self.stats = {"uri": uri, "audio": False, "segments": 0, "segments_without_audio": 0,
-                      "broken_packets": 0, "seeks": 0, "peak_buffered_seconds": 0.0}
+        self.stats = self._new_stats(uri)
         reader = self._open(uri)
         if reader is None:
             yield first
@@ -434,7 +174,7 @@ class AudioFeatures:
             return
         self.stats["audio"] = True
         try:
-            yield from self._run(reader, _chain(first, it))
+            yield from self._run_file(reader, _chain(first, it))
         finally:
             self.stats["broken_packets"] = reader.broken_packets
             reader.close()
@@ -442,6 +182,11 @@ class AudioFeatures:
                 log.warning("%s: %d broken audio packets skipped", uri, reader.broken_packets)
 
     __call__ = run
+
+    @staticmethod
+    def _new_stats(uri: str) -> dict:
+        return {"uri": uri, "audio": False, "segments": 0, "segments_without_audio": 0,
+                "broken_packets": 0, "seeks": 0, "peak_buffered_seconds": 0.0}
 
     def _open(self, uri: str) -> Optional[PyAVAudioReader]:
         if not uri:
@@ -458,7 +203,75 @@ class AudioFeatures:
             log.warning("%s: cannot open the audio track (%s: %s); audio stays None", uri, type(e).__name__, e)
         return None
 
-    def _run(self, reader: PyAVAudioReader, segments: Iterator) -> Iterator:
+    def _attach(self, seg: Segment, mel: LogMelStream, t1: float, uri: str) -> None:
+        """Summarise `seg`'s span from `mel` into `seg.audio` and count it."""
+        try:
+            seg.audio = mel.summary(float(seg.t_start), t1)
+        except Exception as e:  # a summary failure loses audio, never the segment
+            log.warning("%s: audio of segment %s failed (%s: %s); audio stays None",
+                        uri, seg.index, type(e).__name__, e)
+            seg.audio = None
+        self.stats["segments"] += 1
+        if seg.audio is None:
+            self.stats["segments_without_audio"] += 1
+        self.stats["peak_buffered_seconds"] = mel.peak_buffered_seconds
+
+    def _span(self, seg: Segment) -> tuple[float, float, float]:
+        """(span end, earliest frame centre the span may use, that less one hop): frames
+        before the last are done with once segments come in time order."""
+        cfg = self.config
+        t0 = float(seg.t_start)
+        t1 = max(float(seg.t_end), t0)
+        # Earliest frame centre this span may use (its nearest-frame rule included).
+        need_from = min(t0, 0.5 * (t0 + t1)) - cfg.half_window
+        return t1, need_from, need_from - cfg.hop_length / cfg.sample_rate
+
+    # -- audio read in the video's pass ----------------------------------------------
+
+    def _run_in_band(self, track: AudioTrack, items: Iterator, uri: str) -> Iterator:
+        cfg = self.config
+        self.stats = self._new_stats(uri)
+        if track.format != cfg.audio_format:
+            log.warning("%s: the decoder's audio is %s, this stage reads %s; audio stays None",
+                        uri, track.format, cfg.audio_format)
+            yield from (x for x in items if not isinstance(x, (AudioTrack, AudioChunk)))
+            return
+        self.stats.update(audio=True, in_band=True)
+        mel = LogMelStream(cfg)
+        held: deque = deque()  # items waiting (in order) for the audio of the first Segment
+        video_t = -math.inf    # the latest segment end seen: how far the video has come
+        for item in items:
+            if isinstance(item, AudioChunk):
+                mel.push(item.samples, item.t)
+            elif isinstance(item, AudioTrack):
+                continue
+            else:
+                if isinstance(item, Segment):
+                    video_t = max(video_t, float(item.t_end))
+                elif isinstance(item, StreamEvent) and item.kind == "end":
+                    mel.finish()
+                    self.stats["broken_packets"] = int((item.details or {}).get("audio_broken_packets", 0))
+                held.append(item)
+            yield from self._release(held, mel, video_t, uri)
+        mel.finish()
+        yield from self._release(held, mel, video_t, uri)
+        if self.stats["broken_packets"]:
+            log.warning("%s: %d broken audio packets skipped", uri, self.stats["broken_packets"])
+
+    def _release(self, held: deque, mel: LogMelStream, video_t: float, uri: str) -> Iterator:
+        while held:
+            item = held[0]
+            if isinstance(item, Segment):
+                t1, _, keep_from = self._span(item)
+                if not mel.ready(t1) and video_t - t1 <= self.config.interleave_seconds:
+                    return
+                mel.discard_before(keep_from)
+                self._attach(item, mel, t1, uri)
+            yield held.popleft()
+
+    # -- audio read by the stage itself --------------------------------------------
+
+    def _run_file(self, reader: PyAVAudioReader, segments: Iterator) -> Iterator:
         cfg = self.config
         mel = LogMelStream(cfg)
         chunks = reader.chunks()
@@ -467,10 +280,7 @@ class AudioFeatures:
             if not isinstance(seg, Segment):
                 yield seg
                 continue
-            t0 = float(seg.t_start)
-            t1 = max(float(seg.t_end), t0)
-            # Earliest frame centre this span may use (its nearest-frame rule included).
-            need_from = min(t0, 0.5 * (t0 + t1)) - cfg.half_window
+            t1, need_from, keep_from = self._span(seg)
             far_ahead = need_from - max(mel.covered_until(), 0.0) > cfg.seek_ahead_seconds and not mel.finished
             behind = need_from < dropped_until
             if far_ahead or behind:
@@ -479,11 +289,10 @@ class AudioFeatures:
                 chunks.close()
                 chunks = reader.chunks(start=need_from - cfg.half_window)
                 # Audio before the seek point may be missing: earlier spans seek again.
-                dropped_until = need_from - cfg.hop_length / cfg.sample_rate
+                dropped_until = keep_from
             else:
                 # Segments come in time order: what lies before this one's start is done
                 # (dropped here, not after the previous segment, in case they overlap).
-                keep_from = need_from - cfg.hop_length / cfg.sample_rate
                 mel.discard_before(keep_from)
                 dropped_until = max(dropped_until, keep_from)
             try:
@@ -494,15 +303,16 @@ class AudioFeatures:
                         mel.finish()
                         break
                     mel.push(x, t)
-                seg.audio = mel.summary(t0, t1)
-            except Exception as e:  # a decode/summary failure loses audio, never the segment
+            except Exception as e:  # a decode failure loses audio, never the segment
                 log.warning("%s: audio of segment %s failed (%s: %s); audio stays None",
                             reader.uri, seg.index, type(e).__name__, e)
                 seg.audio = None
-            self.stats["segments"] += 1
-            if seg.audio is None:
+                self.stats["segments"] += 1
                 self.stats["segments_without_audio"] += 1
-            self.stats["peak_buffered_seconds"] = mel.peak_buffered_seconds
+                self.stats["peak_buffered_seconds"] = mel.peak_buffered_seconds
+                yield seg
+                continue
+            self._attach(seg, mel, t1, reader.uri)
             yield seg
 
 

@@ -29,11 +29,12 @@ from typing import ClassVar, Iterator, Optional, Union
 
 import numpy as np
 
-from vmstream.stages.decode.base import StreamInfo
+from vmstream.stages.media import TIME_EPS, StreamInfo
 
-# Presentation times are compared with this slack (seconds): float rounding of
-# pts * time_base must not move a target to the previous frame.
-TIME_EPS = 1e-6
+__all__ = [
+    "TIME_EPS", "AllFrames", "FpsSampling", "FrameIndexSampling", "OnlineSelector", "SamplingPolicy",
+    "TsnSampling", "UniformSampling", "frames_for_targets", "parse_policy", "stream_length",
+]
 
 
 def frames_for_targets(frame_times, targets, eps: float = TIME_EPS) -> np.ndarray:

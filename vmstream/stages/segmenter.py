@@ -6,6 +6,7 @@
                      VideoMamba checkpoints were trained), t_start/t_end, frame_times,
                      the live gaps since the previous segment, is_last on the last one
         StreamEvent  passed through as they come (gaps, errors, the end)
+        AudioTrack, AudioChunk  passed through as they come (for the audio stage)
 
 The stream's last, partial segment is emitted with its true length (the model
 resamples its temporal positions) or dropped with `drop_last=True`. A complete
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame, Segment, StreamEvent
+from vmstream.stages.media import AudioChunk, AudioTrack
 
 
 def normalize_reference(images: Sequence, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -104,8 +106,8 @@ class Segmenter:
         st.gaps = []
         return seg
 
-    def segments(self, items: Iterable[Union[Frame, StreamEvent]], *, uri: str = "",
-                 first_index: int = 0) -> Iterator[Union[Segment, StreamEvent]]:
+    def segments(self, items: Iterable[Union[Frame, StreamEvent, AudioTrack, AudioChunk]], *, uri: str = "",
+                 first_index: int = 0) -> Iterator[Union[Segment, StreamEvent, AudioTrack, AudioChunk]]:
         """Segments and pass-through events. `first_index` numbers the first segment
         of each stream (a resumed stream continues its numbering)."""
         states: dict[str, _StreamState] = {}
@@ -154,8 +156,10 @@ class Segmenter:
                     yield item
                 else:
                     yield item
+            elif isinstance(item, (AudioChunk, AudioTrack)):
+                yield item  # audio read in the video's pass, for the audio stage
             else:
-                raise TypeError(f"Segmenter takes Frame and StreamEvent items, got {type(item).__name__}")
+                raise TypeError(f"Segmenter takes Frame, StreamEvent and audio items, got {type(item).__name__}")
         # The input ended without "end" events (a caller that stopped early): flush.
         for sid, st in list(states.items()):
             yield from self._finish(sid, st)

@@ -20,15 +20,26 @@ from __future__ import annotations
 import glob as globlib
 import logging
 import os
-import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from vmstream.stages.decode.base import InputNotFoundError, StreamInfo, VideoInputError
+from vmstream.stages.media import (
+    InputNotFoundError,
+    Source,
+    SourceSpecError,
+    StreamInfo,
+    VideoInputError,
+    check_source_options,
+    uri_scheme,
+    valid_stream_id,
+)
 
-if TYPE_CHECKING:
-    from vmstream.stages.decode.base import Decoder
+__all__ = [
+    "DECODER_OPTION_KEYS", "LIVE_SCHEMES", "VIDEO_EXTENSIONS", "ProbeReport", "Source", "SourceSpecError",
+    "file_stream_id", "is_live_uri", "probe_sources", "redact_uri", "resolve_sources", "source_from_job",
+    "source_from_uri",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,58 +55,11 @@ LIVE_SCHEMES = frozenset("rtsp rtsps rtmp rtmps rtmpt srt tcp udp rtp mms mmsh h
 DECODER_OPTION_KEYS = frozenset({"ffmpeg", "reconnect", "format", "timeout"})
 
 _JOB_KEYS = frozenset({"stream_id", "uri", "options", "live"})
-_STREAM_ID_RE = re.compile(r"^[^\x00-\x1f]{1,1024}$")
-
-
-@dataclass(frozen=True)
-class Source:
-    """One stream to decode. `options` may hold:
-      "ffmpeg":    dict of FFmpeg (format/protocol) options, e.g. {"rtsp_transport": "tcp"}
-      "format":    force the container format (e.g. "mpegts" for pipe:)
-      "reconnect": dict of `live.ReconnectPolicy` fields (live sources)
-      "timeout":   seconds to wait for data before a live source counts as dropped
-    """
-
-    stream_id: str
-    uri: str
-    live: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.stream_id, str) or not _STREAM_ID_RE.match(self.stream_id):
-            raise ValueError(f"bad stream_id {self.stream_id!r}: a non-empty string without control characters")
-        if not isinstance(self.uri, str) or not self.uri:
-            raise ValueError(f"stream {self.stream_id!r}: uri must be a non-empty string")
-        _check_options(self.options, where=f"stream {self.stream_id!r}")
-
-    @property
-    def is_file(self) -> bool:
-        return _scheme(self.uri) in ("", "file")
-
-    @property
-    def path(self) -> Optional[str]:
-        """The local path of a file source, else None."""
-        if _scheme(self.uri) == "file":
-            return urlsplit(self.uri).path
-        return self.uri if self.is_file else None
-
-
-class SourceSpecError(ValueError):
-    """An input spec (path pattern, URL or job dict) that cannot become a Source."""
-
-
-def _scheme(uri: str) -> str:
-    if uri.startswith("pipe:"):
-        return "pipe"
-    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
-    if not m or len(m.group(1)) == 1:  # "C://" style drive letters are paths
-        return ""
-    return m.group(1).lower()
 
 
 def redact_uri(uri: str) -> str:
     """The URI without user:password (stream ids and logs must not carry secrets)."""
-    if not _scheme(uri) or _scheme(uri) in ("file", "pipe"):
+    if not uri_scheme(uri) or uri_scheme(uri) in ("file", "pipe"):
         return uri
     parts = urlsplit(uri)
     if parts.username is None and parts.password is None:
@@ -114,7 +78,7 @@ def file_stream_id(path: str) -> str:
 
 
 def is_live_uri(uri: str) -> bool:
-    scheme = _scheme(uri)
+    scheme = uri_scheme(uri)
     if scheme in ("", "file"):
         return False
     if scheme in ("http", "https"):
@@ -125,40 +89,13 @@ def is_live_uri(uri: str) -> bool:
     return scheme in LIVE_SCHEMES or scheme == "pipe"
 
 
-def _check_options(options: Any, where: str) -> None:
-    if not isinstance(options, Mapping):
-        raise SourceSpecError(f"{where}: options must be a dict, got {type(options).__name__}")
-    for k in options:
-        if not isinstance(k, str):
-            raise SourceSpecError(f"{where}: option keys must be strings, got {k!r}")
-    ff = options.get("ffmpeg", {})
-    if not isinstance(ff, Mapping) or not all(isinstance(k, str) for k in ff):
-        raise SourceSpecError(f"{where}: options.ffmpeg must be a dict of FFmpeg option names to values")
-    rc = options.get("reconnect")
-    if rc is not None:
-        if not isinstance(rc, Mapping):
-            raise SourceSpecError(f"{where}: options.reconnect must be a dict")
-        from vmstream.stages.decode.live import ReconnectPolicy
-
-        try:
-            ReconnectPolicy(**rc)
-        except (TypeError, ValueError) as e:
-            raise SourceSpecError(f"{where}: options.reconnect: {e}") from None
-    to = options.get("timeout")
-    if to is not None and (isinstance(to, bool) or not isinstance(to, (int, float)) or not to > 0):
-        raise SourceSpecError(f"{where}: options.timeout must be seconds > 0, got {to!r}")
-    fmt = options.get("format")
-    if fmt is not None and not isinstance(fmt, str):
-        raise SourceSpecError(f"{where}: options.format must be a string, got {fmt!r}")
-
-
 def source_from_uri(uri: str, *, stream_id: Optional[str] = None, live: Optional[bool] = None,
                     options: Optional[Mapping[str, Any]] = None) -> Source:
     """A Source for one file path or URL (no globbing, no directory walk)."""
     options = dict(options or {})
-    if _scheme(uri) == "file":
+    if uri_scheme(uri) == "file":
         uri = urlsplit(uri).path
-    if not _scheme(uri):
+    if not uri_scheme(uri):
         path = os.path.expanduser(uri)
         return Source(stream_id or file_stream_id(path), os.path.abspath(path),
                       live=bool(live) if live is not None else False, options=options)
@@ -178,7 +115,7 @@ def source_from_job(job: Mapping[str, Any]) -> Source:
     if not isinstance(uri, str) or not uri.strip():
         raise SourceSpecError(f"job field 'uri' must be a non-empty string, got {uri!r}")
     sid = job.get("stream_id")
-    if sid is not None and (not isinstance(sid, str) or not _STREAM_ID_RE.match(sid)):
+    if sid is not None and not valid_stream_id(sid):
         raise SourceSpecError(f"job field 'stream_id' must be a non-empty string, got {sid!r}")
     live = job.get("live")
     if live is not None and not isinstance(live, bool):
@@ -187,7 +124,7 @@ def source_from_job(job: Mapping[str, Any]) -> Source:
     if opts is None:
         opts = {}
     where = f"job {sid or uri!r}"
-    _check_options(opts, where)
+    check_source_options(opts, where)
     try:
         return source_from_uri(uri.strip(), stream_id=sid, live=live, options=opts)
     except ValueError as e:
@@ -232,10 +169,10 @@ def resolve_sources(inputs: Union[str, Mapping, Sequence[Union[str, Mapping]]], 
             item = os.fspath(item)
         if not isinstance(item, str) or not item.strip():
             raise SourceSpecError(f"input must be a path, URL or job dict, got {item!r}")
-        if _scheme(item) not in ("", "file"):
+        if uri_scheme(item) not in ("", "file"):
             out.append(source_from_uri(item, options=options))
             continue
-        path = os.path.expanduser(urlsplit(item).path if _scheme(item) == "file" else item)
+        path = os.path.expanduser(urlsplit(item).path if uri_scheme(item) == "file" else item)
         if os.path.isdir(path):
             files = _walk_videos(path, exts)
             if not files:
@@ -272,7 +209,13 @@ class ProbeReport:
             raise self.failed[0][1]
 
 
-def probe_sources(sources: Sequence[Source], decoder: "Decoder") -> ProbeReport:
+class Prober(Protocol):
+    """What `probe_sources` needs of a decoder (`decode.base.Decoder` is one)."""
+
+    def probe(self, uri: str, options: Optional[dict] = None) -> StreamInfo: ...
+
+
+def probe_sources(sources: Sequence[Source], decoder: Prober) -> ProbeReport:
     """Open each source (live ones are not probed: they may not be up yet) and sort
     them into usable and failed; each failure is logged with its reason."""
     rep = ProbeReport()

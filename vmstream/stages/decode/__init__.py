@@ -3,6 +3,9 @@
     dec = make_decoder("auto")     # DALI when a GPU and nvidia-dali exist, else PyAV
     info = dec.probe("a.mp4")
     for item in dec.frames(source, FpsSampling(1), FrameSize(224, 224)): ...
+
+The records (FrameSize, StreamInfo, the input errors, the audio records) live in
+`vmstream.stages.media`; they are re-exported here, the package's face.
 """
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ import logging
 
 from .base import (
     PATCH_SIZE,
+    AudioChunk,
+    AudioFormat,
+    AudioTrack,
     Decoder,
     DecodedItem,
     FrameSize,
@@ -26,7 +32,7 @@ log = logging.getLogger(__name__)
 DECODERS = ("auto", "pyav", "dali")
 
 __all__ = [
-    "PATCH_SIZE", "Decoder", "DecodedItem", "FrameSize", "InputNotFoundError", "NotAVideoError",
+    "PATCH_SIZE", "AudioChunk", "AudioFormat", "AudioTrack", "Decoder", "DecodedItem", "FrameSize", "InputNotFoundError", "NotAVideoError",
     "NoVideoTrackError", "StreamInfo", "UnsupportedVideoError", "VideoInputError",
     "make_decoder", "gpu_available",
 ]

@@ -40,27 +40,16 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame, StreamEvent
 
-from .base import (
-    Decoder,
-    DecodedItem,
-    FrameSize,
-    NotAVideoError,
-    StreamInfo,
-    UnsupportedVideoError,
-    check_frames_args,
-    end_event,
-    probe_for_policy,
-)
-
-if TYPE_CHECKING:
-    from vmstream.stages.sampling import SamplingPolicy
-    from vmstream.stages.sources import Source
+from vmstream.stages.decode.base import Decoder, DecodedItem, check_frames_args, end_event, probe_for_policy
+from vmstream.stages.decode.container import open_input, video_stream
+from vmstream.stages.media import AudioFormat, FrameSize, NotAVideoError, Source, StreamInfo, UnsupportedVideoError
+from vmstream.stages.sampling import SamplingPolicy, frames_for_targets
 
 try:  # optional dependency: the module imports without it, the decoder does not build
     import nvidia.dali.fn as fn
@@ -146,10 +135,8 @@ def index_file(uri: str, options: Optional[dict] = None) -> FrameIndex:
     decoded frame for the rotation). Raises VideoInputError naming `uri`."""
     import av
 
-    from .pyav import _video_stream, open_input
-
     with open_input(uri, options) as c:
-        vs = _video_stream(c, uri)
+        vs = video_stream(c, uri)
         tb = vs.time_base
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         declared = None
@@ -192,8 +179,6 @@ def index_file(uri: str, options: Optional[dict] = None) -> FrameIndex:
 def _first_frame_rotation(uri: str, options: Optional[dict]) -> int:
     """Clockwise rotation (0/90/180/270) the display matrix asks for, read from the first
     decoded frame (FFmpeg exposes the matrix there, as a counter-clockwise angle)."""
-    from .pyav import open_input
-
     try:
         with open_input(uri, options) as c:
             for frame in c.decode(c.streams.video[0]):
@@ -210,7 +195,7 @@ def _first_frame_rotation(uri: str, options: Optional[dict]) -> int:
 END_SLACK = 1e-3
 
 
-def select_frames(index: FrameIndex, info: StreamInfo, policy: "SamplingPolicy",
+def select_frames(index: FrameIndex, info: StreamInfo, policy: SamplingPolicy,
                   start_time: float = 0.0, rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """Frame numbers (ascending, repeated where the policy repeats) the policy asks for,
     by the shared rule `sampling.frames_for_targets`; none before `start_time`.
@@ -218,8 +203,6 @@ def select_frames(index: FrameIndex, info: StreamInfo, policy: "SamplingPolicy",
     Targets come from `info` (the PyAV probe, as in the PyAV backend). Past the last
     frame, fixed-count policies repeat it; others take targets only up to the end of its
     display (1 / fps after it)."""
-    from vmstream.stages.sampling import frames_for_targets
-
     if policy.keyframes_only:
         candidates = np.flatnonzero(index.keyframe)
         if candidates.size == 0:
@@ -344,11 +327,13 @@ class DALIDecoder(Decoder):
     def supports(self, info: StreamInfo) -> bool:
         return (not info.live) and info.codec in self.codecs
 
-    def frames(self, source: "Source", policy: "SamplingPolicy", size: FrameSize,
+    def frames(self, source: Source, policy: SamplingPolicy, size: FrameSize,
                start_time: float = 0.0, *, stop: Optional[threading.Event] = None,
-               info: Optional[StreamInfo] = None) -> Iterator[DecodedItem]:
+               info: Optional[StreamInfo] = None, audio: Optional[AudioFormat] = None
+               ) -> Iterator[DecodedItem]:
         """See base.Decoder.frames. Probes, indexes and builds the pipeline now (bad input
-        raises here); decoding runs lazily in the returned iterator."""
+        raises here); decoding runs lazily in the returned iterator. `audio` is honoured
+        by the PyAV fallback only (DALI decodes no audio: the audio stage reads it)."""
         check_frames_args(source, policy, size, start_time)
         why = None
         path = source.path
@@ -363,7 +348,8 @@ class DALIDecoder(Decoder):
             if not self.fallback:
                 raise UnsupportedVideoError(source.uri, why.split(": ", 1)[1])
             log.info("%s; decoding with PyAV instead", why)
-            return self._pyav_decoder().frames(source, policy, size, start_time, stop=stop, info=info)
+            return self._pyav_decoder().frames(source, policy, size, start_time, stop=stop, info=info,
+                                               audio=audio)
         index = index_file(path, source.options)
         chosen = select_frames(index, info, policy, float(start_time))
         return self._decode(source, path, replace(info, rotation=index.rotation), index, chosen, size, stop)
@@ -388,10 +374,7 @@ class DALIDecoder(Decoder):
         dw, dh = info.display_size
         scaled = size.scaled_size(dw, dh)
         x0, y0 = size.crop_box(*scaled)
-        interp = _INTERP.get(size.interpolation.upper())
-        if interp is None:
-            raise ValueError(f"FrameSize.interpolation={size.interpolation!r} has no DALI equivalent; "
-                             f"use one of {sorted(_INTERP)}")
+        interp = _dali_interp(size)
         n = len(index)
         t0 = time.perf_counter()
         pipe = _build_pipeline(
@@ -471,6 +454,14 @@ class DALIDecoder(Decoder):
 
             return torch.from_dlpack(out[0])
         return np.array(out[0])  # own the memory: DALI may reuse its buffer next run
+
+
+def _dali_interp(size: FrameSize):
+    interp = _INTERP.get(size.interpolation.upper())
+    if interp is None:
+        raise ValueError(f"FrameSize.interpolation={size.interpolation!r} has no DALI equivalent; "
+                         f"use one of {sorted(_INTERP)}")
+    return interp
 
 
 def _first_line(e: BaseException) -> str:

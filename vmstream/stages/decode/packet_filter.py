@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from vmstream.stages.sampling import TIME_EPS
+from vmstream.stages.media import TIME_EPS
 
 # H.264 nal_unit_type values (ITU-T H.264 Table 7-1).
 NAL_SLICE = 1        # coded slice of a non-IDR picture

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame, Segment, StreamEvent
-from vmstream.stages.decode.base import FrameSize
+from vmstream.stages.media import AudioChunk, AudioFormat, AudioTrack, FrameSize
 from vmstream.stages.decode.pyav import PyAVDecoder
 from vmstream.stages.sampling import FpsSampling
 from vmstream.stages.segmenter import (
@@ -104,6 +104,16 @@ def test_events_pass_through_and_streams_interleave():
         Segmenter(0)
     with pytest.raises(TypeError):
         list(Segmenter(2).segments([42]))
+
+
+def test_audio_records_pass_through_in_order():
+    """Audio read in the decoder's pass travels beside the frames to the audio stage."""
+    track = AudioTrack("a", AudioFormat(16000))
+    chunk = AudioChunk("a", np.zeros(160, np.float32), 0.0)
+    fr = frames(3, sid="a")
+    out = list(Segmenter(2).segments([track, fr[0], chunk, fr[1], fr[2], end("a")]))
+    assert [type(o).__name__ for o in out] == ["AudioTrack", "AudioChunk", "Segment", "Segment", "StreamEvent"]
+    assert out[0] is track and out[1] is chunk
 
 
 def test_a_caller_that_stops_early_still_gets_the_buffered_frames():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vmstream.stages.decode.base import StreamInfo
+from vmstream.stages.media import StreamInfo
 from vmstream.stages.sampling import (
     AllFrames,
     FpsSampling,

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from vmstream.stages.decode.base import InputNotFoundError, NotAVideoError, NoVideoTrackError
+from vmstream.stages.media import InputNotFoundError, NotAVideoError, NoVideoTrackError
 from vmstream.stages.decode.pyav import PyAVDecoder
 from vmstream.stages.sources import (
     Source,

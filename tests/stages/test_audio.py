@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchaudio
 
-from vmstream.records import Segment
+from vmstream.records import Segment, StreamEvent
 from vmstream.stages.audio import (
     AudioConfig,
     AudioFeatures,
@@ -148,6 +148,19 @@ def test_stage_matches_whole_track_reference(audio_media):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+def test_one_frame_spans_get_the_reference_frame(audio_media):
+    """A span shorter than a hop takes the frame nearest its midpoint, which may lie just
+    after the span: the stage reads far enough to know it (as the reference does), so the
+    answer does not depend on where the PCM chunks happened to end."""
+    spans = [(round(t, 3), round(t, 3)) for t in np.arange(0.05, 3.9, 0.1)]
+    got = [x.audio for x in AudioFeatures()(_segments(audio_media["mp4"], spans))]
+    samples, t0 = _decode_all(audio_media["mp4"])
+    want = reference_logmel_summary(samples, t0, spans)
+    for (a, _), g, w in zip(spans, got, want):
+        assert g is not None and w is not None, a
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=str(a))
+
+
 def test_logmelstream_is_chunking_invariant():
     rng = np.random.default_rng(0)
     t = np.arange(3 * CFG.sample_rate) / CFG.sample_rate
@@ -275,3 +288,121 @@ def test_runner_hook_passes_events_through_in_order(audio_media):
     assert int(hi[: CFG.n_mels].argmax()) in (_expected_bin(HIGH) - 1, _expected_bin(HIGH), _expected_bin(HIGH) + 1)
     # Only events, no Segment: nothing to read, everything passes.
     assert len(list(AudioFeatures().run(iter(items[::2])))) == 3
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+def _decoded_segments(path, policy, T, audio=None, start_time=0.0):
+    from vmstream.stages.decode.pyav import PyAVDecoder
+    from vmstream.stages.media import FrameSize
+    from vmstream.stages.sampling import parse_policy
+    from vmstream.stages.segmenter import Segmenter
+    from vmstream.stages.sources import source_from_uri
+
+    src = source_from_uri(str(path))
+    items = PyAVDecoder().frames(src, parse_policy(policy), FrameSize(32, 32), start_time, audio=audio)
+    return src, Segmenter(T).segments(items, uri=src.uri)
+
+
+def _audio_of(out):
+    return [s.audio for s in out if isinstance(s, Segment)]
+
+
+@pytest.mark.parametrize("kind,policy,T", [("mp4", "fps:4", 3), ("webm", "all", 8), ("short_audio", "fps:5", 4),
+                                           ("mp4", "fps:1:keyframes", 2)])
+def test_audio_read_in_the_video_pass_equals_reading_the_file(audio_media, monkeypatch, kind, policy, T):
+    """The decoder demuxes the audio track in its own pass (one open of the file) and the
+    stage takes the chunks from the item stream: the same features as the stage reading
+    the file itself, the same frames, and no audio record past the stage."""
+    from vmstream.records import Frame
+    from vmstream.stages.media import AudioChunk, AudioTrack
+
+    src, items = _decoded_segments(audio_media[kind], policy, T, audio=CFG.audio_format)
+    items = list(items)
+    assert isinstance(items[0], AudioTrack) and sum(isinstance(i, AudioChunk) for i in items) > 10
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    stage = AudioFeatures.factory(CFG)(src)
+    out = list(stage.run(iter(items)))
+    assert opened == [] and stage.stats["in_band"]
+    assert not any(isinstance(o, (AudioTrack, AudioChunk, Frame)) for o in out)
+    assert isinstance(out[-1], StreamEvent) and out[-1].kind == "end"
+    monkeypatch.setattr(av, "open", real_open)
+
+    _, plain = _decoded_segments(audio_media[kind], policy, T)
+    file_stage = AudioFeatures.factory(CFG)(src)
+    want_out = list(file_stage.run(plain))
+    assert [type(o).__name__ for o in out] == [type(o).__name__ for o in want_out]
+    got, want = _audio_of(out), _audio_of(want_out)
+    assert got and any(w is not None for w in want)
+    for a, b, sa, sb in zip(got, want, [o for o in out if isinstance(o, Segment)],
+                            [o for o in want_out if isinstance(o, Segment)]):
+        assert (a is None) == (b is None)
+        torch.testing.assert_close(sa.pixels, sb.pixels, rtol=0, atol=0)
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert stage.stats["segments_without_audio"] == file_stage.stats["segments_without_audio"]
+
+
+def test_the_decoder_opens_the_file_once_for_video_and_audio(audio_media, monkeypatch):
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    src, items = _decoded_segments(audio_media["mp4"], "fps:4", 4, audio=CFG.audio_format)
+    n_probe = len(opened)  # frames() probes before it returns
+    out = list(AudioFeatures.factory(CFG)(src).run(items))
+    assert len(opened) == n_probe + 1
+    assert all(s.audio is not None for s in out if isinstance(s, Segment))
+
+
+def test_a_resumed_stream_gets_audio_from_where_it_resumes(audio_media):
+    src, items = _decoded_segments(audio_media["mp4"], "fps:4", 4, audio=CFG.audio_format, start_time=2.2)
+    stage = AudioFeatures.factory(CFG)(src)
+    segs = [o for o in stage.run(items) if isinstance(o, Segment)]
+    assert segs and segs[0].t_start >= 2.2 - 1e-6
+    hi = _expected_bin(HIGH)
+    for s in segs:
+        assert s.audio is not None and abs(int(s.audio[: CFG.n_mels].argmax()) - hi) <= 1
+
+
+def test_a_file_without_audio_asked_for_audio_falls_back_quietly(audio_media, caplog):
+    from vmstream.stages.media import AudioChunk, AudioTrack
+
+    src, items = _decoded_segments(audio_media["silent"], "fps:4", 4, audio=CFG.audio_format)
+    items = list(items)
+    assert not any(isinstance(i, (AudioTrack, AudioChunk)) for i in items)
+    with caplog.at_level(logging.INFO, logger="vmstream.stages.audio"):
+        out = list(AudioFeatures.factory(CFG)(src).run(iter(items)))
+    assert all(s.audio is None for s in out if isinstance(s, Segment))
+    assert any("no audio track" in r.getMessage() for r in caplog.records)
+
+
+def test_segments_wait_for_their_audio_only_as_long_as_the_interleaving_allows():
+    """A track that ends early must not hold every later segment until the end of the
+    stream: once the video is `interleave_seconds` past a segment, it goes out."""
+    from vmstream.stages.media import AudioChunk, AudioTrack
+
+    cfg = AudioConfig(interleave_seconds=3.0)
+    x = (0.5 * np.sin(2 * np.pi * LOW * np.arange(cfg.sample_rate) / cfg.sample_rate)).astype(np.float32)
+    consumed = []
+
+    def items():
+        yield AudioTrack("s", cfg.audio_format)
+        yield AudioChunk("s", x, 0.0)  # one second of audio, then none
+        for i in range(20):
+            consumed.append(i)
+            yield Segment(stream_id="s", index=i, t_start=float(i), t_end=i + 0.9, pixels=None)
+        yield StreamEvent("s", "end", details={"reason": "eof"})
+
+    stage = AudioFeatures(cfg)
+    out = stage.run(items())
+    first = next(out)
+    assert first.index == 0 and len(consumed) <= 6  # released at video time ~3.9 s, not at the end
+    rest = list(out)
+    segs = [first] + [o for o in rest if isinstance(o, Segment)]
+    assert [s.index for s in segs] == list(range(20)) and rest[-1].kind == "end"
+    assert segs[0].audio is not None and all(s.audio is None for s in segs[1:])
+    want = reference_logmel_summary(x, 0.0, [(0.0, 0.9)], cfg)[0]
+    np.testing.assert_allclose(segs[0].audio, want, rtol=1e-4, atol=1e-4)

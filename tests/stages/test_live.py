@@ -10,7 +10,7 @@ import time
 import pytest
 
 from vmstream.records import Frame, Segment, StreamEvent
-from vmstream.stages.decode.base import FrameSize
+from vmstream.stages.media import FrameSize
 from vmstream.stages.decode.live import ReconnectPolicy, WallClock
 from vmstream.stages.decode.pyav import PyAVDecoder
 from vmstream.stages.sampling import AllFrames, FpsSampling, UniformSampling
@@ -167,7 +167,7 @@ def test_a_pipe_source_ends_when_the_pipe_closes(h264_ts):
 
     with open(h264_ts, "rb") as f:
         r = subprocess.run([sys.executable, "-c", code], stdin=f, capture_output=True, timeout=60,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     n, reason = r.stdout.decode().split()
     assert int(n) == 100 and reason == "eof"
