@@ -15,7 +15,7 @@ from vmstream.training import checkpoint as ckpt
 from vmstream.training.recipes import RecipeError, load_recipe, recipe_path
 from vmstream.training.runner import build_datasets, fit, train_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _cfg(train_videos, out, **kw):
