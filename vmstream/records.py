@@ -21,9 +21,17 @@ import pyarrow as pa
 # metadata) so an old consumer fails loudly instead of misreading.
 SCHEMA_VERSION = 1
 
-# The official VideoMamba models were trained on ImageNet-normalised RGB in [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def __getattr__(name: str):
+    # IMAGENET_MEAN / IMAGENET_STD moved to the model's card (`vmstream.models.card`): the
+    # normalisation is the model's to say. Read from there on first use, not at import, so
+    # the records stay free of torch; the stages still importing them here should move to
+    # `resolve_data_config(model)`.
+    if name in ("IMAGENET_MEAN", "IMAGENET_STD"):
+        from vmstream.models import card
+
+        return getattr(card, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def segment_uid(stream_id: str, segment_index: int) -> int:

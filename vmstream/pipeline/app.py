@@ -60,7 +60,7 @@ def load_pipeline_model(cfg: PipelineConfig):
         n = model.head.out_features if hasattr(model.head, "out_features") else None
         if n is not None and len(names) != n:
             raise UserError(f"model.labels: {p} has {len(names)} names, the model has {n} classes")
-        model.default_cfg["class_names"] = names
+        model.card = model.card.replace(class_names=tuple(names))
     return model
 
 
@@ -96,7 +96,7 @@ def make_decoder(cfg: PipelineConfig):
 
 
 def segment_frames(cfg: PipelineConfig, model) -> int:
-    return int(cfg.segment.frames or model.default_cfg.get("num_frames") or model.num_frames)
+    return int(cfg.segment.frames or model.card.num_frames)
 
 
 def make_segmenter_factory(cfg: PipelineConfig, num_frames: int):
@@ -294,9 +294,9 @@ def write_manifest(cfg: PipelineConfig, model, sources: Sequence) -> None:
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "model": model.default_cfg.get("name"),
-        "checkpoint": model.default_cfg.get("checkpoint"),
-        "checkpoint_digest": model.default_cfg.get("checkpoint_digest"),
+        "model": model.card.name,
+        "checkpoint": model.card.checkpoint,
+        "checkpoint_digest": model.card.checkpoint_digest,
         "config": cfg.model_dump(mode="json"),
         "sources": [s.uri for s in sources],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -465,9 +465,9 @@ def cmd_search(args) -> int:
         cfg = _search_config(args, store, store_dir)
         model = load_pipeline_model(cfg)
         digest = store.meta.get("checkpoint_digest") or ""
-        if digest and model.default_cfg.get("checkpoint_digest") and digest != model.default_cfg["checkpoint_digest"]:
+        if digest and model.card.checkpoint_digest and digest != model.card.checkpoint_digest:
             raise UserError(f"the store was built with checkpoint {digest[:12]}…, the query model is "
-                            f"{model.default_cfg['checkpoint_digest'][:12]}…; embeddings would not be comparable")
+                            f"{model.card.checkpoint_digest[:12]}…; embeddings would not be comparable")
         embs, spans = embed_video(cfg, model, args.video)
         if args.at is not None:
             i = min(range(len(spans)), key=lambda j: 0 if spans[j][0] <= args.at <= spans[j][1]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vmstream.records import IMAGENET_MEAN, IMAGENET_STD
+from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
