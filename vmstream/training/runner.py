@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from vmstream.models.device import resolve_device
+
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .annotations import (DATASET_CLASSES, REGRESSION_DATASETS, TargetNorm, check_labels,
@@ -47,10 +49,13 @@ def apply_threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(int(cfg.torch_threads))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def recipe_device(cfg: TrainConfig) -> torch.device:
+    """The recipe's `device` as a torch device; one torch cannot use is a RecipeError
+    naming the key."""
+    try:
+        return resolve_device(cfg.device)
+    except ValueError as e:
+        raise RecipeError(f"device: {e}") from None
 
 
 # ------------------------------------------------------------------------- model
@@ -185,7 +190,7 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
     `datasets` (train, val, test, norm) may be passed in (tests, synthetic data);
     otherwise they come from the recipe's annotation lists.
     """
-    device = resolve_device(cfg.device)
+    device = recipe_device(cfg)
     dist.init(device.type)
     apply_threads(cfg)
     seed_everything(cfg.seed + dist.rank())
@@ -337,7 +342,7 @@ def train_main(config_path: Optional[str], overrides=()) -> int:
         if cfg.task == "synthetic_memory":
             from .synthetic import run_memory_task
 
-            device = resolve_device(cfg.device)
+            device = recipe_device(cfg)
             dist.init(device.type)
             apply_threads(cfg)
             res = run_memory_task(cfg, device)
@@ -358,7 +363,7 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
     _setup_logging()
     try:
         cfg = load_recipe(config_path, overrides)
-        device = resolve_device(cfg.device)
+        device = recipe_device(cfg)
         dist.init(device.type)
         _, _, test_set, norm = build_datasets(cfg)
         if test_set is None:
