@@ -187,7 +187,7 @@ def test_regression_streaming_eval_and_finetune_resampling(train_videos, tmp_pat
 
 
 def test_a_device_torch_cannot_use_is_a_recipe_error_naming_the_key(capsys):
-    from vmstream.training.runner import recipe_device
+    from vmstream.training.model_setup import recipe_device
 
     with pytest.raises(RecipeError, match=r"^device: device 'gpu0' is not a device name"):
         recipe_device(load_recipe(None, ["device=gpu0"]))
