@@ -22,10 +22,6 @@ import pyarrow as pa
 # metadata) so an old consumer fails loudly instead of misreading.
 SCHEMA_VERSION = 1
 
-# The official VideoMamba models were trained on ImageNet-normalised RGB in [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def segment_uid(stream_id: str, segment_index: int) -> int:
     """Stable positive int64 id of a (stream, segment) pair.
@@ -59,7 +55,7 @@ class Frame:
 class Segment:
     """T consecutive sampled frames of one stream, model-ready.
 
-    `pixels` is float32 [3, T, H, W], normalised with IMAGENET_MEAN / IMAGENET_STD.
+    `pixels` is float32 [3, T, H, W], normalised with the model's mean / std (its card).
     A stream's last segment may have fewer frames than the others (`num_frames`);
     the model resamples its temporal positions.
     """

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame, Segment, StreamEvent
+from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
+from vmstream.records import Frame, Segment, StreamEvent
 from vmstream.stages.media import AudioChunk, AudioFormat, AudioTrack, FrameSize
 from vmstream.stages.decode.pyav import PyAVDecoder
 from vmstream.stages.sampling import FpsSampling

@@ -53,7 +53,7 @@ def main(args) -> int:
     progress = Progress(enabled=cfg.runner.progress)
     sinks = build_sinks(cfg, model, console_stream=progress)
     runner = build_runner(cfg, model=model, sinks=sinks, progress=progress)
-    write_manifest(cfg.output.dir, dict(model.default_cfg), cfg.model_dump(mode="json"), sources)
+    write_manifest(cfg.output.dir, model.card, cfg.model_dump(mode="json"), sources)
     with StopSignals(runner.stop, what="flushing sinks, saving snapshots") as signals, progress.logging_above():
         try:
             report = runner.run(sources)

@@ -135,7 +135,7 @@ def _search_by_video(args, store, where: Path, k: int):
     cfg = search_config(args, where)
     model = load_pipeline_model(cfg)
     digest = store.meta.get("checkpoint_digest") or ""
-    ours = model.default_cfg.get("checkpoint_digest")
+    ours = model.card.checkpoint_digest
     if digest and ours and digest != ours:
         raise UserError(f"the store was built with checkpoint {digest[:12]}…, the query model is "
                         f"{ours[:12]}…; embeddings would not be comparable")

@@ -5,9 +5,13 @@
     logits = model(clip)                                       # clip [B, 3, T, 224, 224]
     state = model.init_state(batch_size=B)
     out = model.forward_segment(clip, state)                   # out.features/.logits/.state
+    model.card                                                 # what it is: frames, size, classes, weights
+    resolve_data_config(model)                                 # what input it wants: size, mean/std, crop
 """
+from .card import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ModelCard, resolve_data_config
 from .checkpoint import (CheckpointError, LoadReport, adapt_state_dict, infer_config, load_checkpoint, load_model,
                          read_checkpoint, resample_pos_embed)
+from .device import resolve_device
 from .hub import CHECKPOINT_DIR_ENV, CheckpointNotFound, file_digest, resolve_checkpoint
 from .registry import (CHECKPOINTS, CLASS_LISTS, HF_REPO, SIZES, CheckpointInfo, class_names, create_model,
                        get_checkpoint, list_checkpoints)
@@ -15,7 +19,8 @@ from .state import StateError, StreamState
 from .videomamba import SegmentOutput, VideoMamba, resample_temporal_pos
 
 __all__ = [
-    "VideoMamba", "SegmentOutput", "StreamState", "StateError", "resample_temporal_pos",
+    "VideoMamba", "SegmentOutput", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
+    "resolve_device", "StreamState", "StateError", "resample_temporal_pos",
     "create_model", "SIZES", "CHECKPOINTS", "CheckpointInfo", "get_checkpoint", "list_checkpoints",
     "class_names", "CLASS_LISTS", "HF_REPO",
     "load_model", "load_checkpoint", "read_checkpoint", "adapt_state_dict", "infer_config", "resample_pos_embed",

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .hub import file_digest, resolve_checkpoint
-from .registry import CHECKPOINTS, class_names, get_checkpoint
+from .registry import CHECKPOINTS, class_names, get_checkpoint, size_name
 from .videomamba import VideoMamba, resample_temporal_pos
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ def load_checkpoint(model: VideoMamba, source: Union[str, os.PathLike, Mapping],
     model.load_state_dict(adapted, strict=True)
     for note in notes:
         log.info("%s: %s", label, note)
-    model.default_cfg.update(checkpoint=label, checkpoint_digest=digest)
+    model.card = model.card.replace(checkpoint=label, checkpoint_digest=digest)
     return LoadReport(source=label, digest=digest, notes=notes, args=meta.get("args"))
 
 
@@ -350,7 +350,8 @@ def load_model(path_or_name: Union[str, os.PathLike], *, reset_head: bool = Fals
     if names is not None and len(names) != cfg["num_classes"]:
         raise CheckpointError(f"class list {class_list!r} has {len(names)} names but the model has "
                               f"{cfg['num_classes']} classes")
-    model.default_cfg.update(
+    model.card = model.card.replace(
+        architecture=info.size if info else size_name(model.card.embed_dim, model.card.depth),
         name=info.name if info else path.stem,
         checkpoint=str(path),
         checkpoint_digest=digest,

@@ -158,7 +158,17 @@ def create_model(name: str = "videomamba_tiny", **overrides) -> VideoMamba:
         if info.num_frames is not None:
             kwargs["num_frames"] = info.num_frames
     kwargs.update(overrides)
-    return VideoMamba(**kwargs)
+    model = VideoMamba(**kwargs)
+    model.card = model.card.replace(architecture=size_name(model.card.embed_dim, model.card.depth))
+    return model
+
+
+def size_name(embed_dim: int, depth: int) -> str:
+    """The registry size with this width and depth, or "videomamba" for another shape."""
+    for name, size in SIZES.items():
+        if size["embed_dim"] == embed_dim and size["depth"] == depth:
+            return name
+    return "videomamba"
 
 
 @lru_cache(maxsize=None)

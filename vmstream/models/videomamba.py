@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-from ..records import IMAGENET_MEAN, IMAGENET_STD
+from .card import ModelCard
 from .ops import causal_conv1d, selective_scan
 from .state import StateError, StreamState
 
@@ -419,23 +419,11 @@ class VideoMamba(nn.Module):
         self.d_inner = mixer.d_inner if mixer else 0
         self.d_state = mixer.d_state if mixer else 0
         self.d_conv = mixer.d_conv if mixer else 0
-        # timm-style metadata the pipeline reads (input size, normalisation, labels);
-        # `load_model` fills in the checkpoint fields.
-        self.default_cfg = {
-            "num_frames": num_frames,
-            "img_size": self.patch_embed.img_size[0],
-            "input_size": (channels, num_frames, *self.patch_embed.img_size),
-            "patch_size": self.patch_embed.patch_size[0],
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-            "num_classes": num_classes,
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "class_names": None,
-            "checkpoint": "",
-            "checkpoint_digest": "",
-            "name": "",
-        }
+        # What the model is and wants as input (timm's pretrained_cfg, typed); the loaders
+        # replace it with one carrying the checkpoint fields and class names.
+        self.card = ModelCard(num_frames=num_frames, img_size=self.patch_embed.img_size[0],
+                              patch_size=self.patch_embed.patch_size[0], embed_dim=embed_dim, depth=depth,
+                              num_classes=num_classes, in_chans=channels)
 
     # ------------------------------------------------------------------ init, misc
     def _init_weights(self, depth: int, initializer_cfg: dict) -> None:
@@ -473,6 +461,12 @@ class VideoMamba(nn.Module):
     @property
     def img_size(self) -> int:
         return self.patch_embed.img_size[0]
+
+    @property
+    def default_cfg(self):
+        """Deprecated, read-only: the card as the old dict (`self.card.as_dict()`); kept
+        for one release for code outside vmstream. Update with `model.card = model.card.replace(...)`."""
+        return self.card.as_dict()
 
     # ------------------------------------------------------------------- embedding
     def embed(self, x: Tensor) -> Tensor:
@@ -553,13 +547,13 @@ class VideoMamba(nn.Module):
         if device is None:
             device = self.cls_token.device
         return StreamState.zeros(len(self.layers), batch_size, self.d_inner, self.d_conv, self.d_state,
-                                 device=device, tag=self.default_cfg.get("checkpoint_digest", ""))
+                                 device=device, tag=self.card.checkpoint_digest)
 
     def _check_state(self, state: StreamState, batch_size: int, device) -> None:
         if not isinstance(state, StreamState):
             raise TypeError(f"state must be a StreamState (from model.init_state), got {type(state).__name__}")
         state.check(batch_size=batch_size, **self.state_spec())
-        digest = self.default_cfg.get("checkpoint_digest", "")
+        digest = self.card.checkpoint_digest
         if state.tag and digest and state.tag != digest:
             raise StateError(f"state was made by checkpoint {state.tag!r}, this model is {digest!r}; "
                              "a stream cannot continue on different weights")

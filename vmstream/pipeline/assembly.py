@@ -10,14 +10,14 @@ from typing import Sequence
 from vmstream.errors import UserError
 from vmstream.pipeline.config import PipelineConfig
 
-def resolve_device(name: str) -> str:
-    import torch
+def resolve_device(name: str):
+    """The torch device a config names (models.resolve_device), as a user error."""
+    from vmstream.models import resolve_device as _resolve
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device (see `vmstream info`)")
-    return name
+    try:
+        return _resolve(name)
+    except ValueError as e:
+        raise UserError(f"model.device: {e}") from None
 
 
 def load_pipeline_model(cfg: PipelineConfig):
@@ -44,7 +44,7 @@ def load_pipeline_model(cfg: PipelineConfig):
         n = model.head.out_features if hasattr(model.head, "out_features") else None
         if n is not None and len(names) != n:
             raise UserError(f"model.labels: {p} has {len(names)} names, the model has {n} classes")
-        model.default_cfg["class_names"] = names
+        model.card = model.card.replace(class_names=tuple(names))
     return model
 
 
@@ -61,10 +61,18 @@ def make_policy(cfg: PipelineConfig):
     return AllFrames()
 
 
-def make_size(cfg: PipelineConfig):
+def data_config(cfg: PipelineConfig, model):
+    """The model's preprocessing (its card), with what the config sets winning."""
+    from vmstream.models.card import resolve_data_config
+
+    return resolve_data_config(model, img_size=cfg.decode.img_size, crop=cfg.decode.resize)
+
+
+def make_size(cfg: PipelineConfig, model):
     from vmstream.stages.decode import FrameSize
 
-    return FrameSize(cfg.decode.img_size, cfg.decode.img_size, cfg.decode.resize)
+    dc = data_config(cfg, model)
+    return FrameSize(dc.img_size, dc.img_size, dc.crop, interpolation=dc.interpolation.upper())
 
 
 def make_decoder(cfg: PipelineConfig):
@@ -77,14 +85,17 @@ def make_decoder(cfg: PipelineConfig):
 
 
 def segment_frames(cfg: PipelineConfig, model) -> int:
-    return int(cfg.segment.frames or model.default_cfg.get("num_frames") or model.num_frames)
+    return int(cfg.segment.frames or model.card.num_frames)
 
 
-def make_segmenter_factory(cfg: PipelineConfig, num_frames: int):
+def make_segmenter_factory(cfg: PipelineConfig, model):
     from vmstream.stages.segmenter import Segmenter
 
+    num_frames = segment_frames(cfg, model)
+    dc = data_config(cfg, model)
+
     def factory(source):
-        return Segmenter(num_frames=num_frames, drop_last=cfg.segment.drop_last)
+        return Segmenter(num_frames=num_frames, drop_last=cfg.segment.drop_last, mean=dc.mean, std=dc.std)
 
     return factory
 
@@ -157,8 +168,8 @@ def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=Non
     return Runner(
         decoder=make_decoder(cfg),
         policy=make_policy(cfg),
-        size=make_size(cfg),
-        segmenter_factory=make_segmenter_factory(cfg, segment_frames(cfg, model)),
+        size=make_size(cfg, model),
+        segmenter_factory=make_segmenter_factory(cfg, model),
         audio_factory=make_audio_factory(cfg),
         inference=inference,
         sinks=sinks,

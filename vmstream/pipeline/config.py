@@ -2,15 +2,21 @@
 
 pydantic does the validation so that an unknown key or a bad value is an error that
 names the key path and what is wrong (`decode.fps: Input should be greater than 0`),
-before any work starts. Presets live in `configs/`; CLI flags override them.
+before any work starts. Presets live in `configs/`; CLI flags override them. Reading,
+merging and `--set KEY=VALUE` parsing are `vmstream.config_loader`'s, shared with the
+training recipes.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vmstream import config_loader
+from vmstream.config_loader import ConfigError, parse_override
+
+__all__ = ["PipelineConfig", "ConfigError", "load_config", "parse_override"]
 
 
 class _Strict(BaseModel):
@@ -41,15 +47,16 @@ class DecodeConfig(_Strict):
     sampling: Literal["fps", "uniform", "keyframes", "all"] = "fps"
     fps: float = Field(1.0, gt=0, le=1000)
     uniform_frames: int = Field(16, ge=1)
-    img_size: int = Field(224, ge=16)
-    resize: Literal["short_side_crop", "direct"] = "short_side_crop"
+    # Frame size and resize mode: unset = the model card's (its training preprocessing).
+    img_size: Optional[int] = Field(None, ge=16)
+    resize: Optional[Literal["short_side_crop", "direct"]] = None
     audio: bool = False
     threads: int = Field(0, ge=0)  # decoder threads; 0 = automatic
 
     @field_validator("img_size")
     @classmethod
-    def _patch_multiple(cls, v: int) -> int:
-        if v % 16:
+    def _patch_multiple(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v % 16:
             raise ValueError(f"must be a multiple of the patch size 16, got {v}")
         return v
 
@@ -122,72 +129,22 @@ class PipelineConfig(_Strict):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the problem."""
-
-
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def parse_override(text: str) -> dict:
-    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE")
-    key, raw = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"override {text!r}: empty key")
-    value: Any = yaml.safe_load(raw) if raw.strip() else None
-    for p in reversed(parts):
-        value = {p: value}
-    return value
-
-
 def load_config(
     path: Optional[str | Path] = None,
     overrides: Optional[dict] = None,
     sets: tuple[str, ...] | list[str] = (),
 ) -> PipelineConfig:
     """Defaults <- YAML file <- `overrides` (nested dict, e.g. from CLI flags) <- `sets`
-    (`key.path=value` strings)."""
+    (`key.path=value` strings; `key.path=` sets null)."""
     data: dict = {}
     origin = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r}: top level must be a mapping")
-        data = loaded
-        origin = str(p)
+        data = config_loader.read_yaml(path, "config file")
+        origin = str(path)
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = config_loader.deep_merge(data, overrides)
         origin += " + command-line flags"
-    for s in sets:
-        data = _deep_merge(data, parse_override(s))
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, origin)) from None
+    if sets:
+        data = config_loader.deep_merge(data, config_loader.parse_overrides(sets))
+        origin += " + --set"
+    return config_loader.validate(PipelineConfig, data, origin)

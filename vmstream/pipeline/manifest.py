@@ -11,13 +11,14 @@ from typing import Optional, Sequence
 RUN_MANIFEST = "run.json"
 
 
-def write_manifest(out_dir, card: dict, config: dict, sources: Sequence) -> Path:
+def write_manifest(out_dir, card, config: dict, sources: Sequence) -> Path:
+    """`card`: the model's ModelCard; `config`: the run's config as plain data."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "model": card.get("name"),
-        "checkpoint": card.get("checkpoint"),
-        "checkpoint_digest": card.get("checkpoint_digest"),
+        "model": card.name,
+        "checkpoint": card.checkpoint,
+        "checkpoint_digest": card.checkpoint_digest,
         "config": config,
         "sources": [s.uri for s in sources],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

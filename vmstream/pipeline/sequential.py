@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from vmstream.errors import UserError
-from vmstream.pipeline.assembly import (make_decoder, make_policy, make_segmenter_factory, make_size,
-                                        resolve_device, segment_frames)
+from vmstream.pipeline.assembly import make_decoder, make_policy, make_segmenter_factory, make_size, resolve_device
 from vmstream.pipeline.config import PipelineConfig
 
 
@@ -25,8 +24,8 @@ def run_stream(cfg: PipelineConfig, model, uri: str) -> Iterator:
         raise UserError(str(e)) from None
     stage = InferenceStage(model, device=resolve_device(cfg.model.device), top_k=cfg.model.top_k,
                            summary=cfg.model.summary)
-    seg = make_segmenter_factory(cfg, segment_frames(cfg, model))(src)
-    items = seg.segments(decoder.frames(src, policy, make_size(cfg), info=info), uri=src.uri)
+    seg = make_segmenter_factory(cfg, model)(src)
+    items = seg.segments(decoder.frames(src, policy, make_size(cfg, model), info=info), uri=src.uri)
     yield from stage.run(items)
 
 

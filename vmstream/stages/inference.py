@@ -75,16 +75,13 @@ class ModelMeta:
 
     @classmethod
     def of(cls, model) -> "ModelMeta":
-        cfg = getattr(model, "default_cfg", {}) or {}
-        img = cfg.get("img_size") or getattr(model, "img_size", 224)
-        if isinstance(img, (tuple, list)):
-            img = img[0]
+        card = model.card
         return cls(
-            name=str(cfg.get("name", type(model).__name__)),
-            checkpoint_digest=str(cfg.get("checkpoint_digest", "") or ""),
-            class_names=list(cfg["class_names"]) if cfg.get("class_names") else None,
-            num_frames=int(cfg.get("num_frames", getattr(model, "num_frames", 16))),
-            img_size=int(img),
+            name=card.name,
+            checkpoint_digest=card.checkpoint_digest,
+            class_names=list(card.class_names) if card.class_names else None,
+            num_frames=card.num_frames,
+            img_size=card.img_size,
         )
 
 

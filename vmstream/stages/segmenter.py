@@ -25,7 +25,8 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame, Segment, StreamEvent
+from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
+from vmstream.records import Frame, Segment, StreamEvent
 from vmstream.stages.media import AudioChunk, AudioTrack
 
 

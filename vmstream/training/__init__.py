@@ -11,7 +11,8 @@ multi-view test views, repeated augmentation, corrupt-video skipping), `augment`
 TrainConfig), `optim` (param groups, layer decay, cosine schedules), `engine` (epochs,
 evaluation), `checkpoint` (official layout, exact resume), `distributed` (torchrun),
 `streaming` (TBPTT through the carried state), `synthetic` (the long-range memory task),
-`runner` (whole runs).
+`model_setup` (seeds, threads, device, the recipe's model), `runner` (whole runs).
+Recipes are read with `vmstream.config_loader`, as the pipeline's presets are.
 """
 from __future__ import annotations
 

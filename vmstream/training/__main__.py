@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vmstream.config_loader import OVERRIDE_HELP
+
 from .runner import eval_main, train_main
 
 
@@ -18,11 +20,11 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train from a recipe (configs/train/*.yaml)")
     t.add_argument("--config", required=True)
-    t.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     e = sub.add_parser("eval", help="multi-view test of a checkpoint")
     e.add_argument("--config", required=True)
     e.add_argument("--checkpoint", default=None)
-    e.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     a = p.parse_args(argv)
     if a.cmd == "train":
         return train_main(a.config, a.overrides)

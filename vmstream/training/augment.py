@@ -27,7 +27,7 @@ import torchvision.transforms.v2.functional as F
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
-from vmstream.records import IMAGENET_MEAN, IMAGENET_STD
+from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 
 _MAX_LEVEL = 10.0
 _FILL = [128.0, 128.0, 128.0]

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def is_dist() -> bool:
@@ -80,3 +81,17 @@ def all_gather_object(obj) -> list:
     out: list[Optional[object]] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_ranks_in_sync(model: nn.Module, print_fn=print) -> None:
+    """Every rank must hold the same weights after training (DDP / reduced gradients);
+    a divergence means a broken setup and is an error, not a warning."""
+    raw = model.module if hasattr(model, "module") else model
+    with torch.no_grad():
+        digest = torch.stack([p.double().sum() for p in raw.parameters()]).tolist()
+    all_digests = all_gather_object(digest)
+    same = all(d == all_digests[0] for d in all_digests)
+    if is_main():
+        print_fn(f"ranks_in_sync={str(same).lower()} world_size={world_size()}")
+    if not same:
+        raise RuntimeError("model weights differ between ranks after training")

@@ -55,14 +55,15 @@ def clip_step(criterion: nn.Module, mixup=None, device=torch.device("cpu"), amp=
             if regression:
                 out = out[:, 0]
             loss = criterion(out.float(), y)
-        _check_finite(loss)
+        check_finite(loss)
         (loss * scale).backward()
         return float(loss.detach()), x.shape[0]
 
     return step
 
 
-def _check_finite(loss: torch.Tensor) -> None:
+def check_finite(loss: torch.Tensor) -> None:
+    """Stop every rank (TrainingDiverged) when the loss is NaN/inf on any of them."""
     bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0])
     if float(dist.all_reduce_sum(bad)) > 0:
         raise TrainingDiverged(f"loss is {float(loss)} (NaN/inf on some rank); stopping")

@@ -3,7 +3,10 @@
 A recipe may name a ``base:`` recipe (path relative to itself) whose keys it overrides,
 so the per-size / per-dataset tables stay small and each value is written once.
 Command-line overrides are ``key=value`` strings (values parsed as YAML, so
-``lr=2e-4``, ``opt_betas=[0.9,0.95]``, ``streaming.tbptt_k=2`` work).
+``lr=2e-4``, ``opt_betas=[0.9,0.95]``, ``streaming.tbptt_k=2`` work; ``key=`` is null,
+which for the text fields below whose default is "" means that default, e.g.
+``finetune=`` trains from scratch). Loading, ``base:`` chains, merging and the override
+syntax are `vmstream.config_loader`'s, shared with the pipeline's presets.
 
 Field names follow the official fine-tuning arguments (``run_class_finetuning.py`` of
 OpenGVLab/VideoMamba) so a recipe reads like the official run scripts and the
@@ -14,14 +17,19 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vmstream import config_loader
+from vmstream.config_loader import ConfigError, parse_overrides
+
+__all__ = ["TrainConfig", "StreamingConfig", "SyntheticConfig", "RecipeError", "ConfigError", "load_recipe",
+           "load_recipe_dict", "parse_overrides", "recipe_path", "REPO_CONFIG_DIR"]
 
 REPO_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "train")
 
 
-class RecipeError(ValueError):
-    pass
+# One error for every configuration problem, pipeline or training; the old name stays.
+RecipeError = ConfigError
 
 
 class StreamingConfig(BaseModel):
@@ -153,6 +161,14 @@ class TrainConfig(BaseModel):
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
+    @field_validator("source", "finetune", "data_path", "train_list", "val_list", "test_list", "prefix",
+                     "output_dir", "resume", mode="before")
+    @classmethod
+    def _null_is_unset(cls, v):
+        # null (`key=` on the command line, `key:` in YAML) is "not set", which these
+        # fields spell "".
+        return "" if v is None else v
+
     @field_validator("opt_betas")
     @classmethod
     def _two_betas(cls, v):
@@ -169,67 +185,19 @@ class TrainConfig(BaseModel):
         return os.path.join(self.data_path, f"{split}.csv")
 
 
-def _deep_update(base: dict, new: dict) -> dict:
-    out = dict(base)
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_update(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def load_recipe_dict(path: str, _seen: Optional[set] = None) -> dict:
+def load_recipe_dict(path: str) -> dict:
     """The recipe at `path` with its ``base:`` chain merged (child keys win)."""
-    path = os.path.abspath(path)
-    seen = _seen or set()
-    if path in seen:
-        raise RecipeError(f"recipe {path}: 'base' chain loops back to itself")
-    seen.add(path)
-    if not os.path.exists(path):
-        raise RecipeError(f"recipe {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe {path}: expected a mapping at the top level")
-    base = data.pop("base", None)
-    if base:
-        parent = load_recipe_dict(os.path.join(os.path.dirname(path), base), seen)
-        data = _deep_update(parent, data)
-    return data
-
-
-def parse_overrides(overrides) -> dict:
-    out: dict = {}
-    for item in overrides or ():
-        if "=" not in item:
-            raise RecipeError(f"override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
+    return config_loader.read_layered(path, "recipe", base_key="base")
 
 
 def load_recipe(path: Optional[str] = None, overrides=(), **kwargs) -> TrainConfig:
-    """Load and validate a recipe; errors name the recipe and the offending key."""
+    """Load and validate a recipe: the file (with its ``base:`` chain) <- ``key=value``
+    `overrides` <- `kwargs`; errors name the recipe and the offending key."""
     data = load_recipe_dict(path) if path else {}
-    data = _deep_update(data, parse_overrides(overrides))
-    data = _deep_update(data, kwargs)
-    try:
-        return TrainConfig(**data)
-    except ValidationError as e:
-        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise RecipeError(f"recipe {path or '<inline>'}: " + "; ".join(lines)) from None
+    data = config_loader.deep_merge(data, config_loader.parse_overrides(overrides))
+    data = config_loader.deep_merge(data, kwargs)
+    origin = (path or "<inline>") + (" + overrides" if overrides else "")
+    return config_loader.validate(TrainConfig, data, origin, what="recipe")
 
 
 def recipe_path(name: str) -> str:

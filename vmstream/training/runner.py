@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 from functools import partial
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
@@ -30,60 +28,11 @@ from .augment import TrainTransform
 from .datasets import LongVideoDataset, VideoClsDataset, collate
 from .engine import autocast_context, clip_step, evaluate, train_one_epoch
 from .mixup import LabelSmoothingCrossEntropy, Mixup, SoftTargetCrossEntropy
+from .model_setup import apply_threads, build_model, recipe_device, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
 from .recipes import RecipeError, TrainConfig, load_recipe
 
 log = logging.getLogger("vmstream.training")
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-    random.seed(seed)
-
-
-def apply_threads(cfg: TrainConfig) -> None:
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-# ------------------------------------------------------------------------- model
-
-
-def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    frames = cfg.streaming.segment_frames if cfg.task in ("streaming", "synthetic_memory") else cfg.num_frames
-    kw = dict(img_size=cfg.input_size, num_classes=cfg.nb_classes, num_frames=frames,
-              drop_path_rate=cfg.drop_path, fc_drop_rate=cfg.fc_drop_rate, kernel_size=cfg.tubelet_size)
-    kw.update(cfg.model_args)
-    return kw
-
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """The project's VideoMamba for this recipe: a registry size (`cfg.model`) with the
-    recipe's overrides (`model_args`), then `finetune` weights if named."""
-    from vmstream import models
-
-    kw = model_kwargs(cfg)
-    create = getattr(models, "create_model", None)
-    if create is not None:
-        model = create(cfg.model, **kw)
-    else:
-        factory = getattr(models, cfg.model, None)
-        if not callable(factory):
-            raise RecipeError(f"model {cfg.model!r} is not in vmstream.models")
-        model = factory(**kw)
-    if cfg.finetune:
-        # a path, or an official checkpoint name from the model registry (downloaded)
-        path = models.resolve_checkpoint(cfg.finetune)
-        report = models.load_checkpoint(model, path, reset_head=cfg.delete_head)
-        log.info("initialised from %s: %s", path, report)
-    return model
 
 
 # ------------------------------------------------------------------------- data
@@ -154,20 +103,6 @@ def _loader(ds, cfg: TrainConfig, train: bool, batch_size: int, collate_fn=colla
 # ------------------------------------------------------------------------- fit
 
 
-def check_ranks_in_sync(model: nn.Module, print_fn=print) -> None:
-    """Every rank must hold the same weights after training (DDP / reduced gradients);
-    a divergence means a broken setup and is an error, not a warning."""
-    raw = model.module if hasattr(model, "module") else model
-    with torch.no_grad():
-        digest = torch.stack([p.double().sum() for p in raw.parameters()]).tolist()
-    all_digests = dist.all_gather_object(digest)
-    same = all(d == all_digests[0] for d in all_digests)
-    if dist.is_main():
-        print_fn(f"ranks_in_sync={str(same).lower()} world_size={dist.world_size()}")
-    if not same:
-        raise RuntimeError("model weights differ between ranks after training")
-
-
 def _stream_forward(model):
     from .streaming import streaming_predict
 
@@ -185,7 +120,7 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
     `datasets` (train, val, test, norm) may be passed in (tests, synthetic data);
     otherwise they come from the recipe's annotation lists.
     """
-    device = resolve_device(cfg.device)
+    device = recipe_device(cfg)
     dist.init(device.type)
     apply_threads(cfg)
     seed_everything(cfg.seed + dist.rank())
@@ -195,17 +130,10 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
 
     model = build_model(cfg).to(device)
     ws = dist.world_size()
-    reps = cfg.num_sample if (cfg.lr_scale_num_sample and not streaming) else 1
-    lr = scaled_lr(cfg.lr, cfg.batch_size, ws, cfg.update_freq, reps, cfg.lr_scale_divisor)
-    min_lr = scaled_lr(cfg.min_lr, cfg.batch_size, ws, cfg.update_freq, reps, cfg.lr_scale_divisor)
-    warmup_lr = scaled_lr(cfg.warmup_lr, cfg.batch_size, ws, cfg.update_freq, reps, cfg.lr_scale_divisor)
+    lr, min_lr, warmup_lr = _scaled_lrs(cfg, ws)
     optimizer, specs = build_optimizer(model, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps,
                                        cfg.layer_decay, cfg.layer_decay_mode, cfg.opt)
-    if dist.is_dist() and not streaming:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    elif dist.is_dist():
-        for t in list(model.parameters()) + list(model.buffers()):
-            torch.distributed.broadcast(t.data, 0)
+    model = _distribute(model, device, streaming)
 
     batch = cfg.batch_size
     train_loader = _loader(train_set, cfg, True, batch)
@@ -222,37 +150,8 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
 
     amp = partial(autocast_context, device, cfg.bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 / fp32 need no loss scaling
-    mixup = None
-    if regression:
-        criterion = nn.MSELoss()
-    elif streaming:
-        criterion = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 else nn.CrossEntropyLoss()
-    elif cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None:
-        mixup = Mixup(cfg.mixup, cfg.cutmix, cfg.cutmix_minmax, cfg.mixup_prob, cfg.mixup_switch_prob,
-                      cfg.mixup_mode, label_smoothing=cfg.smoothing, num_classes=cfg.nb_classes)
-        criterion = SoftTargetCrossEntropy()
-    elif cfg.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
-    if streaming:
-        from .streaming import streaming_step
-
-        st = cfg.streaming
-        step_fn = streaming_step(criterion, st.tbptt_k, st.loss, st.carry_state, device, amp)
-    else:
-        step_fn = clip_step(criterion, mixup, device, amp, regression)
-
-    start_epoch, best = 0, None
-    resume_path = cfg.resume or (ckpt.find_resume(cfg.output_dir) if cfg.auto_resume else None)
-    if resume_path:
-        ck = ckpt.resume(resume_path, model=model, optimizer=optimizer, scaler=scaler,
-                         restore_rng=False)
-        ranks = ck.get("rng_ranks")
-        ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == ws else ck["rng"])
-        start_epoch, best = int(ck["epoch"]) + 1, ck.get("best")
-        if dist.is_main():
-            log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+    step_fn = _step_fn(cfg, device, amp)
+    start_epoch, best = _resume(cfg, model, optimizer, scaler)
 
     history: list[dict] = []
     eval_fwd = _stream_forward(model) if streaming else None
@@ -276,30 +175,14 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
                 best, improved = score, True
         history.append(row)
         if dist.is_main():
-            msg = f"epoch {epoch}: train_loss={stats.loss:.4f}"
-            if "val" in row:
-                msg += " " + " ".join(f"val_{k}={v:.4f}" for k, v in row["val"].items() if isinstance(v, float))
-            if stats.skipped:
-                msg += f" skipped_videos={len(stats.skipped)}"
-            print_fn(msg)
+            print_fn(_epoch_line(row))
         # Saved after evaluation: the RNG states are then exactly those the next epoch
         # starts from, so a resumed run repeats the uninterrupted one step for step.
         if cfg.output_dir and cfg.save_ckpt:
-            extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
-            if norm is not None:
-                extra["target_norm"] = {"mean": norm.mean, "std": norm.std}
-            if dist.is_main():
-                save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch,
-                               step=(epoch + 1) * steps, config=cfg, scaler=scaler, best=best, extra=extra)
-                save(os.path.join(cfg.output_dir, "checkpoint-latest.pth"))
-                if improved:
-                    save(os.path.join(cfg.output_dir, "checkpoint-best.pth"))
-                if (epoch + 1) % cfg.save_ckpt_freq == 0:
-                    save(os.path.join(cfg.output_dir, f"checkpoint-{epoch}.pth"))
-            dist.barrier()
+            _save_epoch(cfg, model, optimizer, scaler, epoch, (epoch + 1) * steps, best, improved, norm)
 
     if dist.is_dist():
-        check_ranks_in_sync(model, print_fn)
+        dist.check_ranks_in_sync(model, print_fn)
     result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs}
     if test_loader is not None and end_epoch == cfg.epochs:
         best_path = os.path.join(cfg.output_dir, "checkpoint-best.pth") if cfg.output_dir else ""
@@ -308,12 +191,100 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
         t = evaluate(model, test_loader, device, amp, regression, eval_fwd, multi_view=not streaming)
         result["test"] = t
         if dist.is_main():
-            if regression:
-                print_fn(f"test_mse={t.get('mse', float('nan')):.4f} videos={t['n']} views={t['num_views']}")
-            else:
-                print_fn(f"test_top1={t.get('acc1', float('nan')):.2f} test_top5={t.get('acc5', float('nan')):.2f} "
-                         f"videos={t['n']} views={t['num_views']} skipped={t['skipped']}")
+            print_fn(_test_line(t, regression))
     return result
+
+
+def _scaled_lrs(cfg: TrainConfig, world_size: int) -> tuple[float, float, float]:
+    """(lr, min_lr, warmup_lr) scaled to the total batch, as the official runs do."""
+    reps = cfg.num_sample if (cfg.lr_scale_num_sample and cfg.task != "streaming") else 1
+    return tuple(scaled_lr(v, cfg.batch_size, world_size, cfg.update_freq, reps, cfg.lr_scale_divisor)
+                 for v in (cfg.lr, cfg.min_lr, cfg.warmup_lr))
+
+
+def _distribute(model: nn.Module, device: torch.device, streaming: bool) -> nn.Module:
+    """Under torchrun: DDP for clip training; streaming reduces its gradients itself
+    (`manual_grad_reduce`), so there every rank just starts from rank 0's weights."""
+    if dist.is_dist() and not streaming:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist.is_dist():
+        for t in list(model.parameters()) + list(model.buffers()):
+            torch.distributed.broadcast(t.data, 0)
+    return model
+
+
+def _epoch_line(row: dict) -> str:
+    msg = f"epoch {row['epoch']}: train_loss={row['train_loss']:.4f}"
+    if "val" in row:
+        msg += " " + " ".join(f"val_{k}={v:.4f}" for k, v in row["val"].items() if isinstance(v, float))
+    if row["skipped"]:
+        msg += f" skipped_videos={row['skipped']}"
+    return msg
+
+
+def _step_fn(cfg: TrainConfig, device: torch.device, amp):
+    """The per-batch training step with the recipe's loss (mixup/cutmix and label
+    smoothing as the official runs; streaming: through the carried state)."""
+    regression, streaming = cfg.task == "regression", cfg.task == "streaming"
+    mixup = None
+    if regression:
+        criterion = nn.MSELoss()
+    elif streaming:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 else nn.CrossEntropyLoss()
+    elif cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None:
+        mixup = Mixup(cfg.mixup, cfg.cutmix, cfg.cutmix_minmax, cfg.mixup_prob, cfg.mixup_switch_prob,
+                      cfg.mixup_mode, label_smoothing=cfg.smoothing, num_classes=cfg.nb_classes)
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    if streaming:
+        from .streaming import streaming_step
+
+        st = cfg.streaming
+        return streaming_step(criterion, st.tbptt_k, st.loss, st.carry_state, device, amp)
+    return clip_step(criterion, mixup, device, amp, regression)
+
+
+def _resume(cfg: TrainConfig, model, optimizer, scaler) -> tuple[int, Optional[float]]:
+    """(first epoch to run, best validation score so far): from `resume`, or the latest
+    checkpoint in `output_dir` with `auto_resume`; (0, None) for a fresh run."""
+    resume_path = cfg.resume or (ckpt.find_resume(cfg.output_dir) if cfg.auto_resume else None)
+    if not resume_path:
+        return 0, None
+    ck = ckpt.resume(resume_path, model=model, optimizer=optimizer, scaler=scaler, restore_rng=False)
+    ranks = ck.get("rng_ranks")
+    ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == dist.world_size() else ck["rng"])
+    start_epoch = int(ck["epoch"]) + 1
+    if dist.is_main():
+        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+    return start_epoch, ck.get("best")
+
+
+def _save_epoch(cfg: TrainConfig, model, optimizer, scaler, epoch: int, step: int, best, improved: bool,
+                norm) -> None:
+    """checkpoint-latest (and -best when `improved`, and every `save_ckpt_freq` epochs),
+    with every rank's RNG state so a resumed run repeats this one."""
+    extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
+    if norm is not None:
+        extra["target_norm"] = {"mean": norm.mean, "std": norm.std}
+    if dist.is_main():
+        save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch,
+                       step=step, config=cfg, scaler=scaler, best=best, extra=extra)
+        save(os.path.join(cfg.output_dir, "checkpoint-latest.pth"))
+        if improved:
+            save(os.path.join(cfg.output_dir, "checkpoint-best.pth"))
+        if (epoch + 1) % cfg.save_ckpt_freq == 0:
+            save(os.path.join(cfg.output_dir, f"checkpoint-{epoch}.pth"))
+    dist.barrier()
+
+
+def _test_line(t: dict, regression: bool) -> str:
+    if regression:
+        return f"test_mse={t.get('mse', float('nan')):.4f} videos={t['n']} views={t['num_views']}"
+    return (f"test_top1={t.get('acc1', float('nan')):.2f} test_top5={t.get('acc5', float('nan')):.2f} "
+            f"videos={t['n']} views={t['num_views']} skipped={t['skipped']}")
 
 
 # ------------------------------------------------------------------------- entry points
@@ -337,7 +308,7 @@ def train_main(config_path: Optional[str], overrides=()) -> int:
         if cfg.task == "synthetic_memory":
             from .synthetic import run_memory_task
 
-            device = resolve_device(cfg.device)
+            device = recipe_device(cfg)
             dist.init(device.type)
             apply_threads(cfg)
             res = run_memory_task(cfg, device)
@@ -358,7 +329,7 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
     _setup_logging()
     try:
         cfg = load_recipe(config_path, overrides)
-        device = resolve_device(cfg.device)
+        device = recipe_device(cfg)
         dist.init(device.type)
         _, _, test_set, norm = build_datasets(cfg)
         if test_set is None:
@@ -376,11 +347,7 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
         t = evaluate(model, loader, device, amp, cfg.task == "regression", fwd,
                      multi_view=cfg.task != "streaming")
         if dist.is_main():
-            if cfg.task == "regression":
-                print(f"test_mse={t.get('mse', float('nan')):.4f} videos={t['n']} views={t['num_views']}")
-            else:
-                print(f"test_top1={t.get('acc1', float('nan')):.2f} test_top5={t.get('acc5', float('nan')):.2f} "
-                      f"videos={t['n']} views={t['num_views']} skipped={t['skipped']}")
+            print(_test_line(t, cfg.task == "regression"))
         return 0
     except (RecipeError, FileNotFoundError, ValueError) as e:
         print(f"vmstream eval: {e}", file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .engine import StepFn, _check_finite
+from .engine import StepFn, check_finite
 
 
 def _raw(model: nn.Module) -> nn.Module:
@@ -79,7 +79,7 @@ def streaming_step(criterion: nn.Module = None, tbptt_k: int = 0, loss: str = "l
             with amp():
                 logits = run_segments(model, x, carry_state, grad_from=s_total - k)
                 l = criterion(logits[-1].float(), y if y.dim() == 1 else y[:, -1])
-            _check_finite(l)
+            check_finite(l)
             (l * scale).backward()
             return float(l.detach()), x.shape[0]
         if y.dim() == 1:  # one label per video: every segment is asked for it
@@ -93,7 +93,7 @@ def streaming_step(criterion: nn.Module = None, tbptt_k: int = 0, loss: str = "l
             window.append(criterion(logit.float(), y[:, s]))
             if (s + 1) % k == 0 or s + 1 == s_total:
                 wl = torch.stack(window).sum() / s_total
-                _check_finite(wl)
+                check_finite(wl)
                 (wl * scale).backward()
                 total[0] += float(wl.detach())
                 window.clear()

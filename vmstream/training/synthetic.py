@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vmstream.records import IMAGENET_MEAN, IMAGENET_STD
+from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _train_one(cfg, carry_state: bool, train_set, val_set, device) -> dict:
     from .optim import build_optimizer, cosine_schedule
     from .engine import train_one_epoch
     from .streaming import streaming_accuracy, streaming_step
-    from .runner import build_model, seed_everything
+    from .model_setup import build_model, seed_everything
     from . import distributed as dist
 
     seed_everything(cfg.seed)
@@ -170,9 +170,7 @@ def _train_one(cfg, carry_state: bool, train_set, val_set, device) -> dict:
             log.info("memory task (%s state) epoch %d loss %.4f (%.1fs)",
                      "carried" if carry_state else "reset", epoch, st.loss, st.seconds)
     if dist.is_dist():
-        from .runner import check_ranks_in_sync
-
-        check_ranks_in_sync(model)
+        dist.check_ranks_in_sync(model)
     acc = streaming_accuracy(model, val_loader, carry_state=carry_state, device=device)
     other = streaming_accuracy(model, val_loader, carry_state=not carry_state, device=device)
     return {"accuracy": acc, "other_mode_accuracy": other, "losses": history,

@@ -44,7 +44,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from vmstream.records import IMAGENET_MEAN, IMAGENET_STD, Frame, StreamEvent
+from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
+from vmstream.records import Frame, StreamEvent
 
 from vmstream.stages.decode.base import Decoder, DecodedItem, check_frames_args, end_event, probe_for_policy
 from vmstream.stages.decode.container import open_input, video_stream

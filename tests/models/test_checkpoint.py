@@ -40,7 +40,7 @@ def test_official_finetuning_layout_loads_with_args_and_prefixes(tmp_path):
     _same_weights(src, dst)
     assert report.args.model == "videomamba_tiny" and report.notes == []
     assert report.digest == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    assert dst.default_cfg["checkpoint_digest"] == report.digest
+    assert dst.card.checkpoint_digest == report.digest
 
 
 @pytest.mark.parametrize("wrap", [
@@ -70,7 +70,7 @@ def test_load_model_infers_the_architecture(tmp_path):
     model = load_model(path)
     assert not model.training
     _same_weights(src, model)
-    assert model.default_cfg["num_frames"] == 8 and model.default_cfg["name"] == "custom"
+    assert model.card.num_frames == 8 and model.card.name == "custom"
 
 
 def test_other_variants_are_inferred(tmp_path):
@@ -95,7 +95,7 @@ def test_temporal_and_spatial_resampling_reads_sizes_from_the_tensors(tmp_path, 
     want_s = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 16, -1)
     assert torch.equal(model.pos_embed[:, :1], pe[:, :1])  # cls position kept
     torch.testing.assert_close(model.pos_embed.detach()[:, 1:], want_s)
-    notes = " | ".join(model.default_cfg["load_notes"])
+    notes = " | ".join(model.card.load_notes)
     assert "temporal_pos_embedding 4 -> 8" in notes and "pos_embed 2x2 -> 4x4" in notes
     assert "resampled temporal_pos_embedding" in caplog.text and "resampled pos_embed" in caplog.text
     _same_weights(src, model, skip=("pos_embed", "temporal_pos_embedding"))
@@ -173,7 +173,7 @@ def test_imagenet_image_checkpoint_is_inflated(tmp_path):
     model = load_model(path, num_frames=4)
     assert torch.equal(model.patch_embed.proj.weight, w3)
     assert torch.count_nonzero(model.temporal_pos_embedding) == 0
-    notes = " | ".join(model.default_cfg["load_notes"])
+    notes = " | ".join(model.card.load_notes)
     assert "inflated" in notes and "temporal_pos_embedding starts at zero" in notes
     tube = load_model(path, num_frames=4, kernel_size=2)  # centre frame of a 2-frame tubelet
     w = tube.patch_embed.proj.weight
@@ -190,7 +190,7 @@ def test_masked_pretraining_checkpoint_gives_a_feature_backbone(tmp_path):
     model = load_model(path)
     assert model.num_classes == 0 and isinstance(model.head, torch.nn.Identity)
     _same_weights(src, model)
-    notes = " | ".join(model.default_cfg["load_notes"])
+    notes = " | ".join(model.card.load_notes)
     assert "dropped 2 key(s) of the masked-pretraining CLIP decoder" in notes and "'norm' as 'norm_f'" in notes
     with pytest.raises(CheckpointError, match="no classes.*reset_head"):
         load_checkpoint(make_tiny_model(), path)
@@ -223,11 +223,11 @@ def test_registry_name_resolves_from_a_prepopulated_hf_cache_offline(tmp_path, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = load_model(name, cache_dir=tmp_path / "hub")
     _same_weights(src, model)
-    cfg = model.default_cfg
-    assert cfg["name"] == name and cfg["class_list"] == "k400"
-    assert cfg["class_names"][0] == "abseiling" and cfg["class_names"][399] == "zumba"
-    assert cfg["checkpoint_digest"] == hashlib.sha256(cached.read_bytes()).hexdigest()[:16]
-    assert model.init_state(1).tag == cfg["checkpoint_digest"]
+    card = model.card
+    assert card.name == name and card.class_list == "k400" and card.architecture == "videomamba_tiny"
+    assert card.class_names[0] == "abseiling" and card.class_names[399] == "zumba"
+    assert card.checkpoint_digest == hashlib.sha256(cached.read_bytes()).hexdigest()[:16]
+    assert model.init_state(1).tag == card.checkpoint_digest
 
 
 def test_offline_without_the_file_says_what_to_download_and_where(tmp_path, monkeypatch):
@@ -251,7 +251,7 @@ def test_local_checkpoint_dir_override(tmp_path, monkeypatch):
     _same_weights(src, model)
     # A path to a downloaded official file keeps the registry's metadata (labels).
     direct = load_model(d / "videomamba_t16_k400_f8_res224.pth")
-    assert direct.default_cfg["class_list"] == "k400"
+    assert direct.card.class_list == "k400"
 
 
 def test_unknown_names_and_missing_paths(tmp_path):

@@ -114,7 +114,7 @@ def test_model_refuses_a_state_that_does_not_fit():
         model.forward_segment(clip, _random_state(batch=2, d_inner=64))
     with pytest.raises(TypeError, match="StreamState"):
         model.forward_segment(clip, {"conv": None})
-    model.default_cfg["checkpoint_digest"] = "0123abcd"
+    model.card = model.card.replace(checkpoint_digest="0123abcd")
     foreign = model.init_state(2).with_tag("ffff0000")
     with pytest.raises(StateError, match="different weights"):
         model.forward_segment(clip, foreign)

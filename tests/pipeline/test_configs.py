@@ -6,7 +6,7 @@ import pytest
 from vmstream.models import CHECKPOINTS
 from vmstream.pipeline.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 

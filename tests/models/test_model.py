@@ -176,11 +176,12 @@ def test_runs_under_bfloat16_autocast():
     assert (feats.float() - ref).abs().max() < 0.2 * ref.abs().max()
 
 
-def test_default_cfg_describes_the_input():
+def test_card_describes_the_input():
     model = create_model("videomamba_tiny", num_frames=16, device="meta")
-    cfg = model.default_cfg
-    assert cfg["num_frames"] == 16 and cfg["img_size"] == 224 and cfg["input_size"] == (3, 16, 224, 224)
-    assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
+    card = model.card
+    assert card.num_frames == 16 and card.img_size == 224 and card.input_size == (3, 16, 224, 224)
+    assert card.mean == (0.485, 0.456, 0.406) and card.std == (0.229, 0.224, 0.225)
+    assert (card.architecture, card.embed_dim, card.depth, card.patch_size) == ("videomamba_tiny", 192, 24, 16)
 
 
 def test_cached_A_follows_weight_changes():

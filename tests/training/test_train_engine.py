@@ -15,7 +15,7 @@ from vmstream.training import checkpoint as ckpt
 from vmstream.training.recipes import RecipeError, load_recipe, recipe_path
 from vmstream.training.runner import build_datasets, fit, train_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _cfg(train_videos, out, **kw):
@@ -184,3 +184,12 @@ def test_regression_streaming_eval_and_finetune_resampling(train_videos, tmp_pat
         fit(_cfg(train_videos, tmp_path / "long", epochs=1, num_sample=1, batch_size=4, num_frames=4,
                  finetune=str(tmp_path / "clip" / "checkpoint-best.pth")), print_fn=lambda *_: None)
     assert any("temporal" in r.getMessage().lower() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_device_torch_cannot_use_is_a_recipe_error_naming_the_key(capsys):
+    from vmstream.training.model_setup import recipe_device
+
+    with pytest.raises(RecipeError, match=r"^device: device 'gpu0' is not a device name"):
+        recipe_device(load_recipe(None, ["device=gpu0"]))
+    assert train_main(os.path.join(REPO, "configs", "train", "synthetic_memory.yaml"), ["device=gpu0"]) == 2
+    assert "vmstream train: device: device 'gpu0'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmstream.records import IMAGENET_MEAN, IMAGENET_STD
+from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 from vmstream.training.annotations import (AnnotationError, TargetNorm, VideoEntry, check_labels,
                                            lvu_windows, read_video_list, trim_entries)
 from vmstream.training.augment import TrainTransform

@@ -13,7 +13,7 @@ from vmstream.training.recipes import load_recipe
 from vmstream.training.streaming import run_segments, streaming_predict, streaming_step
 from vmstream.training.synthetic import MemoryTaskDataset, make_memory_video, mamba_dt_init_, run_memory_task
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)
