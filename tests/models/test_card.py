@@ -107,11 +107,3 @@ def test_importing_the_models_pulls_in_no_records_stages_or_pyarrow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-
-
-def test_records_still_hand_out_the_moved_constants():
-    from vmstream import records
-
-    assert records.IMAGENET_MEAN == IMAGENET_MEAN and records.IMAGENET_STD == IMAGENET_STD
-    with pytest.raises(AttributeError, match="no attribute 'IMAGENET_VAR'"):
-        records.IMAGENET_VAR  # noqa: B018
