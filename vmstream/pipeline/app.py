@@ -142,7 +142,7 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
 def make_kafka_sink(cfg: PipelineConfig, *, create_topics: bool = True):
     """The Kafka results sink; the results/events/summaries topics are created first
     when missing (the project's admin step; auto-creation is off on the broker)."""
-    from vmstream.pipeline.kafka_admin import TopicNames, ensure_topics, vmstream_topics
+    from vmstream.kafka.topics import TopicNames, ensure_topics, vmstream_topics
     from vmstream.stages.sinks.kafka import KafkaSink
 
     names = TopicNames.from_config(cfg.kafka)

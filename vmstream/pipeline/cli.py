@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(worker)
     _add_common(worker)
 
-    # Its options are kafka_admin's own (`vmstream kafka-topics --help`); main() hands
+    # Its options are kafka_topics' own (`vmstream kafka-topics --help`); main() hands
     # the rest of the command line over unparsed.
     sub.add_parser("kafka-topics", add_help=False,
                    help="create (or --describe, --delete) vmstream's Kafka topics: the admin step before workers")
@@ -118,7 +118,7 @@ def _setup_logging(verbosity: int) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["kafka-topics"]:
-        from vmstream.pipeline.kafka_admin import main as kafka_topics
+        from vmstream.pipeline.kafka_topics import main as kafka_topics
 
         return kafka_topics(argv[1:], prog="vmstream kafka-topics")
     parser = build_parser()
