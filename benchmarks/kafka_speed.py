@@ -34,10 +34,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vmstream.pipeline.kafka_admin import TopicNames, delete_topics, ensure_topics, vmstream_topics  # noqa: E402
+from vmstream.kafka.codec import encode_record  # noqa: E402
+from vmstream.kafka.readers import RecordConsumer  # noqa: E402
+from vmstream.kafka.topics import TopicNames, delete_topics, ensure_topics, vmstream_topics  # noqa: E402
 from vmstream.records import SegmentResult  # noqa: E402
 from vmstream.stages.sinks.kafka import KafkaSink  # noqa: E402
-from vmstream.stages.sinks.kafka_records import RecordConsumer, encode_record  # noqa: E402
 
 
 def results(n: int, dim: int, streams: int, tag: str) -> list[SegmentResult]:

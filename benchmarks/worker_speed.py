@@ -10,7 +10,7 @@ State store (`KafkaStateStore`, a compacted topic with 6 partitions), medians of
   stream (reads the key's partition to its end), a load after one more snapshot
   landed in that partition (reads only that), a load with nothing new (one fetch at
   the offset the index holds); baseline measured in the same run: reading the whole
-  topic to its end (`kafka_records.latest_by_key`), which is what a store without
+  topic to its end (`vmstream.kafka.readers.latest_by_key`), which is what a store without
   the index would do for every load.
 Worker: one `vmstream worker` process (tiny checkpoint, 32x32 frames), --jobs jobs of
 a 30-segment video sent at once; wall time from sending them to the last summary,
@@ -39,8 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vmstream.pipeline.kafka_admin import TopicNames, delete_topics, ensure_topics, vmstream_topics  # noqa: E402
-from vmstream.pipeline.kafka_state import KafkaStateStore, partition_for_key  # noqa: E402
+from vmstream.kafka.topics import TopicNames, delete_topics, ensure_topics, vmstream_topics  # noqa: E402
+from vmstream.kafka.state import KafkaStateStore, partition_for_key  # noqa: E402
 
 TI_STATE = 700_000
 M_STATE = 2_800_000
@@ -56,7 +56,7 @@ def pct(xs, q):
 
 
 def bench_store(bootstrap: str, streams: int, repeats: int) -> dict:
-    from vmstream.stages.sinks.kafka_records import latest_by_key
+    from vmstream.kafka.readers import latest_by_key
 
     names = TopicNames.with_prefix(f"bench{uuid.uuid4().hex[:8]}")
     ensure_topics(bootstrap, vmstream_topics(names, partitions=6))
@@ -115,7 +115,7 @@ def bench_worker(bootstrap: str, jobs: int, tmp: Path) -> dict:
     from tests.fixtures.videomamba import make_tiny_model
     from vmstream.pipeline.assembly import build_runner
     from vmstream.pipeline.config import load_config
-    from vmstream.stages.sinks.kafka_records import read_records
+    from vmstream.kafka.readers import read_records
     from vmstream.stages.sources import source_from_job
 
     ckpt = tmp / "tiny.pth"

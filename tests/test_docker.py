@@ -83,8 +83,8 @@ def check_vmstream_argv(kind: str, args: list[str]):
     """Parse with the real parser; returns the parsed namespace or fails the test."""
     if kind == "cli":
         from vmstream.cli import build_parser
-    elif kind == "vmstream.pipeline.kafka_admin":
-        from vmstream.pipeline.kafka_admin import build_parser
+    elif kind == "vmstream.cli.kafka_topics":
+        from vmstream.cli.kafka_topics import build_parser
     else:
         pytest.fail(f"`python -m {kind}` is not a vmstream entry point the images may run")
     try:
@@ -258,10 +258,10 @@ def test_the_parsers_used_here_reject_what_they_should():
     with pytest.raises(pytest.fail.Exception):
         check_vmstream_argv("cli", ["worker"])  # --config is required
     with pytest.raises(pytest.fail.Exception):
-        check_vmstream_argv("vmstream.pipeline.kafka_admin", ["--partitions", "many"])
+        check_vmstream_argv("vmstream.cli.kafka_topics", ["--partitions", "many"])
     with pytest.raises(pytest.fail.Exception):
         check_vmstream_argv("vmstream.nothing", [])
     assert unpinned_packages(["pip", "install", "--index-url", "$X", "torch==2.11.0", ".", "ninja"]) == ["ninja"]
     assert shell_commands("pip install . && vmstream info || true") == [["pip", "install", "."], ["vmstream", "info"], ["true"]]
     assert shell_commands('if [ -n "$X" ]; then A=1 pip install y; fi') == [["[", "-n", "$X", "]"], ["pip", "install", "y"]]
-    assert vmstream_invocation(["python3", "-m", "vmstream.pipeline.kafka_admin"]) == ("vmstream.pipeline.kafka_admin", [])
+    assert vmstream_invocation(["python3", "-m", "vmstream.cli.kafka_topics"]) == ("vmstream.cli.kafka_topics", [])

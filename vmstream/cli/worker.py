@@ -34,6 +34,6 @@ def main(args) -> int:
 
 
 def kafka_topics(argv: list[str]) -> int:
-    from vmstream.pipeline.kafka_admin import main as topics_main
+    from vmstream.cli.kafka_topics import main as topics_main
 
     return topics_main(argv, prog="vmstream kafka-topics")

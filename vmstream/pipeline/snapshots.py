@@ -6,74 +6,19 @@ decode position: resume decoding just after it). It is taken only after every re
 up to that segment is durable in the sinks, so resuming from it loses nothing and
 repeats at most the segments since the snapshot (which sinks upsert by uid).
 
-The byte format is self-describing and versioned so a worker of another version fails
-loudly instead of misreading:
-
-    b"VMSNAP" | u8 version | u32 header length | JSON header | state bytes | book bytes
+The byte format is `vmstream.snapshot_codec`'s (re-exported here for callers).
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
 import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Iterator, Optional, Protocol
 
-MAGIC = b"VMSNAP"
-VERSION = 1
+from vmstream.snapshot_codec import MAGIC, VERSION, SnapshotError, decode_snapshot, encode_snapshot
 
-
-class SnapshotError(ValueError):
-    pass
-
-
-def encode_snapshot(snap: dict) -> bytes:
-    state = snap.get("state") or b""
-    book = snap.get("book") or b""
-    header = {
-        "stream_id": snap["stream_id"],
-        "next_index": int(snap["next_index"]),
-        "t_end": float(snap["t_end"]),
-        "state_len": len(state),
-        "book_len": len(book),
-        "extra": snap.get("extra") or {},
-    }
-    h = json.dumps(header, sort_keys=True).encode()
-    return MAGIC + struct.pack("<BI", VERSION, len(h)) + h + state + book
-
-
-def decode_snapshot(data: bytes, where: str = "snapshot") -> dict:
-    if not data.startswith(MAGIC):
-        raise SnapshotError(f"{where}: not a vmstream snapshot (bad magic)")
-    off = len(MAGIC)
-    try:
-        version, hlen = struct.unpack_from("<BI", data, off)
-    except struct.error:
-        raise SnapshotError(f"{where}: truncated header") from None
-    if version != VERSION:
-        raise SnapshotError(f"{where}: snapshot format v{version}, this vmstream reads v{VERSION}")
-    off += struct.calcsize("<BI")
-    try:
-        header = json.loads(data[off:off + hlen])
-    except ValueError as e:
-        raise SnapshotError(f"{where}: corrupt header ({e})") from None
-    off += hlen
-    need = off + header["state_len"] + header["book_len"]
-    if len(data) != need:
-        raise SnapshotError(f"{where}: {len(data)} bytes, expected {need} (truncated or padded)")
-    state = data[off:off + header["state_len"]]
-    off += header["state_len"]
-    book = data[off:off + header["book_len"]]
-    return {
-        "stream_id": header["stream_id"],
-        "next_index": header["next_index"],
-        "t_end": header["t_end"],
-        "state": state,
-        "book": book,
-        "extra": header.get("extra") or {},
-    }
+__all__ = ["MAGIC", "VERSION", "SnapshotError", "decode_snapshot", "encode_snapshot", "StateStore", "LocalStateStore"]
 
 
 class StateStore(Protocol):

@@ -6,11 +6,11 @@
     store.delete("cam-7")     # a tombstone: compaction forgets the stream
     store.close()
 
-It implements the runner's state-store interface (`vmstream.pipeline.snapshots`):
-the worker hands it to the runner, which saves a snapshot of every stream each
+It has the load / save / delete methods of the runner's state stores: the worker
+hands it to the runner, which saves a snapshot of every stream each
 `runner.snapshot_every` segments (after flushing the sinks), loads one when a stream
 starts and deletes it when the stream finishes. The byte format is
-`snapshots.encode_snapshot`; the message key is the stream id (UTF-8), so all of a
+`vmstream.snapshot_codec`'s; the message key is the stream id (UTF-8), so all of a
 stream's snapshots land in one partition and compaction keeps only the newest.
 
 How `load` finds the newest snapshot, and what it costs
@@ -24,7 +24,7 @@ points at. So:
 
 - the first load touching a partition reads all of it: after compaction, about one
   snapshot per live stream hashed there, plus the not-yet-compacted head (the state
-  topic rolls segments hourly; `kafka_admin.vmstream_topics`);
+  topic rolls segments hourly; `vmstream.kafka.topics.vmstream_topics`);
 - every later load reads only what was written to that partition since, plus the
   snapshot itself (one fetch);
 - time is bounded by `timeout_s` (TimeoutError naming the topic); loads are
@@ -45,13 +45,15 @@ import threading
 import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from vmstream.pipeline.snapshots import decode_snapshot, encode_snapshot
+from vmstream.kafka.client import UNREACHABLE, admin_client, client_options, connect_error, create_hint, topic_message_limit
+from vmstream.kafka.producer import ReliableProducer
+from vmstream.snapshot_codec import decode_snapshot, encode_snapshot
 
 log = logging.getLogger(__name__)
 
 # Room for framing on top of the topic's message limit when sizing requests.
 _FRAMING_BYTES = 1024
-_DEFAULT_LIMIT = 16 << 20  # kafka_admin.STATE_MAX_MESSAGE_BYTES
+_DEFAULT_LIMIT = 16 << 20  # topics.STATE_MAX_MESSAGE_BYTES
 
 
 def partition_for_key(key: bytes, num_partitions: int) -> int:
@@ -79,8 +81,6 @@ class KafkaStateStore:
     ):
         from kafka import KafkaConsumer
         from kafka.partitioner.default import DefaultPartitioner
-
-        from vmstream.stages.sinks.kafka import _UNREACHABLE, ReliableProducer, _connect_error, client_options
 
         self.topic = topic
         self.bootstrap_servers = bootstrap_servers
@@ -112,9 +112,9 @@ class KafkaStateStore:
                 bootstrap_timeout_ms=int(min(self.timeout_s, 30.0) * 1000),
                 **client_options(self._client_config, "consumer"),
             )
-        except _UNREACHABLE as e:
+        except UNREACHABLE as e:
             self._producer.close()
-            raise ConnectionError(_connect_error(bootstrap_servers, min(self.timeout_s, 30.0),
+            raise ConnectionError(connect_error(bootstrap_servers, min(self.timeout_s, 30.0),
                                                  self._client_config, e)) from e
         self._lock = threading.Lock()
         self._read_to: dict[int, int] = {}  # partition -> next offset to read
@@ -124,9 +124,8 @@ class KafkaStateStore:
         if self._partitions() is None:
             self.close()
             raise ValueError(
-                f"Kafka state topic {topic!r} does not exist on {bootstrap_servers}; create it with "
-                f"`python -m vmstream.pipeline.kafka_admin --bootstrap {bootstrap_servers}` "
-                "(compacted, with a raised message size limit)")
+                f"Kafka state topic {topic!r} does not exist on {bootstrap_servers}; "
+                f"{create_hint(bootstrap_servers)} (compacted, with a raised message size limit)")
 
     # ----------------------------------------------------------------- the interface
 
@@ -136,7 +135,7 @@ class KafkaStateStore:
             raise ValueError(
                 f"snapshot of stream {snap['stream_id']!r} is {len(data)} bytes, over the state topic "
                 f"{self.topic!r} limit of {self.max_message_bytes} (raise its max.message.bytes: "
-                "kafka_admin --state-max-message-bytes)")
+                "vmstream kafka-topics --state-max-message-bytes)")
         self._producer.send(self.topic, data, key=_key(snap["stream_id"]))
         self._producer.flush()
 
@@ -188,15 +187,12 @@ class KafkaStateStore:
     def _read_limit(self) -> int:
         from kafka import errors as E
 
-        from vmstream.pipeline.kafka_admin import admin_client
-        from vmstream.stages.sinks.kafka import topic_message_limit
-
         admin = admin_client(self.bootstrap_servers, self._client_config, timeout_s=min(self.timeout_s, 30.0))
         try:
             if self.topic not in set(admin.list_topics()):
                 raise ValueError(
-                    f"Kafka state topic {self.topic!r} does not exist on {self.bootstrap_servers}; create it with "
-                    f"`python -m vmstream.pipeline.kafka_admin --bootstrap {self.bootstrap_servers}`")
+                    f"Kafka state topic {self.topic!r} does not exist on {self.bootstrap_servers}; "
+                    + create_hint(self.bootstrap_servers))
             try:
                 return topic_message_limit(admin, self.topic)
             except E.KafkaError as e:  # e.g. no DescribeConfigs permission

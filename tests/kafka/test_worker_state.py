@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from vmstream.pipeline.kafka_state import KafkaStateStore, partition_for_key
-from vmstream.pipeline.snapshots import encode_snapshot
+from vmstream.kafka.state import KafkaStateStore, partition_for_key
+from vmstream.snapshot_codec import encode_snapshot
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -60,7 +60,7 @@ def test_big_state_and_size_limit(kafka_bootstrap, kafka_topics):
 
 def test_keys_land_where_load_reads(kafka_bootstrap, kafka_topics):
     """`load` reads only the key's partition: it must be the producer's choice."""
-    from vmstream.stages.sinks.kafka_records import read_messages
+    from vmstream.kafka.readers import read_messages
 
     names = kafka_topics(partitions=5)
     sids = [f"stream-{i}" for i in range(20)]
@@ -75,7 +75,7 @@ def test_keys_land_where_load_reads(kafka_bootstrap, kafka_topics):
 
 
 def test_missing_topic_is_a_clear_error(kafka_bootstrap):
-    with pytest.raises(ValueError, match="does not exist.*kafka_admin"):
+    with pytest.raises(ValueError, match="does not exist.*kafka-topics"):
         KafkaStateStore(kafka_bootstrap, "vmstream-test-no-such-state-topic")
 
 
@@ -144,7 +144,7 @@ def test_runner_resumes_from_kafka_snapshots(tmp_path, kafka_bootstrap, kafka_to
 
 
 def test_snapshot_bytes_are_the_shared_format(kafka_bootstrap, kafka_topics):
-    from vmstream.stages.sinks.kafka_records import latest_by_key
+    from vmstream.kafka.readers import latest_by_key
 
     names = kafka_topics(partitions=1)
     s = snap("fmt", 2)

@@ -9,7 +9,10 @@ import pytest
 
 from vmstream.errors import UserError
 from vmstream.pipeline.config import load_config
-from vmstream.pipeline.worker import OffsetLedger, Worker, _Job, dead_letter_payload, parse_job
+from vmstream.pipeline.worker.dead_letters import dead_letter_payload
+from vmstream.pipeline.worker.jobs import Job, OffsetLedger, parse_job
+from vmstream.pipeline.worker.loop import Worker
+from vmstream.pipeline.worker.options import consumer_options
 
 
 class TP:  # stands in for kafka's TopicPartition in payload tests (same two fields)
@@ -91,7 +94,7 @@ def test_parse_job_errors_name_the_problem():
 def test_dead_letter_payload_keeps_the_message_and_its_origin():
     from vmstream.stages.sources import source_from_job
 
-    job = _Job(1, TP("jobs", 2), 17, b"cam-1", b'{"stream_id": "cam-1", "uri": "/nope.mp4"}', [], 1234)
+    job = Job(1, TP("jobs", 2), 17, b"cam-1", b'{"stream_id": "cam-1", "uri": "/nope.mp4"}', [], 1234)
     job.source = source_from_job(json.loads(job.value))
     d = json.loads(dead_letter_payload(job, "failed", "/nope.mp4: no such file", worker_id="h:1", group_id="g"))
     assert d["reason"] == "failed" and "no such file" in d["error"]
@@ -99,11 +102,11 @@ def test_dead_letter_payload_keeps_the_message_and_its_origin():
     assert d["source"] == {"topic": "jobs", "partition": 2, "offset": 17, "timestamp_ms": 1234, "key": "cam-1"}
     assert d["worker"] == "h:1" and d["group_id"] == "g"
 
-    bad = _Job(2, TP("jobs", 0), 3, None, b"\xff\x00binary", [], None)
+    bad = Job(2, TP("jobs", 0), 3, None, b"\xff\x00binary", [], None)
     d = json.loads(dead_letter_payload(bad, "bad_message", "not UTF-8", worker_id="h:1", group_id="g"))
     assert d["job"]["base64"] and d["stream_id"] is None and d["source"]["key"] is None
 
-    big = _Job(3, TP("jobs", 0), 4, None, b'"' + b"x" * (600 << 10) + b'"', [], None)
+    big = Job(3, TP("jobs", 0), 4, None, b'"' + b"x" * (600 << 10) + b'"', [], None)
     raw = dead_letter_payload(big, "bad_message", "too big", worker_id="h:1", group_id="g")
     assert len(raw) < 300 << 10 and json.loads(raw)["job_truncated"] is True
 
@@ -116,19 +119,18 @@ def test_consumer_options_pass_through_and_refuse_auto_commit():
     from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
     from kafka.coordinator.assignors.range import RangePartitionAssignor
 
-    w = Worker(_cfg(consumer={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}), install_signals=False)
-    opts = w._consumer_options()
+    opts = consumer_options(_cfg(consumer={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}), "h:1")
     assert opts["session_timeout_ms"] == 6000 and opts["enable_auto_commit"] is False
     assert opts["partition_assignment_strategy"] == [CooperativeStickyAssignor]
     assert opts["group_id"] == "vmstream-workers" and opts["auto_offset_reset"] == "earliest"
-    w = Worker(_cfg(consumer={"partition_assignment_strategy": ["range"]}), install_signals=False)
-    assert w._consumer_options()["partition_assignment_strategy"] == [RangePartitionAssignor]
+    opts = consumer_options(_cfg(consumer={"partition_assignment_strategy": ["range"]}), "h:1")
+    assert opts["partition_assignment_strategy"] == [RangePartitionAssignor]
     with pytest.raises(UserError, match="auto-commit"):
-        Worker(_cfg(consumer={"enable_auto_commit": True}), install_signals=False)._consumer_options()
+        consumer_options(_cfg(consumer={"enable_auto_commit": True}), "h:1")
     with pytest.raises(UserError, match="session_timout_ms"):
-        Worker(_cfg(consumer={"session_timout_ms": 6000}), install_signals=False)._consumer_options()
+        consumer_options(_cfg(consumer={"session_timout_ms": 6000}), "h:1")
     with pytest.raises(UserError, match="unknown assignor"):
-        Worker(_cfg(consumer={"partition_assignment_strategy": "fair"}), install_signals=False)._consumer_options()
+        consumer_options(_cfg(consumer={"partition_assignment_strategy": "fair"}), "h:1")
 
 
 def test_worker_needs_a_broker():
@@ -244,7 +246,7 @@ class _Msg:
 def _worker_with(stops_on_cancel):
     w = Worker(_cfg(), install_signals=False, revoke_timeout_s=0.5)
     w.runner, w.consumer = _Runner(stops_on_cancel), _Consumer()
-    w._sleep, w._sync_wait_s = None, 0.5
+    w.handover.sleep, w.handover.sync_wait_s = None, 0.5
     return w
 
 
@@ -252,7 +254,7 @@ def _worker_with(stops_on_cancel):
 def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
     from kafka import TopicPartition
 
-    from vmstream.pipeline.worker import _GuardedStore
+    from vmstream.pipeline.worker.handover import GuardedStore
 
     w = _worker_with(stops_on_cancel={"b"})
     saved = []
@@ -267,7 +269,7 @@ def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
         def load(self, sid):
             return None
 
-    guard = _GuardedStore(Store(), w)
+    guard = GuardedStore(Store(), w.table)
     tp0, tp1 = TopicPartition("jobs", 0), TopicPartition("jobs", 1)
     for tp, off, sid in [(tp0, 0, "a"), (tp0, 1, "b"), (tp0, 2, "c"), (tp1, 0, "d")]:
         w._take(tp, _Msg(off, sid))
@@ -276,9 +278,9 @@ def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
     w.runner.finish("c", "ok")  # c: done, not yet seen by the main loop
     revoked = {tp0, tp1}
     if listener == "sync":
-        w._on_revoked_sync(revoked)
+        w.handover.on_revoked_sync(revoked)
     else:
-        coro = w._on_revoked_async(revoked)
+        coro = w.handover.on_revoked_async(revoked)
         with pytest.raises(StopIteration):
             coro.send(None)
     assert sorted(w.runner.cancelled) == ["b", "d"]
@@ -286,16 +288,16 @@ def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
     # tp1: d still stopping -> nothing to commit.
     assert w.consumer.async_commits == [{0: 1}]
     # b stopped within the wait: its final snapshot was allowed. d did not: fenced.
-    assert not w._fenced_stream("b") and w._fenced_stream("d")
+    assert not w.table.fenced_stream("b") and w.table.fenced_stream("d")
     guard.save({"stream_id": "d"})
     guard.delete("d")
     guard.save({"stream_id": "b"})
     assert saved == ["b"]
     # d's cancel completes later: the fence goes, the completion is ignored.
     w.runner.finish("d", "stopped")
-    assert not w._fenced_stream("d")
+    assert not w.table.fenced_stream("d")
     w._process_completions()
-    assert w._ledgers == {} and not w._jobs
+    assert w.table.ledgers == {} and not w.table.jobs
 
 
 def test_lost_partitions_fence_at_once_and_commit_nothing():
@@ -306,9 +308,9 @@ def test_lost_partitions_fence_at_once_and_commit_nothing():
     w._take(tp, _Msg(7, "e"))
     w._take(tp, _Msg(8, "f"))
     w.runner.finish("f", "ok")
-    w._on_lost({tp})
-    assert w.runner.cancelled == ["e"] and w._fenced_stream("e")
-    assert w.consumer.async_commits == [] and w._ledgers == {}
+    w.handover.on_lost({tp})
+    assert w.runner.cancelled == ["e"] and w.table.fenced_stream("e")
+    assert w.consumer.async_commits == [] and w.table.ledgers == {}
 
 
 def test_jobs_of_a_stream_still_in_the_runner_wait_their_turn():
@@ -318,21 +320,21 @@ def test_jobs_of_a_stream_still_in_the_runner_wait_their_turn():
     tp = TopicPartition("jobs", 0)
     w._take(tp, _Msg(0, "g"))
     w._take(tp, _Msg(1, "g"))  # the same stream again: waits for the first
-    states = [j.state for j in w._jobs.values()]
+    states = [j.state for j in w.table.jobs.values()]
     assert states == ["running", "deferred"] and w._free_slots() == 4 - 1 - 1
     w.runner.finish("g", "ok")
     w._process_completions()
     w._submit_deferred()
-    assert [j.state for j in w._jobs.values()] == ["running"] and "g" in w.runner.running()
+    assert [j.state for j in w.table.jobs.values()] == ["running"] and "g" in w.runner.running()
     w.runner.finish("g", "ok")
     w._process_completions()
-    assert w._ledgers[tp].commit_offset() == 2
+    assert w.table.ledgers[tp].commit_offset() == 2
 
 
 def test_repeat_filter_thins_kafka_noise_only():
     import logging
 
-    from vmstream.pipeline.worker import RepeatFilter
+    from vmstream.pipeline.worker.log_filter import RepeatFilter
 
     f = RepeatFilter(every_s=60)
 
@@ -349,7 +351,7 @@ def test_repeat_filter_thins_kafka_noise_only():
 def test_a_snapshot_that_cannot_be_loaded_is_retried_not_dead_lettered():
     from kafka import TopicPartition
 
-    from vmstream.pipeline.worker import _GuardedStore
+    from vmstream.pipeline.worker.handover import GuardedStore
 
     class Down:
         def load(self, sid):
@@ -361,16 +363,16 @@ def test_a_snapshot_that_cannot_be_loaded_is_retried_not_dead_lettered():
     tp = TopicPartition("jobs", 0)
     w._take(tp, _Msg(0, "x"))
     with pytest.raises(TimeoutError):
-        _GuardedStore(Down(), w).load("x")  # what the runner's decode thread does first
+        GuardedStore(Down(), w.table).load("x")  # what the runner's decode thread does first
     w.runner.finish("x", "error")
     w._process_completions()
-    (job,) = w._jobs.values()
+    (job,) = w.table.jobs.values()
     assert job.state == "deferred" and "state topic" in job.error and w.stats["retried"] == 1
     w._submit_deferred()
     assert job.state == "running" and "x" in w.runner.running()
     w.runner.finish("x", "ok")
     w._process_completions()
-    assert w._ledgers[tp].commit_offset() == 1
+    assert w.table.ledgers[tp].commit_offset() == 1
 
 
 def test_poll_rides_out_broker_errors_and_raises_real_ones(caplog):

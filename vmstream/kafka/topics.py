@@ -7,7 +7,7 @@ starts:
     names = TopicNames()                          # or TopicNames.with_prefix("cam")
     ensure_topics("127.0.0.1:9092", vmstream_topics(names, partitions=6))
 
-or from a shell: `python -m vmstream.pipeline.kafka_admin --bootstrap 127.0.0.1:9092`.
+or from a shell: `vmstream kafka-topics --bootstrap 127.0.0.1:9092`.
 
 The topics (defaults; `TopicNames` renames them):
 
@@ -27,15 +27,13 @@ streams between partitions and breaks their order across the change.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from vmstream.stages.sinks.kafka import client_options
-from vmstream.stages.sinks.kafka_records import DEFAULT_TOPICS, KIND_EVENT, KIND_SEGMENT, KIND_SUMMARY
+from vmstream.kafka.client import admin_client
+from vmstream.kafka.codec import DEFAULT_TOPICS, KIND_EVENT, KIND_SEGMENT, KIND_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +62,8 @@ class TopicNames:
 
     @classmethod
     def from_config(cls, kafka: Any) -> "TopicNames":
-        """From the pipeline config's `kafka` section (vmstream.pipeline.config.KafkaConfig)."""
+        """From the pipeline config's `kafka` section (any object with the `*_topic` fields
+        of vmstream.pipeline.config.KafkaConfig)."""
         return cls(
             jobs=kafka.jobs_topic,
             segments=kafka.results_topic,
@@ -136,24 +135,6 @@ def vmstream_topics(
         ),
         TopicSpec(names.dead_letter, 1, rf, {"retention.ms": str(4 * WEEK_MS)}),
     ]
-
-
-def admin_client(bootstrap_servers: Union[str, Sequence[str]], client_config: Optional[Mapping[str, Any]] = None,
-                 timeout_s: float = 30.0):
-    """A kafka-python admin client with vmstream's option checking."""
-    from kafka import KafkaAdminClient
-
-    from vmstream.stages.sinks.kafka import _UNREACHABLE, _connect_error
-
-    try:
-        return KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-            request_timeout_ms=int(timeout_s * 1000),
-            **client_options(client_config, "admin"),
-        )
-    except _UNREACHABLE as e:
-        raise ConnectionError(_connect_error(bootstrap_servers, timeout_s, client_config, e)) from e
 
 
 def describe_topics(admin: Any, names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -304,65 +285,5 @@ def delete_topics(
         admin.close()
 
 
-def build_parser(prog: str = "python -m vmstream.pipeline.kafka_admin") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Create (or check) vmstream's Kafka topics.",
-    )
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
-    p.add_argument("--prefix", default="vmstream", help="topic name prefix (default: vmstream)")
-    p.add_argument("--partitions", type=int, default=6)
-    p.add_argument("--replication-factor", type=int, default=None,
-                   help="default: the broker's default.replication.factor")
-    p.add_argument("--state-max-message-bytes", type=int, default=STATE_MAX_MESSAGE_BYTES)
-    p.add_argument("--grow-partitions", action="store_true")
-    p.add_argument("--describe", action="store_true", help="only print the topics' partitions and configs")
-    p.add_argument("--delete", action="store_true", help="delete vmstream's topics (all their data!)")
-    p.add_argument("--config", help="take topic names from this pipeline config's kafka section "
-                                    "(and its bootstrap / client settings)")
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
-    a = (build_parser(prog) if prog else build_parser()).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    client_config: dict[str, Any] = {}
-    bootstrap = a.bootstrap
-    try:
-        if a.config:
-            from vmstream.pipeline.config import load_config
-
-            kcfg = load_config(a.config).kafka
-            names = TopicNames.from_config(kcfg)
-            client_config = dict(kcfg.client)
-            bootstrap = bootstrap or kcfg.bootstrap
-        else:
-            names = TopicNames() if a.prefix == "vmstream" else TopicNames.with_prefix(a.prefix)
-        if not bootstrap:
-            raise ValueError("no bootstrap servers: give --bootstrap or a --config with kafka.bootstrap")
-        if a.delete:
-            print("deleted:", ", ".join(delete_topics(bootstrap, names.all(), client_config=client_config)) or "nothing")
-            return 0
-        if a.describe:
-            admin = admin_client(bootstrap, client_config)
-            try:
-                for n, d in describe_topics(admin, names.all()).items():
-                    interesting = {k: v for k, v in d["configs"].items()
-                                   if k in ("cleanup.policy", "max.message.bytes", "retention.ms")}
-                    print(f"{n}: partitions={d['partitions']} {interesting}")
-            finally:
-                admin.close()
-            return 0
-        specs = vmstream_topics(names, partitions=a.partitions, replication_factor=a.replication_factor,
-                                state_max_message_bytes=a.state_max_message_bytes)
-        for n, what in ensure_topics(bootstrap, specs, client_config=client_config,
-                                     grow_partitions=a.grow_partitions).items():
-            print(f"{n}: {what}")
-        return 0
-    except (ConnectionError, ValueError, RuntimeError) as e:  # ConfigError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["TopicNames", "TopicSpec", "STATE_MAX_MESSAGE_BYTES", "vmstream_topics", "admin_client", "describe_topics",
+           "ensure_topics", "delete_topics"]

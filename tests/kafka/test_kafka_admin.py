@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from vmstream.pipeline.kafka_admin import (
+from vmstream.kafka.topics import (
     STATE_MAX_MESSAGE_BYTES,
     TopicNames,
     TopicSpec,
@@ -15,9 +15,9 @@ from vmstream.pipeline.kafka_admin import (
     delete_topics,
     describe_topics,
     ensure_topics,
-    main,
     vmstream_topics,
 )
+from vmstream.cli.kafka_topics import main
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -95,7 +95,7 @@ def test_drifted_config_is_restored_and_partitions_are_not_silently_changed(kafk
     assert cfg["retention.bytes"] == "123456789", "an operator's own setting was reset"
 
     more = vmstream_topics(names, partitions=4)
-    with caplog.at_level("WARNING", logger="vmstream.pipeline.kafka_admin"):
+    with caplog.at_level("WARNING", logger="vmstream.kafka.topics"):
         assert ensure_topics(kafka_bootstrap, more)[names.segments] == "exists"
     assert f"{names.segments} has 2 partitions, the spec asks for 4" in caplog.text
     assert _describe(kafka_bootstrap, [names.segments])[names.segments]["partitions"] == 2
@@ -107,8 +107,8 @@ def test_drifted_config_is_restored_and_partitions_are_not_silently_changed(kafk
 
 
 def test_state_topic_takes_snapshots_over_the_default_limit(kafka_bootstrap, names):
-    from vmstream.stages.sinks.kafka import ReliableProducer
-    from vmstream.stages.sinks.kafka_records import latest_by_key
+    from vmstream.kafka.producer import ReliableProducer
+    from vmstream.kafka.readers import latest_by_key
 
     ensure_topics(kafka_bootstrap, vmstream_topics(names, partitions=1))
     snapshot = os.urandom(3 << 20)  # about a VideoMamba-M state (~2.8 MB), 3x the default limit

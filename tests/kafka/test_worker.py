@@ -27,7 +27,7 @@ from vmstream.records import SegmentResult, StreamSummary, segment_uid
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -237,7 +237,7 @@ def send_jobs(bootstrap: str, topic: str, jobs: list, partition: Optional[int] =
 
 
 def records(bootstrap: str, names, dedupe: bool = True) -> list:
-    from vmstream.stages.sinks.kafka_records import read_records
+    from vmstream.kafka.readers import read_records
 
     return read_records(bootstrap, [names.segments, names.summaries], dedupe=dedupe, timeout_s=30)
 
@@ -329,7 +329,7 @@ def assert_matches_reference(recs, sid: str, ref) -> None:
 
 
 def test_job_in_results_out_offset_committed(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos):
-    from vmstream.pipeline.kafka_state import KafkaStateStore
+    from vmstream.kafka.state import KafkaStateStore
 
     names = kafka_topics(partitions=2)
     group = f"g-{names.jobs}"
@@ -356,7 +356,7 @@ def test_job_in_results_out_offset_committed(tmp_path, kafka_bootstrap, kafka_to
 
 
 def test_bad_jobs_go_to_the_dead_letter_topic(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos):
-    from vmstream.stages.sinks.kafka_records import read_messages
+    from vmstream.kafka.readers import read_messages
 
     names = kafka_topics(partitions=1)
     group = f"g-{names.jobs}"
@@ -398,7 +398,7 @@ def test_bad_jobs_go_to_the_dead_letter_topic(tmp_path, kafka_bootstrap, kafka_t
 
 def test_killed_worker_is_resumed_by_another_from_the_snapshot(tmp_path, kafka_bootstrap, kafka_topics, workers,
                                                                tiny_ckpt, videos):
-    from vmstream.stages.sinks.kafka_records import RecordConsumer
+    from vmstream.kafka.readers import RecordConsumer
 
     names = kafka_topics(partitions=2)
     group = f"g-{names.jobs}"
@@ -504,7 +504,7 @@ def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_top
     the job from A's snapshot. Both streams end complete and equal to uninterrupted
     runs. The jobs read the video over HTTP at a fixed pace (about 12 s each), so the
     rebalance lands mid-stream however fast this machine is."""
-    from vmstream.stages.sinks.kafka_records import RecordConsumer
+    from vmstream.kafka.readers import RecordConsumer
 
     names = kafka_topics(partitions=2)
     group = f"g-{names.jobs}"
@@ -556,8 +556,8 @@ def test_sigterm_stops_cleanly_and_the_job_resumes(tmp_path, kafka_bootstrap, ka
                                                    videos):
     """SIGTERM mid-stream: snapshot saved, results flushed, the job's offset NOT
     committed, the group left; the next worker resumes where it stopped."""
-    from vmstream.pipeline.kafka_state import KafkaStateStore
-    from vmstream.stages.sinks.kafka_records import RecordConsumer
+    from vmstream.kafka.state import KafkaStateStore
+    from vmstream.kafka.readers import RecordConsumer
 
     names = kafka_topics(partitions=1)
     group = f"g-{names.jobs}"
@@ -596,7 +596,7 @@ def test_broker_outage_delays_results_and_loses_none(tmp_path, make_kafka_broker
                                                      videos):
     """The broker goes away mid-stream and comes back: the worker waits (results and
     snapshots held, commits retried) and then completes the job, every segment there."""
-    from vmstream.stages.sinks.kafka_records import RecordConsumer
+    from vmstream.kafka.readers import RecordConsumer
 
     broker = make_kafka_broker()
     bootstrap = broker.bootstrap

@@ -11,21 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmstream.records import SCHEMA_VERSION, SegmentResult, StreamEvent, StreamSummary
-from vmstream.stages.sinks.kafka import KafkaDeliveryError, KafkaSink, client_options
-from vmstream.stages.sinks.kafka_records import (
+from vmstream.kafka.client import client_options
+from vmstream.kafka.codec import (
     H_KIND,
     H_PAYLOAD,
     H_SCHEMA,
     H_UID,
-    RecordConsumer,
     RecordFormatError,
     decode_message,
     dedupe_by_uid,
     encode_record,
-    read_records,
-    read_results,
 )
+from vmstream.kafka.producer import KafkaDeliveryError
+from vmstream.kafka.readers import RecordConsumer, read_records, read_results
+from vmstream.records import SCHEMA_VERSION, SegmentResult, StreamEvent, StreamSummary
+from vmstream.stages.sinks.kafka import KafkaSink
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -168,7 +168,7 @@ def test_oversized_record_goes_to_parquet_with_a_reference(kafka_bootstrap, kafk
 def test_inline_limit_and_broker_refusal_both_spill(kafka_bootstrap, kafka_topics, tmp_path):
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from vmstream.pipeline.kafka_admin import admin_client
+    from vmstream.kafka.client import admin_client
 
     names = kafka_topics(partitions=1)
     # A chosen inline limit: 2 KB.
@@ -187,7 +187,7 @@ def test_inline_limit_and_broker_refusal_both_spill(kafka_bootstrap, kafka_topic
                 incremental=True,
             )
             # Config changes reach the broker's metadata asynchronously.
-            from vmstream.stages.sinks.kafka import topic_message_limit
+            from vmstream.kafka.client import topic_message_limit
 
             deadline = time.monotonic() + 10
             while topic_message_limit(admin, names.segments) != 4000:
@@ -336,7 +336,7 @@ def test_kafka_local_start_is_idempotent_and_status_tells(kafka_broker):
 
 
 def test_missing_topics_and_unreachable_broker_fail_clearly(kafka_bootstrap, tmp_path):
-    with pytest.raises(ValueError, match="do not exist.*kafka_admin"):
+    with pytest.raises(ValueError, match="do not exist.*kafka-topics"):
         KafkaSink(kafka_bootstrap, topics={"segment": "no-such-topic-xyz"}, spill_dir=tmp_path)
     import socket
 

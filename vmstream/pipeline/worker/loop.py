@@ -1,0 +1,450 @@
+"""The worker's consumer loop: take jobs from the jobs topic, run them in the pipeline
+runner, commit offsets past finished jobs, stop cleanly (see the package doc)."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Optional
+
+from vmstream.kafka.topics import TopicNames
+from vmstream.errors import UserError
+from vmstream.pipeline.worker.dead_letters import DeadLetters
+from vmstream.pipeline.worker.handover import GuardedStore, Handover, fmt_offsets, loop_sleep, make_listener
+from vmstream.pipeline.worker.jobs import Job, JobTable, parse_job
+from vmstream.pipeline.worker.options import consumer_options, ensure_worker_topics, sync_wait_s
+
+log = logging.getLogger(__name__)
+
+
+def _broker_trouble(e: BaseException, also: tuple = ()) -> bool:
+    """Whether an error from a consumer call is the broker being away or busy (a socket
+    error, or a Kafka error marked retriable, or one of `also`): wait and call again."""
+    from kafka import errors as E
+
+    if isinstance(e, E.KafkaError):
+        return bool(getattr(e, "retriable", False)) or isinstance(e, also)
+    return isinstance(e, ConnectionError)
+
+
+def _install_signal_handlers(stop) -> dict:
+    """SIGINT / SIGTERM call `stop` (a second one exits at once); returns the handlers
+    replaced, to restore. Only the main thread may set handlers: elsewhere, none."""
+    old: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        return old
+    signals = 0
+
+    def handle(signum, frame):
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            print("\nvmstream worker: second signal, exiting without cleanup", file=sys.stderr)
+            os._exit(130)
+        print(f"\nvmstream worker: {signal.Signals(signum).name}: stopping (snapshots, flush, commit; "
+              "again to abort)", file=sys.stderr)
+        stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old[sig] = signal.signal(sig, handle)
+    return old
+
+
+class Worker:
+    """One member of the worker group (see the package doc).
+
+        worker = Worker(cfg)          # cfg: PipelineConfig with a kafka section
+        rc = worker.run()             # until stop() / SIGINT / SIGTERM
+
+    `model`, `sinks`, `state_store` replace the configured ones (tests, embedding).
+    """
+
+    def __init__(
+        self,
+        cfg,
+        *,
+        model=None,
+        sinks=None,
+        state_store=None,
+        poll_timeout_s: float = 0.2,
+        revoke_timeout_s: float = 30.0,
+        retry_backoff_s: float = 5.0,
+        shutdown_timeout_s: float = 120.0,
+        commit_timeout_s: float = 10.0,
+        install_signals: bool = True,
+    ):
+        if not cfg.kafka.bootstrap:
+            raise UserError("the worker needs Kafka: set kafka.bootstrap in the config or pass --kafka HOST:PORT")
+        self.cfg = cfg
+        self.poll_timeout_s = poll_timeout_s
+        self.retry_backoff_s = retry_backoff_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.commit_timeout_s = commit_timeout_s
+        self.install_signals = install_signals
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.topics = TopicNames.from_config(cfg.kafka)
+        self._model = model
+        self._sinks = sinks
+        self._store = state_store
+        self.table = JobTable()
+        self._completed: "queue.Queue[Job]" = queue.Queue()
+        self._stop_requested = threading.Event()
+        self._poll_failures = 0
+        self._poll_warned_at = 0.0
+        self.runner = None
+        self.consumer = None
+        self.stats = {"jobs": 0, "done": 0, "dead_lettered": 0, "revoked": 0, "retried": 0, "commits": 0}
+        self.dead_letters = DeadLetters(self.topics.dead_letter, worker_id=self.worker_id,
+                                        group_id=cfg.kafka.group_id, lock=self.table.lock)
+        self.handover = Handover(
+            self.table, worker_id=self.worker_id, revoke_timeout_s=revoke_timeout_s, stats=self.stats,
+            cancel=lambda stream_id: self.runner.cancel(stream_id),
+            commit_async=lambda offsets: self.consumer.commit_async(offsets),
+            forget_dead_letters=self.dead_letters.forget)
+
+    # ----------------------------------------------------------------- public
+
+    def stop(self) -> None:
+        """Ask the worker to stop cleanly (thread- and signal-safe)."""
+        self._stop_requested.set()
+
+    def run(self) -> int:
+        """Serve jobs until stopped. Returns the process exit code (0 on a clean stop,
+        1 when the pipeline failed)."""
+        from kafka import errors as E
+
+        old_handlers = _install_signal_handlers(self.stop) if self.install_signals else {}
+        try:
+            try:
+                self._start()
+            except (E.KafkaError, ConnectionError, ValueError) as e:  # ValueError: a bad client setting
+                self._abort_start()
+                raise UserError(f"Kafka at {self.cfg.kafka.bootstrap}: {e}") from None
+            except BaseException:
+                self._abort_start()
+                raise
+            rc = 0
+            try:
+                self._serve()
+            except Exception as e:  # the pipeline failed (e.g. a sink gave up on the broker)
+                log.error("worker %s: %s: %s; stopping without committing unfinished jobs", self.worker_id,
+                          type(e).__name__, e, exc_info=not isinstance(e, RuntimeError))
+                rc = 1
+            return max(rc, self._shutdown(failed=rc != 0))
+        finally:
+            self._close_clients()
+            for sig, old in old_handlers.items():
+                signal.signal(sig, old)
+
+    # ----------------------------------------------------------------- start / stop
+
+    def _start(self) -> None:
+        from kafka import KafkaConsumer
+
+        from vmstream.kafka.producer import ReliableProducer
+        from vmstream.kafka.state import KafkaStateStore
+        from vmstream.pipeline.assembly import build_runner, build_sinks, load_pipeline_model
+
+        cfg = self.cfg
+        k = cfg.kafka
+        ensure_worker_topics(k, self.topics)
+        consumer_opts = consumer_options(cfg, self.worker_id)
+        model = self._model if self._model is not None else load_pipeline_model(cfg)
+        if self._store is None:
+            self._store = KafkaStateStore(k.bootstrap, self.topics.state, client_config=k.client)
+        sinks = self._sinks if self._sinks is not None else build_sinks(cfg, model)
+        self.dead_letters.producer = ReliableProducer(k.bootstrap, client_config=k.client)
+        self.runner = build_runner(cfg, model=model, sinks=sinks, state_store=GuardedStore(self._store, self.table),
+                                   flush_on_stream_end=True)
+        self.runner.start()
+        self.consumer = KafkaConsumer(**consumer_opts)
+        self.consumer.subscribe([self.topics.jobs], listener=make_listener(self.handover))
+        self.handover.sleep = loop_sleep(self.consumer)
+        self.handover.sync_wait_s = sync_wait_s(consumer_opts)
+        log.info("worker %s: in group %s on %s, up to %d jobs at a time", self.worker_id, k.group_id,
+                 self.topics.jobs, self.runner.max_streams)
+
+    def _shutdown(self, failed: bool) -> int:
+        """Stop the runner (snapshots), keep the group alive while it drains, commit
+        what is done, leave the group."""
+        c = self.consumer
+        if c is None:
+            return 1 if failed else 0
+        log.info("worker %s: stopping: %d job(s) running", self.worker_id, len(self.runner.running()))
+        self.runner.stop()
+        failed = self._drain(failed)
+        self._process_completions(stopping=True)
+        if not failed:
+            try:
+                self.dead_letters.flush(timeout_s=30.0)
+            except Exception as e:
+                log.error("dead-letter topic: %s", e)
+            self._check_dead_letters()
+            self._commit(final=True)
+        try:
+            report = self.runner.close()
+            log.info("worker %s: %s", self.worker_id, report.format().replace("\n", "; "))
+        except RuntimeError as e:
+            log.error("worker %s: %s", self.worker_id, e)
+            failed = True
+        try:
+            # Leaving the group hands the partitions over at once; commits are done.
+            c.close(autocommit=False)
+        except Exception as e:
+            log.warning("closing the Kafka consumer: %s", e)
+        self.consumer = None
+        log.info("worker %s: stopped (%s)", self.worker_id, ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+        return 1 if failed else 0
+
+    def _drain(self, failed: bool) -> bool:
+        """Wait for the stopping runner to go idle, keeping the group membership alive;
+        returns whether the stop failed."""
+        deadline = time.monotonic() + self.shutdown_timeout_s
+        idle = False
+        while time.monotonic() < deadline:
+            try:
+                idle = self.runner.wait(timeout=0)
+            except RuntimeError:
+                return True
+            if idle:
+                break
+            self._pause_all()
+            self._poll_nothing()
+            self._process_completions(stopping=True)
+        if not idle and not failed:
+            log.error("worker %s: the runner did not stop within %.0fs", self.worker_id, self.shutdown_timeout_s)
+            failed = True
+        return failed
+
+    def _abort_start(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+            try:
+                self.runner.close()  # closes the sinks (their producers) too
+            except Exception as e:
+                log.warning("closing the pipeline: %s", e)
+
+    def _close_clients(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception:
+                pass
+            self.consumer = None
+        for closer in (self.dead_letters.close, getattr(self._store, "close", None)):
+            if closer is None:
+                continue
+            try:
+                closer()
+            except Exception as e:
+                log.warning("closing: %s", e)
+
+    # ----------------------------------------------------------------- main loop
+
+    def _serve(self) -> None:
+        c = self.consumer
+        while not self._stop_requested.is_set():
+            self.runner.wait(timeout=0)  # raises RuntimeError once the pipeline has failed
+            self._process_completions()
+            self._submit_deferred()
+            self._check_dead_letters()
+            self._commit()
+            free = self._free_slots()
+            if free <= 0:
+                # Full: keep the membership alive and wait for a job to finish (the
+                # next one starts as soon as one does). The poll needs a real timeout:
+                # kafka-python drives group joins from inside it, and one of 0 ms never
+                # gets a rebalance going, which would hold the whole group up.
+                self._pause_all()
+                self._poll_nothing(timeout_s=self.poll_timeout_s / 2)
+                self._wait_completion(self.poll_timeout_s / 2)
+                continue
+            if c.paused():
+                c.resume(*c.paused())
+            records = self._poll(self.poll_timeout_s, max(1, free))
+            for tp, msgs in records.items():
+                for m in msgs:
+                    if self._free_slots() <= 0:
+                        # Taken while full (a partition assigned since the last pause):
+                        # give it back to the fetcher for later.
+                        c.seek(tp, m.offset)
+                        c.pause(tp)
+                        break
+                    self._take(tp, m)
+
+    def _free_slots(self) -> int:
+        return self.runner.max_streams - len(self.runner.running()) - len(self.table.deferred())
+
+    def _poll(self, timeout_s: float, max_records: int) -> dict:
+        """consumer.poll, riding out a broker outage: kafka-python 3 can raise connection
+        and timeout errors out of poll (from the coordinator lookup and offset validation
+        it runs inside). Those are the broker's trouble, not the worker's: wait and poll
+        again (jobs keep running, results wait in the sinks), never stop."""
+        from kafka import errors as E
+
+        try:
+            records = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except (E.KafkaError, ConnectionError) as e:
+            if not _broker_trouble(e):
+                raise
+            now = time.monotonic()
+            if self._poll_failures == 0 or now - self._poll_warned_at > 30:
+                log.warning("worker %s: polling the jobs topic: %s: %s (retrying while the broker is away)",
+                            self.worker_id, type(e).__name__, e)
+                self._poll_warned_at = now
+            self._poll_failures += 1
+            self._stop_requested.wait(min(self.poll_timeout_s, 1.0))
+            return {}
+        if self._poll_failures:
+            log.info("worker %s: polling again after %d failed poll(s)", self.worker_id, self._poll_failures)
+            self._poll_failures = 0
+        return records
+
+    def _pause_all(self) -> None:
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.pause(*assigned)
+
+    def _poll_nothing(self, timeout_s: Optional[float] = None) -> None:
+        """Keep the group membership alive (all partitions paused)."""
+        t = self.poll_timeout_s if timeout_s is None else timeout_s
+        records = self._poll(t, 1)
+        for tp, msgs in records.items():
+            if msgs:
+                self.consumer.seek(tp, msgs[0].offset)
+                self.consumer.pause(tp)
+
+    # ----------------------------------------------------------------- jobs in
+
+    def _take(self, tp, m) -> None:
+        from vmstream.pipeline.assembly import with_live_options
+        from vmstream.stages.sources import source_from_job
+
+        job = self.table.take(tp, m)
+        if job is None:
+            # Delivered again after the position moved back (e.g. an offset reset):
+            # this worker holds or has finished it already.
+            log.warning("job %s[%s]@%s: delivered again; already taken, ignoring this copy",
+                        tp.topic, tp.partition, m.offset)
+            return
+        self.stats["jobs"] += 1
+        try:
+            spec = parse_job(m.value)
+            (job.source,) = with_live_options(self.cfg, [source_from_job(spec)])
+        except ValueError as e:  # SourceSpecError is a ValueError
+            log.warning("job %s: bad job message: %s", job.where, e)
+            self._dead_letter(job, "bad_message", str(e))
+            return
+        log.info("job %s: stream %s (%s)", job.where, job.stream_id, job.source.uri)
+        self._try_submit(job)
+
+    def _try_submit(self, job: Job) -> None:
+        if (self.table.deferred_before(job) or job.stream_id in self.runner.running()
+                or time.monotonic() < job.retry_at):
+            # Another job of this stream is still in the runner (e.g. cancelled by a
+            # rebalance and not finished yet): this one starts after it.
+            job.state = "deferred"
+            return
+        job.state = "running"
+        job.store_failed = False
+        try:
+            self.runner.submit(job.source, on_done=functools.partial(self._on_done, job))
+        except ValueError:  # the stream got into the runner in between
+            job.state = "deferred"
+
+    def _submit_deferred(self) -> None:
+        for job in self.table.deferred():
+            if job.revoked:
+                continue
+            self._try_submit(job)
+
+    # ----------------------------------------------------------------- jobs out
+
+    def _on_done(self, job: Job, source, status: str, error: Optional[str]) -> None:
+        # The runner's sink thread: hand over to the main thread.
+        self.table.complete(job, status, error)
+        job.finished.set()
+        self._completed.put(job)
+
+    def _process_completions(self, stopping: bool = False) -> None:
+        while True:
+            try:
+                job = self._completed.get_nowait()
+            except queue.Empty:
+                return
+            self._completion(job, stopping)
+
+    def _wait_completion(self, timeout_s: float) -> None:
+        try:
+            job = self._completed.get(timeout=timeout_s)
+        except queue.Empty:
+            return
+        self._completion(job, stopping=False)
+
+    def _completion(self, job: Job, stopping: bool) -> None:
+        if job.revoked:
+            return  # its partition went to another worker, which runs it again
+        status = job.status
+        if status in ("ok", "truncated"):
+            log.info("job %s: stream %s done (%s)", job.where, job.stream_id, status)
+            self._finish(job)
+        elif status in ("failed", "error") and job.store_failed:
+            log.warning("job %s: %s; retrying in %.0fs", job.where, job.error, self.retry_backoff_s)
+            self.stats["retried"] += 1
+            job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
+        elif status in ("failed", "error"):
+            log.warning("job %s: stream %s %s: %s", job.where, job.stream_id, status, job.error)
+            self._dead_letter(job, status, job.error or status)
+        elif status == "stopped":
+            if not stopping and not self._stop_requested.is_set():
+                # Not asked for: run it again (it resumes from its snapshot).
+                job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
+                self.stats["retried"] += 1
+            # else: left uncommitted; whoever owns the partition next resumes it
+        else:
+            log.error("job %s: unknown status %r; leaving it uncommitted", job.where, status)
+
+    def _finish(self, job: Job) -> None:
+        self.table.finish(job)
+        self.stats["done"] += 1
+
+    def _dead_letter(self, job: Job, reason: str, error: str) -> None:
+        self.dead_letters.send(job, reason, error)
+        self.stats["dead_lettered"] += 1
+
+    def _check_dead_letters(self) -> None:
+        """Dead-lettered jobs count as done once the dead-letter topic has them."""
+        for job in self.dead_letters.acknowledged():
+            log.info("job %s: in the dead-letter topic %s", job.where, self.topics.dead_letter)
+            self._finish(job)
+
+    # ----------------------------------------------------------------- commits
+
+    def _commit(self, final: bool = False) -> None:
+        from kafka import errors as E
+        from kafka.structs import OffsetAndMetadata
+
+        offsets = self.table.commit_offsets()
+        if not offsets:
+            return
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
+                                 timeout_ms=int(self.commit_timeout_s * 1000))
+        except (E.KafkaError, ConnectionError) as e:
+            # The broker's trouble or the group's own churn: the offsets stay pending
+            # and the next commit tries again.
+            if not _broker_trouble(e, also=(E.CommitFailedError, E.RebalanceInProgressError,
+                                            E.IllegalGenerationError, E.UnknownMemberIdError)):
+                raise
+            (log.error if final else log.warning)("committing offsets %s: %s%s", fmt_offsets(offsets), e,
+                                                  "" if final else " (will retry)")
+            return
+        self.table.committed(offsets)
+        self.stats["commits"] += 1
+        log.debug("committed %s", fmt_offsets(offsets))
