@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.fixtures.videomamba import make_tiny_model
-from vmstream.models import (IMAGENET_MEAN, IMAGENET_STD, DataConfig, ModelCard, create_model, load_model,
+from vmstream.models import (IMAGENET_MEAN, IMAGENET_STD, DataConfig, create_model, load_model,
                              resolve_data_config, resolve_device)
 
 

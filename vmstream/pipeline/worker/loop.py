@@ -6,15 +6,14 @@ import functools
 import logging
 import os
 import queue
-import signal
 import socket
-import sys
 import threading
 import time
 from typing import Optional
 
-from vmstream.kafka.topics import TopicNames
 from vmstream.errors import UserError
+from vmstream.kafka.topics import TopicNames
+from vmstream.pipeline.signals import StopSignals
 from vmstream.pipeline.worker.dead_letters import DeadLetters
 from vmstream.pipeline.worker.handover import GuardedStore, Handover, fmt_offsets, loop_sleep, make_listener
 from vmstream.pipeline.worker.jobs import Job, JobTable, parse_job
@@ -31,29 +30,6 @@ def _broker_trouble(e: BaseException, also: tuple = ()) -> bool:
     if isinstance(e, E.KafkaError):
         return bool(getattr(e, "retriable", False)) or isinstance(e, also)
     return isinstance(e, ConnectionError)
-
-
-def _install_signal_handlers(stop) -> dict:
-    """SIGINT / SIGTERM call `stop` (a second one exits at once); returns the handlers
-    replaced, to restore. Only the main thread may set handlers: elsewhere, none."""
-    old: dict = {}
-    if threading.current_thread() is not threading.main_thread():
-        return old
-    signals = 0
-
-    def handle(signum, frame):
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            print("\nvmstream worker: second signal, exiting without cleanup", file=sys.stderr)
-            os._exit(130)
-        print(f"\nvmstream worker: {signal.Signals(signum).name}: stopping (snapshots, flush, commit; "
-              "again to abort)", file=sys.stderr)
-        stop()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        old[sig] = signal.signal(sig, handle)
-    return old
 
 
 class Worker:
@@ -119,7 +95,9 @@ class Worker:
         1 when the pipeline failed)."""
         from kafka import errors as E
 
-        old_handlers = _install_signal_handlers(self.stop) if self.install_signals else {}
+        signals = StopSignals(self.stop, what="snapshots, flush, commit") if self.install_signals else None
+        if signals is not None:
+            signals.__enter__()
         try:
             try:
                 self._start()
@@ -139,8 +117,8 @@ class Worker:
             return max(rc, self._shutdown(failed=rc != 0))
         finally:
             self._close_clients()
-            for sig, old in old_handlers.items():
-                signal.signal(sig, old)
+            if signals is not None:
+                signals.__exit__(None, None, None)
 
     # ----------------------------------------------------------------- start / stop
 
