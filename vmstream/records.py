@@ -236,6 +236,37 @@ def end_reason(event: "StreamEvent") -> str:
     return (event.details or {}).get("reason", EndReason.EOF.value)
 
 
+# -- control records: a stream's lifecycle, beside its data ----------------------------
+# They travel in the same queues as the data records, in stream order, so "restore the
+# state before this segment" and "everything before this is written" need no side channel.
+
+
+@dataclass(slots=True)
+class Resume:
+    """Restore the stream's model state from `snapshot` before its next segment."""
+
+    stream_id: str
+    snapshot: dict
+
+
+@dataclass(slots=True)
+class SaveSnapshot:
+    """Save `snapshot` once every record of the stream before it is durable in the sinks."""
+
+    stream_id: str
+    snapshot: dict
+
+
+@dataclass(slots=True)
+class StreamDone:
+    """Every record of the stream is ahead of this; `status` is its final status
+    ("ok", "truncated", "stopped", "error", or "failed": unusable input)."""
+
+    stream_id: str
+    status: str
+    error: Optional[str] = None
+
+
 EVENT_SCHEMA = pa.schema(
     [
         pa.field("stream_id", pa.string(), nullable=False),

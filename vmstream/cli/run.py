@@ -67,7 +67,7 @@ def main(args) -> int:
             print(f"warning: {sid}: the data ends before the container's duration (truncated); "
                   "its results cover what could be decoded", file=sys.stderr)
     if report.streams_stopped:
-        where = getattr(runner.state_store, "root", None)
+        where = runner.checkpoints.location
         print(f"stopped: {report.streams_stopped} of {report.streams} streams did not finish; run the same "
               f"command again to resume them" + (f" (snapshots in {where})" if where else ""), file=sys.stderr)
         return 130

@@ -134,7 +134,7 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
 def make_kafka_sink(cfg: PipelineConfig, *, create_topics: bool = True):
     """The Kafka results sink; the results/events/summaries topics are created first
     when missing (the project's admin step; auto-creation is off on the broker)."""
-    from vmstream.pipeline.kafka_admin import TopicNames, ensure_topics, vmstream_topics
+    from vmstream.kafka.topics import TopicNames, ensure_topics, vmstream_topics
     from vmstream.stages.sinks.kafka import KafkaSink
 
     names = TopicNames.from_config(cfg.kafka)
@@ -149,35 +149,44 @@ def make_kafka_sink(cfg: PipelineConfig, *, create_topics: bool = True):
                      spill_dir=Path(cfg.output.dir) / "kafka-spill")
 
 
+def build_plan(cfg: PipelineConfig, model):
+    """How every stream of a run is decoded and cut into segments (plan.StreamPlan)."""
+    from vmstream.pipeline.plan import StreamPlan
+
+    return StreamPlan(decoder=make_decoder(cfg), policy=make_policy(cfg), size=make_size(cfg, model),
+                      segmenter_factory=make_segmenter_factory(cfg, model), audio_factory=make_audio_factory(cfg))
+
+
+def make_inference(cfg: PipelineConfig, model):
+    from vmstream.stages.inference import InferenceStage
+
+    return InferenceStage(model, device=resolve_device(cfg.model.device), top_k=cfg.model.top_k,
+                          summary=cfg.model.summary)
+
+
 def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=None, progress=None,
                  flush_on_stream_end: bool = False):
     """A ready (not started) runner for `cfg`. Pass `model`/`sinks`/`state_store` to
     reuse or replace the configured ones (tests, the worker)."""
+    from vmstream.pipeline.checkpoints import Checkpoints
     from vmstream.pipeline.runner import Runner
     from vmstream.pipeline.snapshots import LocalStateStore
-    from vmstream.stages.inference import InferenceStage
 
     if model is None:
         model = load_pipeline_model(cfg)
-    device = resolve_device(cfg.model.device)
-    inference = InferenceStage(model, device=device, top_k=cfg.model.top_k, summary=cfg.model.summary)
+    inference = make_inference(cfg, model)
     if sinks is None:
         sinks = build_sinks(cfg, model)
     if state_store is None:
         state_store = LocalStateStore(cfg.runner.state_dir or Path(cfg.output.dir) / "state")
     return Runner(
-        decoder=make_decoder(cfg),
-        policy=make_policy(cfg),
-        size=make_size(cfg, model),
-        segmenter_factory=make_segmenter_factory(cfg, model),
-        audio_factory=make_audio_factory(cfg),
+        plan=build_plan(cfg, model),
         inference=inference,
         sinks=sinks,
-        state_store=state_store,
+        checkpoints=Checkpoints(state_store, inference, every=cfg.runner.snapshot_every),
         queue_size=cfg.runner.queue_size,
         max_streams=cfg.runner.max_streams,
         max_batch=cfg.model.max_batch,
-        snapshot_every=cfg.runner.snapshot_every,
         flush_on_stream_end=flush_on_stream_end,
         progress=progress,
     )

@@ -1,0 +1,156 @@
+"""The inference thread's work: one FIFO per stream, batches of ready segments of
+distinct streams (round robin), the control records handled in stream order, and a
+stopped stream's queued segments left for its resume."""
+from __future__ import annotations
+
+import logging
+import queue
+from collections import OrderedDict, deque
+from typing import Callable
+
+from vmstream.pipeline.checkpoints import Checkpoints
+from vmstream.pipeline.report import RunReport
+from vmstream.records import EndReason, Resume, Segment, StreamDone, StreamEvent, end_reason
+
+log = logging.getLogger(__name__)
+
+
+class InferenceLoop:
+    """Reads the segment queue until its `None`, writes results, events, summaries and
+    snapshot requests to `put_out` (then a final `None`).
+
+    `is_stopping(stream_id)`: whether the stream was asked to stop; `fail(e)`: the
+    pipeline's fatal error."""
+
+    def __init__(self, *, inference, checkpoints: Checkpoints, seg_q: "queue.Queue", put_out: Callable,
+                 is_stopping: Callable[[str], bool], fail: Callable[[BaseException], None], report: RunReport,
+                 max_batch: int):
+        self.inference = inference
+        self.checkpoints = checkpoints
+        self.seg_q = seg_q
+        self.put_out = put_out
+        self.is_stopping = is_stopping
+        self.fail = fail
+        self.report = report
+        self.max_batch = max(1, int(max_batch))
+        # Segments held beyond the bounded queue: enough to batch max_batch streams with
+        # one in reserve each. Unbounded, a fast decoder would park a whole video here
+        # (memory; and a stop or cancel would wait behind all of it).
+        self.fifo_limit = 2 * self.max_batch
+        self._cut: set[str] = set()  # stopped streams whose queued segments were dropped
+
+    def run(self) -> None:
+        fifos: "OrderedDict[str, deque]" = OrderedDict()
+        finished = False
+        try:
+            while True:
+                if not finished:
+                    finished = self._take_input(fifos)
+                if not any(fifos.values()):
+                    if finished:
+                        break
+                    continue
+                self._step(fifos)
+                for k in [k for k, v in fifos.items() if not v]:
+                    del fifos[k]
+        except BaseException as e:
+            log.exception("inference failed")
+            self.fail(e)
+            while not finished:  # drain so decode threads never block
+                finished = self.seg_q.get() is None
+        finally:
+            self.put_out(None, force=True)
+
+    def _take_input(self, fifos: "OrderedDict[str, deque]") -> bool:
+        """Move queued items into the FIFOs; True once the queue's end was read."""
+        ready = any(fifos.values())
+        buffered = sum(len(q) for q in fifos.values())
+        if ready and buffered >= self.fifo_limit:
+            return False
+        try:
+            # Block for the first item only when nothing is ready.
+            item = self.seg_q.get(timeout=None if not ready else 0)
+            while True:
+                if item is None:
+                    return True
+                fifos.setdefault(item.stream_id, deque()).append(item)
+                buffered += 1
+                if buffered >= self.fifo_limit:
+                    return False
+                item = self.seg_q.get_nowait()  # drain what else is there, so streams batch
+        except queue.Empty:
+            return False
+
+    def _step(self, fifos: "OrderedDict[str, deque]") -> None:
+        batch: list[Segment] = []
+        # Control records and events at the head of a FIFO are handled in stream order first.
+        for sid in list(fifos):
+            q = fifos[sid]
+            while q and not isinstance(q[0], Segment):
+                self._handle(q.popleft())
+            if q and self.is_stopping(sid):
+                self._cut_stream(sid, q)
+                continue
+            if q and len(batch) < self.max_batch:
+                batch.append(q.popleft())
+        for s in batch:  # round robin: streams served now go to the back
+            fifos.move_to_end(s.stream_id)
+        if not batch:
+            return
+        results = self.inference.process(batch)
+        for seg, res in zip(batch, results):
+            self.put_out(res)
+            self.report.segments += 1
+            snap = self.checkpoints.after_segment(seg)
+            if snap is not None:
+                self.put_out(snap)
+
+    def _cut_stream(self, stream_id: str, q: deque) -> None:
+        """A stopped stream's queued segments are dropped, so a stop takes effect within
+        one inference step. Nothing is lost: the stream ends "stopped" and its snapshot
+        (taken after the last segment processed) resumes right there."""
+        dropped = 0
+        while q and isinstance(q[0], Segment):
+            q.popleft()
+            dropped += 1
+        if dropped:
+            self._cut.add(stream_id)
+            log.debug("stream %s: stopping, %d queued segments left for the resume", stream_id, dropped)
+
+    def _handle(self, item) -> None:
+        if isinstance(item, (StreamEvent, StreamDone)) and item.stream_id in self._cut:
+            item = self._as_stopped(item)
+        if isinstance(item, Resume):
+            self.checkpoints.restore(item)
+        elif isinstance(item, StreamEvent):
+            self.put_out(item)
+            if item.kind != "end":
+                return
+            if end_reason(item) == EndReason.STOPPED.value:
+                # Interrupted, not finished: keep the stream resumable.
+                snap = self.checkpoints.take(item.stream_id)
+                if snap is not None:
+                    self.put_out(snap)
+                self.inference.drop(item.stream_id)
+                return
+            summary = self.inference.end_stream(item)
+            if summary is not None:
+                self.put_out(summary)
+        elif isinstance(item, StreamDone):
+            if item.status == "error":
+                self.inference.drop(item.stream_id)
+            self.put_out(item)
+        else:
+            raise TypeError(f"unexpected item in the segment queue: {type(item).__name__}")
+
+    def _as_stopped(self, item):
+        # Segments were dropped for the stop: whatever the decoder saw after them (the
+        # file's end, say), this stream ended early and must resume, not be "done".
+        if isinstance(item, StreamDone):
+            self._cut.discard(item.stream_id)
+            return StreamDone(item.stream_id, "stopped") if item.status in ("ok", "truncated") else item
+        if item.kind == "end" and end_reason(item) in (EndReason.EOF.value, EndReason.TRUNCATED.value):
+            details = dict(item.details or {}, reason=EndReason.STOPPED.value)
+            return StreamEvent(stream_id=item.stream_id, kind="end", t_start=item.t_start, t_end=item.t_end,
+                               message="stopped by the caller", details=details, uri=item.uri)
+        return item

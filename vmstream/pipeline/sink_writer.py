@@ -1,0 +1,86 @@
+"""The sink thread's work: every record to every sink, a snapshot saved only after the
+sinks are flushed, and a stream's end reported once its records are written."""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from typing import Callable, Sequence
+
+from vmstream.pipeline.checkpoints import Checkpoints
+from vmstream.pipeline.report import RunReport
+from vmstream.records import SaveSnapshot, StreamDone, StreamSummary
+from vmstream.stages.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+
+class SinkWriter:
+    """Reads the output queue until its `None`. `stream_done(done)` is called for each
+    StreamDone (after a flush when it asks for one); `notify(item)` reports progress."""
+
+    def __init__(self, *, sinks: Sequence[Sink], checkpoints: Checkpoints, out_q: "queue.Queue",
+                 report: RunReport, stream_done: Callable[[StreamDone], None], notify: Callable,
+                 fail: Callable[[BaseException], None], is_fatal: Callable[[], bool]):
+        self.sinks = list(sinks)
+        self.checkpoints = checkpoints
+        self.out_q = out_q
+        self.report = report
+        self.stream_done = stream_done
+        self.notify = notify
+        self.fail = fail
+        self.is_fatal = is_fatal
+
+    def run(self) -> None:
+        try:
+            while True:
+                item = self.out_q.get()
+                if item is None:
+                    break
+                if self.is_fatal():
+                    continue  # drain so producers never block forever
+                if isinstance(item, SaveSnapshot):
+                    self.flush()
+                    self.checkpoints.save(item)
+                elif isinstance(item, StreamDone):
+                    self.stream_done(item)
+                else:
+                    self._write(item)
+        except BaseException as e:
+            log.exception("sink failed")
+            self.fail(e)
+            while self.out_q.get() is not None:  # keep draining so upstream threads can finish
+                pass
+
+    def _write(self, item) -> None:
+        t0 = time.perf_counter()
+        for s in self.sinks:
+            ts = time.perf_counter()
+            s.write(item)
+            self.report.add_sink_time(s.name, time.perf_counter() - ts)
+        self.report.sinks.items += 1
+        self.report.sinks.busy_s += time.perf_counter() - t0
+        if isinstance(item, StreamSummary):
+            self.report.summaries.append(item)
+        self.notify(item)
+
+    def flush(self) -> None:
+        t0 = time.perf_counter()
+        for s in self.sinks:
+            ts = time.perf_counter()
+            s.flush()
+            self.report.add_sink_time(s.name, time.perf_counter() - ts)
+        self.report.sinks.busy_s += time.perf_counter() - t0
+
+    def close(self) -> list[str]:
+        """Close every sink; the failures, one line each (every sink is closed)."""
+        errors = []
+        for s in self.sinks:
+            t0 = time.perf_counter()
+            try:
+                s.close()
+            except Exception as e:  # report every sink's failure, not only the first
+                errors.append(f"{s.name}: {e}")
+                log.exception("sink %s failed to close", s.name)
+            self.report.add_sink_time(s.name, time.perf_counter() - t0)
+        return errors
