@@ -290,7 +290,7 @@ def test_factory_gives_dali_and_rejects_bad_options():
 
 
 def test_normalize_in_the_pipeline_matches_normalizing_the_uint8_frames(vids):
-    from vmstream.records import IMAGENET_MEAN, IMAGENET_STD
+    from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 
     a, _ = _run(DALIDecoder(device="cpu"), vids["vp9"], UniformSampling(4))
     b, _ = _run(DALIDecoder(device="cpu", normalize=True), vids["vp9"], UniformSampling(4))

@@ -18,7 +18,7 @@ from tests.fixtures.sinks import make_event, make_result, make_summary, nan_even
 from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, segment_uid
 from vmstream.stages.sinks.parquet import ParquetSink, read_segment_results, read_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def part_files(d: Path) -> list[str]:

@@ -14,7 +14,7 @@ from vmstream.records import SegmentResult, StreamEvent
 from vmstream.stages.sinks.parquet import ParquetSink
 from vmstream.stages.sinks.plot import PlotSink, _Seg, choose_tracks, plot_timeline
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 LABELS = [f"action {i}" for i in range(16)]
 
 
