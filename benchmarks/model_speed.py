@@ -321,7 +321,7 @@ def main() -> None:
             print(f"segment T={T:2d} [ref]: {lat[('ref', T)] * 1e3:9.1f} ms   (scan {shares[('ref', T)][0]:.1%}) "
                   f"-> fast is {lat[('ref', T)] / lat[(fast, T)]:.1f}x faster")
 
-    # One scan at L=3137, the DESIGN.md measurement.
+    # One scan at L=3137, the docs/design.md measurement.
     scan_ref = isolated_scan("ref", args.ref_repeats if not args.quick else 1)
     if fast != "ref":
         scan_fast = isolated_scan(fast, repeats)

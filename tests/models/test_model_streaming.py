@@ -1,4 +1,4 @@
-"""The recurrent (streaming) mode pinned against one-pass references (DESIGN.md, issue 2).
+"""The recurrent (streaming) mode pinned against one-pass references (docs/design.md).
 
 1. one segment covering the whole clip == forward_features (== the official oracle);
 2. K segments == a one-pass oracle: forward scan across all segments, backward scan

@@ -72,6 +72,19 @@ def test_resume_reproduces_the_uninterrupted_run(train_videos, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_stop_request_ends_after_the_epoch_and_the_run_resumes(train_videos, tmp_path):
+    """Ctrl-C during `vmstream train` (StopSignals -> should_stop): the epoch finishes,
+    its checkpoint is saved, the run ends there (no test pass), the same command resumes."""
+    kw = dict(epochs=3, num_sample=1, batch_size=4)
+    lines = []
+    cut = fit(_cfg(train_videos, tmp_path / "cut", **kw), print_fn=lines.append, should_stop=lambda: True)
+    assert cut["stopped"] and [r["epoch"] for r in cut["history"]] == [0] and "test" not in cut
+    assert any(ln.startswith("stopped after epoch 0") and str(tmp_path / "cut") in ln for ln in lines)
+    assert torch.load(tmp_path / "cut" / "checkpoint-latest.pth", weights_only=False)["epoch"] == 0
+    rest = fit(_cfg(train_videos, tmp_path / "cut", **kw), print_fn=lambda *_: None, should_stop=lambda: False)
+    assert not rest["stopped"] and [r["epoch"] for r in rest["history"]] == [1, 2]
+
+
 def test_rng_state_roundtrip_and_safe_load(tmp_path):
     import random
 

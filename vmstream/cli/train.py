@@ -32,9 +32,14 @@ def add_parser(sub) -> None:
 
 
 def main_train(args) -> int:
+    import threading
+
+    from vmstream.pipeline.signals import StopSignals
     from vmstream.training import train_main
 
-    return int(train_main(args.config, [*args.overrides, *args.sets]) or 0)
+    stop = threading.Event()
+    with StopSignals(stop.set, what="finishing this epoch and saving its checkpoint"):
+        return int(train_main(args.config, [*args.overrides, *args.sets], should_stop=stop.is_set) or 0)
 
 
 def main_eval(args) -> int:

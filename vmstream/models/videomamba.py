@@ -20,7 +20,7 @@ Every scan and conv goes through `vmstream.models.ops` in token-major layout [B,
 `reverse=True` instead of flip copies. Which backend runs (reference, fast CPU kernel,
 CUDA) is the ops' business, not the model's.
 
-Recurrent (streaming) mode, see DESIGN.md: a segment of T frames is embedded on its own
+Recurrent (streaming) mode, see docs/design.md: a segment of T frames is embedded on its own
 (its own cls token at its start, segment-local temporal positions, resampled when T differs
 from `num_frames`); each layer's forward direction starts from the carried `StreamState`
 and returns the new one; the backward direction runs inside the segment from zero.

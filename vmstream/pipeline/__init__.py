@@ -1,1 +1,1 @@
-"""Config, the runner that wires stages with bounded queues, the Kafka worker, the CLI."""
+"""The pipeline: config, assembly, the stream plan, the threaded runner and its sequential twin, checkpoints, progress and signals, the Kafka worker."""

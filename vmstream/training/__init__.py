@@ -17,10 +17,10 @@ Recipes are read with `vmstream.config_loader`, as the pipeline's presets are.
 from __future__ import annotations
 
 
-def train_main(config_path, overrides=()) -> int:
+def train_main(config_path, overrides=(), should_stop=None) -> int:
     from .runner import train_main as _main
 
-    return _main(config_path, overrides)
+    return _main(config_path, overrides, should_stop=should_stop)
 
 
 def eval_main(config_path, overrides=(), checkpoint=None) -> int:

@@ -114,11 +114,13 @@ def _stream_forward(model):
     return fwd
 
 
-def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
+def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> dict[str, Any]:
     """Train (resuming from ``output_dir`` if it holds a checkpoint), validate, test.
 
     `datasets` (train, val, test, norm) may be passed in (tests, synthetic data);
-    otherwise they come from the recipe's annotation lists.
+    otherwise they come from the recipe's annotation lists. `should_stop()`, asked after
+    each epoch's checkpoint (one process only), ends the run there: the same command
+    resumes from that checkpoint.
     """
     device = recipe_device(cfg)
     dist.init(device.type)
@@ -144,9 +146,7 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
         raise RecipeError(f"{len(train_set)} training samples give no full batch of {batch} x {ws} ranks")
-    lr_values = cosine_schedule(lr, min_lr, cfg.epochs, steps, cfg.warmup_epochs, warmup_lr, cfg.warmup_steps)
-    wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
-    wd_values = cosine_schedule(cfg.weight_decay, wd_end, cfg.epochs, steps)
+    lr_values, wd_values = _schedules(cfg, lr, min_lr, warmup_lr, steps)
 
     amp = partial(autocast_context, device, cfg.bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 / fp32 need no loss scaling
@@ -158,6 +158,7 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
     end_epoch = cfg.epochs
     if cfg.stop_after_epochs is not None:
         end_epoch = min(end_epoch, start_epoch + cfg.stop_after_epochs)
+    stopped = False
     for epoch in range(start_epoch, end_epoch):
         train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
@@ -180,19 +181,38 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print) -> dict[str, Any]:
         # starts from, so a resumed run repeats the uninterrupted one step for step.
         if cfg.output_dir and cfg.save_ckpt:
             _save_epoch(cfg, model, optimizer, scaler, epoch, (epoch + 1) * steps, best, improved, norm)
+        if should_stop is not None and not dist.is_dist() and should_stop() and epoch + 1 < end_epoch:
+            saved = f"its checkpoint is in {cfg.output_dir}; " if cfg.output_dir and cfg.save_ckpt else ""
+            print_fn(f"stopped after epoch {epoch} ({saved}the same command resumes)")
+            end_epoch, stopped = epoch + 1, True
+            break
 
     if dist.is_dist():
         dist.check_ranks_in_sync(model, print_fn)
-    result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs}
+    result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs,
+                              "stopped": stopped}
     if test_loader is not None and end_epoch == cfg.epochs:
-        best_path = os.path.join(cfg.output_dir, "checkpoint-best.pth") if cfg.output_dir else ""
-        if cfg.test_best and best_path and os.path.exists(best_path):
-            ckpt.resume(best_path, model=model, restore_rng=False)
-        t = evaluate(model, test_loader, device, amp, regression, eval_fwd, multi_view=not streaming)
-        result["test"] = t
-        if dist.is_main():
-            print_fn(_test_line(t, regression))
+        result["test"] = _final_test(cfg, model, test_loader, device, amp, eval_fwd, print_fn)
     return result
+
+
+def _schedules(cfg: TrainConfig, lr: float, min_lr: float, warmup_lr: float, steps: int):
+    """Per-step learning rates and weight decays over the whole run."""
+    lr_values = cosine_schedule(lr, min_lr, cfg.epochs, steps, cfg.warmup_epochs, warmup_lr, cfg.warmup_steps)
+    wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
+    return lr_values, cosine_schedule(cfg.weight_decay, wd_end, cfg.epochs, steps)
+
+
+def _final_test(cfg: TrainConfig, model, test_loader, device, amp, eval_fwd, print_fn) -> dict:
+    """The test at the end of training, on the best checkpoint when the recipe says so."""
+    regression = cfg.task == "regression"
+    best_path = os.path.join(cfg.output_dir, "checkpoint-best.pth") if cfg.output_dir else ""
+    if cfg.test_best and best_path and os.path.exists(best_path):
+        ckpt.resume(best_path, model=model, restore_rng=False)
+    t = evaluate(model, test_loader, device, amp, regression, eval_fwd, multi_view=cfg.task != "streaming")
+    if dist.is_main():
+        print_fn(_test_line(t, regression))
+    return t
 
 
 def _scaled_lrs(cfg: TrainConfig, world_size: int) -> tuple[float, float, float]:
@@ -296,7 +316,7 @@ def _setup_logging() -> None:
                             stream=sys.stderr)
 
 
-def train_main(config_path: Optional[str], overrides=()) -> int:
+def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> int:
     """`vmstream train --config RECIPE [key=value ...]`. Returns the process exit code."""
     _setup_logging()
     try:
@@ -314,8 +334,7 @@ def train_main(config_path: Optional[str], overrides=()) -> int:
             res = run_memory_task(cfg, device)
             ok = res["carried_state_accuracy"] >= 0.9
             return 0 if ok else 1
-        fit(cfg)
-        return 0
+        return 130 if fit(cfg, should_stop=should_stop)["stopped"] else 0
     except RecipeError as e:
         print(f"vmstream train: {e}", file=sys.stderr)
         return 2
