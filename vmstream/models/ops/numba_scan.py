@@ -141,6 +141,44 @@ def scan_fwd(u, delta, A, Bm, Cm, Dv, z, bias, h0, out, last, ckpt, flags, K):
                     last[b, d0 + i, n] = h[n, i]
 
 
+@_jit(inline="always")
+def _recompute_chunk(b, d0, nl, s0, cnt, L, reverse, u, delta, bias, Bm, Cm, Dv, z, dout,
+                     has_bias, softp, has_z, has_D, A2, H, Ad, pre, dtk, dtu, dy, dz_o):
+    """The forward pass over one chunk again, from its checkpointed state H[0]: the
+    states, decays and gate gradients the reverse recurrence needs."""
+    N = A2.shape[0]
+    for j in range(cnt):
+        t = L - 1 - (s0 + j) if reverse else s0 + j
+        for i in range(W):
+            x = f32(0.0)
+            if i < nl:
+                x = delta[b, t, d0 + i]
+                if has_bias:
+                    x += bias[d0 + i]
+            pre[j, i] = x
+            dtk[j, i] = softplus(x) if softp else x
+            dtu[j, i] = dtk[j, i] * u[b, t, d0 + i] if i < nl else f32(0.0)
+        for n in range(N):
+            bn = Bm[b, t, n]
+            for i in range(W):
+                a = exp2f(dtk[j, i] * A2[n, i])
+                Ad[j, n, i] = a
+                H[j + 1, n, i] = a * H[j, n, i] + dtu[j, i] * bn
+        for i in range(nl):
+            go = dout[b, t, d0 + i]
+            if has_z:
+                yv = Dv[d0 + i] * u[b, t, d0 + i] if has_D else f32(0.0)
+                for n in range(N):
+                    yv += H[j + 1, n, i] * Cm[b, t, n]
+                zz = z[b, t, d0 + i]
+                sg = sigmoid(zz)
+                dz_o[b, t, d0 + i] = go * yv * sg * (f32(1.0) + zz * (f32(1.0) - sg))
+                go = go * zz * sg
+            dy[j, i] = go
+        for i in range(nl, W):
+            dy[j, i] = f32(0.0)
+
+
 @_jit(nb.void(_a3, _a3, _a2, _a3, _a3, _a1, _a3, _a1, _a4, _a3, _a3,
               nb.types.UniTuple(nb.boolean, 6), nb.int64, _a3, _a3, _a3, _a3, _a3, _a2, _a2,
               _a4, _a4), parallel=True)
@@ -186,36 +224,8 @@ def scan_bwd(u, delta, A, Bm, Cm, Dv, z, bias, ckpt, dout, dlast, flags, K,
                 for n in range(N):
                     for i in range(W):
                         H[0, n, i] = ckpt[b, k, n, d0 + i] if i < nl else f32(0.0)
-                for j in range(cnt):  # recompute the chunk
-                    t = L - 1 - (s0 + j) if reverse else s0 + j
-                    for i in range(W):
-                        x = f32(0.0)
-                        if i < nl:
-                            x = delta[b, t, d0 + i]
-                            if has_bias:
-                                x += bias[d0 + i]
-                        pre[j, i] = x
-                        dtk[j, i] = softplus(x) if softp else x
-                        dtu[j, i] = dtk[j, i] * u[b, t, d0 + i] if i < nl else f32(0.0)
-                    for n in range(N):
-                        bn = Bm[b, t, n]
-                        for i in range(W):
-                            a = exp2f(dtk[j, i] * A2[n, i])
-                            Ad[j, n, i] = a
-                            H[j + 1, n, i] = a * H[j, n, i] + dtu[j, i] * bn
-                    for i in range(nl):
-                        go = dout[b, t, d0 + i]
-                        if has_z:
-                            yv = Dv[d0 + i] * u[b, t, d0 + i] if has_D else f32(0.0)
-                            for n in range(N):
-                                yv += H[j + 1, n, i] * Cm[b, t, n]
-                            zz = z[b, t, d0 + i]
-                            sg = sigmoid(zz)
-                            dz_o[b, t, d0 + i] = go * yv * sg * (f32(1.0) + zz * (f32(1.0) - sg))
-                            go = go * zz * sg
-                        dy[j, i] = go
-                    for i in range(nl, W):
-                        dy[j, i] = f32(0.0)
+                _recompute_chunk(b, d0, nl, s0, cnt, L, reverse, u, delta, bias, Bm, Cm, Dv, z, dout,
+                                 has_bias, softp, has_z, has_D, A2, H, Ad, pre, dtk, dtu, dy, dz_o)
                 for j in range(cnt - 1, -1, -1):  # the reverse recurrence
                     t = L - 1 - (s0 + j) if reverse else s0 + j
                     sgB[:] = 0.0
