@@ -18,7 +18,7 @@ from vmstream.records import segment_uid
 from vmstream.stages.sinks.faiss_store import FaissSink, SearchHit, VideoStore
 from vmstream.stages.sinks.store import index as index_mod
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 D = 32
 
 
