@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from vmstream.errors import UserError
 
-from ..atomic import atomic_path, remove_quietly, write_bytes_atomic
+from ..atomic import atomic_path, fsync_dir, remove_quietly, write_bytes_atomic
 from .idmap import ID_MAP_SCHEMA
 
 PathLike = Union[str, os.PathLike]
@@ -373,3 +373,32 @@ def remove_leftovers(path: Path, generation: int, log_entries: list[dict]) -> No
     for name in gens + wals:
         if name not in keep:
             remove_quietly(path / name)
+
+
+def move_aside(path: Path, folder: str) -> list[str]:
+    """Move the store's own files (CURRENT, generations, log files) into `path/folder`,
+    deleting nothing; the names moved. Writer only (under the store's lock)."""
+    gens, wals = list_entries(path)
+    names = ([CURRENT] if (path / CURRENT).exists() else []) + gens + wals
+    if names:
+        dest = path / folder
+        dest.mkdir()
+        for name in names:
+            os.replace(path / name, dest / name)
+        fsync_dir(dest)
+        fsync_dir(path)
+    return names
+
+
+def salvage_meta(path: Path) -> Optional[dict]:
+    """The newest readable meta.json of any generation, unverified (a damaged store's
+    kind and options, for rebuilding it); None if there is none."""
+    gens, _ = list_entries(path) if path.is_dir() else ([], [])
+    for gen in reversed(gens):
+        try:
+            meta = json.loads((path / gen / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict):
+            return meta
+    return None

@@ -95,6 +95,7 @@ class VideoStore(StoreSearch):
         wal_max_rows: int = 50_000,
         wal_max_files: int = 256,
         wal_max_bytes: int = 256 << 20,
+        set_aside: Optional[str] = None,
     ):
         if kind is not None and kind not in ("auto", *KINDS):
             raise ValueError(f"unknown index kind {kind!r} (expected auto, {', '.join(KINDS)})")
@@ -110,6 +111,8 @@ class VideoStore(StoreSearch):
         if not readonly:
             self._lock = DirLock(self.path, what="video store").acquire()
         try:
+            if set_aside and not readonly:  # start over, keeping what was there (see `repair`)
+                files.move_aside(self.path, set_aside)
             self._open(dim, kind, train_at, nlist, pq_m, hnsw_m)
         except BaseException:
             if self._lock:
@@ -306,6 +309,11 @@ class VideoStore(StoreSearch):
     def kind(self) -> str:
         """The configured kind ("auto", "flat", "ivfpq", "ivfsq8", "hnsw")."""
         return self.meta["kind"]
+
+    @property
+    def log_files(self) -> int:
+        """Committed change-log files not yet compacted into a generation."""
+        return len(self._wal)
 
     @property
     def index_kind(self) -> Optional[str]:
