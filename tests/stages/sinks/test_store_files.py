@@ -201,3 +201,40 @@ def test_repair_and_verify_refuse_what_they_cannot_do(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["store", "verify", str(empty)]) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    import torch
+
+    from tests.fixtures.videomamba import make_tiny_model
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save({"model": make_tiny_model(seed=3).state_dict()}, path)
+    return str(path)
+
+
+def test_a_run_into_a_damaged_store_fails_and_repair_brings_search_back(tmp_path, tiny_ckpt, h264_mp4, capsys):
+    """The issue's journey: run, damage the index, run again (it must fail, naming the
+    file and the repair, and not append), repair, search."""
+    out = tmp_path / "out"
+    run = ["run", h264_mp4, "--checkpoint", tiny_ckpt, "--out", str(out), "--fps", "4",
+           "--set", "decode.img_size=32", "--no-progress"]
+    assert main(run) == 0
+    index = out / "index"
+    assert [p.name for p in index.iterdir() if p.name.startswith(("gen-", "wal-"))] == [gen_dir(index).name]
+    uid = int(VideoStore(index, readonly=True).ids.table.column("uid")[0].as_py())
+    flip(gen_dir(index) / "index.faiss")
+    before = snapshot(index)
+    capsys.readouterr()
+
+    assert main(run) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "index.faiss" in err[0] and "vmstream store repair" in err[0], err
+    assert snapshot(index) == before
+
+    assert main(["store", "repair", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(out), "--id", str(uid), "-k", "2", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 2 and all(h["uid"] != uid for h in hits)
