@@ -66,7 +66,7 @@ def test_a_damaged_file_is_named_and_no_writer_appends_to_it(logged_store, which
     name = target.name
     for opener in (lambda: VideoStore(logged_store, readonly=True), lambda: VideoStore(logged_store),
                    lambda: FaissSink(logged_store)):
-        with pytest.raises(StoreCorruptError, match=rf"{name}: .*(damaged|not a valid record).*vmstream store repair"):
+        with pytest.raises(StoreCorruptError, match=rf"{name}: damaged.*vmstream store repair"):
             opener()
     assert snapshot(logged_store) == before  # nothing written, nothing cleaned up
 
@@ -87,6 +87,11 @@ def test_truncated_files_and_a_missing_current_are_errors(logged_store, tmp_path
         p.write_bytes(p.read_bytes()[:100])
         with pytest.raises(StoreCorruptError, match=rf"{name}: is 100 bytes"):
             VideoStore(copy, readonly=True)
+    older = tmp_path / "older"
+    shutil.copytree(logged_store, older)
+    (older / "CURRENT").write_text("gen-000001\n")  # how vmstream wrote it before checksums
+    with pytest.raises(StoreCorruptError, match=r"CURRENT: written by an older vmstream .*store repair"):
+        VideoStore(older)
     (logged_store / "CURRENT").unlink()
     with pytest.raises(StoreCorruptError, match=r"CURRENT: missing, but the store holds gen-000001"):
         VideoStore(logged_store)
@@ -173,7 +178,7 @@ def test_repair_rebuilds_what_an_undamaged_store_holds(tmp_path, capsys):
     assert "sound" in capsys.readouterr().out
     assert main(["store", "verify", str(out)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(str(damaged)) and "checksum mismatch" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(str(damaged)) and "damaged: checksum mismatch" in lines[0]
     assert main(["search", "--index", str(out), "--id", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "index.faiss" in err and "vmstream store repair" in err

@@ -97,12 +97,12 @@ def unseal(data: bytes, keys: tuple[str, ...]) -> dict:
     try:
         record = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not a valid record ({e})") from None
+        raise ValueError(f"damaged: not a valid record ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("checksum"), str):
-        raise ValueError("not a valid record (no checksum)")
+        raise ValueError("damaged: not a valid record (no checksum)")
     claimed = record.pop("checksum")
     if _digest_of(record) != claimed:
-        raise ValueError("checksum mismatch (its content is damaged)")
+        raise ValueError("damaged: its checksum does not match its content")
     missing = [k for k in keys if k not in record]
     if missing:
         raise ValueError(f"record lacks {', '.join(missing)}")
@@ -123,7 +123,7 @@ def check_bytes(data: bytes, entry: dict, recorded_in: str) -> Optional[str]:
     if len(data) != entry.get("size"):
         return f"is {len(data)} bytes, {recorded_in} records {entry.get('size')} (truncated, extended or replaced)"
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-        return f"checksum mismatch: its content is damaged ({recorded_in} records sha256 {str(entry.get('sha256'))[:12]}…)"
+        return f"damaged: checksum mismatch ({recorded_in} records sha256 {str(entry.get('sha256'))[:12]}…)"
     return None
 
 
@@ -262,8 +262,8 @@ def _log_files(r: _Reading, generation: int, entries: list) -> list[bytes]:
 def _parse(r: _Reading, gen: str, files: dict[str, bytes], logs: list[bytes], record: dict) -> Optional[StoredState]:
     try:
         meta = json.loads(files["meta.json"])
-        if meta.get("format") != STORE_FORMAT:
-            raise ValueError(f"store format {meta.get('format')}, this vmstream reads {STORE_FORMAT}")
+        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+            raise ValueError(f"not store format {STORE_FORMAT}")
     except (ValueError, UnicodeDecodeError) as e:
         r.bad(f"{gen}/meta.json", f"not a store's metadata ({e})")
         return None
