@@ -118,11 +118,15 @@ def file_entry(path: Path) -> dict:
     return {"sha256": h.hexdigest(), "size": size}
 
 
-def check_bytes(data: bytes, entry: dict, recorded_in: str) -> Optional[str]:
-    """What is wrong with `data` against its recorded size and sha256, or None."""
-    if len(data) != entry.get("size"):
-        return f"is {len(data)} bytes, {recorded_in} records {entry.get('size')} (truncated, extended or replaced)"
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+def bytes_entry(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def check_entry(found: dict, entry: dict, recorded_in: str) -> Optional[str]:
+    """What is wrong with a file (its `file_entry`) against its record, or None."""
+    if found["size"] != entry.get("size"):
+        return f"is {found['size']} bytes, {recorded_in} records {entry.get('size')} (truncated, extended or replaced)"
+    if found["sha256"] != entry.get("sha256"):
         return f"damaged: checksum mismatch ({recorded_in} records sha256 {str(entry.get('sha256'))[:12]}…)"
     return None
 
@@ -149,6 +153,15 @@ class _Reading:
 
     def bad(self, file: str, what: str) -> None:
         self.problems.append(Problem(file, what))
+
+    def hash(self, rel: str) -> Optional[dict]:
+        try:
+            return file_entry(self.path / rel)
+        except FileNotFoundError:
+            self.bad(rel, "missing")
+        except OSError as e:
+            self.bad(rel, f"cannot be read ({e.strerror or e})")
+        return None
 
     def read(self, rel: str) -> Optional[bytes]:
         try:
@@ -205,8 +218,9 @@ def _commit_record(r: _Reading) -> Optional[dict]:
     return record
 
 
-def _generation_files(r: _Reading, gen: str) -> dict[str, bytes]:
-    """The generation's files, each checked against its manifest (only intact ones)."""
+def _generation_files(r: _Reading, gen: str) -> dict[str, Optional[bytes]]:
+    """The generation's files, each checked against its manifest (only intact ones;
+    the index as None: read it from its path)."""
     if not (r.path / gen).is_dir():
         r.bad(gen, "missing (CURRENT names it)")
         return {}
@@ -226,10 +240,14 @@ def _generation_files(r: _Reading, gen: str) -> dict[str, bytes]:
             if name != "index.faiss":  # the index exists once anything was added
                 r.bad(rel, f"does not list {name}")
             continue
-        data = r.read(f"{gen}/{name}")
-        if data is None:
+        if name == "index.faiss":  # the largest file: hashed as it streams, parsed from disk
+            found, data = r.hash(f"{gen}/{name}"), None
+        else:
+            data = r.read(f"{gen}/{name}")
+            found = None if data is None else bytes_entry(data)
+        if found is None:
             continue
-        wrong = check_bytes(data, entry, rel)
+        wrong = check_entry(found, entry, rel)
         if wrong:
             r.bad(f"{gen}/{name}", wrong)
         else:
@@ -251,7 +269,7 @@ def _log_files(r: _Reading, generation: int, entries: list) -> list[bytes]:
         data = r.read(name)
         if data is None:
             continue
-        wrong = check_bytes(data, entry, CURRENT)
+        wrong = check_entry(bytes_entry(data), entry, CURRENT)
         if wrong:
             r.bad(name, wrong)
         else:
@@ -275,7 +293,7 @@ def _parse(r: _Reading, gen: str, files: dict[str, bytes], logs: list[bytes], re
     index = None
     if "index.faiss" in files:
         try:
-            index = faiss.deserialize_index(np.frombuffer(files["index.faiss"], dtype=np.uint8))
+            index = faiss.read_index(str(r.path / gen / "index.faiss"))
         except Exception as e:  # noqa: BLE001 - faiss raises RuntimeError for any bad byte
             r.bad(f"{gen}/index.faiss", f"cannot be read as a faiss index ({str(e).splitlines()[0][:200]})")
             return None
