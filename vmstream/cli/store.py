@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
     verify.set_defaults(handler=verify_main)
     repair = actions.add_parser("repair", help="rebuild the store from the run's Parquet results",
                                 description="Rebuild the index from OUT/segments (every segment's embedding is "
-                                            "there) into a new generation; the store's old files move to "
-                                            "DIR/index/damaged-<time>/, nothing is deleted. A sound store is "
+                                            "there) into a new generation; the store's old files move into its "
+                                            "damaged-<time>/ folder (OUT/index/damaged-<time>/), nothing is "
+                                            "deleted. A sound store is "
                                             "left as it is unless --force.")
     repair.add_argument("dir", metavar="DIR", help="a run's --out or its index/ dir")
     repair.add_argument("--force", action="store_true", help="rebuild even a sound store")

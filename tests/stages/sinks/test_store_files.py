@@ -188,10 +188,26 @@ def test_repair_rebuilds_what_an_undamaged_store_holds(tmp_path, capsys):
     assert "rebuilt" in said and "60 vectors" in said
     aside = list((out / "index").glob("damaged-*"))
     assert len(aside) == 1 and (aside[0] / damaged.parent.name / "index.faiss").read_bytes() == damaged_bytes
+    assert (aside[0] / "CURRENT").read_text().split()[0] == damaged.parent.name
     assert main(["store", "verify", str(out / "index")]) == 0
     queries = np.random.default_rng(1).standard_normal((6, D)).astype(np.float32)
     assert _hits(out / "index", queries) == _hits(good / "index", queries)
     assert main(["store", "repair", str(out)]) == 0 and "nothing to repair" in capsys.readouterr().out
+
+
+def test_a_repair_cut_short_leaves_an_error_not_an_empty_store(tmp_path):
+    """Killed after moving the old files aside, before the new generation: CURRENT
+    still names the old generation, so the store is an error (repair again), never an
+    empty store a run would start filling."""
+    from vmstream.stages.sinks.store import files
+
+    out = tmp_path / "out"
+    _run_like(out, n=12)
+    files.move_aside(out / "index", "damaged-x")
+    with pytest.raises(StoreCorruptError, match=r"gen-\d+: missing \(CURRENT names it\)"):
+        FaissSink(out / "index")
+    assert main(["store", "repair", str(out)]) == 0
+    assert len(VideoStore(out / "index", readonly=True)) == 12
 
 
 def test_repair_and_verify_refuse_what_they_cannot_do(tmp_path, capsys):

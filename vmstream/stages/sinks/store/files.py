@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 
 from vmstream.errors import UserError
 
-from ..atomic import atomic_path, fsync_dir, remove_quietly, write_bytes_atomic
+from ..atomic import atomic_path, fsync_dir, fsync_file, remove_quietly, write_bytes_atomic
 from .idmap import ID_MAP_SCHEMA
 
 PathLike = Union[str, os.PathLike]
@@ -394,15 +395,21 @@ def remove_leftovers(path: Path, generation: int, log_entries: list[dict]) -> No
 
 
 def move_aside(path: Path, folder: str) -> list[str]:
-    """Move the store's own files (CURRENT, generations, log files) into `path/folder`,
-    deleting nothing; the names moved. Writer only (under the store's lock)."""
+    """Move the store's generations and log files into `path/folder`, and a copy of
+    CURRENT, deleting nothing; the names moved. CURRENT itself stays until the new
+    generation replaces it: a crash before that leaves it naming files that are gone,
+    a clear error, never an empty store taken for the real one. Writer only."""
     gens, wals = list_entries(path)
     names = ([CURRENT] if (path / CURRENT).exists() else []) + gens + wals
     if names:
         dest = path / folder
         dest.mkdir()
         for name in names:
-            os.replace(path / name, dest / name)
+            if name == CURRENT:
+                shutil.copy2(path / name, dest / name)
+                fsync_file(dest / name)
+            else:
+                os.replace(path / name, dest / name)
         fsync_dir(dest)
         fsync_dir(path)
     return names

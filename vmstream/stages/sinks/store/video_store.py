@@ -111,9 +111,10 @@ class VideoStore(StoreSearch):
         if not readonly:
             self._lock = DirLock(self.path, what="video store").acquire()
         try:
-            if set_aside and not readonly:  # start over, keeping what was there (see `repair`)
+            fresh = bool(set_aside) and not readonly
+            if fresh:  # start over, keeping what was there (see `repair`)
                 files.move_aside(self.path, set_aside)
-            self._open(dim, kind, train_at, nlist, pq_m, hnsw_m)
+            self._open(dim, kind, train_at, nlist, pq_m, hnsw_m, fresh=fresh)
         except BaseException:
             if self._lock:
                 self._lock.release()
@@ -125,9 +126,10 @@ class VideoStore(StoreSearch):
         self._closed = False
 
     # -- open / save -----------------------------------------------------------------
-    def _read_state(self) -> Optional[StoredState]:
-        """The committed state, verified. A reader whose generation was deleted while it
-        read (a writer compacted meanwhile: CURRENT changed) reads again."""
+    def _load_state(self) -> Optional[StoredState]:
+        """The committed state, verified and loaded (`_replay`). A reader whose
+        generation was deleted while it read (a writer compacted meanwhile: CURRENT
+        changed) reads again."""
         for attempt in range(5):
             before = self._current_bytes()
             state, problems = files.read_state(self.path)
@@ -147,10 +149,10 @@ class VideoStore(StoreSearch):
         except OSError:
             return None
 
-    def _open(self, dim, kind, train_at, nlist, pq_m, hnsw_m) -> None:
+    def _open(self, dim, kind, train_at, nlist, pq_m, hnsw_m, fresh: bool = False) -> None:
         if not self.readonly:
             remove_stale_tmp(self.path)
-        state = self._read_state()
+        state = None if fresh else self._load_state()
         if state is None:
             if self.readonly:
                 raise FileNotFoundError(f"no video store at {self.path} (no CURRENT file; has anything been saved?)")
