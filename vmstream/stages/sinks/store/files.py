@@ -155,23 +155,20 @@ class _Reading:
     def bad(self, file: str, what: str) -> None:
         self.problems.append(Problem(file, what))
 
-    def hash(self, rel: str) -> Optional[dict]:
+    def _file(self, rel: str, how):
         try:
-            return file_entry(self.path / rel)
+            return how(self.path / rel)
         except FileNotFoundError:
             self.bad(rel, "missing")
         except OSError as e:
             self.bad(rel, f"cannot be read ({e.strerror or e})")
         return None
 
+    def hash(self, rel: str) -> Optional[dict]:
+        return self._file(rel, file_entry)
+
     def read(self, rel: str) -> Optional[bytes]:
-        try:
-            return (self.path / rel).read_bytes()
-        except FileNotFoundError:
-            self.bad(rel, "missing")
-        except OSError as e:
-            self.bad(rel, f"cannot be read ({e.strerror or e})")
-        return None
+        return self._file(rel, Path.read_bytes)
 
 
 def list_entries(path: Path) -> tuple[list[str], list[str]]:
