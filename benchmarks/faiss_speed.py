@@ -84,7 +84,7 @@ def bench_kind(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, k: in
     t0 = time.perf_counter()
     store.save()
     save_s = time.perf_counter() - t0
-    size = dir_bytes(path / (path / "CURRENT").read_text().strip())
+    size = dir_bytes(path / (path / "CURRENT").read_text().split()[0])
     truth_uids = uids[truth]
 
     if store.index_kind in ("ivfsq8", "ivfpq"):  # the store's default nprobe for its lists, then 4x

@@ -2,7 +2,10 @@
 
     sink = FaissSink("out/index")              # creates, or loads and continues
     sink.write(result) ...; sink.flush()       # flush = add buffered + durable commit
-    sink.close()
+    sink.close()                               # compacts the store into one generation
+
+A damaged store (a file that fails its checksum, a missing log file) is refused on
+open with a `StoreCorruptError` naming the file: a run never appends to it.
 
 Events and summaries carry no embedding and are ignored here (the Parquet sink keeps
 them). Search with `VideoStore(path, readonly=True)` (see `store/video_store.py`).

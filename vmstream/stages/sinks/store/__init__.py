@@ -1,7 +1,11 @@
-"""The FAISS video embedding store: index kinds (`index`), the id map (`idmap`) and the
-store that ties them together with atomic saves and search (`video_store`)."""
+"""The FAISS video embedding store: index kinds (`index`), the id map (`idmap`), the
+checksummed files on disk (`files`), search (`searching`), the store that ties them
+together (`video_store`), and its rebuild from a run's Parquet results (`repair`)."""
+from .files import StoreCorruptError
 from .idmap import ID_MAP_SCHEMA, IdMap
 from .index import KINDS, VectorIndex, gpu_available
-from .video_store import SearchHit, VideoStore
+from .searching import SearchHit
+from .video_store import VideoStore
 
-__all__ = ["ID_MAP_SCHEMA", "IdMap", "KINDS", "SearchHit", "VectorIndex", "VideoStore", "gpu_available"]
+__all__ = ["ID_MAP_SCHEMA", "IdMap", "KINDS", "SearchHit", "StoreCorruptError", "VectorIndex", "VideoStore",
+           "gpu_available"]

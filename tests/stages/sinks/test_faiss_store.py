@@ -18,8 +18,13 @@ from vmstream.records import segment_uid
 from vmstream.stages.sinks.faiss_store import FaissSink, SearchHit, VideoStore
 from vmstream.stages.sinks.store import index as index_mod
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 D = 32
+
+
+def current(path: Path) -> str:
+    """The generation CURRENT names (its first line)."""
+    return (path / "CURRENT").read_text().split()[0]
 
 
 def clustered(n: int, d: int = D, clusters: int = 50, spread: float = 0.35, seed: int = 0) -> np.ndarray:
@@ -220,7 +225,7 @@ def test_saved_generation_is_atomic_and_readable_without_faiss(tmp_path, monkeyp
     store = VideoStore(path)
     store.add_results([make_result("cam0", i, dim=D) for i in range(10)])
     assert store.save() and not store.save()  # nothing changed: no new generation
-    assert (path / "CURRENT").read_text().strip() == "gen-000001"
+    assert current(path) == "gen-000001"
 
     store.add_results([make_result("cam0", i, dim=D) for i in range(10, 20)])
 
@@ -283,7 +288,7 @@ def test_sigkill_during_saves_leaves_a_consistent_store(tmp_path, kind):
     assert store.index_kind == ("ivfsq8" if kind == "auto" else "hnsw")
     assert not [p for p in path.iterdir() if p.name.startswith(".tmp-")]
     assert len([p for p in path.iterdir() if p.name.startswith("gen-")]) == 1
-    gen = int((path / "CURRENT").read_text().strip()[4:])
+    gen = int(current(path)[4:])
     assert all(p.name.startswith(f"wal-{gen:06d}-") for p in path.glob("wal-*"))
     store.add(np.arange(n, n + 10), np.ones((10, 32)))
     store.close()
@@ -444,7 +449,7 @@ def test_commit_logs_changes_and_readers_replay_them(tmp_path):
     x = clustered(400)
     writer = VideoStore(path, kind="hnsw", wal_max_files=3)
     writer.add_results([make_result("cam0", i, dim=D) for i in range(100)])
-    assert writer.commit() and (path / "CURRENT").read_text().strip() == "gen-000001"  # first: a generation
+    assert writer.commit() and current(path) == "gen-000001"  # first: a generation
     assert not writer.commit()  # nothing new
 
     writer.add(np.arange(1000, 1300), x[:300], {"stream_id": ["cam9"] * 300, "t_start": [1.0] * 300})
@@ -452,7 +457,7 @@ def test_commit_logs_changes_and_readers_replay_them(tmp_path):
     writer.remove(np.arange(1290, 1300))
     writer.remove_stream("cam0")
     assert writer.commit()
-    assert (path / "CURRENT").read_text().strip() == "gen-000001"  # no rewrite of the index
+    assert current(path) == "gen-000001"  # no rewrite of the index
     assert sorted(p.name for p in path.glob("wal-*")) == ["wal-000001-000000.arrow"]
 
     reader = VideoStore(path, readonly=True)
@@ -467,7 +472,7 @@ def test_commit_logs_changes_and_readers_replay_them(tmp_path):
     for i in range(3):  # the log reaches wal_max_files: the next commit rolls a generation
         writer.add([5000 + i], x[350 + i : 351 + i])
         writer.commit()
-    assert (path / "CURRENT").read_text().strip() == "gen-000002" and not list(path.glob("wal-000001-*"))
+    assert current(path) == "gen-000002" and not list(path.glob("wal-000001-*"))
     writer.close()
     again = VideoStore(path)
     assert len(again) == 293 and again.index.tombstones == writer.index.tombstones
@@ -482,10 +487,10 @@ def test_conversion_between_commits_writes_a_generation(tmp_path):
     store.commit()
     store.add(np.arange(1000, 1500), x[1000:1500])
     store.commit()
-    assert (path / "CURRENT").read_text().strip() == "gen-000001" and len(list(path.glob("wal-*"))) == 1
+    assert current(path) == "gen-000001" and len(list(path.glob("wal-*"))) == 1
     store.add(np.arange(1500, 3000), x[1500:])  # crosses train_at: a new index
     store.commit()
-    assert (path / "CURRENT").read_text().strip() == "gen-000002" and not list(path.glob("wal-*"))
+    assert current(path) == "gen-000002" and not list(path.glob("wal-*"))
     reader = VideoStore(path, readonly=True)
     assert reader.index_kind == "ivfsq8" and len(reader) == 3000
     store.close()

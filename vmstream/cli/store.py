@@ -1,0 +1,96 @@
+"""`vmstream store verify|repair DIR`: check a FAISS store's files, rebuild it from the
+run's Parquet results."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vmstream.cli.common import add_verbose
+from vmstream.errors import UserError
+
+KINDS = ("auto", "flat", "ivfpq", "ivfsq8", "hnsw")
+
+
+def add_parser(sub) -> None:
+    store = sub.add_parser(
+        "store", help="verify or repair a FAISS store",
+        description="Check every file of a FAISS store against its checksums (verify), or rebuild the store "
+                    "from the run's Parquet results, moving its files aside (repair). DIR is a run's --out "
+                    "or its index/ dir.")
+    actions = store.add_subparsers(dest="action", metavar="ACTION", required=True)
+    verify = actions.add_parser("verify", help="check the store; exit 0 if sound, 1 with one line per problem",
+                                description="Check every file of the store against its recorded checksum and "
+                                            "read it back whole. Exit 0 if sound, 1 (one line per problem) if not.")
+    verify.add_argument("dir", metavar="DIR", help="a run's --out or its index/ dir")
+    add_verbose(verify)
+    verify.set_defaults(handler=verify_main)
+    repair = actions.add_parser("repair", help="rebuild the store from the run's Parquet results",
+                                description="Rebuild the index from OUT/segments (every segment's embedding is "
+                                            "there) into a new generation; the store's old files move into its "
+                                            "damaged-<time>/ folder (OUT/index/damaged-<time>/), nothing is "
+                                            "deleted. A sound store is "
+                                            "left as it is unless --force.")
+    repair.add_argument("dir", metavar="DIR", help="a run's --out or its index/ dir")
+    repair.add_argument("--force", action="store_true", help="rebuild even a sound store")
+    repair.add_argument("--kind", choices=KINDS, help="index kind of the rebuilt store (default: the old store's)")
+    add_verbose(repair)
+    repair.set_defaults(handler=repair_main)
+
+
+def locate(given: str) -> tuple[Path, Path]:
+    """(the store's directory, the run's output directory) for DIR as given."""
+    p = Path(given)
+    if not p.is_dir():
+        raise UserError(f"{given}: no such directory (give a run's --out or its index/ dir)")
+    if (p / "index").is_dir() or (p / "segments").is_dir():
+        return p / "index", p
+    return p, p.parent
+
+
+def verify_main(args) -> int:
+    from vmstream.stages.sinks.store.repair import verify_store
+
+    store, _ = locate(args.dir)
+    report = verify_store(store)
+    if report.sound:
+        print(f"video store {store}: sound ({report.summary})")
+        return 0
+    for problem in report.problems:
+        print(f"{(store / problem.file) if problem.file != '.' else store}: {problem.what}")
+    print(f"`vmstream store repair {args.dir}` rebuilds the store from the run's Parquet results", file=sys.stderr)
+    return 1
+
+
+def repair_main(args) -> int:
+    from vmstream.stages.sinks.store import files
+    from vmstream.stages.sinks.store.repair import rebuild_from_results, verify_store
+
+    store, out = locate(args.dir)
+    report = verify_store(store)
+    if report.sound and not args.force:
+        print(f"video store {store}: sound ({report.summary}); nothing to repair (--force rebuilds it anyway)")
+        return 0
+    for problem in report.problems:
+        print(f"found: {store / problem.file}: {problem.what}", file=sys.stderr)
+    kind = args.kind
+    if kind is None and files.salvage_meta(store) is None:
+        kind = _run_kind(out)
+    try:
+        done = rebuild_from_results(store, out / "segments", kind=kind)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # no results; a writer holds the store
+        raise UserError(str(e)) from None
+    skipped = f" ({done.skipped} rows without a usable embedding skipped)" if done.skipped else ""
+    aside = f"; its old files are in {done.aside}" if done.aside else ""
+    print(f"video store {store}: rebuilt from {out / 'segments'}: {done.vectors} vectors{skipped}{aside}")
+    return 0
+
+
+def _run_kind(out: Path):
+    """The index kind the run asked for (its manifest's config), if any."""
+    from vmstream.pipeline.manifest import read_manifest
+
+    try:
+        kind = ((read_manifest(out) or {}).get("config", {}).get("output", {}) or {}).get("faiss_kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if kind in (None, "auto") else kind
