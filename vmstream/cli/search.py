@@ -66,7 +66,9 @@ def add_parser(sub) -> None:
 
 def store_dir(path: str) -> Path:
     p = Path(path)
-    if (p / "index" / "CURRENT").exists():
+    # A run's --out holds the store in index/ (even when the store's CURRENT is damaged
+    # or missing: the store then says so, naming the file).
+    if (p / "index").is_dir():
         return p / "index"
     return p
 

@@ -113,17 +113,27 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
 
     out = Path(cfg.output.dir)
     sinks = []
-    if cfg.output.parquet:
-        from vmstream.stages.sinks.parquet import ParquetSink
+    try:
+        if cfg.output.parquet:
+            from vmstream.stages.sinks.parquet import ParquetSink
 
-        sinks.append(ParquetSink(out))
-    if cfg.output.faiss:
-        from vmstream.stages.sinks.faiss_store import FaissSink
+            sinks.append(ParquetSink(out))
+        if cfg.output.faiss:
+            from vmstream.stages.sinks.faiss_store import FaissSink
 
-        kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind
-        sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind))
-    if cfg.kafka.bootstrap:
-        sinks.append(make_kafka_sink(cfg))
+            kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind
+            sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind))
+        if cfg.kafka.bootstrap:
+            sinks.append(make_kafka_sink(cfg))
+    except BaseException:
+        # A sink that cannot open (a damaged store, an unreachable broker) must not leave
+        # the ones before it open: their locks would outlive the failed start.
+        for s in sinks:
+            try:
+                s.close()
+            except Exception:
+                pass
+        raise
     if cfg.output.console:
         # Through the progress bar's writer, so timeline lines do not tear the bar.
         writer = console_stream.write if console_stream is not None else None
