@@ -26,23 +26,22 @@ VMSTREAM = [sys.executable, "-m", "vmstream.cli"]
 SIZES = [(120, 40), (80, 24)]
 
 
+def _checkpoint(tmp_path_factory, name: str, **arch) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("term-ckpt") / name
+    torch.save({"model": VideoMamba(patch_size=16, num_classes=10, **arch).state_dict()}, path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    m = VideoMamba(img_size=64, patch_size=16, depth=2, embed_dim=64, num_frames=4, num_classes=10)
-    path = tmp_path_factory.mktemp("term-ckpt") / "tiny.pth"
-    torch.save({"model": m.state_dict()}, path)
-    return str(path)
+    return _checkpoint(tmp_path_factory, "tiny.pth", img_size=64, depth=2, embed_dim=64, num_frames=4)
 
 
 @pytest.fixture(scope="module")
 def slow_ckpt(tmp_path_factory):
     """A model slower than decoding, so decoded segments queue up ahead of it."""
-    torch.manual_seed(0)
-    m = VideoMamba(img_size=224, patch_size=16, depth=6, embed_dim=192, num_frames=8, num_classes=10)
-    path = tmp_path_factory.mktemp("term-ckpt") / "slow.pth"
-    torch.save({"model": m.state_dict()}, path)
-    return str(path)
+    return _checkpoint(tmp_path_factory, "slow.pth", img_size=224, depth=6, embed_dim=192, num_frames=8)
 
 
 @pytest.fixture(scope="module")

@@ -79,11 +79,14 @@ class Progress:
         self.enabled = False
         self.failed = f"{type(e).__name__}: {e}"
         log.warning("progress bar switched off after an error: %s", self.failed)
+        self._drop_bar()
+
+    def _drop_bar(self) -> None:
         bar, self._bar = self._bar, None
         if bar is not None:
             try:
                 bar.close()
-            except Exception:
+            except Exception:  # closing a broken bar may fail the same way
                 pass
 
     def _make_bar(self):
@@ -157,9 +160,4 @@ class Progress:
 
     def close(self) -> None:
         with self._lock:
-            bar, self._bar = self._bar, None
-            if bar is not None:
-                try:
-                    bar.close()
-                except Exception:
-                    pass
+            self._drop_bar()
