@@ -17,9 +17,11 @@ from .registry import (CHECKPOINTS, CLASS_LISTS, HF_REPO, SIZES, CheckpointInfo,
                        get_checkpoint, list_checkpoints)
 from .state import StateError, StreamState
 from .videomamba import SegmentOutput, VideoMamba, resample_temporal_pos
+from .bert import BertConfig, BertModel
+from .videotext import TextEncoding, VideoEncoding, VideoTextMamba
 
 __all__ = [
-    "VideoMamba", "SegmentOutput", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
+    "VideoMamba", "SegmentOutput", "VideoTextMamba", "VideoEncoding", "TextEncoding", "BertConfig", "BertModel", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
     "resolve_device", "StreamState", "StateError", "resample_temporal_pos",
     "create_model", "SIZES", "CHECKPOINTS", "CheckpointInfo", "get_checkpoint", "list_checkpoints",
     "class_names", "CLASS_LISTS", "HF_REPO",
