@@ -9,8 +9,8 @@
     resolve_data_config(model)                                 # what input it wants: size, mean/std, crop
 """
 from .card import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ModelCard, resolve_data_config
-from .checkpoint import (CheckpointError, LoadReport, adapt_state_dict, infer_config, load_checkpoint, load_model,
-                         read_checkpoint, resample_pos_embed)
+from .checkpoint import CheckpointError, LoadReport, adapt_state_dict, infer_config, read_checkpoint, resample_pos_embed
+from .loading import load_checkpoint, load_model
 from .device import resolve_device
 from .hub import CHECKPOINT_DIR_ENV, CheckpointNotFound, file_digest, resolve_checkpoint
 from .registry import (CHECKPOINTS, CLASS_LISTS, HF_REPO, SIZES, CheckpointInfo, class_names, create_model,
