@@ -126,6 +126,9 @@ class VisionEncoder(VideoMamba):
 class VideoTextMamba(nn.Module):
     """The official UMT_VIDEOMAMBA for retrieval: video and text in one `embed_dim` space."""
 
+    # What `forward_segment`'s features are: joint-space embeddings, compared by inner product.
+    embedding_space = "video-text"
+
     def __init__(self, vision: Optional[Mapping[str, Any]] = None, text: Optional[Mapping[str, Any]] = None,
                  embed_dim: int = 512, temp: float = 0.07):
         super().__init__()
@@ -144,6 +147,8 @@ class VideoTextMamba(nn.Module):
         self.temp = nn.Parameter(torch.ones([]) * temp)
         self.itm_head = nn.Linear(self.text_width, 2)
         self.config = {"vision": vcfg, "text": tcfg, "embed_dim": embed_dim}
+        # Open-vocabulary labels: unit prompt features [K, E] (set_label_prompts).
+        self.register_buffer("label_features", torch.empty(0, embed_dim), persistent=False)
         ve = self.vision_encoder
         self._card = ModelCard(num_frames=ve.num_frames, img_size=ve.img_size, patch_size=ve.patch_embed.patch_size[0],
                                embed_dim=embed_dim, depth=len(ve.layers), num_classes=0,
@@ -235,12 +240,27 @@ class VideoTextMamba(nn.Module):
         normed, new_state = self.vision_encoder.encode(clip, state, return_state=True)  # checks the state
         return self._video_encoding(normed, clip.shape[2]), new_state
 
+    def set_label_prompts(self, features: Tensor, names) -> None:
+        """Give segments open-vocabulary labels: `features` [K, E] are the prompts' unit
+        text features, `names` their labels. `forward_segment`'s logits become
+        similarity / temp (softmax of them: the official zero-shot scores)."""
+        names = tuple(names)
+        if features.dim() != 2 or features.shape[1] != self.embed_dim or features.shape[0] != len(names):
+            raise ValueError(f"label prompts: features {tuple(features.shape)} for {len(names)} names; "
+                             f"expected [{len(names)}, {self.embed_dim}]")
+        self.label_features = F.normalize(features.float(), dim=-1).to(self.temp.device)
+        self.card = self.card.replace(num_classes=len(names), class_names=names)
+
     def forward_segment(self, clip: Tensor, state: Optional[StreamState] = None) -> SegmentOutput:
         """features = the joint-space embedding [B, E] (mean over frames of the normalised
-        per-frame features); logits = the same (the model has no classifier head)."""
+        per-frame features); logits = similarity / temp to the label prompts when set,
+        else the embedding itself (the model has no classifier head)."""
         enc, new_state = self.encode_segment(clip, state)
         emb = segment_embedding(enc.features)
-        return SegmentOutput(features=emb, logits=emb, state=new_state)
+        logits = emb
+        if self.label_features.numel():
+            logits = (emb.float() @ self.label_features.T) / self.temp.float()
+        return SegmentOutput(features=emb, logits=logits, state=new_state)
 
     def forward(self, x: Tensor) -> Tensor:
         """The clip's joint-space embedding [B, E]."""

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 STORE_FORMAT = 1
+METRICS = ("cosine", "ip")
 AUTO_LARGE_KIND = "ivfsq8"
 AUTO_TRAIN_AT = 200_000
 IVF_TRAIN_AT = 50_000
@@ -92,8 +93,9 @@ class SearchHit:
         return self.labels[0] if self.labels else ""
 
 
-def _unit_rows(x, dim: Optional[int], what: str) -> np.ndarray:
-    """Validate and L2-normalise vectors; always returns a fresh float32 [n, d] array."""
+def _unit_rows(x, dim: Optional[int], what: str, unit: bool = True) -> np.ndarray:
+    """Validate and L2-normalise vectors (`unit=False`: only validate); always returns a
+    fresh float32 [n, d] array."""
     x = np.array(x, dtype=np.float32, copy=True)
     if x.ndim == 1:
         x = x[None, :]
@@ -107,7 +109,8 @@ def _unit_rows(x, dim: Optional[int], what: str) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1)
     if (norms == 0).any():
         raise ValueError(f"{what}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros (no direction to compare)")
-    x /= norms[:, None]
+    if unit:
+        x /= norms[:, None]
     return x
 
 
@@ -131,12 +134,16 @@ class VideoStore:
         nlist: Optional[int] = None,
         pq_m: Optional[int] = None,
         hnsw_m: int = 32,
+        metric: Optional[str] = None,
         use_gpu: Union[bool, str] = "auto",
         readonly: bool = False,
         threads: Optional[int] = None,
         wal_max_rows: int = 50_000,
         wal_max_files: int = 256,
     ):
+        if metric is not None and metric not in METRICS:
+            raise ValueError(f"unknown store metric {metric!r} (expected one of {', '.join(METRICS)})")
+        self._metric_arg = metric
         if kind is not None and kind not in ("auto", *KINDS):
             raise ValueError(f"unknown index kind {kind!r} (expected auto, {', '.join(KINDS)})")
         self.path = Path(path)
@@ -200,6 +207,7 @@ class VideoStore:
                 "nlist": nlist,
                 "pq_m": pq_m,
                 "hnsw_m": hnsw_m,
+                "metric": self._metric_arg or "cosine",
                 "model": "",
                 "checkpoint_digest": "",
                 "generation": 0,
@@ -220,6 +228,8 @@ class VideoStore:
                     f"video store {self.path} is of kind {self.meta['kind']!r}, asked for {kind!r} "
                     "(open it without kind=, or call rebuild(kind=...))"
                 )
+            if self._metric_arg is not None and self._metric_arg != self.metric:
+                raise ValueError(f"video store {self.path} scores by {self.metric!r}, asked for {self._metric_arg!r}")
             for name, value in (("train_at", train_at), ("nlist", nlist), ("pq_m", pq_m)):
                 if value is not None:
                     self.meta[name] = value
@@ -370,6 +380,19 @@ class VideoStore:
         return len(self.ids)
 
     @property
+    def metric(self) -> str:
+        """"cosine": vectors are stored L2-normalised; "ip": as given (a video-text model's
+        joint-space embeddings, whose inner product with a text feature is its score)."""
+        return self.meta.get("metric", "cosine")
+
+    def search_text(self, texts, model, k: int = 10, *, tokenizer=None, **params):
+        """Segments matching each text query (a video-text model's store): one hit list
+        per text, scored by the model's similarity. See `text_search.search_text`."""
+        from .text_search import search_text
+
+        return search_text(self, texts, model, k, tokenizer=tokenizer, **params)
+
+    @property
     def dim(self) -> Optional[int]:
         return self.meta["dim"]
 
@@ -397,7 +420,7 @@ class VideoStore:
         (a dict of equal-length sequences or an id-map table; missing ones are blank)."""
         self._check_writable()
         uids = np.asarray(uids, dtype=np.int64).reshape(-1)
-        x = _unit_rows(vectors, self.dim, f"video store {self.path}")
+        x = _unit_rows(vectors, self.dim, f"video store {self.path}", unit=self.metric == "cosine")
         if x.shape[0] != uids.size:
             raise ValueError(f"video store {self.path}: {uids.size} ids for {x.shape[0]} vectors")
         if (uids < 0).any():
