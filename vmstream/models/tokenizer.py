@@ -125,7 +125,7 @@ class BertTokenizer:
         return self._tok.encode(text, add_special_tokens=False).tokens
 
     def __call__(self, texts: Union[str, Sequence[str]], *, max_length: Optional[int] = None,
-                 padding: str = "longest") -> TokenBatch:
+                 padding: str = "longest", warn: bool = True) -> TokenBatch:
         """Token ids and mask for `texts`, each cut to `max_length` (default: this tokenizer's)
         keeping [SEP] last, as the official truncation does. `padding="max_length"` pads
         every row to max_length (the official eval; the [CLS] state is the same either way)."""
@@ -141,7 +141,7 @@ class BertTokenizer:
                 ids = ids[:max_length - 1] + ids[-1:]
             rows.append(ids)
         for text, cut, n in zip(texts, truncated, lengths):
-            if cut:
+            if cut and warn:  # warn=False: the caller reports truncation (e.g. a count)
                 log.warning("text truncated to %d of its %d tokens (the model's maximum text length): %.60r",
                             max_length, n, text)
         width = max_length if padding == "max_length" else max((len(r) for r in rows), default=0)

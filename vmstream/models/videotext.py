@@ -205,26 +205,27 @@ class VideoTextMamba(nn.Module):
             return torch.einsum("vte,be->vtb", F.normalize(v, dim=-1), t).mean(1)
         return v @ t.T
 
-    def itm_scores(self, video_tokens: Tensor, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *,
-                   text_tokens: Optional[Tensor] = None, chunk: int = 32) -> Tensor:
-        """[Bv, Bt]: `itm_head` logit 1 on the fusion [CLS] for every (video, text) pair.
-        `text_tokens` (from `encode_text`) skips re-encoding the text."""
+    def itm_scores(self, video_tokens: Tensor, input_ids: Optional[Tensor], attention_mask: Optional[Tensor] = None,
+                   *, text_tokens: Optional[Tensor] = None, chunk: int = 32) -> Tensor:
+        """[Bv, Bt]: `itm_head` logit 1 on the fusion [CLS] for every (video, text) pair,
+        `chunk` pairs per forward. `text_tokens` (from `encode_text`) skips re-encoding
+        the text (then `input_ids` may be None; `attention_mask` is still the text's)."""
         if attention_mask is None:
+            if input_ids is None:
+                raise ValueError("itm_scores needs input_ids or an attention_mask with text_tokens")
             attention_mask = torch.ones_like(input_ids)
         if text_tokens is None:
             text_tokens = self.encode_text(input_ids, attention_mask).tokens
-        Bt = text_tokens.shape[0]
-        rows = []
-        for v in range(video_tokens.shape[0]):
-            scores = []
-            for s in range(0, Bt, chunk):
-                txt = text_tokens[s:s + chunk]
-                memory = video_tokens[v:v + 1].expand(txt.shape[0], -1, -1)
-                fused = self.text_encoder(attention_mask=attention_mask[s:s + chunk], mode="fusion",
-                                          encoder_embeds=txt, encoder_hidden_states=memory)
-                scores.append(self.itm_head(fused[:, 0])[:, 1])
-            rows.append(torch.cat(scores))
-        return torch.stack(rows).float()
+        Bv, Bt = video_tokens.shape[0], text_tokens.shape[0]
+        pairs_v = torch.arange(Bv, device=video_tokens.device).repeat_interleave(Bt)
+        pairs_t = torch.arange(Bt, device=text_tokens.device).repeat(Bv)
+        scores = []
+        for s in range(0, Bv * Bt, chunk):
+            v, t = pairs_v[s:s + chunk], pairs_t[s:s + chunk]
+            fused = self.text_encoder(attention_mask=attention_mask[t], mode="fusion", encoder_embeds=text_tokens[t],
+                                      encoder_hidden_states=video_tokens[v])
+            scores.append(self.itm_head(fused[:, 0])[:, 1])
+        return torch.cat(scores).float().view(Bv, Bt)
 
     # --------------------------------------------------------- recurrent mode
     def state_spec(self) -> dict:
