@@ -119,3 +119,47 @@ def test_missing_vocabulary_offline_is_one_line(vt_store, capsys, monkeypatch, t
     assert main(["search", "--index", str(vt_store), "--text", "a dog", "--set", "model.vocab="]) == 2
     err = capsys.readouterr().err.strip()
     assert "vocab.txt" in err and "VMSTREAM_BERT_VOCAB" in err and "\n" not in err
+
+
+def test_rerank_rescores_the_top_k_with_itm_on_re_decoded_segments(vt_store, files, capsys):
+    from vmstream.cli.search import search_config
+    from vmstream.pipeline.rerank import segment_clips
+
+    capsys.readouterr()
+    assert main(["search", "--index", str(vt_store), "--text", "a dog catches the frisbee", "--rerank", "3",
+                 "-k", "4", "--json", "--vocab", str(files / "vocab.txt")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 4 and [r["itm"] is not None for r in rows] == [True, True, True, False]
+    itms = [r["itm"] for r in rows[:3]]
+    assert itms == sorted(itms, reverse=True)
+    # the ITM score of a hit, computed here from the segment decoded the run's way
+    model = load_model(files / "vt.pth")
+
+    class Args:
+        config, checkpoint, model, device, sets = None, None, None, None, []
+
+    cfg = search_config(Args, vt_store / "index")
+    clip = segment_clips(cfg, model, rows[0]["uri"], {rows[0]["segment_index"]})[rows[0]["segment_index"]]
+    tb = BertTokenizer(files / "vocab.txt")(["a dog catches the frisbee"])
+    with torch.no_grad():
+        want = model.itm_scores(model.encode_video(clip[None]).tokens, tb.input_ids, tb.attention_mask)[0, 0]
+    assert rows[0]["itm"] == pytest.approx(float(want), abs=1e-4)
+
+
+def test_rerank_says_when_a_source_can_no_longer_be_read(files, h264_mp4, capsys, tmp_path):
+    import shutil
+
+    src = tmp_path / "gone.mp4"
+    shutil.copy(h264_mp4, src)
+    out = tmp_path / "out"
+    assert _run(str(src), files / "vt.pth", out, "--vocab", str(files / "vocab.txt")) == 0
+    src.unlink()
+    capsys.readouterr()
+    assert main(["search", "--index", str(out), "--text", "a dog", "--rerank", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "can no longer be read" in captured.err and "gone.mp4" in captured.err
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert rows and all(r["itm"] is None for r in rows)
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert main(["search", "--index", str(out), "--id", str(rows[0]["uid"]), "--rerank", "2"]) == 2
+    assert "needs --text" in capsys.readouterr().err
