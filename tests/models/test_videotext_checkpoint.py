@@ -183,3 +183,6 @@ def test_registry_names_resolve_through_the_hf_cache_offline(tmp_path, monkeypat
     assert model.card.name == name and model.init_state(1).tag == model.card.checkpoint_digest
     for n in ("videomamba_m16_5M_f8_res224", "videomamba_m16_17M_f8_res224"):
         assert get_checkpoint(n).kind == "videotext"
+    from vmstream.models import create_model
+    untrained = create_model("videomamba_m16_17M_f8_res224", depth=1)
+    assert isinstance(untrained, VideoTextMamba) and untrained.card.num_frames == 8

@@ -163,3 +163,20 @@ def test_rerank_says_when_a_source_can_no_longer_be_read(files, h264_mp4, capsys
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
     assert main(["search", "--index", str(out), "--id", str(rows[0]["uid"]), "--rerank", "2"]) == 2
     assert "needs --text" in capsys.readouterr().err
+
+
+def test_a_store_of_other_weights_than_the_query_model_is_refused(vt_store, files, capsys, tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save(make_tiny_videotext(seed=4).state_dict(), other)
+    assert main(["search", "--index", str(vt_store), "--text", "a dog", "--checkpoint", str(other),
+                 "--vocab", str(files / "vocab.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not comparable" in err and "\n" not in err
+
+
+def test_without_labels_segments_carry_none(files, h264_mp4, tmp_path):
+    out = tmp_path / "out"
+    assert _run(h264_mp4, files / "vt.pth", out, "--vocab", str(files / "vocab.txt"), "--set",
+                "output.console=true") == 0
+    table = pq.read_table(next((out / "segments").rglob("*.parquet")))
+    assert table.num_rows == 4 and all(labels == [] for labels in table.column("labels").to_pylist())

@@ -153,8 +153,9 @@ def list_checkpoints(size: Optional[str] = None, dataset: Optional[str] = None) 
             if (size is None or c.size == size) and (dataset is None or c.dataset == dataset)]
 
 
-def create_model(name: str = "videomamba_tiny", **overrides) -> VideoMamba:
-    """An untrained model of a named size, or with the architecture of a named checkpoint.
+def create_model(name: str = "videomamba_tiny", **overrides):
+    """An untrained model of a named size, or with the architecture of a named checkpoint
+    (a VideoTextMamba for the video-text ones; `overrides` then go to its vision encoder).
 
     `overrides` are VideoMamba constructor arguments (num_frames, num_classes, img_size,
     drop_path_rate, ...). Weights: `vmstream.models.load_model`.
@@ -163,6 +164,10 @@ def create_model(name: str = "videomamba_tiny", **overrides) -> VideoMamba:
         kwargs = dict(SIZES[name])
     else:
         info = get_checkpoint(name)
+        if info.kind == "videotext":
+            from .videotext import VideoTextMamba
+
+            return VideoTextMamba(vision=dict(num_frames=info.num_frames, img_size=info.img_size, **overrides))
         kwargs = dict(SIZES[info.size], img_size=info.img_size, num_classes=info.num_classes)
         if info.num_frames is not None:
             kwargs["num_frames"] = info.num_frames

@@ -255,10 +255,10 @@ class VideoTextMamba(nn.Module):
     def forward_segment(self, clip: Tensor, state: Optional[StreamState] = None) -> SegmentOutput:
         """features = the joint-space embedding [B, E] (mean over frames of the normalised
         per-frame features); logits = similarity / temp to the label prompts when set,
-        else the embedding itself (the model has no classifier head)."""
+        else [B, 0] (no classifier head: segments get no labels)."""
         enc, new_state = self.encode_segment(clip, state)
         emb = segment_embedding(enc.features)
-        logits = emb
+        logits = emb.new_zeros(emb.shape[0], 0)  # no labels: nothing to rank
         if self.label_features.numel():
             logits = (emb.float() @ self.label_features.T) / self.temp.float()
         return SegmentOutput(features=emb, logits=logits, state=new_state)
