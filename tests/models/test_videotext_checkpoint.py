@@ -135,12 +135,15 @@ def test_architecture_is_inferred_from_shapes(tmp_path):
         torch.testing.assert_close(told.encode_text(ids).features, narrow.encode_text(ids).features)
 
 
-def test_frames_override_resamples_temporal_positions(tmp_path):
+def test_frames_and_size_overrides_resample_positions(tmp_path):
     src = make_tiny_videotext(seed=6)
     torch.save(src.state_dict(), tmp_path / "m.pth")
     model = load_model(tmp_path / "m.pth", num_frames=8)
     assert model.vision_encoder.temporal_pos_embedding.shape[1] == 8
     assert any("temporal positions" in n for n in model.card.load_notes)
+    bigger = load_model(tmp_path / "m.pth", img_size=64)
+    assert bigger.vision_encoder.pos_embed.shape == (1, 1 + 16, 32) and bigger.card.img_size == 64
+    assert any("spatial positions" in n for n in bigger.card.load_notes)
 
 
 def test_missing_and_misshaped_keys_are_listed(tmp_path):
