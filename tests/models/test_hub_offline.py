@@ -77,18 +77,16 @@ def _one_clear_message(stderr: str) -> None:
 def test_no_route_to_the_hub_fails_fast_with_one_message(tmp_path):
     if hub.hub_unreachable("https://huggingface.co") is None:
         pytest.skip("this machine reaches huggingface.co: the download would really start")
-    r, took = _resolve_in_a_fresh_process(tmp_path)
+    r, _ = _resolve_in_a_fresh_process(tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert took < 10, f"{took:.1f} s"  # the start-up of Python and huggingface_hub included
     _one_clear_message(r.stderr)
     assert "https://huggingface.co is unreachable" in r.stderr, r.stderr
     assert str(tmp_path / "hf" / "hub") in r.stderr, r.stderr  # the cache it looked in
 
 
 def test_a_closed_endpoint_fails_fast_in_a_fresh_process(tmp_path, closed_port):
-    r, took = _resolve_in_a_fresh_process(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{closed_port}")
+    r, _ = _resolve_in_a_fresh_process(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{closed_port}")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert took < 10, f"{took:.1f} s"
     _one_clear_message(r.stderr)
     assert f"127.0.0.1:{closed_port}" in r.stderr and "Connection refused" in r.stderr, r.stderr
 
@@ -96,10 +94,10 @@ def test_a_closed_endpoint_fails_fast_in_a_fresh_process(tmp_path, closed_port):
 def test_a_closed_endpoint_fails_fast_without_retry_warnings(tmp_path, monkeypatch, capfd, caplog,
                                                               closed_port, no_checkpoint_env):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
-    t0 = time.monotonic()
+    downloads = _count_downloads(monkeypatch)
     with caplog.at_level(logging.DEBUG), pytest.raises(CheckpointNotFound) as err:
         resolve_checkpoint(NAME, cache_dir=tmp_path / "hub")
-    assert time.monotonic() - t0 < 5
+    assert downloads == [], "an unreachable hub is noticed once, by the probe: no download is tried"
     msg = str(err.value)
     assert f"the hub at http://127.0.0.1:{closed_port} is unreachable" in msg, msg
     assert f"--checkpoint /path/to/{NAME}.pth" in msg and CHECKPOINT_DIR_ENV in msg
@@ -112,9 +110,9 @@ def test_a_closed_endpoint_fails_fast_without_retry_warnings(tmp_path, monkeypat
 def test_an_unreachable_hub_still_serves_the_cache(tmp_path, monkeypatch, closed_port, no_checkpoint_env):
     cached = _fake_hf_cache(tmp_path / "hub", f"{NAME}.pth")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
-    t0 = time.monotonic()
+    downloads = _count_downloads(monkeypatch)
     assert resolve_checkpoint(NAME, cache_dir=tmp_path / "hub") == cached
-    assert time.monotonic() - t0 < 5
+    assert downloads == []
 
 
 def test_offline_mode_skips_the_probe(tmp_path, monkeypatch, closed_port, no_checkpoint_env):
@@ -132,8 +130,28 @@ def test_offline_mode_skips_the_probe(tmp_path, monkeypatch, closed_port, no_che
     assert probes == []
 
 
+def _count_downloads(monkeypatch) -> list:
+    """The hf_hub_download calls that may go to the network, made from here on (they
+    still run; a cache lookup, local_files_only=True, is not counted)."""
+    import huggingface_hub
+
+    calls: list = []
+    real = huggingface_hub.hf_hub_download
+
+    def counted(*a, **k):
+        if not k.get("local_files_only"):
+            calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", counted)
+    return calls
+
+
 class _NotFound(BaseHTTPRequestHandler):
+    requests: list = []  # (method, path) of every request the test hub answered
+
     def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        _NotFound.requests.append((self.command, self.path))
         self.send_response(404)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -158,10 +176,10 @@ def test_a_reachable_hub_is_asked_and_its_answer_reported_once(tmp_path, monkeyp
                                                                hub_without_the_file, no_checkpoint_env):
     assert hub.hub_unreachable(hub_without_the_file) is None
     monkeypatch.setenv("HF_ENDPOINT", hub_without_the_file)
-    t0 = time.monotonic()
+    _NotFound.requests.clear()
     with caplog.at_level(logging.DEBUG), pytest.raises(CheckpointNotFound) as err:
         resolve_checkpoint(NAME, cache_dir=tmp_path / "hub")
-    assert time.monotonic() - t0 < 5  # a 404 is an answer, not a retry
+    assert 1 <= len(_NotFound.requests) <= 2, _NotFound.requests  # a 404 is an answer, not a retry
     msg = str(err.value)
     assert "unreachable" not in msg and "could not be downloaded" in msg
     assert "404 Not Found" in msg.splitlines()[0] and "check your connection" not in msg, msg

@@ -3,8 +3,9 @@ its handler; heavy parts are imported lazily so `--help`, `--version` and `info`
 answer at once.
 
     vmstream run SOURCE... [--model NAME | --checkpoint PATH] [--out DIR] [--kafka BOOTSTRAP] ...
-    vmstream search --index DIR (--video FILE [--at S] | --id N | --stream ID --at S) [-k K]
+    vmstream search --index DIR (--text TEXT | --video FILE [--at S] | --id N | --stream ID --at S) [-k K]
     vmstream store (verify | repair [--force]) DIR
+    vmstream eval-retrieval (--model NAME | --checkpoint PATH) --annotations FILE --videos DIR [--dataset D]
     vmstream info
     vmstream worker --config FILE
     vmstream kafka-topics [--bootstrap B | --config FILE] [--describe | --delete] ...
@@ -18,7 +19,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from vmstream.cli import info, run, search, store, train, worker
+from vmstream.cli import eval_retrieval, info, run, search, store, train, worker
 from vmstream.cli.common import setup_logging
 from vmstream.errors import UserError
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, search, store, info, worker, train):
+    for command in (run, search, store, eval_retrieval, info, worker, train):
         command.add_parser(sub)
     return parser
 

@@ -56,6 +56,9 @@ _OPTION_KEYS = {
     "top_k": "model.top_k",
     "max_streams": "runner.max_streams",
     "plot": "output.plot",
+    "labels": "model.labels",
+    "label_template": "model.label_template",
+    "vocab": "model.vocab",
 }
 
 

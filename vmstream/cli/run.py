@@ -30,6 +30,12 @@ def add_parser(sub) -> None:
     run.add_argument("--max-streams", type=int, help="streams decoded concurrently (default 2)")
     run.add_argument("--plot", action="store_true", default=None, help="write a timeline plot per video at the end")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--labels", metavar="LIST|FILE",
+                     help="classifier: a file naming its classes; video-text model: open-vocabulary labels, "
+                          "\"cooking,riding a bike\" or a file with one prompt a line")
+    run.add_argument("--label-template", metavar="TEXT", help="video-text labels: prompt template, e.g. \"a video of {}\"")
+    run.add_argument("--vocab", metavar="FILE",
+                     help="video-text models: bert-base-uncased vocab.txt (default $VMSTREAM_BERT_VOCAB or the hub cache)")
     add_common(run)
     run.set_defaults(handler=main)
 

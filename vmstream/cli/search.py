@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from vmstream.cli.common import add_common, add_model_args, config_from_args
@@ -43,14 +44,18 @@ def _uid(text: str) -> int:
 
 def add_parser(sub) -> None:
     search = sub.add_parser(
-        "search", help="search a FAISS store by id, by stream+time, or by a query video",
+        "search", help="search a FAISS store by text, by id, by stream+time, or by a query video",
         description="Find the stored segments most like a query: a stored segment (--id), the segment of a "
                     "stream at a time (--stream ID --at S; the stream as given to `run`), or a query video "
-                    "embedded with the store's own model and decoding (--video FILE). Prints rank, score "
-                    "(cosine), stream, time range, segment index, id and label.")
+                    "embedded with the store's own model and decoding (--video FILE); in a store built by a "
+                    "video-text model, a sentence (--text). Prints rank, score (cosine; for --text the "
+                    "model's video-text similarity), stream, time range, segment index, id and label.")
     search.add_argument("--index", required=True, metavar="DIR", help="the store (a run's --out or its index/ dir)")
     q = search.add_mutually_exclusive_group(required=True)
     q.add_argument("--video", metavar="FILE", help="embed this video and search with it")
+    q.add_argument("--text", action="append", metavar="TEXT",
+                   help="search by a sentence (repeatable; a store built by a video-text model, e.g. "
+                        "videomamba_m16_25M_f8_res224)")
     q.add_argument("--id", type=_uid, metavar="N", help="search with a stored vector's id")
     q.add_argument("--stream", metavar="ID", help="search with the stored segment of stream ID at --at")
     search.add_argument("--at", type=_seconds, metavar="SECONDS",
@@ -59,6 +64,11 @@ def add_parser(sub) -> None:
     search.add_argument("-k", type=_positive_int, default=10, help="number of hits (default 10)")
     search.add_argument("--json", action="store_true", help="print hits as JSON lines")
     search.add_argument("--config", help="YAML config for embedding --video (model, decoding)")
+    search.add_argument("--rerank", type=_positive_int, metavar="K",
+                        help="--text: re-score the top K hits with the model's ITM head, re-decoding those "
+                             "segments from their sources (the official two-stage retrieval)")
+    search.add_argument("--vocab", metavar="FILE",
+                        help="--text: bert-base-uncased vocab.txt (default $VMSTREAM_BERT_VOCAB or the hub cache)")
     add_model_args(search)
     add_common(search)
     search.set_defaults(handler=main)
@@ -82,6 +92,13 @@ def main(args) -> int:
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     k = args.k
+    if args.rerank is not None and args.text is None:
+        raise UserError("--rerank re-scores text search hits; it needs --text")
+    if args.text is not None:
+        queries = list(args.text)
+        print_text_hits(queries, _search_by_text(args, store, where, queries, k), as_json=args.json,
+                        reranked=args.rerank is not None)
+        return 0
     if args.id is not None:
         if store.get(args.id) is None:
             raise UserError(f"id {args.id} is not in the store {where}")
@@ -148,6 +165,60 @@ def _search_by_video(args, store, where: Path, k: int):
     if not inside:
         raise UserError(f"--at {args.at:g}: the query video's segments cover {spans[0][0]:.1f}-{spans[-1][1]:.1f} s")
     return store.search(embs[inside[0]], k)
+
+
+def _search_by_text(args, store, where: Path, queries: list, k: int):
+    from vmstream.pipeline.assembly import is_videotext, load_pipeline_model, make_tokenizer
+
+    for i, q in enumerate(queries):
+        if not q.strip():
+            raise UserError(f"--text {i + 1} is empty")
+    cfg = search_config(args, where)
+    cfg.model.labels = None  # the run's label prompts play no part in a search
+    model = load_pipeline_model(cfg)
+    if not is_videotext(model):
+        raise UserError(f"--text needs a store built by a video-text model; {where} was built with model "
+                        f"{model.card.name!r}, a video classifier with no text encoder")
+    tokenizer = make_tokenizer(args.vocab or cfg.model.vocab)
+    try:
+        hits = store.search_text(queries, model, max(k, args.rerank or 0), tokenizer=tokenizer)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not args.rerank:
+        return [[(h, None) for h in hs[:k]] for hs in hits]
+    from vmstream.pipeline.rerank import rerank
+
+    out = []
+    for query, hs in zip(queries, hits):
+        ranked, notes = rerank(cfg, model, tokenizer, query, hs, args.rerank)
+        for note in dict.fromkeys(notes):
+            print(f"vmstream search: --rerank: {note}", file=sys.stderr)
+        out.append([(r.hit, r.itm) for r in ranked[:k]])
+    return out
+
+
+def print_text_hits(queries, hits_per_query, as_json: bool = False, reranked: bool = False) -> None:
+    """Hits as (SearchHit, ITM logit or None): `score` is the video-text similarity."""
+    from vmstream.stages.sinks.console import fmt_time
+
+    for query, hits in zip(queries, hits_per_query):
+        if as_json:
+            for rank, (h, itm) in enumerate(hits, 1):
+                row = {"query": query, "rank": rank, "uid": h.uid, "score": round(float(h.score), 6),
+                       "stream_id": h.stream_id, "segment_index": h.segment_index,
+                       "t_start": h.t_start, "t_end": h.t_end, "uri": h.uri}
+                if reranked:
+                    row["itm"] = None if itm is None else round(itm, 6)
+                print(json.dumps(row))
+            continue
+        if len(queries) > 1:
+            print(f"query: {query}")
+        for rank, (h, itm) in enumerate(hits, 1):
+            extra = "" if itm is None else f"  itm {itm:.4f}"
+            print(f"{rank:3d}. {h.score:.4f}{extra}  {h.stream_id}  [{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
+                  f"segment {h.segment_index}  id {h.uid}")
+        if not hits:
+            print("no hits")
 
 
 def search_config(args, where: Path):

@@ -9,17 +9,19 @@
     resolve_data_config(model)                                 # what input it wants: size, mean/std, crop
 """
 from .card import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ModelCard, resolve_data_config
-from .checkpoint import (CheckpointError, LoadReport, adapt_state_dict, infer_config, load_checkpoint, load_model,
-                         read_checkpoint, resample_pos_embed)
+from .checkpoint import CheckpointError, LoadReport, adapt_state_dict, infer_config, read_checkpoint, resample_pos_embed
+from .loading import load_checkpoint, load_model
 from .device import resolve_device
 from .hub import CHECKPOINT_DIR_ENV, CheckpointNotFound, file_digest, resolve_checkpoint
 from .registry import (CHECKPOINTS, CLASS_LISTS, HF_REPO, SIZES, CheckpointInfo, class_names, create_model,
                        get_checkpoint, list_checkpoints)
 from .state import StateError, StreamState
 from .videomamba import SegmentOutput, VideoMamba, resample_temporal_pos
+from .bert import BertConfig, BertModel
+from .videotext import TextEncoding, VideoEncoding, VideoTextMamba
 
 __all__ = [
-    "VideoMamba", "SegmentOutput", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
+    "VideoMamba", "SegmentOutput", "VideoTextMamba", "VideoEncoding", "TextEncoding", "BertConfig", "BertModel", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
     "resolve_device", "StreamState", "StateError", "resample_temporal_pos",
     "create_model", "SIZES", "CHECKPOINTS", "CheckpointInfo", "get_checkpoint", "list_checkpoints",
     "class_names", "CLASS_LISTS", "HF_REPO",

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,20 +88,50 @@ def read_checkpoint(source: Union[str, os.PathLike, Mapping]) -> tuple[dict[str,
             text = str(e)
             if "Weights only load failed" not in text:
                 raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {text}") from None
-            # torch's message is generic advice; the useful line names the refused global.
-            reason = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line),
-                          "a class outside the allowed list")
-            raise CheckpointError(
-                f"refused to load {path}: it contains pickled objects other than tensors, containers and "
-                f"argparse.Namespace, which could run code when unpickled ({reason}). If you trust the file, "
-                "load it yourself and pass its state dict (or re-save it with torch.save(state_dict))."
-            ) from None
+            obj = _load_with_inert_classes(path, meta)
         except Exception as e:  # a corrupt file fails in many ways inside the unpickler
             raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("args"), argparse.Namespace):
         meta["args"] = obj["args"]
+    if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
+        meta["config"] = obj["config"]  # the official multimodal training config (an EasyDict)
     sd = _find_state_dict(obj, meta)
     return _strip_prefixes(sd), meta
+
+
+class InertObject:
+    """What a pickled class outside the allow-list becomes: never imported, never run.
+
+    Creating one gives a plain `OrderedDict` (one of the few types torch's safe unpickler
+    lets a pickle fill), so the official `EasyDict` config keeps its items readable and any
+    other object's pickled attributes end up as inert data in that dict's `__dict__`."""
+
+    def __new__(cls, *args, **kwargs):
+        return OrderedDict()
+
+
+def _load_with_inert_classes(path: Path, meta: dict):
+    """Load a file whose metadata pickles classes other than the allowed ones: each such
+    *class* (a CamelCase name) is mapped to `InertObject` under its own name, so nothing is
+    imported and no code runs. A pickled *function* (os.system, eval, ...) is refused:
+    no honest checkpoint pickles a call, and a class name cannot run code once inert."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    functions = [n for n in names if not n.rsplit(".", 1)[-1][:1].isupper()]
+    if functions:
+        raise CheckpointError(
+            f"refused to load {path}: it contains pickled objects other than tensors, containers and "
+            f"argparse.Namespace, which could run code when unpickled (GLOBAL {', '.join(functions)}). "
+            "If you trust the file, load it yourself and pass its state dict (or re-save it with "
+            "torch.save(state_dict)).")
+    stand_ins = [(InertObject, name) for name in names]
+    with torch.serialization.safe_globals(_safe_globals() + stand_ins):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    meta["inert_classes"] = list(names)
+    log.info("%s: read pickled class(es) %s as inert data (not imported)", path, ", ".join(names))
+    return obj
 
 
 def _find_state_dict(obj: Any, meta: dict) -> Mapping:
@@ -333,8 +364,15 @@ def load_model(path_or_name: Union[str, os.PathLike], *, reset_head: bool = Fals
     `class_list`: "k400", "ssv2", ... for label names; default from the registry entry.
     """
     path = resolve_checkpoint(path_or_name, cache_dir=cache_dir, local_files_only=local_files_only)
-    info = _registry_entry(path_or_name, path)
-    sd, meta = read_checkpoint(path)
+    sd, _ = read_checkpoint(path)
+    return classifier_from_state_dict(path_or_name, path, sd, reset_head=reset_head, class_list=class_list,
+                                      **overrides)
+
+
+def classifier_from_state_dict(path_or_name, path: Path, sd: dict[str, Tensor], *, reset_head: bool = False,
+                               class_list: Optional[str] = None, **overrides) -> VideoMamba:
+    """`load_model`'s second half, for a state dict already read from `path`."""
+    info = registry_entry(path_or_name, path)
     cfg = infer_config(sd)
     cfg.setdefault("num_frames", 8)  # image checkpoints: the official video default
     cfg.update(overrides)
@@ -362,7 +400,7 @@ def load_model(path_or_name: Union[str, os.PathLike], *, reset_head: bool = Fals
     return model.eval()
 
 
-def _registry_entry(path_or_name, path: Path):
+def registry_entry(path_or_name, path: Path):
     raw = os.fspath(path_or_name)
     for key in (raw, Path(raw).name, path.name):
         key = key[:-4] if key.endswith(".pth") else key

@@ -46,6 +46,8 @@ class CheckpointInfo:
     # False where the zoo's download link for this row points at another file (a doc
     # slip upstream): the name follows the zoo's naming pattern but is unconfirmed.
     name_confirmed: bool = True
+    # "classifier" (VideoMamba) or "videotext" (VideoTextMamba: video and text in one space)
+    kind: str = "classifier"
 
     @property
     def class_list(self) -> Optional[str]:
@@ -123,6 +125,13 @@ def _build() -> dict[str, CheckpointInfo]:
             confirmed = name != "videomamba_t16_in1k_res224to448"
             items.append(CheckpointInfo(name, name + ".pth", _SIZE_CODES[code], "in1k", None, img, 1000,
                                         "in1k", top1, confirmed))
+
+    # Video-text (UMT_VIDEOMAMBA) models, pretrained from the K400 masked model on 5M /
+    # 17M / 25M video-text pairs (video_mm/MODEL_ZOO.md); saved with their CLIP teacher.
+    for corpus in ("5M", "17M", "25M"):
+        name = f"videomamba_m16_{corpus}_f8_res224"
+        items.append(CheckpointInfo(name, name + ".pth", "videomamba_middle", "", 8, 224, 0,
+                                    f"mask+{corpus} video-text", kind="videotext"))
     return {c.name: c for c in items}
 
 
@@ -144,8 +153,9 @@ def list_checkpoints(size: Optional[str] = None, dataset: Optional[str] = None) 
             if (size is None or c.size == size) and (dataset is None or c.dataset == dataset)]
 
 
-def create_model(name: str = "videomamba_tiny", **overrides) -> VideoMamba:
-    """An untrained model of a named size, or with the architecture of a named checkpoint.
+def create_model(name: str = "videomamba_tiny", **overrides):
+    """An untrained model of a named size, or with the architecture of a named checkpoint
+    (a VideoTextMamba for the video-text ones; `overrides` then go to its vision encoder).
 
     `overrides` are VideoMamba constructor arguments (num_frames, num_classes, img_size,
     drop_path_rate, ...). Weights: `vmstream.models.load_model`.
@@ -154,6 +164,10 @@ def create_model(name: str = "videomamba_tiny", **overrides) -> VideoMamba:
         kwargs = dict(SIZES[name])
     else:
         info = get_checkpoint(name)
+        if info.kind == "videotext":
+            from .videotext import VideoTextMamba
+
+            return VideoTextMamba(vision=dict(num_frames=info.num_frames, img_size=info.img_size, **overrides))
         kwargs = dict(SIZES[info.size], img_size=info.img_size, num_classes=info.num_classes)
         if info.num_frames is not None:
             kwargs["num_frames"] = info.num_frames

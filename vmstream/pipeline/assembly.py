@@ -36,9 +36,15 @@ def load_pipeline_model(cfg: PipelineConfig):
         model = load_model(ref, **overrides)
     except (CheckpointNotFound, CheckpointError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    if cfg.model.labels:
+    if cfg.model.labels and is_videotext(model):
+        set_open_labels(model, cfg)
+    elif cfg.model.labels:
         p = Path(cfg.model.labels)
         if not p.is_file():
+            if "," in cfg.model.labels or not cfg.model.labels.endswith(".txt"):
+                raise UserError(f"--labels {cfg.model.labels!r}: open-vocabulary labels need a video-text model "
+                                f"(e.g. videomamba_m16_25M_f8_res224); model {model.card.name!r} is a classifier, "
+                                "whose labels are a file naming its classes")
             raise UserError(f"model.labels: {p} does not exist")
         names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
         n = model.head.out_features if hasattr(model.head, "out_features") else None
@@ -46,6 +52,34 @@ def load_pipeline_model(cfg: PipelineConfig):
             raise UserError(f"model.labels: {p} has {len(names)} names, the model has {n} classes")
         model.card = model.card.replace(class_names=tuple(names))
     return model
+
+
+def is_videotext(model) -> bool:
+    from vmstream.models.text_query import is_videotext as _is
+
+    return _is(model)
+
+
+def make_tokenizer(vocab=None):
+    """The video-text tokenizer, its missing vocabulary a user error."""
+    from vmstream.models.tokenizer import BertTokenizer, VocabularyNotFound
+
+    try:
+        return BertTokenizer(vocab)
+    except (VocabularyNotFound, ValueError, ImportError) as e:
+        raise UserError(str(e)) from None
+
+
+def set_open_labels(model, cfg: PipelineConfig) -> None:
+    """Encode the configured label prompts; segments get softmax(similarity / temp) labels."""
+    from vmstream.models.text_query import encode_queries, parse_labels
+
+    try:
+        names, prompts = parse_labels(cfg.model.labels, cfg.model.label_template)
+        feats = encode_queries(model, prompts, tokenizer=make_tokenizer(cfg.model.vocab))
+    except ValueError as e:
+        raise UserError(f"--labels: {e}") from None
+    model.set_label_prompts(feats, names)
 
 
 def make_policy(cfg: PipelineConfig):
@@ -122,7 +156,9 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
             from vmstream.stages.sinks.faiss_store import FaissSink
 
             kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind
-            sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind))
+            # A video-text model's segment embeddings are scored by inner product (see models/videotext.py).
+            metric = "ip" if is_videotext(model) else None
+            sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind, metric=metric))
         if cfg.kafka.bootstrap:
             sinks.append(make_kafka_sink(cfg))
     except BaseException:

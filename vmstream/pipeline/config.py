@@ -36,8 +36,13 @@ class ModelConfig(_Strict):
     summary: Literal["last", "mean"] = "last"
     # Segments of this many different streams are stacked into one forward.
     max_batch: int = Field(4, ge=1, le=256)
-    # Label names file (one per line) overriding the checkpoint's class list.
+    # Classifier: a label names file (one per line) overriding the checkpoint's class list.
+    # Video-text model: open-vocabulary labels, "a,b,c" or a file with one prompt a line.
     labels: Optional[str] = None
+    # Video-text labels: a prompt template such as "a video of {}".
+    label_template: Optional[str] = None
+    # Video-text models: the bert-base-uncased vocab.txt (default: $VMSTREAM_BERT_VOCAB or the hub cache).
+    vocab: Optional[str] = None
 
 
 class DecodeConfig(_Strict):

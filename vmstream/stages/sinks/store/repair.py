@@ -23,7 +23,7 @@ from .video_store import VideoStore
 PathLike = Union[str, os.PathLike]
 
 BATCH = 4096
-_OPTIONS = ("kind", "train_at", "nlist", "pq_m", "hnsw_m")
+_OPTIONS = ("kind", "train_at", "nlist", "pq_m", "hnsw_m", "metric")
 
 
 @dataclass(frozen=True)

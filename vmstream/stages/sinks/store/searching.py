@@ -31,8 +31,9 @@ class SearchHit:
         return self.labels[0] if self.labels else ""
 
 
-def unit_rows(x, dim: Optional[int], what: str) -> np.ndarray:
-    """Validate and L2-normalise vectors; always returns a fresh float32 [n, d] array."""
+def unit_rows(x, dim: Optional[int], what: str, unit: bool = True) -> np.ndarray:
+    """Validate and L2-normalise vectors (`unit=False`: only validate); always returns a
+    fresh float32 [n, d] array."""
     x = np.array(x, dtype=np.float32, copy=True)
     if x.ndim == 1:
         x = x[None, :]
@@ -46,12 +47,35 @@ def unit_rows(x, dim: Optional[int], what: str) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1)
     if (norms == 0).any():
         raise ValueError(f"{what}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros (no direction to compare)")
-    x /= norms[:, None]
+    if unit:
+        x /= norms[:, None]
     return x
 
 
 class StoreSearch:
     """Search methods of `VideoStore` (see there)."""
+
+    @property
+    def metric(self) -> str:
+        """"cosine": vectors are stored L2-normalised; "ip": as given (a video-text model's
+        joint-space embeddings, whose inner product with a text feature is its score)."""
+        return self.meta.get("metric", "cosine")
+
+    def search_text(self, texts, model, k: int = 10, *, tokenizer=None, **params):
+        """Segments matching each text query (a video-text model's store): one hit list
+        per text, scored by the model's similarity. See `text_search.search_text`."""
+        from .text_search import search_text
+
+        return search_text(self, texts, model, k, tokenizer=tokenizer, **params)
+
+    @property
+    def dim(self) -> Optional[int]:
+        return self.meta["dim"]
+
+    @property
+    def kind(self) -> str:
+        """The configured kind ("auto", "flat", "ivfpq", "ivfsq8", "hnsw")."""
+        return self.meta["kind"]
 
     def _searchable(self):
         if self._gpu_res is None or self.index is None:

@@ -57,6 +57,8 @@ from .idmap import ID_MAP_FIELDS, ID_MAP_SCHEMA, IdMap, meta_table
 from .index import KINDS, TRAINED_KINDS, VectorIndex, default_nlist, gpu_available, min_train_size
 from .searching import SearchHit, StoreSearch, unit_rows
 
+METRICS = ("cosine", "ip")
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -89,6 +91,7 @@ class VideoStore(StoreSearch):
         nlist: Optional[int] = None,
         pq_m: Optional[int] = None,
         hnsw_m: int = 32,
+        metric: Optional[str] = None,
         use_gpu: Union[bool, str] = "auto",
         readonly: bool = False,
         threads: Optional[int] = None,
@@ -97,6 +100,9 @@ class VideoStore(StoreSearch):
         wal_max_bytes: int = 256 << 20,
         set_aside: Optional[str] = None,
     ):
+        if metric is not None and metric not in METRICS:
+            raise ValueError(f"unknown store metric {metric!r} (expected one of {', '.join(METRICS)})")
+        self._metric_arg = metric
         if kind is not None and kind not in ("auto", *KINDS):
             raise ValueError(f"unknown index kind {kind!r} (expected auto, {', '.join(KINDS)})")
         self.path = Path(path)
@@ -165,6 +171,7 @@ class VideoStore(StoreSearch):
                 "nlist": nlist,
                 "pq_m": pq_m,
                 "hnsw_m": hnsw_m,
+                "metric": self._metric_arg or "cosine",
                 "model": "",
                 "checkpoint_digest": "",
                 "generation": 0,
@@ -181,6 +188,8 @@ class VideoStore(StoreSearch):
                 f"video store {self.path} is of kind {self.meta['kind']!r}, asked for {kind!r} "
                 "(open it without kind=, or call rebuild(kind=...))"
             )
+        if self._metric_arg is not None and self._metric_arg != self.metric:
+            raise ValueError(f"video store {self.path} scores by {self.metric!r}, asked for {self._metric_arg!r}")
         for name, value in (("train_at", train_at), ("nlist", nlist), ("pq_m", pq_m)):
             if value is not None:
                 self.meta[name] = value
@@ -304,15 +313,6 @@ class VideoStore(StoreSearch):
         return len(self.ids)
 
     @property
-    def dim(self) -> Optional[int]:
-        return self.meta["dim"]
-
-    @property
-    def kind(self) -> str:
-        """The configured kind ("auto", "flat", "ivfpq", "ivfsq8", "hnsw")."""
-        return self.meta["kind"]
-
-    @property
     def log_files(self) -> int:
         """Committed change-log files not yet compacted into a generation."""
         return len(self._wal)
@@ -336,7 +336,7 @@ class VideoStore(StoreSearch):
         (a dict of equal-length sequences or an id-map table; missing ones are blank)."""
         self._check_writable()
         uids = np.asarray(uids, dtype=np.int64).reshape(-1)
-        x = unit_rows(vectors, self.dim, f"video store {self.path}")
+        x = unit_rows(vectors, self.dim, f"video store {self.path}", unit=self.metric == "cosine")
         if x.shape[0] != uids.size:
             raise ValueError(f"video store {self.path}: {uids.size} ids for {x.shape[0]} vectors")
         if (uids < 0).any():

@@ -1,0 +1,92 @@
+"""The public loaders: one `load_model` / `load_checkpoint` for every model family.
+
+A checkpoint whose keys hold a `vision_encoder` and a `text_encoder` is a video-text
+model (VideoTextMamba, `videotext_checkpoint.py`); anything else is the VideoMamba
+classifier (`checkpoint.py`). The file is read once, safely, by `read_checkpoint`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional, Union
+
+import torch.nn as nn
+
+from .checkpoint import LoadReport, classifier_from_state_dict, read_checkpoint, registry_entry
+from .checkpoint import load_checkpoint as load_classifier_checkpoint
+from .hub import file_digest, resolve_checkpoint
+from .videotext import VideoTextMamba
+from .videotext_checkpoint import adapt_videotext_state_dict, infer_videotext_config, is_videotext_state_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_model", "load_checkpoint"]
+
+
+def load_checkpoint(model: nn.Module, source: Union[str, os.PathLike, Mapping], reset_head: bool = False
+                    ) -> LoadReport:
+    """Load a checkpoint (file path, registry name or loaded object) into `model`.
+
+    VideoTextMamba: the official training save or a bare state dict, pretraining or
+    retrieval key names; keys it does not use are reported in `LoadReport.notes`."""
+    if not isinstance(model, VideoTextMamba):
+        return load_classifier_checkpoint(model, source, reset_head=reset_head)
+    if isinstance(source, Mapping):
+        path, digest, label = None, "", "<state dict>"
+    else:
+        path = resolve_checkpoint(source)
+        digest, label = file_digest(path), str(path)
+    sd, meta = read_checkpoint(path if path is not None else source)
+    adapted, notes = adapt_videotext_state_dict(sd, model)
+    model.load_state_dict(adapted, strict=True)
+    notes = _config_notes(meta) + notes
+    for note in notes:
+        log.info("%s: %s", label, note)
+    model.card = model.card.replace(checkpoint=label, checkpoint_digest=digest, load_notes=notes)
+    return LoadReport(source=label, digest=digest, notes=notes, args=meta.get("args"))
+
+
+def load_model(path_or_name: Union[str, os.PathLike], *, reset_head: bool = False, class_list: Optional[str] = None,
+               cache_dir=None, local_files_only: Optional[bool] = None, num_heads: Optional[int] = None,
+               **overrides) -> nn.Module:
+    """A model built from a checkpoint's shapes and loaded with its weights, in eval mode:
+    a VideoMamba classifier, or a VideoTextMamba for the official video-text checkpoints.
+
+    `path_or_name`: a file, or a registry name (downloaded through the HF hub cache).
+    Classifier `overrides`: VideoMamba constructor arguments (see `checkpoint.load_model`).
+    Video-text: `num_heads` for the text encoder (default width / 64), and `num_frames` /
+    `img_size` overrides for the vision encoder (positions resampled).
+    """
+    path = resolve_checkpoint(path_or_name, cache_dir=cache_dir, local_files_only=local_files_only)
+    sd, meta = read_checkpoint(path)
+    if not is_videotext_state_dict(sd):
+        return classifier_from_state_dict(path_or_name, path, sd, reset_head=reset_head, class_list=class_list,
+                                          **overrides)
+    return _videotext_from_state_dict(path_or_name, path, sd, meta, num_heads, overrides)
+
+
+def _videotext_from_state_dict(path_or_name, path: Path, sd, meta, num_heads, overrides) -> VideoTextMamba:
+    cfg = infer_videotext_config(sd, num_heads=num_heads)
+    unknown = set(overrides) - {"num_frames", "img_size"}
+    if unknown:
+        raise TypeError(f"load_model: a video-text model takes num_frames / img_size overrides, not {sorted(unknown)}")
+    cfg["vision"].update(overrides)
+    model = VideoTextMamba(**cfg)
+    adapted, notes = adapt_videotext_state_dict(sd, model)
+    model.load_state_dict(adapted, strict=True)
+    notes = _config_notes(meta) + notes
+    for note in notes:
+        log.info("%s: %s", path.name, note)
+    info = registry_entry(path_or_name, path)
+    model.card = model.card.replace(name=info.name if info else path.stem, checkpoint=str(path),
+                                    checkpoint_digest=file_digest(path), load_notes=notes)
+    return model.eval()
+
+
+def _config_notes(meta: dict) -> list[str]:
+    inert = meta.get("inert_classes")
+    if not inert:
+        return []
+    return [f"read the pickled class(es) {', '.join(inert)} in the file's metadata as plain data (not imported)"]
