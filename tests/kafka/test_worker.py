@@ -433,6 +433,45 @@ def test_a_job_cannot_make_the_worker_read_outside_its_roots(tmp_path, kafka_boo
     assert w.terminate() == 0
 
 
+def test_a_stream_id_rerun_replaces_its_results_only_when_allowed(tmp_path, kafka_bootstrap, kafka_topics, workers,
+                                                                  tiny_ckpt, videos):
+    """Issue 11: two jobs of one stream id and different files left new rows plus stale
+    ones, and the Kafka reader and the Parquet sink disagreed on which copy won."""
+    from tests.fixtures.media import make_video
+    from vmstream.kafka.readers import read_messages
+    from vmstream.stages.sinks.parquet import read_table
+
+    other = make_video(str(tmp_path / "other.mp4"), fps=10, seconds=2, gop=20, size=(64, 48), noise=20)
+    names = kafka_topics(partitions=1)
+    group = f"g-{names.jobs}"
+    cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group)
+    w = workers(cfg, "a")
+    send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "cam", "uri": videos["short"]},
+                                            {"stream_id": "cam", "uri": other}], partition=0)
+    dead = wait_until(lambda: read_messages(kafka_bootstrap, names.dead_letter), 90, "the second job's dead letter")
+    (d,) = [json.loads(m.value) for m in dead]
+    assert d["stream_id"] == "cam" and d["reason"] == "failed" and "allow_replace" in d["error"]
+    assert videos["short"] not in d["error"]
+    recs = records(kafka_bootstrap, names)
+    assert len(segments_of(recs, "cam")) == 4 and {r.uri for r in segments_of(recs, "cam").values()} == {videos["short"]}
+    assert w.terminate() == 0
+
+    # Allowed by the operator: the rerun replaces the stream's results everywhere.
+    w = workers(cfg, "b", "--set", "kafka.jobs.allow_replace=true", "--set", f"output.dir={tmp_path / 'out-a'}")
+    send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "cam", "uri": other}], partition=0)
+    w.wait_log(r"stream cam done \(ok\)")
+    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and {s.uri for s in summaries_of(r, "cam")} == {other}
+                      and r, 60, "the new version's summary")
+    segs = segments_of(recs, "cam")
+    assert sorted(segs) == [0, 1] and {r.uri for r in segs.values()} == {other}
+    assert len({r.stream_version for r in segs.values()}) == 1
+    (summary,) = summaries_of(recs, "cam")
+    assert summary.segment_count == 2 and summary.stream_version == segs[0].stream_version
+    parquet = read_table(tmp_path / "out-a", "segments").to_pandas()
+    assert sorted(parquet.segment_index) == [0, 1] and set(parquet.uri) == {other}
+    assert w.terminate() == 0
+
+
 def test_killed_worker_is_resumed_by_another_from_the_snapshot(tmp_path, kafka_bootstrap, kafka_topics, workers,
                                                                tiny_ckpt, videos):
     from vmstream.kafka.readers import RecordConsumer

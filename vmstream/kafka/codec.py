@@ -28,9 +28,12 @@ the record's identity and a reference instead (payload `parquet-ref`):
 `decode_message` resolves such references (the file must be readable where the
 consumer runs: a shared directory in multi-machine deployments).
 
-Delivery is at least once: after a broker outage a record can arrive twice (same uid).
-`dedupe_by_uid` (and the readers in `vmstream.kafka.readers`) keep the first copy of
-each segment.
+Delivery is at least once: after a broker outage or a resume a record can arrive twice
+(same uid). A stream run again over changed content is a new version of it (the
+records' `stream_version`): its records replace the old version's. `dedupe_by_uid`
+(and the readers in `vmstream.kafka.readers`) keep, per stream, only the version of
+its last record in the log, and of each segment its last copy: what the Parquet sink
+keeps too.
 """
 from __future__ import annotations
 
@@ -245,19 +248,30 @@ def decode_message(
 
 
 def dedupe_by_uid(records: Iterable[Record]) -> list[Record]:
-    """Keep the first copy of each segment (by uid); other records pass through.
+    """The records that stand, in order: per stream only its newest version (that of
+    its last record carrying one; records of other versions are stale), and of each
+    segment (by uid) the last copy, at the place of its first.
 
     Events and summaries carry no uid: a duplicate of one is identical in content, so
     they are de-duplicated by their full row.
     """
-    seen: set[Any] = set()
-    out = []
+    records = list(records)
+    newest: dict[str, str] = {}
     for r in records:
+        if r.stream_version:
+            newest[r.stream_id] = r.stream_version
+    where: dict[Any, int] = {}
+    out: list[Record] = []
+    for r in records:
+        if r.stream_version and r.stream_version != newest[r.stream_id]:
+            continue
         if isinstance(r, SegmentResult):
             key: Any = ("s", r.uid)
         else:
             key = (kind_of(r), orjson.dumps(r.to_row(), option=orjson.OPT_SORT_KEYS))
-        if key not in seen:
-            seen.add(key)
+        if key in where:
+            out[where[key]] = r
+        else:
+            where[key] = len(out)
             out.append(r)
     return out

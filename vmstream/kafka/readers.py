@@ -133,7 +133,10 @@ class RecordConsumer:
 
     `group_id=None` reads without a group (from the end, or from the beginning with
     `from_beginning=True`). Duplicate suppression remembers the last `dedupe_window`
-    uids, which covers re-sends after an outage (they arrive close together).
+    uids, which covers re-sends after an outage (they arrive close together). A stream
+    whose records switch to a new `stream_version` (its content was run again) starts
+    afresh: its segments are new, not duplicates, and late records of a version it has
+    left are skipped (`stale` counts them).
     """
 
     def __init__(
@@ -176,17 +179,22 @@ class RecordConsumer:
                     self._consumer.position(tp)
         else:
             self._consumer.subscribe(self.topics)
-        self._seen: dict[int, None] = {}
+        self._seen: dict[tuple[int, str], None] = {}
         self._window = dedupe_window
+        self._versions: dict[str, list[str]] = {}  # stream id -> its versions seen, newest last
         self.duplicates = 0
+        self.stale = 0
 
     def poll(self, timeout_s: float = 1.0) -> list[Record]:
         out = []
         for tp, msgs in self._consumer.poll(timeout_ms=int(timeout_s * 1000)).items():
             for m in msgs:
                 rec = decode_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset)
+                if self._stale(rec):
+                    self.stale += 1
+                    continue
                 if isinstance(rec, SegmentResult):
-                    uid = rec.uid
+                    uid = (rec.uid, rec.stream_version)
                     if uid in self._seen:
                         self.duplicates += 1
                         continue
@@ -195,6 +203,21 @@ class RecordConsumer:
                         self._seen.pop(next(iter(self._seen)))
                 out.append(rec)
         return out
+
+    def _stale(self, rec: Record) -> bool:
+        """Whether `rec` is of a version its stream has moved on from."""
+        v = rec.stream_version
+        if not v:
+            return False
+        seen = self._versions.setdefault(rec.stream_id, [])
+        if not seen or seen[-1] == v:
+            seen[-1:] = [v]
+            return False
+        if v in seen:
+            return True
+        seen.append(v)
+        del seen[:-16]  # a stream's recent versions are enough to spot late records
+        return False
 
     def __iter__(self) -> Iterator[Record]:
         while True:

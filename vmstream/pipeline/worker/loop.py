@@ -141,7 +141,7 @@ class Worker:
         sinks = self._sinks if self._sinks is not None else build_sinks(cfg, model)
         self.dead_letters.producer = ReliableProducer(k.bootstrap, client_config=k.client)
         self.runner = build_runner(cfg, model=model, sinks=sinks, state_store=GuardedStore(self._store, self.table),
-                                   flush_on_stream_end=True)
+                                   flush_on_stream_end=True, allow_replace=cfg.kafka.jobs.allow_replace)
         self.runner.start()
         self.consumer = KafkaConsumer(**consumer_opts)
         self.consumer.subscribe([self.topics.jobs], listener=make_listener(self.handover))
