@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from vmstream.pipeline.versions import StreamIds, content_version, snapshot_version
+from vmstream.pipeline.versions import StreamIds, StreamIdTaken, content_version, snapshot_version
 from vmstream.records import Resume, SaveSnapshot, Segment, StreamStart
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,21 @@ class Checkpoints:
     def begin(self, source, resume: Optional[Resume]) -> tuple[StreamStart, Optional[Resume]]:
         """The stream's StreamStart (its version now) and the resume that still applies:
         a snapshot of another version is discarded. Claims the stream id (StreamIdTaken);
-        OSError when the file cannot be read."""
+        ValueError when the file cannot be read (an unusable input, like a failed probe)."""
         sid = source.stream_id
-        version = content_version(source)
+        try:
+            version = content_version(source)
+        except OSError as e:
+            raise ValueError(f"{source.uri}: cannot read it: {e.strerror or e}") from None
         if self.enabled and not self.allow_replace:
-            StreamIds(self.store).claim(sid, source.uri, allow_replace=False)
+            try:
+                StreamIds(self.store).claim(sid, source.uri, allow_replace=False)
+            except StreamIdTaken:
+                raise
+            except Exception as e:
+                # The store's trouble, not the input's: an error (retried by the worker),
+                # never "failed" (a TimeoutError is an OSError, like an unreadable file).
+                raise RuntimeError(f"stream {sid}: reading its id record: {type(e).__name__}: {e}") from e
         if resume is not None and snapshot_version(resume.snapshot) != version:
             log.warning("stream %s: its content changed since its snapshot (version %s, now %s): starting over",
                         sid, snapshot_version(resume.snapshot) or "unknown", version)

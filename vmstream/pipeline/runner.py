@@ -272,7 +272,7 @@ class Runner:
             info = self.plan.probe(src)
             # Its version, the snapshot's fit and the id's claim (versions.py).
             start, resume = self.checkpoints.begin(src, resume)
-        except (VideoInputError, ValueError, OSError) as e:
+        except (VideoInputError, ValueError) as e:
             # Unusable input: reported and skipped; the others go on.
             log.error("skipping %s: %s", src.uri, e)
             self._put_seg(StreamEvent(stream_id=sid, kind="error", message=str(e), uri=src.uri,

@@ -50,6 +50,11 @@ def content_version(source) -> str:
     return h.hexdigest()
 
 
+def stream_of_key(key: str) -> str:
+    """The stream a state-store key belongs to (its snapshot's or its id record's)."""
+    return key[len(_ID_PREFIX):] if key.startswith(_ID_PREFIX) else key
+
+
 class StreamIdTaken(ValueError):
     """A stream id already run from another uri, and replacing it is not allowed."""
 
