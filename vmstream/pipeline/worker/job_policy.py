@@ -13,6 +13,8 @@ what the worker's operator offered:
   never FFmpeg's raw options, which can loosen FFmpeg's own protocol and file
   restrictions, nor a forced demuxer), and under `options.ffmpeg` only the names in
   `ffmpeg_options`; the worker's own `ffmpeg` options are set on every job and win.
+  A local file is opened with FFmpeg's `protocol_whitelist` "file" (unless the worker's
+  `ffmpeg` sets one), so a playlist under a root cannot make FFmpeg fetch from the network.
 
 A refused job is dead-lettered with a reason that says which rule refused it and never
 what exists on the machine: a path outside the roots gets the same message whether it
@@ -72,14 +74,17 @@ class JobPolicy:
         if scheme not in self.schemes:
             raise JobRefused(f"job refused: uri scheme {scheme!r} is not allowed by this worker (kafka.jobs.schemes)")
         self._check_options(source.options)
+        forced = dict(self.ffmpeg)
         if scheme == "file":
             real = self._local_path(source.uri)
             source = dataclasses.replace(source, uri=real)
+            # A local file that is a playlist (HLS) must not reach past the file system.
+            forced.setdefault("protocol_whitelist", "file")
         elif scheme != "pipe":
             self._check_host(urlsplit(source.uri).hostname)
-        if self.ffmpeg:
+        if forced:
             opts = dict(source.options)
-            opts["ffmpeg"] = {**dict(opts.get("ffmpeg") or {}), **self.ffmpeg}
+            opts["ffmpeg"] = {**dict(opts.get("ffmpeg") or {}), **forced}
             source = dataclasses.replace(source, options=opts)
         return source
 
