@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
+import pytest
 
 from vmstream.kafka.codec import decode_message, dedupe_by_uid, encode_record
 from vmstream.records import SCHEMA_VERSION, SegmentResult, StreamEvent, StreamSummary
@@ -46,3 +48,52 @@ def test_dedupe_keeps_the_newest_version_of_each_stream_and_the_newest_copy():
     # Records without a version (older writers) are kept as before.
     nan_ev = StreamEvent("legacy", "gap", math.nan, math.nan)
     assert len(dedupe_by_uid([seg(0, "", sid="legacy"), seg(0, "", sid="legacy"), nan_ev])) == 2
+
+
+def test_dedupe_agrees_with_the_parquet_sink_on_which_version_stands():
+    def summ(v, n):
+        return StreamSummary("cam", ["a"], [1.0], [0], "last", float(n), n, stream_version=v)
+
+    # v2 under way: its segments stand, v1's summary no longer does.
+    got = dedupe_by_uid([seg(i, "v1") for i in range(4)] + [summ("v1", 4)] + [seg(0, "v2")])
+    assert [(type(r).__name__, r.stream_version) for r in got] == [("SegmentResult", "v2")]
+    # A, then B, then A again (a file restored with its mtime): the last run stands.
+    got = dedupe_by_uid([seg(i, "A") for i in range(4)] + [summ("A", 4)] + [seg(i, "B") for i in range(2)]
+                        + [summ("B", 2)] + [seg(i, "A", value=5.0) for i in range(3)])
+    assert [(r.stream_version, r.segment_index) for r in got] == [("A", 0), ("A", 1), ("A", 2)]
+    assert {float(r.embedding[0]) for r in got} == {5.0}
+    # Segments and summaries read from their own topics, one after the other.
+    got = dedupe_by_uid([seg(0, "v1"), seg(0, "v2"), seg(1, "v2"), summ("v1", 1), summ("v2", 2)])
+    assert [(type(r).__name__, r.stream_version) for r in got] == [("SegmentResult", "v2")] * 2 + [
+        ("StreamSummary", "v2")]
+
+
+@pytest.mark.kafka
+def test_record_consumer_follows_a_stream_to_its_new_version(kafka_bootstrap, kafka_topics):
+    """Live: a new version's segments are new, not duplicates of the old uids."""
+    from kafka import KafkaProducer
+
+    from vmstream.kafka.readers import RecordConsumer, read_results
+
+    names = kafka_topics(partitions=1)
+    sent = ([seg(i, "v1", value=1.0) for i in range(5)] + [seg(4, "v1", value=1.0)]  # a re-send
+            + [seg(i, "v2", value=2.0) for i in range(3)])
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    try:
+        for r in sent:
+            enc = encode_record(r)
+            p.send(names.segments, enc.value, key=enc.key, headers=enc.headers).get(30)
+    finally:
+        p.close()
+    got = []
+    with RecordConsumer(kafka_bootstrap, [names.segments], from_beginning=True) as c:
+        deadline = time.monotonic() + 30
+        while len(got) < 8 and time.monotonic() < deadline:
+            got += c.poll(0.5)
+        got += c.poll(1.0)
+        assert c.duplicates == 1 and c.new_versions == 1
+    # v2's segments 0-2 are not duplicates of v1's uids.
+    assert [(r.stream_version, r.segment_index) for r in got] == [("v1", i) for i in range(5)] + [("v2", i) for i in range(3)]
+    # The batch reader: only the newest version stands.
+    final = read_results(kafka_bootstrap, names.segments, timeout_s=30)
+    assert [(r.stream_version, r.segment_index) for r in final] == [("v2", i) for i in range(3)]

@@ -134,9 +134,10 @@ class RecordConsumer:
     `group_id=None` reads without a group (from the end, or from the beginning with
     `from_beginning=True`). Duplicate suppression remembers the last `dedupe_window`
     uids, which covers re-sends after an outage (they arrive close together). A stream
-    whose records switch to a new `stream_version` (its content was run again) starts
-    afresh: its segments are new, not duplicates, and late records of a version it has
-    left are skipped (`stale` counts them).
+    whose records change `stream_version` (its content was run again) starts afresh
+    there: its segments are new, not duplicates of the old uids, and replace what came
+    before of the stream (`new_versions` counts the changes; the batch readers keep
+    only what follows the last one, see `codec.dedupe_by_uid`).
     """
 
     def __init__(
@@ -181,19 +182,19 @@ class RecordConsumer:
             self._consumer.subscribe(self.topics)
         self._seen: dict[tuple[int, str], None] = {}
         self._window = dedupe_window
-        self._versions: dict[str, list[str]] = {}  # stream id -> its versions seen, newest last
+        self._versions: dict[str, str] = {}  # stream id -> the version of its last segment
         self.duplicates = 0
-        self.stale = 0
+        self.new_versions = 0
 
     def poll(self, timeout_s: float = 1.0) -> list[Record]:
         out = []
         for tp, msgs in self._consumer.poll(timeout_ms=int(timeout_s * 1000)).items():
             for m in msgs:
                 rec = decode_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset)
-                if self._stale(rec):
-                    self.stale += 1
-                    continue
                 if isinstance(rec, SegmentResult):
+                    if self._versions.setdefault(rec.stream_id, rec.stream_version) != rec.stream_version:
+                        self._versions[rec.stream_id] = rec.stream_version
+                        self.new_versions += 1
                     uid = (rec.uid, rec.stream_version)
                     if uid in self._seen:
                         self.duplicates += 1
@@ -203,21 +204,6 @@ class RecordConsumer:
                         self._seen.pop(next(iter(self._seen)))
                 out.append(rec)
         return out
-
-    def _stale(self, rec: Record) -> bool:
-        """Whether `rec` is of a version its stream has moved on from."""
-        v = rec.stream_version
-        if not v:
-            return False
-        seen = self._versions.setdefault(rec.stream_id, [])
-        if not seen or seen[-1] == v:
-            seen[-1:] = [v]
-            return False
-        if v in seen:
-            return True
-        seen.append(v)
-        del seen[:-16]  # a stream's recent versions are enough to spot late records
-        return False
 
     def __iter__(self) -> Iterator[Record]:
         while True:
