@@ -140,7 +140,8 @@ def bench_worker(bootstrap: str, jobs: int, tmp: Path) -> dict:
                 kafka={"bootstrap": bootstrap, "jobs_topic": names.jobs, "results_topic": names.segments,
                        "events_topic": names.events, "summaries_topic": names.summaries,
                        "state_topic": names.state, "dead_letter_topic": names.dead_letter,
-                       "group_id": f"g-{names.jobs}"})
+                       "group_id": f"g-{names.jobs}",
+                       "jobs": {"roots": [str(tmp)]}})  # the job policy: the video's directory
     (tmp / "w.yaml").write_text(yaml.safe_dump(wcfg))
     log = open(tmp / "worker.log", "w")
     t0 = time.perf_counter()

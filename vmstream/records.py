@@ -20,7 +20,8 @@ import pyarrow as pa
 
 # Bump when a record's fields change meaning; readers check it (Kafka header, Parquet
 # metadata) so an old consumer fails loudly instead of misreading.
-SCHEMA_VERSION = 1
+# 2: every record carries its stream's `stream_version` (the content identity).
+SCHEMA_VERSION = 2
 
 
 def segment_uid(stream_id: str, segment_index: int) -> int:
@@ -96,6 +97,8 @@ class SegmentResult:
     gaps: list[tuple[float, float]] = field(default_factory=list)
     audio: Optional[np.ndarray] = None  # float32 [2 * n_mels]: log-mel mean then std
     uri: str = ""
+    # The content identity of the stream these results come from (see StreamStart).
+    stream_version: str = ""
 
     @property
     def uid(self) -> int:
@@ -119,6 +122,7 @@ class SegmentResult:
             "model": self.model,
             "checkpoint_digest": self.checkpoint_digest,
             "uri": self.uri,
+            "stream_version": self.stream_version,
         }
 
     @classmethod
@@ -139,6 +143,7 @@ class SegmentResult:
             gaps=list(zip(row.get("gap_starts") or [], row.get("gap_ends") or [])),
             audio=None if audio is None else np.asarray(audio, dtype=np.float32),
             uri=row.get("uri", "") or "",
+            stream_version=row.get("stream_version", "") or "",
         )
 
 
@@ -160,6 +165,7 @@ SEGMENT_SCHEMA = pa.schema(
         pa.field("model", pa.string()),
         pa.field("checkpoint_digest", pa.string()),
         pa.field("uri", pa.string()),
+        pa.field("stream_version", pa.string()),
     ],
     metadata={b"vmstream.record": b"SegmentResult", b"vmstream.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -178,6 +184,7 @@ class StreamEvent:
     # e.g. {"broken_packets": 3, "frames": 1200, "reason": "truncated"}
     details: dict[str, Any] = field(default_factory=dict)
     uri: str = ""
+    stream_version: str = ""
 
     KINDS = ("gap", "error", "end")
 
@@ -192,6 +199,7 @@ class StreamEvent:
             "message": self.message,
             "details": json.dumps(self.details, sort_keys=True, default=str),
             "uri": self.uri,
+            "stream_version": self.stream_version,
         }
 
     @classmethod
@@ -206,6 +214,7 @@ class StreamEvent:
             message=row.get("message", "") or "",
             details=json.loads(row.get("details") or "{}"),
             uri=row.get("uri", "") or "",
+            stream_version=row.get("stream_version", "") or "",
         )
 
 
@@ -239,6 +248,18 @@ def end_reason(event: "StreamEvent") -> str:
 # -- control records: a stream's lifecycle, beside its data ----------------------------
 # They travel in the same queues as the data records, in stream order, so "restore the
 # state before this segment" and "everything before this is written" need no side channel.
+
+
+@dataclass(slots=True)
+class StreamStart:
+    """A stream begins (ahead of its records): `version` is its content identity (a
+    file's size, mtime and a hash of its first and last MiB; a live feed's URI).
+    `resumed`: it goes on from a snapshot of the same version; otherwise it starts from
+    its first segment and its results replace whatever the sinks hold of the stream."""
+
+    stream_id: str
+    version: str
+    resumed: bool = False
 
 
 @dataclass(slots=True)
@@ -276,6 +297,7 @@ EVENT_SCHEMA = pa.schema(
         pa.field("message", pa.string()),
         pa.field("details", pa.string()),  # JSON object
         pa.field("uri", pa.string()),
+        pa.field("stream_version", pa.string()),
     ],
     metadata={b"vmstream.record": b"StreamEvent", b"vmstream.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -303,6 +325,7 @@ class StreamSummary:
     model: str = ""
     checkpoint_digest: str = ""
     uri: str = ""
+    stream_version: str = ""
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -319,11 +342,14 @@ class StreamSummary:
             "model": self.model,
             "checkpoint_digest": self.checkpoint_digest,
             "uri": self.uri,
+            "stream_version": self.stream_version,
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "StreamSummary":
-        return cls(**{k: row[k] for k in SUMMARY_SCHEMA.names})
+        out = cls(**{k: row[k] for k in SUMMARY_SCHEMA.names if k != "stream_version"})
+        out.stream_version = row.get("stream_version", "") or ""
+        return out
 
 
 SUMMARY_SCHEMA = pa.schema(
@@ -341,6 +367,7 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("model", pa.string()),
         pa.field("checkpoint_digest", pa.string()),
         pa.field("uri", pa.string()),
+        pa.field("stream_version", pa.string()),
     ],
     metadata={b"vmstream.record": b"StreamSummary", b"vmstream.schema_version": str(SCHEMA_VERSION).encode()},
 )

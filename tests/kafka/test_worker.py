@@ -213,6 +213,8 @@ def write_config(path: Path, ckpt: str, bootstrap: str, names, group: str, **ove
             "summaries_topic": names.summaries, "state_topic": names.state,
             "dead_letter_topic": names.dead_letter, "group_id": group,
             "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 60000},
+            # The tests' videos (pytest's temporary directories) and their local HTTP servers.
+            "jobs": {"schemes": ["file", "http"], "roots": [str(path.parent.parent)], "hosts": ["127.0.0.1"]},
         },
     }
     for section, values in over.items():
@@ -393,6 +395,80 @@ def test_bad_jobs_go_to_the_dead_letter_topic(tmp_path, kafka_bootstrap, kafka_t
     # Every job is done (good or dead-lettered): the offset is past all five.
     wait_until(lambda: committed(kafka_bootstrap, group, names.jobs) == {0: 5}, 30, "offset 5 committed")
     assert w.proc.poll() is None  # the worker went on
+    assert w.terminate() == 0
+
+
+def test_a_job_cannot_make_the_worker_read_outside_its_roots(tmp_path, kafka_bootstrap, kafka_topics, workers,
+                                                            tiny_ckpt, videos):
+    """The probe of issue 11: /etc/passwd decoded as raw video made segment results."""
+    from vmstream.kafka.readers import read_messages
+
+    names = kafka_topics(partitions=1)
+    group = f"g-{names.jobs}"
+    cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group)
+    w = workers(cfg, "a")
+    raw = {"format": "rawvideo", "ffmpeg": {"video_size": "8x8", "pixel_format": "gray", "framerate": "4"}}
+    send_jobs(kafka_bootstrap, names.jobs, [
+        {"stream_id": "x", "uri": "file:///etc/passwd", "options": raw},
+        {"stream_id": "y", "uri": "file:///etc/passwd"},
+        {"stream_id": "z", "uri": "/etc/no-such-file"},
+        {"stream_id": "raw-in-root", "uri": videos["short"], "options": raw},
+        {"stream_id": "web", "uri": "http://169.254.169.254/latest/meta-data"},
+        {"stream_id": "good", "uri": videos["short"]},
+    ], partition=0)
+    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good") and r, 90,
+                      "the good job's summary after the refused ones")
+    assert {r.stream_id for r in recs} == {"good"}  # no result of any refused job
+    dead = wait_until(lambda: len(m := read_messages(kafka_bootstrap, names.dead_letter)) >= 5 and m, 30,
+                      "five dead letters")
+    by_sid = {json.loads(m.value)["stream_id"] or json.loads(m.value)["job"]["stream_id"]: json.loads(m.value)
+              for m in dead}
+    assert sorted(by_sid) == ["raw-in-root", "web", "x", "y", "z"]
+    assert all(d["reason"] == "refused" for d in by_sid.values())
+    assert "option 'ffmpeg'" in by_sid["x"]["error"] and "option 'ffmpeg'" in by_sid["raw-in-root"]["error"]
+    # The same words for an existing and a missing file: nothing about the machine.
+    assert by_sid["y"]["error"] == by_sid["z"]["error"] and "kafka.jobs.roots" in by_sid["y"]["error"]
+    assert "kafka.jobs.hosts" in by_sid["web"]["error"]
+    wait_until(lambda: committed(kafka_bootstrap, group, names.jobs) == {0: 6}, 30, "offset 6 committed")
+    assert w.terminate() == 0
+
+
+def test_a_stream_id_rerun_replaces_its_results_only_when_allowed(tmp_path, kafka_bootstrap, kafka_topics, workers,
+                                                                  tiny_ckpt, videos):
+    """Issue 11: two jobs of one stream id and different files left new rows plus stale
+    ones, and the Kafka reader and the Parquet sink disagreed on which copy won."""
+    from tests.fixtures.media import make_video
+    from vmstream.kafka.readers import read_messages
+    from vmstream.stages.sinks.parquet import read_table
+
+    other = make_video(str(tmp_path / "other.mp4"), fps=10, seconds=2, gop=20, size=(64, 48), noise=20)
+    names = kafka_topics(partitions=1)
+    group = f"g-{names.jobs}"
+    cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group)
+    w = workers(cfg, "a")
+    send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "cam", "uri": videos["short"]},
+                                            {"stream_id": "cam", "uri": other}], partition=0)
+    dead = wait_until(lambda: read_messages(kafka_bootstrap, names.dead_letter), 90, "the second job's dead letter")
+    (d,) = [json.loads(m.value) for m in dead]
+    assert d["stream_id"] == "cam" and d["reason"] == "failed" and "allow_replace" in d["error"]
+    assert videos["short"] not in d["error"]
+    recs = records(kafka_bootstrap, names)
+    assert len(segments_of(recs, "cam")) == 4 and {r.uri for r in segments_of(recs, "cam").values()} == {videos["short"]}
+    assert w.terminate() == 0
+
+    # Allowed by the operator: the rerun replaces the stream's results everywhere.
+    w = workers(cfg, "b", "--set", "kafka.jobs.allow_replace=true", "--set", f"output.dir={tmp_path / 'out-a'}")
+    send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "cam", "uri": other}], partition=0)
+    w.wait_log(r"stream cam done \(ok\)")
+    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and {s.uri for s in summaries_of(r, "cam")} == {other}
+                      and r, 60, "the new version's summary")
+    segs = segments_of(recs, "cam")
+    assert sorted(segs) == [0, 1] and {r.uri for r in segs.values()} == {other}
+    assert len({r.stream_version for r in segs.values()}) == 1
+    (summary,) = summaries_of(recs, "cam")
+    assert summary.segment_count == 2 and summary.stream_version == segs[0].stream_version
+    parquet = read_table(tmp_path / "out-a", "segments").to_pandas()
+    assert sorted(parquet.segment_index) == [0, 1] and set(parquet.uri) == {other}
     assert w.terminate() == 0
 
 

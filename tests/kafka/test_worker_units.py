@@ -244,7 +244,8 @@ class _Msg:
 
 
 def _worker_with(stops_on_cancel):
-    w = Worker(_cfg(), install_signals=False, revoke_timeout_s=0.5)
+    # The jobs of _Msg read /videos (the job policy refuses every local file by default).
+    w = Worker(_cfg(jobs={"roots": ["/videos"]}), install_signals=False, revoke_timeout_s=0.5)
     w.runner, w.consumer = _Runner(stops_on_cancel), _Consumer()
     w.handover.sleep, w.handover.sync_wait_s = None, 0.5
     return w

@@ -28,9 +28,12 @@ the record's identity and a reference instead (payload `parquet-ref`):
 `decode_message` resolves such references (the file must be readable where the
 consumer runs: a shared directory in multi-machine deployments).
 
-Delivery is at least once: after a broker outage a record can arrive twice (same uid).
-`dedupe_by_uid` (and the readers in `vmstream.kafka.readers`) keep the first copy of
-each segment.
+Delivery is at least once: after a broker outage or a resume a record can arrive twice
+(same uid). A stream run again over changed content is a new version of it (the
+records' `stream_version`): its records replace the old version's. `dedupe_by_uid`
+(and the readers in `vmstream.kafka.readers`) keep, per stream, the records from its
+last change of version on in the log, and of each segment its last copy: what the
+Parquet sink keeps too.
 """
 from __future__ import annotations
 
@@ -245,19 +248,40 @@ def decode_message(
 
 
 def dedupe_by_uid(records: Iterable[Record]) -> list[Record]:
-    """Keep the first copy of each segment (by uid); other records pass through.
+    """The records that stand, in order (the records as read from the log, in log order
+    within each partition; see the module doc):
 
-    Events and summaries carry no uid: a duplicate of one is identical in content, so
-    they are de-duplicated by their full row.
+    - a stream's records of one kind from its last change of `stream_version` on: a
+      version that starts replaces what came before it, as it does in the Parquet sink
+      (a rerun of an earlier content after another one counts as starting again);
+    - its events and summaries only of the version its segments stand at (a summary of
+      the replaced version goes, even before the new version has one);
+    - of each segment (by uid) the last copy, at the place of its first; events and
+      summaries carry no uid: a duplicate of one is identical in content, so they are
+      de-duplicated by their full row.
     """
-    seen: set[Any] = set()
-    out = []
-    for r in records:
+    records = list(records)
+    cut: dict[tuple[str, str], int] = {}  # (stream, kind) -> index where its last version starts
+    last: dict[tuple[str, str], str] = {}
+    for i, r in enumerate(records):
+        k = (r.stream_id, kind_of(r))
+        if k not in last or last[k] != r.stream_version:
+            cut[k], last[k] = i, r.stream_version
+    segment_version = {sid: v for (sid, kind), v in last.items() if kind == KIND_SEGMENT}
+    where: dict[Any, int] = {}
+    out: list[Record] = []
+    for i, r in enumerate(records):
+        if i < cut[(r.stream_id, kind_of(r))]:
+            continue
         if isinstance(r, SegmentResult):
             key: Any = ("s", r.uid)
         else:
+            if segment_version.get(r.stream_id, r.stream_version) != r.stream_version:
+                continue
             key = (kind_of(r), orjson.dumps(r.to_row(), option=orjson.OPT_SORT_KEYS))
-        if key not in seen:
-            seen.add(key)
+        if key in where:
+            out[where[key]] = r
+        else:
+            where[key] = len(out)
             out.append(r)
     return out

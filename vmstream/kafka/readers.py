@@ -133,7 +133,11 @@ class RecordConsumer:
 
     `group_id=None` reads without a group (from the end, or from the beginning with
     `from_beginning=True`). Duplicate suppression remembers the last `dedupe_window`
-    uids, which covers re-sends after an outage (they arrive close together).
+    uids, which covers re-sends after an outage (they arrive close together). A stream
+    whose records change `stream_version` (its content was run again) starts afresh
+    there: its segments are new, not duplicates of the old uids, and replace what came
+    before of the stream (`new_versions` counts the changes; the batch readers keep
+    only what follows the last one, see `codec.dedupe_by_uid`).
     """
 
     def __init__(
@@ -176,9 +180,11 @@ class RecordConsumer:
                     self._consumer.position(tp)
         else:
             self._consumer.subscribe(self.topics)
-        self._seen: dict[int, None] = {}
+        self._seen: dict[tuple[int, str], None] = {}
         self._window = dedupe_window
+        self._versions: dict[str, str] = {}  # stream id -> the version of its last segment
         self.duplicates = 0
+        self.new_versions = 0
 
     def poll(self, timeout_s: float = 1.0) -> list[Record]:
         out = []
@@ -186,7 +192,10 @@ class RecordConsumer:
             for m in msgs:
                 rec = decode_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset)
                 if isinstance(rec, SegmentResult):
-                    uid = rec.uid
+                    if self._versions.setdefault(rec.stream_id, rec.stream_version) != rec.stream_version:
+                        self._versions[rec.stream_id] = rec.stream_version
+                        self.new_versions += 1
+                    uid = (rec.uid, rec.stream_version)
                     if uid in self._seen:
                         self.duplicates += 1
                         continue

@@ -211,9 +211,10 @@ def make_inference(cfg: PipelineConfig, model):
 
 
 def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=None, progress=None,
-                 flush_on_stream_end: bool = False):
+                 flush_on_stream_end: bool = False, allow_replace: bool = True):
     """A ready (not started) runner for `cfg`. Pass `model`/`sinks`/`state_store` to
-    reuse or replace the configured ones (tests, the worker)."""
+    reuse or replace the configured ones (tests, the worker); `allow_replace=False`
+    refuses a stream id already run from another uri (the worker's jobs)."""
     from vmstream.pipeline.checkpoints import Checkpoints
     from vmstream.pipeline.runner import Runner
     from vmstream.pipeline.snapshots import LocalStateStore
@@ -229,7 +230,7 @@ def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=Non
         plan=build_plan(cfg, model),
         inference=inference,
         sinks=sinks,
-        checkpoints=Checkpoints(state_store, inference, every=cfg.runner.snapshot_every),
+        checkpoints=Checkpoints(state_store, inference, every=cfg.runner.snapshot_every, allow_replace=allow_replace),
         queue_size=cfg.runner.queue_size,
         max_streams=cfg.runner.max_streams,
         max_batch=cfg.model.max_batch,

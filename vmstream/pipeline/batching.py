@@ -10,7 +10,7 @@ from typing import Callable
 
 from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.report import RunReport
-from vmstream.records import EndReason, Resume, Segment, StreamDone, StreamEvent, end_reason
+from vmstream.records import EndReason, Resume, Segment, StreamDone, StreamEvent, StreamStart, end_reason
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class InferenceLoop:
             item = self._as_stopped(item)
         if isinstance(item, Resume):
             self.checkpoints.restore(item)
+        elif isinstance(item, StreamStart):
+            self.put_out(item)
         elif isinstance(item, StreamEvent):
             self.put_out(item)
             if item.kind != "end":

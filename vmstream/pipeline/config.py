@@ -96,6 +96,65 @@ class OutputConfig(_Strict):
     plot: bool = False
 
 
+class JobPolicyConfig(_Strict):
+    """What the worker's jobs may read (`kafka.jobs`); see the README's Kafka section.
+    Jobs only: `vmstream run` reads whatever its operator names."""
+
+    # URI schemes a job may name ("file" for local paths, "rtsp", "http", ...).
+    schemes: list[str] = Field(default_factory=lambda: ["file"])
+    # Directories a local job must be under (after symlinks); none: no local file.
+    roots: list[str] = Field(default_factory=list)
+    # Hosts (names, IP addresses or networks such as 10.0.0.0/8) a network job may name.
+    hosts: list[str] = Field(default_factory=list)
+    # Job option keys a job may set: of "reconnect", "timeout", "format", "ffmpeg".
+    options: list[str] = Field(default_factory=lambda: ["reconnect", "timeout"])
+    # FFmpeg option names a job may set under options.ffmpeg (when "ffmpeg" is allowed).
+    ffmpeg_options: list[str] = Field(default_factory=list)
+    # FFmpeg options the worker sets for every job (a job's own cannot override them).
+    ffmpeg: dict[str, str] = Field(default_factory=dict)
+    # A job may reuse a stream id known with another uri (replacing that stream's results).
+    allow_replace: bool = False
+
+    @field_validator("schemes")
+    @classmethod
+    def _schemes(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not isinstance(s, str) or not s.replace("+", "").replace("-", "").replace(".", "").isalnum():
+                raise ValueError(f"{s!r} is not a URI scheme (e.g. file, rtsp, https)")
+        return [s.lower() for s in v]
+
+    @field_validator("roots")
+    @classmethod
+    def _roots(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if not r.startswith("/"):
+                raise ValueError(f"{r!r} must be an absolute directory")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        known = ("reconnect", "timeout", "format", "ffmpeg")
+        for k in v:
+            if k not in known:
+                raise ValueError(f"{k!r} is not a job option (one of {', '.join(known)})")
+        return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        import ipaddress
+        import re
+
+        for h in v:
+            try:
+                ipaddress.ip_network(h, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", h):
+                    raise ValueError(f"{h!r} is neither a host name, an IP address nor a network") from None
+        return [h.lower() for h in v]
+
+
 class KafkaConfig(_Strict):
     bootstrap: Optional[str] = None
     results_topic: str = "vmstream.segments"
@@ -111,6 +170,7 @@ class KafkaConfig(_Strict):
     # (session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms), which the
     # producers and admin clients that also take `client` would refuse.
     consumer: dict[str, Any] = Field(default_factory=dict)
+    jobs: JobPolicyConfig = Field(default_factory=JobPolicyConfig)
 
 
 class RunnerConfig(_Strict):

@@ -270,6 +270,8 @@ class Runner:
         resume = self.checkpoints.resume_point(sid)
         try:
             info = self.plan.probe(src)
+            # Its version, the snapshot's fit and the id's claim (versions.py).
+            start, resume = self.checkpoints.begin(src, resume)
         except (VideoInputError, ValueError) as e:
             # Unusable input: reported and skipped; the others go on.
             log.error("skipping %s: %s", src.uri, e)
@@ -278,6 +280,7 @@ class Runner:
             self._put_seg(StreamDone(sid, "failed", str(e)), force=True)
             return
         self._notify(("stream", sid, info))
+        self._put_seg(start, force=True)
         if resume is not None:
             self._put_seg(resume, force=True)
         if self._stop.is_set():

@@ -1,5 +1,7 @@
 """The sink thread's work: every record to every sink, a snapshot saved only after the
-sinks are flushed, and a stream's end reported once its records are written."""
+sinks are flushed, and a stream's end reported once its records are written. A
+stream's start tells every sink its version (a fresh start replaces what the sink holds
+of the stream) and that version is stamped on each of its records."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +11,7 @@ from typing import Callable, Sequence
 
 from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.report import RunReport
-from vmstream.records import SaveSnapshot, StreamDone, StreamSummary
+from vmstream.records import SaveSnapshot, StreamDone, StreamStart, StreamSummary
 from vmstream.stages.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ class SinkWriter:
         self.notify = notify
         self.fail = fail
         self.is_fatal = is_fatal
+        self._versions: dict[str, str] = {}
 
     def run(self) -> None:
         try:
@@ -42,7 +45,10 @@ class SinkWriter:
                 if isinstance(item, SaveSnapshot):
                     self.flush()
                     self.checkpoints.save(item)
+                elif isinstance(item, StreamStart):
+                    self._start(item)
                 elif isinstance(item, StreamDone):
+                    self._versions.pop(item.stream_id, None)
                     self.stream_done(item)
                 else:
                     self._write(item)
@@ -52,7 +58,17 @@ class SinkWriter:
             while self.out_q.get() is not None:  # keep draining so upstream threads can finish
                 pass
 
+    def _start(self, start: StreamStart) -> None:
+        self._versions[start.stream_id] = start.version
+        for s in self.sinks:
+            begin = getattr(s, "begin_stream", None)
+            if begin is not None:
+                begin(start.stream_id, start.version, replace=not start.resumed)
+
     def _write(self, item) -> None:
+        version = self._versions.get(item.stream_id)
+        if version is not None and not getattr(item, "stream_version", True):
+            item.stream_version = version
         t0 = time.perf_counter()
         for s in self.sinks:
             ts = time.perf_counter()

@@ -33,6 +33,12 @@ A job whose cancellation outlasts the wait is fenced: its later snapshot writes 
 dropped, so they cannot overwrite the new owner's. Partitions *lost* (the group
 evicted this worker) are fenced at once and nothing is committed.
 
+What a job may read is the worker config's job policy (`kafka.jobs`, job_policy.py):
+URI schemes, local roots, hosts, and the options a job may set; a job outside it is
+dead-lettered (reason "refused") with a message that tells nothing about the machine.
+A job may not reuse a stream id run from another uri unless `kafka.jobs.allow_replace`
+(dead-lettered "failed").
+
 Failures: a message that is not a valid job (not UTF-8 JSON, missing or bad fields)
 and a job whose input fails (status "failed": missing / not a video; "error": decode
 error) go to `kafka.dead_letter_topic` with the error, the original message and where
@@ -54,6 +60,7 @@ The modules:
     jobs.py          a job (Job, parse_job), offsets committable past done jobs
                      (OffsetLedger) and the table of jobs a worker holds (JobTable)
     options.py       the consumer's options and the topics, from the pipeline config
+    job_policy.py    what a job may make the worker read (JobPolicy, JobRefused)
     loop.py          the consumer loop (Worker): take, run, finish, commit, stop
     handover.py      rebalances: revoke, fence, hand over (Handover, GuardedStore)
     dead_letters.py  the dead-letter topic (DeadLetters, dead_letter_payload)

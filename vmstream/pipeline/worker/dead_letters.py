@@ -32,7 +32,7 @@ def dead_letter_payload(job: Job, reason: str, error: str, *, worker_id: str, gr
         except UnicodeDecodeError:
             original = {"base64": base64.b64encode(raw).decode("ascii")}
     payload = {
-        "reason": reason,  # bad_message | failed | error
+        "reason": reason,  # bad_message | refused (the job policy) | failed | error
         "error": error[:_DLQ_ERROR_MAX],
         "stream_id": job.stream_id,
         "uri": job.source.uri if job.source is not None else None,

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any, Callable, Iterable
 
+from vmstream.pipeline.versions import stream_of_key
 from vmstream.pipeline.worker.jobs import Job, JobTable
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class GuardedStore:
         try:
             return self.store.load(stream_id)
         except Exception as e:
-            self.table.note_store_failure(stream_id, e)
+            self.table.note_store_failure(stream_of_key(stream_id), e)
             raise
 
     def save(self, snap: dict) -> None:

@@ -16,6 +16,7 @@ from vmstream.kafka.topics import TopicNames
 from vmstream.pipeline.signals import StopSignals
 from vmstream.pipeline.worker.dead_letters import DeadLetters
 from vmstream.pipeline.worker.handover import GuardedStore, Handover, fmt_offsets, loop_sleep, make_listener
+from vmstream.pipeline.worker.job_policy import JobPolicy, JobRefused
 from vmstream.pipeline.worker.jobs import Job, JobTable, parse_job
 from vmstream.pipeline.worker.options import consumer_options, ensure_worker_topics, sync_wait_s
 
@@ -65,6 +66,7 @@ class Worker:
         self.install_signals = install_signals
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.topics = TopicNames.from_config(cfg.kafka)
+        self.job_policy = JobPolicy(cfg.kafka.jobs)
         self._model = model
         self._sinks = sinks
         self._store = state_store
@@ -139,7 +141,7 @@ class Worker:
         sinks = self._sinks if self._sinks is not None else build_sinks(cfg, model)
         self.dead_letters.producer = ReliableProducer(k.bootstrap, client_config=k.client)
         self.runner = build_runner(cfg, model=model, sinks=sinks, state_store=GuardedStore(self._store, self.table),
-                                   flush_on_stream_end=True)
+                                   flush_on_stream_end=True, allow_replace=cfg.kafka.jobs.allow_replace)
         self.runner.start()
         self.consumer = KafkaConsumer(**consumer_opts)
         self.consumer.subscribe([self.topics.jobs], listener=make_listener(self.handover))
@@ -314,7 +316,12 @@ class Worker:
         self.stats["jobs"] += 1
         try:
             spec = parse_job(m.value)
-            (job.source,) = with_live_options(self.cfg, [source_from_job(spec)])
+            source = self.job_policy.admit(source_from_job(spec), spec["uri"].strip())
+            (job.source,) = with_live_options(self.cfg, [source])
+        except JobRefused as e:
+            log.warning("job %s: %s", job.where, e)
+            self._dead_letter(job, "refused", str(e))
+            return
         except ValueError as e:  # SourceSpecError is a ValueError
             log.warning("job %s: bad job message: %s", job.where, e)
             self._dead_letter(job, "bad_message", str(e))

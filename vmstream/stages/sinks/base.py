@@ -22,6 +22,12 @@ class Sink(abc.ABC):
     def write(self, record: SinkRecord) -> None:
         """Take one record. May buffer; must not drop."""
 
+    def begin_stream(self, stream_id: str, version: str, *, replace: bool) -> None:
+        """A stream starts at `version` (its content identity), ahead of its records.
+        `replace`: it starts from its first segment, so what this sink holds of the
+        stream from before (another version, an unfinished run) must go; a resumed
+        stream (`replace` False) continues the same version."""
+
     def flush(self) -> None:
         """Make everything written so far durable (a file row group, an index save,
         a broker ack). Raises if that is not possible."""

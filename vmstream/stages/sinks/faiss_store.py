@@ -48,6 +48,13 @@ class FaissSink(Sink):
         if len(self._buffer) >= self.batch_size:
             self._add_buffer()
 
+    def begin_stream(self, stream_id: str, version: str, *, replace: bool) -> None:
+        # A stream starting over replaces its vectors: those of segments the new version
+        # does not reach must not stay searchable.
+        if replace:
+            self._add_buffer()
+            self.store.remove_stream(stream_id)
+
     def _add_buffer(self) -> None:
         if self._buffer:
             batch, self._buffer = self._buffer, []

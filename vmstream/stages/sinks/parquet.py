@@ -122,6 +122,15 @@ def newest_mask(keys: Sequence) -> np.ndarray:
     return keep
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in `schema`: columns an older schema lacked (stream_version) as nulls."""
+    if table.schema.equals(schema, check_metadata=False):
+        return table.replace_schema_metadata(schema.metadata)
+    cols = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
 class PartTable:
     """One table kept as a directory of immutable Parquet parts (see module docstring)."""
 
@@ -206,7 +215,13 @@ class PartTable:
         return sum(1 for p in _list_parts(self.directory) if p.num_rows <= self.row_group_rows)
 
     # -- compaction ------------------------------------------------------------------
-    def compact(self, full: bool = True) -> bool:
+    def drop_stream(self, stream_id: str) -> bool:
+        """Remove every row of `stream_id` (a stream that starts over replaces its old
+        rows), by a full compaction that leaves them out; buffered rows are written first."""
+        self.flush()
+        return self.compact(drop_stream=stream_id)
+
+    def compact(self, full: bool = True, *, drop_stream: Optional[str] = None) -> bool:
         """De-duplicate keys (newest wins) and merge small parts. Returns True if it
         rewrote anything. Buffered rows are not included; `flush` first for that.
 
@@ -219,12 +234,21 @@ class PartTable:
         if not parts:
             return False
         key_cols = list(self.key) if self.key else None
-        keys_per_part = [_keys_of(pq.read_table(p.path, columns=key_cols), self.key) for p in parts]
+        read_cols = key_cols if key_cols is None or drop_stream is None else sorted({*key_cols, "stream_id"})
+        key_tables = [pq.read_table(p.path, columns=read_cols) for p in parts]
+        keys_per_part = [_keys_of(t, self.key) for t in key_tables]
         if keys_per_part and isinstance(keys_per_part[0], np.ndarray):
             all_keys: Sequence = np.concatenate(keys_per_part)
         else:
             all_keys = [k for ks in keys_per_part for k in ks]
         keep = newest_mask(all_keys)
+        if drop_stream is not None:
+            # Every key's newest row only is kept, so dropping it drops the key's older copies too.
+            sids = np.concatenate([np.asarray(t.column("stream_id").to_pylist(), dtype=object) for t in key_tables])
+            ours = sids == drop_stream
+            if not ours.any():
+                return False
+            keep &= ~ours
         masks, start = [], 0
         for p in parts:
             masks.append(keep[start : start + p.num_rows])
@@ -255,7 +279,8 @@ class PartTable:
                         if not m.all():
                             batch = batch.filter(pa.array(m))
                         if batch.num_rows:
-                            writer.write_table(pa.Table.from_batches([batch], schema=self.schema), row_group_size=self.row_group_rows)
+                            writer.write_table(_conform(pa.Table.from_batches([batch]), self.schema),
+                                               row_group_size=self.row_group_rows)
                             kept_rows += batch.num_rows
         others_left = len(parts) - len(chosen)
         if kept_rows == 0 and others_left > 0:
@@ -353,6 +378,13 @@ class ParquetSink(Sink):
         except (TypeError, ValueError) as e:
             raise ValueError(f"{what} is malformed: {e}") from e
         self.tables[table].append(row, what)
+
+    def begin_stream(self, stream_id: str, version: str, *, replace: bool) -> None:
+        # A stream starting over replaces its rows: none of the old ones stays readable,
+        # not even to a plain pandas.read_parquet of the directory.
+        if replace:
+            for t in self.tables.values():
+                t.drop_stream(stream_id)
 
     def flush(self) -> None:
         for t in self.tables.values():
