@@ -74,7 +74,13 @@ def main(args) -> int:
         return 130
     if signals.received:
         print(f"{signals.received} came after every stream had finished: nothing left to resume", file=sys.stderr)
-    return 1 if report.streams_failed else 0
+    # Streams whose model output went non-finite failed in the inference stage; the
+    # runner's own report does not know it yet (see InferenceStage.failure).
+    failed_in_model = [sid for sid, status in report.statuses.items()
+                       if status not in ("failed", "error") and runner.inference.failure(sid)]
+    for sid in failed_in_model:
+        print(f"FAILED {sid}: {runner.inference.failure(sid)}", file=sys.stderr)
+    return 1 if report.streams_failed or failed_in_model else 0
 
 
 def _plots(out: Path) -> None:

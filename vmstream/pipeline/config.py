@@ -52,6 +52,9 @@ class DecodeConfig(_Strict):
     resize: Optional[Literal["short_side_crop", "direct"]] = None
     audio: bool = False
     threads: int = Field(0, ge=0)  # decoder threads; 0 = automatic
+    # Inputs declaring larger frames (width x height) are refused when probed; the
+    # default 8192x8192 admits 8K video (see stages/decode/frame_bound.py).
+    max_frame_pixels: int = Field(8192 * 8192, ge=1)
 
     @field_validator("img_size")
     @classmethod
