@@ -73,3 +73,14 @@ def test_a_resumed_stream_with_nothing_left_still_ends_eof(tmp_path):
     path = make_video(str(tmp_path / "v.mp4"), seconds=1)
     items = list(PyAVDecoder().frames(source_from_uri(path), FpsSampling(4), SMALL, start_time=5.0))
     assert [i.kind for i in items] == ["end"] and items[0].details["reason"] == "eof"
+
+
+def test_a_file_cut_inside_its_header_says_so(tmp_path):
+    from vmstream.stages.decode.base import NotAVideoError
+
+    src = make_video(str(tmp_path / "src.webm"), codec="vp9", seconds=1)
+    data = open(src, "rb").read()
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(data[:data.find(bytes.fromhex("1F43B675"))])  # the header, no cluster
+    with pytest.raises(NotAVideoError, match="the data ends before FFmpeg could read the container's header"):
+        PyAVDecoder().probe(str(cut))

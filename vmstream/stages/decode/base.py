@@ -151,7 +151,9 @@ def no_frame_reason(reason: str, message: str, frames: int, start_time: float) -
     "truncated"): it probed as a video but nothing in it decodes. A resumed stream
     (start_time > 0) may rightly have nothing left."""
     if frames == 0 and start_time <= 0 and reason in ("eof", "truncated"):
-        why = f" ({message})" if message and message != reason else ""
+        # "decoded what could be decoded" (of a truncated stream) is nothing here.
+        detail = (message or "").replace("; decoded what could be decoded", "")
+        why = f" ({detail})" if detail and detail != reason else ""
         return "error", f"no frame could be decoded{why}"
     return reason, message
 
