@@ -185,6 +185,8 @@ def test_a_key_given_twice_is_an_error_naming_it(tmp_path):
     assert "key 'fps' is given twice in one mapping at line 4" in msg and "first at line 2" in msg
     with pytest.raises(ConfigError, match="key 'k' is given twice"):
         parse_override("a={k: 1, k: 2}")
+    # A merge key is no repetition (no alias needed for it); the explicit key wins.
+    assert parse_override("a={<<: {k: 1, j: 2}, k: 3}") == {"a": {"k": 3, "j": 2}}
     # The same key in different mappings is fine.
     assert read_yaml(_write(tmp_path / "ok.yaml", "a: {k: 1}\nb: {k: 2}\n")) == {"a": {"k": 1}, "b": {"k": 2}}
 
