@@ -3,8 +3,9 @@
 
 Makes small base videos with the ffmpeg CLI (H.264 mp4, one with AAC audio and the
 index at the end, and VP9/VP8 webm) and a tiny random checkpoint, then `--count`
-damaged copies (seeded): bytes flipped anywhere, in the header, or in one burst, in
-varying numbers; about one in ten truncated instead. They run in batches (one
+damaged copies (seeded): bytes flipped anywhere, in the first or last 4 KiB (where the
+containers keep their indexes), or in one burst, in varying numbers; about one in ten
+truncated instead. They run in batches (one
 directory per `vmstream run`, the way an archive is analysed) under a timeout, and
 each file is judged from the run's events Parquet:
 
@@ -16,7 +17,7 @@ each file is judged from the run's events Parquet:
 A batch with a traceback or a hang is rerun file by file to find which file it was.
 The damaged files of every traceback and hang are kept and listed.
 
-    .venv/bin/python benchmarks/video_fuzz.py [--count 200] [--seed 11] [--batch 25] [--timeout 180]
+    .venv/bin/python benchmarks/video_fuzz.py [--count 200] [--seed 11] [--batch 25] [--timeout 180] [--audio]
 
 Last lines, one figure each: video_fuzz_clear_error=, video_fuzz_clean=,
 video_fuzz_traceback=, video_fuzz_hang= (the last two must be 0).
@@ -77,7 +78,7 @@ def make_checkpoint(path: Path) -> None:
 def damage(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     """A damaged copy and a description of what was done."""
     n = len(data)
-    kind = rng.choices(["flip", "header", "burst", "truncate"], weights=[4, 3, 2, 1])[0]
+    kind = rng.choices(["flip", "header", "tail", "burst", "truncate"], weights=[3, 3, 1, 2, 1])[0]
     buf = bytearray(data)
     if kind == "truncate":
         cut = rng.randint(1, n - 1)
@@ -89,14 +90,17 @@ def damage(data: bytes, rng: random.Random) -> tuple[bytes, str]:
             buf[i] = rng.randrange(256)
         return bytes(buf), f"burst of {length} random bytes at {at}"
     count = rng.choice([1, 2, 5, 10, 50, 200]) if kind == "flip" else rng.choice([1, 2, 4, 8, 16])
-    hi = n if kind == "flip" else min(n, 4096)
-    spots = sorted(rng.randrange(hi) for _ in range(count))
+    # "header": the first 4 KiB (ftyp/moov of a faststart mp4, the EBML header and tracks
+    # of a webm); "tail": the last 4 KiB (an mp4's moov written at the end, webm cues).
+    lo, hi = (max(0, n - 4096), n) if kind == "tail" else (0, n if kind == "flip" else min(n, 4096))
+    spots = sorted(rng.randrange(lo, hi) for _ in range(count))
     for i in spots:
         buf[i] ^= rng.randrange(1, 256)
-    return bytes(buf), f"{count} byte(s) flipped in the first {hi} bytes (first at {spots[0]})"
+    return bytes(buf), f"{count} byte(s) flipped in bytes {lo}-{hi} (first at {spots[0]})"
 
 
-def run_batch(files: list[Path], ckpt: Path, out: Path, timeout: float) -> tuple[str, dict[str, str], str]:
+def run_batch(files: list[Path], ckpt: Path, out: Path, timeout: float, extra: tuple = ()
+              ) -> tuple[str, dict[str, str], str]:
     """('done' | 'hang', {file: verdict}, stderr) for one `vmstream run` over `files`."""
     d = out.with_suffix(".in")
     d.mkdir(parents=True, exist_ok=True)
@@ -104,7 +108,7 @@ def run_batch(files: list[Path], ckpt: Path, out: Path, timeout: float) -> tuple
         os.link(f, d / f.name)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "vmstream.cli", "run", str(d), "--checkpoint", str(ckpt), "--out", str(out),
-           "--no-progress", "--fps", "4", "--max-streams", "2"]
+           "--no-progress", "--fps", "4", "--max-streams", "2", *extra]
     try:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(out.parent))
     except subprocess.TimeoutExpired as e:
@@ -154,6 +158,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=25)
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per batch run")
     ap.add_argument("--keep", default=None, help="directory to keep the damaged files of findings in")
+    ap.add_argument("--audio", action="store_true", help="also decode the audio tracks (vmstream run --audio)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="video-fuzz-"))
@@ -176,16 +181,17 @@ def main() -> int:
         files.append(path)
         how[path.name] = f"{base}: {what}"
 
+    extra = ("--audio",) if args.audio else ()
     verdicts: dict[str, str] = {}
     for b in range(0, len(files), args.batch):
         batch = files[b:b + args.batch]
-        state, got, err = run_batch(batch, ckpt, work / f"run-{b:03d}", args.timeout)
+        state, got, err = run_batch(batch, ckpt, work / f"run-{b:03d}", args.timeout, extra)
         if state == "done" and "suspect" not in got.values() and "traceback" not in got.values():
             verdicts.update(got)
             continue
         # Find the file: one run each.
         for f in batch:
-            state, one, err = run_batch([f], ckpt, work / f"one-{f.stem}", args.timeout)
+            state, one, err = run_batch([f], ckpt, work / f"one-{f.stem}", args.timeout, extra)
             v = "hang" if state == "hang" else one[f.name]
             if v == "suspect":
                 v = "traceback"
