@@ -192,6 +192,8 @@ def test_a_key_given_twice_is_an_error_naming_it(tmp_path):
 
 
 def test_a_config_file_is_size_bounded(tmp_path):
+    with pytest.raises(ConfigError, match="'/dev/zero' is not a regular file"):
+        read_yaml("/dev/zero")
     p = tmp_path / "big.yaml"
     p.write_text("a: 1\n" + "# padding\n" * (MAX_FILE_BYTES // 10 + 1))
     with pytest.raises(ConfigError, match=f"at most {MAX_FILE_BYTES} bytes"):

@@ -56,7 +56,8 @@ def read_yaml(path: PathLike, what: str = "config file") -> dict:
     """The mapping at the top of a YAML file (empty file: {})."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{what} {str(p)!r} does not exist")
+        # A device or FIFO (/dev/zero, a pipe) would be read without end.
+        raise ConfigError(f"{what} {str(p)!r} " + ("is not a regular file" if p.exists() else "does not exist"))
     size = p.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ConfigError(f"{what} {str(p)!r} is {size} bytes; a config may be at most {MAX_FILE_BYTES} bytes")
