@@ -40,10 +40,15 @@ def _run(sources, ckpt, out, *extra):
 def test_non_finite_model_output_is_an_error_event_never_a_row(tmp_path, overflow_ckpt, h264_mp4, capsys):
     out = tmp_path / "out"
     assert _run([h264_mp4], overflow_ckpt, out) == 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "Traceback" not in err and f"FAILED {h264_mp4}: segment 0 (" in err
     assert len(read_table(out, "segments")) == 0
-    assert len(read_table(out, "summaries")) == 0
+    summaries = read_table(out, "summaries").to_pylist()
+    assert [(s["status"], s["labels"], s["segment_count"]) for s in summaries] == [("error", [], 0)]
+    shown = captured.out + captured.err
+    table = shown[shown.index("stream  "):]  # the console's end-of-run table
+    assert "error" in table.splitlines()[2] and "1 failed" in table
     events = read_table(out, "events").to_pandas()
     errors = events[events.kind == "error"]
     reasons = [json.loads(d)["reason"] for d in errors.details]

@@ -45,8 +45,10 @@ def test_a_non_finite_output_fails_that_stream_only():
     assert other.failure("bad") == stage.failure("bad")
     assert isinstance(other.process([_seg("bad", 2)])[0], StreamEvent)
 
-    # No summary from non-finite logits; the good stream gets its own.
-    assert stage.end_stream(StreamEvent(stream_id="bad", kind="end")) is None
+    # Its summary says it failed, with no labels from non-finite logits; the good
+    # stream gets its own.
+    bad = stage.end_stream(StreamEvent(stream_id="bad", kind="end"))
+    assert bad.status == "error" and bad.labels == [] and bad.scores == [] and bad.segment_count == 0
     summary = stage.end_stream(StreamEvent(stream_id="good", kind="end"))
     assert summary is not None and summary.segment_count == 2 and np.isfinite(summary.scores).all()
     assert stage.failure("bad") is not None  # kept for the caller's final status

@@ -14,8 +14,8 @@ A segment whose embedding or logits are not finite (NaN or Inf: numerical overfl
 the weights themselves are checked at load) is never a result: its slot is an "error"
 StreamEvent with reason "non_finite", and the stream has failed. The carried state is
 then poisoned, so the stream's later segments are not run (each slot an "error" event
-saying it was skipped) and it gets no summary; `failure(stream_id)` tells the caller,
-which owns the stream's final status.
+saying it was skipped) and its summary has status "error" and no labels;
+`failure(stream_id)` tells the caller, which owns the stream's final status.
 """
 from __future__ import annotations
 
@@ -269,6 +269,7 @@ class InferenceStage:
         book.failed = (f"segment {s.index} ({s.t_start:.2f}-{s.t_end:.2f} s): the model's output is not finite "
                        f"(NaN or Inf in its {' and '.join(bad)}); the stream's later segments are not analysed")
         book.state = None
+        book.t_end = s.t_end  # a snapshot resumes after it, as after any segment
         self._failures[s.stream_id] = book.failed
         self._failures.move_to_end(s.stream_id)
         while len(self._failures) > 4096:
@@ -280,6 +281,7 @@ class InferenceStage:
 
     def _skip(self, s: Segment, book: _StreamBook) -> StreamEvent:
         book.next_index = s.index + 1
+        book.t_end = s.t_end
         return StreamEvent(stream_id=s.stream_id, kind="error", t_start=s.t_start, t_end=s.t_end,
                            message=f"segment {s.index} not analysed: the stream failed at an earlier segment "
                                    "(non-finite model output)",
@@ -287,9 +289,16 @@ class InferenceStage:
 
     def end_stream(self, event: StreamEvent) -> Optional[StreamSummary]:
         """The stream's "end" event arrived: its summary (None if it had no segments);
-        its state is released."""
+        its state is released. A stream that failed here gets a summary with status
+        "error" and no labels (its logits are not finite)."""
         book = self._books.pop(event.stream_id, None)
-        if book is None or book.segments == 0 or book.failed:
+        if book is not None and book.failed:
+            return StreamSummary(
+                stream_id=event.stream_id, labels=[], scores=[], label_ids=[], mode=self.summary_mode,
+                duration=max(0.0, book.t_end - book.t_start) if book.segments else 0.0,
+                segment_count=book.segments, t_start=book.t_start, t_end=book.t_end, status="error",
+                model=self.meta.name, checkpoint_digest=self.meta.checkpoint_digest, uri=book.uri or event.uri)
+        if book is None or book.segments == 0:
             return None
         logits = book.last_logits if self.summary_mode == "last" else book.sum_logits / book.segments
         labels, scores, label_ids = self._topk(logits)
