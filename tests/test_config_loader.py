@@ -5,8 +5,8 @@ from typing import Optional
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from vmstream.config_loader import (ConfigError, deep_merge, parse_override, parse_overrides, read_layered,
-                                    read_yaml, validate)
+from vmstream.config_loader import (MAX_DEPTH, MAX_FILE_BYTES, ConfigError, deep_merge, parse_override,
+                                    parse_overrides, read_layered, read_yaml, validate)
 
 
 def test_parse_override_values():
@@ -121,3 +121,80 @@ def test_pipeline_and_training_read_an_empty_value_alike():
     for bad in (lambda: load_config(sets=["decode.fps=[1"]), lambda: load_recipe(None, ["opt_betas=[1"])):
         with pytest.raises(ConfigError, match="is not valid YAML"):
             bad()
+
+
+# ------------------------------------------------------------ bounded YAML reading
+
+def _laughs(levels: int = 6, width: int = 10) -> str:
+    """A "billion laughs": each level an alias list of the one before (width**levels leaves)."""
+    lines = ["kafka:", "  client:", f"    l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_are_refused_before_anything_expands(tmp_path):
+    import time
+
+    p = tmp_path / "laughs.yaml"
+    p.write_text(_laughs(levels=9))  # 10**9 leaves if expanded
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        read_yaml(p)
+    assert time.monotonic() - t0 < 5
+    msg = str(e.value)
+    assert "\n" not in msg and "laughs.yaml" in msg and "aliases (*l0) are not allowed" in msg and "line 4" in msg
+    with pytest.raises(ConfigError, match=r"override a: YAML aliases \(\*x\) are not allowed"):
+        parse_override("a=[&x 1, *x]")
+
+
+def test_deep_nesting_is_a_clear_error_not_a_recursion_error(tmp_path):
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    block = tmp_path / "block.yaml"
+    # Indented, 5000 levels would pass the size bound; 1000 exhaust the recursion as well.
+    block.write_text("".join(" " * i + "k:\n" for i in range(1000)) + " " * 1000 + "k: 1\n")
+    for p in (flow, block):
+        with pytest.raises(ConfigError, match=f"nested more than {MAX_DEPTH} levels deep at line"):
+            read_yaml(p)
+    with pytest.raises(ConfigError, match="nested more than"):
+        parse_override("a=" + "{b: " * 5000 + "1" + "}" * 5000)
+    with pytest.raises(ConfigError, match="levels of keys"):
+        parse_override(".".join(["k"] * 5000) + "=1")
+    # Real configs are far from the bound.
+    assert read_yaml(_write(tmp_path / "ok.yaml", "a: " + "[" * 30 + "1" + "]" * 30)) == {"a": _nest(30)}
+
+
+def _write(p, text):
+    p.write_text(text)
+    return p
+
+
+def _nest(n):
+    v = 1
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path):
+    p = _write(tmp_path / "dup.yaml", "decode:\n  fps: 1\n  sampling: fps\n  fps: 4\n")
+    with pytest.raises(ConfigError) as e:
+        read_yaml(p)
+    msg = str(e.value)
+    assert "key 'fps' is given twice in one mapping at line 4" in msg and "first at line 2" in msg
+    with pytest.raises(ConfigError, match="key 'k' is given twice"):
+        parse_override("a={k: 1, k: 2}")
+    # A merge key is no repetition (no alias needed for it); the explicit key wins.
+    assert parse_override("a={<<: {k: 1, j: 2}, k: 3}") == {"a": {"k": 3, "j": 2}}
+    # The same key in different mappings is fine.
+    assert read_yaml(_write(tmp_path / "ok.yaml", "a: {k: 1}\nb: {k: 2}\n")) == {"a": {"k": 1}, "b": {"k": 2}}
+
+
+def test_a_config_file_is_size_bounded(tmp_path):
+    with pytest.raises(ConfigError, match="'/dev/zero' is not a regular file"):
+        read_yaml("/dev/zero")
+    p = tmp_path / "big.yaml"
+    p.write_text("a: 1\n" + "# padding\n" * (MAX_FILE_BYTES // 10 + 1))
+    with pytest.raises(ConfigError, match=f"at most {MAX_FILE_BYTES} bytes"):
+        read_yaml(p)

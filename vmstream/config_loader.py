@@ -15,6 +15,13 @@ Override syntax, the same for `vmstream run --set` and `vmstream train`:
 
 A VALUE that is not valid YAML (an unclosed bracket, a leading `@`) is an error naming
 the key, never silently kept as text: quote it (a.b.c='[x') to mean the text.
+
+YAML is read with bounds, since a config may come from someone else (a worker's job
+template, a shared preset): aliases (`*name`) are refused, because a few lines of
+nested aliases expand to gigabytes ("billion laughs") and no config here needs them;
+nesting is at most MAX_DEPTH levels (deeper would exhaust the parser's recursion);
+a key given twice in one mapping is an error (YAML's "last wins" hides typos); and a
+file is at most MAX_FILE_BYTES.
 """
 from __future__ import annotations
 
@@ -26,9 +33,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 __all__ = ["ConfigError", "OVERRIDE_HELP", "read_yaml", "read_layered", "deep_merge", "parse_override",
-           "parse_overrides", "validate"]
+           "parse_overrides", "validate", "load_yaml_text", "MAX_DEPTH", "MAX_FILE_BYTES"]
 
 M = TypeVar("M", bound=BaseModel)
+
+# Far above any real config (the deepest key path here is 3 levels; a recipe's lists 2 more).
+MAX_DEPTH = 64
+# Presets and recipes are a few KiB.
+MAX_FILE_BYTES = 1 << 20
 PathLike = Union[str, os.PathLike]
 
 # For the CLIs' help text, so both say the same.
@@ -44,11 +56,24 @@ def read_yaml(path: PathLike, what: str = "config file") -> dict:
     """The mapping at the top of a YAML file (empty file: {})."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{what} {str(p)!r} does not exist")
+        # A device or FIFO (/dev/zero, a pipe) would be read without end.
+        raise ConfigError(f"{what} {str(p)!r} " + ("is not a regular file" if p.exists() else "does not exist"))
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{what} {str(p)!r} is {size} bytes; a config may be at most {MAX_FILE_BYTES} bytes")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        with open(p, encoding="utf-8") as f:
+            text = f.read(MAX_FILE_BYTES + 1)  # a file that grew since stat() is still bounded
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {e}") from None
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(f"{what} {str(p)!r}: a config may be at most {MAX_FILE_BYTES} bytes")
+    try:
+        data = load_yaml_text(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {_one_line(e)}") from None
+    except _Refused as e:
+        raise ConfigError(f"{what} {str(p)!r}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -97,14 +122,18 @@ def parse_override(text: str) -> dict:
     parts = key.split(".")
     if not key or not all(p.strip() for p in parts):
         raise ConfigError(f"override {text!r}: the key {key!r} has an empty part")
+    if len(parts) > MAX_DEPTH:
+        raise ConfigError(f"override {key[:60]}...: {len(parts)} levels of keys, at most {MAX_DEPTH}")
     if raw.strip() == "":
         value: Any = None
     else:
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml_text(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({_one_line(e)}); "
                               f"quote it to mean the text: {key}='{raw}'") from None
+        except _Refused as e:
+            raise ConfigError(f"override {key}: {e}") from None
     for p in reversed(parts):
         value = {p.strip(): value}
     return value
@@ -129,11 +158,62 @@ def validate(model: type[M], data: Mapping, origin: str, what: str = "configurat
         raise ConfigError(f"invalid {what} ({origin}): " + "; ".join(_errors(e))) from None
 
 
+class _Refused(ConfigError):
+    """YAML that parses but is refused (an alias, too deep, a repeated key)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader without aliases, with bounded nesting and no repeated keys."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed in a config{_at(event.start_mark)}; "
+                           "write the value out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep{_at(self.peek_event().start_mark)}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` (explicit keys override it)
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not key_node.start_mark:
+                raise _Refused(f"key {key!r} is given twice in one mapping{_at(key_node.start_mark)} "
+                               f"(first{_at(first)})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """One YAML document read with `_BoundedLoader`'s limits."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _at(mark) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
 def _errors(err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         out.append(f"{loc}: {msg}")
     return out
 

@@ -4,6 +4,7 @@ architecture inference, digests, and resolving registry names through the HF cac
 import argparse
 import hashlib
 import logging
+import math
 import os
 import re
 
@@ -270,3 +271,43 @@ def test_load_checkpoint_accepts_a_loaded_state_dict():
     report = load_checkpoint(dst, {"model": src.state_dict()})
     assert report.source == "<state dict>"
     _same_weights(src, dst)
+
+
+@pytest.mark.parametrize("poison", ["nan_all", "inf_head", "nan_some"])
+def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path, poison):
+    sd = make_tiny_model(seed=12).state_dict()
+    if poison == "nan_all":
+        sd = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in sd.items()}
+    elif poison == "inf_head":
+        sd["head.weight"][0, 0] = math.inf
+        sd["head.weight"][1, 1] = -math.inf
+    else:
+        sd["layers.1.mixer.A_log"][0, 0] = math.nan
+    path = _save({"model": sd}, tmp_path / "bad.pth")
+    for load in (lambda: load_model(path), lambda: load_checkpoint(make_tiny_model(seed=1), path)):
+        with pytest.raises(CheckpointError) as e:
+            load()
+        msg = str(e.value)
+        assert "\n" not in msg and "bad.pth" in msg and "non-finite weights (NaN or Inf)" in msg
+        if poison == "nan_all":
+            n = sum(1 for v in sd.values() if v.is_floating_point())
+            assert f"in {n} tensor(s)" in msg and f"and {n - 5} more" in msg
+        elif poison == "inf_head":
+            assert "in 1 tensor(s): head.weight (0 NaN, 2 Inf of 160)" in msg
+        else:
+            assert "in 1 tensor(s): layers.1.mixer.A_log (1 NaN, 0 Inf" in msg
+
+
+@pytest.mark.parametrize("key, shape", [
+    ("patch_embed.proj.weight", (32, 3, 1, 16, 0)),
+    ("patch_embed.proj.weight", (0, 3, 1, 16, 16)),
+    ("pos_embed", (1, 0, 32)),
+    ("layers.0.mixer.A_log", (0, 8)),
+])
+def test_zero_size_tensors_are_a_clear_error(tmp_path, key, shape):
+    sd = make_tiny_model(seed=13).state_dict()
+    sd[key] = torch.zeros(shape)
+    with pytest.raises(CheckpointError, match=rf"not a usable VideoMamba checkpoint: {key} has shape"):
+        infer_config(sd)
+    with pytest.raises(CheckpointError, match=key):
+        load_model(_save({"model": sd}, tmp_path / "z.pth"))

@@ -84,3 +84,23 @@ def _put(tree: dict, path: str, value) -> None:
     for p in parts[:-1]:
         tree = tree.setdefault(p, {})
     tree[parts[-1]] = value
+
+
+def make_output_dirs(cfg) -> None:
+    """Create the run's output and snapshot directories up front, so a path that cannot
+    be one (a file, /dev/null, a read-only or virtual file system) is one line naming
+    its key, before the model loads, not a traceback from a sink."""
+    import os
+
+    dirs = [("output.dir", cfg.output.dir)]
+    dirs.append(("runner.state_dir", cfg.runner.state_dir) if cfg.runner.state_dir
+                else ("output.dir", os.path.join(cfg.output.dir, "state")))
+    for key, path in dirs:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"{key}: {path!r} exists and is not a directory")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{key}: cannot create the directory {path!r}: {e.strerror or e}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{key}: the directory {path!r} is not writable")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vmstream.cli.common import add_common, add_model_args, config_from_args
+from vmstream.cli.common import add_common, add_model_args, config_from_args, make_output_dirs
 from vmstream.errors import UserError
 
 
@@ -48,6 +48,7 @@ def main(args) -> int:
     from vmstream.stages.sources import SourceSpecError, resolve_sources
 
     cfg = config_from_args(args)
+    make_output_dirs(cfg)
     try:
         sources = resolve_sources(list(args.sources))
     except (SourceSpecError, ValueError, FileNotFoundError) as e:

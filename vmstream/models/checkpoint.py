@@ -14,6 +14,8 @@
   and their final `norm` used as `norm_f`.
 * Anything else missing, unexpected or mis-shaped is an error listing the keys; a head for
   a different number of classes (or none) needs `reset_head=True`.
+* Weights must be finite: a NaN or Inf anywhere (a diverged training run, a damaged file)
+  would make every output NaN, so it is refused at load, naming the tensors.
 """
 from __future__ import annotations
 
@@ -180,6 +182,23 @@ def _drop_aux(sd: dict[str, Tensor], notes: list[str]) -> dict[str, Tensor]:
     return sd
 
 
+def check_finite(sd: Mapping[str, Tensor], label: str) -> None:
+    """Refuse weights with NaN or Inf, naming the first tensors that have them."""
+    bad: list[str] = []
+    for key, t in sd.items():
+        if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+            continue
+        finite = torch.isfinite(t)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(t).sum())
+        bad.append(f"{key} ({nan} NaN, {int((~finite).sum()) - nan} Inf of {t.numel()})")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"checkpoint {label} has non-finite weights (NaN or Inf) in {len(bad)} "
+                              f"tensor(s): {shown}; it cannot give meaningful outputs")
+
+
 # ---------------------------------------------------------------- architecture
 
 def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -192,6 +211,14 @@ def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     if w is None or w.dim() not in (4, 5) or "pos_embed" not in sd:
         raise CheckpointError("not a VideoMamba checkpoint: it lacks patch_embed.proj.weight or pos_embed "
                               f"(first keys: {list(sd)[:8]})")
+    # Every size below is read from these shapes; a zero anywhere would divide by it.
+    for key, dims in (("patch_embed.proj.weight", (4, 5)), ("pos_embed", (3,)), ("layers.0.mixer.A_log", (2,)),
+                      ("layers.0.mixer.conv1d.weight", (2, 3)), ("layers.0.mixer.dt_proj.weight", (2,)),
+                      ("temporal_pos_embedding", (3,)), ("head.weight", (2,))):
+        t = sd.get(key)
+        if t is not None and (t.dim() not in dims or 0 in t.shape):
+            raise CheckpointError(f"not a usable VideoMamba checkpoint: {key} has shape {tuple(t.shape)} "
+                                  f"(expected {' or '.join(map(str, dims))} non-zero dimensions)")
     embed_dim, channels, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[-1])
     kernel_size = int(w.shape[2]) if w.dim() == 5 else 1
     layer_ids = {int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()}
@@ -199,8 +226,8 @@ def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     if depth == 0 or layer_ids != set(range(depth)):
         raise CheckpointError(f"checkpoint layers are not numbered 0..N-1: {sorted(layer_ids)[:10]}...")
     n_patches = int(sd["pos_embed"].shape[1]) - 1
-    side = math.isqrt(n_patches)
-    if side * side != n_patches:
+    side = math.isqrt(max(n_patches, 0))
+    if n_patches < 1 or side * side != n_patches:
         raise CheckpointError(f"pos_embed has {n_patches} patch positions, not a square grid")
     cfg: dict[str, Any] = {
         "img_size": side * patch,
@@ -347,6 +374,7 @@ def load_checkpoint(model: VideoMamba, source: Union[str, os.PathLike, Mapping],
         digest, label = file_digest(path), str(path)
     sd, meta = read_checkpoint(path if path is not None else source)
     adapted, notes = adapt_state_dict(sd, model, reset_head=reset_head)
+    check_finite(adapted, label)
     model.load_state_dict(adapted, strict=True)
     for note in notes:
         log.info("%s: %s", label, note)
@@ -378,6 +406,7 @@ def classifier_from_state_dict(path_or_name, path: Path, sd: dict[str, Tensor], 
     cfg.update(overrides)
     model = VideoMamba(**cfg)
     adapted, notes = adapt_state_dict(sd, model, reset_head=reset_head)
+    check_finite(adapted, str(path))
     model.load_state_dict(adapted, strict=True)
     digest = file_digest(path)
     for note in notes:

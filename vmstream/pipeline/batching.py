@@ -139,6 +139,11 @@ class InferenceLoop:
             if summary is not None:
                 self.put_out(summary)
         elif isinstance(item, StreamDone):
+            # A stream the model failed (a non-finite output) ends "error" whatever the
+            # decoder saw, so every report of it agrees.
+            failure = self.inference.take_failure(item.stream_id)
+            if failure and item.status in ("ok", "truncated"):
+                item = StreamDone(item.stream_id, "error", failure)
             if item.status == "error":
                 self.inference.drop(item.stream_id)
             self.put_out(item)

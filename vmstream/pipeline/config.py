@@ -57,6 +57,9 @@ class DecodeConfig(_Strict):
     resize: Optional[Literal["short_side_crop", "direct"]] = None
     audio: bool = False
     threads: int = Field(0, ge=0)  # decoder threads; 0 = automatic
+    # Inputs declaring larger frames (width x height) are refused when probed; the
+    # default 8192x8192 admits 8K video (see stages/decode/frame_bound.py).
+    max_frame_pixels: int = Field(8192 * 8192, ge=1)
 
     @field_validator("img_size")
     @classmethod
@@ -171,6 +174,53 @@ class KafkaConfig(_Strict):
     # producers and admin clients that also take `client` would refuse.
     consumer: dict[str, Any] = Field(default_factory=dict)
     jobs: JobPolicyConfig = Field(default_factory=JobPolicyConfig)
+
+    @field_validator("client")
+    @classmethod
+    def _client_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _kafka_options(v, "client", ("producer", "consumer", "admin"))
+
+    @field_validator("consumer")
+    @classmethod
+    def _consumer_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _kafka_options(v, "consumer", ("consumer",))
+
+
+# Set by vmstream itself from kafka.bootstrap and its record formats.
+_KAFKA_OWN = ("bootstrap_servers", "key_serializer", "value_serializer", "key_deserializer", "value_deserializer")
+
+
+def _kafka_options(options: dict[str, Any], field: str, clients: tuple[str, ...]) -> dict[str, Any]:
+    """Check option names against kafka-python's own lists, with or without a bootstrap:
+    a typo in a security setting must fail here, not connect without it later.
+    `kafka.client` goes to producers, consumers and admin clients alike, so its names
+    must suit all three."""
+    try:
+        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+    except ImportError:  # without kafka-python nothing uses these options
+        return options
+    import difflib
+
+    known = {"producer": KafkaProducer.DEFAULT_CONFIG, "consumer": KafkaConsumer.DEFAULT_CONFIG,
+             "admin": KafkaAdminClient.DEFAULT_CONFIG}
+    every = set().union(*known.values())
+    for key in options:
+        name = str(key).replace(".", "_").replace("-", "_")
+        if name in _KAFKA_OWN:
+            raise ValueError(f"{key!r} is set by vmstream (kafka.bootstrap), not here")
+        if name not in every:
+            close = difflib.get_close_matches(name, sorted(every), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown kafka-python option {key!r}{hint}")
+        refusing = [c for c in clients if name not in known[c]]
+        if refusing:
+            takers = [c for c in known if name in known[c]]
+            where = ("goes to Kafka producers, consumers and admin clients alike" if field == "client"
+                     else "goes to the worker's jobs consumer")
+            raise ValueError(f"{key!r} is an option of the Kafka {' and '.join(takers)} only, and kafka.{field} "
+                             f"{where}" + ("; put consumer options under kafka.consumer"
+                                           if field == "client" and "consumer" in takers else ""))
+    return options
 
 
 class RunnerConfig(_Strict):

@@ -9,6 +9,13 @@ order; the runner guarantees it (one FIFO per stream).
 When a finite stream ends (its "end" StreamEvent), the stage emits a StreamSummary:
 the video-level labels from the last segment's logits (which have seen the whole
 video through the carried state) or from the mean of all segments' logits.
+
+A segment whose embedding or logits are not finite (NaN or Inf: numerical overflow;
+the weights themselves are checked at load) is never a result: its slot is an "error"
+StreamEvent with reason "non_finite", and the stream has failed. The carried state is
+then poisoned, so the stream's later segments are not run (each slot an "error" event
+saying it was skipped) and its summary has status "error" and no labels;
+`failure(stream_id)` tells the caller, which owns the stream's final status.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ class _StreamBook:
     uri: str = ""
     last_logits: Optional[torch.Tensor] = None
     sum_logits: Optional[torch.Tensor] = None
+    failed: str = ""  # why the stream failed (non-finite output); "" while it is fine
 
     def to_bytes(self) -> bytes:
         """The summary accumulators (the model state is serialized separately)."""
@@ -54,6 +62,7 @@ class _StreamBook:
                 "uri": self.uri,
                 "last_logits": self.last_logits,
                 "sum_logits": self.sum_logits,
+                "failed": self.failed,  # a resumed failed stream stays failed
             },
             buf,
         )
@@ -117,6 +126,9 @@ class InferenceStage:
         self.summary_mode = summary
         self.dtype = dtype
         self._books: "OrderedDict[str, _StreamBook]" = OrderedDict()
+        # Failed streams' reasons, kept past end_stream() for the caller's final status
+        # (bounded: a long-running worker sees many streams).
+        self._failures: "OrderedDict[str, str]" = OrderedDict()
         self.stats = StageStats()
 
     # ----------------------------------------------------------------- state
@@ -149,9 +161,20 @@ class InferenceStage:
                 snap["state"], device=self.device, expect=self.model.state_spec()
             )
         self._books[snap["stream_id"]] = book
+        if book.failed:
+            self._failures[snap["stream_id"]] = book.failed
 
     def drop(self, stream_id: str) -> None:
         self._books.pop(stream_id, None)
+
+    def failure(self, stream_id: str) -> Optional[str]:
+        """Why `stream_id` failed in this stage (its output was not finite), or None."""
+        return self._failures.get(stream_id)
+
+    def take_failure(self, stream_id: str) -> Optional[str]:
+        """`failure`, forgotten: the stream has ended, and a later run of the same id
+        starts clean."""
+        return self._failures.pop(stream_id, None)
 
     # ----------------------------------------------------------------- compute
 
@@ -187,9 +210,13 @@ class InferenceStage:
 
         t0 = time.perf_counter()
         groups: dict[tuple, list[int]] = {}
+        out: list[Optional[InferenceOutput]] = [None] * len(segments)
         for i, s in enumerate(segments):
+            book = self._books.get(s.stream_id)
+            if book is not None and book.failed:
+                out[i] = self._skip(s, self._book(s))
+                continue
             groups.setdefault(tuple(s.pixels.shape), []).append(i)
-        out: list[Optional[SegmentResult]] = [None] * len(segments)
         for idxs in groups.values():
             segs = [segments[i] for i in idxs]
             books = [self._book(s) for s in segs]
@@ -206,8 +233,13 @@ class InferenceStage:
             feats = res.features.float().cpu()
             logits = res.logits.float().cpu()
             for j, (i, s, b) in enumerate(zip(idxs, segs, books)):
-                b.state = new_states[j]
                 b.next_index = s.index + 1
+                bad = [name for name, t in (("embedding", feats[j]), ("logits", logits[j]))
+                       if not bool(torch.isfinite(t).all())]
+                if bad:
+                    out[i] = self._fail(s, b, bad)
+                    continue
+                b.state = new_states[j]
                 b.segments += 1
                 if math.isnan(b.t_start):
                     b.t_start = s.t_start
@@ -237,10 +269,40 @@ class InferenceStage:
         self.stats.busy_s += time.perf_counter() - t0
         return out  # type: ignore[return-value]
 
+    def _fail(self, s: Segment, book: _StreamBook, bad: list[str]) -> StreamEvent:
+        """The stream's output went non-finite: it fails here, its state is dropped."""
+        book.failed = (f"segment {s.index} ({s.t_start:.2f}-{s.t_end:.2f} s): the model's output is not finite "
+                       f"(NaN or Inf in its {' and '.join(bad)}); the stream's later segments are not analysed")
+        book.state = None
+        book.t_end = s.t_end  # a snapshot resumes after it, as after any segment
+        self._failures[s.stream_id] = book.failed
+        self._failures.move_to_end(s.stream_id)
+        while len(self._failures) > 4096:
+            self._failures.popitem(last=False)
+        log.error("stream %s: %s", s.stream_id, book.failed)
+        return StreamEvent(stream_id=s.stream_id, kind="error", t_start=s.t_start, t_end=s.t_end,
+                           message=book.failed, uri=s.uri,
+                           details={"reason": "non_finite", "segment_index": s.index, "outputs": bad})
+
+    def _skip(self, s: Segment, book: _StreamBook) -> StreamEvent:
+        book.next_index = s.index + 1
+        book.t_end = s.t_end
+        return StreamEvent(stream_id=s.stream_id, kind="error", t_start=s.t_start, t_end=s.t_end,
+                           message=f"segment {s.index} not analysed: the stream failed at an earlier segment "
+                                   "(non-finite model output)",
+                           uri=s.uri, details={"reason": "non_finite", "segment_index": s.index, "skipped": True})
+
     def end_stream(self, event: StreamEvent) -> Optional[StreamSummary]:
         """The stream's "end" event arrived: its summary (None if it had no segments);
-        its state is released."""
+        its state is released. A stream that failed here gets a summary with status
+        "error" and no labels (its logits are not finite)."""
         book = self._books.pop(event.stream_id, None)
+        if book is not None and book.failed:
+            return StreamSummary(
+                stream_id=event.stream_id, labels=[], scores=[], label_ids=[], mode=self.summary_mode,
+                duration=max(0.0, book.t_end - book.t_start) if book.segments else 0.0,
+                segment_count=book.segments, t_start=book.t_start, t_end=book.t_end, status="error",
+                model=self.meta.name, checkpoint_digest=self.meta.checkpoint_digest, uri=book.uri or event.uri)
         if book is None or book.segments == 0:
             return None
         logits = book.last_logits if self.summary_mode == "last" else book.sum_logits / book.segments

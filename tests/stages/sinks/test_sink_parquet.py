@@ -16,13 +16,16 @@ import pytest
 
 from tests.fixtures.sinks import make_event, make_result, make_summary, nan_event
 from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, segment_uid
-from vmstream.stages.sinks.parquet import ParquetSink, read_segment_results, read_table
+from vmstream.stages.sinks.parquet import ParquetSink, PartTable, read_segment_results, read_table
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def part_files(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir() if p.name.endswith(".parquet") and not p.name.startswith("."))
+def part_files(d: Path, emptied: bool = False) -> list[str]:
+    """The part files holding rows (with `emptied`, also compacted-away parts waiting for
+    readers that may have listed them)."""
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".parquet") and not p.name.startswith(".")
+                  and (emptied or pq.ParquetFile(p).metadata.num_rows > 0))
 
 
 def test_round_trip_readable_by_pandas_without_vmstream(tmp_path):
@@ -179,19 +182,18 @@ def test_crash_during_compaction_is_repaired_on_open(tmp_path, monkeypatch):
         sink.write(make_result("cam0", i, seed=1))
     sink.flush()
 
-    real_unlink = Path.unlink
-
-    def crash(self, *a, **k):  # the merged file is in place; die before removing inputs
+    def crash(self, *a, **k):  # the merged file is in place; die before emptying the other inputs
         raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(Path, "unlink", crash)
+    monkeypatch.setattr(PartTable, "_write_stub", crash)
     with pytest.raises(KeyboardInterrupt):
         sink.tables["segments"].compact()
-    monkeypatch.setattr(Path, "unlink", real_unlink)
+    monkeypatch.undo()
     for t in sink.tables.values():  # the process "died": its locks go with it
         t._lock.release()
         t._closed = True
-    assert len(part_files(tmp_path / "segments")) == 4  # 3 inputs + merged output
+    rows = [pq.ParquetFile(tmp_path / "segments" / f).metadata.num_rows for f in part_files(tmp_path / "segments")]
+    assert rows == [4, 4, 8]  # 2 inputs left whole + the merged rows in the newest input's place
 
     ParquetSink(tmp_path).close()
     seg = pd.read_parquet(tmp_path / "segments").set_index("segment_index")
@@ -292,3 +294,54 @@ def test_readable_by_duckdb_mid_run_and_after(tmp_path):
                      "GROUP BY top ORDER BY top").fetchall()
     assert top == [("running", 5), ("walking", 5)]
     assert duckdb.sql(f"SELECT segment_count FROM '{tmp_path}/summaries/*.parquet'").fetchall() == [(10,)]
+
+
+def test_plain_readers_never_fail_while_parts_are_compacted(tmp_path):
+    """pandas lists the part files, then opens them; compaction in between must not
+    remove a listed file (it did: FileNotFoundError, 2 reads in 355)."""
+    import threading
+
+    d = tmp_path / "segments"
+    sink = ParquetSink(tmp_path, row_group_rows=1, max_small_parts=3)
+    sink.write(make_result("cam0", 0))
+    failures: list[BaseException] = []
+    reads = [0]
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            try:
+                df = pd.read_parquet(d)
+                assert df.segment_index.is_unique or len(df) > 0
+                reads[0] += 1
+            except BaseException as e:  # noqa: BLE001 - every failure counts
+                failures.append(e)
+
+    threads = [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 120):
+            sink.write(make_result("cam0", i))  # a part per row; a merge every 3
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+    sink.close()
+    assert not failures, f"{len(failures)} of {reads[0] + len(failures)} reads failed: {failures[0]!r}"
+    assert reads[0] > 20
+    assert sorted(pd.read_parquet(d).segment_index) == list(range(120))
+
+
+def test_emptied_parts_are_removed_after_their_grace(tmp_path):
+    d = tmp_path / "segments"
+    sink = ParquetSink(tmp_path, row_group_rows=1, max_small_parts=3, stub_grace_s=0.3)
+    for i in range(10):
+        sink.write(make_result("cam0", i))
+    sink.close()
+    emptied = set(part_files(d, emptied=True)) - set(part_files(d))
+    assert emptied and len(part_files(d)) == 1  # kept for readers that listed them
+    time.sleep(0.4)
+    ParquetSink(tmp_path, stub_grace_s=0.3).close()
+    assert part_files(d, emptied=True) == part_files(d) and len(part_files(d)) == 1
+    assert sorted(pd.read_parquet(d).segment_index) == list(range(10))

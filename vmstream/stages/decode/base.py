@@ -51,7 +51,7 @@ __all__ = [
     "END_REASONS", "INTERPOLATIONS", "PATCH_SIZE", "RESIZE_MODES", "AudioChunk", "AudioFormat", "AudioTrack",
     "DecodedItem", "Decoder", "FrameSize", "InputNotFoundError", "NotAVideoError", "NoVideoTrackError",
     "StreamInfo", "UnsupportedVideoError", "VideoInputError", "check_frames_args", "end_event",
-    "probe_for_policy",
+    "no_frame_reason", "probe_for_policy",
 ]
 
 # Audio records come only when the caller asked for audio (`frames(..., audio=)`).
@@ -144,6 +144,18 @@ def probe_for_policy(decoder: Decoder, uri: str, options: Optional[dict], policy
             info = decoder.probe(uri, options, count=True)
     policy.check_for(info)
     return info
+
+
+def no_frame_reason(reason: str, message: str, frames: int, start_time: float) -> tuple[str, str]:
+    """A file that yields no frame at all failed, whatever its packets said ("eof" or
+    "truncated"): it probed as a video but nothing in it decodes. A resumed stream
+    (start_time > 0) may rightly have nothing left."""
+    if frames == 0 and start_time <= 0 and reason in ("eof", "truncated"):
+        # "decoded what could be decoded" (of a truncated stream) is nothing here.
+        detail = (message or "").replace("; decoded what could be decoded", "")
+        why = f" ({detail})" if detail and detail != reason else ""
+        return "error", f"no frame could be decoded{why}"
+    return reason, message
 
 
 def end_event(stream_id: str, uri: str, reason: str, *, frames: int, broken_packets: int = 0,

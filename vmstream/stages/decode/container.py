@@ -77,6 +77,9 @@ def open_input(uri: str, options: Optional[dict] = None, *, timeout=None,
         raise NotAVideoError(
             uri, "not a video: FFmpeg finds no container format it can read in it "
                  "(or the file is truncated before its header/index)") from None
+    except av.error.EOFError:
+        raise NotAVideoError(uri, "the data ends before FFmpeg could read the container's header "
+                                  "(truncated, or not a video)") from None
     except (av.error.DemuxerNotFoundError, av.error.ProtocolNotFoundError) as e:
         raise NotAVideoError(uri, f"FFmpeg cannot open it: {e}") from None
     except av.error.FFmpegError as e:

@@ -47,7 +47,8 @@ import numpy as np
 from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 from vmstream.records import Frame, StreamEvent
 
-from vmstream.stages.decode.base import Decoder, DecodedItem, check_frames_args, end_event, probe_for_policy
+from vmstream.stages.decode.base import (Decoder, DecodedItem, check_frames_args, end_event, no_frame_reason,
+                                         probe_for_policy)
 from vmstream.stages.decode.container import open_input, video_stream
 from vmstream.stages.media import AudioFormat, FrameSize, NotAVideoError, Source, StreamInfo, UnsupportedVideoError
 from vmstream.stages.sampling import SamplingPolicy, frames_for_targets
@@ -353,7 +354,8 @@ class DALIDecoder(Decoder):
                                                audio=audio)
         index = index_file(path, source.options)
         chosen = select_frames(index, info, policy, float(start_time))
-        return self._decode(source, path, replace(info, rotation=index.rotation), index, chosen, size, stop)
+        return self._decode(source, path, replace(info, rotation=index.rotation), index, chosen, size, stop,
+                            resumed=start_time > 0)
 
     def close(self) -> None:
         if self._pyav is not None:
@@ -369,7 +371,7 @@ class DALIDecoder(Decoder):
             return self._pyav
 
     def _decode(self, source, path, info: StreamInfo, index: FrameIndex, chosen: np.ndarray,
-                size: FrameSize, stop: Optional[threading.Event]) -> Iterator[DecodedItem]:
+                size: FrameSize, stop: Optional[threading.Event], resumed: bool = False) -> Iterator[DecodedItem]:
         sid, uri = source.stream_id, source.uri
         L = self.chunk_frames
         dw, dh = info.display_size
@@ -440,6 +442,7 @@ class DALIDecoder(Decoder):
             if reason == "eof" and (index.truncated or index.broken_packets):
                 reason = "truncated"
                 message = index.truncated or f"{index.broken_packets} corrupt packets skipped"
+            reason, message = no_frame_reason(reason, message, emitted, 1.0 if resumed else 0.0)
             yield end_event(sid, uri, reason, frames=emitted, broken_packets=index.broken_packets,
                             t_start=first_t, t_end=last_t, message=message, decoder="dali",
                             device="gpu" if self.on_gpu else "cpu", decoded_frames=decoded)

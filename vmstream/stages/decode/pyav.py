@@ -40,7 +40,8 @@ import av.error
 
 from vmstream.records import Frame, StreamEvent
 from vmstream.stages.decode.audio_tap import AudioTap
-from vmstream.stages.decode.base import Decoder, DecodedItem, check_frames_args, end_event, probe_for_policy
+from vmstream.stages.decode.base import (Decoder, DecodedItem, check_frames_args, end_event, no_frame_reason,
+                                         probe_for_policy)
 from vmstream.stages.decode.container import (
     FrameConverter,
     audio_stream,
@@ -50,6 +51,7 @@ from vmstream.stages.decode.container import (
     stream_time,
     video_stream,
 )
+from vmstream.stages.decode.frame_bound import MAX_FRAME_PIXELS, check_frame_size, y4m_frame_size
 from vmstream.stages.decode.gop_reader import GopReader, Packet, TargetQueue
 from vmstream.stages.decode.live import live_frames
 from vmstream.stages.decode.packet_filter import H264Inspector, feed_mask, wanted_in_window
@@ -84,12 +86,13 @@ class PyAVDecoder(Decoder):
     thread_type: "AUTO" (frame + slice threading), "FRAME", "SLICE" or "NONE"
     exact_mode:  "auto", "filter", "seek" or "full" (see the module doc)
     live_timeout: seconds without data before a live feed counts as dropped
+    max_frame_pixels: inputs declaring larger frames are refused at probe time
     """
 
     name = "pyav"
 
     def __init__(self, *, threads: int = 0, thread_type: str = "AUTO", exact_mode: str = "auto",
-                 live_timeout: float = 5.0, swscale_threads: int = 1):
+                 live_timeout: float = 5.0, swscale_threads: int = 1, max_frame_pixels: int = MAX_FRAME_PIXELS):
         if exact_mode not in EXACT_MODES:
             raise ValueError(f"exact_mode={exact_mode!r}; expected one of {EXACT_MODES}")
         if thread_type not in ("AUTO", "FRAME", "SLICE", "NONE"):
@@ -103,6 +106,9 @@ class PyAVDecoder(Decoder):
         self.exact_mode = exact_mode
         self.live_timeout = float(live_timeout)
         self.swscale_threads = swscale_threads
+        if isinstance(max_frame_pixels, bool) or not isinstance(max_frame_pixels, int) or max_frame_pixels < 1:
+            raise ValueError(f"max_frame_pixels must be an int >= 1, got {max_frame_pixels!r}")
+        self.max_frame_pixels = max_frame_pixels
 
     # ------------------------------------------------------------------ probe
 
@@ -111,8 +117,12 @@ class PyAVDecoder(Decoder):
         packet to get an exact frame count and duration where the header lacks them."""
         live = "://" in uri and not uri.startswith("file://")
         timeout = (options or {}).get("timeout", self.live_timeout) if live else None
+        declared = y4m_frame_size(uri, options)
+        if declared is not None:
+            check_frame_size(uri, *declared, self.max_frame_pixels)
         with open_input(uri, options, timeout=timeout) as c:
             info = describe(c, video_stream(c, uri), uri)
+        check_frame_size(uri, info.width, info.height, self.max_frame_pixels)
         if count:
             n, lo, end = count_frames(uri, options)
             dur = max(end - lo, 1e-6)
@@ -207,6 +217,7 @@ class PyAVDecoder(Decoder):
             yield from tap.take()
             extra["audio_broken_packets"] = tap.broken_packets
         broken = stats["decode_errors"] + stats["corrupt_packets"]
+        reason, message = no_frame_reason(reason, message, stats["frames"], start_time)
         yield end_event(sid, uri, reason, frames=stats["frames"], broken_packets=broken,
                         t_start=first_t, t_end=last_t, message=message,
                         **{k: v for k, v in stats.items() if k not in ("frames",)},

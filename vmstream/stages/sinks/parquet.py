@@ -23,9 +23,21 @@ and on close, so after close there are no duplicate keys; during a run, whenever
 plain reader may see both the old and the new row of a re-produced segment;
 `read_table` de-duplicates at read time.
 
-Compaction is crash-safe: the merged file is renamed into place (with a higher part
-number than its inputs, so its rows win) before the inputs are unlinked; a crash between
-the two leaves duplicates of identical rows, which the next open removes.
+Readers of a growing directory never fail: a plain `pandas.read_parquet(OUT/segments)`
+lists the parts, then opens them, and a part deleted in between would be a
+FileNotFoundError. So compaction removes no name a reader may have listed: the merged
+rows replace the newest of the merged parts under its own name (an atomic rename: a
+reader that opened the old file keeps reading it), and the other inputs are replaced
+by empty parts (the schema, no rows), deleted only `stub_grace_s` seconds later, by a
+later compaction or the next open. A reader that opens the parts in name order (pyarrow
+and `read_table` do) never misses a row: the merged part sorts last among its inputs
+and is replaced before any of them is emptied; it may see a merged row twice for that
+moment, as it may see a re-produced segment twice until close.
+
+Compaction is crash-safe: the merged file is renamed into place (under the highest part
+number of its inputs, so its rows win: they are the newest of their keys) before the
+other inputs are emptied; a crash between the two leaves duplicates of identical rows,
+which the next open removes.
 
 One writer per directory (an flock; the kernel releases it if the writer dies).
 """
@@ -78,12 +90,28 @@ class _Part:
     num_rows: int
 
 
-def _list_parts(directory: Path) -> list[_Part]:
+def _list_parts(directory: Path, cache: Optional[dict] = None) -> list[_Part]:
+    """The parts in write order. `cache` (the writer's: name -> (stat key, rows)) saves
+    reading the footer of a part that has not changed since the last listing."""
     parts = []
     for p in directory.iterdir() if directory.is_dir() else ():
         m = _PART_RE.match(p.name)
-        if m:
-            parts.append(_Part(int(m.group(1)), p, pq.ParquetFile(p).metadata.num_rows))
+        if not m:
+            continue
+        if cache is None:
+            rows = pq.ParquetFile(p).metadata.num_rows
+        else:
+            st = p.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            hit = cache.get(p.name)
+            if hit is None or hit[0] != stamp:
+                hit = cache[p.name] = (stamp, pq.ParquetFile(p).metadata.num_rows)
+            rows = hit[1]
+        parts.append(_Part(int(m.group(1)), p, rows))
+    if cache is not None and len(cache) > 2 * len(parts) + 16:
+        names = {part.path.name for part in parts}
+        for name in [n for n in cache if n not in names]:
+            del cache[name]
     return sorted(parts, key=lambda part: (part.seq, part.path.name))
 
 
@@ -145,6 +173,7 @@ class PartTable:
         target_file_rows: int = 100_000,
         max_small_parts: int = 64,
         compression: str = "zstd",
+        stub_grace_s: float = 60.0,
     ):
         if row_group_rows < 1:
             raise ValueError(f"row_group_rows must be >= 1, got {row_group_rows}")
@@ -156,14 +185,17 @@ class PartTable:
         self.target_file_rows = int(target_file_rows)
         self.max_small_parts = int(max_small_parts)
         self.compression = compression
+        # How long an emptied (compacted-away) part stays for readers that listed it.
+        self.stub_grace_s = float(stub_grace_s)
         self._token = uuid.uuid4().hex[:6]
         self._buffer: list[pa.RecordBatch] = []
         self._buffer_since: float = 0.0
+        self._parts_cache: dict = {}
         self._lock = DirLock(self.directory, what="Parquet table").acquire()
         self._closed = False
         try:
             remove_stale_tmp(self.directory)
-            parts = _list_parts(self.directory)
+            parts = _list_parts(self.directory, self._parts_cache)
             self._next_seq = (parts[-1].seq + 1) if parts else 0
             self.compact()
         except BaseException:
@@ -212,7 +244,7 @@ class PartTable:
         return final
 
     def _fresh_part_count(self) -> int:
-        return sum(1 for p in _list_parts(self.directory) if p.num_rows <= self.row_group_rows)
+        return sum(1 for p in _list_parts(self.directory, self._parts_cache) if 0 < p.num_rows <= self.row_group_rows)
 
     # -- compaction ------------------------------------------------------------------
     def drop_stream(self, stream_id: str) -> bool:
@@ -230,12 +262,20 @@ class PartTable:
         its big parts again and again; stale rows in big parts wait for the full
         compaction at close (or open). Either way the merged rows are the newest of
         their keys, so the merged part's higher number keeps the order right."""
-        parts = _list_parts(self.directory)
+        parts = _list_parts(self.directory, self._parts_cache)
         if not parts:
             return False
+        try:
+            return self._compact(parts, full, drop_stream)
+        finally:
+            self._remove_old_stubs()
+
+    def _compact(self, parts: list[_Part], full: bool, drop_stream: Optional[str]) -> bool:
         key_cols = list(self.key) if self.key else None
         read_cols = key_cols if key_cols is None or drop_stream is None else sorted({*key_cols, "stream_id"})
-        key_tables = [pq.read_table(p.path, columns=read_cols) for p in parts]
+        # Emptied parts (kept for readers that may have listed them) are read as empty.
+        key_tables = [pq.read_table(p.path, columns=read_cols) if p.num_rows else
+                      self.schema.empty_table().select(read_cols or self.schema.names) for p in parts]
         keys_per_part = [_keys_of(t, self.key) for t in key_tables]
         if keys_per_part and isinstance(keys_per_part[0], np.ndarray):
             all_keys: Sequence = np.concatenate(keys_per_part)
@@ -254,11 +294,12 @@ class PartTable:
             masks.append(keep[start : start + p.num_rows])
             start += p.num_rows
 
+        # Emptied parts (num_rows 0) have nothing to merge; they wait for their grace.
         if full:
             dirty = [i for i, m in enumerate(masks) if not m.all()]
-            small = [i for i, p in enumerate(parts) if p.num_rows < self.target_file_rows]
+            small = [i for i, p in enumerate(parts) if 0 < p.num_rows < self.target_file_rows]
         else:
-            small = [i for i, p in enumerate(parts) if p.num_rows <= self.row_group_rows]
+            small = [i for i, p in enumerate(parts) if 0 < p.num_rows <= self.row_group_rows]
             dirty = [i for i in small if not masks[i].all()]
         chosen = sorted(set(dirty) | (set(small) if (dirty or len(small) >= 2) else set()))
         if not chosen:
@@ -266,7 +307,8 @@ class PartTable:
         if len(chosen) == 1 and not dirty:
             return False
 
-        out = self._new_part_path()
+        # The merged rows take the place of the newest input (see the module doc).
+        out = parts[chosen[-1]].path
         kept_rows = 0
         with atomic_path(out) as tmp:
             with pq.ParquetWriter(tmp, self.schema, compression=self.compression) as writer:
@@ -282,14 +324,35 @@ class PartTable:
                             writer.write_table(_conform(pa.Table.from_batches([batch]), self.schema),
                                                row_group_size=self.row_group_rows)
                             kept_rows += batch.num_rows
-        others_left = len(parts) - len(chosen)
-        if kept_rows == 0 and others_left > 0:
-            out.unlink()  # nothing survived; an empty file is only needed to keep the schema
-        for i in chosen:
-            parts[i].path.unlink()
+        for i in chosen[:-1]:
+            self._write_stub(parts[i].path)
         fsync_dir(self.directory)
         log.debug("compacted %d parts of %s into %s (%d rows kept)", len(chosen), self.directory, out.name, kept_rows)
         return True
+
+    def _write_stub(self, path: Path) -> None:
+        """Empty a compacted-away part in place: readers that listed it read no rows."""
+        with atomic_path(path) as tmp:
+            pq.write_table(self.schema.empty_table(), tmp, compression=self.compression)
+
+    def _remove_old_stubs(self) -> None:
+        """Delete emptied parts older than the grace period; one file always stays, so
+        the table keeps its schema."""
+        parts = _list_parts(self.directory, self._parts_cache)
+        stubs = [p for p in parts if p.num_rows == 0]
+        if len(stubs) == len(parts):
+            stubs = stubs[:-1]
+        now = time.time()
+        removed = 0
+        for p in stubs:
+            try:
+                if now - p.path.stat().st_mtime >= self.stub_grace_s:
+                    p.path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            fsync_dir(self.directory)
 
     def close(self) -> None:
         if self._closed:
@@ -297,7 +360,7 @@ class PartTable:
         try:
             self.flush()
             self.compact()
-            if not _list_parts(self.directory):
+            if not _list_parts(self.directory, self._parts_cache):
                 # An empty run still leaves a readable table with the schema.
                 self._write_part(self.schema.empty_table())
         finally:
