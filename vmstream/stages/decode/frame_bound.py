@@ -16,7 +16,6 @@ trivial to forge and FFmpeg refuses the largest sizes before it reports them.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from vmstream.stages.media import VideoInputError
