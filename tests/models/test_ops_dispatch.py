@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
 
@@ -160,20 +162,19 @@ def test_build_command_warms_the_cache():
     assert "loaded from" in r.stdout + r.stderr  # not rebuilt
 
 
-def test_a_build_lock_left_by_a_killed_build_does_not_hang_later_loads():
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_later_loads(tmp_path):
     """Ctrl-C during the first build leaves torch's lock file behind; torch alone would
     wait on it forever. The next process removes it under its own flock and loads."""
     if cpu_ext._compiler() is None:
         pytest.skip("no C++ compiler")
     cpu_ext.load()
     name, _ = cpu_ext.build_key()
-    stale = cpu_ext.cache_root() / "ext" / name / "lock"
-    stale.touch()
-    try:
-        r = subprocess.run([sys.executable, "-m", "vmstream.models.ops.build"], capture_output=True,
-                           text=True, timeout=300)
-    finally:
-        stale.unlink(missing_ok=True)
+    # A private copy of the built cache: the shared one is used by other processes, one
+    # of which could clear the stale lock before the process under test sees it.
+    shutil.copytree(cpu_ext.cache_root() / "ext" / name, tmp_path / "ext" / name)
+    (tmp_path / "ext" / name / "lock").touch()
+    r = subprocess.run([sys.executable, "-m", "vmstream.models.ops.build"], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "VMSTREAM_CACHE_DIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     assert "fused CPU kernels ready" in r.stdout
     assert "left by a build that was killed" in r.stdout + r.stderr

@@ -44,8 +44,11 @@ class StopSignals:
 
 
 def _say(line: str) -> None:
+    # One write with its newline: print() writes the text and the newline separately, and
+    # a progress bar redrawn between the two (another thread) would overwrite the line.
     # A signal handler must not die on a closed stderr.
     try:
-        print(line, file=sys.stderr, flush=True)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
     except (OSError, ValueError):
         pass
