@@ -17,9 +17,10 @@ from .registry import (CHECKPOINTS, CLASS_LISTS, HF_REPO, SIZES, CheckpointInfo,
                        get_checkpoint, list_checkpoints)
 from .state import StateError, StreamState
 from .videomamba import SegmentOutput, VideoMamba, resample_temporal_pos
+from .videomamba_pretrain import VideoMambaPretrain
 
 __all__ = [
-    "VideoMamba", "SegmentOutput", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
+    "VideoMamba", "VideoMambaPretrain", "SegmentOutput", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
     "resolve_device", "StreamState", "StateError", "resample_temporal_pos",
     "create_model", "SIZES", "CHECKPOINTS", "CheckpointInfo", "get_checkpoint", "list_checkpoints",
     "class_names", "CLASS_LISTS", "HF_REPO",
