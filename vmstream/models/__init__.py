@@ -18,9 +18,10 @@ from .registry import (CHECKPOINTS, CLASS_LISTS, HF_REPO, SIZES, CheckpointInfo,
 from .state import StateError, StreamState
 from .videomamba import SegmentOutput, VideoMamba, resample_temporal_pos
 from .videomamba_pretrain import VideoMambaPretrain
+from .clip_teacher import CLIP_TEACHERS, ClipTeacher, clip_teacher
 
 __all__ = [
-    "VideoMamba", "VideoMambaPretrain", "SegmentOutput", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
+    "VideoMamba", "VideoMambaPretrain", "ClipTeacher", "clip_teacher", "CLIP_TEACHERS", "SegmentOutput", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
     "resolve_device", "StreamState", "StateError", "resample_temporal_pos",
     "create_model", "SIZES", "CHECKPOINTS", "CheckpointInfo", "get_checkpoint", "list_checkpoints",
     "class_names", "CLASS_LISTS", "HF_REPO",
