@@ -207,7 +207,8 @@ def hf_to_official(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
             unknown.append(key)
     for (i, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"Hugging Face CLIP layer {i} lacks {sorted({'q', 'k', 'v'} - set(parts))}_proj.{kind}")
+            lacking = sorted({"q", "k", "v"} - set(parts))
+            raise CheckpointError(f"Hugging Face CLIP layer {i} lacks {lacking} of self_attn.*_proj.{kind}")
         out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
     if unknown:
         raise CheckpointError(f"Hugging Face CLIP keys with no place in the teacher: {sorted(unknown)[:10]}")

@@ -10,7 +10,6 @@ squared distance of two unit vectors.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -41,7 +41,8 @@ from .model_setup import seed_everything
 from .pretrain import build_student, draw_mask_and_targets, pretrain_fit
 from .recipes import TrainConfig
 
-__all__ = ["make_distill_video", "DistillVideos", "run_synthetic_distill", "probe_accuracy", "distill_cosine"]
+__all__ = ["make_distill_video", "DistillVideos", "run_synthetic_distill", "probe_accuracy", "distill_cosine",
+           "synthetic_teacher"]
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _classifier(cfg: TrainConfig, student_state: dict) -> VideoMamba:
     return clf
 
 
-def _teacher(cfg: TrainConfig) -> ClipTeacher:
+def synthetic_teacher(cfg: TrainConfig) -> ClipTeacher:
     p = cfg.pretrain
     torch.manual_seed(cfg.synthetic_distill.teacher_seed)
     kw = dict(input_resolution=p.clip_input_resolution, kernel_size=cfg.tubelet_size, clip_norm_type=p.clip_norm_type,
@@ -176,7 +177,7 @@ def run_synthetic_distill(cfg: TrainConfig, print_fn=print, should_stop=None) ->
     mk = lambda n, s: DistillVideos(n, n_cls, frames, size, s)  # noqa: E731
     train, heldout = mk(sd.train_videos, sd.data_seed), mk(sd.heldout_videos, sd.data_seed + 1)
     probe_train, probe_test = mk(sd.probe_train_videos, sd.data_seed + 2), mk(sd.probe_test_videos, sd.data_seed + 3)
-    teacher = _teacher(cfg)
+    teacher = synthetic_teacher(cfg)
     seed_everything(cfg.seed)
     student = build_student(cfg)
     initial = copy.deepcopy(student.state_dict())
