@@ -131,3 +131,17 @@ def test_return_layers_and_l2():
     assert t.return_index == [1, 0]
     with pytest.raises(ValueError, match="teacher input"):
         t(torch.randn(1, 3, 2, 16, 16))
+
+
+def test_official_b16_and_l14_sizes():
+    b16 = ClipTeacher(input_resolution=224, patch_size=16, width=768, layers=12, heads=12, output_dim=512,
+                      clip_norm_type="l2", kernel_size=1, return_attn=False, clip_return_layer=1,
+                      clip_return_interval=1, clip_return_cls=True)
+    sd = b16.state_dict()
+    assert sd["conv1.weight"].shape == (768, 3, 1, 16, 16) and sd["positional_embedding"].shape == (197, 768)
+    assert sd["proj"].shape == (768, 512) and sd["transformer.resblocks.11.attn.in_proj_weight"].shape == (2304, 768)
+    assert len(sd) == 8 + 12 * 12
+    from vmstream.models import CLIP_TEACHERS
+
+    l14 = CLIP_TEACHERS["clip_l14"]
+    assert (l14["patch_size"], l14["width"], l14["layers"], l14["heads"], l14["output_dim"]) == (14, 1024, 24, 16, 768)

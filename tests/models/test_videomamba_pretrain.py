@@ -159,3 +159,13 @@ def test_bad_inputs():
         m(torch.randn(2, 3, 2, 32, 32), torch.zeros(2, N, dtype=torch.bool))
     with pytest.raises(ValueError, match="clip_decoder_embed_dim"):
         VideoMambaPretrain(**{**KW, "clip_decoder_embed_dim": 16})
+
+
+def test_official_middle_student_size_matches_official_keys():
+    """videomamba_middle_pretrain as the official K400/SSv2 scripts build it."""
+    m = VideoMambaPretrain(img_size=224, patch_size=16, depth=32, embed_dim=576, num_frames=8,
+                           clip_decoder_embed_dim=576, clip_output_dim=512, clip_norm_type="l2",
+                           clip_return_layer=1, clip_student_return_interval=1)
+    got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert got == official_keys(32, 1, embed_dim=576, out_dim=512, tokens=196, frames=8)
+    assert m.clip_pos_embed.shape == (1, 8 * 196 + 1, 576) and m.return_index == [31]
