@@ -130,3 +130,39 @@ def test_vmstream_train_pretrains_on_video_files(train_videos, tmp_path):
     assert ck["epoch"] == 1 and ck["step"] == 2 * 2  # 16 clips / (4 x 2) = 2 steps an epoch
     assert train_main(recipe, over + ["epochs=3"]) == 0
     assert torch.load(tmp_path / "checkpoint-latest.pth", map_location="cpu", weights_only=False)["epoch"] == 2
+
+
+def test_torchrun_two_cpu_processes_pretraining(train_videos, tmp_path):
+    """DDP (find_unused_parameters: the last mixer and the final norm get no gradient)."""
+    recipe = dict(task="pretrain", model="videomamba_tiny", model_args={"embed_dim": 32, "depth": 2, "patch_size": 8},
+                  data_path=train_videos, prefix=train_videos, split=",", num_frames=4, input_size=32,
+                  short_side_size=32, decode_short_side=40, num_workers=0, batch_size=2, epochs=1,
+                  max_steps_per_epoch=2, warmup_epochs=0, output_dir=str(tmp_path / "run"), device="cpu",
+                  torch_threads=1, log_every=1,
+                  pretrain=dict(mask_type="attention", mask_ratio=0.8, clip_decoder_embed_dim=32, clip_output_dim=16,
+                                clip_input_resolution=32,
+                                teacher_args=dict(patch_size=8, width=32, layers=1, heads=2, output_dim=16)))
+    r = _torchrun(recipe, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ranks_in_sync=true world_size=2" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoint-latest.pth").exists()
+
+
+def _torchrun(recipe: dict, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=repo)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "vmstream.training", "train", "--config", str(path)]
+    return subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=300)

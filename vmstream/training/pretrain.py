@@ -224,6 +224,8 @@ def pretrain_fit(cfg: TrainConfig, train_set=None, *, student: Optional[nn.Modul
             print_fn(f"stopped after epoch {epoch} (the same command resumes)")
             stopped = True
             break
+    if dist.is_dist():
+        dist.check_ranks_in_sync(student, print_fn)
     return {"history": history, "model": student, "teacher": teacher, "stopped": stopped}
 
 
