@@ -166,3 +166,20 @@ def _torchrun(recipe: dict, tmp_path):
            "--master_port", str(port), "-m", "vmstream.training", "train", "--config", str(path)]
     return subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           timeout=300)
+
+
+def test_teacher_input_resize_and_grid_mismatch():
+    from vmstream.training.pretrain import draw_mask_and_targets, teacher_input
+    from vmstream.training.recipes import RecipeError
+
+    x = torch.randn(2, 3, 4, 32, 32)
+    assert teacher_input(x, 32) is x
+    y = teacher_input(x, 48)
+    assert y.shape == (2, 3, 4, 48, 48)
+    torch.testing.assert_close(y[:, :, 1], torch.nn.functional.interpolate(x[:, :, 1], size=(48, 48), mode="bicubic",
+                                                                           align_corners=False))
+    cfg = _cfg()
+    student = build_student(cfg)
+    wrong = _cfg(**{"pretrain.teacher_args": "{patch_size: 16, width: 64, layers: 1, heads: 4, output_dim: 32}"})
+    with pytest.raises(RecipeError, match="attention masking needs"):
+        draw_mask_and_targets(student, synthetic_teacher(wrong), x, wrong.pretrain)

@@ -141,13 +141,13 @@ def _fit_probe(probe: nn.Linear, opt, a: Tensor, y: Tensor, epochs: int) -> None
         opt.step()
 
 
-def _classifier(cfg: TrainConfig, student_state: dict) -> VideoMamba:
-    """The fine-tuning model with the student's weights (decoder dropped, norm -> norm_f)."""
-    s = build_student(cfg.model_copy(update={"finetune": ""}))
-    clf = VideoMamba(img_size=cfg.input_size, patch_size=s.patch_embed.patch_size[0], depth=s.depth,
-                     embed_dim=s.embed_dim, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
+def _classifier(cfg: TrainConfig, student: nn.Module, state: dict) -> VideoMamba:
+    """The fine-tuning model of the student's shape with `state` loaded through the
+    checkpoint loader (decoder dropped, norm -> norm_f), as fine-tuning starts."""
+    clf = VideoMamba(img_size=cfg.input_size, patch_size=student.patch_embed.patch_size[0], depth=student.depth,
+                     embed_dim=student.embed_dim, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
                      num_classes=0, drop_path_rate=0.0)
-    load_checkpoint(clf, student_state)
+    load_checkpoint(clf, state)
     return clf
 
 
@@ -189,7 +189,7 @@ def run_synthetic_distill(cfg: TrainConfig, print_fn=print, should_stop=None) ->
     ty, ey = torch.from_numpy(probe_train.labels), torch.from_numpy(probe_test.labels)
     accs = {}
     for name, state in (("pretrained", student.state_dict()), ("random_init", initial)):
-        clf = _classifier(cfg, state)
+        clf = _classifier(cfg, student, state)
         accs[name] = probe_accuracy(_features(clf, probe_train.x), ty, _features(clf, probe_test.x), ey, n_cls,
                                     sd.probe_epochs, sd.probe_lr, seed=cfg.seed)
     out = {"distill_cosine_before": before, "distill_cosine_after": after,
