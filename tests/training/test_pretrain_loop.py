@@ -183,3 +183,22 @@ def test_teacher_input_resize_and_grid_mismatch():
     wrong = _cfg(**{"pretrain.teacher_args": "{patch_size: 16, width: 64, layers: 1, heads: 4, output_dim: 32}"})
     with pytest.raises(RecipeError, match="attention masking needs"):
         draw_mask_and_targets(student, synthetic_teacher(wrong), x, wrong.pretrain)
+
+
+def test_bad_recipe_inputs_are_one_line_errors(tmp_path, capsys):
+    from vmstream.training.runner import train_main
+
+    recipe = os.path.join(os.path.dirname(RECIPE), "k400", "videomamba_middle_mask_pt_f8x224.yaml")
+    assert train_main(recipe, ["device=cpu"]) == 2
+    assert "names no training list" in capsys.readouterr().err
+    cfg = _cfg(**{"pretrain.clip_teacher_weights": str(tmp_path / "none.pth")})
+    from vmstream.training.recipes import RecipeError
+
+    with pytest.raises(RecipeError, match="clip_teacher_weights.*does not exist"):
+        build_teacher(cfg)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(RecipeError, match="missing"):
+        build_teacher(_cfg(**{"pretrain.clip_teacher_weights": str(tmp_path / "bad.pth")}))
+    torch.save({"model": {"cls_token": torch.zeros(1, 1, 64)}}, tmp_path / "student.pth")
+    with pytest.raises(RecipeError, match="not a checkpoint of this student"):
+        build_student(_cfg(finetune=str(tmp_path / "student.pth")))

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vmstream.models import SIZES, ClipTeacher, VideoMambaPretrain
-from vmstream.models.checkpoint import read_checkpoint
+from vmstream.models.checkpoint import CheckpointError, read_checkpoint
 from vmstream.models.clip_teacher import clip_teacher
 
 from . import checkpoint as ckpt
@@ -74,8 +74,13 @@ def build_student(cfg: TrainConfig) -> VideoMambaPretrain:
     except (TypeError, ValueError) as e:
         raise RecipeError(f"student: {e}") from None
     if cfg.finetune:
-        sd, _ = read_checkpoint(cfg.finetune)
-        model.load_state_dict(sd, strict=True)
+        try:
+            sd, _ = read_checkpoint(cfg.finetune)
+            model.load_state_dict(sd, strict=True)
+        except FileNotFoundError:
+            raise RecipeError(f"finetune: {cfg.finetune!r} does not exist") from None
+        except (CheckpointError, RuntimeError) as e:
+            raise RecipeError(f"finetune {cfg.finetune!r} is not a checkpoint of this student: {e}") from None
         log.info("student initialised from %s", cfg.finetune)
     return model
 
@@ -90,7 +95,12 @@ def build_teacher(cfg: TrainConfig) -> ClipTeacher:
     weights = p.clip_teacher_weights or None
     if weights is None:
         log.warning("the CLIP teacher has random weights (pretrain.clip_teacher_weights is empty)")
-    return clip_teacher(p.clip_teacher, weights=weights, **kw)
+    try:
+        return clip_teacher(p.clip_teacher, weights=weights, **kw)
+    except FileNotFoundError:
+        raise RecipeError(f"pretrain.clip_teacher_weights: {weights!r} does not exist") from None
+    except (CheckpointError, TypeError, ValueError) as e:
+        raise RecipeError(f"pretrain.clip_teacher_weights {weights!r}: {e}") from None
 
 
 def teacher_input(x: Tensor, resolution: int) -> Tensor:
