@@ -121,3 +121,27 @@ def test_losses():
     assert ls == pytest.approx(float(SoftTargetCrossEntropy()(logits, soft)), rel=1e-5)
     with pytest.raises(ValueError, match="even batch"):
         Mixup(num_classes=5)(torch.zeros(3, 3, 1, 4, 4), torch.zeros(3, dtype=torch.long))
+
+
+def test_multi_scale_crop_official_sizes_and_fixed_offsets():
+    """GroupMultiScaleCrop(224, [1, .875, .75, .66]) of the official pretraining: sides from
+    the short side times the scales (within 3 px of the crop size snapped to it), adjacent
+    scales at most, at one of the 13 fixed offsets."""
+    from vmstream.training.augment import multi_scale_crop_params
+
+    random.seed(0)
+    sides = {256, 224, 192, 168}  # 256 * (1, .875 -> 224, .75, .66)
+    seen = set()
+    for _ in range(400):
+        top, left, h, w = multi_scale_crop_params(256, 340, 224)
+        assert h in sides and w in sides
+        assert abs(sorted(sides).index(h) - sorted(sides).index(w)) <= 1
+        hs, ws = (256 - h) // 4, (340 - w) // 4
+        assert (hs == 0 or top % hs == 0) and (ws == 0 or left % ws == 0)
+        if hs and ws:
+            seen.add((top // hs, left // ws))
+    assert seen <= {(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2), (1, 1), (1, 3), (3, 1),
+                    (3, 3)}
+    assert len(seen) == 13
+    assert multi_scale_crop_params(226, 300, 224, scales=(1.0,))[2:] == (224, 224)  # 226 snaps to 224
+    assert multi_scale_crop_params(230, 300, 224, scales=(1.0,))[2:] == (230, 230)

@@ -19,9 +19,13 @@ from .state import StateError, StreamState
 from .videomamba import SegmentOutput, VideoMamba, resample_temporal_pos
 from .bert import BertConfig, BertModel
 from .videotext import TextEncoding, VideoEncoding, VideoTextMamba
+from .videomamba_pretrain import VideoMambaPretrain
+from .clip_teacher import CLIP_TEACHERS, ClipTeacher, clip_teacher
 
 __all__ = [
-    "VideoMamba", "SegmentOutput", "VideoTextMamba", "VideoEncoding", "TextEncoding", "BertConfig", "BertModel", "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
+    "VideoMamba", "SegmentOutput", "VideoTextMamba", "VideoEncoding", "TextEncoding", "BertConfig", "BertModel",
+    "VideoMambaPretrain", "ClipTeacher", "clip_teacher", "CLIP_TEACHERS",
+    "ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
     "resolve_device", "StreamState", "StateError", "resample_temporal_pos",
     "create_model", "SIZES", "CHECKPOINTS", "CheckpointInfo", "get_checkpoint", "list_checkpoints",
     "class_names", "CLASS_LISTS", "HF_REPO",

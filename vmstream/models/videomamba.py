@@ -42,7 +42,7 @@ from .ops import causal_conv1d, selective_scan
 from .state import StateError, StreamState
 
 __all__ = ["VideoMamba", "Mamba", "Block", "RMSNorm", "PatchEmbed", "DropPath", "SegmentOutput",
-           "create_block", "resample_temporal_pos"]
+           "create_block", "resample_temporal_pos", "init_videomamba_weights", "norm_fp32"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -337,6 +337,36 @@ def create_block(d_model, ssm_cfg=None, norm_epsilon=1e-5, drop_path=0.0, rms_no
 
 # ----------------------------------------------------------------------------- model
 
+def init_videomamba_weights(model: nn.Module, depth: int, initializer_cfg: dict) -> None:
+    """The official initialisation of a VideoMamba-style model (classifier or pretraining student).
+
+    The official order: every Linear trunc_normal(0.02) with zero bias (this also
+    overrides the mixer's dt_proj init, exactly as in the official model), LayerNorms
+    to 1/0, pos_embed trunc_normal(0.02); then the GPT-2 style rescale of out_proj.
+    """
+    def segm_init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    model.apply(segm_init)
+    nn.init.trunc_normal_(model.pos_embed, std=0.02)
+    rescale = initializer_cfg.get("rescale_prenorm_residual", True)
+    n_res = initializer_cfg.get("n_residuals_per_layer", 1)
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
+            nn.init.zeros_(m.bias)
+        if rescale and isinstance(m, Mamba):
+            nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                m.out_proj.weight /= math.sqrt(n_res * depth)
+
+
+
 @dataclass
 class SegmentOutput:
     """What `forward_segment` returns: the cls embedding, the head's logits, the next state."""
@@ -427,29 +457,7 @@ class VideoMamba(nn.Module):
 
     # ------------------------------------------------------------------ init, misc
     def _init_weights(self, depth: int, initializer_cfg: dict) -> None:
-        # The official order: every Linear trunc_normal(0.02) with zero bias (this also
-        # overrides the mixer's dt_proj init, exactly as in the official model), LayerNorms
-        # to 1/0, pos_embed trunc_normal(0.02); then the GPT-2 style rescale of out_proj.
-        def segm_init(m):
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.constant_(m.bias, 0)
-                nn.init.constant_(m.weight, 1.0)
-
-        self.apply(segm_init)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        rescale = initializer_cfg.get("rescale_prenorm_residual", True)
-        n_res = initializer_cfg.get("n_residuals_per_layer", 1)
-        for m in self.modules():
-            if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
-                nn.init.zeros_(m.bias)
-            if rescale and isinstance(m, Mamba):
-                nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
-                with torch.no_grad():
-                    m.out_proj.weight /= math.sqrt(n_res * depth)
+        init_videomamba_weights(self, depth, initializer_cfg)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -218,14 +218,22 @@ def random_resized_crop_params(height: int, width: int, scale=(0.08, 1.0),
 
 
 def multi_scale_crop_params(height: int, width: int, crop: int,
-                            scales=(1.0, 0.875, 0.75, 0.66), max_distort: int = 1):
-    """TSN's multi-scale crop: a crop side pair from base*scales (aspect distortion at most
-    `max_distort` steps) at a random position; resized to `crop` afterwards."""
+                            scales=(1.0, 0.875, 0.75, 0.66), max_distort: int = 1, fix_crop: bool = True):
+    """TSN's multi-scale crop (the official ``GroupMultiScaleCrop`` of masked pretraining):
+    a crop side pair from base*scales (sides within 3 px of `crop` snap to it; aspect
+    distortion at most `max_distort` steps), placed at one of the 13 fixed offsets
+    (corners, centre, edge centres, quarter points; `fix_crop`) or anywhere; resized to
+    `crop` afterwards. Returns (top, left, h, w)."""
     base = min(height, width)
-    sizes = [int(base * s) for s in scales]
+    sizes = [crop if abs(int(base * s) - crop) < 3 else int(base * s) for s in scales]
     pairs = [(h, w) for i, h in enumerate(sizes) for j, w in enumerate(sizes) if abs(i - j) <= max_distort]
     h, w = random.choice(pairs)
-    return random.randint(0, height - h), random.randint(0, width - w), h, w
+    if not fix_crop:
+        return random.randint(0, height - h), random.randint(0, width - w), h, w
+    hs, ws = (height - h) // 4, (width - w) // 4
+    grid = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2), (1, 1), (1, 3), (3, 1), (3, 3)]
+    top, left = random.choice(grid)
+    return top * hs, left * ws, h, w
 
 
 def resize_short_side(clip: Tensor, size: int) -> Tensor:

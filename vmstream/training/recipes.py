@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vmstream import config_loader
 from vmstream.config_loader import ConfigError, parse_overrides
 
-__all__ = ["TrainConfig", "StreamingConfig", "SyntheticConfig", "RecipeError", "ConfigError", "load_recipe",
+__all__ = ["TrainConfig", "StreamingConfig", "SyntheticConfig", "PretrainConfig", "SyntheticDistillConfig", "RecipeError", "ConfigError", "load_recipe",
            "load_recipe_dict", "parse_overrides", "recipe_path", "REPO_CONFIG_DIR"]
 
 REPO_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "train")
@@ -65,11 +65,56 @@ class SyntheticConfig(BaseModel):
     mamba_dt_init: bool = True
 
 
+class PretrainConfig(BaseModel):
+    """Masked pretraining distilled from a CLIP teacher; names as the official
+    ``run_videomamba_pretraining.py`` arguments (`vmstream.training.pretrain`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mask_type: Literal["tube", "random", "tube_row", "random_row", "attention"] = "tube"
+    mask_ratio: float = Field(0.75, ge=0.0, lt=1.0)
+    clip_teacher: Literal["clip_b16", "clip_l14", "clip_l14_336"] = "clip_b16"
+    # the teacher's weights: the official extracted vit_b16.pth, a whole OpenAI CLIP state
+    # dict or Hugging Face openai/clip-vit-* weights; "" = random (only for synthetic runs)
+    clip_teacher_weights: str = ""
+    teacher_args: dict[str, Any] = Field(default_factory=dict)  # overrides of the teacher size
+    clip_input_resolution: int = 224
+    clip_loss_type: Literal["l2", "mse", "smooth_l1"] = "l2"
+    clip_loss_ratio: float = 1.0
+    clip_decoder_embed_dim: Optional[int] = None  # None: the student's embed_dim
+    clip_output_dim: int = 512
+    clip_norm_type: Literal["l2", "none"] = "l2"
+    clip_return_layer: int = Field(1, ge=1)
+    clip_return_interval: float = 1
+    clip_student_return_interval: float = 1
+    clip_return_cls: bool = True
+    clip_return_attn: bool = True
+    crop: Literal["multi_scale", "random_resized"] = "multi_scale"
+
+
+class SyntheticDistillConfig(BaseModel):
+    """The CPU proof that masked distillation transfers (`vmstream.training.synthetic_distill`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_classes: int = Field(4, ge=2)
+    train_videos: int = Field(512, ge=8)  # distillation clips, drawn afresh every epoch
+    heldout_videos: int = Field(256, ge=8)  # for the distillation cosine
+    probe_train_videos: int = Field(512, ge=8)
+    probe_test_videos: int = Field(512, ge=8)
+    probe_epochs: int = Field(200, ge=1)
+    probe_lr: float = 0.01
+    data_seed: int = 1234
+    teacher_seed: int = 4217
+    # zero the random teacher's cls embedding (and its position): a random CLIP's cls is
+    # otherwise nearly the same vector for every clip, which leaves little to distil
+    teacher_zero_cls: bool = True
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = "run"
-    task: Literal["classification", "regression", "streaming", "synthetic_memory"] = "classification"
+    task: Literal["classification", "regression", "streaming", "synthetic_memory", "pretrain",
+                  "synthetic_distill"] = "classification"
     source: str = ""  # the official script the numbers come from
     reference_gpus: Optional[int] = None  # GPUs of that official run (its total batch)
 
@@ -160,6 +205,8 @@ class TrainConfig(BaseModel):
 
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    synthetic_distill: SyntheticDistillConfig = Field(default_factory=SyntheticDistillConfig)
 
     @field_validator("source", "finetune", "data_path", "train_list", "val_list", "test_list", "prefix",
                      "output_dir", "resume", mode="before")

@@ -334,6 +334,17 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
             res = run_memory_task(cfg, device)
             ok = res["carried_state_accuracy"] >= 0.9
             return 0 if ok else 1
+        if cfg.task == "synthetic_distill":
+            from .synthetic_distill import run_synthetic_distill
+
+            res = run_synthetic_distill(cfg, should_stop=should_stop)
+            if res is None:
+                return 130
+            return 0 if res["probe_accuracy_pretrained"] >= res["probe_accuracy_random_init"] + 0.10 else 1
+        if cfg.task == "pretrain":
+            from .pretrain import pretrain_fit
+
+            return 130 if pretrain_fit(cfg, should_stop=should_stop)["stopped"] else 0
         return 130 if fit(cfg, should_stop=should_stop)["stopped"] else 0
     except RecipeError as e:
         print(f"vmstream train: {e}", file=sys.stderr)

@@ -1,0 +1,220 @@
+"""The masked-pretraining student: VideoMamba that sees only the visible tokens and
+predicts the CLIP teacher's features at those places (the official `VisionMamba` of
+`videomamba/video_sm/models/videomamba_pretrain.py`, parameter for parameter).
+
+What the official forward computes, and so what this one computes (the released
+`*_mask_pt_*` checkpoints were trained with the fused add+norm path, which is the one
+reproduced here):
+
+* tokens embedded as the classifier does (cls + spatial positions, temporal positions on
+  the patches), then the masked ones *dropped*: `tokens[~mask]` keeps the visible tokens
+  in order, cls first, and the blocks run on that compacted sequence (the bidirectional
+  scan sees neighbours that may be far apart in the clip);
+* the distilled features are taken from the residual stream: for a return layer r below
+  the last, the shared final `norm` of the residual entering block r + 1; for the last
+  layer, the *un-normalised* residual entering the last block's mixer. (The official
+  final fused add+norm returns only its normed output, which is discarded, so `residual`
+  still holds the last block's input. Hence the last block's mixer output and, with one
+  return layer, the final `norm` never reach the loss; we skip computing that mixer.)
+* each feature gets a fixed sinusoidal position table (1 + T*h*w rows, the cls row 0)
+  added at the visible places, then its own `Linear_Decoder`: Linear -> LayerNorm ->
+  L2 normalisation (`clip_norm_type='l2'`).
+
+Output [K, B, 1 + visible, clip_output_dim], K = `clip_return_layer`, layers in
+ascending depth order (the teacher's order). A pretrained student loads into the
+classifier with `vmstream.models.load_checkpoint` (decoder dropped, `norm` -> `norm_f`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .videomamba import DropPath, PatchEmbed, RMSNorm, create_block, init_videomamba_weights, norm_fp32
+
+__all__ = ["VideoMambaPretrain", "LinearDecoder", "sinusoid_table"]
+
+
+def sinusoid_table(n_position: int, dim: int) -> Tensor:
+    """[1, n_position, dim]: pos / 10000^(2*(j//2)/dim), sin on even j, cos on odd j
+    (the "attention is all you need" table the official student uses), float32."""
+    pos = torch.arange(n_position, dtype=torch.float64)[:, None]
+    j = torch.arange(dim, dtype=torch.float64)[None, :]
+    angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    table = torch.empty_like(angle)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.float().unsqueeze(0)
+
+
+class LinearDecoder(nn.Module):
+    """Linear -> LayerNorm -> optional L2 normalisation (the official `Linear_Decoder`;
+    its state dict keys are `head.*` and `norm.*`)."""
+
+    def __init__(self, output_dim: int = 768, embed_dim: int = 768, clip_norm_type: str = "l2"):
+        super().__init__()
+        if clip_norm_type not in ("l2", "none"):
+            raise ValueError(f"clip_norm_type must be 'l2' or 'none', got {clip_norm_type!r}")
+        self.clip_norm_type = clip_norm_type
+        self.head = nn.Linear(embed_dim, output_dim)
+        self.norm = nn.LayerNorm(output_dim)
+        # The official decoder's own init; the student's init re-initialises it afterwards
+        # (trunc_normal Linear), as the official constructor does too.
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(self.head(x))
+        if self.clip_norm_type == "l2":
+            x = x / x.norm(dim=-1, keepdim=True)
+        return x
+
+
+class VideoMambaPretrain(nn.Module):
+    """The official masked-pretraining student (`videomamba_middle_pretrain` is depth=32,
+    embed_dim=576). Keywords are the official ones."""
+
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        depth=24,
+        embed_dim=192,
+        channels=3,
+        drop_path_rate=0.0,
+        ssm_cfg=None,
+        norm_epsilon=1e-5,
+        initializer_cfg=None,
+        fused_add_norm=True,
+        rms_norm=True,
+        residual_in_fp32=True,
+        bimamba=True,
+        kernel_size=1,
+        num_frames=8,
+        device=None,
+        dtype=None,
+        use_checkpoint=False,
+        checkpoint_num=0,
+        clip_decoder_embed_dim=768,
+        clip_output_dim=512,
+        clip_norm_type="l2",
+        clip_return_layer=1,
+        clip_student_return_interval=1,
+    ):
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        if num_frames % kernel_size:
+            raise ValueError(f"num_frames={num_frames} is not a multiple of kernel_size={kernel_size}")
+        if clip_decoder_embed_dim != embed_dim:
+            # The decoder reads the student's hidden states directly.
+            raise ValueError(f"clip_decoder_embed_dim={clip_decoder_embed_dim} must equal embed_dim={embed_dim}")
+        self.return_index = [depth - int(i * clip_student_return_interval) - 1 for i in range(clip_return_layer)]
+        if clip_return_layer < 1 or min(self.return_index) < 0:
+            raise ValueError(f"clip_return_layer={clip_return_layer} with interval {clip_student_return_interval} "
+                             f"reaches below layer 0 of a depth-{depth} student")
+        self.depth = depth
+        self.residual_in_fp32 = residual_in_fp32
+        self.fused_add_norm = fused_add_norm
+        self.use_checkpoint = use_checkpoint
+        self.checkpoint_num = checkpoint_num
+        self.d_model = self.num_features = self.embed_dim = embed_dim
+        self.num_frames = num_frames
+        self.kernel_size = kernel_size
+
+        # Registration order = the official one (state_dict keys in the same order).
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size,
+                                      in_chans=channels, embed_dim=embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **factory))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim, **factory))
+        self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // kernel_size, embed_dim, **factory))
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        inter_dpr = [0.0] + dpr
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
+        self.layers = nn.ModuleList([
+            create_block(embed_dim, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
+                         residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, layer_idx=i,
+                         bimamba=bimamba, drop_path=inter_dpr[i], **factory)
+            for i in range(depth)
+        ])
+        self.norm = (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory)
+        self.clip_decoder = nn.ModuleList([
+            LinearDecoder(clip_output_dim, clip_decoder_embed_dim, clip_norm_type) for _ in range(clip_return_layer)
+        ])
+        # Fixed, not a parameter, not in the state dict (as the official plain attribute).
+        self.register_buffer("clip_pos_embed",
+                             sinusoid_table(num_patches * num_frames // kernel_size + 1, clip_decoder_embed_dim),
+                             persistent=False)
+        init_videomamba_weights(self, depth, initializer_cfg or {})
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "temporal_pos_embedding"}
+
+    def get_num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def num_tokens(self) -> int:
+        """1 + T'*h*w: the mask's length."""
+        return self.clip_pos_embed.shape[1]
+
+    def embed(self, x: Tensor) -> Tensor:
+        """[B, C, T, H, W] -> [B, 1 + T'*h*w, D], the official order of additions."""
+        C = self.patch_embed.proj.in_channels
+        H, W = self.patch_embed.img_size
+        if x.dim() != 5 or x.shape[1] != C or tuple(x.shape[-2:]) != (H, W) or x.shape[2] != self.num_frames:
+            raise ValueError(f"video must be [B, {C}, {self.num_frames}, {H}, {W}] for this student; "
+                             f"got shape {tuple(x.shape)}")
+        x = self.patch_embed(x)
+        B, D, T, h, w = x.shape
+        x = x.permute(0, 2, 3, 4, 1).reshape(B, T, h * w, D)
+        x = x + self.pos_embed[:, None, 1:, :]
+        x = x + self.temporal_pos_embedding[:, :, None, :]
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
+        return torch.cat([cls, x.reshape(B, T * h * w, D)], dim=1)
+
+    def _check_mask(self, mask: Tensor, batch: int) -> None:
+        if mask.dtype != torch.bool or mask.shape != (batch, self.num_tokens):
+            raise ValueError(f"mask must be a bool tensor [B={batch}, {self.num_tokens}] (True = masked, cls "
+                             f"column first); got {mask.dtype} {tuple(mask.shape)}")
+        if mask[:, 0].any():
+            raise ValueError("mask hides the cls token (column 0); the cls token must stay visible")
+        counts = (~mask).sum(dim=1)
+        if (counts != counts[0]).any():
+            raise ValueError(f"every sample must keep the same number of visible tokens; got {counts.tolist()}")
+
+    def forward_features(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The distilled hidden states [K, B, 1 + visible, D] (see the module docstring)."""
+        tokens = self.embed(x)
+        B, _, D = tokens.shape
+        self._check_mask(mask, B)
+        hidden = tokens[~mask].reshape(B, -1, D)
+        residual: Optional[Tensor] = None
+        feats = []
+        last = self.depth - 1
+        for idx, layer in enumerate(self.layers):
+            if idx == last:
+                # Only this block's add is needed: its mixer output never reaches the loss.
+                residual = hidden if residual is None else residual + layer.drop_path(hidden)
+                if self.residual_in_fp32:
+                    residual = residual.float()
+            else:
+                ckpt = self.use_checkpoint and idx < self.checkpoint_num and self.training and torch.is_grad_enabled()
+                hidden, residual, _ = layer(hidden, residual, use_checkpoint=ckpt)
+            if idx >= 1 and (idx - 1) in self.return_index:
+                feats.append(norm_fp32(self.norm, residual))
+        if last in self.return_index:
+            feats.append(residual)
+        return torch.stack(feats)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """video [B, C, T, H, W], mask [B, 1 + T'*h*w] (True = masked) -> predicted teacher
+        features at the visible places [K, B, 1 + visible, clip_output_dim]."""
+        feats = self.forward_features(x, mask)
+        K, B, L, D = feats.shape
+        pos = self.clip_pos_embed.to(feats.dtype).expand(B, -1, -1)[~mask].view(B, L, D)
+        feats = feats + pos.unsqueeze(0)
+        return torch.stack([dec(feats[i]) for i, dec in enumerate(self.clip_decoder)])
