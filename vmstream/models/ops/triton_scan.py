@@ -1,0 +1,469 @@
+"""The Triton backend: selective scan (forward and backward) and causal depthwise conv.
+
+Token-major [B, L, D] like every backend (no transposes), the carried state taken
+natively (no injection algebra), `reverse=True` by walking the tokens backwards, fp32
+state and accumulation with fp32/bf16/fp16 inputs, outputs in the input's dtype.
+
+Parallel form: one program per (batch row, block of BLOCK_D channels) with the time loop
+inside and the [BLOCK_D, N] state in registers, as vLLM's Triton `selective_scan_fwd`
+does. It is the simplest exact form (a chunked `tl.associative_scan` form needs the
+products of exp(ΔA) over a chunk and is faster only where B·D/BLOCK_D programs leave
+the GPU idle); it has not been timed on a GPU yet (benchmarks/gpu_check.py does).
+
+Backward: a Triton kernel. The forward stores the state every CKPT_EVERY steps; the
+backward walks the chunks from last to first, recomputes each chunk's states from its
+checkpoint into a per-program scratch buffer, then runs the adjoint recurrence
+G_{t-1} = exp(Δ_t A) ⊙ G_t (+ C_t dy_t) backwards through the chunk. Memory is
+O(B·D·N·L/CKPT_EVERY), never O(B·D·N·L). Per-token gradients that sum over channels
+(dB, dC) are written per channel block and summed by torch, so results are
+deterministic (no atomics).
+
+Conv: a Triton forward (the carried tail read in place, no concatenated copy); its
+backward recomputes through the reference (`F.conv1d` under autograd), which is
+already a single fused cuDNN/ATen kernel on the GPU.
+
+Interpreter: with TRITON_INTERPRET=1 in the environment when this module is first
+imported, the same kernels run on CPU tensors through Triton's interpreter (numpy):
+that is how the tests hold them to the reference on machines without a GPU. The
+interpreter needs numpy < 2.4 (pyproject.toml's dev extra says why).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .reference import causal_conv1d_ref
+
+# Read once: the decorators below compile for the GPU or build interpreted functions,
+# depending on this variable at import time.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+CKPT_EVERY = 32  # backward checkpoint interval (steps); tests lower it to hit chunk edges
+
+
+def block_d(Bsz: int, D: int) -> int:
+    """Channels per program: small blocks when B·D is small, so the grid still fills
+    the GPU's SMs (each program is a sequential loop over L)."""
+    if Bsz * D >= 32 * 1024:
+        return 64
+    if Bsz * D >= 8 * 1024:
+        return 32
+    return 16
+
+
+@triton.jit
+def _softplus(x):
+    # max(x, 0) + log(1 + exp(-|x|)): no overflow for large |x|
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, last_ptr, ckpt_ptr,
+    L, Dm, N, n_ck, CK,
+    s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_Bb, s_Bl, s_Bn, s_Cb, s_Cl, s_Cn,
+    s_zb, s_zl, s_zd, s_ob, s_ol,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, STORE_CKPT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    md = offs_d < Dm
+    mdn = md[:, None] & (offs_n < N)[None, :]
+    dn = offs_d[:, None] * N + offs_n[None, :]  # [D, N] contiguous index
+    A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * Dm * N + dn, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    for i in range(0, L):
+        if REVERSE:
+            t = L - 1 - i
+        else:
+            t = i
+        if STORE_CKPT:
+            if i % CK == 0:  # the state before step i starts chunk i // CK
+                tl.store(ckpt_ptr + (pid_b * n_ck + i // CK) * Dm * N + dn, h, mask=mdn)
+        u = tl.load(u_ptr + pid_b * s_ub + t * s_ul + offs_d * s_ud, mask=md, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + pid_b * s_tb + t * s_tl + offs_d * s_td, mask=md, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        Bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + offs_n * s_Bn, mask=offs_n < N, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + pid_b * s_Cb + t * s_Cl + offs_n * s_Cn, mask=offs_n < N, other=0.0).to(tl.float32)
+        h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+        y = tl.sum(h * Ct[None, :], axis=1)
+        if HAS_D:
+            y = y + Dv * u
+        if HAS_Z:
+            z = tl.load(z_ptr + pid_b * s_zb + t * s_zl + offs_d * s_zd, mask=md, other=0.0).to(tl.float32)
+            y = y * z * _sigmoid(z)
+        tl.store(out_ptr + pid_b * s_ob + t * s_ol + offs_d, y.to(out_ptr.dtype.element_ty), mask=md)
+    tl.store(last_ptr + pid_b * Dm * N + dn, h, mask=mdn)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, dlast_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr, dh0_ptr, scratch_ptr,
+    L, Dm, N, n_ck, CK, n_db,
+    s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_Bb, s_Bl, s_Bn, s_Cb, s_Cl, s_Cn,
+    s_zb, s_zl, s_zd, s_gb, s_gl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Outputs: du, ddt, dz [B, L, D] contiguous (ddt is the gradient of the raw delta);
+    # dA [B, D, N] and dD [B, D] per batch row; dB, dC [B, L, n_db, N] per channel
+    # block; dh0 [B, D, N]. scratch: [B, n_db, CK, BLOCK_D, BLOCK_N].
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    md = offs_d < Dm
+    mn = offs_n < N
+    mdn = md[:, None] & mn[None, :]
+    dn = offs_d[:, None] * N + offs_n[None, :]
+    blk = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
+    scratch = scratch_ptr + (pid_b * n_db + pid_d) * CK * BLOCK_D * BLOCK_N
+    A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_DLAST:
+        G = tl.load(dlast_ptr + pid_b * Dm * N + dn, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        G = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for cc in range(0, n_ck):
+        c = n_ck - 1 - cc
+        # 1. recompute the chunk's states, each step's incoming state into scratch
+        h = tl.load(ckpt_ptr + (pid_b * n_ck + c) * Dm * N + dn, mask=mdn, other=0.0)
+        for j in range(0, CK):
+            i = c * CK + j
+            if i < L:
+                if REVERSE:
+                    t = L - 1 - i
+                else:
+                    t = i
+                tl.store(scratch + j * BLOCK_D * BLOCK_N + blk, h)
+                u = tl.load(u_ptr + pid_b * s_ub + t * s_ul + offs_d * s_ud, mask=md, other=0.0).to(tl.float32)
+                dt = tl.load(dt_ptr + pid_b * s_tb + t * s_tl + offs_d * s_td, mask=md, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    dt = dt + bias
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                Bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + offs_n * s_Bn, mask=mn, other=0.0).to(tl.float32)
+                h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+        tl.debug_barrier()
+        # 2. the adjoint recurrence, backwards through the chunk
+        for jj in range(0, CK):
+            j = CK - 1 - jj
+            i = c * CK + j
+            if i < L:
+                if REVERSE:
+                    t = L - 1 - i
+                else:
+                    t = i
+                h_prev = tl.load(scratch + j * BLOCK_D * BLOCK_N + blk)
+                u = tl.load(u_ptr + pid_b * s_ub + t * s_ul + offs_d * s_ud, mask=md, other=0.0).to(tl.float32)
+                raw = tl.load(dt_ptr + pid_b * s_tb + t * s_tl + offs_d * s_td, mask=md, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    raw = raw + bias
+                if SOFTPLUS:
+                    dt = _softplus(raw)
+                else:
+                    dt = raw
+                Bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + offs_n * s_Bn, mask=mn, other=0.0).to(tl.float32)
+                Ct = tl.load(C_ptr + pid_b * s_Cb + t * s_Cl + offs_n * s_Cn, mask=mn, other=0.0).to(tl.float32)
+                g_out = tl.load(dout_ptr + pid_b * s_gb + t * s_gl + offs_d, mask=md, other=0.0).to(tl.float32)
+                dA_t = tl.exp(dt[:, None] * A)
+                h = dA_t * h_prev + (dt * u)[:, None] * Bt[None, :]
+                tok = pid_b * L * Dm + t * Dm + offs_d  # du, ddt, dz: contiguous [B, L, D]
+                if HAS_Z:
+                    z = tl.load(z_ptr + pid_b * s_zb + t * s_zl + offs_d * s_zd, mask=md, other=0.0).to(tl.float32)
+                    y = tl.sum(h * Ct[None, :], axis=1)
+                    if HAS_D:
+                        y = y + Dv * u
+                    sz = _sigmoid(z)
+                    tl.store(dz_ptr + tok, g_out * y * sz * (1.0 + z * (1.0 - sz)), mask=md)
+                    dy = g_out * z * sz
+                else:
+                    dy = g_out
+                dy = tl.where(md, dy, 0.0)
+                tl.store(dC_ptr + ((pid_b * L + t) * n_db + pid_d) * N + offs_n,
+                         tl.sum(dy[:, None] * h, axis=0), mask=mn)
+                G = G + dy[:, None] * Ct[None, :]
+                du = tl.sum(G * Bt[None, :], axis=1) * dt
+                if HAS_D:
+                    dD_acc += dy * u
+                    du += dy * Dv
+                gah = G * dA_t * h_prev
+                dA_acc += gah * dt[:, None]
+                ddt = tl.sum(gah * A + G * u[:, None] * Bt[None, :], axis=1)
+                if SOFTPLUS:
+                    ddt = ddt * _sigmoid(raw)
+                tl.store(dB_ptr + ((pid_b * L + t) * n_db + pid_d) * N + offs_n,
+                         tl.sum(G * (dt * u)[:, None], axis=0), mask=mn)
+                tl.store(du_ptr + tok, du, mask=md)
+                tl.store(ddt_ptr + tok, ddt, mask=md)
+                G = G * dA_t
+        tl.debug_barrier()  # the next chunk reuses the scratch rows
+    tl.store(dh0_ptr + pid_b * Dm * N + dn, G, mask=mdn)
+    tl.store(dA_ptr + pid_b * Dm * N + dn, dA_acc, mask=mdn)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * Dm + offs_d, dD_acc, mask=md)
+
+
+def _last_contig(t):
+    return None if t is None else t.contiguous()
+
+
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, reverse, store_ckpt):
+    Bsz, L, Dm = u.shape
+    N = A.shape[1]
+    BD = block_d(Bsz, Dm)
+    BN = max(triton.next_power_of_2(N), 2)
+    out = torch.empty(Bsz, L, Dm, device=u.device, dtype=u.dtype)
+    last = torch.empty(Bsz, Dm, N, device=u.device, dtype=torch.float32)
+    CK = CKPT_EVERY
+    n_ck = triton.cdiv(L, CK)
+    ckpt = (torch.empty(Bsz, n_ck, Dm, N, device=u.device, dtype=torch.float32) if store_ckpt
+            else last)  # an unused pointer when not stored
+    zz = z if z is not None else u
+    grid = (Bsz, triton.cdiv(Dm, BD))
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else A, zz,
+        delta_bias if delta_bias is not None else A, h0 if h0 is not None else last,
+        out, last, ckpt,
+        L, Dm, N, n_ck, CK,
+        u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        zz.stride(0), zz.stride(1), zz.stride(2), out.stride(0), out.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        HAS_H0=h0 is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse),
+        STORE_CKPT=bool(store_ckpt), BLOCK_D=BD, BLOCK_N=BN, num_warps=2 if BD <= 16 else 4,
+    )
+    return out, last, ((ckpt, CK) if store_ckpt else None)
+
+
+def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, CK, dout, dlast, softplus, reverse):
+    Bsz, L, Dm = u.shape
+    N = A.shape[1]
+    BD = block_d(Bsz, Dm)
+    BN = max(triton.next_power_of_2(N), 2)
+    n_db = triton.cdiv(Dm, BD)
+    n_ck = ckpt.shape[1]
+    dev, f32 = u.device, torch.float32
+    du = torch.empty(Bsz, L, Dm, device=dev, dtype=f32)
+    ddt = torch.empty_like(du)
+    dz = torch.empty_like(du) if z is not None else du
+    dA = torch.empty(Bsz, Dm, N, device=dev, dtype=f32)
+    dD = torch.empty(Bsz, Dm, device=dev, dtype=f32)
+    dB = torch.empty(Bsz, L, n_db, N, device=dev, dtype=f32)
+    dC = torch.empty_like(dB)
+    dh0 = torch.empty(Bsz, Dm, N, device=dev, dtype=f32)
+    scratch = torch.empty(Bsz, n_db, CK, BD, BN, device=dev, dtype=f32)
+    zz = z if z is not None else u
+    _scan_bwd_kernel[(Bsz, n_db)](
+        u, delta, A, B, C, D if D is not None else A, zz,
+        delta_bias if delta_bias is not None else A, ckpt, dout,
+        dlast if dlast is not None else dh0,
+        du, ddt, dz, dA, dD, dB, dC, dh0, scratch,
+        L, Dm, N, n_ck, CK, n_db,
+        u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        zz.stride(0), zz.stride(1), zz.stride(2), dout.stride(0), dout.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        HAS_DLAST=dlast is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse),
+        BLOCK_D=BD, BLOCK_N=BN, num_warps=2 if BD <= 16 else 4,
+    )
+    return du, ddt, dz, dA.sum(0), dD.sum(0), dB.sum(2), dC.sum(2), dh0
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse):
+        out, last, (ckpt, every) = _scan_forward(u, delta, A, B, C, D, z, delta_bias,
+                                                 initial_state, softplus, reverse, store_ckpt=True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        ctx.flags = (softplus, reverse, every)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        softplus, reverse, every = ctx.flags
+        if dout is None:
+            dout = torch.zeros_like(u)
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dlast = None if dlast is None else dlast.float().contiguous()
+        du, ddt, dz, dA, dD, dB, dC, dh0 = _scan_backward(
+            u, delta, A, B, C, D, z, delta_bias, ckpt, every, dout, dlast, softplus, reverse)
+        need = ctx.needs_input_grad
+        return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                dD.to(D.dtype) if D is not None else None,
+                dz.to(z.dtype) if z is not None else None,
+                ddt.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None and need[7] else None,
+                dh0 if need[8] else None, None, None)
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def check_device(t: torch.Tensor) -> None:
+    """CUDA tensors, or CPU tensors under the interpreter: anything else is a clear error."""
+    if t.is_cuda or (INTERPRET and t.device.type == "cpu"):
+        return
+    if t.device.type == "cpu":
+        raise ValueError("scan backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 in the "
+                         "environment (before the first Triton scan of the process) to run the "
+                         "Triton kernels on the CPU through Triton's interpreter")
+    raise ValueError(f"scan backend 'triton' needs CUDA tensors, got {t.device}")
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          initial_state=None, return_last_state=False, reverse=False):
+    """The contract of `dispatch.selective_scan` on the Triton kernels."""
+    check_device(u)
+    A = A.float().contiguous()
+    D = None if D is None else D.float().contiguous()
+    delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    if _needs_grad(u, delta, A, B, C, D, z, delta_bias, h0):
+        out, last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0,
+                                           bool(delta_softplus), bool(reverse))
+    else:
+        out, last, _ = _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus,
+                                     reverse, store_ckpt=False)
+    return (out, last) if return_last_state else out
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, tail_ptr, out_ptr, L, Dm,
+    s_xb, s_xl, s_xd, s_ob, s_ol,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_TAIL: tl.constexpr, SILU: tl.constexpr,
+    REVERSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # step s (scan order) reads the padded input xp[s .. s+K-1], xp = tail ++ x in scan order
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_s = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    ms = offs_s < L
+    md = offs_d < Dm
+    acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    for k in tl.static_range(K):
+        p = offs_s + k  # position in xp
+        src = p - (K - 1)
+        in_x = src >= 0
+        if REVERSE:
+            tok = L - 1 - src
+        else:
+            tok = src
+        m = (ms & in_x)[:, None] & md[None, :]
+        xv = tl.load(x_ptr + pid_b * s_xb + tok[:, None] * s_xl + offs_d[None, :] * s_xd,
+                     mask=m, other=0.0).to(tl.float32)
+        if HAS_TAIL:
+            mt = (ms & (p < K - 1))[:, None] & md[None, :]
+            xv += tl.load(tail_ptr + (pid_b * Dm + offs_d[None, :]) * (K - 1) + p[:, None],
+                          mask=mt, other=0.0).to(tl.float32)
+        wk = tl.load(w_ptr + offs_d * K + k, mask=md, other=0.0).to(tl.float32)
+        acc += xv * wk[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[None, :]
+    if SILU:
+        acc = acc * _sigmoid(acc)
+    if REVERSE:
+        tok_out = L - 1 - offs_s
+    else:
+        tok_out = offs_s
+    tl.store(out_ptr + pid_b * s_ob + tok_out[:, None] * s_ol + offs_d[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=ms[:, None] & md[None, :])
+
+
+def _conv_forward(x, w, bias, tail, silu, reverse):
+    Bsz, L, Dm = x.shape
+    K = w.shape[-1]
+    out = torch.empty(Bsz, L, Dm, device=x.device, dtype=x.dtype)
+    BL, BD = 32, 32
+    grid = (Bsz, triton.cdiv(L, BL), triton.cdiv(Dm, BD))
+    _conv_fwd_kernel[grid](
+        x, w, bias if bias is not None else w, tail if tail is not None else w, out, L, Dm,
+        x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1),
+        K=K, HAS_BIAS=bias is not None, HAS_TAIL=tail is not None, SILU=bool(silu),
+        REVERSE=bool(reverse), BLOCK_L=BL, BLOCK_D=BD, num_warps=4,
+    )
+    return out
+
+
+def _final_tail(x, tail, K, reverse):
+    """The last K-1 inputs in scan order, [B, D, K-1] (read off x, never a full copy)."""
+    Bsz, L, Dm = x.shape
+    xs = x[:, :K - 1].flip(1) if reverse else x[:, max(L - (K - 1), 0):]
+    head = tail if tail is not None else x.new_zeros(Bsz, Dm, K - 1)
+    return torch.cat([head.to(x.dtype), xs.transpose(1, 2)], dim=2)[:, :, -(K - 1):]
+
+
+class _CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, bias, tail, silu, reverse):
+        ctx.save_for_backward(x, w, bias, tail)
+        ctx.flags = (silu, reverse)
+        return _conv_forward(x, w, bias, tail, silu, reverse)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w, bias, tail = ctx.saved_tensors
+        silu, reverse = ctx.flags
+        inputs = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip((x, w, bias, tail), ctx.needs_input_grad)]
+        with torch.enable_grad():
+            out = causal_conv1d_ref(inputs[0], inputs[1], inputs[2], inputs[3],
+                                    "silu" if silu else None, reverse=reverse)
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, dout))
+        return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs),
+                None, None)
+
+
+def causal_conv1d_triton(x, weight, bias=None, initial_tail=None, activation=None,
+                         return_final_tail=False, reverse=False):
+    """The contract of `dispatch.causal_conv1d` on the Triton kernel."""
+    check_device(x)
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"causal_conv1d: unsupported activation {activation!r} (silu or None)")
+    Dm = x.shape[-1]
+    K = weight.shape[-1]
+    w = weight.reshape(Dm, K).contiguous()
+    bias = None if bias is None else bias.contiguous()
+    tail = None if initial_tail is None else initial_tail.contiguous()
+    silu = activation is not None
+    if _needs_grad(x, w, bias, tail):
+        out = _CausalConv1dFn.apply(x, w, bias, tail, silu, bool(reverse))
+    else:
+        out = _conv_forward(x, w, bias, tail, silu, reverse)
+    if return_final_tail:
+        return out, _final_tail(x, tail, K, reverse)
+    return out
