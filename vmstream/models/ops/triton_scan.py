@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import triton
@@ -42,6 +43,18 @@ from .reference import causal_conv1d_ref
 # depending on this variable at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CKPT_EVERY = 32  # backward checkpoint interval (steps); tests lower it to hit chunk edges
+
+
+def _version(v: str) -> tuple:
+    return tuple(int(p) for p in v.split("+")[0].split(".")[:2] if p.isdigit())
+
+
+# Triton 3.6's interpreter converts 1-element arrays with int(), which numpy 2.4 refuses
+# ("only 0-dimensional arrays can be converted to Python scalars"): every kernel fails.
+INTERPRETER_PROBLEM = (
+    f"Triton {triton.__version__}'s interpreter fails with numpy {np.__version__} (numpy >= 2.4 "
+    "refuses int() of 1-element arrays); install numpy<2.4 to run the Triton kernels on the CPU"
+    if _version(np.__version__) >= (2, 4) and _version(triton.__version__) <= (3, 6) else None)
 
 
 def block_d(Bsz: int, D: int) -> int:
@@ -334,7 +347,11 @@ def _needs_grad(*ts) -> bool:
 
 def check_device(t: torch.Tensor) -> None:
     """CUDA tensors, or CPU tensors under the interpreter: anything else is a clear error."""
-    if t.is_cuda or (INTERPRET and t.device.type == "cpu"):
+    if t.is_cuda and not INTERPRET:
+        return
+    if INTERPRET and INTERPRETER_PROBLEM:
+        raise RuntimeError(f"scan backend 'triton': {INTERPRETER_PROBLEM}")
+    if INTERPRET and t.device.type in ("cpu", "cuda"):
         return
     if t.device.type == "cpu":
         raise ValueError("scan backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 in the "
