@@ -55,13 +55,22 @@ def test_pieces_equal_whole_through_dispatch(triton_ops):
     assert_close(torch.cat(outs, dim=1), whole, what="pieces")
 
 
-def test_half_inputs(triton_ops):
+def test_half_inputs_beside_a_float32_weight(triton_ops):
+    """bf16 x with a float32 weight, as under autocast: out and dx in bf16, dweight in
+    float32, all as close to float32 math on the same rounded x as bf16 allows."""
     inp = _inputs(L=9, D=20)
-    x = inp["x"].to(torch.bfloat16)
-    y = triton_ops.causal_conv1d_triton(x, inp["weight"], inp["bias"], inp["initial_tail"], "silu")
-    assert y.dtype == torch.bfloat16
-    ref = causal_conv1d_ref(x.float(), inp["weight"], inp["bias"], inp["initial_tail"], "silu")
+    x = inp["x"].to(torch.bfloat16).requires_grad_(True)
+    w = inp["weight"].clone().requires_grad_(True)
+    y = triton_ops.causal_conv1d_triton(x, w, inp["bias"], inp["initial_tail"], "silu")
+    y.float().square().sum().backward()
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    x_ref = x.detach().float().requires_grad_(True)
+    w_ref = inp["weight"].clone().requires_grad_(True)
+    ref = causal_conv1d_ref(x_ref, w_ref, inp["bias"], inp["initial_tail"], "silu")
+    ref.square().sum().backward()
     assert_close(y, ref, rtol=1e-2, atol_rel=1e-2, what="bf16 out")
+    assert_close(x.grad, x_ref.grad, rtol=2e-2, atol_rel=2e-2, what="bf16 dx")
+    assert_close(w.grad, w_ref.grad, rtol=2e-2, atol_rel=2e-2, what="dweight")
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -457,10 +457,12 @@ class _CausalConv1dFn(torch.autograd.Function):
         inputs = [t.detach().requires_grad_(need) if t is not None else None
                   for t, need in zip((x, w, bias, tail), ctx.needs_input_grad)]
         with torch.enable_grad():
-            out = causal_conv1d_ref(inputs[0], inputs[1], inputs[2], inputs[3],
-                                    "silu" if silu else None, reverse=reverse)
+            # in float32 as the forward computed (x may be bf16 beside a float32 weight);
+            # each gradient comes back in its input's dtype through the casts
+            f32 = [None if t is None else t.float() for t in inputs]
+            out = causal_conv1d_ref(*f32, "silu" if silu else None, reverse=reverse)
             wanted = [t for t in inputs if t is not None and t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, dout))
+            grads = iter(torch.autograd.grad(out, wanted, dout.float()))
         return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs),
                 None, None)
 
