@@ -98,7 +98,7 @@ def make_plan(dry: bool) -> Plan:
                     ssm_cfg={"d_state": 8})
         return Plan(device="cpu", scan_shape=(1, 40, 20, 5), conv_shape=(2, 33, 33, 4),
                     models={"Ti": (None, dict(tiny, embed_dim=32)), "M": (None, dict(tiny, embed_dim=48))},
-                    parity_frames=2, throughput=[("Ti", 2, (1, 2)), ("M", 2, (1, 2))], img=32,
+                    parity_frames=2, throughput=[("Ti", 2, (1, 2)), ("M", 2, (2,))], img=32,
                     codecs=[("vp9", "libvpx-vp9", ".webm")], dali_device="cpu",
                     video=(96, 64, 10, 1), video_fps_test=(192, 108, 10, 1),
                     policies=["all", "fps:4", "uniform:4", "keyframes"], faiss_n=5000, faiss_d=32,

@@ -43,9 +43,10 @@ def test_dry_run_runs_every_section_and_passes(triton_ops):
     figs = _figures(r.stdout)
     assert figs["gpu_check_ok"] == 1 and figs["failures"] == 0
     assert r.stdout.rstrip().splitlines()[-1] == "gpu_check_ok=1"
-    for key in ("parity_scan_fp32_fwd", "parity_scan_bf16_bwd", "parity_conv_fp32_bwd",
+    for key in ("parity_scan_fp32_fwd", "parity_scan_fp32_bwd", "parity_conv_fp32_bwd",
                 "parity_model_ti_fp32", "parity_model_m_fp32"):
-        assert figs[key] < 1e-3, key
+        assert figs[key] < 1e-4, key
+    assert 0 < figs["parity_scan_bf16_bwd"] < 5e-2  # bf16 inputs really reached the kernels
     assert figs["bf16_drift_ti"] > 0  # autocast really ran in bf16
     assert figs["decode_pyav_fps"] > 0 and figs["ti2_b2_bf16_seg_per_s"] > 0
     assert figs["matmul_tflops_fp32"] > 0 and figs["faiss_top10_mismatch"] == 0
