@@ -79,6 +79,24 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _token(i, L, REVERSE: tl.constexpr):
+    """The token of scan step i: i, or L-1-i for the reverse direction."""
+    t = i
+    if REVERSE:
+        t = L - 1 - i
+    return t
+
+
+@triton.jit
+def _load_or_zeros(ptr, offs, mask, PRESENT: tl.constexpr):
+    if PRESENT:
+        x = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        x = tl.zeros(offs.shape, dtype=tl.float32)
+    return x
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, last_ptr, ckpt_ptr,
@@ -106,10 +124,7 @@ def _scan_fwd_kernel(
     else:
         h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for i in range(0, L):
-        if REVERSE:
-            t = L - 1 - i
-        else:
-            t = i
+        t = _token(i, L, REVERSE)
         if STORE_CKPT:
             if i % CK == 0:  # the state before step i starts chunk i // CK
                 tl.store(ckpt_ptr + (pid_b * n_ck + i // CK) * Dm * N + dn, h, mask=mdn)
@@ -130,6 +145,25 @@ def _scan_fwd_kernel(
             y = y * z * _sigmoid(z)
         tl.store(out_ptr + pid_b * s_ob + t * s_ol + offs_d, y.to(out_ptr.dtype.element_ty), mask=md)
     tl.store(last_ptr + pid_b * Dm * N + dn, h, mask=mdn)
+
+
+@triton.jit
+def _recompute_chunk(h, c, CK, L, scratch, blk, A, bias, u_row, dt_row, B_row, offs_d, offs_n, md, mn,
+                     s_ul, s_ud, s_tl, s_td, s_Bl, s_Bn,
+                     SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """States of chunk c from its checkpoint h: each step's incoming state to scratch."""
+    for j in range(0, CK):
+        i = c * CK + j
+        if i < L:
+            t = _token(i, L, REVERSE)
+            tl.store(scratch + j * BLOCK_D * BLOCK_N + blk, h)
+            u = tl.load(u_row + t * s_ul + offs_d * s_ud, mask=md, other=0.0).to(tl.float32)
+            dt = tl.load(dt_row + t * s_tl + offs_d * s_td, mask=md, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            Bt = tl.load(B_row + t * s_Bl + offs_n * s_Bn, mask=mn, other=0.0).to(tl.float32)
+            h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
 
 
 @triton.jit
@@ -156,95 +190,62 @@ def _scan_bwd_kernel(
     dn = offs_d[:, None] * N + offs_n[None, :]
     blk = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
     scratch = scratch_ptr + (pid_b * n_db + pid_d) * CK * BLOCK_D * BLOCK_N
+    u_row, dt_row = u_ptr + pid_b * s_ub, dt_ptr + pid_b * s_tb
+    B_row, C_row, z_row = B_ptr + pid_b * s_Bb, C_ptr + pid_b * s_Cb, z_ptr + pid_b * s_zb
     A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_DLAST:
-        G = tl.load(dlast_ptr + pid_b * Dm * N + dn, mask=mdn, other=0.0).to(tl.float32)
-    else:
-        G = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    Dv = _load_or_zeros(D_ptr, offs_d, md, HAS_D)  # zeros stand in for what is absent
+    bias = _load_or_zeros(bias_ptr, offs_d, md, HAS_BIAS)
+    G = _load_or_zeros(dlast_ptr + pid_b * Dm * N, dn, mdn, HAS_DLAST)
     dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for cc in range(0, n_ck):
         c = n_ck - 1 - cc
-        # 1. recompute the chunk's states, each step's incoming state into scratch
         h = tl.load(ckpt_ptr + (pid_b * n_ck + c) * Dm * N + dn, mask=mdn, other=0.0)
-        for j in range(0, CK):
-            i = c * CK + j
-            if i < L:
-                if REVERSE:
-                    t = L - 1 - i
-                else:
-                    t = i
-                tl.store(scratch + j * BLOCK_D * BLOCK_N + blk, h)
-                u = tl.load(u_ptr + pid_b * s_ub + t * s_ul + offs_d * s_ud, mask=md, other=0.0).to(tl.float32)
-                dt = tl.load(dt_ptr + pid_b * s_tb + t * s_tl + offs_d * s_td, mask=md, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    dt = dt + bias
-                if SOFTPLUS:
-                    dt = _softplus(dt)
-                Bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + offs_n * s_Bn, mask=mn, other=0.0).to(tl.float32)
-                h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+        _recompute_chunk(h, c, CK, L, scratch, blk, A, bias, u_row, dt_row, B_row, offs_d, offs_n, md, mn,
+                         s_ul, s_ud, s_tl, s_td, s_Bl, s_Bn, SOFTPLUS, REVERSE, BLOCK_D, BLOCK_N)
         tl.debug_barrier()
-        # 2. the adjoint recurrence, backwards through the chunk
-        for jj in range(0, CK):
+        for jj in range(0, CK):  # the adjoint recurrence, backwards through the chunk
             j = CK - 1 - jj
             i = c * CK + j
             if i < L:
-                if REVERSE:
-                    t = L - 1 - i
-                else:
-                    t = i
+                t = _token(i, L, REVERSE)
                 h_prev = tl.load(scratch + j * BLOCK_D * BLOCK_N + blk)
-                u = tl.load(u_ptr + pid_b * s_ub + t * s_ul + offs_d * s_ud, mask=md, other=0.0).to(tl.float32)
-                raw = tl.load(dt_ptr + pid_b * s_tb + t * s_tl + offs_d * s_td, mask=md, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    raw = raw + bias
+                u = tl.load(u_row + t * s_ul + offs_d * s_ud, mask=md, other=0.0).to(tl.float32)
+                raw = tl.load(dt_row + t * s_tl + offs_d * s_td, mask=md, other=0.0).to(tl.float32) + bias
+                dt = raw
                 if SOFTPLUS:
                     dt = _softplus(raw)
-                else:
-                    dt = raw
-                Bt = tl.load(B_ptr + pid_b * s_Bb + t * s_Bl + offs_n * s_Bn, mask=mn, other=0.0).to(tl.float32)
-                Ct = tl.load(C_ptr + pid_b * s_Cb + t * s_Cl + offs_n * s_Cn, mask=mn, other=0.0).to(tl.float32)
+                Bt = tl.load(B_row + t * s_Bl + offs_n * s_Bn, mask=mn, other=0.0).to(tl.float32)
+                Ct = tl.load(C_row + t * s_Cl + offs_n * s_Cn, mask=mn, other=0.0).to(tl.float32)
                 g_out = tl.load(dout_ptr + pid_b * s_gb + t * s_gl + offs_d, mask=md, other=0.0).to(tl.float32)
                 dA_t = tl.exp(dt[:, None] * A)
                 h = dA_t * h_prev + (dt * u)[:, None] * Bt[None, :]
                 tok = pid_b * L * Dm + t * Dm + offs_d  # du, ddt, dz: contiguous [B, L, D]
+                dy = g_out
                 if HAS_Z:
-                    z = tl.load(z_ptr + pid_b * s_zb + t * s_zl + offs_d * s_zd, mask=md, other=0.0).to(tl.float32)
-                    y = tl.sum(h * Ct[None, :], axis=1)
-                    if HAS_D:
-                        y = y + Dv * u
+                    z = tl.load(z_row + t * s_zl + offs_d * s_zd, mask=md, other=0.0).to(tl.float32)
+                    y = tl.sum(h * Ct[None, :], axis=1) + Dv * u
                     sz = _sigmoid(z)
                     tl.store(dz_ptr + tok, g_out * y * sz * (1.0 + z * (1.0 - sz)), mask=md)
                     dy = g_out * z * sz
-                else:
-                    dy = g_out
                 dy = tl.where(md, dy, 0.0)
-                tl.store(dC_ptr + ((pid_b * L + t) * n_db + pid_d) * N + offs_n,
-                         tl.sum(dy[:, None] * h, axis=0), mask=mn)
+                part = ((pid_b * L + t) * n_db + pid_d) * N + offs_n  # dB, dC of this block
+                tl.store(dC_ptr + part, tl.sum(dy[:, None] * h, axis=0), mask=mn)
                 G = G + dy[:, None] * Ct[None, :]
-                du = tl.sum(G * Bt[None, :], axis=1) * dt
-                if HAS_D:
-                    dD_acc += dy * u
-                    du += dy * Dv
+                dD_acc += dy * u
                 gah = G * dA_t * h_prev
                 dA_acc += gah * dt[:, None]
                 ddt = tl.sum(gah * A + G * u[:, None] * Bt[None, :], axis=1)
                 if SOFTPLUS:
                     ddt = ddt * _sigmoid(raw)
-                tl.store(dB_ptr + ((pid_b * L + t) * n_db + pid_d) * N + offs_n,
-                         tl.sum(G * (dt * u)[:, None], axis=0), mask=mn)
-                tl.store(du_ptr + tok, du, mask=md)
+                tl.store(dB_ptr + part, tl.sum(G * (dt * u)[:, None], axis=0), mask=mn)
+                tl.store(du_ptr + tok, tl.sum(G * Bt[None, :], axis=1) * dt + dy * Dv, mask=md)
                 tl.store(ddt_ptr + tok, ddt, mask=md)
                 G = G * dA_t
         tl.debug_barrier()  # the next chunk reuses the scratch rows
     tl.store(dh0_ptr + pid_b * Dm * N + dn, G, mask=mdn)
     tl.store(dA_ptr + pid_b * Dm * N + dn, dA_acc, mask=mdn)
-    if HAS_D:
-        tl.store(dD_ptr + pid_b * Dm + offs_d, dD_acc, mask=md)
+    tl.store(dD_ptr + pid_b * Dm + offs_d, dD_acc, mask=md)
 
 
 def _last_contig(t):
