@@ -30,12 +30,13 @@ and the store's CPU search against exact numpy search where faiss-gpu is missing
 tests this script's plumbing (tests/benchmarks/test_gpu_check.py); its figures mean
 nothing for speed.
 
-Not here yet: the pipeline on 16 parallel 1080p streams (the batched GPU inference of
-issue 14 comes after this check); the script prints a SKIP line for it.
+Section 3 ends with the pipeline on 16 parallel 1080p streams end to end (decode, model,
+sinks) against its slowest stage alone (gpu_check_pipeline.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import math
@@ -64,6 +65,9 @@ if ARGS.dry_run:  # before anything imports the Triton kernels: they are built a
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_check_pipeline import PipelinePlan, pipeline_step  # noqa: E402
 
 from vmstream.models import VideoMamba, create_model  # noqa: E402
 from vmstream.models.ops import (available_backends, causal_conv1d, causal_conv1d_ref, dispatch,  # noqa: E402
@@ -89,6 +93,7 @@ class Plan:
     faiss_d: int
     matmul_n: int
     gpu_backend: str | None  # VMSTREAM_SCAN_BACKEND for the "GPU" side; None = automatic
+    pipeline: PipelinePlan | None = None
     repeats: int = 3          # timed runs per figure (median), after one warm-up
 
 
@@ -98,18 +103,20 @@ def make_plan(dry: bool) -> Plan:
                     ssm_cfg={"d_state": 8})
         return Plan(device="cpu", scan_shape=(1, 40, 20, 5), conv_shape=(2, 33, 33, 4),
                     models={"Ti": (None, dict(tiny, embed_dim=32)), "M": (None, dict(tiny, embed_dim=48))},
-                    parity_frames=2, throughput=[("Ti", 2, (1, 2)), ("M", 2, (2,))], img=32,
+                    parity_frames=2, throughput=[("Ti", 2, (2,)), ("M", 2, (2,))], img=32,
                     codecs=[("vp9", "libvpx-vp9", ".webm")], dali_device="cpu",
                     video=(96, 64, 10, 1), video_fps_test=(192, 108, 10, 1),
                     policies=["all", "fps:4", "uniform:4", "keyframes"], faiss_n=5000, faiss_d=32,
-                    matmul_n=128, gpu_backend="triton", repeats=1)
+                    matmul_n=128, gpu_backend="triton", repeats=1,
+                    pipeline=PipelinePlan(streams=2, video=(192, 108, 10, 2), sample_fps=4, frames=2, model="Ti"))
     return Plan(device="cuda", scan_shape=(2, 1569, 384, 16), conv_shape=(2, 1569, 384, 4),
                 models={"Ti": ("videomamba_tiny", {}), "M": ("videomamba_middle", {})},
                 parity_frames=8, throughput=[("Ti", 16, (1, 8, 32)), ("M", 8, (1, 8, 32))], img=224,
                 codecs=[("h264", "libx264", ".mp4"), ("hevc", "libx265", ".mp4")], dali_device="gpu",
                 video=(640, 360, 30, 2), video_fps_test=(1920, 1080, 30, 10),
                 policies=["all", "fps:1", "fps:2:keyframes", "uniform:16", "tsn:8", "keyframes"],
-                faiss_n=1_000_000, faiss_d=576, matmul_n=8192, gpu_backend=None)
+                faiss_n=1_000_000, faiss_d=576, matmul_n=8192, gpu_backend=None,
+                pipeline=PipelinePlan(streams=16, video=(1920, 1080, 30, 8), sample_fps=8, frames=8, model="Ti"))
 
 
 @dataclass
@@ -182,24 +189,18 @@ def median_time(fn, device: str, repeats: int = 3, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-class ScanBackend:
+@contextlib.contextmanager
+def ScanBackend(name):  # noqa: N802 (used like a class: `with ScanBackend("triton"):`)
     """VMSTREAM_SCAN_BACKEND for a block (None: the automatic choice)."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __enter__(self):
-        self.old = os.environ.get(dispatch.ENV_VAR)
-        if self.name is None:
-            os.environ.pop(dispatch.ENV_VAR, None)
-        else:
-            os.environ[dispatch.ENV_VAR] = self.name
-
-    def __exit__(self, *exc):
-        if self.old is None:
-            os.environ.pop(dispatch.ENV_VAR, None)
-        else:
-            os.environ[dispatch.ENV_VAR] = self.old
+    old = os.environ.pop(dispatch.ENV_VAR, None)
+    if name is not None:
+        os.environ[dispatch.ENV_VAR] = name
+    try:
+        yield
+    finally:
+        os.environ.pop(dispatch.ENV_VAR, None)
+        if old is not None:
+            os.environ[dispatch.ENV_VAR] = old
 
 
 # ------------------------------------------------------------------------ 1. parity
@@ -513,8 +514,12 @@ def throughput(rep: Report, plan: Plan) -> None:
                     rep.line(f"{name} {frames}x{plan.img} batch {batch:2d} {tag}: {batch / t:8.2f} segments/s, "
                              f"{achieved:.2f} TFLOP/s = {achieved / rates[tag]:.0%} of matmul")
             del model
-    rep.skip("pipeline on 16 parallel 1080p streams", "not in this check yet (batched GPU inference, issue 14)",
-             "pipeline_16x1080p_seg_per_s")
+
+
+def pipeline(rep: Report, plan: Plan) -> None:
+    if not rep.out_of_time("pipeline"):
+        with ScanBackend(plan.gpu_backend):
+            pipeline_step(rep, plan, plan.pipeline, build_model, make_video, sync)
 
 
 # ------------------------------------------------------------------------ 4. faiss
@@ -577,6 +582,7 @@ def main() -> int:
     rep.run("decoding", decoding, plan)
     rep.section("3. throughput")
     rep.run("throughput", throughput, plan)
+    rep.run("pipeline", pipeline, plan)
     rep.section("4. faiss")
     rep.run("faiss", faiss_check, plan)
     print(f"\n== figures ({time.perf_counter() - rep.t0:.0f} s)")

@@ -32,6 +32,7 @@ def _figures(stdout: str) -> dict:
     return {k: float(v) for k, v in pairs}
 
 
+@pytest.mark.slow  # ~35 CPU-seconds, 45-75 s on a shared 2-core machine
 def test_dry_run_runs_every_section_and_passes(triton_ops):
     r = _run()
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
@@ -50,6 +51,7 @@ def test_dry_run_runs_every_section_and_passes(triton_ops):
     assert figs["bf16_drift_ti"] > 0  # autocast really ran in bf16
     assert figs["decode_pyav_fps"] > 0 and figs["ti2_b2_bf16_seg_per_s"] > 0
     assert figs["matmul_tflops_fp32"] > 0 and figs["faiss_top10_mismatch"] == 0
+    assert figs["pipeline_2x108p_seg_per_s"] > 0 and figs["pipeline_2x108p_vs_slowest_stage"] > 0
 
 
 @pytest.mark.slow
@@ -60,6 +62,7 @@ def test_dry_run_with_only_torch_skips_each_missing_package(triton_ops):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "SKIP decoding: PyAV (or pyarrow) not installed" in r.stdout
     assert "SKIP faiss: faiss or the store's dependencies not installed" in r.stdout
+    assert "SKIP pipeline: a package of the pipeline is missing" in r.stdout
     figs = _figures(r.stdout)
     assert figs["parity_model_m_fp32"] < 1e-3 and figs["gpu_check_ok"] == 1
     assert figs["decode_pyav_fps"] != figs["decode_pyav_fps"]  # nan: did not run
