@@ -14,7 +14,8 @@ Sections:
      the host's CPUs;
   3. throughput: Ti 16x224 and M 8x224 segments per second at batch 1, 8, 32 in fp32 and
      bf16 (autocast), achieved matmul TFLOP/s against torch.matmul's rate measured in the
-     same run;
+     same run; one scan alone at each fp32 shape, per backend (Triton, mamba-ssm where it
+     imports), and the share of the segment its 2 x depth scans take;
   4. faiss-gpu against faiss-cpu (vmstream's store, exact inner product) on 1M vectors:
      same top-10, query latency.
 A step whose package is missing (DALI, faiss-gpu, mamba-ssm, PyAV) prints a SKIP line
@@ -30,8 +31,9 @@ and the store's CPU search against exact numpy search where faiss-gpu is missing
 tests this script's plumbing (tests/benchmarks/test_gpu_check.py); its figures mean
 nothing for speed.
 
-Section 3 ends with the pipeline on 16 parallel 1080p streams end to end (decode, model,
-sinks) against its slowest stage alone (gpu_check_pipeline.py).
+Section 2 lives in gpu_check_decode.py. Section 3 ends with the pipeline on 16 parallel
+1080p streams end to end (decode, model, sinks) against its slowest stage alone
+(gpu_check_pipeline.py).
 """
 from __future__ import annotations
 
@@ -39,11 +41,9 @@ import argparse
 import contextlib
 import copy
 import logging
-import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -67,6 +67,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_check_decode import decoding  # noqa: E402
 from gpu_check_pipeline import PipelinePlan, pipeline_step  # noqa: E402
 
 from vmstream.models import VideoMamba, create_model  # noqa: E402
@@ -338,120 +339,6 @@ def parity_models(rep: Report, plan: Plan) -> None:
         torch.backends.cudnn.allow_tf32 = tf32
 
 
-# ------------------------------------------------------------------------ 2. decoding
-
-def make_video(path: str, encoder: str, w: int, h: int, fps: int, seconds: int) -> None:
-    """A clip with moving structure and noise (compresses like footage), keyframe every second."""
-    import av
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = (xx % 256 + yy // 2) % 256
-    img = np.stack([base, (base + 85) % 256, 255 - base], axis=-1)
-    # three noisy frames, scrolled 4 px per frame: cheap to make at 1080p (~5 ms a frame)
-    noisy = [np.clip(img + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8) for _ in range(3)]
-    with av.open(path, "w") as out:
-        s = out.add_stream(encoder, rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.codec_context.gop_size = fps
-        if encoder in ("libx264", "libx265"):
-            s.options = {"preset": "ultrafast"}
-        for i in range(fps * seconds):
-            frame = np.roll(noisy[i % 3], -4 * i, axis=1)
-            for pkt in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-
-
-def decode_all(decoder, path: str, policy, size) -> list:
-    from vmstream.stages.sources import source_from_uri
-
-    frames = []
-    for item in decoder.frames(source_from_uri(path), policy, size):
-        if getattr(item, "kind", None) == "end":
-            continue
-        img = item.image
-        frames.append((item.t, img.cpu().numpy() if hasattr(img, "cpu") else img))
-    return frames
-
-
-def _dali_decoder(plan: Plan):
-    """DALIDecoder for this plan, or (None, why not)."""
-    try:
-        from vmstream.stages.decode.dali import DALIDecoder, dali_available
-    except ImportError as e:  # PyAV or pyarrow missing
-        return None, f"vmstream's DALI backend does not import ({e})"
-    if not dali_available():
-        return None, "nvidia-dali not installed (benchmarks/gpu_check_wheels.txt)"
-    if plan.device == "cuda" and not torch.cuda.is_available():
-        return None, "no CUDA device"
-    return DALIDecoder(device=plan.dali_device, fallback=False), None
-
-
-def decoding(rep: Report, plan: Plan) -> None:
-    try:
-        import av  # noqa: F401
-
-        from vmstream.stages.decode.pyav import PyAVDecoder
-        from vmstream.stages.media import FrameSize
-        from vmstream.stages.sampling import parse_policy
-    except ImportError as e:
-        rep.skip("decoding", f"PyAV (or pyarrow) not installed ({e})", "decode_nvdec_fps", "decode_pyav_fps")
-        return
-    dali, why = _dali_decoder(plan)
-    size = FrameSize(plan.img, plan.img)
-    pyav = PyAVDecoder()
-    with tempfile.TemporaryDirectory() as d:
-        for label, encoder, suffix in plan.codecs:
-            path = os.path.join(d, f"clip_{label}{suffix}")
-            make_video(path, encoder, *plan.video)
-            if dali is None:
-                rep.skip(f"DALI {plan.dali_device} against PyAV on {label}", why, f"decode_{label}_pixel_mae")
-                continue
-            worst_mae, ts_equal = 0.0, True
-            for spec in plan.policies:
-                policy = parse_policy(spec)
-                ref, got = decode_all(pyav, path, policy, size), decode_all(dali, path, policy, size)
-                same_t = len(ref) == len(got) and all(abs(a[0] - b[0]) < 1e-6 for a, b in zip(ref, got))
-                mae = max((float(abs(a[1].astype("int16") - b[1].astype("int16")).mean())
-                           for a, b in zip(ref, got)), default=0.0)
-                ts_equal &= same_t
-                worst_mae = max(worst_mae, mae)
-                rep.line(f"{label} {spec:16s} frames {len(got):4d}/{len(ref):4d} timestamps "
-                         f"{'equal' if same_t else 'DIFFER'}  pixel MAE {mae:.2f}")
-            rep.figure(f"decode_{label}_timestamps_equal", float(ts_equal))
-            rep.check(f"decode_{label}_pixel_mae", worst_mae, 8.0)
-            if not ts_equal:
-                rep.failures += 1
-        decode_speed(rep, plan, d, pyav, dali, why, size)
-
-
-def decode_speed(rep: Report, plan: Plan, d: str, pyav, dali, why, size) -> None:
-    from vmstream.stages.sampling import AllFrames
-
-    if rep.out_of_time("decode speed"):
-        return
-    label, encoder, suffix = plan.codecs[0]
-    w, h, fps, seconds = plan.video_fps_test
-    path = os.path.join(d, f"speed_{label}{suffix}")
-    make_video(path, encoder, w, h, fps, seconds)
-    n = fps * seconds
-    t_pyav = median_time(lambda: decode_all(pyav, path, AllFrames(), size), "cpu", repeats=2, warmup=0)
-    rep.figure("decode_pyav_fps", n / t_pyav)
-    rep.line(f"{label} {w}x{h}: PyAV {n / t_pyav:.0f} fps on {os.cpu_count()} CPUs")
-    if dali is None:
-        rep.skip(f"DALI {plan.dali_device} decode speed", why, "decode_nvdec_fps")
-        return
-    if plan.dali_device == "cpu":
-        rep.skip("DALI decode speed", "dry run: DALI's CPU variant has no H.264", "decode_nvdec_fps")
-        return
-    t_dali = median_time(lambda: decode_all(dali, path, AllFrames(), size), plan.device, repeats=2, warmup=1)
-    rep.figure("decode_nvdec_fps", n / t_dali)
-    rep.line(f"{label} {w}x{h}: NVDEC {n / t_dali:.0f} fps ({t_pyav / t_dali:.1f}x PyAV)")
-
-
 # ------------------------------------------------------------------------ 3. throughput
 
 def segment_macs(model: VideoMamba, frames: int, img: int, device: str) -> float:
@@ -503,7 +390,7 @@ def throughput(rep: Report, plan: Plan) -> None:
                     clip = torch.randn(batch, 3, frames, plan.img, plan.img, device=plan.device)
                     state = model.init_state(batch, device=plan.device)
 
-                    def step():
+                    def step(model=model, clip=clip, state=state, dtype=dtype):
                         with torch.inference_mode(), torch.autocast(plan.device, dtype=torch.bfloat16,
                                                                     enabled=dtype is not None):
                             model.forward_segment(clip, state)
@@ -514,13 +401,31 @@ def throughput(rep: Report, plan: Plan) -> None:
                     rep.figure(f"{key}_tflops", achieved)
                     rep.line(f"{name} {frames}x{plan.img} batch {batch:2d} {tag}: {batch / t:8.2f} segments/s, "
                              f"{achieved:.2f} TFLOP/s = {achieved / rates[tag]:.0%} of matmul")
+                    if tag == "fp32" and not rep.out_of_time("isolated scan"):
+                        scan_share(rep, plan, model, frames, batch, t, key)
             del model
+
+
+def scan_share(rep: Report, plan: Plan, model, frames: int, batch: int, t_segment: float, key: str) -> None:
+    """One scan at the segment's shape, alone, per backend that runs here: how much of
+    the segment time the 2 x depth scans take (which parallel form the scan needs)."""
+    L = frames * (plan.img // model.card.patch_size) ** 2 + 1
+    inp = scan_inputs((batch, L, model.d_inner, model.d_state), plan.device, torch.float32)
+    names = ["triton"] + (["cuda"] if plan.device == "cuda" and available_backends(build=False)["cuda"] == "ok" else [])
+    for backend in names:
+        with torch.inference_mode():
+            t = median_time(lambda: selective_scan(**inp, delta_softplus=True, return_last_state=True,
+                                                   backend=backend), plan.device, repeats=plan.repeats)
+        share = 2 * len(model.layers) * t / t_segment
+        rep.figure(f"{key}_scan_{backend}_ms", 1e3 * t)
+        rep.line(f"     one scan [{batch}, {L}, {model.d_inner}, {model.d_state}] on {backend}: {1e3 * t:.2f} ms; "
+                 f"x{2 * len(model.layers)} = {share:.0%} of the segment")
 
 
 def pipeline(rep: Report, plan: Plan) -> None:
     if not rep.out_of_time("pipeline"):
         with ScanBackend(plan.gpu_backend):
-            pipeline_step(rep, plan, plan.pipeline, build_model, make_video, sync)
+            pipeline_step(rep, plan, plan.pipeline, build_model, sync)
 
 
 # ------------------------------------------------------------------------ 4. faiss
@@ -580,7 +485,7 @@ def main() -> int:
     rep.run("mamba-ssm against the reference", parity_mamba, plan)
     rep.run("models on the device against the CPU", parity_models, plan)
     rep.section("2. decoding")
-    rep.run("decoding", decoding, plan)
+    rep.run("decoding", decoding, plan, median_time)
     rep.section("3. throughput")
     rep.run("throughput", throughput, plan)
     rep.run("pipeline", pipeline, plan)

@@ -17,6 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from gpu_check_decode import make_video
+
 
 @dataclass(frozen=True)
 class PipelinePlan:
@@ -54,7 +56,7 @@ def _model_only(stage, per_stream: list, device: str, sync) -> float:
     return time.perf_counter() - t0
 
 
-def pipeline_step(rep, plan, pp: PipelinePlan, build_model, make_video, sync) -> None:
+def pipeline_step(rep, plan, pp: PipelinePlan, build_model, sync) -> None:
     try:
         from vmstream.pipeline.assembly import build_runner
         from vmstream.pipeline.config import load_config
