@@ -227,22 +227,37 @@ def _grads(fn, inp, g_out, g_last, reverse):
 
 
 def parity_scan(rep: Report, plan: Plan) -> None:
+    """Both forward forms (the backward kernel is shared) in fp32, the default in bf16."""
+    from vmstream.models.ops import triton_scan
+
     tol = {torch.float32: (1e-4, 1e-3), torch.bfloat16: (2e-2, 5e-2)}
-    for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        inp = scan_inputs(plan.scan_shape, plan.device, dtype)
-        ref_inp = {k: v.float() for k, v in inp.items()}  # the same rounded values, in fp32
-        Bsz, L, D, N = plan.scan_shape
-        g = torch.Generator().manual_seed(1)
-        g_out = torch.randn(Bsz, L, D, generator=g).to(plan.device)
-        g_last = torch.randn(Bsz, D, N, generator=g).to(plan.device)
-        fwd = bwd = 0.0
-        for reverse in (False, True):
-            y, last, grads = _grads(lambda **a: selective_scan(**a, backend="triton"), inp, g_out, g_last, reverse)
-            y_r, last_r, grads_r = _grads(selective_scan_ref, ref_inp, g_out, g_last, reverse)
-            fwd = max(fwd, rel_err(y, y_r), rel_err(last, last_r))
-            bwd = max(bwd, *(rel_err(grads[k], grads_r[k]) for k in grads_r))
+    default = triton_scan.FORWARD_FORM
+    cases = [(torch.float32, "fp32", default), (torch.bfloat16, "bf16", default),
+             (torch.float32, "fp32_" + ({"sequential", "chunked"} - {default}).pop(), None)]
+    for dtype, tag, form in cases:
+        triton_scan.FORWARD_FORM = form or tag.split("_")[1]
+        try:
+            fwd, bwd = _scan_errors(plan, dtype)
+        finally:
+            triton_scan.FORWARD_FORM = default
         rep.check(f"parity_scan_{tag}_fwd", fwd, tol[dtype][0])
         rep.check(f"parity_scan_{tag}_bwd", bwd, tol[dtype][1])
+
+
+def _scan_errors(plan: Plan, dtype) -> tuple[float, float]:
+    inp = scan_inputs(plan.scan_shape, plan.device, dtype)
+    ref_inp = {k: v.float() for k, v in inp.items()}  # the same rounded values, in fp32
+    Bsz, L, D, N = plan.scan_shape
+    g = torch.Generator().manual_seed(1)
+    g_out = torch.randn(Bsz, L, D, generator=g).to(plan.device)
+    g_last = torch.randn(Bsz, D, N, generator=g).to(plan.device)
+    fwd = bwd = 0.0
+    for reverse in (False, True):
+        y, last, grads = _grads(lambda **a: selective_scan(**a, backend="triton"), inp, g_out, g_last, reverse)
+        y_r, last_r, grads_r = _grads(selective_scan_ref, ref_inp, g_out, g_last, reverse)
+        fwd = max(fwd, rel_err(y, y_r), rel_err(last, last_r))
+        bwd = max(bwd, *(rel_err(grads[k], grads_r[k]) for k in grads_r))
+    return fwd, bwd
 
 
 def parity_conv(rep: Report, plan: Plan) -> None:
@@ -409,16 +424,26 @@ def throughput(rep: Report, plan: Plan) -> None:
 def scan_share(rep: Report, plan: Plan, model, frames: int, batch: int, t_segment: float, key: str) -> None:
     """One scan at the segment's shape, alone, per backend that runs here: how much of
     the segment time the 2 x depth scans take (which parallel form the scan needs)."""
+    from vmstream.models.ops import triton_scan
+
     L = frames * (plan.img // model.card.patch_size) ** 2 + 1
     inp = scan_inputs((batch, L, model.d_inner, model.d_state), plan.device, torch.float32)
-    names = ["triton"] + (["cuda"] if plan.device == "cuda" and available_backends(build=False)["cuda"] == "ok" else [])
-    for backend in names:
-        with torch.inference_mode():
-            t = median_time(lambda: selective_scan(**inp, delta_softplus=True, return_last_state=True,
-                                                   backend=backend), plan.device, repeats=plan.repeats)
+    runs = [("triton", "sequential"), ("triton", "chunked")]
+    if plan.device == "cuda" and available_backends(build=False)["cuda"] == "ok":
+        runs.append(("cuda", None))
+    form = triton_scan.FORWARD_FORM
+    for backend, form_run in runs:
+        triton_scan.FORWARD_FORM = form_run or form
+        try:
+            with torch.inference_mode():
+                t = median_time(lambda: selective_scan(**inp, delta_softplus=True, return_last_state=True,
+                                                       backend=backend), plan.device, repeats=plan.repeats)
+        finally:
+            triton_scan.FORWARD_FORM = form
+        name = "cuda" if backend == "cuda" else f"triton_{form_run}"
         share = 2 * len(model.layers) * t / t_segment
-        rep.figure(f"{key}_scan_{backend}_ms", 1e3 * t)
-        rep.line(f"     one scan [{batch}, {L}, {model.d_inner}, {model.d_state}] on {backend}: {1e3 * t:.2f} ms; "
+        rep.figure(f"{key}_scan_{name}_ms", 1e3 * t)
+        rep.line(f"     one scan [{batch}, {L}, {model.d_inner}, {model.d_state}] on {name}: {1e3 * t:.2f} ms; "
                  f"x{2 * len(model.layers)} = {share:.0%} of the segment")
 
 

@@ -46,7 +46,8 @@ Gradients: every backend is differentiable with respect to every tensor input,
 flows back (truncated BPTT across segments). "cpu" and "numba" have backward kernels
 that recompute the states from checkpoints every 64 steps (memory O(B·D·N·L/64));
 "triton" has a backward kernel with the same checkpoint scheme (every 32 steps) for the
-scan and recomputes the conv's backward through `F.conv1d`; "cuda" differentiates through
+scan and recomputes the conv's backward through `F.conv1d` (its forward has two parallel
+forms, VMSTREAM_TRITON_SCAN_FORM=sequential|chunked, see `triton_scan.py`); "cuda" differentiates through
 mamba-ssm's kernel plus the injection terms, and
 recomputes the last state as a differentiable expression when it needs a gradient.
 

@@ -4,16 +4,19 @@ Token-major [B, L, D] like every backend (no transposes), the carried state take
 natively (no injection algebra), `reverse=True` by walking the tokens backwards, fp32
 state and accumulation with fp32/bf16/fp16 inputs, outputs in the input's dtype.
 
-Parallel form: one program per (batch row, block of BLOCK_D channels) with the time loop
-inside and the [BLOCK_D, N] state in registers, as vLLM's Triton `selective_scan_fwd`
-does. It is the simplest exact form (a chunked `tl.associative_scan` form needs the
-products of exp(ΔA) over a chunk and is faster only where B·D/BLOCK_D programs leave
-the GPU idle); it has not been timed on a GPU yet (benchmarks/gpu_check.py does).
+Parallel forms of the forward, one program per (batch row, block of channels) with the
+carried [BLOCK_D, N] state in registers in both: "sequential" (the default) walks the
+tokens one at a time, as vLLM's Triton `selective_scan_fwd` does, the simplest exact
+form; "chunked" loads 16 steps as tiles and scans them with `tl.associative_scan` (the
+composition of the steps' affine maps), fewer dependent memory round trips per token at
+~log2(16)x the arithmetic. VMSTREAM_TRITON_SCAN_FORM=chunked selects it. Neither has
+been timed on a GPU yet: benchmarks/gpu_check.py times both at the models' shapes, and
+the default should follow that measurement (or switch by length).
 
 Backward: a Triton kernel. The forward stores the state every CKPT_EVERY steps; the
 backward walks the chunks from last to first, recomputes each chunk's states from its
 checkpoint into a per-program scratch buffer, then runs the adjoint recurrence
-G_{t-1} = exp(Δ_t A) ⊙ G_t (+ C_t dy_t) backwards through the chunk. Memory is
+G_t = C_t dy_t + exp(Δ_{t+1} A) ⊙ G_{t+1} backwards through the chunk. Memory is
 O(B·D·N·L/CKPT_EVERY), never O(B·D·N·L). Per-token gradients that sum over channels
 (dB, dC) are written per channel block and summed by torch, so results are
 deterministic (no atomics).
@@ -29,11 +32,11 @@ interpreter needs numpy < 2.4 (pyproject.toml's dev extra says why).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -43,6 +46,12 @@ from .reference import causal_conv1d_ref
 # depending on this variable at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CKPT_EVERY = 32  # backward checkpoint interval (steps); tests lower it to hit chunk edges
+# The forward's parallel form: "sequential" (one step at a time, the state in registers)
+# or "chunked" (16 steps at once through tl.associative_scan). Which is faster on which
+# GPU and length is not measured yet: benchmarks/gpu_check.py times both.
+FORWARD_FORM = os.environ.get("VMSTREAM_TRITON_SCAN_FORM", "sequential")
+if FORWARD_FORM not in ("sequential", "chunked"):
+    raise ValueError(f"VMSTREAM_TRITON_SCAN_FORM={FORWARD_FORM!r}: expected 'sequential' or 'chunked'")
 
 
 def _version(v: str) -> tuple:
@@ -144,6 +153,70 @@ def _scan_fwd_kernel(
             z = tl.load(z_ptr + pid_b * s_zb + t * s_zl + offs_d * s_zd, mask=md, other=0.0).to(tl.float32)
             y = y * z * _sigmoid(z)
         tl.store(out_ptr + pid_b * s_ob + t * s_ol + offs_d, y.to(out_ptr.dtype.element_ty), mask=md)
+    tl.store(last_ptr + pid_b * Dm * N + dn, h, mask=mdn)
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # h -> a1 h + b1, then -> a2 h + b2: the affine maps of two steps composed
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _scan_fwd_chunked_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, last_ptr, ckpt_ptr,
+    L, Dm, N, n_ck, CK,
+    s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_Bb, s_Bl, s_Bn, s_Cb, s_Cl, s_Cn,
+    s_zb, s_zl, s_zd, s_ob, s_ol,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, STORE_CKPT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    # The chunked form: CHUNK steps loaded as tiles at once, their states from
+    # tl.associative_scan over the step axis of [CHUNK, BLOCK_D, BLOCK_N], plus the
+    # carried state times the chunk's cumulative decay. Steps past L get Δ = 0 (decay 1,
+    # input 0): they leave the state as it is. CK is a multiple of CHUNK.
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, CHUNK)
+    md = offs_d < Dm
+    mn = offs_n < N
+    mdn = md[:, None] & mn[None, :]
+    dn = offs_d[:, None] * N + offs_n[None, :]
+    A = tl.load(A_ptr + dn, mask=mdn, other=0.0).to(tl.float32)
+    Dv = _load_or_zeros(D_ptr, offs_d, md, HAS_D)
+    bias = _load_or_zeros(bias_ptr, offs_d, md, HAS_BIAS)
+    h = _load_or_zeros(h0_ptr + pid_b * Dm * N, dn, mdn, HAS_H0)
+    for c0 in range(0, L, CHUNK):
+        if STORE_CKPT:
+            if c0 % CK == 0:
+                tl.store(ckpt_ptr + (pid_b * n_ck + c0 // CK) * Dm * N + dn, h, mask=mdn)
+        steps = c0 + offs_c
+        t = _token(steps, L, REVERSE)
+        mc = steps < L
+        mcd = mc[:, None] & md[None, :]
+        mcn = mc[:, None] & mn[None, :]
+        u = tl.load(u_ptr + pid_b * s_ub + t[:, None] * s_ul + offs_d[None, :] * s_ud, mask=mcd, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + pid_b * s_tb + t[:, None] * s_tl + offs_d[None, :] * s_td, mask=mcd, other=0.0).to(tl.float32)
+        dt = dt + bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mcd, dt, 0.0)
+        Bt = tl.load(B_ptr + pid_b * s_Bb + t[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=mcn, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + pid_b * s_Cb + t[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=mcn, other=0.0).to(tl.float32)
+        decay = tl.exp(dt[:, :, None] * A[None, :, :])  # [CHUNK, BLOCK_D, BLOCK_N]
+        inp = (dt * u)[:, :, None] * Bt[:, None, :]
+        cum_decay, h_local = tl.associative_scan((decay, inp), 0, _combine)
+        hs = h_local + cum_decay * h[None, :, :]
+        y = tl.sum(hs * Ct[:, None, :], axis=2) + Dv[None, :] * u
+        if HAS_Z:
+            z = tl.load(z_ptr + pid_b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd, mask=mcd, other=0.0).to(tl.float32)
+            y = y * z * _sigmoid(z)
+        tl.store(out_ptr + pid_b * s_ob + t[:, None] * s_ol + offs_d[None, :], y.to(out_ptr.dtype.element_ty), mask=mcd)
+        h = tl.sum(tl.where((offs_c == CHUNK - 1)[:, None, None], hs, 0.0), axis=0)  # the chunk's last state
     tl.store(last_ptr + pid_b * Dm * N + dn, h, mask=mdn)
 
 
@@ -265,7 +338,11 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, reverse, st
             else last)  # an unused pointer when not stored
     zz = z if z is not None else u
     grid = (Bsz, triton.cdiv(Dm, BD))
-    _scan_fwd_kernel[grid](
+    chunk = math.gcd(16, CK)
+    chunked = FORWARD_FORM == "chunked" and chunk >= 2
+    kernel = _scan_fwd_chunked_kernel if chunked else _scan_fwd_kernel
+    extra = dict(CHUNK=chunk) if chunked else {}
+    kernel[grid](
         u, delta, A, B, C, D if D is not None else A, zz,
         delta_bias if delta_bias is not None else A, h0 if h0 is not None else last,
         out, last, ckpt,
@@ -275,7 +352,8 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, reverse, st
         zz.stride(0), zz.stride(1), zz.stride(2), out.stride(0), out.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         HAS_H0=h0 is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse),
-        STORE_CKPT=bool(store_ckpt), BLOCK_D=BD, BLOCK_N=BN, num_warps=2 if BD <= 16 else 4,
+        STORE_CKPT=bool(store_ckpt), BLOCK_D=BD, BLOCK_N=BN, num_warps=2 if BD <= 16 and not chunked else 4,
+        **extra,
     )
     return out, last, ((ckpt, CK) if store_ckpt else None)
 
