@@ -22,7 +22,8 @@ def pytest_sessionstart(session):
     missing = [tool for tool in ("ffmpeg", "java", "mvn") if shutil.which(tool) is None]
     if cpu_ext._compiler() is None:
         missing.append("a C++ compiler")
-    for mod in ["duckdb", "matplotlib"] + (["nvidia.dali"] if platform.machine() == "x86_64" else []):
+    for mod in (["duckdb", "matplotlib"] + (["nvidia.dali"] if platform.machine() == "x86_64" else [])
+                + (["triton"] if platform.system() == "Linux" else [])):
         try:
             __import__(mod)
         except ImportError:

@@ -3,7 +3,6 @@ vocabulary (no hub here), truncation that says so, and the offline error."""
 import logging
 
 import pytest
-import torch
 
 from vmstream.models.tokenizer import MAX_TEXT_LEN, VOCAB_ENV, BertTokenizer, VocabularyNotFound, resolve_vocab
 

@@ -29,7 +29,7 @@ class ModelConfig(_Strict):
     name: Optional[str] = "videomamba_t16_k400_f16_res224"
     checkpoint: Optional[str] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    scan_backend: Literal["auto", "ref", "cpu", "cuda"] = "auto"
+    scan_backend: Literal["auto", "ref", "cpu", "numba", "triton", "cuda"] = "auto"
     top_k: int = Field(5, ge=1, le=100)
     # Video-level answer of a finite stream: the last segment's logits (they have seen
     # the whole video through the carried state) or the mean over segments.

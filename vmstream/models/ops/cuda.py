@@ -31,11 +31,11 @@ def status() -> str:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
     except Exception as e:  # ImportError, or a broken build raising at import
-        return f"mamba-ssm not importable ({type(e).__name__}: {e}); pip install 'vmstream[gpu]'"
+        return f"mamba-ssm not importable ({type(e).__name__}: {e}); pip install 'vmstream[mamba]'"
     try:
         from causal_conv1d import causal_conv1d_fn  # noqa: F401
     except Exception as e:
-        return f"causal-conv1d not importable ({type(e).__name__}: {e}); pip install 'vmstream[gpu]'"
+        return f"causal-conv1d not importable ({type(e).__name__}: {e}); pip install 'vmstream[mamba]'"
     return "ok"
 
 

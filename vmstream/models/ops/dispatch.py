@@ -24,20 +24,31 @@ Optional keyword arguments added to the contract:
         gradients a float32 `out` with a contiguous last dim is written by the kernel
         itself; elsewhere (and under autograd) it is `out.add_(y)` / `out.copy_(y)`.
 
-`backend` is None (automatic), or one of "ref", "cpu", "numba", "cuda"; the environment
-variable VMSTREAM_SCAN_BACKEND overrides the automatic choice (the argument wins over
-the variable). Automatic: CUDA tensors -> "cuda" when mamba-ssm and causal-conv1d import,
-else "ref"; CPU tensors -> "cpu". "cpu" is the fused C++ kernel, built on first use
-(`cpu_ext.py`); where it cannot be built it falls back to "numba", and where numba is
-missing too, to "ref" — each fallback logged once with its reason. "numba" asks for the
-numba kernels explicitly. Backends differ only in float rounding (a few ulp per op);
-the CPU ones compute in float32 and return `out` in u's dtype (x's for the conv).
+`backend` is None (automatic), or one of "ref", "cpu", "numba", "cuda", "triton"; the
+environment variable VMSTREAM_SCAN_BACKEND overrides the automatic choice (the argument
+wins over the variable). Automatic: CUDA tensors -> "triton" (vmstream's own Triton
+kernels, `triton_scan.py`; Triton ships with torch's CUDA wheels); where Triton does not
+import, "cuda" when mamba-ssm and causal-conv1d import, else "ref" — the choice logged
+once, with the reason for each fallback. "cuda" (mamba-ssm / causal-conv1d with the
+carried state injected around them, `cuda.py`) runs only where asked for
+(backend="cuda" or VMSTREAM_SCAN_BACKEND=cuda) or as that fallback. CPU tensors ->
+"cpu", the fused C++ kernel, built on first use (`cpu_ext.py`); where it cannot be built
+it falls back to "numba", and where numba is missing too, to "ref" — each fallback
+logged once with its reason. "numba" asks for the numba kernels explicitly. "triton" on
+CPU tensors runs the Triton kernels through Triton's interpreter and needs
+TRITON_INTERPRET=1 in the environment before the first Triton scan (tests, and checking
+the whole model through the GPU kernels on a machine without a GPU). Backends differ
+only in float rounding (a few ulp per op); the CPU and Triton ones compute in float32
+and return `out` in u's dtype (x's for the conv).
 
 Gradients: every backend is differentiable with respect to every tensor input,
 `initial_state` and `initial_tail` included, and a loss on `last_state` / `final_tail`
 flows back (truncated BPTT across segments). "cpu" and "numba" have backward kernels
 that recompute the states from checkpoints every 64 steps (memory O(B·D·N·L/64));
-"cuda" differentiates through mamba-ssm's kernel plus the injection terms, and
+"triton" has a backward kernel with the same checkpoint scheme (every 32 steps) for the
+scan and recomputes the conv's backward through `F.conv1d` (its forward has two parallel
+forms, VMSTREAM_TRITON_SCAN_FORM=sequential|chunked, see `triton_scan.py`); "cuda" differentiates through
+mamba-ssm's kernel plus the injection terms, and
 recomputes the last state as a differentiable expression when it needs a gradient.
 
 `available_backends()` tells which backends work here and why not (`vmstream info`).
@@ -50,18 +61,20 @@ import os
 import threading
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from .reference import causal_conv1d_ref, selective_scan_ref
 
 log = logging.getLogger("vmstream.models.ops")
 
-_BACKENDS = ("ref", "cpu", "numba", "cuda")
+_BACKENDS = ("ref", "cpu", "numba", "cuda", "triton")
 ENV_VAR = "VMSTREAM_SCAN_BACKEND"
 
 _lock = threading.Lock()
 _cpu_impl: Optional[str] = None  # what "cpu" resolved to: "cpp", "numba" or "ref"
 _numba_error: Optional[str] = None
+_triton_error: Optional[str] = None
 _warned: set[str] = set()
 
 
@@ -72,6 +85,23 @@ def _numba_status() -> str:
         import numba  # noqa: F401, PLC0415
     except ImportError as e:
         return f"numba not installed ({e})"
+    return "ok"
+
+
+def _triton_status() -> str:
+    """"ok", or why the Triton kernels cannot run here. Imports triton only where it
+    could run: with a CUDA device, or with TRITON_INTERPRET=1 (the interpreter)."""
+    global _triton_error
+    if _triton_error is not None:
+        return _triton_error
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        return "no CUDA device (TRITON_INTERPRET=1 runs the Triton kernels on CPU tensors)"
+    try:
+        from . import triton_scan  # noqa: F401, PLC0415
+    except Exception as e:  # ImportError, or a triton that breaks at import
+        _triton_error = (f"triton not importable ({type(e).__name__}: {e}); it ships with torch's "
+                         "CUDA wheels, or pip install 'vmstream[gpu]'")
+        return _triton_error
     return "ok"
 
 
@@ -95,6 +125,7 @@ def available_backends(build: bool = True) -> dict[str, str]:
         result["cpu"] = "ok" if "native" in cpu_ext._loaded else "not built yet (built on first use)"
     result["numba"] = _numba_status()
     result["cuda"] = cuda.status()
+    result["triton"] = _triton_status()
     return result
 
 
@@ -102,6 +133,31 @@ def _warn_once(key: str, msg: str, *args) -> None:
     if key not in _warned:
         _warned.add(key)
         log.warning(msg, *args)
+
+
+def _info_once(key: str, msg: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.info(msg, *args)
+
+
+def _auto_cuda() -> str:
+    """The automatic choice for CUDA tensors: Triton, else mamba-ssm, else the
+    reference; the choice (and why a preferred backend was passed over) logged once."""
+    from . import cuda  # noqa: PLC0415
+
+    triton_status = _triton_status()
+    if triton_status == "ok":
+        _info_once("auto-cuda", "scan backend: triton (vmstream's Triton kernels on CUDA)")
+        return "triton"
+    cuda_status = cuda.status()
+    if cuda_status == "ok":
+        _warn_once("auto-cuda", "scan backend: cuda (mamba-ssm and causal-conv1d); Triton unavailable: %s",
+                   triton_status)
+        return "cuda"
+    _warn_once("auto-cuda", "scan backend: ref on CUDA tensors, the slow PyTorch loop (Triton unavailable: "
+               "%s; mamba-ssm unavailable: %s)", triton_status, cuda_status)
+    return "ref"
 
 
 def _resolve_cpu() -> str:
@@ -144,15 +200,19 @@ def _choose(tensor: Tensor, backend: Optional[str]) -> str:
         if backend in ("cpu", "numba") and tensor.device.type != "cpu":
             raise ValueError(f"scan backend {backend!r} (from {source}) needs CPU tensors, "
                              f"got {tensor.device}")
+        if backend == "triton":
+            status = _triton_status()
+            if status.startswith("triton not importable"):
+                raise RuntimeError(f"scan backend 'triton' (from {source}): {status}")
+            if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+                raise ValueError(f"scan backend 'triton' (from {source}) needs CUDA tensors, or "
+                                 f"TRITON_INTERPRET=1 in the environment to run on {tensor.device} "
+                                 "tensors through Triton's interpreter")
+        if source == ENV_VAR:
+            _info_once(f"env-{backend}", "scan backend: %s (set by %s)", backend, ENV_VAR)
         return backend
     if tensor.is_cuda:
-        from . import cuda  # noqa: PLC0415
-
-        status = cuda.status()
-        if status == "ok":
-            return "cuda"
-        _warn_once("cuda", "scan backend: ref on CUDA tensors (%s)", status)
-        return "ref"
+        return _auto_cuda()
     if tensor.device.type == "cpu":
         return "cpu"
     return "ref"
@@ -177,12 +237,13 @@ def _numba_kernels(explicit: bool):
 def reset() -> None:
     """Forget the resolved CPU backend and the kernels' build/compile failures, so the
     next call decides again (after installing a compiler, or in tests)."""
-    global _cpu_impl, _numba_error
+    global _cpu_impl, _numba_error, _triton_error
     from . import cpu_ext  # noqa: PLC0415
 
     with _lock:
         _cpu_impl = None
         _numba_error = None
+        _triton_error = None
         _warned.clear()
         cpu_ext._failed.clear()
 
@@ -266,6 +327,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
         res = selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   initial_state, return_last_state, reverse)
+    elif name == "triton":
+        from .triton_scan import selective_scan_triton  # noqa: PLC0415
+
+        res = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                    initial_state, return_last_state, reverse)
     else:
         res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                  initial_state, return_last_state, reverse)
@@ -301,5 +367,10 @@ def causal_conv1d(x, weight, bias=None, initial_tail=None, activation=None,
 
         return causal_conv1d_cuda(x, weight, bias, initial_tail, activation,
                                   return_final_tail, reverse)
+    if name == "triton":
+        from .triton_scan import causal_conv1d_triton  # noqa: PLC0415
+
+        return causal_conv1d_triton(x, weight, bias, initial_tail, activation,
+                                    return_final_tail, reverse)
     return causal_conv1d_ref(x, weight, bias, initial_tail, activation, return_final_tail,
                              reverse)
