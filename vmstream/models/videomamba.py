@@ -108,6 +108,10 @@ class DropPath(nn.Module):
 class PatchEmbed(nn.Module):
     """Conv3d with kernel = stride = (kernel_size, patch, patch): [B, C, T, H, W] -> [B, D, T', H', W']."""
 
+    # None: the conv runs in its input's dtype; else its weights are stored in this dtype
+    # and it returns fp32 (`models.precision`).
+    matmul_dtype: Optional[torch.dtype] = None
+
     def __init__(self, img_size=224, patch_size=16, kernel_size=1, in_chans=3, embed_dim=768):
         super().__init__()
         img_size = _pair(img_size)
@@ -121,7 +125,10 @@ class PatchEmbed(nn.Module):
                               stride=(kernel_size, *patch_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
+        md = self.matmul_dtype
+        if md is None:
+            return self.proj(x)
+        return self.proj(x.to(md)).float()
 
 
 def _pair(v) -> tuple[int, int]:
@@ -137,6 +144,10 @@ class Mamba(nn.Module):
     (conv tail [B, d_inner, d_conv-1], ssm state [B, d_inner, d_state]) to start from;
     with `return_state` the new pair is returned too.
     """
+
+    # None: every matmul runs in its input's dtype (the exact default); else in_proj and
+    # out_proj weights are stored in this dtype (`models.precision`).
+    matmul_dtype: Optional[torch.dtype] = None
 
     def __init__(
         self,
@@ -196,9 +207,18 @@ class Mamba(nn.Module):
         return nn.Conv1d(self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
                          padding=self.d_conv - 1, bias=conv_bias, **factory)
 
+    def _matmul(self, linear: nn.Linear, x: Tensor) -> Tensor:
+        """`linear(x)`; in a reduced-precision mode (`models.precision`) its weight is
+        stored in `matmul_dtype`, x is cast to it and the product comes back as fp32, so
+        everything around the matmuls (conv, scan, its state and sums) stays fp32."""
+        md = self.matmul_dtype
+        if md is None:
+            return linear(x)
+        return linear(x.to(md)).float()
+
     def forward(self, hidden_states: Tensor, state: Optional[tuple[Tensor, Tensor]] = None,
                 return_state: bool = False):
-        xz = self.in_proj(hidden_states)  # [B, L, 2*d_inner]
+        xz = self._matmul(self.in_proj, hidden_states)  # [B, L, 2*d_inner]
         x, z = xz.chunk(2, dim=-1)  # views; last dim contiguous, as the ops require
         conv_tail, ssm_state = state if state is not None else (None, None)
         y, new_state = self._direction(x, z, self.A_log, self.conv1d, self.x_proj, self.dt_proj, self.D,
@@ -212,7 +232,7 @@ class Mamba(nn.Module):
             y_b, _ = self._direction(x, z, self.A_b_log, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.D_b,
                                      None, None, reverse=True, return_state=False, out=acc)
             y = y_b if acc is not None else y + y_b
-        out = self.out_proj(y)
+        out = self._matmul(self.out_proj, y)
         return (out, new_state) if return_state else out
 
     def _neg_exp(self, A_log: Tensor, slot: str) -> Tensor:
@@ -243,7 +263,7 @@ class Mamba(nn.Module):
                            return_final_tail=return_state, reverse=reverse)
         if return_state:
             xc, new_tail = xc
-        x_dbl = x_proj(xc)
+        x_dbl = x_proj(xc)  # fp32 in every precision (models.precision)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight)  # bias -> delta_bias, as the fused kernel does
         y = selective_scan(xc, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),

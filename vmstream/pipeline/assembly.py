@@ -36,6 +36,10 @@ def load_pipeline_model(cfg: PipelineConfig):
         model = load_model(ref, **overrides)
     except (CheckpointNotFound, CheckpointError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
+    if cfg.model.precision != "fp32":
+        from vmstream.models.precision import set_precision
+
+        set_precision(model, cfg.model.precision)
     if cfg.model.labels and is_videotext(model):
         set_open_labels(model, cfg)
     elif cfg.model.labels:
