@@ -446,6 +446,13 @@ def main() -> None:
     scan_share, conv_share = shares[(fast, 16)]
     print(f"time in ops at T=16 [{fast}]: scan {scan_share:.1%}, conv {conv_share:.1%}, "
           f"everything else {1 - scan_share - conv_share:.1%}")
+    if fast != "ref":
+        # The floor work's first question: does a scan cost more inside the model (its
+        # inputs come from the matmuls, its output goes to the next one) than alone?
+        n_scans = len(model.layers) * (2 if model.bimamba else 1)
+        in_model = scan_share * lat[(fast, 16)] / n_scans
+        print(f"one scan inside the model T=16 [{fast}]: {in_model * 1e3:.2f} ms vs {scan_fast * 1e3:.2f} ms alone "
+              f"-> {in_model / scan_fast:.2f}x")
 
     seg16 = lat[(fast, 16)]
     efficiency = t_mm16 / seg16

@@ -95,3 +95,18 @@ def test_bad_precision_is_one_clear_error():
     with pytest.raises(ValueError, match="no VideoMamba layers"):
         set_precision(torch.nn.Linear(2, 2), "bf16")
     assert set(PRECISIONS) == {"fp32", "bf16"}
+
+
+def test_bf16_streams_batch_and_split_like_one_at_a_time():
+    # The stage stacks streams into one forward; in bf16 a stream's result must not
+    # depend on which others share its batch (beyond float rounding).
+    _, model = _pair(3)
+    clips = [_clips(1, 40 + i) for i in range(3)]
+    with torch.inference_mode():
+        alone = [model.forward_segment(c) for c in clips]
+        both = model.forward_segment(torch.cat(clips))
+        again = model.forward_segment(torch.cat(clips), both.state)
+        alone2 = [model.forward_segment(c, a.state) for c, a in zip(clips, alone)]
+    for i in range(3):
+        torch.testing.assert_close(both.features[i], alone[i].features[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(again.features[i], alone2[i].features[0], rtol=1e-4, atol=1e-4)
