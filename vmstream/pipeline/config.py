@@ -30,10 +30,6 @@ class ModelConfig(_Strict):
     checkpoint: Optional[str] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     scan_backend: Literal["auto", "ref", "cpu", "cuda"] = "auto"
-    # Matmul precision: fp32 (exact to the official outputs) or bf16 (about twice the
-    # matmul speed on CPUs with AVX512-BF16/AMX; scan, state and norms stay fp32;
-    # its drift is in the README).
-    precision: Literal["fp32", "bf16"] = "fp32"
     top_k: int = Field(5, ge=1, le=100)
     # Video-level answer of a finite stream: the last segment's logits (they have seen
     # the whole video through the carried state) or the mean over segments.
@@ -49,6 +45,10 @@ class ModelConfig(_Strict):
     label_template: Optional[str] = None
     # Video-text models: the bert-base-uncased vocab.txt (default: $VMSTREAM_BERT_VOCAB or the hub cache).
     vocab: Optional[str] = None
+    # Matmul precision: fp32 (exact to the official outputs) or bf16 (about twice the
+    # matmul speed on CPUs with AVX512-BF16/AMX; scan, state and norms stay fp32;
+    # its drift is in the README).
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     @field_validator("max_batch", mode="before")
     @classmethod
