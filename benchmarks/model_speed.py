@@ -8,7 +8,14 @@ Prints, for VideoMamba-Ti at 224x224, batch 1:
   * achieved GFLOP/s against torch.matmul GFLOP/s measured in the same run on the very
     matmul shapes of a segment, and from it `matmul_efficiency`;
   * streaming overhead: forward_segment versus a plain clip forward (forward_features);
-  * peak RSS after 1, 10 and 100 segments of one stream (a fresh child process).
+  * peak RSS after 1, 10 and 100 segments of one stream (a fresh child process);
+  * the CPU floor (issue 15): the segment's matmul MACs counted by FlopCounterMode at the
+    torch.matmul rate measured now, plus its scan exponentials at the torch.exp rate
+    measured now, and `floor_efficiency_fp32` = floor / segment time (1.0 = at the floor);
+  * bf16 mode (models.precision): `bf16_speedup` over fp32 (paired runs, median ratio),
+    `bf16_embedding_cosine_min` over many random clips with states carried, top-1 agreement;
+  * segments/s with 1, 4 and 16 concurrent streams batched through InferenceStage.process,
+    fp32 and bf16 (`streams16_segments_per_s` is fp32).
 
 FLOP counting. A segment's matmul work is counted from the layer shapes, as multiply-adds
 (MACs): patch embedding (as a matmul), and per layer in_proj, x_proj and x_proj_b, dt_proj
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -49,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vmstream.models import create_model  # noqa: E402
 from vmstream.models import videomamba as vm_module  # noqa: E402
 from vmstream.models.ops import selective_scan  # noqa: E402
+from vmstream.models.precision import bf16_is_native, set_precision  # noqa: E402
 
 PAPER_GMACS_TI_T16 = 17.0
 IMG = 224
@@ -263,6 +272,106 @@ def peak_memory(backend: str, T: int, counts: list[int]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def cpu_floor(model, repeats: int, T: int = 16) -> dict:
+    """The segment's floor: its matmul MACs (counted by torch's FlopCounterMode on a real
+    forward_segment; the scan and conv are custom ops it does not count) at torch.matmul's
+    rate on the segment's own shapes, plus its scan exponentials (one exp(delta*A) per
+    token, channel and state, per scan) at torch.exp's vector rate on a cache-resident
+    block; both rates and the segment itself measured here, one after the other."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    clip = torch.randn(1, 3, T, IMG, IMG)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.forward_segment(clip, model.init_state(1))
+    mac_count = counter.get_total_flops() / 2
+    shapes = matmul_shapes(T)
+    mm_rate = macs(shapes) / time_matmuls(shapes, repeats)  # MAC/s on exactly these shapes
+    L = 1 + T * (IMG // 16) ** 2
+    scans = len(model.layers) * (2 if model.bimamba else 1)
+    exps = scans * L * model.d_inner * model.d_state
+    # 4 MB blocks: cache-resident enough to time exp's compute rather than memory, big
+    # enough that the threads' fork/join is noise even when the machine is busy.
+    block = torch.randn(1024 * 1024) * 0.1 - 1
+    dst = torch.empty_like(block)
+    inner = 10
+    t_block = median_time(lambda: [torch.exp(block, out=dst) for _ in range(inner)], repeats=max(repeats, 5))
+    exp_rate = block.numel() * inner / t_block
+    # The segment itself timed here, next to the rates: a figure measured minutes earlier
+    # saw another load on a shared machine, and the ratio would mix the two.
+    state = model.init_state(1)
+    with torch.inference_mode():
+        seg16 = median_time(lambda: model.forward_segment(clip, state), repeats=max(repeats, 3))
+    t_mm, t_exp = mac_count / mm_rate, exps / exp_rate
+    return {"macs": mac_count, "mm_gmacs": mm_rate / 1e9, "t_mm": t_mm, "exps": exps, "exp_rate": exp_rate,
+            "t_exp": t_exp, "floor": t_mm + t_exp, "seg": seg16, "efficiency": (t_mm + t_exp) / seg16}
+
+
+def bf16_speed(fp32_model, bf16_model, backend: str, pairs: int, T: int = 16) -> dict:
+    """fp32 vs bf16 forward_segment in adjacent pairs (alternating which runs first), the
+    speedup the median of the pairs' ratios: each ratio's two runs share the load."""
+    clip = torch.randn(1, 3, T, IMG, IMG)
+    state = fp32_model.init_state(1)
+    runs = {"fp32": [], "bf16": []}
+
+    def timed(name, m):
+        w, c = time.perf_counter(), time.process_time()
+        m.forward_segment(clip, state)
+        runs[name].append((time.perf_counter() - w, time.process_time() - c))
+
+    with scan_backend(backend), torch.inference_mode():
+        fp32_model.forward_segment(clip, state)
+        bf16_model.forward_segment(clip, state)
+        for i in range(pairs):
+            order = [("fp32", fp32_model), ("bf16", bf16_model)]
+            for name, m in (order if i % 2 == 0 else order[::-1]):
+                timed(name, m)
+    wall = sorted(a[0] / b[0] for a, b in zip(runs["fp32"], runs["bf16"]))
+    cpu = sorted(a[1] / b[1] for a, b in zip(runs["fp32"], runs["bf16"]))
+    return {"fp32": statistics.median(r[0] for r in runs["fp32"]), "bf16": statistics.median(r[0] for r in runs["bf16"]),
+            "speedup": statistics.median(wall), "q1": wall[len(wall) // 4], "q3": wall[(3 * len(wall)) // 4],
+            "cpu_speedup": statistics.median(cpu)}
+
+
+def bf16_drift(fp32_model, bf16_model, backend: str, streams: int, segments: int, T: int = 16) -> dict:
+    """Cosine of bf16 vs fp32 embeddings and top-1 agreement over streams x segments
+    random clips, each stream's state carried in both precisions."""
+    g = torch.Generator().manual_seed(1)
+    cos, agree = [], 0
+    s32 = s16 = None
+    with scan_backend(backend), torch.inference_mode():
+        for _ in range(segments):
+            clip = torch.randn(streams, 3, T, IMG, IMG, generator=g)
+            a, b = fp32_model.forward_segment(clip, s32), bf16_model.forward_segment(clip, s16)
+            s32, s16 = a.state, b.state
+            cos.append(torch.nn.functional.cosine_similarity(a.features.double(), b.features.double()))
+            agree += int((a.logits.argmax(-1) == b.logits.argmax(-1)).sum())
+    cos = torch.cat(cos)
+    return {"clips": len(cos), "cos_min": cos.min().item(), "cos_mean": cos.mean().item(), "top1": agree / len(cos)}
+
+
+def stream_sweep(fp32_model, bf16_model, backend: str, counts, steps: int, T: int = 16) -> dict:
+    """Segments per second with N concurrent streams, one segment of each per step,
+    batched through InferenceStage.process (the runner's path), fp32 and bf16."""
+    from vmstream.records import Segment
+    from vmstream.stages.inference import InferenceStage
+
+    pixels = torch.randn(3, T, IMG, IMG).numpy()
+    out = {}
+    with scan_backend(backend):
+        for prec, m in (("fp32", fp32_model), ("bf16", bf16_model)):
+            for n in counts:
+                stage = InferenceStage(m)
+                times = []
+                for step in range(steps + 1):  # step 0 warms up
+                    segs = [Segment(stream_id=f"s{i}", index=step, t_start=float(step), t_end=step + 1.0,
+                                    pixels=pixels) for i in range(n)]
+                    t = time.perf_counter()
+                    stage.process(segs)
+                    times.append(time.perf_counter() - t)
+                out[(prec, n)] = n / statistics.median(times[1:])
+    return out
+
+
 # ------------------------------------------------------------------------ main
 
 def main() -> None:
@@ -278,9 +387,16 @@ def main() -> None:
                     "(default 16; 1 when only the slow reference backend is available)")
     ap.add_argument("--img-size", type=int, default=224, help="frame size (224 is the figure of record; "
                     "smaller sizes are for smoke tests)")
+    ap.add_argument("--cosine-streams", type=int, default=16, help="bf16 drift: random clips per segment")
+    ap.add_argument("--cosine-segments", type=int, default=4, help="bf16 drift: segments per stream")
+    ap.add_argument("--stream-counts", default="1,4,16", help="concurrent streams to measure, comma-separated")
+    ap.add_argument("--stream-steps", type=int, default=2, help="timed steps per stream count (after a warm-up)")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     IMG = args.img_size
+    args.stream_counts = sorted(int(c) for c in args.stream_counts.split(","))
+    if args.stream_counts[0] != 1:
+        args.stream_counts.insert(0, 1)  # the baseline of every ratio
     counts = [int(c) for c in args.mem_segments.split(",")]
     if args.memory_child:
         memory_child(args.backend, args.mem_frames or 16, counts)
@@ -335,6 +451,13 @@ def main() -> None:
     scan_share, conv_share = shares[(fast, 16)]
     print(f"time in ops at T=16 [{fast}]: scan {scan_share:.1%}, conv {conv_share:.1%}, "
           f"everything else {1 - scan_share - conv_share:.1%}")
+    if fast != "ref":
+        # The floor work's first question: does a scan cost more inside the model (its
+        # inputs come from the matmuls, its output goes to the next one) than alone?
+        n_scans = len(model.layers) * (2 if model.bimamba else 1)
+        in_model = scan_share * lat[(fast, 16)] / n_scans
+        print(f"one scan inside the model T=16 [{fast}]: {in_model * 1e3:.2f} ms vs {scan_fast * 1e3:.2f} ms alone "
+              f"-> {in_model / scan_fast:.2f}x")
 
     seg16 = lat[(fast, 16)]
     efficiency = t_mm16 / seg16
@@ -356,12 +479,39 @@ def main() -> None:
     print(f"peak RSS after {counts} segments of T={mem_T} [{fast}]: "
           + ", ".join(f"{p:.0f} MB" for p in peaks) + f"; state {mem['state_bytes'] / 1e6:.2f} MB")
 
+    floor = cpu_floor(model, repeats)
+    print(f"cpu floor T=16 [{fast}]: {floor['macs'] / 1e9:.2f} G MACs (FlopCounterMode) at torch.matmul's "
+          f"{floor['mm_gmacs']:.1f} G MAC/s = {floor['t_mm'] * 1e3:.1f} ms, + {floor['exps'] / 1e6:.0f} M scan "
+          f"exponentials at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s = {floor['t_exp'] * 1e3:.1f} ms -> floor "
+          f"{floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms (timed beside them): floor_efficiency "
+          f"{floor['efficiency']:.3f} (target >= 0.8, i.e. within 1.25x)")
+
+    bf16 = set_precision(copy.deepcopy(model), "bf16")
+    bf = bf16_speed(model, bf16, fast, max(6, 2 * repeats))
+    print(f"bf16 T=16 [{fast}] (native bf16 matmuls: {bf16_is_native()}): fp32 {bf['fp32'] * 1e3:.1f} ms vs bf16 "
+          f"{bf['bf16'] * 1e3:.1f} ms -> {bf['speedup']:.2f}x wall (paired median; quartiles "
+          f"{bf['q1']:.2f}..{bf['q3']:.2f}), {bf['cpu_speedup']:.2f}x in CPU time; target >= 1.6")
+    drift = bf16_drift(model, bf16, fast, args.cosine_streams, args.cosine_segments)
+    print(f"bf16 drift vs fp32, Ti random weights, {drift['clips']} random clips ({args.cosine_streams} streams x "
+          f"{args.cosine_segments} segments, state carried): cosine of embeddings min {drift['cos_min']:.6f}, "
+          f"mean {drift['cos_mean']:.7f}; top-1 agreement {drift['top1']:.3f}")
+
+    sweep = stream_sweep(model, bf16, fast, args.stream_counts, args.stream_steps)
+    for (prec, n), sps in sweep.items():
+        print(f"streams {n:2d} [{prec}] through InferenceStage.process, batched: {sps:.2f} segments/s "
+              f"({sps / sweep[(prec, 1)]:.2f}x one stream)")
+
     print(f"backend_used={fast}")
     print(f"segment_ms_t16={seg16 * 1e3:.1f}")
     print(f"scan_speedup_vs_reference={speedup:.1f}")
     print(f"matmul_efficiency={efficiency:.3f}")
     print(f"stream_overhead={overhead:.4f}")
     print("peak_mb_1_10_100=" + ",".join(f"{p:.0f}" for p in peaks))
+    print(f"floor_efficiency_fp32={floor['efficiency']:.3f}")
+    print(f"bf16_speedup={bf['speedup']:.2f}")
+    print(f"bf16_embedding_cosine_min={drift['cos_min']:.6f}")
+    n_max = max(args.stream_counts)
+    print(f"streams{n_max}_segments_per_s={sweep[('fp32', n_max)]:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from vmstream.pipeline.config import ConfigError, load_config, parse_override
 def test_defaults_are_valid():
     cfg = load_config()
     assert cfg.decode.fps == 1.0 and cfg.output.faiss and cfg.kafka.bootstrap is None
+    assert cfg.model.precision == "fp32"  # exact to the official outputs unless asked
 
 
 def test_yaml_then_flags_then_sets(tmp_path):
@@ -27,6 +28,7 @@ def test_yaml_then_flags_then_sets(tmp_path):
     ({"decode": {"fsp": 1}}, "decode.fsp: unknown key"),
     ({"live": {"backoff_initial": 5, "backoff_max": 1}}, "backoff_max"),
     ({"output": {"faiss_kind": "annoy"}}, "output.faiss_kind"),
+    ({"model": {"precision": "fp16"}}, "model.precision"),
 ])
 def test_bad_values_name_the_key(bad, needle):
     with pytest.raises(ConfigError) as e:
@@ -51,3 +53,15 @@ def test_parse_override():
     assert parse_override("a=[1, 2]") == {"a": [1, 2]}
     with pytest.raises(ConfigError):
         parse_override("novalue")
+
+
+def test_run_precision_flag_sets_the_config():
+    from vmstream.cli import build_parser
+    from vmstream.cli.common import config_from_args
+
+    args = build_parser().parse_args(["run", "x.mp4", "--precision", "bf16"])
+    assert config_from_args(args).model.precision == "bf16"
+    args = build_parser().parse_args(["run", "x.mp4"])
+    assert config_from_args(args).model.precision == "fp32"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "x.mp4", "--precision", "fp16"])

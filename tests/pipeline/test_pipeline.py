@@ -38,6 +38,20 @@ def _cfg(out, ckpt, **sets):
     return load_config(overrides=base, sets=[f"{k}={v}" for k, v in sets.items()])
 
 
+def test_precision_bf16_from_the_config_reaches_the_model(tmp_path, tiny_ckpt, h264_mp4):
+    from vmstream.models.precision import precision_of
+    from vmstream.pipeline.assembly import load_pipeline_model
+
+    assert precision_of(load_pipeline_model(_cfg(tmp_path / "a", tiny_ckpt))) == "fp32"
+    cfg = _cfg(tmp_path / "out", tiny_ckpt, **{"model.precision": "bf16"})
+    model = load_pipeline_model(cfg)
+    assert precision_of(model) == "bf16"
+    report = build_runner(cfg, model=model).run(resolve_sources([h264_mp4]))
+    assert report.streams == 1 and report.streams_failed == 0 and report.segments == 4
+    seg = read_table(tmp_path / "out", "segments").to_pandas()
+    assert all(np.isfinite(np.asarray(e)).all() for e in seg.embedding)
+
+
 def test_single_file_writes_parquet_index_and_summary(tmp_path, tiny_ckpt, h264_mp4):
     # 4 s at 4 fps = 16 frames = 4 segments of T=4 (the checkpoint's num_frames).
     cfg = _cfg(tmp_path / "out", tiny_ckpt)

@@ -45,6 +45,7 @@ _OPTION_KEYS = {
     "checkpoint": "model.checkpoint",
     "model": "model.name",
     "device": "model.device",
+    "precision": "model.precision",
     "out": "output.dir",
     "kafka": "kafka.bootstrap",
     "fps": "decode.fps",

@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
                      help="video file, directory (each file its own stream), glob, or URL (rtsp://, http://, tcp://, ...)")
     run.add_argument("--config", help="YAML config (see configs/); flags override it")
     add_model_args(run)
+    run.add_argument("--precision", choices=["fp32", "bf16"],
+                     help="matmul precision (default fp32, exact; bf16 is faster on CPUs with AVX512-BF16/AMX, "
+                          "with a small drift, see the README)")
     run.add_argument("--out", help="output directory (Parquet, index, snapshots); default runs/latest")
     run.add_argument("--kafka", metavar="BOOTSTRAP", help="also publish results to Kafka at host:port")
     run.add_argument("--fps", type=float, help="frames sampled per second of video (default 1)")

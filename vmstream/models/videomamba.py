@@ -38,6 +38,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 
 from .card import ModelCard
+from .mamba_init import init_dt_proj, s4d_real_log
 from .ops import causal_conv1d, selective_scan
 from .state import StateError, StreamState
 
@@ -108,6 +109,10 @@ class DropPath(nn.Module):
 class PatchEmbed(nn.Module):
     """Conv3d with kernel = stride = (kernel_size, patch, patch): [B, C, T, H, W] -> [B, D, T', H', W']."""
 
+    # None: the conv runs in its input's dtype; else its weights are stored in this dtype
+    # and it returns fp32 (`models.precision`).
+    matmul_dtype: Optional[torch.dtype] = None
+
     def __init__(self, img_size=224, patch_size=16, kernel_size=1, in_chans=3, embed_dim=768):
         super().__init__()
         img_size = _pair(img_size)
@@ -121,7 +126,10 @@ class PatchEmbed(nn.Module):
                               stride=(kernel_size, *patch_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
+        md = self.matmul_dtype
+        if md is None:
+            return self.proj(x)
+        return self.proj(x.to(md)).float()
 
 
 def _pair(v) -> tuple[int, int]:
@@ -137,6 +145,10 @@ class Mamba(nn.Module):
     (conv tail [B, d_inner, d_conv-1], ssm state [B, d_inner, d_state]) to start from;
     with `return_state` the new pair is returned too.
     """
+
+    # None: every matmul runs in its input's dtype (the exact default); else in_proj and
+    # out_proj weights are stored in this dtype (`models.precision`).
+    matmul_dtype: Optional[torch.dtype] = None
 
     def __init__(
         self,
@@ -173,13 +185,13 @@ class Mamba(nn.Module):
         self.conv1d = self._conv(conv_bias, factory)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
-        _init_dt_proj(self.dt_proj, self.dt_rank, dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
-        self.A_log = nn.Parameter(_s4d_real_log(self.d_inner, d_state, device))  # kept in fp32
+        init_dt_proj(self.dt_proj, self.dt_rank, dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+        self.A_log = nn.Parameter(s4d_real_log(self.d_inner, d_state, device))  # kept in fp32
         self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # kept in fp32
         self.D._no_weight_decay = True
         if bimamba:
-            self.A_b_log = nn.Parameter(_s4d_real_log(self.d_inner, d_state, device))
+            self.A_b_log = nn.Parameter(s4d_real_log(self.d_inner, d_state, device))
             self.A_b_log._no_weight_decay = True
             self.conv1d_b = self._conv(conv_bias, factory)
             # As in the official code, the backward branch's x_proj_b / dt_proj_b keep
@@ -196,9 +208,18 @@ class Mamba(nn.Module):
         return nn.Conv1d(self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
                          padding=self.d_conv - 1, bias=conv_bias, **factory)
 
+    def _matmul(self, linear: nn.Linear, x: Tensor) -> Tensor:
+        """`linear(x)`; in a reduced-precision mode (`models.precision`) its weight is
+        stored in `matmul_dtype`, x is cast to it and the product comes back as fp32, so
+        everything around the matmuls (conv, scan, its state and sums) stays fp32."""
+        md = self.matmul_dtype
+        if md is None:
+            return linear(x)
+        return linear(x.to(md)).float()
+
     def forward(self, hidden_states: Tensor, state: Optional[tuple[Tensor, Tensor]] = None,
                 return_state: bool = False):
-        xz = self.in_proj(hidden_states)  # [B, L, 2*d_inner]
+        xz = self._matmul(self.in_proj, hidden_states)  # [B, L, 2*d_inner]
         x, z = xz.chunk(2, dim=-1)  # views; last dim contiguous, as the ops require
         conv_tail, ssm_state = state if state is not None else (None, None)
         y, new_state = self._direction(x, z, self.A_log, self.conv1d, self.x_proj, self.dt_proj, self.D,
@@ -212,7 +233,7 @@ class Mamba(nn.Module):
             y_b, _ = self._direction(x, z, self.A_b_log, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.D_b,
                                      None, None, reverse=True, return_state=False, out=acc)
             y = y_b if acc is not None else y + y_b
-        out = self.out_proj(y)
+        out = self._matmul(self.out_proj, y)
         return (out, new_state) if return_state else out
 
     def _neg_exp(self, A_log: Tensor, slot: str) -> Tensor:
@@ -243,7 +264,7 @@ class Mamba(nn.Module):
                            return_final_tail=return_state, reverse=reverse)
         if return_state:
             xc, new_tail = xc
-        x_dbl = x_proj(xc)
+        x_dbl = x_proj(xc)  # fp32 in every precision (models.precision)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight)  # bias -> delta_bias, as the fused kernel does
         y = selective_scan(xc, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
@@ -253,29 +274,6 @@ class Mamba(nn.Module):
             y, last = y
             return y, (new_tail, last)
         return y, None
-
-
-def _s4d_real_log(d_inner: int, d_state: int, device) -> Tensor:
-    """log(1..N) on every row: the S4D-real initialisation of A = -exp(A_log)."""
-    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32, device=device)).repeat(d_inner, 1).contiguous()
-
-
-def _init_dt_proj(dt_proj: nn.Linear, dt_rank, dt_init, dt_scale, dt_min, dt_max, dt_init_floor) -> None:
-    std = dt_rank ** -0.5 * dt_scale
-    if dt_init == "constant":
-        nn.init.constant_(dt_proj.weight, std)
-    elif dt_init == "random":
-        nn.init.uniform_(dt_proj.weight, -std, std)
-    else:
-        raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-    # Bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max], so that
-    # softplus(bias) starts there.
-    d = dt_proj.bias.shape[0]
-    dt = torch.exp(torch.rand(d, device=dt_proj.bias.device) * (math.log(dt_max) - math.log(dt_min))
-                   + math.log(dt_min)).clamp(min=dt_init_floor)
-    with torch.no_grad():
-        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-    dt_proj.bias._no_reinit = True
 
 
 # ----------------------------------------------------------------------------- block

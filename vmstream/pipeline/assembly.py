@@ -36,6 +36,10 @@ def load_pipeline_model(cfg: PipelineConfig):
         model = load_model(ref, **overrides)
     except (CheckpointNotFound, CheckpointError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
+    if cfg.model.precision != "fp32":
+        from vmstream.models.precision import set_precision
+
+        set_precision(model, cfg.model.precision)
     if cfg.model.labels and is_videotext(model):
         set_open_labels(model, cfg)
     elif cfg.model.labels:
@@ -215,6 +219,7 @@ def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=Non
     """A ready (not started) runner for `cfg`. Pass `model`/`sinks`/`state_store` to
     reuse or replace the configured ones (tests, the worker); `allow_replace=False`
     refuses a stream id already run from another uri (the worker's jobs)."""
+    from vmstream.pipeline.batch_size import resolve_max_batch
     from vmstream.pipeline.checkpoints import Checkpoints
     from vmstream.pipeline.runner import Runner
     from vmstream.pipeline.snapshots import LocalStateStore
@@ -233,7 +238,9 @@ def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=Non
         checkpoints=Checkpoints(state_store, inference, every=cfg.runner.snapshot_every, allow_replace=allow_replace),
         queue_size=cfg.runner.queue_size,
         max_streams=cfg.runner.max_streams,
-        max_batch=cfg.model.max_batch,
+        max_batch=resolve_max_batch(cfg.model.max_batch, model=model, max_streams=cfg.runner.max_streams,
+                                    device=inference.device, frames=segment_frames(cfg, model),
+                                    precision=cfg.model.precision),
         flush_on_stream_end=flush_on_stream_end,
         progress=progress,
     )

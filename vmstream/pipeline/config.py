@@ -9,7 +9,7 @@ training recipes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,8 +34,10 @@ class ModelConfig(_Strict):
     # Video-level answer of a finite stream: the last segment's logits (they have seen
     # the whole video through the carried state) or the mean over segments.
     summary: Literal["last", "mean"] = "last"
-    # Segments of this many different streams are stacked into one forward.
-    max_batch: int = Field(4, ge=1, le=256)
+    # Segments of up to this many different streams are stacked into one forward; "auto":
+    # the size with the most segments/s on this machine, probed once and cached
+    # (pipeline/batch_size.py).
+    max_batch: Union[int, Literal["auto"]] = "auto"
     # Classifier: a label names file (one per line) overriding the checkpoint's class list.
     # Video-text model: open-vocabulary labels, "a,b,c" or a file with one prompt a line.
     labels: Optional[str] = None
@@ -43,6 +45,19 @@ class ModelConfig(_Strict):
     label_template: Optional[str] = None
     # Video-text models: the bert-base-uncased vocab.txt (default: $VMSTREAM_BERT_VOCAB or the hub cache).
     vocab: Optional[str] = None
+    # Matmul precision: fp32 (exact to the official outputs) or bf16 (about twice the
+    # matmul speed on CPUs with AVX512-BF16/AMX; scan, state and norms stay fp32;
+    # its drift is in the README).
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @field_validator("max_batch", mode="before")
+    @classmethod
+    def _max_batch(cls, v):
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
+            raise ValueError(f"must be 'auto' or a whole number from 1 to 256, got {v!r}")
+        return v
 
 
 class DecodeConfig(_Strict):

@@ -1,0 +1,82 @@
+"""Numeric precision of a model's matmuls: "fp32" (the default, exact to the official
+outputs) or "bf16".
+
+In bf16 the big matmuls (patch embedding, in_proj, out_proj: 84 % of a segment's matmul
+work) take bf16 inputs and weights and return fp32; everything else stays fp32: the norms
+and the residual stream, the depthwise conv, x_proj and dt_proj (small; their outputs set
+the scan's step sizes and B, C, so they decide its exponentials, and keeping them fp32
+saves two casts of the conv output per layer), the selective scan with its state and the
+sum of its two directions, the carried StreamState, the head. On CPUs with AVX512-BF16 or AMX the matmuls run about
+twice as fast; the drift against fp32 is measured by tests/models/test_precision.py and
+`benchmarks/model_speed.py` (`bf16_embedding_cosine_min=`) and stated in the README.
+
+The change is in place and one way in effect: the weights are rounded to bf16, so going
+back to "fp32" keeps the rounded values. Load the model again for exact fp32.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .videomamba import Mamba, PatchEmbed
+
+__all__ = ["PRECISIONS", "set_precision", "precision_of", "bf16_is_native"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def bf16_is_native() -> bool:
+    """Whether this CPU runs bf16 matmuls in hardware (AVX512-BF16 or AMX); elsewhere
+    oneDNN emulates them and bf16 is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def set_precision(model: nn.Module, precision: str) -> nn.Module:
+    """Run `model`'s VideoMamba matmuls in `precision` ("fp32" or "bf16"); in place, returns it.
+
+    Works on any module containing VideoMamba mixers and patch embeddings (the classifier,
+    the video-text model's vision tower); other modules are left as they are.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    weight_dtype = dtype or torch.float32
+    found = False
+    for m in model.modules():
+        if isinstance(m, Mamba):
+            linears = [m.in_proj, m.out_proj]
+        elif isinstance(m, PatchEmbed):
+            linears = [m.proj]
+        else:
+            continue
+        found = True
+        m.matmul_dtype = dtype
+        for lin in linears:
+            lin.to(weight_dtype)
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no VideoMamba layers to set to {precision}")
+    if dtype is torch.bfloat16 and not bf16_is_native() and _on_cpu(model):
+        log.warning("precision bf16: this CPU has no native bf16 matmuls (AVX512-BF16/AMX); "
+                    "they are emulated and slower than fp32")
+    return model
+
+
+def precision_of(model: nn.Module) -> str:
+    """The precision `set_precision` gave `model` ("fp32" when never set)."""
+    for m in model.modules():
+        if isinstance(m, Mamba):
+            dtype = m.matmul_dtype
+            return next(name for name, d in PRECISIONS.items() if d == dtype)
+    return "fp32"
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    p = next(model.parameters(), None)
+    return p is None or p.device.type == "cpu"
