@@ -108,3 +108,14 @@ def test_matplotlib_is_imported_only_for_png():
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bars_reach_the_next_segment_across_one_sampling_step():
+    """T=4 frames at 2 fps: a segment spans 1.5 s and the next starts 0.5 s (one step)
+    after its last frame; that is video the segment covers, not an outage. A real gap
+    (here 5 s) stays."""
+    from vmstream.stages.sinks.plot import _close_sampling_gaps
+
+    segs = [_Seg(0.0, 1.48, ("a",), (0.9,), 4), _Seg(2.0, 3.48, ("a",), (0.9,), 4), _Seg(8.5, 9.98, ("a",), (0.9,), 4)]
+    closed = _close_sampling_gaps(segs)
+    assert closed[0].t_end == 2.0 and closed[1].t_end == 3.48

@@ -54,6 +54,7 @@ class _Seg:
     t_end: float
     labels: tuple[str, ...]
     scores: tuple[float, ...]
+    num_frames: int = 0  # frames sampled in the segment (0: unknown)
 
 
 @dataclass
@@ -119,7 +120,8 @@ def build_timelines(source) -> dict[str, Timeline]:
             rec = SegmentResult.from_row(rec)
         if isinstance(rec, SegmentResult):
             t = tl(rec.stream_id)
-            t.segments.append(_Seg(float(rec.t_start), float(rec.t_end), tuple(rec.labels), tuple(float(s) for s in rec.scores)))
+            t.segments.append(_Seg(float(rec.t_start), float(rec.t_end), tuple(rec.labels),
+                                   tuple(float(s) for s in rec.scores), int(rec.num_frames or 0)))
             t.gaps.extend((float(a), float(b)) for a, b in rec.gaps)
         elif isinstance(rec, StreamEvent):
             if rec.kind == "gap":
@@ -141,13 +143,17 @@ def _close_sampling_gaps(segs: list[_Seg]) -> list[_Seg]:
     """A segment's times are its first and last frame; the video between its last frame
     and the next segment's first (one sampling step) belongs to it too. Drawn as is,
     every segment boundary would look like an outage, so bars reach the next segment
-    when the space between them is a small fraction of a segment (real gaps are longer
-    and are drawn separately)."""
+    when the space between them is about one sampling step (the segment's span over its
+    frames less one), or a small fraction of the segment when its frame count is unknown;
+    real gaps are longer and are drawn separately."""
     out = list(segs)
     for i in range(len(out) - 1):
         cur, nxt = out[i], out[i + 1]
         space = nxt.t_start - cur.t_end
-        if 0 < space <= 0.25 * max(cur.t_end - cur.t_start, 0.0):
+        span = max(cur.t_end - cur.t_start, 0.0)
+        # 1.5 steps: timestamps are rounded to the stream's time base
+        limit = 1.5 * span / (cur.num_frames - 1) if cur.num_frames > 1 else 0.25 * span
+        if 0 < space <= limit:
             out[i] = dataclasses.replace(cur, t_end=nxt.t_start)
     return out
 
