@@ -155,6 +155,18 @@ def test_missing_and_misshaped_keys_are_listed(tmp_path):
         load_checkpoint(make_tiny_videotext(), sd)
 
 
+def test_non_finite_weights_are_refused_by_both_loaders(tmp_path):
+    """The classifier's rule (issue 11) holds for the video-text family too."""
+    sd = make_tiny_videotext(seed=8, text=TEXT).state_dict()
+    sd["itm_head.weight"][0, 0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="itm_head.weight"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match="itm_head.weight"):
+        load_checkpoint(make_tiny_videotext(text=TEXT), sd)
+
+
 def test_a_pickled_function_is_still_refused(tmp_path):
     import os
     marker = tmp_path / "pwned"

@@ -327,6 +327,13 @@ def adapt_state_dict(sd: Mapping[str, Tensor], model: VideoMamba, reset_head: bo
 
     sd = _fit_head(sd, target, reset_head, notes)
 
+    check_fit(sd, target, "the model")
+    return sd, notes
+
+
+def check_fit(sd: Mapping[str, Tensor], target: Mapping[str, Tensor], what: str) -> None:
+    """A CheckpointError listing the keys missing, unexpected or mis-shaped in `sd`
+    against the model's `target` state dict (the first 20 of each)."""
     missing = [k for k in target if k not in sd]
     unexpected = [k for k in sd if k not in target]
     mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
@@ -337,8 +344,7 @@ def adapt_state_dict(sd: Mapping[str, Tensor], model: VideoMamba, reset_head: bo
             if keys:
                 more = f" ... and {len(keys) - 20} more" if len(keys) > 20 else ""
                 parts.append(f"{title} ({len(keys)}): " + ", ".join(keys[:20]) + more)
-        raise CheckpointError("checkpoint does not fit the model:\n  " + "\n  ".join(parts))
-    return sd, notes
+        raise CheckpointError(f"checkpoint does not fit {what}:\n  " + "\n  ".join(parts))
 
 
 def _fit_head(sd: dict, target: Mapping, reset_head: bool, notes: list[str]) -> dict:
@@ -364,15 +370,21 @@ def _fit_head(sd: dict, target: Mapping, reset_head: bool, notes: list[str]) -> 
 
 # ------------------------------------------------------------------- public API
 
+def open_checkpoint(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, dict, str, str]:
+    """(state dict, metadata, label, sha256) of a file path, registry name or loaded
+    object (label "<state dict>" and no digest for the last)."""
+    if isinstance(source, Mapping):
+        sd, meta = read_checkpoint(source)
+        return sd, meta, "<state dict>", ""
+    path = resolve_checkpoint(source)
+    sd, meta = read_checkpoint(path)
+    return sd, meta, str(path), file_digest(path)
+
+
 def load_checkpoint(model: VideoMamba, source: Union[str, os.PathLike, Mapping], reset_head: bool = False
                     ) -> LoadReport:
     """Load a checkpoint (file path, registry name or loaded object) into `model`, strictly."""
-    if isinstance(source, Mapping):
-        path, digest, label = None, "", "<state dict>"
-    else:
-        path = resolve_checkpoint(source)
-        digest, label = file_digest(path), str(path)
-    sd, meta = read_checkpoint(path if path is not None else source)
+    sd, meta, label, digest = open_checkpoint(source)
     adapted, notes = adapt_state_dict(sd, model, reset_head=reset_head)
     check_finite(adapted, label)
     model.load_state_dict(adapted, strict=True)

@@ -14,7 +14,8 @@ from typing import Optional, Union
 
 import torch.nn as nn
 
-from .checkpoint import LoadReport, classifier_from_state_dict, read_checkpoint, registry_entry
+from .checkpoint import (LoadReport, check_finite, classifier_from_state_dict, open_checkpoint, read_checkpoint,
+                         registry_entry)
 from .checkpoint import load_checkpoint as load_classifier_checkpoint
 from .hub import file_digest, resolve_checkpoint
 from .videotext import VideoTextMamba
@@ -33,13 +34,9 @@ def load_checkpoint(model: nn.Module, source: Union[str, os.PathLike, Mapping], 
     retrieval key names; keys it does not use are reported in `LoadReport.notes`."""
     if not isinstance(model, VideoTextMamba):
         return load_classifier_checkpoint(model, source, reset_head=reset_head)
-    if isinstance(source, Mapping):
-        path, digest, label = None, "", "<state dict>"
-    else:
-        path = resolve_checkpoint(source)
-        digest, label = file_digest(path), str(path)
-    sd, meta = read_checkpoint(path if path is not None else source)
+    sd, meta, label, digest = open_checkpoint(source)
     adapted, notes = adapt_videotext_state_dict(sd, model)
+    check_finite(adapted, label)
     model.load_state_dict(adapted, strict=True)
     notes = _config_notes(meta) + notes
     for note in notes:
@@ -75,6 +72,7 @@ def _videotext_from_state_dict(path_or_name, path: Path, sd, meta, num_heads, ov
     cfg["vision"].update(overrides)
     model = VideoTextMamba(**cfg)
     adapted, notes = adapt_videotext_state_dict(sd, model)
+    check_finite(adapted, str(path))
     model.load_state_dict(adapted, strict=True)
     notes = _config_notes(meta) + notes
     for note in notes:

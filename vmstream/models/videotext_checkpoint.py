@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from .checkpoint import CheckpointError, infer_config, resample_pos_embed
+from .checkpoint import CheckpointError, check_fit, infer_config, resample_pos_embed
 from .videomamba import resample_temporal_pos
 from .videotext import VideoTextMamba
 
@@ -124,15 +124,5 @@ def adapt_videotext_state_dict(sd: Mapping[str, Tensor], model: VideoTextMamba) 
             old = sd[key].shape[1]
             sd[key] = resample(sd[key], target[key].shape)
             notes.append(f"resampled {what} {old} -> {target[key].shape[1]}")
-    missing = [k for k in target if k not in sd]
-    unexpected = [k for k in sd if k not in target]
-    mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-                  for k in target if k in sd and sd[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
-            if keys:
-                more = f" ... and {len(keys) - 20} more" if len(keys) > 20 else ""
-                parts.append(f"{title} ({len(keys)}): " + ", ".join(keys[:20]) + more)
-        raise CheckpointError("checkpoint does not fit the video-text model:\n  " + "\n  ".join(parts))
+    check_fit(sd, target, "the video-text model")
     return sd, notes
