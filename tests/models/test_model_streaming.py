@@ -10,24 +10,10 @@
 import torch
 
 from tests.fixtures.videomamba import make_tiny_model, oracle_embed, oracle_features, oracle_forward
+from tests.fixtures.videomamba import random_segments, stream_segments
 from vmstream.models import StreamState
 
 TOL = dict(atol=3e-5, rtol=1e-4)
-
-
-def _segments(k, b=2, t=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, 3, t, 32, 32, generator=g) for _ in range(k)]
-
-
-def _stream(model, clips, state=None):
-    outs = []
-    with torch.no_grad():
-        for clip in clips:
-            out = model.forward_segment(clip, state)
-            state = out.state
-            outs.append(out)
-    return outs
 
 
 def _oracle_stream(model, clips):
@@ -45,7 +31,7 @@ def _oracle_stream(model, clips):
 
 def test_1_one_segment_equals_forward_features_and_the_official_oracle():
     model = make_tiny_model(seed=4)
-    clip = _segments(1)[0]
+    clip = random_segments(1)[0]
     with torch.no_grad():
         seg = model.forward_segment(clip, model.init_state(2))
         full = model.forward_features(clip)
@@ -57,8 +43,8 @@ def test_1_one_segment_equals_forward_features_and_the_official_oracle():
 
 def test_2_stream_of_segments_equals_the_one_pass_oracle():
     model = make_tiny_model(seed=5, depth=3)
-    clips = _segments(4, seed=1)
-    outs = _stream(model, clips)
+    clips = random_segments(4, seed=1)
+    outs = stream_segments(model, clips)
     ref = _oracle_stream(model, clips)
     for k, (out, want) in enumerate(zip(outs, ref)):
         torch.testing.assert_close(out.features.double(), want, **TOL, msg=f"segment {k}")
@@ -70,8 +56,8 @@ def test_2b_the_state_matters_and_the_backward_reset_matters():
     backward scan run across segment boundaries, changes the features far beyond the
     tolerance."""
     model = make_tiny_model(seed=5, depth=3)
-    clips = _segments(3, seed=1)
-    outs = _stream(model, clips)
+    clips = random_segments(3, seed=1)
+    outs = stream_segments(model, clips)
     with torch.no_grad():
         fresh = model.forward_segment(clips[2]).features
     assert (outs[2].features - fresh).abs().max() > 1e-2
@@ -84,8 +70,8 @@ def test_2b_the_state_matters_and_the_backward_reset_matters():
 
 def test_2c_short_last_segment_resamples_temporal_positions():
     model = make_tiny_model(seed=6)
-    clips = _segments(2, seed=2) + [torch.randn(2, 3, 2, 32, 32)]  # the last one has 2 of 4 frames
-    outs = _stream(model, clips)
+    clips = random_segments(2, seed=2) + [torch.randn(2, 3, 2, 32, 32)]  # the last one has 2 of 4 frames
+    outs = stream_segments(model, clips)
     ref = _oracle_stream(model, clips)
     torch.testing.assert_close(outs[-1].features.double(), ref[-1], **TOL)
     longer = torch.randn(2, 3, 6, 32, 32)  # and a longer one
@@ -121,14 +107,14 @@ def test_3_without_bimamba_pieces_equal_one_pass():
 
 def test_4_state_round_trip_through_bytes_continues_identically():
     model = make_tiny_model(seed=8)
-    a, b, c = _segments(3, seed=4)
+    a, b, c = random_segments(3, seed=4)
     with torch.no_grad():
         s1 = model.forward_segment(a).state
         blob = s1.to_bytes()
         restored = StreamState.from_bytes(blob, expect=model.state_spec())
         assert torch.equal(restored.conv, s1.conv) and torch.equal(restored.ssm, s1.ssm)
-        direct = _stream(model, [b, c], s1)
-        resumed = _stream(model, [b, c], restored)
+        direct = stream_segments(model, [b, c], s1)
+        resumed = stream_segments(model, [b, c], restored)
     for x, y in zip(direct, resumed):
         assert torch.equal(x.features, y.features) and torch.equal(x.logits, y.logits)
         assert torch.equal(x.state.ssm, y.state.ssm)
@@ -140,8 +126,8 @@ def test_4b_streams_with_different_histories_batch_and_split():
     clip = lambda: torch.randn(1, 3, 4, 32, 32, generator=g)  # noqa: E731
     hist_a, hist_b = [clip()], [clip(), clip(), clip()]
     next_a, next_b = clip(), clip()
-    state_a = _stream(model, hist_a)[-1].state
-    state_b = _stream(model, hist_b)[-1].state
+    state_a = stream_segments(model, hist_a)[-1].state
+    state_b = stream_segments(model, hist_b)[-1].state
     with torch.no_grad():
         alone_a = model.forward_segment(next_a, state_a)
         alone_b = model.forward_segment(next_b, state_b)
@@ -161,7 +147,7 @@ def test_4b_streams_with_different_histories_batch_and_split():
 
 def test_forward_segment_does_not_modify_the_given_state():
     model = make_tiny_model(seed=10)
-    a, b = _segments(2, seed=6)
+    a, b = random_segments(2, seed=6)
     with torch.no_grad():
         s = model.forward_segment(a).state
         before = s.clone()
@@ -171,7 +157,7 @@ def test_forward_segment_does_not_modify_the_given_state():
 
 def test_gradients_flow_through_the_carried_state():
     model = make_tiny_model(seed=11).train()
-    a, b = _segments(2, b=1, seed=7)
+    a, b = random_segments(2, b=1, seed=7)
     first = model.forward_segment(a)
     state = first.state
     second = model.forward_segment(b, state)

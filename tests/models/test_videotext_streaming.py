@@ -10,24 +10,10 @@ import torch
 from tests.fixtures.videomamba import oracle_embed, oracle_forward
 from tests.fixtures.videotext import make_tiny_videotext
 from tests.models.test_videotext import ref_pool
+from tests.fixtures.videomamba import random_segments, stream_segments
 from vmstream.models import StateError, StreamState
 
 TOL = dict(atol=3e-5, rtol=1e-4)
-
-
-def _segments(k, b=2, t=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, 3, t, 32, 32, generator=g) for _ in range(k)]
-
-
-def _stream(model, clips, state=None):
-    outs = []
-    with torch.no_grad():
-        for clip in clips:
-            out = model.forward_segment(clip, state)
-            state = out.state
-            outs.append(out)
-    return outs
 
 
 def _oracle_embeddings(model, clips):
@@ -50,7 +36,7 @@ def _oracle_embeddings(model, clips):
 
 def test_one_segment_equals_the_clip_forward():
     model = make_tiny_videotext(seed=1)
-    clip = _segments(1)[0]
+    clip = random_segments(1)[0]
     with torch.no_grad():
         seg = model.forward_segment(clip, model.init_state(2))
         enc, _ = model.encode_segment(clip)
@@ -63,8 +49,8 @@ def test_one_segment_equals_the_clip_forward():
 
 def test_a_stream_of_segments_equals_the_one_pass_oracle():
     model = make_tiny_videotext(seed=2, vision=dict(depth=3))
-    clips = _segments(3, seed=1) + [torch.randn(2, 3, 2, 32, 32)]  # the last one is short
-    outs = _stream(model, clips)
+    clips = random_segments(3, seed=1) + [torch.randn(2, 3, 2, 32, 32)]  # the last one is short
+    outs = stream_segments(model, clips)
     for out, ref in zip(outs, _oracle_embeddings(model, clips)):
         torch.testing.assert_close(out.features.double(), ref, **TOL)
     # the carried state matters: a segment from zero differs
@@ -75,7 +61,7 @@ def test_a_stream_of_segments_equals_the_one_pass_oracle():
 
 def test_state_round_trip_batch_and_split():
     model = make_tiny_videotext(seed=3)
-    a, b = _segments(2, b=1, seed=4)
+    a, b = random_segments(2, b=1, seed=4)
     with torch.no_grad():
         s1 = model.forward_segment(a).state
         restored = StreamState.from_bytes(s1.to_bytes(), expect=model.state_spec())
@@ -94,12 +80,12 @@ def test_a_state_from_other_weights_is_refused():
     assert model.init_state(1).tag == "aaaa"
     other = model.init_state(1).with_tag("bbbb")
     with torch.no_grad(), pytest.raises(StateError, match="different weights"):
-        model.forward_segment(_segments(1, b=1)[0], other)
+        model.forward_segment(random_segments(1, b=1)[0], other)
 
 
 def test_segment_embedding_scores_are_the_official_similarity():
     model = make_tiny_videotext(seed=5)
-    clip = _segments(1)[0]
+    clip = random_segments(1)[0]
     ids = torch.randint(1, 60, (3, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         emb = model.forward_segment(clip).features
