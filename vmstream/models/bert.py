@@ -16,7 +16,11 @@ Semantics (the official ones):
 * `mode="text"` runs layers [0, fusion_layer) (the text-only encoder: its [CLS] state is
   the text feature), `mode="fusion"` runs [fusion_layer, num_layers) on given text states
   (`encoder_embeds`) with cross-attention over `encoder_hidden_states`, `"multi_modal"` all;
-* no pooler (the video-text models use the [CLS] state directly).
+* no pooler (the video-text models use the [CLS] state directly);
+* with `mlm_head=True`, the masked-language-model head of the official pretraining model
+  (`BertForMaskedLM.cls`): `cls.predictions.transform.{dense,LayerNorm}`,
+  `cls.predictions.decoder` (its weight tied to the word embeddings, as Hugging Face ties
+  them) and `cls.predictions.bias`.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["BertConfig", "BertModel", "BertEmbeddings", "BertLayer", "BertAttention", "BertSelfAttention",
-           "MODES"]
+           "BertOnlyMLMHead", "MODES"]
 
 MODES = ("text", "fusion", "multi_modal")
 # The official mask value (xbert's get_extended_attention_mask); -inf would change nothing
@@ -177,6 +181,40 @@ class BertLayer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.LayerNorm(F.gelu(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """transform, then the vocabulary projection; `decoder.bias` is `bias` (one tensor
+    under both names, as the official head registers it)."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(cfg)
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.transform(x))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predictions(x)
+
+
 class BertEncoder(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -193,12 +231,23 @@ def mask_bias(mask: Optional[Tensor], dtype: torch.dtype, masked: Optional[float
 class BertModel(nn.Module):
     """The official `BertModel(add_pooling_layer=False)` with modes text / fusion / multi_modal."""
 
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, mlm_head: bool = False):
         super().__init__()
         self.config = cfg
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
+        if mlm_head:
+            self.cls = BertOnlyMLMHead(cfg)
         self.apply(self._init_weights)
+        if mlm_head:
+            nn.init.zeros_(self.cls.predictions.bias)
+            self.cls.predictions.decoder.weight = self.embeddings.word_embeddings.weight
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        """[B, L, hidden] -> vocabulary logits [B, L, vocab] (needs `mlm_head=True`)."""
+        if not hasattr(self, "cls"):
+            raise ValueError("this BERT has no masked-language-model head (build it with mlm_head=True)")
+        return self.cls(hidden)
 
     def _init_weights(self, m: nn.Module) -> None:
         # The official BertPreTrainedModel init: normal(0.02) weights, zero biases, LN 1/0.

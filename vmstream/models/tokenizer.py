@@ -121,6 +121,17 @@ class BertTokenizer:
         self.max_length = max_length
         self._tok, self.pad_id = _wordpiece(str(self.vocab_path), lowercase)
 
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def token_id(self, token: str) -> int:
+        """The id of `token` (e.g. "[MASK]"); an error if the vocabulary lacks it."""
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise ValueError(f"the text vocabulary {self.vocab_path} has no {token} token")
+        return i
+
     def tokenize(self, text: str) -> list[str]:
         return self._tok.encode(text, add_special_tokens=False).tokens
 

@@ -36,9 +36,10 @@ from .bert import BertConfig, BertModel
 from .card import ModelCard
 from .state import StreamState
 from .videomamba import SegmentOutput, VideoMamba, norm_fp32
+from .videomamba_pretrain import sinusoid_table
 
 __all__ = ["VideoTextMamba", "VisionEncoder", "LinearDecoder", "VideoEncoding", "TextEncoding",
-           "VISION_DEFAULTS", "TEXT_DEFAULTS"]
+           "PretrainVision", "VISION_DEFAULTS", "TEXT_DEFAULTS"]
 
 # The official VideoMamba-M multimodal configuration (exp_pt/videomamba_middle_*/config.py).
 VISION_DEFAULTS: dict[str, Any] = dict(img_size=224, patch_size=16, depth=32, embed_dim=576, num_frames=8,
@@ -60,6 +61,14 @@ class VideoEncoding:
 class TextEncoding:
     tokens: Tensor  # [B, L, Dt] states after the text-only layers
     features: Tensor  # [B, E] L2-normalised text_proj([CLS])
+
+
+@dataclass
+class PretrainVision:
+    """What the official `PretrainVideoMamba.forward(x, mask, use_image, keep_temporal)` returns."""
+    tokens: Tensor  # [B, visible patches, Dv] final-normed, no cls (VTM / MLM memory)
+    pooled: Tensor  # [B, T or 1, Dv] pool_norm(cls + patch mean), per frame with keep_temporal
+    clip: Optional[Tensor]  # [K, B, 1 + visible, clip_output_dim] decoder outputs (with a mask), else None
 
 
 class LinearDecoder(nn.Module):
@@ -85,7 +94,7 @@ class VisionEncoder(VideoMamba):
                  channels=3, drop_path_rate=0.0, ssm_cfg=None, norm_epsilon=1e-5, rms_norm=True,
                  residual_in_fp32=True, fused_add_norm=True, bimamba=True, pool_type="cls+avg",
                  clip_decoder_embed_dim: Optional[int] = None, clip_output_dim=512, clip_return_layer=1,
-                 use_checkpoint=False, checkpoint_num=0):
+                 clip_student_return_interval=1, use_checkpoint=False, checkpoint_num=0):
         if pool_type != "cls+avg":
             raise ValueError(f"pool_type {pool_type!r}: only the official 'cls+avg' is implemented")
         super().__init__(img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim,
@@ -98,10 +107,16 @@ class VisionEncoder(VideoMamba):
         norm = self.norm_f
         del self.norm_f
         self.norm = norm
+        dec_dim = clip_decoder_embed_dim or embed_dim
         self.clip_decoder = nn.ModuleList([
-            LinearDecoder(output_dim=clip_output_dim, embed_dim=clip_decoder_embed_dim or embed_dim)
-            for _ in range(clip_return_layer)])
+            LinearDecoder(output_dim=clip_output_dim, embed_dim=dec_dim) for _ in range(clip_return_layer)])
         self.pool_norm = nn.LayerNorm(embed_dim)
+        self.return_index = [depth - int(i * clip_student_return_interval) - 1 for i in range(clip_return_layer)]
+        # Fixed sinusoidal tables (official plain attributes: not in the state dict).
+        n = self.patch_embed.num_patches
+        self.register_buffer("clip_pos_embed", sinusoid_table(n * num_frames // kernel_size + 1, dec_dim),
+                             persistent=False)
+        self.register_buffer("clip_img_pos_embed", sinusoid_table(n + 1, dec_dim), persistent=False)
 
     def _final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
         return norm_fp32(self.norm, residual + self.drop_path(hidden)).to(hidden.dtype)
@@ -114,6 +129,52 @@ class VisionEncoder(VideoMamba):
             hidden, residual, _ = self._blocks(tokens, None, return_state=False)
             return self._final_norm(hidden, residual)
         return self.forward_tokens(tokens, state)
+
+    def embed_media(self, x: Tensor, use_image: bool) -> Tensor:
+        """Tokens [B, 1 + T*N, D] as the official pretraining forward: an image (T = 1)
+        gets no temporal position."""
+        if not use_image:
+            return self.embed(x)
+        x = self.patch_embed(x)
+        B, D, T, h, w = x.shape
+        x = x.permute(0, 2, 3, 4, 1).reshape(B, T * h * w, D) + self.pos_embed[:, 1:, :]
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
+        return torch.cat([cls, x], dim=1)
+
+    def forward_pretrain(self, x: Tensor, mask: Optional[Tensor] = None, use_image: bool = False,
+                         keep_temporal: bool = False) -> PretrainVision:
+        """The official pretraining forward: `mask` [B, 1 + T*N] (True = dropped, cls
+        visible) drops tokens before the blocks; the CLIP features are read from the
+        residual stream as the masked student does (the final norm of the residual
+        entering block r + 1, or for the last layer the un-normed residual entering its
+        mixer), plus the fixed positions at the visible places, through `clip_decoder`."""
+        tokens = self.embed_media(x, use_image)
+        B, _, D = tokens.shape
+        if mask is not None:
+            tokens = tokens[~mask].reshape(B, -1, D)
+        hidden, residual, feats = tokens, None, []
+        for idx, layer in enumerate(self.layers):
+            ckpt = self.use_checkpoint and idx < self.checkpoint_num and self.training and torch.is_grad_enabled()
+            hidden, residual, _ = layer(hidden, residual, use_checkpoint=ckpt)
+            if (idx - 1) in self.return_index:
+                feats.append(norm_fp32(self.norm, residual))
+        if (len(self.layers) - 1) in self.return_index:
+            feats.append(residual)
+        out = self._final_norm(hidden, residual)
+        clip = None
+        if mask is not None and feats:
+            table = self.clip_img_pos_embed if use_image else self.clip_pos_embed
+            f = torch.stack(feats)
+            pos = table.to(f.dtype).expand(B, -1, -1)[~mask].view(B, -1, f.shape[-1])
+            f = f + pos.unsqueeze(0)
+            clip = torch.stack([dec(f[i]) for i, dec in enumerate(self.clip_decoder)])
+        cls, patches = out[:, :1], out[:, 1:]
+        if keep_temporal:
+            T = x.shape[2] // self.kernel_size
+            pooled = self.pool_norm(cls + patches.reshape(B, T, -1, D).mean(2))
+        else:
+            pooled = self.pool_norm(cls + patches.mean(1, keepdim=True))
+        return PretrainVision(tokens=patches, pooled=pooled, clip=clip)
 
     def pool(self, tokens: Tensor, num_frames: int) -> tuple[Tensor, Tensor]:
         """(patch tokens [B, T*N, D], per-frame pooled [B, T, D]) from `encode`'s tokens."""
@@ -130,7 +191,7 @@ class VideoTextMamba(nn.Module):
     embedding_space = "video-text"
 
     def __init__(self, vision: Optional[Mapping[str, Any]] = None, text: Optional[Mapping[str, Any]] = None,
-                 embed_dim: int = 512, temp: float = 0.07):
+                 embed_dim: int = 512, temp: float = 0.07, *, mlm_head: bool = False):
         super().__init__()
         vcfg = dict(VISION_DEFAULTS, **(vision or {}))
         if "clip_decoder_embed_dim" not in (vision or {}):
@@ -138,7 +199,8 @@ class VideoTextMamba(nn.Module):
         tcfg = dict(TEXT_DEFAULTS, **(text or {}))
         self.vision_encoder = VisionEncoder(**vcfg)
         tcfg.setdefault("encoder_width", self.vision_encoder.embed_dim)
-        self.text_encoder = BertModel(BertConfig(**tcfg))
+        # mlm_head: the pretraining model's `text_encoder.cls.*` (BertForMaskedLM's head)
+        self.text_encoder = BertModel(BertConfig(**tcfg), mlm_head=mlm_head)
         self.vision_width = self.vision_encoder.embed_dim
         self.text_width = self.text_encoder.config.hidden_size
         self.embed_dim = embed_dim
@@ -146,7 +208,7 @@ class VideoTextMamba(nn.Module):
         self.text_proj = nn.Linear(self.text_width, embed_dim)
         self.temp = nn.Parameter(torch.ones([]) * temp)
         self.itm_head = nn.Linear(self.text_width, 2)
-        self.config = {"vision": vcfg, "text": tcfg, "embed_dim": embed_dim}
+        self.config = {"vision": vcfg, "text": tcfg, "embed_dim": embed_dim, "mlm_head": mlm_head}
         # Open-vocabulary labels: unit prompt features [K, E] (set_label_prompts).
         self.register_buffer("label_features", torch.empty(0, embed_dim), persistent=False)
         ve = self.vision_encoder

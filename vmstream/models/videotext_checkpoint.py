@@ -28,7 +28,7 @@ from .videotext import VideoTextMamba
 
 log = logging.getLogger(__name__)
 
-__all__ = ["is_videotext_state_dict", "canonical_videotext_keys", "infer_videotext_config",
+__all__ = ["is_videotext_state_dict", "canonical_videotext_keys", "infer_videotext_config", "official_pretrain_keys",
            "adapt_videotext_state_dict"]
 
 # Keys of the official training-time model that retrieval does not use, and what they are.
@@ -45,8 +45,10 @@ def is_videotext_state_dict(sd: Mapping[str, Tensor]) -> bool:
     return any(k.startswith("vision_encoder.") for k in sd) and any(k.startswith("text_encoder.") for k in sd)
 
 
-def canonical_videotext_keys(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """(state dict with retrieval key names and without unused keys, notes on what was done)."""
+def canonical_videotext_keys(sd: Mapping[str, Tensor], keep: tuple[str, ...] = ()
+                              ) -> tuple[dict[str, Tensor], list[str]]:
+    """(state dict with retrieval key names and without unused keys, notes on what was done);
+    the unused-key prefixes in `keep` are kept (a pretraining model has the MLM head)."""
     out: dict[str, Tensor] = {}
     notes: list[str] = []
     dropped: dict[str, list[str]] = {}
@@ -55,7 +57,7 @@ def canonical_videotext_keys(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor
         if key.startswith("text_encoder.bert."):
             key = "text_encoder." + key[len("text_encoder.bert."):]
             renamed += 1
-        prefix = next((p for p in _UNUSED if key.startswith(p)), None)
+        prefix = next((p for p in _UNUSED if key.startswith(p) and p not in keep), None)
         if prefix is not None:
             dropped.setdefault(prefix, []).append(key)
             continue
@@ -113,8 +115,9 @@ def infer_videotext_config(sd: Mapping[str, Tensor], num_heads: Optional[int] = 
 def adapt_videotext_state_dict(sd: Mapping[str, Tensor], model: VideoTextMamba) -> tuple[dict[str, Tensor], list[str]]:
     """Fit a checkpoint to `model`: key names, unused keys dropped (noted), positions
     resampled when the model's frames / image size differ; other mismatches are errors."""
-    sd, notes = canonical_videotext_keys(sd)
     target = model.state_dict()
+    keep = ("text_encoder.cls.",) if any(k.startswith("text_encoder.cls.") for k in target) else ()
+    sd, notes = canonical_videotext_keys(sd, keep)
     for key, resample, what in (
             ("vision_encoder.temporal_pos_embedding", lambda t, n: resample_temporal_pos(t.float(), n[1]).to(t.dtype),
              "temporal positions (linear)"),
@@ -126,3 +129,15 @@ def adapt_videotext_state_dict(sd: Mapping[str, Tensor], model: VideoTextMamba) 
             notes.append(f"resampled {what} {old} -> {target[key].shape[1]}")
     check_fit(sd, target, "the video-text model")
     return sd, notes
+
+
+def official_pretrain_keys(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our pretraining model's state dict in the official pretraining layout: the BERT
+    under `text_encoder.bert.*`, the MLM head under `text_encoder.cls.*` (what the
+    official `UMT_VIDEOMAMBA` with `BertForMaskedLM` saves)."""
+    out = {}
+    for key, value in sd.items():
+        if key.startswith("text_encoder.") and not key.startswith("text_encoder.cls."):
+            key = "text_encoder.bert." + key[len("text_encoder."):]
+        out[key] = value
+    return out

@@ -189,3 +189,18 @@ def scaled_lr(lr: float, batch_size: int, world_size: int = 1, update_freq: int 
               num_sample: int = 1, divisor: float = 256.0) -> float:
     """The official linear scaling: lr * (total batch * repeated samples) / divisor."""
     return lr * batch_size * world_size * update_freq * num_sample / divisor
+
+
+def official_mm_cosine(lr: float, min_lr_multi: float, total_steps: int, warmup_steps: int) -> np.ndarray:
+    """One lr per step as the multimodal code's ``get_cosine_schedule_with_warmup``
+    (``video_mm/utils/scheduler.py``): lr * max(min_lr_multi, step / warmup) during warmup,
+    then lr * max(min_lr_multi, half cosine from 1 to 0) (clamped, not shifted)."""
+    out = np.empty(total_steps, dtype=np.float64)
+    for s in range(total_steps):
+        if s < warmup_steps:
+            f = max(min_lr_multi, s / max(1, warmup_steps))
+        else:
+            progress = (s - warmup_steps) / max(1, total_steps - warmup_steps)
+            f = max(min_lr_multi, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        out[s] = lr * f
+    return out

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vmstream import config_loader
 from vmstream.config_loader import ConfigError, parse_overrides
 
-__all__ = ["TrainConfig", "StreamingConfig", "SyntheticConfig", "PretrainConfig", "SyntheticDistillConfig", "RecipeError", "ConfigError", "load_recipe",
-           "load_recipe_dict", "parse_overrides", "recipe_path", "REPO_CONFIG_DIR"]
+__all__ = ["TrainConfig", "StreamingConfig", "SyntheticConfig", "PretrainConfig", "SyntheticDistillConfig",
+           "MultimodalConfig", "UnmaskedStageConfig", "LossWeights", "SyntheticMultimodalConfig", "RecipeError",
+           "ConfigError", "load_recipe", "load_recipe_dict", "parse_overrides", "recipe_path", "REPO_CONFIG_DIR"]
 
 REPO_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "train")
 
@@ -109,12 +110,79 @@ class SyntheticDistillConfig(BaseModel):
     teacher_zero_cls: bool = True
 
 
+class LossWeights(BaseModel):
+    """The official ``criterion.loss_weight``; 0 disables a loss."""
+
+    model_config = ConfigDict(extra="forbid")
+    vtc: float = 1.0
+    mlm: float = 1.0
+    vtm: float = 1.0
+    uta: float = 1.0
+
+
+class UnmaskedStageConfig(BaseModel):
+    """The stage after masked pretraining (the official ``*_unmasked`` configs): no
+    teacher, no masks, UTA off, from the masked stage's weights."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(1, ge=1)
+    lr: float = 8e-5
+    min_lr: float = 8e-7  # min_lr_multi 0.01
+    warmup_epochs: float = 0.2
+    batch_size: int = Field(64, ge=1)  # per GPU and media type
+    lr_scale_divisor: float = 1024.0  # lr is at this total batch (the official 64 x 16 GPUs)
+
+
+class MultimodalConfig(BaseModel):
+    """Video-text pretraining (`vmstream.training.mm_pretrain`); names as the official
+    ``videomamba/video_mm`` configs."""
+
+    model_config = ConfigDict(extra="forbid")
+    # corpora: [anno.json, root] (images) / [anno.json, root, video] (videos), or {anno, root, media}
+    train_file: list[Any] = Field(default_factory=list)
+    max_txt_l: int = Field(32, ge=3)
+    vocab: str = ""  # BERT vocab.txt; "" = bert-base-uncased's (VMSTREAM_BERT_VOCAB or the hub cache)
+    text_args: dict[str, Any] = Field(default_factory=dict)  # BERT size overrides (bert-base by default)
+    embed_dim: int = 512
+    temp: float = 0.07
+    keep_temporal: bool = True
+    video_mask_type: Literal["attention", "tube", "random"] = "attention"
+    video_mask_ratio: float = Field(0.8, ge=0.0, lt=1.0)
+    image_mask_type: Literal["attention", "tube", "random"] = "attention"
+    image_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)
+    loss_weight: LossWeights = Field(default_factory=LossWeights)
+    vtm_hard_neg: bool = True
+    mlm_masking_prob: float = Field(0.5, gt=0.0, lt=1.0)
+    mlm_protect_sep: bool = False  # the official rule masks [SEP] too; true keeps it
+    uta_norm_type: Literal["l2", "none"] = "l2"
+    uta_loss_type: Literal["l2", "mse", "smooth_l1"] = "l2"
+    uta_image_only: bool = False
+    crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0])
+    batch_size_image: Optional[int] = None  # None: batch_size (the official uses one size for both)
+    vision_pretrained: str = ""  # an official *_mask_pt_* student for the vision encoder
+    text_pretrained: str = ""  # bert-base-uncased weights (Hugging Face BertForMaskedLM layout)
+    stages: list[Literal["masked", "unmasked"]] = Field(default_factory=lambda: ["masked", "unmasked"])
+    unmasked: UnmaskedStageConfig = Field(default_factory=UnmaskedStageConfig)
+
+
+class SyntheticMultimodalConfig(BaseModel):
+    """The CPU proof that multimodal pretraining aligns video and text
+    (`vmstream.training.synthetic_multimodal`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    train_videos: int = Field(256, ge=8)
+    train_images: int = Field(128, ge=8)
+    heldout_videos: int = Field(96, ge=8)
+    data_seed: int = 1234
+    teacher_seed: int = 4217
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = "run"
     task: Literal["classification", "regression", "streaming", "synthetic_memory", "pretrain",
-                  "synthetic_distill"] = "classification"
+                  "synthetic_distill", "pretrain_multimodal", "synthetic_multimodal"] = "classification"
     source: str = ""  # the official script the numbers come from
     reference_gpus: Optional[int] = None  # GPUs of that official run (its total batch)
 
@@ -207,6 +275,8 @@ class TrainConfig(BaseModel):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     synthetic_distill: SyntheticDistillConfig = Field(default_factory=SyntheticDistillConfig)
+    multimodal: MultimodalConfig = Field(default_factory=MultimodalConfig)
+    synthetic_multimodal: SyntheticMultimodalConfig = Field(default_factory=SyntheticMultimodalConfig)
 
     @field_validator("source", "finetune", "data_path", "train_list", "val_list", "test_list", "prefix",
                      "output_dir", "resume", mode="before")

@@ -341,6 +341,17 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
             if res is None:
                 return 130
             return 0 if res["probe_accuracy_pretrained"] >= res["probe_accuracy_random_init"] + 0.10 else 1
+        if cfg.task == "synthetic_multimodal":
+            from .synthetic_multimodal import run_synthetic_multimodal
+
+            res = run_synthetic_multimodal(cfg, should_stop=should_stop)
+            if res is None:
+                return 130
+            return 0 if res["retrieval_r1_after"] >= res["retrieval_r1_before"] + 0.2 else 1
+        if cfg.task == "pretrain_multimodal":
+            from .mm_pretrain import multimodal_fit
+
+            return 130 if multimodal_fit(cfg, should_stop=should_stop)["stopped"] else 0
         if cfg.task == "pretrain":
             from .pretrain import pretrain_fit
 
