@@ -82,8 +82,8 @@ def test_pretrain_recipes_validate():
     assert len(files) >= 3
     for f in files:
         cfg = load_recipe(f)
-        assert cfg.task in ("pretrain", "synthetic_distill"), f
-        if cfg.task == "pretrain":
+        assert cfg.task in ("pretrain", "synthetic_distill", "pretrain_multimodal", "synthetic_multimodal"), f
+        if cfg.task in ("pretrain", "pretrain_multimodal"):
             assert cfg.source, f"{f} must cite its source"
 
 

@@ -252,6 +252,9 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
               should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
     """One stage from its own checkpoint directory; returns its history and whether stopped."""
     out_dir = os.path.join(cfg.output_dir, stage.name) if cfg.output_dir else ""
+    if cfg.multimodal.loss_weight.vtm and min(stage.batch_size, stage.batch_size_image) < 2:
+        raise RecipeError(f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU "
+                          "must be at least 2")
     ws = dist.world_size()
     total = stage.batch_size * ws * cfg.update_freq
     lr = stage.lr * total / stage.lr_scale_divisor if stage.lr_scale_divisor > 0 else stage.lr
