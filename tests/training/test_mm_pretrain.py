@@ -228,6 +228,12 @@ def test_vmstream_train_multimodal_on_image_and_video_files(tmp_path):
         ck = torch.load(tmp_path / "run" / stage / "checkpoint-latest.pth", map_location="cpu", weights_only=False)
         assert ck["epoch"] == 0 and ck["step"] == 4  # 2 image + 2 video batches of 2
         assert "text_encoder.cls.predictions.bias" in ck["model"]
+    # the pretrained model serves retrieval: load_model builds the video-text model from it
+    from vmstream.models import VideoTextMamba, load_model
+
+    served = load_model(str(tmp_path / "run" / "unmasked" / "checkpoint-latest.pth"), num_heads=2)
+    assert isinstance(served, VideoTextMamba) and not hasattr(served.text_encoder, "cls")
+    assert torch.equal(served.vision_proj.weight, ck["model"]["vision_proj.weight"])
 
 
 def test_bad_annotation_from_the_command_line_is_one_line(tmp_path, capsys):
