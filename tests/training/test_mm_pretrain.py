@@ -285,3 +285,14 @@ def test_synthetic_recipe_learns(capsys):
                                     and not line.startswith("epoch"))}
     assert out["retrieval_r1_after"] > out["retrieval_r1_before"] + 0.5
     assert out["vtc_loss_last"] < out["vtc_loss_first"] - 1.0
+
+
+def test_weight_decay_groups_are_the_official_add_weight_decay():
+    """video_mm's optimizer: no decay for 1-D tensors and biases only (so `temp`, 0-d, and
+    mamba's A_log are decayed), as the stages build it (layer_decay_mode official)."""
+    from vmstream.training.optim import parameter_groups
+
+    _, specs = parameter_groups(_model(), 0.05, None, "official")
+    decayed = {n for s in specs if s.weight_decay > 0 for n in s.param_names}
+    assert {"temp", "vision_encoder.layers.0.mixer.A_log", "vision_encoder.pos_embed", "itm_head.weight"} <= decayed
+    assert not {"itm_head.bias", "vision_encoder.pool_norm.weight", "text_encoder.cls.predictions.bias"} & decayed

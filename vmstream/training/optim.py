@@ -62,7 +62,9 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
 
 
 def _skips_decay(name: str, param: torch.Tensor, skip: set[str], flags: bool = True) -> bool:
-    if param.ndim <= 1 or name.endswith(".bias"):
+    # The official test is `len(shape) == 1`: a 0-d parameter (the video-text `temp`) is
+    # decayed there; "depth" mode (flags) spares it with the other scalars.
+    if (param.ndim <= 1 if flags else param.ndim == 1) or name.endswith(".bias"):
         return True
     if name in skip or name.rsplit(".", 1)[-1] in skip:
         return True
