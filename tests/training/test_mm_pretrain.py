@@ -227,7 +227,8 @@ def test_vmstream_train_multimodal_on_image_and_video_files(tmp_path):
     for stage in ("masked", "unmasked"):
         ck = torch.load(tmp_path / "run" / stage / "checkpoint-latest.pth", map_location="cpu", weights_only=False)
         assert ck["epoch"] == 0 and ck["step"] == 4  # 2 image + 2 video batches of 2
-        assert "text_encoder.cls.predictions.bias" in ck["model"]
+        assert "text_encoder.cls.predictions.bias" in ck["model"]  # the official pretraining keys
+        assert "text_encoder.bert.embeddings.word_embeddings.weight" in ck["model"]
     # the pretrained model serves retrieval: load_model builds the video-text model from it
     from vmstream.models import VideoTextMamba, load_model
 

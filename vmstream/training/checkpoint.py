@@ -75,12 +75,14 @@ def config_namespace(config) -> argparse.Namespace:
 
 
 def save_checkpoint(path: str, *, model, optimizer, epoch: int, step: int, config=None,
-                    scaler=None, best: Optional[float] = None, extra: Optional[dict] = None) -> str:
-    """Write atomically (temp file + rename): a crash never leaves a half checkpoint."""
+                    scaler=None, best: Optional[float] = None, extra: Optional[dict] = None,
+                    model_state: Optional[dict] = None) -> str:
+    """Write atomically (temp file + rename): a crash never leaves a half checkpoint.
+    `model_state` replaces the model's state dict (e.g. written in another key layout)."""
     raw = model.module if hasattr(model, "module") else model
     scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else dict(_SCALER_DEFAULT)
     obj = {
-        "model": raw.state_dict(),
+        "model": raw.state_dict() if model_state is None else model_state,
         "optimizer": optimizer.state_dict(),
         "epoch": int(epoch),
         "scaler": scaler_state,

@@ -19,9 +19,9 @@ batch; the official code has one fixed setup (128, resp. 64, per GPU on 16 GPUs)
 user with G GPUs sets ``update_freq`` = 16 / G and gets the official lr and batch.
 
 Checkpoints: ``OUTPUT_DIR/masked/`` and ``OUTPUT_DIR/unmasked/``, ``checkpoint-latest.pth``
-every epoch (model in our key names, which `load_model` and the official layout both
-read; `videotext_checkpoint.official_pretrain_keys` writes the official ones). The same
-command resumes: a finished stage is skipped (its weights loaded), an unfinished one
+every epoch, the model under ``model`` in the official pretraining keys
+(``text_encoder.bert.*``, ``text_encoder.cls.*``), so the official code continues from it
+and `load_model` serves it for retrieval. The same command resumes: a finished stage is skipped (its weights loaded), an unfinished one
 continues from its last epoch with its optimizer and RNG state.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ from vmstream.models import SIZES
 from vmstream.models.clip_teacher import clip_teacher
 from vmstream.models.checkpoint import CheckpointError
 from vmstream.models.tokenizer import BertTokenizer, VocabularyNotFound
+from vmstream.models.videotext_checkpoint import canonical_videotext_keys, official_pretrain_keys
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -263,7 +264,9 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     start = 0
     path = ckpt.find_resume(out_dir) if (out_dir and cfg.auto_resume) else None
     if path:
-        ck = ckpt.resume(path, model=model, optimizer=optimizer, restore_rng=False)
+        ck = ckpt.load_checkpoint_file(path)
+        model.load_state_dict(canonical_videotext_keys(ck["model"], keep=("text_encoder.cls.",))[0])
+        optimizer.load_state_dict(ck["optimizer"])
         ranks = ck.get("rng_ranks")
         ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == ws else ck["rng"])
         start = int(ck["epoch"]) + 1
@@ -313,7 +316,7 @@ def _save(cfg: TrainConfig, out_dir: str, model: nn.Module, optimizer, epoch: in
     extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
     if dist.is_main():
         save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch, step=step, config=cfg,
-                       extra=extra)
+                       extra=extra, model_state=official_pretrain_keys(model.state_dict()))
         save(os.path.join(out_dir, "checkpoint-latest.pth"))
         if (epoch + 1) % cfg.save_ckpt_freq == 0:
             save(os.path.join(out_dir, f"checkpoint-{epoch}.pth"))
