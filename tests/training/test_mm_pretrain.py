@@ -297,3 +297,10 @@ def test_weight_decay_groups_are_the_official_add_weight_decay():
     decayed = {n for s in specs if s.weight_decay > 0 for n in s.param_names}
     assert {"temp", "vision_encoder.layers.0.mixer.A_log", "vision_encoder.pos_embed", "itm_head.weight"} <= decayed
     assert not {"itm_head.bias", "vision_encoder.pool_norm.weight", "text_encoder.cls.predictions.bias"} & decayed
+
+
+def test_stop_after_epochs_counts_both_stages(tmp_path):
+    first = _fit(_cfg(tmp_path, "stop_after_epochs=2"))  # the masked stage's 2 epochs, then stop
+    assert first["stopped"] and len(first["masked"]["history"]) == 2 and "unmasked" not in first
+    second = _fit(_cfg(tmp_path, "stop_after_epochs=2"))
+    assert not second["stopped"] and second["masked"]["history"] == [] and len(second["unmasked"]["history"]) == 1

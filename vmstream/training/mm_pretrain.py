@@ -250,8 +250,9 @@ def _epoch_line(stage: str, epoch: int, loss: float, record: list) -> str:
 
 def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optional[nn.Module],
               datasets: dict[str, Dataset], tok: BertTokenizer, device: torch.device, print_fn=print,
-              should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
-    """One stage from its own checkpoint directory; returns its history and whether stopped."""
+              should_stop: Optional[Callable[[], bool]] = None, max_epochs: Optional[int] = None) -> dict[str, Any]:
+    """One stage from its own checkpoint directory, at most `max_epochs` epochs of it;
+    returns its history and whether it stopped before its end."""
     out_dir = os.path.join(cfg.output_dir, stage.name) if cfg.output_dir else ""
     if cfg.multimodal.loss_weight.vtm and min(stage.batch_size, stage.batch_size_image) < 2:
         raise RecipeError(f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU "
@@ -290,7 +291,7 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     amp = partial(autocast_context, device, cfg.bf16)
     record: list = []
     step_fn = mm_step(cfg, teacher if stage.masked else None, tok, device, amp, record)
-    end = stage.epochs if cfg.stop_after_epochs is None else min(stage.epochs, start + cfg.stop_after_epochs)
+    end = stage.epochs if max_epochs is None else min(stage.epochs, start + max_epochs)
     history, stopped = [], False
     for epoch in range(start, end):
         loader.set_epoch(epoch)
@@ -302,7 +303,7 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
         if dist.is_main():
             print_fn(_epoch_line(stage.name, epoch, stats.loss, record[first:]))
         _save(cfg, out_dir, model, optimizer, epoch, (epoch + 1) * steps)
-        if epoch + 1 < stage.epochs and (cfg.stop_after_epochs is not None and epoch + 1 == end
+        if epoch + 1 < stage.epochs and (epoch + 1 == end
                                          or should_stop is not None and not dist.is_dist() and should_stop()):
             print_fn(f"[{stage.name}] stopped after epoch {epoch} (the same command resumes)")
             stopped = True
@@ -329,6 +330,9 @@ def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = No
                    should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
     """Both stages (those in ``multimodal.stages``), each resuming from its directory.
     `datasets`, `model`, `teacher`, `tokenizer` may be given (synthetic runs, tests)."""
+    if cfg.resume:
+        raise RecipeError("resume: multimodal pretraining resumes each stage from OUTPUT_DIR/<stage>/ (auto_resume); "
+                          "to run the unmasked stage from a masked checkpoint set stages=[unmasked] finetune=PATH")
     device = recipe_device(cfg)
     dist.init(device.type)
     apply_threads(cfg)
@@ -342,10 +346,16 @@ def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = No
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
     results: dict[str, Any] = {"model": model, "stopped": False}
-    for stage in plan:
-        res = run_stage(cfg, stage, model, teacher, datasets, tok, device, print_fn, should_stop)
+    budget = cfg.stop_after_epochs  # epochs this invocation may run, over both stages
+    for i, stage in enumerate(plan):
+        res = run_stage(cfg, stage, model, teacher, datasets, tok, device, print_fn, should_stop, budget)
         results[stage.name] = res
-        if res["stopped"]:
+        if budget is not None:
+            budget -= len(res["history"])
+        more = i + 1 < len(plan)
+        if res["stopped"] or (more and budget is not None and budget <= 0):
+            if not res["stopped"] and dist.is_main():
+                print_fn(f"stopped after the {stage.name} stage (the same command resumes)")
             results["stopped"] = True
             break
     if dist.is_dist():
