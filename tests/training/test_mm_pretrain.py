@@ -304,3 +304,62 @@ def test_stop_after_epochs_counts_both_stages(tmp_path):
     assert first["stopped"] and len(first["masked"]["history"]) == 2 and "unmasked" not in first
     second = _fit(_cfg(tmp_path, "stop_after_epochs=2"))
     assert not second["stopped"] and second["masked"]["history"] == [] and len(second["unmasked"]["history"]) == 1
+
+
+def _synth_cfg(tmp_path, *over):
+    return load_recipe(SYNTH, [f"multimodal.vocab={write_vocab(str(tmp_path / 'v.txt'))}", *over])
+
+
+def test_vision_encoder_from_an_official_mask_pt_student(tmp_path):
+    from vmstream.models.tokenizer import BertTokenizer
+    from vmstream.models.videomamba import resample_temporal_pos
+
+    torch.manual_seed(3)
+    student = VideoMambaPretrain(img_size=32, patch_size=8, depth=2, embed_dim=32, num_frames=8,
+                                 clip_decoder_embed_dim=32, clip_output_dim=16, ssm_cfg={"d_state": 8})
+    torch.save({"model": student.state_dict()}, tmp_path / "m16_k400_mask_pt.pth")
+    cfg = _synth_cfg(tmp_path, f"multimodal.vision_pretrained={tmp_path / 'm16_k400_mask_pt.pth'}")
+    model = build_mm_model(cfg, BertTokenizer(cfg.multimodal.vocab))
+    enc = model.vision_encoder
+    assert torch.equal(enc.layers[1].mixer.A_log, student.layers[1].mixer.A_log)
+    assert torch.equal(enc.clip_decoder[0].head.weight, student.clip_decoder[0].head.weight)
+    torch.testing.assert_close(enc.temporal_pos_embedding, resample_temporal_pos(student.temporal_pos_embedding, 4))
+    bad = {k: v for k, v in student.state_dict().items() if not k.startswith("layers.1.")}
+    torch.save(bad, tmp_path / "bad.pth")
+    from vmstream.training.recipes import RecipeError
+
+    with pytest.raises(RecipeError, match="vision_pretrained: .* missing"):
+        build_mm_model(_synth_cfg(tmp_path, f"multimodal.vision_pretrained={tmp_path / 'bad.pth'}"),
+                       BertTokenizer(cfg.multimodal.vocab))
+
+
+def test_bert_from_hugging_face_bert_base_layout(tmp_path):
+    """bert.* and cls.predictions.* load; the pooler and the NSP head are ignored; the
+    fusion layers' cross-attention stays initialised, as with the official from_pretrained."""
+    from vmstream.models.tokenizer import BertTokenizer
+
+    cfg = _synth_cfg(tmp_path)
+    tok = BertTokenizer(cfg.multimodal.vocab)
+    torch.manual_seed(5)
+    donor = build_mm_model(cfg, tok).text_encoder
+    hf = {}
+    for k, v in donor.state_dict().items():
+        if "crossattention" in k:
+            continue
+        hf[k if k.startswith("cls.") else "bert." + k] = v.clone()
+    hf["bert.pooler.dense.weight"] = torch.zeros(32, 32)
+    hf["cls.seq_relationship.weight"] = torch.zeros(2, 32)
+    hf["bert.embeddings.position_ids"] = torch.arange(16)[None]
+    # the released .bin's legacy LayerNorm names
+    hf["bert.embeddings.LayerNorm.gamma"] = hf.pop("bert.embeddings.LayerNorm.weight")
+    hf["bert.embeddings.LayerNorm.beta"] = hf.pop("bert.embeddings.LayerNorm.bias")
+    torch.save(hf, tmp_path / "pytorch_model.bin")
+    torch.manual_seed(6)
+    model = build_mm_model(_synth_cfg(tmp_path, f"multimodal.text_pretrained={tmp_path / 'pytorch_model.bin'}"), tok)
+    te = model.text_encoder
+    assert torch.equal(te.encoder.layer[0].attention.self.query.weight, donor.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(te.cls.predictions.transform.dense.weight, donor.cls.predictions.transform.dense.weight)
+    assert torch.equal(te.cls.predictions.decoder.weight, donor.embeddings.word_embeddings.weight)  # tied
+    assert torch.equal(te.embeddings.LayerNorm.weight, donor.embeddings.LayerNorm.weight)
+    assert not torch.equal(te.encoder.layer[2].crossattention.self.key.weight,
+                           donor.encoder.layer[2].crossattention.self.key.weight)

@@ -9,8 +9,9 @@
   official ``load_state_dict(strict=False)`` the encoder's own extras (``pool_norm``) stay
   initialised, temporal positions are resampled to the recipe's frames; other keys that do
   not fit are an error;
-* `multimodal.text_pretrained` (Hugging Face ``bert-base-uncased``: ``bert.*`` and
-  ``cls.predictions.*``) loads into BERT; the fusion layers' cross-attention, absent from
+* `multimodal.text_pretrained` (Hugging Face ``bert-base-uncased``'s ``pytorch_model.bin``
+  or ``model.safetensors``: ``bert.*`` and ``cls.predictions.*``, LayerNorm ``gamma`` /
+  ``beta`` read as ``weight`` / ``bias``) loads into BERT; the fusion layers' cross-attention, absent from
   plain BERT, stay initialised, as with the official ``from_pretrained``.
 """
 from __future__ import annotations
@@ -40,8 +41,11 @@ def _read(path: str, what: str) -> dict[str, Tensor]:
         raise RecipeError(f"{what}: {path!r} does not exist")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise RecipeError(f"{what} {path!r}: reading .safetensors needs the safetensors package "
+                                  "(pip install safetensors), or give the pytorch_model.bin") from None
             return load_file(path)
         sd, _ = read_checkpoint(path)
         return dict(sd)
@@ -79,7 +83,14 @@ def load_text_pretrained(model: nn.Module, path: str) -> None:
     for k, v in raw.items():
         if k.startswith(_HF_UNUSED):
             continue
-        sd[k[len("bert."):] if k.startswith("bert.") else k] = v
+        k = k[len("bert."):] if k.startswith("bert.") else k
+        # the released bert-base-uncased .bin still names LayerNorm parameters gamma / beta
+        # (transformers renames them when loading)
+        if k.endswith(".gamma"):
+            k = k[:-len(".gamma")] + ".weight"
+        elif k.endswith(".beta"):
+            k = k[:-len(".beta")] + ".bias"
+        sd[k] = v
     _load_part(model.text_encoder, sd, "multimodal.text_pretrained", ("crossattention",))
 
 
