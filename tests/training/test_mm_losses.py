@@ -171,3 +171,24 @@ def test_uta_values():
     assert float(uta_loss(e0, e1, norm_type="none", loss_type="mse")) == pytest.approx((4 + 25) / 4)
     with pytest.raises(ValueError, match="shape"):
         uta_loss(t, t[:, :, :3])
+
+
+def test_bert_gradient_checkpointing_gives_the_same_gradients():
+    bert = _bert().train()
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(5, 60, (2, 6), generator=g)
+    vis = torch.randn(2, 5, 12, generator=g)
+
+    def grads(ckpt):
+        bert.zero_grad()
+        bert.gradient_checkpointing = ckpt
+        torch.manual_seed(0)  # dropout draws the same masks (recomputation replays them)
+        text = bert(ids, torch.ones_like(ids), mode="text")
+        out = bert(attention_mask=torch.ones_like(ids), mode="fusion", encoder_embeds=text, encoder_hidden_states=vis)
+        out.square().mean().backward()
+        return {n: p.grad.clone() for n, p in bert.named_parameters() if p.grad is not None}
+
+    plain, ckpt = grads(False), grads(True)
+    assert plain.keys() == ckpt.keys()
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], msg=n)

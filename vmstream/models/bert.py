@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 
 __all__ = ["BertConfig", "BertModel", "BertEmbeddings", "BertLayer", "BertAttention", "BertSelfAttention",
@@ -234,6 +235,8 @@ class BertModel(nn.Module):
     def __init__(self, cfg: BertConfig, mlm_head: bool = False):
         super().__init__()
         self.config = cfg
+        # recompute each layer in backward while training (the official gradient_checkpointing)
+        self.gradient_checkpointing = False
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
         if mlm_head:
@@ -280,6 +283,11 @@ class BertModel(nn.Module):
         mem_bias = mask_bias(encoder_attention_mask, x.dtype, torch.finfo(x.dtype).min)
         if encoder_hidden_states is not None:
             encoder_hidden_states = encoder_hidden_states.to(x.dtype)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.encoder.layer[start:stop]:
-            x = layer(x, bias, encoder_hidden_states, mem_bias)
+            if ckpt:
+                x = torch.utils.checkpoint.checkpoint(layer, x, bias, encoder_hidden_states, mem_bias,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, bias, encoder_hidden_states, mem_bias)
         return x

@@ -132,6 +132,7 @@ def build_mm_model(cfg: TrainConfig, tok: BertTokenizer) -> VideoTextPretrain:
     except (TypeError, ValueError) as e:
         raise RecipeError(f"multimodal model: {e}") from None
     load_initial_weights(model, cfg.finetune, mm.vision_pretrained, mm.text_pretrained)
+    model.text_encoder.gradient_checkpointing = mm.gradient_checkpointing
     return model
 
 

@@ -161,6 +161,7 @@ class MultimodalConfig(BaseModel):
     batch_size_image: Optional[int] = None  # None: batch_size (the official uses one size for both)
     vision_pretrained: str = ""  # an official *_mask_pt_* student for the vision encoder
     text_pretrained: str = ""  # bert-base-uncased weights (Hugging Face BertForMaskedLM layout)
+    gradient_checkpointing: bool = False  # BERT layers recomputed in backward (official: true)
     stages: list[Literal["masked", "unmasked"]] = Field(default_factory=lambda: ["masked", "unmasked"])
     unmasked: UnmaskedStageConfig = Field(default_factory=UnmaskedStageConfig)
 
