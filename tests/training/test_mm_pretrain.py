@@ -187,6 +187,7 @@ def test_table_ii_multimodal_recipes(corpus, sources):
     assert cfg.warmup_epochs == 1 and cfg.epochs == 10 and cfg.num_frames == 8 and cfg.drop_path == 0.25
     assert (mm.image_mask_ratio, mm.video_mask_ratio, mm.mlm_masking_prob) == (0.5, 0.8, 0.5)
     assert mm.video_mask_type == mm.image_mask_type == "attention" and cfg.flip and mm.crop_scale == [0.5, 1.0]
+    assert mm.gradient_checkpointing and mm.vtm_hard_neg and mm.loss_weight.uta == 1.0
     assert len(mm.train_file) == sources and sum(len(c) == 3 for c in mm.train_file) == 1  # one video corpus
     masked, unmasked = stages(cfg)
     assert (unmasked.epochs, unmasked.lr, unmasked.warmup_epochs, unmasked.batch_size) == (1, 8e-5, 0.2, 64)
