@@ -947,6 +947,285 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
   return {dx, dw, db, dtail};
 }
 
+// ---------------------------------------------------------------- fused bidirectional mixer
+// Inference only: one Mamba layer's directions from in_proj's output xz [B, L, 2D] (x, z
+// halves; float32 or bfloat16) to the sum of their gated scan outputs [B, L, D]. The
+// unfused ops pass every intermediate ([B, L, D] conv output, x_proj output, Δ, each
+// direction's y: ~40 MB per direction at Ti-16) through memory; here a task (batch row,
+// direction) walks the sequence in chunks of `Tc` tokens whose intermediates stay in L2:
+// conv+SiLU -> x_proj -> dt_proj (at::mm on the chunk) -> scan with D and the z gate ->
+// its y. Conv tail and scan state carry from chunk to chunk in small per-task buffers.
+// The two directions of a batch row run on different threads; whichever finishes a chunk
+// last sums both directions' rows of it (y_f + y_b, the order the unfused model adds in;
+// a sum of two floats does not depend on which thread computes it) into the output.
+
+struct MixerDirPtrs {
+  const float *conv_w, *conv_b, *xw, *dtw, *dt_bias, *A, *Dv;
+};
+
+// x_proj on a chunk: out[j, e] (row stride E) = sum_d xc[j, d] WT[d, e], WT the weight
+// transposed and zero-padded to Ep columns (a multiple of 3 vectors). Four tokens times three
+// vectors of outputs per pass: 12 independent accumulators hide the FMA latency. The chunk
+// sizes are far below where a BLAS call pays for itself (and a BLAS call inside a task would
+// start its own threads when the caller runs single-threaded). xc has >= 3 spare rows.
+__attribute__((noinline)) void xproj_chunk(const float* xc, int64_t cnt, int64_t D, const float* WT, int64_t Ep, int64_t E,
+                 float* out) {
+  constexpr int TJ = 4, TV = 3;
+  for (int64_t j0 = 0; j0 < cnt; j0 += TJ) {
+    const int tj = (int)std::min<int64_t>(TJ, cnt - j0);
+    for (int64_t e0 = 0; e0 < Ep; e0 += TV * W) {
+      vf acc[TJ][TV];
+      for (int t = 0; t < TJ; ++t)
+        for (int k = 0; k < TV; ++k) acc[t][k] = vzero();
+      const float* x = xc + j0 * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const float* wr = WT + d * Ep + e0;
+        vf w0 = vload(wr, kAll), w1 = vload(wr + W, kAll), w2 = vload(wr + 2 * W, kAll);
+#pragma GCC unroll 4
+        for (int t = 0; t < TJ; ++t) {
+          const vf xv = vset(x[t * D + d]);
+          acc[t][0] = vfma(xv, w0, acc[t][0]);
+          acc[t][1] = vfma(xv, w1, acc[t][1]);
+          acc[t][2] = vfma(xv, w2, acc[t][2]);
+        }
+      }
+      for (int t = 0; t < tj; ++t)
+        for (int k = 0; k < TV; ++k) {
+          const int64_t e = e0 + k * W;
+          if (e < E) vstore(out + (j0 + t) * E + e, acc[t][k], lane_mask((int)std::min<int64_t>(W, E - e)));
+        }
+    }
+  }
+}
+
+// dt_proj on a chunk: dt[j, d] = sum_r xdbl[j, r] WdT[r, d] (r < R, xdbl row stride E),
+// eight output vectors per pass.
+__attribute__((noinline)) void dtproj_chunk(const float* xdbl, int64_t cnt, int64_t E, int64_t R, const float* WdT, int64_t D,
+                  float* dt) {
+  constexpr int TV = 8;
+  const int64_t nd = (D + W - 1) / W;
+  for (int64_t j = 0; j < cnt; ++j) {
+    const float* xr = xdbl + j * E;
+    for (int64_t v0 = 0; v0 < nd; v0 += TV) {
+      const int tv = (int)std::min<int64_t>(TV, nd - v0);
+      vf acc[TV];
+      vmask m[TV];
+      for (int k = 0; k < TV; ++k) {
+        acc[k] = vzero();
+        m[k] = lane_mask(k < tv ? (int)std::min<int64_t>(W, D - (v0 + k) * W) : 0);
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        const vf xv = vset(xr[r]);
+        const float* wr = WdT + r * D + v0 * W;
+#pragma GCC unroll 8
+        for (int k = 0; k < TV; ++k) acc[k] = vfma(xv, vload(wr + k * W, m[k]), acc[k]);
+      }
+      for (int k = 0; k < tv; ++k) vstore(dt + j * D + (v0 + k) * W, acc[k], m[k]);
+    }
+  }
+}
+
+struct Mixer {
+  int64_t Bsz, L, D, N, R, K, Tc, nchunks, ndir;
+  const void* xz;
+  bool xz_bf16, out_bf16;
+  int64_t sxz_b, sxz_l;
+  std::vector<MixerDirPtrs> dirs;
+  int64_t Ep;                 // x_proj's output columns padded to a multiple of 3 vectors
+  std::vector<float> xwT[2], dtwT[2];  // x_proj weight as [D, Ep], dt_proj weight as [R, D]
+  const float *tail0, *h0;
+  float *tail_out, *h_out, *scratch;
+  void* out;
+  std::atomic<int>* done;  // per (batch row, chunk): directions finished
+};
+
+inline float bf16_to_f32(uint16_t v) {
+  uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// Round to nearest even, NaN -> quiet NaN: c10::BFloat16's conversion, bit for bit.
+inline uint16_t f32_to_bf16(float f) {
+  if (std::isnan(f)) return 0x7FC0;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// One chunk's y rows of every direction summed into the output.
+__attribute__((noinline)) void mixer_sum_rows(const Mixer& mx, int64_t b, int64_t t0, int64_t cnt) {
+  const int64_t D = mx.D, plane = mx.Bsz * mx.L * D;
+  const float* y0 = mx.scratch + (b * mx.L + t0) * D;
+  const int64_t n = cnt * D;
+  if (mx.out_bf16) {
+    uint16_t* o = static_cast<uint16_t*>(mx.out) + (b * mx.L + t0) * D;
+    if (mx.ndir == 2) {
+      const float* y1 = y0 + plane;
+      for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(y0[i] + y1[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(y0[i]);
+    }
+  } else {
+    float* o = static_cast<float*>(mx.out) + (b * mx.L + t0) * D;
+    if (mx.ndir == 2) {
+      const float* y1 = y0 + plane;
+      for (int64_t i = 0; i < n; ++i) o[i] = y0[i] + y1[i];
+    } else {
+      std::memcpy(o, y0, n * sizeof(float));
+    }
+  }
+}
+
+struct MixerWork {
+  std::vector<float> xin, xc, xdbl, dt, tail, h;
+};
+
+// Chunk c of batch row b in direction dir: conv, projections, scan into scratch.
+void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w) {
+  const int64_t D = mx.D, N = mx.N, R = mx.R, E = R + 2 * N;
+  const int64_t t0 = c * mx.Tc, cnt = std::min(mx.Tc, mx.L - t0);
+  const bool rev = dir == 1;
+  const MixerDirPtrs& p = mx.dirs[dir];
+  const float* xsrc;
+  int64_t sx_l;
+  if (mx.xz_bf16) {
+    const uint16_t* src = static_cast<const uint16_t*>(mx.xz) + b * mx.sxz_b + t0 * mx.sxz_l;
+    for (int64_t j = 0; j < cnt; ++j)
+      for (int64_t i = 0; i < 2 * D; ++i) w.xin[j * 2 * D + i] = bf16_to_f32(src[j * mx.sxz_l + i]);
+    xsrc = w.xin.data();
+    sx_l = 2 * D;
+  } else {
+    xsrc = static_cast<const float*>(mx.xz) + b * mx.sxz_b + t0 * mx.sxz_l;
+    sx_l = mx.sxz_l;
+  }
+  Conv cv{1, cnt, D, mx.K, xsrc, p.conv_w, p.conv_b, w.tail.data(), 0, sx_l, true, rev};
+  const int64_t nd = (D + W - 1) / W;
+  for (int64_t c0 = 0; c0 < nd; c0 += kGroup) {
+    const int64_t c1 = std::min(nd, c0 + kGroup);
+    if (mx.K == 4)
+      conv_fwd_group<4>(cv, 0, c0, c1, w.xc.data(), w.tail.data());
+    else
+      conv_fwd_group<0>(cv, 0, c0, c1, w.xc.data(), w.tail.data());
+  }
+  xproj_chunk(w.xc.data(), cnt, D, mx.xwT[dir].data(), mx.Ep, E, w.xdbl.data());
+  dtproj_chunk(w.xdbl.data(), cnt, E, R, mx.dtwT[dir].data(), D, w.dt.data());
+  Scan s{};
+  s.Bsz = 1, s.L = cnt, s.D = D, s.N = N;
+  s.u = w.xc.data(), s.su_l = D;
+  s.delta = w.dt.data(), s.sd_l = D;
+  s.A = p.A, s.Dv = p.Dv, s.bias = p.dt_bias;
+  s.Bm = w.xdbl.data() + R, s.sB_l = E, s.sB_n = 1;
+  s.Cm = w.xdbl.data() + R + N, s.sC_l = E, s.sC_n = 1;
+  s.z = xsrc + D, s.sz_l = sx_l;
+  s.softplus = true, s.reverse = rev, s.K = 1, s.nck = 0;
+  float* y = mx.scratch + ((dir * mx.Bsz + b) * mx.L + t0) * D;
+  for (int64_t ci = 0; ci < nd; ++ci) {
+    if (N == 16)
+      scan_fwd_task<16>(s, 0, ci * W, y, 0, D, false, w.h.data(), w.h.data(), nullptr);
+    else
+      scan_fwd_task<0>(s, 0, ci * W, y, 0, D, false, w.h.data(), w.h.data(), nullptr);
+  }
+  if (mx.done[b * mx.nchunks + c].fetch_add(1, std::memory_order_acq_rel) == mx.ndir - 1)
+    mixer_sum_rows(mx, b, t0, cnt);
+}
+
+void mixer_task(const Mixer& mx, int64_t b, int dir, MixerWork& w) {
+  const int64_t D = mx.D, N = mx.N, K = mx.K;
+  w.tail.assign(D * (K - 1), 0.f);
+  w.h.assign(D * N, 0.f);
+  if (dir == 0 && mx.tail0) std::memcpy(w.tail.data(), mx.tail0 + b * D * (K - 1), D * (K - 1) * 4);
+  if (dir == 0 && mx.h0) std::memcpy(w.h.data(), mx.h0 + b * D * N, D * N * 4);
+  for (int64_t i = 0; i < mx.nchunks; ++i)
+    mixer_chunk(mx, b, dir, dir == 1 ? mx.nchunks - 1 - i : i, w);
+  if (dir == 0 && mx.tail_out) std::memcpy(mx.tail_out + b * D * (K - 1), w.tail.data(), D * (K - 1) * 4);
+  if (dir == 0 && mx.h_out) std::memcpy(mx.h_out + b * D * N, w.h.data(), D * N * 4);
+}
+
+// params: per direction (conv weight [D, K], conv bias [D], x_proj weight [R+2N, D],
+// dt_proj weight [D, R], dt bias [D], A [D, N], D [D]); one direction or two (the second
+// scans from the last token, from a zero state). Returns (out, final conv tail, last state)
+// of the first direction; empty tensors when not requested.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
+    const at::Tensor& xz, at::TensorList params, const std::optional<at::Tensor>& tail0,
+    const std::optional<at::Tensor>& h0, bool return_state, int64_t chunk, bool out_bf16) {
+  TORCH_CHECK(xz.dim() == 3 && xz.size(2) % 2 == 0 && xz.device().is_cpu() && xz.stride(2) == 1 &&
+                  (xz.scalar_type() == at::kFloat || xz.scalar_type() == at::kBFloat16),
+              "xz must be a float32 or bfloat16 CPU tensor [B, L, 2D] with a contiguous last dim, got ",
+              xz.scalar_type(), " ", xz.sizes());
+  TORCH_CHECK(params.size() == 7 || params.size() == 14, "params: 7 tensors per direction, got ",
+              params.size());
+  TORCH_CHECK(chunk >= 1, "chunk must be >= 1");
+  Mixer mx{};
+  mx.Bsz = xz.size(0), mx.L = xz.size(1), mx.D = xz.size(2) / 2;
+  const int64_t D = mx.D;
+  TORCH_CHECK(mx.L >= 1, "xz has no tokens");
+  mx.ndir = (int64_t)params.size() / 7;
+  mx.K = params[0].size(-1);
+  mx.N = params[5].size(-1);
+  mx.R = params[3].size(-1);
+  const int64_t K = mx.K, N = mx.N, R = mx.R;
+  TORCH_CHECK(K >= 2 && K <= kMaxK && N >= 1 && N <= kMaxN && R >= 1, "mixer: K, N or R out of range");
+  for (int64_t d = 0; d < mx.ndir; ++d) {
+    const at::Tensor* q = &params[d * 7];
+    check_small(q[0], "conv weight", {D, K});
+    check_small(q[1], "conv bias", {D});
+    check_small(q[2], "x_proj weight", {R + 2 * N, D});
+    check_small(q[3], "dt_proj weight", {D, R});
+    check_small(q[4], "dt bias", {D});
+    check_small(q[5], "A", {D, N});
+    check_small(q[6], "D", {D});
+    mx.dirs.push_back({q[0].data_ptr<float>(), q[1].data_ptr<float>(), q[2].data_ptr<float>(),
+                       q[3].data_ptr<float>(), q[4].data_ptr<float>(), q[5].data_ptr<float>(),
+                       q[6].data_ptr<float>()});
+    const float *xw = q[2].data_ptr<float>(), *dtw = q[3].data_ptr<float>();
+    mx.Ep = (R + 2 * N + 3 * W - 1) / (3 * W) * (3 * W);
+    mx.xwT[d].assign(D * mx.Ep, 0.f);
+    for (int64_t e = 0; e < R + 2 * N; ++e)
+      for (int64_t i = 0; i < D; ++i) mx.xwT[d][i * mx.Ep + e] = xw[e * D + i];
+    mx.dtwT[d].resize(R * D);
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t r = 0; r < R; ++r) mx.dtwT[d][r * D + i] = dtw[i * R + r];
+  }
+  if (tail0) check_small(*tail0, "initial_tail", {mx.Bsz, D, K - 1});
+  if (h0) check_small(*h0, "initial_state", {mx.Bsz, D, N});
+  mx.Tc = std::min(chunk, mx.L);
+  mx.nchunks = (mx.L + mx.Tc - 1) / mx.Tc;
+  mx.xz = xz.data_ptr();
+  mx.xz_bf16 = xz.scalar_type() == at::kBFloat16;
+  mx.out_bf16 = out_bf16;
+  mx.sxz_b = xz.stride(0), mx.sxz_l = xz.stride(1);
+  mx.tail0 = opt_ptr(tail0);
+  mx.h0 = opt_ptr(h0);
+  auto fopt = xz.options().dtype(at::kFloat);
+  at::Tensor out = at::empty({mx.Bsz, mx.L, D}, fopt.dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  at::Tensor tail = return_state ? at::empty({mx.Bsz, D, K - 1}, fopt) : at::empty({0}, fopt);
+  at::Tensor last = return_state ? at::empty({mx.Bsz, D, N}, fopt) : at::empty({0}, fopt);
+  // Reused across calls (per calling thread): a fresh multi-MB buffer every layer is fresh
+  // pages from the OS, and their page faults showed in the profile.
+  thread_local std::vector<float> scratch;
+  if ((int64_t)scratch.size() < mx.ndir * mx.Bsz * mx.L * D) scratch.resize(mx.ndir * mx.Bsz * mx.L * D);
+  mx.out = out.data_ptr();
+  mx.scratch = scratch.data();
+  mx.tail_out = return_state ? tail.data_ptr<float>() : nullptr;
+  mx.h_out = return_state ? last.data_ptr<float>() : nullptr;
+  std::vector<std::atomic<int>> done(mx.Bsz * mx.nchunks);
+  for (auto& d : done) d.store(0);
+  mx.done = done.data();
+  const int64_t ntasks = mx.Bsz * mx.ndir, nw = num_workers(ntasks);
+  std::vector<MixerWork> work(nw);
+  for (auto& w : work) {
+    if (mx.xz_bf16) w.xin.resize(mx.Tc * 2 * D);
+    w.xc.resize((mx.Tc + 3) * D);  // xproj_chunk reads up to 3 rows past the chunk
+    w.xdbl.resize(mx.Tc * (R + 2 * N));
+    w.dt.resize(mx.Tc * D);
+  }
+  run_tasks(ntasks, nw, [&](int64_t wi, int64_t task) {
+    mixer_task(mx, task / mx.ndir, (int)(task % mx.ndir), work[wi]);
+  });
+  return {out, tail, last};
+}
+
 std::string isa() { return std::string(kIsa) + "/" + std::to_string(W); }
 
 }  // namespace
@@ -970,4 +1249,7 @@ TORCH_LIBRARY(VMS_NS, m) {
         "Tensor dout, Tensor? dfinal_tail, bool silu, bool reverse, bool need_dtail) "
         "-> (Tensor, Tensor, Tensor, Tensor)",
         &causal_conv1d_bwd);
+  m.def("mixer_fwd(Tensor xz, Tensor[] params, Tensor? initial_tail, Tensor? initial_state, "
+        "bool return_state, int chunk, bool out_bf16) -> (Tensor, Tensor, Tensor)",
+        &mixer_fwd);
 }
