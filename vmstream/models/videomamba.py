@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .card import ModelCard
 from .mamba_init import init_dt_proj, s4d_real_log
-from .ops import MixerDirection, mamba_inner
+from .ops import MixerDirection, add_rms_norm, mamba_inner
 from .state import StateError, StreamState
 
 __all__ = ["VideoMamba", "Mamba", "Block", "RMSNorm", "PatchEmbed", "DropPath", "SegmentOutput",
@@ -286,11 +286,20 @@ class Block(nn.Module):
                 state: Optional[tuple[Tensor, Tensor]] = None, return_state: bool = False,
                 use_checkpoint: bool = False):
         in_dtype = hidden_states.dtype
-        residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
-        if self.residual_in_fp32:
-            residual = residual.to(torch.float32)
-        # As the fused kernel: normalise the (fp32) residual in fp32, output in the input's dtype.
-        hidden_states = norm_fp32(self.norm, residual).to(in_dtype)
+        if self.residual_in_fp32 and isinstance(self.norm, RMSNorm) and not (self.training and
+                                                                             isinstance(self.drop_path, DropPath)):
+            # The same add and norm as one pass (ops.add_rms_norm); in a reduced-precision
+            # mode the normed output comes out in the mixer's matmul dtype, the cast in_proj
+            # would do.
+            out_dtype = getattr(self.mixer, "matmul_dtype", None) or in_dtype
+            hidden_states, residual = add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps,
+                                                   out_dtype=out_dtype)
+        else:
+            residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
+            if self.residual_in_fp32:
+                residual = residual.to(torch.float32)
+            # As the fused kernel: normalise the (fp32) residual in fp32, output in the input's dtype.
+            hidden_states = norm_fp32(self.norm, residual).to(in_dtype)
         if use_checkpoint:
             out = torch.utils.checkpoint.checkpoint(self.mixer, hidden_states, state, return_state,
                                                     use_reentrant=False)

@@ -9,6 +9,7 @@ mamba-ssm / causal-conv1d on CUDA where asked for.
 from .reference import causal_conv1d_ref, selective_scan_ref
 from .dispatch import available_backends, causal_conv1d, selective_scan
 from .mixer import MixerDirection, mamba_inner
+from .norm import add_rms_norm
 
 __all__ = [
     "selective_scan",
@@ -18,4 +19,5 @@ __all__ = [
     "available_backends",
     "mamba_inner",
     "MixerDirection",
+    "add_rms_norm",
 ]

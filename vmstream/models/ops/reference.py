@@ -141,3 +141,10 @@ def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = Non
             state = (tail, last)
         y = yd if y is None else y + yd
     return (y, state) if return_state else y
+
+
+def add_rms_norm_ref(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float):
+    """(RMSNorm(residual + hidden) in float32, residual + hidden in float32): the pre-norm
+    block's add and norm, the residual kept in float32 (`norm.add_rms_norm`)."""
+    res = hidden.float() if residual is None else residual.float() + hidden.float()
+    return F.rms_norm(res, (res.shape[-1],), weight.float(), eps), res

@@ -361,12 +361,18 @@ void scan_fwd_task(const Scan& s, int64_t b, int64_t d0, float* out, int64_t so_
       const vf dt = dtb[j], du = dub[j];
       const float* Bt = Bb + t * s.sB_l;
       const float* Ct = Cb + t * s.sC_l;
-      vf y = yb[j];
+      // y in two chains (even and odd n): one chain of N dependent FMAs per step was
+      // the loop's longest latency path.
+      vf y = yb[j], y1 = vzero();
 #pragma GCC unroll 16
       for (int n = 0; n < N; ++n) {
         h[n] = vfma(decay(dt, c.A2[n]), h[n], vmul(du, vset(Bt[n * s.sB_n])));
-        y = vfma(h[n], vset(Ct[n * s.sC_n]), y);
+        if (n % 2 == 0)
+          y = vfma(h[n], vset(Ct[n * s.sC_n]), y);
+        else
+          y1 = vfma(h[n], vset(Ct[n * s.sC_n]), y1);
       }
+      y = vadd(y, y1);
       if (zb) y = vmul(y, gate[j]);
       float* o = ob + t * so_l;
       if (accumulate) y = vadd(y, vload(o, m));
@@ -964,36 +970,46 @@ struct MixerDirPtrs {
 };
 
 // x_proj on a chunk: out[j, e] (row stride E) = sum_d xc[j, d] WT[d, e], WT the weight
-// transposed and zero-padded to Ep columns (a multiple of 3 vectors). Four tokens times three
-// vectors of outputs per pass: 12 independent accumulators hide the FMA latency. The chunk
-// sizes are far below where a BLAS call pays for itself (and a BLAS call inside a task would
-// start its own threads when the caller runs single-threaded). xc has >= 3 spare rows.
-__attribute__((noinline)) void xproj_chunk(const float* xc, int64_t cnt, int64_t D, const float* WT, int64_t Ep, int64_t E,
-                 float* out) {
-  constexpr int TJ = 4, TV = 3;
+// transposed and zero-padded to Ep columns (a multiple of 3 vectors). Eight tokens times
+// three vectors of outputs per pass: 24 accumulators hide the FMA latency and each weight
+// vector loaded serves eight tokens. The chunk sizes are far below where a BLAS call pays
+// for itself (and a BLAS call inside a task would start its own threads when the caller runs
+// single-threaded). xc has >= 7 spare rows.
+constexpr int kXprojTokens = 8;
+__attribute__((noinline)) void xproj_chunk(const float* xc, int64_t cnt, int64_t D, const float* WT,
+                                           int64_t Ep, int64_t E, float* out) {
+  constexpr int TJ = kXprojTokens;
   for (int64_t j0 = 0; j0 < cnt; j0 += TJ) {
     const int tj = (int)std::min<int64_t>(TJ, cnt - j0);
-    for (int64_t e0 = 0; e0 < Ep; e0 += TV * W) {
-      vf acc[TJ][TV];
-      for (int t = 0; t < TJ; ++t)
-        for (int k = 0; k < TV; ++k) acc[t][k] = vzero();
+    for (int64_t e0 = 0; e0 < Ep; e0 += 3 * W) {
+      vf a0[TJ], a1[TJ], a2[TJ];
+#pragma GCC unroll 8
+      for (int t = 0; t < TJ; ++t) a0[t] = a1[t] = a2[t] = vzero();
       const float* x = xc + j0 * D;
       for (int64_t d = 0; d < D; ++d) {
         const float* wr = WT + d * Ep + e0;
-        vf w0 = vload(wr, kAll), w1 = vload(wr + W, kAll), w2 = vload(wr + 2 * W, kAll);
-#pragma GCC unroll 4
+        const vf w0 = vload(wr, kAll), w1 = vload(wr + W, kAll), w2 = vload(wr + 2 * W, kAll);
+#pragma GCC unroll 8
         for (int t = 0; t < TJ; ++t) {
           const vf xv = vset(x[t * D + d]);
-          acc[t][0] = vfma(xv, w0, acc[t][0]);
-          acc[t][1] = vfma(xv, w1, acc[t][1]);
-          acc[t][2] = vfma(xv, w2, acc[t][2]);
+          a0[t] = vfma(xv, w0, a0[t]);
+          a1[t] = vfma(xv, w1, a1[t]);
+          a2[t] = vfma(xv, w2, a2[t]);
         }
       }
-      for (int t = 0; t < tj; ++t)
-        for (int k = 0; k < TV; ++k) {
-          const int64_t e = e0 + k * W;
-          if (e < E) vstore(out + (j0 + t) * E + e, acc[t][k], lane_mask((int)std::min<int64_t>(W, E - e)));
+      // (No pointers into the accumulator arrays: GCC then keeps them in memory.)
+      const vmask m0 = lane_mask((int)std::clamp<int64_t>(E - e0, 0, W));
+      const vmask m1 = lane_mask((int)std::clamp<int64_t>(E - e0 - W, 0, W));
+      const vmask m2 = lane_mask((int)std::clamp<int64_t>(E - e0 - 2 * W, 0, W));
+#pragma GCC unroll 8
+      for (int t = 0; t < TJ; ++t) {
+        if (t < tj) {
+          float* o = out + (j0 + t) * E + e0;
+          vstore(o, a0[t], m0);
+          vstore(o + W, a1[t], m1);
+          vstore(o + 2 * W, a2[t], m2);
         }
+      }
     }
   }
 }
@@ -1010,6 +1026,7 @@ __attribute__((noinline)) void dtproj_chunk(const float* xdbl, int64_t cnt, int6
       const int tv = (int)std::min<int64_t>(TV, nd - v0);
       vf acc[TV];
       vmask m[TV];
+#pragma GCC unroll 8
       for (int k = 0; k < TV; ++k) {
         acc[k] = vzero();
         m[k] = lane_mask(k < tv ? (int)std::min<int64_t>(W, D - (v0 + k) * W) : 0);
@@ -1020,7 +1037,8 @@ __attribute__((noinline)) void dtproj_chunk(const float* xdbl, int64_t cnt, int6
 #pragma GCC unroll 8
         for (int k = 0; k < TV; ++k) acc[k] = vfma(xv, vload(wr + k * W, m[k]), acc[k]);
       }
-      for (int k = 0; k < tv; ++k) vstore(dt + j * D + (v0 + k) * W, acc[k], m[k]);
+#pragma GCC unroll 8
+      for (int k = 0; k < TV; ++k) vstore(dt + j * D + (v0 + k) * W, acc[k], m[k]);  // m[k] = 0 past tv
     }
   }
 }
@@ -1099,6 +1117,20 @@ void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w) {
     xsrc = static_cast<const float*>(mx.xz) + b * mx.sxz_b + t0 * mx.sxz_l;
     sx_l = mx.sxz_l;
   }
+  float* y = mx.scratch + ((dir * mx.Bsz + b) * mx.L + t0) * D;
+  // The scan walks each D-chunk down the chunk's rows (stride 2D floats for z, D for y):
+  // one 64-byte line per row and page, which the hardware prefetchers do not follow.
+  // Fetch those rows into L2 now; the conv and the projections run meanwhile.
+#if defined(VMS_X86)
+  for (int64_t j = 0; j < cnt; ++j) {
+    const char* zr = reinterpret_cast<const char*>(xsrc + j * sx_l + D);
+    char* yr = reinterpret_cast<char*>(y + j * D);
+    for (int64_t o = 0; o < D * 4; o += 64) {
+      _mm_prefetch(zr + o, _MM_HINT_T1);
+      _mm_prefetch(yr + o, _MM_HINT_T1);
+    }
+  }
+#endif
   Conv cv{1, cnt, D, mx.K, xsrc, p.conv_w, p.conv_b, w.tail.data(), 0, sx_l, true, rev};
   const int64_t nd = (D + W - 1) / W;
   for (int64_t c0 = 0; c0 < nd; c0 += kGroup) {
@@ -1119,7 +1151,6 @@ void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w) {
   s.Cm = w.xdbl.data() + R + N, s.sC_l = E, s.sC_n = 1;
   s.z = xsrc + D, s.sz_l = sx_l;
   s.softplus = true, s.reverse = rev, s.K = 1, s.nck = 0;
-  float* y = mx.scratch + ((dir * mx.Bsz + b) * mx.L + t0) * D;
   for (int64_t ci = 0; ci < nd; ++ci) {
     if (N == 16)
       scan_fwd_task<16>(s, 0, ci * W, y, 0, D, false, w.h.data(), w.h.data(), nullptr);
@@ -1216,7 +1247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
   std::vector<MixerWork> work(nw);
   for (auto& w : work) {
     if (mx.xz_bf16) w.xin.resize(mx.Tc * 2 * D);
-    w.xc.resize((mx.Tc + 3) * D);  // xproj_chunk reads up to 3 rows past the chunk
+    w.xc.resize((mx.Tc + kXprojTokens - 1) * D);  // xproj_chunk reads rows past the chunk
     w.xdbl.resize(mx.Tc * (R + 2 * N));
     w.dt.resize(mx.Tc * D);
   }
@@ -1224,6 +1255,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
     mixer_task(mx, task / mx.ndir, (int)(task % mx.ndir), work[wi]);
   });
   return {out, tail, last};
+}
+
+// ---------------------------------------------------------------- residual add + RMSNorm
+// residual_out = residual + hidden (float32; hidden may be bfloat16 or float32, residual
+// may be absent), normed = residual_out * rsqrt(mean(residual_out^2) + eps) * weight, in one
+// pass over the rows instead of the add and the norm's five elementwise passes. Inference only.
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden,
+                                                const std::optional<at::Tensor>& residual,
+                                                const at::Tensor& weight, double eps, bool out_bf16) {
+  TORCH_CHECK(hidden.device().is_cpu() && hidden.is_contiguous() &&
+                  (hidden.scalar_type() == at::kFloat || hidden.scalar_type() == at::kBFloat16),
+              "hidden must be a contiguous float32 or bfloat16 CPU tensor");
+  const int64_t C = hidden.size(-1), rows = C ? hidden.numel() / C : 0;
+  check_small(weight, "weight", {C});
+  if (residual) {
+    TORCH_CHECK(residual->sizes() == hidden.sizes(), "residual must have hidden's shape ", hidden.sizes());
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->is_contiguous(),
+                "residual must be a contiguous float32 tensor");
+  }
+  auto fopt = hidden.options().dtype(at::kFloat);
+  at::Tensor res = at::empty(hidden.sizes(), fopt);
+  at::Tensor out = at::empty(hidden.sizes(), fopt.dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  const bool hb = hidden.scalar_type() == at::kBFloat16;
+  const void* hp = hidden.data_ptr();
+  const float* rp = opt_ptr(residual);
+  const float* wp = weight.data_ptr<float>();
+  float* op = res.data_ptr<float>();
+  void* np = out.data_ptr();
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* x = op + r * C;
+      for (int64_t i = 0; i < C; ++i) {
+        const float h = hb ? bf16_to_f32(static_cast<const uint16_t*>(hp)[r * C + i])
+                           : static_cast<const float*>(hp)[r * C + i];
+        x[i] = rp ? rp[r * C + i] + h : h;
+      }
+      vf acc = vzero();
+      int64_t i = 0;
+      for (; i + W <= C; i += W) {
+        const vf v = vload(x + i, kAll);
+        acc = vfma(v, v, acc);
+      }
+      float ss = vsum(acc);
+      for (; i < C; ++i) ss += x[i] * x[i];
+      const float scale = 1.f / std::sqrt(ss / (float)C + (float)eps);
+      if (out_bf16) {
+        uint16_t* o = static_cast<uint16_t*>(np) + r * C;
+        for (int64_t k = 0; k < C; ++k) o[k] = f32_to_bf16(x[k] * scale * wp[k]);
+      } else {
+        float* o = static_cast<float*>(np) + r * C;
+        for (int64_t k = 0; k < C; ++k) o[k] = x[k] * scale * wp[k];
+      }
+    }
+  });
+  return {out, res};
 }
 
 std::string isa() { return std::string(kIsa) + "/" + std::to_string(W); }
@@ -1252,4 +1338,7 @@ TORCH_LIBRARY(VMS_NS, m) {
   m.def("mixer_fwd(Tensor xz, Tensor[] params, Tensor? initial_tail, Tensor? initial_state, "
         "bool return_state, int chunk, bool out_bf16) -> (Tensor, Tensor, Tensor)",
         &mixer_fwd);
+  m.def("add_rms_norm(Tensor hidden, Tensor? residual, Tensor weight, float eps, bool out_bf16) "
+        "-> (Tensor, Tensor)",
+        &add_rms_norm);
 }
