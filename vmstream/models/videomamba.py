@@ -228,13 +228,13 @@ class Mamba(nn.Module):
         # Scanning the flipped sequence from its start == scanning ours from the end, from
         # zero: the second direction of `mamba_inner`. Its y comes out in the matmul dtype
         # (the rounding out_proj's input cast would do).
-        y = mamba_inner(xz, self._directions(), conv_tail, ssm_state, return_state=return_state,
+        y = mamba_inner(xz, self.directions(), conv_tail, ssm_state, return_state=return_state,
                         out_dtype=self.matmul_dtype)
         y, new_state = y if return_state else (y, None)
         out = self._matmul(self.out_proj, y)
         return (out, new_state) if return_state else out
 
-    def _directions(self) -> list[MixerDirection]:
+    def directions(self) -> list[MixerDirection]:
         dirs = [MixerDirection(self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                                self.dt_proj.bias, self._neg_exp(self.A_log, "forward"), self.D)]
         if self.bimamba:
