@@ -1071,6 +1071,35 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
+// Rows of bfloat16 widened to float32 (exact), and float32 (optionally the sum of two rows)
+// rounded to bfloat16 as f32_to_bf16 does; 16 lanes at a time where AVX-512 is there.
+void bf16_to_f32_n(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+    _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+}
+void f32_to_bf16_n(const float* a, const float* b, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+  for (; i + 16 <= n; i += 16) {
+    __m512 f = _mm512_loadu_ps(a + i);
+    if (b) f = _mm512_add_ps(f, _mm512_loadu_ps(b + i));
+    __m512i u = _mm512_castps_si512(f);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
+    r = _mm512_srli_epi32(r, 16);
+    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(r));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = f32_to_bf16(b ? a[i] + b[i] : a[i]);
+}
+
 // One chunk's y rows of every direction summed into the output.
 __attribute__((noinline)) void mixer_sum_rows(const Mixer& mx, int64_t b, int64_t t0, int64_t cnt) {
   const int64_t D = mx.D, plane = mx.Bsz * mx.L * D;
@@ -1078,12 +1107,7 @@ __attribute__((noinline)) void mixer_sum_rows(const Mixer& mx, int64_t b, int64_
   const int64_t n = cnt * D;
   if (mx.out_bf16) {
     uint16_t* o = static_cast<uint16_t*>(mx.out) + (b * mx.L + t0) * D;
-    if (mx.ndir == 2) {
-      const float* y1 = y0 + plane;
-      for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(y0[i] + y1[i]);
-    } else {
-      for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(y0[i]);
-    }
+    f32_to_bf16_n(y0, mx.ndir == 2 ? y0 + plane : nullptr, o, n);
   } else {
     float* o = static_cast<float*>(mx.out) + (b * mx.L + t0) * D;
     if (mx.ndir == 2) {
@@ -1109,8 +1133,7 @@ void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w) {
   int64_t sx_l;
   if (mx.xz_bf16) {
     const uint16_t* src = static_cast<const uint16_t*>(mx.xz) + b * mx.sxz_b + t0 * mx.sxz_l;
-    for (int64_t j = 0; j < cnt; ++j)
-      for (int64_t i = 0; i < 2 * D; ++i) w.xin[j * 2 * D + i] = bf16_to_f32(src[j * mx.sxz_l + i]);
+    for (int64_t j = 0; j < cnt; ++j) bf16_to_f32_n(src + j * mx.sxz_l, w.xin.data() + j * 2 * D, 2 * D);
     xsrc = w.xin.data();
     sx_l = 2 * D;
   } else {
@@ -1286,11 +1309,12 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden,
   at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* x = op + r * C;
-      for (int64_t i = 0; i < C; ++i) {
-        const float h = hb ? bf16_to_f32(static_cast<const uint16_t*>(hp)[r * C + i])
-                           : static_cast<const float*>(hp)[r * C + i];
-        x[i] = rp ? rp[r * C + i] + h : h;
-      }
+      if (hb)
+        bf16_to_f32_n(static_cast<const uint16_t*>(hp) + r * C, x, C);
+      else
+        std::memcpy(x, static_cast<const float*>(hp) + r * C, C * sizeof(float));
+      if (rp)
+        for (int64_t i = 0; i < C; ++i) x[i] = rp[r * C + i] + x[i];
       vf acc = vzero();
       int64_t i = 0;
       for (; i + W <= C; i += W) {
@@ -1301,8 +1325,13 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden,
       for (; i < C; ++i) ss += x[i] * x[i];
       const float scale = 1.f / std::sqrt(ss / (float)C + (float)eps);
       if (out_bf16) {
+        float tmp[1024];
         uint16_t* o = static_cast<uint16_t*>(np) + r * C;
-        for (int64_t k = 0; k < C; ++k) o[k] = f32_to_bf16(x[k] * scale * wp[k]);
+        for (int64_t k0 = 0; k0 < C; k0 += 1024) {
+          const int64_t m = std::min<int64_t>(1024, C - k0);
+          for (int64_t k = 0; k < m; ++k) tmp[k] = x[k0 + k] * scale * wp[k0 + k];
+          f32_to_bf16_n(tmp, nullptr, o + k0, m);
+        }
       } else {
         float* o = static_cast<float*>(np) + r * C;
         for (int64_t k = 0; k < C; ++k) o[k] = x[k] * scale * wp[k];
