@@ -46,3 +46,14 @@ def test_gradients_use_the_reference():
     normed, _ = add_rms_norm(hidden, residual, weight, 1e-5, backend="cpu")
     normed.sum().backward()
     assert weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
+def test_large_batches_split_across_threads_the_same():
+    g = torch.Generator().manual_seed(3)
+    hidden, residual = torch.randn(2, 11000, 192, generator=g), torch.randn(2, 11000, 192, generator=g)
+    weight = torch.rand(192, generator=g) + 0.5
+    with torch.no_grad():
+        normed, res = add_rms_norm(hidden, residual, weight, 1e-5, backend="cpu")
+    ref_normed, ref_res = add_rms_norm_ref(hidden, residual, weight, 1e-5)
+    assert torch.equal(res, ref_res)
+    assert_close(normed, ref_normed, rtol=1e-6, atol_rel=1e-6, what="normed")
