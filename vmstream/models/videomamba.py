@@ -221,7 +221,9 @@ class Mamba(nn.Module):
         return out if keep else out.float()
 
     def forward(self, hidden_states: Tensor, state: Optional[tuple[Tensor, Tensor]] = None,
-                return_state: bool = False):
+                return_state: bool = False, keep_matmul_dtype: bool = False):
+        """With `keep_matmul_dtype` the output stays in a reduced-precision mode's matmul
+        dtype (the block's add+norm widens it in its own pass); else it is fp32."""
         xz = self._matmul(self.in_proj, hidden_states, keep=True)  # [B, L, 2*d_inner]
         conv_tail, ssm_state = state if state is not None else (None, None)
         # Official bimamba: inner(xz.flip(-1)) with the *_b parameters, flipped back.
@@ -231,7 +233,7 @@ class Mamba(nn.Module):
         y = mamba_inner(xz, self.directions(), conv_tail, ssm_state, return_state=return_state,
                         out_dtype=self.matmul_dtype)
         y, new_state = y if return_state else (y, None)
-        out = self._matmul(self.out_proj, y)
+        out = self._matmul(self.out_proj, y, keep=keep_matmul_dtype)
         return (out, new_state) if return_state else out
 
     def directions(self) -> list[MixerDirection]:
@@ -286,8 +288,9 @@ class Block(nn.Module):
                 state: Optional[tuple[Tensor, Tensor]] = None, return_state: bool = False,
                 use_checkpoint: bool = False):
         in_dtype = hidden_states.dtype
-        if self.residual_in_fp32 and isinstance(self.norm, RMSNorm) and not (self.training and
-                                                                             isinstance(self.drop_path, DropPath)):
+        fast = self.residual_in_fp32 and isinstance(self.norm, RMSNorm) and not (
+            self.training and isinstance(self.drop_path, DropPath))
+        if fast:
             # The same add and norm as one pass (ops.add_rms_norm); in a reduced-precision
             # mode the normed output comes out in the mixer's matmul dtype, the cast in_proj
             # would do.
@@ -303,6 +306,10 @@ class Block(nn.Module):
         if use_checkpoint:
             out = torch.utils.checkpoint.checkpoint(self.mixer, hidden_states, state, return_state,
                                                     use_reentrant=False)
+        elif fast and not torch.is_grad_enabled() and isinstance(self.mixer, Mamba):
+            # Inference: a bf16 mixer output goes to the next block's add+norm as it is
+            # (VideoMamba._blocks widens the last one), one elementwise pass less per layer.
+            out = self.mixer(hidden_states, state, return_state, keep_matmul_dtype=True)
         else:
             out = self.mixer(hidden_states, state, return_state)
         if return_state:
@@ -500,7 +507,7 @@ class VideoMamba(nn.Module):
 
     # -------------------------------------------------------------------- backbone
     def _blocks(self, hidden: Tensor, state: Optional[StreamState], return_state: bool):
-        residual = None
+        residual, dtype_in = None, hidden.dtype
         tails, ssms = [], []
         for i, layer in enumerate(self.layers):
             ckpt = self.use_checkpoint and i < self.checkpoint_num and self.training and torch.is_grad_enabled()
@@ -513,6 +520,8 @@ class VideoMamba(nn.Module):
         if return_state:
             tag = state.tag if state is not None else ""
             new_state = StreamState(torch.stack(tails).float(), torch.stack(ssms).float(), tag)
+        if hidden.dtype != dtype_in and not torch.is_autocast_enabled("cpu"):  # a kept bf16 mixer output
+            hidden = hidden.to(dtype_in)
         return hidden, residual, new_state
 
     def _final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
