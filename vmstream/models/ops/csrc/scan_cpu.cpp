@@ -319,19 +319,20 @@ inline vf decay(vf dt, vf A2) {
 #endif
 }
 
+// The forward's time loop for one D-chunk (lanes d0..d0+W) of batch row b, from the state
+// in hio (N vectors) and back into it; the lane constants come from the caller, so a caller
+// that runs many short pieces of the sequence (the fused mixer) builds them once.
 template <int NT>
-void scan_fwd_task(const Scan& s, int64_t b, int64_t d0, float* out, int64_t so_b, int64_t so_l,
-                   bool accumulate, const float* h0, float* last, float* ckpt) {
+void scan_fwd_steps(const Scan& s, int64_t b, int64_t d0, const LaneConsts<NT>& c, vf* hio, float* out,
+                    int64_t so_b, int64_t so_l, bool accumulate, float* ckpt) {
   const int N = NT > 0 ? NT : (int)s.N;
   const int nl = (int)std::min<int64_t>(W, s.D - d0);
   const vmask m = lane_mask(nl);
-  LaneConsts<NT> c(s, d0, nl);
   // h must stay in registers: every loop over its index is fully unrolled (a loop
   // that is not makes GCC keep the array in memory and store it every step).
   vf h[NT > 0 ? NT : kMaxN];
 #pragma GCC unroll 16
-  for (int n = 0; n < N; ++n)
-    h[n] = h0 ? gather(h0 + (b * s.D + d0) * N + n, N, nl) : vzero();
+  for (int n = 0; n < N; ++n) h[n] = hio[n];
   const float* ub = s.u + b * s.su_b + d0;
   const float* db = s.delta + b * s.sd_b + d0;
   const float* zb = s.z ? s.z + b * s.sz_b + d0 : nullptr;
@@ -379,10 +380,21 @@ void scan_fwd_task(const Scan& s, int64_t b, int64_t d0, float* out, int64_t so_
       vstore(o, y, m);
     }
   }
-  if (last) {
 #pragma GCC unroll 16
+  for (int n = 0; n < N; ++n) hio[n] = h[n];
+}
+
+template <int NT>
+void scan_fwd_task(const Scan& s, int64_t b, int64_t d0, float* out, int64_t so_b, int64_t so_l,
+                   bool accumulate, const float* h0, float* last, float* ckpt) {
+  const int N = NT > 0 ? NT : (int)s.N;
+  const int nl = (int)std::min<int64_t>(W, s.D - d0);
+  LaneConsts<NT> c(s, d0, nl);
+  vf h[NT > 0 ? NT : kMaxN];
+  for (int n = 0; n < N; ++n) h[n] = h0 ? gather(h0 + (b * s.D + d0) * N + n, N, nl) : vzero();
+  scan_fwd_steps<NT>(s, b, d0, c, h, out, so_b, so_l, accumulate, ckpt);
+  if (last)
     for (int n = 0; n < N; ++n) scatter(last + (b * s.D + d0) * N + n, N, nl, h[n]);
-  }
 }
 
 // 64-byte aligned float storage viewed as vectors. `skew` cache lines of offset keep
@@ -1120,11 +1132,14 @@ __attribute__((noinline)) void mixer_sum_rows(const Mixer& mx, int64_t b, int64_
 }
 
 struct MixerWork {
-  std::vector<float> xin, xc, xdbl, dt, tail, h;
+  std::vector<float> xin, xc, xdbl, dt, tail;
 };
 
-// Chunk c of batch row b in direction dir: conv, projections, scan into scratch.
-void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w) {
+// Chunk c of batch row b in direction dir: conv, projections, scan into scratch. consts:
+// the direction's lane constants per D-chunk; hv: its scan state, N vectors per D-chunk.
+template <int NT>
+void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w,
+                 const std::vector<LaneConsts<NT>>& consts, vf* hv) {
   const int64_t D = mx.D, N = mx.N, R = mx.R, E = R + 2 * N;
   const int64_t t0 = c * mx.Tc, cnt = std::min(mx.Tc, mx.L - t0);
   const bool rev = dir == 1;
@@ -1174,26 +1189,44 @@ void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w) {
   s.Cm = w.xdbl.data() + R + N, s.sC_l = E, s.sC_n = 1;
   s.z = xsrc + D, s.sz_l = sx_l;
   s.softplus = true, s.reverse = rev, s.K = 1, s.nck = 0;
-  for (int64_t ci = 0; ci < nd; ++ci) {
-    if (N == 16)
-      scan_fwd_task<16>(s, 0, ci * W, y, 0, D, false, w.h.data(), w.h.data(), nullptr);
-    else
-      scan_fwd_task<0>(s, 0, ci * W, y, 0, D, false, w.h.data(), w.h.data(), nullptr);
-  }
+  for (int64_t ci = 0; ci < nd; ++ci) scan_fwd_steps<NT>(s, 0, ci * W, consts[ci], hv + ci * N, y, 0, D, false, nullptr);
   if (mx.done[b * mx.nchunks + c].fetch_add(1, std::memory_order_acq_rel) == mx.ndir - 1)
     mixer_sum_rows(mx, b, t0, cnt);
 }
 
-void mixer_task(const Mixer& mx, int64_t b, int dir, MixerWork& w) {
-  const int64_t D = mx.D, N = mx.N, K = mx.K;
+template <int NT>
+void mixer_task_n(const Mixer& mx, int64_t b, int dir, MixerWork& w) {
+  const int64_t D = mx.D, N = mx.N, K = mx.K, nd = (D + W - 1) / W;
+  const MixerDirPtrs& p = mx.dirs[dir];
   w.tail.assign(D * (K - 1), 0.f);
-  w.h.assign(D * N, 0.f);
   if (dir == 0 && mx.tail0) std::memcpy(w.tail.data(), mx.tail0 + b * D * (K - 1), D * (K - 1) * 4);
-  if (dir == 0 && mx.h0) std::memcpy(w.h.data(), mx.h0 + b * D * N, D * N * 4);
+  Scan s{};
+  s.D = D, s.N = N, s.A = p.A, s.Dv = p.Dv, s.bias = p.dt_bias;
+  std::vector<LaneConsts<NT>> consts;
+  consts.reserve(nd);
+  VecBuf hv;
+  hv.resize(nd * N);
+  const float* h0 = dir == 0 ? mx.h0 : nullptr;
+  for (int64_t ci = 0; ci < nd; ++ci) {
+    const int64_t d0 = ci * W;
+    const int nl = (int)std::min<int64_t>(W, D - d0);
+    consts.emplace_back(s, d0, nl);
+    for (int64_t n = 0; n < N; ++n) hv.p[ci * N + n] = h0 ? gather(h0 + (b * D + d0) * N + n, N, nl) : vzero();
+  }
   for (int64_t i = 0; i < mx.nchunks; ++i)
-    mixer_chunk(mx, b, dir, dir == 1 ? mx.nchunks - 1 - i : i, w);
+    mixer_chunk<NT>(mx, b, dir, dir == 1 ? mx.nchunks - 1 - i : i, w, consts, hv.p);
   if (dir == 0 && mx.tail_out) std::memcpy(mx.tail_out + b * D * (K - 1), w.tail.data(), D * (K - 1) * 4);
-  if (dir == 0 && mx.h_out) std::memcpy(mx.h_out + b * D * N, w.h.data(), D * N * 4);
+  if (dir == 0 && mx.h_out)
+    for (int64_t ci = 0; ci < nd; ++ci)
+      for (int64_t n = 0; n < N; ++n)
+        scatter(mx.h_out + (b * D + ci * W) * N + n, N, (int)std::min<int64_t>(W, D - ci * W), hv.p[ci * N + n]);
+}
+
+void mixer_task(const Mixer& mx, int64_t b, int dir, MixerWork& w) {
+  if (mx.N == 16)
+    mixer_task_n<16>(mx, b, dir, w);
+  else
+    mixer_task_n<0>(mx, b, dir, w);
 }
 
 // params: per direction (conv weight [D, K], conv bias [D], x_proj weight [R+2N, D],
