@@ -4,7 +4,9 @@ Prints, for VideoMamba-Ti at 224x224, batch 1:
   * segment latency (forward_segment, state carried) at T=8 and T=16 frames with the fast
     scan backend and with the reference scan, and their ratio;
   * one isolated scan at L=3137 (d_inner 384, d_state 16), fast vs reference;
-  * the share of segment time spent in the scan and the conv ops;
+  * the share of segment time spent in mamba_inner (a layer between in_proj and out_proj:
+    conv, x_proj, dt_proj and scan of both directions) and in the residual add + norm, and
+    one mamba_inner inside the model against the same op alone;
   * achieved GFLOP/s against torch.matmul GFLOP/s measured in the same run on the very
     matmul shapes of a segment, and from it `matmul_efficiency`;
   * streaming overhead: forward_segment versus a plain clip forward (forward_features);
@@ -137,41 +139,42 @@ def time_matmuls(shapes, repeats: int) -> float:
 
 
 class OpTimer:
-    """Accumulates time spent inside the model's scan and conv calls."""
+    """Accumulates time spent inside the model's mamba_inner (both directions' conv, x_proj,
+    dt_proj and scan) and add_rms_norm calls."""
 
     def __init__(self):
-        self.scan = 0.0
-        self.conv = 0.0
+        self.inner = 0.0
+        self.norm = 0.0
 
     @contextlib.contextmanager
     def installed(self):
-        orig_scan, orig_conv = vm_module.selective_scan, vm_module.causal_conv1d
+        orig_inner, orig_norm = vm_module.mamba_inner, vm_module.add_rms_norm
 
-        def scan(*a, **k):
+        def inner(*a, **k):
             t = time.perf_counter()
             try:
-                return orig_scan(*a, **k)
+                return orig_inner(*a, **k)
             finally:
-                self.scan += time.perf_counter() - t
+                self.inner += time.perf_counter() - t
 
-        def conv(*a, **k):
+        def norm(*a, **k):
             t = time.perf_counter()
             try:
-                return orig_conv(*a, **k)
+                return orig_norm(*a, **k)
             finally:
-                self.conv += time.perf_counter() - t
+                self.norm += time.perf_counter() - t
 
-        vm_module.selective_scan, vm_module.causal_conv1d = scan, conv
+        vm_module.mamba_inner, vm_module.add_rms_norm = inner, norm
         try:
             yield self
         finally:
-            vm_module.selective_scan, vm_module.causal_conv1d = orig_scan, orig_conv
+            vm_module.mamba_inner, vm_module.add_rms_norm = orig_inner, orig_norm
 
 
 # --------------------------------------------------------------------- phases
 
 def segment_latency(model, T: int, backend: str, repeats: int) -> tuple[float, float, float]:
-    """(median seconds of forward_segment, share of time in scans, share in convs)."""
+    """(median seconds of forward_segment, share of time in mamba_inner, share in add_rms_norm)."""
     clip = torch.randn(1, 3, T, IMG, IMG)
     state = model.init_state(1)
     timer = OpTimer()
@@ -185,7 +188,7 @@ def segment_latency(model, T: int, backend: str, repeats: int) -> tuple[float, f
                 model.forward_segment(clip, state)
                 times.append(time.perf_counter() - t)
     total = sum(times)
-    return statistics.median(times), timer.scan / total, timer.conv / total
+    return statistics.median(times), timer.inner / total, timer.norm / total
 
 
 def isolated_scan(backend: str, repeats: int, L: int = 3137, d_inner: int = 384, d_state: int = 16) -> float:
@@ -203,6 +206,19 @@ def isolated_scan(backend: str, repeats: int, L: int = 3137, d_inner: int = 384,
 
     with scan_backend(backend), torch.inference_mode():
         return median_time(run, repeats, warmup=1 if repeats > 1 else 0)
+
+
+def isolated_inner(model, backend: str, repeats: int, T: int = 16) -> float:
+    """Seconds of one layer's mamba_inner (both directions, state returned) on its own,
+    with the first layer's parameters and a random in_proj output."""
+    mixer = model.layers[0].mixer
+    L = 1 + T * (IMG // 16) ** 2
+    xz = torch.randn(1, L, 2 * mixer.d_inner, generator=torch.Generator().manual_seed(0))
+    state = model.init_state(1)
+    with scan_backend(backend), torch.inference_mode():
+        dirs = mixer.directions()
+        tail, h = state.layer(0)
+        return median_time(lambda: vm_module.mamba_inner(xz, dirs, tail, h, return_state=True), repeats)
 
 
 def stream_overhead(model, T: int, backend: str, repeats: int) -> dict:
@@ -274,7 +290,8 @@ def peak_memory(backend: str, T: int, counts: list[int]) -> dict:
 
 def cpu_floor(model, repeats: int, T: int = 16) -> dict:
     """The segment's floor: its matmul MACs (counted by torch's FlopCounterMode on a real
-    forward_segment; the scan and conv are custom ops it does not count) at torch.matmul's
+    forward_segment, plus x_proj and dt_proj inside the fused op, from their shapes; the
+    scan and conv are not matmuls) at torch.matmul's
     rate on the segment's own shapes, plus its scan exponentials (one exp(delta*A) per
     token, channel and state, per scan) at torch.exp's vector rate on a cache-resident
     block; both rates and the segment itself measured here, one after the other."""
@@ -283,8 +300,14 @@ def cpu_floor(model, repeats: int, T: int = 16) -> dict:
     clip = torch.randn(1, 3, T, IMG, IMG)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.forward_segment(clip, model.init_state(1))
-    mac_count = counter.get_total_flops() / 2
     shapes = matmul_shapes(T)
+    # x_proj and dt_proj run inside the fused mamba_inner C++ op, which FlopCounterMode
+    # does not see: their MACs are added from the layer shapes (the composed path's
+    # F.linear calls, which it does count, do exactly these).
+    hidden = macs([sh for sh in shapes if sh[0] in ("x_proj", "dt_proj")])
+    mac_count = counter.get_total_flops() / 2
+    if mac_count < macs(shapes) - hidden / 2:
+        mac_count += hidden
     mm_rate = macs(shapes) / time_matmuls(shapes, repeats)  # MAC/s on exactly these shapes
     L = 1 + T * (IMG // 16) ** 2
     scans = len(model.layers) * (2 if model.bimamba else 1)
@@ -430,11 +453,11 @@ def main() -> None:
     for T in (8, 16):
         lat[(fast, T)], *shares[(fast, T)] = segment_latency(model, T, fast,
                                                              repeats if fast != "ref" else args.ref_repeats)
-        print(f"segment T={T:2d} [{fast}]: {lat[(fast, T)] * 1e3:9.1f} ms   (scan {shares[(fast, T)][0]:.1%}, "
-              f"conv {shares[(fast, T)][1]:.1%} of it)")
+        print(f"segment T={T:2d} [{fast}]: {lat[(fast, T)] * 1e3:9.1f} ms   (mamba_inner {shares[(fast, T)][0]:.1%}, "
+              f"add+norm {shares[(fast, T)][1]:.1%} of it)")
         if fast != "ref" and not (args.quick and T == 16):
             lat[("ref", T)], *shares[("ref", T)] = segment_latency(model, T, "ref", args.ref_repeats)
-            print(f"segment T={T:2d} [ref]: {lat[('ref', T)] * 1e3:9.1f} ms   (scan {shares[('ref', T)][0]:.1%}) "
+            print(f"segment T={T:2d} [ref]: {lat[('ref', T)] * 1e3:9.1f} ms   (mamba_inner {shares[('ref', T)][0]:.1%}) "
                   f"-> fast is {lat[('ref', T)] / lat[(fast, T)]:.1f}x faster")
 
     # One scan at L=3137, the docs/design.md measurement.
@@ -448,16 +471,17 @@ def main() -> None:
         speedup = float("nan")
         print(f"one scan L=3137 d_inner=384 N=16: ref {scan_ref * 1e3:.1f} ms, fast: unavailable")
 
-    scan_share, conv_share = shares[(fast, 16)]
-    print(f"time in ops at T=16 [{fast}]: scan {scan_share:.1%}, conv {conv_share:.1%}, "
-          f"everything else {1 - scan_share - conv_share:.1%}")
+    inner_share, norm_share = shares[(fast, 16)]
+    print(f"time in ops at T=16 [{fast}]: mamba_inner (conv, x_proj, dt_proj, scan; both directions) "
+          f"{inner_share:.1%}, add+norm {norm_share:.1%}, everything else (in_proj, out_proj, patch embedding, "
+          f"head) {1 - inner_share - norm_share:.1%}")
     if fast != "ref":
-        # The floor work's first question: does a scan cost more inside the model (its
-        # inputs come from the matmuls, its output goes to the next one) than alone?
-        n_scans = len(model.layers) * (2 if model.bimamba else 1)
-        in_model = scan_share * lat[(fast, 16)] / n_scans
-        print(f"one scan inside the model T=16 [{fast}]: {in_model * 1e3:.2f} ms vs {scan_fast * 1e3:.2f} ms alone "
-              f"-> {in_model / scan_fast:.2f}x")
+        # Does a layer's inner part cost more inside the model (its input comes from
+        # in_proj, its output goes to out_proj, other ops share the caches) than alone?
+        in_model = inner_share * lat[(fast, 16)] / len(model.layers)
+        alone = isolated_inner(model, fast, repeats)
+        print(f"one mamba_inner inside the model T=16 [{fast}]: {in_model * 1e3:.2f} ms vs {alone * 1e3:.2f} ms alone "
+              f"-> {in_model / alone:.2f}x")
 
     seg16 = lat[(fast, 16)]
     efficiency = t_mm16 / seg16
@@ -480,7 +504,7 @@ def main() -> None:
           + ", ".join(f"{p:.0f} MB" for p in peaks) + f"; state {mem['state_bytes'] / 1e6:.2f} MB")
 
     floor = cpu_floor(model, repeats)
-    print(f"cpu floor T=16 [{fast}]: {floor['macs'] / 1e9:.2f} G MACs (FlopCounterMode) at torch.matmul's "
+    print(f"cpu floor T=16 [{fast}]: {floor['macs'] / 1e9:.2f} G MACs (FlopCounterMode + x_proj/dt_proj inside mamba_inner) at torch.matmul's "
           f"{floor['mm_gmacs']:.1f} G MAC/s = {floor['t_mm'] * 1e3:.1f} ms, + {floor['exps'] / 1e6:.0f} M scan "
           f"exponentials at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s = {floor['t_exp'] * 1e3:.1f} ms -> floor "
           f"{floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms (timed beside them): floor_efficiency "

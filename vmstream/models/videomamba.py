@@ -15,9 +15,10 @@ released checkpoints were trained with:
   `out_proj(forward + backward)`;
 * the output is the final RMSNorm of the cls token (first token).
 
-Every scan and conv goes through `vmstream.models.ops` in token-major layout [B, L, D] (what
-`nn.Linear` produces, so nothing is transposed); the backward direction uses the ops'
-`reverse=True` instead of flip copies. Which backend runs (reference, fast CPU kernel,
+Everything between in_proj and out_proj (both directions' conv, x_proj, dt_proj, scan) is
+one op, `vmstream.models.ops.mamba_inner`, in token-major layout [B, L, D] (what `nn.Linear`
+produces, so nothing is transposed); the backward direction is the ops' `reverse=True`
+instead of flip copies. Which backend runs (reference, fast CPU kernel,
 CUDA) is the ops' business, not the model's.
 
 Recurrent (streaming) mode, see docs/design.md: a segment of T frames is embedded on its own
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from .card import ModelCard
 from .mamba_init import init_dt_proj, s4d_real_log
-from .ops import causal_conv1d, selective_scan
+from .ops import MixerDirection, add_rms_norm, mamba_inner
 from .state import StateError, StreamState
 
 __all__ = ["VideoMamba", "Mamba", "Block", "RMSNorm", "PatchEmbed", "DropPath", "SegmentOutput",
@@ -208,33 +209,41 @@ class Mamba(nn.Module):
         return nn.Conv1d(self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
                          padding=self.d_conv - 1, bias=conv_bias, **factory)
 
-    def _matmul(self, linear: nn.Linear, x: Tensor) -> Tensor:
+    def _matmul(self, linear: nn.Linear, x: Tensor, keep: bool = False) -> Tensor:
         """`linear(x)`; in a reduced-precision mode (`models.precision`) its weight is
-        stored in `matmul_dtype`, x is cast to it and the product comes back as fp32, so
-        everything around the matmuls (conv, scan, its state and sums) stays fp32."""
+        stored in `matmul_dtype`, x is cast to it and the product comes back as fp32 (or,
+        with `keep`, stays in `matmul_dtype` for `mamba_inner`, which widens it in its
+        kernel), so everything around the matmuls (conv, scan, its state and sums) stays fp32."""
         md = self.matmul_dtype
         if md is None:
             return linear(x)
-        return linear(x.to(md)).float()
+        out = linear(x.to(md))
+        return out if keep else out.float()
 
     def forward(self, hidden_states: Tensor, state: Optional[tuple[Tensor, Tensor]] = None,
-                return_state: bool = False):
-        xz = self._matmul(self.in_proj, hidden_states)  # [B, L, 2*d_inner]
-        x, z = xz.chunk(2, dim=-1)  # views; last dim contiguous, as the ops require
+                return_state: bool = False, keep_matmul_dtype: bool = False):
+        """With `keep_matmul_dtype` the output stays in a reduced-precision mode's matmul
+        dtype (the block's add+norm widens it in its own pass); else it is fp32."""
+        xz = self._matmul(self.in_proj, hidden_states, keep=True)  # [B, L, 2*d_inner]
         conv_tail, ssm_state = state if state is not None else (None, None)
-        y, new_state = self._direction(x, z, self.A_log, self.conv1d, self.x_proj, self.dt_proj, self.D,
-                                       conv_tail, ssm_state, reverse=False, return_state=return_state)
-        if self.bimamba:
-            # Official: inner(xz.flip(-1)) with the *_b parameters, flipped back. Scanning
-            # the flipped sequence from its start == scanning ours from the end, from zero.
-            # Without autograd the kernel adds its output into y in place (no temporary,
-            # no extra pass); under autograd y must stay intact for backward, so sum.
-            acc = None if torch.is_grad_enabled() else y
-            y_b, _ = self._direction(x, z, self.A_b_log, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.D_b,
-                                     None, None, reverse=True, return_state=False, out=acc)
-            y = y_b if acc is not None else y + y_b
-        out = self._matmul(self.out_proj, y)
+        # Official bimamba: inner(xz.flip(-1)) with the *_b parameters, flipped back.
+        # Scanning the flipped sequence from its start == scanning ours from the end, from
+        # zero: the second direction of `mamba_inner`. Its y comes out in the matmul dtype
+        # (the rounding out_proj's input cast would do).
+        y = mamba_inner(xz, self.directions(), conv_tail, ssm_state, return_state=return_state,
+                        out_dtype=self.matmul_dtype)
+        y, new_state = y if return_state else (y, None)
+        out = self._matmul(self.out_proj, y, keep=keep_matmul_dtype)
         return (out, new_state) if return_state else out
+
+    def directions(self) -> list[MixerDirection]:
+        dirs = [MixerDirection(self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                               self.dt_proj.bias, self._neg_exp(self.A_log, "forward"), self.D)]
+        if self.bimamba:
+            dirs.append(MixerDirection(self.conv1d_b.weight, self.conv1d_b.bias, self.x_proj_b.weight,
+                                       self.dt_proj_b.weight, self.dt_proj_b.bias,
+                                       self._neg_exp(self.A_b_log, "backward"), self.D_b))
+        return dirs
 
     def _neg_exp(self, A_log: Tensor, slot: str) -> Tensor:
         """A = -exp(A_log) in fp32, cached between calls when no gradient is needed.
@@ -255,25 +264,6 @@ class Mamba(nn.Module):
             with torch.no_grad():
                 hit = cache[slot] = (A_log, key, -torch.exp(A_log.float()))
         return hit[2]
-
-    def _direction(self, x, z, A_log, conv, x_proj, dt_proj, D, conv_tail, ssm_state, reverse, return_state,
-                   out=None):
-        A = self._neg_exp(A_log, "backward" if reverse else "forward")
-        weight = conv.weight.view(self.d_inner, self.d_conv)
-        xc = causal_conv1d(x, weight, conv.bias, initial_tail=conv_tail, activation="silu",
-                           return_final_tail=return_state, reverse=reverse)
-        if return_state:
-            xc, new_tail = xc
-        x_dbl = x_proj(xc)  # fp32 in every precision (models.precision)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, dt_proj.weight)  # bias -> delta_bias, as the fused kernel does
-        y = selective_scan(xc, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
-                           delta_softplus=True, initial_state=ssm_state, return_last_state=return_state,
-                           reverse=reverse, out=out, accumulate=out is not None)
-        if return_state:
-            y, last = y
-            return y, (new_tail, last)
-        return y, None
 
 
 # ----------------------------------------------------------------------------- block
@@ -298,14 +288,28 @@ class Block(nn.Module):
                 state: Optional[tuple[Tensor, Tensor]] = None, return_state: bool = False,
                 use_checkpoint: bool = False):
         in_dtype = hidden_states.dtype
-        residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
-        if self.residual_in_fp32:
-            residual = residual.to(torch.float32)
-        # As the fused kernel: normalise the (fp32) residual in fp32, output in the input's dtype.
-        hidden_states = norm_fp32(self.norm, residual).to(in_dtype)
+        fast = self.residual_in_fp32 and isinstance(self.norm, RMSNorm) and not (
+            self.training and isinstance(self.drop_path, DropPath))
+        if fast:
+            # The same add and norm as one pass (ops.add_rms_norm); in a reduced-precision
+            # mode the normed output comes out in the mixer's matmul dtype, the cast in_proj
+            # would do.
+            out_dtype = getattr(self.mixer, "matmul_dtype", None) or in_dtype
+            hidden_states, residual = add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps,
+                                                   out_dtype=out_dtype)
+        else:
+            residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
+            if self.residual_in_fp32:
+                residual = residual.to(torch.float32)
+            # As the fused kernel: normalise the (fp32) residual in fp32, output in the input's dtype.
+            hidden_states = norm_fp32(self.norm, residual).to(in_dtype)
         if use_checkpoint:
             out = torch.utils.checkpoint.checkpoint(self.mixer, hidden_states, state, return_state,
                                                     use_reentrant=False)
+        elif fast and not torch.is_grad_enabled() and isinstance(self.mixer, Mamba):
+            # Inference: a bf16 mixer output goes to the next block's add+norm as it is
+            # (VideoMamba._blocks widens the last one), one elementwise pass less per layer.
+            out = self.mixer(hidden_states, state, return_state, keep_matmul_dtype=True)
         else:
             out = self.mixer(hidden_states, state, return_state)
         if return_state:
@@ -503,7 +507,7 @@ class VideoMamba(nn.Module):
 
     # -------------------------------------------------------------------- backbone
     def _blocks(self, hidden: Tensor, state: Optional[StreamState], return_state: bool):
-        residual = None
+        residual, dtype_in = None, hidden.dtype
         tails, ssms = [], []
         for i, layer in enumerate(self.layers):
             ckpt = self.use_checkpoint and i < self.checkpoint_num and self.training and torch.is_grad_enabled()
@@ -516,6 +520,8 @@ class VideoMamba(nn.Module):
         if return_state:
             tag = state.tag if state is not None else ""
             new_state = StreamState(torch.stack(tails).float(), torch.stack(ssms).float(), tag)
+        if hidden.dtype != dtype_in and not torch.is_autocast_enabled("cpu"):  # a kept bf16 mixer output
+            hidden = hidden.to(dtype_in)
         return hidden, residual, new_state
 
     def _final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:

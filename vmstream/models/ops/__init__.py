@@ -1,12 +1,15 @@
 """Scan and conv ops with interchangeable backends.
 
-`selective_scan` and `causal_conv1d` are the only entry points the model uses; the
+`mamba_inner` (a Mamba layer between in_proj and out_proj, `mixer.py`) is the entry point
+the model uses, built on `selective_scan` and `causal_conv1d`; the
 backend is chosen per call (see `dispatch.py`): the PyTorch reference (the oracle), a
 fast fused CPU kernel, vmstream's Triton kernels on CUDA (`triton_scan.py`), or
 mamba-ssm / causal-conv1d on CUDA where asked for.
 """
 from .reference import causal_conv1d_ref, selective_scan_ref
 from .dispatch import available_backends, causal_conv1d, selective_scan
+from .mixer import MixerDirection, mamba_inner
+from .norm import add_rms_norm
 
 __all__ = [
     "selective_scan",
@@ -14,4 +17,7 @@ __all__ = [
     "selective_scan_ref",
     "causal_conv1d_ref",
     "available_backends",
+    "mamba_inner",
+    "MixerDirection",
+    "add_rms_norm",
 ]

@@ -302,6 +302,17 @@ def _check_conv(x, weight, bias, initial_tail):
 
 
 # ----------------------------------------------------------------------------- entry points
+def fused_cpu_ops(tensor: Tensor, backend: Optional[str] = None):
+    """The compiled C++ op namespace when `backend` (or the automatic choice) is "cpu" and
+    resolves to the C++ kernel for `tensor`; else None (fused ops then fall back to the
+    composition of the dispatched ones)."""
+    if _choose(tensor, backend) != "cpu" or _resolve_cpu() != "cpp":
+        return None
+    from . import cpu_ext  # noqa: PLC0415
+
+    return cpu_ext.load()
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_last_state=False, reverse=False, backend=None,
                    out=None, accumulate=False):

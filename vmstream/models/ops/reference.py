@@ -114,3 +114,37 @@ def causal_conv1d_ref(
     if return_final_tail:
         return out, xp[:, :, xp.shape[2] - (K - 1):]
     return out
+
+
+def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = None,
+                    initial_state: Optional[Tensor] = None, return_state: bool = False):
+    """A Mamba layer between in_proj and out_proj, the readable way (see `mixer.py`).
+
+    xz [B, L, 2D] is split into x and z; each direction (a `mixer.MixerDirection`) is
+    conv + SiLU, x_proj, dt_proj, and the selective scan with D, delta_bias, softplus and
+    the z gate; the second direction runs reversed from zero. Returns the float32 sum of
+    the directions, and with `return_state` the first direction's (conv tail, scan state).
+    """
+    x, z = xz.float().chunk(2, dim=-1)
+    y, state = None, None
+    for i, d in enumerate(directions):
+        first = i == 0
+        Dm, N = d.A.shape
+        R = d.dt_proj_weight.shape[1]
+        xc, tail = causal_conv1d_ref(x, d.conv_weight.reshape(Dm, -1).float(), d.conv_bias,
+                                     initial_tail if first else None, "silu", True, reverse=not first)
+        dt, B, C = torch.split(F.linear(xc, d.x_proj_weight.float()), [R, N, N], dim=-1)
+        yd, last = selective_scan_ref(xc, F.linear(dt, d.dt_proj_weight.float()), d.A, B, C, d.D, z,
+                                      d.dt_bias, True, initial_state if first else None, True,
+                                      reverse=not first)
+        if first:
+            state = (tail, last)
+        y = yd if y is None else y + yd
+    return (y, state) if return_state else y
+
+
+def add_rms_norm_ref(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float):
+    """(RMSNorm(residual + hidden) in float32, residual + hidden in float32): the pre-norm
+    block's add and norm, the residual kept in float32 (`norm.add_rms_norm`)."""
+    res = hidden.float() if residual is None else residual.float() + hidden.float()
+    return F.rms_norm(res, (res.shape[-1],), weight.float(), eps), res

@@ -319,19 +319,20 @@ inline vf decay(vf dt, vf A2) {
 #endif
 }
 
+// The forward's time loop for one D-chunk (lanes d0..d0+W) of batch row b, from the state
+// in hio (N vectors) and back into it; the lane constants come from the caller, so a caller
+// that runs many short pieces of the sequence (the fused mixer) builds them once.
 template <int NT>
-void scan_fwd_task(const Scan& s, int64_t b, int64_t d0, float* out, int64_t so_b, int64_t so_l,
-                   bool accumulate, const float* h0, float* last, float* ckpt) {
+void scan_fwd_steps(const Scan& s, int64_t b, int64_t d0, const LaneConsts<NT>& c, vf* hio, float* out,
+                    int64_t so_b, int64_t so_l, bool accumulate, float* ckpt) {
   const int N = NT > 0 ? NT : (int)s.N;
   const int nl = (int)std::min<int64_t>(W, s.D - d0);
   const vmask m = lane_mask(nl);
-  LaneConsts<NT> c(s, d0, nl);
   // h must stay in registers: every loop over its index is fully unrolled (a loop
   // that is not makes GCC keep the array in memory and store it every step).
   vf h[NT > 0 ? NT : kMaxN];
 #pragma GCC unroll 16
-  for (int n = 0; n < N; ++n)
-    h[n] = h0 ? gather(h0 + (b * s.D + d0) * N + n, N, nl) : vzero();
+  for (int n = 0; n < N; ++n) h[n] = hio[n];
   const float* ub = s.u + b * s.su_b + d0;
   const float* db = s.delta + b * s.sd_b + d0;
   const float* zb = s.z ? s.z + b * s.sz_b + d0 : nullptr;
@@ -361,22 +362,39 @@ void scan_fwd_task(const Scan& s, int64_t b, int64_t d0, float* out, int64_t so_
       const vf dt = dtb[j], du = dub[j];
       const float* Bt = Bb + t * s.sB_l;
       const float* Ct = Cb + t * s.sC_l;
-      vf y = yb[j];
+      // y in two chains (even and odd n): one chain of N dependent FMAs per step was
+      // the loop's longest latency path.
+      vf y = yb[j], y1 = vzero();
 #pragma GCC unroll 16
       for (int n = 0; n < N; ++n) {
         h[n] = vfma(decay(dt, c.A2[n]), h[n], vmul(du, vset(Bt[n * s.sB_n])));
-        y = vfma(h[n], vset(Ct[n * s.sC_n]), y);
+        if (n % 2 == 0)
+          y = vfma(h[n], vset(Ct[n * s.sC_n]), y);
+        else
+          y1 = vfma(h[n], vset(Ct[n * s.sC_n]), y1);
       }
+      y = vadd(y, y1);
       if (zb) y = vmul(y, gate[j]);
       float* o = ob + t * so_l;
       if (accumulate) y = vadd(y, vload(o, m));
       vstore(o, y, m);
     }
   }
-  if (last) {
 #pragma GCC unroll 16
+  for (int n = 0; n < N; ++n) hio[n] = h[n];
+}
+
+template <int NT>
+void scan_fwd_task(const Scan& s, int64_t b, int64_t d0, float* out, int64_t so_b, int64_t so_l,
+                   bool accumulate, const float* h0, float* last, float* ckpt) {
+  const int N = NT > 0 ? NT : (int)s.N;
+  const int nl = (int)std::min<int64_t>(W, s.D - d0);
+  LaneConsts<NT> c(s, d0, nl);
+  vf h[NT > 0 ? NT : kMaxN];
+  for (int n = 0; n < N; ++n) h[n] = h0 ? gather(h0 + (b * s.D + d0) * N + n, N, nl) : vzero();
+  scan_fwd_steps<NT>(s, b, d0, c, h, out, so_b, so_l, accumulate, ckpt);
+  if (last)
     for (int n = 0; n < N; ++n) scatter(last + (b * s.D + d0) * N + n, N, nl, h[n]);
-  }
 }
 
 // 64-byte aligned float storage viewed as vectors. `skew` cache lines of offset keep
@@ -947,6 +965,420 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
   return {dx, dw, db, dtail};
 }
 
+// ---------------------------------------------------------------- fused bidirectional mixer
+// Inference only: one Mamba layer's directions from in_proj's output xz [B, L, 2D] (x, z
+// halves; float32 or bfloat16) to the sum of their gated scan outputs [B, L, D]. The
+// unfused ops pass every intermediate ([B, L, D] conv output, x_proj output, Δ, each
+// direction's y: ~40 MB per direction at Ti-16) through memory; here a task (batch row,
+// direction) walks the sequence in chunks of `Tc` tokens whose intermediates stay in L2:
+// conv+SiLU -> x_proj -> dt_proj (at::mm on the chunk) -> scan with D and the z gate ->
+// its y. Conv tail and scan state carry from chunk to chunk in small per-task buffers.
+// The two directions of a batch row run on different threads; whichever finishes a chunk
+// last sums both directions' rows of it (y_f + y_b, the order the unfused model adds in;
+// a sum of two floats does not depend on which thread computes it) into the output.
+
+struct MixerDirPtrs {
+  const float *conv_w, *conv_b, *xw, *dtw, *dt_bias, *A, *Dv;
+};
+
+// x_proj on a chunk: out[j, e] (row stride E) = sum_d xc[j, d] WT[d, e], WT the weight
+// transposed and zero-padded to Ep columns (a multiple of 3 vectors). Eight tokens times
+// three vectors of outputs per pass: 24 accumulators hide the FMA latency and each weight
+// vector loaded serves eight tokens. The chunk sizes are far below where a BLAS call pays
+// for itself (and a BLAS call inside a task would start its own threads when the caller runs
+// single-threaded). xc has >= 7 spare rows.
+constexpr int kXprojTokens = 8;
+__attribute__((noinline)) void xproj_chunk(const float* xc, int64_t cnt, int64_t D, const float* WT,
+                                           int64_t Ep, int64_t E, float* out) {
+  constexpr int TJ = kXprojTokens;
+  for (int64_t j0 = 0; j0 < cnt; j0 += TJ) {
+    const int tj = (int)std::min<int64_t>(TJ, cnt - j0);
+    for (int64_t e0 = 0; e0 < Ep; e0 += 3 * W) {
+      vf a0[TJ], a1[TJ], a2[TJ];
+#pragma GCC unroll 8
+      for (int t = 0; t < TJ; ++t) a0[t] = a1[t] = a2[t] = vzero();
+      const float* x = xc + j0 * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const float* wr = WT + d * Ep + e0;
+        const vf w0 = vload(wr, kAll), w1 = vload(wr + W, kAll), w2 = vload(wr + 2 * W, kAll);
+#pragma GCC unroll 8
+        for (int t = 0; t < TJ; ++t) {
+          const vf xv = vset(x[t * D + d]);
+          a0[t] = vfma(xv, w0, a0[t]);
+          a1[t] = vfma(xv, w1, a1[t]);
+          a2[t] = vfma(xv, w2, a2[t]);
+        }
+      }
+      // (No pointers into the accumulator arrays: GCC then keeps them in memory.)
+      const vmask m0 = lane_mask((int)std::clamp<int64_t>(E - e0, 0, W));
+      const vmask m1 = lane_mask((int)std::clamp<int64_t>(E - e0 - W, 0, W));
+      const vmask m2 = lane_mask((int)std::clamp<int64_t>(E - e0 - 2 * W, 0, W));
+#pragma GCC unroll 8
+      for (int t = 0; t < TJ; ++t) {
+        if (t < tj) {
+          float* o = out + (j0 + t) * E + e0;
+          vstore(o, a0[t], m0);
+          vstore(o + W, a1[t], m1);
+          vstore(o + 2 * W, a2[t], m2);
+        }
+      }
+    }
+  }
+}
+
+// dt_proj on a chunk: dt[j, d] = sum_r xdbl[j, r] WdT[r, d] (r < R, xdbl row stride E),
+// eight output vectors per pass.
+__attribute__((noinline)) void dtproj_chunk(const float* xdbl, int64_t cnt, int64_t E, int64_t R, const float* WdT, int64_t D,
+                  float* dt) {
+  constexpr int TV = 8;
+  const int64_t nd = (D + W - 1) / W;
+  for (int64_t j = 0; j < cnt; ++j) {
+    const float* xr = xdbl + j * E;
+    for (int64_t v0 = 0; v0 < nd; v0 += TV) {
+      const int tv = (int)std::min<int64_t>(TV, nd - v0);
+      vf acc[TV];
+      vmask m[TV];
+#pragma GCC unroll 8
+      for (int k = 0; k < TV; ++k) {
+        acc[k] = vzero();
+        m[k] = lane_mask(k < tv ? (int)std::min<int64_t>(W, D - (v0 + k) * W) : 0);
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        const vf xv = vset(xr[r]);
+        const float* wr = WdT + r * D + v0 * W;
+#pragma GCC unroll 8
+        for (int k = 0; k < TV; ++k) acc[k] = vfma(xv, vload(wr + k * W, m[k]), acc[k]);
+      }
+#pragma GCC unroll 8
+      for (int k = 0; k < TV; ++k) vstore(dt + j * D + (v0 + k) * W, acc[k], m[k]);  // m[k] = 0 past tv
+    }
+  }
+}
+
+struct Mixer {
+  int64_t Bsz, L, D, N, R, K, Tc, nchunks, ndir;
+  const void* xz;
+  bool xz_bf16, out_bf16;
+  int64_t sxz_b, sxz_l;
+  std::vector<MixerDirPtrs> dirs;
+  int64_t Ep;                 // x_proj's output columns padded to a multiple of 3 vectors
+  std::vector<float> xwT[2], dtwT[2];  // x_proj weight as [D, Ep], dt_proj weight as [R, D]
+  const float *tail0, *h0;
+  float *tail_out, *h_out, *scratch;
+  void* out;
+  std::atomic<int>* done;  // per (batch row, chunk): directions finished
+};
+
+inline float bf16_to_f32(uint16_t v) {
+  uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// Round to nearest even, NaN -> quiet NaN: c10::BFloat16's conversion, bit for bit.
+inline uint16_t f32_to_bf16(float f) {
+  if (std::isnan(f)) return 0x7FC0;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// Rows of bfloat16 widened to float32 (exact), and float32 (optionally the sum of two rows)
+// rounded to bfloat16 as f32_to_bf16 does; 16 lanes at a time where AVX-512 is there.
+void bf16_to_f32_n(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+    _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+}
+void f32_to_bf16_n(const float* a, const float* b, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+  for (; i + 16 <= n; i += 16) {
+    __m512 f = _mm512_loadu_ps(a + i);
+    if (b) f = _mm512_add_ps(f, _mm512_loadu_ps(b + i));
+    __m512i u = _mm512_castps_si512(f);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
+    r = _mm512_srli_epi32(r, 16);
+    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(r));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = f32_to_bf16(b ? a[i] + b[i] : a[i]);
+}
+
+// One chunk's y rows of every direction summed into the output.
+__attribute__((noinline)) void mixer_sum_rows(const Mixer& mx, int64_t b, int64_t t0, int64_t cnt) {
+  const int64_t D = mx.D, plane = mx.Bsz * mx.L * D;
+  const float* y0 = mx.scratch + (b * mx.L + t0) * D;
+  const int64_t n = cnt * D;
+  if (mx.out_bf16) {
+    uint16_t* o = static_cast<uint16_t*>(mx.out) + (b * mx.L + t0) * D;
+    f32_to_bf16_n(y0, mx.ndir == 2 ? y0 + plane : nullptr, o, n);
+  } else {
+    float* o = static_cast<float*>(mx.out) + (b * mx.L + t0) * D;
+    if (mx.ndir == 2) {
+      const float* y1 = y0 + plane;
+      for (int64_t i = 0; i < n; ++i) o[i] = y0[i] + y1[i];
+    } else {
+      std::memcpy(o, y0, n * sizeof(float));
+    }
+  }
+}
+
+struct MixerWork {
+  std::vector<float> xin, xc, xdbl, dt, tail;
+};
+
+// Chunk c of batch row b in direction dir: conv, projections, scan into scratch. consts:
+// the direction's lane constants per D-chunk; hv: its scan state, N vectors per D-chunk.
+template <int NT>
+void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w,
+                 const std::vector<LaneConsts<NT>>& consts, vf* hv) {
+  const int64_t D = mx.D, N = mx.N, R = mx.R, E = R + 2 * N;
+  const int64_t t0 = c * mx.Tc, cnt = std::min(mx.Tc, mx.L - t0);
+  const bool rev = dir == 1;
+  const MixerDirPtrs& p = mx.dirs[dir];
+  const float* xsrc;
+  int64_t sx_l;
+  if (mx.xz_bf16) {
+    const uint16_t* src = static_cast<const uint16_t*>(mx.xz) + b * mx.sxz_b + t0 * mx.sxz_l;
+    for (int64_t j = 0; j < cnt; ++j) bf16_to_f32_n(src + j * mx.sxz_l, w.xin.data() + j * 2 * D, 2 * D);
+    xsrc = w.xin.data();
+    sx_l = 2 * D;
+  } else {
+    xsrc = static_cast<const float*>(mx.xz) + b * mx.sxz_b + t0 * mx.sxz_l;
+    sx_l = mx.sxz_l;
+  }
+  float* y = mx.scratch + ((dir * mx.Bsz + b) * mx.L + t0) * D;
+  // The scan walks each D-chunk down the chunk's rows (stride 2D floats for z, D for y):
+  // one 64-byte line per row and page, which the hardware prefetchers do not follow.
+  // Fetch those rows into L2 now; the conv and the projections run meanwhile.
+#if defined(VMS_X86)
+  for (int64_t j = 0; j < cnt; ++j) {
+    const char* zr = reinterpret_cast<const char*>(xsrc + j * sx_l + D);
+    char* yr = reinterpret_cast<char*>(y + j * D);
+    for (int64_t o = 0; o < D * 4; o += 64) {
+      _mm_prefetch(zr + o, _MM_HINT_T1);
+      _mm_prefetch(yr + o, _MM_HINT_T1);
+    }
+  }
+#endif
+  Conv cv{1, cnt, D, mx.K, xsrc, p.conv_w, p.conv_b, w.tail.data(), 0, sx_l, true, rev};
+  const int64_t nd = (D + W - 1) / W;
+  for (int64_t c0 = 0; c0 < nd; c0 += kGroup) {
+    const int64_t c1 = std::min(nd, c0 + kGroup);
+    if (mx.K == 4)
+      conv_fwd_group<4>(cv, 0, c0, c1, w.xc.data(), w.tail.data());
+    else
+      conv_fwd_group<0>(cv, 0, c0, c1, w.xc.data(), w.tail.data());
+  }
+  xproj_chunk(w.xc.data(), cnt, D, mx.xwT[dir].data(), mx.Ep, E, w.xdbl.data());
+  dtproj_chunk(w.xdbl.data(), cnt, E, R, mx.dtwT[dir].data(), D, w.dt.data());
+  Scan s{};
+  s.Bsz = 1, s.L = cnt, s.D = D, s.N = N;
+  s.u = w.xc.data(), s.su_l = D;
+  s.delta = w.dt.data(), s.sd_l = D;
+  s.A = p.A, s.Dv = p.Dv, s.bias = p.dt_bias;
+  s.Bm = w.xdbl.data() + R, s.sB_l = E, s.sB_n = 1;
+  s.Cm = w.xdbl.data() + R + N, s.sC_l = E, s.sC_n = 1;
+  s.z = xsrc + D, s.sz_l = sx_l;
+  s.softplus = true, s.reverse = rev, s.K = 1, s.nck = 0;
+  for (int64_t ci = 0; ci < nd; ++ci) scan_fwd_steps<NT>(s, 0, ci * W, consts[ci], hv + ci * N, y, 0, D, false, nullptr);
+  if (mx.done[b * mx.nchunks + c].fetch_add(1, std::memory_order_acq_rel) == mx.ndir - 1)
+    mixer_sum_rows(mx, b, t0, cnt);
+}
+
+template <int NT>
+void mixer_task_n(const Mixer& mx, int64_t b, int dir, MixerWork& w) {
+  const int64_t D = mx.D, N = mx.N, K = mx.K, nd = (D + W - 1) / W;
+  const MixerDirPtrs& p = mx.dirs[dir];
+  w.tail.assign(D * (K - 1), 0.f);
+  if (dir == 0 && mx.tail0) std::memcpy(w.tail.data(), mx.tail0 + b * D * (K - 1), D * (K - 1) * 4);
+  Scan s{};
+  s.D = D, s.N = N, s.A = p.A, s.Dv = p.Dv, s.bias = p.dt_bias;
+  std::vector<LaneConsts<NT>> consts;
+  consts.reserve(nd);
+  VecBuf hv;
+  hv.resize(nd * N);
+  const float* h0 = dir == 0 ? mx.h0 : nullptr;
+  for (int64_t ci = 0; ci < nd; ++ci) {
+    const int64_t d0 = ci * W;
+    const int nl = (int)std::min<int64_t>(W, D - d0);
+    consts.emplace_back(s, d0, nl);
+    for (int64_t n = 0; n < N; ++n) hv.p[ci * N + n] = h0 ? gather(h0 + (b * D + d0) * N + n, N, nl) : vzero();
+  }
+  for (int64_t i = 0; i < mx.nchunks; ++i)
+    mixer_chunk<NT>(mx, b, dir, dir == 1 ? mx.nchunks - 1 - i : i, w, consts, hv.p);
+  if (dir == 0 && mx.tail_out) std::memcpy(mx.tail_out + b * D * (K - 1), w.tail.data(), D * (K - 1) * 4);
+  if (dir == 0 && mx.h_out)
+    for (int64_t ci = 0; ci < nd; ++ci)
+      for (int64_t n = 0; n < N; ++n)
+        scatter(mx.h_out + (b * D + ci * W) * N + n, N, (int)std::min<int64_t>(W, D - ci * W), hv.p[ci * N + n]);
+}
+
+void mixer_task(const Mixer& mx, int64_t b, int dir, MixerWork& w) {
+  if (mx.N == 16)
+    mixer_task_n<16>(mx, b, dir, w);
+  else
+    mixer_task_n<0>(mx, b, dir, w);
+}
+
+// params: per direction (conv weight [D, K], conv bias [D], x_proj weight [R+2N, D],
+// dt_proj weight [D, R], dt bias [D], A [D, N], D [D]); one direction or two (the second
+// scans from the last token, from a zero state). Returns (out, final conv tail, last state)
+// of the first direction; empty tensors when not requested.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
+    const at::Tensor& xz, at::TensorList params, const std::optional<at::Tensor>& tail0,
+    const std::optional<at::Tensor>& h0, bool return_state, int64_t chunk, bool out_bf16) {
+  TORCH_CHECK(xz.dim() == 3 && xz.size(2) % 2 == 0 && xz.device().is_cpu() && xz.stride(2) == 1 &&
+                  (xz.scalar_type() == at::kFloat || xz.scalar_type() == at::kBFloat16),
+              "xz must be a float32 or bfloat16 CPU tensor [B, L, 2D] with a contiguous last dim, got ",
+              xz.scalar_type(), " ", xz.sizes());
+  TORCH_CHECK(params.size() == 7 || params.size() == 14, "params: 7 tensors per direction, got ",
+              params.size());
+  TORCH_CHECK(chunk >= 1, "chunk must be >= 1");
+  Mixer mx{};
+  mx.Bsz = xz.size(0), mx.L = xz.size(1), mx.D = xz.size(2) / 2;
+  const int64_t D = mx.D;
+  TORCH_CHECK(mx.L >= 1, "xz has no tokens");
+  mx.ndir = (int64_t)params.size() / 7;
+  mx.K = params[0].size(-1);
+  mx.N = params[5].size(-1);
+  mx.R = params[3].size(-1);
+  const int64_t K = mx.K, N = mx.N, R = mx.R;
+  TORCH_CHECK(K >= 2 && K <= kMaxK && N >= 1 && N <= kMaxN && R >= 1, "mixer: K, N or R out of range");
+  for (int64_t d = 0; d < mx.ndir; ++d) {
+    const at::Tensor* q = &params[d * 7];
+    check_small(q[0], "conv weight", {D, K});
+    check_small(q[1], "conv bias", {D});
+    check_small(q[2], "x_proj weight", {R + 2 * N, D});
+    check_small(q[3], "dt_proj weight", {D, R});
+    check_small(q[4], "dt bias", {D});
+    check_small(q[5], "A", {D, N});
+    check_small(q[6], "D", {D});
+    mx.dirs.push_back({q[0].data_ptr<float>(), q[1].data_ptr<float>(), q[2].data_ptr<float>(),
+                       q[3].data_ptr<float>(), q[4].data_ptr<float>(), q[5].data_ptr<float>(),
+                       q[6].data_ptr<float>()});
+    const float *xw = q[2].data_ptr<float>(), *dtw = q[3].data_ptr<float>();
+    mx.Ep = (R + 2 * N + 3 * W - 1) / (3 * W) * (3 * W);
+    mx.xwT[d].assign(D * mx.Ep, 0.f);
+    for (int64_t e = 0; e < R + 2 * N; ++e)
+      for (int64_t i = 0; i < D; ++i) mx.xwT[d][i * mx.Ep + e] = xw[e * D + i];
+    mx.dtwT[d].resize(R * D);
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t r = 0; r < R; ++r) mx.dtwT[d][r * D + i] = dtw[i * R + r];
+  }
+  if (tail0) check_small(*tail0, "initial_tail", {mx.Bsz, D, K - 1});
+  if (h0) check_small(*h0, "initial_state", {mx.Bsz, D, N});
+  mx.Tc = std::min(chunk, mx.L);
+  mx.nchunks = (mx.L + mx.Tc - 1) / mx.Tc;
+  mx.xz = xz.data_ptr();
+  mx.xz_bf16 = xz.scalar_type() == at::kBFloat16;
+  mx.out_bf16 = out_bf16;
+  mx.sxz_b = xz.stride(0), mx.sxz_l = xz.stride(1);
+  mx.tail0 = opt_ptr(tail0);
+  mx.h0 = opt_ptr(h0);
+  auto fopt = xz.options().dtype(at::kFloat);
+  at::Tensor out = at::empty({mx.Bsz, mx.L, D}, fopt.dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  at::Tensor tail = return_state ? at::empty({mx.Bsz, D, K - 1}, fopt) : at::empty({0}, fopt);
+  at::Tensor last = return_state ? at::empty({mx.Bsz, D, N}, fopt) : at::empty({0}, fopt);
+  // Reused across calls (per calling thread): a fresh multi-MB buffer every layer is fresh
+  // pages from the OS, and their page faults showed in the profile.
+  thread_local std::vector<float> scratch;
+  if ((int64_t)scratch.size() < mx.ndir * mx.Bsz * mx.L * D) scratch.resize(mx.ndir * mx.Bsz * mx.L * D);
+  mx.out = out.data_ptr();
+  mx.scratch = scratch.data();
+  mx.tail_out = return_state ? tail.data_ptr<float>() : nullptr;
+  mx.h_out = return_state ? last.data_ptr<float>() : nullptr;
+  std::vector<std::atomic<int>> done(mx.Bsz * mx.nchunks);
+  for (auto& d : done) d.store(0);
+  mx.done = done.data();
+  const int64_t ntasks = mx.Bsz * mx.ndir, nw = num_workers(ntasks);
+  std::vector<MixerWork> work(nw);
+  for (auto& w : work) {
+    if (mx.xz_bf16) w.xin.resize(mx.Tc * 2 * D);
+    w.xc.resize((mx.Tc + kXprojTokens - 1) * D);  // xproj_chunk reads rows past the chunk
+    w.xdbl.resize(mx.Tc * (R + 2 * N));
+    w.dt.resize(mx.Tc * D);
+  }
+  run_tasks(ntasks, nw, [&](int64_t wi, int64_t task) {
+    mixer_task(mx, task / mx.ndir, (int)(task % mx.ndir), work[wi]);
+  });
+  return {out, tail, last};
+}
+
+// ---------------------------------------------------------------- residual add + RMSNorm
+// residual_out = residual + hidden (float32; hidden may be bfloat16 or float32, residual
+// may be absent), normed = residual_out * rsqrt(mean(residual_out^2) + eps) * weight, in one
+// pass over the rows instead of the add and the norm's five elementwise passes. Inference only.
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden,
+                                                const std::optional<at::Tensor>& residual,
+                                                const at::Tensor& weight, double eps, bool out_bf16) {
+  TORCH_CHECK(hidden.device().is_cpu() && hidden.is_contiguous() &&
+                  (hidden.scalar_type() == at::kFloat || hidden.scalar_type() == at::kBFloat16),
+              "hidden must be a contiguous float32 or bfloat16 CPU tensor");
+  const int64_t C = hidden.size(-1), rows = C ? hidden.numel() / C : 0;
+  check_small(weight, "weight", {C});
+  if (residual) {
+    TORCH_CHECK(residual->sizes() == hidden.sizes(), "residual must have hidden's shape ", hidden.sizes());
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->is_contiguous(),
+                "residual must be a contiguous float32 tensor");
+  }
+  auto fopt = hidden.options().dtype(at::kFloat);
+  at::Tensor res = at::empty(hidden.sizes(), fopt);
+  at::Tensor out = at::empty(hidden.sizes(), fopt.dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  const bool hb = hidden.scalar_type() == at::kBFloat16;
+  const void* hp = hidden.data_ptr();
+  const float* rp = opt_ptr(residual);
+  const float* wp = weight.data_ptr<float>();
+  float* op = res.data_ptr<float>();
+  void* np = out.data_ptr();
+  // One segment's rows (Ti-16: 3137 x 192) are ~0.2 ms of work on one thread: a parallel
+  // region would save half of that on a quiet machine, but costs a scheduler slice or more
+  // whenever another process holds one of the cores (its join waits for the thread that
+  // lost its core). Batches of streams, 8x that size and more, do split.
+  const int64_t grain = rows * C >= (int64_t)1 << 22 ? 256 : rows;
+  at::parallel_for(0, rows, std::max<int64_t>(grain, 1), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* x = op + r * C;
+      if (hb)
+        bf16_to_f32_n(static_cast<const uint16_t*>(hp) + r * C, x, C);
+      else
+        std::memcpy(x, static_cast<const float*>(hp) + r * C, C * sizeof(float));
+      if (rp)
+        for (int64_t i = 0; i < C; ++i) x[i] = rp[r * C + i] + x[i];
+      vf acc = vzero();
+      int64_t i = 0;
+      for (; i + W <= C; i += W) {
+        const vf v = vload(x + i, kAll);
+        acc = vfma(v, v, acc);
+      }
+      float ss = vsum(acc);
+      for (; i < C; ++i) ss += x[i] * x[i];
+      const float scale = 1.f / std::sqrt(ss / (float)C + (float)eps);
+      if (out_bf16) {
+        float tmp[1024];
+        uint16_t* o = static_cast<uint16_t*>(np) + r * C;
+        for (int64_t k0 = 0; k0 < C; k0 += 1024) {
+          const int64_t m = std::min<int64_t>(1024, C - k0);
+          for (int64_t k = 0; k < m; ++k) tmp[k] = x[k0 + k] * scale * wp[k0 + k];
+          f32_to_bf16_n(tmp, nullptr, o + k0, m);
+        }
+      } else {
+        float* o = static_cast<float*>(np) + r * C;
+        for (int64_t k = 0; k < C; ++k) o[k] = x[k] * scale * wp[k];
+      }
+    }
+  });
+  return {out, res};
+}
+
 std::string isa() { return std::string(kIsa) + "/" + std::to_string(W); }
 
 }  // namespace
@@ -970,4 +1402,10 @@ TORCH_LIBRARY(VMS_NS, m) {
         "Tensor dout, Tensor? dfinal_tail, bool silu, bool reverse, bool need_dtail) "
         "-> (Tensor, Tensor, Tensor, Tensor)",
         &causal_conv1d_bwd);
+  m.def("mixer_fwd(Tensor xz, Tensor[] params, Tensor? initial_tail, Tensor? initial_state, "
+        "bool return_state, int chunk, bool out_bf16) -> (Tensor, Tensor, Tensor)",
+        &mixer_fwd);
+  m.def("add_rms_norm(Tensor hidden, Tensor? residual, Tensor weight, float eps, bool out_bf16) "
+        "-> (Tensor, Tensor)",
+        &add_rms_norm);
 }
