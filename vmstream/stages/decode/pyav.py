@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from dataclasses import replace
 from typing import Iterator, Optional
@@ -321,7 +322,10 @@ class _FileRun:
         # H.264 packets are always inspected for IDR-ness (resuming after skipped
         # references needs no decoder flush at an IDR); "filter" also uses nal_ref_idc.
         # Runs of GOPs go to several decoders at once where IDRs can be found (H.264).
-        pooled = self.dec.gop_workers > 1 and self.info.codec == "h264" and mode in ("all", "filter", "seek")
+        # Each pool decoder opens the file for its codec parameters: local files only,
+        # and not when the audio rides along (then the file is opened once, on purpose).
+        pooled = (self.dec.gop_workers > 1 and self.info.codec == "h264" and mode in ("all", "filter", "seek")
+                  and os.path.isfile(self.source.uri) and self.tap is None)
         planned = mode in ("filter", "seek", "keyframes")
         inspector = (H264Inspector(s.codec_context.extradata)
                      if (planned or pooled) and self.info.codec == "h264" else None)
