@@ -9,7 +9,11 @@ Speed comes from not doing work (measured in benchmarks/decode_speed.py):
   decoded (`packet_filter`): GOPs with nothing wanted are skipped, each GOP's tail
   after its last wanted frame is cut, H.264 non-reference pictures nobody wants are
   never fed, and the reader seeks when the next target lies past the next keyframe;
-- keyframes-only mode feeds keyframes alone (approximate in time, see sampling.py).
+- keyframes-only mode feeds keyframes alone (approximate in time, see sampling.py);
+- H.264 files: runs of GOPs that start at an IDR (or on a flushed decoder) are decoded
+  `gop_workers` at a time, each on its own decoder that also converts its frames
+  (`gop_pool`): one decoder's frame threads stall on a GOP's reference chain (I, P,
+  P, ...) and leave cores idle; independent runs do not.
 
 `exact_mode` picks the strategy for sparse targets: "filter" (the above; the default
 for H.264), "seek" (the same minus the H.264 NAL filter; the default for other
@@ -23,8 +27,9 @@ seeks are then off (the skipped span's audio is wanted); GOP skipping and the pa
 filter still spare the video decoder.
 
 Layout: `container` opens, probes and converts; `gop_reader` reads packets a GOP at a
-time; `packet_filter` plans which of them to feed; `live` runs live sources; this
-module picks the strategy and runs it over a file.
+time; `packet_filter` plans which of them to feed; `gop_pool` decodes the planned runs
+(on several decoders, or in order on one); `live` runs live sources; this module picks
+the strategy and runs it over a file.
 """
 from __future__ import annotations
 from __future__ import annotations
