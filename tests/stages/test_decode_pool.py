@@ -120,3 +120,21 @@ def test_gop_workers_is_checked():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="gop_workers"):
             PyAVDecoder(gop_workers=bad)
+
+
+def test_a_pool_decoder_that_cannot_open_fails_the_caller_with_the_input_named(pyramid_mp4, tmp_path):
+    from vmstream.stages.decode.container import FrameConverter, open_input
+    from vmstream.stages.decode.gop_pool import GopPool, RunCounts
+    from vmstream.stages.media import InputNotFoundError
+
+    missing = str(tmp_path / "gone.mp4")
+    pool = GopPool(lambda: (open_input(missing), None), lambda: FrameConverter(SIZE), RunCounts(), workers=2)
+    try:
+        with av.open(pyramid_mp4) as c:
+            s = c.streams.video[0]
+            packets = [p for _, p in zip(range(15), c.demux(s))]
+            with pytest.raises(InputNotFoundError, match="gone.mp4"):
+                list(pool.submit(packets, None))
+                list(pool.finish())
+    finally:
+        pool.close()
