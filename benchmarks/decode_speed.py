@@ -8,6 +8,10 @@ compresses like real footage, a realistic bitrate, 2 s GOP, B-frames; cached und
   full       every frame to 224x224 RGB (our decoder, AllFrames)
   fps1       exact 1 fps sampling: "full" (decode all, pick), "seek", "filter" (default)
   keyframes  1 fps, keyframes only (approximate in time)
+  "one decoder" lines: the same with gop_workers=1 (no GOP pool), for comparison
+
+`--file PATH` times another file too (e.g. archive_hour.py's cached 1080p file); its
+lines are printed, the machine-readable ones stay the generated 1080p video's.
 
 Speeds are source frames covered per second of wall time (medians of --repeats runs).
 Each of our runs is compared with the ffmpeg runs on either side of it and a ratio is
@@ -82,9 +86,9 @@ def time_ffmpeg(path: str) -> tuple[float, float]:
     return time.perf_counter() - t, _cpu(resource.RUSAGE_CHILDREN) - c
 
 
-def time_ours(path: str, policy, mode: str = "auto") -> tuple[float, float, int]:
+def time_ours(path: str, policy, mode: str = "auto", workers: int = 2) -> tuple[float, float, int]:
     """(wall, CPU, frames out) of our decoder (this process, all its threads)."""
-    dec = PyAVDecoder(exact_mode=mode)
+    dec = PyAVDecoder(exact_mode=mode, gop_workers=workers)
     src = source_from_uri(path)
     size = FrameSize(224, 224)
     c, t = _cpu(resource.RUSAGE_SELF), time.perf_counter()
@@ -103,18 +107,20 @@ def bench(path: str, n_frames: int, repeats: int):
     the median over its runs, so load that comes and goes hits both sides. The CPU
     ratio (FFmpeg's CPU seconds over ours) does not depend on other load at all."""
     cases = {
-        "full": (AllFrames(), "auto"),
-        "fps1_decode_all": (FpsSampling(1), "full"),
-        "fps1_seek": (FpsSampling(1), "seek"),
-        "fps1_filter": (FpsSampling(1), "filter"),
-        "keyframes": (FpsSampling(1, keyframes_only=True), "auto"),
+        "full": (AllFrames(), "auto", 2),
+        "full_one": (AllFrames(), "auto", 1),
+        "fps1_decode_all": (FpsSampling(1), "full", 2),
+        "fps1_seek": (FpsSampling(1), "seek", 2),
+        "fps1_filter": (FpsSampling(1), "filter", 2),
+        "fps1_filter_one": (FpsSampling(1), "filter", 1),
+        "keyframes": (FpsSampling(1, keyframes_only=True), "auto", 2),
     }
     order = [k for _ in range(repeats) for k in cases]
     base = [time_ffmpeg(path)]
     ours = []
     for k in order:
-        pol, mode = cases[k]
-        ours.append((k, *time_ours(path, pol, mode)))
+        pol, mode, workers = cases[k]
+        ours.append((k, *time_ours(path, pol, mode, workers)))
         base.append(time_ffmpeg(path))
     fps, ratio, cpu_ratio, outs = {}, {}, {}, {}
     for k in cases:
@@ -127,14 +133,46 @@ def bench(path: str, n_frames: int, repeats: int):
     return fps, ratio, cpu_ratio, outs
 
 
+def describe_video(path: str) -> tuple[int, str]:
+    """(frame count, 'High profile, B-frames, 8.0 Mbit/s')."""
+    import av
+
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        cc = s.codec_context
+        secs = float(s.duration * s.time_base) if s.duration else 0.0
+        mbit = os.path.getsize(path) * 8 / 1e6 / secs if secs else 0.0
+        bf = "B-frames" if cc.has_b_frames else "no B-frames"
+        return int(s.frames), f"{cc.profile} profile, {bf}, {mbit:.1f} Mbit/s, {secs:.0f} s"
+
+
+def report(name: str, path: str, repeats: int):
+    n, what = describe_video(path)
+    load = os.getloadavg()[0]
+    fps, ratio, cpu_ratio, outs = bench(path, n, repeats)
+    print(f"\n{name} ({what}; load {load:.2f} -> {os.getloadavg()[0]:.2f}): source frames per second, "
+          f"wall-time ratio to ffmpeg, CPU-time ratio")
+    print(f"  {'ffmpeg -f null (baseline)':34s} {fps['ffmpeg']:8.0f}   1.00x   1.00x")
+    labels = {"full": "full decode -> 224x224 RGB", "full_one": "  the same, one decoder",
+              "fps1_decode_all": "1 fps exact, decode all", "fps1_seek": "1 fps exact, seek/skip GOPs",
+              "fps1_filter": "1 fps exact, packet filter", "fps1_filter_one": "  the same, one decoder",
+              "keyframes": "1 fps keyframes only (approx.)"}
+    for k, label in labels.items():
+        print(f"  {label:34s} {fps[k]:8.0f}   {ratio[k]:4.2f}x   {cpu_ratio[k]:4.2f}x   ({outs[k]} frames out)")
+    return fps, ratio
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=60, help="length of the test videos")
     ap.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     ap.add_argument("--only", choices=sorted(VIDEOS), help="one resolution only")
+    ap.add_argument("--file", help="also time this video (its lines only; not the machine-readable ones)")
     args = ap.parse_args()
     if args.seconds < 4 or args.repeats < 1:
         ap.error("--seconds >= 4 and --repeats >= 1")
+    if args.file and not os.path.isfile(args.file):
+        ap.error(f"--file {args.file}: no such file")
     import av
 
     print(f"PyAV {av.__version__} (FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}); "
@@ -142,18 +180,9 @@ def main() -> None:
           f"{args.seconds}s videos at {FPS} fps, 2 s GOP, median of {args.repeats}")
     results = {}
     for name in ([args.only] if args.only else list(VIDEOS)):
-        path = make_video(name, args.seconds)
-        n = args.seconds * FPS
-        fps, ratio, cpu_ratio, outs = bench(path, n, args.repeats)
-        results[name] = (fps, ratio)
-        print(f"\n{name} ({os.path.getsize(path) / 1e6 * 8 / args.seconds:.1f} Mbit/s): source frames per second, "
-              f"wall-time ratio to ffmpeg, CPU-time ratio")
-        print(f"  {'ffmpeg -f null (baseline)':34s} {fps['ffmpeg']:8.0f}   1.00x   1.00x")
-        labels = {"full": "full decode -> 224x224 RGB", "fps1_decode_all": "1 fps exact, decode all",
-                  "fps1_seek": "1 fps exact, seek/skip GOPs", "fps1_filter": "1 fps exact, packet filter",
-                  "keyframes": "1 fps keyframes only (approx.)"}
-        for k, label in labels.items():
-            print(f"  {label:34s} {fps[k]:8.0f}   {ratio[k]:4.2f}x   {cpu_ratio[k]:4.2f}x   ({outs[k]} frames out)")
+        results[name] = report(name, make_video(name, args.seconds), args.repeats)
+    if args.file:
+        report(os.path.basename(args.file), args.file, args.repeats)
     fps, ratio = results.get("1080p") or next(iter(results.values()))
     # An hour of 1080p30 at the measured 1 fps speed (median source fps).
     hour = 3600 * FPS / fps["fps1_filter"]

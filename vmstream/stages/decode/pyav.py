@@ -9,7 +9,11 @@ Speed comes from not doing work (measured in benchmarks/decode_speed.py):
   decoded (`packet_filter`): GOPs with nothing wanted are skipped, each GOP's tail
   after its last wanted frame is cut, H.264 non-reference pictures nobody wants are
   never fed, and the reader seeks when the next target lies past the next keyframe;
-- keyframes-only mode feeds keyframes alone (approximate in time, see sampling.py).
+- keyframes-only mode feeds keyframes alone (approximate in time, see sampling.py);
+- H.264 files: runs of GOPs that start at an IDR (or on a flushed decoder) are decoded
+  `gop_workers` at a time, each on its own decoder that also converts its frames
+  (`gop_pool`): one decoder's frame threads stall on a GOP's reference chain (I, P,
+  P, ...) and leave cores idle; independent runs do not.
 
 `exact_mode` picks the strategy for sparse targets: "filter" (the above; the default
 for H.264), "seek" (the same minus the H.264 NAL filter; the default for other
@@ -23,14 +27,16 @@ seeks are then off (the skipped span's audio is wanted); GOP skipping and the pa
 filter still spare the video decoder.
 
 Layout: `container` opens, probes and converts; `gop_reader` reads packets a GOP at a
-time; `packet_filter` plans which of them to feed; `live` runs live sources; this
-module picks the strategy and runs it over a file.
+time; `packet_filter` plans which of them to feed; `gop_pool` decodes the planned runs
+(on several decoders, or in order on one); `live` runs live sources; this module picks
+the strategy and runs it over a file.
 """
 from __future__ import annotations
 from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from dataclasses import replace
 from typing import Iterator, Optional
@@ -52,6 +58,7 @@ from vmstream.stages.decode.container import (
     video_stream,
 )
 from vmstream.stages.decode.frame_bound import MAX_FRAME_PIXELS, check_frame_size, y4m_frame_size
+from vmstream.stages.decode.gop_pool import Decoded, GopPool, RunCounts, SerialDecoder
 from vmstream.stages.decode.gop_reader import GopReader, Packet, TargetQueue
 from vmstream.stages.decode.live import live_frames
 from vmstream.stages.decode.packet_filter import H264Inspector, feed_mask, wanted_in_window
@@ -87,12 +94,16 @@ class PyAVDecoder(Decoder):
     exact_mode:  "auto", "filter", "seek" or "full" (see the module doc)
     live_timeout: seconds without data before a live feed counts as dropped
     max_frame_pixels: inputs declaring larger frames are refused at probe time
+    gop_workers: H.264 files: runs of GOPs that start at an IDR are decoded this many at
+                 a time, each on its own decoder (`gop_pool`; the same frames, bit for
+                 bit); 1 decodes in order on one decoder
     """
 
     name = "pyav"
 
     def __init__(self, *, threads: int = 0, thread_type: str = "AUTO", exact_mode: str = "auto",
-                 live_timeout: float = 5.0, swscale_threads: int = 1, max_frame_pixels: int = MAX_FRAME_PIXELS):
+                 live_timeout: float = 5.0, swscale_threads: int = 1, max_frame_pixels: int = MAX_FRAME_PIXELS,
+                 gop_workers: int = 2):
         if exact_mode not in EXACT_MODES:
             raise ValueError(f"exact_mode={exact_mode!r}; expected one of {EXACT_MODES}")
         if thread_type not in ("AUTO", "FRAME", "SLICE", "NONE"):
@@ -109,6 +120,9 @@ class PyAVDecoder(Decoder):
         if isinstance(max_frame_pixels, bool) or not isinstance(max_frame_pixels, int) or max_frame_pixels < 1:
             raise ValueError(f"max_frame_pixels must be an int >= 1, got {max_frame_pixels!r}")
         self.max_frame_pixels = max_frame_pixels
+        if isinstance(gop_workers, bool) or not isinstance(gop_workers, int) or gop_workers < 1:
+            raise ValueError(f"gop_workers must be an int >= 1, got {gop_workers!r}")
+        self.gop_workers = gop_workers
 
     # ------------------------------------------------------------------ probe
 
@@ -176,7 +190,7 @@ class PyAVDecoder(Decoder):
                      size: FrameSize, start_time: float, stop,
                      audio: Optional[AudioFormat]) -> Iterator[DecodedItem]:
         stats = dict(packets=0, corrupt_packets=0, decode_errors=0, decoded=0, fed=0, seeks=0,
-                     inspected=0, frames=0, missed_targets=0, flushes=0)
+                     inspected=0, frames=0, missed_targets=0, flushes=0, runs=0)
         sid, uri = source.stream_id, source.uri
         try:
             c, s, tap = self._open_stream(source, policy.keyframes_only, audio)
@@ -261,7 +275,9 @@ class _FileRun:
         return "eof", ""
 
     def _emit(self, avf, t: float, count: int) -> Iterator[Frame]:
-        img = self.convert(avf)
+        yield from self._emit_image(self.convert(avf), t, count)
+
+    def _emit_image(self, img, t: float, count: int) -> Iterator[Frame]:
         n = count if self.policy.repeats else 1
         for _ in range(n):
             yield Frame(stream_id=self.source.stream_id, index=self.index, t=t, image=img)
@@ -283,8 +299,11 @@ class _FileRun:
         return out
 
     def _time(self, avf, tb, last: Optional[float]) -> float:
-        if avf.pts is not None:
-            return stream_time(avf.pts, tb)
+        return self._time_of(avf.pts, tb, last)
+
+    def _time_of(self, pts: Optional[int], tb, last: Optional[float]) -> float:
+        if pts is not None:
+            return stream_time(pts, tb)
         # No timestamp (raw streams): continue from the last one at the nominal rate.
         return (last + (self.frame_dur or 0.04)) if last is not None else self.info.start_time
 
@@ -307,19 +326,27 @@ class _FileRun:
         self.mode = mode
         # H.264 packets are always inspected for IDR-ness (resuming after skipped
         # references needs no decoder flush at an IDR); "filter" also uses nal_ref_idc.
+        # Runs of GOPs go to several decoders at once where IDRs can be found (H.264).
+        # Each pool decoder opens the file for its codec parameters: local files only,
+        # and not when the audio rides along (then the file is opened once, on purpose).
+        pooled = (self.dec.gop_workers > 1 and self.info.codec == "h264" and mode in ("all", "filter", "seek")
+                  and os.path.isfile(self.source.uri) and self.tap is None)
         planned = mode in ("filter", "seek", "keyframes")
-        inspector = H264Inspector(s.codec_context.extradata) if planned and self.info.codec == "h264" else None
+        inspector = (H264Inspector(s.codec_context.extradata)
+                     if (planned or pooled) and self.info.codec == "h264" else None)
         self.reader = GopReader(c, s, inspector, self.stats, use_refs=(mode == "filter"), audio=self.tap)
         self.reader.end_time = self.info.end_time
         if self.start_time > 0 and not self.reader.seek(self.start_time):
             log.debug("%s: cannot seek; reading from the start", self.source.uri)
-        if mode == "all":
+        if mode == "all" and pooled:
+            yield from self._all_runs(s)
+        elif mode == "all":
             yield from self._all(s)
         elif mode == "full":
             yield from self._full(s, targets_src)
         else:
             try:
-                yield from self._planned(s, targets_src, keyframes=(mode == "keyframes"))
+                yield from self._planned(s, targets_src, keyframes=(mode == "keyframes"), pooled=pooled)
             except _NoTimestamps:
                 # Nothing planned or emitted yet: decode everything instead.
                 log.info("%s: packets without timestamps; decoding everything", self.source.uri)
@@ -382,72 +409,141 @@ class _FileRun:
 
     # -- planned: skip GOPs, cut tails, drop unwanted non-reference pictures
 
-    def _planned(self, s, targets_src, *, keyframes: bool) -> Iterator[Frame]:
-        cc, tb, r = s.codec_context, s.time_base, self.reader
+    def _decoders(self, s, counts: RunCounts, pooled: bool):
+        """Where the planned packets go: a pool of decoders (runs of GOPs at once) or
+        the stream's own decoder, in order (see gop_pool)."""
+        if not pooled:
+            return SerialDecoder(s.codec_context, self.convert, counts, self.source.uri)
+        size, sws = self.size, self.dec.swscale_threads
+        return GopPool(self._open_decoder, lambda: FrameConverter(size, threads=sws), counts,
+                       workers=self.dec.gop_workers, depth=2 * self.dec.gop_workers, uri=self.source.uri)
+
+    def _open_decoder(self):
+        """A decoder of this file's video for a pool worker: opened like the main one,
+        so it gets the same parameters and side data (rotation)."""
+        c = open_input(self.source.uri, self.source.options)
+        try:
+            cc = video_stream(c, self.source.uri).codec_context
+            cc.thread_type = self.dec.thread_type
+            cc.thread_count = self.dec.threads
+        except BaseException:
+            c.close()
+            raise
+        return c, cc
+
+    def _merge(self, counts: RunCounts) -> None:
+        st = self.stats
+        st["fed"] += counts.fed
+        st["decoded"] += counts.decoded
+        st["decode_errors"] += counts.decode_errors
+        st["missed_targets"] += counts.missed
+        st["runs"] += counts.runs
+
+    # -- every frame, runs of GOPs on several decoders
+
+    def _all_runs(self, s) -> Iterator[Frame]:
+        """`_all` with each run of GOPs from an IDR on a pool decoder."""
+        tb, r = s.time_base, self.reader
+        lo = self.start_time - TIME_EPS
+        last_t = None
+        counts = RunCounts()
+        ex = self._decoders(s, counts, pooled=True)
+
+        def out(decoded: Iterator[Decoded]) -> Iterator[Frame]:
+            nonlocal last_t
+            for d in decoded:
+                if self._should_stop():
+                    return
+                t = self._time_of(d.pts, tb, last_t)
+                if last_t is not None and t <= last_t:
+                    continue
+                last_t = t
+                if t >= lo:
+                    yield from self._emit_image(d.image, t, 1)
+
+        try:
+            while not self._should_stop():
+                w = r.next_window()
+                if w is None:
+                    break
+                pkts = w[0]
+                if pkts[0].key and pkts[0].idr:
+                    yield from out(ex.idr())
+                yield from out(ex.submit([p.packet for p in pkts], None))
+            if not self.stopped:
+                yield from out(ex.finish())
+        finally:
+            ex.close()
+            self._merge(counts)
+
+    # -- planned: skip GOPs, cut tails, drop unwanted non-reference pictures
+
+    def _planned(self, s, targets_src, *, keyframes: bool, pooled: bool = False) -> Iterator[Frame]:
+        tb, r = s.time_base, self.reader
         every = targets_src is None  # keyframes-only AllFrames: every keyframe
         targets = None if every else TargetQueue(targets_src, self.start_time)
         lo = self.start_time - TIME_EPS
-        wanted_pts: dict[int, int] = {}
         planned_any = False
         last_out_t = None
         cut_before = False  # packets were left out since the decoder last started clean
+        counts = RunCounts()
+        ex = self._decoders(s, counts, pooled)
 
-        def out(frames):
+        def out(decoded: Iterator[Decoded]) -> Iterator[Frame]:
             nonlocal last_out_t
-            for f in frames:
-                k = wanted_pts.pop(f.pts, 0) if f.pts is not None else 0
-                if not k:
-                    continue
-                t = stream_time(f.pts, tb)
+            for d in decoded:
+                if self._should_stop():
+                    return
+                t = stream_time(d.pts, tb)
                 if t < lo or (last_out_t is not None and t <= last_out_t):
                     continue
                 last_out_t = t
-                yield from self._emit(f, t, k)
+                yield from self._emit_image(d.image, t, d.count)
 
-        while not self._should_stop():
-            if not every:
-                nt = targets.peek()
-                if nt is None:
+        try:
+            while not self._should_stop():
+                if not every:
+                    nt = targets.peek()
+                    if nt is None:
+                        break
+                    if r.should_seek(nt):
+                        yield from out(ex.new_run())
+                        r.seek_forward(nt)
+                        cut_before = False
+                w = r.next_window()
+                if w is None:
                     break
-                if r.should_seek(nt):
-                    yield from out(self._decode(cc, None))
-                    r.seek_forward(nt)  # flushes the decoder
-                    cut_before = False
-            w = r.next_window()
-            if w is None:
-                break
-            pkts, bound, next_key_t = w
-            if any(p.t is None for p in pkts):
-                if not planned_any:
-                    raise _NoTimestamps()
-                # Mid-stream packets without timestamps: nothing can be matched to
-                # them; keep the decoder's references whole and go on.
-                for p in pkts:
-                    self._decode(cc, p.packet)
-                continue
-            wanted, mask = self._plan_window(pkts, bound, next_key_t, targets, keyframes)
-            planned_any = True
-            for i, n in wanted.items():
-                wanted_pts[pkts[i].pts] = wanted_pts.get(pkts[i].pts, 0) + n
-            if any(mask):
-                clean = pkts[0].key and (pkts[0].idr if r.inspector is not None
-                                         else self.info.codec in CLOSED_GOP_CODECS)
-                if cut_before and not clean:
-                    # Resuming at a keyframe that is not an H.264 IDR (open GOP, or a
-                    # codec we do not inspect) after skipped packets: the decoder would
-                    # see a gap in its references (FFmpeg's H.264 gap handling then
-                    # reorders and drops output). Start it fresh, as a seek would.
-                    yield from out(self._decode(cc, None))
-                    cc.flush_buffers()
-                    self.stats["flushes"] += 1
-                for p, feed in zip(pkts, mask):
-                    if feed:
-                        yield from out(self._decode(cc, p.packet))
-            # Only left-out references leave gaps; unfed non-reference pictures do not.
-            cut_before = any(p.ref and not f for p, f in zip(pkts, mask))
-        if not self.stopped:
-            yield from out(self._decode(cc, None))
-        self.stats["missed_targets"] += sum(1 for v in wanted_pts.values() if v)
+                pkts, bound, next_key_t = w
+                if any(p.t is None for p in pkts):
+                    if not planned_any:
+                        raise _NoTimestamps()
+                    # Mid-stream packets without timestamps: nothing can be matched to
+                    # them; keep the decoder's references whole and go on.
+                    yield from out(ex.submit([p.packet for p in pkts], {}))
+                    continue
+                wanted, mask = self._plan_window(pkts, bound, next_key_t, targets, keyframes)
+                planned_any = True
+                if any(mask):
+                    idr = pkts[0].key and pkts[0].idr and r.inspector is not None
+                    clean = idr or (pkts[0].key and r.inspector is None and self.info.codec in CLOSED_GOP_CODECS)
+                    if cut_before and not clean:
+                        # Resuming at a keyframe that is not an H.264 IDR (open GOP, or a
+                        # codec we do not inspect) after skipped packets: the decoder would
+                        # see a gap in its references (FFmpeg's H.264 gap handling then
+                        # reorders and drops output). Start it fresh, as a seek would.
+                        yield from out(ex.new_run())
+                        self.stats["flushes"] += 1
+                    elif idr:
+                        yield from out(ex.idr())
+                    yield from out(ex.submit([p.packet for p, f in zip(pkts, mask) if f],
+                                             {pkts[i].pts: n for i, n in wanted.items()}))
+                # Only left-out references leave gaps; unfed non-reference pictures do not.
+                cut_before = any(p.ref and not f for p, f in zip(pkts, mask))
+            if not self.stopped:
+                yield from out(ex.finish())
+        finally:
+            ex.close()
+            self._merge(counts)
 
     def _plan_window(self, pkts: list[Packet], bound: float, next_key_t: float,
                      targets: Optional[TargetQueue], keyframes: bool) -> tuple[dict[int, int], list[bool]]:
