@@ -280,6 +280,8 @@ def test_select_frames_never_returns_past_the_end(vids, dec):
 
 def test_factory_gives_dali_and_rejects_bad_options():
     assert isinstance(make_decoder("dali", device="cpu"), DALIDecoder)
+    # the config always names gop_workers (PyAV's GOP pool); DALI is built without it
+    assert isinstance(make_decoder("dali", gop_workers=2, device="cpu"), DALIDecoder)
     with pytest.raises(ValueError, match="chunk_frames"):
         DALIDecoder(chunk_frames=0)
     with pytest.raises(ValueError, match="device"):

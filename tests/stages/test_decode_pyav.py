@@ -368,6 +368,15 @@ def test_make_decoder_falls_back_to_pyav_without_a_gpu(caplog):
         make_decoder("nvdec")
 
 
+def test_gop_workers_reach_pyav_from_the_config():
+    from vmstream.pipeline.assembly import make_decoder as from_config
+    from vmstream.pipeline.config import load_config
+
+    assert from_config(load_config(overrides={"decode": {"backend": "pyav"}})).gop_workers == 2
+    assert from_config(load_config(overrides={"decode": {"backend": "pyav", "gop_workers": 1}})).gop_workers == 1
+    assert make_decoder("pyav", gop_workers=3).gop_workers == 3
+
+
 def test_source_ffmpeg_options_reach_the_demuxer(tmp_path, h264_ts):
     # A raw TS copy named .bin: FFmpeg probes it anyway; forcing a wrong format fails
     # with a clear error naming the input.

@@ -116,7 +116,7 @@ def make_size(cfg: PipelineConfig, model):
 def make_decoder(cfg: PipelineConfig):
     from vmstream.stages.decode import make_decoder as _make
 
-    kwargs = {"max_frame_pixels": cfg.decode.max_frame_pixels}
+    kwargs = {"max_frame_pixels": cfg.decode.max_frame_pixels, "gop_workers": cfg.decode.gop_workers}
     if cfg.decode.threads:
         kwargs["threads"] = cfg.decode.threads
     return _make(cfg.decode.backend, **kwargs)

@@ -72,6 +72,9 @@ class DecodeConfig(_Strict):
     resize: Optional[Literal["short_side_crop", "direct"]] = None
     audio: bool = False
     threads: int = Field(0, ge=0)  # decoder threads; 0 = automatic
+    # H.264 files: runs of GOPs decoded this many at once, each on its own decoder
+    # (stages/decode/gop_pool.py); 1 = one decoder, as before the pool.
+    gop_workers: int = Field(2, ge=1, le=16)
     # Inputs declaring larger frames (width x height) are refused when probed; the
     # default 8192x8192 admits 8K video (see stages/decode/frame_bound.py).
     max_frame_pixels: int = Field(8192 * 8192, ge=1)

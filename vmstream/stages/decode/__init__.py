@@ -10,6 +10,7 @@ The records (FrameSize, StreamInfo, the input errors, the audio records) live in
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from .base import (
     PATCH_SIZE,
@@ -47,10 +48,11 @@ def gpu_available() -> bool:
         return False
 
 
-def make_decoder(name: str = "auto", **kwargs) -> Decoder:
+def make_decoder(name: str = "auto", gop_workers: Optional[int] = None, **kwargs) -> Decoder:
     """A decoder by name. "auto" picks DALI only when a GPU and DALI are both present,
     else PyAV (said in the log); "dali" asks for DALI explicitly (its CPU variant
-    decodes VP8/VP9/MJPEG only); "pyav" is the CPU decoder. kwargs go to the backend."""
+    decodes VP8/VP9/MJPEG only); "pyav" is the CPU decoder. kwargs go to the backend;
+    `gop_workers` (PyAV's GOP pool, see gop_pool.py) only to PyAV, DALI has no such pool."""
     if name not in DECODERS:
         raise ValueError(f"unknown decoder {name!r}; expected one of {DECODERS}")
     if name in ("dali", "auto"):
@@ -70,4 +72,6 @@ def make_decoder(name: str = "auto", **kwargs) -> Decoder:
         log.info("decoder: using PyAV (%s)", reason)
     from .pyav import PyAVDecoder
 
+    if gop_workers is not None:
+        kwargs["gop_workers"] = gop_workers
     return PyAVDecoder(**kwargs)
