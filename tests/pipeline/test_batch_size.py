@@ -66,6 +66,18 @@ def test_auto_picks_the_measured_best_and_caches_it(tmp_path):
     assert _resolve(tmp_path, {1: 1.0, 2: 3.0}, max_streams=2, asked=asked) == 2 and asked == [1, 2]
 
 
+def test_other_kernel_code_is_probed_again(tmp_path, monkeypatch):
+    from vmstream.pipeline import batch_size
+
+    asked = []
+    assert _resolve(tmp_path, {1: 1.0, 2: 1.9, 4: 2.5}, max_streams=4, asked=asked) == 4
+    fingerprint = batch_size.ops_fingerprint()
+    assert len(fingerprint) == 16 and fingerprint == batch_size.ops_fingerprint()
+    monkeypatch.setattr(batch_size, "ops_fingerprint", lambda: "a-faster-kernel")
+    asked.clear()
+    assert _resolve(tmp_path, {1: 3.0, 2: 1.0, 4: 1.0}, max_streams=4, asked=asked) == 1 and asked == [1, 2]
+
+
 def test_a_number_or_one_stream_needs_no_probe(tmp_path):
     def measure(b):
         raise AssertionError("probed")

@@ -13,12 +13,15 @@ the streams decoded at once (`runner.max_streams`; the runner never batches more
 each warmed up once and then timed; the sweep stops once a size falls clearly below the
 best, and the smallest size within `TOLERANCE` of the best wins (a smaller batch means
 less latency and memory for the same throughput). The answer is cached per machine,
-model shape, precision, device and thread count in <cache>/batch_probe.json (the
+model shape, precision, device, thread count and kernel code (`ops_fingerprint`: faster
+kernels move the best size) in <cache>/batch_probe.json (the
 kernel cache's directory, $VMSTREAM_CACHE_DIR), so only the first run pays the probe
 (a few seconds). A number in the config skips all of this.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +34,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TOLERANCE", "MAX_PROBED", "candidates", "choose", "sweep", "probe_key", "resolve_max_batch"]
+__all__ = ["TOLERANCE", "MAX_PROBED", "candidates", "choose", "sweep", "ops_fingerprint", "probe_key",
+           "resolve_max_batch"]
 
 TOLERANCE = 0.05  # sizes within 5 % of the best throughput count as equal (timing noise)
 MAX_PROBED = 16
@@ -63,11 +67,25 @@ def sweep(measure: Callable[[int], float], sizes: list[int], tolerance: float = 
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def ops_fingerprint() -> str:
+    """A hash of the model ops' code (vmstream/models/ops: the Python and the C++ kernels):
+    a probe measured with other kernels says nothing about these."""
+    import vmstream.models.ops as ops
+
+    root = Path(ops.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted([*root.glob("*.py"), *root.glob("csrc/*")]):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def probe_key(model, *, frames: int, device, precision: str) -> str:
     card = model.card
     return "|".join(str(x) for x in (
         _cpu_name(), torch.__version__, torch.device(device).type, torch.get_num_threads(),
-        type(model).__name__, card.embed_dim, card.depth, card.img_size, card.patch_size, frames, precision))
+        type(model).__name__, card.embed_dim, card.depth, card.img_size, card.patch_size, frames, precision,
+        ops_fingerprint()))
 
 
 def resolve_max_batch(setting: Union[int, str], *, model, max_streams: int, device, frames: int,
