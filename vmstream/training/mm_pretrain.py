@@ -38,8 +38,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vmstream.models import SIZES
-from vmstream.models.clip_teacher import clip_teacher
-from vmstream.models.checkpoint import CheckpointError
 from vmstream.models.tokenizer import BertTokenizer, VocabularyNotFound
 from vmstream.models.videotext_checkpoint import canonical_videotext_keys, official_pretrain_keys
 
@@ -52,6 +50,7 @@ from .mm_annotations import load_anno, parse_corpora
 from .mm_data import MediaTextDataset, PairTransform, collate_pairs
 from .mm_loader import MixedLoader
 from .mm_losses import SpecialTokens
+from .pretrain import open_teacher
 from .mm_model import LOSS_NAMES, Criterion, VideoTextPretrain
 from .mm_weights import load_initial_weights
 from .model_setup import apply_threads, recipe_device, seed_everything
@@ -144,16 +143,7 @@ def build_mm_teacher(cfg: TrainConfig):
               return_attn="attention" in (mm.video_mask_type, mm.image_mask_type),
               clip_return_layer=p.clip_return_layer, clip_return_interval=p.clip_return_interval,
               clip_return_cls=True)
-    kw.update(p.teacher_args)
-    weights = p.clip_teacher_weights or None
-    if weights is None:
-        log.warning("the CLIP teacher has random weights (pretrain.clip_teacher_weights is empty)")
-    try:
-        return clip_teacher(p.clip_teacher, weights=weights, **kw)
-    except FileNotFoundError:
-        raise RecipeError(f"pretrain.clip_teacher_weights: {weights!r} does not exist") from None
-    except (CheckpointError, TypeError, ValueError) as e:
-        raise RecipeError(f"pretrain.clip_teacher_weights {weights!r}: {e}") from None
+    return open_teacher(p, kw)
 
 
 def build_mm_datasets(cfg: TrainConfig) -> dict[str, Dataset]:

@@ -46,7 +46,7 @@ from .model_setup import apply_threads, recipe_device, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
 from .recipes import PretrainConfig, RecipeError, TrainConfig
 
-__all__ = ["build_student", "build_teacher", "teacher_input", "draw_mask_and_targets", "distill_step",
+__all__ = ["build_student", "build_teacher", "open_teacher", "teacher_input", "draw_mask_and_targets", "distill_step",
            "pretrain_fit", "build_pretrain_dataset"]
 
 log = logging.getLogger("vmstream.training")
@@ -91,7 +91,13 @@ def build_teacher(cfg: TrainConfig) -> ClipTeacher:
     kw = dict(input_resolution=p.clip_input_resolution, kernel_size=cfg.tubelet_size, clip_norm_type=p.clip_norm_type,
               return_attn=p.clip_return_attn or p.mask_type == "attention", clip_return_layer=p.clip_return_layer,
               clip_return_interval=p.clip_return_interval, clip_return_cls=p.clip_return_cls)
-    kw.update(p.teacher_args)
+    return open_teacher(p, kw)
+
+
+def open_teacher(p, kw: dict) -> ClipTeacher:
+    """The teacher `p.clip_teacher` built with `kw` (and the recipe's `teacher_args`) and
+    its weights `p.clip_teacher_weights` (random, with a warning, when empty)."""
+    kw = {**kw, **p.teacher_args}
     weights = p.clip_teacher_weights or None
     if weights is None:
         log.warning("the CLIP teacher has random weights (pretrain.clip_teacher_weights is empty)")
