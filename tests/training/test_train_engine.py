@@ -85,6 +85,19 @@ def test_a_stop_request_ends_after_the_epoch_and_the_run_resumes(train_videos, t
     assert not rest["stopped"] and [r["epoch"] for r in rest["history"]] == [1, 2]
 
 
+def test_a_stop_without_checkpoints_says_the_rerun_starts_over(train_videos, tmp_path):
+    """With save_ckpt off nothing is saved, so "the same command resumes" would be false
+    (it was said by every training loop, the synthetic proofs included)."""
+    lines = []
+    cut = fit(_cfg(train_videos, tmp_path / "nosave", epochs=3, num_sample=1, batch_size=4, save_ckpt=False),
+              print_fn=lines.append, should_stop=lambda: True)
+    assert cut["stopped"] and not (tmp_path / "nosave" / "checkpoint-latest.pth").exists()
+    (line,) = [ln for ln in lines if ln.startswith("stopped after epoch 0")]
+    assert "starts over" in line and "resumes" not in line
+    assert "resumes" in ckpt.stop_line("the masked stage", str(tmp_path), True)
+    assert "starts over" in ckpt.stop_line("epoch 2", "", True)
+
+
 def test_rng_state_roundtrip_and_safe_load(tmp_path):
     import random
 

@@ -38,7 +38,7 @@ def main_train(args) -> int:
     from vmstream.training import train_main
 
     stop = threading.Event()
-    with StopSignals(stop.set, what="finishing this epoch and saving its checkpoint"):
+    with StopSignals(stop.set, what="finishing this epoch (and saving its checkpoint, where the run saves one)"):
         return int(train_main(args.config, [*args.overrides, *args.sets], should_stop=stop.is_set) or 0)
 
 

@@ -113,6 +113,16 @@ def load_checkpoint_file(path: str) -> dict:
             raise ValueError(f"checkpoint {path!r} cannot be loaded safely: {e}") from None
 
 
+def stop_line(what: str, out_dir: Optional[str], saving: bool) -> str:
+    """What a run stopped before its end tells the user (`what`: "epoch 3", "the masked
+    stage"): where its checkpoint is and that the same command resumes, or, where the run
+    saves nothing (no output_dir, save_ckpt off), that a rerun starts over."""
+    if out_dir and saving:
+        return f"stopped after {what} (its checkpoint is in {out_dir}; the same command resumes)"
+    return f"stopped after {what} (no checkpoint is saved: save_ckpt is off or output_dir unset, so the same " \
+           f"command starts over)"
+
+
 def find_resume(output_dir: str) -> Optional[str]:
     """The official auto-resume order: latest, then best, then the highest numbered."""
     if not output_dir:

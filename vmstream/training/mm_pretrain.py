@@ -296,7 +296,7 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
         _save(cfg, out_dir, model, optimizer, epoch, (epoch + 1) * steps)
         if epoch + 1 < stage.epochs and (epoch + 1 == end
                                          or should_stop is not None and not dist.is_dist() and should_stop()):
-            print_fn(f"[{stage.name}] stopped after epoch {epoch} (the same command resumes)")
+            print_fn(f"[{stage.name}] " + ckpt.stop_line(f"epoch {epoch}", out_dir, cfg.save_ckpt))
             stopped = True
             break
     return {"history": history, "stopped": stopped, "record": record}
@@ -346,7 +346,7 @@ def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = No
         more = i + 1 < len(plan)
         if res["stopped"] or (more and budget is not None and budget <= 0):
             if not res["stopped"] and dist.is_main():
-                print_fn(f"stopped after the {stage.name} stage (the same command resumes)")
+                print_fn(ckpt.stop_line(f"the {stage.name} stage", cfg.output_dir, cfg.save_ckpt))
             results["stopped"] = True
             break
     if dist.is_dist():

@@ -237,7 +237,7 @@ def pretrain_fit(cfg: TrainConfig, train_set=None, *, student: Optional[nn.Modul
             print_fn(f"epoch {epoch}: distill_loss={stats.loss:.4f}")
         _save(cfg, student, optimizer, epoch, (epoch + 1) * steps)
         if should_stop is not None and not dist.is_dist() and should_stop() and epoch + 1 < end:
-            print_fn(f"stopped after epoch {epoch} (the same command resumes)")
+            print_fn(ckpt.stop_line(f"epoch {epoch}", cfg.output_dir, cfg.save_ckpt))
             stopped = True
             break
     if dist.is_dist():

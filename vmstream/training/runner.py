@@ -182,8 +182,7 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
         if cfg.output_dir and cfg.save_ckpt:
             _save_epoch(cfg, model, optimizer, scaler, epoch, (epoch + 1) * steps, best, improved, norm)
         if should_stop is not None and not dist.is_dist() and should_stop() and epoch + 1 < end_epoch:
-            saved = f"its checkpoint is in {cfg.output_dir}; " if cfg.output_dir and cfg.save_ckpt else ""
-            print_fn(f"stopped after epoch {epoch} ({saved}the same command resumes)")
+            print_fn(ckpt.stop_line(f"epoch {epoch}", cfg.output_dir, cfg.save_ckpt))
             end_epoch, stopped = epoch + 1, True
             break
 
