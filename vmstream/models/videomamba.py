@@ -44,7 +44,7 @@ from .ops import MixerDirection, add_rms_norm, mamba_inner
 from .state import StateError, StreamState
 
 __all__ = ["VideoMamba", "Mamba", "Block", "RMSNorm", "PatchEmbed", "DropPath", "SegmentOutput",
-           "create_block", "resample_temporal_pos", "init_videomamba_weights", "norm_fp32"]
+           "create_block", "create_layers", "resample_temporal_pos", "init_videomamba_weights", "norm_fp32"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -337,6 +337,17 @@ def create_block(d_model, ssm_cfg=None, norm_epsilon=1e-5, drop_path=0.0, rms_no
     return block
 
 
+def create_layers(d_model, depth, drop_path_rate=0.0, **block_kw) -> tuple[nn.Module, nn.ModuleList]:
+    """(final drop path, the `depth` blocks) with the official stochastic depth: block i
+    drops the *previous* block's mixer output with rate dpr[i-1] (block 0 has nothing to
+    drop), and the final add+norm drops the last block's output with the full rate."""
+    dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+    inter_dpr = [0.0] + dpr
+    final = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
+    return final, nn.ModuleList([create_block(d_model, layer_idx=i, drop_path=inter_dpr[i], **block_kw)
+                                 for i in range(depth)])
+
+
 # ----------------------------------------------------------------------------- model
 
 def init_videomamba_weights(model: nn.Module, depth: int, initializer_cfg: dict) -> None:
@@ -432,18 +443,9 @@ class VideoMamba(nn.Module):
         self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes, **factory) if num_classes > 0 else nn.Identity()
 
-        # Stochastic depth as in the official code: block i drops the *previous* block's
-        # mixer output with rate dpr[i-1] (block 0 has nothing to drop), and the final
-        # add+norm drops the last block's output with the full drop_path_rate.
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
-        inter_dpr = [0.0] + dpr
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
-        self.layers = nn.ModuleList([
-            create_block(embed_dim, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
-                         residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, layer_idx=i,
-                         bimamba=bimamba, drop_path=inter_dpr[i], **factory)
-            for i in range(depth)
-        ])
+        self.drop_path, self.layers = create_layers(
+            embed_dim, depth, drop_path_rate, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
+            residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, bimamba=bimamba, **factory)
         self.norm_f = (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory)
 
         self._init_weights(depth, initializer_cfg or {})

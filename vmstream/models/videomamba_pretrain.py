@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .videomamba import DropPath, PatchEmbed, RMSNorm, create_block, init_videomamba_weights, norm_fp32
+from .videomamba import PatchEmbed, RMSNorm, create_layers, init_videomamba_weights, norm_fp32
 
 __all__ = ["VideoMambaPretrain", "LinearDecoder", "sinusoid_table"]
 
@@ -130,15 +130,9 @@ class VideoMambaPretrain(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **factory))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim, **factory))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // kernel_size, embed_dim, **factory))
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
-        inter_dpr = [0.0] + dpr
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
-        self.layers = nn.ModuleList([
-            create_block(embed_dim, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
-                         residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, layer_idx=i,
-                         bimamba=bimamba, drop_path=inter_dpr[i], **factory)
-            for i in range(depth)
-        ])
+        self.drop_path, self.layers = create_layers(
+            embed_dim, depth, drop_path_rate, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
+            residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, bimamba=bimamba, **factory)
         self.norm = (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory)
         self.clip_decoder = nn.ModuleList([
             LinearDecoder(clip_output_dim, clip_decoder_embed_dim, clip_norm_type) for _ in range(clip_return_layer)
