@@ -20,7 +20,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from vmstream.records import SegmentResult, StreamSummary, segment_uid
@@ -100,15 +99,6 @@ def workers(tmp_path):
     yield start
     for w in made:
         w.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from tests.fixtures.videomamba import make_tiny_model
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save({"model": make_tiny_model(seed=3).state_dict()}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

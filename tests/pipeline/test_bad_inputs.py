@@ -25,13 +25,6 @@ def overflow_ckpt(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save({"model": make_tiny_model(seed=3).state_dict()}, path)
-    return str(path)
-
-
 def _run(sources, ckpt, out, *extra):
     return main(["run", *sources, "--checkpoint", ckpt, "--out", str(out), "--fps", "4", "--no-progress",
                  "--set", "decode.img_size=32", *extra])

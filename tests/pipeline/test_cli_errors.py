@@ -1,18 +1,8 @@
 """Bad configuration and bad arguments end in one line naming the key or option and
 what is wrong, exit code 2, never a traceback (through `vmstream.cli.main`)."""
 import pytest
-import torch
 
 from vmstream.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from tests.fixtures.videomamba import make_tiny_model
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save({"model": make_tiny_model(seed=3).state_dict()}, path)
-    return str(path)
 
 
 def _one_line_error(capsys, code, *needles):

@@ -9,10 +9,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from tests.fixtures.media import make_video
-from tests.fixtures.videomamba import make_tiny_model
 from vmstream.pipeline.assembly import build_runner
 from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.config import load_config
@@ -22,13 +20,6 @@ from vmstream.records import SegmentResult
 from vmstream.stages.sinks.parquet import read_table
 from vmstream.stages.sinks.store import VideoStore
 from vmstream.stages.sources import resolve_sources, source_from_uri
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save({"model": make_tiny_model(seed=3).state_dict()}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

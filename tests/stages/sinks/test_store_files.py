@@ -224,17 +224,6 @@ def test_repair_and_verify_refuse_what_they_cannot_do(tmp_path, capsys):
     assert main(["store", "verify", str(empty)]) == 1
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    import torch
-
-    from tests.fixtures.videomamba import make_tiny_model
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save({"model": make_tiny_model(seed=3).state_dict()}, path)
-    return str(path)
-
-
 def test_a_run_into_a_damaged_store_fails_and_repair_brings_search_back(tmp_path, tiny_ckpt, h264_mp4, capsys):
     """The issue's journey: run, damage the index, run again (it must fail, naming the
     file and the repair, and not append), repair, search."""
