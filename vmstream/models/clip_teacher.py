@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, read_checkpoint
+from .videomamba_pretrain import return_layers
 
 __all__ = ["ClipTeacher", "CLIP_TEACHERS", "clip_teacher", "convert_clip_state_dict", "hf_to_official"]
 
@@ -95,10 +96,7 @@ class ClipTeacher(nn.Module):
         super().__init__()
         if clip_norm_type not in ("l2", "none"):
             raise ValueError(f"clip_norm_type must be 'l2' or 'none', got {clip_norm_type!r}")
-        self.return_index = [layers - int(i * clip_return_interval) - 1 for i in range(clip_return_layer)]
-        if clip_return_layer < 1 or min(self.return_index) < 0:
-            raise ValueError(f"clip_return_layer={clip_return_layer} with interval {clip_return_interval} "
-                             f"reaches below block 0 of a {layers}-block teacher")
+        self.return_index = return_layers(layers, clip_return_layer, clip_return_interval, f"a {layers}-block teacher")
         self.input_resolution = input_resolution
         self.patch_size = patch_size
         self.kernel_size = kernel_size

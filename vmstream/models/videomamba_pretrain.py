@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .videomamba import PatchEmbed, RMSNorm, create_layers, init_videomamba_weights, norm_fp32
 
-__all__ = ["VideoMambaPretrain", "LinearDecoder", "sinusoid_table"]
+__all__ = ["VideoMambaPretrain", "LinearDecoder", "sinusoid_table", "return_layers", "decode_visible"]
 
 
 def sinusoid_table(n_position: int, dim: int) -> Tensor:
@@ -47,6 +47,25 @@ def sinusoid_table(n_position: int, dim: int) -> Tensor:
     table[:, 0::2] = torch.sin(angle[:, 0::2])
     table[:, 1::2] = torch.cos(angle[:, 1::2])
     return table.float().unsqueeze(0)
+
+
+def return_layers(depth: int, count: int, interval: float, what: str) -> list[int]:
+    """The official `return_index`: the `count` layers, every `interval`, counted back
+    from the last of `depth`, whose features are distilled (`what` names the network in
+    the error)."""
+    index = [depth - int(i * interval) - 1 for i in range(count)]
+    if count < 1 or min(index) < 0:
+        raise ValueError(f"clip_return_layer={count} with interval {interval} reaches below layer 0 of {what}")
+    return index
+
+
+def decode_visible(decoders: nn.ModuleList, feats: Tensor, table: Tensor, mask: Tensor) -> Tensor:
+    """[K, B, 1 + visible, D] features + the fixed positions `table` [1, 1 + T*N, D] at the
+    visible places of `mask`, each through its decoder -> [K, B, 1 + visible, out]."""
+    B = feats.shape[1]
+    pos = table.to(feats.dtype).expand(B, -1, -1)[~mask].view(B, -1, feats.shape[-1])
+    feats = feats + pos.unsqueeze(0)
+    return torch.stack([dec(feats[i]) for i, dec in enumerate(decoders)])
 
 
 class LinearDecoder(nn.Module):
@@ -110,10 +129,8 @@ class VideoMambaPretrain(nn.Module):
         if clip_decoder_embed_dim != embed_dim:
             # The decoder reads the student's hidden states directly.
             raise ValueError(f"clip_decoder_embed_dim={clip_decoder_embed_dim} must equal embed_dim={embed_dim}")
-        self.return_index = [depth - int(i * clip_student_return_interval) - 1 for i in range(clip_return_layer)]
-        if clip_return_layer < 1 or min(self.return_index) < 0:
-            raise ValueError(f"clip_return_layer={clip_return_layer} with interval {clip_student_return_interval} "
-                             f"reaches below layer 0 of a depth-{depth} student")
+        self.return_index = return_layers(depth, clip_return_layer, clip_student_return_interval,
+                                          f"a depth-{depth} student")
         self.depth = depth
         self.residual_in_fp32 = residual_in_fp32
         self.fused_add_norm = fused_add_norm
@@ -207,8 +224,4 @@ class VideoMambaPretrain(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """video [B, C, T, H, W], mask [B, 1 + T'*h*w] (True = masked) -> predicted teacher
         features at the visible places [K, B, 1 + visible, clip_output_dim]."""
-        feats = self.forward_features(x, mask)
-        K, B, L, D = feats.shape
-        pos = self.clip_pos_embed.to(feats.dtype).expand(B, -1, -1)[~mask].view(B, L, D)
-        feats = feats + pos.unsqueeze(0)
-        return torch.stack([dec(feats[i]) for i, dec in enumerate(self.clip_decoder)])
+        return decode_visible(self.clip_decoder, self.forward_features(x, mask), self.clip_pos_embed, mask)

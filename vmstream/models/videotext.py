@@ -36,7 +36,7 @@ from .bert import BertConfig, BertModel
 from .card import ModelCard
 from .state import StreamState
 from .videomamba import SegmentOutput, VideoMamba, norm_fp32
-from .videomamba_pretrain import sinusoid_table
+from .videomamba_pretrain import decode_visible, return_layers, sinusoid_table
 
 __all__ = ["VideoTextMamba", "VisionEncoder", "LinearDecoder", "VideoEncoding", "TextEncoding",
            "PretrainVision", "VISION_DEFAULTS", "TEXT_DEFAULTS"]
@@ -111,7 +111,9 @@ class VisionEncoder(VideoMamba):
         self.clip_decoder = nn.ModuleList([
             LinearDecoder(output_dim=clip_output_dim, embed_dim=dec_dim) for _ in range(clip_return_layer)])
         self.pool_norm = nn.LayerNorm(embed_dim)
-        self.return_index = [depth - int(i * clip_student_return_interval) - 1 for i in range(clip_return_layer)]
+        # Checkpoints saved without the decoder (clip_return_layer 0) distil nothing.
+        self.return_index = return_layers(depth, clip_return_layer, clip_student_return_interval,
+                                          f"a depth-{depth} vision encoder") if clip_return_layer else []
         # Fixed sinusoidal tables (official plain attributes: not in the state dict).
         n = self.patch_embed.num_patches
         self.register_buffer("clip_pos_embed", sinusoid_table(n * num_frames // kernel_size + 1, dec_dim),
@@ -164,10 +166,7 @@ class VisionEncoder(VideoMamba):
         clip = None
         if mask is not None and feats:
             table = self.clip_img_pos_embed if use_image else self.clip_pos_embed
-            f = torch.stack(feats)
-            pos = table.to(f.dtype).expand(B, -1, -1)[~mask].view(B, -1, f.shape[-1])
-            f = f + pos.unsqueeze(0)
-            clip = torch.stack([dec(f[i]) for i, dec in enumerate(self.clip_decoder)])
+            clip = decode_visible(self.clip_decoder, torch.stack(feats), table, mask)
         cls, patches = out[:, :1], out[:, 1:]
         if keep_temporal:
             T = x.shape[2] // self.kernel_size
