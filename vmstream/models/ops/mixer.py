@@ -16,9 +16,14 @@ On CPU without gradients, with the fused C++ kernel available, it runs as one ke
 whose intermediates stay in cache, one direction per thread; everywhere else it is the
 composition of the dispatched ops (`selective_scan`, `causal_conv1d`) and `F.linear`,
 which is also what autograd differentiates. The readable oracle is
-`reference.mamba_inner_ref`; tests hold both paths to it. x_proj and dt_proj run in
-float32 in every precision; a bfloat16 xz is widened in the kernel, and a bfloat16 y is
-the float32 sum rounded once (what `.to(torch.bfloat16)` of the float32 sum gives).
+`reference.mamba_inner_ref`; tests hold both paths to it.
+
+`out_dtype=torch.bfloat16` on the fused kernel is the bf16 mode (`models.precision`):
+x_proj and dt_proj on bf16-rounded operands with float32 sums (AMX tiles where the CPU
+has them), the decay by a degree-3 polynomial (`reference.exp_bf16_mode_ref`), the
+float32 sum rounded once; `mamba_inner_ref(..., bf16=True)` is its oracle. A bfloat16
+xz is widened exactly. The composed path keeps float32 math in every precision and
+rounds y at the end.
 """
 from __future__ import annotations
 

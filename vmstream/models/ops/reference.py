@@ -12,6 +12,7 @@ These are the oracles every fast backend is tested against. Same math as mamba-s
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -32,13 +33,15 @@ def selective_scan_ref(
     initial_state: Optional[Tensor] = None,
     return_last_state: bool = False,
     reverse: bool = False,
+    exp=torch.exp,
 ):
     """h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t ;  y_t = C_t·h_t + D u_t ;  out = y · silu(z).
 
     Shapes: u, delta, z [B, L, D]; A [D, N]; B, C [B, L, N]; D, delta_bias [D];
     initial_state [B, D, N]. Returns out [B, L, D] in u's dtype, and the last state
     [B, D, N] (float32) when `return_last_state`. Differentiable (autograd through
-    the loop), including with respect to `initial_state`.
+    the loop), including with respect to `initial_state`. `exp` computes the decay
+    exp(Δ_t A) (`exp_bf16_mode_ref` for the fused mixer's bf16 mode).
     """
     dtype_in = u.dtype
     u = u.float()
@@ -59,7 +62,7 @@ def selective_scan_ref(
     steps = range(L - 1, -1, -1) if reverse else range(L)
     ys = [None] * L
     for t in steps:
-        dA = torch.exp(delta[:, t, :, None] * A)  # [B, D, N]
+        dA = exp(delta[:, t, :, None] * A)  # [B, D, N]
         dBu = (delta[:, t] * u[:, t])[:, :, None] * Bm[:, t, None, :]  # [B, D, N]
         h = dA * h + dBu
         ys[t] = torch.einsum("bdn,bn->bd", h, Cm[:, t])
@@ -116,16 +119,40 @@ def causal_conv1d_ref(
     return out
 
 
+# The bf16 mode's decay polynomial: 2^f ~ 1 + f (ln 2 + f (Q2 + f Q3)) on |f| <= 1/2,
+# minimax in relative error with the first two coefficients exact (csrc: vexp2_bf16).
+EXP2_BF16_Q2, EXP2_BF16_Q3 = 2.421200256e-01, 5.549127520e-02
+
+
+def exp_bf16_mode_ref(x: Tensor) -> Tensor:
+    """exp(x) as the fused mixer's bf16 mode computes the scan's decay: x·log2(e) = k + f
+    with k the nearest integer, 2^f by a degree-3 polynomial (relative error <= 1.3e-4,
+    exact to first order at f = 0), times 2^k."""
+    w = x.float() * math.log2(math.e)
+    k = torch.round(w)
+    f = w - k
+    p = 1.0 + f * (math.log(2.0) + f * (EXP2_BF16_Q2 + f * EXP2_BF16_Q3))
+    return torch.ldexp(p, k)
+
+
+def _bf16_values(t: Tensor) -> Tensor:
+    return t.float().bfloat16().float()
+
+
 def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = None,
-                    initial_state: Optional[Tensor] = None, return_state: bool = False):
+                    initial_state: Optional[Tensor] = None, return_state: bool = False, bf16: bool = False):
     """A Mamba layer between in_proj and out_proj, the readable way (see `mixer.py`).
 
     xz [B, L, 2D] is split into x and z; each direction (a `mixer.MixerDirection`) is
     conv + SiLU, x_proj, dt_proj, and the selective scan with D, delta_bias, softplus and
     the z gate; the second direction runs reversed from zero. Returns the float32 sum of
     the directions, and with `return_state` the first direction's (conv tail, scan state).
+    `bf16` is the fused kernel's bf16 mode before its output is rounded: x_proj and dt_proj
+    on operands rounded to bfloat16 (float32 products and sums), the decay by
+    `exp_bf16_mode_ref`.
     """
     x, z = xz.float().chunk(2, dim=-1)
+    rnd = _bf16_values if bf16 else (lambda t: t.float())
     y, state = None, None
     for i, d in enumerate(directions):
         first = i == 0
@@ -133,10 +160,10 @@ def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = Non
         R = d.dt_proj_weight.shape[1]
         xc, tail = causal_conv1d_ref(x, d.conv_weight.reshape(Dm, -1).float(), d.conv_bias,
                                      initial_tail if first else None, "silu", True, reverse=not first)
-        dt, B, C = torch.split(F.linear(xc, d.x_proj_weight.float()), [R, N, N], dim=-1)
-        yd, last = selective_scan_ref(xc, F.linear(dt, d.dt_proj_weight.float()), d.A, B, C, d.D, z,
+        dt, B, C = torch.split(F.linear(rnd(xc), rnd(d.x_proj_weight)), [R, N, N], dim=-1)
+        yd, last = selective_scan_ref(xc, F.linear(rnd(dt), rnd(d.dt_proj_weight)), d.A, B, C, d.D, z,
                                       d.dt_bias, True, initial_state if first else None, True,
-                                      reverse=not first)
+                                      reverse=not first, exp=exp_bf16_mode_ref if bf16 else torch.exp)
         if first:
             state = (tail, last)
         y = yd if y is None else y + yd

@@ -319,10 +319,38 @@ inline vf decay(vf dt, vf A2) {
 #endif
 }
 
+// The bf16 mode's decay (the fused mixer's bf16 mode, see mixer_fwd): 2^w with a
+// degree-3 polynomial, relative error <= 1.3e-4, where that mode's own rounding of xz
+// already moves Δ, and so Δ·A, by up to 2^-9 relative. p(0) = 1 and p'(0) = ln 2 exactly,
+// so a channel whose per-step decay is close to 1 (long memory, |Δ·A| small, k = 0) keeps
+// its decay rate to first order: its error is O(f^2) per step and cannot add up to another
+// time constant; the 1e-4 only appears where |f| is large, i.e. where the state forgets
+// within a few steps. Every instruction set computes the same polynomial
+// (reference.exp_bf16_mode_ref); tests/models/test_precision.py measures the drift.
+constexpr float kQ1 = 6.931471806e-01f, kQ2 = 2.421200256e-01f, kQ3 = 5.549127520e-02f;
+inline vf poly3_exp2(vf f) { return vfma(vfma(vfma(vset(kQ3), f, vset(kQ2)), f, vset(kQ1)), f, vset(1.f)); }
+inline vf vexp2_bf16(vf w) {
+#if defined(__AVX512F__)
+  vf k = _mm512_roundscale_ps(w, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(poly3_exp2(vsub(w, k)), k);
+#elif defined(__AVX2__) && defined(__FMA__)
+  w = vmin_c(128.f, vmax_c(-127.f, w));
+  vf k = _mm256_round_ps(w, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return vmul(poly3_exp2(vsub(w, k)), _mm256_castsi256_ps(e));
+#else
+  if (std::isnan(w)) return w;
+  w = std::min(200.f, std::max(-200.f, w));
+  const float k = std::nearbyint(w);
+  return std::ldexp(poly3_exp2(w - k), (int)k);
+#endif
+}
+inline vf decay_bf16(vf dt, vf A2) { return vexp2_bf16(vmul(dt, A2)); }
+
 // The forward's time loop for one D-chunk (lanes d0..d0+W) of batch row b, from the state
 // in hio (N vectors) and back into it; the lane constants come from the caller, so a caller
 // that runs many short pieces of the sequence (the fused mixer) builds them once.
-template <int NT>
+template <int NT, bool BF16 = false>
 void scan_fwd_steps(const Scan& s, int64_t b, int64_t d0, const LaneConsts<NT>& c, vf* hio, float* out,
                     int64_t so_b, int64_t so_l, bool accumulate, float* ckpt) {
   const int N = NT > 0 ? NT : (int)s.N;
@@ -367,7 +395,7 @@ void scan_fwd_steps(const Scan& s, int64_t b, int64_t d0, const LaneConsts<NT>& 
       vf y = yb[j], y1 = vzero();
 #pragma GCC unroll 16
       for (int n = 0; n < N; ++n) {
-        h[n] = vfma(decay(dt, c.A2[n]), h[n], vmul(du, vset(Bt[n * s.sB_n])));
+        h[n] = vfma(BF16 ? decay_bf16(dt, c.A2[n]) : decay(dt, c.A2[n]), h[n], vmul(du, vset(Bt[n * s.sB_n])));
         if (n % 2 == 0)
           y = vfma(h[n], vset(Ct[n * s.sC_n]), y);
         else
@@ -1058,11 +1086,17 @@ __attribute__((noinline)) void dtproj_chunk(const float* xdbl, int64_t cnt, int6
 struct Mixer {
   int64_t Bsz, L, D, N, R, K, Tc, nchunks, ndir;
   const void* xz;
-  bool xz_bf16, out_bf16;
+  bool xz_bf16, bf16;  // bf16: the bf16 mode (bfloat16 y, bf16 projections, decay_bf16)
   int64_t sxz_b, sxz_l;
   std::vector<MixerDirPtrs> dirs;
   int64_t Ep;                 // x_proj's output columns padded to a multiple of 3 vectors
   std::vector<float> xwT[2], dtwT[2];  // x_proj weight as [D, Ep], dt_proj weight as [R, D]
+  // The bf16 mode (bfloat16 y; see mixer_fwd): the same weights rounded to bfloat16, as
+  // tile pairs (amx: xwTp [Kx/2][Ep], dtwTp [Kr/2][Dq]) or, without AMX, in xwT/dtwT.
+  bool amx;
+  int64_t Kx, Kr, Dq;  // with amx: D and R padded to 32 (summed), D padded to 48 (dt's columns)
+  int64_t xs, ds;      // row strides of a chunk's x_proj output and of its dt
+  std::vector<uint32_t> xwTp[2], dtwTp[2];
   const float *tail0, *h0;
   float *tail_out, *h_out, *scratch;
   void* out;
@@ -1112,28 +1146,152 @@ void f32_to_bf16_n(const float* a, const float* b, uint16_t* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = f32_to_bf16(b ? a[i] + b[i] : a[i]);
 }
 
-// One chunk's y rows of every direction summed into the output.
+// ---- the bf16 mode's projections
+// x_proj and dt_proj in the bf16 mode: operands rounded to bfloat16 (to nearest even, as
+// torch's .bfloat16()), products and sums in float32, a float32 result: what the mode's
+// other matmuls (in_proj, out_proj through oneDNN) compute. With AMX (Sapphire Rapids and
+// later) they run on the tile unit, 16 tokens x 16 outputs x 32 summed terms per
+// instruction: x_proj and dt_proj were 16 % of the fused layer in the bf16 mode, and the
+// AVX512-BF16 dot product (vdpbf16ps) measured no faster than the float32 FMA loops here.
+// Elsewhere, or where the OS refuses the tile state, the rounded operands (held as
+// float32, exactly) go through the float32 loops: the same products, summed in another order.
+// Operands for the tiles are bf16 rows padded with zeros to multiples of 32 along the
+// summed index, and weights as pairs of neighbours along it (the tiles' B layout).
+constexpr int kAmxK = 32;  // bf16 terms per tile row (64 bytes)
+constexpr int kAmxM = 16;  // rows per tile
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+// The kernel lends the tile state (8 KB per thread) only to a process that asks for it.
+bool amx_permitted() {
+  static const bool ok = [] {
+    constexpr long kReqPerm = 0x1023, kXtileData = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kReqPerm, kXtileData) == 0;
+  }();
+  return ok;
+}
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int i = 0; i < 8; ++i) colsb[i] = 64, rows[i] = kAmxM;  // every tile 16 x 64 bytes
+  }
+};
+// Loads the configuration for the scope and releases the tiles after it (a thread that
+// keeps tile state makes every later context switch of it save 8 KB more).
+struct TileScope {
+  TileScope() {
+    static const TileConfig cfg;
+    _tile_loadconfig(&cfg);
+  }
+  ~TileScope() { _tile_release(); }
+};
+// out[j, e] (row stride so) = sum_k a[j, k] b[k, e] for j < Mp (a multiple of 16), e < Ep
+// (a multiple of 48), k < Kp (a multiple of 32): a bf16 rows of stride sa elements, b as
+// pairs [Kp/2][Ep]. Three 16x16 outputs per pass over k.
+void amx_matmul_bf16(const uint16_t* a, int64_t sa, int64_t Mp, int64_t Kp, const uint32_t* bp, int64_t Ep,
+                     float* out, int64_t so) {
+  for (int64_t j0 = 0; j0 < Mp; j0 += kAmxM) {
+    for (int64_t e0 = 0; e0 < Ep; e0 += 48) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      for (int64_t k0 = 0; k0 < Kp; k0 += kAmxK) {
+        _tile_loadd(3, a + j0 * sa + k0, sa * 2);
+        const uint32_t* br = bp + (k0 / 2) * Ep + e0;
+        _tile_loadd(4, br, Ep * 4);
+        _tile_loadd(5, br + 16, Ep * 4);
+        _tile_loadd(6, br + 32, Ep * 4);
+        _tile_dpbf16ps(0, 3, 4);
+        _tile_dpbf16ps(1, 3, 5);
+        _tile_dpbf16ps(2, 3, 6);
+      }
+      float* o = out + j0 * so + e0;
+      _tile_stored(0, o, so * 4);
+      _tile_stored(1, o + 16, so * 4);
+      _tile_stored(2, o + 32, so * 4);
+    }
+  }
+}
+#else
+bool amx_permitted() { return false; }
+struct TileScope {};
+void amx_matmul_bf16(const uint16_t*, int64_t, int64_t, int64_t, const uint32_t*, int64_t, float*, int64_t) {}
+#endif
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Pairs of bfloat16 along a summed index: dst[i][c] = (bf16(src(2i, c)), bf16(src(2i+1, c)))
+// as one 32-bit word, low half first (the tiles' B layout), zeros where 2i+1 or c run past
+// `rows` or `cols`; `pair_rows` x `dst_cols` words. src(k, c) = src[k * sk + c * sc].
+inline float bf16_round(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+std::vector<uint32_t> pack_pairs(const float* src, int64_t rows, int64_t cols, int64_t sk, int64_t sc,
+                                 int64_t pair_rows, int64_t dst_cols) {
+  std::vector<uint32_t> out(pair_rows * dst_cols, 0u);
+  for (int64_t i = 0; 2 * i < rows; ++i)
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint32_t lo = f32_to_bf16(src[2 * i * sk + c * sc]);
+      const uint32_t hi = 2 * i + 1 < rows ? f32_to_bf16(src[(2 * i + 1) * sk + c * sc]) : 0u;
+      out[i * dst_cols + c] = lo | (hi << 16);
+    }
+  return out;
+}
+
+// One chunk's y rows of every direction summed and gated into the output:
+// out = (y_f + y_b) * silu(z). The gate is the same for both directions, so it is applied
+// once to the sum instead of to each direction's rows (half the SiLUs; the unfused model's
+// y_f*g + y_b*g, reassociated).
 __attribute__((noinline)) void mixer_sum_rows(const Mixer& mx, int64_t b, int64_t t0, int64_t cnt) {
   const int64_t D = mx.D, plane = mx.Bsz * mx.L * D;
-  const float* y0 = mx.scratch + (b * mx.L + t0) * D;
-  const int64_t n = cnt * D;
-  if (mx.out_bf16) {
-    uint16_t* o = static_cast<uint16_t*>(mx.out) + (b * mx.L + t0) * D;
-    f32_to_bf16_n(y0, mx.ndir == 2 ? y0 + plane : nullptr, o, n);
-  } else {
-    float* o = static_cast<float*>(mx.out) + (b * mx.L + t0) * D;
-    if (mx.ndir == 2) {
-      const float* y1 = y0 + plane;
-      for (int64_t i = 0; i < n; ++i) o[i] = y0[i] + y1[i];
+  thread_local std::vector<float> zrow, orow;
+  zrow.resize(D);
+  orow.resize(D);
+  for (int64_t j = 0; j < cnt; ++j) {
+    const int64_t t = t0 + j;
+    const float* y0 = mx.scratch + (b * mx.L + t) * D;
+    const float* y1 = mx.ndir == 2 ? y0 + plane : nullptr;
+    const float* z;
+    if (mx.xz_bf16) {
+      bf16_to_f32_n(static_cast<const uint16_t*>(mx.xz) + b * mx.sxz_b + t * mx.sxz_l + D, zrow.data(), D);
+      z = zrow.data();
     } else {
-      std::memcpy(o, y0, n * sizeof(float));
+      z = static_cast<const float*>(mx.xz) + b * mx.sxz_b + t * mx.sxz_l + D;
     }
+    float* o = mx.bf16 ? orow.data() : static_cast<float*>(mx.out) + (b * mx.L + t) * D;
+    for (int64_t i = 0; i < D; i += W) {
+      const vmask m = lane_mask((int)std::min<int64_t>(W, D - i));
+      vf y = vload(y0 + i, m);
+      if (y1) y = vadd(y, vload(y1 + i, m));
+      vstore(o + i, vmul(y, vsilu(vload(z + i, m))), m);
+    }
+    if (mx.bf16) f32_to_bf16_n(o, nullptr, static_cast<uint16_t*>(mx.out) + (b * mx.L + t) * D, D);
   }
 }
 
 struct MixerWork {
   std::vector<float> xin, xc, xdbl, dt, tail;
+  std::vector<float> xcr, xdblr;    // the bf16 mode without AMX: rounded operands
+  std::vector<uint16_t> xcb, xdblb;  // with AMX: operands as bfloat16 rows (padded)
 };
+
+// x_proj and dt_proj of one chunk in the bf16 mode (see "the bf16 mode's projections").
+void mixer_projections_bf16(const Mixer& mx, int dir, int64_t cnt, MixerWork& w) {
+  const int64_t D = mx.D, R = mx.R, E = R + 2 * mx.N;
+  if (mx.amx) {
+    const int64_t Mp = round_up(cnt, kAmxM);
+    for (int64_t j = 0; j < cnt; ++j) f32_to_bf16_n(w.xc.data() + j * D, nullptr, w.xcb.data() + j * mx.Kx, D);
+    TileScope tiles;
+    amx_matmul_bf16(w.xcb.data(), mx.Kx, Mp, mx.Kx, mx.xwTp[dir].data(), mx.Ep, w.xdbl.data(), mx.xs);
+    for (int64_t j = 0; j < cnt; ++j) f32_to_bf16_n(w.xdbl.data() + j * mx.xs, nullptr, w.xdblb.data() + j * mx.Kr, R);
+    amx_matmul_bf16(w.xdblb.data(), mx.Kr, Mp, mx.Kr, mx.dtwTp[dir].data(), mx.Dq, w.dt.data(), mx.ds);
+  } else {
+    for (int64_t i = 0; i < cnt * D; ++i) w.xcr[i] = bf16_round(w.xc[i]);
+    xproj_chunk(w.xcr.data(), cnt, D, mx.xwT[dir].data(), mx.Ep, E, w.xdbl.data());
+    for (int64_t j = 0; j < cnt; ++j)
+      for (int64_t r = 0; r < R; ++r) w.xdblr[j * E + r] = bf16_round(w.xdbl[j * E + r]);
+    dtproj_chunk(w.xdblr.data(), cnt, E, R, mx.dtwT[dir].data(), D, w.dt.data());
+  }
+}
 
 // Chunk c of batch row b in direction dir: conv, projections, scan into scratch. consts:
 // the direction's lane constants per D-chunk; hv: its scan state, N vectors per D-chunk.
@@ -1148,25 +1306,21 @@ void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w,
   int64_t sx_l;
   if (mx.xz_bf16) {
     const uint16_t* src = static_cast<const uint16_t*>(mx.xz) + b * mx.sxz_b + t0 * mx.sxz_l;
-    for (int64_t j = 0; j < cnt; ++j) bf16_to_f32_n(src + j * mx.sxz_l, w.xin.data() + j * 2 * D, 2 * D);
+    for (int64_t j = 0; j < cnt; ++j) bf16_to_f32_n(src + j * mx.sxz_l, w.xin.data() + j * D, D);  // x only
     xsrc = w.xin.data();
-    sx_l = 2 * D;
+    sx_l = D;
   } else {
     xsrc = static_cast<const float*>(mx.xz) + b * mx.sxz_b + t0 * mx.sxz_l;
     sx_l = mx.sxz_l;
   }
   float* y = mx.scratch + ((dir * mx.Bsz + b) * mx.L + t0) * D;
-  // The scan walks each D-chunk down the chunk's rows (stride 2D floats for z, D for y):
-  // one 64-byte line per row and page, which the hardware prefetchers do not follow.
-  // Fetch those rows into L2 now; the conv and the projections run meanwhile.
+  // The scan walks each D-chunk down the chunk's rows of y (stride D floats): one 64-byte
+  // line per row and page, which the hardware prefetchers do not follow. Fetch those rows
+  // into L2 now; the conv and the projections run meanwhile.
 #if defined(VMS_X86)
   for (int64_t j = 0; j < cnt; ++j) {
-    const char* zr = reinterpret_cast<const char*>(xsrc + j * sx_l + D);
     char* yr = reinterpret_cast<char*>(y + j * D);
-    for (int64_t o = 0; o < D * 4; o += 64) {
-      _mm_prefetch(zr + o, _MM_HINT_T1);
-      _mm_prefetch(yr + o, _MM_HINT_T1);
-    }
+    for (int64_t o = 0; o < D * 4; o += 64) _mm_prefetch(yr + o, _MM_HINT_T1);
   }
 #endif
   Conv cv{1, cnt, D, mx.K, xsrc, p.conv_w, p.conv_b, w.tail.data(), 0, sx_l, true, rev};
@@ -1178,18 +1332,27 @@ void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w,
     else
       conv_fwd_group<0>(cv, 0, c0, c1, w.xc.data(), w.tail.data());
   }
-  xproj_chunk(w.xc.data(), cnt, D, mx.xwT[dir].data(), mx.Ep, E, w.xdbl.data());
-  dtproj_chunk(w.xdbl.data(), cnt, E, R, mx.dtwT[dir].data(), D, w.dt.data());
+  if (!mx.bf16) {
+    xproj_chunk(w.xc.data(), cnt, D, mx.xwT[dir].data(), mx.Ep, E, w.xdbl.data());
+    dtproj_chunk(w.xdbl.data(), cnt, E, R, mx.dtwT[dir].data(), D, w.dt.data());
+  } else {
+    mixer_projections_bf16(mx, dir, cnt, w);
+  }
   Scan s{};
   s.Bsz = 1, s.L = cnt, s.D = D, s.N = N;
   s.u = w.xc.data(), s.su_l = D;
-  s.delta = w.dt.data(), s.sd_l = D;
+  s.delta = w.dt.data(), s.sd_l = mx.ds;
   s.A = p.A, s.Dv = p.Dv, s.bias = p.dt_bias;
-  s.Bm = w.xdbl.data() + R, s.sB_l = E, s.sB_n = 1;
-  s.Cm = w.xdbl.data() + R + N, s.sC_l = E, s.sC_n = 1;
-  s.z = xsrc + D, s.sz_l = sx_l;
+  s.Bm = w.xdbl.data() + R, s.sB_l = mx.xs, s.sB_n = 1;
+  s.Cm = w.xdbl.data() + R + N, s.sC_l = mx.xs, s.sC_n = 1;
+  s.z = nullptr;  // the gate is applied to the directions' sum (mixer_sum_rows)
   s.softplus = true, s.reverse = rev, s.K = 1, s.nck = 0;
-  for (int64_t ci = 0; ci < nd; ++ci) scan_fwd_steps<NT>(s, 0, ci * W, consts[ci], hv + ci * N, y, 0, D, false, nullptr);
+  for (int64_t ci = 0; ci < nd; ++ci) {
+    if (mx.bf16)
+      scan_fwd_steps<NT, true>(s, 0, ci * W, consts[ci], hv + ci * N, y, 0, D, false, nullptr);
+    else
+      scan_fwd_steps<NT>(s, 0, ci * W, consts[ci], hv + ci * N, y, 0, D, false, nullptr);
+  }
   if (mx.done[b * mx.nchunks + c].fetch_add(1, std::memory_order_acq_rel) == mx.ndir - 1)
     mixer_sum_rows(mx, b, t0, cnt);
 }
@@ -1235,7 +1398,7 @@ void mixer_task(const Mixer& mx, int64_t b, int dir, MixerWork& w) {
 // of the first direction; empty tensors when not requested.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
     const at::Tensor& xz, at::TensorList params, const std::optional<at::Tensor>& tail0,
-    const std::optional<at::Tensor>& h0, bool return_state, int64_t chunk, bool out_bf16) {
+    const std::optional<at::Tensor>& h0, bool return_state, int64_t chunk, bool bf16) {
   TORCH_CHECK(xz.dim() == 3 && xz.size(2) % 2 == 0 && xz.device().is_cpu() && xz.stride(2) == 1 &&
                   (xz.scalar_type() == at::kFloat || xz.scalar_type() == at::kBFloat16),
               "xz must be a float32 or bfloat16 CPU tensor [B, L, 2D] with a contiguous last dim, got ",
@@ -1253,6 +1416,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
   mx.R = params[3].size(-1);
   const int64_t K = mx.K, N = mx.N, R = mx.R;
   TORCH_CHECK(K >= 2 && K <= kMaxK && N >= 1 && N <= kMaxN && R >= 1, "mixer: K, N or R out of range");
+  mx.Ep = (R + 2 * N + 3 * W - 1) / (3 * W) * (3 * W);
+  mx.amx = bf16 && amx_permitted();
+  mx.Kx = round_up(D, kAmxK), mx.Kr = round_up(R, kAmxK), mx.Dq = round_up(D, 48);
+  mx.xs = mx.amx ? mx.Ep : R + 2 * N;
+  mx.ds = mx.amx ? mx.Dq : D;
   for (int64_t d = 0; d < mx.ndir; ++d) {
     const at::Tensor* q = &params[d * 7];
     check_small(q[0], "conv weight", {D, K});
@@ -1266,13 +1434,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
                        q[3].data_ptr<float>(), q[4].data_ptr<float>(), q[5].data_ptr<float>(),
                        q[6].data_ptr<float>()});
     const float *xw = q[2].data_ptr<float>(), *dtw = q[3].data_ptr<float>();
-    mx.Ep = (R + 2 * N + 3 * W - 1) / (3 * W) * (3 * W);
     mx.xwT[d].assign(D * mx.Ep, 0.f);
     for (int64_t e = 0; e < R + 2 * N; ++e)
       for (int64_t i = 0; i < D; ++i) mx.xwT[d][i * mx.Ep + e] = xw[e * D + i];
     mx.dtwT[d].resize(R * D);
     for (int64_t i = 0; i < D; ++i)
       for (int64_t r = 0; r < R; ++r) mx.dtwT[d][r * D + i] = dtw[i * R + r];
+    if (mx.amx) {
+      mx.xwTp[d] = pack_pairs(xw, D, R + 2 * N, 1, D, mx.Kx / 2, mx.Ep);  // (d, e) = xw[e * D + d]
+      mx.dtwTp[d] = pack_pairs(dtw, R, D, 1, R, mx.Kr / 2, mx.Dq);      // (r, d) = dtw[d * R + r]
+    } else if (bf16) {
+      for (auto& v : mx.xwT[d]) v = bf16_round(v);
+      for (auto& v : mx.dtwT[d]) v = bf16_round(v);
+    }
   }
   if (tail0) check_small(*tail0, "initial_tail", {mx.Bsz, D, K - 1});
   if (h0) check_small(*h0, "initial_state", {mx.Bsz, D, N});
@@ -1280,12 +1454,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
   mx.nchunks = (mx.L + mx.Tc - 1) / mx.Tc;
   mx.xz = xz.data_ptr();
   mx.xz_bf16 = xz.scalar_type() == at::kBFloat16;
-  mx.out_bf16 = out_bf16;
+  mx.bf16 = bf16;
   mx.sxz_b = xz.stride(0), mx.sxz_l = xz.stride(1);
   mx.tail0 = opt_ptr(tail0);
   mx.h0 = opt_ptr(h0);
   auto fopt = xz.options().dtype(at::kFloat);
-  at::Tensor out = at::empty({mx.Bsz, mx.L, D}, fopt.dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  at::Tensor out = at::empty({mx.Bsz, mx.L, D}, fopt.dtype(bf16 ? at::kBFloat16 : at::kFloat));
   at::Tensor tail = return_state ? at::empty({mx.Bsz, D, K - 1}, fopt) : at::empty({0}, fopt);
   at::Tensor last = return_state ? at::empty({mx.Bsz, D, N}, fopt) : at::empty({0}, fopt);
   // Reused across calls (per calling thread): a fresh multi-MB buffer every layer is fresh
@@ -1300,12 +1474,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
   for (auto& d : done) d.store(0);
   mx.done = done.data();
   const int64_t ntasks = mx.Bsz * mx.ndir, nw = num_workers(ntasks);
-  std::vector<MixerWork> work(nw);
-  for (auto& w : work) {
-    if (mx.xz_bf16) w.xin.resize(mx.Tc * 2 * D);
+  // Per calling thread, like scratch: fresh buffers every layer were page faults in the profile.
+  // (A reference: inside the parallel region the name would be each worker's own copy.)
+  thread_local std::vector<MixerWork> work_tls;
+  std::vector<MixerWork>& work = work_tls;
+  if ((int64_t)work.size() < nw) work.resize(nw);
+  for (int64_t wi = 0; wi < nw; ++wi) {
+    MixerWork& w = work[wi];
+    if (mx.xz_bf16) w.xin.resize(mx.Tc * D);
     w.xc.resize((mx.Tc + kXprojTokens - 1) * D);  // xproj_chunk reads rows past the chunk
-    w.xdbl.resize(mx.Tc * (R + 2 * N));
-    w.dt.resize(mx.Tc * D);
+    // The tiles read and write whole 16-row blocks: rows past the chunk are zeros in, ignored out.
+    const int64_t rows = round_up(mx.Tc, kAmxM);
+    w.xdbl.resize(rows * mx.xs);
+    w.dt.resize(rows * mx.ds);
+    if (mx.amx) {
+      w.xcb.assign(rows * mx.Kx, 0);
+      w.xdblb.assign(rows * mx.Kr, 0);
+    } else if (bf16) {
+      w.xcr.assign((mx.Tc + kXprojTokens - 1) * D, 0.f);
+      w.xdblr.assign(mx.Tc * (R + 2 * N), 0.f);
+    }
   }
   run_tasks(ntasks, nw, [&](int64_t wi, int64_t task) {
     mixer_task(mx, task / mx.ndir, (int)(task % mx.ndir), work[wi]);
@@ -1403,7 +1591,7 @@ TORCH_LIBRARY(VMS_NS, m) {
         "-> (Tensor, Tensor, Tensor, Tensor)",
         &causal_conv1d_bwd);
   m.def("mixer_fwd(Tensor xz, Tensor[] params, Tensor? initial_tail, Tensor? initial_state, "
-        "bool return_state, int chunk, bool out_bf16) -> (Tensor, Tensor, Tensor)",
+        "bool return_state, int chunk, bool bf16) -> (Tensor, Tensor, Tensor)",
         &mixer_fwd);
   m.def("add_rms_norm(Tensor hidden, Tensor? residual, Tensor weight, float eps, bool out_bf16) "
         "-> (Tensor, Tensor)",
