@@ -10,7 +10,7 @@ import pytest
 
 from vmstream.records import Frame, StreamEvent
 from vmstream.stages.decode.packet_filter import H264Inspector
-from vmstream.stages.decode.pyav import PyAVDecoder
+from vmstream.stages.decode.pyav import SKIP_PROBE_DECODE, PyAVDecoder, pool_decoder_threads
 from vmstream.stages.media import FrameSize
 from vmstream.stages.sampling import AllFrames, FpsSampling, TsnSampling, UniformSampling
 from vmstream.stages.sources import source_from_uri
@@ -138,3 +138,34 @@ def test_a_pool_decoder_that_cannot_open_fails_the_caller_with_the_input_named(p
                 list(pool.finish())
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("fmt,codec", [("mp4", ["-c:v", "libx264", "-c:a", "aac"]),
+                                       ("ts", ["-c:v", "libx264", "-c:a", "aac"]),
+                                       ("webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus"])])
+def test_an_open_that_skips_the_probe_decode_decodes_the_same(tmp_path, fmt, codec):
+    """SKIP_PROBE_DECODE (the decode opens of a file already probed) leaves the stream's
+    decoder as a plain open gives it: the same pictures, formats, colours and audio."""
+    path = str(tmp_path / f"clip.{fmt}")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=96x64:rate=25:duration=1", "-f", "lavfi", "-i", "sine=f=440:d=1",
+                    "-pix_fmt", "yuv420p", "-color_range", "tv", "-colorspace", "bt709", *codec, path], check=True)
+
+    def everything(options):
+        with av.open(path, options=options) as c:
+            frames = [(f.pts, f.format.name, f.color_range, f.colorspace, f.to_ndarray().tobytes())
+                      for f in c.decode(video=0)]
+        with av.open(path, options=options) as c:
+            audio = [(f.pts, f.format.name, f.layout.name, f.to_ndarray().tobytes()) for f in c.decode(audio=0)]
+        return frames, audio
+
+    plain, skipped = everything({}), everything(dict(SKIP_PROBE_DECODE))
+    assert len(plain[0]) == 25 and plain[1]
+    assert skipped == plain
+
+
+def test_pool_workers_share_the_cores_unless_told():
+    assert pool_decoder_threads(0, 2, cores=2) == 1
+    assert pool_decoder_threads(0, 2, cores=16) == 8
+    assert pool_decoder_threads(0, 3, cores=2) == 1
+    assert pool_decoder_threads(4, 2, cores=2) == 4  # an explicit setting is kept

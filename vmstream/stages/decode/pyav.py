@@ -86,10 +86,29 @@ END_SLACK = 1e-3
 # --------------------------------------------------------------------------- decoder
 
 
+# av.open runs FFmpeg's stream-info probe, which decodes a file's first pictures to learn
+# their format (~30 ms at 1080p). skip_frame=all reaches only that probe's own decoder:
+# the codec context PyAV gives us is made fresh from the stream's parameters afterwards
+# and reads the picture format from the bitstream. For opens of a file already probed.
+SKIP_PROBE_DECODE = {"skip_frame": "all"}
+
+
+def pool_decoder_threads(threads: int, workers: int, cores: Optional[int] = None) -> int:
+    """Decoder threads of one GOP-pool worker. The pool's workers are already the
+    parallelism, so with FFmpeg's choice (`threads` 0) each gets its share of the cores,
+    at least one: on 2 cores, FFmpeg's own choice (3 frame threads per worker, 6 in all)
+    cost 5 % more CPU and 6 % more wall time at exact 1 fps (benchmarks/decode_speed.py)
+    in hand-offs between threads. An explicit `threads` is kept."""
+    if threads:
+        return threads
+    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
+
+
 class PyAVDecoder(Decoder):
     """FFmpeg through PyAV. Thread-safe: every `frames()` call opens its own input.
 
-    threads:     decoder threads (0 = FFmpeg's choice, one per core + 1)
+    threads:     decoder threads (0 = FFmpeg's choice, one per core + 1; a GOP-pool
+                 worker's decoder then gets cores / gop_workers, see pool_decoder_threads)
     thread_type: "AUTO" (frame + slice threading), "FRAME", "SLICE" or "NONE"
     exact_mode:  "auto", "filter", "seek" or "full" (see the module doc)
     live_timeout: seconds without data before a live feed counts as dropped
@@ -166,8 +185,10 @@ class PyAVDecoder(Decoder):
         return self._file_frames(source, info, policy, size, float(start_time), stop, audio)
 
     def _open_stream(self, source: Source, keyframes_only: bool, audio: Optional[AudioFormat]):
-        """(container, video stream, audio tap or None)."""
-        c = open_input(source.uri, source.options)
+        """(container, video stream, audio tap or None). The file was probed a moment
+        ago (`probe`, a full open that decodes its first pictures); this open skips that
+        decode (see `_open_decoder`): the stream's decoder is a fresh one either way."""
+        c = open_input(source.uri, source.options, extra_ffmpeg=SKIP_PROBE_DECODE)
         try:
             s = video_stream(c, source.uri)
             cc = s.codec_context
@@ -420,12 +441,16 @@ class _FileRun:
 
     def _open_decoder(self):
         """A decoder of this file's video for a pool worker: opened like the main one,
-        so it gets the same parameters and side data (rotation)."""
-        c = open_input(self.source.uri, self.source.options)
+        so it gets the same parameters and side data (rotation). The worker only decodes
+        packets the planner read, so the decode FFmpeg runs while opening a file (to
+        learn the picture format; ~30 ms of a 1080p run's critical path) is skipped:
+        skip_frame=all reaches only that probe's decoder, and the worker's own decoder,
+        fresh from the stream's parameters, takes the format from the bitstream."""
+        c = open_input(self.source.uri, self.source.options, extra_ffmpeg=SKIP_PROBE_DECODE)
         try:
             cc = video_stream(c, self.source.uri).codec_context
             cc.thread_type = self.dec.thread_type
-            cc.thread_count = self.dec.threads
+            cc.thread_count = pool_decoder_threads(self.dec.threads, self.dec.gop_workers)
         except BaseException:
             c.close()
             raise
