@@ -10,7 +10,9 @@ import pytest
 
 from vmstream.records import Frame, StreamEvent
 from vmstream.stages.decode.packet_filter import H264Inspector
-from vmstream.stages.decode.pyav import SKIP_PROBE_DECODE, PyAVDecoder, pool_decoder_threads
+from vmstream.stages.decode.container import SKIP_PROBE_DECODE
+from vmstream.stages.decode.gop_pool import pool_decoder_threads
+from vmstream.stages.decode.pyav import PyAVDecoder
 from vmstream.stages.media import FrameSize
 from vmstream.stages.sampling import AllFrames, FpsSampling, TsnSampling, UniformSampling
 from vmstream.stages.sources import source_from_uri

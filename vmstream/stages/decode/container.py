@@ -51,6 +51,13 @@ def ffmpeg_options(options: Optional[dict]) -> dict[str, str]:
     return {str(k): str(v) for k, v in ff.items()}
 
 
+# av.open runs FFmpeg's stream-info probe, which decodes a file's first pictures to learn
+# their format (~30 ms at 1080p). skip_frame=all reaches only that probe's own decoder:
+# the codec context PyAV gives us is made fresh from the stream's parameters afterwards
+# and reads the picture format from the bitstream. For opens of a file already probed.
+SKIP_PROBE_DECODE = {"skip_frame": "all"}
+
+
 def open_input(uri: str, options: Optional[dict] = None, *, timeout=None,
                extra_ffmpeg: Optional[dict] = None):
     """av.open with the source's FFmpeg options, mapping failures to VideoInputError."""

@@ -22,6 +22,7 @@ one decoder in the caller's thread: the readable form, and what non-H.264 codecs
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -144,6 +145,17 @@ class _Run:
     submitted: int = 0     # windows put in
     taken: int = 0         # window results taken out
     closed: bool = False
+
+
+def pool_decoder_threads(threads: int, workers: int, cores: Optional[int] = None) -> int:
+    """Decoder threads of one GOP-pool worker. The pool's workers are already the
+    parallelism, so with FFmpeg's choice (`threads` 0) each gets its share of the cores,
+    at least one: on 2 cores, FFmpeg's own choice (3 frame threads per worker, 6 in all)
+    cost 5 % more CPU and 6 % more wall time at exact 1 fps (benchmarks/decode_speed.py)
+    in hand-offs between threads. An explicit `threads` is kept."""
+    if threads:
+        return threads
+    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
 
 
 class GopPool:

@@ -49,6 +49,7 @@ from vmstream.stages.decode.audio_tap import AudioTap
 from vmstream.stages.decode.base import (Decoder, DecodedItem, check_frames_args, end_event, no_frame_reason,
                                          probe_for_policy)
 from vmstream.stages.decode.container import (
+    SKIP_PROBE_DECODE,
     FrameConverter,
     audio_stream,
     count_frames,
@@ -58,7 +59,7 @@ from vmstream.stages.decode.container import (
     video_stream,
 )
 from vmstream.stages.decode.frame_bound import MAX_FRAME_PIXELS, check_frame_size, y4m_frame_size
-from vmstream.stages.decode.gop_pool import Decoded, GopPool, RunCounts, SerialDecoder
+from vmstream.stages.decode.gop_pool import Decoded, GopPool, RunCounts, SerialDecoder, pool_decoder_threads
 from vmstream.stages.decode.gop_reader import GopReader, Packet, TargetQueue
 from vmstream.stages.decode.live import live_frames
 from vmstream.stages.decode.packet_filter import H264Inspector, feed_mask, wanted_in_window
@@ -84,24 +85,6 @@ END_SLACK = 1e-3
 
 
 # --------------------------------------------------------------------------- decoder
-
-
-# av.open runs FFmpeg's stream-info probe, which decodes a file's first pictures to learn
-# their format (~30 ms at 1080p). skip_frame=all reaches only that probe's own decoder:
-# the codec context PyAV gives us is made fresh from the stream's parameters afterwards
-# and reads the picture format from the bitstream. For opens of a file already probed.
-SKIP_PROBE_DECODE = {"skip_frame": "all"}
-
-
-def pool_decoder_threads(threads: int, workers: int, cores: Optional[int] = None) -> int:
-    """Decoder threads of one GOP-pool worker. The pool's workers are already the
-    parallelism, so with FFmpeg's choice (`threads` 0) each gets its share of the cores,
-    at least one: on 2 cores, FFmpeg's own choice (3 frame threads per worker, 6 in all)
-    cost 5 % more CPU and 6 % more wall time at exact 1 fps (benchmarks/decode_speed.py)
-    in hand-offs between threads. An explicit `threads` is kept."""
-    if threads:
-        return threads
-    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
 
 
 class PyAVDecoder(Decoder):
