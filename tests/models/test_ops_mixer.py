@@ -6,11 +6,13 @@ import platform
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.fixtures.ops import assert_close
 from vmstream.models.ops import MixerDirection, cpu_ext, mamba_inner
 from vmstream.models.ops.mixer import mamba_inner_cpu
-from vmstream.models.ops.reference import exp_bf16_mode_ref, mamba_inner_ref
+from vmstream.models.ops.reference import (exp_bf16_mode_ref, mamba_inner_ref, silu_bf16_mode_ref,
+                                           softplus_bf16_mode_ref)
 
 
 def directions(D=40, N=16, R=5, K=4, n=2, seed=0, conv_bias=True):
@@ -117,6 +119,20 @@ def test_bf16_mode_decay_polynomial():
     assert rel_small.max().item() <= 2e-7  # float32 resolution near 1
     assert exp_bf16_mode_ref(torch.tensor([-1e4])).item() == 0.0
     assert exp_bf16_mode_ref(torch.tensor([float("nan")])).isnan().all()
+
+
+def test_bf16_mode_silu_and_softplus():
+    """The bf16 mode's SiLU and softplus stay within 1.5e-4 of the exact functions (the
+    exp's 1.3e-4 and the shortened log1p series' 2e-5), and behave at the extremes."""
+    x = torch.linspace(-60, 60, 200001, dtype=torch.float64)
+    silu = silu_bf16_mode_ref(x.float()).double()
+    assert ((silu - F.silu(x)).abs() <= 1.5e-4 * F.silu(x).abs() + 1e-30).all()
+    sp = softplus_bf16_mode_ref(x.float()).double()
+    assert ((sp - F.softplus(x)).abs() <= 1.5e-4 * F.softplus(x)).all()
+    big = torch.tensor([-1e4, 1e4, float("inf")])
+    assert silu_bf16_mode_ref(big).tolist()[1:] == [1e4, float("inf")]
+    assert silu_bf16_mode_ref(big)[0].item() == 0.0
+    assert softplus_bf16_mode_ref(big).tolist() == [0.0, 1e4, float("inf")]
 
 
 def test_dispatch_picks_the_kernel_and_the_composition_agrees():

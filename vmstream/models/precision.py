@@ -4,9 +4,10 @@ outputs) or "bf16".
 In bf16 the big matmuls (patch embedding, in_proj, out_proj: 84 % of a segment's matmul
 work) take bf16 inputs and weights and return fp32. On CPU, the fused Mamba layer kernel
 (`ops.mamba_inner`) runs its bf16 mode too: x_proj and dt_proj on bf16-rounded operands
-(float32 products and sums, on AMX tiles where the CPU has them) and the scan's decay
-exp(Δ·A) by a degree-3 polynomial (relative error <= 1.3e-4, exact to first order for
-long-memory channels), both below the 2^-9 rounding that bf16 inputs already bring.
+(float32 products and sums, on AMX tiles where the CPU has them), and the scan's decay
+exp(Δ·A), its SiLUs and softplus with a degree-3 exponential (relative error <= 1.3e-4,
+exact to first order for long-memory channels), all below the 2^-9 rounding that bf16
+inputs already bring.
 Everything else stays fp32: the norms and the residual stream, the depthwise conv, the
 selective scan's state and accumulation and the sum of its two directions, the carried
 StreamState, the head. On CPUs with AVX512-BF16 or AMX the mode runs about 1.6x as fast

@@ -20,8 +20,9 @@ which is also what autograd differentiates. The readable oracle is
 
 `out_dtype=torch.bfloat16` on the fused kernel is the bf16 mode (`models.precision`):
 x_proj and dt_proj on bf16-rounded operands with float32 sums (AMX tiles where the CPU
-has them), the decay by a degree-3 polynomial (`reference.exp_bf16_mode_ref`), the
-float32 sum rounded once; `mamba_inner_ref(..., bf16=True)` is its oracle. A bfloat16
+has them), the decay, SiLUs and softplus with a degree-3 exponential
+(`reference.exp_bf16_mode_ref` and its siblings), the float32 sum rounded once;
+`mamba_inner_ref(..., bf16=True)` is its oracle. A bfloat16
 xz is widened exactly. The composed path keeps float32 math in every precision and
 rounds y at the end.
 """

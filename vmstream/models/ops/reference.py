@@ -135,6 +135,30 @@ def exp_bf16_mode_ref(x: Tensor) -> Tensor:
     return torch.ldexp(p, k)
 
 
+def silu_bf16_mode_ref(x: Tensor) -> Tensor:
+    """SiLU as the fused mixer's bf16 mode computes it: x / (1 + exp(-x)), that exp by
+    `exp_bf16_mode_ref` of the argument clamped to +-200 ln 2 (as the kernel does, so
+    +-inf give their limits, not NaN)."""
+    x = x.float()
+    return x / (1.0 + exp_bf16_mode_ref(_clamp_exp_arg(-x)))
+
+
+def _clamp_exp_arg(x: Tensor) -> Tensor:
+    lim = 200.0 * math.log(2.0)
+    return torch.clamp(x, min=-lim, max=lim)
+
+
+def softplus_bf16_mode_ref(x: Tensor) -> Tensor:
+    """softplus as the fused mixer's bf16 mode computes it: max(x, 0) + log1p(e),
+    e = exp(-|x|) by `exp_bf16_mode_ref`, log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3,
+    by its series to s^7 (relative error <= 2e-5)."""
+    x = x.float()
+    e = exp_bf16_mode_ref(_clamp_exp_arg(-x.abs()))
+    s = e / (e + 2.0)
+    s2 = s * s
+    return torch.clamp(x, min=0.0) + 2.0 * s * (1.0 + s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 / 7)))
+
+
 def _bf16_values(t: Tensor) -> Tensor:
     return t.float().bfloat16().float()
 
@@ -148,11 +172,13 @@ def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = Non
     the z gate; the second direction runs reversed from zero. Returns the float32 sum of
     the directions, and with `return_state` the first direction's (conv tail, scan state).
     `bf16` is the fused kernel's bf16 mode before its output is rounded: x_proj and dt_proj
-    on operands rounded to bfloat16 (float32 products and sums), the decay by
-    `exp_bf16_mode_ref`.
+    on operands rounded to bfloat16 (float32 products and sums); the decay, the SiLUs and
+    the softplus by `exp_bf16_mode_ref`, `silu_bf16_mode_ref`, `softplus_bf16_mode_ref`;
+    the z gate applied once to the directions' sum (the kernel's order).
     """
+    if bf16:
+        return _mamba_inner_bf16_mode(xz, directions, initial_tail, initial_state, return_state)
     x, z = xz.float().chunk(2, dim=-1)
-    rnd = _bf16_values if bf16 else (lambda t: t.float())
     y, state = None, None
     for i, d in enumerate(directions):
         first = i == 0
@@ -160,13 +186,35 @@ def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = Non
         R = d.dt_proj_weight.shape[1]
         xc, tail = causal_conv1d_ref(x, d.conv_weight.reshape(Dm, -1).float(), d.conv_bias,
                                      initial_tail if first else None, "silu", True, reverse=not first)
-        dt, B, C = torch.split(F.linear(rnd(xc), rnd(d.x_proj_weight)), [R, N, N], dim=-1)
-        yd, last = selective_scan_ref(xc, F.linear(rnd(dt), rnd(d.dt_proj_weight)), d.A, B, C, d.D, z,
+        dt, B, C = torch.split(F.linear(xc, d.x_proj_weight.float()), [R, N, N], dim=-1)
+        yd, last = selective_scan_ref(xc, F.linear(dt, d.dt_proj_weight.float()), d.A, B, C, d.D, z,
                                       d.dt_bias, True, initial_state if first else None, True,
-                                      reverse=not first, exp=exp_bf16_mode_ref if bf16 else torch.exp)
+                                      reverse=not first)
         if first:
             state = (tail, last)
         y = yd if y is None else y + yd
+    return (y, state) if return_state else y
+
+
+def _mamba_inner_bf16_mode(xz, directions, initial_tail, initial_state, return_state):
+    x, z = xz.float().chunk(2, dim=-1)
+    y, state = None, None
+    for i, d in enumerate(directions):
+        first = i == 0
+        Dm, N = d.A.shape
+        R = d.dt_proj_weight.shape[1]
+        xc, tail = causal_conv1d_ref(x, d.conv_weight.reshape(Dm, -1).float(), d.conv_bias,
+                                     initial_tail if first else None, None, True, reverse=not first)
+        xc = silu_bf16_mode_ref(xc)
+        dt, B, C = torch.split(F.linear(_bf16_values(xc), _bf16_values(d.x_proj_weight)), [R, N, N], dim=-1)
+        delta = softplus_bf16_mode_ref(F.linear(_bf16_values(dt), _bf16_values(d.dt_proj_weight)) + d.dt_bias.float())
+        yd, last = selective_scan_ref(xc, delta, d.A, B, C, d.D, None, None, False,
+                                      initial_state if first else None, True, reverse=not first,
+                                      exp=exp_bf16_mode_ref)
+        if first:
+            state = (tail, last)
+        y = yd if y is None else y + yd
+    y = y * silu_bf16_mode_ref(z)
     return (y, state) if return_state else y
 
 

@@ -288,6 +288,7 @@ struct LaneConsts {
   }
 };
 
+inline vf vsoftplus_bf16(vf x);
 // Δ + delta_bias (the pre-activation) for one step.
 inline vf step_pre(const Scan& s, const float* db, int64_t t, vmask m, vf bias) {
   vf raw = vload(db + t * s.sd_l, m);
@@ -295,8 +296,9 @@ inline vf step_pre(const Scan& s, const float* db, int64_t t, vmask m, vf bias) 
 }
 // Δ itself. Clamped to +-1e30 so Δ·A stays finite for any |A| < 1e8 and the exp needs no
 // clamp per state index (exp(Δ·A) of a huge finite Δ·A is exactly 0 or inf; NaN stays NaN).
+template <bool BF16 = false>
 inline vf step_delta(const Scan& s, vf pre) {
-  vf dt = s.softplus ? vsoftplus(pre) : pre;
+  vf dt = s.softplus ? (BF16 ? vsoftplus_bf16(pre) : vsoftplus(pre)) : pre;
   return vmin_c(1e30f, vmax_c(-1e30f, dt));
 }
 // exp(dt·A) from A2 = A·log2(e), the hot path (B·D·L·N of them): the exp2 core is
@@ -346,6 +348,29 @@ inline vf vexp2_bf16(vf w) {
 #endif
 }
 inline vf decay_bf16(vf dt, vf A2) { return vexp2_bf16(vmul(dt, A2)); }
+// The bf16 mode's SiLU and softplus: the same formulas as vsilu/vsoftplus with that
+// exponential, and log1p by the series to s^7 (relative error <= 2e-5, s <= 1/3)
+// (reference.silu_bf16_mode_ref, softplus_bf16_mode_ref).
+inline vf vexp_safe_bf16(vf x) { return vexp2_bf16(vmax_c(-200.f, vmin_c(200.f, vmul(x, vset(kLog2e))))); }
+inline vf vsilu_bf16(vf x) {
+  return vmul(x, vdiv(vset(1.f), vadd(vset(1.f), vexp_safe_bf16(vsub(vzero(), x)))));
+}
+inline vf vsoftplus_bf16(vf x) {
+  vf e = vexp_safe_bf16(vsub(vzero(), vabs(x)));
+  vf s = vdiv(e, vadd(e, vset(2.f)));
+  vf s2 = vmul(s, s);
+  vf p = vfma(vfma(vset(1.f / 7), s2, vset(1.f / 5)), s2, vset(1.f / 3));
+  p = vfma(p, s2, vset(1.f));
+  vf l = vmul(vadd(s, s), p);
+#if defined(__AVX512F__)
+  vf pos = _mm512_max_ps(x, vzero());
+#elif defined(__AVX2__) && defined(__FMA__)
+  vf pos = _mm256_max_ps(x, vzero());
+#else
+  vf pos = x > 0.f ? x : 0.f;
+#endif
+  return vadd(pos, l);
+}
 
 // The forward's time loop for one D-chunk (lanes d0..d0+W) of batch row b, from the state
 // in hio (N vectors) and back into it; the lane constants come from the caller, so a caller
@@ -373,12 +398,12 @@ void scan_fwd_steps(const Scan& s, int64_t b, int64_t d0, const LaneConsts<NT>& 
     // Independent per-step work first (softplus, silu): throughput, not latency.
     for (int j = 0; j < cnt; ++j) {
       const int64_t t = s.tok(i0 + j);
-      vf dt = step_delta(s, step_pre(s, db, t, m, c.bias));
+      vf dt = step_delta<BF16>(s, step_pre(s, db, t, m, c.bias));
       vf uv = vload(ub + t * s.su_l, m);
       dtb[j] = dt;
       dub[j] = vmul(dt, uv);
       yb[j] = s.Dv ? vmul(c.Dv, uv) : vzero();
-      if (zb) gate[j] = vsilu(vload(zb + t * s.sz_l, m));
+      if (zb) gate[j] = BF16 ? vsilu_bf16(vload(zb + t * s.sz_l, m)) : vsilu(vload(zb + t * s.sz_l, m));
     }
     for (int j = 0; j < cnt; ++j) {
       const int64_t i = i0 + j, t = s.tok(i);
@@ -803,6 +828,7 @@ struct Conv {
   const float *x, *w, *bias, *tail;
   int64_t sx_b, sx_l;
   bool silu, reverse;
+  bool bf16 = false;  // the fused mixer's bf16 mode: its SiLU (vsilu_bf16)
 };
 constexpr int kMaxK = 16;
 
@@ -832,7 +858,7 @@ void conv_fwd_group(const Conv& c, int64_t b, int64_t c0, int64_t c1, float* out
       win[g][K - 1] = vload(xb + t * c.sx_l + g * W, m[g]);
       vf acc = bv[g];
       for (int k = 0; k < K; ++k) acc = vfma(wv[g][k], win[g][k], acc);
-      if (c.silu) acc = vsilu(acc);
+      if (c.silu) acc = c.bf16 ? vsilu_bf16(acc) : vsilu(acc);
       vstore(ob + t * c.D + g * W, acc, m[g]);
       for (int k = 0; k + 1 < K; ++k) win[g][k] = win[g][k + 1];
     }
@@ -1262,7 +1288,8 @@ __attribute__((noinline)) void mixer_sum_rows(const Mixer& mx, int64_t b, int64_
       const vmask m = lane_mask((int)std::min<int64_t>(W, D - i));
       vf y = vload(y0 + i, m);
       if (y1) y = vadd(y, vload(y1 + i, m));
-      vstore(o + i, vmul(y, vsilu(vload(z + i, m))), m);
+      const vf zv = vload(z + i, m);
+      vstore(o + i, vmul(y, mx.bf16 ? vsilu_bf16(zv) : vsilu(zv)), m);
     }
     if (mx.bf16) f32_to_bf16_n(o, nullptr, static_cast<uint16_t*>(mx.out) + (b * mx.L + t) * D, D);
   }
@@ -1323,7 +1350,7 @@ void mixer_chunk(const Mixer& mx, int64_t b, int dir, int64_t c, MixerWork& w,
     for (int64_t o = 0; o < D * 4; o += 64) _mm_prefetch(yr + o, _MM_HINT_T1);
   }
 #endif
-  Conv cv{1, cnt, D, mx.K, xsrc, p.conv_w, p.conv_b, w.tail.data(), 0, sx_l, true, rev};
+  Conv cv{1, cnt, D, mx.K, xsrc, p.conv_w, p.conv_b, w.tail.data(), 0, sx_l, true, rev, mx.bf16};
   const int64_t nd = (D + W - 1) / W;
   for (int64_t c0 = 0; c0 < nd; c0 += kGroup) {
     const int64_t c1 = std::min(nd, c0 + kGroup);
