@@ -176,28 +176,9 @@ def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = Non
     the softplus by `exp_bf16_mode_ref`, `silu_bf16_mode_ref`, `softplus_bf16_mode_ref`;
     the z gate applied once to the directions' sum (the kernel's order).
     """
-    if bf16:
-        return _mamba_inner_bf16_mode(xz, directions, initial_tail, initial_state, return_state)
     x, z = xz.float().chunk(2, dim=-1)
-    y, state = None, None
-    for i, d in enumerate(directions):
-        first = i == 0
-        Dm, N = d.A.shape
-        R = d.dt_proj_weight.shape[1]
-        xc, tail = causal_conv1d_ref(x, d.conv_weight.reshape(Dm, -1).float(), d.conv_bias,
-                                     initial_tail if first else None, "silu", True, reverse=not first)
-        dt, B, C = torch.split(F.linear(xc, d.x_proj_weight.float()), [R, N, N], dim=-1)
-        yd, last = selective_scan_ref(xc, F.linear(dt, d.dt_proj_weight.float()), d.A, B, C, d.D, z,
-                                      d.dt_bias, True, initial_state if first else None, True,
-                                      reverse=not first)
-        if first:
-            state = (tail, last)
-        y = yd if y is None else y + yd
-    return (y, state) if return_state else y
-
-
-def _mamba_inner_bf16_mode(xz, directions, initial_tail, initial_state, return_state):
-    x, z = xz.float().chunk(2, dim=-1)
+    rnd = _bf16_values if bf16 else (lambda t: t.float())
+    silu = silu_bf16_mode_ref if bf16 else F.silu
     y, state = None, None
     for i, d in enumerate(directions):
         first = i == 0
@@ -205,16 +186,19 @@ def _mamba_inner_bf16_mode(xz, directions, initial_tail, initial_state, return_s
         R = d.dt_proj_weight.shape[1]
         xc, tail = causal_conv1d_ref(x, d.conv_weight.reshape(Dm, -1).float(), d.conv_bias,
                                      initial_tail if first else None, None, True, reverse=not first)
-        xc = silu_bf16_mode_ref(xc)
-        dt, B, C = torch.split(F.linear(_bf16_values(xc), _bf16_values(d.x_proj_weight)), [R, N, N], dim=-1)
-        delta = softplus_bf16_mode_ref(F.linear(_bf16_values(dt), _bf16_values(d.dt_proj_weight)) + d.dt_bias.float())
-        yd, last = selective_scan_ref(xc, delta, d.A, B, C, d.D, None, None, False,
+        xc = silu(xc)
+        dt, B, C = torch.split(F.linear(rnd(xc), rnd(d.x_proj_weight)), [R, N, N], dim=-1)
+        pre = F.linear(rnd(dt), rnd(d.dt_proj_weight)) + d.dt_bias.float()
+        delta = softplus_bf16_mode_ref(pre) if bf16 else F.softplus(pre)
+        # fp32 gates each direction (the official order); the bf16 mode gates their sum.
+        yd, last = selective_scan_ref(xc, delta, d.A, B, C, d.D, None if bf16 else z, None, False,
                                       initial_state if first else None, True, reverse=not first,
-                                      exp=exp_bf16_mode_ref)
+                                      exp=exp_bf16_mode_ref if bf16 else torch.exp)
         if first:
             state = (tail, last)
         y = yd if y is None else y + yd
-    y = y * silu_bf16_mode_ref(z)
+    if bf16:
+        y = y * silu(z)
     return (y, state) if return_state else y
 
 

@@ -164,6 +164,17 @@ inline vf vsigmoid(vf x) { return vdiv(vset(1.f), vadd(vset(1.f), vexp_safe(vsub
 inline vf vsilu(vf x) { return vmul(x, vsigmoid(x)); }
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(e) on e in [0, 1] via
 // 2·atanh(s), s = e / (2 + e) <= 1/3, series to s^13 (relative error < 2e-8).
+// max(x, 0) + 2s·p: softplus from s = e / (2 + e) and the summed series p(s^2).
+inline vf softplus_tail(vf x, vf s, vf p) {
+#if defined(__AVX512F__)
+  vf pos = _mm512_max_ps(x, vzero());
+#elif defined(__AVX2__) && defined(__FMA__)
+  vf pos = _mm256_max_ps(x, vzero());
+#else
+  vf pos = x > 0.f ? x : 0.f;
+#endif
+  return vadd(pos, vmul(vadd(s, s), p));  // NaN in x: s is NaN
+}
 inline vf vsoftplus(vf x) {
   vf e = vexp_safe(vsub(vzero(), vabs(x)));
   vf s = vdiv(e, vadd(e, vset(2.f)));
@@ -173,16 +184,7 @@ inline vf vsoftplus(vf x) {
   p = vfma(p, s2, vset(1.f / 7));
   p = vfma(p, s2, vset(1.f / 5));
   p = vfma(p, s2, vset(1.f / 3));
-  p = vfma(p, s2, vset(1.f));
-  vf l = vmul(vadd(s, s), p);
-#if defined(__AVX512F__)
-  vf pos = _mm512_max_ps(x, vzero());
-#elif defined(__AVX2__) && defined(__FMA__)
-  vf pos = _mm256_max_ps(x, vzero());
-#else
-  vf pos = x > 0.f ? x : 0.f;
-#endif
-  return vadd(pos, l);  // NaN in x: l is NaN
+  return softplus_tail(x, s, vfma(p, s2, vset(1.f)));
 }
 
 // Per-lane gathers/scatters for the small per-channel tensors ([D, N], [B, D, N], ...).
@@ -360,16 +362,7 @@ inline vf vsoftplus_bf16(vf x) {
   vf s = vdiv(e, vadd(e, vset(2.f)));
   vf s2 = vmul(s, s);
   vf p = vfma(vfma(vset(1.f / 7), s2, vset(1.f / 5)), s2, vset(1.f / 3));
-  p = vfma(p, s2, vset(1.f));
-  vf l = vmul(vadd(s, s), p);
-#if defined(__AVX512F__)
-  vf pos = _mm512_max_ps(x, vzero());
-#elif defined(__AVX2__) && defined(__FMA__)
-  vf pos = _mm256_max_ps(x, vzero());
-#else
-  vf pos = x > 0.f ? x : 0.f;
-#endif
-  return vadd(pos, l);
+  return softplus_tail(x, s, vfma(p, s2, vset(1.f)));
 }
 
 // The forward's time loop for one D-chunk (lanes d0..d0+W) of batch row b, from the state
