@@ -396,7 +396,7 @@ void scan_fwd_steps(const Scan& s, int64_t b, int64_t d0, const LaneConsts<NT>& 
       dtb[j] = dt;
       dub[j] = vmul(dt, uv);
       yb[j] = s.Dv ? vmul(c.Dv, uv) : vzero();
-      if (zb) gate[j] = BF16 ? vsilu_bf16(vload(zb + t * s.sz_l, m)) : vsilu(vload(zb + t * s.sz_l, m));
+      if (zb) gate[j] = vsilu(vload(zb + t * s.sz_l, m));  // (the fused mixer gates the sum instead)
     }
     for (int j = 0; j < cnt; ++j) {
       const int64_t i = i0 + j, t = s.tok(i);
@@ -1454,16 +1454,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_fwd(
                        q[3].data_ptr<float>(), q[4].data_ptr<float>(), q[5].data_ptr<float>(),
                        q[6].data_ptr<float>()});
     const float *xw = q[2].data_ptr<float>(), *dtw = q[3].data_ptr<float>();
+    if (mx.amx) {
+      mx.xwTp[d] = pack_pairs(xw, D, R + 2 * N, 1, D, mx.Kx / 2, mx.Ep);  // (d, e) = xw[e * D + d]
+      mx.dtwTp[d] = pack_pairs(dtw, R, D, 1, R, mx.Kr / 2, mx.Dq);      // (r, d) = dtw[d * R + r]
+      continue;
+    }
     mx.xwT[d].assign(D * mx.Ep, 0.f);
     for (int64_t e = 0; e < R + 2 * N; ++e)
       for (int64_t i = 0; i < D; ++i) mx.xwT[d][i * mx.Ep + e] = xw[e * D + i];
     mx.dtwT[d].resize(R * D);
     for (int64_t i = 0; i < D; ++i)
       for (int64_t r = 0; r < R; ++r) mx.dtwT[d][r * D + i] = dtw[i * R + r];
-    if (mx.amx) {
-      mx.xwTp[d] = pack_pairs(xw, D, R + 2 * N, 1, D, mx.Kx / 2, mx.Ep);  // (d, e) = xw[e * D + d]
-      mx.dtwTp[d] = pack_pairs(dtw, R, D, 1, R, mx.Kr / 2, mx.Dq);      // (r, d) = dtw[d * R + r]
-    } else if (bf16) {
+    if (bf16) {
       for (auto& v : mx.xwT[d]) v = bf16_round(v);
       for (auto& v : mx.dtwT[d]) v = bf16_round(v);
     }
