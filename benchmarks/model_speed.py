@@ -13,7 +13,8 @@ Prints, for VideoMamba-Ti at 224x224, batch 1:
   * peak RSS after 1, 10 and 100 segments of one stream (a fresh child process);
   * the CPU floor (issue 15): the segment's matmul MACs counted by FlopCounterMode at the
     torch.matmul rate measured now, plus its scan exponentials at the torch.exp rate
-    measured now, and `floor_efficiency_fp32` = floor / segment time (1.0 = at the floor);
+    measured now, and `floor_efficiency_fp32` = floor / segment time (1.0 = at the floor),
+    the median over rounds that time each of the three once;
   * bf16 mode (models.precision): `bf16_speedup` over fp32 (paired runs, median ratio),
     `bf16_embedding_cosine_min` over many random clips with states carried, top-1 agreement;
   * segments/s with 1, 4 and 16 concurrent streams batched through InferenceStage.process,
@@ -294,7 +295,9 @@ def cpu_floor(model, repeats: int, T: int = 16) -> dict:
     scan and conv are not matmuls) at torch.matmul's
     rate on the segment's own shapes, plus its scan exponentials (one exp(delta*A) per
     token, channel and state, per scan) at torch.exp's vector rate on a cache-resident
-    block; both rates and the segment itself measured here, one after the other."""
+    block. Both rates and the segment itself are measured in rounds, one of each per round,
+    and the efficiency is the median of the rounds' ratios (as bf16_speed pairs its runs):
+    each ratio's floor and segment share the machine's load of that moment."""
     from torch.utils.flop_counter import FlopCounterMode
 
     clip = torch.randn(1, 3, T, IMG, IMG)
@@ -308,7 +311,6 @@ def cpu_floor(model, repeats: int, T: int = 16) -> dict:
     mac_count = counter.get_total_flops() / 2
     if mac_count < macs(shapes) - hidden / 2:
         mac_count += hidden
-    mm_rate = macs(shapes) / time_matmuls(shapes, repeats)  # MAC/s on exactly these shapes
     L = 1 + T * (IMG // 16) ** 2
     scans = len(model.layers) * (2 if model.bimamba else 1)
     exps = scans * L * model.d_inner * model.d_state
@@ -317,16 +319,24 @@ def cpu_floor(model, repeats: int, T: int = 16) -> dict:
     block = torch.randn(1024 * 1024) * 0.1 - 1
     dst = torch.empty_like(block)
     inner = 10
-    t_block = median_time(lambda: [torch.exp(block, out=dst) for _ in range(inner)], repeats=max(repeats, 5))
-    exp_rate = block.numel() * inner / t_block
-    # The segment itself timed here, next to the rates: a figure measured minutes earlier
-    # saw another load on a shared machine, and the ratio would mix the two.
     state = model.init_state(1)
+    rounds = []
     with torch.inference_mode():
-        seg16 = median_time(lambda: model.forward_segment(clip, state), repeats=max(repeats, 3))
+        model.forward_segment(clip, state)
+        for _ in range(max(repeats, 5)):
+            mm_rate = macs(shapes) / time_matmuls(shapes, 3)  # MAC/s on exactly these shapes
+            t_block = median_time(lambda: [torch.exp(block, out=dst) for _ in range(inner)], repeats=3)
+            exp_rate = block.numel() * inner / t_block
+            seg = median_time(lambda: model.forward_segment(clip, state), repeats=1, warmup=0)
+            floor = mac_count / mm_rate + exps / exp_rate
+            rounds.append((floor / seg, mm_rate, exp_rate, seg))
+    med = lambda i: statistics.median(r[i] for r in rounds)  # noqa: E731
+    mm_rate, exp_rate, seg16 = med(1), med(2), med(3)
     t_mm, t_exp = mac_count / mm_rate, exps / exp_rate
+    ratios = sorted(r[0] for r in rounds)
     return {"macs": mac_count, "mm_gmacs": mm_rate / 1e9, "t_mm": t_mm, "exps": exps, "exp_rate": exp_rate,
-            "t_exp": t_exp, "floor": t_mm + t_exp, "seg": seg16, "efficiency": (t_mm + t_exp) / seg16}
+            "t_exp": t_exp, "floor": t_mm + t_exp, "seg": seg16, "efficiency": med(0),
+            "q1": ratios[len(ratios) // 4], "q3": ratios[(3 * len(ratios)) // 4], "rounds": len(rounds)}
 
 
 def bf16_speed(fp32_model, bf16_model, backend: str, pairs: int, T: int = 16) -> dict:
@@ -507,8 +517,9 @@ def main() -> None:
     print(f"cpu floor T=16 [{fast}]: {floor['macs'] / 1e9:.2f} G MACs (FlopCounterMode + x_proj/dt_proj inside mamba_inner) at torch.matmul's "
           f"{floor['mm_gmacs']:.1f} G MAC/s = {floor['t_mm'] * 1e3:.1f} ms, + {floor['exps'] / 1e6:.0f} M scan "
           f"exponentials at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s = {floor['t_exp'] * 1e3:.1f} ms -> floor "
-          f"{floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms (timed beside them): floor_efficiency "
-          f"{floor['efficiency']:.3f} (target >= 0.8, i.e. within 1.25x)")
+          f"{floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms (medians; timed in {floor['rounds']} "
+          f"rounds of one each): floor_efficiency {floor['efficiency']:.3f} (median of the rounds' ratios; quartiles "
+          f"{floor['q1']:.3f}..{floor['q3']:.3f}; target >= 0.8, i.e. within 1.25x)")
 
     bf16 = set_precision(copy.deepcopy(model), "bf16")
     bf = bf16_speed(model, bf16, fast, max(6, 2 * repeats))
