@@ -6,7 +6,8 @@ exact output by ~u^2/2 ~ 2e-6 per matmul; the tiny model has 5 bf16 matmuls in a
 (patch embedding, in_proj and out_proj in 2 layers), so ~1e-5 is expected; the fused
 kernel's bf16 x_proj/dt_proj and degree-3 decay (`ops.mixer`) add less. Measured over
 3 seeds x 3 segments x 256 random clips: 1 - cosine <= 1.4e-5 (mean 3.7e-6) and top-1
-identical on all 2304, the same as before the kernel's bf16 mode (1.44e-5, 3.7e-6). The
+identical on all 2304 (`benchmarks/precision_drift.py`), the same as before the kernel's
+bf16 mode (1.44e-5, 3.7e-6). The
 bound below (1e-4) leaves 7x. It holds the mode to fp32; which parts run in bf16 is held
 by test_bf16_runs_only_the_big_matmuls_in_bf16 and tests/models/test_ops_mixer.py.
 """
