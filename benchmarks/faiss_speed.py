@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from vmstream.stages.sinks.store import VideoStore  # noqa: E402
-from vmstream.stages.sinks.store.index import default_nprobe  # noqa: E402
+from vmstream.store import VideoStore  # noqa: E402
+from vmstream.store.index import default_nprobe  # noqa: E402
 
 
 def clustered(n: int, d: int, seed: int = 0, topics: int = 100, per_video: int = 20,

@@ -460,7 +460,7 @@ def faiss_check(rep: Report, plan: Plan) -> None:
         import faiss
         import numpy as np
 
-        from vmstream.stages.sinks.store.index import VectorIndex, gpu_available
+        from vmstream.store.index import VectorIndex, gpu_available
     except ImportError as e:
         rep.skip("faiss", f"faiss or the store's dependencies not installed ({e})", "faiss_gpu_same_top10")
         return

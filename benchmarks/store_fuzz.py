@@ -37,7 +37,7 @@ CHILD = r"""
 import contextlib, io, json, sys
 from vmstream.cli import main
 from vmstream.stages.sinks.faiss_store import FaissSink
-from vmstream.stages.sinks.store import StoreCorruptError
+from vmstream.store import StoreCorruptError
 
 d, uids = sys.argv[1], json.loads(sys.argv[2])
 found = []
@@ -67,7 +67,7 @@ OUTCOMES = ("clear_error", "clean_run", "wrong_result", "traceback", "hang")
 
 def build_store(path: Path, n: int = 240, dim: int = 32, seed: int = 0) -> list[int]:
     """A store with a generation and three log files; the uids it holds."""
-    from vmstream.stages.sinks.store import VideoStore
+    from vmstream.store import VideoStore
 
     rng = np.random.default_rng(seed)
     live = path.parent / "live"

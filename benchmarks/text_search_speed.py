@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vmstream.models import VideoTextMamba  # noqa: E402
-from vmstream.stages.sinks.store import VideoStore  # noqa: E402
+from vmstream.store import VideoStore  # noqa: E402
 
 D_JOINT = 512
 TEXT_LEN = 16

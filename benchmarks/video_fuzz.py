@@ -119,7 +119,7 @@ def run_batch(files: list[Path], ckpt: Path, out: Path, timeout: float, extra: t
 
 
 def judge(files: list[Path], d: Path, out: Path, code: int, stderr: str) -> dict[str, str]:
-    from vmstream.stages.sinks.parquet import read_table
+    from vmstream.store.results import read_table
 
     if code not in (0, 1):
         return {f.name: "traceback" for f in files}  # the whole run failed: nothing is judged clean

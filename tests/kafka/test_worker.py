@@ -340,7 +340,7 @@ def test_job_in_results_out_offset_committed(tmp_path, kafka_bootstrap, kafka_to
     with KafkaStateStore(kafka_bootstrap, names.state) as store:
         assert store.load(sid) is None  # finished: its snapshot is tombstoned
     # Local outputs per the config: Parquet here (FAISS is off in these tests).
-    from vmstream.stages.sinks.parquet import read_table
+    from vmstream.store.results import read_table
 
     assert len(read_table(tmp_path / "out-a", "segments")) == 4
     assert w.terminate() == 0
@@ -429,7 +429,7 @@ def test_a_stream_id_rerun_replaces_its_results_only_when_allowed(tmp_path, kafk
     ones, and the Kafka reader and the Parquet sink disagreed on which copy won."""
     from tests.fixtures.media import make_video
     from vmstream.kafka.readers import read_messages
-    from vmstream.stages.sinks.parquet import read_table
+    from vmstream.store.results import read_table
 
     other = make_video(str(tmp_path / "other.mp4"), fps=10, seconds=2, gop=20, size=(64, 48), noise=20)
     names = kafka_topics(partitions=1)
@@ -500,7 +500,7 @@ def test_killed_worker_is_resumed_by_another_from_the_snapshot(tmp_path, kafka_b
 
 
 def test_two_workers_share_the_jobs(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos):
-    from vmstream.stages.sinks.parquet import read_table
+    from vmstream.store.results import read_table
 
     names = kafka_topics(partitions=4)
     group = f"g-{names.jobs}"

@@ -11,7 +11,7 @@ from tests.stages.test_decode_bounds import _no_frame_webm, write_y4m_header
 from vmstream.cli import main
 from vmstream.pipeline.assembly import build_runner
 from vmstream.pipeline.config import load_config
-from vmstream.stages.sinks.parquet import read_table
+from vmstream.store.results import read_table
 from vmstream.stages.sources import resolve_sources
 
 

@@ -15,8 +15,8 @@ from vmstream.pipeline.sequential import embed_video
 from vmstream.cli import main
 from vmstream.pipeline.config import load_config
 from vmstream.records import SegmentResult, segment_uid
-from vmstream.stages.sinks.parquet import read_table
-from vmstream.stages.sinks.store import VideoStore
+from vmstream.store.results import read_table
+from vmstream.store import VideoStore
 from vmstream.stages.sources import resolve_sources
 
 

@@ -17,8 +17,8 @@ from vmstream.pipeline.config import load_config
 from vmstream.pipeline.snapshots import LocalStateStore
 from vmstream.pipeline.versions import StreamIds, StreamIdTaken, content_version
 from vmstream.records import SegmentResult
-from vmstream.stages.sinks.parquet import read_table
-from vmstream.stages.sinks.store import VideoStore
+from vmstream.store.results import read_table
+from vmstream.store import VideoStore
 from vmstream.stages.sources import resolve_sources, source_from_uri
 
 

@@ -17,7 +17,7 @@ from vmstream.cli import main
 from vmstream.models import load_model
 from vmstream.models.text_query import encode_queries
 from vmstream.models.tokenizer import BertTokenizer
-from vmstream.stages.sinks.store import VideoStore
+from vmstream.store import VideoStore
 
 VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "catch", "##es", "frisbee", ".",
          "the", "person", "cooking", "video", "of"]

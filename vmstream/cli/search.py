@@ -84,7 +84,7 @@ def store_dir(path: str) -> Path:
 
 
 def main(args) -> int:
-    from vmstream.stages.sinks.store import VideoStore
+    from vmstream.store import VideoStore
 
     where = store_dir(args.index)
     try:

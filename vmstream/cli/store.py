@@ -48,7 +48,7 @@ def locate(given: str) -> tuple[Path, Path]:
 
 
 def verify_main(args) -> int:
-    from vmstream.stages.sinks.store.repair import verify_store
+    from vmstream.store.repair import verify_store
 
     store, _ = locate(args.dir)
     report = verify_store(store)
@@ -62,8 +62,8 @@ def verify_main(args) -> int:
 
 
 def repair_main(args) -> int:
-    from vmstream.stages.sinks.store import files
-    from vmstream.stages.sinks.store.repair import rebuild_from_results, verify_store
+    from vmstream.store import files
+    from vmstream.store.repair import rebuild_from_results, verify_store
 
     store, out = locate(args.dir)
     report = verify_store(store)

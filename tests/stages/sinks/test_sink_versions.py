@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 from tests.fixtures.sinks import make_event, make_result, make_summary
 from vmstream.records import SEGMENT_SCHEMA
 from vmstream.stages.sinks.faiss_store import FaissSink, VideoStore
-from vmstream.stages.sinks.parquet import ParquetSink, read_table
+from vmstream.stages.sinks.parquet import ParquetSink
+from vmstream.store.results import read_table
 
 
 def test_parquet_drops_a_restarted_streams_rows_in_every_table(tmp_path):

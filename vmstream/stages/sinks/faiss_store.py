@@ -18,7 +18,7 @@ from typing import Union
 from vmstream.records import SegmentResult
 
 from .base import Sink, SinkRecord
-from .store import SearchHit, VideoStore
+from vmstream.store import SearchHit, VideoStore
 
 __all__ = ["FaissSink", "SearchHit", "VideoStore"]
 

@@ -101,7 +101,7 @@ def build_timelines(source) -> dict[str, Timeline]:
     """Timelines per stream from SegmentResults/StreamEvents/StreamSummaries, dict rows
     (SEGMENT_SCHEMA), or a Parquet sink directory (segments, events, summaries)."""
     if isinstance(source, (str, os.PathLike)):
-        from .parquet import read_table
+        from vmstream.store.results import read_table
 
         out = Path(source)
         records: list = [SegmentResult.from_row(r) for r in read_table(out, "segments").to_pylist()]

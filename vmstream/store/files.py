@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from vmstream.errors import UserError
 
-from ..atomic import atomic_path, fsync_dir, fsync_file, remove_quietly, write_bytes_atomic
+from .atomic import atomic_path, fsync_dir, fsync_file, remove_quietly, write_bytes_atomic
 from .idmap import ID_MAP_SCHEMA
 
 PathLike = Union[str, os.PathLike]

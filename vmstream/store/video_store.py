@@ -50,7 +50,7 @@ import pyarrow as pa
 
 from vmstream.records import SCHEMA_VERSION, SegmentResult
 
-from ..atomic import DirLock, remove_stale_tmp
+from .atomic import DirLock, remove_stale_tmp
 from . import files
 from .files import Problem, StoreCorruptError, StoredState
 from .idmap import ID_MAP_FIELDS, ID_MAP_SCHEMA, IdMap, meta_table

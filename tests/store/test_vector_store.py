@@ -16,9 +16,9 @@ import pytest
 from tests.fixtures.sinks import make_event, make_result, make_summary
 from vmstream.records import segment_uid
 from vmstream.stages.sinks.faiss_store import FaissSink, SearchHit, VideoStore
-from vmstream.stages.sinks.store import index as index_mod
+from vmstream.store import index as index_mod
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 D = 32
 
 
@@ -251,7 +251,7 @@ def test_saved_generation_is_atomic_and_readable_without_faiss(tmp_path, monkeyp
 SAVER = textwrap.dedent(
     """
     import sys, numpy as np
-    from vmstream.stages.sinks.store import VideoStore
+    from vmstream.store import VideoStore
     store = VideoStore(sys.argv[1], kind=sys.argv[2], train_at=3000, wal_max_rows=2000)
     rng = np.random.default_rng(0)
     i = 0
@@ -384,7 +384,7 @@ def test_readers_see_complete_generations_while_a_writer_saves(tmp_path):
 
 def test_id_map_counts_and_lookups_match_a_plain_dict():
     """The id map's aside-then-merge bookkeeping against the obvious reference."""
-    from vmstream.stages.sinks.store.idmap import IdMap, meta_table
+    from vmstream.store.idmap import IdMap, meta_table
 
     rng = np.random.default_rng(3)
     ids, ref = IdMap(), {}

@@ -13,7 +13,7 @@ from tests.fixtures.sinks import make_result
 from vmstream.cli import main
 from vmstream.stages.sinks.faiss_store import FaissSink
 from vmstream.stages.sinks.parquet import ParquetSink
-from vmstream.stages.sinks.store import StoreCorruptError, VideoStore
+from vmstream.store import StoreCorruptError, VideoStore
 
 D = 16
 
@@ -199,7 +199,7 @@ def test_a_repair_cut_short_leaves_an_error_not_an_empty_store(tmp_path):
     """Killed after moving the old files aside, before the new generation: CURRENT
     still names the old generation, so the store is an error (repair again), never an
     empty store a run would start filling."""
-    from vmstream.stages.sinks.store import files
+    from vmstream.store import files
 
     out = tmp_path / "out"
     _run_like(out, n=12)

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from vmstream.records import SegmentResult
 
-from ..parquet import read_table
+from .results import read_table
 from . import files
 from .files import Problem, StoreCorruptError
 from .video_store import VideoStore

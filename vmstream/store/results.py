@@ -1,0 +1,396 @@
+"""The store's result tables: segments, events and summaries, each a directory of part files.
+
+Layout under the sink's directory (every file readable by pandas/pyarrow/duckdb alone):
+
+    OUT/segments/part-000000012-1a2b3c.parquet   one row per segment, SEGMENT_SCHEMA
+    OUT/events/part-*.parquet                    gaps, errors, ends, EVENT_SCHEMA
+    OUT/summaries/part-*.parquet                 one row per finished stream, SUMMARY_SCHEMA
+
+    pandas.read_parquet("OUT/segments")   or   duckdb: SELECT * FROM 'OUT/segments/*.parquet'
+
+Why a directory of parts: a Parquet file is unreadable until its footer is written, so
+one growing file would lose everything in a crash. Here every row group is its own small
+file, written aside and renamed into place when it closes (`flush`, every
+`row_group_rows` rows, or `max_delay_s` after its first row so a slow live stream does
+not hold rows for long). A crash (even SIGKILL) loses at most the open row group.
+
+Upsert: a resumed run produces the segments since its last snapshot again, with the
+same `uid`. Parts are immutable and numbered in write order; compaction keeps the
+newest row of every key (segments: `uid`; summaries: `stream_id`; events: the whole
+row) and merges small parts into one file. It runs on open (cleaning up after a crash)
+and on close, so after close there are no duplicate keys; during a run, whenever
+`max_small_parts` flushed parts have piled up, they alone are merged. Until close a
+plain reader may see both the old and the new row of a re-produced segment;
+`read_table` de-duplicates at read time.
+
+Readers of a growing directory never fail: a plain `pandas.read_parquet(OUT/segments)`
+lists the parts, then opens them, and a part deleted in between would be a
+FileNotFoundError. So compaction removes no name a reader may have listed: the merged
+rows replace the newest of the merged parts under its own name (an atomic rename: a
+reader that opened the old file keeps reading it), and the other inputs are replaced
+by empty parts (the schema, no rows), deleted only `stub_grace_s` seconds later, by a
+later compaction or the next open. A reader that opens the parts in name order (pyarrow
+and `read_table` do) never misses a row: the merged part sorts last among its inputs
+and is replaced before any of them is emptied; it may see a merged row twice for that
+moment, as it may see a re-produced segment twice until close.
+
+Compaction is crash-safe: the merged file is renamed into place (under the highest part
+number of its inputs, so its rows win: they are the newest of their keys) before the
+other inputs are emptied; a crash between the two leaves duplicates of identical rows,
+which the next open removes.
+
+One writer per directory (an flock; the kernel releases it if the writer dies).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, SegmentResult
+
+from .atomic import DirLock, atomic_path, fsync_dir, remove_stale_tmp
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+# Table name -> (schema, key columns; None = the whole row).
+TABLES: dict[str, tuple[pa.Schema, Optional[tuple[str, ...]]]] = {
+    "segments": (SEGMENT_SCHEMA, ("uid",)),
+    "events": (EVENT_SCHEMA, None),
+    "summaries": (SUMMARY_SCHEMA, ("stream_id",)),
+}
+
+_PART_RE = re.compile(r"^part-(\d{9})-([0-9a-f]+)\.parquet$")
+
+
+@dataclass(frozen=True)
+class _Part:
+    seq: int
+    path: Path
+    num_rows: int
+
+
+def _list_parts(directory: Path, cache: Optional[dict] = None) -> list[_Part]:
+    """The parts in write order. `cache` (the writer's: name -> (stat key, rows)) saves
+    reading the footer of a part that has not changed since the last listing."""
+    parts = []
+    for p in directory.iterdir() if directory.is_dir() else ():
+        m = _PART_RE.match(p.name)
+        if not m:
+            continue
+        if cache is None:
+            rows = pq.ParquetFile(p).metadata.num_rows
+        else:
+            st = p.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            hit = cache.get(p.name)
+            if hit is None or hit[0] != stamp:
+                hit = cache[p.name] = (stamp, pq.ParquetFile(p).metadata.num_rows)
+            rows = hit[1]
+        parts.append(_Part(int(m.group(1)), p, rows))
+    if cache is not None and len(cache) > 2 * len(parts) + 16:
+        names = {part.path.name for part in parts}
+        for name in [n for n in cache if n not in names]:
+            del cache[name]
+    return sorted(parts, key=lambda part: (part.seq, part.path.name))
+
+
+def _keys_of(table: pa.Table, key: Optional[tuple[str, ...]]) -> Sequence:
+    """Hashable per-row keys, or an int64 array when the key is one integer column."""
+    cols = key or tuple(table.column_names)
+    if len(cols) == 1 and pa.types.is_integer(table.schema.field(cols[0]).type):
+        return table.column(cols[0]).to_numpy()
+
+    def norm(v):
+        # NaN != NaN would make two identical event rows look different; lists are
+        # unhashable.
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, list):
+            return tuple(norm(x) for x in v)
+        return v
+
+    columns = [[norm(v) for v in table.column(c).to_pylist()] for c in cols]
+    return list(zip(*columns))
+
+
+def newest_mask(keys: Sequence) -> np.ndarray:
+    """True for the last occurrence of every key (rows are in write order)."""
+    n = len(keys)
+    keep = np.zeros(n, dtype=bool)
+    if isinstance(keys, np.ndarray):
+        rev = keys[::-1]
+        _, first_in_rev = np.unique(rev, return_index=True)
+        keep[n - 1 - first_in_rev] = True
+    else:
+        last: dict = {}
+        for i, k in enumerate(keys):
+            last[k] = i
+        keep[list(last.values())] = True
+    return keep
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in `schema`: columns an older schema lacked (stream_version) as nulls."""
+    if table.schema.equals(schema, check_metadata=False):
+        return table.replace_schema_metadata(schema.metadata)
+    cols = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+class PartTable:
+    """One table kept as a directory of immutable Parquet parts (see module docstring)."""
+
+    def __init__(
+        self,
+        directory: PathLike,
+        schema: pa.Schema,
+        key: Optional[tuple[str, ...]],
+        *,
+        row_group_rows: int = 512,
+        max_delay_s: Optional[float] = 30.0,
+        target_file_rows: int = 100_000,
+        max_small_parts: int = 64,
+        compression: str = "zstd",
+        stub_grace_s: float = 60.0,
+    ):
+        if row_group_rows < 1:
+            raise ValueError(f"row_group_rows must be >= 1, got {row_group_rows}")
+        self.directory = Path(directory)
+        self.schema = schema
+        self.key = key
+        self.row_group_rows = int(row_group_rows)
+        self.max_delay_s = max_delay_s
+        self.target_file_rows = int(target_file_rows)
+        self.max_small_parts = int(max_small_parts)
+        self.compression = compression
+        # How long an emptied (compacted-away) part stays for readers that listed it.
+        self.stub_grace_s = float(stub_grace_s)
+        self._token = uuid.uuid4().hex[:6]
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffer_since: float = 0.0
+        self._parts_cache: dict = {}
+        self._lock = DirLock(self.directory, what="Parquet table").acquire()
+        self._closed = False
+        try:
+            remove_stale_tmp(self.directory)
+            parts = _list_parts(self.directory, self._parts_cache)
+            self._next_seq = (parts[-1].seq + 1) if parts else 0
+            self.compact()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # -- writing -------------------------------------------------------------------
+    def append(self, row: dict, what: str = "row") -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.directory} is closed; cannot append {what}")
+        try:
+            batch = pa.RecordBatch.from_pylist([row], schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise ValueError(f"{what} does not fit the schema of {self.directory.name}: {e}") from e
+        if not self._buffer:
+            self._buffer_since = time.monotonic()
+        self._buffer.append(batch)
+        if len(self._buffer) >= self.row_group_rows or (
+            self.max_delay_s is not None and time.monotonic() - self._buffer_since >= self.max_delay_s
+        ):
+            self.flush()
+
+    @property
+    def buffered_rows(self) -> int:
+        return len(self._buffer)
+
+    def flush(self) -> None:
+        """Close the open row group: write it as a new part (durable on return)."""
+        if not self._buffer:
+            return
+        table = pa.Table.from_batches(self._buffer, schema=self.schema).combine_chunks()
+        self._write_part(table)
+        self._buffer = []
+        if self._fresh_part_count() >= self.max_small_parts:
+            self.compact(full=False)
+
+    def _new_part_path(self) -> Path:
+        seq = self._next_seq
+        self._next_seq += 1
+        return self.directory / f"part-{seq:09d}-{self._token}.parquet"
+
+    def _write_part(self, table: pa.Table) -> Path:
+        final = self._new_part_path()
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp, row_group_size=self.row_group_rows, compression=self.compression)
+        return final
+
+    def _fresh_part_count(self) -> int:
+        return sum(1 for p in _list_parts(self.directory, self._parts_cache) if 0 < p.num_rows <= self.row_group_rows)
+
+    # -- compaction ------------------------------------------------------------------
+    def drop_stream(self, stream_id: str) -> bool:
+        """Remove every row of `stream_id` (a stream that starts over replaces its old
+        rows), by a full compaction that leaves them out; buffered rows are written first."""
+        self.flush()
+        return self.compact(drop_stream=stream_id)
+
+    def compact(self, full: bool = True, *, drop_stream: Optional[str] = None) -> bool:
+        """De-duplicate keys (newest wins) and merge small parts. Returns True if it
+        rewrote anything. Buffered rows are not included; `flush` first for that.
+
+        `full=False` (during a run) merges only parts of at most one row group, the
+        flushes since the last merge, so a long run neither piles up files nor rewrites
+        its big parts again and again; stale rows in big parts wait for the full
+        compaction at close (or open). Either way the merged rows are the newest of
+        their keys, so the merged part's higher number keeps the order right."""
+        parts = _list_parts(self.directory, self._parts_cache)
+        if not parts:
+            return False
+        try:
+            return self._compact(parts, full, drop_stream)
+        finally:
+            self._remove_old_stubs()
+
+    def _compact(self, parts: list[_Part], full: bool, drop_stream: Optional[str]) -> bool:
+        key_cols = list(self.key) if self.key else None
+        read_cols = key_cols if key_cols is None or drop_stream is None else sorted({*key_cols, "stream_id"})
+        # Emptied parts (kept for readers that may have listed them) are read as empty.
+        key_tables = [pq.read_table(p.path, columns=read_cols) if p.num_rows else
+                      self.schema.empty_table().select(read_cols or self.schema.names) for p in parts]
+        keys_per_part = [_keys_of(t, self.key) for t in key_tables]
+        if keys_per_part and isinstance(keys_per_part[0], np.ndarray):
+            all_keys: Sequence = np.concatenate(keys_per_part)
+        else:
+            all_keys = [k for ks in keys_per_part for k in ks]
+        keep = newest_mask(all_keys)
+        if drop_stream is not None:
+            # Every key's newest row only is kept, so dropping it drops the key's older copies too.
+            sids = np.concatenate([np.asarray(t.column("stream_id").to_pylist(), dtype=object) for t in key_tables])
+            ours = sids == drop_stream
+            if not ours.any():
+                return False
+            keep &= ~ours
+        masks, start = [], 0
+        for p in parts:
+            masks.append(keep[start : start + p.num_rows])
+            start += p.num_rows
+
+        # Emptied parts (num_rows 0) have nothing to merge; they wait for their grace.
+        if full:
+            dirty = [i for i, m in enumerate(masks) if not m.all()]
+            small = [i for i, p in enumerate(parts) if 0 < p.num_rows < self.target_file_rows]
+        else:
+            small = [i for i, p in enumerate(parts) if 0 < p.num_rows <= self.row_group_rows]
+            dirty = [i for i in small if not masks[i].all()]
+        chosen = sorted(set(dirty) | (set(small) if (dirty or len(small) >= 2) else set()))
+        if not chosen:
+            return False
+        if len(chosen) == 1 and not dirty:
+            return False
+
+        # The merged rows take the place of the newest input (see the module doc).
+        out = parts[chosen[-1]].path
+        kept_rows = 0
+        with atomic_path(out) as tmp:
+            with pq.ParquetWriter(tmp, self.schema, compression=self.compression) as writer:
+                for i in chosen:
+                    pf = pq.ParquetFile(parts[i].path)
+                    offset = 0
+                    for batch in pf.iter_batches(batch_size=max(self.row_group_rows, 4096)):
+                        m = masks[i][offset : offset + batch.num_rows]
+                        offset += batch.num_rows
+                        if not m.all():
+                            batch = batch.filter(pa.array(m))
+                        if batch.num_rows:
+                            writer.write_table(_conform(pa.Table.from_batches([batch]), self.schema),
+                                               row_group_size=self.row_group_rows)
+                            kept_rows += batch.num_rows
+        for i in chosen[:-1]:
+            self._write_stub(parts[i].path)
+        fsync_dir(self.directory)
+        log.debug("compacted %d parts of %s into %s (%d rows kept)", len(chosen), self.directory, out.name, kept_rows)
+        return True
+
+    def _write_stub(self, path: Path) -> None:
+        """Empty a compacted-away part in place: readers that listed it read no rows."""
+        with atomic_path(path) as tmp:
+            pq.write_table(self.schema.empty_table(), tmp, compression=self.compression)
+
+    def _remove_old_stubs(self) -> None:
+        """Delete emptied parts older than the grace period; one file always stays, so
+        the table keeps its schema."""
+        parts = _list_parts(self.directory, self._parts_cache)
+        stubs = [p for p in parts if p.num_rows == 0]
+        if len(stubs) == len(parts):
+            stubs = stubs[:-1]
+        now = time.time()
+        removed = 0
+        for p in stubs:
+            try:
+                if now - p.path.stat().st_mtime >= self.stub_grace_s:
+                    p.path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            fsync_dir(self.directory)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+            self.compact()
+            if not _list_parts(self.directory, self._parts_cache):
+                # An empty run still leaves a readable table with the schema.
+                self._write_part(self.schema.empty_table())
+        finally:
+            self._closed = True
+            self._lock.release()
+
+
+def read_table(directory: PathLike, table: Optional[str] = None) -> pa.Table:
+    """Read a part directory, de-duplicated (newest row per key), in write order.
+
+    `directory` is a table directory (OUT/segments) or, with `table`, the sink's OUT.
+    Safe while a writer is running: it only reads complete, renamed parts.
+    """
+    directory = Path(directory)
+    name = table or directory.name
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r} (expected one of {sorted(TABLES)})")
+    if table:
+        directory = directory / table
+    schema, key = TABLES[name]
+    for attempt in range(5):
+        try:
+            parts = _list_parts(directory)
+            if not parts:
+                return schema.empty_table()
+            t = pa.concat_tables([pq.read_table(p.path, schema=schema) for p in parts])
+            return t.filter(pa.array(newest_mask(_keys_of(t, key))))
+        except FileNotFoundError:
+            # A running writer compacted a part away between listing and reading; its
+            # rows are in the merged part now. List again.
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def read_segment_results(out_dir: PathLike) -> list[SegmentResult]:
+    """All segment results under OUT, de-duplicated, sorted by (stream, segment)."""
+    rows = read_table(out_dir, "segments").to_pylist()
+    rows.sort(key=lambda r: (r["stream_id"], r["segment_index"]))
+    return [SegmentResult.from_row(r) for r in rows]
