@@ -33,6 +33,11 @@ def _broker_trouble(e: BaseException, also: tuple = ()) -> bool:
     return isinstance(e, ConnectionError)
 
 
+def _cut(text: str, limit: int = 300) -> str:
+    """A job's words in the log: a hostile job may be 64 KiB of them."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 class Worker:
     """One member of the worker group (see the package doc).
 
@@ -323,8 +328,14 @@ class Worker:
             self._dead_letter(job, "refused", str(e))
             return
         except ValueError as e:  # SourceSpecError is a ValueError
-            log.warning("job %s: bad job message: %s", job.where, e)
+            log.warning("job %s: bad job message: %s", job.where, _cut(str(e)))
             self._dead_letter(job, "bad_message", str(e))
+            return
+        except Exception as e:
+            # Whatever a record holds, it is one job's fault: never the worker's end
+            # (a restarted worker would read the same record and stop again).
+            log.warning("job %s: bad job message: %s: %s", job.where, type(e).__name__, _cut(str(e)))
+            self._dead_letter(job, "bad_message", f"{type(e).__name__}: {e}")
             return
         log.info("job %s: stream %s (%s)", job.where, job.stream_id, job.source.uri)
         self._try_submit(job)
