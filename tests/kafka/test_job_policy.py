@@ -109,18 +109,21 @@ def test_raw_ffmpeg_options_and_forced_formats_are_refused_by_default(tree):
     assert "option 'ffmpeg'" in refusal(p, {"uri": v, "options": rawvideo})
     assert "option 'format'" in refusal(p, {"uri": v, "options": {"format": "rawvideo"}})
     assert "option 'ffmpeg'" in refusal(p, {"uri": v, "options": {"ffmpeg": {"protocol_whitelist": "file,http"}}})
-    assert admit(p, {"uri": v, "options": {"timeout": 5}}).options == {"timeout": 5, "ffmpeg": {"protocol_whitelist": "file"}}
+    formats = ",".join(JobPolicyConfig().formats)
+    assert admit(p, {"uri": v, "options": {"timeout": 5}}).options == {
+        "timeout": 5, "ffmpeg": {"protocol_whitelist": "file", "format_whitelist": formats}}
     # Allowed by the operator: only the named FFmpeg options; the worker's own win.
     p = JobPolicy(JobPolicyConfig(roots=[str(root)], options=["ffmpeg"], ffmpeg_options=["rtsp_transport"],
                                   ffmpeg={"protocol_whitelist": "file,crypto"}))
     s = admit(p, {"uri": v, "options": {"ffmpeg": {"rtsp_transport": "tcp"}}})
-    assert s.options["ffmpeg"] == {"rtsp_transport": "tcp", "protocol_whitelist": "file,crypto"}
+    assert s.options["ffmpeg"] == {"rtsp_transport": "tcp", "protocol_whitelist": "file,crypto",
+                                   "format_whitelist": formats}
     assert "FFmpeg option 'allowed_extensions'" in refusal(
         p, {"uri": v, "options": {"ffmpeg": {"allowed_extensions": "ALL"}}})
-    assert admit(p, {"uri": v}).options["ffmpeg"] == {"protocol_whitelist": "file,crypto"}
-    # Network sources get only the worker's own options.
+    assert admit(p, {"uri": v}).options["ffmpeg"] == {"protocol_whitelist": "file,crypto", "format_whitelist": formats}
+    # Network sources get only the worker's own options (and the format limit).
     p = JobPolicy(JobPolicyConfig(schemes=["rtsp"], hosts=["10.0.0.0/8"]))
-    assert admit(p, {"uri": "rtsp://10.0.0.7/s"}).options == {}
+    assert admit(p, {"uri": "rtsp://10.0.0.7/s"}).options == {"ffmpeg": {"format_whitelist": formats}}
 
 
 def test_the_config_section_is_validated():

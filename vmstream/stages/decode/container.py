@@ -87,6 +87,13 @@ def open_input(uri: str, options: Optional[dict] = None, *, timeout=None,
     except av.error.EOFError:
         raise NotAVideoError(uri, "the data ends before FFmpeg could read the container's header "
                                   "(truncated, or not a video)") from None
+    except av.error.ArgumentError as e:
+        if "format_whitelist" in opts:
+            # FFmpeg probed the data and refused its format before reading any of it.
+            raise NotAVideoError(uri, "its container format is not one this worker reads for jobs "
+                                      "(kafka.jobs.formats; playlists such as HLS or concat are refused "
+                                      "unless listed there)") from None
+        raise NotAVideoError(uri, f"FFmpeg cannot open it: {e}") from None
     except (av.error.DemuxerNotFoundError, av.error.ProtocolNotFoundError) as e:
         raise NotAVideoError(uri, f"FFmpeg cannot open it: {e}") from None
     except av.error.FFmpegError as e:
