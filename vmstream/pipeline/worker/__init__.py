@@ -68,7 +68,7 @@ The modules:
 
 The Kafka transport itself (producer, state store, topics) is `vmstream.kafka`.
 """
-from vmstream.pipeline.worker.log_filter import RepeatFilter
+from vmstream.pipeline.worker.log_filter import RedactFilter, RepeatFilter
 from vmstream.pipeline.worker.loop import Worker
 
 __all__ = ["Worker", "RepeatFilter"]
