@@ -396,7 +396,10 @@ class Worker:
             job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
         elif status in ("failed", "error"):
             log.warning("job %s: stream %s %s: %s", job.where, job.stream_id, status, job.error)
-            self._dead_letter(job, status, job.error or status)
+            # A format the policy does not allow is found only when FFmpeg probes the
+            # data (in the runner): the job policy's refusal all the same.
+            reason = "refused" if "(kafka.jobs.formats" in (job.error or "") else status
+            self._dead_letter(job, reason, job.error or status)
         elif status == "stopped":
             if not stopping and not self._stop_requested.is_set():
                 # Not asked for: run it again (it resumes from its snapshot).
