@@ -118,9 +118,11 @@ class OutputConfig(_Strict):
 
 
 # The demuxers of single-file video containers (FFmpeg's names; "mov" covers mp4, m4v,
-# 3gp, "matroska" covers webm): none of them opens a URL named inside the data.
+# 3gp, "matroska" covers webm) and of camera feeds (rtsp, rtp, MJPEG over http): none of
+# them opens a file or URL named inside the data.
 DEFAULT_JOB_FORMATS = ("mov", "matroska", "mpegts", "avi", "flv", "mpeg", "asf", "ogg", "ivf", "mxf",
-                       "h264", "hevc", "m4v", "mpegvideo", "yuv4mpegpipe", "obu", "av1")
+                       "h264", "hevc", "m4v", "mpegvideo", "yuv4mpegpipe", "obu", "av1",
+                       "rtsp", "rtp", "mpjpeg", "mjpeg")
 
 
 class JobPolicyConfig(_Strict):
