@@ -134,6 +134,29 @@ def test_the_config_section_is_validated():
                      ("kafka.jobs.options=[protocol_whitelist]", "kafka.jobs.options"),
                      ("kafka.jobs.hosts=['a b']", "kafka.jobs.hosts"),
                      ("kafka.jobs.schemes=['fi/le']", "kafka.jobs.schemes"),
+                     ("kafka.jobs.formats=['hls,concat']", "kafka.jobs.formats"),
+                     ("kafka.jobs.formats=[]", "kafka.jobs.formats"),
                      ("kafka.jobs.rootz=[/data]", "kafka.jobs.rootz")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(sets=[bad])
+
+
+def test_a_playlist_under_a_root_is_refused_by_its_format_not_its_name(tmp_path, h264_ts):
+    """Issue 25: root/evil.m3u8 naming a file outside the root read that file."""
+    from vmstream.stages.decode.container import FormatRefusedError
+    from vmstream.stages.decode.pyav import PyAVDecoder
+
+    root = tmp_path / "root"
+    root.mkdir()
+    m3u8 = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\n{}\n#EXT-X-ENDLIST\n"
+    (root / "evil.m3u8").write_text(m3u8.format(h264_ts))  # h264_ts lies outside the root
+    (root / "list.ffconcat").write_text(f"ffconcat version 1.0\nfile {h264_ts}\n")
+    p = JobPolicy(JobPolicyConfig(roots=[str(root)]))
+    for name in ("evil.m3u8", "list.ffconcat"):
+        s = admit(p, {"uri": str(root / name)})
+        with pytest.raises(FormatRefusedError, match=r"kafka\.jobs\.formats"):
+            PyAVDecoder().probe(s.uri, s.options)
+    # Listed by the operator, the playlist is read (and trusted).
+    p = JobPolicy(JobPolicyConfig(roots=[str(root)], formats=["hls", "mpegts"]))
+    s = admit(p, {"uri": str(root / "evil.m3u8")})
+    assert PyAVDecoder().probe(s.uri, s.options).width == 320
