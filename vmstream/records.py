@@ -18,6 +18,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from vmstream.redaction import redact_text, redact_uri
+
 # Bump when a record's fields change meaning; readers check it (Kafka header, Parquet
 # metadata) so an old consumer fails loudly instead of misreading.
 # 2: every record carries its stream's `stream_version` (the content identity).
@@ -121,7 +123,7 @@ class SegmentResult:
             "gap_ends": [float(b) for _, b in self.gaps],
             "model": self.model,
             "checkpoint_digest": self.checkpoint_digest,
-            "uri": self.uri,
+            "uri": redact_uri(self.uri),
             "stream_version": self.stream_version,
         }
 
@@ -196,9 +198,9 @@ class StreamEvent:
             "kind": self.kind,
             "t_start": float(self.t_start),
             "t_end": float(self.t_end),
-            "message": self.message,
-            "details": json.dumps(self.details, sort_keys=True, default=str),
-            "uri": self.uri,
+            "message": redact_text(self.message),
+            "details": redact_text(json.dumps(self.details, sort_keys=True, default=str)),
+            "uri": redact_uri(self.uri),
             "stream_version": self.stream_version,
         }
 
@@ -341,7 +343,7 @@ class StreamSummary:
             "status": self.status,
             "model": self.model,
             "checkpoint_digest": self.checkpoint_digest,
-            "uri": self.uri,
+            "uri": redact_uri(self.uri),
             "stream_version": self.stream_version,
         }
 

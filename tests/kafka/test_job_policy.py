@@ -109,18 +109,21 @@ def test_raw_ffmpeg_options_and_forced_formats_are_refused_by_default(tree):
     assert "option 'ffmpeg'" in refusal(p, {"uri": v, "options": rawvideo})
     assert "option 'format'" in refusal(p, {"uri": v, "options": {"format": "rawvideo"}})
     assert "option 'ffmpeg'" in refusal(p, {"uri": v, "options": {"ffmpeg": {"protocol_whitelist": "file,http"}}})
-    assert admit(p, {"uri": v, "options": {"timeout": 5}}).options == {"timeout": 5, "ffmpeg": {"protocol_whitelist": "file"}}
+    formats = ",".join(JobPolicyConfig().formats)
+    assert admit(p, {"uri": v, "options": {"timeout": 5}}).options == {
+        "timeout": 5, "ffmpeg": {"protocol_whitelist": "file", "format_whitelist": formats}}
     # Allowed by the operator: only the named FFmpeg options; the worker's own win.
     p = JobPolicy(JobPolicyConfig(roots=[str(root)], options=["ffmpeg"], ffmpeg_options=["rtsp_transport"],
                                   ffmpeg={"protocol_whitelist": "file,crypto"}))
     s = admit(p, {"uri": v, "options": {"ffmpeg": {"rtsp_transport": "tcp"}}})
-    assert s.options["ffmpeg"] == {"rtsp_transport": "tcp", "protocol_whitelist": "file,crypto"}
+    assert s.options["ffmpeg"] == {"rtsp_transport": "tcp", "protocol_whitelist": "file,crypto",
+                                   "format_whitelist": formats}
     assert "FFmpeg option 'allowed_extensions'" in refusal(
         p, {"uri": v, "options": {"ffmpeg": {"allowed_extensions": "ALL"}}})
-    assert admit(p, {"uri": v}).options["ffmpeg"] == {"protocol_whitelist": "file,crypto"}
-    # Network sources get only the worker's own options.
+    assert admit(p, {"uri": v}).options["ffmpeg"] == {"protocol_whitelist": "file,crypto", "format_whitelist": formats}
+    # Network sources get only the worker's own options (and the format limit).
     p = JobPolicy(JobPolicyConfig(schemes=["rtsp"], hosts=["10.0.0.0/8"]))
-    assert admit(p, {"uri": "rtsp://10.0.0.7/s"}).options == {}
+    assert admit(p, {"uri": "rtsp://10.0.0.7/s"}).options == {"ffmpeg": {"format_whitelist": formats}}
 
 
 def test_the_config_section_is_validated():
@@ -131,6 +134,29 @@ def test_the_config_section_is_validated():
                      ("kafka.jobs.options=[protocol_whitelist]", "kafka.jobs.options"),
                      ("kafka.jobs.hosts=['a b']", "kafka.jobs.hosts"),
                      ("kafka.jobs.schemes=['fi/le']", "kafka.jobs.schemes"),
+                     ("kafka.jobs.formats=['hls,concat']", "kafka.jobs.formats"),
+                     ("kafka.jobs.formats=[]", "kafka.jobs.formats"),
                      ("kafka.jobs.rootz=[/data]", "kafka.jobs.rootz")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(sets=[bad])
+
+
+def test_a_playlist_under_a_root_is_refused_by_its_format_not_its_name(tmp_path, h264_ts):
+    """Issue 25: root/evil.m3u8 naming a file outside the root read that file."""
+    from vmstream.stages.decode.container import FormatRefusedError
+    from vmstream.stages.decode.pyav import PyAVDecoder
+
+    root = tmp_path / "root"
+    root.mkdir()
+    m3u8 = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\n{}\n#EXT-X-ENDLIST\n"
+    (root / "evil.m3u8").write_text(m3u8.format(h264_ts))  # h264_ts lies outside the root
+    (root / "list.ffconcat").write_text(f"ffconcat version 1.0\nfile {h264_ts}\n")
+    p = JobPolicy(JobPolicyConfig(roots=[str(root)]))
+    for name in ("evil.m3u8", "list.ffconcat"):
+        s = admit(p, {"uri": str(root / name)})
+        with pytest.raises(FormatRefusedError, match=r"kafka\.jobs\.formats"):
+            PyAVDecoder().probe(s.uri, s.options)
+    # Listed by the operator, the playlist is read (and trusted).
+    p = JobPolicy(JobPolicyConfig(roots=[str(root)], formats=["hls", "mpegts"]))
+    s = admit(p, {"uri": str(root / "evil.m3u8")})
+    assert PyAVDecoder().probe(s.uri, s.options).width == 320

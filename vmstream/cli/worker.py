@@ -24,12 +24,14 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     import logging
 
-    from vmstream.pipeline.worker import RepeatFilter, Worker
+    from vmstream.pipeline.worker import RedactFilter, RepeatFilter, Worker
 
     cfg = config_from_args(args)
     quiet = RepeatFilter()  # kafka-python repeats each outage line many times a second
+    redact = RedactFilter()  # a job's URL may carry user:password
     for h in logging.getLogger().handlers:
         h.addFilter(quiet)
+        h.addFilter(redact)
     return Worker(cfg).run()
 
 

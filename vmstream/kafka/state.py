@@ -120,7 +120,7 @@ class KafkaStateStore:
         self._read_to: dict[int, int] = {}  # partition -> next offset to read
         self._index: dict[bytes, tuple[int, int]] = {}  # key -> (partition, offset) of its newest message
         self._closed = False
-        self.stats = {"loads": 0, "messages_read": 0, "bytes_read": 0, "fetches": 0}
+        self.stats = {"loads": 0, "messages_read": 0, "bytes_read": 0, "fetches": 0, "damaged": 0}
         if self._partitions() is None:
             self.close()
             raise ValueError(
@@ -160,12 +160,28 @@ class KafkaStateStore:
                 if loc is None:
                     return None
                 if value is not None and value[0] == loc[1]:
-                    return decode_snapshot(value[1], where=f"{self.topic}[{p}]@{loc[1]}")
+                    return self._decode(stream_id, value[1], f"{self.topic}[{p}]@{loc[1]}")
                 msg = self._fetch(loc[0], loc[1], deadline)
                 if msg is not None and msg.offset == loc[1] and msg.key == key and msg.value is not None:
-                    return decode_snapshot(msg.value, where=f"{self.topic}[{p}]@{loc[1]}")
+                    return self._decode(stream_id, msg.value, f"{self.topic}[{p}]@{loc[1]}")
             raise RuntimeError(f"{self.topic}: the snapshot of {stream_id!r} kept moving under compaction; "
                                "try again")
+
+    def _decode(self, stream_id: str, data: bytes, where: str) -> Optional[dict]:
+        """The snapshot in `data`, or None when it is damaged: anyone who can write to
+        the topic can put anything there, and an error here would fail the stream's
+        job on every try (and every worker). It is set aside (left in the log; the
+        stream's next snapshot replaces it) with one warning, and the stream starts over."""
+        try:
+            snap = decode_snapshot(data, where=where)
+            if not isinstance(snap.get("stream_id"), str) or not isinstance(snap.get("extra"), dict):
+                raise ValueError("its header has fields of the wrong type")
+            return snap
+        except Exception as e:
+            self.stats["damaged"] += 1
+            log.warning("state topic: the snapshot of %r at %s is damaged (%s: %s); set aside, the stream "
+                        "starts over", stream_id, where, type(e).__name__, e)
+            return None
 
     def close(self) -> None:
         if self._closed:

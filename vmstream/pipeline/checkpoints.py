@@ -43,6 +43,17 @@ class Checkpoints:
         snap = self.store.load(stream_id) if self.enabled else None
         if snap is None:
             return None
+        try:
+            # Read in full before the stream starts: a damaged snapshot found in the
+            # inference thread would stop the whole pipeline (a worker, on every restart).
+            if snap.get("stream_id") != stream_id:
+                raise ValueError(f"it is the snapshot of stream {snap.get('stream_id')!r}")
+            float(snap["t_end"]), int(snap["next_index"])
+            self.inference.read_snapshot(snap)
+        except Exception as e:
+            log.warning("stream %s: its snapshot is damaged or not this model's (%s: %s); set aside, "
+                        "the stream starts over", stream_id, type(e).__name__, e)
+            return None
         return Resume(stream_id, snap)
 
     def begin(self, source, resume: Optional[Resume]) -> tuple[StreamStart, Optional[Resume]]:

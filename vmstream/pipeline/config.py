@@ -117,6 +117,14 @@ class OutputConfig(_Strict):
     plot: bool = False
 
 
+# The demuxers of single-file video containers (FFmpeg's names; "mov" covers mp4, m4v,
+# 3gp, "matroska" covers webm) and of camera feeds (rtsp, rtp, MJPEG over http): none of
+# them opens a file or URL named inside the data.
+DEFAULT_JOB_FORMATS = ("mov", "matroska", "mpegts", "avi", "flv", "mpeg", "asf", "ogg", "ivf", "mxf",
+                       "h264", "hevc", "m4v", "mpegvideo", "yuv4mpegpipe", "obu", "av1",
+                       "rtsp", "rtp", "mpjpeg", "mjpeg")
+
+
 class JobPolicyConfig(_Strict):
     """What the worker's jobs may read (`kafka.jobs`); see the README's Kafka section.
     Jobs only: `vmstream run` reads whatever its operator names."""
@@ -135,6 +143,11 @@ class JobPolicyConfig(_Strict):
     ffmpeg: dict[str, str] = Field(default_factory=dict)
     # A job may reuse a stream id known with another uri (replacing that stream's results).
     allow_replace: bool = False
+    # FFmpeg demuxers a job's input may be read with (its container format, as FFmpeg
+    # probes it, whatever the file is named). Single-file containers only by default:
+    # playlist formats (hls, dash, concat, ...) open the URLs written inside them, which
+    # the rules above never see; list one here only if every playlist a job can name is trusted.
+    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_JOB_FORMATS))
 
     @field_validator("schemes")
     @classmethod
@@ -159,6 +172,18 @@ class JobPolicyConfig(_Strict):
         for k in v:
             if k not in known:
                 raise ValueError(f"{k!r} is not a job option (one of {', '.join(known)})")
+        return v
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        import re
+
+        for f in v:
+            if not isinstance(f, str) or not re.fullmatch(r"[a-z0-9_]+", f):
+                raise ValueError(f"{f!r} is not an FFmpeg demuxer name (e.g. mov, matroska, mpegts)")
+        if not v:
+            raise ValueError("no format at all would refuse every job; list the demuxers jobs may use")
         return v
 
     @field_validator("hosts")

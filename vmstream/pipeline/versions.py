@@ -22,6 +22,8 @@ import logging
 import os
 from typing import Optional
 
+from vmstream.redaction import redact_uri
+
 log = logging.getLogger(__name__)
 
 _EDGE = 1 << 20  # bytes hashed at each end of a file
@@ -73,6 +75,9 @@ class StreamIds:
     def claim(self, stream_id: str, uri: str, *, allow_replace: bool) -> None:
         """Record `uri` as the stream's; StreamIdTaken when the id is known with another
         uri and `allow_replace` is off. The message does not say which uri."""
+        # Kept on the state topic, so without a password: two jobs naming one URL with
+        # other credentials are the same input.
+        uri = redact_uri(uri)
         known = self.uri_of(stream_id)
         if known == uri:
             return

@@ -77,11 +77,12 @@ class PyAVAudioReader:
     skipped. Raises LookupError for a file without an audio track, VideoInputError
     (naming the file) for one that cannot be opened."""
 
-    def __init__(self, uri: str, sample_rate: int):
+    def __init__(self, uri: str, sample_rate: int, options: Optional[dict] = None):
         self.uri = uri
         self.sample_rate = sample_rate
         self.broken_packets = 0
-        self.container = open_input(uri)
+        # The source's own options: a job's format and protocol limits hold here too.
+        self.container = open_input(uri, options)
         self.stream = audio_stream(self.container)
         if self.stream is None:
             self.container.close()
@@ -132,9 +133,11 @@ class AudioFeatures:
     fails a stream. `stats` describes the last stream.
     """
 
-    def __init__(self, config: AudioConfig = AudioConfig(), uri: Optional[str] = None):
+    def __init__(self, config: AudioConfig = AudioConfig(), uri: Optional[str] = None,
+                 options: Optional[dict] = None):
         self.config = config
         self.uri = uri
+        self.options = dict(options or {})
         self.stats: dict = {}
 
     @property
@@ -147,7 +150,8 @@ class AudioFeatures:
         """`audio_factory(source)` for the runner: one stage per source, on its file."""
 
         def make(source) -> "AudioFeatures":
-            return cls(config, uri=getattr(source, "path", None) or getattr(source, "uri", None))
+            return cls(config, uri=getattr(source, "path", None) or getattr(source, "uri", None),
+                       options=getattr(source, "options", None))
 
         return make
 
@@ -196,7 +200,7 @@ class AudioFeatures:
             log.info("%s: audio features are read from local files only; audio stays None", uri)
             return None
         try:
-            return PyAVAudioReader(uri, self.config.sample_rate)
+            return PyAVAudioReader(uri, self.config.sample_rate, self.options)
         except LookupError:
             log.info("%s: no audio track; audio stays None", uri)
         except Exception as e:  # the video may still be fine: never fail the stream for audio

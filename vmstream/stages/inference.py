@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vmstream.records import Segment, SegmentResult, StreamEvent, StreamSummary, end_reason, stream_status
+from vmstream.redaction import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class _StreamBook:
                 "segments": self.segments,
                 "t_start": self.t_start,
                 "t_end": self.t_end,
-                "uri": self.uri,
+                "uri": redact_uri(self.uri),  # snapshots go to the state topic
                 "last_logits": self.last_logits,
                 "sum_logits": self.sum_logits,
                 "failed": self.failed,  # a resumed failed stream stays failed
@@ -153,6 +154,15 @@ class InferenceStage:
 
     def restore(self, snap: dict) -> None:
         """Resume a stream from `snapshot()` output (possibly made by another process)."""
+        book = self.read_snapshot(snap)
+        self._books[snap["stream_id"]] = book
+        if book.failed:
+            self._failures[snap["stream_id"]] = book.failed
+
+    def read_snapshot(self, snap: dict) -> "_StreamBook":
+        """The stream's book and model state in `snap`, installed nowhere; raises when
+        the snapshot is damaged or not one of this model (checked before a resume, so
+        a bad one starts the stream over instead of failing the pipeline)."""
         from vmstream.models import StreamState
 
         book = _StreamBook.from_bytes(snap["book"])
@@ -160,9 +170,7 @@ class InferenceStage:
             book.state = StreamState.from_bytes(
                 snap["state"], device=self.device, expect=self.model.state_spec()
             )
-        self._books[snap["stream_id"]] = book
-        if book.failed:
-            self._failures[snap["stream_id"]] = book.failed
+        return book
 
     def drop(self, stream_id: str) -> None:
         self._books.pop(stream_id, None)

@@ -97,8 +97,10 @@ def source_from_uri(uri: str, *, stream_id: Optional[str] = None, live: Optional
         uri = urlsplit(uri).path
     if not uri_scheme(uri):
         path = os.path.expanduser(uri)
-        return Source(stream_id or file_stream_id(path), os.path.abspath(path),
-                      live=bool(live) if live is not None else False, options=options)
+        # "live" on a regular file is ignored: a file has an end (read as a feed, it
+        # would be replayed forever). Devices and FIFOs may be feeds.
+        live = bool(live) and not os.path.isfile(path)
+        return Source(stream_id or file_stream_id(path), os.path.abspath(path), live=live, options=options)
     return Source(stream_id or redact_uri(uri), uri,
                   live=is_live_uri(uri) if live is None else bool(live), options=options)
 

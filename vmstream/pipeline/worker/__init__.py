@@ -57,18 +57,20 @@ A second signal exits immediately.
 
 The modules:
 
-    jobs.py          a job (Job, parse_job), offsets committable past done jobs
+    jobs.py          a job (Job, parse_job: bounded in size and depth before parsing),
+                     offsets committable past done jobs
                      (OffsetLedger) and the table of jobs a worker holds (JobTable)
     options.py       the consumer's options and the topics, from the pipeline config
     job_policy.py    what a job may make the worker read (JobPolicy, JobRefused)
     loop.py          the consumer loop (Worker): take, run, finish, commit, stop
     handover.py      rebalances: revoke, fence, hand over (Handover, GuardedStore)
     dead_letters.py  the dead-letter topic (DeadLetters, dead_letter_payload)
-    log_filter.py    the kafka-python log filter `vmstream worker` installs (RepeatFilter)
+    log_filter.py    the log filters `vmstream worker` installs: kafka-python's repeats
+                     (RepeatFilter), URL passwords (RedactFilter)
 
 The Kafka transport itself (producer, state store, topics) is `vmstream.kafka`.
 """
-from vmstream.pipeline.worker.log_filter import RepeatFilter
+from vmstream.pipeline.worker.log_filter import RedactFilter, RepeatFilter
 from vmstream.pipeline.worker.loop import Worker
 
-__all__ = ["Worker", "RepeatFilter"]
+__all__ = ["Worker", "RepeatFilter", "RedactFilter"]

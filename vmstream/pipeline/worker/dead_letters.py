@@ -9,7 +9,8 @@ import threading
 import time
 from typing import Any, Iterable, Optional
 
-from vmstream.pipeline.worker.jobs import Job
+from vmstream.pipeline.worker.jobs import Job, check_job_bounds
+from vmstream.redaction import redact_text, redact_uri
 
 # Job message values above this are cut in their dead-letter copy (the dead-letter
 # topic has the broker's default 1 MB message limit).
@@ -25,17 +26,23 @@ def dead_letter_payload(job: Job, reason: str, error: str, *, worker_id: str, gr
     cut = len(raw) > _DLQ_ORIGINAL_MAX
     raw = raw[:_DLQ_ORIGINAL_MAX]
     try:
-        original = json.loads(raw.decode("utf-8")) if not cut else raw.decode("utf-8", errors="replace")
+        if cut:
+            original = raw.decode("utf-8", errors="replace")
+        else:
+            check_job_bounds(raw)  # a poison job is copied as text, never parsed past the bounds
+            original = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         try:
             original = raw.decode("utf-8")
         except UnicodeDecodeError:
             original = {"base64": base64.b64encode(raw).decode("ascii")}
+    if isinstance(original, dict) and isinstance(original.get("uri"), str):
+        original["uri"] = redact_uri(original["uri"])
     payload = {
         "reason": reason,  # bad_message | refused (the job policy) | failed | error
-        "error": error[:_DLQ_ERROR_MAX],
+        "error": redact_text(error[:_DLQ_ERROR_MAX]),
         "stream_id": job.stream_id,
-        "uri": job.source.uri if job.source is not None else None,
+        "uri": redact_uri(job.source.uri) if job.source is not None else None,
         "job": None if job.value is None else original,
         "job_truncated": cut,
         "source": {
@@ -72,7 +79,7 @@ class DeadLetters:
         value = dead_letter_payload(job, reason, error, worker_id=self.worker_id, group_id=self.group_id)
         headers = [h for h in job.headers if not h[0].startswith("vmstream.dead_letter.")]
         headers += [("vmstream.dead_letter.reason", reason.encode()),
-                    ("vmstream.dead_letter.error", error.encode("utf-8", errors="replace")[:1024])]
+                    ("vmstream.dead_letter.error", redact_text(error).encode("utf-8", errors="replace")[:1024])]
         key = job.key if job.key is not None else (job.stream_id or "").encode() or None
         self.producer.send(self.topic, value, key=key, headers=headers)
         with self._lock:

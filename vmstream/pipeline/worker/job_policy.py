@@ -13,8 +13,16 @@ what the worker's operator offered:
   never FFmpeg's raw options, which can loosen FFmpeg's own protocol and file
   restrictions, nor a forced demuxer), and under `options.ffmpeg` only the names in
   `ffmpeg_options`; the worker's own `ffmpeg` options are set on every job and win.
-  A local file is opened with FFmpeg's `protocol_whitelist` "file" (unless the worker's
-  `ffmpeg` sets one), so a playlist under a root cannot make FFmpeg fetch from the network.
+  A local file is opened with FFmpeg's `protocol_whitelist` "file", an http(s) source
+  with "http,https,tcp,tls" (unless the worker's `ffmpeg` sets one);
+- its container format, as FFmpeg probes it from the data (never from the name), is
+  one of `formats` (FFmpeg's `format_whitelist`): by default single-file containers
+  only. Playlists (HLS m3u8, DASH, concat/ffconcat, ...) make FFmpeg open the files and
+  URLs written inside them, past every rule above, so they are refused unless the
+  operator lists them (and then trusts whoever writes the playlists);
+- an http(s) source's redirects pass the same rules: the worker follows them itself,
+  each hop checked (scheme, host), and hands FFmpeg the final URL with redirects off
+  (`max_redirects` 0), so a server that redirects FFmpeg elsewhere fails the job.
 
 A refused job is dead-lettered with a reason that says which rule refused it and never
 what exists on the machine: a path outside the roots gets the same message whether it
@@ -38,6 +46,12 @@ FORBIDDEN_ROOTS = ("/dev", "/proc", "/sys")
 
 _LOCAL_REFUSED = "job refused: its local path is not under a directory this worker serves (kafka.jobs.roots)"
 _HOST_REFUSED = "job refused: its host is not one this worker may connect to (kafka.jobs.hosts)"
+_REDIRECT_REFUSED = "job refused: its URL redirects to a host or scheme this worker may not use (kafka.jobs)"
+_HTTP = ("http", "https")
+# Hops the worker follows for one job, and how long each may take: the redirects are
+# resolved when the job is taken, on the worker's main thread.
+MAX_REDIRECTS = 5
+REDIRECT_TIMEOUT_S = 5.0
 
 
 class JobRefused(ValueError):
@@ -67,6 +81,7 @@ class JobPolicy:
         self.ffmpeg_options = frozenset(cfg.ffmpeg_options)
         self.ffmpeg = dict(cfg.ffmpeg)
         self.allow_replace = bool(cfg.allow_replace)
+        self.formats = tuple(cfg.formats)
 
     def admit(self, source: Source, uri: str) -> Source:
         """`source` (built from a job whose uri field was `uri`) as the worker may run it."""
@@ -75,13 +90,21 @@ class JobPolicy:
             raise JobRefused(f"job refused: uri scheme {scheme!r} is not allowed by this worker (kafka.jobs.schemes)")
         self._check_options(source.options)
         forced = dict(self.ffmpeg)
+        # Containers that open other files or URLs (playlists) only where listed.
+        forced.setdefault("format_whitelist", ",".join(self.formats))
         if scheme == "file":
             real = self._local_path(source.uri)
             source = dataclasses.replace(source, uri=real)
-            # A local file that is a playlist (HLS) must not reach past the file system.
+            # A local file must not reach past the file system.
             forced.setdefault("protocol_whitelist", "file")
         elif scheme != "pipe":
             self._check_host(urlsplit(source.uri).hostname)
+        if scheme in _HTTP:
+            forced.setdefault("protocol_whitelist", "http,https,tcp,tls")
+            forced["max_redirects"] = "0"
+            final = self._follow_redirects(source.uri)
+            if final != source.uri:
+                source = dataclasses.replace(source, uri=final)
         if forced:
             opts = dict(source.options)
             opts["ffmpeg"] = {**dict(opts.get("ffmpeg") or {}), **forced}
@@ -130,3 +153,40 @@ class JobPolicy:
             addrs = [ipaddress.ip_address(i[4][0].split("%")[0]) for i in infos]
         if not addrs or not all(any(a in n for n in self.networks) for a in addrs):
             raise JobRefused(_HOST_REFUSED)
+
+    def _follow_redirects(self, url: str) -> str:
+        """The URL an http(s) source ends at, every hop checked against the rules;
+        JobRefused when one leaves them. A server that cannot be reached is left to
+        the decoder (the job fails there, or a live feed retries)."""
+        import http.client
+        import urllib.error
+        import urllib.request
+        from urllib.parse import urljoin
+
+        class _NoFollow(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None  # the 3xx comes back as an HTTPError, checked below
+
+        opener = urllib.request.build_opener(_NoFollow)
+        for _ in range(MAX_REDIRECTS + 1):
+            req = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": "vmstream-worker"})
+            try:
+                opener.open(req, timeout=REDIRECT_TIMEOUT_S).close()
+                return url
+            except urllib.error.HTTPError as e:
+                location = e.headers.get("Location") if e.code in (301, 302, 303, 307, 308) else None
+                e.close()
+                if not location:
+                    return url
+            except (OSError, ValueError, http.client.HTTPException):
+                return url
+            nxt = urljoin(url, location)
+            scheme = uri_scheme(nxt)
+            if scheme not in _HTTP or scheme not in self.schemes:
+                raise JobRefused(_REDIRECT_REFUSED)
+            try:
+                self._check_host(urlsplit(nxt).hostname)
+            except JobRefused:
+                raise JobRefused(_REDIRECT_REFUSED) from None
+            url = nxt
+        raise JobRefused(f"job refused: its URL redirects more than {MAX_REDIRECTS} times")

@@ -3,6 +3,7 @@ with each partition's committable offset."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -39,17 +40,60 @@ class Job:
         return self.source.stream_id if self.source is not None else None
 
 
+# A job is a URI, a stream id and a few options: far below these. Both bounds are
+# checked on the raw bytes before any parsing, so a hostile record (a gigabyte, or
+# `[[[[...` nested past the parser's recursion limit) costs one linear scan.
+MAX_JOB_BYTES = 64 << 10
+MAX_JOB_DEPTH = 16
+_JSON_TOKEN = re.compile(rb'[\[\]{}"\\]')
+
+
+def json_depth(value: bytes) -> int:
+    """How deep `value`'s brackets nest (outside strings): one pass over the brackets,
+    quotes and backslashes, no parsing, no recursion."""
+    depth = deepest = 0
+    in_string = False
+    skip = -1  # the position of a character escaped by a backslash
+    for m in _JSON_TOKEN.finditer(value):
+        pos, tok = m.start(), m.group()
+        if pos == skip:
+            continue
+        if in_string:
+            if tok == b"\\":
+                skip = pos + 1
+            elif tok == b'"':
+                in_string = False
+        elif tok == b'"':
+            in_string = True
+        elif tok in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif tok in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def check_job_bounds(value: bytes) -> None:
+    """ValueError when a job message is too big or too deeply nested to parse."""
+    if len(value) > MAX_JOB_BYTES:
+        raise ValueError(f"job message is {len(value)} bytes; a job may have at most {MAX_JOB_BYTES}")
+    depth = json_depth(value)
+    if depth > MAX_JOB_DEPTH:
+        raise ValueError(f"job message nests {depth} levels deep; a job may nest at most {MAX_JOB_DEPTH}")
+
+
 def parse_job(value: Optional[bytes]) -> dict:
     """The job dict in a message value; ValueError saying what is wrong."""
     if value is None:
         raise ValueError("empty job message (no value)")
+    check_job_bounds(value)
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"job message is not UTF-8 text: {e}") from None
     try:
         job = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"job message is not JSON: {e}") from None
     if not isinstance(job, dict):
         raise ValueError(f"job message must be a JSON object, got {type(job).__name__}")

@@ -1,8 +1,11 @@
-"""The log filter `vmstream worker` installs: kafka-python repeats each outage line many times a second."""
+"""The log filters `vmstream worker` installs: kafka-python repeats each outage line many
+times a second; a job's URL may carry a password."""
 from __future__ import annotations
 
 import logging
 import time
+
+from vmstream.redaction import redact_text
 
 
 class RepeatFilter(logging.Filter):
@@ -28,4 +31,20 @@ class RepeatFilter(logging.Filter):
             self.suppressed += 1
             return False
         self._last[key] = now
+        return True
+
+
+class RedactFilter(logging.Filter):
+    """Takes user:password out of every URL in a log line (a job's, FFmpeg's error
+    messages quoting it, a traceback's): the log is read by more people than the jobs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact_text(msg)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if clean != msg or record.args:
+            record.msg, record.args = clean, None
         return True

@@ -33,6 +33,29 @@ def _broker_trouble(e: BaseException, also: tuple = ()) -> bool:
     return isinstance(e, ConnectionError)
 
 
+def take_error(e: Exception) -> tuple[str, str]:
+    """The dead-letter reason and error of a job record that could not be taken. Any
+    exception counts: whatever a record holds, it is that job's fault, never the
+    worker's end (a restarted worker would read the same record and stop again)."""
+    if isinstance(e, JobRefused):
+        return "refused", str(e)
+    if isinstance(e, ValueError):  # SourceSpecError, parse_job's errors
+        return "bad_message", str(e)
+    return "bad_message", f"{type(e).__name__}: {e}"
+
+
+def failure_reason(status: str, error: Optional[str]) -> str:
+    """The dead-letter reason of a job the runner failed. A format the job policy does
+    not allow is found only when FFmpeg probes the data, in the runner: the policy's
+    refusal all the same."""
+    return "refused" if "(kafka.jobs.formats" in (error or "") else status
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    """A job's words in the log: a hostile job may be 64 KiB of them."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 class Worker:
     """One member of the worker group (see the package doc).
 
@@ -318,13 +341,10 @@ class Worker:
             spec = parse_job(m.value)
             source = self.job_policy.admit(source_from_job(spec), spec["uri"].strip())
             (job.source,) = with_live_options(self.cfg, [source])
-        except JobRefused as e:
-            log.warning("job %s: %s", job.where, e)
-            self._dead_letter(job, "refused", str(e))
-            return
-        except ValueError as e:  # SourceSpecError is a ValueError
-            log.warning("job %s: bad job message: %s", job.where, e)
-            self._dead_letter(job, "bad_message", str(e))
+        except Exception as e:  # a record's fault, never the worker's end: see take_error
+            reason, error = take_error(e)
+            log.warning("job %s: %s%s", job.where, "" if reason == "refused" else "bad job message: ", _cut(error))
+            self._dead_letter(job, reason, error)
             return
         log.info("job %s: stream %s (%s)", job.where, job.stream_id, job.source.uri)
         self._try_submit(job)
@@ -385,7 +405,7 @@ class Worker:
             job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
         elif status in ("failed", "error"):
             log.warning("job %s: stream %s %s: %s", job.where, job.stream_id, status, job.error)
-            self._dead_letter(job, status, job.error or status)
+            self._dead_letter(job, failure_reason(status, job.error), job.error or status)
         elif status == "stopped":
             if not stopping and not self._stop_requested.is_set():
                 # Not asked for: run it again (it resumes from its snapshot).

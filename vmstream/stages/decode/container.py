@@ -41,6 +41,11 @@ _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "gif_pipe", "we
 _TEXT_CODECS = ("ansi", "bintext", "xbin", "idf", "tty")
 
 
+class FormatRefusedError(NotAVideoError):
+    """The input's container format is not on the source's `format_whitelist` (a job's
+    `kafka.jobs.formats`): final, opening it again changes nothing."""
+
+
 def stream_time(ticks: int, tb) -> float:
     """Seconds from a timestamp in `tb` units: one rounding, exact integer product."""
     return (ticks * tb.numerator) / tb.denominator
@@ -87,6 +92,13 @@ def open_input(uri: str, options: Optional[dict] = None, *, timeout=None,
     except av.error.EOFError:
         raise NotAVideoError(uri, "the data ends before FFmpeg could read the container's header "
                                   "(truncated, or not a video)") from None
+    except av.error.ArgumentError as e:
+        if "format_whitelist" in opts:
+            # FFmpeg probed the data and refused its format before reading any of it.
+            raise FormatRefusedError(uri, "its container format is not one this worker reads for jobs "
+                                      "(kafka.jobs.formats; playlists such as HLS or concat are refused "
+                                      "unless listed there)") from None
+        raise NotAVideoError(uri, f"FFmpeg cannot open it: {e}") from None
     except (av.error.DemuxerNotFoundError, av.error.ProtocolNotFoundError) as e:
         raise NotAVideoError(uri, f"FFmpeg cannot open it: {e}") from None
     except av.error.FFmpegError as e:

@@ -6,6 +6,11 @@ and gives up after `max_tries` connection attempts in a row that bring no video
 (0: never retry) or `give_up_after` seconds without video. The stream keeps its id
 (so the model keeps its state) and the outage is reported: a "gap" StreamEvent and
 `Frame.gap` on the first frame after it. Frame times are wall clock (`WallClock`).
+
+An input FFmpeg finds to have a length (a file, an HLS playlist with #EXT-X-ENDLIST)
+is not a feed, whatever the source said: its frames keep their own times and its end
+is the stream's end ("eof"), never a drop to reconnect after (which would replay it
+forever and hold a worker's slot).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import av.error
 
 from vmstream.records import Frame, StreamEvent
 from vmstream.stages.decode.base import Decoder, end_event
-from vmstream.stages.decode.container import FrameConverter, open_input, stream_time, video_stream
+from vmstream.stages.decode.container import FormatRefusedError, FrameConverter, open_input, stream_time, video_stream
 from vmstream.stages.media import FrameSize, ReconnectPolicy, Source, VideoInputError
 from vmstream.stages.sampling import SamplingPolicy
 
@@ -117,6 +122,8 @@ class _LiveStream:
         self.delays = self.rp.delays()
         self.index = 0
         self.got_frame = False
+        self.finite = False  # the input has a length: a file or a finished playlist
+        self.refused = False  # its format is not allowed (a job's kafka.jobs.formats): no retry
 
     def _give_up_now(self) -> bool:
         if self.rp.max_tries is not None and self.failures >= self.rp.max_tries:
@@ -132,9 +139,18 @@ class _LiveStream:
             err = yield from self._connection()
             if self.stop.is_set():
                 break
+            if self.refused:
+                reason, message = "error", err
+                break
             if self.uri.startswith("pipe:") and self.got_frame and err == "the feed ended":
                 # A pipe cannot be reopened: its end is the end of the stream.
                 reason, message = "eof", "the pipe was closed"
+                break
+            if self.finite and self.got_frame:
+                # Read to its end (or failed part way): opening it again would start over.
+                reason = "eof"
+                message = ("the input has a length (a file or a finished playlist), not a live feed: "
+                           f"read once, to its end ({err})")
                 break
             # The feed is down. Remember when, then back off and try again.
             if self.t_lost is None and self.stats["frames"] > 0 and not math.isnan(self.last_t):
@@ -162,9 +178,13 @@ class _LiveStream:
         """One connection: its frames and gap events; returns why it ended."""
         try:
             container = open_input(self.uri, self.opts, timeout=(self.timeout, self.timeout))
+        except FormatRefusedError as e:
+            self.refused = True
+            return str(e)
         except VideoInputError as e:
             return str(e)
         try:
+            self.finite = bool(container.duration and container.duration > 0) and not self.uri.startswith("pipe:")
             stream = video_stream(container, self.uri)
             cc = stream.codec_context
             cc.thread_type = "SLICE"  # frame threads add a frame of latency each
@@ -196,7 +216,13 @@ class _LiveStream:
             container.close()
 
     def _frame(self, f, tb) -> Iterator:
-        t = self.clock(stream_time(f.pts, tb) if f.pts is not None else None)
+        if self.finite:
+            # A file's own times: segments mean the same as the file read as a file.
+            t = stream_time(f.pts, tb) if f.pts is not None else None
+            if t is None or (not math.isnan(self.last_t) and t <= self.last_t):
+                t = (0.0 if math.isnan(self.last_t) else self.last_t) + 1e-6
+        else:
+            t = self.clock(stream_time(f.pts, tb) if f.pts is not None else None)
         if not self.selector.accept(t):
             return
         gap = None
