@@ -412,15 +412,30 @@ def move_aside(path: Path, folder: str) -> list[str]:
     return names
 
 
-def salvage_meta(path: Path) -> Optional[dict]:
-    """The newest readable meta.json of any generation, unverified (a damaged store's
-    kind and options, for rebuilding it); None if there is none."""
+def salvage_meta(path: Path) -> tuple[Optional[dict], str]:
+    """The newest meta.json of any generation that its manifest vouches for (sealed
+    manifest intact, meta.json's checksum matching), and where it came from; (None, why
+    not) when there is none. A damaged store's kind and options for rebuilding it: a
+    meta.json that fails its checksum is never trusted (a flipped byte in "metric" would
+    make a store nothing can use)."""
     gens, _ = list_entries(path) if path.is_dir() else ([], [])
+    why = "the store has no generation"
     for gen in reversed(gens):
         try:
-            meta = json.loads((path / gen / "meta.json").read_text())
-        except (OSError, ValueError):
+            manifest = unseal((path / gen / MANIFEST).read_bytes(), ("files",))
+            data = (path / gen / "meta.json").read_bytes()
+        except (OSError, ValueError) as e:
+            why = f"{gen}: {getattr(e, 'strerror', None) or e}"
+            continue
+        wrong = check_entry(bytes_entry(data), manifest["files"].get("meta.json") or {}, f"{gen}/{MANIFEST}")
+        if wrong:
+            why = f"{gen}/meta.json {wrong}"
+            continue
+        try:
+            meta = json.loads(data)
+        except ValueError as e:
+            why = f"{gen}/meta.json: {e}"
             continue
         if isinstance(meta, dict):
-            return meta
-    return None
+            return meta, f"{gen}/meta.json"
+    return None, why

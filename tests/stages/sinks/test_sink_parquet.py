@@ -183,10 +183,20 @@ def test_crash_during_compaction_is_repaired_on_open(tmp_path, monkeypatch):
         sink.write(make_result("cam0", i, seed=1))
     sink.flush()
 
-    def crash(self, *a, **k):  # the merged file is in place; die before emptying the other inputs
-        raise KeyboardInterrupt("simulated crash")
+    import os
+    import types
 
-    monkeypatch.setattr(PartTable, "_write_stub", crash)
+    from vmstream.store import results
+
+    renames = []
+
+    def replace(src, dst):  # the merged file is in place; die before emptying the other inputs
+        if renames:
+            raise KeyboardInterrupt("simulated crash")
+        renames.append(dst)
+        os.replace(src, dst)
+
+    monkeypatch.setattr(results, "os", types.SimpleNamespace(replace=replace))
     with pytest.raises(KeyboardInterrupt):
         sink.tables["segments"].compact()
     monkeypatch.undo()
