@@ -50,6 +50,7 @@ vmstream (no record) has its parts recorded as they are on first open.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -461,22 +462,45 @@ def read_table(directory: PathLike, table: Optional[str] = None) -> pa.Table:
             parts = _list_parts(directory)
             if not parts:
                 return schema.empty_table()
-            t = pa.concat_tables([_read_part(p.path, schema) for p in parts])
+            record = _record_of(directory)
+            t = pa.concat_tables([_read_part(p.path, schema, record, last_try=attempt == 4) for p in parts])
             return t.filter(pa.array(newest_mask(_keys_of(t, key))))
-        except FileNotFoundError:
-            # A running writer compacted a part away between listing and reading; its
-            # rows are in the merged part now. List again.
+        except (FileNotFoundError, _Moved):
+            # A running writer compacted a part away (or rewrote it) between listing and
+            # reading; its rows are in the merged part now. List again.
             if attempt == 4:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
-def _read_part(path: Path, schema: pa.Schema) -> pa.Table:
+class _Moved(Exception):
+    """A part is not what the record says, maybe because a writer is changing both."""
+
+
+def _record_of(directory: Path) -> Optional[PartManifest]:
     try:
-        return pq.read_table(path, schema=schema, page_checksum_verification=True)
-    except FileNotFoundError:
-        raise
+        record = PartManifest.read(directory)
+    except ValueError as e:
+        raise ResultsCorruptError(directory, [Problem(MANIFEST, str(e))]) from None
+    return record if record.exists else None
+
+
+def _read_part(path: Path, schema: pa.Schema, record: Optional[PartManifest] = None, *,
+               last_try: bool = True) -> pa.Table:
+    """One part, its bytes checked against the table's record (when it has one) and its
+    pages against their checksums: the bytes checked are the bytes parsed."""
+    data = path.read_bytes()
+    if record is not None:
+        found = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        want = [e for e in (record.parts.get(path.name), record.pending.get(path.name)) if e is not None]
+        if not any(found["sha256"] == e["sha256"] and found["size"] == e["size"] for e in want):
+            if not last_try:
+                raise _Moved(path.name)
+            what = ("not recorded in " + MANIFEST) if not want else f"damaged: checksum mismatch ({MANIFEST})"
+            raise ResultsCorruptError(path.parent, [Problem(path.name, what)])
+    try:
+        return pq.read_table(pa.BufferReader(data), schema=schema, page_checksum_verification=True)
     except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ArrowInvalid, ... for bad bytes
         raise ResultsCorruptError(path.parent, [Problem(path.name, _unreadable(e))]) from None
 
