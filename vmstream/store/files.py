@@ -362,7 +362,12 @@ def write_generation(path: Path, generation: int, meta: dict, index: Optional[fa
     with atomic_path(path / gen_name(generation)) as tmp:
         tmp.mkdir()
         if index is not None:
-            faiss.write_index(index, str(tmp / "index.faiss"))
+            # Through Python's file: a failed write (a full disk) raises its OSError here,
+            # instead of faiss printing its own "close error" line to stderr.
+            with open(tmp / "index.faiss", "wb") as f:
+                writer = faiss.PyCallbackIOWriter(f.write)
+                faiss.write_index(index, writer)
+                del writer
         ids.write(tmp / "ids.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         files = {name: file_entry(tmp / name) for name in GEN_FILES if (tmp / name).exists()}
