@@ -30,6 +30,7 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Optional, Sequence
 
+from vmstream.errors import UserError
 from vmstream.pipeline.batching import InferenceLoop
 from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.disk_full import DiskFullError
@@ -207,6 +208,8 @@ class Runner:
         full = next((e for e in (self._fatal, *self._writer.close_failures) if isinstance(e, DiskFullError)), None)
         if full is not None:
             raise full
+        if isinstance(self._fatal, UserError):  # one line too (a damaged result part found mid-run)
+            raise self._fatal
         if self._fatal is not None:
             raise RuntimeError(f"pipeline failed: {self._fatal}") from self._fatal
         if errors:

@@ -9,6 +9,7 @@ import queue
 import time
 from typing import Callable, Sequence
 
+from vmstream.errors import UserError
 from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.disk_full import disk_full, sink_what
 from vmstream.pipeline.report import RunReport
@@ -61,6 +62,8 @@ class SinkWriter:
             if full is not None:  # one line at the end of the run says it; no traceback
                 log.debug("sink failed", exc_info=True)
                 e = full
+            elif isinstance(e, UserError):  # e.g. a damaged result part found mid-run: its own line
+                log.debug("sink failed", exc_info=True)
             else:
                 log.exception("sink failed")
             self.fail(e)

@@ -29,7 +29,7 @@ from typing import Optional, Union
 
 from vmstream.errors import UserError
 
-from .atomic import TMP_PREFIX, write_bytes_atomic
+from .atomic import write_bytes_atomic
 from .files import Problem, file_entry, seal, unseal
 
 PathLike = Union[str, os.PathLike]
@@ -151,8 +151,8 @@ class PartManifest:
         on_disk = set()
         for p in sorted(self.directory.iterdir()) if self.directory.is_dir() else ():
             name = p.name
-            if name in _OURS or name.startswith(TMP_PREFIX):
-                continue
+            if name in _OURS or name.startswith((".", "_")):
+                continue  # hidden from every reader of the directory (temporaries, the lock)
             on_disk.add(name)
             if name not in self.parts and name not in self.pending:
                 what = "a directory" if p.is_dir() else "a file"
