@@ -11,7 +11,6 @@ Prints name=value lines; flush_new_vs_old is new/old.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time

@@ -126,6 +126,15 @@ def _num_rows(p: Path) -> int:
         raise ResultsCorruptError(p.parent, [Problem(p.name, _unreadable(e))]) from None
 
 
+def _read_columns(p: Path, columns: Optional[list[str]]) -> pa.Table:
+    try:
+        return pq.read_table(p, columns=columns, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged page: pyarrow raises several kinds
+        raise ResultsCorruptError(p.parent, [Problem(p.name, _unreadable(e))]) from None
+
+
 def _keys_of(table: pa.Table, key: Optional[tuple[str, ...]]) -> Sequence:
     """Hashable per-row keys, or an int64 array when the key is one integer column."""
     cols = key or tuple(table.column_names)
@@ -336,7 +345,7 @@ class PartTable:
         key_cols = list(self.key) if self.key else None
         read_cols = key_cols if key_cols is None or drop_stream is None else sorted({*key_cols, "stream_id"})
         # Emptied parts (kept for readers that may have listed them) are read as empty.
-        key_tables = [pq.read_table(p.path, columns=read_cols, page_checksum_verification=True) if p.num_rows else
+        key_tables = [_read_columns(p.path, read_cols) if p.num_rows else
                       self.schema.empty_table().select(read_cols or self.schema.names) for p in parts]
         keys_per_part = [_keys_of(t, self.key) for t in key_tables]
         if keys_per_part and isinstance(keys_per_part[0], np.ndarray):
