@@ -17,7 +17,7 @@ import pytest
 from tests.fixtures.sinks import make_event, make_result, make_summary, nan_event
 from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, segment_uid
 from vmstream.stages.sinks.parquet import ParquetSink
-from vmstream.store.results import PartTable, read_segment_results, read_table
+from vmstream.store.results import read_segment_results, read_table
 
 REPO = Path(__file__).resolve().parents[3]
 
