@@ -45,6 +45,12 @@ class Checkpoints:
         snap = self.store.load(stream_id) if self.enabled else None
         if snap is None:
             return None
+        if snap.get("stream_id") != stream_id:
+            # The local store sets such a file aside itself; any other store's record
+            # under this key is not this stream's state either (the next save replaces it).
+            log.warning("stream %s: its snapshot is of another stream (%r); starting over", stream_id,
+                        snap.get("stream_id"))
+            return None
         return Resume(stream_id, snap)
 
     def begin(self, source, resume: Optional[Resume]) -> tuple[StreamStart, Optional[Resume]]:
