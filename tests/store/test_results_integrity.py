@@ -23,8 +23,9 @@ from vmstream.store.results import read_table
 D = 16
 
 
-def _write(out: Path, n: int = 30, seed: int = 0, row_group_rows: int = 8) -> None:
-    parquet, faiss_sink = ParquetSink(out, row_group_rows=row_group_rows), FaissSink(out / "index", batch_size=8)
+def _write(out: Path, n: int = 30, seed: int = 0, row_group_rows: int = 8, **options) -> None:
+    parquet = ParquetSink(out, row_group_rows=row_group_rows, **options)
+    faiss_sink = FaissSink(out / "index", batch_size=8)
     for i in range(n):
         r = make_result(f"cam{i % 3}", i // 3, dim=D, seed=seed)
         parquet.write(r)
@@ -156,3 +157,21 @@ def test_a_table_of_an_older_vmstream_is_recorded_on_open(tmp_path, capsys):
     assert (tmp_path / "segments" / MANIFEST).exists()
     _flip_bit(_parts(tmp_path / "segments")[0])
     assert len(_verify(capsys, tmp_path)) == 1
+
+
+def test_repair_of_a_damaged_store_and_a_damaged_part_rebuilds_from_the_sound_parts_only(tmp_path, capsys):
+    out = tmp_path / "out"
+    _write(out, target_file_rows=8)  # parts of 8 rows stay apart: 8, 8, 8, 6
+    parts = _parts(out / "segments")
+    assert [pq.ParquetFile(p).metadata.num_rows for p in parts] == [8, 8, 8, 6]
+    big = parts[1]
+    _flip_bit(big, 0.6)
+    gen = out / "index" / (out / "index" / "CURRENT").read_text().split()[0]
+    _flip_bit(gen / "index.faiss", 0.5)
+
+    lines = _verify(capsys, out)
+    assert len(lines) == 2 and any(str(big) in x for x in lines) and any("index.faiss" in x for x in lines)
+    assert main(["store", "repair", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert big.name in said and "rebuilt" in said and "22 vectors" in said, said
+    assert main(["store", "verify", str(out)]) == 0
