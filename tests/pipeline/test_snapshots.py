@@ -64,10 +64,11 @@ def clips(tmp_path_factory):
 
 def _run(video, out, ckpt, *more):
     """`vmstream run` as a person runs it, in its own process: (exit code, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "vmstream.cli", "run", video, "--checkpoint", ckpt, "--out", str(out),
-                           "--no-progress", "--fps", "4", "--set", "decode.img_size=32",
+    proc = subprocess.run([sys.executable, "-m", "vmstream.cli", "run", video, "--checkpoint", ckpt,
+                           "--out", str(out), "--no-progress", "--fps", "4", "--set", "decode.img_size=32",
                            "--set", "runner.snapshot_every=1", *more],
-                          check=False, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=_ROOT))
+                          check=False, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=_ROOT))
     return proc.returncode, proc.stderr
 
 
@@ -137,7 +138,8 @@ def test_another_streams_snapshot_under_this_name_is_not_resumed(tmp_path, tiny_
     from vmstream.records import SegmentResult
     from vmstream.stages.sources import resolve_sources
 
-    cfg = load_config(overrides={"model": {"checkpoint": tiny_ckpt, "name": None}, "decode": {"fps": 4.0, "img_size": 32},
+    cfg = load_config(overrides={"model": {"checkpoint": tiny_ckpt, "name": None},
+                                 "decode": {"fps": 4.0, "img_size": 32},
                                  "output": {"dir": str(out), "console": False},
                                  "runner": {"progress": False, "snapshot_every": 1, "queue_size": 1}})
     seen = []
