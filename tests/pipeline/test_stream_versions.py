@@ -197,11 +197,10 @@ def test_checkpoints_discard_a_snapshot_of_another_version(tmp_path, clips):
 def test_a_state_store_failure_while_claiming_is_an_error_not_a_bad_input(tmp_path, clips):
     """A worker retries store trouble but dead-letters bad inputs: the claim's store
     failure must not look like an unreadable file (an OSError)."""
-    import urllib.parse
-
     store = LocalStateStore(tmp_path / "state")
-    # The id record's file is a directory: reading it fails the way a broken store does.
-    (tmp_path / "state" / (urllib.parse.quote("\x00stream-id\x00cam", safe="") + ".snap")).mkdir()
+    # The state directory is gone, a file in its place: reading it fails the way a broken store does.
+    (tmp_path / "state").rmdir()
+    (tmp_path / "state").write_text("not a directory")
     src = source_from_uri(clips[3], stream_id="cam")
     with pytest.raises(RuntimeError, match="id record"):
         Checkpoints(store, inference=None, allow_replace=False).begin(src, None)

@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except UserError as e:
         print(f"vmstream {args.command}: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except BrokenPipeError:
         # The reader went away (`vmstream search ... | head`): not an error. Point stdout
         # at /dev/null so the interpreter's final flush does not complain.

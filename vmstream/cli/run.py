@@ -45,6 +45,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from vmstream.pipeline.assembly import build_runner, build_sinks, load_pipeline_model, with_live_options
+    from vmstream.pipeline.disk_full import disk_full
     from vmstream.pipeline.manifest import write_manifest
     from vmstream.pipeline.progress import Progress
     from vmstream.pipeline.signals import StopSignals
@@ -61,9 +62,15 @@ def main(args) -> int:
     sources = with_live_options(cfg, sources)
     model = load_pipeline_model(cfg)
     progress = Progress(enabled=cfg.runner.progress)
-    sinks = build_sinks(cfg, model, console_stream=progress)
-    runner = build_runner(cfg, model=model, sinks=sinks, progress=progress)
-    write_manifest(cfg.output.dir, model.card, cfg.model_dump(mode="json"), sources)
+    try:
+        sinks = build_sinks(cfg, model, console_stream=progress)
+        runner = build_runner(cfg, model=model, sinks=sinks, progress=progress)
+        write_manifest(cfg.output.dir, model.card, cfg.model_dump(mode="json"), sources)
+    except OSError as e:
+        full = disk_full(e, "the run's output", cfg.output.dir)
+        if full is None:
+            raise
+        raise full from None
     with StopSignals(runner.stop, what="flushing sinks, saving snapshots") as signals, progress.logging_above():
         try:
             report = runner.run(sources)

@@ -48,41 +48,72 @@ def locate(given: str) -> tuple[Path, Path]:
 
 
 def verify_main(args) -> int:
-    from vmstream.store.repair import verify_store
+    from vmstream.store.repair import verify_results, verify_store
 
-    store, _ = locate(args.dir)
+    store, out = locate(args.dir)
     report = verify_store(store)
-    if report.sound:
+    results = verify_results(out)
+    if report.sound and not results:
         print(f"video store {store}: sound ({report.summary})")
         return 0
     for problem in report.problems:
         print(f"{(store / problem.file) if problem.file != '.' else store}: {problem.what}")
-    print(f"`vmstream store repair {args.dir}` rebuilds the store from the run's Parquet results", file=sys.stderr)
+    for problem in results:
+        print(f"{out / problem.file}: {problem.what}")
+    print(f"`vmstream store repair {args.dir}` rebuilds the store from the run's Parquet results"
+          f"{' (damaged result parts are moved aside first, never used)' if results else ''}", file=sys.stderr)
     return 1
 
 
 def repair_main(args) -> int:
-    from vmstream.store import files
-    from vmstream.store.repair import rebuild_from_results, verify_store
+    from vmstream.store.repair import rebuild_from_results, repair_results, verify_results, verify_store
 
     store, out = locate(args.dir)
     report = verify_store(store)
-    if report.sound and not args.force:
+    results = verify_results(out)
+    if report.sound and not results and not args.force:
         print(f"video store {store}: sound ({report.summary}); nothing to repair (--force rebuilds it anyway)")
         return 0
     for problem in report.problems:
         print(f"found: {store / problem.file}: {problem.what}", file=sys.stderr)
-    kind = args.kind
-    if kind is None and files.salvage_meta(store) is None:
-        kind = _run_kind(out)
     try:
-        done = rebuild_from_results(store, out / "segments", kind=kind)
+        for line in repair_results(out) if results else []:
+            print(f"set aside: {line}")
+        if report.sound and not args.force:
+            # The store was built as the results were written, before their damage: it
+            # keeps what the set-aside parts held.
+            print(f"video store {store}: sound, kept; running the same `vmstream run` again writes the "
+                  "set-aside results anew")
+            return 0
+        done = rebuild_from_results(store, out / "segments", kind=args.kind,
+                                    fallback={"kind": _run_kind(out), "metric": _run_metric(out)})
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # no results; a writer holds the store
         raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"vmstream store repair {args.dir}: {e.strerror or e}"
+                        f"{f' ({e.filename})' if e.filename else ''}") from None
+    for note in done.notes:
+        print(f"note: video store {store}: {note}")
     skipped = f" ({done.skipped} rows without a usable embedding skipped)" if done.skipped else ""
     aside = f"; its old files are in {done.aside}" if done.aside else ""
     print(f"video store {store}: rebuilt from {out / 'segments'}: {done.vectors} vectors{skipped}{aside}")
     return 0
+
+
+def _run_metric(out: Path):
+    """The metric the run's model implies: inner product for a video-text model (as the
+    run's store was made), else None (the default)."""
+    from vmstream.pipeline.manifest import read_manifest
+
+    try:
+        name = (read_manifest(out) or {}).get("model")
+        if not name:
+            return None
+        from vmstream.models.registry import get_checkpoint
+
+        return "ip" if get_checkpoint(name).kind == "videotext" else None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
 
 
 def _run_kind(out: Path):

@@ -6,9 +6,11 @@ when a stream is stopped, saved only after every result before it is durable in 
 sinks (so a stream resumed from it loses nothing), deleted when the stream finishes
 (a later run starts it afresh), and kept when it stops (a later run resumes it).
 
-A snapshot records the stream's version (`versions.content_version`); it resumes only
-that version: when the content changed, the snapshot is discarded and the stream
-starts over. Starting a stream also claims its id (`versions.StreamIds`) unless
+A snapshot records the stream's version (`versions.content_version`) and the model that
+made it (name and checkpoint digest); it resumes only that version with that model: when
+the content changed, the snapshot is discarded and the stream starts over; one made by
+another model is set aside (the state store keeps it) and the stream starts over. The
+state store itself refuses damaged snapshots and those of other streams (snapshots.py). Starting a stream also claims its id (`versions.StreamIds`) unless
 `allow_replace` lets any input take any id (`vmstream run`: the user is the operator)."""
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ class Checkpoints:
         try:
             # Read in full before the stream starts: a damaged snapshot found in the
             # inference thread would stop the whole pipeline (a worker, on every restart).
+            # The local store sets a foreign file aside itself; any other store's record
+            # under this key is not this stream's state either (the next save replaces it).
             if snap.get("stream_id") != stream_id:
                 raise ValueError(f"it is the snapshot of stream {snap.get('stream_id')!r}")
             float(snap["t_end"]), int(snap["next_index"])
@@ -74,6 +78,14 @@ class Checkpoints:
                 # The store's trouble, not the input's: an error (retried by the worker),
                 # never "failed" (a TimeoutError is an OSError, like an unreadable file).
                 raise RuntimeError(f"stream {sid}: reading its id record: {type(e).__name__}: {e}") from e
+        if resume is not None and self._model_of(resume.snapshot) not in (None, self._model()):
+            reason = f"made by model {self._model_of(resume.snapshot)}, this run's is {self._model()}"
+            if hasattr(self.store, "set_aside"):
+                self.store.set_aside(sid, reason)
+            else:
+                log.warning("stream %s: its snapshot was %s: starting over", sid, reason)
+                self.store.delete(sid)
+            resume = None
         if resume is not None and snapshot_version(resume.snapshot) != version:
             log.warning("stream %s: its content changed since its snapshot (version %s, now %s): starting over",
                         sid, snapshot_version(resume.snapshot) or "unknown", version)
@@ -99,8 +111,20 @@ class Checkpoints:
         if not self.enabled or not self.inference.has_stream(stream_id):
             return None
         snap = self.inference.snapshot(stream_id)
-        snap["extra"] = dict(snap.get("extra") or {}, stream_version=self._versions.get(stream_id))
+        snap["extra"] = dict(snap.get("extra") or {}, stream_version=self._versions.get(stream_id),
+                             model=self._model())
         return SaveSnapshot(stream_id, snap)
+
+    def _model(self) -> Optional[str]:
+        meta = getattr(self.inference, "meta", None)
+        if meta is None:
+            return None
+        return f"{meta.name}@{meta.checkpoint_digest or 'no-checkpoint'}"
+
+    @staticmethod
+    def _model_of(snapshot: dict) -> Optional[str]:
+        # None: a snapshot of an older vmstream, which did not record its model.
+        return (snapshot.get("extra") or {}).get("model")
 
     # -- sink side (after the sinks are flushed) -----------------------------------
     def save(self, snap: SaveSnapshot) -> None:

@@ -30,8 +30,10 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Optional, Sequence
 
+from vmstream.errors import UserError
 from vmstream.pipeline.batching import InferenceLoop
 from vmstream.pipeline.checkpoints import Checkpoints
+from vmstream.pipeline.disk_full import DiskFullError
 from vmstream.pipeline.plan import StreamPlan
 from vmstream.pipeline.report import RunReport
 from vmstream.pipeline.sink_writer import SinkWriter
@@ -202,6 +204,12 @@ class Runner:
         self.report.wall_s = time.perf_counter() - self._t0
         self.report.stopped = self._stop.is_set()
         self.report.inference.busy_s = self.inference.stats.busy_s
+        # A full disk: one line (disk_full.DiskFullError), whichever write met it first.
+        full = next((e for e in (self._fatal, *self._writer.close_failures) if isinstance(e, DiskFullError)), None)
+        if full is not None:
+            raise full
+        if isinstance(self._fatal, UserError):  # one line too (a damaged result part found mid-run)
+            raise self._fatal
         if self._fatal is not None:
             raise RuntimeError(f"pipeline failed: {self._fatal}") from self._fatal
         if errors:

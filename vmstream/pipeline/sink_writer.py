@@ -9,7 +9,9 @@ import queue
 import time
 from typing import Callable, Sequence
 
+from vmstream.errors import UserError
 from vmstream.pipeline.checkpoints import Checkpoints
+from vmstream.pipeline.disk_full import disk_full, sink_what
 from vmstream.pipeline.report import RunReport
 from vmstream.records import SaveSnapshot, StreamDone, StreamStart, StreamSummary
 from vmstream.stages.sinks.base import Sink
@@ -33,6 +35,8 @@ class SinkWriter:
         self.fail = fail
         self.is_fatal = is_fatal
         self._versions: dict[str, str] = {}
+        self._doing: tuple[str, object] = ("results", "the output directory")  # for a full disk's message
+        self.close_failures: list[BaseException] = []
 
     def run(self) -> None:
         try:
@@ -44,6 +48,7 @@ class SinkWriter:
                     continue  # drain so producers never block forever
                 if isinstance(item, SaveSnapshot):
                     self.flush()
+                    self._doing = (f"the snapshot of stream {item.stream_id}", self.checkpoints.location)
                     self.checkpoints.save(item)
                 elif isinstance(item, StreamStart):
                     self._start(item)
@@ -53,7 +58,14 @@ class SinkWriter:
                 else:
                     self._write(item)
         except BaseException as e:
-            log.exception("sink failed")
+            full = disk_full(e, *self._doing)
+            if full is not None:  # one line at the end of the run says it; no traceback
+                log.debug("sink failed", exc_info=True)
+                e = full
+            elif isinstance(e, UserError):  # e.g. a damaged result part found mid-run: its own line
+                log.debug("sink failed", exc_info=True)
+            else:
+                log.exception("sink failed")
             self.fail(e)
             while self.out_q.get() is not None:  # keep draining so upstream threads can finish
                 pass
@@ -61,6 +73,7 @@ class SinkWriter:
     def _start(self, start: StreamStart) -> None:
         self._versions[start.stream_id] = start.version
         for s in self.sinks:
+            self._doing = sink_what(s)
             begin = getattr(s, "begin_stream", None)
             if begin is not None:
                 begin(start.stream_id, start.version, replace=not start.resumed)
@@ -72,6 +85,7 @@ class SinkWriter:
         t0 = time.perf_counter()
         for s in self.sinks:
             ts = time.perf_counter()
+            self._doing = sink_what(s)
             s.write(item)
             self.report.add_sink_time(s.name, time.perf_counter() - ts)
         self.report.sinks.items += 1
@@ -84,6 +98,7 @@ class SinkWriter:
         t0 = time.perf_counter()
         for s in self.sinks:
             ts = time.perf_counter()
+            self._doing = sink_what(s)
             s.flush()
             self.report.add_sink_time(s.name, time.perf_counter() - ts)
         self.report.sinks.busy_s += time.perf_counter() - t0
@@ -97,6 +112,12 @@ class SinkWriter:
                 s.close()
             except Exception as e:  # report every sink's failure, not only the first
                 errors.append(f"{s.name}: {e}")
-                log.exception("sink %s failed to close", s.name)
+                full = disk_full(e, *sink_what(s))
+                if full is not None:
+                    log.debug("sink %s failed to close", s.name, exc_info=True)
+                    self.close_failures.append(full)
+                else:
+                    log.exception("sink %s failed to close", s.name)
+                    self.close_failures.append(e)
             self.report.add_sink_time(s.name, time.perf_counter() - t0)
         return errors

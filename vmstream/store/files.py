@@ -362,7 +362,12 @@ def write_generation(path: Path, generation: int, meta: dict, index: Optional[fa
     with atomic_path(path / gen_name(generation)) as tmp:
         tmp.mkdir()
         if index is not None:
-            faiss.write_index(index, str(tmp / "index.faiss"))
+            # Through Python's file: a failed write (a full disk) raises its OSError here,
+            # instead of faiss printing its own "close error" line to stderr.
+            with open(tmp / "index.faiss", "wb") as f:
+                writer = faiss.PyCallbackIOWriter(f.write)
+                faiss.write_index(index, writer)
+                del writer
         ids.write(tmp / "ids.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         files = {name: file_entry(tmp / name) for name in GEN_FILES if (tmp / name).exists()}
@@ -412,15 +417,30 @@ def move_aside(path: Path, folder: str) -> list[str]:
     return names
 
 
-def salvage_meta(path: Path) -> Optional[dict]:
-    """The newest readable meta.json of any generation, unverified (a damaged store's
-    kind and options, for rebuilding it); None if there is none."""
+def salvage_meta(path: Path) -> tuple[Optional[dict], str]:
+    """The newest meta.json of any generation that its manifest vouches for (sealed
+    manifest intact, meta.json's checksum matching), and where it came from; (None, why
+    not) when there is none. A damaged store's kind and options for rebuilding it: a
+    meta.json that fails its checksum is never trusted (a flipped byte in "metric" would
+    make a store nothing can use)."""
     gens, _ = list_entries(path) if path.is_dir() else ([], [])
+    why = "the store has no generation"
     for gen in reversed(gens):
         try:
-            meta = json.loads((path / gen / "meta.json").read_text())
-        except (OSError, ValueError):
+            manifest = unseal((path / gen / MANIFEST).read_bytes(), ("files",))
+            data = (path / gen / "meta.json").read_bytes()
+        except (OSError, ValueError) as e:
+            why = f"{gen}: {getattr(e, 'strerror', None) or e}"
+            continue
+        wrong = check_entry(bytes_entry(data), manifest["files"].get("meta.json") or {}, f"{gen}/{MANIFEST}")
+        if wrong:
+            why = f"{gen}/meta.json {wrong}"
+            continue
+        try:
+            meta = json.loads(data)
+        except ValueError as e:
+            why = f"{gen}/meta.json: {e}"
             continue
         if isinstance(meta, dict):
-            return meta
-    return None
+            return meta, f"{gen}/meta.json"
+    return None, why

@@ -1,9 +1,15 @@
-"""Checking a store and rebuilding it from a run's Parquet results.
+"""Checking a store and its run's Parquet results, and rebuilding the store from them.
 
 The Parquet sink keeps every segment result with its embedding (OUT/segments), so a
 damaged index never has to be deleted by hand: `rebuild_from_results` moves the store's
 files aside (nothing is deleted) and builds a new generation from those rows, with the
-damaged store's kind and options where its metadata can still be read.
+damaged store's kind and options where its metadata passes its checksum (otherwise from
+what the caller derives: the run's config, the defaults; the report says which).
+
+The results are checked too (`verify_results`: each part against its table's
+`_parts.json`), and never rebuilt from while damaged: `repair_results` first moves every
+damaged or unrecorded part into OUT/damaged-<UTC time>/<table>/ and drops missing ones
+from the record, naming each.
 """
 from __future__ import annotations
 
@@ -15,9 +21,11 @@ from typing import Optional, Union
 
 from vmstream.records import SegmentResult
 
-from .results import read_table
 from . import files
+from .atomic import DirLock, fsync_dir, remove_stale_tmp
 from .files import Problem, StoreCorruptError
+from .parts_manifest import MANIFEST, PartManifest
+from .results import TABLES, read_table
 from .video_store import VideoStore
 
 PathLike = Union[str, os.PathLike]
@@ -55,19 +63,106 @@ def verify_store(path: PathLike) -> StoreReport:
     return StoreReport([], f"{name}, {len(store)} vectors of dimension {store.dim}, {store.log_files} log files")
 
 
+def verify_results(out_dir: PathLike) -> list[Problem]:
+    """Every problem of the run's result tables under `out_dir` (files named relative to
+    it). Tables of an older vmstream, without a part record, have nothing to check against."""
+    from .parts_manifest import check_table
+
+    out_dir = Path(out_dir)
+    problems = []
+    for table in TABLES:
+        if (out_dir / table).is_dir():
+            problems += check_table(out_dir / table)
+    return problems
+
+
+def repair_results(out_dir: PathLike) -> list[str]:
+    """Move every damaged or unrecorded part of the result tables aside, drop missing
+    ones from their records (under each table's writer lock); one line per part dealt with."""
+    out_dir = Path(out_dir)
+    said: list[str] = []
+    folder = out_dir / f"damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    for table in TABLES:
+        directory = out_dir / table
+        if not directory.is_dir():
+            continue
+        lock = DirLock(directory, what="Parquet table").acquire()
+        try:
+            said += _repair_table(directory, folder / table)
+        finally:
+            lock.release()
+    return said
+
+
+def _repair_table(directory: Path, aside: Path) -> list[str]:
+    remove_stale_tmp(directory)
+    said = []
+
+    def move(name: str, what: str) -> None:
+        aside.mkdir(parents=True, exist_ok=True)
+        os.replace(directory / name, aside / name)
+        said.append(f"{directory / name}: {what}; moved to {aside}/")
+
+    try:
+        m = PartManifest.read(directory)
+    except ValueError as e:
+        # The record itself is damaged: which parts are ours cannot be told by it. Keep
+        # the parts Parquet's own page checksums and footer still vouch for, re-recorded.
+        move(MANIFEST, str(e))
+        m = PartManifest(directory)
+        good = {}
+        for p in sorted(directory.iterdir()):
+            if p.name in (".lock",) or p.name.startswith("."):
+                continue
+            try:
+                good[p.name] = _read_whole(p)
+            except Exception as err:  # noqa: BLE001 - any failure to read it back is damage
+                move(p.name, f"cannot be read back as Parquet ({str(err).splitlines()[0][:160]})")
+        m.adopt(good)
+        m.write()
+        said.append(f"{directory / MANIFEST}: rewritten from the {len(good)} parts that read back whole")
+        return said
+    if not m.exists:
+        return said
+    m.settle()
+    for problem in m.check():
+        name = problem.file
+        if os.path.lexists(directory / name):
+            move(name, problem.what)
+        else:
+            said.append(f"{directory / name}: {problem.what}; dropped from {MANIFEST}")
+        m.parts.pop(name, None)
+        m.pending.pop(name, None)
+    m.write()
+    if said:
+        fsync_dir(directory)
+    return said
+
+
+def _read_whole(p: Path) -> int:
+    import pyarrow.parquet as pq
+
+    if not p.is_file() or p.is_symlink() or not p.name.endswith(".parquet"):
+        raise ValueError("not a Parquet part")
+    return pq.read_table(p, page_checksum_verification=True).num_rows
+
+
 @dataclass(frozen=True)
 class RebuildReport:
     vectors: int
     skipped: int        # rows without a usable embedding (none, NaN, another model)
     aside: Optional[Path]
     moved: list[str]
+    notes: tuple[str, ...] = ()  # where the rebuilt store's options came from, when not its own metadata
 
 
 def rebuild_from_results(store_dir: PathLike, segments_dir: PathLike, *, kind: Optional[str] = None,
-                         **store_options) -> RebuildReport:
+                         fallback: Optional[dict] = None, **store_options) -> RebuildReport:
     """A new store at `store_dir` from the segment results in `segments_dir`, the old
     files moved into `store_dir/damaged-<UTC time>/`. The damaged store's kind and
-    options are kept where its metadata is readable; `kind` overrides."""
+    options are kept where its metadata passes its checksum; otherwise `fallback`'s
+    (the run's config: kind, metric) or the defaults, and the report's notes say so.
+    `kind` overrides."""
     store_dir, segments_dir = Path(store_dir), Path(segments_dir)
     if not segments_dir.is_dir():
         raise FileNotFoundError(f"no Parquet results at {segments_dir} (the store is rebuilt from them; "
@@ -76,7 +171,14 @@ def rebuild_from_results(store_dir: PathLike, segments_dir: PathLike, *, kind: O
     table = table.filter(table.column("embedding").is_valid())
     if table.num_rows == 0:
         raise ValueError(f"{segments_dir} holds no segment result with an embedding: nothing to rebuild from")
-    old = files.salvage_meta(store_dir) or {}
+    old, source = files.salvage_meta(store_dir)
+    notes: list[str] = []
+    if old is None:
+        old = {k: v for k, v in (fallback or {}).items() if v is not None}
+        if store_dir.is_dir() and any(files.list_entries(store_dir)[0]):
+            derived = ", ".join(f"{k} {old[k]}" for k in sorted(old)) or "nothing"
+            notes.append(f"its metadata is not trusted ({source}): the rebuilt store takes {derived} from the "
+                         f"run's config, the defaults for the rest, and its dimension from the results")
     options = {k: old[k] for k in _OPTIONS if old.get(k) is not None}
     if kind is not None:
         options["kind"] = kind
@@ -92,7 +194,7 @@ def rebuild_from_results(store_dir: PathLike, segments_dir: PathLike, *, kind: O
         store.close()
     aside = store_dir / folder
     moved = sorted(p.name for p in aside.iterdir()) if aside.is_dir() else []
-    return RebuildReport(n, skipped, aside if moved else None, moved)
+    return RebuildReport(n, skipped, aside if moved else None, moved, tuple(notes))
 
 
 def _add_rows(store: VideoStore, rows: list[dict]) -> int:
@@ -112,4 +214,5 @@ def _add_rows(store: VideoStore, rows: list[dict]) -> int:
     return refused
 
 
-__all__ = ["RebuildReport", "StoreReport", "rebuild_from_results", "verify_store"]
+__all__ = ["RebuildReport", "StoreReport", "rebuild_from_results", "repair_results", "verify_results",
+           "verify_store"]

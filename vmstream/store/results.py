@@ -40,9 +40,17 @@ other inputs are emptied; a crash between the two leaves duplicates of identical
 which the next open removes.
 
 One writer per directory (an flock; the kernel releases it if the writer dies).
+
+Integrity: every part is written with Parquet page checksums (checked on every read
+here) and recorded with its sha256, size and rows in the directory's `_parts.json`
+(`parts_manifest`), written before each rename or removal. The writer checks every part
+against it on open: a damaged, missing or unrecorded part is a `ResultsCorruptError`
+(one line naming it), never read into a compaction or a run. A directory of an older
+vmstream (no record) has its parts recorded as they are on first open.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -59,7 +67,9 @@ import pyarrow.parquet as pq
 
 from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, SegmentResult
 
-from .atomic import DirLock, atomic_path, fsync_dir, remove_stale_tmp
+from .atomic import DirLock, fsync_dir, fsync_file, remove_quietly, remove_stale_tmp, tmp_path_for
+from .files import Problem, file_entry
+from .parts_manifest import MANIFEST, PartManifest, ResultsCorruptError
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +101,13 @@ def _list_parts(directory: Path, cache: Optional[dict] = None) -> list[_Part]:
         if not m:
             continue
         if cache is None:
-            rows = pq.ParquetFile(p).metadata.num_rows
+            rows = _num_rows(p)
         else:
             st = p.stat()
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             hit = cache.get(p.name)
             if hit is None or hit[0] != stamp:
-                hit = cache[p.name] = (stamp, pq.ParquetFile(p).metadata.num_rows)
+                hit = cache[p.name] = (stamp, _num_rows(p))
             rows = hit[1]
         parts.append(_Part(int(m.group(1)), p, rows))
     if cache is not None and len(cache) > 2 * len(parts) + 16:
@@ -105,6 +115,24 @@ def _list_parts(directory: Path, cache: Optional[dict] = None) -> list[_Part]:
         for name in [n for n in cache if n not in names]:
             del cache[name]
     return sorted(parts, key=lambda part: (part.seq, part.path.name))
+
+
+def _num_rows(p: Path) -> int:
+    try:
+        return pq.ParquetFile(p).metadata.num_rows
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged footer: pyarrow raises several kinds
+        raise ResultsCorruptError(p.parent, [Problem(p.name, _unreadable(e))]) from None
+
+
+def _read_columns(p: Path, columns: Optional[list[str]]) -> pa.Table:
+    try:
+        return pq.read_table(p, columns=columns, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged page: pyarrow raises several kinds
+        raise ResultsCorruptError(p.parent, [Problem(p.name, _unreadable(e))]) from None
 
 
 def _keys_of(table: pa.Table, key: Optional[tuple[str, ...]]) -> Sequence:
@@ -187,12 +215,40 @@ class PartTable:
         self._closed = False
         try:
             remove_stale_tmp(self.directory)
+            self._manifest = self._open_manifest()
             parts = _list_parts(self.directory, self._parts_cache)
             self._next_seq = (parts[-1].seq + 1) if parts else 0
             self.compact()
         except BaseException:
             self._lock.release()
             raise
+
+    def _open_manifest(self) -> PartManifest:
+        """The directory's part record, with what a crash left pending settled, every
+        part checked against it (ResultsCorruptError for the first problem)."""
+        try:
+            m = PartManifest.read(self.directory)
+        except ValueError as e:
+            raise ResultsCorruptError(self.directory, [Problem(MANIFEST, str(e))]) from None
+        if not m.exists:
+            found = {}
+            for name in sorted(p.name for p in self.directory.iterdir() if _PART_RE.match(p.name)):
+                try:
+                    found[name] = pq.ParquetFile(self.directory / name).metadata.num_rows
+                except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for bad bytes
+                    raise ResultsCorruptError(self.directory, [Problem(name, _unreadable(e))]) from None
+            m.adopt(found)
+            if found:
+                log.info("%s: recorded its %d parts (written by an older vmstream) in %s", self.directory,
+                         len(found), MANIFEST)
+            m.write()
+            return m
+        if m.settle():
+            m.write()
+        problems = m.check()
+        if problems:
+            raise ResultsCorruptError(self.directory, problems)
+        return m
 
     # -- writing -------------------------------------------------------------------
     def append(self, row: dict, what: str = "row") -> None:
@@ -231,9 +287,32 @@ class PartTable:
 
     def _write_part(self, table: pa.Table) -> Path:
         final = self._new_part_path()
-        with atomic_path(final) as tmp:
-            pq.write_table(table, tmp, row_group_size=self.row_group_rows, compression=self.compression)
+        tmp = tmp_path_for(final)
+        try:
+            pq.write_table(table, tmp, row_group_size=self.row_group_rows, compression=self.compression,
+                           write_page_checksum=True)
+            self._put([(tmp, final, table.num_rows)])
+        except BaseException:
+            remove_quietly(tmp)
+            raise
         return final
+
+    def _put(self, items: list[tuple[Path, Path, int]]) -> None:
+        """Rename written temporaries onto their parts: the record names them first (see
+        parts_manifest), so a crash anywhere leaves every file accounted for."""
+        for tmp, final, rows in items:
+            fsync_file(tmp)
+            self._manifest.intend_put(final.name, dict(file_entry(tmp), rows=rows))
+        try:
+            self._manifest.write()
+        except BaseException:
+            for _, final, _ in items:
+                self._manifest.forget(final.name)
+            raise
+        for tmp, final, _ in items:
+            os.replace(tmp, final)
+            self._manifest.done(final.name)
+        fsync_dir(self.directory)
 
     def _fresh_part_count(self) -> int:
         return sum(1 for p in _list_parts(self.directory, self._parts_cache) if 0 < p.num_rows <= self.row_group_rows)
@@ -266,7 +345,7 @@ class PartTable:
         key_cols = list(self.key) if self.key else None
         read_cols = key_cols if key_cols is None or drop_stream is None else sorted({*key_cols, "stream_id"})
         # Emptied parts (kept for readers that may have listed them) are read as empty.
-        key_tables = [pq.read_table(p.path, columns=read_cols) if p.num_rows else
+        key_tables = [_read_columns(p.path, read_cols) if p.num_rows else
                       self.schema.empty_table().select(read_cols or self.schema.names) for p in parts]
         keys_per_part = [_keys_of(t, self.key) for t in key_tables]
         if keys_per_part and isinstance(keys_per_part[0], np.ndarray):
@@ -302,10 +381,12 @@ class PartTable:
         # The merged rows take the place of the newest input (see the module doc).
         out = parts[chosen[-1]].path
         kept_rows = 0
-        with atomic_path(out) as tmp:
-            with pq.ParquetWriter(tmp, self.schema, compression=self.compression) as writer:
+        tmps = [tmp_path_for(out)]
+        try:
+            with pq.ParquetWriter(tmps[0], self.schema, compression=self.compression,
+                                  write_page_checksum=True) as writer:
                 for i in chosen:
-                    pf = pq.ParquetFile(parts[i].path)
+                    pf = pq.ParquetFile(parts[i].path, page_checksum_verification=True)
                     offset = 0
                     for batch in pf.iter_batches(batch_size=max(self.row_group_rows, 4096)):
                         m = masks[i][offset : offset + batch.num_rows]
@@ -316,16 +397,20 @@ class PartTable:
                             writer.write_table(_conform(pa.Table.from_batches([batch]), self.schema),
                                                row_group_size=self.row_group_rows)
                             kept_rows += batch.num_rows
-        for i in chosen[:-1]:
-            self._write_stub(parts[i].path)
-        fsync_dir(self.directory)
+            items = [(tmps[0], out, kept_rows)]
+            # The other inputs are emptied in place: readers that listed them read no rows.
+            for i in chosen[:-1]:
+                tmps.append(tmp_path_for(parts[i].path))
+                pq.write_table(self.schema.empty_table(), tmps[-1], compression=self.compression,
+                               write_page_checksum=True)
+                items.append((tmps[-1], parts[i].path, 0))
+            self._put(items)  # the merged part first: the stubs follow it (module doc)
+        except BaseException:
+            for t in tmps:
+                remove_quietly(t)
+            raise
         log.debug("compacted %d parts of %s into %s (%d rows kept)", len(chosen), self.directory, out.name, kept_rows)
         return True
-
-    def _write_stub(self, path: Path) -> None:
-        """Empty a compacted-away part in place: readers that listed it read no rows."""
-        with atomic_path(path) as tmp:
-            pq.write_table(self.schema.empty_table(), tmp, compression=self.compression)
 
     def _remove_old_stubs(self) -> None:
         """Delete emptied parts older than the grace period; one file always stays, so
@@ -335,16 +420,22 @@ class PartTable:
         if len(stubs) == len(parts):
             stubs = stubs[:-1]
         now = time.time()
-        removed = 0
+        old = []
         for p in stubs:
             try:
                 if now - p.path.stat().st_mtime >= self.stub_grace_s:
-                    p.path.unlink()
-                    removed += 1
+                    old.append(p)
             except FileNotFoundError:
                 pass
-        if removed:
-            fsync_dir(self.directory)
+        if not old:
+            return
+        for p in old:
+            self._manifest.intend_delete(p.path.name)
+        self._manifest.write()
+        for p in old:
+            p.path.unlink(missing_ok=True)
+            self._manifest.done(p.path.name)
+        fsync_dir(self.directory)
 
     def close(self) -> None:
         if self._closed:
@@ -355,6 +446,8 @@ class PartTable:
             if not _list_parts(self.directory, self._parts_cache):
                 # An empty run still leaves a readable table with the schema.
                 self._write_part(self.schema.empty_table())
+            if self._manifest.stale:
+                self._manifest.write()
         finally:
             self._closed = True
             self._lock.release()
@@ -378,15 +471,52 @@ def read_table(directory: PathLike, table: Optional[str] = None) -> pa.Table:
             parts = _list_parts(directory)
             if not parts:
                 return schema.empty_table()
-            t = pa.concat_tables([pq.read_table(p.path, schema=schema) for p in parts])
+            record = _record_of(directory)
+            t = pa.concat_tables([_read_part(p.path, schema, record, last_try=attempt == 4) for p in parts])
             return t.filter(pa.array(newest_mask(_keys_of(t, key))))
-        except FileNotFoundError:
-            # A running writer compacted a part away between listing and reading; its
-            # rows are in the merged part now. List again.
+        except (FileNotFoundError, _Moved):
+            # A running writer compacted a part away (or rewrote it) between listing and
+            # reading; its rows are in the merged part now. List again.
             if attempt == 4:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+class _Moved(Exception):
+    """A part is not what the record says, maybe because a writer is changing both."""
+
+
+def _record_of(directory: Path) -> Optional[PartManifest]:
+    try:
+        record = PartManifest.read(directory)
+    except ValueError as e:
+        raise ResultsCorruptError(directory, [Problem(MANIFEST, str(e))]) from None
+    return record if record.exists else None
+
+
+def _read_part(path: Path, schema: pa.Schema, record: Optional[PartManifest] = None, *,
+               last_try: bool = True) -> pa.Table:
+    """One part, its bytes checked against the table's record (when it has one) and its
+    pages against their checksums: the bytes checked are the bytes parsed."""
+    data = path.read_bytes()
+    if record is not None:
+        found = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        want = [e for e in (record.parts.get(path.name), record.pending.get(path.name)) if e is not None]
+        if not any(found["sha256"] == e["sha256"] and found["size"] == e["size"] for e in want):
+            if not last_try:
+                raise _Moved(path.name)
+            what = ("not recorded in " + MANIFEST) if not want else f"damaged: checksum mismatch ({MANIFEST})"
+            raise ResultsCorruptError(path.parent, [Problem(path.name, what)])
+    try:
+        return pq.read_table(pa.BufferReader(data), schema=schema, page_checksum_verification=True)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ArrowInvalid, ... for bad bytes
+        raise ResultsCorruptError(path.parent, [Problem(path.name, _unreadable(e))]) from None
+
+
+def _unreadable(e: BaseException) -> str:
+    first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return f"damaged: cannot be read as Parquet ({first})"
 
 
 def read_segment_results(out_dir: PathLike) -> list[SegmentResult]:

@@ -17,7 +17,7 @@ import pytest
 from tests.fixtures.sinks import make_event, make_result, make_summary, nan_event
 from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, segment_uid
 from vmstream.stages.sinks.parquet import ParquetSink
-from vmstream.store.results import PartTable, read_segment_results, read_table
+from vmstream.store.results import read_segment_results, read_table
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -183,10 +183,20 @@ def test_crash_during_compaction_is_repaired_on_open(tmp_path, monkeypatch):
         sink.write(make_result("cam0", i, seed=1))
     sink.flush()
 
-    def crash(self, *a, **k):  # the merged file is in place; die before emptying the other inputs
-        raise KeyboardInterrupt("simulated crash")
+    import os
+    import types
 
-    monkeypatch.setattr(PartTable, "_write_stub", crash)
+    from vmstream.store import results
+
+    renames = []
+
+    def replace(src, dst):  # the merged file is in place; die before emptying the other inputs
+        if renames:
+            raise KeyboardInterrupt("simulated crash")
+        renames.append(dst)
+        os.replace(src, dst)
+
+    monkeypatch.setattr(results, "os", types.SimpleNamespace(replace=replace))
     with pytest.raises(KeyboardInterrupt):
         sink.tables["segments"].compact()
     monkeypatch.undo()
@@ -273,10 +283,15 @@ def test_sigkill_at_a_random_moment_leaves_whole_row_groups(tmp_path):
     assert n >= 7 * 12 and n % 7 == 0
     assert sorted(seg.segment_index.unique()) == list(range(n))
     assert all(len(e) == 192 for e in seg.embedding)
+    # Every file is accounted for by the part records, whatever the kill interrupted.
+    from vmstream.store.repair import verify_results
+
+    assert verify_results(out) == []
     # Reopening repairs whatever the kill interrupted (a compaction, a part write).
     ParquetSink(out).close()
     seg = pd.read_parquet(out / "segments")
     assert len(seg) == n and seg.uid.is_unique
+    assert verify_results(out) == []
     assert not [p for p in os.listdir(out / "segments") if p.startswith(".tmp-")]
 
 
