@@ -156,8 +156,8 @@ class AdaptiveBatch:
                 self.on_done(dict(self.measured), self.choice)
             return
         self._at += 1
-        log.info("model.max_batch auto: %d stream(s) a forward ran %.2f segments/s; trying %d (measured on "
-                 "this run's segments)", size, self.measured[size], self.sizes[self._at])
+        log.info("model.max_batch auto: %.2f segments/s at batch %d; trying %d", self.measured[size], size,
+                 self.sizes[self._at])
 
 
 def batch_policy(setting: Union[int, str], *, model, max_streams: int, device, frames: int,
@@ -174,8 +174,9 @@ def batch_policy(setting: Union[int, str], *, model, max_streams: int, device, f
     key = probe_key(model, frames=frames, device=device, precision=precision)
 
     def remember(measured: dict, choice: int) -> None:
-        log.info("model.max_batch auto: %d (segments/s by batch size: %s; measured on this run's segments, "
-                 "cached in %s)", choice, ", ".join(f"{b}: {v:.2f}" for b, v in measured.items()), cache_file)
+        log.info("model.max_batch auto: %d (segments/s at batch %s; remembered)", choice,
+                 ", ".join(f"{b}: {v:.2f}" for b, v in measured.items()))
+        log.debug("model.max_batch auto: measured on this run's segments, cached in %s", cache_file)
         cached = _read(cache_file)
         cached[key] = {"sizes": sizes, "measured": {str(b): v for b, v in measured.items()}}
         _write(cache_file, cached)
