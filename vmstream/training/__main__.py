@@ -16,6 +16,15 @@ from . import eval_main, train_main
 
 
 def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    # `--set KEY=VALUE` as `vmstream train` takes it; bare KEY=VALUE words still work.
+    overrides = [*a.overrides, *a.sets]
+    if a.cmd == "train":
+        return train_main(a.config, overrides)
+    return eval_main(a.config, overrides, a.checkpoint)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vmstream.training")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train from a recipe (configs/train/*.yaml)")
@@ -25,12 +34,7 @@ def main(argv=None) -> int:
     e.add_argument("--config", required=True)
     e.add_argument("--checkpoint", default=None)
     _add_overrides(e)
-    a = p.parse_args(argv)
-    # `--set KEY=VALUE` as `vmstream train` takes it; bare KEY=VALUE words still work.
-    overrides = [*a.overrides, *a.sets]
-    if a.cmd == "train":
-        return train_main(a.config, overrides)
-    return eval_main(a.config, overrides, a.checkpoint)
+    return p
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
