@@ -134,3 +134,23 @@ def test_the_config_section_is_validated():
                      ("kafka.jobs.rootz=[/data]", "kafka.jobs.rootz")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(sets=[bad])
+
+
+def test_serve_root_is_the_quick_starts_policy(tree, tmp_path):
+    """`vmstream worker --serve-root DIR` (the README's quick start): files under DIR are
+    admitted on top of the config's policy, and nothing else is."""
+    from vmstream.cli import build_parser
+    from vmstream.cli.common import config_from_args
+    from vmstream.cli.worker import serve_roots
+    from vmstream.errors import UserError
+
+    root, outside = tree
+    args = build_parser().parse_args(["worker", "--config", "configs/kafka-worker.yaml", "--serve-root", str(root)])
+    cfg = config_from_args(args)
+    serve_roots(cfg, args.serve_root)
+    assert "file" in cfg.kafka.jobs.schemes and cfg.kafka.jobs.roots[-1] == os.path.realpath(root)
+    p = JobPolicy(cfg.kafka.jobs)
+    assert admit(p, {"stream_id": "demo", "uri": str(root / "v.mp4")}).uri == os.path.realpath(root / "v.mp4")
+    assert "kafka.jobs.roots" in refusal(p, {"stream_id": "x", "uri": str(outside / "secret.mp4")})
+    with pytest.raises(UserError, match="not a directory"):
+        serve_roots(cfg, [str(root / "v.mp4")])
