@@ -6,8 +6,10 @@ import io
 import re
 import time
 
+import pytest
+
 from tests.fixtures.sinks import make_event, make_result, make_summary
-from vmstream.records import StreamEvent
+from vmstream.records import StreamEvent, StreamSummary
 from vmstream.stages.sinks.console import ConsoleSink, fmt_time, format_summary_table
 
 
@@ -113,3 +115,18 @@ def test_live_wall_clock_times_print_as_clock_time():
     assert fmt_time(t) == time.strftime("%H:%M:%S", time.localtime(t))
     assert fmt_time(3 * 3600 + 62.9) == "03:01:02"
     assert fmt_time(float("nan")) == "--:--:--"
+
+
+@pytest.mark.parametrize("width", [120, 80, 60])
+def test_summary_table_fits_a_width_keeping_names_apart_and_scores_whole(width):
+    a = "/home/me/videos/archive/2024/the_first_recording_of_the_afternoon.mp4"
+    b = "/home/me/videos/archive/2024/the_second_recording_of_the_afternoon.mp4"
+    sums = [StreamSummary(sid, ["riding or walking with a horse", "riding a mechanical bull", "x"],
+                          [0.71, 0.2, 0.05], [1, 2, 3], "last", 600.0, 75) for sid in (a, b)]
+    table = format_summary_table(sums, width=width)
+    lines = table.splitlines()
+    assert max(len(ln) for ln in lines) <= width, table
+    rows = lines[2:4]
+    assert rows[0].split()[0] != rows[1].split()[0]  # the two streams can be told apart
+    assert all(" 0.71" in r for r in rows)  # a shortened label keeps its score
+    assert format_summary_table([], width=30).splitlines()[-1] == "0 streams, 0 segments"

@@ -344,84 +344,91 @@ def format_summary_table(summaries: Iterable[StreamSummary],
     stream that ended without one, e.g. after an error). With `width` (a terminal's
     columns) it fits: the top-3 column goes first, then gaps/errors where all are 0,
     then the stream name (to 24) and the answer's label are shortened."""
-    summaries = list(summaries)
-    latest = {s.stream_id: s for s in summaries}  # a re-sent summary replaces the old
-    streams = streams or {}
-    modes = {s.mode for s in latest.values()}
-    one_mode = modes.pop() if len(modes) == 1 else None  # said once, in the header
-    header = ["stream", "status", "duration", "segments", f"answer ({one_mode})" if one_mode else "answer",
-              "top-3", "gaps", "errors"]
-    rows, answers = [], []  # answers: (label, the rest) so a cut keeps the score
-    for sid in sorted(set(latest) | set(streams)):
-        s = latest.get(sid)
-        st = streams.get(sid, _StreamState())
-        if s is not None:
-            if s.labels and s.scores:
-                answers.append((s.labels[0], f" {s.scores[0]:.2f}" + ("" if one_mode else f" ({s.mode})")))
-            else:
-                answers.append(("-", ""))
-            top3 = ", ".join(f"{lab} {sc:.2f}" for lab, sc in list(zip(s.labels, s.scores))[:3]) or "-"
-            rows.append([sid, s.status, fmt_time(s.duration), str(s.segment_count), "", top3,
-                         str(st.gaps), str(st.errors)])
-        else:
-            if st.status:
-                status = st.status
-            else:
-                status = "error" if st.errors else ("running" if not st.ended else "ok")
-            done = st.t_last - st.t_first
-            duration = fmt_time(done) if done == done and done < _EPOCH_THRESHOLD else "-"
-            answers.append(("-", ""))
-            rows.append([sid, status, duration, str(st.segments), "", "-", str(st.gaps), str(st.errors)])
+    table = _SummaryTable(list(summaries), streams or {})
+    if width:
+        table.fit(width)
+    rows = table.rows
     total_seg = sum(int(r[3]) for r in rows)
     n_err = sum(1 for r in rows if r[1] == "error")
     n_stop = sum(1 for r in rows if r[1] == "stopped")
-    ids = [r[0] for r in rows]
-
-    def shape(stream_w: int, label_w: int) -> None:
-        # The stream column keeps what tells streams apart (the file name); others are cut.
-        for r, sid, (label, rest) in zip(rows, ids, answers):
-            r[0] = short_name(sid, stream_w)
-            r[4] = _fit(label, label_w) + rest
-
-    def widths() -> list[int]:
-        return [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-
-    def total() -> int:
-        return sum(widths()) + 2 * (len(header) - 1)
-
-    def drop(name: str) -> None:
-        i = header.index(name)
-        del header[i]
-        for r in rows:
-            del r[i]
-
-    stream_w, label_w = 40, 36
-    shape(stream_w, label_w)
-    rows = [r[:5] + [_fit(r[5], 48)] + r[6:] for r in rows]
-    if width and total() > width:
-        drop("top-3")
-        for name in ("gaps", "errors"):
-            if total() > width and all(r[header.index(name)] == "0" for r in rows):
-                drop(name)
-        if total() > width:
-            header[3] = "segs"
-        for col, floor in ((0, 24), (4, 8), (0, 12)):
-            over = total() - width
-            if over <= 0:
-                break
-            if col == 0:
-                stream_w = max(floor, min(stream_w, widths()[0]) - over)
-            else:
-                label_w = max(floor, min(label_w, max(len(a[0]) for a in answers)) - over)
-            shape(stream_w, label_w)
-    w = widths()
-    lines = ["  ".join(h.ljust(n) for h, n in zip(header, w)).rstrip(),
+    w = table.widths()
+    lines = ["  ".join(h.ljust(n) for h, n in zip(table.header, w)).rstrip(),
              "  ".join("-" * n for n in w)]
     for r in rows:
         lines.append("  ".join(c.ljust(n) for c, n in zip(r, w)).rstrip())
     lines.append(f"{len(rows)} streams, {total_seg} segments" + (f", {n_err} failed" if n_err else "")
                  + (f", {n_stop} stopped (resumable)" if n_stop else ""))
     return "\n".join(lines)
+
+
+class _SummaryTable:
+    """The summary table's cells, and how they shrink to a width."""
+
+    def __init__(self, summaries: list[StreamSummary], streams: dict[str, _StreamState]):
+        latest = {s.stream_id: s for s in summaries}  # a re-sent summary replaces the old
+        modes = {s.mode for s in latest.values()}
+        one_mode = modes.pop() if len(modes) == 1 else None  # said once, in the header
+        self.header = ["stream", "status", "duration", "segments",
+                       f"answer ({one_mode})" if one_mode else "answer", "top-3", "gaps", "errors"]
+        self.rows: list[list[str]] = []
+        self.answers: list[tuple[str, str]] = []  # (label, the rest), so a cut keeps the score
+        for sid in sorted(set(latest) | set(streams)):
+            s = latest.get(sid)
+            st = streams.get(sid, _StreamState())
+            if s is not None:
+                rest = f" {s.scores[0]:.2f}" + ("" if one_mode else f" ({s.mode})") if s.labels and s.scores else ""
+                self.answers.append((s.labels[0], rest) if rest else ("-", ""))
+                top3 = ", ".join(f"{lab} {sc:.2f}" for lab, sc in list(zip(s.labels, s.scores))[:3]) or "-"
+                self.rows.append([sid, s.status, fmt_time(s.duration), str(s.segment_count), "", _fit(top3, 48),
+                                  str(st.gaps), str(st.errors)])
+            else:
+                status = st.status or ("error" if st.errors else ("running" if not st.ended else "ok"))
+                done = st.t_last - st.t_first
+                duration = fmt_time(done) if done == done and done < _EPOCH_THRESHOLD else "-"
+                self.answers.append(("-", ""))
+                self.rows.append([sid, status, duration, str(st.segments), "", "-", str(st.gaps), str(st.errors)])
+        self.ids = [r[0] for r in self.rows]
+        self.stream_w, self.label_w = 40, 36
+        self._shape()
+
+    def _shape(self) -> None:
+        # The stream column keeps what tells streams apart (the file name); others are cut.
+        for r, sid, (label, rest) in zip(self.rows, self.ids, self.answers):
+            r[0] = short_name(sid, self.stream_w)
+            r[4] = _fit(label, self.label_w) + rest
+
+    def widths(self) -> list[int]:
+        return [max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h)
+                for i, h in enumerate(self.header)]
+
+    def _total(self) -> int:
+        return sum(self.widths()) + 2 * (len(self.header) - 1)
+
+    def _drop(self, name: str) -> None:
+        i = self.header.index(name)
+        del self.header[i]
+        for r in self.rows:
+            del r[i]
+
+    def fit(self, width: int) -> None:
+        if self._total() <= width:
+            return
+        self._drop("top-3")
+        for name in ("gaps", "errors"):
+            if self._total() > width and all(r[self.header.index(name)] == "0" for r in self.rows):
+                self._drop(name)
+        if self._total() > width:
+            self.header[3] = "segs"
+        for col, floor in ((0, 24), (4, 8), (0, 12)):
+            over = self._total() - width
+            if over <= 0:
+                break
+            if col == 0:
+                self.stream_w = max(floor, min(self.stream_w, self.widths()[0]) - over)
+            else:
+                longest = max((len(a[0]) for a in self.answers), default=1)
+                self.label_w = max(floor, min(self.label_w, longest) - over)
+            self._shape()
 
 
 def terminal_width(file) -> Optional[int]:
