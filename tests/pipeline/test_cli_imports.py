@@ -60,3 +60,4 @@ def test_python_m_training_takes_set_as_vmstream_train_does():
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].endswith("epochz: unknown key"), r.stderr
+
