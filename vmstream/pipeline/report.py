@@ -51,7 +51,7 @@ class RunReport:
             f"({100 * self.sinks.busy_s / w:5.1f}%)",
         ]
         if self.sink_busy:
-            lines.append("             " + ", ".join(f"{k} {v:.1f} s" for k, v in self.sink_busy.items()))
+            lines.append("  per sink:  " + ", ".join(f"{k} {v:.1f} s" for k, v in self.sink_busy.items()))
         lines.append(f"  bottleneck: {self.bottleneck()}")
         for sid, uri, msg in self.failures:
             lines.append(f"  FAILED {msg}" if msg.startswith((sid, uri or sid)) else f"  FAILED {sid}: {msg}")
