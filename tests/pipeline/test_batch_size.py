@@ -103,7 +103,7 @@ def test_nothing_measured_yet_means_measure_as_the_run_goes(tmp_path):
     assert resolve_max_batch("auto", model=model, max_streams=4, device="cpu", frames=4,
                              cache_file=tmp_path / "p.json") is None
     policy = batch_policy("auto", model=model, max_streams=4, device="cpu", frames=4, cache_file=tmp_path / "p.json")
-    assert isinstance(policy, AdaptiveBatch) and policy.limit() == 1 and policy.ceiling == 4
+    assert isinstance(policy, AdaptiveBatch) and policy.limit() == 1
     assert isinstance(batch_policy(3, model=model, max_streams=4, device="cpu", frames=4), FixedBatch)
 
 
@@ -126,7 +126,7 @@ def test_adaptive_batch_times_full_steps_after_a_warm_up_and_caches_the_best(tmp
     limits = _feed(policy, per_segment, [4] * 12)
     # Four steps at each size (a warm-up, then three timed); then the choice holds.
     assert limits == [1] * 4 + [2] * 4 + [4] * 4
-    assert policy.choice == 2 and policy.limit() == 2 and policy.ceiling == 2
+    assert policy.choice == 2 and policy.limit() == 2
     assert policy.measured == pytest.approx({1: 1.0, 2: 1.6, 4: 1.5})
     # The next run starts at the measured size, measuring nothing.
     again = batch_policy("auto", model=model, max_streams=4, device="cpu", frames=4, cache_file=cache)

@@ -103,8 +103,6 @@ class FixedBatch:
     def limit(self) -> int:
         return self.size
 
-    ceiling = property(limit)
-
     def observe(self, batch: int, seconds: float) -> None:
         pass
 
@@ -131,11 +129,6 @@ class AdaptiveBatch:
 
     def limit(self) -> int:
         return self.choice if self.choice is not None else self.sizes[self._at]
-
-    @property
-    def ceiling(self) -> int:
-        """The largest batch this policy may still ask for (the loop holds enough segments for it)."""
-        return self.choice if self.choice is not None else self.sizes[-1]
 
     def observe(self, batch: int, seconds: float) -> None:
         if self.choice is not None or batch != self.sizes[self._at]:

@@ -45,10 +45,10 @@ class InferenceLoop:
 
     @property
     def fifo_limit(self) -> int:
-        # Segments held beyond the bounded queue: enough to batch the largest size the
-        # policy may ask for, with one in reserve each. Unbounded, a fast decoder would
-        # park a whole video here (memory; and a stop or cancel would wait behind all of it).
-        return 2 * self.batch.ceiling
+        # Segments held beyond the bounded queue: enough to batch the size asked for now,
+        # with one in reserve each. Unbounded, a fast decoder would park a whole video
+        # here (memory; and a stop or cancel would wait behind all of it).
+        return 2 * self.batch.limit()
 
     def run(self) -> None:
         fifos: "OrderedDict[str, deque]" = OrderedDict()
