@@ -160,3 +160,23 @@ def test_a_playlist_under_a_root_is_refused_by_its_format_not_its_name(tmp_path,
     p = JobPolicy(JobPolicyConfig(roots=[str(root)], formats=["hls", "mpegts"]))
     s = admit(p, {"uri": str(root / "evil.m3u8")})
     assert PyAVDecoder().probe(s.uri, s.options).width == 320
+
+
+def test_serve_root_is_the_quick_starts_policy(tree, tmp_path):
+    """`vmstream worker --serve-root DIR` (the README's quick start): files under DIR are
+    admitted on top of the config's policy, and nothing else is."""
+    from vmstream.cli import build_parser
+    from vmstream.cli.common import config_from_args
+    from vmstream.cli.worker import serve_roots
+    from vmstream.errors import UserError
+
+    root, outside = tree
+    args = build_parser().parse_args(["worker", "--config", "configs/kafka-worker.yaml", "--serve-root", str(root)])
+    cfg = config_from_args(args)
+    serve_roots(cfg, args.serve_root)
+    assert "file" in cfg.kafka.jobs.schemes and cfg.kafka.jobs.roots[-1] == os.path.realpath(root)
+    p = JobPolicy(cfg.kafka.jobs)
+    assert admit(p, {"stream_id": "demo", "uri": str(root / "v.mp4")}).uri == os.path.realpath(root / "v.mp4")
+    assert "kafka.jobs.roots" in refusal(p, {"stream_id": "x", "uri": str(outside / "secret.mp4")})
+    with pytest.raises(UserError, match="not a directory"):
+        serve_roots(cfg, [str(root / "v.mp4")])

@@ -95,6 +95,32 @@ def test_run_a_folder_with_a_broken_file_in_a_terminal(tmp_path, ckpt, videos):
     assert set(pd.read_parquet(out / "segments").stream_id.map(os.path.basename)) == {"first.mp4", "second.mp4"}
 
 
+@pytest.mark.parametrize("cols,rows", SIZES)
+def test_every_line_fits_the_terminal_and_the_bar_ends_above_the_table(tmp_path, ckpt, videos, cols, rows):
+    """Long paths and long labels: the timeline, the summary table and the run's notices
+    fit 80 and 120 columns (a line that wraps makes the table unreadable), and the bar's
+    final state is drawn once, above the table."""
+    folder = tmp_path / "a_folder_with_quite_a_long_name_for_its_videos"
+    folder.mkdir()
+    for name in ("the_first_recording_of_the_afternoon.mp4", "the_second_recording_of_the_afternoon.mp4"):
+        shutil.copy(videos["one"], folder / name)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"riding or walking with a horse, take {i}\n" for i in range(10)))
+    r = run_in_terminal([*VMSTREAM, "run", str(folder), "--checkpoint", ckpt, "--out", str(tmp_path / "out"),
+                         "--fps", "2", "--labels", str(labels)], cols=cols, rows=rows, timeout=180)
+    _shows_no_traceback(r.text)
+    assert r.rc == 0, r.text[-3000:]
+    lines = r.text.splitlines()
+    too_long = [ln for ln in lines if len(ln) > cols]
+    assert not too_long, "\n".join(too_long)
+    assert len(_timeline(r.text, "ernoon.mp4")) == 6
+    # The two names, cut to fit, still tell the streams apart.
+    assert len({ln.split()[0] for ln in _timeline(r.text, "ernoon.mp4")}) == 2
+    header = max(i for i, ln in enumerate(lines) if ln.startswith("stream ") and "status" in ln)
+    assert not any("100%" in ln for ln in lines[header:]), "the bar was drawn again after the table"
+    assert any("100%" in ln for ln in lines[:header]), "the bar reached the end above the table"
+
+
 def test_ctrl_c_stops_within_a_segment_and_the_rerun_resumes(tmp_path, slow_ckpt, videos):
     out = tmp_path / "out"
     cmd = [*VMSTREAM, "run", videos["long"], "--checkpoint", slow_ckpt, "--out", str(out), "--fps", "4"]

@@ -68,6 +68,18 @@ def test_the_bar_draws_with_an_unknown_total_then_a_known_one():
     assert "video: 0 s" in text and "10/10 s" in text and "100%" in text
 
 
+def test_the_bar_counts_the_seconds_of_live_streams():
+    out = io.StringIO()
+    p = Progress(enabled="force", file=out)
+    p(("stream", "cam", _info(None)))
+    t0 = 1_700_000_000.0  # live streams carry wall-clock times
+    for i in range(3):
+        p(SegmentResult(stream_id="cam", segment_index=i, t_start=t0 + 4 * i, t_end=t0 + 4 * i + 4, labels=[],
+                        scores=[], label_ids=[], embedding=None))
+    p.close()
+    assert "video: 12 s" in out.getvalue()
+
+
 def test_a_bar_that_breaks_is_switched_off_with_one_warning(caplog):
     class Broken(io.StringIO):
         def write(self, s):

@@ -257,3 +257,13 @@ def test_cancel_one_stream_keeps_it_resumable(tmp_path, tiny_ckpt, h264_mp4):
     snap = LocalStateStore(tmp_path / "out" / "state").load(long_src.stream_id)
     assert snap is not None and 2 <= snap["next_index"] < 30
     assert LocalStateStore(tmp_path / "out" / "state").load(short_src.stream_id) is None
+
+
+def test_bf16_into_an_fp32_store_is_said(tmp_path, tiny_ckpt, h264_mp4, capsys):
+    args = ["run", h264_mp4, "--checkpoint", tiny_ckpt, "--out", str(tmp_path / "out"), "--fps", "4",
+            "--set", "decode.img_size=32", "--no-progress"]
+    assert main(args) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*args, "--precision", "bf16"]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "holds fp32 results; this run adds bf16 ones" in warned[0]

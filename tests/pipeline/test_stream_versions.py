@@ -204,3 +204,15 @@ def test_a_state_store_failure_while_claiming_is_an_error_not_a_bad_input(tmp_pa
     src = source_from_uri(clips[3], stream_id="cam")
     with pytest.raises(RuntimeError, match="id record"):
         Checkpoints(store, inference=None, allow_replace=False).begin(src, None)
+
+
+def test_a_rerun_of_a_finished_stream_says_it_replaces_earlier_results(tmp_path, tiny_ckpt, clips, caplog):
+    out = tmp_path / "out"
+    cfg = _cfg(out, tiny_ckpt)
+    with caplog.at_level(logging.INFO, logger="vmstream"):
+        build_runner(cfg).run(resolve_sources([clips[3]]))
+        assert "replacing earlier results" not in caplog.text  # a first run replaces nothing
+        build_runner(cfg).run(resolve_sources([clips[3]]))
+    said = [r.getMessage() for r in caplog.records if "replacing earlier results" in r.getMessage()]
+    assert said == [f"{clips[3]}: starts over from its first segment, replacing earlier results"]
+    assert len(pd.read_parquet(out / "segments")) == 3

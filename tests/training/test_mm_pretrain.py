@@ -160,6 +160,8 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     assert first["stopped"] and len(first["masked"]["history"]) == 1 and "unmasked" not in first
     second = _fit(_cfg(tmp_path / "b"))
     assert [h["epoch"] for h in second["masked"]["history"]] == [1]
+    # The resumed record starts with the stage's first steps (the `*_first=` figures).
+    assert second["masked"]["record"][:2] == first["masked"]["record"][:2]
     for k, v in second["model"].state_dict().items():
         assert torch.equal(v, full[k]), k
     third = _fit(_cfg(tmp_path / "b"))  # both stages done: nothing runs, the weights are the final ones

@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    setup_logging(getattr(args, "verbose", 0))
+    setup_logging(getattr(args, "verbose", 0), args.command)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -33,11 +33,31 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
 
 
-def setup_logging(verbosity: int) -> None:
+def setup_logging(verbosity: int, command: str | None = None) -> None:
+    """By default a person reads our notices as plain lines (no timestamps or module
+    names), warnings and errors marked as such, and no library chatter: kafka-python logs
+    every failed connection attempt, and our own line says what is wrong. `-v` shows
+    everything with timestamps, as does the worker, a service whose logs are kept."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # Our own one-line notices (backend choice, resampling) are worth seeing by default.
-    logging.getLogger("vmstream").setLevel(min(level, logging.INFO))
+    plain = verbosity <= 0 and command != "worker"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter() if plain else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    # Our own one-line notices (backend choice, resampling) are worth seeing by default,
+    # except above search results, where they are noise.
+    notices = logging.INFO if command != "search" else logging.WARNING
+    logging.getLogger("vmstream").setLevel(min(level, notices))
+    if plain:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
 
 
 # Command-line options and the config keys they set (a checkpoint wins over a name).

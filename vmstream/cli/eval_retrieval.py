@@ -13,7 +13,7 @@ _PARAGRAPH = {"didemo", "anet", "activitynet"}
 
 
 def add_parser(sub) -> None:
-    from vmstream.models.tokenizer import MAX_TEXT_LEN
+    from vmstream.text_lengths import MAX_TEXT_LEN
 
     p = sub.add_parser(
         "eval-retrieval", help="zero-shot text-video retrieval: R@1/5/10 of a video-text model",
@@ -47,9 +47,9 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     from vmstream.models import CheckpointError, CheckpointNotFound, load_model, resolve_device
     from vmstream.models.text_query import require_videotext
-    from vmstream.models.tokenizer import DEFAULT_MAX_TEXT_LEN, MAX_TEXT_LEN
     from vmstream.pipeline.assembly import make_tokenizer
     from vmstream.pipeline.retrieval_eval import ClipReader, evaluate, load_annotations
+    from vmstream.text_lengths import DEFAULT_MAX_TEXT_LEN, MAX_TEXT_LEN
 
     for name, value in (("--max-text-len", args.max_text_len), ("--num-frames", args.num_frames),
                         ("--k-test", args.k_test)):

@@ -65,6 +65,7 @@ def main(args) -> int:
     try:
         sinks = build_sinks(cfg, model, console_stream=progress)
         runner = build_runner(cfg, model=model, sinks=sinks, progress=progress)
+        _warn_on_mixed_precision(cfg)
         write_manifest(cfg.output.dir, model.card, cfg.model_dump(mode="json"), sources)
     except OSError as e:
         full = disk_full(e, "the run's output", cfg.output.dir)
@@ -91,6 +92,26 @@ def main(args) -> int:
     if signals.received:
         print(f"{signals.received} came after every stream had finished: nothing left to resume", file=sys.stderr)
     return 1 if report.streams_failed else 0
+
+
+def _warn_on_mixed_precision(cfg) -> None:
+    """bf16 embeddings are close to fp32 ones, not equal (README, Precision): adding one
+    precision's results to a store of the other is allowed, but said."""
+    from vmstream.pipeline.manifest import read_manifest
+
+    out = Path(cfg.output.dir)
+    try:
+        before = read_manifest(out)
+    except (OSError, ValueError):
+        return
+    if not before or not (out / "segments").exists():
+        return
+    was = ((before.get("config") or {}).get("model") or {}).get("precision") or "fp32"
+    now = cfg.model.precision
+    if was != now:
+        print(f"warning: {out} holds {was} results; this run adds {now} ones to the same store (close to "
+              f"{was}, not equal) and run.json will say {now}; use another --out to keep them apart",
+              file=sys.stderr)
 
 
 def _plots(out: Path) -> None:

@@ -38,9 +38,8 @@ def load_checkpoint(model: nn.Module, source: Union[str, os.PathLike, Mapping], 
     adapted, notes = adapt_videotext_state_dict(sd, model)
     check_finite(adapted, label)
     model.load_state_dict(adapted, strict=True)
+    _log_notes(label, _config_notes(meta), notes)
     notes = _config_notes(meta) + notes
-    for note in notes:
-        log.info("%s: %s", label, note)
     model.card = model.card.replace(checkpoint=label, checkpoint_digest=digest, load_notes=notes)
     return LoadReport(source=label, digest=digest, notes=notes, args=meta.get("args"))
 
@@ -74,13 +73,22 @@ def _videotext_from_state_dict(path_or_name, path: Path, sd, meta, num_heads, ov
     adapted, notes = adapt_videotext_state_dict(sd, model)
     check_finite(adapted, str(path))
     model.load_state_dict(adapted, strict=True)
+    _log_notes(path.name, _config_notes(meta), notes)
     notes = _config_notes(meta) + notes
-    for note in notes:
-        log.info("%s: %s", path.name, note)
     info = registry_entry(path_or_name, path)
     model.card = model.card.replace(name=info.name if info else path.stem, checkpoint=str(path),
                                     checkpoint_digest=file_digest(path), load_notes=notes)
     return model.eval()
+
+
+def _log_notes(where: str, config_notes: list[str], key_notes: list[str]) -> None:
+    for note in config_notes:
+        log.info("%s: %s", where, note)
+    # Keys an official video-text checkpoint always carries and retrieval does not use
+    # (the MLM head, the teacher's projection...): expected, so not on every command's
+    # screen; in model.card.load_notes and at -vv.
+    for note in key_notes:
+        log.debug("%s: %s", where, note)
 
 
 def _config_notes(meta: dict) -> list[str]:

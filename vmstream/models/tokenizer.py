@@ -23,6 +23,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from vmstream.text_lengths import DEFAULT_MAX_TEXT_LEN, MAX_TEXT_LEN
+
 from .hub import hub_unreachable
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,6 @@ __all__ = ["BertTokenizer", "TokenBatch", "VocabularyNotFound", "resolve_vocab",
 VOCAB_ENV = "VMSTREAM_BERT_VOCAB"
 BERT_REPO = "bert-base-uncased"
 VOCAB_FILE = "vocab.txt"
-# The official `max_txt_l` of each retrieval benchmark (video_mm configs, exp_zs/*/config.py).
-MAX_TEXT_LEN = {"msrvtt": 32, "didemo": 64, "msvd": 64, "lsmdc": 96, "anet": 150, "activitynet": 150}
-DEFAULT_MAX_TEXT_LEN = MAX_TEXT_LEN["msrvtt"]  # a search query is a caption-like sentence
 
 
 class VocabularyNotFound(FileNotFoundError):

@@ -177,7 +177,8 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
     if cfg.output.console:
         # Through the progress bar's writer, so timeline lines do not tear the bar.
         writer = console_stream.write if console_stream is not None else None
-        sinks.append(ConsoleSink(writer=writer))
+        # The bar is closed before the summary table, so its final state is not drawn again below it.
+        sinks.append(ConsoleSink(writer=writer, before_table=getattr(console_stream, "close", None)))
     return sinks
 
 
@@ -219,7 +220,7 @@ def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=Non
     """A ready (not started) runner for `cfg`. Pass `model`/`sinks`/`state_store` to
     reuse or replace the configured ones (tests, the worker); `allow_replace=False`
     refuses a stream id already run from another uri (the worker's jobs)."""
-    from vmstream.pipeline.batch_size import resolve_max_batch
+    from vmstream.pipeline.batch_size import batch_policy
     from vmstream.pipeline.checkpoints import Checkpoints
     from vmstream.pipeline.runner import Runner
     from vmstream.pipeline.snapshots import LocalStateStore
@@ -238,9 +239,9 @@ def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=Non
         checkpoints=Checkpoints(state_store, inference, every=cfg.runner.snapshot_every, allow_replace=allow_replace),
         queue_size=cfg.runner.queue_size,
         max_streams=cfg.runner.max_streams,
-        max_batch=resolve_max_batch(cfg.model.max_batch, model=model, max_streams=cfg.runner.max_streams,
-                                    device=inference.device, frames=segment_frames(cfg, model),
-                                    precision=cfg.model.precision),
+        max_batch=batch_policy(cfg.model.max_batch, model=model, max_streams=cfg.runner.max_streams,
+                               device=inference.device, frames=segment_frames(cfg, model),
+                               precision=cfg.model.precision),
         flush_on_stream_end=flush_on_stream_end,
         progress=progress,
     )

@@ -1,5 +1,5 @@
 """`model.max_batch: auto`: the number of streams per forward that gives the most
-segments per second on this machine, measured once and remembered.
+segments per second on this machine, measured on the run's own segments and remembered.
 
 Why measure: batching streams pays where one segment leaves the hardware idle (a GPU,
 many cores: bigger matmuls, more scan channels in parallel) and does little or harm on
@@ -8,15 +8,19 @@ grows the working set (benchmarks/model_speed.py prints segments/s for 1, 4 and 
 streams). Which side a machine is on depends on its cores, caches, precision and model,
 so no fixed number suits them all.
 
-How: forward_segment on random clips of the run's shape, batch sizes 1, 2, 4, ... up to
-the streams decoded at once (`runner.max_streams`; the runner never batches more),
-each warmed up once and then timed; the sweep stops once a size falls clearly below the
-best, and the smallest size within `TOLERANCE` of the best wins (a smaller batch means
-less latency and memory for the same throughput). The answer is cached per machine,
-model shape, precision, device, thread count and kernel code (`ops_fingerprint`: faster
-kernels move the best size) in <cache>/batch_probe.json (the
-kernel cache's directory, $VMSTREAM_CACHE_DIR), so only the first run pays the probe
-(a few seconds). A number in the config skips all of this.
+How: a first run starts at once with batches of 1 (`AdaptiveBatch`); while streams run
+together it times the real forward steps at batch sizes 1, 2, 4, ... up to the streams
+decoded at once (`runner.max_streams`; the runner never batches more), each size's first
+full batch a warm-up and the median of the next `STEPS` its rate; the sweep stops once a
+size falls clearly below the best, and the smallest size within `TOLERANCE` of the best
+wins (a smaller batch means less latency and memory for the same throughput). Nothing
+runs before the first segment: an earlier version probed on random clips first, a
+silent 30 s to 4 minutes on a 2-core machine while a live source waited. The answer is
+cached per machine, model shape, precision, device, thread count and kernel code
+(`ops_fingerprint`: faster kernels move the best size) in <cache>/batch_probe.json (the
+kernel cache's directory, $VMSTREAM_CACHE_DIR); later runs start at it. A number in the
+config skips all of this. A run with one stream at a time has nothing to measure and
+runs at 1.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -34,11 +39,12 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TOLERANCE", "MAX_PROBED", "candidates", "choose", "sweep", "ops_fingerprint", "probe_key",
-           "resolve_max_batch"]
+__all__ = ["TOLERANCE", "MAX_PROBED", "STEPS", "candidates", "choose", "sweep", "ops_fingerprint", "probe_key",
+           "resolve_max_batch", "batch_policy", "FixedBatch", "AdaptiveBatch"]
 
 TOLERANCE = 0.05  # sizes within 5 % of the best throughput count as equal (timing noise)
 MAX_PROBED = 16
+STEPS = 3  # timed full batches per size, after one warm-up; their median is the size's rate
 
 
 def candidates(max_streams: int, limit: int = MAX_PROBED) -> list[int]:
@@ -88,13 +94,97 @@ def probe_key(model, *, frames: int, device, precision: str) -> str:
         ops_fingerprint()))
 
 
+class FixedBatch:
+    """A batch size known before the run: a number in the config, or one measured earlier."""
+
+    def __init__(self, size: int):
+        self.size = max(1, int(size))
+
+    def limit(self) -> int:
+        return self.size
+
+    def observe(self, batch: int, seconds: float) -> None:
+        pass
+
+
+class AdaptiveBatch:
+    """Batch sizes measured on the run's own forward steps, as they flow.
+
+    The inference loop asks `limit()` before each step and tells `observe(batch, seconds)`
+    after it. Only full batches (as many segments as the size under test) say anything
+    about a size; with fewer streams ready the loop simply runs what it has. Once the sweep
+    ends, `on_done(measured, choice)` is called once and the choice holds."""
+
+    def __init__(self, sizes: list[int], *, on_done: Optional[Callable[[dict, int], None]] = None,
+                 steps: int = STEPS, tolerance: float = TOLERANCE):
+        self.sizes = list(sizes)
+        self.steps = steps
+        self.tolerance = tolerance
+        self.on_done = on_done
+        self.measured: dict[int, float] = {}
+        self.choice: Optional[int] = None if len(self.sizes) > 1 else self.sizes[0]
+        self._at = 0
+        self._times: list[float] = []
+        self._warm = False
+
+    def limit(self) -> int:
+        return self.choice if self.choice is not None else self.sizes[self._at]
+
+    def observe(self, batch: int, seconds: float) -> None:
+        if self.choice is not None or batch != self.sizes[self._at]:
+            return
+        if not self._warm:  # a size's first batch pays for allocation and cold caches
+            self._warm = True
+            return
+        self._times.append(seconds)
+        if len(self._times) < self.steps:
+            return
+        size = self.sizes[self._at]
+        self.measured[size] = size / max(statistics.median(self._times), 1e-9)
+        self._times, self._warm = [], False
+        falling = self.measured[size] < (1 - self.tolerance) * max(self.measured.values())
+        if falling or self._at == len(self.sizes) - 1:
+            self.choice = choose(self.measured, self.tolerance)
+            if self.on_done is not None:
+                self.on_done(dict(self.measured), self.choice)
+            return
+        self._at += 1
+        log.info("model.max_batch auto: %.2f segments/s at batch %d; trying %d", self.measured[size], size,
+                 self.sizes[self._at])
+
+
+def batch_policy(setting: Union[int, str], *, model, max_streams: int, device, frames: int,
+                 precision: str = "fp32", cache_file: Optional[Path] = None):
+    """The run's batch policy: `FixedBatch` for a number, a cached measurement or a single
+    stream at a time; else `AdaptiveBatch`, which starts at 1 and measures as the run goes
+    (nothing runs before the first segment), caching its answer."""
+    known = resolve_max_batch(setting, model=model, max_streams=max_streams, device=device, frames=frames,
+                              precision=precision, cache_file=cache_file)
+    if known is not None:
+        return FixedBatch(known)
+    sizes = candidates(max_streams)
+    cache_file = cache_file or _default_cache()
+    key = probe_key(model, frames=frames, device=device, precision=precision)
+
+    def remember(measured: dict, choice: int) -> None:
+        log.info("model.max_batch auto: %d (segments/s at batch %s; remembered)", choice,
+                 ", ".join(f"{b}: {v:.2f}" for b, v in measured.items()))
+        log.debug("model.max_batch auto: measured on this run's segments, cached in %s", cache_file)
+        cached = _read(cache_file)
+        cached[key] = {"sizes": sizes, "measured": {str(b): v for b, v in measured.items()}}
+        _write(cache_file, cached)
+
+    return AdaptiveBatch(sizes, on_done=remember)
+
+
 def resolve_max_batch(setting: Union[int, str], *, model, max_streams: int, device, frames: int,
                       precision: str = "fp32", cache_file: Optional[Path] = None,
-                      measure: Optional[Callable[[int], float]] = None) -> int:
-    """`setting` when it is a number; for "auto" the measured best (cached).
+                      measure: Optional[Callable[[int], float]] = None) -> Optional[int]:
+    """`setting` when it is a number; for "auto" the cached best, 1 when one stream runs at a
+    time, else (nothing measured yet) None, or with `measure(batch) -> segments/s` given
+    the sweep of it, cached (benchmarks and tests; runs measure as they go: batch_policy).
 
-    `measure(batch) -> segments/s` replaces the real probe (tests); `cache_file` None
-    means <cache>/batch_probe.json.
+    `cache_file` None means <cache>/batch_probe.json.
     """
     if setting != "auto":
         return int(setting)
@@ -109,9 +199,9 @@ def resolve_max_batch(setting: Union[int, str], *, model, max_streams: int, devi
         try:
             return choose({int(b): float(v) for b, v in hit["measured"].items()})
         except (KeyError, TypeError, ValueError, AttributeError):
-            pass  # a damaged entry: probe again
+            pass  # a damaged entry: measure again
     if measure is None:
-        measure = _forward_probe(model, frames=frames, device=device)
+        return None
     t0 = time.perf_counter()
     measured = sweep(measure, sizes)
     pick = choose(measured)
@@ -120,24 +210,6 @@ def resolve_max_batch(setting: Union[int, str], *, model, max_streams: int, devi
     cached[key] = {"sizes": sizes, "measured": {str(b): v for b, v in measured.items()}}
     _write(cache_file, cached)
     return pick
-
-
-def _forward_probe(model, *, frames: int, device) -> Callable[[int], float]:
-    size = model.card.img_size
-    channels = model.card.in_chans
-
-    @torch.inference_mode()
-    def measure(batch: int) -> float:
-        clip = torch.randn(batch, channels, frames, size, size, device=device)
-        state = model.init_state(batch, device=device)
-        model.forward_segment(clip, state)  # warm-up: allocator, kernels, caches
-        t = time.perf_counter()
-        model.forward_segment(clip, state)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        return batch / (time.perf_counter() - t)
-
-    return measure
 
 
 def _default_cache() -> Path:

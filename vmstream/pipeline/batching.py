@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections import OrderedDict, deque
 from typing import Callable
 
+from vmstream.pipeline.batch_size import FixedBatch
 from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.report import RunReport
 from vmstream.records import EndReason, Resume, Segment, StreamDone, StreamEvent, StreamStart, end_reason
@@ -24,7 +26,7 @@ class InferenceLoop:
 
     def __init__(self, *, inference, checkpoints: Checkpoints, seg_q: "queue.Queue", put_out: Callable,
                  is_stopping: Callable[[str], bool], fail: Callable[[BaseException], None], report: RunReport,
-                 max_batch: int):
+                 max_batch):
         self.inference = inference
         self.checkpoints = checkpoints
         self.seg_q = seg_q
@@ -32,12 +34,21 @@ class InferenceLoop:
         self.is_stopping = is_stopping
         self.fail = fail
         self.report = report
-        self.max_batch = max(1, int(max_batch))
-        # Segments held beyond the bounded queue: enough to batch max_batch streams with
-        # one in reserve each. Unbounded, a fast decoder would park a whole video here
-        # (memory; and a stop or cancel would wait behind all of it).
-        self.fifo_limit = 2 * self.max_batch
+        # A number, or a policy (pipeline/batch_size.py) that may change the size as the
+        # run goes: `limit()` before a step, `observe(batch, seconds)` after it.
+        self.batch = max_batch if hasattr(max_batch, "limit") else FixedBatch(max_batch)
         self._cut: set[str] = set()  # stopped streams whose queued segments were dropped
+
+    @property
+    def max_batch(self) -> int:
+        return self.batch.limit()
+
+    @property
+    def fifo_limit(self) -> int:
+        # Segments held beyond the bounded queue: enough to batch the size asked for now,
+        # with one in reserve each. Unbounded, a fast decoder would park a whole video
+        # here (memory; and a stop or cancel would wait behind all of it).
+        return 2 * self.batch.limit()
 
     def run(self) -> None:
         fifos: "OrderedDict[str, deque]" = OrderedDict()
@@ -83,6 +94,7 @@ class InferenceLoop:
 
     def _step(self, fifos: "OrderedDict[str, deque]") -> None:
         batch: list[Segment] = []
+        limit = self.batch.limit()
         # Control records and events at the head of a FIFO are handled in stream order first.
         for sid in list(fifos):
             q = fifos[sid]
@@ -91,13 +103,15 @@ class InferenceLoop:
             if q and self.is_stopping(sid):
                 self._cut_stream(sid, q)
                 continue
-            if q and len(batch) < self.max_batch:
+            if q and len(batch) < limit:
                 batch.append(q.popleft())
         for s in batch:  # round robin: streams served now go to the back
             fifos.move_to_end(s.stream_id)
         if not batch:
             return
+        t0 = time.perf_counter()
         results = self.inference.process(batch)
+        self.batch.observe(len(batch), time.perf_counter() - t0)
         for seg, res in zip(batch, results):
             self.put_out(res)
             self.report.segments += 1

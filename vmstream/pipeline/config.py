@@ -35,8 +35,8 @@ class ModelConfig(_Strict):
     # the whole video through the carried state) or the mean over segments.
     summary: Literal["last", "mean"] = "last"
     # Segments of up to this many different streams are stacked into one forward; "auto":
-    # the size with the most segments/s on this machine, probed once and cached
-    # (pipeline/batch_size.py).
+    # the size with the most segments/s on this machine, measured on a first run's own
+    # segments (starting at 1, no wait) and cached (pipeline/batch_size.py).
     max_batch: Union[int, Literal["auto"]] = "auto"
     # Classifier: a label names file (one per line) overriding the checkpoint's class list.
     # Video-text model: open-vocabulary labels, "a,b,c" or a file with one prompt a line.

@@ -42,6 +42,7 @@ class Progress:
         self._done: dict[str, float] = {}
         self._start: dict[str, float] = {}
         self._length: dict[str, float] = {}
+        self._live_start: dict[str, float] = {}  # live streams: the first segment's start
         self._lock = threading.Lock()
         self.segments = 0
         self.failed: Optional[str] = None
@@ -116,6 +117,14 @@ class Progress:
         sid = item.stream_id
         if sid in self._start:
             done = max(0.0, item.t_end - self._start[sid])
+            delta = done - self._done.get(sid, 0.0)
+            self._done[sid] = done
+            bar.update(round(max(delta, 0.0), 1))
+        elif not self._total:
+            # Only live streams (no duration): count their seconds of video as they come,
+            # from each stream's first segment (the bar said `video: 0 s` for hours).
+            first = self._live_start.setdefault(sid, item.t_start)
+            done = max(0.0, item.t_end - first)
             delta = done - self._done.get(sid, 0.0)
             self._done[sid] = done
             bar.update(round(max(delta, 0.0), 1))

@@ -37,19 +37,22 @@ class RunReport:
         self.sink_busy[name] = self.sink_busy.get(name, 0.0) + seconds
 
     def format(self) -> str:
+        # At most 80 columns (the per-sink times on a line of their own), so a terminal
+        # of that width shows it unwrapped.
         w = max(self.wall_s, 1e-9)
         lines = [
             f"run: {self.streams} streams ({self.streams_failed} failed), {self.segments} segments, "
             f"{self.frames} frames in {self.wall_s:.1f} s",
-            f"  decode     {self.frames / w:8.1f} frames/s   busy {self.decode.busy_s:7.1f} s "
-            f"({100 * self.decode.busy_s / w:5.1f}% of wall, summed over threads)",
-            f"  inference  {self.segments / w:8.2f} segments/s busy {self.inference.busy_s:7.1f} s "
+            f"  decode     {self.frames / w:8.1f} frames/s    busy {self.decode.busy_s:7.1f} s "
+            f"({100 * self.decode.busy_s / w:5.1f}%, all threads)",
+            f"  inference  {self.segments / w:8.2f} segments/s  busy {self.inference.busy_s:7.1f} s "
             f"({100 * self.inference.busy_s / w:5.1f}%)",
-            f"  sinks      {self.sinks.items / w:8.1f} records/s  busy {self.sinks.busy_s:7.1f} s "
-            f"({100 * self.sinks.busy_s / w:5.1f}%)"
-            + ("" if not self.sink_busy else "  [" + ", ".join(f"{k} {v:.1f}s" for k, v in self.sink_busy.items()) + "]"),
-            f"  bottleneck: {self.bottleneck()}",
+            f"  sinks      {self.sinks.items / w:8.1f} records/s   busy {self.sinks.busy_s:7.1f} s "
+            f"({100 * self.sinks.busy_s / w:5.1f}%)",
         ]
+        if self.sink_busy:
+            lines.append("  per sink:  " + ", ".join(f"{k} {v:.1f} s" for k, v in self.sink_busy.items()))
+        lines.append(f"  bottleneck: {self.bottleneck()}")
         for sid, uri, msg in self.failures:
             lines.append(f"  FAILED {msg}" if msg.startswith((sid, uri or sid)) else f"  FAILED {sid}: {msg}")
         return "\n".join(lines)

@@ -18,15 +18,34 @@ from __future__ import annotations
 
 
 def train_main(config_path, overrides=(), should_stop=None) -> int:
+    if not _recipe_ok(config_path, overrides, "train"):
+        return 2
     from .runner import train_main as _main
 
     return _main(config_path, overrides, should_stop=should_stop)
 
 
 def eval_main(config_path, overrides=(), checkpoint=None) -> int:
+    if not _recipe_ok(config_path, overrides, "eval"):
+        return 2
     from .runner import eval_main as _main
 
     return _main(config_path, overrides, checkpoint)
+
+
+def _recipe_ok(config_path, overrides, command: str) -> bool:
+    """Read the recipe before torch is imported, so a typo in it is one line at once rather
+    than after the ~10 s the training modules take to import."""
+    import sys
+
+    from .recipes import RecipeError, load_recipe
+
+    try:
+        load_recipe(config_path, overrides)
+    except RecipeError as e:
+        print(f"vmstream {command}: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 __all__ = ["train_main", "eval_main"]

@@ -63,6 +63,10 @@ __all__ = ["Stage", "stages", "make_tokenizer", "special_tokens", "build_mm_mode
 
 log = logging.getLogger("vmstream.training")
 
+# The first micro-batches' losses kept in each checkpoint (small: a dict of floats each).
+RECORD_HEAD = 32
+RECORD_HEAD_KEY = "vmstream_loss_record_head"
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -254,9 +258,11 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     optimizer, _ = build_optimizer(model, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, None,
                                    layer_decay_mode="official", opt=cfg.opt)
     start = 0
+    head: list = []  # the stage's first steps' losses, from its checkpoint when resumed
     path = ckpt.find_resume(out_dir) if (out_dir and cfg.auto_resume) else None
     if path:
         ck = ckpt.load_checkpoint_file(path)
+        head = list(ck.get(RECORD_HEAD_KEY) or [])
         model.load_state_dict(canonical_videotext_keys(ck["model"], keep=("text_encoder.cls.",))[0])
         optimizer.load_state_dict(ck["optimizer"])
         ranks = ck.get("rng_ranks")
@@ -265,7 +271,7 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
         if dist.is_main():
             print_fn(f"[{stage.name}] resumed from {path} at epoch {start}")
     if start >= stage.epochs:
-        return {"history": [], "stopped": False, "record": []}
+        return {"history": [], "stopped": False, "record": head}
     wrapped = model
     if dist.is_dist():
         ids = [device.index] if device.type == "cuda" else None
@@ -280,7 +286,9 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
                           f"{cfg.update_freq} (update_freq) x {ws} ranks")
     lr_values = official_mm_cosine(lr, stage.min_lr_multi, stage.epochs * steps, int(stage.warmup_epochs * steps))
     amp = partial(autocast_context, device, cfg.bf16)
-    record: list = []
+    # A resumed stage's record starts with its first steps (saved with each checkpoint),
+    # so `*_first=` figures are the stage's first steps, not the resumed epoch's.
+    record: list = list(head)
     step_fn = mm_step(cfg, teacher if stage.masked else None, tok, device, amp, record)
     end = stage.epochs if max_epochs is None else min(stage.epochs, start + max_epochs)
     history, stopped = [], False
@@ -293,7 +301,7 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
         history.append({"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "lrs": stats.lrs})
         if dist.is_main():
             print_fn(_epoch_line(stage.name, epoch, stats.loss, record[first:]))
-        _save(cfg, out_dir, model, optimizer, epoch, (epoch + 1) * steps)
+        _save(cfg, out_dir, model, optimizer, epoch, (epoch + 1) * steps, record[:RECORD_HEAD])
         if epoch + 1 < stage.epochs and (epoch + 1 == end
                                          or should_stop is not None and not dist.is_dist() and should_stop()):
             print_fn(f"[{stage.name}] " + ckpt.stop_line(f"epoch {epoch}", out_dir, cfg.save_ckpt))
@@ -302,10 +310,12 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     return {"history": history, "stopped": stopped, "record": record}
 
 
-def _save(cfg: TrainConfig, out_dir: str, model: nn.Module, optimizer, epoch: int, step: int) -> None:
+def _save(cfg: TrainConfig, out_dir: str, model: nn.Module, optimizer, epoch: int, step: int,
+          record_head: list) -> None:
     if not (out_dir and cfg.save_ckpt):
         return
     extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
+    extra[RECORD_HEAD_KEY] = record_head
     if dist.is_main():
         save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch, step=step, config=cfg,
                        extra=extra, model_state=official_pretrain_keys(model.state_dict()))

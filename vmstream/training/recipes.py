@@ -26,7 +26,7 @@ __all__ = ["TrainConfig", "StreamingConfig", "SyntheticConfig", "PretrainConfig"
            "MultimodalConfig", "UnmaskedStageConfig", "LossWeights", "SyntheticMultimodalConfig", "RecipeError",
            "ConfigError", "load_recipe", "load_recipe_dict", "parse_overrides", "recipe_path", "REPO_CONFIG_DIR"]
 
-REPO_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "train")
+REPO_CONFIG_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", "configs", "train")
 
 
 # One error for every configuration problem, pipeline or training; the old name stays.

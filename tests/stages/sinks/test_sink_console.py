@@ -6,8 +6,10 @@ import io
 import re
 import time
 
+import pytest
+
 from tests.fixtures.sinks import make_event, make_result, make_summary
-from vmstream.records import StreamEvent
+from vmstream.records import StreamEvent, StreamSummary
 from vmstream.stages.sinks.console import ConsoleSink, fmt_time, format_summary_table
 
 
@@ -100,8 +102,9 @@ def test_summary_table_and_writer_callback():
     sink.write(StreamEvent("b", "error", message="no video stream"))
     sink.close()
     table = "\n".join(got[got.index("") + 1 :])
-    assert table.splitlines()[0].split() == ["stream", "status", "duration", "segments", "answer", "top-3", "gaps", "errors"]
-    assert re.search(r"^a\s+ok\s+00:10:00\s+75\s+cooking 0\.70 \(last\)\s+cooking 0\.70, walking 0\.20", table, re.M)
+    assert table.splitlines()[0].split() == ["stream", "status", "duration", "segments", "answer", "(last)", "top-3",
+                                             "gaps", "errors"]
+    assert re.search(r"^a\s+ok\s+00:10:00\s+75\s+cooking 0\.70\s+cooking 0\.70, walking 0\.20", table, re.M)
     assert re.search(r"^b\s+error\s+-\s+0\s", table, re.M)
     assert table.splitlines()[-1] == "2 streams, 75 segments, 1 failed"
     assert format_summary_table([]).splitlines()[-1] == "0 streams, 0 segments"
@@ -112,3 +115,18 @@ def test_live_wall_clock_times_print_as_clock_time():
     assert fmt_time(t) == time.strftime("%H:%M:%S", time.localtime(t))
     assert fmt_time(3 * 3600 + 62.9) == "03:01:02"
     assert fmt_time(float("nan")) == "--:--:--"
+
+
+@pytest.mark.parametrize("width", [120, 80, 60])
+def test_summary_table_fits_a_width_keeping_names_apart_and_scores_whole(width):
+    a = "/home/me/videos/archive/2024/the_first_recording_of_the_afternoon.mp4"
+    b = "/home/me/videos/archive/2024/the_second_recording_of_the_afternoon.mp4"
+    sums = [StreamSummary(sid, ["riding or walking with a horse", "riding a mechanical bull", "x"],
+                          [0.71, 0.2, 0.05], [1, 2, 3], "last", 600.0, 75) for sid in (a, b)]
+    table = format_summary_table(sums, width=width)
+    lines = table.splitlines()
+    assert max(len(ln) for ln in lines) <= width, table
+    rows = lines[2:4]
+    assert rows[0].split()[0] != rows[1].split()[0]  # the two streams can be told apart
+    assert all(" 0.71" in r for r in rows)  # a shortened label keeps its score
+    assert format_summary_table([], width=30).splitlines()[-1] == "0 streams, 0 segments"

@@ -119,3 +119,15 @@ def test_bars_reach_the_next_segment_across_one_sampling_step():
     segs = [_Seg(0.0, 1.48, ("a",), (0.9,), 4), _Seg(2.0, 3.48, ("a",), (0.9,), 4), _Seg(8.5, 9.98, ("a",), (0.9,), 4)]
     closed = _close_sampling_gaps(segs)
     assert closed[0].t_end == 2.0 and closed[1].t_end == 3.48
+
+
+def test_streams_without_labels_are_not_drawn_as_empty_charts(tmp_path):
+    """A video-text run without --labels has embeddings only: no empty chart, a reason."""
+    import dataclasses
+
+    with ParquetSink(tmp_path / "out") as sink:
+        for i in range(10):
+            sink.write(dataclasses.replace(make_result("vt", i), labels=[], scores=[], label_ids=[]))
+    with pytest.raises(ValueError, match="the segments have no labels .* --labels"):
+        plot_timeline(tmp_path / "out", tmp_path / "plots" / "timeline.png")
+    assert not (tmp_path / "plots").exists()

@@ -165,7 +165,7 @@ class _LiveStream:
                            f"failed attempt(s); last error: {err}")
                 break
             wait = next(self.delays)
-            log.info("%s: %s; reconnecting in %.1fs", self.sid, err, wait)
+            log.info("%s: %s; reconnecting in %.1fs", self.sid, _without_uri(err, self.uri), wait)
             self.stats["reconnects"] += 1
             if self.stop.wait(wait):
                 break
@@ -242,3 +242,12 @@ class _LiveStream:
         self.stats["frames"] += 1
         yield Frame(stream_id=self.sid, index=self.index, t=t, image=self.convert(f), gap=gap)
         self.index += 1
+
+
+def _without_uri(err: str, uri: str) -> str:
+    """FFmpeg's errors end with the file name (`Connection refused: 'tcp://...'`); the
+    line already starts with the stream, so it is said once."""
+    for quoted in (f": {uri!r}", f": '{uri}'", f": {uri}"):
+        if err.endswith(quoted):
+            return err[: -len(quoted)]
+    return err

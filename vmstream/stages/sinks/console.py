@@ -69,10 +69,12 @@ def short_name(stream_id: str, width: int) -> str:
     if tail and len(tail) + 2 <= width:
         head = width - len(tail) - 1
         return stream_id[:head] + "…" + tail
-    # No path, or a file name longer than the width: keep both ends of the name.
+    # No path, or a file name longer than the width: keep both ends of the file name
+    # (where names differ, at the start or at a number before the extension).
+    name = tail[1:] if tail else stream_id
     keep = width - 1
-    front = keep // 3
-    return stream_id[:front] + "…" + stream_id[len(stream_id) - (keep - front):]
+    front = keep // 2
+    return name[:front] + "…" + name[len(name) - (keep - front):]
 
 
 class _Style:
@@ -124,6 +126,8 @@ class ConsoleSink(Sink):
         show: int = 2,
         color: Optional[bool] = None,
         stream_width: Optional[int] = None,
+        width: Optional[int] = None,
+        before_table: Optional[Callable[[], None]] = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.file = file or sys.stdout
@@ -134,12 +138,20 @@ class ConsoleSink(Sink):
         if color is None:
             color = bool(getattr(self.file, "isatty", lambda: False)())
         self.style = _Style(color)
+        # Lines fit the terminal they are printed on (`width`: its columns; None when the
+        # output is a file or a pipe, where nothing wraps).
+        if width is None:
+            width = terminal_width(sys.stdout if writer is not None else self.file)
+        self.width = width
         # A quarter of the terminal for the stream's name, within 16-40 characters.
         if stream_width is None:
             import shutil
 
-            stream_width = max(16, min(40, shutil.get_terminal_size((80, 24)).columns // 4))
+            stream_width = max(16, min(40, (width or shutil.get_terminal_size((80, 24)).columns) // 4))
         self.stream_width = stream_width
+        # Called once before the summary table (run: closes the progress bar, so its last
+        # state stays above the table instead of being drawn again below it).
+        self._before_table = before_table
         self._broken = False  # stdout's reader went away: the timeline stops, the run goes on
         self._clock = clock
         self.streams: dict[str, _StreamState] = {}
@@ -192,26 +204,45 @@ class ConsoleSink(Sink):
         return active > self.per_segment_streams
 
     # -- formatting ------------------------------------------------------------------
+    def _room(self, head: str) -> Optional[int]:
+        """Characters left on the line after `head` (None: no limit)."""
+        return None if not self.width else max(0, self.width - len(head))
+
     def format_segment(self, r: SegmentResult) -> str:
-        span = f"{fmt_time(r.t_start)}-{fmt_time(r.t_end)}"
+        head = f"{self._sid(r.stream_id)}  {fmt_time(r.t_start)}-{fmt_time(r.t_end)}  "
+        room = self._room(head)
         if r.labels:
-            top = f"{_fit(r.labels[0], 24):<24} {r.scores[0]:.2f}" if r.scores else _fit(r.labels[0], 24)
+            lw = 24 if room is None else max(6, min(24, room - 5))
+            top = f"{_fit(r.labels[0], lw):<{lw}} {r.scores[0]:.2f}" if r.scores else _fit(r.labels[0], lw)
         else:
             top = "(no label)"
-        rest = "  ".join(f"{_fit(lab, 18)} {s:.2f}" for lab, s in zip(r.labels[1 : self.show], r.scores[1 : self.show]))
-        return f"{self._sid(r.stream_id)}  {span}  {self.style(top, '1')}   {self.style(rest, '2')}".rstrip()
+        rest: list[str] = []
+        for lab, sc in zip(r.labels[1 : self.show], r.scores[1 : self.show]):
+            part = f"{_fit(lab, 18)} {sc:.2f}"
+            # The other labels only where they fit whole: the top label is what a line is for.
+            if room is not None and len(top) + 3 + len("  ".join([*rest, part])) > room:
+                break
+            rest.append(part)
+        return f"{head}{self.style(top, '1')}" + (f"   {self.style('  '.join(rest), '2')}" if rest else "")
 
     def format_run(self, stream_id: str, run: _Run) -> str:
-        span = f"{fmt_time(run.t_start)}-{fmt_time(run.t_end)}"
+        head = f"{self._sid(stream_id)}  {fmt_time(run.t_start)}-{fmt_time(run.t_end)}  "
         mean = run.score_sum / max(1, run.count)
-        return (f"{self._sid(stream_id)}  {span}  {self.style(f'{_fit(run.label, 24):<24}', '1')} "
-                f"x{run.count:<4} mean {mean:.2f}")
+        tail = f" x{run.count:<4} mean {mean:.2f}"
+        room = self._room(head)
+        lw = 24 if room is None else max(6, min(24, room - len(tail)))
+        return f"{head}{self.style(f'{_fit(run.label, lw):<{lw}}', '1')}{tail}"
 
     def format_gap(self, stream_id: str, t0: float, t1: float, message: str = "") -> str:
+        head = f"{self._sid(stream_id)}  "
         text = f"GAP {fmt_time(t0)}-{fmt_time(t1)} ({fmt_duration(t1 - t0)})"
-        return f"{self._sid(stream_id)}  {self.style(text, '33')}  {message}".rstrip()
+        room = self._room(head + text + "  ")
+        if message and room is not None:
+            message = _fit(message, max(room, 8))
+        return f"{head}{self.style(text, '33')}  {message}".rstrip()
 
     def format_error(self, e: StreamEvent) -> str:
+        # An error is printed whole, however long: it names the input and what is wrong.
         where = f"  ({e.uri})" if e.uri and e.uri not in e.message else ""
         at = f" at {fmt_time(e.t_start)}" if e.t_start == e.t_start else ""
         return f"{self._sid(e.stream_id)}  {self.style('ERROR' + at, '31;1')}  {e.message}{where}"
@@ -298,51 +329,120 @@ class ConsoleSink(Sink):
             self._out(f"… {self._suppressed} timeline lines held back (many streams)")
             self._suppressed = 0
         if self.summaries or self.streams:
+            if self._before_table is not None:
+                self._before_table()
             self._out("")
-            for line in format_summary_table(self.summaries, self.streams).splitlines():
+            for line in format_summary_table(self.summaries, self.streams, width=self.width).splitlines():
                 self._out(line)
         self._closed = True
         self.flush()
 
 
 def format_summary_table(summaries: Iterable[StreamSummary],
-                         streams: Optional[dict[str, _StreamState]] = None) -> str:
+                         streams: Optional[dict[str, _StreamState]] = None, *, width: Optional[int] = None) -> str:
     """The end-of-run table: one row per stream (a StreamSummary, or the counts of a
-    stream that ended without one, e.g. after an error)."""
-    summaries = list(summaries)
-    latest = {s.stream_id: s for s in summaries}  # a re-sent summary replaces the old
-    streams = streams or {}
-    header = ("stream", "status", "duration", "segments", "answer", "top-3", "gaps", "errors")
-    rows = []
-    for sid in sorted(set(latest) | set(streams)):
-        s = latest.get(sid)
-        st = streams.get(sid, _StreamState())
-        if s is not None:
-            answer = f"{s.labels[0]} {s.scores[0]:.2f} ({s.mode})" if s.labels and s.scores else "-"
-            top3 = ", ".join(f"{lab} {sc:.2f}" for lab, sc in list(zip(s.labels, s.scores))[:3]) or "-"
-            rows.append((sid, s.status, fmt_time(s.duration), str(s.segment_count), answer, top3,
-                         str(st.gaps), str(st.errors)))
-        else:
-            if st.status:
-                status = st.status
-            else:
-                status = "error" if st.errors else ("running" if not st.ended else "ok")
-            done = st.t_last - st.t_first
-            duration = fmt_time(done) if done == done and done < _EPOCH_THRESHOLD else "-"
-            rows.append((sid, status, duration, str(st.segments), "-", "-", str(st.gaps), str(st.errors)))
-    # The stream column keeps what tells streams apart (the file name); others are cut.
-    rows = [(short_name(r[0], 40),) + tuple(_fit(c, 48) for c in r[1:]) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    stream that ended without one, e.g. after an error). With `width` (a terminal's
+    columns) it fits: the top-3 column goes first, then gaps/errors where all are 0,
+    then the stream name (to 24) and the answer's label are shortened."""
+    table = _SummaryTable(list(summaries), streams or {})
+    if width:
+        table.fit(width)
+    rows = table.rows
     total_seg = sum(int(r[3]) for r in rows)
     n_err = sum(1 for r in rows if r[1] == "error")
     n_stop = sum(1 for r in rows if r[1] == "stopped")
+    w = table.widths()
+    lines = ["  ".join(h.ljust(n) for h, n in zip(table.header, w)).rstrip(),
+             "  ".join("-" * n for n in w)]
+    for r in rows:
+        lines.append("  ".join(c.ljust(n) for c, n in zip(r, w)).rstrip())
     lines.append(f"{len(rows)} streams, {total_seg} segments" + (f", {n_err} failed" if n_err else "")
                  + (f", {n_stop} stopped (resumable)" if n_stop else ""))
     return "\n".join(lines)
+
+
+class _SummaryTable:
+    """The summary table's cells, and how they shrink to a width."""
+
+    def __init__(self, summaries: list[StreamSummary], streams: dict[str, _StreamState]):
+        latest = {s.stream_id: s for s in summaries}  # a re-sent summary replaces the old
+        modes = {s.mode for s in latest.values()}
+        one_mode = modes.pop() if len(modes) == 1 else None  # said once, in the header
+        self.header = ["stream", "status", "duration", "segments",
+                       f"answer ({one_mode})" if one_mode else "answer", "top-3", "gaps", "errors"]
+        self.rows: list[list[str]] = []
+        self.answers: list[tuple[str, str]] = []  # (label, the rest), so a cut keeps the score
+        for sid in sorted(set(latest) | set(streams)):
+            s = latest.get(sid)
+            st = streams.get(sid, _StreamState())
+            if s is not None:
+                rest = f" {s.scores[0]:.2f}" + ("" if one_mode else f" ({s.mode})") if s.labels and s.scores else ""
+                self.answers.append((s.labels[0], rest) if rest else ("-", ""))
+                top3 = ", ".join(f"{lab} {sc:.2f}" for lab, sc in list(zip(s.labels, s.scores))[:3]) or "-"
+                self.rows.append([sid, s.status, fmt_time(s.duration), str(s.segment_count), "", _fit(top3, 48),
+                                  str(st.gaps), str(st.errors)])
+            else:
+                status = st.status or ("error" if st.errors else ("running" if not st.ended else "ok"))
+                done = st.t_last - st.t_first
+                duration = fmt_time(done) if done == done and done < _EPOCH_THRESHOLD else "-"
+                self.answers.append(("-", ""))
+                self.rows.append([sid, status, duration, str(st.segments), "", "-", str(st.gaps), str(st.errors)])
+        self.ids = [r[0] for r in self.rows]
+        self.stream_w, self.label_w = 40, 36
+        self._shape()
+
+    def _shape(self) -> None:
+        # The stream column keeps what tells streams apart (the file name); others are cut.
+        for r, sid, (label, rest) in zip(self.rows, self.ids, self.answers):
+            r[0] = short_name(sid, self.stream_w)
+            r[4] = _fit(label, self.label_w) + rest
+
+    def widths(self) -> list[int]:
+        return [max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h)
+                for i, h in enumerate(self.header)]
+
+    def _total(self) -> int:
+        return sum(self.widths()) + 2 * (len(self.header) - 1)
+
+    def _drop(self, name: str) -> None:
+        i = self.header.index(name)
+        del self.header[i]
+        for r in self.rows:
+            del r[i]
+
+    def fit(self, width: int) -> None:
+        if self._total() <= width:
+            return
+        self._drop("top-3")
+        for name in ("gaps", "errors"):
+            if self._total() > width and all(r[self.header.index(name)] == "0" for r in self.rows):
+                self._drop(name)
+        if self._total() > width:
+            self.header[3] = "segs"
+        for col, floor in ((0, 24), (4, 8), (0, 12)):
+            over = self._total() - width
+            if over <= 0:
+                break
+            if col == 0:
+                self.stream_w = max(floor, min(self.stream_w, self.widths()[0]) - over)
+            else:
+                longest = max((len(a[0]) for a in self.answers), default=1)
+                self.label_w = max(floor, min(self.label_w, longest) - over)
+            self._shape()
+
+
+def terminal_width(file) -> Optional[int]:
+    """The columns of the terminal `file` is, or None (a file, a pipe)."""
+    import os
+
+    try:
+        if not file.isatty():
+            return None
+        cols = os.get_terminal_size(file.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return None
+    env = os.environ.get("COLUMNS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else cols  # $COLUMNS wins where set, as for shutil
 
 
 def _detach_stdout(file) -> None:

@@ -2,6 +2,7 @@
 (`vmstream.store.results`: segments, events, summaries, each a directory of part files)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Union
@@ -12,6 +13,7 @@ from vmstream.store.results import TABLES, PartTable
 from .base import Sink, SinkRecord
 
 PathLike = Union[str, os.PathLike]
+log = logging.getLogger(__name__)
 
 
 class ParquetSink(Sink):
@@ -56,8 +58,9 @@ class ParquetSink(Sink):
         # A stream starting over replaces its rows: none of the old ones stays readable,
         # not even to a plain pandas.read_parquet of the directory.
         if replace:
-            for t in self.tables.values():
-                t.drop_stream(stream_id)
+            dropped = [t.drop_stream(stream_id) for t in self.tables.values()]
+            if any(dropped):  # a rerun of a finished stream: say so rather than recompute in silence
+                log.info("%s: starts over from its first segment, replacing earlier results", stream_id)
 
     def flush(self) -> None:
         for t in self.tables.values():

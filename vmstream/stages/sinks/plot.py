@@ -181,6 +181,13 @@ def plot_timeline(source, out_path: PathLike, *, stream_id: Optional[str] = None
         timelines = {stream_id: timelines[stream_id]}
     if not timelines:
         raise ValueError("nothing to plot: no segment results")
+    # A video-text model run without --labels gives embeddings only: a chart of no labels
+    # is an empty frame, so such streams are not drawn.
+    labelled = {sid: t for sid, t in timelines.items() if any(seg.labels for seg in t.segments)}
+    if not labelled:
+        raise ValueError("nothing to plot: the segments have no labels (a video-text model gives labels "
+                         "with --labels \"a,b,c\")")
+    timelines = labelled
     out_path.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for sid, t in sorted(timelines.items()):
