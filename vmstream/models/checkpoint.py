@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .archive_check import DamagedArchive, check_archive
 from .hub import file_digest, resolve_checkpoint
 from .registry import CHECKPOINTS, class_names, get_checkpoint, size_name
 from .videomamba import VideoMamba, resample_temporal_pos
@@ -82,23 +83,31 @@ def read_checkpoint(source: Union[str, os.PathLike, Mapping]) -> tuple[dict[str,
     else:
         path = Path(source)
         try:
-            with torch.serialization.safe_globals(_safe_globals()):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except pickle.UnpicklingError as e:
-            text = str(e)
-            if "Weights only load failed" not in text:
-                raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {text}") from None
-            obj = _load_with_inert_classes(path, meta)
-        except Exception as e:  # a corrupt file fails in many ways inside the unpickler
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+            check_archive(path)
+            obj = _load_file(path, meta)
+        except DamagedArchive as e:
+            raise CheckpointError(str(e)) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("args"), argparse.Namespace):
         meta["args"] = obj["args"]
     if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
         meta["config"] = obj["config"]  # the official multimodal training config (an EasyDict)
     sd = _find_state_dict(obj, meta)
     return _strip_prefixes(sd), meta
+
+
+def _load_file(path: Path, meta: dict):
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Weights only load failed" not in text:
+            raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {text}") from None
+        return _load_with_inert_classes(path, meta)
+    except Exception as e:  # a corrupt file fails in many ways inside the unpickler
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
 
 
 class InertObject:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .tokenizer import DEFAULT_MAX_TEXT_LEN, BertTokenizer
 
-__all__ = ["encode_queries", "parse_labels", "is_videotext", "require_videotext"]
+__all__ = ["encode_queries", "parse_labels", "is_videotext", "require_videotext", "check_vocabulary"]
 
 
 def is_videotext(model) -> bool:
@@ -31,6 +31,17 @@ def require_videotext(model, what: str) -> None:
                          f"model {name!r} is a video classifier with no text encoder")
 
 
+def check_vocabulary(model, tokenizer: BertTokenizer) -> None:
+    """A ValueError naming the vocabulary file when it has more tokens than the model's
+    text encoder has embeddings: its ids past the table would end in an IndexError deep in
+    the text encoder (only for the queries that happen to use them)."""
+    table = getattr(getattr(getattr(model, "text_encoder", None), "embeddings", None), "word_embeddings", None)
+    known = getattr(table, "num_embeddings", None)
+    if known is not None and tokenizer.vocab_size > known:
+        raise ValueError(f"the text vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} tokens, the "
+                         f"model's text encoder knows {known}: use the vocabulary its checkpoint was trained with")
+
+
 @torch.inference_mode()
 def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertTokenizer] = None,
                    max_length: Optional[int] = None, batch_size: int = 256) -> Tensor:
@@ -42,6 +53,7 @@ def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertToken
             raise ValueError(f"text query {i + 1} is empty")
     if tokenizer is None:
         tokenizer = BertTokenizer()
+    check_vocabulary(model, tokenizer)
     max_length = min(max_length or tokenizer.max_length or DEFAULT_MAX_TEXT_LEN, model.max_text_len)
     device = next(model.parameters()).device
     out = []
