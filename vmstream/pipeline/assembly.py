@@ -162,7 +162,13 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
             kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind
             # A video-text model's segment embeddings are scored by inner product (see models/videotext.py).
             metric = "ip" if is_videotext(model) else None
-            sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind, metric=metric))
+            try:
+                sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind, metric=metric))
+            except UserError:
+                raise
+            except ValueError as e:  # a store of another model's vectors (dim, kind, metric)
+                raise UserError(f"output.dir {out}: {e}; another model's results are there: give this "
+                                "model another --out") from None
         if cfg.kafka.bootstrap:
             sinks.append(make_kafka_sink(cfg))
     except BaseException:
