@@ -51,6 +51,7 @@ def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertToken
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise ValueError(f"text query {i + 1} is empty")
+        _check_utf8(t, f"text query {i + 1}")
     if tokenizer is None:
         tokenizer = BertTokenizer()
     check_vocabulary(model, tokenizer)
@@ -69,14 +70,31 @@ def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertToken
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
 
+def _check_utf8(text: str, what: str) -> None:
+    """A ValueError when `text` holds bytes that are not UTF-8 (a command-line argument
+    keeps them as surrogate escapes, which the tokenizer cannot take)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "surrogateescape")
+        raise ValueError(f"{what} {text[:60]!r} is not valid UTF-8 (byte 0x{bad.hex()} at character "
+                         f"{e.start + 1})") from None
+
+
 def parse_labels(spec: str, template: Optional[str] = None) -> tuple[list[str], list[str]]:
     """(label names, prompts) from "a,b,c" or a file with one label a line; `template`
     ("a video of {}") turns each label into its prompt."""
     path = Path(spec)
     if path.is_file():
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"labels file {path} is not a text file (not valid UTF-8: byte "
+                             f"0x{e.object[e.start]:02x} at offset {e.start})") from None
+        names = [ln.strip() for ln in text.splitlines() if ln.strip()]
         where = str(path)
     else:
+        _check_utf8(spec, "labels")
         names = [part.strip() for part in spec.split(",") if part.strip()]
         where = repr(spec)
     if not names:
