@@ -79,6 +79,9 @@ def repair_main(args) -> int:
         done = rebuild_from_results(store, out / "segments", kind=kind)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # no results; a writer holds the store
         raise UserError(str(e)) from None
+    except OSError as e:  # a read-only or full file system: nothing was changed
+        raise UserError(f"cannot repair the store {store}: {e.strerror or e}"
+                        + (f" ({e.filename})" if e.filename else "")) from None
     skipped = f" ({done.skipped} rows without a usable embedding skipped)" if done.skipped else ""
     aside = f"; its old files are in {done.aside}" if done.aside else ""
     print(f"video store {store}: rebuilt from {out / 'segments'}: {done.vectors} vectors{skipped}{aside}")
