@@ -20,9 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from vmstream.models.checkpoint import CheckpointError
+
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .annotations import (DATASET_CLASSES, AnnotationError, REGRESSION_DATASETS, TargetNorm, check_labels,
+from .annotations import (DATASET_CLASSES, REGRESSION_DATASETS, AnnotationError, TargetNorm, check_labels,
                           read_video_list, trim_entries)
 from .augment import TrainTransform
 from .datasets import LongVideoDataset, VideoClsDataset, collate
@@ -357,7 +359,7 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
 
             return 130 if pretrain_fit(cfg, should_stop=should_stop)["stopped"] else 0
         return 130 if fit(cfg, should_stop=should_stop)["stopped"] else 0
-    except (RecipeError, AnnotationError, FileNotFoundError) as e:  # data or weights the recipe names
+    except (RecipeError, AnnotationError, CheckpointError, FileNotFoundError) as e:  # data or weights it names
         print(f"vmstream train: {e}", file=sys.stderr)
         return 2
     finally:
