@@ -124,7 +124,6 @@ def test_the_readmes_training_commands_without_the_data(tmp_path, recipe, extra)
     one_line(res, "vmstream train:", "annotation list", str(data))
 
 
-@pytest.mark.slow
 def test_gpu_check_dry_run_without_triton_skips_its_checks_in_one_line_each(tmp_path):
     # The runtime venv has no Triton (an extra): the same as a triton that cannot be imported.
     (tmp_path / "triton.py").write_text("raise ImportError('No module named triton (test stand-in)')\n")
