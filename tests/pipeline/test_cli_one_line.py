@@ -345,3 +345,33 @@ def test_kafka_security_protocol_is_validated(files, h264_mp4, tmp_path, value):
     res = vmstream("run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL,
                    "--set", f"kafka.client.security_protocol={value}")
     one_line(res, "vmstream run:", "kafka.client", "'security_protocol'", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["-k", "1000000000"], "argument -k: 1000000000 hits: at most 100000"),
+    (["--rerank", "5000"], "argument --rerank: 5000 hits: at most 1000"),
+])
+def test_search_counts_have_an_upper_bound(files, args, says):
+    res = vmstream("search", "--index", files / "vt_out", "--text", "a dog", *args)
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"vmstream search: error: {says}", err  # argparse: usage, then this
+
+
+@pytest.mark.parametrize("option, value, says", [("--num-frames", "100000", "at most 1024"),
+                                                ("--k-test", "1000000000", "at most 100000")])
+def test_eval_retrieval_counts_have_an_upper_bound(files, tmp_path, option, value, says):
+    ann = tmp_path / "ann.json"
+    ann.write_text("[]")
+    res = vmstream("eval-retrieval", "--checkpoint", files / "vt.pth", "--annotations", ann, "--videos", tmp_path,
+                   option, value)
+    one_line(res, "vmstream eval-retrieval:", f"{option} {value}", says)
+
+
+def test_a_character_device_as_input_is_not_opened(files, tmp_path):
+    res = vmstream("run", "/dev/zero", "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL,
+                   timeout=120)
+    lines = error_lines(res)
+    assert res.returncode == 1, lines
+    assert [ln.strip() for ln in lines if "FAILED" in ln] == [
+        "FAILED /dev/zero: not a regular file (a character device); only files and URLs are read as media"]

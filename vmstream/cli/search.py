@@ -13,14 +13,26 @@ from vmstream.errors import UserError
 from vmstream.printable import printable
 
 
-def _positive_int(text: str) -> int:
+# Upper bounds: FAISS allocates k results per query up front (-k 1e9 took 1 GB before
+# answering), and every --rerank candidate is decoded again from its source.
+MAX_HITS = 100_000
+MAX_RERANK = 1_000
+
+
+def _positive_int(text: str, top: int = MAX_HITS) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"{v} hits: ask for at least 1")
+    if v > top:
+        raise argparse.ArgumentTypeError(f"{v} hits: at most {top}")
     return v
+
+
+def _rerank_k(text: str) -> int:
+    return _positive_int(text, MAX_RERANK)
 
 
 def _seconds(text: str) -> float:
@@ -62,10 +74,10 @@ def add_parser(sub) -> None:
     search.add_argument("--at", type=_seconds, metavar="SECONDS",
                         help="with --video: use the segment covering this time (default: the whole video, "
                              "mean of its segment embeddings); with --stream: required")
-    search.add_argument("-k", type=_positive_int, default=10, help="number of hits (default 10)")
+    search.add_argument("-k", type=_positive_int, default=10, help=f"number of hits (default 10, at most {MAX_HITS})")
     search.add_argument("--json", action="store_true", help="print hits as JSON lines")
     search.add_argument("--config", help="YAML config for embedding --video (model, decoding)")
-    search.add_argument("--rerank", type=_positive_int, metavar="K",
+    search.add_argument("--rerank", type=_rerank_k, metavar="K",
                         help="--text: re-score the top K hits with the model's ITM head, re-decoding those "
                              "segments from their sources (the official two-stage retrieval)")
     search.add_argument("--vocab", metavar="FILE",
