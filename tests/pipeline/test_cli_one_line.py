@@ -375,3 +375,14 @@ def test_a_character_device_as_input_is_not_opened(files, tmp_path):
     assert res.returncode == 1, lines
     assert [ln.strip() for ln in lines if "FAILED" in ln] == [
         "FAILED /dev/zero: not a regular file (a character device); only files and URLs are read as media"]
+
+
+def test_special_files_as_labels_are_not_read(files, h264_mp4, tmp_path):
+    fifo = tmp_path / "labels.txt"
+    os.mkfifo(fifo)
+    res = vmstream("run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "o1", "--labels",
+                   "/dev/zero", *SMALL, timeout=120)
+    one_line(res, "vmstream run:", "model.labels: /dev/zero is not a regular file")
+    res = vmstream("run", h264_mp4, "--checkpoint", files / "vt.pth", "--out", tmp_path / "o2", "--vocab",
+                   files / "vocab.txt", "--labels", fifo, *SMALL, timeout=120)
+    one_line(res, "vmstream run:", f"labels file {fifo} is not a regular file")

@@ -85,6 +85,8 @@ def parse_labels(spec: str, template: Optional[str] = None) -> tuple[list[str], 
     """(label names, prompts) from "a,b,c" or a file with one label a line; `template`
     ("a video of {}") turns each label into its prompt."""
     path = Path(spec)
+    if path.exists() and not path.is_file():  # a directory, FIFO or device: never read as a list
+        raise ValueError(f"labels file {path} is not a regular file")
     if path.is_file():
         try:
             text = path.read_text(encoding="utf-8")

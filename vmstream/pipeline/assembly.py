@@ -50,6 +50,8 @@ def load_pipeline_model(cfg: PipelineConfig):
         set_open_labels(model, cfg)
     elif cfg.model.labels:
         p = Path(cfg.model.labels)
+        if p.exists() and not p.is_file():  # a directory, FIFO or device: reading one may never end
+            raise UserError(f"model.labels: {p} is not a regular file")
         if not p.is_file():
             if "," in cfg.model.labels or not cfg.model.labels.endswith(".txt"):
                 raise UserError(f"--labels {cfg.model.labels!r}: open-vocabulary labels need a video-text model "
