@@ -386,3 +386,9 @@ def test_special_files_as_labels_are_not_read(files, h264_mp4, tmp_path):
     res = vmstream("run", h264_mp4, "--checkpoint", files / "vt.pth", "--out", tmp_path / "o2", "--vocab",
                    files / "vocab.txt", "--labels", fifo, *SMALL, timeout=120)
     one_line(res, "vmstream run:", f"labels file {fifo} is not a regular file")
+
+
+def test_train_with_a_scan_backend_that_does_not_exist():
+    res = vmstream("train", "--config", "configs/train/synthetic_memory.yaml", "--set", "epochs=1",
+                   env={"VMSTREAM_SCAN_BACKEND": "bogus"})
+    one_line(res, "vmstream train:", "unknown scan backend 'bogus' (from VMSTREAM_SCAN_BACKEND)")

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vmstream.models.checkpoint import CheckpointError
+from vmstream.models.ops.dispatch import check_backend
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -322,7 +323,9 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
     _setup_logging()
     try:
         cfg = load_recipe(config_path, overrides)
-    except RecipeError as e:
+        device = recipe_device(cfg)
+        check_backend(device if device.type == "cpu" else None)  # a GPU is checked by its first scan
+    except (RecipeError, ValueError) as e:
         print(f"vmstream train: {e}", file=sys.stderr)
         return 2
     try:

@@ -218,11 +218,17 @@ def _choose(tensor: Tensor, backend: Optional[str]) -> str:
     return "ref"
 
 
-def check_backend(device) -> None:
+def check_backend(device=None) -> None:
     """ValueError, naming the backend and VMSTREAM_SCAN_BACKEND, when the backend that
     variable names does not exist or cannot run on `device` (cuda or triton on a machine
-    without a GPU): the check a first scan would make, made before any work starts."""
-    if not os.environ.get(ENV_VAR):
+    without a GPU): the check a first scan would make, made before any work starts.
+    Without a device only the name is checked."""
+    name = os.environ.get(ENV_VAR)
+    if not name:
+        return
+    if device is None:  # the name alone (no tensor made: a CUDA context is not wanted yet)
+        if name not in _BACKENDS:
+            raise ValueError(f"unknown scan backend {name!r} (from {ENV_VAR}); expected one of {_BACKENDS}")
         return
     try:
         _choose(torch.empty(0, device=device), None)
