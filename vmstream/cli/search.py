@@ -99,6 +99,9 @@ def store_dir(path: str) -> Path:
 def main(args) -> int:
     from vmstream.store import VideoStore
 
+    if args.at is not None and args.video is None and args.stream is None:
+        query = "--id" if args.id is not None else "--text"
+        raise UserError(f"--at {args.at:g} picks a time of --video or --stream; it has no meaning with {query}")
     where = store_dir(args.index)
     try:
         store = VideoStore(where, readonly=True)
@@ -107,9 +110,6 @@ def main(args) -> int:
     k = args.k
     if args.rerank is not None and args.text is None:
         raise UserError("--rerank re-scores text search hits; it needs --text")
-    if args.at is not None and args.video is None and args.stream is None:
-        query = "--id" if args.id is not None else "--text"
-        raise UserError(f"--at {args.at:g} picks a time of --video or --stream; it has no meaning with {query}")
     if args.text is not None:
         queries = list(args.text)
         print_text_hits(queries, _search_by_text(args, store, where, queries, k), as_json=args.json,
