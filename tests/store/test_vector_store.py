@@ -205,7 +205,7 @@ def test_bad_vectors_and_mismatches_are_refused_by_name(tmp_path):
     other.model = "videomamba_middle"
     with pytest.raises(ValueError, match="holds embeddings from model 'videomamba_tiny'"):
         store.add_results([other])
-    with pytest.raises(RuntimeError, match="already open for writing"):
+    with pytest.raises(RuntimeError, match="is locked by another run"):
         VideoStore(tmp_path / "v")
     assert len(store) == 1
     store.close()

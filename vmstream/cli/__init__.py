@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 from vmstream.cli import eval_retrieval, info, run, search, store, train, worker
 from vmstream.cli.common import setup_logging
 from vmstream.errors import UserError
+from vmstream.printable import printable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except UserError as e:
-        print(f"vmstream {args.command}: {e}", file=sys.stderr)
+        print(f"vmstream {args.command}: {printable(str(e), keep_newlines=True)}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
     except BrokenPipeError:
         # The reader went away (`vmstream search ... | head`): not an error. Point stdout

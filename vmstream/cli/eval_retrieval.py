@@ -46,15 +46,19 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from vmstream.models import CheckpointError, CheckpointNotFound, load_model, resolve_device
+    from vmstream.models.ops.dispatch import check_backend
     from vmstream.models.text_query import require_videotext
     from vmstream.pipeline.assembly import make_tokenizer
     from vmstream.pipeline.retrieval_eval import ClipReader, evaluate, load_annotations
     from vmstream.text_lengths import DEFAULT_MAX_TEXT_LEN, MAX_TEXT_LEN
 
-    for name, value in (("--max-text-len", args.max_text_len), ("--num-frames", args.num_frames),
-                        ("--k-test", args.k_test)):
+    # --num-frames allocates a clip of that many frames per video, --k-test an ITM pass per candidate.
+    for name, value, top in (("--max-text-len", args.max_text_len, None), ("--num-frames", args.num_frames, 1024),
+                             ("--k-test", args.k_test, 100_000)):
         if value is not None and value < 1:
             raise UserError(f"{name} {value}: must be at least 1")
+        if value is not None and top is not None and value > top:
+            raise UserError(f"{name} {value}: at most {top}")
     paragraph = args.paragraph if args.paragraph is not None else args.dataset in _PARAGRAPH
     max_len = args.max_text_len or MAX_TEXT_LEN.get(args.dataset or "", DEFAULT_MAX_TEXT_LEN)
     try:
@@ -62,6 +66,7 @@ def main(args) -> int:
         model = load_model(args.checkpoint or args.model)
         require_videotext(model, "eval-retrieval")
         model = model.to(resolve_device(args.device))
+        check_backend(resolve_device(args.device))
     except (ValueError, CheckpointNotFound, CheckpointError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     if max_len > model.max_text_len:

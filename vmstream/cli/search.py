@@ -10,16 +10,29 @@ from pathlib import Path
 
 from vmstream.cli.common import add_common, add_model_args, config_from_args
 from vmstream.errors import UserError
+from vmstream.printable import printable
 
 
-def _positive_int(text: str) -> int:
+# Upper bounds: FAISS allocates k results per query up front (-k 1e9 took 1 GB before
+# answering), and every --rerank candidate is decoded again from its source.
+MAX_HITS = 100_000
+MAX_RERANK = 1_000
+
+
+def _positive_int(text: str, top: int = MAX_HITS) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"{v} hits: ask for at least 1")
+    if v > top:
+        raise argparse.ArgumentTypeError(f"{v} hits: at most {top}")
     return v
+
+
+def _rerank_k(text: str) -> int:
+    return _positive_int(text, MAX_RERANK)
 
 
 def _seconds(text: str) -> float:
@@ -61,10 +74,10 @@ def add_parser(sub) -> None:
     search.add_argument("--at", type=_seconds, metavar="SECONDS",
                         help="with --video: use the segment covering this time (default: the whole video, "
                              "mean of its segment embeddings); with --stream: required")
-    search.add_argument("-k", type=_positive_int, default=10, help="number of hits (default 10)")
+    search.add_argument("-k", type=_positive_int, default=10, help=f"number of hits (default 10, at most {MAX_HITS})")
     search.add_argument("--json", action="store_true", help="print hits as JSON lines")
     search.add_argument("--config", help="YAML config for embedding --video (model, decoding)")
-    search.add_argument("--rerank", type=_positive_int, metavar="K",
+    search.add_argument("--rerank", type=_rerank_k, metavar="K",
                         help="--text: re-score the top K hits with the model's ITM head, re-decoding those "
                              "segments from their sources (the official two-stage retrieval)")
     search.add_argument("--vocab", metavar="FILE",
@@ -86,6 +99,9 @@ def store_dir(path: str) -> Path:
 def main(args) -> int:
     from vmstream.store import VideoStore
 
+    if args.at is not None and args.video is None and args.stream is None:
+        query = "--id" if args.id is not None else "--text"
+        raise UserError(f"--at {args.at:g} picks a time of --video or --stream; it has no meaning with {query}")
     where = store_dir(args.index)
     try:
         store = VideoStore(where, readonly=True)
@@ -150,7 +166,12 @@ def at_segment(store, stream: str, t: float) -> None:
 def _search_by_video(args, store, where: Path, k: int):
     from vmstream.pipeline.assembly import load_pipeline_model
     from vmstream.pipeline.sequential import embed_video
+    from vmstream.stages.sources import SourceSpecError, resolve_sources
 
+    try:  # before the model loads: a mistyped name is one line at once
+        resolve_sources([args.video])
+    except (SourceSpecError, ValueError, FileNotFoundError) as e:
+        raise UserError(f"--video {e}") from None
     cfg = search_config(args, where)
     model = load_pipeline_model(cfg)
     digest = store.meta.get("checkpoint_digest") or ""
@@ -192,7 +213,7 @@ def _search_by_text(args, store, where: Path, queries: list, k: int):
     for query, hs in zip(queries, hits):
         ranked, notes = rerank(cfg, model, tokenizer, query, hs, args.rerank)
         for note in dict.fromkeys(notes):
-            print(f"vmstream search: --rerank: {note}", file=sys.stderr)
+            print(f"vmstream search: --rerank: {printable(note)}", file=sys.stderr)
         out.append([(r.hit, r.itm) for r in ranked[:k]])
     return out
 
@@ -204,7 +225,7 @@ def print_text_hits(queries, hits_per_query, as_json: bool = False, reranked: bo
     for query, hits in zip(queries, hits_per_query):
         if as_json:
             for rank, (h, itm) in enumerate(hits, 1):
-                row = {"query": query, "rank": rank, "uid": h.uid, "score": round(float(h.score), 6),
+                row = {"query": query, "rank": rank, "id": h.uid, "uid": h.uid, "score": round(float(h.score), 6),
                        "stream_id": h.stream_id, "segment_index": h.segment_index,
                        "t_start": h.t_start, "t_end": h.t_end, "uri": h.uri}
                 if reranked:
@@ -212,10 +233,11 @@ def print_text_hits(queries, hits_per_query, as_json: bool = False, reranked: bo
                 print(json.dumps(row))
             continue
         if len(queries) > 1:
-            print(f"query: {query}")
+            print(f"query: {printable(query)}")
         for rank, (h, itm) in enumerate(hits, 1):
             extra = "" if itm is None else f"  itm {itm:.4f}"
-            print(f"{rank:3d}. {h.score:.4f}{extra}  {h.stream_id}  [{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
+            print(f"{rank:3d}. {h.score:.4f}{extra}  {printable(h.stream_id)}  "
+                  f"[{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
                   f"segment {h.segment_index}  id {h.uid}")
         if not hits:
             print("no hits")
@@ -251,12 +273,14 @@ def print_hits(hits, as_json: bool = False) -> None:
 
     for rank, h in enumerate(hits, 1):
         if as_json:
-            print(json.dumps({"rank": rank, "uid": h.uid, "score": round(float(h.score), 6), "stream_id": h.stream_id,
+            # "id" as the text output says it; "uid" kept for readers written before it
+            print(json.dumps({"rank": rank, "id": h.uid, "uid": h.uid, "score": round(float(h.score), 6),
+                              "stream_id": h.stream_id,
                               "segment_index": h.segment_index, "t_start": h.t_start, "t_end": h.t_end,
                               "uri": h.uri, "labels": list(h.labels)}))
         else:
-            label = f"  {h.label}" if h.labels else ""
-            print(f"{rank:3d}. {h.score:.4f}  {h.stream_id}  [{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
+            label = f"  {printable(h.label)}" if h.labels else ""
+            print(f"{rank:3d}. {h.score:.4f}  {printable(h.stream_id)}  [{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
                   f"segment {h.segment_index}  id {h.uid}{label}")
     if not hits:
         print("no hits")

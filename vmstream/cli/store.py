@@ -89,9 +89,9 @@ def repair_main(args) -> int:
                                     fallback={"kind": _run_kind(out), "metric": _run_metric(out)})
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # no results; a writer holds the store
         raise UserError(str(e)) from None
-    except OSError as e:
-        raise UserError(f"vmstream store repair {args.dir}: {e.strerror or e}"
-                        f"{f' ({e.filename})' if e.filename else ''}") from None
+    except OSError as e:  # a read-only or full file system: nothing was changed
+        raise UserError(f"cannot repair the store {store}: {e.strerror or e}"
+                        + (f" ({e.filename})" if e.filename else "")) from None
     for note in done.notes:
         print(f"note: video store {store}: {note}")
     skipped = f" ({done.skipped} rows without a usable embedding skipped)" if done.skipped else ""

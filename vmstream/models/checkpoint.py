@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .archive_check import DamagedArchive, check_archive
 from .hub import file_digest, resolve_checkpoint
 from .registry import CHECKPOINTS, class_names, get_checkpoint, size_name
 from .videomamba import VideoMamba, resample_temporal_pos
@@ -82,23 +83,31 @@ def read_checkpoint(source: Union[str, os.PathLike, Mapping]) -> tuple[dict[str,
     else:
         path = Path(source)
         try:
-            with torch.serialization.safe_globals(_safe_globals()):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except pickle.UnpicklingError as e:
-            text = str(e)
-            if "Weights only load failed" not in text:
-                raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {text}") from None
-            obj = _load_with_inert_classes(path, meta)
-        except Exception as e:  # a corrupt file fails in many ways inside the unpickler
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+            check_archive(path)
+            obj = _load_file(path, meta)
+        except DamagedArchive as e:
+            raise CheckpointError(str(e)) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("args"), argparse.Namespace):
         meta["args"] = obj["args"]
     if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
         meta["config"] = obj["config"]  # the official multimodal training config (an EasyDict)
     sd = _find_state_dict(obj, meta)
     return _strip_prefixes(sd), meta
+
+
+def _load_file(path: Path, meta: dict):
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Weights only load failed" not in text:
+            raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {text}") from None
+        return _load_with_inert_classes(path, meta)
+    except Exception as e:  # a corrupt file fails in many ways inside the unpickler
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
 
 
 class InertObject:
@@ -355,6 +364,9 @@ def _fit_head(sd: dict, target: Mapping, reset_head: bool, notes: list[str]) -> 
         return sd
     ck_n = int(ck_head["head.weight"].shape[0]) if "head.weight" in ck_head else 0
     model_n = int(model_head["head.weight"].shape[0]) if "head.weight" in model_head else 0
+    if not reset_head and ck_n == model_n:  # same classes: the head's width or its keys differ
+        raise CheckpointError(f"the checkpoint's head does not fit the model's, though both have {ck_n or 'no'} "
+                              f"classes: {_head_difference(ck_head, model_head)}")
     if not reset_head:
         raise CheckpointError(
             f"the checkpoint's head has {ck_n or 'no'} classes but the model's has {model_n or 'no'} "
@@ -366,6 +378,17 @@ def _fit_head(sd: dict, target: Mapping, reset_head: bool, notes: list[str]) -> 
         sd[k] = v
     notes.append(f"reset the head: checkpoint {ck_n or 'none'} classes -> model {model_n or 'none'}")
     return sd
+
+
+def _head_difference(ck_head: Mapping, model_head: Mapping) -> str:
+    ck_w, model_w = ck_head.get("head.weight"), model_head.get("head.weight")
+    if ck_w is not None and model_w is not None and ck_w.shape[1:] != model_w.shape[1:]:
+        return (f"its input width is {ck_w.shape[1]} (the checkpoint's embed_dim) and the model's is "
+                f"{model_w.shape[1]}: the checkpoint is of another model size")
+    shape = lambda head, k: tuple(head[k].shape) if k in head else "absent"  # noqa: E731
+    return "; ".join(f"{k}: checkpoint {shape(ck_head, k)} vs model {shape(model_head, k)}"
+                     for k in sorted(ck_head.keys() | model_head.keys())
+                     if k not in ck_head or k not in model_head or ck_head[k].shape != model_head[k].shape)
 
 
 # ------------------------------------------------------------------- public API

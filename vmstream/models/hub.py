@@ -52,6 +52,8 @@ def resolve_checkpoint(name_or_path: Union[str, os.PathLike], *, cache_dir: Opti
         return path
     if path.is_dir():
         raise CheckpointNotFound(f"checkpoint path {path} is a directory, not a checkpoint file")
+    if path.exists():  # a FIFO, socket or device (/dev/zero): reading one never ends
+        raise CheckpointNotFound(f"checkpoint path {path} is not a regular file")
     try:
         info = get_checkpoint(path.name if raw.endswith(".pth") else raw)
     except KeyError as e:

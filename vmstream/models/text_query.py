@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .tokenizer import DEFAULT_MAX_TEXT_LEN, BertTokenizer
 
-__all__ = ["encode_queries", "parse_labels", "is_videotext", "require_videotext"]
+__all__ = ["encode_queries", "parse_labels", "is_videotext", "require_videotext", "check_vocabulary"]
 
 
 def is_videotext(model) -> bool:
@@ -31,6 +31,17 @@ def require_videotext(model, what: str) -> None:
                          f"model {name!r} is a video classifier with no text encoder")
 
 
+def check_vocabulary(model, tokenizer: BertTokenizer) -> None:
+    """A ValueError naming the vocabulary file when it has more tokens than the model's
+    text encoder has embeddings: its ids past the table would end in an IndexError deep in
+    the text encoder (only for the queries that happen to use them)."""
+    table = getattr(getattr(getattr(model, "text_encoder", None), "embeddings", None), "word_embeddings", None)
+    known = getattr(table, "num_embeddings", None)
+    if known is not None and tokenizer.vocab_size > known:
+        raise ValueError(f"the text vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} tokens, the "
+                         f"model's text encoder knows {known}: use the vocabulary its checkpoint was trained with")
+
+
 @torch.inference_mode()
 def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertTokenizer] = None,
                    max_length: Optional[int] = None, batch_size: int = 256) -> Tensor:
@@ -40,8 +51,10 @@ def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertToken
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise ValueError(f"text query {i + 1} is empty")
+        _check_utf8(t, f"text query {i + 1}")
     if tokenizer is None:
         tokenizer = BertTokenizer()
+    check_vocabulary(model, tokenizer)
     max_length = min(max_length or tokenizer.max_length or DEFAULT_MAX_TEXT_LEN, model.max_text_len)
     device = next(model.parameters()).device
     out = []
@@ -57,14 +70,33 @@ def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertToken
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
 
+def _check_utf8(text: str, what: str) -> None:
+    """A ValueError when `text` holds bytes that are not UTF-8 (a command-line argument
+    keeps them as surrogate escapes, which the tokenizer cannot take)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "surrogateescape")
+        raise ValueError(f"{what} {text[:60]!r} is not valid UTF-8 (byte 0x{bad.hex()} at character "
+                         f"{e.start + 1})") from None
+
+
 def parse_labels(spec: str, template: Optional[str] = None) -> tuple[list[str], list[str]]:
     """(label names, prompts) from "a,b,c" or a file with one label a line; `template`
     ("a video of {}") turns each label into its prompt."""
     path = Path(spec)
+    if path.exists() and not path.is_file():  # a directory, FIFO or device: never read as a list
+        raise ValueError(f"labels file {path} is not a regular file")
     if path.is_file():
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"labels file {path} is not a text file (not valid UTF-8: byte "
+                             f"0x{e.object[e.start]:02x} at offset {e.start})") from None
+        names = [ln.strip() for ln in text.splitlines() if ln.strip()]
         where = str(path)
     else:
+        _check_utf8(spec, "labels")
         names = [part.strip() for part in spec.split(",") if part.strip()]
         where = repr(spec)
     if not names:

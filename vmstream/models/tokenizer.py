@@ -95,7 +95,11 @@ def _wordpiece(vocab_path: str, lowercase: bool):
         from tokenizers.models import WordPiece
     except ImportError:
         raise ImportError("the video-text models need the `tokenizers` package: pip install tokenizers") from None
-    vocab = WordPiece.read_file(vocab_path)
+    try:
+        vocab = WordPiece.read_file(vocab_path)
+    except Exception as e:  # tokenizers raises a bare Exception (e.g. for bytes that are not UTF-8)
+        raise ValueError(f"{vocab_path} is not a BERT WordPiece vocabulary (a UTF-8 text file, one token a "
+                         f"line): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     for special in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"):
         if special not in vocab:
             raise ValueError(f"{vocab_path} is not a BERT WordPiece vocabulary: it lacks {special}")

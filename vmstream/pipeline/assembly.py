@@ -24,8 +24,14 @@ def load_pipeline_model(cfg: PipelineConfig):
     """The model the config names (a checkpoint file wins over a registry name)."""
     from vmstream.models import CheckpointError, CheckpointNotFound, load_model
 
+    from vmstream.models.ops.dispatch import check_backend
+
     if cfg.model.scan_backend != "auto":
         os.environ["VMSTREAM_SCAN_BACKEND"] = cfg.model.scan_backend
+    try:
+        check_backend(resolve_device(cfg.model.device))
+    except ValueError as e:
+        raise UserError(f"model.scan_backend: {e}" if cfg.model.scan_backend != "auto" else str(e)) from None
     ref = cfg.model.checkpoint or cfg.model.name
     if not ref:
         raise UserError("no model: pass --model NAME or --checkpoint PATH (see configs/)")
@@ -44,13 +50,19 @@ def load_pipeline_model(cfg: PipelineConfig):
         set_open_labels(model, cfg)
     elif cfg.model.labels:
         p = Path(cfg.model.labels)
+        if p.exists() and not p.is_file():  # a directory, FIFO or device: reading one may never end
+            raise UserError(f"model.labels: {p} is not a regular file")
         if not p.is_file():
             if "," in cfg.model.labels or not cfg.model.labels.endswith(".txt"):
                 raise UserError(f"--labels {cfg.model.labels!r}: open-vocabulary labels need a video-text model "
                                 f"(e.g. videomamba_m16_25M_f8_res224); model {model.card.name!r} is a classifier, "
                                 "whose labels are a file naming its classes")
             raise UserError(f"model.labels: {p} does not exist")
-        names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        try:
+            names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as e:
+            raise UserError(f"model.labels: {p} is not a text file of class names (not valid UTF-8: byte "
+                            f"0x{e.object[e.start]:02x} at offset {e.start})") from None
         n = model.head.out_features if hasattr(model.head, "out_features") else None
         if n is not None and len(names) != n:
             raise UserError(f"model.labels: {p} has {len(names)} names, the model has {n} classes")
@@ -162,7 +174,13 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
             kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind
             # A video-text model's segment embeddings are scored by inner product (see models/videotext.py).
             metric = "ip" if is_videotext(model) else None
-            sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind, metric=metric))
+            try:
+                sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind, metric=metric))
+            except UserError:
+                raise
+            except ValueError as e:  # a store of another model's vectors (dim, kind, metric)
+                raise UserError(f"output.dir {out}: {e}; another model's results are there: give this "
+                                "model another --out") from None
         if cfg.kafka.bootstrap:
             sinks.append(make_kafka_sink(cfg))
     except BaseException:

@@ -66,18 +66,20 @@ class DecodeConfig(_Strict):
     # file; "keyframes": keyframes only (fast, approximate in time); "all": every frame.
     sampling: Literal["fps", "uniform", "keyframes", "all"] = "fps"
     fps: float = Field(1.0, gt=0, le=1000)
-    uniform_frames: int = Field(16, ge=1)
+    # Upper bounds on what allocates per stream (frames held, pixels per frame, threads):
+    # past them a typo costs gigabytes (1e9 frames, 8192-pixel frames, 100000 threads).
+    uniform_frames: int = Field(16, ge=1, le=1024)
     # Frame size and resize mode: unset = the model card's (its training preprocessing).
-    img_size: Optional[int] = Field(None, ge=16)
+    img_size: Optional[int] = Field(None, ge=16, le=1024)
     resize: Optional[Literal["short_side_crop", "direct"]] = None
     audio: bool = False
-    threads: int = Field(0, ge=0)  # decoder threads; 0 = automatic
+    threads: int = Field(0, ge=0, le=64)  # decoder threads; 0 = automatic
     # H.264 files: runs of GOPs decoded this many at once, each on its own decoder
     # (stages/decode/gop_pool.py); 1 = one decoder, as before the pool.
     gop_workers: int = Field(2, ge=1, le=16)
     # Inputs declaring larger frames (width x height) are refused when probed; the
     # default 8192x8192 admits 8K video (see stages/decode/frame_bound.py).
-    max_frame_pixels: int = Field(8192 * 8192, ge=1)
+    max_frame_pixels: int = Field(8192 * 8192, ge=1, le=16384 * 16384)  # FFmpeg's own limit
 
     @field_validator("img_size")
     @classmethod
@@ -229,6 +231,10 @@ class KafkaConfig(_Strict):
         return _kafka_options(v, "consumer", ("consumer",))
 
 
+# The values kafka-python accepts (its KafkaProducer/KafkaConsumer docs); anything else
+# fails only when a connection is made, far from the config that set it.
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
 # Set by vmstream itself from kafka.bootstrap and its record formats.
 _KAFKA_OWN = ("bootstrap_servers", "key_serializer", "value_serializer", "key_deserializer", "value_deserializer")
 
@@ -263,6 +269,8 @@ def _kafka_options(options: dict[str, Any], field: str, clients: tuple[str, ...]
             raise ValueError(f"{key!r} is an option of the Kafka {' and '.join(takers)} only, and kafka.{field} "
                              f"{where}" + ("; put consumer options under kafka.consumer"
                                            if field == "client" and "consumer" in takers else ""))
+        if name == "security_protocol" and options[key] not in _SECURITY_PROTOCOLS:
+            raise ValueError(f"{key!r} is {options[key]!r}; kafka-python accepts {', '.join(_SECURITY_PROTOCOLS)}")
     return options
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vmstream.models.text_query import check_vocabulary
 from vmstream.records import Frame
 from vmstream.stages.decode import FrameSize, VideoInputError, make_decoder
 from vmstream.stages.sampling import FrameIndexSampling, stream_length
@@ -127,6 +128,7 @@ class ClipReader:
 
 @torch.inference_mode()
 def _encode_texts(model, tokenizer, texts, max_len: int, device, batch: int = 256):
+    check_vocabulary(model, tokenizer)
     states, masks, feats, cut = [], [], [], 0
     for s in range(0, len(texts), batch):
         tb = tokenizer(texts[s:s + batch], max_length=max_len, padding="max_length", warn=False)

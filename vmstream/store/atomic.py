@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Union
 
+from vmstream.errors import UserError
+
 PathLike = Union[str, os.PathLike]
 
 TMP_PREFIX = ".tmp-"
@@ -105,6 +107,10 @@ def remove_stale_tmp(directory: PathLike) -> int:
     return n
 
 
+class DirLocked(UserError, RuntimeError):
+    """The directory is held by another writer: one line for the user, nothing damaged."""
+
+
 class DirLock:
     """An exclusive writer lock on a directory (``flock`` on a hidden lock file).
 
@@ -126,11 +132,21 @@ class DirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            try:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            except OSError:
+                holder = ""
             os.close(fd)
-            raise RuntimeError(
-                f"{self.what} {self.directory} is already open for writing by another process "
-                "(one writer per directory; use another --out, or wait for it to finish)"
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise DirLocked(
+                f"{self.what} {self.directory} is locked by another run{by}: one writer per directory; "
+                "use another --out, or wait for it to finish"
             ) from None
+        try:  # who holds it, for the message a second writer gets
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
         return self
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import vmstream
+from vmstream.models.archive_check import check_archive
 
 _SCALER_DEFAULT = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
                    "growth_interval": 2000, "_growth_tracker": 0}
@@ -108,6 +109,7 @@ def load_checkpoint_file(path: str) -> dict:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
+            check_archive(path)
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle refusing a global, or a corrupt file
             raise ValueError(f"checkpoint {path!r} cannot be loaded safely: {e}") from None

@@ -170,7 +170,7 @@ def test_bad_record_is_refused_with_its_name_and_loses_nothing(tmp_path):
 
 def test_one_writer_per_directory(tmp_path):
     with ParquetSink(tmp_path):
-        with pytest.raises(RuntimeError, match="already open for writing"):
+        with pytest.raises(RuntimeError, match="is locked by another run"):
             ParquetSink(tmp_path)
     ParquetSink(tmp_path).close()  # released on close
 

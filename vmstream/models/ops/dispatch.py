@@ -218,6 +218,24 @@ def _choose(tensor: Tensor, backend: Optional[str]) -> str:
     return "ref"
 
 
+def check_backend(device=None) -> None:
+    """ValueError, naming the backend and VMSTREAM_SCAN_BACKEND, when the backend that
+    variable names does not exist or cannot run on `device` (cuda or triton on a machine
+    without a GPU): the check a first scan would make, made before any work starts.
+    Without a device only the name is checked."""
+    name = os.environ.get(ENV_VAR)
+    if not name:
+        return
+    if device is None:  # the name alone (no tensor made: a CUDA context is not wanted yet)
+        if name not in _BACKENDS:
+            raise ValueError(f"unknown scan backend {name!r} (from {ENV_VAR}); expected one of {_BACKENDS}")
+        return
+    try:
+        _choose(torch.empty(0, device=device), None)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+
+
 def _numba_kernels(explicit: bool):
     """The numba module (importing it compiles the kernels, or loads them from numba's
     cache), or None when they fail to compile here and numba was only a fallback."""

@@ -3,6 +3,7 @@ and live decoders, DALI's index pass and the audio readers all open, probe and c
 through here, so an input fails the same way and a time means the same float wherever
 it is read.
 
+- `refuse_special_file`: a FIFO, socket or device is never opened as media;
 - `open_input`: av.open with a source's FFmpeg options and timeouts, failures mapped to
   the `VideoInputError` kinds (each naming the input);
 - `video_stream`, `audio_stream`, `describe`, `count_frames`: the probe;
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import stat
 from typing import Optional
 
 import av
@@ -63,6 +65,25 @@ def ffmpeg_options(options: Optional[dict]) -> dict[str, str]:
 SKIP_PROBE_DECODE = {"skip_frame": "all"}
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def refuse_special_file(uri: str) -> None:
+    """NotAVideoError for a local path that is a FIFO, socket or device: opening one
+    blocks until a writer comes (a FIFO) or reads without end (/dev/zero), beyond the
+    reach of a stop signal. A live feed is a URL (`pipe:`, `tcp://`), never such a path."""
+    if "://" in uri or uri.startswith("pipe:"):
+        return
+    try:
+        mode = os.stat(uri[5:] if uri.startswith("file:") else uri).st_mode
+    except (OSError, ValueError):
+        return  # missing or unreadable: the open says so
+    for test, kind in _SPECIAL:
+        if test(mode):
+            raise NotAVideoError(uri, f"not a regular file ({kind}); only files and URLs are read as media")
+
+
 def open_input(uri: str, options: Optional[dict] = None, *, timeout=None,
                extra_ffmpeg: Optional[dict] = None):
     """av.open with the source's FFmpeg options, mapping failures to VideoInputError."""
@@ -70,6 +91,7 @@ def open_input(uri: str, options: Optional[dict] = None, *, timeout=None,
     opts.update(ffmpeg_options(options))
     fmt = (options or {}).get("format")
     is_url = "://" in uri or uri.startswith("pipe:")
+    refuse_special_file(uri)
     if not is_url:
         if not os.path.exists(uri):
             raise InputNotFoundError(uri, "no such file")

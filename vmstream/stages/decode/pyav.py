@@ -55,6 +55,7 @@ from vmstream.stages.decode.container import (
     count_frames,
     describe,
     open_input,
+    refuse_special_file,
     stream_time,
     video_stream,
 )
@@ -133,6 +134,7 @@ class PyAVDecoder(Decoder):
         packet to get an exact frame count and duration where the header lacks them."""
         live = "://" in uri and not uri.startswith("file://")
         timeout = (options or {}).get("timeout", self.live_timeout) if live else None
+        refuse_special_file(uri)
         declared = y4m_frame_size(uri, options)
         if declared is not None:
             check_frame_size(uri, *declared, self.max_frame_pixels)
