@@ -152,11 +152,12 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
     out = Path(cfg.output.dir)
     sinks = []
     try:
-        if cfg.output.parquet:
+        local_store = cfg.output.store.backend != "none"
+        if cfg.output.parquet and local_store:
             from vmstream.stages.sinks.parquet import ParquetSink
 
             sinks.append(ParquetSink(out))
-        if cfg.output.faiss:
+        if cfg.output.faiss and local_store:
             from vmstream.stages.sinks.faiss_store import FaissSink
 
             kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind

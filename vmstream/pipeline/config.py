@@ -108,8 +108,18 @@ class SegmentConfig(_Strict):
     drop_last: bool = False
 
 
+class StoreConfig(_Strict):
+    """Where a run's, a worker's or an indexer's store lives (`output.store`)."""
+
+    # faiss: the embedded store under output.dir (FAISS index + Parquet result tables);
+    # none: no local store (a fleet's workers, whose results go to Kafka and one
+    # `vmstream index` keeps the one store).
+    backend: Literal["faiss", "none"] = "faiss"
+
+
 class OutputConfig(_Strict):
     dir: str = "runs/latest"
+    store: StoreConfig = Field(default_factory=StoreConfig)
     parquet: bool = True
     faiss: bool = True
     faiss_kind: Literal["auto", "flat", "ivfpq", "hnsw"] = "auto"
@@ -185,6 +195,9 @@ class KafkaConfig(_Strict):
     state_topic: str = "vmstream.state"
     dead_letter_topic: str = "vmstream.dead-letter"
     group_id: str = "vmstream-workers"
+    # The consumer group `vmstream index` reports its progress under (the offsets it
+    # resumes from are the ones its store holds; the group's are a hint for monitoring).
+    indexer_group_id: str = "vmstream-indexer"
     # Passed through to kafka-python (security_protocol, ssl_*, sasl_* ...).
     client: dict[str, Any] = Field(default_factory=dict)
     # Passed to the worker's jobs consumer only, on top of `client`: group timing

@@ -1,0 +1,397 @@
+"""`vmstream index` end to end on the real broker: results produced by real runs and
+workers (tiny checkpoint, tiny encoded videos), the indexer as a real subprocess (so it
+can be SIGKILLed), the store it builds compared with the one `vmstream run` writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from tests.kafka.test_worker import PIPELINE, send_jobs, wait_until, workers, write_config  # noqa: F401
+from vmstream.records import SegmentResult, segment_uid
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def ref_config(ckpt: str, out: Path, bootstrap=None, names=None, **over) -> dict:
+    cfg = {"model": {"checkpoint": ckpt, "name": None, "top_k": 3, "device": "cpu"},
+           "output": {"dir": str(out), "console": False},
+           "decode": dict(PIPELINE["decode"]), "runner": dict(PIPELINE["runner"])}
+    if bootstrap:
+        cfg["kafka"] = {"bootstrap": bootstrap, "results_topic": names.segments, "events_topic": names.events,
+                        "summaries_topic": names.summaries, "state_topic": names.state,
+                        "dead_letter_topic": names.dead_letter, "jobs_topic": names.jobs}
+    for section, values in over.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def run_reference(ckpt: str, jobs: list, out: Path, bootstrap=None, names=None, **over):
+    """`vmstream run --out OUT` of the jobs, in process (the worker's pipeline settings);
+    with a broker, its results also go to the topics `names`."""
+    from vmstream.pipeline.assembly import build_runner
+    from vmstream.pipeline.config import load_config
+    from vmstream.stages.sources import resolve_sources
+
+    cfg = load_config(overrides=ref_config(ckpt, out, bootstrap, names, **over))
+    report = build_runner(cfg).run(resolve_sources(jobs))
+    assert report.streams_failed == 0
+
+
+def indexer_config(path: Path, bootstrap: str, names) -> Path:
+    path.write_text(yaml.safe_dump({"kafka": {
+        "bootstrap": bootstrap, "results_topic": names.segments, "events_topic": names.events,
+        "summaries_topic": names.summaries, "state_topic": names.state, "dead_letter_topic": names.dead_letter,
+        "jobs_topic": names.jobs, "indexer_group_id": f"idx-{names.jobs}"}}))
+    return path
+
+
+class IndexerProc:
+    def __init__(self, config: Path, out: Path, log_path: Path, *extra: str):
+        self.log_path = log_path
+        self._log = open(log_path, "a")
+        self.starts = (log_path.read_text().count("indexing ") if log_path.exists() else 0) + 1
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "vmstream.cli", "index", "--config", str(config),
+                                      "--out", str(out), "--commit-interval", "0.2", *extra],
+                                     cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"indexer exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
+
+    def started(self) -> bool:
+        self.check_alive()
+        return self.log().count("indexing ") >= self.starts
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._log.close()
+
+
+@pytest.fixture
+def indexers():
+    made: list[IndexerProc] = []
+
+    def start(*args, **kw) -> IndexerProc:
+        made.append(IndexerProc(*args, **kw))
+        return made[-1]
+
+    yield start
+    for p in made:
+        if p.proc.poll() is None:
+            p.kill()
+
+
+def end_offsets(bootstrap: str, topics: list) -> dict:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t))]
+        return {f"{tp.topic}:{tp.partition}": o for tp, o in c.end_offsets(tps).items()}
+    finally:
+        c.close()
+
+
+def consumed(out: Path) -> dict:
+    from vmstream.pipeline.indexer import read_consumer
+
+    rec = read_consumer(out)
+    return (rec or {}).get("offsets", {})
+
+
+def wait_indexed(out: Path, bootstrap: str, names, proc: IndexerProc, timeout: float = 120) -> None:
+    """Until the store's committed offsets reach the topics' ends now."""
+    topics = [names.segments, names.events, names.summaries]
+    ends = end_offsets(bootstrap, topics)
+    wait_until(proc.started, 60, "the indexer to start")
+
+    def done():
+        proc.check_alive()
+        have = consumed(out)
+        return all(have.get(k, 0) >= v for k, v in ends.items())
+
+    wait_until(done, timeout, f"the indexer to reach {ends}")
+
+
+def store_view(out: Path) -> dict:
+    """What a reader sees of a store: the FAISS ids, vectors and id-map rows; the
+    de-duplicated Parquet rows of every table."""
+    from vmstream.store import VideoStore
+    from vmstream.store.results import read_table
+
+    with VideoStore(out / "index", readonly=True) as s:
+        ids, vecs = s.index.live_vectors()
+        order = np.argsort(ids)
+        rows = sorted(s.ids.table.to_pylist(), key=lambda r: r["uid"])
+        view = {"ids": ids[order].tolist(), "vectors": vecs[order], "idmap": rows, "metric": s.meta.get("metric"),
+                "model": s.meta.get("model"), "dim": s.meta.get("dim")}
+    view["segments"] = sorted(read_table(out, "segments").to_pylist(), key=lambda r: r["uid"])
+    view["summaries"] = sorted(read_table(out, "summaries").to_pylist(), key=lambda r: r["stream_id"])
+    view["events"] = sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(out, "events").to_pylist())
+    return view
+
+
+def assert_same_store(got: dict, want: dict) -> None:
+    assert got["ids"] == want["ids"]
+    assert len(got["ids"]) == len(set(got["ids"]))
+    np.testing.assert_array_equal(got["vectors"], want["vectors"])
+    assert got["idmap"] == want["idmap"]
+    assert (got["metric"], got["model"], got["dim"]) == (want["metric"], want["model"], want["dim"])
+    assert [r["uid"] for r in got["segments"]] == want["ids"]  # every segment exactly once
+    assert got["segments"] == want["segments"]
+    assert got["summaries"] == want["summaries"]
+    assert got["events"] == want["events"]
+
+
+def make_topics(bootstrap: str, partitions: int = 3):
+    import uuid
+
+    from vmstream.kafka.topics import TopicNames, ensure_topics, vmstream_topics
+
+    names = TopicNames.with_prefix(f"t{uuid.uuid4().hex[:10]}")
+    ensure_topics(bootstrap, vmstream_topics(names, partitions=partitions))
+    return names
+
+
+def six_jobs(d: Path) -> list:
+    from tests.fixtures.media import make_video
+
+    jobs = []
+    for i in range(6):
+        path = make_video(str(d / f"v{i}.mp4"), fps=10, seconds=2 + (i % 3), gop=20, size=(64, 48), noise=i * 3)
+        jobs.append({"stream_id": f"cam-{i}", "uri": path})
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory, kafka_bootstrap, tiny_ckpt):
+    """Six videos run once by `vmstream run` with its results also sent to Kafka: the
+    topics an indexer reads, and the store the run wrote (the reference)."""
+    from vmstream.kafka.topics import delete_topics
+
+    d = tmp_path_factory.mktemp("indexer")
+    names = make_topics(kafka_bootstrap)
+    jobs = six_jobs(d)
+    run_reference(tiny_ckpt, jobs, d / "ref", kafka_bootstrap, names)
+    yield {"names": names, "ref": d / "ref", "jobs": jobs, "view": store_view(d / "ref")}
+    delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_the_indexer_builds_the_store_run_writes(tmp_path, kafka_bootstrap, produced, indexers):
+    names = produced["names"]
+    out = tmp_path / "store"
+    p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log")
+    wait_indexed(out, kafka_bootstrap, names, p)
+    assert p.terminate() == 0
+    assert len(produced["view"]["ids"]) >= 12
+    assert_same_store(store_view(out), produced["view"])
+    # Its progress is also the group's (a hint for monitoring tools).
+    from tests.kafka.test_worker import committed
+
+    group_offsets = committed(kafka_bootstrap, f"idx-{names.jobs}", names.segments)
+    ends = end_offsets(kafka_bootstrap, [names.segments])
+    assert {f"{names.segments}:{p}": o for p, o in group_offsets.items()} == ends
+
+
+def copy_records(bootstrap: str, src, dst, times: int = 1) -> None:
+    """The results on topics `src` sent again to `dst`, `times` over, each to its
+    partition: the duplicates an at-least-once producer makes after retries and resumes."""
+    from kafka import KafkaProducer
+
+    prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        for _ in range(times):
+            for s, d in ((src.segments, dst.segments), (src.events, dst.events), (src.summaries, dst.summaries)):
+                for m in _raw_messages(bootstrap, [s]):
+                    prod.send(d, m.value, key=m.key, headers=m.headers, partition=m.partition)
+        prod.flush(60)
+    finally:
+        prod.close()
+
+
+def test_sigkill_at_five_random_points_gives_the_same_store(tmp_path, kafka_bootstrap, produced, indexers):
+    from vmstream.kafka.topics import delete_topics
+
+    names = make_topics(kafka_bootstrap)
+    try:
+        copy_records(kafka_bootstrap, produced["names"], names, times=10)
+        _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers)
+    finally:
+        delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
+
+
+def _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers):
+    out = tmp_path / "store"
+    cfg = indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names)
+    topics = [names.segments, names.events, names.summaries]
+    total = sum(end_offsets(kafka_bootstrap, topics).values())
+    rng = random.Random(int(os.environ.get("VMSTREAM_TEST_SEED", "0")) or None)
+    kills = []
+    # Increasing targets, so every restart gets further before its kill.
+    for fraction in sorted(rng.uniform(0.05, 0.95) for _ in range(5)):
+        # Small commit cycles, so a kill lands between commits, inside one, or mid-write.
+        p = indexers(cfg, out, tmp_path / "i.log", "--commit-records", "1")
+        target = fraction * total
+
+        def reached():
+            p.check_alive()
+            return sum(consumed(out).values()) >= target
+
+        wait_until(reached, 90, "indexer progress", every=0.02)
+        time.sleep(rng.uniform(0, 0.02))
+        p.kill()
+        kills.append(sum(consumed(out).values()))
+    p = indexers(cfg, out, tmp_path / "i.log")
+    wait_indexed(out, kafka_bootstrap, names, p)
+    assert p.terminate() == 0
+    assert_same_store(store_view(out), produced["view"])
+    assert sum(0 < k < total for k in kills) >= 3, f"too few kills landed mid-way: {kills} of {total}"
+
+
+def _raw_messages(bootstrap: str, topics: list) -> list:
+    from vmstream.kafka.readers import read_messages
+
+    return read_messages(bootstrap, topics, timeout_s=30)
+
+
+def test_a_poison_record_is_dead_lettered_and_the_indexer_goes_on(tmp_path, kafka_bootstrap, produced, indexers):
+    from kafka import KafkaProducer
+
+    from vmstream.kafka.codec import encode_record
+    from vmstream.kafka.readers import read_messages
+
+    src = produced["names"]
+    names = make_topics(kafka_bootstrap)
+    msgs = _raw_messages(kafka_bootstrap, [src.segments])
+    good = [m for m in msgs if m.key == b"cam-0"]
+    wrong_dim = SegmentResult(stream_id="cam-9", segment_index=0, t_start=0.0, t_end=1.0, labels=[], scores=[], label_ids=[],
+                              embedding=np.ones(7, np.float32), stream_version="x")
+    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    try:
+        half = len(good) // 2
+        for m in good[:half]:
+            prod.send(names.segments, m.value, key=m.key, headers=m.headers, partition=0)
+        prod.send(names.segments, b"\x00not a record", key=b"cam-0", partition=0)
+        enc = encode_record(wrong_dim)
+        prod.send(names.segments, enc.value, key=enc.key, headers=enc.headers, partition=0)
+        for m in good[half:]:
+            prod.send(names.segments, m.value, key=m.key, headers=m.headers, partition=0)
+        prod.flush(30)
+    finally:
+        prod.close()
+    out = tmp_path / "store"
+    p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log")
+    wait_indexed(out, kafka_bootstrap, names, p)
+    assert p.terminate() == 0
+    view = store_view(out)
+    want = sorted(segment_uid("cam-0", i) for i in range(len(good)))
+    assert view["ids"] == want and [r["uid"] for r in view["segments"]] == want
+    dead = [json.loads(m.value) for m in read_messages(kafka_bootstrap, [names.dead_letter], timeout_s=30)]
+    assert [d["reason"] for d in dead] == ["bad_record", "refused"]
+    assert dead[0]["source"]["topic"] == names.segments and dead[0]["source"]["offset"] == half
+    assert "7" in dead[1]["error"] and "cam-9" in dead[1]["error"], dead[1]["error"]
+    assert dead[1]["record"]["stream_id"] == "cam-9"
+
+
+def test_a_stream_resent_with_changed_content_is_replaced(tmp_path, kafka_bootstrap, tiny_ckpt, indexers):
+    from tests.fixtures.media import make_video
+    from vmstream.kafka.topics import delete_topics
+
+    names = make_topics(kafka_bootstrap)
+    try:
+        video = tmp_path / "cam.mp4"
+        make_video(str(video), fps=10, seconds=5, gop=20, size=(64, 48))
+        job = [{"stream_id": "cam", "uri": str(video)}]
+        run_reference(tiny_ckpt, job, tmp_path / "run1", kafka_bootstrap, names)
+        out = tmp_path / "store"
+        p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log")
+        wait_indexed(out, kafka_bootstrap, names, p)
+        first = store_view(out)
+        assert_same_store(first, store_view(tmp_path / "run1"))
+        # The same stream id, other content (shorter, other pixels): a new version.
+        time.sleep(1.1)  # a later Kafka timestamp than the first version's records, on any clock
+        make_video(str(video), fps=10, seconds=3, gop=20, size=(64, 48), noise=20)
+        run_reference(tiny_ckpt, job, tmp_path / "run2", kafka_bootstrap, names)
+        wait_indexed(out, kafka_bootstrap, names, p)
+        second = store_view(out)
+        assert len(second["ids"]) < len(first["ids"])
+        assert_same_store(second, store_view(tmp_path / "run2"))
+        assert {r["stream_version"] for r in second["segments"]} != {r["stream_version"] for r in first["segments"]}
+        assert p.terminate() == 0
+        assert_same_store(store_view(out), store_view(tmp_path / "run2"))
+    finally:
+        delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
+
+
+def test_two_workers_and_one_indexer_give_the_store_run_writes(tmp_path, kafka_bootstrap, produced, workers,
+                                                               indexers, tiny_ckpt):
+    names = make_topics(kafka_bootstrap, partitions=4)
+    from vmstream.kafka.topics import delete_topics
+
+    try:
+        group = f"g-{names.jobs}"
+        cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group,
+                           output={"console": False, "store": {"backend": "none"}})
+        a = workers(cfg, "a")
+        b = workers(cfg, "b")
+        out = tmp_path / "store"
+        p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log")
+        a.wait_log(r"assigned partitions \[\S")
+        b.wait_log(r"assigned partitions \[\S")
+        for i, job in enumerate(produced["jobs"]):
+            send_jobs(kafka_bootstrap, names.jobs, [job], partition=i % 4)
+
+        def all_done():
+            p.check_alive()
+            from vmstream.store.results import read_table
+
+            try:
+                return len(read_table(out, "summaries")) == 6
+            except FileNotFoundError:
+                return False
+
+        wait_until(all_done, 180, "six summaries in the indexer's store")
+        wait_indexed(out, kafka_bootstrap, names, p)
+        assert p.terminate() == 0
+        assert_same_store(store_view(out), produced["view"])
+        # The workers kept no store of their own.
+        for name in ("a", "b"):
+            assert not (tmp_path / f"out-{name}" / "segments").exists()
+            assert not (tmp_path / f"out-{name}" / "index").exists()
+        assert a.terminate() == 0 and b.terminate() == 0
+    finally:
+        delete_topics(kafka_bootstrap, names.all(), timeout_s=10)

@@ -1,0 +1,34 @@
+"""`vmstream index`: one store from a fleet's results on Kafka (see pipeline/indexer.py)."""
+from __future__ import annotations
+
+from vmstream.cli.common import add_common, config_from_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "index", help="build one store (FAISS + Parquet) from the workers' results on Kafka, exactly once",
+        description="Consume the results topics (segments, events, summaries) of a fleet of workers into one "
+                    "store under --out, laid out as `vmstream run --out` writes it, so `vmstream search --index "
+                    "DIR` searches the whole fleet's output. The consumed offsets are committed inside the "
+                    "store's own commit point: after any stop, even kill -9, it resumes where its store is, "
+                    "adding nothing twice and losing nothing. A record that cannot be indexed goes to the "
+                    "dead-letter topic with its reason. Run one per store; stop it with Ctrl-C or SIGTERM.")
+    p.add_argument("--kafka", metavar="BOOTSTRAP", help="the broker (host:port); default kafka.bootstrap")
+    p.add_argument("--out", metavar="DIR", help="the store's directory (default output.dir)")
+    p.add_argument("--config", help="YAML config (its kafka section names the topics)")
+    p.add_argument("--commit-interval", type=float, default=1.0, metavar="S",
+                   help="longest a record waits before it is committed and searchable (default 1 s)")
+    p.add_argument("--commit-records", type=int, default=4096, metavar="N",
+                   help="commit after at most N records even within the interval (default 4096)")
+    add_common(p)
+    p.set_defaults(handler=main)
+
+
+def main(args) -> int:
+    from vmstream.cli.common import make_output_dirs
+    from vmstream.pipeline.indexer import Indexer
+
+    cfg = config_from_args(args)
+    make_output_dirs(cfg)
+    return Indexer(cfg, cfg.output.dir, commit_interval_s=args.commit_interval,
+                   commit_records=args.commit_records).run()
