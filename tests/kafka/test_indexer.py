@@ -162,16 +162,32 @@ def store_view(out: Path) -> dict:
     return view
 
 
-def assert_same_store(got: dict, want: dict) -> None:
+def _approx_rows(rows: list) -> list:
+    """Rows with their float lists as pytest.approx: the model run in other processes,
+    batched with other streams, gives scores that differ in the last bits."""
+    return [{k: (pytest.approx(v, rel=1e-5, abs=1e-6) if isinstance(v, list) and v and isinstance(v[0], float)
+                 else v) for k, v in r.items()} for r in rows]
+
+
+def assert_same_store(got: dict, want: dict, *, exact: bool = True) -> None:
+    """`exact`: the same records indexed (bit for bit); else results of the same videos
+    computed elsewhere (workers), floats to a tolerance."""
     assert got["ids"] == want["ids"]
     assert len(got["ids"]) == len(set(got["ids"]))
-    np.testing.assert_array_equal(got["vectors"], want["vectors"])
-    assert got["idmap"] == want["idmap"]
     assert (got["metric"], got["model"], got["dim"]) == (want["metric"], want["model"], want["dim"])
     assert [r["uid"] for r in got["segments"]] == want["ids"]  # every segment exactly once
-    assert got["segments"] == want["segments"]
-    assert got["summaries"] == want["summaries"]
-    assert got["events"] == want["events"]
+    if exact:
+        np.testing.assert_array_equal(got["vectors"], want["vectors"])
+        assert got["idmap"] == want["idmap"]
+        assert got["segments"] == want["segments"]
+        assert got["summaries"] == want["summaries"]
+        assert got["events"] == want["events"]
+    else:
+        np.testing.assert_allclose(got["vectors"], want["vectors"], rtol=1e-5, atol=1e-5)
+        assert got["idmap"] == _approx_rows(want["idmap"])
+        assert got["segments"] == _approx_rows(want["segments"])
+        assert got["summaries"] == _approx_rows(want["summaries"])
+        assert len(got["events"]) == len(want["events"])
 
 
 def make_topics(bootstrap: str, partitions: int = 3):
@@ -387,11 +403,63 @@ def test_two_workers_and_one_indexer_give_the_store_run_writes(tmp_path, kafka_b
         wait_until(all_done, 180, "six summaries in the indexer's store")
         wait_indexed(out, kafka_bootstrap, names, p)
         assert p.terminate() == 0
-        assert_same_store(store_view(out), produced["view"])
+        assert_same_store(store_view(out), produced["view"], exact=False)
         # The workers kept no store of their own.
         for name in ("a", "b"):
             assert not (tmp_path / f"out-{name}" / "segments").exists()
             assert not (tmp_path / f"out-{name}" / "index").exists()
         assert a.terminate() == 0 and b.terminate() == 0
+    finally:
+        delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
+
+
+def test_a_worker_killed_mid_job_leaves_every_segment_once_in_the_store(tmp_path, kafka_bootstrap, workers,
+                                                                         indexers, tiny_ckpt):
+    from tests.fixtures.media import make_video
+    from vmstream.kafka.readers import RecordConsumer
+    from vmstream.kafka.topics import delete_topics
+
+    names = make_topics(kafka_bootstrap, partitions=2)
+    try:
+        video = make_video(str(tmp_path / "long.mp4"), fps=10, seconds=40, gop=20, size=(64, 48), faststart=True)
+        job = {"stream_id": "cam-long", "uri": video}
+        cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, f"g-{names.jobs}",
+                           decode={"fps": 8.0}, output={"console": False, "store": {"backend": "none"}})
+        out = tmp_path / "store"
+        p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log")
+        a = workers(cfg, "a")
+        a.wait_log(r"assigned partitions \[\S")
+        with RecordConsumer(kafka_bootstrap, [names.segments], from_beginning=True) as c:
+            send_jobs(kafka_bootstrap, names.jobs, [job])
+            seen, deadline = 0, time.monotonic() + 90
+            while seen < 6:
+                assert time.monotonic() < deadline, "no results from worker a"
+                seen += sum(isinstance(r, SegmentResult) for r in c.poll(0.05))
+        a.kill()  # mid-stream
+        b = workers(cfg, "b")
+        b.wait_log(r"stream cam-long: resuming at segment (\d+)", timeout=120)
+
+        def finished():
+            p.check_alive()
+            from vmstream.store.results import read_table
+
+            try:
+                return len(read_table(out, "summaries")) == 1
+            except FileNotFoundError:
+                return False
+
+        wait_until(finished, 180, "the stream's summary in the indexer's store")
+        wait_indexed(out, kafka_bootstrap, names, p)
+        assert p.terminate() == 0
+        run_reference(tiny_ckpt, [job], tmp_path / "ref", decode={"fps": 8.0})
+        want = store_view(tmp_path / "ref")
+        got = store_view(out)
+        assert len(want["ids"]) >= 40
+        # Every segment once; the resumed part of the stream continues the state exactly
+        # as an uninterrupted run would, so the vectors agree to float tolerance.
+        assert got["ids"] == want["ids"] and [r["uid"] for r in got["segments"]] == want["ids"]
+        np.testing.assert_allclose(got["vectors"], want["vectors"], rtol=1e-5, atol=1e-5)
+        assert [r["segment_count"] for r in got["summaries"]] == [len(want["ids"])]
+        assert b.terminate() == 0
     finally:
         delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
