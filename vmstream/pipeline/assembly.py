@@ -163,7 +163,8 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
             kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind
             # A video-text model's segment embeddings are scored by inner product (see models/videotext.py).
             metric = "ip" if is_videotext(model) else None
-            sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind, metric=metric))
+            sinks.append(FaissSink(out / "index", store=open_configured_store(cfg, out / "index", dim=int(model.embed_dim),
+                                                                               kind=kind, metric=metric)))
         if cfg.kafka.bootstrap:
             sinks.append(make_kafka_sink(cfg))
     except BaseException:
@@ -180,6 +181,18 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
         writer = console_stream.write if console_stream is not None else None
         sinks.append(ConsoleSink(writer=writer))
     return sinks
+
+
+def open_configured_store(cfg: PipelineConfig, path: Path, **options):
+    """The store `output.store` names, at `path` (FAISS options pass through; Milvus
+    takes dim and metric)."""
+    from vmstream.store import open_store
+
+    st = cfg.output.store
+    if st.backend == "milvus":
+        options = {k: v for k, v in options.items() if k in ("dim", "metric")}
+        return open_store(path, backend="milvus", uri=st.uri, collection=st.collection, **options)
+    return open_store(path, backend="faiss", **options)
 
 
 def make_kafka_sink(cfg: PipelineConfig, *, create_topics: bool = True):

@@ -112,9 +112,20 @@ class StoreConfig(_Strict):
     """Where a run's, a worker's or an indexer's store lives (`output.store`)."""
 
     # faiss: the embedded store under output.dir (FAISS index + Parquet result tables);
+    # milvus: the vectors in Milvus at `uri` (the Parquet tables stay under output.dir);
     # none: no local store (a fleet's workers, whose results go to Kafka and one
     # `vmstream index` keeps the one store).
-    backend: Literal["faiss", "none"] = "faiss"
+    backend: Literal["faiss", "milvus", "none"] = "faiss"
+    # Milvus: ./store.db (a file: milvus-lite, embedded) or http://host:19530 (a server).
+    uri: Optional[str] = None
+    collection: str = "vmstream_segments"
+
+    @model_validator(mode="after")
+    def _milvus_uri(self):
+        if self.backend == "milvus" and not self.uri:
+            raise ValueError("output.store.uri: the milvus backend needs a uri (./store.db for milvus-lite, "
+                             "http://host:19530 for a server)")
+        return self
 
 
 class OutputConfig(_Strict):

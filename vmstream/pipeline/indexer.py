@@ -82,8 +82,11 @@ class IndexerStats:
 
 def read_consumer(out: Any) -> Optional[dict]:
     """The consumer record committed in the store under `out` (None if none)."""
-    from vmstream.store import files
+    from vmstream.store import files, store_backend
+    from vmstream.store.milvus_store import read_consumer_file
 
+    if store_backend(Path(out) / "index") == "milvus":
+        return read_consumer_file(Path(out) / "index")
     state, problems = files.read_state(Path(out) / "index")
     if state is None:
         return None
@@ -125,12 +128,14 @@ class Indexer:
         self._stop.set()
 
     def open(self) -> None:
+        from vmstream.pipeline.assembly import open_configured_store
         from vmstream.stages.sinks.parquet import ParquetSink
-        from vmstream.store import VideoStore
 
         self.out.mkdir(parents=True, exist_ok=True)
         kind = None if self.cfg.output.faiss_kind == "auto" else self.cfg.output.faiss_kind
-        self.store = VideoStore(self.out / "index", kind=kind)
+        if self.cfg.output.store.backend == "none":
+            raise UserError("output.store.backend: none keeps no store; the indexer needs faiss or milvus")
+        self.store = open_configured_store(self.cfg, self.out / "index", kind=kind)
         try:
             self.parquet = ParquetSink(self.out, max_delay_s=None)
             held = self.store.consumer or {}

@@ -324,6 +324,24 @@ class VideoStore(StoreSearch):
         if self._closed:
             raise RuntimeError(f"video store {self.path} is closed")
 
+    # -- the store interface beside MilvusStore (backends.py) ---------------------------
+    backend = "faiss"
+
+    def stream_rows(self, stream_id: str) -> pa.Table:
+        return self.ids.stream_rows(stream_id)
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uids, vectors) of every stored segment, by uid (decoded codes for IVF kinds)."""
+        if self.index is None:
+            return np.empty(0, np.int64), np.empty((0, int(self.meta["dim"] or 0)), np.float32)
+        ids, vecs = self.index.live_vectors()
+        order = np.argsort(ids)
+        return ids[order], vecs[order]
+
+    def id_rows(self) -> list[dict]:
+        """Every segment's id-map row, by uid."""
+        return sorted(self.ids.table.to_pylist(), key=lambda r: r["uid"])
+
     # -- properties ------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.ids)
