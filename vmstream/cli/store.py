@@ -51,6 +51,8 @@ def verify_main(args) -> int:
     from vmstream.store.repair import verify_store
 
     store, _ = locate(args.dir)
+    if _backend(store) == "milvus":
+        return _verify_milvus(store)
     report = verify_store(store)
     if report.sound:
         print(f"video store {store}: sound ({report.summary})")
@@ -66,6 +68,9 @@ def repair_main(args) -> int:
     from vmstream.store.repair import rebuild_from_results, verify_store
 
     store, out = locate(args.dir)
+    if _backend(store) == "milvus":
+        raise UserError(f"video store {store} is kept in Milvus, which keeps its own replicas and logs; "
+                        "to rebuild it, delete its collection and run `vmstream index` from the results topics")
     report = verify_store(store)
     if report.sound and not args.force:
         print(f"video store {store}: sound ({report.summary}); nothing to repair (--force rebuilds it anyway)")
@@ -83,6 +88,26 @@ def repair_main(args) -> int:
     aside = f"; its old files are in {done.aside}" if done.aside else ""
     print(f"video store {store}: rebuilt from {out / 'segments'}: {done.vectors} vectors{skipped}{aside}")
     return 0
+
+
+def _backend(store: Path) -> str:
+    from vmstream.store import store_backend
+
+    return store_backend(store)
+
+
+def _verify_milvus(store: Path) -> int:
+    from vmstream.store import open_store
+
+    with open_store(store, readonly=True) as s:
+        problems = s.verify()
+        n = len(s)
+    if not problems:
+        print(f"video store {store}: sound (Milvus at {s.meta['uri']}, collection {s.collection}: {n} vectors)")
+        return 0
+    for p in problems:
+        print(f"{store}: {p}")
+    return 1
 
 
 def _run_kind(out: Path):
