@@ -145,16 +145,14 @@ def wait_indexed(out: Path, bootstrap: str, names, proc: IndexerProc, timeout: f
 
 
 def store_view(out: Path) -> dict:
-    """What a reader sees of a store: the FAISS ids, vectors and id-map rows; the
-    de-duplicated Parquet rows of every table."""
-    from vmstream.store import VideoStore
+    """What a reader sees of a store (either backend): the ids, vectors and id-map rows;
+    the de-duplicated Parquet rows of every table."""
+    from vmstream.store import open_store
     from vmstream.store.results import read_table
 
-    with VideoStore(out / "index", readonly=True) as s:
-        ids, vecs = s.index.live_vectors()
-        order = np.argsort(ids)
-        rows = sorted(s.ids.table.to_pylist(), key=lambda r: r["uid"])
-        view = {"ids": ids[order].tolist(), "vectors": vecs[order], "idmap": rows, "metric": s.meta.get("metric"),
+    with open_store(out / "index", readonly=True) as s:
+        ids, vecs = s.live_vectors()
+        view = {"ids": ids.tolist(), "vectors": vecs, "idmap": s.id_rows(), "metric": s.meta.get("metric"),
                 "model": s.meta.get("model"), "dim": s.meta.get("dim")}
     view["segments"] = sorted(read_table(out, "segments").to_pylist(), key=lambda r: r["uid"])
     view["summaries"] = sorted(read_table(out, "summaries").to_pylist(), key=lambda r: r["stream_id"])
@@ -227,10 +225,19 @@ def produced(tmp_path_factory, kafka_bootstrap, tiny_ckpt):
 # --------------------------------------------------------------------------- tests
 
 
-def test_the_indexer_builds_the_store_run_writes(tmp_path, kafka_bootstrap, produced, indexers):
+def backend_args(backend: str, tmp_path: Path) -> list:
+    if backend == "faiss":
+        return []
+    pytest.importorskip("milvus_lite")
+    return ["--set", "output.store.backend=milvus", "--set", f"output.store.uri={tmp_path / 'store.db'}"]
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_the_indexer_builds_the_store_run_writes(tmp_path, kafka_bootstrap, produced, indexers, backend):
     names = produced["names"]
     out = tmp_path / "store"
-    p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log")
+    p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log",
+                 *backend_args(backend, tmp_path))
     wait_indexed(out, kafka_bootstrap, names, p)
     assert p.terminate() == 0
     assert len(produced["view"]["ids"]) >= 12
@@ -259,18 +266,19 @@ def copy_records(bootstrap: str, src, dst, times: int = 1) -> None:
         prod.close()
 
 
-def test_sigkill_at_five_random_points_gives_the_same_store(tmp_path, kafka_bootstrap, produced, indexers):
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_sigkill_at_five_random_points_gives_the_same_store(tmp_path, kafka_bootstrap, produced, indexers, backend):
     from vmstream.kafka.topics import delete_topics
 
     names = make_topics(kafka_bootstrap)
     try:
-        copy_records(kafka_bootstrap, produced["names"], names, times=10)
-        _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers)
+        copy_records(kafka_bootstrap, produced["names"], names, times=5)
+        _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers, backend_args(backend, tmp_path))
     finally:
         delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
 
 
-def _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers):
+def _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers, extra):
     out = tmp_path / "store"
     cfg = indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names)
     topics = [names.segments, names.events, names.summaries]
@@ -280,7 +288,7 @@ def _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers):
     # Increasing targets, so every restart gets further before its kill.
     for fraction in sorted(rng.uniform(0.05, 0.95) for _ in range(5)):
         # Small commit cycles, so a kill lands between commits, inside one, or mid-write.
-        p = indexers(cfg, out, tmp_path / "i.log", "--commit-records", "1")
+        p = indexers(cfg, out, tmp_path / "i.log", "--commit-records", "1", *extra)
         target = fraction * total
 
         def reached():
@@ -291,7 +299,7 @@ def _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers):
         time.sleep(rng.uniform(0, 0.02))
         p.kill()
         kills.append(sum(consumed(out).values()))
-    p = indexers(cfg, out, tmp_path / "i.log")
+    p = indexers(cfg, out, tmp_path / "i.log", *extra)
     wait_indexed(out, kafka_bootstrap, names, p)
     assert p.terminate() == 0
     assert_same_store(store_view(out), produced["view"])
