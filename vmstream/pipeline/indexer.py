@@ -122,6 +122,7 @@ class Indexer:
         self._uncommitted = 0
         self._lag_ts: list[int] = []
         self.store = self.parquet = self.consumer = self.producer = None
+        self.last_commit_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -356,6 +357,7 @@ class Indexer:
         self.store.commit(consumer=self.consumer_record())
         self._uncommitted = 0
         self.stats.commits += 1
+        self.last_commit_at = time.monotonic()
         if self._lag_ts:
             now_ms = time.time() * 1000
             self.stats.lags_s += [(now_ms - t) / 1000 for t in self._lag_ts]

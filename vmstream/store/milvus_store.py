@@ -153,6 +153,11 @@ class MilvusStore(StoreSearch):
         uri = self.meta["uri"]
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            # milvus-lite has no MVCC timestamp service: its embedded server logs each
+            # call for one with a traceback, and pymilvus' query iterator warns and uses
+            # the client's clock instead, harmless with one writer.
+            logging.getLogger("pymilvus").setLevel(logging.ERROR)
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         try:
             return MilvusClient(uri, token=token or os.environ.get("VMSTREAM_MILVUS_TOKEN", ""))
         except Exception as e:  # noqa: BLE001 - pymilvus raises its own classes for every way to fail
@@ -355,9 +360,6 @@ class MilvusStore(StoreSearch):
     def _query_all(self, filter: str, fields: list) -> list[dict]:
         if not self.client.has_collection(self.collection):
             return []
-        # milvus-lite has no MVCC timestamp to give the iterator, which warns and uses
-        # the client's clock instead: harmless here (no other writer).
-        logging.getLogger("pymilvus").setLevel(logging.ERROR)
         it = self.client.query_iterator(self.collection, batch_size=4096, filter=filter, output_fields=fields)
         out = []
         try:
