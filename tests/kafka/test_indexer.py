@@ -471,3 +471,29 @@ def test_a_worker_killed_mid_job_leaves_every_segment_once_in_the_store(tmp_path
         assert b.terminate() == 0
     finally:
         delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
+
+
+def test_shards_split_the_streams_between_indexers(tmp_path, kafka_bootstrap, produced, indexers):
+    """--shard I/N: each indexer takes its partitions; a stream is in one, so together
+    the shards hold every segment exactly once (what feeds one Milvus collection from
+    several indexers)."""
+    names = produced["names"]
+    cfg = indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names)
+    views = []
+    for i in range(2):
+        out = tmp_path / f"shard{i}"
+        p = indexers(cfg, out, tmp_path / f"i{i}.log", "--shard", f"{i}/2")
+        topics = [names.segments, names.events, names.summaries]
+        ends = {k: v for k, v in end_offsets(kafka_bootstrap, topics).items() if int(k.rsplit(":", 1)[1]) % 2 == i}
+        wait_until(p.started, 60, "the indexer to start")
+        wait_until(lambda: all(consumed(out).get(k, 0) >= v for k, v in ends.items()), 120, "shard indexed")
+        assert p.terminate() == 0
+        assert set(consumed(out)) == set(ends)
+        views.append(store_view(out))
+    want = produced["view"]
+    ids = sorted(views[0]["ids"] + views[1]["ids"])
+    assert ids == want["ids"] and not set(views[0]["ids"]) & set(views[1]["ids"])
+    assert views[0]["ids"] and views[1]["ids"]
+    streams = [{r["stream_id"] for r in v["segments"]} for v in views]
+    assert not streams[0] & streams[1]
+    assert sorted(views[0]["segments"] + views[1]["segments"], key=lambda r: r["uid"]) == want["segments"]

@@ -20,8 +20,24 @@ def add_parser(sub) -> None:
                    help="longest a record waits before it is committed and searchable (default 1 s)")
     p.add_argument("--commit-records", type=int, default=4096, metavar="N",
                    help="commit after at most N records even within the interval (default 4096)")
+    p.add_argument("--shard", metavar="I/N", type=_shard, default=(0, 1),
+                   help="take only the partitions p with p %% N == I (several indexers feeding one Milvus "
+                        "collection, each with its own --out); default all")
     add_common(p)
     p.set_defaults(handler=main)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    import argparse
+
+    i, sep, n = text.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: give I/N with 0 <= I < N, e.g. 0/4")
+    return shard
 
 
 def main(args) -> int:
@@ -31,4 +47,4 @@ def main(args) -> int:
     cfg = config_from_args(args)
     make_output_dirs(cfg)
     return Indexer(cfg, cfg.output.dir, commit_interval_s=args.commit_interval,
-                   commit_records=args.commit_records).run()
+                   commit_records=args.commit_records, shard=args.shard).run()

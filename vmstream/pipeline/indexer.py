@@ -104,7 +104,7 @@ class Indexer:
     searchable); `commit_records`: a cycle ends early after this many records."""
 
     def __init__(self, cfg, out: Any, *, commit_interval_s: float = 1.0, commit_records: int = 4096,
-                 record_lag: bool = False):
+                 record_lag: bool = False, shard: tuple[int, int] = (0, 1)):
         if not cfg.kafka.bootstrap:
             raise UserError("vmstream index needs a broker: --kafka BOOTSTRAP or kafka.bootstrap in the config")
         self.cfg = cfg
@@ -115,6 +115,12 @@ class Indexer:
         self.commit_records = int(commit_records)
         self.stats = IndexerStats()
         self.record_lag = record_lag
+        # (i, n): this indexer takes the partitions p with p % n == i. A stream's records
+        # are keyed to one partition, so shards never share a stream: n indexers, each with
+        # its own OUT (Parquet tables and consumer record), can feed one Milvus collection.
+        self.shard = (int(shard[0]), int(shard[1]))
+        if not 0 <= self.shard[0] < self.shard[1]:
+            raise UserError(f"--shard {shard[0]}/{shard[1]}: give I/N with 0 <= I < N")
         self._stop = threading.Event()
         self._offsets: dict[str, int] = {}
         self._streams: dict[str, list] = {}  # stream id -> [version, first Kafka timestamp ms]
@@ -143,6 +149,9 @@ class Indexer:
             if held and held.get("format") != CONSUMER_FORMAT:
                 raise UserError(f"video store {self.out / 'index'}: its consumer record is of format "
                                 f"{held.get('format')!r}, this vmstream reads {CONSUMER_FORMAT}")
+            if held and list(held.get("shard") or [0, 1]) != list(self.shard):
+                raise UserError(f"video store {self.out}: it holds shard {held.get('shard')} of the partitions, "
+                                f"asked for {list(self.shard)}")
             self._offsets = {k: int(v) for k, v in (held.get("offsets") or {}).items()}
             self._streams = {k: list(v) for k, v in (held.get("streams") or {}).items()}
             self._connect()
@@ -179,7 +188,7 @@ class Indexer:
 
                 raise UserError(f"Kafka topic {t!r} does not exist on {self.cfg.kafka.bootstrap}; "
                                 + create_hint(self.cfg.kafka.bootstrap))
-            tps += [TopicPartition(t, p) for p in sorted(ps)]
+            tps += [TopicPartition(t, p) for p in sorted(ps) if p % self.shard[1] == self.shard[0]]
         if set(tps) == set(self.consumer.assignment()):
             return
         new = [tp for tp in tps if tp not in self.consumer.assignment()]
@@ -346,7 +355,8 @@ class Indexer:
 
     # -- the commit point ------------------------------------------------------------
     def consumer_record(self) -> dict:
-        return {"format": CONSUMER_FORMAT, "topics": self.topics, "offsets": dict(self._offsets),
+        return {"format": CONSUMER_FORMAT, "topics": self.topics, "shard": list(self.shard),
+                "offsets": dict(self._offsets),
                 "streams": {k: list(v) for k, v in self._streams.items()}}
 
     def commit(self) -> None:
