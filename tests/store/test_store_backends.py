@@ -154,3 +154,31 @@ def test_search_and_verify_commands_find_the_backend_from_the_store(make, tmp_pa
     assert len(lines) == 2 and all('"stream_id": "cam"' in line for line in lines)
     assert main(["store", "verify", str(tmp_path)]) == 0
     assert "sound" in capsys.readouterr().out
+
+
+def test_run_on_milvus_gives_the_store_run_on_faiss_gives(tmp_path, tiny_ckpt, capsys):
+    """`vmstream run --set output.store.backend=milvus`: the same ids, vectors and hits."""
+    from tests.fixtures.media import make_video
+    from vmstream.cli import main
+
+    video = make_video(str(tmp_path / "cam.mp4"), fps=10, seconds=4, gop=20, size=(64, 48))
+    common = ["--checkpoint", tiny_ckpt, "--fps", "4", "--no-progress", "--set", "decode.img_size=32",
+              "--set", "output.console=false"]
+    assert main(["run", video, "--out", str(tmp_path / "f"), *common]) == 0
+    assert main(["run", video, "--out", str(tmp_path / "m"), *common, "--set", "output.store.backend=milvus",
+                 "--set", f"output.store.uri={tmp_path / 'run.db'}"]) == 0
+    views = []
+    for d in ("f", "m"):
+        with open_store(tmp_path / d / "index", readonly=True) as s:
+            views.append((s.backend, *s.live_vectors(), s.id_rows()))
+    assert [v[0] for v in views] == ["faiss", "milvus"]
+    assert views[0][1].tolist() == views[1][1].tolist() and len(views[0][1]) == 4
+    np.testing.assert_array_equal(views[0][2], views[1][2])
+    assert views[0][3] == views[1][3]
+    capsys.readouterr()
+    hits = []
+    for d in ("f", "m"):
+        assert main(["search", "--index", str(tmp_path / d), "--id", str(views[0][1][0]), "-k", "3", "--json"]) == 0
+        hits.append([__import__("json").loads(line) for line in capsys.readouterr().out.splitlines()])
+    assert [h["uid"] for h in hits[0]] == [h["uid"] for h in hits[1]]
+    assert [h["score"] for h in hits[0]] == pytest.approx([h["score"] for h in hits[1]], abs=1e-5)
