@@ -44,7 +44,14 @@ def main(args) -> int:
     from vmstream.cli.common import make_output_dirs
     from vmstream.pipeline.indexer import Indexer
 
+    import logging
+
+    from vmstream.pipeline.worker import RepeatFilter
+
     cfg = config_from_args(args)
     make_output_dirs(cfg)
+    quiet = RepeatFilter()  # kafka-python repeats each outage line many times a second
+    for h in logging.getLogger().handlers:
+        h.addFilter(quiet)
     return Indexer(cfg, cfg.output.dir, commit_interval_s=args.commit_interval,
                    commit_records=args.commit_records, shard=args.shard).run()

@@ -123,7 +123,7 @@ class StoreConfig(_Strict):
     @model_validator(mode="after")
     def _milvus_uri(self):
         if self.backend == "milvus" and not self.uri:
-            raise ValueError("output.store.uri: the milvus backend needs a uri (./store.db for milvus-lite, "
+            raise ValueError("the milvus backend needs output.store.uri (./store.db for milvus-lite, "
                              "http://host:19530 for a server)")
         return self
 
