@@ -272,7 +272,7 @@ def test_sigkill_at_five_random_points_gives_the_same_store(tmp_path, kafka_boot
 
     names = make_topics(kafka_bootstrap)
     try:
-        copy_records(kafka_bootstrap, produced["names"], names, times=5)
+        copy_records(kafka_bootstrap, produced["names"], names, times=3)
         _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers, backend_args(backend, tmp_path))
     finally:
         delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
@@ -295,7 +295,7 @@ def _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers, ex
             p.check_alive()
             return sum(consumed(out).values()) >= target
 
-        wait_until(reached, 90, "indexer progress", every=0.02)
+        wait_until(reached, 90, "indexer progress", every=0.05)
         time.sleep(rng.uniform(0, 0.02))
         p.kill()
         kills.append(sum(consumed(out).values()))
