@@ -40,8 +40,23 @@ def _shard(text: str) -> tuple[int, int]:
     return shard
 
 
+def _check_out(path: str) -> None:
+    """The store's directory, made up front: a path that cannot be one is one line."""
+    import os
+
+    from vmstream.errors import UserError
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--out: {path!r} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out: cannot create the directory {path!r}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"--out: the directory {path!r} is not writable")
+
+
 def main(args) -> int:
-    from vmstream.cli.common import make_output_dirs
     from vmstream.pipeline.indexer import Indexer
 
     import logging
@@ -49,7 +64,7 @@ def main(args) -> int:
     from vmstream.pipeline.worker import RepeatFilter
 
     cfg = config_from_args(args)
-    make_output_dirs(cfg)
+    _check_out(cfg.output.dir)
     quiet = RepeatFilter()  # kafka-python repeats each outage line many times a second
     for h in logging.getLogger().handlers:
         h.addFilter(quiet)

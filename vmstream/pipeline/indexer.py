@@ -238,7 +238,7 @@ class Indexer:
 
     def loop(self, *, idle_exit_s: Optional[float] = None) -> None:
         last_commit = last_data = time.monotonic()
-        last_assign = last_commit
+        last_assign = last_report = last_commit
         while not self._stop.is_set():
             batch = self.consumer.poll(timeout_ms=100, max_records=self.commit_records)
             now = time.monotonic()
@@ -253,6 +253,12 @@ class Indexer:
                                       or now - last_commit >= self.commit_interval_s):
                 self.commit()
                 last_commit = time.monotonic()
+            if now - last_report >= 60.0:
+                st = self.stats
+                log.info("indexed %d records (%d segments; %d dead-lettered, %d late records of replaced versions "
+                         "skipped, %d streams replaced) into %s", st.records, st.segments, st.dead_letters,
+                         st.stale, st.replaced, self.out)
+                last_report = now
             if now - last_assign >= 10.0:  # partitions an operator added meanwhile
                 self._assign()
                 last_assign = now
