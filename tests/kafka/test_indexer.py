@@ -497,3 +497,52 @@ def test_shards_split_the_streams_between_indexers(tmp_path, kafka_bootstrap, pr
     streams = [{r["stream_id"] for r in v["segments"]} for v in views]
     assert not streams[0] & streams[1]
     assert sorted(views[0]["segments"] + views[1]["segments"], key=lambda r: r["uid"]) == want["segments"]
+
+
+def test_versions_are_ordered_by_production_time_not_by_arrival(tmp_path, kafka_bootstrap, indexers):
+    """A late record of a replaced version (the topics are read at their own pace) is
+    skipped; a re-run of an earlier content after another one replaces it again."""
+    from kafka import KafkaProducer
+
+    from vmstream.kafka.codec import encode_record
+    from vmstream.kafka.readers import read_messages
+    from vmstream.kafka.topics import delete_topics
+
+    names = make_topics(kafka_bootstrap, partitions=1)
+    rng = np.random.default_rng(0)
+
+    def rec(i: int, version: str, t: float = 0.0) -> SegmentResult:
+        return SegmentResult(stream_id="s", segment_index=i, t_start=float(i), t_end=i + 1.0, labels=[], scores=[],
+                             label_ids=[], embedding=rng.standard_normal(8).astype(np.float32),
+                             stream_version=version)
+
+    sends = [(rec(0, "v1"), 1_000), (rec(1, "v1"), 1_001),
+             (rec(0, "v2"), 2_000), (rec(1, "v2"), 2_001),
+             (rec(2, "v1"), 1_500),      # late: produced before v2 started
+             (rec(3, "v2"), 2_002),
+             (rec(0, "v1"), 3_000)]      # v1's content run again, after v2: replaces v2
+    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    try:
+        for r, ts in sends:
+            enc = encode_record(r)
+            prod.send(names.segments, enc.value, key=enc.key, headers=enc.headers, timestamp_ms=ts)
+        prod.flush(30)
+        out = tmp_path / "store"
+        p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log")
+        wait_indexed(out, kafka_bootstrap, names, p)
+        held = read_consumer_streams(out)
+        assert p.terminate() == 0
+        view = store_view(out)
+        assert view["ids"] == [segment_uid("s", 0)]
+        assert [r["stream_version"] for r in view["segments"]] == ["v1"]
+        np.testing.assert_allclose(view["segments"][0]["embedding"], sends[-1][0].embedding, rtol=1e-6)
+        assert held == {"s": ["v1", 3_000]}
+        assert read_messages(kafka_bootstrap, [names.dead_letter], timeout_s=30) == []  # skipped, not poison
+    finally:
+        delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
+
+
+def read_consumer_streams(out: Path) -> dict:
+    from vmstream.pipeline.indexer import read_consumer
+
+    return (read_consumer(out) or {}).get("streams", {})
