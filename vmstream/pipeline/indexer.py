@@ -302,8 +302,7 @@ class Indexer:
         log.info("stream %s: version %s replaces %s", sid, version[:12], self._streams[sid][0][:12])
         self._add_pending()
         self.store.remove_stream(sid)
-        for t in self.parquet.tables.values():
-            t.drop_stream(sid)
+        self.parquet.begin_stream(sid, version, replace=True)
         self._streams[sid] = [version, ts]
         self.stats.replaced += 1
 
