@@ -6,7 +6,10 @@ topics of a fleet of workers, exactly once.
 The store under OUT is laid out as `vmstream run --out OUT` writes it (OUT/index the
 FAISS store, OUT/segments, OUT/events, OUT/summaries the result tables), so `vmstream
 search --index OUT`, `read_table(OUT, "segments")` and `vmstream store verify` work on
-it unchanged.
+it unchanged. With `output.store.backend: milvus` the vectors go to Milvus instead of
+OUT/index (the commit is then a flush followed by the consumer record beside the store's
+description: `store/milvus_store.py` has that exactly-once argument); `--shard I/N`
+lets N indexers share the partitions, each with its own OUT.
 
 Exactly once. The indexer reads every partition of the three results topics itself
 (assigned, not subscribed: there is one indexer per store, its store's lock sees to
@@ -76,7 +79,8 @@ class IndexerStats:
     stale: int = 0
     replaced: int = 0
     commits: int = 0
-    # Kafka timestamp (ms) of each committed segment, for lag figures: filled only when asked.
+    # Seconds from each segment's production (its Kafka timestamp) to the commit that made
+    # it durable and searchable; filled only when asked (record_lag), for the benchmark.
     lags_s: list = field(default_factory=list)
 
 
