@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import yaml
 
-from tests.kafka.test_worker import PIPELINE, send_jobs, wait_until, workers, write_config  # noqa: F401
+from tests.kafka.test_worker import PIPELINE, send_jobs, wait_until, workers, write_config  # noqa: F401,F811 (workers: a fixture)
 from vmstream.records import SegmentResult, segment_uid
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
