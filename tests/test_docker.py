@@ -265,3 +265,24 @@ def test_the_parsers_used_here_reject_what_they_should():
     assert shell_commands("pip install . && vmstream info || true") == [["pip", "install", "."], ["vmstream", "info"], ["true"]]
     assert shell_commands('if [ -n "$X" ]; then A=1 pip install y; fi') == [["[", "-n", "$X", "]"], ["pip", "install", "y"]]
     assert vmstream_invocation(["python3", "-m", "vmstream.cli.kafka_topics"]) == ("vmstream.cli.kafka_topics", [])
+
+
+def test_compose_fleet_keeps_one_store_by_one_indexer():
+    from vmstream.pipeline.config import load_config
+
+    services = our_services()
+    indexers = []
+    for name, svc in services.items():
+        inv = vmstream_invocation(svc["command"])
+        ns = check_vmstream_argv(*inv)
+        if inv[0] != "cli" or ns.command not in ("worker", "index"):
+            continue
+        cfg = load_config(host_path(ns.config, bind_mounts(svc)), sets=ns.sets or [])
+        if ns.command == "worker":
+            assert cfg.output.store.backend == "none", f"{name}: a fleet's worker keeps no store of its own"
+        else:
+            indexers.append((name, cfg.output.store.backend, svc.get("profiles")))
+    assert ("indexer", "faiss", None) in indexers
+    assert ("indexer-milvus", "milvus", ["milvus"]) in indexers
+    milvus = compose()["services"]["milvus"]
+    assert milvus["profiles"] == ["milvus"] and all(p.startswith("127.0.0.1:") for p in milvus["ports"])

@@ -180,3 +180,22 @@ def test_without_labels_segments_carry_none(files, h264_mp4, tmp_path):
                 "output.console=true") == 0
     table = pq.read_table(next((out / "segments").rglob("*.parquet")))
     assert table.num_rows == 4 and all(labels == [] for labels in table.column("labels").to_pylist())
+
+
+def test_text_search_and_rerank_on_a_milvus_store_answer_as_on_faiss(vt_store, files, h264_mp4, capsys, tmp_path):
+    pytest.importorskip("milvus_lite")
+    out = tmp_path / "milvus-out"
+    assert _run(h264_mp4, files / "vt.pth", out, "--vocab", str(files / "vocab.txt"), "--labels",
+                str(files / "prompts.txt"), "--label-template", "a video of {}", "--set", "output.store.backend=milvus",
+                "--set", f"output.store.uri={tmp_path / 'vt.db'}") == 0
+    answers = []
+    for where in (vt_store, out):
+        capsys.readouterr()
+        assert main(["search", "--index", str(where), "--text", "a dog catches the frisbee", "--rerank", "3",
+                     "-k", "4", "--json", "--vocab", str(files / "vocab.txt")]) == 0
+        answers.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    faiss_rows, milvus_rows = answers
+    assert [r["uid"] for r in milvus_rows] == [r["uid"] for r in faiss_rows]
+    for a, b in zip(faiss_rows, milvus_rows):
+        assert b["score"] == pytest.approx(a["score"], abs=1e-5)
+        assert (b["itm"] is None) == (a["itm"] is None) and (a["itm"] is None or b["itm"] == pytest.approx(a["itm"], abs=1e-4))

@@ -8,6 +8,7 @@ answer at once.
     vmstream eval-retrieval (--model NAME | --checkpoint PATH) --annotations FILE --videos DIR [--dataset D]
     vmstream info
     vmstream worker --config FILE
+    vmstream index --kafka BOOTSTRAP --out DIR [--config FILE]
     vmstream kafka-topics [--bootstrap B | --config FILE] [--describe | --delete] ...
     vmstream train --config FILE [--set KEY=VALUE ...]
     vmstream eval --config FILE [--checkpoint C] [--set KEY=VALUE ...]
@@ -19,7 +20,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from vmstream.cli import eval_retrieval, info, run, search, store, train, worker
+from vmstream.cli import eval_retrieval, index, info, run, search, store, train, worker
 from vmstream.cli.common import setup_logging
 from vmstream.errors import UserError
 from vmstream.printable import printable
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, search, store, eval_retrieval, info, worker, train):
+    for command in (run, search, store, eval_retrieval, info, worker, index, train):
         command.add_parser(sub)
     return parser
 

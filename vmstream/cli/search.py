@@ -97,14 +97,14 @@ def store_dir(path: str) -> Path:
 
 
 def main(args) -> int:
-    from vmstream.store import VideoStore
+    from vmstream.store import open_store
 
     if args.at is not None and args.video is None and args.stream is None:
         query = "--id" if args.id is not None else "--text"
         raise UserError(f"--at {args.at:g} picks a time of --video or --stream; it has no meaning with {query}")
     where = store_dir(args.index)
     try:
-        store = VideoStore(where, readonly=True)
+        store = open_store(where, readonly=True)  # the backend its description names
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     k = args.k
@@ -155,7 +155,7 @@ def at_segment(store, stream: str, t: float) -> None:
     take the nearest segment)."""
     from vmstream.stages.sinks.console import fmt_time
 
-    rows = store.ids.stream_rows(stream)
+    rows = store.stream_rows(stream)
     t0 = min(rows.column("t_start").to_pylist())
     t1 = max(rows.column("t_end").to_pylist())
     if not t0 - 0.5 <= t <= t1 + 0.5:

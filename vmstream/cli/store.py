@@ -51,6 +51,8 @@ def verify_main(args) -> int:
     from vmstream.store.repair import verify_results, verify_store
 
     store, out = locate(args.dir)
+    if _backend(store) == "milvus":
+        return _verify_milvus(store)
     report = verify_store(store)
     results = verify_results(out)
     if report.sound and not results:
@@ -69,6 +71,9 @@ def repair_main(args) -> int:
     from vmstream.store.repair import rebuild_from_results, repair_results, verify_results, verify_store
 
     store, out = locate(args.dir)
+    if _backend(store) == "milvus":
+        raise UserError(f"video store {store} is kept in Milvus, which keeps its own replicas and logs; "
+                        "to rebuild it, delete its collection and run `vmstream index` from the results topics")
     report = verify_store(store)
     results = verify_results(out)
     if report.sound and not results and not args.force:
@@ -114,6 +119,26 @@ def _run_metric(out: Path):
         return "ip" if get_checkpoint(name).kind == "videotext" else None
     except (OSError, ValueError, KeyError, AttributeError):
         return None
+
+
+def _backend(store: Path) -> str:
+    from vmstream.store import store_backend
+
+    return store_backend(store)
+
+
+def _verify_milvus(store: Path) -> int:
+    from vmstream.store import open_store
+
+    with open_store(store, readonly=True) as s:
+        problems = s.verify()
+        n = len(s)
+    if not problems:
+        print(f"video store {store}: sound (Milvus at {s.meta['uri']}, collection {s.collection}: {n} vectors)")
+        return 0
+    for p in problems:
+        print(f"{store}: {p}")
+    return 1
 
 
 def _run_kind(out: Path):

@@ -164,18 +164,20 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
     out = Path(cfg.output.dir)
     sinks = []
     try:
-        if cfg.output.parquet:
+        local_store = cfg.output.store.backend != "none"
+        if cfg.output.parquet and local_store:
             from vmstream.stages.sinks.parquet import ParquetSink
 
             sinks.append(ParquetSink(out))
-        if cfg.output.faiss:
+        if cfg.output.faiss and local_store:
             from vmstream.stages.sinks.faiss_store import FaissSink
 
             kind = None if cfg.output.faiss_kind == "auto" else cfg.output.faiss_kind
             # A video-text model's segment embeddings are scored by inner product (see models/videotext.py).
             metric = "ip" if is_videotext(model) else None
             try:
-                sinks.append(FaissSink(out / "index", dim=int(model.embed_dim), kind=kind, metric=metric))
+                sinks.append(FaissSink(out / "index", store=open_configured_store(
+                    cfg, out / "index", dim=int(model.embed_dim), kind=kind, metric=metric)))
             except UserError:
                 raise
             except ValueError as e:  # a store of another model's vectors (dim, kind, metric)
@@ -198,6 +200,18 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
         # The bar is closed before the summary table, so its final state is not drawn again below it.
         sinks.append(ConsoleSink(writer=writer, before_table=getattr(console_stream, "close", None)))
     return sinks
+
+
+def open_configured_store(cfg: PipelineConfig, path: Path, **options):
+    """The store `output.store` names, at `path` (FAISS options pass through; Milvus
+    takes dim and metric)."""
+    from vmstream.store import open_store
+
+    st = cfg.output.store
+    if st.backend == "milvus":
+        options = {k: v for k, v in options.items() if k in ("dim", "metric")}
+        return open_store(path, backend="milvus", uri=st.uri, collection=st.collection, **options)
+    return open_store(path, backend="faiss", **options)
 
 
 def make_kafka_sink(cfg: PipelineConfig, *, create_topics: bool = True):

@@ -110,8 +110,29 @@ class SegmentConfig(_Strict):
     drop_last: bool = False
 
 
+class StoreConfig(_Strict):
+    """Where a run's, a worker's or an indexer's store lives (`output.store`)."""
+
+    # faiss: the embedded store under output.dir (FAISS index + Parquet result tables);
+    # milvus: the vectors in Milvus at `uri` (the Parquet tables stay under output.dir);
+    # none: no local store (a fleet's workers, whose results go to Kafka and one
+    # `vmstream index` keeps the one store).
+    backend: Literal["faiss", "milvus", "none"] = "faiss"
+    # Milvus: ./store.db (a file: milvus-lite, embedded) or http://host:19530 (a server).
+    uri: Optional[str] = None
+    collection: str = "vmstream_segments"
+
+    @model_validator(mode="after")
+    def _milvus_uri(self):
+        if self.backend == "milvus" and not self.uri:
+            raise ValueError("the milvus backend needs output.store.uri (./store.db for milvus-lite, "
+                             "http://host:19530 for a server)")
+        return self
+
+
 class OutputConfig(_Strict):
     dir: str = "runs/latest"
+    store: StoreConfig = Field(default_factory=StoreConfig)
     parquet: bool = True
     faiss: bool = True
     faiss_kind: Literal["auto", "flat", "ivfpq", "hnsw"] = "auto"
@@ -212,6 +233,9 @@ class KafkaConfig(_Strict):
     state_topic: str = "vmstream.state"
     dead_letter_topic: str = "vmstream.dead-letter"
     group_id: str = "vmstream-workers"
+    # The consumer group `vmstream index` reports its progress under (the offsets it
+    # resumes from are the ones its store holds; the group's are a hint for monitoring).
+    indexer_group_id: str = "vmstream-indexer"
     # Passed through to kafka-python (security_protocol, ssl_*, sasl_* ...).
     client: dict[str, Any] = Field(default_factory=dict)
     # Passed to the worker's jobs consumer only, on top of `client`: group timing

@@ -2,7 +2,10 @@
 
     STORE/CURRENT                    the commit record: line 1 the generation's name, line 2
                                      a sealed JSON record {generation, log: [the change-log
-                                     files in order, each with sha256, size, rows]}
+                                     files in order, each with sha256, size, rows]}, and
+                                     optionally `consumer`: what a Kafka indexer had consumed
+                                     when it committed (its offsets, committed together with
+                                     the changes they produced; see pipeline/indexer.py)
     STORE/gen-000042/index.faiss     the faiss index (absent while the store is empty)
     STORE/gen-000042/ids.parquet     the id map
     STORE/gen-000042/meta.json       kind, dimension, model, counts
@@ -145,6 +148,7 @@ class StoredState:
     logs: list[pa.Table]
     log_entries: list[dict]
     adopted: bool = False  # CURRENT was missing: an interrupted first save
+    consumer: Optional[dict] = None  # the indexer's consumed offsets, committed with the data
 
 
 @dataclass
@@ -302,8 +306,12 @@ def _parse(r: _Reading, gen: str, files: dict[str, bytes], logs: list[bytes], re
         except Exception as e:  # noqa: BLE001
             r.bad(entry["name"], f"cannot be read as a change log ({type(e).__name__}: {e})")
             return None
+    consumer = record.get("consumer")
+    if consumer is not None and not isinstance(consumer, dict):
+        r.bad(CURRENT, "its consumer record is not an object")
+        return None
     return StoredState(int(GEN_RE.match(gen).group(1)), meta, index, ids, tables, list(record["log"]),
-                       adopted=bool(record.get("adopted")))
+                       adopted=bool(record.get("adopted")), consumer=consumer)
 
 
 def read_state(path: Path) -> tuple[Optional[StoredState], list[Problem]]:
@@ -350,13 +358,16 @@ def log_runs(t: pa.Table):
 
 
 # -- writing ----------------------------------------------------------------------------
-def write_current(path: Path, generation: int, log_entries: list[dict]) -> None:
+def write_current(path: Path, generation: int, log_entries: list[dict], consumer: Optional[dict] = None) -> None:
     name = gen_name(generation)
     record = {"format": STORE_FORMAT, "generation": name, "log": log_entries}
+    if consumer is not None:  # only a store an indexer writes has one
+        record["consumer"] = consumer
     write_bytes_atomic(path / CURRENT, name.encode() + b"\n" + seal(record) + b"\n")
 
 
-def write_generation(path: Path, generation: int, meta: dict, index: Optional[faiss.Index], ids) -> None:
+def write_generation(path: Path, generation: int, meta: dict, index: Optional[faiss.Index], ids,
+                     consumer: Optional[dict] = None) -> None:
     """A complete generation directory (its manifest last), renamed into place; then
     CURRENT names it with an empty log. The caller removes what came before."""
     with atomic_path(path / gen_name(generation)) as tmp:
@@ -372,7 +383,7 @@ def write_generation(path: Path, generation: int, meta: dict, index: Optional[fa
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         files = {name: file_entry(tmp / name) for name in GEN_FILES if (tmp / name).exists()}
         (tmp / MANIFEST).write_bytes(seal({"format": STORE_FORMAT, "files": files}))
-    write_current(path, generation, [])
+    write_current(path, generation, [], consumer)
 
 
 def write_log_file(path: Path, generation: int, seq: int, table: pa.Table) -> dict:

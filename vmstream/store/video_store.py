@@ -178,6 +178,7 @@ class VideoStore(StoreSearch):
             }
             self.index: Optional[VectorIndex] = None
             self.ids = IdMap()
+            self.consumer = None
             self._dirty = False
             self._full_save = True  # nothing on disk yet: the first commit is a generation
             return
@@ -202,6 +203,8 @@ class VideoStore(StoreSearch):
     def _replay(self, state: StoredState) -> None:
         """Load a verified generation and apply its log, checking that the two agree."""
         self.meta = state.meta
+        # What an indexer had consumed at this commit (None for a store `run` wrote).
+        self.consumer: Optional[dict] = state.consumer
         self.index = VectorIndex(state.index, threads=self.threads) if state.index is not None else None
         self.ids = IdMap(state.ids)
         gen = files.gen_name(state.generation)
@@ -247,18 +250,30 @@ class VideoStore(StoreSearch):
     def _wal_rows(self) -> int:
         return sum(int(e.get("rows", 0)) for e in self._wal)
 
-    def commit(self) -> bool:
+    def commit(self, consumer: Optional[dict] = None) -> bool:
         """Make every change durable: a log file of the changes since the last commit,
-        or a whole new generation when one is due. True if it wrote anything."""
+        or a whole new generation when one is due. True if it wrote anything.
+
+        `consumer` (an indexer's consumed offsets, any JSON object) is recorded in the
+        same commit point as the changes, so the two are durable together or not at all;
+        it is kept through later commits and compactions until replaced."""
         self._check_writable()
+        moved = consumer is not None and consumer != self.consumer
+        if moved:
+            self.consumer = consumer
         if not self._dirty:
-            return False
+            if moved and int(self.meta["generation"]) > 0:
+                files.write_current(self.path, int(self.meta["generation"]), self._wal, self.consumer)
+                return True
+            if not moved:
+                return False
         rows = sum(t.num_rows for t in self._log)
         if self._full_save or int(self.meta["generation"]) == 0 or self._compaction_due(rows):
+            self._dirty = True
             return self.save()
         gen = int(self.meta["generation"])
         entry = files.write_log_file(self.path, gen, len(self._wal), pa.concat_tables(self._log))
-        files.write_current(self.path, gen, self._wal + [entry])  # the commit point
+        files.write_current(self.path, gen, self._wal + [entry], self.consumer)  # the commit point
         self._wal.append(entry)
         self._log = []
         self._dirty = False
@@ -274,7 +289,8 @@ class VideoStore(StoreSearch):
         t0 = time.perf_counter()
         meta = dict(self.meta, generation=gen, count=len(self.ids), saved_at=time.time(),
                     index_kind=self.index.kind if self.index else None)
-        files.write_generation(self.path, gen, meta, self.index.index if self.index else None, self.ids)
+        files.write_generation(self.path, gen, meta, self.index.index if self.index else None, self.ids,
+                               self.consumer)
         # CURRENT names the new generation: the old one and its log can go.
         files.remove_leftovers(self.path, gen, [])
         self.meta = meta
@@ -307,6 +323,24 @@ class VideoStore(StoreSearch):
             raise RuntimeError(f"video store {self.path} was opened read-only")
         if self._closed:
             raise RuntimeError(f"video store {self.path} is closed")
+
+    # -- the store interface beside MilvusStore (backends.py) ---------------------------
+    backend = "faiss"
+
+    def stream_rows(self, stream_id: str) -> pa.Table:
+        return self.ids.stream_rows(stream_id)
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uids, vectors) of every stored segment, by uid (decoded codes for IVF kinds)."""
+        if self.index is None:
+            return np.empty(0, np.int64), np.empty((0, int(self.meta["dim"] or 0)), np.float32)
+        ids, vecs = self.index.live_vectors()
+        order = np.argsort(ids)
+        return ids[order], vecs[order]
+
+    def id_rows(self) -> list[dict]:
+        """Every segment's id-map row, by uid."""
+        return sorted(self.ids.table.to_pylist(), key=lambda r: r["uid"])
 
     # -- properties ------------------------------------------------------------------
     def __len__(self) -> int:

@@ -31,8 +31,9 @@ class FaissSink(Sink):
 
     name = "faiss"
 
-    def __init__(self, path: Union[str, os.PathLike], *, batch_size: int = 256, **store_options):
-        self.store = VideoStore(path, **store_options)
+    def __init__(self, path: Union[str, os.PathLike], *, batch_size: int = 256, store=None, **store_options):
+        # `store`: an open store of either backend (vmstream.store.open_store).
+        self.store = store if store is not None else VideoStore(path, **store_options)
         self.batch_size = int(batch_size)
         self._buffer: list[SegmentResult] = []
         self._closed = False
