@@ -1,0 +1,13 @@
+"""`vmstream serve`: one store as an HTTP service and a web page.
+
+    app.py          the app factory: routes, static page, auth, error handlers
+    api.py          the JSON API routes (search, streams, timeline, segments)
+    media.py        thumbnails (captured at ingest, else decoded from the source) and clips
+    clips.py        cutting a moment out of a source (stream copy or transcode), the disk cache
+    live_store.py   the store as immutable snapshots, swapped when a writer commits
+    text_batcher.py the warm text encoder behind a bounded batching queue
+    moments.py      adjacent hits of one stream merged into moments
+    params.py       request checks: 4xx JSON errors that name the field
+    metrics.py      Prometheus counters and histograms
+    static/         the page (plain HTML/CSS/JS, no build step)
+"""
