@@ -10,6 +10,7 @@ from vmstream.cli.common import add_common
 from vmstream.errors import UserError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_REQUEST_HEAD = 2 << 20
 
 
 def _port(text: str) -> int:
@@ -118,7 +119,10 @@ def main(args) -> int:
     app = create_app(out, index_dir=index, model=model, tokenizer=tokenizer, cfg=cfg, model_error=why, token=token,
                      limits=Limits(max_upload_bytes=args.max_upload_mb), cache_dir=args.cache_dir,
                      cache_bytes=args.cache_mb)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # h11 with room for a long query string: an over-long text= is answered by the app
+    # (400 naming the field), not cut off by the HTTP parser with a bare 400.
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                            http="h11", h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
     server = uvicorn.Server(config)
     text = "text search on" if tokenizer is not None else f"no text search: {why}"
     _announce(server, args.host, f"model {model.card.name}, {text}")

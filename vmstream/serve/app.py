@@ -90,7 +90,7 @@ def create_app(out_dir, *, index_dir=None, model=None, tokenizer=None, cfg=None,
 
     @app.get("/readyz", summary="Model loaded, store open and verified")
     def readyz():
-        body = {"store": live.error or "ok", "generation": live._snap.generation if live.ready else None,
+        body = {"store": live.error or "ok", "generation": live.generation,
                 "model": "ok" if model is not None else st.model_error, "text_search": batcher is not None}
         ok = live.ready and (model is not None or not st.model_error.startswith("loading"))
         return JSONResponse(dict(body, ready=ok), status_code=200 if ok else 503)

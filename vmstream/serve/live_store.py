@@ -145,6 +145,11 @@ class LiveStore:
         return snap
 
     @property
+    def generation(self) -> int | None:
+        snap = self._snap
+        return None if snap is None else snap.generation
+
+    @property
     def ready(self) -> bool:
         return self._snap is not None
 

@@ -36,7 +36,7 @@ class TextBatcher:
 
     def check(self, text: str) -> str | None:
         """Why `text` cannot be a query (too many tokens), or None."""
-        batch = self.tokenizer([text], max_length=self.max_length)
+        batch = self.tokenizer([text], max_length=self.max_length, warn=False)
         if batch.truncated[0]:
             return f"{batch.lengths[0]} tokens; the model reads at most {self.max_length} (shorten it)"
         return None
