@@ -30,6 +30,9 @@ def test_adjacent_hits_of_a_stream_merge_into_a_moment_with_its_best_score():
     assert [(m.stream, m.start, m.end, m.score) for m in ms] == [
         ("a", 6.0, 11.7, 0.9), ("a", 18.0, 19.7, 0.8), ("b", 8.0, 9.7, 0.7)]
     assert [h.segment_index for h in ms[0].hits] == [3, 4, 5] and ms[0].best.segment_index == 4
+    long = merge_moments([_hit("a", i, 0.5) for i in range(40)], max_span_s=30)
+    assert [len(m.hits) for m in sorted(long, key=lambda m: m.start)] == [15, 15, 10]
+    assert all(m.end - m.start <= 30 for m in long)
 
 
 def test_queries_that_arrive_together_are_encoded_in_one_batch(serve_files):

@@ -65,7 +65,7 @@ def _filtered_search(snap: Snapshot, vec: np.ndarray, k: int, *, group: str, str
     n = len(store)
     if n == 0:
         return []
-    want = k if group == "segments" else 3 * k
+    want = k if group == "segments" else 2 * k
     filtering = bool(streams) or after is not None or before is not None
     kk = min(n, want + len(exclude) + (want if filtering else 0))
     while True:

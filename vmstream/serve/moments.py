@@ -19,9 +19,14 @@ class Moment:
         return [h.uid for h in self.hits]
 
 
-def merge_moments(hits, *, max_gap_s: float = 0.5) -> list[Moment]:
+MAX_MOMENT_S = 30.0
+
+
+def merge_moments(hits, *, max_gap_s: float = 0.5, max_span_s: float = MAX_MOMENT_S) -> list[Moment]:
     """Hits (any order) -> moments, best first. Two hits of a stream join when their
-    segment indexes are consecutive or their spans touch (within `max_gap_s`)."""
+    segment indexes are consecutive or their spans touch (within `max_gap_s`), as long
+    as the moment stays within `max_span_s` (a moment is something to watch, and its clip
+    is bounded)."""
     by_stream: dict[str, list] = {}
     for h in hits:
         by_stream.setdefault(h.stream_id, []).append(h)
@@ -31,7 +36,7 @@ def merge_moments(hits, *, max_gap_s: float = 0.5) -> list[Moment]:
         cur = None
         for h in hs:
             if cur is not None and (h.segment_index == cur.hits[-1].segment_index + 1
-                                    or h.t_start <= cur.end + max_gap_s):
+                                    or h.t_start <= cur.end + max_gap_s) and h.t_end - cur.start <= max_span_s:
                 cur.hits.append(h)
                 cur.end = max(cur.end, h.t_end)
                 if h.score > cur.score:

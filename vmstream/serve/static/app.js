@@ -77,13 +77,14 @@ function card(m) {
 }
 
 async function searchBy(params, what) {
-  const qs = new URLSearchParams(Object.assign({k: "24"}, params));
+  const qs = new URLSearchParams(Object.assign({k: "12"}, params));
   setStatus(`Searching ${what}…`);
   const t0 = performance.now();
   try {
     const res = await getJSON(`/api/search?${qs}`);
     const grid = $("grid");
     grid.replaceChildren(...res.results.map(card));
+    drawLegend();
     const ms = Math.round(performance.now() - t0);
     setStatus(res.results.length ? `${res.results.length} moments ${what} · ${ms} ms` : `Nothing found ${what}.`);
     document.body.dataset.searched = String(Date.now());
@@ -98,6 +99,8 @@ async function play(m) {
   $("p-stream").textContent = m.stream_name;
   $("p-time").textContent = `${fmt(m.start)} – ${fmt(m.end)} · score ${m.score.toFixed(3)}`;
   $("p-labels").replaceChildren(chips(m.labels));
+  $("p-now").textContent = m.clip_url ? "loading the clip…" : "";
+  delete $("video").dataset.clipStart;
   const v = $("video");
   v.pause();
   window.scrollTo({top: 0, behavior: "smooth"});
@@ -130,6 +133,7 @@ async function loadStreams() {
     const s = await getJSON("/api/streams");
     $("store").textContent = `${s.streams.length} stream${s.streams.length === 1 ? "" : "s"} · ${s.segments.toLocaleString()} segments · gen ${s.generation}`;
     const box = $("timelines");
+    const drawn = [];
     box.replaceChildren();
     for (const st of s.streams.slice(0, 50)) {
       const row = el("div", "tl");
@@ -139,8 +143,10 @@ async function loadStreams() {
       cv.className = "timeline";
       row.append(name, cv);
       box.append(row);
-      getJSON(`/api/streams/${encodeURIComponent(st.name)}/timeline`).then((tl) => drawTimeline(cv, tl, st));
+      drawn.push(getJSON(`/api/streams/${encodeURIComponent(st.name)}/timeline`).then((tl) => drawTimeline(cv, tl, st)));
     }
+    await Promise.allSettled(drawn);
+    drawLegend();
   } catch (e) {
     setStatus(e.message, true);
   }
@@ -152,13 +158,22 @@ function drawTimeline(cv, tl, st) {
   const g = cv.getContext("2d");
   g.scale(dpr, dpr);
   const span = Math.max(1e-6, tl.end - tl.start);
-  for (const s of tl.segments) {
-    const x0 = (s.start - tl.start) / span * w, x1 = Math.max(x0 + 1, (s.end - tl.start) / span * w);
+  const segs = tl.segments;
+  segs.forEach((s, i) => {
+    // a segment's colour runs on to the next one's start (frames are sampled, the stream is not)
+    const next = i + 1 < segs.length ? segs[i + 1].start : s.end;
+    const until = next - s.end < 2 * (s.end - s.start) + 0.5 ? next : s.end;
+    const x0 = (s.start - tl.start) / span * w, x1 = Math.max(x0 + 1, (until - tl.start) / span * w - 1);
     g.globalAlpha = s.score == null ? 0.5 : 0.35 + 0.65 * Math.min(1, s.score);
     g.fillStyle = colourOf(s.label);
     g.fillRect(x0, 2, x1 - x0, h - 4);
-  }
+  });
   g.globalAlpha = 1;
+  g.fillStyle = "rgba(255,255,255,.55)";
+  g.font = "10px system-ui, sans-serif";
+  g.fillText(fmt(tl.start), 4, h - 6);
+  const endText = fmt(tl.end);
+  g.fillText(endText, w - g.measureText(endText).width - 4, h - 6);
   cv.dataset.drawn = String(tl.segments.length);
   cv.title = `${st.name}: click a moment for more like it`;
   cv.onclick = (ev) => {
@@ -166,10 +181,13 @@ function drawTimeline(cv, tl, st) {
     const t = tl.start + (ev.clientX - r.left) / r.width * span;
     searchBy({stream: tl.stream, at: t.toFixed(2)}, `like ${st.name.split("/").pop()} ${fmt(t)}`);
   };
-  const legend = $("legend");
-  legend.replaceChildren(...[...labelColour].slice(0, 12).map(([label, c]) => {
+}
+
+function drawLegend() {
+  $("legend").replaceChildren(...[...labelColour].slice(0, 12).map(([label, c]) => {
     const item = el("span");
-    const dot = el("i"); dot.style.background = c;
+    const dot = el("i");
+    dot.style.background = c;
     item.append(dot, document.createTextNode(label));
     return item;
   }));
@@ -179,6 +197,12 @@ $("search").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const text = $("q").value.trim();
   if (text) searchBy({text}, `for “${text}”`);
+});
+$("video").addEventListener("timeupdate", () => {
+  const v = $("video");
+  if (!current || !v.dataset.clipStart) return;
+  const t = +v.dataset.clipStart + v.currentTime;
+  $("p-now").textContent = `playing ${fmt(t)} of the source` + (t > current.end ? " (past the moment)" : "");
 });
 $("p-close").addEventListener("click", () => { $("video").pause(); $("player").hidden = true; current = null; });
 $("p-more").addEventListener("click", () => { if (current) searchBy({id: current.id}, `like ${current.stream_name} ${fmt(current.start)}`); });
