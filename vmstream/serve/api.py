@@ -3,6 +3,7 @@ segments. Ids travel as strings (64-bit ids do not fit a JavaScript number)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import tempfile
 import time
@@ -25,9 +26,14 @@ def _state(request: Request):
     return request.app.state.serve
 
 
+def finite(x):
+    """JSON has no NaN: an unknown time (a store filled without times) is null."""
+    return x if x is not None and math.isfinite(x) else None
+
+
 def hit_json(h) -> dict:
-    return {"id": str(h.uid), "stream": h.stream_id, "segment": h.segment_index, "start": h.t_start,
-            "end": h.t_end, "score": round(float(h.score), 6),
+    return {"id": str(h.uid), "stream": h.stream_id, "segment": h.segment_index, "start": finite(h.t_start),
+            "end": finite(h.t_end), "score": round(float(h.score), 6),
             "labels": [{"label": lb, "score": round(float(s), 4)} for lb, s in zip(h.labels, h.label_scores)][:5]}
 
 
@@ -37,7 +43,7 @@ def moment_json(m, uri: str) -> dict:
     clip = f"/api/clips/{first.uid}" + (f"?to={last.uid}" if last.uid != first.uid else "")
     return {"id": str(m.best.uid), "ids": [str(u) for u in m.ids], "stream": m.stream,
             "stream_name": os.path.basename(m.stream.rstrip("/")) or m.stream,
-            "start": m.start, "end": m.end, "score": round(float(m.score), 6),
+            "start": finite(m.start), "end": finite(m.end), "score": round(float(m.score), 6),
             "labels": hit_json(m.best)["labels"],
             "thumb_url": f"/api/thumbs/{m.best.uid}.jpg",
             "clip_url": clip if playable else None,
