@@ -52,6 +52,17 @@ def serve_store(serve_files):
     return out
 
 
+@pytest.fixture(scope="session")
+def gone_store(serve_files, tmp_path_factory):
+    """A store whose source is gone after the run (as a live feed's: nothing to cut)."""
+    d = tmp_path_factory.mktemp("gone")
+    src = d / "feed.mp4"
+    shutil.copy(serve_files / "later.mp4", src)
+    run_store(serve_files, d / "out", str(src))
+    src.unlink()
+    return d / "out"
+
+
 def copy_store(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.lock", "LOCK"))
     return dest

@@ -156,3 +156,36 @@ def test_bearer_token_on_every_request(serve_store, serve_files, tmp_path):
         assert s.client.get("/api/streams").status_code == 200
     finally:
         s.stop()
+
+
+def test_a_store_without_captured_thumbnails_decodes_them_from_the_source(serve_store, serve_files, tmp_path):
+    import shutil
+
+    from .conftest import copy_store
+
+    out = copy_store(serve_store, tmp_path / "old")
+    shutil.rmtree(out / "thumbs")  # a store written before thumbnails were captured
+    s = Server(out, files=serve_files)
+    try:
+        name = next(x["name"] for x in s.get("/api/streams").json()["streams"] if x["name"].endswith("park.mp4"))
+        seg = s.get(f"/api/streams/{name}/timeline").json()["segments"][3]
+        r = s.get(f"/api/thumbs/{seg['id']}.jpg")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        im = Image.open(io.BytesIO(r.content))
+        assert im.size == (224, 168)  # decoded from the 320x240 source, 224 wide
+    finally:
+        s.stop()
+
+
+def test_a_source_that_is_gone_has_thumbnails_but_no_clip(gone_store, serve_files):
+    s = Server(gone_store, files=serve_files)
+    try:
+        streams = s.get("/api/streams").json()["streams"]
+        assert [x["playable"] for x in streams] == [False]
+        m = s.get("/api/search", params={"text": "a dog"}).json()["results"][0]
+        assert m["live"] and m["clip_url"] is None and m["clip_info_url"] is None
+        assert s.get(m["thumb_url"]).status_code == 200
+        r = s.get(f"/api/clips/{m['id']}")
+        assert r.status_code == 404 and r.json()["field"] == "id" and "thumbnail but no clip" in r.json()["error"]
+    finally:
+        s.stop()

@@ -93,3 +93,28 @@ def test_an_error_is_shown_on_the_page(server, browser, tmp_path):
     status = wait_for(lambda: (lambda s: s if "tokens" in s.text else None)(d.find_element(By.ID, "status")), timeout=20)
     assert "error" in status.get_attribute("class") and "shorten it" in status.text
     d.save_screenshot(str(tmp_path / "error.png"))
+
+
+def test_a_live_moment_shows_its_thumbnail_and_says_it_has_no_clip(gone_store, serve_files, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from .conftest import Server
+
+    s = Server(gone_store, files=serve_files)
+    try:
+        d = browser
+        d.get(s.url + "/")
+        box = d.find_element(By.ID, "q")
+        box.send_keys("a dog")
+        box.send_keys(Keys.ENTER)
+        wait_for(lambda: _thumbs_loaded(d), timeout=30)
+        card = d.find_elements(By.CSS_SELECTOR, "#grid .card")[0]
+        assert "thumbnail only" in card.text.lower()
+        card.click()
+        note = d.find_element(By.ID, "live-note")
+        wait_for(lambda: note.is_displayed(), timeout=10)
+        assert "thumbnail only" in note.text and not d.execute_script("return document.getElementById('video').src")
+        d.save_screenshot(str(tmp_path / "live.png"))
+    finally:
+        s.stop()

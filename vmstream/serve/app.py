@@ -8,10 +8,12 @@ with a token, every request needs `Authorization: Bearer TOKEN` (the page: open
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -51,29 +53,31 @@ def create_app(out_dir, *, index_dir=None, model=None, tokenizer=None, cfg=None,
     if model is not None and tokenizer is not None:
         batcher = TextBatcher(model, tokenizer, max_batch=limits.max_batch, max_queue=limits.max_queue)
     if cache_dir is None:
-        cache_dir = Path(tempfile.gettempdir()) / f"vmstream-clips-{abs(hash(str(out_dir.resolve()))):x}"
+        # one cache per store, the same in every run of the server
+        digest = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:16]
+        cache_dir = Path(tempfile.gettempdir()) / f"vmstream-clips-{digest}"
     st = ServeState(live=live, limits=limits, metrics=metrics, clips=ClipCache(Path(cache_dir), cache_bytes),
                     model=model, cfg=cfg, batcher=batcher,
                     model_error=model_error or ("" if model is not None else "no model loaded"), token=token)
     _gauges(st)
 
-    app = FastAPI(title="vmstream serve", version="1", description=(
+    @asynccontextmanager
+    async def lifespan(app):
+        live.start()
+        try:
+            yield
+        finally:
+            live.stop()
+            if batcher is not None:
+                batcher.close()
+
+    app = FastAPI(title="vmstream serve", version="1", lifespan=lifespan, description=(
         "Search one vmstream video store by text, by a stored segment, by a stream's moment, or by an "
         "uploaded clip; thumbnails and playable clips of what is found."))
     app.state.serve = st
     app.include_router(api.router)
     app.include_router(media_routes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.on_event("startup")
-    def _start() -> None:
-        live.start()
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        live.stop()
-        if batcher is not None:
-            batcher.close()
 
     @app.get("/", include_in_schema=False)
     def page(request: Request):

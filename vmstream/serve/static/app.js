@@ -86,7 +86,7 @@ async function searchBy(params, what) {
     grid.replaceChildren(...res.results.map(card));
     drawLegend();
     const ms = Math.round(performance.now() - t0);
-    setStatus(res.results.length ? `${res.results.length} moments ${what} · ${ms} ms` : `Nothing found ${what}.`);
+    setStatus(res.results.length ? `${res.results.length} ${res.results.length === 1 ? "moment" : "moments"} ${what} · ${ms} ms` : `Nothing found ${what}.`);
     document.body.dataset.searched = String(Date.now());
   } catch (e) {
     setStatus(e.message, true);
@@ -106,12 +106,14 @@ async function play(m) {
   window.scrollTo({top: 0, behavior: "smooth"});
   if (!m.clip_url) {
     v.removeAttribute("src");
+    v.controls = false;
     v.poster = m.thumb_url;
     v.load();
     $("live-note").hidden = false;
     return;
   }
   $("live-note").hidden = true;
+  v.controls = true;
   v.poster = m.thumb_url;
   try {
     const info = await getJSON(m.clip_info_url);
