@@ -9,7 +9,7 @@
         AudioTrack, AudioChunk  passed through as they come (for the audio stage)
 
 Each segment carries a small JPEG of its middle frame (`thumb`), encoded from the
-frame already decoded at model size (~0.3 ms for 224x224): no second decode.
+frame already decoded at model size (1-3 ms at 224x224): no second decode.
 
 The stream's last, partial segment is emitted with its true length (the model
 resamples its temporal positions) or dropped with `drop_last=True`. A complete

@@ -1,7 +1,8 @@
 """Segment thumbnails: one decoded (model-size) RGB frame as a small JPEG.
 
 The frame is the one the decoder already resized for the model, so a thumbnail costs a
-JPEG encode (~0.3 ms at 224x224), never a second decode of the source.
+JPEG encode (1-3 ms at 224x224 on the 2-core dev CPU, under 1 % of the segment's model
+time), never a second decode of the source.
 """
 from __future__ import annotations
 
