@@ -14,8 +14,9 @@ does not depend on them) behind the batching text encoder, on 127.0.0.1. Then:
   * headless Chromium (Selenium): Enter in the page's search box to every thumbnail of the
     results loaded -> browser_results_visible_ms (median of the queries; figure only)
 
-Baseline measured in the same run: the text encoder alone at batch 1 (in-process, no
-HTTP), printed as serve_text_p50_over_encoder= (the cost of the HTTP service on top).
+Baseline measured in the same run: the text encoder alone at batch 1 (a fresh process, no
+HTTP), printed as serve_text_p50_over_encoder= (the cost of the HTTP service on top);
+`--encoder-only VOCAB` prints that baseline alone.
 
     .venv/bin/python benchmarks/serve_speed.py                # 1M stored
     .venv/bin/python benchmarks/serve_speed.py --n 100000     # quicker
@@ -181,7 +182,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000, help="stored segments (default 1M)")
     ap.add_argument("--queries", type=int, default=200, help="sequential requests per figure")
     ap.add_argument("--serve", nargs=2, metavar=("OUT", "VOCAB"), help=argparse.SUPPRESS)
+    ap.add_argument("--encoder-only", metavar="VOCAB", help="print the in-process text encoder's batch-1 p50 (ms)")
     args = ap.parse_args()
+    if args.encoder_only:
+        print(f"{encoder_baseline_ms(Path(args.encoder_only), 30):.2f}")
+        return
     if args.serve:
         serve(Path(args.serve[0]), Path(args.serve[1]))
         return
@@ -259,13 +264,19 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
 
-        base_ms = encoder_baseline_ms(vocab, 30)  # with the server gone: the machine as it served
+        # with the server gone, in a fresh process: faiss's OpenMP pool loaded beside torch's
+        # (as in this process, which built the store) slows torch down many times over
+        base = subprocess.run([sys.executable, __file__, "--encoder-only", str(vocab)], capture_output=True,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+        base_ms = float(base.stdout.strip().splitlines()[-1])
     p50 = pct(text_t, 50)
     print(f"text encoder alone (batch 1, in process): p50 {base_ms:.1f} ms")
     print(f"serve_text_p50_ms={p50:.1f}")
     print(f"serve_text_p99_ms={pct(text_t, 99):.1f}")
     print(f"serve_text_qps_16_clients={qps:.1f}")
+    print(f"serve_id_p50_ms={pct(id_t, 50):.2f}")
     print(f"serve_id_p99_ms={pct(id_t, 99):.2f}")
+    print(f"serve_thumb_p50_ms={pct(thumb_t, 50):.2f}")
     print(f"serve_thumb_p99_ms={pct(thumb_t, 99):.2f}")
     print(f"browser_results_visible_ms={vis:.0f}" if vis is not None else
           "browser_results_visible_ms=nan  # no chromium/chromedriver")
