@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -189,3 +188,39 @@ def test_a_source_that_is_gone_has_thumbnails_but_no_clip(gone_store, serve_file
         assert r.status_code == 404 and r.json()["field"] == "id" and "thumbnail but no clip" in r.json()["error"]
     finally:
         s.stop()
+
+
+def test_a_classifier_store_is_served_without_text_search(serve_files, tmp_path):
+    import torch
+
+    from tests.fixtures.videomamba import make_tiny_model
+    from vmstream.cli import main
+
+    torch.save({"model": make_tiny_model(seed=5).state_dict()}, tmp_path / "cls.pth")
+    assert main(["run", str(serve_files / "later.mp4"), "--checkpoint", str(tmp_path / "cls.pth"), "--out",
+                 str(tmp_path / "out"), "--fps", "4", "--set", "decode.img_size=32", "--no-progress",
+                 "--set", "output.console=false"]) == 0
+    s = Server(tmp_path / "out", files=serve_files)
+    try:
+        ready = s.get("/readyz").json()
+        assert ready["ready"] and not ready["text_search"]
+        r = s.get("/api/search", params={"text": "a dog"})
+        assert r.status_code == 400 and r.json()["field"] == "text"
+        assert "video classifier with no text encoder" in r.json()["error"]
+        first = s.get("/api/streams").json()["streams"][0]["name"]
+        uid = s.get(f"/api/streams/{first}/timeline").json()["segments"][0]["id"]
+        hits = s.get("/api/search", params={"id": uid, "group": "segments"}).json()["results"]
+        assert len(hits) == 3 and all(h["labels"] for h in hits)
+    finally:
+        s.stop()
+
+
+def test_a_missing_store_is_one_line(capsys, tmp_path):
+    from vmstream.cli import main
+
+    assert main(["serve", "--index", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such directory" in err and "\n" not in err
+    (tmp_path / "empty").mkdir()
+    assert main(["serve", "--index", str(tmp_path / "empty")]) == 2
+    assert "not a store" in capsys.readouterr().err
