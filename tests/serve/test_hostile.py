@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Server
-
 TRAVERSALS = ["../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
               "/etc/passwd", "1/../../etc/passwd", "12;ls", "0x10", "1e3", "-", " 1", "１２"]
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from tests.fixtures.videotext import make_tiny_videotext
@@ -103,4 +101,3 @@ def test_the_thumbnail_is_the_middle_frame(tmp_path):
     im = np.asarray(Image.open(io.BytesIO(seg.thumb)))
     assert im.shape == (32, 48, 3) and abs(float(im.mean()) - 30 * 4) < 3
     assert next(iter(Segmenter(num_frames=8, thumbnails=False).segments(frames))).thumb == b""
-    torch.manual_seed(0)
