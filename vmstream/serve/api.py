@@ -20,6 +20,7 @@ from .params import ApiError, bad
 from .text_batcher import QueueFull
 
 router = APIRouter(prefix="/api")
+MAX_SCAN = 10_000
 
 
 def _state(request: Request):
@@ -65,8 +66,9 @@ def find_stream(snap: Snapshot, given: str, field: str = "stream") -> str:
 
 def _filtered_search(snap: Snapshot, vec: np.ndarray, k: int, *, group: str, streams, after, before,
                      exclude=()) -> list:
-    """Hits passing the filters: fetched wider until there are enough (or the store is
-    exhausted). Moments need more segments than k (adjacent ones merge)."""
+    """Hits passing the filters: fetched wider until there are enough, or MAX_SCAN nearest
+    were looked at (bounded work: a filter that matches little gives fewer hits, not a
+    scan of the whole store). Moments need more segments than k (adjacent ones merge)."""
     store = snap.store
     n = len(store)
     if n == 0:
@@ -78,9 +80,9 @@ def _filtered_search(snap: Snapshot, vec: np.ndarray, k: int, *, group: str, str
         hits = store.search(vec, kk, exclude=exclude)
         kept = [h for h in hits if (not streams or h.stream_id in streams)
                 and (after is None or h.t_end >= after) and (before is None or h.t_start <= before)]
-        if len(kept) >= want or kk >= n:
+        if len(kept) >= want or kk >= min(n, MAX_SCAN):
             return kept[:want]
-        kk = min(n, kk * 4)
+        kk = min(n, MAX_SCAN, kk * 4)
 
 
 def _answer(snap: Snapshot, hits: list, k: int, group: str, query: dict, t0: float) -> dict:
