@@ -73,6 +73,8 @@ class Server:
 
     def __init__(self, index: Path, *args: str, files: Path, timeout: float = 90):
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        if "--cache-dir" not in args:  # clips under the test's tmp dir, not the system's
+            args = (*args, "--cache-dir", str(files / f"clips-{time.monotonic_ns()}"))
         self.log = open(files / f"serve-{os.getpid()}-{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vmstream.cli", "serve", "--index", str(index), "--port", "0",
