@@ -101,18 +101,27 @@ def segment_embeddings(n: int, seed: int = 0, topics: int = 100, per_video: int 
     return x
 
 
+def build_store(path: Path, x: np.ndarray, columns=None) -> VideoStore:
+    """The benchmark's store of `x` (ivfsq8, inner product), ids 0..n-1; `columns(ids)`
+    gives their id-map columns (default: one stream "s", segment index = id). Also what
+    `serve_speed.py` serves."""
+    n = x.shape[0]
+    store = VideoStore(path, dim=D_JOINT, kind="ivfsq8", metric="ip", train_at=min(n, 200_000), use_gpu=False)
+    for i in range(0, n, 100_000):
+        ids = np.arange(i, min(n, i + 100_000), dtype=np.int64)
+        meta = columns(ids) if columns else {"stream_id": ["s"] * len(ids), "segment_index": ids.tolist()}
+        store.add(ids, x[ids], meta)
+    return store
+
+
 def search_speed(n: int, n_queries: int, workdir: Path) -> dict:
     x = segment_embeddings(n)
     rng = np.random.default_rng(1)
     q = x[rng.integers(0, n, n_queries)] + 0.02 * rng.standard_normal((n_queries, D_JOINT), np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     truth = np.argsort(-(q @ x.T), axis=1)[:, :10]  # exact inner product
-    store = VideoStore(workdir / f"s{n}", dim=D_JOINT, kind="ivfsq8", metric="ip", train_at=min(n, 200_000),
-                       use_gpu=False)
     t0 = time.perf_counter()
-    for i in range(0, n, 100_000):
-        ids = np.arange(i, min(n, i + 100_000), dtype=np.int64)
-        store.add(ids, x[ids], {"stream_id": ["s"] * len(ids), "segment_index": ids.tolist()})
+    store = build_store(workdir / f"s{n}", x)
     add_s = time.perf_counter() - t0
     lat, found = [], 0
     for j in range(n_queries):

@@ -75,6 +75,9 @@ class Segment:
     audio: Optional[np.ndarray] = None
     is_last: bool = False
     uri: str = ""
+    # A small JPEG of the middle frame (from the frames already decoded), for the
+    # `thumbs` table: hits have a picture even when the source is a live feed or gone.
+    thumb: bytes = b""
 
     @property
     def num_frames(self) -> int:
@@ -101,6 +104,13 @@ class SegmentResult:
     uri: str = ""
     # The content identity of the stream these results come from (see StreamStart).
     stream_version: str = ""
+    # The segment's thumbnail (see Segment.thumb): its own table, not a segments column.
+    thumb: bytes = b""
+
+    def thumb_row(self) -> dict[str, Any]:
+        """A row of `THUMB_SCHEMA` (the middle frame's time: the middle of the span)."""
+        return {"uid": self.uid, "stream_id": self.stream_id, "segment_index": int(self.segment_index),
+                "t": (float(self.t_start) + float(self.t_end)) / 2, "jpeg": bytes(self.thumb)}
 
     @property
     def uid(self) -> int:
@@ -353,6 +363,18 @@ class StreamSummary:
         out.stream_version = row.get("stream_version", "") or ""
         return out
 
+
+# One small JPEG per segment, keyed like the segments table (OUT/thumbs/).
+THUMB_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.int64(), nullable=False),
+        pa.field("stream_id", pa.string(), nullable=False),
+        pa.field("segment_index", pa.int64(), nullable=False),
+        pa.field("t", pa.float64()),
+        pa.field("jpeg", pa.binary()),
+    ],
+    metadata={b"vmstream.record": b"SegmentThumb", b"vmstream.schema_version": str(SCHEMA_VERSION).encode()},
+)
 
 SUMMARY_SCHEMA = pa.schema(
     [

@@ -4,6 +4,7 @@ answer at once.
 
     vmstream run SOURCE... [--model NAME | --checkpoint PATH] [--out DIR] [--kafka BOOTSTRAP] ...
     vmstream search --index DIR (--text TEXT | --video FILE [--at S] | --id N | --stream ID --at S) [-k K]
+    vmstream serve --index DIR [--host 127.0.0.1] [--port 8080] [--token-file F | --insecure]
     vmstream store (verify | repair [--force]) DIR
     vmstream eval-retrieval (--model NAME | --checkpoint PATH) --annotations FILE --videos DIR [--dataset D]
     vmstream info
@@ -20,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from vmstream.cli import eval_retrieval, index, info, run, search, store, train, worker
+from vmstream.cli import eval_retrieval, index, info, run, search, serve, store, train, worker
 from vmstream.cli.common import setup_logging
 from vmstream.errors import UserError
 from vmstream.printable import printable
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, search, store, eval_retrieval, info, worker, index, train):
+    for command in (run, search, serve, store, eval_retrieval, info, worker, index, train):
         command.add_parser(sub)
     return parser
 

@@ -270,6 +270,7 @@ class InferenceStage:
                     gaps=list(s.gaps),
                     audio=s.audio,
                     uri=s.uri,
+                    thumb=s.thumb,
                 )
             self.stats.batches += 1
             self.stats.per_batch_size[len(segs)] = self.stats.per_batch_size.get(len(segs), 0) + 1

@@ -1,10 +1,11 @@
-"""The store's result tables: segments, events and summaries, each a directory of part files.
+"""The store's result tables: segments, events, summaries and thumbs, each a directory of part files.
 
 Layout under the sink's directory (every file readable by pandas/pyarrow/duckdb alone):
 
     OUT/segments/part-000000012-1a2b3c.parquet   one row per segment, SEGMENT_SCHEMA
     OUT/events/part-*.parquet                    gaps, errors, ends, EVENT_SCHEMA
     OUT/summaries/part-*.parquet                 one row per finished stream, SUMMARY_SCHEMA
+    OUT/thumbs/part-*.parquet                    one small JPEG per segment, THUMB_SCHEMA
 
     pandas.read_parquet("OUT/segments")   or   duckdb: SELECT * FROM 'OUT/segments/*.parquet'
 
@@ -65,7 +66,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, SegmentResult
+from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, THUMB_SCHEMA, SegmentResult
 
 from .atomic import DirLock, fsync_dir, fsync_file, remove_quietly, remove_stale_tmp, tmp_path_for
 from .files import Problem, file_entry
@@ -80,6 +81,7 @@ TABLES: dict[str, tuple[pa.Schema, Optional[tuple[str, ...]]]] = {
     "segments": (SEGMENT_SCHEMA, ("uid",)),
     "events": (EVENT_SCHEMA, None),
     "summaries": (SUMMARY_SCHEMA, ("stream_id",)),
+    "thumbs": (THUMB_SCHEMA, ("uid",)),
 }
 
 _PART_RE = re.compile(r"^part-(\d{9})-([0-9a-f]+)\.parquet$")

@@ -1,5 +1,6 @@
 """The Parquet sink: every record a run produces goes to the store's result tables
-(`vmstream.store.results`: segments, events, summaries, each a directory of part files)."""
+(`vmstream.store.results`: segments, events, summaries, each a directory of part files),
+and each segment's thumbnail to `thumbs`."""
 from __future__ import annotations
 
 import logging
@@ -53,6 +54,8 @@ class ParquetSink(Sink):
         except (TypeError, ValueError) as e:
             raise ValueError(f"{what} is malformed: {e}") from e
         self.tables[table].append(row, what)
+        if table == "segments" and record.thumb:
+            self.tables["thumbs"].append(record.thumb_row(), f"thumbnail of {what}")
 
     def begin_stream(self, stream_id: str, version: str, *, replace: bool) -> None:
         # A stream starting over replaces its rows: none of the old ones stays readable,
