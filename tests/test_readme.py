@@ -13,8 +13,10 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from starlette.routing import Match
 
 ROOT = Path(__file__).resolve().parents[1]
 VMSTREAM = ".venv/bin/vmstream"
@@ -48,6 +50,12 @@ def test_the_readme_has_commands_written_one_way():
     assert not bare, f"commands that need an activated virtualenv: {bare}"
 
 
+def _serve_routes():
+    from vmstream.serve import api, media_routes, system_routes
+
+    return [r for m in (api, media_routes, system_routes) for r in m.router.routes]
+
+
 @pytest.mark.parametrize("argv", COMMANDS, ids=_id)
 def test_each_readme_command_parses(argv):
     prog, args = argv[0], argv[1:]
@@ -69,8 +77,14 @@ def test_each_readme_command_parses(argv):
         assert os.access(ROOT / prog, os.X_OK), f"{prog} is not an executable script"
     elif prog == ".venv/bin/python" and args[:2] == ["-m", "pytest"]:
         pass
+    elif prog == ".venv/bin/python" and args[:1] == ["-c"]:
+        compile(args[1], "README", "exec")
     elif prog == ".venv/bin/python":
         assert (ROOT / args[0]).is_file(), f"{args[0]} does not exist"
+    elif prog == "curl":
+        path = urlsplit(next(a for a in args if a.startswith("http://"))).path
+        assert any(r.matches({"type": "http", "path": path, "method": "POST" if "-F" in args else "GET"})[0]
+                   == Match.FULL for r in _serve_routes()), f"{argv}: vmstream serve has no such endpoint"
     elif prog == ".venv/bin/pip":
         extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
         wanted = re.fullmatch(r"\.\[(.*)\]", args[-1])
