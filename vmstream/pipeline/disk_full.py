@@ -27,7 +27,9 @@ class DiskFullError(UserError):
 
     def __init__(self, what: str, where: str, err: OSError):
         self.what, self.where, self.err = what, where, err
-        super().__init__(f"{err.strerror or 'no space left on device'}: could not write {what} in {where}; "
+        # The system's words for the errno: pyarrow's OSError carries its own longer text.
+        reason = os.strerror(err.errno) if err.errno else "No space left on device"
+        super().__init__(f"{reason}: could not write {what} in {where}; "
                          "what was written before is intact; free some space there and run the same command "
                          "again: it resumes where this run stopped")
 
