@@ -387,10 +387,3 @@ def read_table(directory: PathLike, table: Optional[str] = None) -> pa.Table:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def read_segment_results(out_dir: PathLike) -> list[SegmentResult]:
-    """All segment results under OUT, de-duplicated, sorted by (stream, segment)."""
-    rows = read_table(out_dir, "segments").to_pylist()
-    rows.sort(key=lambda r: (r["stream_id"], r["segment_index"]))
-    return [SegmentResult.from_row(r) for r in rows]
