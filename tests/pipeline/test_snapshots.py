@@ -1,7 +1,8 @@
 """Stream snapshots: byte format and the local state store."""
 import pytest
 
-from vmstream.pipeline.snapshots import LocalStateStore, SnapshotError, decode_snapshot, encode_snapshot
+from vmstream.pipeline.snapshots import LocalStateStore
+from vmstream.snapshot_codec import SnapshotError, decode_snapshot, encode_snapshot
 
 
 def _snap(sid="cam/1 ü?x"):

@@ -327,9 +327,9 @@ def test_vision_encoder_from_an_official_mask_pt_student(tmp_path):
     torch.testing.assert_close(enc.temporal_pos_embedding, resample_temporal_pos(student.temporal_pos_embedding, 4))
     bad = {k: v for k, v in student.state_dict().items() if not k.startswith("layers.1.")}
     torch.save(bad, tmp_path / "bad.pth")
-    from vmstream.training.recipes import RecipeError
+    from vmstream.config_loader import ConfigError
 
-    with pytest.raises(RecipeError, match="vision_pretrained: .* missing"):
+    with pytest.raises(ConfigError, match="vision_pretrained: .* missing"):
         build_mm_model(_synth_cfg(tmp_path, f"multimodal.vision_pretrained={tmp_path / 'bad.pth'}"),
                        BertTokenizer(cfg.multimodal.vocab))
 

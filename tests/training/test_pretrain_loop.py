@@ -169,8 +169,8 @@ def _torchrun(recipe: dict, tmp_path):
 
 
 def test_teacher_input_resize_and_grid_mismatch():
+    from vmstream.config_loader import ConfigError
     from vmstream.training.pretrain import draw_mask_and_targets, teacher_input
-    from vmstream.training.recipes import RecipeError
 
     x = torch.randn(2, 3, 4, 32, 32)
     assert teacher_input(x, 32) is x
@@ -181,7 +181,7 @@ def test_teacher_input_resize_and_grid_mismatch():
     cfg = _cfg()
     student = build_student(cfg)
     wrong = _cfg(**{"pretrain.teacher_args": "{patch_size: 16, width: 64, layers: 1, heads: 4, output_dim: 32}"})
-    with pytest.raises(RecipeError, match="attention masking needs"):
+    with pytest.raises(ConfigError, match="attention masking needs"):
         draw_mask_and_targets(student, synthetic_teacher(wrong), x, wrong.pretrain)
 
 
@@ -192,13 +192,13 @@ def test_bad_recipe_inputs_are_one_line_errors(tmp_path, capsys):
     assert train_main(recipe, ["device=cpu"]) == 2
     assert "names no training list" in capsys.readouterr().err
     cfg = _cfg(**{"pretrain.clip_teacher_weights": str(tmp_path / "none.pth")})
-    from vmstream.training.recipes import RecipeError
+    from vmstream.config_loader import ConfigError
 
-    with pytest.raises(RecipeError, match="clip_teacher_weights.*does not exist"):
+    with pytest.raises(ConfigError, match="clip_teacher_weights.*does not exist"):
         build_teacher(cfg)
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(RecipeError, match="missing"):
+    with pytest.raises(ConfigError, match="missing"):
         build_teacher(_cfg(**{"pretrain.clip_teacher_weights": str(tmp_path / "bad.pth")}))
     torch.save({"model": {"cls_token": torch.zeros(1, 1, 64)}}, tmp_path / "student.pth")
-    with pytest.raises(RecipeError, match="not a checkpoint of this student"):
+    with pytest.raises(ConfigError, match="not a checkpoint of this student"):
         build_student(_cfg(finetune=str(tmp_path / "student.pth")))

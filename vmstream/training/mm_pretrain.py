@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vmstream.config_loader import ConfigError
 from vmstream.models import SIZES
 from vmstream.models.tokenizer import BertTokenizer, VocabularyNotFound
 from vmstream.models.videotext_checkpoint import canonical_videotext_keys, official_pretrain_keys
@@ -50,13 +51,12 @@ from .mm_annotations import load_anno, parse_corpora
 from .mm_data import MediaTextDataset, PairTransform, collate_pairs
 from .mm_loader import MixedLoader
 from .mm_losses import SpecialTokens
-from .pretrain import open_teacher
 from .mm_model import LOSS_NAMES, Criterion, VideoTextPretrain
 from .mm_weights import load_initial_weights
 from .model_setup import apply_threads, recipe_device, seed_everything
 from .optim import build_optimizer, official_mm_cosine
-from .pretrain import teacher_input
-from .recipes import RecipeError, TrainConfig
+from .pretrain import open_teacher, teacher_input
+from .recipes import TrainConfig
 
 __all__ = ["Stage", "stages", "make_tokenizer", "special_tokens", "build_mm_model", "build_mm_teacher",
            "build_mm_datasets", "mask_and_targets", "mm_step", "run_stage", "multimodal_fit"]
@@ -98,7 +98,7 @@ def make_tokenizer(cfg: TrainConfig) -> BertTokenizer:
     try:
         return BertTokenizer(cfg.multimodal.vocab or None, max_length=cfg.multimodal.max_txt_l)
     except (VocabularyNotFound, ValueError) as e:
-        raise RecipeError(f"multimodal.vocab: {e}") from None
+        raise ConfigError(f"multimodal.vocab: {e}") from None
 
 
 def special_tokens(tok: BertTokenizer) -> SpecialTokens:
@@ -106,14 +106,14 @@ def special_tokens(tok: BertTokenizer) -> SpecialTokens:
         return SpecialTokens(pad=tok.pad_id, cls=tok.token_id("[CLS]"), sep=tok.token_id("[SEP]"),
                              mask=tok.token_id("[MASK]"), vocab_size=tok.vocab_size)
     except ValueError as e:
-        raise RecipeError(f"multimodal.vocab: {e}") from None
+        raise ConfigError(f"multimodal.vocab: {e}") from None
 
 
 def build_mm_model(cfg: TrainConfig, tok: BertTokenizer) -> VideoTextPretrain:
     """The recipe's video-text model with its criterion, and its initial weights."""
     mm = cfg.multimodal
     if cfg.model not in SIZES:
-        raise RecipeError(f"model {cfg.model!r}: the vision encoder is one of {', '.join(SIZES)}")
+        raise ConfigError(f"model {cfg.model!r}: the vision encoder is one of {', '.join(SIZES)}")
     vision: dict[str, Any] = dict(SIZES[cfg.model])
     vision.update(img_size=cfg.input_size, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
                   drop_path_rate=cfg.drop_path, clip_output_dim=cfg.pretrain.clip_output_dim,
@@ -129,7 +129,7 @@ def build_mm_model(cfg: TrainConfig, tok: BertTokenizer) -> VideoTextPretrain:
     try:
         model = VideoTextPretrain(crit, vision=vision, text=text, embed_dim=mm.embed_dim, temp=mm.temp)
     except (TypeError, ValueError) as e:
-        raise RecipeError(f"multimodal model: {e}") from None
+        raise ConfigError(f"multimodal model: {e}") from None
     load_initial_weights(model, cfg.finetune, mm.vision_pretrained, mm.text_pretrained)
     model.text_encoder.gradient_checkpointing = mm.gradient_checkpointing
     return model
@@ -155,7 +155,7 @@ def build_mm_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
         try:
             entries.setdefault(corpus.media, []).extend(load_anno(corpus))
         except ValueError as e:
-            raise RecipeError(str(e)) from None
+            raise ConfigError(str(e)) from None
     tf = PairTransform(cfg.input_size, tuple(mm.crop_scale), cfg.flip)
     return {m: MediaTextDataset(e, m, tf, cfg.num_frames, cfg.decode_short_side) for m, e in sorted(entries.items())}
 
@@ -175,7 +175,7 @@ def mask_and_targets(teacher: nn.Module, x: torch.Tensor, mask_type: str, ratio:
     t, h, w = max(1, T // kernel), H // patch, W // patch
     if mask_type == "attention":
         if attn is None or attn.shape != (B * t, h * w):
-            raise RecipeError(f"attention masking needs the teacher's attention on the student's grid "
+            raise ConfigError(f"attention masking needs the teacher's attention on the student's grid "
                               f"[{B * t}, {h * w}]; got {None if attn is None else tuple(attn.shape)} (is the "
                               "teacher's patch size the student's?)")
         mask = attention_mask(attn.float(), B, ratio, generator=generator)
@@ -246,7 +246,7 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     returns its history and whether it stopped before its end."""
     out_dir = os.path.join(cfg.output_dir, stage.name) if cfg.output_dir else ""
     if cfg.multimodal.loss_weight.vtm and min(stage.batch_size, stage.batch_size_image) < 2:
-        raise RecipeError(f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU "
+        raise ConfigError(f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU "
                           "must be at least 2")
     ws = dist.world_size()
     total = stage.batch_size * ws * cfg.update_freq
@@ -276,7 +276,7 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
         sizes = {m: len(d) for m, d in datasets.items()}
-        raise RecipeError(f"[{stage.name}] {sizes} pairs give no optimizer step of batch {stage.batch_size} x "
+        raise ConfigError(f"[{stage.name}] {sizes} pairs give no optimizer step of batch {stage.batch_size} x "
                           f"{cfg.update_freq} (update_freq) x {ws} ranks")
     lr_values = official_mm_cosine(lr, stage.min_lr_multi, stage.epochs * steps, int(stage.warmup_epochs * steps))
     amp = partial(autocast_context, device, cfg.bf16)
@@ -322,7 +322,7 @@ def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = No
     """Both stages (those in ``multimodal.stages``), each resuming from its directory.
     `datasets`, `model`, `teacher`, `tokenizer` may be given (synthetic runs, tests)."""
     if cfg.resume:
-        raise RecipeError("resume: multimodal pretraining resumes each stage from OUTPUT_DIR/<stage>/ (auto_resume); "
+        raise ConfigError("resume: multimodal pretraining resumes each stage from OUTPUT_DIR/<stage>/ (auto_resume); "
                           "to run the unmasked stage from a masked checkpoint set stages=[unmasked] finetune=PATH")
     device = recipe_device(cfg)
     dist.init(device.type)

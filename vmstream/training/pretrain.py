@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from vmstream.config_loader import ConfigError
 from vmstream.models import SIZES, ClipTeacher, VideoMambaPretrain
 from vmstream.models.checkpoint import CheckpointError, read_checkpoint
 from vmstream.models.clip_teacher import clip_teacher
@@ -44,7 +45,7 @@ from .engine import StepFn, autocast_context, check_finite, train_one_epoch
 from .masking import attention_mask, make_mask
 from .model_setup import apply_threads, recipe_device, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
-from .recipes import PretrainConfig, RecipeError, TrainConfig
+from .recipes import PretrainConfig, TrainConfig
 
 __all__ = ["build_student", "build_teacher", "open_teacher", "teacher_input", "draw_mask_and_targets", "distill_step",
            "pretrain_fit", "build_pretrain_dataset"]
@@ -60,7 +61,7 @@ def build_student(cfg: TrainConfig) -> VideoMambaPretrain:
     recipe's clip_* settings; `finetune` names a pretraining checkpoint to start from
     (an official `*_mask_pt_*` one continues training), loaded strictly."""
     if cfg.model not in SIZES:
-        raise RecipeError(f"model {cfg.model!r}: a pretraining student is one of {', '.join(SIZES)}")
+        raise ConfigError(f"model {cfg.model!r}: a pretraining student is one of {', '.join(SIZES)}")
     p = cfg.pretrain
     kw: dict[str, Any] = dict(SIZES[cfg.model])
     kw.update(img_size=cfg.input_size, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
@@ -72,15 +73,15 @@ def build_student(cfg: TrainConfig) -> VideoMambaPretrain:
     try:
         model = VideoMambaPretrain(**kw)
     except (TypeError, ValueError) as e:
-        raise RecipeError(f"student: {e}") from None
+        raise ConfigError(f"student: {e}") from None
     if cfg.finetune:
         try:
             sd, _ = read_checkpoint(cfg.finetune)
             model.load_state_dict(sd, strict=True)
         except FileNotFoundError:
-            raise RecipeError(f"finetune: {cfg.finetune!r} does not exist") from None
+            raise ConfigError(f"finetune: {cfg.finetune!r} does not exist") from None
         except (CheckpointError, RuntimeError) as e:
-            raise RecipeError(f"finetune {cfg.finetune!r} is not a checkpoint of this student: {e}") from None
+            raise ConfigError(f"finetune {cfg.finetune!r} is not a checkpoint of this student: {e}") from None
         log.info("student initialised from %s", cfg.finetune)
     return model
 
@@ -104,9 +105,9 @@ def open_teacher(p, kw: dict) -> ClipTeacher:
     try:
         return clip_teacher(p.clip_teacher, weights=weights, **kw)
     except FileNotFoundError:
-        raise RecipeError(f"pretrain.clip_teacher_weights: {weights!r} does not exist") from None
+        raise ConfigError(f"pretrain.clip_teacher_weights: {weights!r} does not exist") from None
     except (CheckpointError, TypeError, ValueError) as e:
-        raise RecipeError(f"pretrain.clip_teacher_weights {weights!r}: {e}") from None
+        raise ConfigError(f"pretrain.clip_teacher_weights {weights!r}: {e}") from None
 
 
 def teacher_input(x: Tensor, resolution: int) -> Tensor:
@@ -140,7 +141,7 @@ def draw_mask_and_targets(student: nn.Module, teacher: ClipTeacher, x: Tensor, p
     if p.mask_type == "attention":
         if attn is None or attn.shape != (B * T, h * w):
             got = None if attn is None else tuple(attn.shape)
-            raise RecipeError(f"attention masking needs the teacher's attention [B*T={B * T}, {h * w}] on the "
+            raise ConfigError(f"attention masking needs the teacher's attention [B*T={B * T}, {h * w}] on the "
                               f"student's patch grid; got {got}")
         mask = attention_mask(attn.float(), B, p.mask_ratio, generator=generator)
     else:
@@ -175,7 +176,7 @@ def build_pretrain_dataset(cfg: TrainConfig) -> VideoClsDataset:
     ``DataAugmentationForVideoMAE``)."""
     path = cfg.list_path("train")
     if not path:
-        raise RecipeError("the recipe names no training list (data_path or train_list)")
+        raise ConfigError("the recipe names no training list (data_path or train_list)")
     entries = read_video_list(path, cfg.split, cfg.prefix)
     tt = TrainTransform(crop_size=cfg.input_size, rand_augment=None, flip=cfg.flip, reprob=0.0,
                         crop=cfg.pretrain.crop, interpolation=cfg.train_interpolation)
@@ -217,7 +218,7 @@ def pretrain_fit(cfg: TrainConfig, train_set=None, *, student: Optional[nn.Modul
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
-        raise RecipeError(f"{len(train_set)} clips give no optimizer step of {cfg.batch_size} x {cfg.update_freq} "
+        raise ConfigError(f"{len(train_set)} clips give no optimizer step of {cfg.batch_size} x {cfg.update_freq} "
                           f"(update_freq) x {ws} ranks")
     lr_values = cosine_schedule(lr, min_lr, cfg.epochs, steps, cfg.warmup_epochs, warmup_lr, cfg.warmup_steps)
     wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end

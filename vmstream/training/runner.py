@@ -20,17 +20,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from vmstream.config_loader import ConfigError
+
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .annotations import (DATASET_CLASSES, REGRESSION_DATASETS, TargetNorm, check_labels,
-                          read_video_list, trim_entries)
+from .annotations import DATASET_CLASSES, REGRESSION_DATASETS, TargetNorm, check_labels, read_video_list, trim_entries
 from .augment import TrainTransform
 from .datasets import LongVideoDataset, VideoClsDataset, collate
 from .engine import autocast_context, clip_step, evaluate, train_one_epoch
 from .mixup import LabelSmoothingCrossEntropy, Mixup, SoftTargetCrossEntropy
 from .model_setup import apply_threads, build_model, recipe_device, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
-from .recipes import RecipeError, TrainConfig, load_recipe
+from .recipes import TrainConfig, load_recipe
 
 log = logging.getLogger("vmstream.training")
 
@@ -41,7 +42,7 @@ log = logging.getLogger("vmstream.training")
 def num_classes_for(cfg: TrainConfig) -> int:
     known = DATASET_CLASSES.get(cfg.data_set)
     if known and known != cfg.nb_classes and cfg.data_set not in REGRESSION_DATASETS:
-        raise RecipeError(f"data_set {cfg.data_set!r} has {known} classes but nb_classes={cfg.nb_classes}")
+        raise ConfigError(f"data_set {cfg.data_set!r} has {known} classes but nb_classes={cfg.nb_classes}")
     return cfg.nb_classes
 
 
@@ -66,7 +67,7 @@ def build_datasets(cfg: TrainConfig):
     streaming recipe; val and test are None when their lists are absent."""
     train_e = _entries(cfg, "train")
     if train_e is None:
-        raise RecipeError("the recipe names no training list (data_path or train_list)")
+        raise ConfigError("the recipe names no training list (data_path or train_list)")
     val_e, test_e = _entries(cfg, "val"), _entries(cfg, "test")
     norm = None
     target_fn = None
@@ -145,7 +146,7 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
-        raise RecipeError(f"{len(train_set)} training samples give no full batch of {batch} x {ws} ranks")
+        raise ConfigError(f"{len(train_set)} training samples give no full batch of {batch} x {ws} ranks")
     lr_values, wd_values = _schedules(cfg, lr, min_lr, warmup_lr, steps)
 
     amp = partial(autocast_context, device, cfg.bf16)
@@ -320,7 +321,7 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
     _setup_logging()
     try:
         cfg = load_recipe(config_path, overrides)
-    except RecipeError as e:
+    except ConfigError as e:
         print(f"vmstream train: {e}", file=sys.stderr)
         return 2
     try:
@@ -356,7 +357,7 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
 
             return 130 if pretrain_fit(cfg, should_stop=should_stop)["stopped"] else 0
         return 130 if fit(cfg, should_stop=should_stop)["stopped"] else 0
-    except RecipeError as e:
+    except ConfigError as e:
         print(f"vmstream train: {e}", file=sys.stderr)
         return 2
     finally:
@@ -373,7 +374,7 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
         dist.init(device.type)
         _, _, test_set, norm = build_datasets(cfg)
         if test_set is None:
-            raise RecipeError(f"no test list found at {cfg.list_path('test')!r}")
+            raise ConfigError(f"no test list found at {cfg.list_path('test')!r}")
         model = build_model(cfg.model_copy(update={"finetune": ""})).to(device)
         path = checkpoint or cfg.finetune
         if path:
@@ -389,7 +390,7 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
         if dist.is_main():
             print(_test_line(t, cfg.task == "regression"))
         return 0
-    except (RecipeError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"vmstream eval: {e}", file=sys.stderr)
         return 2
     finally:
