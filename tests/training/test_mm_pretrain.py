@@ -221,7 +221,7 @@ def _files(tmp_path):
 
 
 def test_vmstream_train_multimodal_on_image_and_video_files(tmp_path):
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     over = _files(tmp_path) + [f"output_dir={tmp_path / 'run'}", "save_ckpt=true"]
     assert train_main(SYNTH, over) == 0
@@ -239,7 +239,7 @@ def test_vmstream_train_multimodal_on_image_and_video_files(tmp_path):
 
 
 def test_bad_annotation_from_the_command_line_is_one_line(tmp_path, capsys):
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     over = _files(tmp_path)
     (tmp_path / "img.json").write_text(json.dumps([{"image": "0.png", "caption": "ok"}, {"image": "1.png"}]))
@@ -280,7 +280,7 @@ def test_synthetic_recipe_from_the_command_line_short(tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_recipe_learns(capsys):
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     assert train_main(SYNTH) == 0
     out = {k: float(v) for k, v in (line.split("=") for line in capsys.readouterr().out.splitlines() if "=" in line

@@ -89,7 +89,7 @@ def test_pretrain_recipes_validate():
 
 @pytest.mark.slow
 def test_synthetic_distill_recipe_end_to_end(capsys):
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     assert train_main(RECIPE) == 0
     out = capsys.readouterr().out
@@ -116,7 +116,7 @@ def test_table_ii_values():
 def test_vmstream_train_pretrains_on_video_files(train_videos, tmp_path):
     """`vmstream train` with the K400 recipe shrunk to a tiny student and teacher, on real
     decoded clips (multi-scale crop, flip), two epochs, then resumed for a third."""
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     recipe = os.path.join(os.path.dirname(RECIPE), "k400", "videomamba_middle_mask_pt_f8x224.yaml")
     over = [f"data_path={train_videos}", f"prefix={train_videos}", f"output_dir={tmp_path}", "model=videomamba_tiny",
@@ -186,7 +186,7 @@ def test_teacher_input_resize_and_grid_mismatch():
 
 
 def test_bad_recipe_inputs_are_one_line_errors(tmp_path, capsys):
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     recipe = os.path.join(os.path.dirname(RECIPE), "k400", "videomamba_middle_mask_pt_f8x224.yaml")
     assert train_main(recipe, ["device=cpu"]) == 2

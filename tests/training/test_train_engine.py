@@ -14,7 +14,7 @@ import torch
 from vmstream.config_loader import ConfigError
 from vmstream.training import checkpoint as ckpt
 from vmstream.training.recipes import load_recipe, recipe_path
-from vmstream.training.runner import build_datasets, fit, train_main
+from vmstream.training.trainer import build_datasets, fit, train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

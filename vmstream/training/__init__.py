@@ -11,20 +11,20 @@ multi-view test views, repeated augmentation, corrupt-video skipping), `augment`
 TrainConfig), `optim` (param groups, layer decay, cosine schedules), `engine` (epochs,
 evaluation), `checkpoint` (official layout, exact resume), `distributed` (torchrun),
 `streaming` (TBPTT through the carried state), `synthetic` (the long-range memory task),
-`model_setup` (seeds, threads, device, the recipe's model), `runner` (whole runs).
+`model_setup` (seeds, threads, device, the recipe's model), `trainer` (whole runs), `epochs` (the resume / save / stop skeleton the three training loops share).
 Recipes are read with `vmstream.config_loader`, as the pipeline's presets are.
 """
 from __future__ import annotations
 
 
 def train_main(config_path, overrides=(), should_stop=None) -> int:
-    from .runner import train_main as _main
+    from .trainer import train_main as _main
 
     return _main(config_path, overrides, should_stop=should_stop)
 
 
 def eval_main(config_path, overrides=(), checkpoint=None) -> int:
-    from .runner import eval_main as _main
+    from .trainer import eval_main as _main
 
     return _main(config_path, overrides, checkpoint)
 

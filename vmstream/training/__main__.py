@@ -12,7 +12,7 @@ import sys
 
 from vmstream.config_loader import OVERRIDE_HELP
 
-from .runner import eval_main, train_main
+from .trainer import eval_main, train_main
 
 
 def main(argv=None) -> int:

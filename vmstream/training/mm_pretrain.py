@@ -44,6 +44,7 @@ from vmstream.models.videotext_checkpoint import canonical_videotext_keys, offic
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import epochs
 from .distill_loss import visible_targets
 from .engine import StepFn, autocast_context, check_finite, train_one_epoch
 from .masking import attention_mask, make_mask
@@ -241,9 +242,11 @@ def _epoch_line(stage: str, epoch: int, loss: float, record: list) -> str:
 
 def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optional[nn.Module],
               datasets: dict[str, Dataset], tok: BertTokenizer, device: torch.device, print_fn=print,
-              should_stop: Optional[Callable[[], bool]] = None, max_epochs: Optional[int] = None) -> dict[str, Any]:
-    """One stage from its own checkpoint directory, at most `max_epochs` epochs of it;
-    returns its history and whether it stopped before its end."""
+              should_stop: Optional[Callable[[], bool]] = None, max_epochs: Optional[int] = None,
+              resume: Optional[str] = None) -> dict[str, Any]:
+    """One stage from `resume` (a checkpoint of this stage) or its own checkpoint
+    directory, at most `max_epochs` epochs of it; returns its history and whether it
+    stopped before its end."""
     out_dir = os.path.join(cfg.output_dir, stage.name) if cfg.output_dir else ""
     if cfg.multimodal.loss_weight.vtm and min(stage.batch_size, stage.batch_size_image) < 2:
         raise ConfigError(f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU "
@@ -254,14 +257,11 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     optimizer, _ = build_optimizer(model, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, None,
                                    layer_decay_mode="official", opt=cfg.opt)
     start = 0
-    path = ckpt.find_resume(out_dir) if (out_dir and cfg.auto_resume) else None
+    path = resume or (ckpt.find_resume(out_dir) if (out_dir and cfg.auto_resume) else None)
     if path:
-        ck = ckpt.load_checkpoint_file(path)
-        model.load_state_dict(canonical_videotext_keys(ck["model"], keep=("text_encoder.cls.",))[0])
-        optimizer.load_state_dict(ck["optimizer"])
-        ranks = ck.get("rng_ranks")
-        ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == ws else ck["rng"])
-        start = int(ck["epoch"]) + 1
+        start, _ = epochs.resume(path, model=model, optimizer=optimizer, label=f"[{stage.name}] ",
+                                 load_model=lambda sd: model.load_state_dict(
+                                     canonical_videotext_keys(sd, keep=("text_encoder.cls.",))[0]))
         if dist.is_main():
             print_fn(f"[{stage.name}] resumed from {path} at epoch {start}")
     if start >= stage.epochs:
@@ -283,36 +283,26 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     record: list = []
     step_fn = mm_step(cfg, teacher if stage.masked else None, tok, device, amp, record)
     end = stage.epochs if max_epochs is None else min(stage.epochs, start + max_epochs)
-    history, stopped = [], False
-    for epoch in range(start, end):
+    lines: dict[int, str] = {}
+
+    def one_epoch(epoch: int) -> dict:
         loader.set_epoch(epoch)
         first = len(record)
         stats = train_one_epoch(wrapped, loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
                                 start_step=epoch * steps, lr_values=lr_values, wd_values=None,
                                 update_freq=cfg.update_freq, clip_grad=cfg.clip_grad, log_every=cfg.log_every)
-        history.append({"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "lrs": stats.lrs})
-        if dist.is_main():
-            print_fn(_epoch_line(stage.name, epoch, stats.loss, record[first:]))
-        _save(cfg, out_dir, model, optimizer, epoch, (epoch + 1) * steps)
-        if epoch + 1 < stage.epochs and (epoch + 1 == end
-                                         or should_stop is not None and not dist.is_dist() and should_stop()):
-            print_fn(f"[{stage.name}] " + ckpt.stop_line(f"epoch {epoch}", out_dir, cfg.save_ckpt))
-            stopped = True
-            break
+        lines[epoch] = _epoch_line(stage.name, epoch, stats.loss, record[first:])
+        return {"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "lrs": stats.lrs}
+
+    def save(epoch: int, row: dict) -> None:
+        # The stage rides in the checkpoint so `resume: PATH` knows which stage it continues.
+        epochs.save_epoch(out_dir, cfg, model=model, optimizer=optimizer, epoch=epoch, step=(epoch + 1) * steps,
+                          extra={"mm_stage": stage.name}, model_state=official_pretrain_keys(model.state_dict()))
+
+    history, stopped = epochs.run_epochs(start, end, stage.epochs, one_epoch, save, lambda row: lines[row["epoch"]],
+                                         out_dir=out_dir, saving=cfg.save_ckpt, should_stop=should_stop,
+                                         print_fn=print_fn, label=f"[{stage.name}] ")
     return {"history": history, "stopped": stopped, "record": record}
-
-
-def _save(cfg: TrainConfig, out_dir: str, model: nn.Module, optimizer, epoch: int, step: int) -> None:
-    if not (out_dir and cfg.save_ckpt):
-        return
-    extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
-    if dist.is_main():
-        save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch, step=step, config=cfg,
-                       extra=extra, model_state=official_pretrain_keys(model.state_dict()))
-        save(os.path.join(out_dir, "checkpoint-latest.pth"))
-        if (epoch + 1) % cfg.save_ckpt_freq == 0:
-            save(os.path.join(out_dir, f"checkpoint-{epoch}.pth"))
-    dist.barrier()
 
 
 def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = None, *,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -35,8 +34,8 @@ from vmstream.models import SIZES, ClipTeacher, VideoMambaPretrain
 from vmstream.models.checkpoint import CheckpointError, read_checkpoint
 from vmstream.models.clip_teacher import clip_teacher
 
-from . import checkpoint as ckpt
 from . import distributed as dist
+from . import epochs
 from .annotations import read_video_list
 from .augment import TrainTransform
 from .datasets import VideoClsDataset, collate
@@ -225,47 +224,27 @@ def pretrain_fit(cfg: TrainConfig, train_set=None, *, student: Optional[nn.Modul
     wd_values = cosine_schedule(cfg.weight_decay, wd_end, cfg.epochs, steps)
     amp = partial(autocast_context, device, cfg.bf16)
     step_fn = distill_step(teacher, cfg.pretrain, device, amp)
-    start = _resume(cfg, student, optimizer)
+    start = 0
+    path = epochs.resume_path(cfg, cfg.output_dir)
+    if path:
+        start, _ = epochs.resume(path, model=student, optimizer=optimizer, label="pretraining: ")
     end = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs, start + cfg.stop_after_epochs)
-    history, stopped = [], False
-    for epoch in range(start, end):
+
+    def one_epoch(epoch: int) -> dict:
         sampler.set_epoch(epoch)
         stats = train_one_epoch(model, loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
                                 start_step=epoch * steps, lr_values=lr_values, wd_values=wd_values,
                                 update_freq=cfg.update_freq, clip_grad=cfg.clip_grad, log_every=cfg.log_every)
-        history.append({"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "seconds": stats.seconds})
-        if dist.is_main():
-            print_fn(f"epoch {epoch}: distill_loss={stats.loss:.4f}")
-        _save(cfg, student, optimizer, epoch, (epoch + 1) * steps)
-        if should_stop is not None and not dist.is_dist() and should_stop() and epoch + 1 < end:
-            print_fn(ckpt.stop_line(f"epoch {epoch}", cfg.output_dir, cfg.save_ckpt))
-            stopped = True
-            break
+        return {"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "seconds": stats.seconds}
+
+    def save(epoch: int, row: dict) -> None:
+        epochs.save_epoch(cfg.output_dir, cfg, model=student, optimizer=optimizer, epoch=epoch,
+                          step=(epoch + 1) * steps)
+
+    history, stopped = epochs.run_epochs(start, end, cfg.epochs, one_epoch, save,
+                                         lambda row: f"epoch {row['epoch']}: distill_loss={row['train_loss']:.4f}",
+                                         out_dir=cfg.output_dir, saving=cfg.save_ckpt, should_stop=should_stop,
+                                         print_fn=print_fn)
     if dist.is_dist():
         dist.check_ranks_in_sync(student, print_fn)
     return {"history": history, "model": student, "teacher": teacher, "stopped": stopped}
-
-
-def _resume(cfg: TrainConfig, student: nn.Module, optimizer) -> int:
-    path = cfg.resume or (ckpt.find_resume(cfg.output_dir) if cfg.auto_resume else None)
-    if not path:
-        return 0
-    ck = ckpt.resume(path, model=student, optimizer=optimizer, restore_rng=False)
-    ranks = ck.get("rng_ranks")
-    ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == dist.world_size() else ck["rng"])
-    if dist.is_main():
-        log.info("resumed pretraining from %s at epoch %d", path, int(ck["epoch"]) + 1)
-    return int(ck["epoch"]) + 1
-
-
-def _save(cfg: TrainConfig, student: nn.Module, optimizer, epoch: int, step: int) -> None:
-    if not (cfg.output_dir and cfg.save_ckpt):
-        return
-    extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
-    if dist.is_main():
-        save = partial(ckpt.save_checkpoint, model=student, optimizer=optimizer, epoch=epoch, step=step,
-                       config=cfg, extra=extra)
-        save(os.path.join(cfg.output_dir, "checkpoint-latest.pth"))
-        if (epoch + 1) % cfg.save_ckpt_freq == 0:
-            save(os.path.join(cfg.output_dir, f"checkpoint-{epoch}.pth"))
-    dist.barrier()

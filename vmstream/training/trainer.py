@@ -2,6 +2,9 @@
 eval` call (`train_main`, `eval_main`), runnable meanwhile as
 ``python -m vmstream.training train --config RECIPE [key=value ...]``.
 
+The training loop itself is `fit` here on the skeleton of `epochs` (resume, save, RNG,
+stop line) that the pretraining loops share; the pipeline's `Runner` is another thing.
+
 `fit(cfg)` is the official fine-tuning flow: datasets from the annotation lists, the
 model (optionally initialised from a checkpoint, temporal positions resampled by the
 model's loader), AdamW with layer decay, per-step cosine schedules, auto-resume from
@@ -24,6 +27,7 @@ from vmstream.config_loader import ConfigError
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import epochs
 from .annotations import DATASET_CLASSES, REGRESSION_DATASETS, TargetNorm, check_labels, read_video_list, trim_entries
 from .augment import TrainTransform
 from .datasets import LongVideoDataset, VideoClsDataset, collate
@@ -152,15 +156,20 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
     amp = partial(autocast_context, device, cfg.bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 / fp32 need no loss scaling
     step_fn = _step_fn(cfg, device, amp)
-    start_epoch, best = _resume(cfg, model, optimizer, scaler)
+    start_epoch, best = 0, None
+    path = epochs.resume_path(cfg, cfg.output_dir)
+    if path:
+        start_epoch, ck = epochs.resume(path, model=model, optimizer=optimizer, scaler=scaler)
+        best = ck.get("best")
 
-    history: list[dict] = []
     eval_fwd = _stream_forward(model) if streaming else None
     end_epoch = cfg.epochs
     if cfg.stop_after_epochs is not None:
         end_epoch = min(end_epoch, start_epoch + cfg.stop_after_epochs)
-    stopped = False
-    for epoch in range(start_epoch, end_epoch):
+    improved = False
+
+    def one_epoch(epoch: int) -> dict:
+        nonlocal best, improved
         train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
                                 start_step=epoch * steps, lr_values=lr_values, wd_values=wd_values,
@@ -175,23 +184,22 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
             score = -v.get("mse", 0.0) if regression else v.get("acc1", 0.0)
             if v.get("n") and (best is None or score > best):
                 best, improved = score, True
-        history.append(row)
-        if dist.is_main():
-            print_fn(_epoch_line(row))
-        # Saved after evaluation: the RNG states are then exactly those the next epoch
-        # starts from, so a resumed run repeats the uninterrupted one step for step.
-        if cfg.output_dir and cfg.save_ckpt:
-            _save_epoch(cfg, model, optimizer, scaler, epoch, (epoch + 1) * steps, best, improved, norm)
-        if should_stop is not None and not dist.is_dist() and should_stop() and epoch + 1 < end_epoch:
-            print_fn(ckpt.stop_line(f"epoch {epoch}", cfg.output_dir, cfg.save_ckpt))
-            end_epoch, stopped = epoch + 1, True
-            break
+        return row
+
+    def save(epoch: int, row: dict) -> None:
+        extra = {"target_norm": {"mean": norm.mean, "std": norm.std}} if norm is not None else None
+        epochs.save_epoch(cfg.output_dir, cfg, model=model, optimizer=optimizer, epoch=epoch,
+                          step=(epoch + 1) * steps, scaler=scaler, best=best, improved=improved, extra=extra)
+
+    history, stopped = epochs.run_epochs(start_epoch, end_epoch, cfg.epochs, one_epoch, save, _epoch_line,
+                                         out_dir=cfg.output_dir, saving=cfg.save_ckpt, should_stop=should_stop,
+                                         print_fn=print_fn)
 
     if dist.is_dist():
         dist.check_ranks_in_sync(model, print_fn)
     result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs,
                               "stopped": stopped}
-    if test_loader is not None and end_epoch == cfg.epochs:
+    if test_loader is not None and not stopped:
         result["test"] = _final_test(cfg, model, test_loader, device, amp, eval_fwd, print_fn)
     return result
 
@@ -265,39 +273,6 @@ def _step_fn(cfg: TrainConfig, device: torch.device, amp):
         st = cfg.streaming
         return streaming_step(criterion, st.tbptt_k, st.loss, st.carry_state, device, amp)
     return clip_step(criterion, mixup, device, amp, regression)
-
-
-def _resume(cfg: TrainConfig, model, optimizer, scaler) -> tuple[int, Optional[float]]:
-    """(first epoch to run, best validation score so far): from `resume`, or the latest
-    checkpoint in `output_dir` with `auto_resume`; (0, None) for a fresh run."""
-    resume_path = cfg.resume or (ckpt.find_resume(cfg.output_dir) if cfg.auto_resume else None)
-    if not resume_path:
-        return 0, None
-    ck = ckpt.resume(resume_path, model=model, optimizer=optimizer, scaler=scaler, restore_rng=False)
-    ranks = ck.get("rng_ranks")
-    ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == dist.world_size() else ck["rng"])
-    start_epoch = int(ck["epoch"]) + 1
-    if dist.is_main():
-        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
-    return start_epoch, ck.get("best")
-
-
-def _save_epoch(cfg: TrainConfig, model, optimizer, scaler, epoch: int, step: int, best, improved: bool,
-                norm) -> None:
-    """checkpoint-latest (and -best when `improved`, and every `save_ckpt_freq` epochs),
-    with every rank's RNG state so a resumed run repeats this one."""
-    extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
-    if norm is not None:
-        extra["target_norm"] = {"mean": norm.mean, "std": norm.std}
-    if dist.is_main():
-        save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch,
-                       step=step, config=cfg, scaler=scaler, best=best, extra=extra)
-        save(os.path.join(cfg.output_dir, "checkpoint-latest.pth"))
-        if improved:
-            save(os.path.join(cfg.output_dir, "checkpoint-best.pth"))
-        if (epoch + 1) % cfg.save_ckpt_freq == 0:
-            save(os.path.join(cfg.output_dir, f"checkpoint-{epoch}.pth"))
-    dist.barrier()
 
 
 def _test_line(t: dict, regression: bool) -> str:
