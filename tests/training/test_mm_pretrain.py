@@ -307,6 +307,29 @@ def test_stop_after_epochs_counts_both_stages(tmp_path):
     assert not second["stopped"] and second["masked"]["history"] == [] and len(second["unmasked"]["history"]) == 1
 
 
+def test_resume_names_the_checkpoint_to_continue(tmp_path):
+    """`resume: PATH` continues the stage that saved PATH (it used to be refused), in
+    another output directory, and repeats the uninterrupted run: a checkpoint of the
+    masked stage resumes its epoch 1 then runs the unmasked stage; one of the unmasked
+    stage skips the masked stage."""
+    full = _fit(_cfg(tmp_path / "a"))["model"].state_dict()
+    _fit(_cfg(tmp_path / "b", "stop_after_epochs=1"))
+    masked_ckpt = tmp_path / "b" / "run" / "masked" / "checkpoint-latest.pth"
+    res = _fit(_cfg(tmp_path / "c", f"resume={masked_ckpt}"))
+    assert [h["epoch"] for h in res["masked"]["history"]] == [1] and len(res["unmasked"]["history"]) == 1
+    for k, v in res["model"].state_dict().items():
+        assert torch.equal(v, full[k]), k
+    unmasked_ckpt = tmp_path / "a" / "run" / "unmasked" / "checkpoint-latest.pth"
+    done = _fit(_cfg(tmp_path / "d", f"resume={unmasked_ckpt}"))
+    assert done["masked"]["history"] == [] and done["unmasked"]["history"] == []
+    for k, v in done["model"].state_dict().items():
+        assert torch.equal(v, full[k]), k
+    from vmstream.config_loader import ConfigError
+
+    with pytest.raises(ConfigError, match="resume: .*does not exist"):
+        _fit(_cfg(tmp_path / "e", f"resume={tmp_path / 'nowhere.pth'}"))
+
+
 def _synth_cfg(tmp_path, *over):
     return load_recipe(SYNTH, [f"multimodal.vocab={write_vocab(str(tmp_path / 'v.txt'))}", *over])
 

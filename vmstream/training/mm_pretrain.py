@@ -305,15 +305,27 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     return {"history": history, "stopped": stopped, "record": record}
 
 
+def resume_stage(path: str, names: list[str]) -> str:
+    """Which of this run's stages the checkpoint `path` continues: the stage it was saved
+    by (`mm_stage`), or for an older checkpoint the stage directory it lies in."""
+    try:
+        ck = ckpt.load_checkpoint_file(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"resume: {e}") from None
+    name = ck.get("mm_stage") or os.path.basename(os.path.dirname(os.path.abspath(path)))
+    if name not in names:
+        raise ConfigError(f"resume: {path!r} is a checkpoint of stage {name!r}, not of this run's stages "
+                          f"{names} (multimodal checkpoints lie in OUTPUT_DIR/<stage>/)")
+    return name
+
+
 def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = None, *,
                    model: Optional[VideoTextPretrain] = None, teacher: Optional[nn.Module] = None,
                    tokenizer: Optional[BertTokenizer] = None, print_fn=print,
                    should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
-    """Both stages (those in ``multimodal.stages``), each resuming from its directory.
+    """Both stages (those in ``multimodal.stages``), each resuming from its directory, or
+    from the recipe's `resume` for the stage that saved it.
     `datasets`, `model`, `teacher`, `tokenizer` may be given (synthetic runs, tests)."""
-    if cfg.resume:
-        raise ConfigError("resume: multimodal pretraining resumes each stage from OUTPUT_DIR/<stage>/ (auto_resume); "
-                          "to run the unmasked stage from a masked checkpoint set stages=[unmasked] finetune=PATH")
     device = recipe_device(cfg)
     dist.init(device.type)
     apply_threads(cfg)
@@ -326,10 +338,17 @@ def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = No
         teacher = build_mm_teacher(cfg)
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
+    names = [s.name for s in plan]
+    # `resume: PATH` continues the stage that saved PATH; the stages before it are done.
+    resumed = resume_stage(cfg.resume, names) if cfg.resume else None
     results: dict[str, Any] = {"model": model, "stopped": False}
     budget = cfg.stop_after_epochs  # epochs this invocation may run, over both stages
     for i, stage in enumerate(plan):
-        res = run_stage(cfg, stage, model, teacher, datasets, tok, device, print_fn, should_stop, budget)
+        if resumed and i < names.index(resumed):
+            results[stage.name] = {"history": [], "stopped": False, "record": []}
+            continue
+        res = run_stage(cfg, stage, model, teacher, datasets, tok, device, print_fn, should_stop, budget,
+                        resume=cfg.resume if stage.name == resumed else None)
         results[stage.name] = res
         if budget is not None:
             budget -= len(res["history"])
