@@ -260,7 +260,7 @@ def test_torchrun_two_cpu_processes_multimodal(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "-m", "vmstream.training", "train", "--config", SYNTH,
            *over]
-    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ranks_in_sync=true world_size=2" in r.stdout, r.stdout + r.stderr[-2000:]
 
@@ -269,8 +269,8 @@ def test_synthetic_recipe_from_the_command_line_short(tmp_path):
     cmd = [sys.executable, "-m", "vmstream.training", "train", "--config", SYNTH, "epochs=2",
            "multimodal.unmasked.epochs=1", "synthetic_multimodal.train_videos=32",
            "synthetic_multimodal.train_images=16", "synthetic_multimodal.heldout_videos=16"]
-    r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                       text=True, timeout=300)
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     for key in ("vtc_loss_first", "vtc_loss_last", "mlm_loss_first", "uta_loss_last", "retrieval_r1_before",

@@ -164,7 +164,7 @@ def _torchrun(recipe: dict, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=repo)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "-m", "vmstream.training", "train", "--config", str(path)]
-    return subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
                           timeout=300)
 
 

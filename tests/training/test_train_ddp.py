@@ -25,7 +25,7 @@ def _torchrun(recipe: dict, tmp_path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "vmstream.training", "train", "--config", str(path)]
-    return subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
 
 

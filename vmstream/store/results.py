@@ -57,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, SegmentResult
+from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA
 
 from .atomic import DirLock, atomic_path, fsync_dir, remove_stale_tmp
 
