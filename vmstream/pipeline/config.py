@@ -115,7 +115,7 @@ class OutputConfig(_Strict):
     dir: str = "runs/latest"
     parquet: bool = True
     faiss: bool = True
-    faiss_kind: Literal["auto", "flat", "ivfpq", "hnsw"] = "auto"
+    faiss_kind: Literal["auto", "flat", "ivfpq", "ivfsq8", "hnsw"] = "auto"  # store.index.KINDS, or auto
     console: bool = True
     plot: bool = False
 
