@@ -107,20 +107,43 @@ def time_ffmpeg_fps1(path: str, size: int = 224) -> tuple[float, float]:
     return time.perf_counter() - t, _cpu(resource.RUSAGE_CHILDREN) - c
 
 
+def _is_reference(data: bytes, length_size: int) -> bool:
+    """H.264 in MP4 (AVCC: length-prefixed NAL units): does any slice of this picture have
+    nal_ref_idc != 0 (other pictures may be predicted from it)? Unknown counts as yes."""
+    i, seen = 0, False
+    while i + length_size < len(data):
+        size = int.from_bytes(data[i:i + length_size], "big")
+        if size <= 0:
+            break
+        h = data[i + length_size]
+        if h & 0x1F in (1, 2, 5):  # coded slice, slice partition A, IDR slice
+            if h & 0x60:
+                return True
+            seen = True
+        i += length_size + size
+    return not seen
+
+
 def needed_pictures(path: str, fps: float = 1.0) -> tuple[int, int]:
     """(pictures that must be decoded to produce the 1 fps samples, pictures in the file).
 
     The sample for target time t is the first picture shown at or after t (what exact
-    sampling picks). Decoding restarts at each keyframe; within a GOP everything in decode
-    order up to the last sampled picture's packet must be decoded (a B-frame's references
-    precede it in decode order), the rest of the GOP need not be."""
+    sampling picks). Decoding restarts at each keyframe; within a GOP, the reference
+    pictures in decode order up to the last sampled picture's packet must be decoded (any
+    of them may be a link in a sample's chain), and the samples themselves; non-reference
+    pictures that are not samples, and everything after the last sample, need not be."""
     import av
 
     with av.open(path) as c:
         s = c.streams.video[0]
-        pkts = [(p.pts, p.is_keyframe) for p in c.demux(s) if p.pts is not None and p.size]
+        ed = bytes(s.codec_context.extradata or b"")
+        if s.codec_context.name != "h264" or len(ed) < 7 or ed[0] != 1:
+            raise SystemExit(f"{path}: the needed-pictures count reads H.264 in MP4 (avcC) only")
+        ls = (ed[4] & 0x03) + 1
+        pkts = [(p.pts, p.is_keyframe, _is_reference(bytes(p), ls)) for p in c.demux(s)
+                if p.pts is not None and p.size]
         tb = float(s.time_base)
-    shown = sorted(pts for pts, _ in pkts)
+    shown = sorted(pts for pts, _, _ in pkts)
     first, last = shown[0] * tb, shown[-1] * tb
     chosen, k, i = set(), 0, 0
     while first + k / fps <= last:
@@ -131,13 +154,14 @@ def needed_pictures(path: str, fps: float = 1.0) -> tuple[int, int]:
             chosen.add(shown[i])
         k += 1
     needed, gop = 0, []
-    for pts, key in pkts + [(None, True)]:
+    for pts, key, ref in pkts + [(None, True, True)]:
         if key and gop:
-            hits = [j for j, p in enumerate(gop) if p in chosen]
-            needed += hits[-1] + 1 if hits else 0
+            hits = [j for j, (p, _) in enumerate(gop) if p in chosen]
+            if hits:
+                needed += sum(1 for p, r in gop[:hits[-1] + 1] if r or p in chosen)
             gop = []
         if pts is not None:
-            gop.append(pts)
+            gop.append((pts, ref))
     return needed, len(pkts)
 
 
