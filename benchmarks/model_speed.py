@@ -36,6 +36,7 @@ available, its figures are reported as nan and the rest is measured with the ref
 
     .venv/bin/python benchmarks/model_speed.py            # full run
     .venv/bin/python benchmarks/model_speed.py --quick    # fewer repeats, no reference T=16
+    .venv/bin/python benchmarks/model_speed.py --floor-only  # the CPU floor lines alone
 
 Timings on a shared machine are noisy: every figure is a median over repeats.
 """
@@ -460,6 +461,24 @@ def stream_sweep(fp32_model, bf16_model, backend: str, counts, steps: int, T: in
 
 # ------------------------------------------------------------------------ main
 
+def print_floor(model, fast: str, repeats: int) -> dict:
+    with scan_backend(fast):
+        floor = cpu_floor(model, repeats)
+    print(f"cpu floor T=16 [{fast}], priced by what the fused kernel does (medians of {floor['rounds']} rounds):\n"
+          f"  BLAS matmuls (patch, in_proj, out_proj, head) {floor['blas_macs'] / 1e9:.2f} G MACs at torch.matmul's "
+          f"{floor['blas_gmacs']:.1f} G MAC/s on their shapes = {floor['t_blas'] * 1e3:.1f} ms\n"
+          f"  in-kernel x_proj/dt_proj {floor['kernel_macs'] / 1e9:.2f} G MACs at torch.bmm's "
+          f"{floor['kernel_gmacs']:.1f} G MAC/s on {floor['chunk']}-token chunks = {floor['t_kernel_mm'] * 1e3:.1f} ms\n"
+          f"  scan multiply-adds {floor['fmas'] / 1e9:.2f} G ({SCAN_FMAS_PER_STATE} per token, channel, state) at "
+          f"torch.addcmul's {floor['fma_rate'] / 1e9:.2f} G/s = {floor['t_fma'] * 1e3:.1f} ms\n"
+          f"  scan exponentials {floor['exps'] / 1e6:.0f} M at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s = "
+          f"{floor['t_exp'] * 1e3:.1f} ms\n"
+          f"  floor {floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms: floor_efficiency "
+          f"{floor['efficiency']:.3f} (median of the rounds' ratios; quartiles {floor['q1']:.3f}..{floor['q3']:.3f})")
+
+    return floor
+
+
 def main() -> None:
     global IMG
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -468,6 +487,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ref-repeats", type=int, default=1, help="repeats for the (slow) reference runs")
     ap.add_argument("--quick", action="store_true", help="fewer repeats; reference segment at T=8 only")
+    ap.add_argument("--floor-only", action="store_true", help="only the CPU floor lines (and floor_efficiency_fp32)")
     ap.add_argument("--mem-segments", default="1,10,100")
     ap.add_argument("--mem-frames", type=int, default=0, help="frames per segment in the memory run "
                     "(default 16; 1 when only the slow reference backend is available)")
@@ -498,6 +518,11 @@ def main() -> None:
     print(f"# VideoMamba-Ti {IMG}x{IMG}, batch 1, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (timings on a busy machine are noisy)")
     print(f"# fast backend {args.backend!r}: {'ok' if fast_ok else 'UNAVAILABLE (' + why + ')'}")
+    if args.floor_only:
+        floor = print_floor(model, fast, repeats)
+        print(f"floor_efficiency_fp32={floor['efficiency']:.3f}")
+        print(f"floor_ms_fp32={floor['floor'] * 1e3:.1f}")
+        return
 
     # Matmul work of a T=16 segment and its time at the torch.matmul rate measured now.
     shapes16 = matmul_shapes(16)
@@ -566,19 +591,7 @@ def main() -> None:
     print(f"peak RSS after {counts} segments of T={mem_T} [{fast}]: "
           + ", ".join(f"{p:.0f} MB" for p in peaks) + f"; state {mem['state_bytes'] / 1e6:.2f} MB")
 
-    floor = cpu_floor(model, repeats)
-    print(f"cpu floor T=16 [{fast}], priced by what the fused kernel does (medians of {floor['rounds']} rounds):\n"
-          f"  BLAS matmuls (patch, in_proj, out_proj, head) {floor['blas_macs'] / 1e9:.2f} G MACs at torch.matmul's "
-          f"{floor['blas_gmacs']:.1f} G MAC/s on their shapes = {floor['t_blas'] * 1e3:.1f} ms\n"
-          f"  in-kernel x_proj/dt_proj {floor['kernel_macs'] / 1e9:.2f} G MACs at torch.bmm's "
-          f"{floor['kernel_gmacs']:.1f} G MAC/s on {floor['chunk']}-token chunks = {floor['t_kernel_mm'] * 1e3:.1f} ms\n"
-          f"  scan multiply-adds {floor['fmas'] / 1e9:.2f} G ({SCAN_FMAS_PER_STATE} per token, channel, state) at "
-          f"torch.addcmul's {floor['fma_rate'] / 1e9:.2f} G/s = {floor['t_fma'] * 1e3:.1f} ms\n"
-          f"  scan exponentials {floor['exps'] / 1e6:.0f} M at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s = "
-          f"{floor['t_exp'] * 1e3:.1f} ms\n"
-          f"  floor {floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms: floor_efficiency "
-          f"{floor['efficiency']:.3f} (median of the rounds' ratios; quartiles {floor['q1']:.3f}..{floor['q3']:.3f})")
-
+    floor = print_floor(model, fast, repeats)
     bf16 = set_precision(copy.deepcopy(model), "bf16")
     bf = bf16_speed(model, bf16, fast, max(6, 2 * repeats))
     print(f"bf16 T=16 [{fast}] (native bf16 matmuls: {bf16_is_native()}): fp32 {bf['fp32'] * 1e3:.1f} ms vs bf16 "
