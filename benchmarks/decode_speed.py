@@ -10,6 +10,17 @@ compresses like real footage, a realistic bitrate, 2 s GOP, B-frames; cached und
   keyframes  1 fps, keyframes only (approximate in time)
   "one decoder" lines: the same with gop_workers=1 (no GOP pool), for comparison
 
+and, for exact 1 fps, two yardsticks of the same job (the baseline above decodes every
+picture and converts none, so it is not the same job):
+
+  ffmpeg fps=1   `ffmpeg -threads 2 -i X -vf fps=1,scale=224:224 -pix_fmt rgb24 -f null -`:
+                 FFmpeg itself sampling 1 fps to the same output size (it decodes every
+                 picture and drops the rest)
+  needed-only    the limit of decoding only the pictures the samples need: per GOP, the
+                 packets in decode order up to the last sampled picture (a B-frame's
+                 references come before it in decode order), counted from the container,
+                 priced at FFmpeg's own decode time per picture from the baseline runs
+
 `--file PATH` times another file too (e.g. archive_hour.py's cached 1080p file); its
 lines are printed, the machine-readable ones stay the generated 1080p video's.
 
@@ -20,6 +31,8 @@ the median over runs, so load that comes and goes hits both sides; a CPU-time ra
 The last lines are machine-readable (1080p figures):
 
   full_decode_ratio=X.XX  fps1_ratio=X.XX  keyframes_ratio=X.XX  hour_1080p_1fps_seconds=N
+  fps1_vs_ffmpeg_fps1=X.XX  fps1_needed_fraction=X.XX  fps1_vs_needed_limit=X.XX
+  (ratios > 1: ours is faster; fps1_vs_needed_limit <= 1 by construction, up to noise)
 
     .venv/bin/python benchmarks/decode_speed.py [--seconds 60] [--repeats 3]
 """
@@ -86,6 +99,72 @@ def time_ffmpeg(path: str) -> tuple[float, float]:
     return time.perf_counter() - t, _cpu(resource.RUSAGE_CHILDREN) - c
 
 
+def time_ffmpeg_fps1(path: str, size: int = 224) -> tuple[float, float]:
+    """(wall, CPU) seconds of FFmpeg doing exact 1 fps sampling to size x size RGB."""
+    c, t = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-threads", "2", "-i", path,
+                    "-vf", f"fps=1,scale={size}:{size}", "-pix_fmt", "rgb24", "-f", "null", "-"], check=True)
+    return time.perf_counter() - t, _cpu(resource.RUSAGE_CHILDREN) - c
+
+
+def _is_reference(data: bytes, length_size: int) -> bool:
+    """H.264 in MP4 (AVCC: length-prefixed NAL units): does any slice of this picture have
+    nal_ref_idc != 0 (other pictures may be predicted from it)? Unknown counts as yes."""
+    i, seen = 0, False
+    while i + length_size < len(data):
+        size = int.from_bytes(data[i:i + length_size], "big")
+        if size <= 0:
+            break
+        h = data[i + length_size]
+        if h & 0x1F in (1, 2, 5):  # coded slice, slice partition A, IDR slice
+            if h & 0x60:
+                return True
+            seen = True
+        i += length_size + size
+    return not seen
+
+
+def needed_pictures(path: str, fps: float = 1.0) -> tuple[int, int]:
+    """(pictures that must be decoded to produce the 1 fps samples, pictures in the file).
+
+    The sample for target time t is the first picture shown at or after t (what exact
+    sampling picks). Decoding restarts at each keyframe; within a GOP, the reference
+    pictures in decode order up to the last sampled picture's packet must be decoded (any
+    of them may be a link in a sample's chain), and the samples themselves; non-reference
+    pictures that are not samples, and everything after the last sample, need not be."""
+    import av
+
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        ed = bytes(s.codec_context.extradata or b"")
+        if s.codec_context.name != "h264" or len(ed) < 7 or ed[0] != 1:
+            raise SystemExit(f"{path}: the needed-pictures count reads H.264 in MP4 (avcC) only")
+        ls = (ed[4] & 0x03) + 1
+        pkts = [(p.pts, p.is_keyframe, _is_reference(bytes(p), ls)) for p in c.demux(s)
+                if p.pts is not None and p.size]
+        tb = float(s.time_base)
+    shown = sorted(pts for pts, _, _ in pkts)
+    first, last = shown[0] * tb, shown[-1] * tb
+    chosen, k, i = set(), 0, 0
+    while first + k / fps <= last:
+        t = first + k / fps
+        while i < len(shown) and shown[i] * tb < t - 1e-9:
+            i += 1
+        if i < len(shown):
+            chosen.add(shown[i])
+        k += 1
+    needed, gop = 0, []
+    for pts, key, ref in pkts + [(None, True, True)]:
+        if key and gop:
+            hits = [j for j, (p, _) in enumerate(gop) if p in chosen]
+            if hits:
+                needed += sum(1 for p, r in gop[:hits[-1] + 1] if r or p in chosen)
+            gop = []
+        if pts is not None:
+            gop.append((pts, ref))
+    return needed, len(pkts)
+
+
 def time_ours(path: str, policy, mode: str = "auto", workers: int = 2) -> tuple[float, float, int]:
     """(wall, CPU, frames out) of our decoder (this process, all its threads)."""
     dec = PyAVDecoder(exact_mode=mode, gop_workers=workers)
@@ -130,6 +209,21 @@ def bench(path: str, n_frames: int, repeats: int):
         cpu_ratio[k] = statistics.median((base[i][1] + base[i + 1][1]) / 2 / c for i, _, c, _ in runs)
         outs[k] = runs[-1][3]
     fps["ffmpeg"] = n_frames / statistics.median(w for w, _ in base)
+    # FFmpeg doing the same job as fps1_filter, interleaved with more of ours.
+    same, ours_again = [], []
+    for _ in range(repeats):
+        same.append(time_ffmpeg_fps1(path))
+        ours_again.append(time_ours(path, *cases["fps1_filter"])[0])
+    fps["ffmpeg_fps1"] = n_frames / statistics.median(w for w, _ in same)
+    # Paired, as above: each of FFmpeg's 1 fps runs over the run of ours right after it.
+    ratio["ffmpeg_fps1"] = statistics.median(s[0] / o for s, o in zip(same, ours_again))
+    cpu_ratio["ffmpeg_fps1"] = float("nan")
+    # The limit: only the needed pictures, at FFmpeg's decode time per picture, so its
+    # time over ours is the needed fraction times the paired plain-decode ratio above.
+    needed, total = needed_pictures(path)
+    ratio["needed_fraction"] = needed / total
+    ratio["needed_limit"] = ratio["needed_fraction"] * ratio["fps1_filter"]
+    fps["needed_limit"] = fps["ffmpeg"] / ratio["needed_fraction"]
     return fps, ratio, cpu_ratio, outs
 
 
@@ -159,6 +253,10 @@ def report(name: str, path: str, repeats: int):
               "keyframes": "1 fps keyframes only (approx.)"}
     for k, label in labels.items():
         print(f"  {label:34s} {fps[k]:8.0f}   {ratio[k]:4.2f}x   {cpu_ratio[k]:4.2f}x   ({outs[k]} frames out)")
+    print("  1 fps exact against the same job: source frames per second, our packet-filter 1 fps time over it")
+    print(f"  {'ffmpeg -vf fps=1,scale=224:224':34s} {fps['ffmpeg_fps1']:8.0f}   ours {ratio['ffmpeg_fps1']:4.2f}x faster")
+    print(f"  {'needed pictures only (the limit)':34s} {fps['needed_limit']:8.0f}   ours at "
+          f"{ratio['needed_limit']:4.2f}x of it ({ratio['needed_fraction']:.0%} of the pictures decoded)")
     return fps, ratio
 
 
@@ -192,6 +290,9 @@ def main() -> None:
     print(f"fps1_ratio={ratio['fps1_filter']:.2f}")
     print(f"keyframes_ratio={ratio['keyframes']:.2f}")
     print(f"hour_1080p_1fps_seconds={hour:.0f}")
+    print(f"fps1_vs_ffmpeg_fps1={ratio['ffmpeg_fps1']:.2f}")
+    print(f"fps1_needed_fraction={ratio['needed_fraction']:.2f}")
+    print(f"fps1_vs_needed_limit={ratio['needed_limit']:.2f}")
 
 
 if __name__ == "__main__":

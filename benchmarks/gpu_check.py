@@ -440,7 +440,7 @@ def scan_share(rep: Report, plan: Plan, model, frames: int, batch: int, t_segmen
         triton_scan.FORWARD_FORM = form_run or form
         try:
             with torch.inference_mode():
-                t = median_time(lambda: selective_scan(**inp, delta_softplus=True, return_last_state=True,
+                t = median_time(lambda backend=backend: selective_scan(**inp, delta_softplus=True, return_last_state=True,
                                                        backend=backend), plan.device, repeats=plan.repeats)
         finally:
             triton_scan.FORWARD_FORM = form

@@ -205,7 +205,7 @@ def main() -> int:
         t0 = time.monotonic()
         p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2 << 20)
         sent = too_large = 0
-        for kind, value in records:
+        for _kind, value in records:
             key = rng.choice([None, b"k", bytes(rng.randrange(256) for _ in range(8))])
             if value is None and key is None:
                 key = b"tombstone"  # Kafka needs one of the two

@@ -11,10 +11,11 @@ Prints, for VideoMamba-Ti at 224x224, batch 1:
     matmul shapes of a segment, and from it `matmul_efficiency`;
   * streaming overhead: forward_segment versus a plain clip forward (forward_features);
   * peak RSS after 1, 10 and 100 segments of one stream (a fresh child process);
-  * the CPU floor (issue 15): the segment's matmul MACs counted by FlopCounterMode at the
-    torch.matmul rate measured now, plus its scan exponentials at the torch.exp rate
-    measured now, and `floor_efficiency_fp32` = floor / segment time (1.0 = at the floor),
-    the median over rounds that time each of the three once;
+  * the CPU floor, priced by what the fused kernel does (see cpu_floor): the BLAS matmuls
+    at torch.matmul's rate on their shapes, x_proj/dt_proj at its rate on the kernel's
+    chunk shapes, the scan's multiply-adds at torch.addcmul's rate and its exponentials at
+    torch.exp's, all measured now; `floor_efficiency_fp32` = floor / segment time (1.0 =
+    at the floor), the median over rounds that time each part and the segment once;
   * bf16 mode (models.precision): `bf16_speedup` over fp32 (paired runs, median ratio),
     `bf16_embedding_cosine_min` over many random clips with states carried, top-1 agreement;
   * segments/s with 1, 4 and 16 concurrent streams batched through InferenceStage.process,
@@ -35,6 +36,7 @@ available, its figures are reported as nan and the rest is measured with the ref
 
     .venv/bin/python benchmarks/model_speed.py            # full run
     .venv/bin/python benchmarks/model_speed.py --quick    # fewer repeats, no reference T=16
+    .venv/bin/python benchmarks/model_speed.py --floor-only  # the CPU floor lines alone
 
 Timings on a shared machine are noisy: every figure is a median over repeats.
 """
@@ -134,7 +136,7 @@ def time_matmuls(shapes, repeats: int) -> float:
     total = 0.0
     for _, m, k, n, count in shapes:
         a, b = torch.randn(m, k), torch.randn(k, n)
-        t = median_time(lambda: torch.matmul(a, b), repeats=max(repeats, 5), warmup=2)
+        t = median_time(lambda a=a, b=b: torch.matmul(a, b), repeats=max(repeats, 5), warmup=2)
         total += t * count
     return total
 
@@ -289,53 +291,118 @@ def peak_memory(backend: str, T: int, counts: list[int]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+BLAS_OPS = ("patch_embed", "in_proj", "out_proj", "head")  # what the segment hands to BLAS
+KERNEL_OPS = ("x_proj", "dt_proj")  # what the fused mamba_inner kernel does itself, chunk by chunk
+
+
+def kernel_shapes(T: int, chunk: int, embed=192, depth=24, d_state=16, patch=16, bimamba=True):
+    """(M, K, N, count) of x_proj and dt_proj as the fused kernel runs them: on `chunk`
+    tokens at a time (mixer.CHUNK), per direction and layer, the last chunk partial."""
+    L = 1 + T * (IMG // patch) ** 2
+    d_inner, dt_rank, dirs = 2 * embed, math.ceil(embed / 16), 2 if bimamba else 1
+    full, rest = divmod(L, chunk)
+    out = []
+    for m, n_chunks in ((chunk, full), (rest, 1 if rest else 0)):
+        if n_chunks:
+            out += [("x_proj", m, d_inner, dt_rank + 2 * d_state, n_chunks * depth * dirs),
+                    ("dt_proj", m, dt_rank, d_inner, n_chunks * depth * dirs)]
+    return out
+
+
+def time_chunk_matmuls(shapes, repeats: int) -> float:
+    """Seconds the kernel's chunk-sized matmuls take, each shape's chunks as one batched
+    torch.bmm (the kernel makes no Python call per chunk, so neither does the yardstick)."""
+    total = 0.0
+    for _, m, k, n, count in shapes:
+        a, b = torch.randn(count, m, k), torch.randn(1, k, n).expand(count, k, n)
+        total += median_time(lambda a=a, b=b: torch.bmm(a, b), repeats=max(repeats, 3), warmup=1)
+    return total
+
+
+# Per (token, channel, state) of one scan direction the kernel does exp(delta*A) (an exp,
+# priced apart) and three multiply-adds: delta*u*B (delta*u is shared by the states, so one
+# multiply per state), the state update h = dA*h + dBu, the output y += C*h.
+SCAN_FMAS_PER_STATE = 3
+
+
 def cpu_floor(model, repeats: int, T: int = 16) -> dict:
-    """The segment's floor: its matmul MACs (counted by torch's FlopCounterMode on a real
-    forward_segment, plus x_proj and dt_proj inside the fused op, from their shapes; the
-    scan and conv are not matmuls) at torch.matmul's
-    rate on the segment's own shapes, plus its scan exponentials (one exp(delta*A) per
-    token, channel and state, per scan) at torch.exp's vector rate on a cache-resident
-    block. Both rates and the segment itself are measured in rounds, one of each per round,
-    and the efficiency is the median of the rounds' ratios (as bf16_speed pairs its runs):
-    each ratio's floor and segment share the machine's load of that moment."""
+    """The segment's floor, priced by what the fused CPU kernel does, each part at a rate
+    measured now on the shapes it really has:
+
+    * the matmuls handed to BLAS (patch embedding, in_proj, out_proj, head), their MACs
+      counted by torch's FlopCounterMode on a real forward_segment and checked against
+      the layer shapes, at torch.matmul's rate on those shapes;
+    * x_proj and dt_proj, which the kernel computes itself on `mixer.CHUNK` tokens at a
+      time (FlopCounterMode does not see inside it), at torch.bmm's rate on those chunk
+      shapes (what such small blocks get, not what BLAS gets on the whole sequence);
+    * the scan's own arithmetic: SCAN_FMAS_PER_STATE multiply-adds per token, channel and
+      state per direction, at torch.addcmul's vector rate, plus its exponentials at
+      torch.exp's, both timed on one thread on an L2-resident block (the kernel runs each
+      direction on its own thread, so the time is divided by the directions that run at
+      once, at most the threads torch has; one thread also keeps the fork/join of a
+      parallel elementwise op, which a busy machine stretches, out of the yardstick).
+
+    All rates and the segment itself are measured in rounds, one of each per round, and
+    the efficiency is the median of the rounds' ratios: each ratio's floor and segment
+    share the machine's load of that moment."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from vmstream.models.ops.mixer import CHUNK
 
     clip = torch.randn(1, 3, T, IMG, IMG)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.forward_segment(clip, model.init_state(1))
     shapes = matmul_shapes(T)
-    # x_proj and dt_proj run inside the fused mamba_inner C++ op, which FlopCounterMode
-    # does not see: their MACs are added from the layer shapes (the composed path's
-    # F.linear calls, which it does count, do exactly these).
-    hidden = macs([sh for sh in shapes if sh[0] in ("x_proj", "dt_proj")])
-    mac_count = counter.get_total_flops() / 2
-    if mac_count < macs(shapes) - hidden / 2:
-        mac_count += hidden
+    blas = [sh for sh in shapes if sh[0] in BLAS_OPS]
+    seen = counter.get_total_flops() / 2
+    in_kernel = macs([sh for sh in shapes if sh[0] in KERNEL_OPS])
+    if abs(seen - macs(blas)) > 1e-6 * seen:
+        # The composed (unfused) path runs x_proj/dt_proj as F.linear, which BLAS does.
+        if abs(seen - macs(blas) - in_kernel) > 1e-6 * seen:
+            raise SystemExit(f"FlopCounterMode saw {seen:.4g} MACs; the layer shapes give {macs(blas):.4g} "
+                             f"(fused) or {macs(blas) + in_kernel:.4g} (composed): the shapes are out of date")
+        raise SystemExit("the segment ran the composed path (x_proj/dt_proj through BLAS): the floor prices "
+                         "the fused CPU kernel; run with --backend cpu where it builds")
+    kshapes = kernel_shapes(T, CHUNK)
     L = 1 + T * (IMG // 16) ** 2
     scans = len(model.layers) * (2 if model.bimamba else 1)
     exps = scans * L * model.d_inner * model.d_state
-    # 4 MB blocks: cache-resident enough to time exp's compute rather than memory, big
-    # enough that the threads' fork/join is noise even when the machine is busy.
-    block = torch.randn(1024 * 1024) * 0.1 - 1
-    dst = torch.empty_like(block)
-    inner = 10
+    fmas = SCAN_FMAS_PER_STATE * exps
+    # 256 kB blocks: resident in one core's L2, so the vector units are timed, not memory.
+    block = torch.randn(64 * 1024) * 0.1 - 1
+    b2, dst = torch.randn_like(block), torch.empty_like(block)
+    inner = 100
+    lanes = min(torch.get_num_threads(), 2 if model.bimamba else 1)  # directions run at once
+
+    def one_thread(fn):
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return median_time(fn, repeats=3)
+        finally:
+            torch.set_num_threads(n)
+
     state = model.init_state(1)
     rounds = []
     with torch.inference_mode():
         model.forward_segment(clip, state)
         for _ in range(max(repeats, 5)):
-            mm_rate = macs(shapes) / time_matmuls(shapes, 3)  # MAC/s on exactly these shapes
-            t_block = median_time(lambda: [torch.exp(block, out=dst) for _ in range(inner)], repeats=3)
-            exp_rate = block.numel() * inner / t_block
+            blas_rate = macs(blas) / time_matmuls(blas, 3)
+            kernel_rate = macs(kshapes) / time_chunk_matmuls(kshapes, 3)
+            t_exp = one_thread(lambda: [torch.exp(block, out=dst) for _ in range(inner)])
+            t_fma = one_thread(lambda: [torch.addcmul(block, block, b2, out=dst) for _ in range(inner)])
+            exp_rate = lanes * block.numel() * inner / t_exp  # per second, over the kernel's threads
+            fma_rate = lanes * block.numel() * inner / t_fma
             seg = median_time(lambda: model.forward_segment(clip, state), repeats=1, warmup=0)
-            floor = mac_count / mm_rate + exps / exp_rate
-            rounds.append((floor / seg, mm_rate, exp_rate, seg))
+            floor = macs(blas) / blas_rate + in_kernel / kernel_rate + fmas / fma_rate + exps / exp_rate
+            rounds.append((floor / seg, blas_rate, kernel_rate, exp_rate, fma_rate, seg))
     med = lambda i: statistics.median(r[i] for r in rounds)  # noqa: E731
-    mm_rate, exp_rate, seg16 = med(1), med(2), med(3)
-    t_mm, t_exp = mac_count / mm_rate, exps / exp_rate
+    parts = {"t_blas": macs(blas) / med(1), "t_kernel_mm": in_kernel / med(2), "t_fma": fmas / med(4),
+             "t_exp": exps / med(3)}
     ratios = sorted(r[0] for r in rounds)
-    return {"macs": mac_count, "mm_gmacs": mm_rate / 1e9, "t_mm": t_mm, "exps": exps, "exp_rate": exp_rate,
-            "t_exp": t_exp, "floor": t_mm + t_exp, "seg": seg16, "efficiency": med(0),
+    return {"blas_macs": macs(blas), "kernel_macs": in_kernel, "chunk": CHUNK, "blas_gmacs": med(1) / 1e9,
+            "kernel_gmacs": med(2) / 1e9, "exps": exps, "exp_rate": med(3), "fmas": fmas, "fma_rate": med(4),
+            **parts, "floor": sum(parts.values()), "seg": med(5), "efficiency": med(0),
             "q1": ratios[len(ratios) // 4], "q3": ratios[(3 * len(ratios)) // 4], "rounds": len(rounds)}
 
 
@@ -407,6 +474,24 @@ def stream_sweep(fp32_model, bf16_model, backend: str, counts, steps: int, T: in
 
 # ------------------------------------------------------------------------ main
 
+def print_floor(model, fast: str, repeats: int) -> dict:
+    with scan_backend(fast):
+        floor = cpu_floor(model, repeats)
+    print(f"cpu floor T=16 [{fast}], priced by what the fused kernel does (medians of {floor['rounds']} rounds):\n"
+          f"  BLAS matmuls (patch, in_proj, out_proj, head) {floor['blas_macs'] / 1e9:.2f} G MACs at torch.matmul's "
+          f"{floor['blas_gmacs']:.1f} G MAC/s on their shapes = {floor['t_blas'] * 1e3:.1f} ms\n"
+          f"  in-kernel x_proj/dt_proj {floor['kernel_macs'] / 1e9:.2f} G MACs at torch.bmm's "
+          f"{floor['kernel_gmacs']:.1f} G MAC/s on {floor['chunk']}-token chunks = {floor['t_kernel_mm'] * 1e3:.1f} ms\n"
+          f"  scan multiply-adds {floor['fmas'] / 1e9:.2f} G ({SCAN_FMAS_PER_STATE} per token, channel, state) at "
+          f"torch.addcmul's {floor['fma_rate'] / 1e9:.2f} G/s (one thread per direction) = {floor['t_fma'] * 1e3:.1f} ms\n"
+          f"  scan exponentials {floor['exps'] / 1e6:.0f} M at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s "
+          f"(one thread per direction) = {floor['t_exp'] * 1e3:.1f} ms\n"
+          f"  floor {floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms: floor_efficiency "
+          f"{floor['efficiency']:.3f} (median of the rounds' ratios; quartiles {floor['q1']:.3f}..{floor['q3']:.3f})")
+
+    return floor
+
+
 def main() -> None:
     global IMG
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -415,6 +500,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ref-repeats", type=int, default=1, help="repeats for the (slow) reference runs")
     ap.add_argument("--quick", action="store_true", help="fewer repeats; reference segment at T=8 only")
+    ap.add_argument("--floor-only", action="store_true", help="only the CPU floor lines (and floor_efficiency_fp32)")
     ap.add_argument("--mem-segments", default="1,10,100")
     ap.add_argument("--mem-frames", type=int, default=0, help="frames per segment in the memory run "
                     "(default 16; 1 when only the slow reference backend is available)")
@@ -445,6 +531,11 @@ def main() -> None:
     print(f"# VideoMamba-Ti {IMG}x{IMG}, batch 1, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (timings on a busy machine are noisy)")
     print(f"# fast backend {args.backend!r}: {'ok' if fast_ok else 'UNAVAILABLE (' + why + ')'}")
+    if args.floor_only:
+        floor = print_floor(model, fast, repeats)
+        print(f"floor_efficiency_fp32={floor['efficiency']:.3f}")
+        print(f"floor_ms_fp32={floor['floor'] * 1e3:.1f}")
+        return
 
     # Matmul work of a T=16 segment and its time at the torch.matmul rate measured now.
     shapes16 = matmul_shapes(16)
@@ -513,14 +604,7 @@ def main() -> None:
     print(f"peak RSS after {counts} segments of T={mem_T} [{fast}]: "
           + ", ".join(f"{p:.0f} MB" for p in peaks) + f"; state {mem['state_bytes'] / 1e6:.2f} MB")
 
-    floor = cpu_floor(model, repeats)
-    print(f"cpu floor T=16 [{fast}]: {floor['macs'] / 1e9:.2f} G MACs (FlopCounterMode + x_proj/dt_proj inside mamba_inner) at torch.matmul's "
-          f"{floor['mm_gmacs']:.1f} G MAC/s = {floor['t_mm'] * 1e3:.1f} ms, + {floor['exps'] / 1e6:.0f} M scan "
-          f"exponentials at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s = {floor['t_exp'] * 1e3:.1f} ms -> floor "
-          f"{floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms (medians; timed in {floor['rounds']} "
-          f"rounds of one each): floor_efficiency {floor['efficiency']:.3f} (median of the rounds' ratios; quartiles "
-          f"{floor['q1']:.3f}..{floor['q3']:.3f}; target >= 0.8, i.e. within 1.25x)")
-
+    floor = print_floor(model, fast, repeats)
     bf16 = set_precision(copy.deepcopy(model), "bf16")
     bf = bf16_speed(model, bf16, fast, max(6, 2 * repeats))
     print(f"bf16 T=16 [{fast}] (native bf16 matmuls: {bf16_is_native()}): fp32 {bf['fp32'] * 1e3:.1f} ms vs bf16 "
@@ -543,6 +627,7 @@ def main() -> None:
     print(f"stream_overhead={overhead:.4f}")
     print("peak_mb_1_10_100=" + ",".join(f"{p:.0f}" for p in peaks))
     print(f"floor_efficiency_fp32={floor['efficiency']:.3f}")
+    print(f"floor_ms_fp32={floor['floor'] * 1e3:.1f}")
     print(f"bf16_speedup={bf['speedup']:.2f}")
     print(f"bf16_embedding_cosine_min={drift['cos_min']:.6f}")
     n_max = max(args.stream_counts)

@@ -156,7 +156,7 @@ def time_matmuls(shapes, repeats: int) -> float:
     total = 0.0
     for _, m, k, n, count in shapes:
         a, b = torch.randn(m, k), torch.randn(k, n)
-        total += median_time(lambda: torch.matmul(a, b), max(repeats, 5), warmup=2) * count
+        total += median_time(lambda a=a, b=b: torch.matmul(a, b), max(repeats, 5), warmup=2) * count
     return total
 
 

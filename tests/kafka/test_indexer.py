@@ -290,7 +290,7 @@ def _sigkill_five_times(tmp_path, kafka_bootstrap, names, produced, indexers, ex
         p = indexers(cfg, out, tmp_path / "i.log", "--commit-records", "1", *extra)
         target = fraction * total
 
-        def reached():
+        def reached(p=p, target=target):
             p.check_alive()
             return sum(consumed(out).values()) >= target
 
@@ -485,7 +485,7 @@ def test_shards_split_the_streams_between_indexers(tmp_path, kafka_bootstrap, pr
         topics = [names.segments, names.events, names.summaries]
         ends = {k: v for k, v in end_offsets(kafka_bootstrap, topics).items() if int(k.rsplit(":", 1)[1]) % 2 == i}
         wait_until(p.started, 60, "the indexer to start")
-        wait_until(lambda: all(consumed(out).get(k, 0) >= v for k, v in ends.items()), 120, "shard indexed")
+        wait_until(lambda ends=ends, out=out: all(consumed(out).get(k, 0) >= v for k, v in ends.items()), 120, "shard indexed")
         assert p.terminate() == 0
         assert set(consumed(out)) == set(ends)
         views.append(store_view(out))

@@ -47,14 +47,14 @@ def test_card_is_frozen_and_replace_checks():
     hash(named)  # frozen and all tuples: usable as a key
 
 
-def test_default_cfg_is_a_read_only_view_of_the_card():
+def test_the_card_is_replaced_not_written_and_tags_states():
     model = make_tiny_model()
     model.card = model.card.replace(name="tiny", checkpoint_digest="abcd")
-    cfg = model.default_cfg
-    assert cfg["name"] == "tiny" and cfg["checkpoint_digest"] == "abcd" and cfg["input_size"] == (3, 4, 32, 32)
-    assert cfg["mean"] == IMAGENET_MEAN and cfg["depth"] == 2 and cfg["class_names"] is None
-    with pytest.raises(TypeError):
-        cfg["checkpoint_digest"] = "other"  # a write would be lost: refused instead
+    card = model.card
+    assert card.name == "tiny" and card.checkpoint_digest == "abcd" and card.input_size == (3, 4, 32, 32)
+    assert card.mean == IMAGENET_MEAN and card.depth == 2 and card.class_names is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        card.checkpoint_digest = "other"  # a write would bypass the checks: refused instead
     assert model.init_state(1).tag == "abcd"
 
 

@@ -1,4 +1,5 @@
 """VideoMamba: official parameter layout, initialisation, and the official clip forward."""
+import copy
 import math
 
 import pytest
@@ -172,8 +173,20 @@ def test_runs_under_bfloat16_autocast():
         out = model.forward_segment(clip)
         feats = model.forward_features(clip)
     assert out.state.dtype == torch.float32
-    ref = model.forward_features(clip).detach()
-    assert (feats.float() - ref).abs().max() < 0.2 * ref.abs().max()
+    with torch.no_grad():
+        ref = model.forward_features(clip)
+        # The yardstick: how far the fp32 model moves when only its weights and input are
+        # rounded to bf16 (what any bf16 run starts from). Autocast rounds a few more
+        # matmul inputs of that size, so it lands within a small multiple of it (~1x
+        # measured), and within a few units of bf16's roundoff 2^-8 (the features are
+        # RMS-normed, O(1)). The old bound allowed 20 %, fifty times the roundoff.
+        rounded = copy.deepcopy(model)
+        for p in rounded.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+        inherent = rounded.forward_features(clip.to(torch.bfloat16).float())
+    rel = lambda a: float((a.float() - ref).norm() / ref.norm())  # noqa: E731
+    assert 0 < rel(inherent) < 2 ** -6
+    assert rel(feats) < 3 * rel(inherent), (rel(feats), rel(inherent))
 
 
 def test_card_describes_the_input():

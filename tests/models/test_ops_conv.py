@@ -1,23 +1,17 @@
-"""The fast causal depthwise conv backends ("cpu" C++, "numba") against the reference."""
+"""The fast causal depthwise conv backends (`BACKENDS`: "cpu" C++, "numba", "triton") against the reference."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.fixtures.ops import assert_close, conv_inputs, leaf_copies
-from vmstream.models.ops import causal_conv1d, causal_conv1d_ref, dispatch
+from tests.fixtures.ops import BACKENDS, assert_close, conv_inputs, leaf_copies, use_backend
+from vmstream.models.ops import causal_conv1d, causal_conv1d_ref
 
 
-@pytest.fixture(params=["cpu", "numba"])
-def backend(request):
-    if request.param == "cpu":
-        from vmstream.models.ops import cpu_ext
-
-        if cpu_ext._compiler() is None:
-            pytest.skip("no C++ compiler on this machine (the numba tests cover the fallback)")
-        cpu_ext.load()
-        dispatch.reset()
-    return request.param
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Each fast backend (`tests.fixtures.ops.BACKENDS`)."""
+    return use_backend(request.param, monkeypatch)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

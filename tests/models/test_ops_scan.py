@@ -1,31 +1,17 @@
-"""The fast selective-scan backends (fused C++ "cpu", "numba") against the reference."""
+"""The fast selective-scan backends (`BACKENDS`: fused C++ "cpu", "numba", "triton") against the reference."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.fixtures.ops import SCAN_INPUTS, assert_close, leaf_copies, pick, scan_inputs
-from vmstream.models.ops import dispatch, selective_scan, selective_scan_ref
+from tests.fixtures.ops import BACKENDS, SCAN_INPUTS, assert_close, leaf_copies, pick, scan_inputs, use_backend
+from vmstream.models.ops import selective_scan, selective_scan_ref
 
 
-@pytest.fixture(params=["cpu", "numba"])
+@pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
-    """A fast backend, with the backward checkpoint interval lowered to 8 steps so the
-    small test sequences cross several recompute chunks (and end in a partial one)."""
-    from vmstream.models.ops import cpu, cpu_ext
-
-    if request.param == "cpu":
-        if cpu_ext._compiler() is None:
-            pytest.skip("no C++ compiler on this machine (the numba tests cover the fallback)")
-        cpu_ext.load()  # a failed build fails here, with the compiler's message
-        dispatch.reset()
-        assert dispatch._resolve_cpu() == "cpp"
-    else:
-        from vmstream.models.ops import numba_scan
-
-        monkeypatch.setattr(numba_scan, "CKPT_EVERY", 8)
-    monkeypatch.setattr(cpu, "CKPT_EVERY", 8)
-    return request.param
+    """Each fast backend (`tests.fixtures.ops.BACKENDS`), its backward checkpoints every 8 steps."""
+    return use_backend(request.param, monkeypatch)
 
 
 def run_both(backend, inp, softplus=True, reverse=False, **kw):

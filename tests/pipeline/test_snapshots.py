@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests.fixtures.media import make_video
-from vmstream.pipeline.snapshots import (SET_ASIDE, LocalStateStore, SnapshotError, decode_snapshot,
-                                         encode_snapshot, snapshot_file_name)
+from vmstream.pipeline.snapshots import SET_ASIDE, LocalStateStore, snapshot_file_name
+from vmstream.snapshot_codec import SnapshotError, decode_snapshot, encode_snapshot
 from vmstream.stages.sources import source_from_uri
 from vmstream.store.results import read_table
 

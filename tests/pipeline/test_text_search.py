@@ -17,6 +17,7 @@ from vmstream.cli import main
 from vmstream.models import load_model
 from vmstream.models.text_query import encode_queries
 from vmstream.models.tokenizer import BertTokenizer
+from vmstream.records import segment_uid
 from vmstream.store import VideoStore
 
 VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "catch", "##es", "frisbee", ".",
@@ -139,10 +140,18 @@ def test_rerank_rescores_the_top_k_with_itm_on_re_decoded_segments(vt_store, fil
         config, checkpoint, model, device, sets = None, None, None, None, []
 
     cfg = search_config(Args, vt_store / "index")
-    clip = segment_clips(cfg, model, rows[0]["uri"], {rows[0]["segment_index"]})[rows[0]["segment_index"]]
+    first, top = 0, rows[0]["segment_index"]
+    clips = segment_clips(cfg, model, rows[0]["uri"], {first, top})
+    # The re-decoded pixels are the run's, checked against what the run itself recorded:
+    # the run encoded segment 0 from the zero state, so the same model on the re-decoded
+    # segment 0 from the zero state must give the embedding the run stored for it.
+    store = VideoStore(vt_store / "index", readonly=True)
+    with torch.no_grad():
+        again = model.forward_segment(clips[first][None]).features[0].numpy()
+    np.testing.assert_allclose(again, store.vector(segment_uid(rows[0]["stream_id"], first)), atol=1e-5)
     tb = BertTokenizer(files / "vocab.txt")(["a dog catches the frisbee"])
     with torch.no_grad():
-        want = model.itm_scores(model.encode_video(clip[None]).tokens, tb.input_ids, tb.attention_mask)[0, 0]
+        want = model.itm_scores(model.encode_video(clips[top][None]).tokens, tb.input_ids, tb.attention_mask)[0, 0]
     assert rows[0]["itm"] == pytest.approx(float(want), abs=1e-4)
 
 

@@ -49,8 +49,8 @@ def check_read_once(items: list, seconds: float) -> None:
 def test_a_finished_hls_playlist_over_http_is_read_once(http_servers, h264_ts):
     srv = http_servers("127.0.0.1")
     srv.files["/seg0.ts"] = open(h264_ts, "rb").read()
-    srv.files["/list.m3u8"] = ("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n"
-                               "#EXTINF:4.0,\nseg0.ts\n#EXT-X-ENDLIST\n").encode()
+    srv.files["/list.m3u8"] = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                               b"#EXTINF:4.0,\nseg0.ts\n#EXT-X-ENDLIST\n")
     src = source_from_uri(srv.url("/list.m3u8"))
     assert src.live  # a playlist URL could be a feed: the decoder finds out when it opens it
     t0 = time.monotonic()

@@ -7,12 +7,14 @@ import pytest
 
 from vmstream.stages.media import StreamInfo
 from vmstream.stages.sampling import (
+    SAMPLING_KINDS,
     AllFrames,
     FpsSampling,
     FrameIndexSampling,
     TsnSampling,
     UniformSampling,
     frames_for_targets,
+    make_policy,
     parse_policy,
     stream_length,
 )
@@ -130,6 +132,30 @@ def test_parse_policy():
     for bad in ("", "fps", "fps:0", "uniform:x", "sometimes:3", {"kind": "fps", "rate": 1}, 5):
         with pytest.raises(ValueError):
             parse_policy(bad)
+
+
+def test_config_and_cli_sampling_names_are_the_factorys():
+    """What users can name (decode.sampling, `run --sampling`) is exactly what the one
+    factory makes, TSN included (the pipeline used to build its own, without TSN)."""
+    import argparse
+
+    from vmstream.cli.run import add_parser
+    from vmstream.pipeline.assembly import sampling_policy
+    from vmstream.pipeline.config import load_config
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    (cli_choices,) = [a.choices for a in parser._subparsers._group_actions[0].choices["run"]._actions
+                      if a.dest == "sampling"]
+    assert tuple(cli_choices) == SAMPLING_KINDS
+    want = {"fps": FpsSampling(2.0), "uniform": UniformSampling(6), "tsn": TsnSampling(6),
+            "keyframes": AllFrames(keyframes_only=True), "all": AllFrames()}
+    assert set(want) == set(SAMPLING_KINDS)
+    for kind, policy in want.items():
+        cfg = load_config(sets=[f"decode.sampling={kind}", "decode.fps=2", "decode.uniform_frames=6"])
+        assert sampling_policy(cfg) == policy == make_policy(kind, fps=2, num_frames=6)
+    with pytest.raises(ValueError, match="sampling kind 'sometimes'"):
+        make_policy("sometimes")
 
 
 def test_positional_args_mean_the_policy_parameter():

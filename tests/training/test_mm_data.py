@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.fixtures.media import make_video
+from vmstream.config_loader import ConfigError
 from vmstream.training.mm_annotations import Corpus, load_anno, parse_corpora, pre_text
 from vmstream.training.mm_data import MediaTextDataset, PairTransform, collate_pairs, rand_frame_indices
 from vmstream.training.mm_loader import MixedLoader, media_order
-from vmstream.training.recipes import RecipeError
 
 
 def _write(path, data):
@@ -26,9 +26,9 @@ def test_official_corpus_forms():
                                                                           "media": "video"}])
     assert got == [Corpus("a.json", "imgs", "image"), Corpus("b.json", "vids", "video"), Corpus("c.json", "r", "video")]
     assert parse_corpora(["a.json", "imgs"]) == [Corpus("a.json", "imgs", "image")]  # one corpus, unwrapped
-    with pytest.raises(RecipeError, match=r"train_file\[0\].*'video'"):
+    with pytest.raises(ConfigError, match=r"train_file\[0\].*'video'"):
         parse_corpora([["a.json", "r", "audio"]])
-    with pytest.raises(RecipeError, match="names no corpus"):
+    with pytest.raises(ConfigError, match="names no corpus"):
         parse_corpora([])
 
 

@@ -89,7 +89,7 @@ def test_pretrain_recipes_validate():
 
 @pytest.mark.slow
 def test_synthetic_distill_recipe_end_to_end(capsys):
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     assert train_main(RECIPE) == 0
     out = capsys.readouterr().out
@@ -116,7 +116,7 @@ def test_table_ii_values():
 def test_vmstream_train_pretrains_on_video_files(train_videos, tmp_path):
     """`vmstream train` with the K400 recipe shrunk to a tiny student and teacher, on real
     decoded clips (multi-scale crop, flip), two epochs, then resumed for a third."""
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     recipe = os.path.join(os.path.dirname(RECIPE), "k400", "videomamba_middle_mask_pt_f8x224.yaml")
     over = [f"data_path={train_videos}", f"prefix={train_videos}", f"output_dir={tmp_path}", "model=videomamba_tiny",
@@ -164,13 +164,13 @@ def _torchrun(recipe: dict, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=repo)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "-m", "vmstream.training", "train", "--config", str(path)]
-    return subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
                           timeout=300)
 
 
 def test_teacher_input_resize_and_grid_mismatch():
+    from vmstream.config_loader import ConfigError
     from vmstream.training.pretrain import draw_mask_and_targets, teacher_input
-    from vmstream.training.recipes import RecipeError
 
     x = torch.randn(2, 3, 4, 32, 32)
     assert teacher_input(x, 32) is x
@@ -181,24 +181,24 @@ def test_teacher_input_resize_and_grid_mismatch():
     cfg = _cfg()
     student = build_student(cfg)
     wrong = _cfg(**{"pretrain.teacher_args": "{patch_size: 16, width: 64, layers: 1, heads: 4, output_dim: 32}"})
-    with pytest.raises(RecipeError, match="attention masking needs"):
+    with pytest.raises(ConfigError, match="attention masking needs"):
         draw_mask_and_targets(student, synthetic_teacher(wrong), x, wrong.pretrain)
 
 
 def test_bad_recipe_inputs_are_one_line_errors(tmp_path, capsys):
-    from vmstream.training.runner import train_main
+    from vmstream.training.trainer import train_main
 
     recipe = os.path.join(os.path.dirname(RECIPE), "k400", "videomamba_middle_mask_pt_f8x224.yaml")
     assert train_main(recipe, ["device=cpu"]) == 2
     assert "names no training list" in capsys.readouterr().err
     cfg = _cfg(**{"pretrain.clip_teacher_weights": str(tmp_path / "none.pth")})
-    from vmstream.training.recipes import RecipeError
+    from vmstream.config_loader import ConfigError
 
-    with pytest.raises(RecipeError, match="clip_teacher_weights.*does not exist"):
+    with pytest.raises(ConfigError, match="clip_teacher_weights.*does not exist"):
         build_teacher(cfg)
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(RecipeError, match="missing"):
+    with pytest.raises(ConfigError, match="missing"):
         build_teacher(_cfg(**{"pretrain.clip_teacher_weights": str(tmp_path / "bad.pth")}))
     torch.save({"model": {"cls_token": torch.zeros(1, 1, 64)}}, tmp_path / "student.pth")
-    with pytest.raises(RecipeError, match="not a checkpoint of this student"):
+    with pytest.raises(ConfigError, match="not a checkpoint of this student"):
         build_student(_cfg(finetune=str(tmp_path / "student.pth")))

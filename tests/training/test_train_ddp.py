@@ -25,7 +25,7 @@ def _torchrun(recipe: dict, tmp_path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "vmstream.training", "train", "--config", str(path)]
-    return subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -52,6 +52,11 @@ def test_torchrun_two_cpu_processes_streaming_training(tmp_path):
     recipe["streaming"].update(segments=2)
     recipe["synthetic"].update(train_videos=16, val_videos=8, train_reset_control=False)
     r = _torchrun(recipe, tmp_path)
-    assert r.returncode in (0, 1), r.stderr[-3000:]  # 1 = accuracy below 0.9 after one step
+    # torchrun prints its own traceback whenever a rank exits non-zero; a crash of a rank
+    # shows frames in vmstream's code, the verdict's exit does not.
+    assert f'File "{os.path.join(REPO, "vmstream")}{os.sep}' not in r.stderr, r.stderr[-3000:]
     assert "ranks_in_sync=true world_size=2" in r.stdout, r.stdout + r.stderr[-2000:]
-    assert "carried_state_accuracy=" in r.stdout
+    (acc,) = [float(ln.split("=", 1)[1]) for ln in r.stdout.splitlines() if ln.startswith("carried_state_accuracy=")]
+    # One step cannot be sure to learn the task: the exit code is the verdict on the printed
+    # accuracy (train_main: 0 at >= 0.9, else 1), never a crash's 1.
+    assert r.returncode == (0 if acc >= 0.9 else 1), (acc, r.stderr[-3000:])

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from vmstream.config_loader import ConfigError
 from vmstream.training import checkpoint as ckpt
-from vmstream.training.recipes import RecipeError, load_recipe, recipe_path
-from vmstream.training.runner import build_datasets, fit, train_main
+from vmstream.training.recipes import load_recipe, recipe_path
+from vmstream.training.trainer import build_datasets, fit, train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -156,10 +157,10 @@ def test_every_shipped_recipe_validates():
 def test_recipe_errors_name_the_key(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("lr: fast\n")
-    with pytest.raises(RecipeError, match=r"lr: "):
+    with pytest.raises(ConfigError, match=r"lr: "):
         load_recipe(str(p))
     p.write_text("lrr: 0.1\n")
-    with pytest.raises(RecipeError, match="lrr"):
+    with pytest.raises(ConfigError, match="lrr"):
         load_recipe(str(p))
     assert train_main(str(p)) == 2
     c = load_recipe(recipe_path("k400/videomamba_tiny_f8x224"), ["lr=3e-4", "streaming.tbptt_k=2"])
@@ -215,7 +216,7 @@ def test_regression_streaming_eval_and_finetune_resampling(train_videos, tmp_pat
 def test_a_device_torch_cannot_use_is_a_recipe_error_naming_the_key(capsys):
     from vmstream.training.model_setup import recipe_device
 
-    with pytest.raises(RecipeError, match=r"^device: device 'gpu0' is not a device name"):
+    with pytest.raises(ConfigError, match=r"^device: device 'gpu0' is not a device name"):
         recipe_device(load_recipe(None, ["device=gpu0"]))
     assert train_main(os.path.join(REPO, "configs", "train", "synthetic_memory.yaml"), ["device=gpu0"]) == 2
     assert "vmstream train: device: device 'gpu0'" in capsys.readouterr().err

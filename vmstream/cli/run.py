@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vmstream.cli.common import add_common, add_model_args, config_from_args, make_output_dirs
 from vmstream.errors import UserError
+from vmstream.stages.sampling import SAMPLING_KINDS
 
 
 def add_parser(sub) -> None:
@@ -23,7 +24,7 @@ def add_parser(sub) -> None:
     run.add_argument("--out", help="output directory (Parquet, index, snapshots); default runs/latest")
     run.add_argument("--kafka", metavar="BOOTSTRAP", help="also publish results to Kafka at host:port")
     run.add_argument("--fps", type=float, help="frames sampled per second of video (default 1)")
-    run.add_argument("--sampling", choices=["fps", "uniform", "keyframes", "all"],
+    run.add_argument("--sampling", choices=SAMPLING_KINDS,
                      help="frame sampling (default fps; keyframes is fast but approximate in time)")
     run.add_argument("--segment-frames", type=int, metavar="T", help="frames per segment (default: the model's)")
     run.add_argument("--decoder", choices=["auto", "pyav", "dali"], help="decoding backend (default auto)")

@@ -142,9 +142,8 @@ class ReliableProducer:
             delivery_timeout_ms=delivery_timeout_ms,
             request_timeout_ms=request_timeout_ms,
             linger_ms=linger_ms,
-            # kafka-python's 16 KiB default holds two or three results; one request
-            # per few results halves throughput (benchmarks/kafka_speed.py). Kept well
-            # under the broker's 1 MB batch limit.
+            # kafka-python's 16 KiB default holds two or three results, so it would send
+            # a request per few results. Kept under the broker's 1 MB batch limit.
             batch_size=min(batch_size, max_request_size),
             max_request_size=max_request_size,
             compression_type=compression_type,

@@ -188,7 +188,7 @@ class RecordConsumer:
 
     def poll(self, timeout_s: float = 1.0) -> list[Record]:
         out = []
-        for tp, msgs in self._consumer.poll(timeout_ms=int(timeout_s * 1000)).items():
+        for _tp, msgs in self._consumer.poll(timeout_ms=int(timeout_s * 1000)).items():
             for m in msgs:
                 rec = decode_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset)
                 if isinstance(rec, SegmentResult):

@@ -11,9 +11,8 @@ scattered over the stages. Nothing here imports torch, the records or pyarrow.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from types import MappingProxyType
-from typing import Any, Mapping, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional, Sequence
 
 # The official VideoMamba models were trained on ImageNet-normalised RGB in [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,13 +86,6 @@ class ModelCard:
     def replace(self, **changes: Any) -> "ModelCard":
         """A copy with `changes` applied and checked (`dataclasses.replace`)."""
         return replace(self, **changes)
-
-    def as_dict(self) -> Mapping[str, Any]:
-        """A read-only dict of the card in the old `default_cfg` layout (its keys plus
-        `input_size`), for code that has not moved to the card yet."""
-        d = asdict(self)
-        d["input_size"] = self.input_size
-        return MappingProxyType(d)
 
 
 @dataclass(frozen=True)

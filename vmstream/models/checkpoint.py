@@ -69,7 +69,7 @@ class LoadReport:
 def _safe_globals() -> list:
     allowed: list = [argparse.Namespace, np.dtype]
     # Official checkpoints may carry numpy scalars in their metadata (e.g. accuracies).
-    core = getattr(np, "_core", None) or getattr(np, "core")
+    core = getattr(np, "_core", None) or np.core
     allowed.append(core.multiarray.scalar)
     allowed += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
     return allowed

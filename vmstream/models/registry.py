@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Optional
 
@@ -185,7 +185,7 @@ def size_name(embed_dim: int, depth: int) -> str:
     return "videomamba"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _class_names(class_list: str) -> tuple[str, ...]:
     if class_list not in CLASS_LISTS:
         raise KeyError(f"unknown class list {class_list!r}; known: {sorted(CLASS_LISTS)}")

@@ -165,7 +165,6 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
-        use_fast_path: bool = True,  # accepted for ssm_cfg compatibility; backends are chosen in ops
         layer_idx: Optional[int] = None,
         device=None,
         dtype=None,
@@ -275,11 +274,9 @@ class Block(nn.Module):
     compute the same thing; we run the plain PyTorch form for both settings.
     """
 
-    def __init__(self, dim, mixer_cls, norm_cls=nn.LayerNorm, fused_add_norm=False, residual_in_fp32=False,
-                 drop_path=0.0):
+    def __init__(self, dim, mixer_cls, norm_cls=nn.LayerNorm, residual_in_fp32=False, drop_path=0.0):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
-        self.fused_add_norm = fused_add_norm
         self.mixer = mixer_cls(dim)
         self.norm = norm_cls(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -319,7 +316,7 @@ class Block(nn.Module):
 
 
 def create_block(d_model, ssm_cfg=None, norm_epsilon=1e-5, drop_path=0.0, rms_norm=True, residual_in_fp32=True,
-                 fused_add_norm=True, layer_idx=None, bimamba=True, device=None, dtype=None) -> Block:
+                 layer_idx=None, bimamba=True, device=None, dtype=None) -> Block:
     factory = {"device": device, "dtype": dtype}
     ssm_cfg = dict(ssm_cfg or {})
 
@@ -331,7 +328,7 @@ def create_block(d_model, ssm_cfg=None, norm_epsilon=1e-5, drop_path=0.0, rms_no
             return RMSNorm(dim, eps=norm_epsilon, **factory)
         return nn.LayerNorm(dim, eps=norm_epsilon, **factory)
 
-    block = Block(d_model, mixer_cls, norm_cls=norm_cls, drop_path=drop_path, fused_add_norm=fused_add_norm,
+    block = Block(d_model, mixer_cls, norm_cls=norm_cls, drop_path=drop_path,
                   residual_in_fp32=residual_in_fp32)
     block.layer_idx = layer_idx
     return block
@@ -389,50 +386,31 @@ class SegmentOutput:
     state: StreamState
 
 
-class VideoMamba(nn.Module):
-    """The official VideoMamba video classifier (the `VisionMamba` of video_sm), parameter for parameter."""
+class VideoTrunk(nn.Module):
+    """The video trunk shared by the classifier, the video-text vision encoder and the
+    masked-pretraining student: patch embedding, cls token, spatial and temporal position
+    embeddings, the block stack and its final norm, under the official parameter names.
 
-    def __init__(
-        self,
-        img_size=224,
-        patch_size=16,
-        depth=24,
-        embed_dim=192,
-        channels=3,
-        num_classes=1000,
-        drop_rate=0.0,
-        drop_path_rate=0.1,
-        ssm_cfg=None,
-        norm_epsilon=1e-5,
-        initializer_cfg=None,
-        fused_add_norm=True,
-        rms_norm=True,
-        residual_in_fp32=True,
-        bimamba=True,
-        # video
-        kernel_size=1,
-        num_frames=8,
-        fc_drop_rate=0.0,
-        device=None,
-        dtype=None,
-        # activation checkpointing of the first `checkpoint_num` blocks' mixers (training)
-        use_checkpoint=False,
-        checkpoint_num=0,
-    ):
+    A subclass calls `_build_embedding` then (after any modules that the official layout
+    registers in between, e.g. the classifier's head) `_build_blocks`; the final norm is
+    registered under the class's `final_norm_name` (`norm_f` in the classifier, `norm` in
+    the pretraining models), so each official checkpoint loads key for key.
+    """
+
+    final_norm_name = "norm_f"
+
+    def _build_embedding(self, *, img_size, patch_size, kernel_size, channels, embed_dim, num_frames,
+                         drop_rate=0.0, residual_in_fp32=True, use_checkpoint=False, checkpoint_num=0,
+                         device=None, dtype=None) -> None:
         factory = {"device": device, "dtype": dtype}
-        super().__init__()
         if num_frames % kernel_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of kernel_size={kernel_size}")
         self.residual_in_fp32 = residual_in_fp32
-        self.fused_add_norm = fused_add_norm
         self.use_checkpoint = use_checkpoint
         self.checkpoint_num = checkpoint_num
-        self.num_classes = num_classes
         self.d_model = self.num_features = self.embed_dim = embed_dim
         self.num_frames = num_frames
         self.kernel_size = kernel_size
-        self.bimamba = bimamba
-
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size,
                                       in_chans=channels, embed_dim=embed_dim)
         num_patches = self.patch_embed.num_patches
@@ -440,28 +418,19 @@ class VideoMamba(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim, **factory))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // kernel_size, embed_dim, **factory))
         self.pos_drop = nn.Dropout(p=drop_rate)
-        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
-        self.head = nn.Linear(embed_dim, num_classes, **factory) if num_classes > 0 else nn.Identity()
 
+    def _build_blocks(self, *, embed_dim, depth, drop_path_rate, ssm_cfg, norm_epsilon, rms_norm, bimamba,
+                      device=None, dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
         self.drop_path, self.layers = create_layers(
             embed_dim, depth, drop_path_rate, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
-            residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, bimamba=bimamba, **factory)
-        self.norm_f = (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory)
+            residual_in_fp32=self.residual_in_fp32, bimamba=bimamba, **factory)
+        setattr(self, self.final_norm_name,
+                (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory))
 
-        self._init_weights(depth, initializer_cfg or {})
-        mixer = self.layers[0].mixer if depth else None
-        self.d_inner = mixer.d_inner if mixer else 0
-        self.d_state = mixer.d_state if mixer else 0
-        self.d_conv = mixer.d_conv if mixer else 0
-        # What the model is and wants as input (timm's pretrained_cfg, typed); the loaders
-        # replace it with one carrying the checkpoint fields and class names.
-        self.card = ModelCard(num_frames=num_frames, img_size=self.patch_embed.img_size[0],
-                              patch_size=self.patch_embed.patch_size[0], embed_dim=embed_dim, depth=depth,
-                              num_classes=num_classes, in_chans=channels)
-
-    # ------------------------------------------------------------------ init, misc
-    def _init_weights(self, depth: int, initializer_cfg: dict) -> None:
-        init_videomamba_weights(self, depth, initializer_cfg)
+    @property
+    def final_norm(self) -> nn.Module:
+        return getattr(self, self.final_norm_name)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -474,23 +443,19 @@ class VideoMamba(nn.Module):
     def img_size(self) -> int:
         return self.patch_embed.img_size[0]
 
-    @property
-    def default_cfg(self):
-        """Deprecated, read-only: the card as the old dict (`self.card.as_dict()`); kept
-        for one release for code outside vmstream. Update with `model.card = model.card.replace(...)`."""
-        return self.card.as_dict()
-
     # ------------------------------------------------------------------- embedding
-    def embed(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor, use_image: bool = False) -> Tensor:
         """Clip [B, C, T, H, W] -> tokens [B, 1 + T'*h*w, D]: the cls token, then the patches
-        frame by frame, with spatial and (segment-local) temporal positions added."""
+        frame by frame, with spatial and (segment-local) temporal positions added; an image
+        (`use_image`, the official pretraining's image batches) gets no temporal position."""
         self._check_clip(x)
         x = self.patch_embed(x)  # [B, D, T', h, w]
         B, D, T, h, w = x.shape
         x = x.permute(0, 2, 3, 4, 1).reshape(B, T, h * w, D)
         # Same order of additions as the official code: (patch + pos) + temporal.
         x = x + self.pos_embed[:, None, 1:, :]
-        x = x + resample_temporal_pos(self.temporal_pos_embedding, T)[:, :, None, :]
+        if not use_image:
+            x = x + resample_temporal_pos(self.temporal_pos_embedding, T)[:, :, None, :]
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
         return self.pos_drop(torch.cat([cls, x.reshape(B, T * h * w, D)], dim=1))
 
@@ -508,13 +473,16 @@ class VideoMamba(nn.Module):
             raise ValueError(f"clip has {T} frames; it needs a positive multiple of kernel_size={self.kernel_size}")
 
     # -------------------------------------------------------------------- backbone
+    def _checkpointed(self, i: int) -> bool:
+        return self.use_checkpoint and i < self.checkpoint_num and self.training and torch.is_grad_enabled()
+
     def _blocks(self, hidden: Tensor, state: Optional[StreamState], return_state: bool):
         residual, dtype_in = None, hidden.dtype
         tails, ssms = [], []
         for i, layer in enumerate(self.layers):
-            ckpt = self.use_checkpoint and i < self.checkpoint_num and self.training and torch.is_grad_enabled()
             layer_state = state.layer(i) if state is not None else None
-            hidden, residual, new = layer(hidden, residual, layer_state, return_state, use_checkpoint=ckpt)
+            hidden, residual, new = layer(hidden, residual, layer_state, return_state,
+                                          use_checkpoint=self._checkpointed(i))
             if return_state:
                 tails.append(new[0])
                 ssms.append(new[1])
@@ -527,7 +495,98 @@ class VideoMamba(nn.Module):
         return hidden, residual, new_state
 
     def _final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
-        return norm_fp32(self.norm_f, residual + self.drop_path(hidden)).to(hidden.dtype)
+        return norm_fp32(self.final_norm, residual + self.drop_path(hidden)).to(hidden.dtype)
+
+    def forward_visible(self, tokens: Tensor, return_index, need_output: bool = True
+                        ) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """The official pretraining forward of the blocks over (already masked) tokens
+        [B, L, D]: (final-normed output [B, L, D] or None, the distilled features
+        [K, B, L, D] or None when `return_index` is empty).
+
+        The features come from the residual stream, as in both official pretraining models
+        (`video_sm/models/videomamba_pretrain.py` and `video_mm/.../videomamba.py`, whose
+        loops are the same): after block idx, `(idx - 1) in return_index` appends the
+        shared final norm of the residual entering block idx (for a return layer r below the
+        last, the residual after r's output is added); for the last layer, the *un-normed*
+        residual entering its mixer. The official test has no `idx >= 1` guard, and needs
+        none: `return_layers` never yields -1.
+
+        `need_output=False` (the masked student, whose official forward discards the final
+        norm's output) skips the last block's mixer: its output reaches neither the
+        features nor anything returned, so the features are exactly the official ones.
+        """
+        hidden, residual, feats = tokens, None, []
+        last = len(self.layers) - 1
+        for idx, layer in enumerate(self.layers):
+            if idx == last and not need_output:
+                residual = hidden if residual is None else residual + layer.drop_path(hidden)
+                if self.residual_in_fp32:
+                    residual = residual.float()
+            else:
+                hidden, residual, _ = layer(hidden, residual, use_checkpoint=self._checkpointed(idx))
+            if (idx - 1) in return_index:
+                feats.append(norm_fp32(self.final_norm, residual))
+        if last in return_index:
+            feats.append(residual)
+        out = self._final_norm(hidden, residual) if need_output else None
+        return out, (torch.stack(feats) if feats else None)
+
+
+class VideoMamba(VideoTrunk):
+    """The official VideoMamba video classifier (the `VisionMamba` of video_sm), parameter for parameter."""
+
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        depth=24,
+        embed_dim=192,
+        channels=3,
+        num_classes=1000,
+        drop_rate=0.0,
+        drop_path_rate=0.1,
+        ssm_cfg=None,
+        norm_epsilon=1e-5,
+        initializer_cfg=None,
+        # Accepted because the official configs pass it (video_mm exp_pt/*/config.py,
+        # video_sm's videomamba_* factories): the fused and unfused add+norm compute the
+        # same thing, and vmstream runs one form for both, so the value is not read.
+        fused_add_norm=True,
+        rms_norm=True,
+        residual_in_fp32=True,
+        bimamba=True,
+        # video
+        kernel_size=1,
+        num_frames=8,
+        fc_drop_rate=0.0,
+        device=None,
+        dtype=None,
+        # activation checkpointing of the first `checkpoint_num` blocks' mixers (training)
+        use_checkpoint=False,
+        checkpoint_num=0,
+    ):
+        super().__init__()
+        self._build_embedding(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size, channels=channels,
+                              embed_dim=embed_dim, num_frames=num_frames, drop_rate=drop_rate,
+                              residual_in_fp32=residual_in_fp32, use_checkpoint=use_checkpoint,
+                              checkpoint_num=checkpoint_num, device=device, dtype=dtype)
+        self.num_classes = num_classes
+        self.bimamba = bimamba
+        self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
+        self._build_blocks(embed_dim=embed_dim, depth=depth, drop_path_rate=drop_path_rate, ssm_cfg=ssm_cfg,
+                           norm_epsilon=norm_epsilon, rms_norm=rms_norm, bimamba=bimamba, device=device, dtype=dtype)
+
+        init_videomamba_weights(self, depth, initializer_cfg or {})
+        mixer = self.layers[0].mixer if depth else None
+        self.d_inner = mixer.d_inner if mixer else 0
+        self.d_state = mixer.d_state if mixer else 0
+        self.d_conv = mixer.d_conv if mixer else 0
+        # What the model is and wants as input (timm's pretrained_cfg, typed); the loaders
+        # replace it with one carrying the checkpoint fields and class names.
+        self.card = ModelCard(num_frames=num_frames, img_size=self.patch_embed.img_size[0],
+                              patch_size=self.patch_embed.patch_size[0], embed_dim=embed_dim, depth=depth,
+                              num_classes=num_classes, in_chans=channels)
 
     def forward_tokens(self, tokens: Tensor, state: Optional[StreamState] = None) -> tuple[Tensor, StreamState]:
         """Run the blocks and the final norm over one piece of a token sequence [B, L, D].

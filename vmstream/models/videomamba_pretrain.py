@@ -26,13 +26,11 @@ classifier with `vmstream.models.load_checkpoint` (decoder dropped, `norm` -> `n
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .videomamba import PatchEmbed, RMSNorm, create_layers, init_videomamba_weights, norm_fp32
+from .videomamba import VideoTrunk, init_videomamba_weights
 
 __all__ = ["VideoMambaPretrain", "LinearDecoder", "sinusoid_table", "return_layers", "decode_visible"]
 
@@ -91,9 +89,11 @@ class LinearDecoder(nn.Module):
         return x
 
 
-class VideoMambaPretrain(nn.Module):
+class VideoMambaPretrain(VideoTrunk):
     """The official masked-pretraining student (`videomamba_middle_pretrain` is depth=32,
     embed_dim=576). Keywords are the official ones."""
+
+    final_norm_name = "norm"
 
     def __init__(
         self,
@@ -106,6 +106,8 @@ class VideoMambaPretrain(nn.Module):
         ssm_cfg=None,
         norm_epsilon=1e-5,
         initializer_cfg=None,
+        # Accepted because the official factories pass it (video_sm `videomamba_*_pretrain`);
+        # the fused and unfused add+norm compute the same thing, so it is not read.
         fused_add_norm=True,
         rms_norm=True,
         residual_in_fp32=True,
@@ -122,70 +124,42 @@ class VideoMambaPretrain(nn.Module):
         clip_return_layer=1,
         clip_student_return_interval=1,
     ):
-        factory = {"device": device, "dtype": dtype}
         super().__init__()
-        if num_frames % kernel_size:
-            raise ValueError(f"num_frames={num_frames} is not a multiple of kernel_size={kernel_size}")
         if clip_decoder_embed_dim != embed_dim:
             # The decoder reads the student's hidden states directly.
             raise ValueError(f"clip_decoder_embed_dim={clip_decoder_embed_dim} must equal embed_dim={embed_dim}")
         self.return_index = return_layers(depth, clip_return_layer, clip_student_return_interval,
                                           f"a depth-{depth} student")
         self.depth = depth
-        self.residual_in_fp32 = residual_in_fp32
-        self.fused_add_norm = fused_add_norm
-        self.use_checkpoint = use_checkpoint
-        self.checkpoint_num = checkpoint_num
-        self.d_model = self.num_features = self.embed_dim = embed_dim
-        self.num_frames = num_frames
-        self.kernel_size = kernel_size
-
         # Registration order = the official one (state_dict keys in the same order).
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size,
-                                      in_chans=channels, embed_dim=embed_dim)
-        num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **factory))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim, **factory))
-        self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // kernel_size, embed_dim, **factory))
-        self.drop_path, self.layers = create_layers(
-            embed_dim, depth, drop_path_rate, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
-            residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, bimamba=bimamba, **factory)
-        self.norm = (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory)
+        self._build_embedding(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size, channels=channels,
+                              embed_dim=embed_dim, num_frames=num_frames, residual_in_fp32=residual_in_fp32,
+                              use_checkpoint=use_checkpoint, checkpoint_num=checkpoint_num, device=device,
+                              dtype=dtype)
+        self._build_blocks(embed_dim=embed_dim, depth=depth, drop_path_rate=drop_path_rate, ssm_cfg=ssm_cfg,
+                           norm_epsilon=norm_epsilon, rms_norm=rms_norm, bimamba=bimamba, device=device, dtype=dtype)
         self.clip_decoder = nn.ModuleList([
             LinearDecoder(clip_output_dim, clip_decoder_embed_dim, clip_norm_type) for _ in range(clip_return_layer)
         ])
         # Fixed, not a parameter, not in the state dict (as the official plain attribute).
+        num_patches = self.patch_embed.num_patches
         self.register_buffer("clip_pos_embed",
                              sinusoid_table(num_patches * num_frames // kernel_size + 1, clip_decoder_embed_dim),
                              persistent=False)
         init_videomamba_weights(self, depth, initializer_cfg or {})
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "temporal_pos_embedding"}
-
-    def get_num_layers(self) -> int:
-        return len(self.layers)
 
     @property
     def num_tokens(self) -> int:
         """1 + T'*h*w: the mask's length."""
         return self.clip_pos_embed.shape[1]
 
-    def embed(self, x: Tensor) -> Tensor:
-        """[B, C, T, H, W] -> [B, 1 + T'*h*w, D], the official order of additions."""
+    def _check_clip(self, x: Tensor) -> None:
+        # The official student has no temporal resampling: it takes exactly num_frames.
         C = self.patch_embed.proj.in_channels
         H, W = self.patch_embed.img_size
         if x.dim() != 5 or x.shape[1] != C or tuple(x.shape[-2:]) != (H, W) or x.shape[2] != self.num_frames:
             raise ValueError(f"video must be [B, {C}, {self.num_frames}, {H}, {W}] for this student; "
                              f"got shape {tuple(x.shape)}")
-        x = self.patch_embed(x)
-        B, D, T, h, w = x.shape
-        x = x.permute(0, 2, 3, 4, 1).reshape(B, T, h * w, D)
-        x = x + self.pos_embed[:, None, 1:, :]
-        x = x + self.temporal_pos_embedding[:, :, None, :]
-        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
-        return torch.cat([cls, x.reshape(B, T * h * w, D)], dim=1)
 
     def _check_mask(self, mask: Tensor, batch: int) -> None:
         if mask.dtype != torch.bool or mask.shape != (batch, self.num_tokens):
@@ -202,24 +176,8 @@ class VideoMambaPretrain(nn.Module):
         tokens = self.embed(x)
         B, _, D = tokens.shape
         self._check_mask(mask, B)
-        hidden = tokens[~mask].reshape(B, -1, D)
-        residual: Optional[Tensor] = None
-        feats = []
-        last = self.depth - 1
-        for idx, layer in enumerate(self.layers):
-            if idx == last:
-                # Only this block's add is needed: its mixer output never reaches the loss.
-                residual = hidden if residual is None else residual + layer.drop_path(hidden)
-                if self.residual_in_fp32:
-                    residual = residual.float()
-            else:
-                ckpt = self.use_checkpoint and idx < self.checkpoint_num and self.training and torch.is_grad_enabled()
-                hidden, residual, _ = layer(hidden, residual, use_checkpoint=ckpt)
-            if idx >= 1 and (idx - 1) in self.return_index:
-                feats.append(norm_fp32(self.norm, residual))
-        if last in self.return_index:
-            feats.append(residual)
-        return torch.stack(feats)
+        _, feats = self.forward_visible(tokens[~mask].reshape(B, -1, D), self.return_index, need_output=False)
+        return feats
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """video [B, C, T, H, W], mask [B, 1 + T'*h*w] (True = masked) -> predicted teacher

@@ -35,10 +35,10 @@ from torch import Tensor
 from .bert import BertConfig, BertModel
 from .card import ModelCard
 from .state import StreamState
-from .videomamba import SegmentOutput, VideoMamba, norm_fp32
-from .videomamba_pretrain import decode_visible, return_layers, sinusoid_table
+from .videomamba import SegmentOutput, VideoMamba
+from .videomamba_pretrain import LinearDecoder, decode_visible, return_layers, sinusoid_table
 
-__all__ = ["VideoTextMamba", "VisionEncoder", "LinearDecoder", "VideoEncoding", "TextEncoding",
+__all__ = ["VideoTextMamba", "VisionEncoder", "VideoEncoding", "TextEncoding",
            "PretrainVision", "VISION_DEFAULTS", "TEXT_DEFAULTS"]
 
 # The official VideoMamba-M multimodal configuration (exp_pt/videomamba_middle_*/config.py).
@@ -71,24 +71,11 @@ class PretrainVision:
     clip: Optional[Tensor]  # [K, B, 1 + visible, clip_output_dim] decoder outputs (with a mask), else None
 
 
-class LinearDecoder(nn.Module):
-    """The masked-pretraining CLIP-alignment head (`Linear_Decoder`): LayerNorm(Linear(x)).
-    Unused at inference; kept so pretraining checkpoints load and training can go on."""
-
-    def __init__(self, output_dim: int = 512, embed_dim: int = 576):
-        super().__init__()
-        self.head = nn.Linear(embed_dim, output_dim)
-        self.norm = nn.LayerNorm(output_dim)
-        nn.init.xavier_uniform_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.head(x))
-
-
 class VisionEncoder(VideoMamba):
     """The official `PretrainVideoMamba`: VideoMamba without a classifier head, its final
     norm named `norm`, with `clip_decoder` and the "cls+avg" `pool_norm`."""
+
+    final_norm_name = "norm"
 
     def __init__(self, img_size=224, patch_size=16, depth=32, embed_dim=576, num_frames=8, kernel_size=1,
                  channels=3, drop_path_rate=0.0, ssm_cfg=None, norm_epsilon=1e-5, rms_norm=True,
@@ -103,13 +90,11 @@ class VisionEncoder(VideoMamba):
                          residual_in_fp32=residual_in_fp32, bimamba=bimamba, kernel_size=kernel_size,
                          num_frames=num_frames, use_checkpoint=use_checkpoint, checkpoint_num=checkpoint_num)
         self.pool_type = pool_type
-        # The official name of the final norm here is `norm` (the classifier's is `norm_f`).
-        norm = self.norm_f
-        del self.norm_f
-        self.norm = norm
         dec_dim = clip_decoder_embed_dim or embed_dim
         self.clip_decoder = nn.ModuleList([
-            LinearDecoder(output_dim=clip_output_dim, embed_dim=dec_dim) for _ in range(clip_return_layer)])
+            # video_mm's Linear_Decoder: no L2 normalisation (the student's has it).
+            LinearDecoder(output_dim=clip_output_dim, embed_dim=dec_dim, clip_norm_type="none")
+            for _ in range(clip_return_layer)])
         self.pool_norm = nn.LayerNorm(embed_dim)
         # Checkpoints saved without the decoder (clip_return_layer 0) distil nothing.
         self.return_index = return_layers(depth, clip_return_layer, clip_student_return_interval,
@@ -120,9 +105,6 @@ class VisionEncoder(VideoMamba):
                              persistent=False)
         self.register_buffer("clip_img_pos_embed", sinusoid_table(n + 1, dec_dim), persistent=False)
 
-    def _final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
-        return norm_fp32(self.norm, residual + self.drop_path(hidden)).to(hidden.dtype)
-
     def encode(self, x: Tensor, state: Optional[StreamState] = None, return_state: bool = False):
         """Clip [B, C, T, H, W] -> all final-normed tokens [B, 1 + T*N, D] (cls first); with
         `return_state`, the forward scan starts from `state` and (tokens, new state) returns."""
@@ -132,17 +114,6 @@ class VisionEncoder(VideoMamba):
             return self._final_norm(hidden, residual)
         return self.forward_tokens(tokens, state)
 
-    def embed_media(self, x: Tensor, use_image: bool) -> Tensor:
-        """Tokens [B, 1 + T*N, D] as the official pretraining forward: an image (T = 1)
-        gets no temporal position."""
-        if not use_image:
-            return self.embed(x)
-        x = self.patch_embed(x)
-        B, D, T, h, w = x.shape
-        x = x.permute(0, 2, 3, 4, 1).reshape(B, T * h * w, D) + self.pos_embed[:, 1:, :]
-        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
-        return torch.cat([cls, x], dim=1)
-
     def forward_pretrain(self, x: Tensor, mask: Optional[Tensor] = None, use_image: bool = False,
                          keep_temporal: bool = False) -> PretrainVision:
         """The official pretraining forward: `mask` [B, 1 + T*N] (True = dropped, cls
@@ -150,23 +121,15 @@ class VisionEncoder(VideoMamba):
         residual stream as the masked student does (the final norm of the residual
         entering block r + 1, or for the last layer the un-normed residual entering its
         mixer), plus the fixed positions at the visible places, through `clip_decoder`."""
-        tokens = self.embed_media(x, use_image)
+        tokens = self.embed(x, use_image=use_image)
         B, _, D = tokens.shape
         if mask is not None:
             tokens = tokens[~mask].reshape(B, -1, D)
-        hidden, residual, feats = tokens, None, []
-        for idx, layer in enumerate(self.layers):
-            ckpt = self.use_checkpoint and idx < self.checkpoint_num and self.training and torch.is_grad_enabled()
-            hidden, residual, _ = layer(hidden, residual, use_checkpoint=ckpt)
-            if (idx - 1) in self.return_index:
-                feats.append(norm_fp32(self.norm, residual))
-        if (len(self.layers) - 1) in self.return_index:
-            feats.append(residual)
-        out = self._final_norm(hidden, residual)
+        out, feats = self.forward_visible(tokens, self.return_index)
         clip = None
-        if mask is not None and feats:
+        if mask is not None and feats is not None:
             table = self.clip_img_pos_embed if use_image else self.clip_pos_embed
-            clip = decode_visible(self.clip_decoder, torch.stack(feats), table, mask)
+            clip = decode_visible(self.clip_decoder, feats, table, mask)
         cls, patches = out[:, :1], out[:, 1:]
         if keep_temporal:
             T = x.shape[2] // self.kernel_size

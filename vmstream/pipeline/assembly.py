@@ -10,6 +10,7 @@ from typing import Sequence
 from vmstream.errors import UserError
 from vmstream.pipeline.config import PipelineConfig
 
+
 def resolve_device(name: str):
     """The torch device a config names (models.resolve_device), as a user error."""
     from vmstream.models import resolve_device as _resolve
@@ -98,17 +99,11 @@ def set_open_labels(model, cfg: PipelineConfig) -> None:
     model.set_label_prompts(feats, names)
 
 
-def make_policy(cfg: PipelineConfig):
-    from vmstream.stages.sampling import AllFrames, FpsSampling, UniformSampling
+def sampling_policy(cfg: PipelineConfig):
+    from vmstream.stages.sampling import make_policy
 
     d = cfg.decode
-    if d.sampling == "fps":
-        return FpsSampling(d.fps)
-    if d.sampling == "uniform":
-        return UniformSampling(d.uniform_frames)
-    if d.sampling == "keyframes":
-        return AllFrames(keyframes_only=True)
-    return AllFrames()
+    return make_policy(d.sampling, fps=d.fps, num_frames=d.uniform_frames)
 
 
 def data_config(cfg: PipelineConfig, model):
@@ -236,7 +231,7 @@ def build_plan(cfg: PipelineConfig, model):
     """How every stream of a run is decoded and cut into segments (plan.StreamPlan)."""
     from vmstream.pipeline.plan import StreamPlan
 
-    return StreamPlan(decoder=make_decoder(cfg), policy=make_policy(cfg), size=make_size(cfg, model),
+    return StreamPlan(decoder=make_decoder(cfg), policy=sampling_policy(cfg), size=make_size(cfg, model),
                       segmenter_factory=make_segmenter_factory(cfg, model), audio_factory=make_audio_factory(cfg))
 
 

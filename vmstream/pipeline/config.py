@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vmstream import config_loader
 from vmstream.config_loader import ConfigError, parse_override
+from vmstream.stages.sampling import SAMPLING_KINDS
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "parse_override"]
 
@@ -62,9 +63,11 @@ class ModelConfig(_Strict):
 
 class DecodeConfig(_Strict):
     backend: Literal["auto", "pyav", "dali"] = "auto"
-    # "fps": frames at a target rate (archives, live); "uniform": N frames spread over a
-    # file; "keyframes": keyframes only (fast, approximate in time); "all": every frame.
-    sampling: Literal["fps", "uniform", "keyframes", "all"] = "fps"
+    # `stages.sampling.make_policy`'s names: "fps": frames at a target rate (archives,
+    # live); "uniform": N (uniform_frames) frames spread over a file; "tsn": N chunks, the
+    # centre frame of each (the official evaluation sampling); "keyframes": keyframes only
+    # (fast, approximate in time); "all": every frame.
+    sampling: Literal[SAMPLING_KINDS] = "fps"
     fps: float = Field(1.0, gt=0, le=1000)
     # Upper bounds on what allocates per stream (frames held, pixels per frame, threads):
     # past them a typo costs gigabytes (1e9 frames, 8192-pixel frames, 100000 threads).
@@ -135,7 +138,7 @@ class OutputConfig(_Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     parquet: bool = True
     faiss: bool = True
-    faiss_kind: Literal["auto", "flat", "ivfpq", "hnsw"] = "auto"
+    faiss_kind: Literal["auto", "flat", "ivfpq", "ivfsq8", "hnsw"] = "auto"  # store.index.KINDS, or auto
     console: bool = True
     plot: bool = False
 

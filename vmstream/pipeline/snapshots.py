@@ -6,7 +6,7 @@ decode position: resume decoding just after it). It is taken only after every re
 up to that segment is durable in the sinks, so resuming from it loses nothing and
 repeats at most the segments since the snapshot (which sinks upsert by uid).
 
-The byte format is `vmstream.snapshot_codec`'s (re-exported here for callers).
+The byte format is `vmstream.snapshot_codec`'s.
 
 On disk (`LocalStateStore`), one file per stream:
 
@@ -37,10 +37,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator, Optional, Protocol
 
-from vmstream.snapshot_codec import MAGIC, VERSION, SnapshotError, decode_snapshot, encode_snapshot
+from vmstream.snapshot_codec import SnapshotError, decode_snapshot, encode_snapshot
 
-__all__ = ["MAGIC", "VERSION", "SnapshotError", "decode_snapshot", "encode_snapshot", "StateStore", "LocalStateStore",
-           "SET_ASIDE", "snapshot_file_name"]
+__all__ = ["StateStore", "LocalStateStore", "SET_ASIDE", "snapshot_file_name"]
 
 log = logging.getLogger(__name__)
 

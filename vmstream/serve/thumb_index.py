@@ -73,7 +73,7 @@ class ThumbIndex:
 
     def get(self, uid: int) -> bytes | None:
         """The JPEG of `uid`, or None when none was captured."""
-        for attempt in range(2):
+        for _attempt in range(2):
             with self._lock:
                 i = int(np.searchsorted(self._uids, uid))
                 if i >= self._uids.size or self._uids[i] != uid:

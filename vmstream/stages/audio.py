@@ -35,7 +35,7 @@ import logging
 import math
 import os
 from collections import deque
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional
 from urllib.parse import urlparse
 
 import numpy as np
@@ -52,9 +52,7 @@ __all__ = [
     "AudioFeatures",
     "LogMelStream",
     "PyAVAudioReader",
-    "has_audio_track",
     "reference_logmel_summary",
-    "segment_audio_summaries",
 ]
 
 
@@ -63,12 +61,6 @@ def _is_local(uri: str) -> bool:
         return True
     scheme = urlparse(uri).scheme
     return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
-
-
-def has_audio_track(uri: str) -> bool:
-    """True if the container at `uri` has at least one audio stream."""
-    with open_input(uri) as c:
-        return audio_stream(c) is not None
 
 
 class PyAVAudioReader:
@@ -323,11 +315,3 @@ class AudioFeatures:
 def _chain(first, rest):
     yield first
     yield from rest
-
-
-def segment_audio_summaries(
-    uri: str, spans: Sequence[tuple[float, float]], config: AudioConfig = AudioConfig()
-) -> list[Optional[np.ndarray]]:
-    """Summaries for (t_start, t_end) spans of one file, without a segmenter (tools, tests)."""
-    segs = [Segment(stream_id=uri, index=i, t_start=a, t_end=b, pixels=None, uri=uri) for i, (a, b) in enumerate(spans)]
-    return [s.audio for s in AudioFeatures(config)(segs)]

@@ -31,6 +31,7 @@ import torch
 
 from vmstream.records import Segment, SegmentResult, StreamEvent, StreamSummary, end_reason, stream_status
 from vmstream.redaction import redact_uri
+from vmstream.stages.segmenter import group_by_shape, stack_segments
 
 log = logging.getLogger(__name__)
 
@@ -217,18 +218,19 @@ class InferenceStage:
         import time
 
         t0 = time.perf_counter()
-        groups: dict[tuple, list[int]] = {}
         out: list[Optional[InferenceOutput]] = [None] * len(segments)
+        live: list[Segment] = []
         for i, s in enumerate(segments):
             book = self._books.get(s.stream_id)
             if book is not None and book.failed:
                 out[i] = self._skip(s, self._book(s))
-                continue
-            groups.setdefault(tuple(s.pixels.shape), []).append(i)
-        for idxs in groups.values():
-            segs = [segments[i] for i in idxs]
+            else:
+                live.append(s)
+        position = {s.stream_id: i for i, s in enumerate(segments)}  # one segment per stream
+        for segs in group_by_shape(live):
+            idxs = [position[s.stream_id] for s in segs]
             books = [self._book(s) for s in segs]
-            clip = torch.stack([torch.as_tensor(s.pixels) for s in segs]).to(self.device)
+            clip = stack_segments(segs).to(self.device)
             if self.dtype is not None:
                 clip = clip.to(self.dtype)
             states = [b.state if b.state is not None else self.model.init_state(1, device=self.device)

@@ -108,9 +108,8 @@ class AudioConfig:
 
 # With the OpenMP backend (PyTorch's CPU wheels) torch.set_num_threads is per calling
 # thread, so this stage can run its small STFTs single-threaded without touching the
-# model's threads. Measured on the 2-core dev machine under load: 2 threads 26x
-# realtime for the whole stage, 1 thread 153x (benchmarks/audio_features_speed.py):
-# the pool handoff costs far more than these tiny ops when the cores are busy.
+# model's threads: handing such tiny ops to a thread pool costs more than the ops when
+# the cores are busy (benchmarks/audio_features_speed.py times the stage as it runs).
 _THREAD_LOCAL_POOL = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 

@@ -33,7 +33,7 @@ from vmstream.stages.media import TIME_EPS, StreamInfo
 
 __all__ = [
     "TIME_EPS", "AllFrames", "FpsSampling", "FrameIndexSampling", "OnlineSelector", "SamplingPolicy",
-    "TsnSampling", "UniformSampling", "frames_for_targets", "parse_policy", "stream_length",
+    "TsnSampling", "UniformSampling", "frames_for_targets", "make_policy", "parse_policy", "SAMPLING_KINDS", "stream_length",
 ]
 
 
@@ -320,8 +320,30 @@ class FrameIndexSampling(SamplingPolicy):
         return f"indices[{len(self.indices)}]" + (" keyframes" if self.keyframes_only else "")
 
 
+# The sampling names the config (`decode.sampling`) and `vmstream run --sampling` accept.
+SAMPLING_KINDS = ("fps", "uniform", "tsn", "keyframes", "all")
+
+
+def make_policy(kind: str, *, fps: float = 1.0, num_frames: int = 16, keyframes_only: bool = False,
+                train: bool = False, seed: Optional[int] = None) -> SamplingPolicy:
+    """The one factory from a sampling name (`SAMPLING_KINDS`) to a policy: "fps" (`fps`
+    frames a second), "uniform" and "tsn" (`num_frames` over the stream; tsn's `train`
+    picks a seeded random frame per chunk), "keyframes" (every keyframe), "all"."""
+    if kind == "fps":
+        return FpsSampling(fps=float(fps), keyframes_only=keyframes_only)
+    if kind == "uniform":
+        return UniformSampling(num_frames=num_frames, keyframes_only=keyframes_only)
+    if kind == "tsn":
+        return TsnSampling(num_frames=num_frames, train=train, seed=seed, keyframes_only=keyframes_only)
+    if kind == "keyframes":
+        return AllFrames(keyframes_only=True)
+    if kind == "all":
+        return AllFrames(keyframes_only=keyframes_only)
+    raise ValueError(f"sampling kind {kind!r}; expected one of {', '.join(SAMPLING_KINDS)}")
+
+
 def parse_policy(spec: Union[str, SamplingPolicy, dict]) -> SamplingPolicy:
-    """A policy from a short config string or dict.
+    """A policy from a short string or dict, through `make_policy`.
 
     "fps:1", "fps:0.5:keyframes", "uniform:16", "tsn:8", "tsn:8:train", "all",
     "keyframes" (every keyframe), or {"kind": "fps", "fps": 1, "keyframes_only": true}.
@@ -331,11 +353,10 @@ def parse_policy(spec: Union[str, SamplingPolicy, dict]) -> SamplingPolicy:
     if isinstance(spec, dict):
         d = dict(spec)
         kind = d.pop("kind", None)
-        kinds = {"fps": FpsSampling, "uniform": UniformSampling, "tsn": TsnSampling, "all": AllFrames}
-        if kind not in kinds:
-            raise ValueError(f"sampling kind {kind!r}; expected one of {sorted(kinds)}")
+        if kind not in SAMPLING_KINDS:
+            raise ValueError(f"sampling kind {kind!r}; expected one of {', '.join(SAMPLING_KINDS)}")
         try:
-            return kinds[kind](**d)
+            return make_policy(kind, **d)
         except TypeError as e:
             raise ValueError(f"bad options for sampling {kind!r}: {e}") from None
     if not isinstance(spec, str):
@@ -343,22 +364,19 @@ def parse_policy(spec: Union[str, SamplingPolicy, dict]) -> SamplingPolicy:
     parts = [p.strip() for p in spec.strip().lower().split(":") if p.strip()]
     if not parts:
         raise ValueError("empty sampling policy")
-    flags = {p for p in parts[2:]} if len(parts) > 2 else set()
+    head, flags = parts[0], set(parts[1:])
     kf = "keyframes" in flags
-    head = parts[0]
     try:
-        if head == "all":
-            return AllFrames(keyframes_only="keyframes" in parts[1:])
-        if head == "keyframes":
-            return AllFrames(keyframes_only=True)
+        if head in ("all", "keyframes"):
+            return make_policy(head, keyframes_only=kf)
+        if head not in SAMPLING_KINDS:
+            raise ValueError(f"unknown sampling policy {spec!r}; expected fps:F, uniform:N, tsn:N, all, keyframes")
         if len(parts) < 2:
             raise ValueError(f"sampling {spec!r} needs a number, e.g. '{head}:8'")
         if head == "fps":
-            return FpsSampling(fps=float(parts[1]), keyframes_only=kf)
-        if head == "uniform":
-            return UniformSampling(num_frames=int(parts[1]), keyframes_only=kf)
-        if head == "tsn":
-            return TsnSampling(num_frames=int(parts[1]), train="train" in flags, keyframes_only=kf)
+            return make_policy("fps", fps=float(parts[1]), keyframes_only=kf)
+        return make_policy(head, num_frames=int(parts[1]), train="train" in flags, keyframes_only=kf)
     except ValueError as e:
+        if str(e).startswith("unknown sampling policy"):
+            raise
         raise ValueError(f"bad sampling policy {spec!r}: {e}") from None
-    raise ValueError(f"unknown sampling policy {spec!r}; expected fps:F, uniform:N, tsn:N, all, keyframes")

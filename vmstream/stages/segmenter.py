@@ -194,7 +194,7 @@ def stack_segments(segments: Sequence[Segment]) -> torch.Tensor:
         detail = ", ".join(f"{s.stream_id}#{s.index}: {tuple(s.pixels.shape)}" for s in segments)
         raise ValueError(f"segments of different shapes cannot be stacked ({detail}); "
                          f"use group_by_shape")
-    return torch.stack([s.pixels for s in segments])
+    return torch.stack([torch.as_tensor(s.pixels) for s in segments])
 
 
 def group_by_shape(segments: Sequence[Segment]) -> list[list[Segment]]:

@@ -66,7 +66,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, THUMB_SCHEMA, SegmentResult
+from vmstream.records import EVENT_SCHEMA, SEGMENT_SCHEMA, SUMMARY_SCHEMA, THUMB_SCHEMA
 
 from .atomic import DirLock, fsync_dir, fsync_file, remove_quietly, remove_stale_tmp, tmp_path_for
 from .files import Problem, file_entry
@@ -519,10 +519,3 @@ def _read_part(path: Path, schema: pa.Schema, record: Optional[PartManifest] = N
 def _unreadable(e: BaseException) -> str:
     first = (str(e).splitlines() or [type(e).__name__])[0][:200]
     return f"damaged: cannot be read as Parquet ({first})"
-
-
-def read_segment_results(out_dir: PathLike) -> list[SegmentResult]:
-    """All segment results under OUT, de-duplicated, sorted by (stream, segment)."""
-    rows = read_table(out_dir, "segments").to_pylist()
-    rows.sort(key=lambda r: (r["stream_id"], r["segment_index"]))
-    return [SegmentResult.from_row(r) for r in rows]

@@ -11,7 +11,7 @@ multi-view test views, repeated augmentation, corrupt-video skipping), `augment`
 TrainConfig), `optim` (param groups, layer decay, cosine schedules), `engine` (epochs,
 evaluation), `checkpoint` (official layout, exact resume), `distributed` (torchrun),
 `streaming` (TBPTT through the carried state), `synthetic` (the long-range memory task),
-`model_setup` (seeds, threads, device, the recipe's model), `runner` (whole runs).
+`model_setup` (seeds, threads, device, the recipe's model), `trainer` (whole runs), `epochs` (the resume / save / stop skeleton the three training loops share).
 Recipes are read with `vmstream.config_loader`, as the pipeline's presets are.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 def train_main(config_path, overrides=(), should_stop=None) -> int:
     if not _recipe_ok(config_path, overrides, "train"):
         return 2
-    from .runner import train_main as _main
+    from .trainer import train_main as _main
 
     return _main(config_path, overrides, should_stop=should_stop)
 
@@ -28,7 +28,7 @@ def train_main(config_path, overrides=(), should_stop=None) -> int:
 def eval_main(config_path, overrides=(), checkpoint=None) -> int:
     if not _recipe_ok(config_path, overrides, "eval"):
         return 2
-    from .runner import eval_main as _main
+    from .trainer import eval_main as _main
 
     return _main(config_path, overrides, checkpoint)
 
@@ -38,11 +38,13 @@ def _recipe_ok(config_path, overrides, command: str) -> bool:
     than after the ~10 s the training modules take to import."""
     import sys
 
-    from .recipes import RecipeError, load_recipe
+    from vmstream.config_loader import ConfigError
+
+    from .recipes import load_recipe
 
     try:
         load_recipe(config_path, overrides)
-    except RecipeError as e:
+    except ConfigError as e:
         print(f"vmstream {command}: {e}", file=sys.stderr)
         return False
     return True

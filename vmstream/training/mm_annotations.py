@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
-from .recipes import RecipeError
+from vmstream.config_loader import ConfigError
 
 __all__ = ["Corpus", "MediaText", "parse_corpora", "load_anno", "pre_text", "MEDIA_TYPES"]
 
@@ -51,25 +51,25 @@ def _corpus(item: Any, where: str) -> Corpus:
     if isinstance(item, dict):
         unknown = set(item) - {"anno", "root", "media"}
         if unknown or "anno" not in item:
-            raise RecipeError(f"{where}: a corpus is {{anno, root, media}}; got keys {sorted(item)}")
+            raise ConfigError(f"{where}: a corpus is {{anno, root, media}}; got keys {sorted(item)}")
         anno, root, media = item["anno"], item.get("root", ""), item.get("media", "image")
     elif isinstance(item, (list, tuple)) and len(item) in (2, 3) and all(isinstance(v, str) for v in item):
         anno, root = item[0], item[1]
         media = "video" if len(item) == 3 and item[2] == "video" else "image"
         if len(item) == 3 and item[2] not in MEDIA_TYPES:
-            raise RecipeError(f"{where}: the third field of {list(item)} must be 'video' (or 'image')")
+            raise ConfigError(f"{where}: the third field of {list(item)} must be 'video' (or 'image')")
     else:
-        raise RecipeError(f"{where}: a corpus is [anno.json, media_root] or [anno.json, media_root, 'video']; "
+        raise ConfigError(f"{where}: a corpus is [anno.json, media_root] or [anno.json, media_root, 'video']; "
                           f"got {item!r}")
     if media not in MEDIA_TYPES:
-        raise RecipeError(f"{where}: media {media!r} is not one of {MEDIA_TYPES}")
+        raise ConfigError(f"{where}: media {media!r} is not one of {MEDIA_TYPES}")
     return Corpus(anno=str(anno), root=str(root or ""), media=media)
 
 
 def parse_corpora(train_file: Union[Sequence, dict]) -> list[Corpus]:
     """The recipe's ``train_file``: one corpus or a list of them (the official forms)."""
     if not train_file:
-        raise RecipeError("multimodal.train_file names no corpus")
+        raise ConfigError("multimodal.train_file names no corpus")
     items = train_file
     if isinstance(train_file, dict) or (isinstance(train_file, (list, tuple)) and isinstance(train_file[0], str)):
         items = [train_file]

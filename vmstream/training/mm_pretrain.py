@@ -37,12 +37,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vmstream.config_loader import ConfigError
 from vmstream.models import SIZES
 from vmstream.models.tokenizer import BertTokenizer, VocabularyNotFound
 from vmstream.models.videotext_checkpoint import canonical_videotext_keys, official_pretrain_keys
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import epochs
 from .distill_loss import visible_targets
 from .engine import StepFn, autocast_context, check_finite, train_one_epoch
 from .masking import attention_mask, make_mask
@@ -50,13 +52,12 @@ from .mm_annotations import load_anno, parse_corpora
 from .mm_data import MediaTextDataset, PairTransform, collate_pairs
 from .mm_loader import MixedLoader
 from .mm_losses import SpecialTokens
-from .pretrain import open_teacher
 from .mm_model import LOSS_NAMES, Criterion, VideoTextPretrain
 from .mm_weights import load_initial_weights
 from .model_setup import apply_threads, recipe_device, seed_everything
 from .optim import build_optimizer, official_mm_cosine
-from .pretrain import teacher_input
-from .recipes import RecipeError, TrainConfig
+from .pretrain import open_teacher, teacher_input
+from .recipes import TrainConfig
 
 __all__ = ["Stage", "stages", "make_tokenizer", "special_tokens", "build_mm_model", "build_mm_teacher",
            "build_mm_datasets", "mask_and_targets", "mm_step", "run_stage", "multimodal_fit"]
@@ -102,7 +103,7 @@ def make_tokenizer(cfg: TrainConfig) -> BertTokenizer:
     try:
         return BertTokenizer(cfg.multimodal.vocab or None, max_length=cfg.multimodal.max_txt_l)
     except (VocabularyNotFound, ValueError) as e:
-        raise RecipeError(f"multimodal.vocab: {e}") from None
+        raise ConfigError(f"multimodal.vocab: {e}") from None
 
 
 def special_tokens(tok: BertTokenizer) -> SpecialTokens:
@@ -110,14 +111,14 @@ def special_tokens(tok: BertTokenizer) -> SpecialTokens:
         return SpecialTokens(pad=tok.pad_id, cls=tok.token_id("[CLS]"), sep=tok.token_id("[SEP]"),
                              mask=tok.token_id("[MASK]"), vocab_size=tok.vocab_size)
     except ValueError as e:
-        raise RecipeError(f"multimodal.vocab: {e}") from None
+        raise ConfigError(f"multimodal.vocab: {e}") from None
 
 
 def build_mm_model(cfg: TrainConfig, tok: BertTokenizer) -> VideoTextPretrain:
     """The recipe's video-text model with its criterion, and its initial weights."""
     mm = cfg.multimodal
     if cfg.model not in SIZES:
-        raise RecipeError(f"model {cfg.model!r}: the vision encoder is one of {', '.join(SIZES)}")
+        raise ConfigError(f"model {cfg.model!r}: the vision encoder is one of {', '.join(SIZES)}")
     vision: dict[str, Any] = dict(SIZES[cfg.model])
     vision.update(img_size=cfg.input_size, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
                   drop_path_rate=cfg.drop_path, clip_output_dim=cfg.pretrain.clip_output_dim,
@@ -133,7 +134,7 @@ def build_mm_model(cfg: TrainConfig, tok: BertTokenizer) -> VideoTextPretrain:
     try:
         model = VideoTextPretrain(crit, vision=vision, text=text, embed_dim=mm.embed_dim, temp=mm.temp)
     except (TypeError, ValueError) as e:
-        raise RecipeError(f"multimodal model: {e}") from None
+        raise ConfigError(f"multimodal model: {e}") from None
     load_initial_weights(model, cfg.finetune, mm.vision_pretrained, mm.text_pretrained)
     model.text_encoder.gradient_checkpointing = mm.gradient_checkpointing
     return model
@@ -159,7 +160,7 @@ def build_mm_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
         try:
             entries.setdefault(corpus.media, []).extend(load_anno(corpus))
         except ValueError as e:
-            raise RecipeError(str(e)) from None
+            raise ConfigError(str(e)) from None
     tf = PairTransform(cfg.input_size, tuple(mm.crop_scale), cfg.flip)
     return {m: MediaTextDataset(e, m, tf, cfg.num_frames, cfg.decode_short_side) for m, e in sorted(entries.items())}
 
@@ -179,7 +180,7 @@ def mask_and_targets(teacher: nn.Module, x: torch.Tensor, mask_type: str, ratio:
     t, h, w = max(1, T // kernel), H // patch, W // patch
     if mask_type == "attention":
         if attn is None or attn.shape != (B * t, h * w):
-            raise RecipeError(f"attention masking needs the teacher's attention on the student's grid "
+            raise ConfigError(f"attention masking needs the teacher's attention on the student's grid "
                               f"[{B * t}, {h * w}]; got {None if attn is None else tuple(attn.shape)} (is the "
                               "teacher's patch size the student's?)")
         mask = attention_mask(attn.float(), B, ratio, generator=generator)
@@ -245,12 +246,14 @@ def _epoch_line(stage: str, epoch: int, loss: float, record: list) -> str:
 
 def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optional[nn.Module],
               datasets: dict[str, Dataset], tok: BertTokenizer, device: torch.device, print_fn=print,
-              should_stop: Optional[Callable[[], bool]] = None, max_epochs: Optional[int] = None) -> dict[str, Any]:
-    """One stage from its own checkpoint directory, at most `max_epochs` epochs of it;
-    returns its history and whether it stopped before its end."""
+              should_stop: Optional[Callable[[], bool]] = None, max_epochs: Optional[int] = None,
+              resume: Optional[str] = None) -> dict[str, Any]:
+    """One stage from `resume` (a checkpoint of this stage) or its own checkpoint
+    directory, at most `max_epochs` epochs of it; returns its history and whether it
+    stopped before its end."""
     out_dir = os.path.join(cfg.output_dir, stage.name) if cfg.output_dir else ""
     if cfg.multimodal.loss_weight.vtm and min(stage.batch_size, stage.batch_size_image) < 2:
-        raise RecipeError(f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU "
+        raise ConfigError(f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU "
                           "must be at least 2")
     ws = dist.world_size()
     total = stage.batch_size * ws * cfg.update_freq
@@ -259,15 +262,12 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
                                    layer_decay_mode="official", opt=cfg.opt)
     start = 0
     head: list = []  # the stage's first steps' losses, from its checkpoint when resumed
-    path = ckpt.find_resume(out_dir) if (out_dir and cfg.auto_resume) else None
+    path = resume or (ckpt.find_resume(out_dir) if (out_dir and cfg.auto_resume) else None)
     if path:
-        ck = ckpt.load_checkpoint_file(path)
+        start, ck = epochs.resume(path, model=model, optimizer=optimizer, label=f"[{stage.name}] ",
+                                  load_model=lambda sd: model.load_state_dict(
+                                      canonical_videotext_keys(sd, keep=("text_encoder.cls.",))[0]))
         head = list(ck.get(RECORD_HEAD_KEY) or [])
-        model.load_state_dict(canonical_videotext_keys(ck["model"], keep=("text_encoder.cls.",))[0])
-        optimizer.load_state_dict(ck["optimizer"])
-        ranks = ck.get("rng_ranks")
-        ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == ws else ck["rng"])
-        start = int(ck["epoch"]) + 1
         if dist.is_main():
             print_fn(f"[{stage.name}] resumed from {path} at epoch {start}")
     if start >= stage.epochs:
@@ -282,7 +282,7 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
         sizes = {m: len(d) for m, d in datasets.items()}
-        raise RecipeError(f"[{stage.name}] {sizes} pairs give no optimizer step of batch {stage.batch_size} x "
+        raise ConfigError(f"[{stage.name}] {sizes} pairs give no optimizer step of batch {stage.batch_size} x "
                           f"{cfg.update_freq} (update_freq) x {ws} ranks")
     lr_values = official_mm_cosine(lr, stage.min_lr_multi, stage.epochs * steps, int(stage.warmup_epochs * steps))
     amp = partial(autocast_context, device, cfg.bf16)
@@ -291,49 +291,49 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     record: list = list(head)
     step_fn = mm_step(cfg, teacher if stage.masked else None, tok, device, amp, record)
     end = stage.epochs if max_epochs is None else min(stage.epochs, start + max_epochs)
-    history, stopped = [], False
-    for epoch in range(start, end):
+    lines: dict[int, str] = {}
+
+    def one_epoch(epoch: int) -> dict:
         loader.set_epoch(epoch)
         first = len(record)
         stats = train_one_epoch(wrapped, loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
                                 start_step=epoch * steps, lr_values=lr_values, wd_values=None,
                                 update_freq=cfg.update_freq, clip_grad=cfg.clip_grad, log_every=cfg.log_every)
-        history.append({"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "lrs": stats.lrs})
-        if dist.is_main():
-            print_fn(_epoch_line(stage.name, epoch, stats.loss, record[first:]))
-        _save(cfg, out_dir, model, optimizer, epoch, (epoch + 1) * steps, record[:RECORD_HEAD])
-        if epoch + 1 < stage.epochs and (epoch + 1 == end
-                                         or should_stop is not None and not dist.is_dist() and should_stop()):
-            print_fn(f"[{stage.name}] " + ckpt.stop_line(f"epoch {epoch}", out_dir, cfg.save_ckpt))
-            stopped = True
-            break
+        lines[epoch] = _epoch_line(stage.name, epoch, stats.loss, record[first:])
+        return {"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "lrs": stats.lrs}
+
+    def save(epoch: int, row: dict) -> None:
+        # The stage rides in the checkpoint so `resume: PATH` knows which stage it continues.
+        epochs.save_epoch(out_dir, cfg, model=model, optimizer=optimizer, epoch=epoch, step=(epoch + 1) * steps,
+                          extra={"mm_stage": stage.name, RECORD_HEAD_KEY: record[:RECORD_HEAD]}, model_state=official_pretrain_keys(model.state_dict()))
+
+    history, stopped = epochs.run_epochs(start, end, stage.epochs, one_epoch, save, lambda row: lines[row["epoch"]],
+                                         out_dir=out_dir, saving=cfg.save_ckpt, should_stop=should_stop,
+                                         print_fn=print_fn, label=f"[{stage.name}] ")
     return {"history": history, "stopped": stopped, "record": record}
 
 
-def _save(cfg: TrainConfig, out_dir: str, model: nn.Module, optimizer, epoch: int, step: int,
-          record_head: list) -> None:
-    if not (out_dir and cfg.save_ckpt):
-        return
-    extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
-    extra[RECORD_HEAD_KEY] = record_head
-    if dist.is_main():
-        save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch, step=step, config=cfg,
-                       extra=extra, model_state=official_pretrain_keys(model.state_dict()))
-        save(os.path.join(out_dir, "checkpoint-latest.pth"))
-        if (epoch + 1) % cfg.save_ckpt_freq == 0:
-            save(os.path.join(out_dir, f"checkpoint-{epoch}.pth"))
-    dist.barrier()
+def resume_stage(path: str, names: list[str]) -> str:
+    """Which of this run's stages the checkpoint `path` continues: the stage it was saved
+    by (`mm_stage`), or for an older checkpoint the stage directory it lies in."""
+    try:
+        ck = ckpt.load_checkpoint_file(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"resume: {e}") from None
+    name = ck.get("mm_stage") or os.path.basename(os.path.dirname(os.path.abspath(path)))
+    if name not in names:
+        raise ConfigError(f"resume: {path!r} is a checkpoint of stage {name!r}, not of this run's stages "
+                          f"{names} (multimodal checkpoints lie in OUTPUT_DIR/<stage>/)")
+    return name
 
 
 def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = None, *,
                    model: Optional[VideoTextPretrain] = None, teacher: Optional[nn.Module] = None,
                    tokenizer: Optional[BertTokenizer] = None, print_fn=print,
                    should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
-    """Both stages (those in ``multimodal.stages``), each resuming from its directory.
+    """Both stages (those in ``multimodal.stages``), each resuming from its directory, or
+    from the recipe's `resume` for the stage that saved it.
     `datasets`, `model`, `teacher`, `tokenizer` may be given (synthetic runs, tests)."""
-    if cfg.resume:
-        raise RecipeError("resume: multimodal pretraining resumes each stage from OUTPUT_DIR/<stage>/ (auto_resume); "
-                          "to run the unmasked stage from a masked checkpoint set stages=[unmasked] finetune=PATH")
     device = recipe_device(cfg)
     dist.init(device.type)
     apply_threads(cfg)
@@ -346,10 +346,17 @@ def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = No
         teacher = build_mm_teacher(cfg)
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
+    names = [s.name for s in plan]
+    # `resume: PATH` continues the stage that saved PATH; the stages before it are done.
+    resumed = resume_stage(cfg.resume, names) if cfg.resume else None
     results: dict[str, Any] = {"model": model, "stopped": False}
     budget = cfg.stop_after_epochs  # epochs this invocation may run, over both stages
     for i, stage in enumerate(plan):
-        res = run_stage(cfg, stage, model, teacher, datasets, tok, device, print_fn, should_stop, budget)
+        if resumed and i < names.index(resumed):
+            results[stage.name] = {"history": [], "stopped": False, "record": []}
+            continue
+        res = run_stage(cfg, stage, model, teacher, datasets, tok, device, print_fn, should_stop, budget,
+                        resume=cfg.resume if stage.name == resumed else None)
         results[stage.name] = res
         if budget is not None:
             budget -= len(res["history"])

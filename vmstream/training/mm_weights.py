@@ -22,11 +22,10 @@ import os
 import torch
 from torch import Tensor, nn
 
+from vmstream.config_loader import ConfigError
 from vmstream.models.checkpoint import CheckpointError, read_checkpoint
 from vmstream.models.videomamba import resample_temporal_pos
 from vmstream.models.videotext_checkpoint import adapt_videotext_state_dict
-
-from .recipes import RecipeError
 
 __all__ = ["load_initial_weights"]
 
@@ -38,31 +37,31 @@ _HF_UNUSED = ("bert.pooler.", "cls.seq_relationship.", "bert.embeddings.position
 
 def _read(path: str, what: str) -> dict[str, Tensor]:
     if not os.path.exists(path):
-        raise RecipeError(f"{what}: {path!r} does not exist")
+        raise ConfigError(f"{what}: {path!r} does not exist")
     try:
         if path.endswith(".safetensors"):
             try:
                 from safetensors.torch import load_file
             except ImportError:
-                raise RecipeError(f"{what} {path!r}: reading .safetensors needs the safetensors package "
+                raise ConfigError(f"{what} {path!r}: reading .safetensors needs the safetensors package "
                                   "(pip install safetensors), or give the pytorch_model.bin") from None
             return load_file(path)
         sd, _ = read_checkpoint(path)
         return dict(sd)
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
-        raise RecipeError(f"{what} {path!r}: {e}") from None
+        raise ConfigError(f"{what} {path!r}: {e}") from None
 
 
 def _load_part(module: nn.Module, sd: dict[str, Tensor], what: str, may_miss: tuple[str, ...]) -> None:
     own = module.state_dict()
     bad = [k for k, v in sd.items() if k not in own or own[k].shape != v.shape]
     if bad:
-        raise RecipeError(f"{what}: {len(bad)} key(s) do not fit the model, e.g. "
+        raise ConfigError(f"{what}: {len(bad)} key(s) do not fit the model, e.g. "
                           + ", ".join(f"{k} {tuple(sd[k].shape)}" for k in bad[:4]))
     missing = [k for k in own if k not in sd]
     unexpected_missing = [k for k in missing if not any(p in k for p in may_miss)]
     if unexpected_missing:
-        raise RecipeError(f"{what}: {len(unexpected_missing)} weight(s) missing, e.g. {unexpected_missing[:4]}")
+        raise ConfigError(f"{what}: {len(unexpected_missing)} weight(s) missing, e.g. {unexpected_missing[:4]}")
     module.load_state_dict(sd, strict=False)
     log.info("%s: %d tensors loaded, %d left initialised", what, len(sd), len(missing))
 
@@ -104,7 +103,7 @@ def load_initial_weights(model: nn.Module, finetune: str, vision_pretrained: str
         try:
             sd, notes = adapt_videotext_state_dict(sd, model)
         except CheckpointError as e:
-            raise RecipeError(f"finetune {finetune!r}: {e}") from None
+            raise ConfigError(f"finetune {finetune!r}: {e}") from None
         model.load_state_dict(sd, strict=True)
         for note in notes:
             log.info("finetune %s: %s", finetune, note)

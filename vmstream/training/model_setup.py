@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from vmstream.config_loader import ConfigError
 from vmstream.models.device import resolve_device
 
-from .recipes import RecipeError, TrainConfig
+from .recipes import TrainConfig
 
 log = logging.getLogger("vmstream.training")
 
@@ -29,12 +30,12 @@ def apply_threads(cfg: TrainConfig) -> None:
 
 
 def recipe_device(cfg: TrainConfig) -> torch.device:
-    """The recipe's `device` as a torch device; one torch cannot use is a RecipeError
+    """The recipe's `device` as a torch device; one torch cannot use is a ConfigError
     naming the key."""
     try:
         return resolve_device(cfg.device)
     except ValueError as e:
-        raise RecipeError(f"device: {e}") from None
+        raise ConfigError(f"device: {e}") from None
 
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     else:
         factory = getattr(models, cfg.model, None)
         if not callable(factory):
-            raise RecipeError(f"model {cfg.model!r} is not in vmstream.models")
+            raise ConfigError(f"model {cfg.model!r} is not in vmstream.models")
         model = factory(**kw)
     if cfg.finetune:
         # a path, or an official checkpoint name from the model registry (downloaded)

@@ -102,7 +102,7 @@ def parameter_groups(
     if layer_decay is not None and layer_decay < 1.0:
         if num_layers is None:
             fn = getattr(model, "get_num_layers", None)
-            num_layers = fn() if callable(fn) else len(getattr(model, "layers"))
+            num_layers = fn() if callable(fn) else len(model.layers)
         fid = layer_id_depth if mode == "depth" else layer_id_official
         scales = layer_scales(layer_decay, num_layers)
         get_layer = lambda n: fid(n, num_layers)  # noqa: E731

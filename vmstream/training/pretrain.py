@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -30,12 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from vmstream.config_loader import ConfigError
 from vmstream.models import SIZES, ClipTeacher, VideoMambaPretrain
 from vmstream.models.checkpoint import CheckpointError, read_checkpoint
 from vmstream.models.clip_teacher import clip_teacher
 
-from . import checkpoint as ckpt
 from . import distributed as dist
+from . import epochs
 from .annotations import read_video_list
 from .augment import TrainTransform
 from .datasets import VideoClsDataset, collate
@@ -44,7 +44,7 @@ from .engine import StepFn, autocast_context, check_finite, train_one_epoch
 from .masking import attention_mask, make_mask
 from .model_setup import apply_threads, recipe_device, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
-from .recipes import PretrainConfig, RecipeError, TrainConfig
+from .recipes import PretrainConfig, TrainConfig
 
 __all__ = ["build_student", "build_teacher", "open_teacher", "teacher_input", "draw_mask_and_targets", "distill_step",
            "pretrain_fit", "build_pretrain_dataset"]
@@ -60,7 +60,7 @@ def build_student(cfg: TrainConfig) -> VideoMambaPretrain:
     recipe's clip_* settings; `finetune` names a pretraining checkpoint to start from
     (an official `*_mask_pt_*` one continues training), loaded strictly."""
     if cfg.model not in SIZES:
-        raise RecipeError(f"model {cfg.model!r}: a pretraining student is one of {', '.join(SIZES)}")
+        raise ConfigError(f"model {cfg.model!r}: a pretraining student is one of {', '.join(SIZES)}")
     p = cfg.pretrain
     kw: dict[str, Any] = dict(SIZES[cfg.model])
     kw.update(img_size=cfg.input_size, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
@@ -72,15 +72,15 @@ def build_student(cfg: TrainConfig) -> VideoMambaPretrain:
     try:
         model = VideoMambaPretrain(**kw)
     except (TypeError, ValueError) as e:
-        raise RecipeError(f"student: {e}") from None
+        raise ConfigError(f"student: {e}") from None
     if cfg.finetune:
         try:
             sd, _ = read_checkpoint(cfg.finetune)
             model.load_state_dict(sd, strict=True)
         except FileNotFoundError:
-            raise RecipeError(f"finetune: {cfg.finetune!r} does not exist") from None
+            raise ConfigError(f"finetune: {cfg.finetune!r} does not exist") from None
         except (CheckpointError, RuntimeError) as e:
-            raise RecipeError(f"finetune {cfg.finetune!r} is not a checkpoint of this student: {e}") from None
+            raise ConfigError(f"finetune {cfg.finetune!r} is not a checkpoint of this student: {e}") from None
         log.info("student initialised from %s", cfg.finetune)
     return model
 
@@ -104,9 +104,9 @@ def open_teacher(p, kw: dict) -> ClipTeacher:
     try:
         return clip_teacher(p.clip_teacher, weights=weights, **kw)
     except FileNotFoundError:
-        raise RecipeError(f"pretrain.clip_teacher_weights: {weights!r} does not exist") from None
+        raise ConfigError(f"pretrain.clip_teacher_weights: {weights!r} does not exist") from None
     except (CheckpointError, TypeError, ValueError) as e:
-        raise RecipeError(f"pretrain.clip_teacher_weights {weights!r}: {e}") from None
+        raise ConfigError(f"pretrain.clip_teacher_weights {weights!r}: {e}") from None
 
 
 def teacher_input(x: Tensor, resolution: int) -> Tensor:
@@ -140,7 +140,7 @@ def draw_mask_and_targets(student: nn.Module, teacher: ClipTeacher, x: Tensor, p
     if p.mask_type == "attention":
         if attn is None or attn.shape != (B * T, h * w):
             got = None if attn is None else tuple(attn.shape)
-            raise RecipeError(f"attention masking needs the teacher's attention [B*T={B * T}, {h * w}] on the "
+            raise ConfigError(f"attention masking needs the teacher's attention [B*T={B * T}, {h * w}] on the "
                               f"student's patch grid; got {got}")
         mask = attention_mask(attn.float(), B, p.mask_ratio, generator=generator)
     else:
@@ -175,7 +175,7 @@ def build_pretrain_dataset(cfg: TrainConfig) -> VideoClsDataset:
     ``DataAugmentationForVideoMAE``)."""
     path = cfg.list_path("train")
     if not path:
-        raise RecipeError("the recipe names no training list (data_path or train_list)")
+        raise ConfigError("the recipe names no training list (data_path or train_list)")
     entries = read_video_list(path, cfg.split, cfg.prefix)
     tt = TrainTransform(crop_size=cfg.input_size, rand_augment=None, flip=cfg.flip, reprob=0.0,
                         crop=cfg.pretrain.crop, interpolation=cfg.train_interpolation)
@@ -217,54 +217,34 @@ def pretrain_fit(cfg: TrainConfig, train_set=None, *, student: Optional[nn.Modul
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
-        raise RecipeError(f"{len(train_set)} clips give no optimizer step of {cfg.batch_size} x {cfg.update_freq} "
+        raise ConfigError(f"{len(train_set)} clips give no optimizer step of {cfg.batch_size} x {cfg.update_freq} "
                           f"(update_freq) x {ws} ranks")
     lr_values = cosine_schedule(lr, min_lr, cfg.epochs, steps, cfg.warmup_epochs, warmup_lr, cfg.warmup_steps)
     wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
     wd_values = cosine_schedule(cfg.weight_decay, wd_end, cfg.epochs, steps)
     amp = partial(autocast_context, device, cfg.bf16)
     step_fn = distill_step(teacher, cfg.pretrain, device, amp)
-    start = _resume(cfg, student, optimizer)
+    start = 0
+    path = epochs.resume_path(cfg, cfg.output_dir)
+    if path:
+        start, _ = epochs.resume(path, model=student, optimizer=optimizer, label="pretraining: ")
     end = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs, start + cfg.stop_after_epochs)
-    history, stopped = [], False
-    for epoch in range(start, end):
+
+    def one_epoch(epoch: int) -> dict:
         sampler.set_epoch(epoch)
         stats = train_one_epoch(model, loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
                                 start_step=epoch * steps, lr_values=lr_values, wd_values=wd_values,
                                 update_freq=cfg.update_freq, clip_grad=cfg.clip_grad, log_every=cfg.log_every)
-        history.append({"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "seconds": stats.seconds})
-        if dist.is_main():
-            print_fn(f"epoch {epoch}: distill_loss={stats.loss:.4f}")
-        _save(cfg, student, optimizer, epoch, (epoch + 1) * steps)
-        if should_stop is not None and not dist.is_dist() and should_stop() and epoch + 1 < end:
-            print_fn(ckpt.stop_line(f"epoch {epoch}", cfg.output_dir, cfg.save_ckpt))
-            stopped = True
-            break
+        return {"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "seconds": stats.seconds}
+
+    def save(epoch: int, row: dict) -> None:
+        epochs.save_epoch(cfg.output_dir, cfg, model=student, optimizer=optimizer, epoch=epoch,
+                          step=(epoch + 1) * steps)
+
+    history, stopped = epochs.run_epochs(start, end, cfg.epochs, one_epoch, save,
+                                         lambda row: f"epoch {row['epoch']}: distill_loss={row['train_loss']:.4f}",
+                                         out_dir=cfg.output_dir, saving=cfg.save_ckpt, should_stop=should_stop,
+                                         print_fn=print_fn)
     if dist.is_dist():
         dist.check_ranks_in_sync(student, print_fn)
     return {"history": history, "model": student, "teacher": teacher, "stopped": stopped}
-
-
-def _resume(cfg: TrainConfig, student: nn.Module, optimizer) -> int:
-    path = cfg.resume or (ckpt.find_resume(cfg.output_dir) if cfg.auto_resume else None)
-    if not path:
-        return 0
-    ck = ckpt.resume(path, model=student, optimizer=optimizer, restore_rng=False)
-    ranks = ck.get("rng_ranks")
-    ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == dist.world_size() else ck["rng"])
-    if dist.is_main():
-        log.info("resumed pretraining from %s at epoch %d", path, int(ck["epoch"]) + 1)
-    return int(ck["epoch"]) + 1
-
-
-def _save(cfg: TrainConfig, student: nn.Module, optimizer, epoch: int, step: int) -> None:
-    if not (cfg.output_dir and cfg.save_ckpt):
-        return
-    extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
-    if dist.is_main():
-        save = partial(ckpt.save_checkpoint, model=student, optimizer=optimizer, epoch=epoch, step=step,
-                       config=cfg, extra=extra)
-        save(os.path.join(cfg.output_dir, "checkpoint-latest.pth"))
-        if (epoch + 1) % cfg.save_ckpt_freq == 0:
-            save(os.path.join(cfg.output_dir, f"checkpoint-{epoch}.pth"))
-    dist.barrier()

@@ -20,17 +20,13 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vmstream import config_loader
-from vmstream.config_loader import ConfigError, parse_overrides
+from vmstream.config_loader import parse_overrides
 
 __all__ = ["TrainConfig", "StreamingConfig", "SyntheticConfig", "PretrainConfig", "SyntheticDistillConfig",
-           "MultimodalConfig", "UnmaskedStageConfig", "LossWeights", "SyntheticMultimodalConfig", "RecipeError",
-           "ConfigError", "load_recipe", "load_recipe_dict", "parse_overrides", "recipe_path", "REPO_CONFIG_DIR"]
+           "MultimodalConfig", "UnmaskedStageConfig", "LossWeights", "SyntheticMultimodalConfig",
+           "load_recipe", "load_recipe_dict", "parse_overrides", "recipe_path", "REPO_CONFIG_DIR"]
 
 REPO_CONFIG_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", "configs", "train")
-
-
-# One error for every configuration problem, pipeline or training; the old name stays.
-RecipeError = ConfigError
 
 
 class StreamingConfig(BaseModel):

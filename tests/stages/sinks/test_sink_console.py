@@ -3,6 +3,7 @@ gaps and errors always shown, the summary table at the end."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 
@@ -111,8 +112,20 @@ def test_summary_table_and_writer_callback():
 
 
 def test_live_wall_clock_times_print_as_clock_time():
-    t = 1_700_000_000.0
-    assert fmt_time(t) == time.strftime("%H:%M:%S", time.localtime(t))
+    t = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+    old = os.environ.get("TZ")
+    try:  # the local clock, in two zones, against values worked out by hand
+        # POSIX zone strings: no tz database needed. IST-5:30 is UTC+05:30.
+        for tz, want in (("UTC0", "22:13:20"), ("IST-5:30", "03:43:20")):
+            os.environ["TZ"] = tz
+            time.tzset()
+            assert fmt_time(t) == want, tz
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
     assert fmt_time(3 * 3600 + 62.9) == "03:01:02"
     assert fmt_time(float("nan")) == "--:--:--"
 

@@ -38,8 +38,7 @@ from . import cpu_ext
 from .dispatch import causal_conv1d, fused_cpu_ops, selective_scan
 
 # Tokens per chunk of the fused kernel: 128 tokens of Ti's d_inner=384 are 192 KB per
-# intermediate, all of a chunk's together well inside a 2 MB L2 (measured, Ti-16 segment,
-# one thread per direction: see benchmarks/model_speed.py).
+# fp32 intermediate (128 * 384 * 4 bytes), so a chunk's intermediates stay in a core's L2.
 CHUNK = 128
 
 

@@ -321,10 +321,6 @@ def _scan_bwd_kernel(
     tl.store(dD_ptr + pid_b * Dm + offs_d, dD_acc, mask=md)
 
 
-def _last_contig(t):
-    return None if t is None else t.contiguous()
-
-
 def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, reverse, store_ckpt):
     Bsz, L, Dm = u.shape
     N = A.shape[1]

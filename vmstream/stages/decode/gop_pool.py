@@ -150,9 +150,9 @@ class _Run:
 def pool_decoder_threads(threads: int, workers: int, cores: Optional[int] = None) -> int:
     """Decoder threads of one GOP-pool worker. The pool's workers are already the
     parallelism, so with FFmpeg's choice (`threads` 0) each gets its share of the cores,
-    at least one: on 2 cores, FFmpeg's own choice (3 frame threads per worker, 6 in all)
-    cost 5 % more CPU and 6 % more wall time at exact 1 fps (benchmarks/decode_speed.py)
-    in hand-offs between threads. An explicit `threads` is kept."""
+    at least one: FFmpeg's own choice (frame threads per worker as if it had the machine
+    alone) oversubscribes the cores and spends the difference in hand-offs between
+    threads. An explicit `threads` is kept."""
     if threads:
         return threads
     return max(1, (cores or os.cpu_count() or 1) // max(1, workers))

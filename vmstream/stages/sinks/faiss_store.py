@@ -61,7 +61,7 @@ class FaissSink(Sink):
             batch, self._buffer = self._buffer, []
             try:
                 self.store.add_results(batch)
-            except ValueError:
+            except ValueError as batch_error:
                 # Find the culprit so its error names it; add the rest, refuse it alone.
                 bad = None
                 for r in batch:
@@ -70,7 +70,7 @@ class FaissSink(Sink):
                     except ValueError as e:
                         bad = bad or e
                 if bad is not None:
-                    raise bad
+                    raise bad from batch_error
 
     def flush(self) -> None:
         self._add_buffer()

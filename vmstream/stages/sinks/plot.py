@@ -270,7 +270,7 @@ def _draw_png(t: Timeline, path: Path, *, top_k: int, max_tracks: int, title: Op
 
     for g0, g1 in t.gaps:
         ax.axvspan(g0, g1, facecolor="#dddddd", edgecolor="#888888", hatch="///", lw=0.0, zorder=0)
-    for te, msg in t.errors:
+    for te, _msg in t.errors:
         if te == te:
             ax.axvline(te, color="#d62728", lw=1.5)
             ax.annotate("error", (te, n - 0.45), color="#d62728", fontsize=8, ha="left", va="bottom",

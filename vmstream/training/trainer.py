@@ -2,6 +2,9 @@
 eval` call (`train_main`, `eval_main`), runnable meanwhile as
 ``python -m vmstream.training train --config RECIPE [key=value ...]``.
 
+The training loop itself is `fit` here on the skeleton of `epochs` (resume, save, RNG,
+stop line) that the pretraining loops share; the pipeline's `Runner` is another thing.
+
 `fit(cfg)` is the official fine-tuning flow: datasets from the annotation lists, the
 model (optionally initialised from a checkpoint, temporal positions resampled by the
 model's loader), AdamW with layer decay, per-step cosine schedules, auto-resume from
@@ -20,11 +23,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from vmstream.config_loader import ConfigError
 from vmstream.models.checkpoint import CheckpointError
 from vmstream.models.ops.dispatch import check_backend
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import epochs
 from .annotations import (DATASET_CLASSES, REGRESSION_DATASETS, AnnotationError, TargetNorm, check_labels,
                           read_video_list, trim_entries)
 from .augment import TrainTransform
@@ -33,7 +38,7 @@ from .engine import autocast_context, clip_step, evaluate, train_one_epoch
 from .mixup import LabelSmoothingCrossEntropy, Mixup, SoftTargetCrossEntropy
 from .model_setup import apply_threads, build_model, recipe_device, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
-from .recipes import RecipeError, TrainConfig, load_recipe
+from .recipes import TrainConfig, load_recipe
 
 log = logging.getLogger("vmstream.training")
 
@@ -44,7 +49,7 @@ log = logging.getLogger("vmstream.training")
 def num_classes_for(cfg: TrainConfig) -> int:
     known = DATASET_CLASSES.get(cfg.data_set)
     if known and known != cfg.nb_classes and cfg.data_set not in REGRESSION_DATASETS:
-        raise RecipeError(f"data_set {cfg.data_set!r} has {known} classes but nb_classes={cfg.nb_classes}")
+        raise ConfigError(f"data_set {cfg.data_set!r} has {known} classes but nb_classes={cfg.nb_classes}")
     return cfg.nb_classes
 
 
@@ -69,7 +74,7 @@ def build_datasets(cfg: TrainConfig):
     streaming recipe; val and test are None when their lists are absent."""
     train_e = _entries(cfg, "train")
     if train_e is None:
-        raise RecipeError("the recipe names no training list (data_path or train_list)")
+        raise ConfigError("the recipe names no training list (data_path or train_list)")
     val_e, test_e = _entries(cfg, "val"), _entries(cfg, "test")
     norm = None
     target_fn = None
@@ -148,21 +153,26 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
-        raise RecipeError(f"{len(train_set)} training samples give no full batch of {batch} x {ws} ranks")
+        raise ConfigError(f"{len(train_set)} training samples give no full batch of {batch} x {ws} ranks")
     lr_values, wd_values = _schedules(cfg, lr, min_lr, warmup_lr, steps)
 
     amp = partial(autocast_context, device, cfg.bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 / fp32 need no loss scaling
     step_fn = _step_fn(cfg, device, amp)
-    start_epoch, best = _resume(cfg, model, optimizer, scaler)
+    start_epoch, best = 0, None
+    path = epochs.resume_path(cfg, cfg.output_dir)
+    if path:
+        start_epoch, ck = epochs.resume(path, model=model, optimizer=optimizer, scaler=scaler)
+        best = ck.get("best")
 
-    history: list[dict] = []
     eval_fwd = _stream_forward(model) if streaming else None
     end_epoch = cfg.epochs
     if cfg.stop_after_epochs is not None:
         end_epoch = min(end_epoch, start_epoch + cfg.stop_after_epochs)
-    stopped = False
-    for epoch in range(start_epoch, end_epoch):
+    improved = False
+
+    def one_epoch(epoch: int) -> dict:
+        nonlocal best, improved
         train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
                                 start_step=epoch * steps, lr_values=lr_values, wd_values=wd_values,
@@ -177,23 +187,22 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
             score = -v.get("mse", 0.0) if regression else v.get("acc1", 0.0)
             if v.get("n") and (best is None or score > best):
                 best, improved = score, True
-        history.append(row)
-        if dist.is_main():
-            print_fn(_epoch_line(row))
-        # Saved after evaluation: the RNG states are then exactly those the next epoch
-        # starts from, so a resumed run repeats the uninterrupted one step for step.
-        if cfg.output_dir and cfg.save_ckpt:
-            _save_epoch(cfg, model, optimizer, scaler, epoch, (epoch + 1) * steps, best, improved, norm)
-        if should_stop is not None and not dist.is_dist() and should_stop() and epoch + 1 < end_epoch:
-            print_fn(ckpt.stop_line(f"epoch {epoch}", cfg.output_dir, cfg.save_ckpt))
-            end_epoch, stopped = epoch + 1, True
-            break
+        return row
+
+    def save(epoch: int, row: dict) -> None:
+        extra = {"target_norm": {"mean": norm.mean, "std": norm.std}} if norm is not None else None
+        epochs.save_epoch(cfg.output_dir, cfg, model=model, optimizer=optimizer, epoch=epoch,
+                          step=(epoch + 1) * steps, scaler=scaler, best=best, improved=improved, extra=extra)
+
+    history, stopped = epochs.run_epochs(start_epoch, end_epoch, cfg.epochs, one_epoch, save, _epoch_line,
+                                         out_dir=cfg.output_dir, saving=cfg.save_ckpt, should_stop=should_stop,
+                                         print_fn=print_fn)
 
     if dist.is_dist():
         dist.check_ranks_in_sync(model, print_fn)
     result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs,
                               "stopped": stopped}
-    if test_loader is not None and end_epoch == cfg.epochs:
+    if test_loader is not None and not stopped:
         result["test"] = _final_test(cfg, model, test_loader, device, amp, eval_fwd, print_fn)
     return result
 
@@ -269,39 +278,6 @@ def _step_fn(cfg: TrainConfig, device: torch.device, amp):
     return clip_step(criterion, mixup, device, amp, regression)
 
 
-def _resume(cfg: TrainConfig, model, optimizer, scaler) -> tuple[int, Optional[float]]:
-    """(first epoch to run, best validation score so far): from `resume`, or the latest
-    checkpoint in `output_dir` with `auto_resume`; (0, None) for a fresh run."""
-    resume_path = cfg.resume or (ckpt.find_resume(cfg.output_dir) if cfg.auto_resume else None)
-    if not resume_path:
-        return 0, None
-    ck = ckpt.resume(resume_path, model=model, optimizer=optimizer, scaler=scaler, restore_rng=False)
-    ranks = ck.get("rng_ranks")
-    ckpt.set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == dist.world_size() else ck["rng"])
-    start_epoch = int(ck["epoch"]) + 1
-    if dist.is_main():
-        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
-    return start_epoch, ck.get("best")
-
-
-def _save_epoch(cfg: TrainConfig, model, optimizer, scaler, epoch: int, step: int, best, improved: bool,
-                norm) -> None:
-    """checkpoint-latest (and -best when `improved`, and every `save_ckpt_freq` epochs),
-    with every rank's RNG state so a resumed run repeats this one."""
-    extra = {"rng_ranks": dist.all_gather_object(ckpt.rng_state())} if dist.is_dist() else {}
-    if norm is not None:
-        extra["target_norm"] = {"mean": norm.mean, "std": norm.std}
-    if dist.is_main():
-        save = partial(ckpt.save_checkpoint, model=model, optimizer=optimizer, epoch=epoch,
-                       step=step, config=cfg, scaler=scaler, best=best, extra=extra)
-        save(os.path.join(cfg.output_dir, "checkpoint-latest.pth"))
-        if improved:
-            save(os.path.join(cfg.output_dir, "checkpoint-best.pth"))
-        if (epoch + 1) % cfg.save_ckpt_freq == 0:
-            save(os.path.join(cfg.output_dir, f"checkpoint-{epoch}.pth"))
-    dist.barrier()
-
-
 def _test_line(t: dict, regression: bool) -> str:
     if regression:
         return f"test_mse={t.get('mse', float('nan')):.4f} videos={t['n']} views={t['num_views']}"
@@ -325,7 +301,7 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
         cfg = load_recipe(config_path, overrides)
         device = recipe_device(cfg)
         check_backend(device if device.type == "cpu" else None)  # a GPU is checked by its first scan
-    except (RecipeError, ValueError) as e:
+    except (ConfigError, ValueError) as e:
         print(f"vmstream train: {e}", file=sys.stderr)
         return 2
     try:
@@ -362,7 +338,7 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
 
             return 130 if pretrain_fit(cfg, should_stop=should_stop)["stopped"] else 0
         return 130 if fit(cfg, should_stop=should_stop)["stopped"] else 0
-    except (RecipeError, AnnotationError, CheckpointError, FileNotFoundError) as e:  # data or weights it names
+    except (ConfigError, AnnotationError, CheckpointError, FileNotFoundError) as e:  # data or weights it names
         print(f"vmstream train: {e}", file=sys.stderr)
         return 2
     finally:
@@ -388,7 +364,7 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
         dist.init(device.type)
         _, _, test_set, norm = build_datasets(cfg)
         if test_set is None:
-            raise RecipeError(f"no test list found at {cfg.list_path('test')!r}")
+            raise ConfigError(f"no test list found at {cfg.list_path('test')!r}")
         model = build_model(cfg.model_copy(update={"finetune": ""})).to(device)
         path = checkpoint or cfg.finetune
         if path:
@@ -404,7 +380,7 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
         if dist.is_main():
             print(_test_line(t, cfg.task == "regression"))
         return 0
-    except (RecipeError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"vmstream eval: {e}", file=sys.stderr)
         return 2
     finally:
