@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vmstream.models import ClipTeacher, VideoMambaPretrain, load_checkpoint, load_model, read_checkpoint
+from vmstream.models import (
+    ClipTeacher,
+    VideoMambaPretrain,
+    load_checkpoint,
+    load_model,
+    read_checkpoint,
+)
 from vmstream.training.distill_loss import distill_loss
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "official"
@@ -140,3 +146,75 @@ def test_pretrain_guard_one_changed_weight_fails():
         student.layers[0].mixer.conv1d_b.weight[7, 0, 2] += 0.5
         err = rel_err(student(rec["videos"], rec["tube/mask"]), rec["tube/student"])
     assert err > 10 * RTOL
+
+
+# --------------------------------------------------------------------------- the video-text model
+
+def _videotext():
+    bert = META["families"]["videotext"]["bert"]
+    # load_model reads the official training save (its pickled EasyDict config as inert data).
+    return load_model(FIXTURES / "videotext_checkpoint.pth", num_heads=bert["num_attention_heads"])
+
+
+def _video_text_encodings(model, rec):
+    video = model.encode_video(rec["images"].permute(0, 2, 1, 3, 4))  # official loaders give [B, T, C, H, W]
+    text = model.encode_text(rec["input_ids"], rec["attention_mask"])
+    return video, text
+
+
+def test_videotext_encoders_similarity_and_itm_are_the_official_ones():
+    rec = io("videotext_io.pt")
+    model = _videotext()
+    with torch.no_grad():
+        video, text = _video_text_encodings(model, rec)
+        assert_official(video.tokens, rec["vision_embeds"], "vision embeddings (ITM memory)")
+        assert_official(video.pooled, rec["pooled_vision_embeds"], "pooled vision features")
+        assert_official(model.vision_proj(video.pooled), rec["vision_proj"], "projected vision features")
+        assert_official(text.tokens, rec["text_embeds"], "text states")
+        assert_official(model.text_proj(text.tokens[:, 0]), rec["text_proj"], "projected text features")
+        sim = model.similarity(video.features, text.features)
+        assert_official(sim, rec["sim_i2t"], "retrieval similarity")
+        assert_official(sim.T, rec["sim_t2i"], "retrieval similarity (text to video)")
+        itm = model.itm_scores(video.tokens, rec["input_ids"], rec["attention_mask"])
+        assert_official(itm, rec["itm_logits"][..., 1], "ITM logits")
+
+
+def test_videotext_retrieval_scores_are_official_evaluation():
+    from vmstream.pipeline.retrieval_eval import retrieval_scores
+    rec = io("videotext_io.pt")
+    model = _videotext()
+    with torch.no_grad():
+        video, text = _video_text_encodings(model, rec)
+        i2t_x, t2i_x, i2t = retrieval_scores(model, video.features, list(video.tokens), text.tokens,
+                                             rec["attention_mask"], text.features,
+                                             k_test=META["families"]["videotext"]["k_test"])
+    assert_official(i2t, rec["eval_i2t_emb"], "evaluation() i2t_emb")
+    assert_official(i2t.T, rec["eval_t2i_emb"], "evaluation() t2i_emb")
+    # -100 outside each query's top k: the same places, and the same ITM scores inside.
+    assert torch.equal(i2t_x == -100, rec["eval_i2t_x"] == -100)
+    assert torch.equal(t2i_x == -100, rec["eval_t2i_x"] == -100)
+    assert_official(i2t_x, rec["eval_i2t_x"], "evaluation() i2t_x")
+    assert_official(t2i_x, rec["eval_t2i_x"], "evaluation() t2i_x")
+    assert_official(torch.where(i2t_x == -100, 0, i2t_x), torch.where(i2t_x == -100, 0, rec["eval_i2t_x"]),
+                    "evaluation() i2t_x ITM entries")
+
+
+def test_videotext_tokenizer_gives_the_official_ids():
+    from vmstream.models.tokenizer import BertTokenizer
+    rec = io("videotext_io.pt")
+    meta = META["families"]["videotext"]
+    tok = BertTokenizer(FIXTURES / meta["vocab"], max_length=meta["max_txt_l"])
+    batch = tok(meta["texts"], max_length=meta["max_txt_l"], padding="max_length", warn=False)
+    assert torch.equal(batch.input_ids, rec["input_ids"])
+    assert torch.equal(batch.attention_mask, rec["attention_mask"])
+
+
+def test_videotext_guard_one_changed_weight_fails():
+    rec = io("videotext_io.pt")
+    model = _videotext()
+    with torch.no_grad():
+        model.text_encoder.encoder.layer[2].crossattention.self.key.weight[1, 2] += 0.5  # one fusion weight
+        video, _ = _video_text_encodings(model, rec)
+        err = rel_err(model.itm_scores(video.tokens, rec["input_ids"], rec["attention_mask"]),
+                      rec["itm_logits"][..., 1])
+    assert err > RTOL
