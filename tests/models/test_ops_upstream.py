@@ -143,8 +143,13 @@ def _conv_grid(backend, itype, width, seqlens, flags):
                           f"init={has_init} final={final}")
 
 
-@pytest.mark.parametrize("width", [2, 3, 4])
-@pytest.mark.parametrize("itype", [torch.float32, *HALF])
+# Each width and each dtype once by default; the other combinations are `slow`.
+CONV_DEFAULT = {(torch.float32, 4), (torch.float32, 2), (torch.bfloat16, 4), (torch.float16, 3)}
+
+
+@pytest.mark.parametrize("itype,width", [
+    (it, w) if (it, w) in CONV_DEFAULT else pytest.param(it, w, marks=pytest.mark.slow)
+    for it in (torch.float32, *HALF) for w in (2, 3, 4)])
 def test_causal_conv1d_upstream_grid(backend, itype, width):
     """causal-conv1d's grid at dim 64: all 18 lengths with bias, SiLU, initial and final
     states on, and every on/off combination of those at lengths 1, 2, 8 and 129 (shorter
