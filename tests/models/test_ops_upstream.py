@@ -143,8 +143,9 @@ def _conv_grid(backend, itype, width, seqlens, flags):
                           f"init={has_init} final={final}")
 
 
-# Each width and each dtype once by default; the other combinations are `slow`.
-CONV_DEFAULT = {(torch.float32, 4), (torch.float32, 2), (torch.bfloat16, 4), (torch.float16, 3)}
+# By default fp32 at width 4 and bf16 at width 2 (every flag at the short lengths; fp32
+# also every length); the other dtype/width combinations are `slow`.
+CONV_DEFAULT = {(torch.float32, 4), (torch.bfloat16, 2)}
 
 
 @pytest.mark.parametrize("itype,width", [
@@ -155,7 +156,8 @@ def test_causal_conv1d_upstream_grid(backend, itype, width):
     states on, and every on/off combination of those at lengths 1, 2, 8 and 129 (shorter
     than, about, and past a block of the kernel); x in `itype` beside a float32 weight and
     bias (upstream's mixed dtypes)."""
-    _conv_grid(backend, itype, width, CONV_SEQLENS, [(True, True, True, True)])
+    if itype == torch.float32 or (itype, width) not in CONV_DEFAULT:
+        _conv_grid(backend, itype, width, CONV_SEQLENS, [(True, True, True, True)])
     _conv_grid(backend, itype, width, (1, 2, 8, 129), FLAGS)
 
 
