@@ -17,8 +17,7 @@ from tests.fixtures.ops import (CONV_SEQLENS, SCAN_SEQLENS, assert_within, conv_
 HALF = (torch.float16, torch.bfloat16)
 
 
-@pytest.mark.parametrize("seqlen", [SCAN_SEQLENS[0], *(pytest.param(L, marks=pytest.mark.slow)
-                                                      for L in SCAN_SEQLENS[1:4])])
+@pytest.mark.parametrize("seqlen", [SCAN_SEQLENS[0], pytest.param(SCAN_SEQLENS[1], marks=pytest.mark.slow)])
 def test_selective_scan_upstream_grid(triton_ops, seqlen):
     inp = upstream_scan_inputs(seqlen)
     assert_within(scan_excess(triton_ops.selective_scan_triton, inp), f"triton seqlen={seqlen}")
@@ -36,9 +35,11 @@ def test_selective_scan_upstream_features(triton_ops, itype):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk", [63, 64, 200, 333, 339])
+@pytest.mark.parametrize("chunk", [63, 200])
 def test_streaming_in_chunks_with_gradients(triton_ops, chunk):
-    L = 1000
+    """400 steps in chunks carrying the state (the CPU backends run the 1,000-step grid;
+    the interpreter is ~10 ms a step)."""
+    L = 400
     inp = upstream_scan_inputs(L, seed=3)
 
     def chunked(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
