@@ -104,6 +104,10 @@ def _wordpiece(vocab_path: str, lowercase: bool):
         if special not in vocab:
             raise ValueError(f"{vocab_path} is not a BERT WordPiece vocabulary: it lacks {special}")
     tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    # Hugging Face's BertTokenizer (Python and fast alike, and so the official code) keeps a
+    # special token written in the text ("a [MASK] b") as that one id, matched before
+    # normalisation and case-sensitively; without this it became "[", "mask", "]".
+    tok.add_special_tokens([t for t in ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]") if t in vocab])
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
                                                 lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -34,7 +34,8 @@ from .retrieval_metrics import itm_eval
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RetrievalSet", "load_annotations", "pre_text", "middle_indices", "ClipReader", "evaluate"]
+__all__ = ["RetrievalSet", "load_annotations", "pre_text", "middle_indices", "ClipReader", "evaluate",
+           "retrieval_scores"]
 
 _PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
 
@@ -159,10 +160,24 @@ def evaluate(model, data: RetrievalSet, tokenizer, *, reader: ClipReader, num_fr
         if progress:
             progress("videos", i + 1, len(data.videos))
     v_feats = torch.stack(v_feats)
-    i2t = model.similarity(v_feats, t_feats)  # [V, Tn]
+    i2t_x, t2i_x, i2t = retrieval_scores(model, v_feats, v_tokens if itm else None, t_states, t_masks, t_feats,
+                                         k_test=k_test, progress=progress)
     out = {"itc": itm_eval(i2t.cpu().numpy(), i2t.T.cpu().numpy(), data.txt2vid, data.vid2txt)}
     if not itm:
         return out
+    out["itm"] = itm_eval(i2t_x.numpy(), t2i_x.numpy(), data.txt2vid, data.vid2txt)
+    return out
+
+
+@torch.inference_mode()
+def retrieval_scores(model, v_feats: Tensor, v_tokens, t_states: Tensor, t_masks: Tensor, t_feats: Tensor, *,
+                     k_test: int = 128, progress: Optional[Callable[[str, int, int], None]] = None):
+    """(i2t_x, t2i_x, i2t): the official `evaluation()` score matrices. i2t [V, Tn] is the
+    ITC similarity; i2t_x / t2i_x hold each query's top `k_test` re-scored by ITM (logit
+    1), -100 elsewhere (None, None when `v_tokens`, the videos' [T*N, D] memories, is None)."""
+    i2t = model.similarity(v_feats, t_feats)  # [V, Tn]
+    if v_tokens is None:
+        return None, None, i2t
     i2t_x = torch.full(i2t.shape, -100.0)
     for i in range(i2t.shape[0]):
         top = i2t[i].topk(min(k_test, i2t.shape[1])).indices
@@ -179,5 +194,4 @@ def evaluate(model, data: RetrievalSet, tokenizer, *, reader: ClipReader, num_fr
                                                text_tokens=t_states[j:j + 1])[:, 0].cpu()
         if progress:
             progress("re-rank texts", j + 1, t2i.shape[0])
-    out["itm"] = itm_eval(i2t_x.numpy(), t2i_x.numpy(), data.txt2vid, data.vid2txt)
-    return out
+    return i2t_x, t2i_x, i2t

@@ -102,20 +102,23 @@ def causal_conv1d_ref(
     Bsz, L, Dm = x.shape
     K = weight.shape[-1]
     w = weight.reshape(Dm, 1, K)
-    xt = x.transpose(1, 2)  # [B, D, L]
+    # As causal-conv1d's reference: computed in the weight's dtype (a bf16/fp16 x beside a
+    # float32 weight and bias, as under autocast, is upcast), returned in x's dtype.
+    dtype_in = x.dtype
+    xt = x.transpose(1, 2).to(weight.dtype)  # [B, D, L]
     if initial_tail is None:
         tail = xt.new_zeros(Bsz, Dm, K - 1)
     else:
         tail = initial_tail.to(xt.dtype)
     xp = torch.cat([tail, xt], dim=2)  # [B, D, K-1+L]
-    out = F.conv1d(xp, w, bias, groups=Dm)  # [B, D, L]
+    out = F.conv1d(xp, w, None if bias is None else bias.to(weight.dtype), groups=Dm)  # [B, D, L]
     if activation in ("silu", "swish"):
         out = F.silu(out)
     elif activation is not None:
         raise ValueError(f"unsupported activation {activation!r} (silu or None)")
-    out = out.transpose(1, 2)
+    out = out.transpose(1, 2).to(dtype_in)
     if return_final_tail:
-        return out, xp[:, :, xp.shape[2] - (K - 1):]
+        return out, xp[:, :, xp.shape[2] - (K - 1):].to(dtype_in)
     return out
 
 

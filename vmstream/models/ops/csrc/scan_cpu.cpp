@@ -37,9 +37,14 @@
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
-// Minimax fit of 2^f on [-0.5, 0.5], relative error 7.5e-8 (<= 2.7 ulp in float32).
-constexpr float kP0 = 1.000000119e+00f, kP1 = 6.931469440e-01f, kP2 = 2.402212024e-01f,
-                kP3 = 5.550713092e-02f, kP4 = 9.675540961e-03f, kP5 = 1.327647245e-03f;
+// 2^f on [-0.5, 0.5] with p(0) = 1 and p'(0) = ln 2 exact, the other four coefficients
+// fitted for the least maximum relative error (1.1e-7 before float32 rounding). The two
+// exact ones matter for the scan's decay: a long-memory channel has |Δ·A| small, so f is
+// near 0 at every step, and any error there has the same sign each step and compounds
+// over the memory (the earlier unconstrained fit had p(0) = 1 + 1.19e-7, which put the
+// output 6x past mamba-ssm's fp32 tolerance at L = 4096; tests/models/test_ops_upstream.py).
+constexpr float kP0 = 1.0f, kP1 = 6.931471806e-01f, kP2 = 2.402225896e-01f,
+                kP3 = 5.550552468e-02f, kP4 = 9.671051678e-03f, kP5 = 1.330622285e-03f;
 
 // ---------------------------------------------------------------- SIMD layer
 // One small set of primitives per ISA; the kernels below are written once against them.
