@@ -24,7 +24,7 @@ def _checkout(root: Path) -> Path:
 
 
 def _start_in(checkout: Path, cache: Path, *, logging: bool = True) -> subprocess.Popen:
-    code = (("import logging; logging.basicConfig(level=logging.INFO)\n" if logging else "")
+    code = (("import logging; logging.basicConfig(level=logging.DEBUG)\n" if logging else "")
             + "from vmstream.models.ops import cpu_ext\n"
             "cpu_ext.load()\n"
             "print(cpu_ext.SOURCE)\n")

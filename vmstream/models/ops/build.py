@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--numba", action="store_true", help="also compile the numba kernels")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # This command is about the build: it says where a cached one was loaded from (a run
+    # keeps that line at debug level, its "scan backend" line names the kernels).
+    logging.getLogger(cpu_ext.log.name).setLevel(logging.DEBUG)
     t0 = time.perf_counter()
     try:
         ops = cpu_ext.load(args.variant)
