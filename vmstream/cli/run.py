@@ -1,4 +1,5 @@
 """`vmstream run`: analyse files, directories, globs and live URLs."""
+
 from __future__ import annotations
 
 import sys
@@ -6,26 +7,39 @@ from pathlib import Path
 
 from vmstream.cli.common import add_common, add_model_args, config_from_args, make_output_dirs
 from vmstream.errors import UserError
-from vmstream.stages.sampling import SAMPLING_KINDS
+from vmstream.stages.sampling_kinds import SAMPLING_KINDS
 
 
 def add_parser(sub) -> None:
-    run = sub.add_parser("run", help="analyse videos: files, directories, globs, live URLs",
-                         description="Decode SOURCEs into segments, run VideoMamba carrying its state from "
-                                     "segment to segment, write Parquet + a FAISS index under --out "
-                                     "(and Kafka with --kafka), print a per-segment timeline.")
-    run.add_argument("sources", nargs="+", metavar="SOURCE",
-                     help="video file, directory (each file its own stream), glob, or URL (rtsp://, http://, tcp://, ...)")
+    run = sub.add_parser(
+        "run",
+        help="analyse videos: files, directories, globs, live URLs",
+        description="Decode SOURCEs into segments, run VideoMamba carrying its state from "
+        "segment to segment, write Parquet + a FAISS index under --out "
+        "(and Kafka with --kafka), print a per-segment timeline.",
+    )
+    run.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="video file, directory (each file its own stream), glob, or URL (rtsp://, http://, tcp://, ...)",
+    )
     run.add_argument("--config", help="YAML config (see configs/); flags override it")
     add_model_args(run)
-    run.add_argument("--precision", choices=["fp32", "bf16"],
-                     help="matmul precision (default fp32, exact; bf16 is faster on CPUs with AVX512-BF16/AMX, "
-                          "with a small drift, see the README)")
+    run.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="matmul precision (default fp32, exact; bf16 is faster on CPUs with AVX512-BF16/AMX, "
+        "with a small drift, see the README)",
+    )
     run.add_argument("--out", help="output directory (Parquet, index, snapshots); default runs/latest")
     run.add_argument("--kafka", metavar="BOOTSTRAP", help="also publish results to Kafka at host:port")
     run.add_argument("--fps", type=float, help="frames sampled per second of video (default 1)")
-    run.add_argument("--sampling", choices=SAMPLING_KINDS,
-                     help="frame sampling (default fps; keyframes is fast but approximate in time)")
+    run.add_argument(
+        "--sampling",
+        choices=SAMPLING_KINDS,
+        help="frame sampling (default fps; keyframes is fast but approximate in time)",
+    )
     run.add_argument("--segment-frames", type=int, metavar="T", help="frames per segment (default: the model's)")
     run.add_argument("--decoder", choices=["auto", "pyav", "dali"], help="decoding backend (default auto)")
     run.add_argument("--audio", action="store_true", default=None, help="attach per-segment audio log-mel features")
@@ -34,12 +48,20 @@ def add_parser(sub) -> None:
     run.add_argument("--max-streams", type=int, help="streams decoded concurrently (default 2)")
     run.add_argument("--plot", action="store_true", default=None, help="write a timeline plot per video at the end")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--labels", metavar="LIST|FILE",
-                     help="classifier: a file naming its classes; video-text model: open-vocabulary labels, "
-                          "\"cooking,riding a bike\" or a file with one prompt a line")
-    run.add_argument("--label-template", metavar="TEXT", help="video-text labels: prompt template, e.g. \"a video of {}\"")
-    run.add_argument("--vocab", metavar="FILE",
-                     help="video-text models: bert-base-uncased vocab.txt (default $VMSTREAM_BERT_VOCAB or the hub cache)")
+    run.add_argument(
+        "--labels",
+        metavar="LIST|FILE",
+        help="classifier: a file naming its classes; video-text model: open-vocabulary labels, "
+        '"cooking,riding a bike" or a file with one prompt a line',
+    )
+    run.add_argument(
+        "--label-template", metavar="TEXT", help='video-text labels: prompt template, e.g. "a video of {}"'
+    )
+    run.add_argument(
+        "--vocab",
+        metavar="FILE",
+        help="video-text models: bert-base-uncased vocab.txt (default $VMSTREAM_BERT_VOCAB or the hub cache)",
+    )
     add_common(run)
     run.set_defaults(handler=main)
 
@@ -83,12 +105,18 @@ def main(args) -> int:
         _plots(Path(cfg.output.dir))
     for sid, status in report.statuses.items():
         if status == "truncated":
-            print(f"warning: {sid}: the data ends before the container's duration (truncated); "
-                  "its results cover what could be decoded", file=sys.stderr)
+            print(
+                f"warning: {sid}: the data ends before the container's duration (truncated); "
+                "its results cover what could be decoded",
+                file=sys.stderr,
+            )
     if report.streams_stopped:
         where = runner.checkpoints.location
-        print(f"stopped: {report.streams_stopped} of {report.streams} streams did not finish; run the same "
-              f"command again to resume them" + (f" (snapshots in {where})" if where else ""), file=sys.stderr)
+        print(
+            f"stopped: {report.streams_stopped} of {report.streams} streams did not finish; run the same "
+            f"command again to resume them" + (f" (snapshots in {where})" if where else ""),
+            file=sys.stderr,
+        )
         return 130
     if signals.received:
         print(f"{signals.received} came after every stream had finished: nothing left to resume", file=sys.stderr)
@@ -110,9 +138,11 @@ def _warn_on_mixed_precision(cfg) -> None:
     was = ((before.get("config") or {}).get("model") or {}).get("precision") or "fp32"
     now = cfg.model.precision
     if was != now:
-        print(f"warning: {out} holds {was} results; this run adds {now} ones to the same store (close to "
-              f"{was}, not equal) and run.json will say {now}; use another --out to keep them apart",
-              file=sys.stderr)
+        print(
+            f"warning: {out} holds {was} results; this run adds {now} ones to the same store (close to "
+            f"{was}, not equal) and run.json will say {now}; use another --out to keep them apart",
+            file=sys.stderr,
+        )
 
 
 def _plots(out: Path) -> None:

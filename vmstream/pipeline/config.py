@@ -6,6 +6,7 @@ before any work starts. Presets live in `configs/`; CLI flags override them. Rea
 merging and `--set KEY=VALUE` parsing are `vmstream.config_loader`'s, shared with the
 training recipes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vmstream import config_loader
 from vmstream.config_loader import ConfigError, parse_override
-from vmstream.stages.sampling import SAMPLING_KINDS
+from vmstream.stages.sampling_kinds import SAMPLING_KINDS
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "parse_override"]
 
@@ -128,8 +129,9 @@ class StoreConfig(_Strict):
     @model_validator(mode="after")
     def _milvus_uri(self):
         if self.backend == "milvus" and not self.uri:
-            raise ValueError("the milvus backend needs output.store.uri (./store.db for milvus-lite, "
-                             "http://host:19530 for a server)")
+            raise ValueError(
+                "the milvus backend needs output.store.uri (./store.db for milvus-lite, http://host:19530 for a server)"
+            )
         return self
 
 
@@ -146,9 +148,29 @@ class OutputConfig(_Strict):
 # The demuxers of single-file video containers (FFmpeg's names; "mov" covers mp4, m4v,
 # 3gp, "matroska" covers webm) and of camera feeds (rtsp, rtp, MJPEG over http): none of
 # them opens a file or URL named inside the data.
-DEFAULT_JOB_FORMATS = ("mov", "matroska", "mpegts", "avi", "flv", "mpeg", "asf", "ogg", "ivf", "mxf",
-                       "h264", "hevc", "m4v", "mpegvideo", "yuv4mpegpipe", "obu", "av1",
-                       "rtsp", "rtp", "mpjpeg", "mjpeg")
+DEFAULT_JOB_FORMATS = (
+    "mov",
+    "matroska",
+    "mpegts",
+    "avi",
+    "flv",
+    "mpeg",
+    "asf",
+    "ogg",
+    "ivf",
+    "mxf",
+    "h264",
+    "hevc",
+    "m4v",
+    "mpegvideo",
+    "yuv4mpegpipe",
+    "obu",
+    "av1",
+    "rtsp",
+    "rtp",
+    "mpjpeg",
+    "mjpeg",
+)
 
 
 class JobPolicyConfig(_Strict):
@@ -277,8 +299,11 @@ def _kafka_options(options: dict[str, Any], field: str, clients: tuple[str, ...]
         return options
     import difflib
 
-    known = {"producer": KafkaProducer.DEFAULT_CONFIG, "consumer": KafkaConsumer.DEFAULT_CONFIG,
-             "admin": KafkaAdminClient.DEFAULT_CONFIG}
+    known = {
+        "producer": KafkaProducer.DEFAULT_CONFIG,
+        "consumer": KafkaConsumer.DEFAULT_CONFIG,
+        "admin": KafkaAdminClient.DEFAULT_CONFIG,
+    }
     every = set().union(*known.values())
     for key in options:
         name = str(key).replace(".", "_").replace("-", "_")
@@ -291,11 +316,16 @@ def _kafka_options(options: dict[str, Any], field: str, clients: tuple[str, ...]
         refusing = [c for c in clients if name not in known[c]]
         if refusing:
             takers = [c for c in known if name in known[c]]
-            where = ("goes to Kafka producers, consumers and admin clients alike" if field == "client"
-                     else "goes to the worker's jobs consumer")
-            raise ValueError(f"{key!r} is an option of the Kafka {' and '.join(takers)} only, and kafka.{field} "
-                             f"{where}" + ("; put consumer options under kafka.consumer"
-                                           if field == "client" and "consumer" in takers else ""))
+            where = (
+                "goes to Kafka producers, consumers and admin clients alike"
+                if field == "client"
+                else "goes to the worker's jobs consumer"
+            )
+            raise ValueError(
+                f"{key!r} is an option of the Kafka {' and '.join(takers)} only, and kafka.{field} "
+                f"{where}"
+                + ("; put consumer options under kafka.consumer" if field == "client" and "consumer" in takers else "")
+            )
         if name == "security_protocol" and options[key] not in _SECURITY_PROTOCOLS:
             raise ValueError(f"{key!r} is {options[key]!r}; kafka-python accepts {', '.join(_SECURITY_PROTOCOLS)}")
     return options

@@ -19,6 +19,7 @@ gets the last keyframe at or before it, which may be a whole GOP (seconds) early
 Live streams have no known end: they use the online form (`policy.online()`), which
 decides frame by frame as frames arrive (only fps and all-frames policies have one).
 """
+
 from __future__ import annotations
 
 import abc
@@ -30,10 +31,22 @@ from typing import ClassVar, Iterator, Optional, Union
 import numpy as np
 
 from vmstream.stages.media import TIME_EPS, StreamInfo
+from vmstream.stages.sampling_kinds import SAMPLING_KINDS
 
 __all__ = [
-    "TIME_EPS", "AllFrames", "FpsSampling", "FrameIndexSampling", "OnlineSelector", "SamplingPolicy",
-    "TsnSampling", "UniformSampling", "frames_for_targets", "make_policy", "parse_policy", "SAMPLING_KINDS", "stream_length",
+    "TIME_EPS",
+    "AllFrames",
+    "FpsSampling",
+    "FrameIndexSampling",
+    "OnlineSelector",
+    "SamplingPolicy",
+    "TsnSampling",
+    "UniformSampling",
+    "frames_for_targets",
+    "make_policy",
+    "parse_policy",
+    "SAMPLING_KINDS",
+    "stream_length",
 ]
 
 
@@ -143,8 +156,9 @@ class SamplingPolicy(abc.ABC):
         return False
 
     @abc.abstractmethod
-    def target_times(self, info: StreamInfo, rng: Optional[np.random.Generator] = None
-                     ) -> Union[np.ndarray, Iterator[float], None]:
+    def target_times(
+        self, info: StreamInfo, rng: Optional[np.random.Generator] = None
+    ) -> Union[np.ndarray, Iterator[float], None]:
         """Ascending target times (seconds), possibly an endless iterator (fps), or
         None for every frame."""
 
@@ -189,8 +203,12 @@ class FpsSampling(SamplingPolicy):
 
     def __post_init__(self) -> None:
         f = self.fps
-        if isinstance(f, bool) or not isinstance(f, (int, float, np.floating, np.integer)) \
-                or not math.isfinite(f) or f <= 0:
+        if (
+            isinstance(f, bool)
+            or not isinstance(f, (int, float, np.floating, np.integer))
+            or not math.isfinite(f)
+            or f <= 0
+        ):
             raise ValueError(f"fps must be a finite number > 0, got {f!r}")
 
     def target_times(self, info, rng=None) -> Iterator[float]:
@@ -320,12 +338,15 @@ class FrameIndexSampling(SamplingPolicy):
         return f"indices[{len(self.indices)}]" + (" keyframes" if self.keyframes_only else "")
 
 
-# The sampling names the config (`decode.sampling`) and `vmstream run --sampling` accept.
-SAMPLING_KINDS = ("fps", "uniform", "tsn", "keyframes", "all")
-
-
-def make_policy(kind: str, *, fps: float = 1.0, num_frames: int = 16, keyframes_only: bool = False,
-                train: bool = False, seed: Optional[int] = None) -> SamplingPolicy:
+def make_policy(
+    kind: str,
+    *,
+    fps: float = 1.0,
+    num_frames: int = 16,
+    keyframes_only: bool = False,
+    train: bool = False,
+    seed: Optional[int] = None,
+) -> SamplingPolicy:
     """The one factory from a sampling name (`SAMPLING_KINDS`) to a policy: "fps" (`fps`
     frames a second), "uniform" and "tsn" (`num_frames` over the stream; tsn's `train`
     picks a seeded random frame per chunk), "keyframes" (every keyframe), "all"."""
