@@ -31,6 +31,7 @@ process once. The plain scaling (run x 60 / minutes, which counts the start-up s
 for a 10-minute file) is printed beside it.
 Last lines are machine-readable: `hour_1080p_1fps_seconds_fp32=`, `..._bf16=`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,12 +72,40 @@ def make_video(minutes: float) -> Path:
     tmp = path.with_suffix(".part.mp4")
     keyint = GOP_S * FPS_IN
     print(f"making {path} (once; minutes of encoding) ...", flush=True)
-    subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                    "-i", f"testsrc2=size=1920x1080:rate={FPS_IN}:duration={minutes * 60:g}",
-                    "-vf", "noise=alls=12:allf=t", "-c:v", "libx264", "-profile:v", "high", "-preset", "veryfast",
-                    "-b:v", RATE, "-maxrate", RATE, "-bufsize", RATE,
-                    "-x264-params", f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=3",
-                    "-pix_fmt", "yuv420p", str(tmp)], check=True)
+    subprocess.run(
+        [
+            ffmpeg,
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=1920x1080:rate={FPS_IN}:duration={minutes * 60:g}",
+            "-vf",
+            "noise=alls=12:allf=t",
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "high",
+            "-preset",
+            "veryfast",
+            "-b:v",
+            RATE,
+            "-maxrate",
+            RATE,
+            "-bufsize",
+            RATE,
+            "-x264-params",
+            f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=3",
+            "-pix_fmt",
+            "yuv420p",
+            str(tmp),
+        ],
+        check=True,
+    )
     os.replace(tmp, path)
     return path
 
@@ -89,8 +118,24 @@ def make_short(video: Path) -> Path:
     path = video.with_name(video.stem + f"_first{SHORT_S:g}s.mp4")
     if not path.exists():
         tmp = path.with_suffix(".part.mp4")
-        subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                        "-i", str(video), "-t", f"{SHORT_S:g}", "-c", "copy", str(tmp)], check=True)
+        subprocess.run(
+            [
+                shutil.which("ffmpeg") or "ffmpeg",
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                str(video),
+                "-t",
+                f"{SHORT_S:g}",
+                "-c",
+                "copy",
+                str(tmp),
+            ],
+            check=True,
+        )
         os.replace(tmp, path)
     return path
 
@@ -108,9 +153,26 @@ def make_checkpoint() -> Path:
 
 def run_cli(video: Path, ckpt: Path, precision: str, fps: float, gop_workers: int) -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "vmstream.cli", "run", str(video), "--fps", f"{fps:g}", "--checkpoint", str(ckpt),
-               "--precision", precision, "--max-streams", "1", "--no-progress", "--out", out,
-               "--set", f"decode.gop_workers={gop_workers}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vmstream.cli",
+            "run",
+            str(video),
+            "--fps",
+            f"{fps:g}",
+            "--checkpoint",
+            str(ckpt),
+            "--precision",
+            precision,
+            "--max-streams",
+            "1",
+            "--no-progress",
+            "--out",
+            out,
+            "--set",
+            f"decode.gop_workers={gop_workers}",
+        ]
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -123,9 +185,14 @@ def run_cli(video: Path, ckpt: Path, precision: str, fps: float, gop_workers: in
 def stages_alone(video: Path, precision: str, fps: float, gop_workers: int) -> dict:
     """decode, model and sinks each alone, built from the same config as the run."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(overrides={"model": {"name": None, "precision": precision},
-                                     "decode": {"fps": fps, "gop_workers": gop_workers}, "output": {"dir": out, "console": False},
-                                     "runner": {"progress": False, "max_streams": 1}})
+        cfg = load_config(
+            overrides={
+                "model": {"name": None, "precision": precision},
+                "decode": {"fps": fps, "gop_workers": gop_workers},
+                "output": {"dir": out, "console": False},
+                "runner": {"progress": False, "max_streams": 1},
+            }
+        )
         torch.manual_seed(0)
         model = create_model("videomamba_tiny", num_frames=16, num_classes=400).eval()
         if precision != "fp32":
@@ -133,8 +200,11 @@ def stages_alone(video: Path, precision: str, fps: float, gop_workers: int) -> d
         (src,) = resolve_sources([str(video)])
         plan = build_plan(cfg, model)
         t0 = time.perf_counter()
-        segs = [s for s in plan.segmenter_factory(src).segments(plan.decoder.frames(src, plan.policy, plan.size),
-                                                                uri=src.uri) if isinstance(s, Segment)]
+        segs = [
+            s
+            for s in plan.segmenter_factory(src).segments(plan.decoder.frames(src, plan.policy, plan.size), uri=src.uri)
+            if isinstance(s, Segment)
+        ]
         t_decode = time.perf_counter() - t0
         stage = InferenceStage(model)
         stage.process([Segment("warm", 0, 0.0, 0.0, segs[0].pixels)])  # kernels loaded off the clock
@@ -163,16 +233,22 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10, help="length of the test file (10 is the figure of record)")
     ap.add_argument("--fps", type=float, default=1.0)
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--gop-workers", default="2",
-                    help="decode.gop_workers values to run, e.g. 2,1 (the GOP pool against one decoder); "
-                         "the machine-readable lines are the first value's")
+    ap.add_argument(
+        "--gop-workers",
+        default="2",
+        help="decode.gop_workers values to run, e.g. 2,1 (the GOP pool against one decoder); "
+        "the machine-readable lines are the first value's",
+    )
     args = ap.parse_args()
     pools = [int(w) for w in args.gop_workers.split(",")]
     video, ckpt = make_video(args.minutes), make_checkpoint()
     short = make_short(video)
-    print(f"# {video.name}: {args.minutes:g} min 1080p30 H.264 High, B-frames, {RATE}bps, {GOP_S} s GOP; "
-          f"Ti-16 random weights; {args.fps:g} fps; torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"native bf16 {bf16_is_native()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"# {video.name}: {args.minutes:g} min 1080p30 H.264 High, B-frames, {RATE}bps, {GOP_S} s GOP; "
+        f"Ti-16 random weights; {args.fps:g} fps; torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+        f"native bf16 {bf16_is_native()}, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     if args.minutes != 10:
         print(f"# a {args.minutes:g}-minute run, not the 10-minute file of record: the hour is projected from it")
     hours = {}
@@ -185,12 +261,17 @@ def main() -> None:
         length = args.minutes * 60
         hour = start + (wall - start) / (length - SHORT_S) * (3600 - SHORT_S)
         hours.setdefault(prec, hour)
-        print(f"[{tag}] vmstream run: {wall:.1f} s for {args.minutes:g} min ({alone['segments']} segments); "
-              f"{start:.1f} s for its first {SHORT_S:g} s (start-up) -> {hour:.0f} s = {hour / 60:.2f} min per hour "
-              f"of video (plain x{60 / args.minutes:g} scaling: {wall * 60 / args.minutes:.0f} s); report: {last}")
-        print(f"[{tag}] stages alone: decode {alone['decode']:.1f} s + model {alone['model']:.1f} s "
-              f"({alone['model'] / max(1, alone['segments']) * 1e3:.0f} ms/segment) + sinks {alone['sinks']:.2f} s "
-              f"= {total:.1f} s; run / sum {wall / total:.2f} (load average {os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            f"[{tag}] vmstream run: {wall:.1f} s for {args.minutes:g} min ({alone['segments']} segments); "
+            f"{start:.1f} s for its first {SHORT_S:g} s (start-up) -> {hour:.0f} s = {hour / 60:.2f} min per hour "
+            f"of video (plain x{60 / args.minutes:g} scaling: {wall * 60 / args.minutes:.0f} s); report: {last}"
+        )
+        print(
+            f"[{tag}] stages alone: decode {alone['decode']:.1f} s + model {alone['model']:.1f} s "
+            f"({alone['model'] / max(1, alone['segments']) * 1e3:.0f} ms/segment) + sinks {alone['sinks']:.2f} s "
+            f"= {total:.1f} s; run / sum {wall / total:.2f} (load average {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
     for prec, secs in hours.items():
         print(f"hour_1080p_1fps_seconds_{prec}={secs:.0f}")
 

@@ -9,6 +9,7 @@ Makes a 5-minute 48 kHz stereo AAC track (tone plus noise) and times, median of
 Last lines, one figure each: audio_x_realtime=N, audio_vs_decode=X.XX (stage time /
 decode-only time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,26 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "audio.m4a")
-        subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                        f"aevalsrc='0.3*sin(2*PI*440*t)+0.05*(random(0)-0.5)|0.3*sin(2*PI*660*t)':s=48000:d={args.seconds}",
-                        "-c:a", "aac", "-b:a", "128k", path], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"aevalsrc='0.3*sin(2*PI*440*t)+0.05*(random(0)-0.5)|0.3*sin(2*PI*660*t)':s=48000:d={args.seconds}",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "128k",
+                path,
+            ],
+            check=True,
+        )
 
         def decode_only():
             r = PyAVAudioReader(path, 16000)

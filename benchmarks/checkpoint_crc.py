@@ -15,6 +15,7 @@ for every load after the first):
 
     .venv/bin/python benchmarks/checkpoint_crc.py [--mb 800] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,14 +48,14 @@ def main() -> None:
     ap.add_argument("--tensors", type=int, default=700, help="number of tensors (default 700)")
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
-    per = max(1, int(a.mb * 2 ** 20 / 4 / a.tensors))
+    per = max(1, int(a.mb * 2**20 / 4 / a.tensors))
     g = torch.Generator().manual_seed(0)
     sd = {f"layer{i}.weight": torch.randn(per, generator=g) for i in range(a.tensors)}
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "ckpt.pth")
         torch.save({"model": sd}, path)
         del sd
-        size_mb = os.path.getsize(path) / 2 ** 20
+        size_mb = os.path.getsize(path) / 2**20
         loads, checks, both = [], [], []
         for _ in range(a.repeats):
             t = time.perf_counter()

@@ -12,6 +12,7 @@ measured in the same run:
 
 Last lines, one figure each: dali_cpu_fps=N, pyav_fps=N, dali_vs_pyav=X.XX.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,37 @@ from vmstream.stages.sources import source_from_uri  # noqa: E402
 
 def make_vp9(path: str, seconds: int, w: int, h: int, fps: int) -> None:
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-         f"testsrc2=size={w}x{h}:rate={fps}:duration={seconds}", "-vf", "noise=alls=12:allf=t",
-         "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1",
-         "-b:v", "3M", "-g", str(2 * fps), "-pix_fmt", "yuv420p", path],
-        check=True)
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={w}x{h}:rate={fps}:duration={seconds}",
+            "-vf",
+            "noise=alls=12:allf=t",
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-row-mt",
+            "1",
+            "-b:v",
+            "3M",
+            "-g",
+            str(2 * fps),
+            "-pix_fmt",
+            "yuv420p",
+            path,
+        ],
+        check=True,
+    )
 
 
 def timed(fn, repeats: int) -> float:
@@ -50,8 +77,10 @@ def timed(fn, repeats: int) -> float:
 
 
 def ffmpeg_null(path: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "2",
-                    "-i", path, "-f", "null", "-"], check=True)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "2", "-i", path, "-f", "null", "-"],
+        check=True,
+    )
 
 
 def pyav_plain(path: str, size: FrameSize) -> int:
@@ -63,7 +92,7 @@ def pyav_plain(path: str, size: FrameSize) -> int:
         x0, y0 = size.crop_box(sw, sh)
         for f in c.decode(s):
             img = f.to_ndarray(width=sw, height=sh, format="rgb24", interpolation="BILINEAR")
-            img = img[y0:y0 + size.height, x0:x0 + size.width]
+            img = img[y0 : y0 + size.height, x0 : x0 + size.width]
             n += 1
     return n
 
@@ -85,8 +114,10 @@ def main() -> None:
         path = os.path.join(d, "bench.webm")
         make_vp9(path, args.seconds, w, h, fps)
         n = args.seconds * fps
-        print(f"VP9 {w}x{h} {fps} fps, {args.seconds} s ({n} frames), {os.path.getsize(path) / 1e6:.1f} MB; "
-              f"median of {args.repeats}; 2-core machine, numbers are noisy")
+        print(
+            f"VP9 {w}x{h} {fps} fps, {args.seconds} s ({n} frames), {os.path.getsize(path) / 1e6:.1f} MB; "
+            f"median of {args.repeats}; 2-core machine, numbers are noisy"
+        )
         rows = []
         t_ff = timed(lambda: ffmpeg_null(path), args.repeats)
         rows.append(("ffmpeg -threads 2 -f null (decode only)", t_ff, n))
@@ -98,14 +129,20 @@ def main() -> None:
             PyAVDecoder = None
         if PyAVDecoder is not None:
             pv = PyAVDecoder()
-            rows.append(("PyAV backend: all frames", timed(lambda: run_backend(pv, path, AllFrames(), size), args.repeats), n))
-            rows.append(("PyAV backend: 1 fps", timed(lambda: run_backend(pv, path, FpsSampling(1.0), size), args.repeats), n))
+            rows.append(
+                ("PyAV backend: all frames", timed(lambda: run_backend(pv, path, AllFrames(), size), args.repeats), n)
+            )
+            rows.append(
+                ("PyAV backend: 1 fps", timed(lambda: run_backend(pv, path, FpsSampling(1.0), size), args.repeats), n)
+            )
         from vmstream.stages.decode.dali import DALIDecoder
 
         dd = DALIDecoder(device="cpu", num_threads=2)
         t_dali = timed(lambda: run_backend(dd, path, AllFrames(), size), args.repeats)
         rows.append(("DALI CPU backend: all frames", t_dali, n))
-        rows.append(("DALI CPU backend: 1 fps", timed(lambda: run_backend(dd, path, FpsSampling(1.0), size), args.repeats), n))
+        rows.append(
+            ("DALI CPU backend: 1 fps", timed(lambda: run_backend(dd, path, FpsSampling(1.0), size), args.repeats), n)
+        )
         for name, t, frames in rows:
             print(f"  {name:42s} {t:7.3f} s  {frames / t:7.1f} source-fps  {t_ff / t:5.2f}x ffmpeg")
         print(f"dali_cpu_fps={n / t_dali:.1f}")

@@ -36,6 +36,7 @@ The last lines are machine-readable (1080p figures):
 
     .venv/bin/python benchmarks/decode_speed.py [--seconds 60] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vmstream.records import Frame  # noqa: E402
-from vmstream.stages.media import FrameSize  # noqa: E402
 from vmstream.stages.decode.pyav import PyAVDecoder  # noqa: E402
+from vmstream.stages.media import FrameSize  # noqa: E402
 from vmstream.stages.sampling import AllFrames, FpsSampling  # noqa: E402
 from vmstream.stages.sources import source_from_uri  # noqa: E402
 
@@ -76,12 +77,37 @@ def make_video(name: str, seconds: int) -> str:
         return path
     tmp = path + ".part.mp4"
     print(f"making {path} (once) ...", flush=True)
-    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
-                    "-i", f"testsrc2=size={w}x{h}:rate={FPS}:duration={seconds}",
-                    "-vf", "noise=alls=12:allf=t", "-c:v", "libx264", "-preset", "veryfast",
-                    "-b:v", rate, "-maxrate", rate, "-bufsize", rate,
-                    "-x264-params", f"keyint={2 * FPS}:min-keyint={2 * FPS}:scenecut=0:bframes=3",
-                    "-pix_fmt", "yuv420p", tmp], check=True)
+    subprocess.run(
+        [
+            FFMPEG,
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={w}x{h}:rate={FPS}:duration={seconds}",
+            "-vf",
+            "noise=alls=12:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-b:v",
+            rate,
+            "-maxrate",
+            rate,
+            "-bufsize",
+            rate,
+            "-x264-params",
+            f"keyint={2 * FPS}:min-keyint={2 * FPS}:scenecut=0:bframes=3",
+            "-pix_fmt",
+            "yuv420p",
+            tmp,
+        ],
+        check=True,
+    )
     os.replace(tmp, path)
     return path
 
@@ -94,16 +120,35 @@ def _cpu(who) -> float:
 def time_ffmpeg(path: str) -> tuple[float, float]:
     """(wall, CPU) seconds of FFmpeg's plain decode."""
     c, t = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-threads", "2", "-i", path, "-f", "null", "-"],
-                   check=True)
+    subprocess.run(
+        [FFMPEG, "-nostdin", "-loglevel", "error", "-threads", "2", "-i", path, "-f", "null", "-"], check=True
+    )
     return time.perf_counter() - t, _cpu(resource.RUSAGE_CHILDREN) - c
 
 
 def time_ffmpeg_fps1(path: str, size: int = 224) -> tuple[float, float]:
     """(wall, CPU) seconds of FFmpeg doing exact 1 fps sampling to size x size RGB."""
     c, t = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-threads", "2", "-i", path,
-                    "-vf", f"fps=1,scale={size}:{size}", "-pix_fmt", "rgb24", "-f", "null", "-"], check=True)
+    subprocess.run(
+        [
+            FFMPEG,
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-threads",
+            "2",
+            "-i",
+            path,
+            "-vf",
+            f"fps=1,scale={size}:{size}",
+            "-pix_fmt",
+            "rgb24",
+            "-f",
+            "null",
+            "-",
+        ],
+        check=True,
+    )
     return time.perf_counter() - t, _cpu(resource.RUSAGE_CHILDREN) - c
 
 
@@ -112,7 +157,7 @@ def _is_reference(data: bytes, length_size: int) -> bool:
     nal_ref_idc != 0 (other pictures may be predicted from it)? Unknown counts as yes."""
     i, seen = 0, False
     while i + length_size < len(data):
-        size = int.from_bytes(data[i:i + length_size], "big")
+        size = int.from_bytes(data[i : i + length_size], "big")
         if size <= 0:
             break
         h = data[i + length_size]
@@ -140,8 +185,7 @@ def needed_pictures(path: str, fps: float = 1.0) -> tuple[int, int]:
         if s.codec_context.name != "h264" or len(ed) < 7 or ed[0] != 1:
             raise SystemExit(f"{path}: the needed-pictures count reads H.264 in MP4 (avcC) only")
         ls = (ed[4] & 0x03) + 1
-        pkts = [(p.pts, p.is_keyframe, _is_reference(bytes(p), ls)) for p in c.demux(s)
-                if p.pts is not None and p.size]
+        pkts = [(p.pts, p.is_keyframe, _is_reference(bytes(p), ls)) for p in c.demux(s) if p.pts is not None and p.size]
         tb = float(s.time_base)
     shown = sorted(pts for pts, _, _ in pkts)
     first, last = shown[0] * tb, shown[-1] * tb
@@ -158,7 +202,7 @@ def needed_pictures(path: str, fps: float = 1.0) -> tuple[int, int]:
         if key and gop:
             hits = [j for j, (p, _) in enumerate(gop) if p in chosen]
             if hits:
-                needed += sum(1 for p, r in gop[:hits[-1] + 1] if r or p in chosen)
+                needed += sum(1 for p, r in gop[: hits[-1] + 1] if r or p in chosen)
             gop = []
         if pts is not None:
             gop.append((pts, ref))
@@ -244,19 +288,30 @@ def report(name: str, path: str, repeats: int):
     n, what = describe_video(path)
     load = os.getloadavg()[0]
     fps, ratio, cpu_ratio, outs = bench(path, n, repeats)
-    print(f"\n{name} ({what}; load {load:.2f} -> {os.getloadavg()[0]:.2f}): source frames per second, "
-          f"wall-time ratio to ffmpeg, CPU-time ratio")
+    print(
+        f"\n{name} ({what}; load {load:.2f} -> {os.getloadavg()[0]:.2f}): source frames per second, "
+        f"wall-time ratio to ffmpeg, CPU-time ratio"
+    )
     print(f"  {'ffmpeg -f null (baseline)':34s} {fps['ffmpeg']:8.0f}   1.00x   1.00x")
-    labels = {"full": "full decode -> 224x224 RGB", "full_one": "  the same, one decoder",
-              "fps1_decode_all": "1 fps exact, decode all", "fps1_seek": "1 fps exact, seek/skip GOPs",
-              "fps1_filter": "1 fps exact, packet filter", "fps1_filter_one": "  the same, one decoder",
-              "keyframes": "1 fps keyframes only (approx.)"}
+    labels = {
+        "full": "full decode -> 224x224 RGB",
+        "full_one": "  the same, one decoder",
+        "fps1_decode_all": "1 fps exact, decode all",
+        "fps1_seek": "1 fps exact, seek/skip GOPs",
+        "fps1_filter": "1 fps exact, packet filter",
+        "fps1_filter_one": "  the same, one decoder",
+        "keyframes": "1 fps keyframes only (approx.)",
+    }
     for k, label in labels.items():
         print(f"  {label:34s} {fps[k]:8.0f}   {ratio[k]:4.2f}x   {cpu_ratio[k]:4.2f}x   ({outs[k]} frames out)")
     print("  1 fps exact against the same job: source frames per second, our packet-filter 1 fps time over it")
-    print(f"  {'ffmpeg -vf fps=1,scale=224:224':34s} {fps['ffmpeg_fps1']:8.0f}   ours {ratio['ffmpeg_fps1']:4.2f}x faster")
-    print(f"  {'needed pictures only (the limit)':34s} {fps['needed_limit']:8.0f}   ours at "
-          f"{ratio['needed_limit']:4.2f}x of it ({ratio['needed_fraction']:.0%} of the pictures decoded)")
+    print(
+        f"  {'ffmpeg -vf fps=1,scale=224:224':34s} {fps['ffmpeg_fps1']:8.0f}   ours {ratio['ffmpeg_fps1']:4.2f}x faster"
+    )
+    print(
+        f"  {'needed pictures only (the limit)':34s} {fps['needed_limit']:8.0f}   ours at "
+        f"{ratio['needed_limit']:4.2f}x of it ({ratio['needed_fraction']:.0%} of the pictures decoded)"
+    )
     return fps, ratio
 
 
@@ -273,19 +328,23 @@ def main() -> None:
         ap.error(f"--file {args.file}: no such file")
     import av
 
-    print(f"PyAV {av.__version__} (FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}); "
-          f"baseline: {FFMPEG} -threads 2 -f null; {os.cpu_count()} CPUs; "
-          f"{args.seconds}s videos at {FPS} fps, 2 s GOP, median of {args.repeats}")
+    print(
+        f"PyAV {av.__version__} (FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}); "
+        f"baseline: {FFMPEG} -threads 2 -f null; {os.cpu_count()} CPUs; "
+        f"{args.seconds}s videos at {FPS} fps, 2 s GOP, median of {args.repeats}"
+    )
     results = {}
-    for name in ([args.only] if args.only else list(VIDEOS)):
+    for name in [args.only] if args.only else list(VIDEOS):
         results[name] = report(name, make_video(name, args.seconds), args.repeats)
     if args.file:
         report(os.path.basename(args.file), args.file, args.repeats)
     fps, ratio = results.get("1080p") or next(iter(results.values()))
     # An hour of 1080p30 at the measured 1 fps speed (median source fps).
     hour = 3600 * FPS / fps["fps1_filter"]
-    print(f"\nestimate: a 1-hour 1080p30 video at exact 1 fps takes {hour:.0f} s "
-          f"({3600 / hour:.1f}x real time) on this machine")
+    print(
+        f"\nestimate: a 1-hour 1080p30 video at exact 1 fps takes {hour:.0f} s "
+        f"({3600 / hour:.1f}x real time) on this machine"
+    )
     print(f"full_decode_ratio={ratio['full']:.2f}")
     print(f"fps1_ratio={ratio['fps1_filter']:.2f}")
     print(f"keyframes_ratio={ratio['keyframes']:.2f}")

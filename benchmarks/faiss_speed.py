@@ -16,6 +16,7 @@ vectors, the true 10th neighbour at cosine ~0.5), not pure noise, so recall mean
 something. The last lines are JSON, one per (n, dim, kind, setting), prefixed
 "faiss_speed ".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,15 @@ from vmstream.store import VideoStore  # noqa: E402
 from vmstream.store.index import default_nprobe  # noqa: E402
 
 
-def clustered(n: int, d: int, seed: int = 0, topics: int = 100, per_video: int = 20,
-              spread_video: float = 1.2, spread_segment: float = 1.0) -> np.ndarray:
+def clustered(
+    n: int,
+    d: int,
+    seed: int = 0,
+    topics: int = 100,
+    per_video: int = 20,
+    spread_video: float = 1.2,
+    spread_segment: float = 1.0,
+) -> np.ndarray:
     """Unit vectors: `topics` directions, videos scattered around them, segments around
     their video. Tuned so IVF's nprobe matters and the exact 10th neighbour is at ~0.5."""
     rng = np.random.default_rng(seed)
@@ -50,7 +58,9 @@ def clustered(n: int, d: int, seed: int = 0, topics: int = 100, per_video: int =
     x = np.empty((n, d), np.float32)
     for i in range(0, n, 100_000):  # chunked: 1M x 576 temporaries would double memory
         m = min(n, i + 100_000) - i
-        x[i : i + m] = v[rng.integers(0, nv, m)] + spread_segment / np.sqrt(d) * rng.standard_normal((m, d), dtype=np.float32)
+        x[i : i + m] = v[rng.integers(0, nv, m)] + spread_segment / np.sqrt(d) * rng.standard_normal(
+            (m, d), dtype=np.float32
+        )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
@@ -59,8 +69,17 @@ def dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def bench_kind(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, k: int, workdir: Path,
-               batch: int, train_at, threads: int) -> list[dict]:
+def bench_kind(
+    kind: str,
+    x: np.ndarray,
+    q: np.ndarray,
+    truth: np.ndarray,
+    k: int,
+    workdir: Path,
+    batch: int,
+    train_at,
+    threads: int,
+) -> list[dict]:
     n, d = x.shape
     path = workdir / f"{kind}-{n}-{d}"
     store = VideoStore(path, kind=kind, dim=d, use_gpu=False, train_at=train_at, threads=threads)
@@ -72,13 +91,22 @@ def bench_kind(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, k: in
         j = min(n, i + batch)
         before = store.index_kind
         t0 = time.perf_counter()
-        store.add(uids[i:j], x[i:j], {
-            "stream_id": [f"video{v // 450}" for v in range(i, j)],
-            "segment_index": [v % 450 for v in range(i, j)],
-            "t_start": [(v % 450) * 8.0 for v in range(i, j)],
-            "t_end": [(v % 450) * 8.0 + 8.0 for v in range(i, j)],
-        })
-        if before == "flat" and store.index_kind != "flat" or before is None and store.index_kind not in ("flat", "hnsw"):
+        store.add(
+            uids[i:j],
+            x[i:j],
+            {
+                "stream_id": [f"video{v // 450}" for v in range(i, j)],
+                "segment_index": [v % 450 for v in range(i, j)],
+                "t_start": [(v % 450) * 8.0 for v in range(i, j)],
+                "t_end": [(v % 450) * 8.0 + 8.0 for v in range(i, j)],
+            },
+        )
+        if (
+            before == "flat"
+            and store.index_kind != "flat"
+            or before is None
+            and store.index_kind not in ("flat", "hnsw")
+        ):
             train_s = time.perf_counter() - t0  # this batch converted flat -> trained kind
     add_s = time.perf_counter() - t_add
     t0 = time.perf_counter()
@@ -111,15 +139,27 @@ def bench_kind(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, k: in
             lat.append(time.perf_counter() - t0)
             found += len({h.uid for h in hits} & set(truth_uids[i].tolist()))
         lat_ms = np.array(lat) * 1e3
-        rows.append({
-            "n": n, "dim": d, "kind": kind, "index_kind": store.index_kind,
-            "setting": (f"nprobe={setting}" if "nprobe" in params else f"ef={setting}" if "ef" in params else "exact"),
-            "add_per_s": round(n / add_s), "add_per_s_excl_train": round(n / max(1e-9, add_s - train_s)),
-            "train_s": round(train_s, 2), "save_s": round(save_s, 2), "threads": threads,
-            "store_mb": round(size / 2**20, 1), "queries": len(q),
-            "p50_ms": round(float(np.percentile(lat_ms, 50)), 3), "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
-            f"recall@{k}": round(found / truth.size, 4),
-        })
+        rows.append(
+            {
+                "n": n,
+                "dim": d,
+                "kind": kind,
+                "index_kind": store.index_kind,
+                "setting": (
+                    f"nprobe={setting}" if "nprobe" in params else f"ef={setting}" if "ef" in params else "exact"
+                ),
+                "add_per_s": round(n / add_s),
+                "add_per_s_excl_train": round(n / max(1e-9, add_s - train_s)),
+                "train_s": round(train_s, 2),
+                "save_s": round(save_s, 2),
+                "threads": threads,
+                "store_mb": round(size / 2**20, 1),
+                "queries": len(q),
+                "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
+                "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
+                f"recall@{k}": round(found / truth.size, 4),
+            }
+        )
         print("  ", rows[-1], flush=True)
     # What the sink does every few segments: add a small batch and make it durable.
     # commit() logs the change instead of rewriting the index (save_s above).
@@ -144,14 +184,20 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["flat", "ivfsq8", "ivfpq", "hnsw"])
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--flat-queries-1m", type=int, default=60, help="exact search is slow per query at 1M")
-    ap.add_argument("--hnsw-max", type=int, default=200_000,
-                    help="largest n to build HNSW for (its build dominates the 1M run's time)")
+    ap.add_argument(
+        "--hnsw-max",
+        type=int,
+        default=200_000,
+        help="largest n to build HNSW for (its build dominates the 1M run's time)",
+    )
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch", type=int, default=10_000, help="vectors per add (the sink uses 256)")
-    ap.add_argument("--train-at", type=int, default=None,
-                    help="vectors before an IVF kind is trained (default: the store's, 50k)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="force faiss threads (default: VideoStore's policy, 1 for small work)")
+    ap.add_argument(
+        "--train-at", type=int, default=None, help="vectors before an IVF kind is trained (default: the store's, 50k)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="force faiss threads (default: VideoStore's policy, 1 for small work)"
+    )
     ap.add_argument("--quick", action="store_true", help="20k vectors, 100 queries, IVF trained at 10k")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -159,8 +205,11 @@ def main() -> None:
         args.sizes, args.queries, args.train_at = [20_000], 100, args.train_at or 10_000
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="faiss_speed-"))
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, cpus {os.cpu_count()}, "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, cpus {os.cpu_count()}, "
+        f"load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     results = []
     for d in args.dims:
         for n in args.sizes:
@@ -176,10 +225,13 @@ def main() -> None:
                 if kind == "hnsw" and n > args.hnsw_max:
                     print(f"  hnsw: skipped above --hnsw-max {args.hnsw_max} (graph build ~1.5k vectors/s here)")
                     continue
-                nq = args.queries if not (kind == "flat" and n >= 1_000_000) else min(args.queries, args.flat_queries_1m)
+                nq = (
+                    args.queries if not (kind == "flat" and n >= 1_000_000) else min(args.queries, args.flat_queries_1m)
+                )
                 t0 = time.perf_counter()
-                results.extend(bench_kind(kind, x, q[:nq], truth[:nq], args.k, workdir, args.batch, args.train_at,
-                                          args.threads))
+                results.extend(
+                    bench_kind(kind, x, q[:nq], truth[:nq], args.k, workdir, args.batch, args.train_at, args.threads)
+                )
                 print(f"  {kind}: {time.perf_counter() - t0:.0f}s", flush=True)
     # Ratios against the exact flat store of the same run.
     for r in results:

@@ -35,18 +35,19 @@ Section 2 lives in gpu_check_decode.py. Section 3 ends with the pipeline on 16 p
 1080p streams end to end (decode, model, sinks) against its slowest stage alone
 (gpu_check_pipeline.py).
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import statistics
 import sys
 import time
 import traceback
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +55,12 @@ from pathlib import Path
 def _args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="every step on CPU tensors at tiny sizes")
-    ap.add_argument("--budget-s", type=float, default=330.0,
-                    help="skip the remaining timed steps past this many seconds (default 330)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=330.0,
+        help="skip the remaining timed steps past this many seconds (default 330)",
+    )
     return ap.parse_args()
 
 
@@ -72,23 +77,30 @@ from gpu_check_decode import decoding  # noqa: E402
 from gpu_check_pipeline import PipelinePlan, pipeline_step  # noqa: E402
 
 from vmstream.models import VideoMamba, create_model  # noqa: E402
-from vmstream.models.ops import (available_backends, causal_conv1d, causal_conv1d_ref, dispatch,  # noqa: E402
-                                 selective_scan, selective_scan_ref)
+from vmstream.models.ops import (  # noqa: E402
+    available_backends,
+    causal_conv1d,
+    causal_conv1d_ref,
+    dispatch,
+    selective_scan,
+    selective_scan_ref,
+)
 
 
 @dataclass
 class Plan:
     """Sizes and devices of one run: the real check, or its tiny CPU dry run."""
+
     device: str
     scan_shape: tuple  # B, L, D, N
     conv_shape: tuple  # B, L, D, K
-    models: dict       # name -> (create_model name or None, constructor overrides)
+    models: dict  # name -> (create_model name or None, constructor overrides)
     parity_frames: int
-    throughput: list   # (model name, frames, batches)
+    throughput: list  # (model name, frames, batches)
     img: int
-    codecs: list       # (label, encoder, container suffix)
+    codecs: list  # (label, encoder, container suffix)
     dali_device: str
-    video: tuple       # parity clip: width, height, fps, seconds
+    video: tuple  # parity clip: width, height, fps, seconds
     video_fps_test: tuple  # decode speed clip: width, height, fps, seconds
     policies: list
     faiss_n: int
@@ -96,29 +108,51 @@ class Plan:
     matmul_n: int
     gpu_backend: str | None  # VMSTREAM_SCAN_BACKEND for the "GPU" side; None = automatic
     pipeline: PipelinePlan | None = None
-    repeats: int = 3          # timed runs per figure (median), after one warm-up
+    repeats: int = 3  # timed runs per figure (median), after one warm-up
 
 
 def make_plan(dry: bool) -> Plan:
     if dry:
-        tiny = dict(img_size=32, patch_size=16, depth=1, num_classes=5, drop_path_rate=0.0,
-                    ssm_cfg={"d_state": 8})
-        return Plan(device="cpu", scan_shape=(1, 40, 20, 5), conv_shape=(2, 33, 33, 4),
-                    models={"Ti": (None, dict(tiny, embed_dim=32)), "M": (None, dict(tiny, embed_dim=48))},
-                    parity_frames=2, throughput=[("Ti", 2, (2,)), ("M", 2, (2,))], img=32,
-                    codecs=[("vp9", "libvpx-vp9", ".webm")], dali_device="cpu",
-                    video=(96, 64, 10, 1), video_fps_test=(192, 108, 10, 1),
-                    policies=["all", "fps:4", "uniform:4", "keyframes"], faiss_n=5000, faiss_d=32,
-                    matmul_n=128, gpu_backend="triton", repeats=1,
-                    pipeline=PipelinePlan(streams=2, video=(192, 108, 10, 2), sample_fps=4, frames=2, model="Ti"))
-    return Plan(device="cuda", scan_shape=(2, 1569, 384, 16), conv_shape=(2, 1569, 384, 4),
-                models={"Ti": ("videomamba_tiny", {}), "M": ("videomamba_middle", {})},
-                parity_frames=8, throughput=[("Ti", 16, (1, 8, 32)), ("M", 8, (1, 8, 32))], img=224,
-                codecs=[("h264", "libx264", ".mp4"), ("hevc", "libx265", ".mp4")], dali_device="gpu",
-                video=(640, 360, 30, 2), video_fps_test=(1920, 1080, 30, 10),
-                policies=["all", "fps:1", "fps:2:keyframes", "uniform:16", "tsn:8", "keyframes"],
-                faiss_n=1_000_000, faiss_d=576, matmul_n=8192, gpu_backend=None,
-                pipeline=PipelinePlan(streams=16, video=(1920, 1080, 30, 8), sample_fps=8, frames=8, model="Ti"))
+        tiny = dict(img_size=32, patch_size=16, depth=1, num_classes=5, drop_path_rate=0.0, ssm_cfg={"d_state": 8})
+        return Plan(
+            device="cpu",
+            scan_shape=(1, 40, 20, 5),
+            conv_shape=(2, 33, 33, 4),
+            models={"Ti": (None, dict(tiny, embed_dim=32)), "M": (None, dict(tiny, embed_dim=48))},
+            parity_frames=2,
+            throughput=[("Ti", 2, (2,)), ("M", 2, (2,))],
+            img=32,
+            codecs=[("vp9", "libvpx-vp9", ".webm")],
+            dali_device="cpu",
+            video=(96, 64, 10, 1),
+            video_fps_test=(192, 108, 10, 1),
+            policies=["all", "fps:4", "uniform:4", "keyframes"],
+            faiss_n=5000,
+            faiss_d=32,
+            matmul_n=128,
+            gpu_backend="triton",
+            repeats=1,
+            pipeline=PipelinePlan(streams=2, video=(192, 108, 10, 2), sample_fps=4, frames=2, model="Ti"),
+        )
+    return Plan(
+        device="cuda",
+        scan_shape=(2, 1569, 384, 16),
+        conv_shape=(2, 1569, 384, 4),
+        models={"Ti": ("videomamba_tiny", {}), "M": ("videomamba_middle", {})},
+        parity_frames=8,
+        throughput=[("Ti", 16, (1, 8, 32)), ("M", 8, (1, 8, 32))],
+        img=224,
+        codecs=[("h264", "libx264", ".mp4"), ("hevc", "libx265", ".mp4")],
+        dali_device="gpu",
+        video=(640, 360, 30, 2),
+        video_fps_test=(1920, 1080, 30, 10),
+        policies=["all", "fps:1", "fps:2:keyframes", "uniform:16", "tsn:8", "keyframes"],
+        faiss_n=1_000_000,
+        faiss_d=576,
+        matmul_n=8192,
+        gpu_backend=None,
+        pipeline=PipelinePlan(streams=16, video=(1920, 1080, 30, 8), sample_fps=8, frames=8, model="Ti"),
+    )
 
 
 @dataclass
@@ -207,15 +241,23 @@ def ScanBackend(name):  # noqa: N802 (used like a class: `with ScanBackend("trit
 
 # ------------------------------------------------------------------------ 1. parity
 
+
 def scan_inputs(shape, device, dtype, seed=0):
     Bsz, L, D, N = shape
     g = torch.Generator().manual_seed(seed)
     xz = torch.randn(Bsz, L, 2 * D, generator=g)
     x_dbl = torch.randn(Bsz, L, 2 * N, generator=g)
-    inp = dict(u=xz[..., :D], z=xz[..., D:], delta=torch.randn(Bsz, L, D, generator=g) - 1,
-               A=-torch.exp(torch.rand(D, N, generator=g) * 2.5), B=x_dbl[..., :N], C=x_dbl[..., N:],
-               D=torch.randn(D, generator=g), delta_bias=torch.randn(D, generator=g) * 0.5,
-               initial_state=torch.randn(Bsz, D, N, generator=g))
+    inp = dict(
+        u=xz[..., :D],
+        z=xz[..., D:],
+        delta=torch.randn(Bsz, L, D, generator=g) - 1,
+        A=-torch.exp(torch.rand(D, N, generator=g) * 2.5),
+        B=x_dbl[..., :N],
+        C=x_dbl[..., N:],
+        D=torch.randn(D, generator=g),
+        delta_bias=torch.randn(D, generator=g) * 0.5,
+        initial_state=torch.randn(Bsz, D, N, generator=g),
+    )
     low = ("u", "z", "delta", "B", "C")
     return {k: (v.to(dtype) if k in low else v).to(device) for k, v in inp.items()}
 
@@ -233,8 +275,11 @@ def parity_scan(rep: Report, plan: Plan) -> None:
 
     tol = {torch.float32: (1e-4, 1e-3), torch.bfloat16: (2e-2, 5e-2)}
     default = triton_scan.FORWARD_FORM
-    cases = [(torch.float32, "fp32", default), (torch.bfloat16, "bf16", default),
-             (torch.float32, "fp32_" + ({"sequential", "chunked"} - {default}).pop(), None)]
+    cases = [
+        (torch.float32, "fp32", default),
+        (torch.bfloat16, "bf16", default),
+        (torch.float32, "fp32_" + ({"sequential", "chunked"} - {default}).pop(), None),
+    ]
     for dtype, tag, form in cases:
         triton_scan.FORWARD_FORM = form or tag.split("_")[1]
         try:
@@ -264,8 +309,12 @@ def _scan_errors(plan: Plan, dtype) -> tuple[float, float]:
 def parity_conv(rep: Report, plan: Plan) -> None:
     Bsz, L, D, K = plan.conv_shape
     g = torch.Generator().manual_seed(2)
-    base = dict(x=torch.randn(Bsz, L, D, generator=g), weight=torch.randn(D, K, generator=g) * 0.5,
-                bias=torch.randn(D, generator=g), initial_tail=torch.randn(Bsz, D, K - 1, generator=g))
+    base = dict(
+        x=torch.randn(Bsz, L, D, generator=g),
+        weight=torch.randn(D, K, generator=g) * 0.5,
+        bias=torch.randn(D, generator=g),
+        initial_tail=torch.randn(Bsz, D, K - 1, generator=g),
+    )
     g_out = torch.randn(Bsz, L, D, generator=g).to(plan.device)
     for dtype, tag, tol in ((torch.float32, "fp32", 1e-5), (torch.bfloat16, "bf16", 2e-2)):
         inp = {k: (v.to(dtype) if k == "x" else v).to(plan.device) for k, v in base.items()}
@@ -295,12 +344,17 @@ def parity_mamba(rep: Report, plan: Plan) -> None:
     err = 0.0
     with torch.no_grad():
         for reverse in (False, True):
-            y, last = selective_scan(**inp, delta_softplus=True, return_last_state=True, reverse=reverse, backend="cuda")
+            y, last = selective_scan(
+                **inp, delta_softplus=True, return_last_state=True, reverse=reverse, backend="cuda"
+            )
             y_r, last_r = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True, reverse=reverse)
             err = max(err, rel_err(y, y_r), rel_err(last, last_r))
         rep.check("parity_mamba_scan_fwd", err, 1e-4)
         x = inp["u"].contiguous()
-        w, tail = torch.randn(x.shape[-1], 4, device=plan.device), torch.randn(x.shape[0], x.shape[-1], 3, device=plan.device)
+        w, tail = (
+            torch.randn(x.shape[-1], 4, device=plan.device),
+            torch.randn(x.shape[0], x.shape[-1], 3, device=plan.device),
+        )
         y = causal_conv1d(x, w, None, tail, "silu", backend="cuda")
         rep.check("parity_mamba_conv_fwd", rel_err(y, causal_conv1d_ref(x, w, None, tail, "silu")), 1e-5)
 
@@ -341,8 +395,11 @@ def parity_models(rep: Report, plan: Plan) -> None:
             dev_clips = [c.to(plan.device) for c in clips]
             with ScanBackend(plan.gpu_backend):
                 feats, state = _stream(dev_model, dev_clips)
-                rep.check(f"parity_model_{name.lower()}_fp32",
-                          max(rel_err(feats, feats_cpu), rel_err(state.ssm, state_cpu.ssm)), 1e-3)
+                rep.check(
+                    f"parity_model_{name.lower()}_fp32",
+                    max(rel_err(feats, feats_cpu), rel_err(state.ssm, state_cpu.ssm)),
+                    1e-3,
+                )
                 feats_bf16, _ = _stream(dev_model, dev_clips, dtype=torch.bfloat16)
             drift = rel_err(feats_bf16, feats)
             rep.figure(f"bf16_drift_{name.lower()}", drift)
@@ -357,6 +414,7 @@ def parity_models(rep: Report, plan: Plan) -> None:
 
 # ------------------------------------------------------------------------ 3. throughput
 
+
 def segment_macs(model: VideoMamba, frames: int, img: int, device: str) -> float:
     """Multiply-adds of one segment's matmuls (linear layers and the patch embedding),
     counted by hooks on one batch-1 forward."""
@@ -368,8 +426,11 @@ def segment_macs(model: VideoMamba, frames: int, img: int, device: str) -> float
         else:  # Conv2d / Conv3d: each output element is a dot product of the kernel volume
             total[0] += out.numel() * mod.weight[0].numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d))
+    ]
     try:
         with torch.inference_mode():
             model.forward_segment(torch.zeros(1, 3, frames, img, img, device=device))
@@ -384,7 +445,7 @@ def matmul_rate(plan: Plan, dtype) -> float:
     a = torch.randn(n, n, device=plan.device, dtype=dtype)
     b = torch.randn(n, n, device=plan.device, dtype=dtype)
     t = median_time(lambda: torch.matmul(a, b), plan.device, repeats=5, warmup=2)
-    return 2 * n ** 3 / t / 1e12
+    return 2 * n**3 / t / 1e12
 
 
 def throughput(rep: Report, plan: Plan) -> None:
@@ -407,16 +468,20 @@ def throughput(rep: Report, plan: Plan) -> None:
                     state = model.init_state(batch, device=plan.device)
 
                     def step(model=model, clip=clip, state=state, dtype=dtype):
-                        with torch.inference_mode(), torch.autocast(plan.device, dtype=torch.bfloat16,
-                                                                    enabled=dtype is not None):
+                        with (
+                            torch.inference_mode(),
+                            torch.autocast(plan.device, dtype=torch.bfloat16, enabled=dtype is not None),
+                        ):
                             model.forward_segment(clip, state)
 
                     t = median_time(step, plan.device, repeats=plan.repeats, warmup=1)
                     achieved = batch * flops / t / 1e12
                     rep.figure(f"{key}_seg_per_s", batch / t)
                     rep.figure(f"{key}_tflops", achieved)
-                    rep.line(f"{name} {frames}x{plan.img} batch {batch:2d} {tag}: {batch / t:8.2f} segments/s, "
-                             f"{achieved:.2f} TFLOP/s = {achieved / rates[tag]:.0%} of matmul")
+                    rep.line(
+                        f"{name} {frames}x{plan.img} batch {batch:2d} {tag}: {batch / t:8.2f} segments/s, "
+                        f"{achieved:.2f} TFLOP/s = {achieved / rates[tag]:.0%} of matmul"
+                    )
                     if tag == "fp32" and not rep.out_of_time("isolated scan"):
                         scan_share(rep, plan, model, frames, batch, t, key)
             del model
@@ -440,15 +505,22 @@ def scan_share(rep: Report, plan: Plan, model, frames: int, batch: int, t_segmen
         triton_scan.FORWARD_FORM = form_run or form
         try:
             with torch.inference_mode():
-                t = median_time(lambda backend=backend: selective_scan(**inp, delta_softplus=True, return_last_state=True,
-                                                       backend=backend), plan.device, repeats=plan.repeats)
+                t = median_time(
+                    lambda backend=backend: selective_scan(
+                        **inp, delta_softplus=True, return_last_state=True, backend=backend
+                    ),
+                    plan.device,
+                    repeats=plan.repeats,
+                )
         finally:
             triton_scan.FORWARD_FORM = form
         name = "cuda" if backend == "cuda" else f"triton_{form_run}"
         share = 2 * len(model.layers) * t / t_segment
         rep.figure(f"{key}_scan_{name}_ms", 1e3 * t)
-        rep.line(f"     one scan [{batch}, {L}, {model.d_inner}, {model.d_state}] on {name}: {1e3 * t:.2f} ms; "
-                 f"x{2 * len(model.layers)} = {share:.0%} of the segment")
+        rep.line(
+            f"     one scan [{batch}, {L}, {model.d_inner}, {model.d_state}] on {name}: {1e3 * t:.2f} ms; "
+            f"x{2 * len(model.layers)} = {share:.0%} of the segment"
+        )
 
 
 def pipeline(rep: Report, plan: Plan) -> None:
@@ -458,6 +530,7 @@ def pipeline(rep: Report, plan: Plan) -> None:
 
 
 # ------------------------------------------------------------------------ 4. faiss
+
 
 def faiss_check(rep: Report, plan: Plan) -> None:
     try:
@@ -486,10 +559,14 @@ def faiss_check(rep: Report, plan: Plan) -> None:
         rep.line(f"faiss-gpu: {1e3 * t_gpu / len(q):.3f} ms/query ({t_cpu / t_gpu:.1f}x CPU)")
     elif plan.device == "cpu":
         rep.line("faiss-gpu not installed: the dry run holds the CPU store to exact numpy search")
-        other = ((np.argsort(-(q @ x.T), axis=1)[:, :10]) * 7 + 3)
+        other = (np.argsort(-(q @ x.T), axis=1)[:, :10]) * 7 + 3
     else:
-        rep.skip("faiss-gpu", "faiss-gpu not installed or sees no GPU (benchmarks/gpu_check_wheels.txt)",
-                 "faiss_gpu_same_top10", "faiss_gpu_ms_per_query")
+        rep.skip(
+            "faiss-gpu",
+            "faiss-gpu not installed or sees no GPU (benchmarks/gpu_check_wheels.txt)",
+            "faiss_gpu_same_top10",
+            "faiss_gpu_ms_per_query",
+        )
         return
     same = float(np.mean([set(a) == set(b) for a, b in zip(ids_cpu, other)]))
     rep.check("faiss_top10_mismatch", 1.0 - same, 0.0)
@@ -502,8 +579,10 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="  log: %(message)s", stream=sys.stdout)
     for name in ("vmstream.stages", "vmstream.models.hub", "faiss", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    print(f"gpu_check{' --dry-run' if ARGS.dry_run else ''}: torch {torch.__version__}, "
-          f"device {torch.cuda.get_device_name(0) if plan.device == 'cuda' else 'cpu (Triton interpreter)'}")
+    print(
+        f"gpu_check{' --dry-run' if ARGS.dry_run else ''}: torch {torch.__version__}, "
+        f"device {torch.cuda.get_device_name(0) if plan.device == 'cuda' else 'cpu (Triton interpreter)'}"
+    )
     if plan.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --dry-run on a machine without a GPU")
         return 2
@@ -515,8 +594,10 @@ def main() -> int:
     if no_triton and plan.gpu_backend == "triton":
         plan = dataclasses.replace(plan, gpu_backend=None)
     rep.section("1. parity")
-    for what, step in (("Triton scan against the reference", parity_scan),
-                       ("Triton conv against the reference", parity_conv)):
+    for what, step in (
+        ("Triton scan against the reference", parity_scan),
+        ("Triton conv against the reference", parity_conv),
+    ):
         if no_triton:
             rep.skip(what, no_triton)
         else:

@@ -3,6 +3,7 @@ the same clips, for each sampling policy (timestamps equal, pixel error), and de
 speed. The clips are made here with PyAV's encoders (x264, x265, libvpx), so nothing
 but PyAV is needed to make them.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,12 +87,16 @@ def decoding(rep, plan, median_time) -> None:
                 policy = parse_policy(spec)
                 ref, got = decode_all(pyav, path, policy, size), decode_all(dali, path, policy, size)
                 same_t = len(ref) == len(got) and all(abs(a[0] - b[0]) < 1e-6 for a, b in zip(ref, got))
-                mae = max((float(abs(a[1].astype("int16") - b[1].astype("int16")).mean())
-                           for a, b in zip(ref, got)), default=0.0)
+                mae = max(
+                    (float(abs(a[1].astype("int16") - b[1].astype("int16")).mean()) for a, b in zip(ref, got)),
+                    default=0.0,
+                )
                 ts_equal &= same_t
                 worst_mae = max(worst_mae, mae)
-                rep.line(f"{label} {spec:16s} frames {len(got):4d}/{len(ref):4d} timestamps "
-                         f"{'equal' if same_t else 'DIFFER'}  pixel MAE {mae:.2f}")
+                rep.line(
+                    f"{label} {spec:16s} frames {len(got):4d}/{len(ref):4d} timestamps "
+                    f"{'equal' if same_t else 'DIFFER'}  pixel MAE {mae:.2f}"
+                )
             rep.figure(f"decode_{label}_timestamps_equal", float(ts_equal))
             rep.check(f"decode_{label}_pixel_mae", worst_mae, 8.0)
             if not ts_equal:

@@ -9,6 +9,7 @@ model, sinks) against each stage alone, measured in one run.
 The runner overlaps the stages, so its segments per second should approach the slowest
 stage's. Decoding is DALI (NVDEC) where it imports and a GPU is there, else PyAV.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,10 @@ from gpu_check_decode import make_video
 @dataclass(frozen=True)
 class PipelinePlan:
     streams: int
-    video: tuple      # width, height, fps, seconds
+    video: tuple  # width, height, fps, seconds
     sample_fps: float
-    frames: int       # segment length T
-    model: str        # a model name of the gpu_check plan
+    frames: int  # segment length T
+    model: str  # a model name of the gpu_check plan
 
 
 def _decode_all(decoder, sources, policy, size, frames: int) -> list:
@@ -91,13 +92,15 @@ def pipeline_step(rep, plan, pp: PipelinePlan, build_model, sync) -> None:
         t_model = _model_only(stage, per_stream, plan.device, sync)
         del per_stream, stage
         out = os.path.join(d, "out")
-        cfg = load_config(overrides={
-            "model": {"name": None, "checkpoint": None, "device": plan.device, "max_batch": pp.streams},
-            "decode": {"backend": backend, "fps": pp.sample_fps},
-            "segment": {"frames": pp.frames},
-            "output": {"dir": out, "console": False},
-            "runner": {"progress": False, "snapshot_every": 0, "max_streams": pp.streams},
-        })
+        cfg = load_config(
+            overrides={
+                "model": {"name": None, "checkpoint": None, "device": plan.device, "max_batch": pp.streams},
+                "decode": {"backend": backend, "fps": pp.sample_fps},
+                "segment": {"frames": pp.frames},
+                "output": {"dir": out, "console": False},
+                "runner": {"progress": False, "snapshot_every": 0, "max_streams": pp.streams},
+            }
+        )
         sinks = [ParquetSink(out), FaissSink(os.path.join(out, "index"), dim=model.embed_dim)]
         runner = build_runner(cfg, model=model, sinks=sinks)
         t0 = time.perf_counter()
@@ -106,9 +109,13 @@ def pipeline_step(rep, plan, pp: PipelinePlan, build_model, sync) -> None:
     if report.segments != n:
         raise RuntimeError(f"the pipeline made {report.segments} segments, decode-only {n}")
     slowest = max(t_decode, t_model)
-    rep.line(f"{pp.streams} streams {pp.video[0]}x{pp.video[1]}, {backend} decoding, {pp.model} "
-             f"{pp.frames}x{model.card.img_size}: {n} segments")
-    rep.line(f"decode-only {n / t_decode:8.2f} segments/s   model-only {n / t_model:8.2f} segments/s   "
-             f"pipeline {n / t_pipe:8.2f} segments/s = {slowest / t_pipe:.0%} of the slowest stage")
+    rep.line(
+        f"{pp.streams} streams {pp.video[0]}x{pp.video[1]}, {backend} decoding, {pp.model} "
+        f"{pp.frames}x{model.card.img_size}: {n} segments"
+    )
+    rep.line(
+        f"decode-only {n / t_decode:8.2f} segments/s   model-only {n / t_model:8.2f} segments/s   "
+        f"pipeline {n / t_pipe:8.2f} segments/s = {slowest / t_pipe:.0%} of the slowest stage"
+    )
     rep.figure(f"{key}_seg_per_s", n / t_pipe)
     rep.figure(f"{key}_vs_slowest_stage", slowest / t_pipe)

@@ -16,6 +16,7 @@
 Without --bootstrap it starts a private broker in a temp dir and removes it afterwards.
 The last lines are machine-readable `key=value` lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,30 +48,62 @@ def segments(n: int, dim: int, streams: int, tag: str, start: int = 0) -> list:
     emb = rng.standard_normal((256, dim)).astype(np.float32)
     out = []
     for i in range(start, start + n):
-        out.append(SegmentResult(
-            stream_id=f"{tag}-cam-{i % streams}", segment_index=i // streams, t_start=2.0 * (i // streams),
-            t_end=2.0 * (i // streams) + 2, labels=["a", "b", "c", "d", "e"], scores=[0.5, 0.2, 0.1, 0.05, 0.01],
-            label_ids=[1, 2, 3, 4, 5], embedding=emb[i % 256] + 0.01 * i, model="videomamba_middle",
-            checkpoint_digest="0123456789abcdef", num_frames=16, uri=f"rtsp://cam-{i % streams}/stream",
-            stream_version="v1"))
+        out.append(
+            SegmentResult(
+                stream_id=f"{tag}-cam-{i % streams}",
+                segment_index=i // streams,
+                t_start=2.0 * (i // streams),
+                t_end=2.0 * (i // streams) + 2,
+                labels=["a", "b", "c", "d", "e"],
+                scores=[0.5, 0.2, 0.1, 0.05, 0.01],
+                label_ids=[1, 2, 3, 4, 5],
+                embedding=emb[i % 256] + 0.01 * i,
+                model="videomamba_middle",
+                checkpoint_digest="0123456789abcdef",
+                num_frames=16,
+                uri=f"rtsp://cam-{i % streams}/stream",
+                stream_version="v1",
+            )
+        )
     return out
 
 
 def summaries(streams: int, tag: str) -> list:
-    return [StreamSummary(stream_id=f"{tag}-cam-{s}", labels=["a"], scores=[0.5], label_ids=[1], mode="last",
-                          duration=10.0, segment_count=1, t_start=0.0, t_end=10.0, status="ok",
-                          stream_version="v1") for s in range(streams)]
+    return [
+        StreamSummary(
+            stream_id=f"{tag}-cam-{s}",
+            labels=["a"],
+            scores=[0.5],
+            label_ids=[1],
+            mode="last",
+            duration=10.0,
+            segment_count=1,
+            t_start=0.0,
+            t_end=10.0,
+            status="ok",
+            stream_version="v1",
+        )
+        for s in range(streams)
+    ]
 
 
 def indexer_cfg(bootstrap: str, names: TopicNames, out: str, backend: str, tmp: str):
     store = {"backend": backend}
     if backend == "milvus":
         store["uri"] = os.path.join(tmp, f"{uuid.uuid4().hex[:6]}.db")
-    return load_config(overrides={
-        "kafka": {"bootstrap": bootstrap, "results_topic": names.segments, "events_topic": names.events,
-                  "summaries_topic": names.summaries, "dead_letter_topic": names.dead_letter,
-                  "indexer_group_id": f"idx-{uuid.uuid4().hex[:6]}"},
-        "output": {"dir": out, "store": store}})
+    return load_config(
+        overrides={
+            "kafka": {
+                "bootstrap": bootstrap,
+                "results_topic": names.segments,
+                "events_topic": names.events,
+                "summaries_topic": names.summaries,
+                "dead_letter_topic": names.dead_letter,
+                "indexer_group_id": f"idx-{uuid.uuid4().hex[:6]}",
+            },
+            "output": {"dir": out, "store": store},
+        }
+    )
 
 
 def produce(bootstrap: str, names: TopicNames, recs: list, spill: str) -> float:
@@ -142,8 +175,12 @@ def main() -> int:
     figures: dict[str, float] = {}
     try:
         if bootstrap is None:
-            r = subprocess.run([script, "start", "--state-dir", state, "--owner-pid", str(os.getpid())],
-                               capture_output=True, text=True, check=True)
+            r = subprocess.run(
+                [script, "start", "--state-dir", state, "--owner-pid", str(os.getpid())],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             bootstrap, started = r.stdout.strip().splitlines()[-1], True
         names = TopicNames.with_prefix(f"ibench{uuid.uuid4().hex[:8]}")
         ensure_topics(bootstrap, vmstream_topics(names, partitions=6))
@@ -156,19 +193,32 @@ def main() -> int:
             out = os.path.join(tmp, f"store-{backend}")
             t = time_index(indexer_cfg(bootstrap, names, out, backend, tmp), out, len(recs))
             figures[f"index_segments_per_s_{backend}"] = a.n / t
-            figures[f"index_vs_producer_{backend}"] = figures[f"index_segments_per_s_{backend}"] / \
-                figures["producer_segments_per_s"]
-            print(f"indexer -> {backend}: {a.n / t:.0f} segments/s ({t:.1f} s), "
-                  f"{figures[f'index_vs_producer_{backend}']:.2f}x the producer")
+            figures[f"index_vs_producer_{backend}"] = (
+                figures[f"index_segments_per_s_{backend}"] / figures["producer_segments_per_s"]
+            )
+            print(
+                f"indexer -> {backend}: {a.n / t:.0f} segments/s ({t:.1f} s), "
+                f"{figures[f'index_vs_producer_{backend}']:.2f}x the producer"
+            )
         for backend in a.backends.split(","):
             lnames = TopicNames.with_prefix(f"ilag{uuid.uuid4().hex[:8]}")
             ensure_topics(bootstrap, vmstream_topics(lnames, partitions=6))
             out = os.path.join(tmp, f"lag-{backend}")
-            p50, p99, n = lag_run(indexer_cfg(bootstrap, lnames, out, backend, tmp), out, bootstrap, lnames, spill,
-                                  a.rate, a.seconds, a.dim)
+            p50, p99, n = lag_run(
+                indexer_cfg(bootstrap, lnames, out, backend, tmp),
+                out,
+                bootstrap,
+                lnames,
+                spill,
+                a.rate,
+                a.seconds,
+                a.dim,
+            )
             figures[f"index_lag_p50_s_{backend}"], figures[f"index_lag_p99_s_{backend}"] = p50, p99
-            print(f"lag {backend}, {n} segments at {a.rate:.0f}/s: p50 {p50:.2f} s, p99 {p99:.2f} s "
-                  "(production -> searchable; commit interval 1 s)")
+            print(
+                f"lag {backend}, {n} segments at {a.rate:.0f}/s: p50 {p50:.2f} s, p99 {p99:.2f} s "
+                "(production -> searchable; commit interval 1 s)"
+            )
             delete_topics(bootstrap, lnames.all(), timeout_s=10)
         delete_topics(bootstrap, names.all(), timeout_s=10)
     finally:
@@ -176,12 +226,16 @@ def main() -> int:
             subprocess.run([script, "stop", "--state-dir", state], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     for backend in a.backends.split(","):
-        print(f"index_segments_per_s={figures[f'index_segments_per_s_{backend}']:.0f} backend={backend} "
-              f"producer_segments_per_s={figures['producer_segments_per_s']:.0f} "
-              f"ratio={figures[f'index_vs_producer_{backend}']:.2f}")
+        print(
+            f"index_segments_per_s={figures[f'index_segments_per_s_{backend}']:.0f} backend={backend} "
+            f"producer_segments_per_s={figures['producer_segments_per_s']:.0f} "
+            f"ratio={figures[f'index_vs_producer_{backend}']:.2f}"
+        )
     for backend in a.backends.split(","):
-        print(f"index_lag_p99_s={figures[f'index_lag_p99_s_{backend}']:.2f} backend={backend} "
-              f"rate={a.rate:.0f} p50={figures[f'index_lag_p50_s_{backend}']:.2f}")
+        print(
+            f"index_lag_p99_s={figures[f'index_lag_p99_s_{backend}']:.2f} backend={backend} "
+            f"rate={a.rate:.0f} p50={figures[f'index_lag_p50_s_{backend}']:.2f}"
+        )
     return 0
 
 

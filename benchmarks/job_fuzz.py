@@ -31,6 +31,7 @@ job_fuzz_good_job_served (must be 1), job_fuzz_worker_exits (must be 0),
 job_fuzz_tracebacks (must be 0), job_fuzz_committed_all (must be 1), job_fuzz_seconds,
 job_fuzz_records_per_s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,16 +51,52 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
-KINDS = ("deep", "huge", "bytes", "truncated", "not_object", "wrong_types", "unknown", "flipped", "empty",
-         "refused")
-_ODD_VALUES = [None, True, 0, -1, 2**70, 1e308, -0.0, "", "x" * 5000, [], {}, [1, "a"], {"k": [None]},
-               "\u0000", "\ud800", "..", "%2e%2e/", "\u202e.mp4"]
+KINDS = ("deep", "huge", "bytes", "truncated", "not_object", "wrong_types", "unknown", "flipped", "empty", "refused")
+_ODD_VALUES = [
+    None,
+    True,
+    0,
+    -1,
+    2**70,
+    1e308,
+    -0.0,
+    "",
+    "x" * 5000,
+    [],
+    {},
+    [1, "a"],
+    {"k": [None]},
+    "\u0000",
+    "\ud800",
+    "..",
+    "%2e%2e/",
+    "\u202e.mp4",
+]
 
 
 def make_video(path: Path) -> None:
-    subprocess.run([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                    "-i", "testsrc2=size=64x48:rate=10:duration=2", "-c:v", "libx264", "-g", "10",
-                    "-pix_fmt", "yuv420p", str(path)], check=True)
+    subprocess.run(
+        [
+            FFMPEG,
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x48:rate=10:duration=2",
+            "-c:v",
+            "libx264",
+            "-g",
+            "10",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
 
 
 def make_checkpoint(path: Path) -> None:
@@ -68,8 +105,9 @@ def make_checkpoint(path: Path) -> None:
     from vmstream.models import VideoMamba
 
     torch.manual_seed(0)
-    model = VideoMamba(img_size=32, patch_size=16, depth=2, embed_dim=32, num_classes=5, num_frames=4,
-                       ssm_cfg={"d_state": 8})
+    model = VideoMamba(
+        img_size=32, patch_size=16, depth=2, embed_dim=32, num_classes=5, num_frames=4, ssm_cfg={"d_state": 8}
+    )
     torch.save({"model": model.state_dict()}, path)
 
 
@@ -101,7 +139,7 @@ def bad_record(kind: str, rng: random.Random, root: Path) -> bytes | None:
         return bytes(rng.randrange(256) for _ in range(n))
     if kind == "truncated":
         text = json.dumps({**base, "options": {"timeout": 5}, "live": False}).encode()
-        return text[:rng.randrange(1, len(text))]
+        return text[: rng.randrange(1, len(text))]
     if kind == "not_object":
         return json.dumps(rng.choice([None, 1, -3.5, "a.mp4", [base], True])).encode()
     if kind == "wrong_types":
@@ -119,8 +157,17 @@ def bad_record(kind: str, rng: random.Random, root: Path) -> bytes | None:
         elif choice == 2:
             job["options"] = {"reconnect": {rng.choice(["initial", "max_tries", "bogus"]): rng.choice(_ODD_VALUES)}}
         else:
-            job["uri"] = rng.choice(["\u0000", missing + "\u0000.mp4", "file://" + "/" * 5000, "x:" * 2000,
-                                     "http://[::1", "http://%zz/", "rtsp://" + "a" * 300 + "/s"])
+            job["uri"] = rng.choice(
+                [
+                    "\u0000",
+                    missing + "\u0000.mp4",
+                    "file://" + "/" * 5000,
+                    "x:" * 2000,
+                    "http://[::1",
+                    "http://%zz/",
+                    "rtsp://" + "a" * 300 + "/s",
+                ]
+            )
         return json.dumps(job).encode()
     if kind == "flipped":
         buf = bytearray(json.dumps({**base, "options": {"timeout": 5}}).encode())
@@ -130,17 +177,36 @@ def bad_record(kind: str, rng: random.Random, root: Path) -> bytes | None:
     if kind == "empty":
         return rng.choice([None, b"", b" ", b"{}"])
     if kind == "refused":
-        return json.dumps({**base, "uri": rng.choice(
-            ["/etc/passwd", "file:///etc/shadow", str(root / ".." / "x.mp4"), "/dev/zero", "/proc/self/environ",
-             "concat:/etc/passwd", "data:video/mp4;base64,AAAA", "pipe:0", "http://169.254.169.254/x",
-             "subfile:,start,0,end,9,:/etc/passwd"])}).encode()
+        return json.dumps(
+            {
+                **base,
+                "uri": rng.choice(
+                    [
+                        "/etc/passwd",
+                        "file:///etc/shadow",
+                        str(root / ".." / "x.mp4"),
+                        "/dev/zero",
+                        "/proc/self/environ",
+                        "concat:/etc/passwd",
+                        "data:video/mp4;base64,AAAA",
+                        "pipe:0",
+                        "http://169.254.169.254/x",
+                        "subfile:,start,0,end,9,:/etc/passwd",
+                    ]
+                ),
+            }
+        ).encode()
     raise ValueError(kind)
 
 
 def start_broker(work: Path) -> tuple[str, Path]:
     state = work / "kafka"
-    r = subprocess.run([str(REPO / "scripts" / "kafka-local"), "start", "--state-dir", str(state),
-                        "--owner-pid", str(os.getpid())], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(REPO / "scripts" / "kafka-local"), "start", "--state-dir", str(state), "--owner-pid", str(os.getpid())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if r.returncode != 0:
         raise SystemExit(f"job_fuzz: could not start a broker: {r.stderr[-2000:]}")
     return r.stdout.strip().splitlines()[-1], state
@@ -185,16 +251,28 @@ def main() -> int:
             "decode": {"fps": 4.0, "img_size": 32},
             "output": {"console": False, "faiss": False, "dir": str(work / "out")},
             "runner": {"progress": False},
-            "kafka": {"bootstrap": bootstrap, "jobs_topic": names.jobs, "results_topic": names.segments,
-                      "events_topic": names.events, "summaries_topic": names.summaries,
-                      "state_topic": names.state, "dead_letter_topic": names.dead_letter, "group_id": group,
-                      "jobs": {"schemes": ["file", "http"], "roots": [str(root)], "hosts": ["127.0.0.1"]}},
+            "kafka": {
+                "bootstrap": bootstrap,
+                "jobs_topic": names.jobs,
+                "results_topic": names.segments,
+                "events_topic": names.events,
+                "summaries_topic": names.summaries,
+                "state_topic": names.state,
+                "dead_letter_topic": names.dead_letter,
+                "group_id": group,
+                "jobs": {"schemes": ["file", "http"], "roots": [str(root)], "hosts": ["127.0.0.1"]},
+            },
         }
         (work / "worker.yaml").write_text(yaml.safe_dump(cfg))
         log_path = work / "worker.log"
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-        worker = subprocess.Popen([sys.executable, "-m", "vmstream.cli", "worker", "--config", str(work / "worker.yaml")],
-                                  cwd=REPO, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "vmstream.cli", "worker", "--config", str(work / "worker.yaml")],
+            cwd=REPO,
+            stdout=open(log_path, "w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
         kinds = Counter()
         records = []
@@ -217,8 +295,9 @@ def main() -> int:
                 p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2 << 20)
                 continue
             sent += 1
-        p.send(names.jobs, json.dumps({"stream_id": "good", "uri": str(good)}).encode(), key=b"good",
-               partition=0).get(60)
+        p.send(names.jobs, json.dumps({"stream_id": "good", "uri": str(good)}).encode(), key=b"good", partition=0).get(
+            60
+        )
         p.close()
 
         served = False
@@ -248,8 +327,9 @@ def main() -> int:
         seconds = time.monotonic() - t0
         dead = read_messages(bootstrap, names.dead_letter, timeout_s=60)
         reasons = Counter(json.loads(m.value)["reason"] for m in dead)
-        bad_results = sum(1 for r in read_records(bootstrap, [names.segments, names.summaries], timeout_s=60)
-                          if r.stream_id != "good")
+        bad_results = sum(
+            1 for r in read_records(bootstrap, [names.segments, names.summaries], timeout_s=60) if r.stream_id != "good"
+        )
         exits = 0 if worker.poll() is None else 1
         if worker.poll() is None:
             worker.terminate()
@@ -258,7 +338,9 @@ def main() -> int:
         tracebacks = log_text.count("Traceback (most recent call last)")
         delete_topics(bootstrap, names.all(), timeout_s=10)
 
-        print(f"{sent + too_large} fuzzed job records (seed {args.seed}): " + ", ".join(f"{k} {kinds[k]}" for k in KINDS))
+        print(
+            f"{sent + too_large} fuzzed job records (seed {args.seed}): " + ", ".join(f"{k} {kinds[k]}" for k in KINDS)
+        )
         if exits or tracebacks or not served:
             print(log_text[-4000:], file=sys.stderr)
         print(f"job_fuzz_records={sent}")
@@ -280,8 +362,11 @@ def main() -> int:
             worker.kill()
             worker.wait(30)
         if broker_state is not None:
-            subprocess.run([str(REPO / "scripts" / "kafka-local"), "clean", "--state-dir", str(broker_state)],
-                           capture_output=True, timeout=120)
+            subprocess.run(
+                [str(REPO / "scripts" / "kafka-local"), "clean", "--state-dir", str(broker_state)],
+                capture_output=True,
+                timeout=120,
+            )
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -14,6 +14,7 @@ Prints, each as the median of --repeats runs:
 Without --bootstrap it starts a private broker in a temp dir and removes it afterwards.
 The last lines are machine-readable: `key=value` lines, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,18 @@ def results(n: int, dim: int, streams: int, tag: str) -> list[SegmentResult]:
     emb = rng.standard_normal((min(n, 256), dim)).astype(np.float32)
     return [
         SegmentResult(
-            stream_id=f"{tag}-cam-{i % streams}", segment_index=i // streams, t_start=2.0 * i, t_end=2.0 * i + 2,
-            labels=["label_a", "label_b", "label_c", "label_d", "label_e"], scores=[0.5, 0.2, 0.1, 0.05, 0.01],
-            label_ids=[1, 2, 3, 4, 5], embedding=emb[i % len(emb)], model="videomamba_middle",
-            checkpoint_digest="0123456789abcdef", num_frames=16, uri=f"rtsp://cam-{i % streams}/stream",
+            stream_id=f"{tag}-cam-{i % streams}",
+            segment_index=i // streams,
+            t_start=2.0 * i,
+            t_end=2.0 * i + 2,
+            labels=["label_a", "label_b", "label_c", "label_d", "label_e"],
+            scores=[0.5, 0.2, 0.1, 0.05, 0.01],
+            label_ids=[1, 2, 3, 4, 5],
+            embedding=emb[i % len(emb)],
+            model="videomamba_middle",
+            checkpoint_digest="0123456789abcdef",
+            num_frames=16,
+            uri=f"rtsp://cam-{i % streams}/stream",
         )
         for i in range(n)
     ]
@@ -73,8 +82,14 @@ def time_raw(bootstrap: str, topic: str, encoded: list) -> float:
     from kafka import KafkaProducer
 
     # The sink's producer settings, so the ratio is what the sink adds on top.
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-                      batch_size=256 << 10, max_in_flight_requests_per_connection=5)
+    p = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        batch_size=256 << 10,
+        max_in_flight_requests_per_connection=5,
+    )
     try:
         t0 = time.perf_counter()
         futs = [p.send(topic, e.value, e.key, e.headers) for e in encoded]
@@ -86,7 +101,9 @@ def time_raw(bootstrap: str, topic: str, encoded: list) -> float:
     return dt
 
 
-def latency(bootstrap: str, names: TopicNames, spill: str, n: int, rate: float, dim: int, linger_ms: int) -> list[float]:
+def latency(
+    bootstrap: str, names: TopicNames, spill: str, n: int, rate: float, dim: int, linger_ms: int
+) -> list[float]:
     """Seconds from sink.write() to a consumer's poll returning the record."""
     recs = results(n, dim, 8, f"lat{linger_ms}-{uuid.uuid4().hex[:6]}")
     t_write: dict[int, float] = {}
@@ -156,17 +173,27 @@ def main() -> int:
     try:
         if bootstrap is None:
             t0 = time.perf_counter()
-            r = subprocess.run([script, "start", "--state-dir", state, "--owner-pid", str(os.getpid())],
-                               capture_output=True, text=True, check=True)
+            r = subprocess.run(
+                [script, "start", "--state-dir", state, "--owner-pid", str(os.getpid())],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             figures["broker_first_start_s"] = time.perf_counter() - t0
             subprocess.run([script, "stop", "--state-dir", state], capture_output=True, check=True)
             t0 = time.perf_counter()
-            r = subprocess.run([script, "start", "--state-dir", state, "--owner-pid", str(os.getpid())],
-                               capture_output=True, text=True, check=True)
+            r = subprocess.run(
+                [script, "start", "--state-dir", state, "--owner-pid", str(os.getpid())],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             figures["broker_restart_s"] = time.perf_counter() - t0
             bootstrap = r.stdout.strip().splitlines()[-1]
-            print(f"broker {bootstrap}: first start {figures['broker_first_start_s']:.1f}s, "
-                  f"restart {figures['broker_restart_s']:.1f}s")
+            print(
+                f"broker {bootstrap}: first start {figures['broker_first_start_s']:.1f}s, "
+                f"restart {figures['broker_restart_s']:.1f}s"
+            )
         names = TopicNames.with_prefix(f"bench{uuid.uuid4().hex[:8]}")
         ensure_topics(bootstrap, vmstream_topics(names, partitions=6))
         spill = os.path.join(tmp, "spill")
@@ -194,8 +221,10 @@ def main() -> int:
         figures["sink_vs_encode_plus_produce"] = figures["sink_results_per_s"] / serial
         figures["sink_MB_per_s"] = figures["sink_results_per_s"] * msg_bytes / 1e6
         print(f"throughput ({a.n} results, dim {a.dim}, {msg_bytes:.0f} B/message, median of {a.repeats}):")
-        print(f"  KafkaSink (encode + produce + all acked) {figures['sink_results_per_s']:8.0f} results/s "
-              f"({figures['sink_MB_per_s']:.1f} MB/s)")
+        print(
+            f"  KafkaSink (encode + produce + all acked) {figures['sink_results_per_s']:8.0f} results/s "
+            f"({figures['sink_MB_per_s']:.1f} MB/s)"
+        )
         print(f"  kafka-python producer, pre-encoded       {figures['raw_producer_results_per_s']:8.0f} results/s")
         print(f"  JSON encoding alone                      {figures['encode_only_results_per_s']:8.0f} results/s")
         print(f"  sink / raw producer                      {figures['sink_vs_raw_producer']:8.2f}")
@@ -205,9 +234,11 @@ def main() -> int:
             lat = latency(bootstrap, names, spill, a.latency_n, a.rate, a.dim, linger)
             figures[f"latency_linger{linger}_p50_ms"] = pct(lat, 50) * 1e3
             figures[f"latency_linger{linger}_p99_ms"] = pct(lat, 99) * 1e3
-            print(f"latency write -> consumer sees it, linger_ms={linger}, {a.latency_n} results at {a.rate:.0f}/s: "
-                  f"p50 {figures[f'latency_linger{linger}_p50_ms']:.1f} ms, "
-                  f"p99 {figures[f'latency_linger{linger}_p99_ms']:.1f} ms")
+            print(
+                f"latency write -> consumer sees it, linger_ms={linger}, {a.latency_n} results at {a.rate:.0f}/s: "
+                f"p50 {figures[f'latency_linger{linger}_p50_ms']:.1f} ms, "
+                f"p99 {figures[f'latency_linger{linger}_p99_ms']:.1f} ms"
+            )
         delete_topics(bootstrap, names.all())
     finally:
         if a.bootstrap is None:

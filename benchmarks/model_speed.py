@@ -40,6 +40,7 @@ available, its figures are reported as nan and the rest is measured with the ref
 
 Timings on a shared machine are noisy: every figure is a median over repeats.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,6 +71,7 @@ IMG = 224
 
 # ------------------------------------------------------------------ utilities
 
+
 @contextlib.contextmanager
 def scan_backend(name: str):
     """Select the ops backend through the documented environment variable."""
@@ -98,12 +100,23 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
 def backend_works(name: str) -> tuple[bool, str]:
     """Run one tiny scan and conv with `name`; (usable, reason)."""
     from vmstream.models.ops import causal_conv1d
+
     u = torch.randn(1, 8, 4)
     try:
         with scan_backend(name), torch.inference_mode():
-            selective_scan(u, u, -torch.rand(4, 2), torch.randn(1, 8, 2), torch.randn(1, 8, 2), torch.ones(4), z=u,
-                           delta_bias=torch.zeros(4), delta_softplus=True, initial_state=torch.zeros(1, 4, 2),
-                           return_last_state=True)
+            selective_scan(
+                u,
+                u,
+                -torch.rand(4, 2),
+                torch.randn(1, 8, 2),
+                torch.randn(1, 8, 2),
+                torch.ones(4),
+                z=u,
+                delta_bias=torch.zeros(4),
+                delta_softplus=True,
+                initial_state=torch.zeros(1, 4, 2),
+                return_last_state=True,
+            )
             causal_conv1d(u, torch.randn(4, 4), torch.zeros(4), activation="silu")
         return True, "ok"
     except Exception as e:  # not built, no compiler, no GPU ...
@@ -176,6 +189,7 @@ class OpTimer:
 
 # --------------------------------------------------------------------- phases
 
+
 def segment_latency(model, T: int, backend: str, repeats: int) -> tuple[float, float, float]:
     """(median seconds of forward_segment, share of time in mamba_inner, share in add_rms_norm)."""
     clip = torch.randn(1, 3, T, IMG, IMG)
@@ -204,8 +218,19 @@ def isolated_scan(backend: str, repeats: int, L: int = 3137, d_inner: int = 384,
     h0 = torch.randn(1, d_inner, d_state, generator=g)
 
     def run():
-        selective_scan(u, dt, A, B, C, torch.ones(d_inner), z=z, delta_bias=torch.zeros(d_inner),
-                       delta_softplus=True, initial_state=h0, return_last_state=True)
+        selective_scan(
+            u,
+            dt,
+            A,
+            B,
+            C,
+            torch.ones(d_inner),
+            z=z,
+            delta_bias=torch.zeros(d_inner),
+            delta_softplus=True,
+            initial_state=h0,
+            return_last_state=True,
+        )
 
     with scan_backend(backend), torch.inference_mode():
         return median_time(run, repeats, warmup=1 if repeats > 1 else 0)
@@ -260,8 +285,13 @@ def stream_overhead(model, T: int, backend: str, repeats: int) -> dict:
     for k, name in enumerate(("wall", "cpu")):
         ratios = sorted(s[k] / c[k] - 1.0 for s, c in zip(seg_t, clip_t))
         q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
-        out[name] = (statistics.median(s[k] for s in seg_t), statistics.median(c[k] for c in clip_t),
-                     statistics.median(ratios), q1, q3)
+        out[name] = (
+            statistics.median(s[k] for s in seg_t),
+            statistics.median(c[k] for c in clip_t),
+            statistics.median(ratios),
+            q1,
+            q3,
+        )
     return out
 
 
@@ -282,9 +312,19 @@ def memory_child(backend: str, T: int, counts: list[int]) -> None:
 
 
 def peak_memory(backend: str, T: int, counts: list[int]) -> dict:
-    cmd = [sys.executable, __file__, "--memory-child", "--backend", backend, "--mem-frames", str(T),
-           "--img-size", str(IMG),
-           "--mem-segments", ",".join(map(str, counts))]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        "--backend",
+        backend,
+        "--mem-frames",
+        str(T),
+        "--img-size",
+        str(IMG),
+        "--mem-segments",
+        ",".join(map(str, counts)),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"memory child failed: {res.stderr[-2000:]}")
@@ -304,8 +344,10 @@ def kernel_shapes(T: int, chunk: int, embed=192, depth=24, d_state=16, patch=16,
     out = []
     for m, n_chunks in ((chunk, full), (rest, 1 if rest else 0)):
         if n_chunks:
-            out += [("x_proj", m, d_inner, dt_rank + 2 * d_state, n_chunks * depth * dirs),
-                    ("dt_proj", m, dt_rank, d_inner, n_chunks * depth * dirs)]
+            out += [
+                ("x_proj", m, d_inner, dt_rank + 2 * d_state, n_chunks * depth * dirs),
+                ("dt_proj", m, dt_rank, d_inner, n_chunks * depth * dirs),
+            ]
     return out
 
 
@@ -359,10 +401,14 @@ def cpu_floor(model, repeats: int, T: int = 16) -> dict:
     if abs(seen - macs(blas)) > 1e-6 * seen:
         # The composed (unfused) path runs x_proj/dt_proj as F.linear, which BLAS does.
         if abs(seen - macs(blas) - in_kernel) > 1e-6 * seen:
-            raise SystemExit(f"FlopCounterMode saw {seen:.4g} MACs; the layer shapes give {macs(blas):.4g} "
-                             f"(fused) or {macs(blas) + in_kernel:.4g} (composed): the shapes are out of date")
-        raise SystemExit("the segment ran the composed path (x_proj/dt_proj through BLAS): the floor prices "
-                         "the fused CPU kernel; run with --backend cpu where it builds")
+            raise SystemExit(
+                f"FlopCounterMode saw {seen:.4g} MACs; the layer shapes give {macs(blas):.4g} "
+                f"(fused) or {macs(blas) + in_kernel:.4g} (composed): the shapes are out of date"
+            )
+        raise SystemExit(
+            "the segment ran the composed path (x_proj/dt_proj through BLAS): the floor prices "
+            "the fused CPU kernel; run with --backend cpu where it builds"
+        )
     kshapes = kernel_shapes(T, CHUNK)
     L = 1 + T * (IMG // 16) ** 2
     scans = len(model.layers) * (2 if model.bimamba else 1)
@@ -397,13 +443,31 @@ def cpu_floor(model, repeats: int, T: int = 16) -> dict:
             floor = macs(blas) / blas_rate + in_kernel / kernel_rate + fmas / fma_rate + exps / exp_rate
             rounds.append((floor / seg, blas_rate, kernel_rate, exp_rate, fma_rate, seg))
     med = lambda i: statistics.median(r[i] for r in rounds)  # noqa: E731
-    parts = {"t_blas": macs(blas) / med(1), "t_kernel_mm": in_kernel / med(2), "t_fma": fmas / med(4),
-             "t_exp": exps / med(3)}
+    parts = {
+        "t_blas": macs(blas) / med(1),
+        "t_kernel_mm": in_kernel / med(2),
+        "t_fma": fmas / med(4),
+        "t_exp": exps / med(3),
+    }
     ratios = sorted(r[0] for r in rounds)
-    return {"blas_macs": macs(blas), "kernel_macs": in_kernel, "chunk": CHUNK, "blas_gmacs": med(1) / 1e9,
-            "kernel_gmacs": med(2) / 1e9, "exps": exps, "exp_rate": med(3), "fmas": fmas, "fma_rate": med(4),
-            **parts, "floor": sum(parts.values()), "seg": med(5), "efficiency": med(0),
-            "q1": ratios[len(ratios) // 4], "q3": ratios[(3 * len(ratios)) // 4], "rounds": len(rounds)}
+    return {
+        "blas_macs": macs(blas),
+        "kernel_macs": in_kernel,
+        "chunk": CHUNK,
+        "blas_gmacs": med(1) / 1e9,
+        "kernel_gmacs": med(2) / 1e9,
+        "exps": exps,
+        "exp_rate": med(3),
+        "fmas": fmas,
+        "fma_rate": med(4),
+        **parts,
+        "floor": sum(parts.values()),
+        "seg": med(5),
+        "efficiency": med(0),
+        "q1": ratios[len(ratios) // 4],
+        "q3": ratios[(3 * len(ratios)) // 4],
+        "rounds": len(rounds),
+    }
 
 
 def bf16_speed(fp32_model, bf16_model, backend: str, pairs: int, T: int = 16) -> dict:
@@ -423,13 +487,18 @@ def bf16_speed(fp32_model, bf16_model, backend: str, pairs: int, T: int = 16) ->
         bf16_model.forward_segment(clip, state)
         for i in range(pairs):
             order = [("fp32", fp32_model), ("bf16", bf16_model)]
-            for name, m in (order if i % 2 == 0 else order[::-1]):
+            for name, m in order if i % 2 == 0 else order[::-1]:
                 timed(name, m)
     wall = sorted(a[0] / b[0] for a, b in zip(runs["fp32"], runs["bf16"]))
     cpu = sorted(a[1] / b[1] for a, b in zip(runs["fp32"], runs["bf16"]))
-    return {"fp32": statistics.median(r[0] for r in runs["fp32"]), "bf16": statistics.median(r[0] for r in runs["bf16"]),
-            "speedup": statistics.median(wall), "q1": wall[len(wall) // 4], "q3": wall[(3 * len(wall)) // 4],
-            "cpu_speedup": statistics.median(cpu)}
+    return {
+        "fp32": statistics.median(r[0] for r in runs["fp32"]),
+        "bf16": statistics.median(r[0] for r in runs["bf16"]),
+        "speedup": statistics.median(wall),
+        "q1": wall[len(wall) // 4],
+        "q3": wall[(3 * len(wall)) // 4],
+        "cpu_speedup": statistics.median(cpu),
+    }
 
 
 def bf16_drift(fp32_model, bf16_model, backend: str, streams: int, segments: int, T: int = 16) -> dict:
@@ -463,8 +532,10 @@ def stream_sweep(fp32_model, bf16_model, backend: str, counts, steps: int, T: in
                 stage = InferenceStage(m)
                 times = []
                 for step in range(steps + 1):  # step 0 warms up
-                    segs = [Segment(stream_id=f"s{i}", index=step, t_start=float(step), t_end=step + 1.0,
-                                    pixels=pixels) for i in range(n)]
+                    segs = [
+                        Segment(stream_id=f"s{i}", index=step, t_start=float(step), t_end=step + 1.0, pixels=pixels)
+                        for i in range(n)
+                    ]
                     t = time.perf_counter()
                     stage.process(segs)
                     times.append(time.perf_counter() - t)
@@ -474,20 +545,23 @@ def stream_sweep(fp32_model, bf16_model, backend: str, counts, steps: int, T: in
 
 # ------------------------------------------------------------------------ main
 
+
 def print_floor(model, fast: str, repeats: int) -> dict:
     with scan_backend(fast):
         floor = cpu_floor(model, repeats)
-    print(f"cpu floor T=16 [{fast}], priced by what the fused kernel does (medians of {floor['rounds']} rounds):\n"
-          f"  BLAS matmuls (patch, in_proj, out_proj, head) {floor['blas_macs'] / 1e9:.2f} G MACs at torch.matmul's "
-          f"{floor['blas_gmacs']:.1f} G MAC/s on their shapes = {floor['t_blas'] * 1e3:.1f} ms\n"
-          f"  in-kernel x_proj/dt_proj {floor['kernel_macs'] / 1e9:.2f} G MACs at torch.bmm's "
-          f"{floor['kernel_gmacs']:.1f} G MAC/s on {floor['chunk']}-token chunks = {floor['t_kernel_mm'] * 1e3:.1f} ms\n"
-          f"  scan multiply-adds {floor['fmas'] / 1e9:.2f} G ({SCAN_FMAS_PER_STATE} per token, channel, state) at "
-          f"torch.addcmul's {floor['fma_rate'] / 1e9:.2f} G/s (one thread per direction) = {floor['t_fma'] * 1e3:.1f} ms\n"
-          f"  scan exponentials {floor['exps'] / 1e6:.0f} M at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s "
-          f"(one thread per direction) = {floor['t_exp'] * 1e3:.1f} ms\n"
-          f"  floor {floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms: floor_efficiency "
-          f"{floor['efficiency']:.3f} (median of the rounds' ratios; quartiles {floor['q1']:.3f}..{floor['q3']:.3f})")
+    print(
+        f"cpu floor T=16 [{fast}], priced by what the fused kernel does (medians of {floor['rounds']} rounds):\n"
+        f"  BLAS matmuls (patch, in_proj, out_proj, head) {floor['blas_macs'] / 1e9:.2f} G MACs at torch.matmul's "
+        f"{floor['blas_gmacs']:.1f} G MAC/s on their shapes = {floor['t_blas'] * 1e3:.1f} ms\n"
+        f"  in-kernel x_proj/dt_proj {floor['kernel_macs'] / 1e9:.2f} G MACs at torch.bmm's "
+        f"{floor['kernel_gmacs']:.1f} G MAC/s on {floor['chunk']}-token chunks = {floor['t_kernel_mm'] * 1e3:.1f} ms\n"
+        f"  scan multiply-adds {floor['fmas'] / 1e9:.2f} G ({SCAN_FMAS_PER_STATE} per token, channel, state) at "
+        f"torch.addcmul's {floor['fma_rate'] / 1e9:.2f} G/s (one thread per direction) = {floor['t_fma'] * 1e3:.1f} ms\n"
+        f"  scan exponentials {floor['exps'] / 1e6:.0f} M at torch.exp's {floor['exp_rate'] / 1e9:.2f} G/s "
+        f"(one thread per direction) = {floor['t_exp'] * 1e3:.1f} ms\n"
+        f"  floor {floor['floor'] * 1e3:.1f} ms vs segment {floor['seg'] * 1e3:.1f} ms: floor_efficiency "
+        f"{floor['efficiency']:.3f} (median of the rounds' ratios; quartiles {floor['q1']:.3f}..{floor['q3']:.3f})"
+    )
 
     return floor
 
@@ -495,17 +569,28 @@ def print_floor(model, fast: str, repeats: int) -> dict:
 def main() -> None:
     global IMG
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--backend", default=os.environ.get("VMSTREAM_SCAN_BACKEND") or "cpu",
-                    help="the fast scan backend to measure (cpu, cuda, ...); the baseline is 'ref'")
+    ap.add_argument(
+        "--backend",
+        default=os.environ.get("VMSTREAM_SCAN_BACKEND") or "cpu",
+        help="the fast scan backend to measure (cpu, cuda, ...); the baseline is 'ref'",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ref-repeats", type=int, default=1, help="repeats for the (slow) reference runs")
     ap.add_argument("--quick", action="store_true", help="fewer repeats; reference segment at T=8 only")
     ap.add_argument("--floor-only", action="store_true", help="only the CPU floor lines (and floor_efficiency_fp32)")
     ap.add_argument("--mem-segments", default="1,10,100")
-    ap.add_argument("--mem-frames", type=int, default=0, help="frames per segment in the memory run "
-                    "(default 16; 1 when only the slow reference backend is available)")
-    ap.add_argument("--img-size", type=int, default=224, help="frame size (224 is the figure of record; "
-                    "smaller sizes are for smoke tests)")
+    ap.add_argument(
+        "--mem-frames",
+        type=int,
+        default=0,
+        help="frames per segment in the memory run (default 16; 1 when only the slow reference backend is available)",
+    )
+    ap.add_argument(
+        "--img-size",
+        type=int,
+        default=224,
+        help="frame size (224 is the figure of record; smaller sizes are for smoke tests)",
+    )
     ap.add_argument("--cosine-streams", type=int, default=16, help="bf16 drift: random clips per segment")
     ap.add_argument("--cosine-segments", type=int, default=4, help="bf16 drift: segments per stream")
     ap.add_argument("--stream-counts", default="1,4,16", help="concurrent streams to measure, comma-separated")
@@ -528,8 +613,10 @@ def main() -> None:
     fast = args.backend if fast_ok else "ref"
     with scan_backend("ref"), torch.inference_mode():  # one-off lazy initialisation, off the clock
         model.forward_segment(torch.randn(1, 3, 1, IMG, IMG))
-    print(f"# VideoMamba-Ti {IMG}x{IMG}, batch 1, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (timings on a busy machine are noisy)")
+    print(
+        f"# VideoMamba-Ti {IMG}x{IMG}, batch 1, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (timings on a busy machine are noisy)"
+    )
     print(f"# fast backend {args.backend!r}: {'ok' if fast_ok else 'UNAVAILABLE (' + why + ')'}")
     if args.floor_only:
         floor = print_floor(model, fast, repeats)
@@ -544,81 +631,109 @@ def main() -> None:
     t_mm16 = time_matmuls(shapes16, repeats)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     t_sq = median_time(lambda: torch.matmul(a, b), repeats=max(repeats, 3))
-    print(f"matmul work T=16: {gmacs16:.2f} G multiply-adds counted from the layer shapes "
-          f"(paper: {PAPER_GMACS_TI_T16:.0f} G; in_proj+out_proj+patch alone: {paper_like:.2f} G)")
-    print(f"torch.matmul on the segment's shapes: {2 * gmacs16 / t_mm16:.1f} GFLOP/s "
-          f"({t_mm16 * 1e3:.1f} ms for one segment's matmuls); 2048^3 square: {2 * 2048 ** 3 / t_sq / 1e9:.1f} GFLOP/s")
+    print(
+        f"matmul work T=16: {gmacs16:.2f} G multiply-adds counted from the layer shapes "
+        f"(paper: {PAPER_GMACS_TI_T16:.0f} G; in_proj+out_proj+patch alone: {paper_like:.2f} G)"
+    )
+    print(
+        f"torch.matmul on the segment's shapes: {2 * gmacs16 / t_mm16:.1f} GFLOP/s "
+        f"({t_mm16 * 1e3:.1f} ms for one segment's matmuls); 2048^3 square: {2 * 2048**3 / t_sq / 1e9:.1f} GFLOP/s"
+    )
 
     # Segment latency, fast vs reference.
     lat, shares = {}, {}
     for T in (8, 16):
-        lat[(fast, T)], *shares[(fast, T)] = segment_latency(model, T, fast,
-                                                             repeats if fast != "ref" else args.ref_repeats)
-        print(f"segment T={T:2d} [{fast}]: {lat[(fast, T)] * 1e3:9.1f} ms   (mamba_inner {shares[(fast, T)][0]:.1%}, "
-              f"add+norm {shares[(fast, T)][1]:.1%} of it)")
+        lat[(fast, T)], *shares[(fast, T)] = segment_latency(
+            model, T, fast, repeats if fast != "ref" else args.ref_repeats
+        )
+        print(
+            f"segment T={T:2d} [{fast}]: {lat[(fast, T)] * 1e3:9.1f} ms   (mamba_inner {shares[(fast, T)][0]:.1%}, "
+            f"add+norm {shares[(fast, T)][1]:.1%} of it)"
+        )
         if fast != "ref" and not (args.quick and T == 16):
             lat[("ref", T)], *shares[("ref", T)] = segment_latency(model, T, "ref", args.ref_repeats)
-            print(f"segment T={T:2d} [ref]: {lat[('ref', T)] * 1e3:9.1f} ms   (mamba_inner {shares[('ref', T)][0]:.1%}) "
-                  f"-> fast is {lat[('ref', T)] / lat[(fast, T)]:.1f}x faster")
+            print(
+                f"segment T={T:2d} [ref]: {lat[('ref', T)] * 1e3:9.1f} ms   (mamba_inner {shares[('ref', T)][0]:.1%}) "
+                f"-> fast is {lat[('ref', T)] / lat[(fast, T)]:.1f}x faster"
+            )
 
     # One scan at L=3137, the docs/design.md measurement.
     scan_ref = isolated_scan("ref", args.ref_repeats if not args.quick else 1)
     if fast != "ref":
         scan_fast = isolated_scan(fast, repeats)
         speedup = scan_ref / scan_fast
-        print(f"one scan L=3137 d_inner=384 N=16: ref {scan_ref * 1e3:.1f} ms, {fast} {scan_fast * 1e3:.2f} ms "
-              f"-> {speedup:.1f}x")
+        print(
+            f"one scan L=3137 d_inner=384 N=16: ref {scan_ref * 1e3:.1f} ms, {fast} {scan_fast * 1e3:.2f} ms "
+            f"-> {speedup:.1f}x"
+        )
     else:
         speedup = float("nan")
         print(f"one scan L=3137 d_inner=384 N=16: ref {scan_ref * 1e3:.1f} ms, fast: unavailable")
 
     inner_share, norm_share = shares[(fast, 16)]
-    print(f"time in ops at T=16 [{fast}]: mamba_inner (conv, x_proj, dt_proj, scan; both directions) "
-          f"{inner_share:.1%}, add+norm {norm_share:.1%}, everything else (in_proj, out_proj, patch embedding, "
-          f"head) {1 - inner_share - norm_share:.1%}")
+    print(
+        f"time in ops at T=16 [{fast}]: mamba_inner (conv, x_proj, dt_proj, scan; both directions) "
+        f"{inner_share:.1%}, add+norm {norm_share:.1%}, everything else (in_proj, out_proj, patch embedding, "
+        f"head) {1 - inner_share - norm_share:.1%}"
+    )
     if fast != "ref":
         # Does a layer's inner part cost more inside the model (its input comes from
         # in_proj, its output goes to out_proj, other ops share the caches) than alone?
         in_model = inner_share * lat[(fast, 16)] / len(model.layers)
         alone = isolated_inner(model, fast, repeats)
-        print(f"one mamba_inner inside the model T=16 [{fast}]: {in_model * 1e3:.2f} ms vs {alone * 1e3:.2f} ms alone "
-              f"-> {in_model / alone:.2f}x")
+        print(
+            f"one mamba_inner inside the model T=16 [{fast}]: {in_model * 1e3:.2f} ms vs {alone * 1e3:.2f} ms alone "
+            f"-> {in_model / alone:.2f}x"
+        )
 
     seg16 = lat[(fast, 16)]
     efficiency = t_mm16 / seg16
-    print(f"achieved T=16 [{fast}]: {2 * gmacs16 / seg16:.1f} GFLOP/s vs matmul {2 * gmacs16 / t_mm16:.1f} GFLOP/s "
-          f"-> matmul_efficiency {efficiency:.3f} (with the paper's 17 G: "
-          f"{t_mm16 * PAPER_GMACS_TI_T16 / gmacs16 / seg16:.3f}); target >= 0.5")
+    print(
+        f"achieved T=16 [{fast}]: {2 * gmacs16 / seg16:.1f} GFLOP/s vs matmul {2 * gmacs16 / t_mm16:.1f} GFLOP/s "
+        f"-> matmul_efficiency {efficiency:.3f} (with the paper's 17 G: "
+        f"{t_mm16 * PAPER_GMACS_TI_T16 / gmacs16 / seg16:.3f}); target >= 0.5"
+    )
 
     ov_repeats = max(20, 2 * repeats) if fast != "ref" else max(1, args.ref_repeats)
     ov = stream_overhead(model, 16, fast, ov_repeats)
     for name in ("wall", "cpu"):
         s, c, o, q1, q3 = ov[name]
-        print(f"streaming overhead T=16 [{fast}], {name} time: forward_segment {s * 1e3:.1f} ms vs forward_features "
-              f"{c * 1e3:.1f} ms -> {o:+.1%} (quartiles of {ov_repeats} pairs {q1:+.1%}..{q3:+.1%}; target < 5%)")
+        print(
+            f"streaming overhead T=16 [{fast}], {name} time: forward_segment {s * 1e3:.1f} ms vs forward_features "
+            f"{c * 1e3:.1f} ms -> {o:+.1%} (quartiles of {ov_repeats} pairs {q1:+.1%}..{q3:+.1%}; target < 5%)"
+        )
     overhead = ov["cpu"][2]
 
     mem_T = args.mem_frames or (16 if fast != "ref" else 1)
     mem = peak_memory(fast, mem_T, counts)
     peaks = [mem["peak_mb"][str(n)] for n in counts]
-    print(f"peak RSS after {counts} segments of T={mem_T} [{fast}]: "
-          + ", ".join(f"{p:.0f} MB" for p in peaks) + f"; state {mem['state_bytes'] / 1e6:.2f} MB")
+    print(
+        f"peak RSS after {counts} segments of T={mem_T} [{fast}]: "
+        + ", ".join(f"{p:.0f} MB" for p in peaks)
+        + f"; state {mem['state_bytes'] / 1e6:.2f} MB"
+    )
 
     floor = print_floor(model, fast, repeats)
     bf16 = set_precision(copy.deepcopy(model), "bf16")
     bf = bf16_speed(model, bf16, fast, max(6, 2 * repeats))
-    print(f"bf16 T=16 [{fast}] (native bf16 matmuls: {bf16_is_native()}): fp32 {bf['fp32'] * 1e3:.1f} ms vs bf16 "
-          f"{bf['bf16'] * 1e3:.1f} ms -> {bf['speedup']:.2f}x wall (paired median; quartiles "
-          f"{bf['q1']:.2f}..{bf['q3']:.2f}), {bf['cpu_speedup']:.2f}x in CPU time; target >= 1.6")
+    print(
+        f"bf16 T=16 [{fast}] (native bf16 matmuls: {bf16_is_native()}): fp32 {bf['fp32'] * 1e3:.1f} ms vs bf16 "
+        f"{bf['bf16'] * 1e3:.1f} ms -> {bf['speedup']:.2f}x wall (paired median; quartiles "
+        f"{bf['q1']:.2f}..{bf['q3']:.2f}), {bf['cpu_speedup']:.2f}x in CPU time; target >= 1.6"
+    )
     drift = bf16_drift(model, bf16, fast, args.cosine_streams, args.cosine_segments)
-    print(f"bf16 drift vs fp32, Ti random weights, {drift['clips']} random clips ({args.cosine_streams} streams x "
-          f"{args.cosine_segments} segments, state carried): cosine of embeddings min {drift['cos_min']:.6f}, "
-          f"mean {drift['cos_mean']:.7f}; top-1 agreement {drift['top1']:.3f}")
+    print(
+        f"bf16 drift vs fp32, Ti random weights, {drift['clips']} random clips ({args.cosine_streams} streams x "
+        f"{args.cosine_segments} segments, state carried): cosine of embeddings min {drift['cos_min']:.6f}, "
+        f"mean {drift['cos_mean']:.7f}; top-1 agreement {drift['top1']:.3f}"
+    )
 
     sweep = stream_sweep(model, bf16, fast, args.stream_counts, args.stream_steps)
     for (prec, n), sps in sweep.items():
-        print(f"streams {n:2d} [{prec}] through InferenceStage.process, batched: {sps:.2f} segments/s "
-              f"({sps / sweep[(prec, 1)]:.2f}x one stream)")
+        print(
+            f"streams {n:2d} [{prec}] through InferenceStage.process, batched: {sps:.2f} segments/s "
+            f"({sps / sweep[(prec, 1)]:.2f}x one stream)"
+        )
 
     print(f"backend_used={fast}")
     print(f"segment_ms_t16={seg16 * 1e3:.1f}")

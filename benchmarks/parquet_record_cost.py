@@ -8,6 +8,7 @@ same run on the same file system.
 
 Prints name=value lines; flush_new_vs_old is new/old.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=576)
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
-    rows = [[make_result("cam0", p * args.rows + i, dim=args.dim).to_row() for i in range(args.rows)]
-            for p in range(args.parts)]
+    rows = [
+        [make_result("cam0", p * args.rows + i, dim=args.dim).to_row() for i in range(args.rows)]
+        for p in range(args.parts)
+    ]
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         old_dir, new_dir = Path(d) / "old", Path(d) / "new"
         old_dir.mkdir()
@@ -48,8 +51,9 @@ def main() -> None:
                 pq.write_table(table, tmp, row_group_size=args.rows, compression="zstd")
         old = (time.perf_counter() - t0) / args.parts
 
-        t = PartTable(new_dir, SEGMENT_SCHEMA, ("uid",), row_group_rows=args.rows, max_delay_s=None,
-                      max_small_parts=10 ** 9)
+        t = PartTable(
+            new_dir, SEGMENT_SCHEMA, ("uid",), row_group_rows=args.rows, max_delay_s=None, max_small_parts=10**9
+        )
         t0 = time.perf_counter()
         for batch in rows:
             for r in batch:
@@ -59,8 +63,9 @@ def main() -> None:
         t._lock.release()
 
         t0 = time.perf_counter()
-        PartTable(new_dir, SEGMENT_SCHEMA, ("uid",), row_group_rows=10 ** 6, target_file_rows=1,
-                  max_small_parts=10 ** 9)._lock.release()  # checks every part; nothing to compact
+        PartTable(
+            new_dir, SEGMENT_SCHEMA, ("uid",), row_group_rows=10**6, target_file_rows=1, max_small_parts=10**9
+        )._lock.release()  # checks every part; nothing to compact
         open_total = time.perf_counter() - t0
         t0 = time.perf_counter()
         problems = PartManifest.read(new_dir).check()  # the part of the open the record adds

@@ -16,6 +16,7 @@ the ratio to the sum, and to the overlap bound: max(slowest stage, CPU seconds o
 stages / cores), the best any scheduling can reach on this machine. Last lines are
 machine-readable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,10 +58,31 @@ def make_video(minutes: float, height: int) -> str:
         sys.exit("needs the ffmpeg CLI to make the test video")
     tmp = path.with_suffix(".tmp.mp4")
     # Noise so it compresses like camera footage; 2 s GOP.
-    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-           "-i", f"testsrc2=size={width}x{height}:rate=30:duration={minutes * 60}",
-           "-vf", "noise=alls=12:allf=t", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
-           "-b:v", f"{max(1, height // 240)}M", "-pix_fmt", "yuv420p", str(tmp)]
+    cmd = [
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={width}x{height}:rate=30:duration={minutes * 60}",
+        "-vf",
+        "noise=alls=12:allf=t",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        "60",
+        "-b:v",
+        f"{max(1, height // 240)}M",
+        "-pix_fmt",
+        "yuv420p",
+        str(tmp),
+    ]
     print(f"making {path.name} ...", flush=True)
     subprocess.run(cmd, check=True)
     tmp.rename(path)
@@ -83,13 +105,18 @@ def main() -> None:
     model = create_model("videomamba_tiny", num_frames=args.frames, num_classes=400).eval()
     from vmstream.models.ops import available_backends
 
-    print(f"video: {Path(video).name}, {args.minutes:g} min {args.height}p, sampling {args.fps:g} fps, "
-          f"T={args.frames}, torch threads {torch.get_num_threads()}, scan backends {available_backends()}")
+    print(
+        f"video: {Path(video).name}, {args.minutes:g} min {args.height}p, sampling {args.fps:g} fps, "
+        f"T={args.frames}, torch threads {torch.get_num_threads()}, scan backends {available_backends()}"
+    )
 
     # -- decode only
     t0, c0 = time.perf_counter(), time.process_time()
-    segs = [s for s in Segmenter(args.frames).segments(decoder.frames(src, policy, size), uri=src.uri)
-            if isinstance(s, Segment)]
+    segs = [
+        s
+        for s in Segmenter(args.frames).segments(decoder.frames(src, policy, size), uri=src.uri)
+        if isinstance(s, Segment)
+    ]
     t_decode, c_decode = time.perf_counter() - t0, time.process_time() - c0
     print(f"decode-only   {t_decode:7.2f} s  ({len(segs)} segments; {c_decode:.1f} CPU-s)")
 
@@ -106,13 +133,15 @@ def main() -> None:
 
     # -- the pipeline
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(overrides={
-            "model": {"name": None, "checkpoint": None},
-            "decode": {"backend": "pyav", "fps": args.fps},
-            "segment": {"frames": args.frames},
-            "output": {"dir": out, "console": False},
-            "runner": {"progress": False, "snapshot_every": 0, "max_streams": 1},
-        })
+        cfg = load_config(
+            overrides={
+                "model": {"name": None, "checkpoint": None},
+                "decode": {"backend": "pyav", "fps": args.fps},
+                "segment": {"frames": args.frames},
+                "output": {"dir": out, "console": False},
+                "runner": {"progress": False, "snapshot_every": 0, "max_streams": 1},
+            }
+        )
         sinks = [ParquetSink(out), FaissSink(Path(out) / "index", dim=model.embed_dim)]
         runner = build_runner(cfg, model=model, sinks=sinks)
         t0 = time.perf_counter()
@@ -126,7 +155,9 @@ def main() -> None:
     # stages spread over every core, whichever is longer.
     cores = os.cpu_count() or 1
     bound = max(slowest, (c_decode + c_model) / cores)
-    print(f"overlap bound {bound:7.2f} s  (max of the slowest stage and {c_decode + c_model:.1f} CPU-s over {cores} cores)")
+    print(
+        f"overlap bound {bound:7.2f} s  (max of the slowest stage and {c_decode + c_model:.1f} CPU-s over {cores} cores)"
+    )
     print(f"pipeline_vs_overlap_bound={t_pipe / bound:.3f}")
     print(f"pipeline_vs_slowest_stage={t_pipe / slowest:.3f}")
     print(f"pipeline_vs_sum_of_stages={t_pipe / (t_decode + t_model):.3f}")

@@ -8,6 +8,7 @@ classes agree. Last lines: `bf16_drift_cosine_worst=`, `bf16_drift_top1_agree=`.
 
     .venv/bin/python benchmarks/precision_drift.py
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,10 @@ def main() -> None:
                 means.append(d.mean().item())
                 agree += (a.logits.argmax(-1) == b.logits.argmax(-1)).sum().item()
                 total += len(clips)
-    print(f"bf16 vs fp32, official-layout test models, 3 seeds x 3 segments x 256 clips: 1 - cosine worst "
-          f"{worst:.2e}, mean {sum(means) / len(means):.1e}; top-1 identical on {agree}/{total}")
+    print(
+        f"bf16 vs fp32, official-layout test models, 3 seeds x 3 segments x 256 clips: 1 - cosine worst "
+        f"{worst:.2e}, mean {sum(means) / len(means):.1e}; top-1 identical on {agree}/{total}"
+    )
     print(f"bf16_drift_cosine_worst={worst:.2e}")
     print(f"bf16_drift_top1_agree={agree}/{total}")
 

@@ -14,6 +14,7 @@ single-thread CPU-time figures (time.thread_time) are the stable measure of the 
 
 The last lines are machine-readable, one figure each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,19 @@ def inputs(L: int, seed: int = 0, grad: bool = False):
     g = torch.Generator().manual_seed(seed)
     xz = torch.randn(1, L, 2 * D_INNER, generator=g)
     x_dbl = torch.randn(1, L, DT_RANK + 2 * D_STATE, generator=g)
-    dt0 = torch.exp(torch.rand(D_INNER, generator=g) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
-                    + torch.log(torch.tensor(1e-3)))
-    t = dict(xz=xz, x_dbl=x_dbl, delta=torch.rand(1, L, D_INNER, generator=g) * 8 - 4,
-             A=-torch.exp(torch.rand(D_INNER, D_STATE, generator=g) * 2.8), D=torch.ones(D_INNER),
-             delta_bias=dt0 + torch.log(-torch.expm1(-dt0)),
-             initial_state=torch.randn(1, D_INNER, D_STATE, generator=g) * 0.1)
+    dt0 = torch.exp(
+        torch.rand(D_INNER, generator=g) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
+        + torch.log(torch.tensor(1e-3))
+    )
+    t = dict(
+        xz=xz,
+        x_dbl=x_dbl,
+        delta=torch.rand(1, L, D_INNER, generator=g) * 8 - 4,
+        A=-torch.exp(torch.rand(D_INNER, D_STATE, generator=g) * 2.8),
+        D=torch.ones(D_INNER),
+        delta_bias=dt0 + torch.log(-torch.expm1(-dt0)),
+        initial_state=torch.randn(1, D_INNER, D_STATE, generator=g) * 0.1,
+    )
     if grad:
         t = {k: v.requires_grad_(True) for k, v in t.items()}
     return t
@@ -51,10 +59,19 @@ def inputs(L: int, seed: int = 0, grad: bool = False):
 
 def scan_args(t):
     xz, x_dbl = t["xz"], t["x_dbl"]
-    return dict(u=xz[..., :D_INNER], z=xz[..., D_INNER:], delta=t["delta"], A=t["A"],
-                B=x_dbl[..., DT_RANK:DT_RANK + D_STATE], C=x_dbl[..., DT_RANK + D_STATE:],
-                D=t["D"], delta_bias=t["delta_bias"], initial_state=t["initial_state"],
-                delta_softplus=True, return_last_state=True)
+    return dict(
+        u=xz[..., :D_INNER],
+        z=xz[..., D_INNER:],
+        delta=t["delta"],
+        A=t["A"],
+        B=x_dbl[..., DT_RANK : DT_RANK + D_STATE],
+        C=x_dbl[..., DT_RANK + D_STATE :],
+        D=t["D"],
+        delta_bias=t["delta_bias"],
+        initial_state=t["initial_state"],
+        delta_softplus=True,
+        return_last_state=True,
+    )
 
 
 def timed(fn, repeats: int, warmup: int = 1, clock=time.perf_counter) -> tuple[float, float]:
@@ -86,6 +103,7 @@ def fwd(impl, L):
     def run():
         with torch.no_grad():
             impl(**a)
+
     return run
 
 
@@ -97,6 +115,7 @@ def fwd_bwd(impl, L):
             v.grad = None
         y, last = impl(**scan_args(t))
         (y.sum() + last.square().sum()).backward()
+
     return run
 
 
@@ -105,8 +124,13 @@ def measure_build() -> float:
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, VMSTREAM_CACHE_DIR=d)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vmstream.models.ops.build"], env=env, check=True,
-                       capture_output=True, cwd=Path(__file__).resolve().parents[1])
+        subprocess.run(
+            [sys.executable, "-m", "vmstream.models.ops.build"],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         return time.perf_counter() - t0
 
 
@@ -114,15 +138,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="fewer repeats of the slow reference")
-    ap.add_argument("--measure-build", action="store_true",
-                    help="also time a first build of the C++ kernel in an empty cache")
+    ap.add_argument(
+        "--measure-build", action="store_true", help="also time a first build of the C++ kernel in an empty cache"
+    )
     args = ap.parse_args()
     ops = cpu_ext.load()
     from vmstream.models.ops.numba_scan import selective_scan_numba
 
     nthreads = torch.get_num_threads()
-    print(f"# torch {torch.__version__}, {nthreads} threads, C++ kernel {ops.isa()}, "
-          f"B=1 D={D_INNER} N={D_STATE}; load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"# torch {torch.__version__}, {nthreads} threads, C++ kernel {ops.isa()}, "
+        f"B=1 D={D_INNER} N={D_STATE}; load average {os.getloadavg()[0]:.1f} at start"
+    )
     ref_reps = 1 if args.quick else 3
     res = {}
     for L in (1569, 3137):
@@ -142,23 +169,35 @@ def main() -> None:
         res[L] = r
         print(f"\nL={L}: scan forward (median / min ms)")
         print(f"  reference loop   {r['ref'][0]:9.2f} / {r['ref'][1]:9.2f}")
-        print(f"  fused C++        {r['cpp'][0]:9.2f} / {r['cpp'][1]:9.2f}   "
-              f"x{r['ref'][0] / r['cpp'][0]:.0f} vs reference, "
-              f"{exps / (r['cpp'][0] * 1e-3) / 1e9:.2f} G exp/s")
-        print(f"  fused C++, CPU time on 1 thread {r['cpp_1t'][0]:.2f} / {r['cpp_1t'][1]:.2f}   "
-              f"{exps / (r['cpp_1t'][0] * 1e-3) / 1e9:.2f} G exp/s per core")
-        print(f"  numba            {r['numba'][0]:9.2f} / {r['numba'][1]:9.2f}   "
-              f"x{r['ref'][0] / r['numba'][0]:.0f} vs reference")
-        print(f"  CPU time on 1 thread: reference {r['ref_1t'][0]:.1f}, fused C++ {r['cpp_1t'][0]:.2f} "
-              f"(x{r['ref_1t'][0] / r['cpp_1t'][0]:.0f}), numba {r['numba_1t'][0]:.1f} "
-              f"(x{r['ref_1t'][0] / r['numba_1t'][0]:.0f})")
+        print(
+            f"  fused C++        {r['cpp'][0]:9.2f} / {r['cpp'][1]:9.2f}   "
+            f"x{r['ref'][0] / r['cpp'][0]:.0f} vs reference, "
+            f"{exps / (r['cpp'][0] * 1e-3) / 1e9:.2f} G exp/s"
+        )
+        print(
+            f"  fused C++, CPU time on 1 thread {r['cpp_1t'][0]:.2f} / {r['cpp_1t'][1]:.2f}   "
+            f"{exps / (r['cpp_1t'][0] * 1e-3) / 1e9:.2f} G exp/s per core"
+        )
+        print(
+            f"  numba            {r['numba'][0]:9.2f} / {r['numba'][1]:9.2f}   "
+            f"x{r['ref'][0] / r['numba'][0]:.0f} vs reference"
+        )
+        print(
+            f"  CPU time on 1 thread: reference {r['ref_1t'][0]:.1f}, fused C++ {r['cpp_1t'][0]:.2f} "
+            f"(x{r['ref_1t'][0] / r['cpp_1t'][0]:.0f}), numba {r['numba_1t'][0]:.1f} "
+            f"(x{r['ref_1t'][0] / r['numba_1t'][0]:.0f})"
+        )
         print(f"L={L}: scan forward + backward (median / min ms)")
         print(f"  reference        {r['ref_fb'][0]:9.2f} / {r['ref_fb'][1]:9.2f}")
-        print(f"  fused C++        {r['cpp_fb'][0]:9.2f} / {r['cpp_fb'][1]:9.2f}   "
-              f"x{r['ref_fb'][0] / r['cpp_fb'][0]:.0f} vs reference")
+        print(
+            f"  fused C++        {r['cpp_fb'][0]:9.2f} / {r['cpp_fb'][1]:9.2f}   "
+            f"x{r['ref_fb'][0] / r['cpp_fb'][0]:.0f} vs reference"
+        )
         print(f"  fused C++, CPU time on 1 thread {r['cpp_fb_1t'][0]:.2f} / {r['cpp_fb_1t'][1]:.2f}")
-        print(f"  numba            {r['numba_fb'][0]:9.2f} / {r['numba_fb'][1]:9.2f}   "
-              f"x{r['ref_fb'][0] / r['numba_fb'][0]:.0f} vs reference")
+        print(
+            f"  numba            {r['numba_fb'][0]:9.2f} / {r['numba_fb'][1]:9.2f}   "
+            f"x{r['ref_fb'][0] / r['numba_fb'][0]:.0f} vs reference"
+        )
 
     # the conv: the torch formulation (transpose, cat, F.conv1d, silu) vs the fused kernel
     L = 3137
@@ -173,8 +212,10 @@ def main() -> None:
         conv_cpp_1t = one_thread_cpu_ms(lambda: cpu.causal_conv1d_cpu(x, w, b, tail, "silu", True), args.repeats)
     print(f"\nL={L}: causal conv K=4 + silu, with tails (median / min ms)")
     print(f"  torch (reference) {conv_ref[0]:8.3f} / {conv_ref[1]:8.3f}   1-thread CPU {conv_ref_1t[0]:.3f}")
-    print(f"  fused C++         {conv_cpp[0]:8.3f} / {conv_cpp[1]:8.3f}   1-thread CPU {conv_cpp_1t[0]:.3f}"
-          f"   x{conv_ref[0] / conv_cpp[0]:.1f} (1 thread x{conv_ref_1t[0] / conv_cpp_1t[0]:.1f})")
+    print(
+        f"  fused C++         {conv_cpp[0]:8.3f} / {conv_cpp[1]:8.3f}   1-thread CPU {conv_cpp_1t[0]:.3f}"
+        f"   x{conv_ref[0] / conv_cpp[0]:.1f} (1 thread x{conv_ref_1t[0] / conv_cpp_1t[0]:.1f})"
+    )
     print(f"# load average {os.getloadavg()[0]:.1f} at the end")
 
     build_s = measure_build() if args.measure_build else None

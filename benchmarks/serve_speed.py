@@ -21,6 +21,7 @@ HTTP), printed as serve_text_p50_over_encoder= (the cost of the HTTP service on 
     .venv/bin/python benchmarks/serve_speed.py                # 1M stored
     .venv/bin/python benchmarks/serve_speed.py --n 100000     # quicker
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-QUERIES = ["a dog catches a frisbee in the park", "a person is cooking in a kitchen", "people riding bikes on a street",
-           "waves on the sea at sunset", "a crowd in a train station", "snow falling on parked cars",
-           "a man playing the guitar", "children playing football", "a cat sleeping on a sofa",
-           "traffic at a busy crossing at night", "a woman reading a book", "fireworks over a city"]
+QUERIES = [
+    "a dog catches a frisbee in the park",
+    "a person is cooking in a kitchen",
+    "people riding bikes on a street",
+    "waves on the sea at sunset",
+    "a crowd in a train station",
+    "snow falling on parked cars",
+    "a man playing the guitar",
+    "children playing football",
+    "a cat sleeping on a sofa",
+    "traffic at a busy crossing at night",
+    "a woman reading a book",
+    "fireworks over a city",
+]
 WORDS = sorted({w for q in QUERIES for w in q.split()})
 SEG_PER_STREAM = 1000
 
@@ -60,8 +71,8 @@ def write_vocab(path: Path) -> None:
 
 def build_out(out: Path, n: int) -> None:
     from PIL import Image
-
     from text_search_speed import build_store, segment_embeddings
+
     from vmstream.records import THUMB_SCHEMA
     from vmstream.stages.thumbnails import jpeg_thumbnail
     from vmstream.store.results import TABLES, PartTable
@@ -72,8 +83,14 @@ def build_out(out: Path, n: int) -> None:
     def columns(ids):
         stream = [f"archive/video{int(i) // SEG_PER_STREAM:04d}.mp4" for i in ids]
         t = (ids % SEG_PER_STREAM) * 2.0
-        return {"stream_id": stream, "segment_index": (ids % SEG_PER_STREAM).tolist(), "t_start": t.tolist(),
-                "t_end": (t + 1.9).tolist(), "labels": [["a label"]] * len(ids), "scores": [[0.5]] * len(ids)}
+        return {
+            "stream_id": stream,
+            "segment_index": (ids % SEG_PER_STREAM).tolist(),
+            "t_start": t.tolist(),
+            "t_end": (t + 1.9).tolist(),
+            "labels": [["a label"]] * len(ids),
+            "scores": [[0.5]] * len(ids),
+        }
 
     store = build_store(out / "index", x, columns)
     store.close()
@@ -82,17 +99,27 @@ def build_out(out: Path, n: int) -> None:
     pics = []
     for j in range(32):
         base = np.linspace(0, 255, 64, dtype=np.float32)
-        im = (np.stack([np.add.outer(base, base * (j % 4) / 3) % 256, np.tile(base, (64, 1)).T,
-                        np.full((64, 64), 8 * j)], -1) + rng.normal(0, 12, (64, 64, 3))).clip(0, 255)
+        im = (
+            np.stack(
+                [np.add.outer(base, base * (j % 4) / 3) % 256, np.tile(base, (64, 1)).T, np.full((64, 64), 8 * j)], -1
+            )
+            + rng.normal(0, 12, (64, 64, 3))
+        ).clip(0, 255)
         pics.append(jpeg_thumbnail(im.astype(np.uint8)))
     assert Image.open(io.BytesIO(pics[0])).size == (64, 64)
     schema, key = TABLES["thumbs"]
     assert schema.equals(THUMB_SCHEMA)
     table = PartTable(out / "thumbs", schema, key, max_delay_s=None, max_small_parts=1 << 30)
     for i in range(n):
-        table.append({"uid": i, "stream_id": f"archive/video{i // SEG_PER_STREAM:04d}.mp4",
-                      "segment_index": i % SEG_PER_STREAM, "t": (i % SEG_PER_STREAM) * 2.0 + 0.95,
-                      "jpeg": pics[i % 32]})
+        table.append(
+            {
+                "uid": i,
+                "stream_id": f"archive/video{i // SEG_PER_STREAM:04d}.mp4",
+                "segment_index": i % SEG_PER_STREAM,
+                "t": (i % SEG_PER_STREAM) * 2.0 + 0.95,
+                "jpeg": pics[i % 32],
+            }
+        )
     table.close()
     print(f"built {n:,d} stored segments with captured thumbnails in {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -156,9 +183,11 @@ def browser_ms(url: str, queries: list[str]) -> float | None:
     times = []
     try:
         d.get(url)
-        d.execute_script("document.getElementById('q').addEventListener('keydown', e => {"
-                         " if (e.key === 'Enter') { window.__t0 = performance.now(); "
-                         " document.getElementById('grid').replaceChildren(); } });")
+        d.execute_script(
+            "document.getElementById('q').addEventListener('keydown', e => {"
+            " if (e.key === 'Enter') { window.__t0 = performance.now(); "
+            " document.getElementById('grid').replaceChildren(); } });"
+        )
         for q in queries:
             box = d.find_element(By.ID, "q")
             box.clear()
@@ -196,8 +225,12 @@ def main() -> None:
         out, vocab = Path(tmp) / "out", Path(tmp) / "vocab.txt"
         write_vocab(vocab)
         build_out(out, args.n)
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", str(out), str(vocab)], stdout=subprocess.PIPE,
-                                text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(out), str(vocab)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
         try:
             url = None
             for line in proc.stdout:
@@ -219,8 +252,9 @@ def main() -> None:
 
             for q in QUERIES[:4]:  # warm up
                 timed("/api/search", text=q)
-            text_t = [timed("/api/search", text=QUERIES[i % len(QUERIES)] + f" {i % 7}")[0]
-                      for i in range(args.queries)]
+            text_t = [
+                timed("/api/search", text=QUERIES[i % len(QUERIES)] + f" {i % 7}")[0] for i in range(args.queries)
+            ]
             ids = [h["id"] for h in timed("/api/search", text=QUERIES[0], k=200, group="segments")[1].json()["results"]]
             id_t = [timed("/api/search", id=ids[i % len(ids)])[0] for i in range(args.queries)]
             rng = np.random.default_rng(1)
@@ -240,6 +274,7 @@ def main() -> None:
                         r = cc.get("/api/search", params={"text": QUERIES[(i + j) % len(QUERIES)] + f" {j}"})
                         if r.status_code != 200:
                             errors.append(r.status_code)
+
             threads = [threading.Thread(target=client, args=(j,)) for j in range(clients)]
             t0 = time.perf_counter()
             for t in threads:
@@ -253,11 +288,16 @@ def main() -> None:
             def metric(text, name):
                 m = re.search(rf"^{name} (\S+)$", text, re.M)
                 return float(m.group(1)) if m else 0.0
+
             batches = metric(stats1, "vmstream_text_batches_total") - metric(stats0, "vmstream_text_batches_total")
-            encoded = (metric(stats1, "vmstream_text_queries_encoded_total")
-                       - metric(stats0, "vmstream_text_queries_encoded_total"))
-            print(f"16 clients: {clients * per} queries in {wall:.1f} s, {len(errors)} refused, mean encoder batch "
-                  f"{encoded / max(batches, 1):.1f}", flush=True)
+            encoded = metric(stats1, "vmstream_text_queries_encoded_total") - metric(
+                stats0, "vmstream_text_queries_encoded_total"
+            )
+            print(
+                f"16 clients: {clients * per} queries in {wall:.1f} s, {len(errors)} refused, mean encoder batch "
+                f"{encoded / max(batches, 1):.1f}",
+                flush=True,
+            )
             vis = browser_ms(url + "/", QUERIES[:6])
             c.close()
         finally:
@@ -266,8 +306,13 @@ def main() -> None:
 
         # with the server gone, in a fresh process: faiss's OpenMP pool loaded beside torch's
         # (as in this process, which built the store) slows torch down many times over
-        base = subprocess.run([sys.executable, __file__, "--encoder-only", str(vocab)], capture_output=True,
-                              text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+        base = subprocess.run(
+            [sys.executable, __file__, "--encoder-only", str(vocab)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            check=True,
+        )
         base_ms = float(base.stdout.strip().splitlines()[-1])
     p50 = pct(text_t, 50)
     print(f"text encoder alone (batch 1, in process): p50 {base_ms:.1f} ms")
@@ -278,8 +323,11 @@ def main() -> None:
     print(f"serve_id_p99_ms={pct(id_t, 99):.2f}")
     print(f"serve_thumb_p50_ms={pct(thumb_t, 50):.2f}")
     print(f"serve_thumb_p99_ms={pct(thumb_t, 99):.2f}")
-    print(f"browser_results_visible_ms={vis:.0f}" if vis is not None else
-          "browser_results_visible_ms=nan  # no chromium/chromedriver")
+    print(
+        f"browser_results_visible_ms={vis:.0f}"
+        if vis is not None
+        else "browser_results_visible_ms=nan  # no chromium/chromedriver"
+    )
     print(f"serve_text_p50_over_encoder={p50 / base_ms:.2f}")
 
 

@@ -17,6 +17,7 @@ other exception), "hang" (past --timeout). The last three must be zero. The figu
 the last lines, one per line, as store_fuzz_<outcome>=N; exit 1 unless the last three
 are zero.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,9 +74,14 @@ def build_store(path: Path, n: int = 240, dim: int = 32, seed: int = 0) -> list[
     live = path.parent / "live"
     store = VideoStore(live, use_gpu=False)
     uids = np.arange(n, dtype=np.int64) * 7919 + 13
-    meta = {"stream_id": [f"cam{i % 4}" for i in range(n)], "segment_index": list(range(n)),
-            "t_start": [2.0 * i for i in range(n)], "t_end": [2.0 * i + 2 for i in range(n)],
-            "labels": [["walking", "cooking"]] * n, "scores": [[0.7, 0.2]] * n}
+    meta = {
+        "stream_id": [f"cam{i % 4}" for i in range(n)],
+        "segment_index": list(range(n)),
+        "t_start": [2.0 * i for i in range(n)],
+        "t_end": [2.0 * i + 2 for i in range(n)],
+        "labels": [["walking", "cooking"]] * n,
+        "scores": [[0.7, 0.2]] * n,
+    }
     for part in np.array_split(np.arange(n), 4):  # a generation, then a log file each
         store.add(uids[part], rng.standard_normal((part.size, dim)), {k: [v[i] for i in part] for k, v in meta.items()})
         store.commit()
@@ -106,15 +112,24 @@ def damage(path: Path, rng: np.random.Generator, target: Path) -> str:
 
 def store_files(path: Path) -> list[Path]:
     gen = path / (path / "CURRENT").read_text().split()[0]
-    return [path / "CURRENT", *(gen / n for n in ("manifest.json", "index.faiss", "ids.parquet", "meta.json")),
-            *sorted(path.glob("wal-*.arrow"))]
+    return [
+        path / "CURRENT",
+        *(gen / n for n in ("manifest.json", "index.faiss", "ids.parquet", "meta.json")),
+        *sorted(path.glob("wal-*.arrow")),
+    ]
 
 
 def run_case(store: Path, uids: list[int], timeout: float) -> tuple[str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     try:
-        p = subprocess.run([sys.executable, "-c", CHILD, str(store), json.dumps(uids)], capture_output=True,
-                           text=True, timeout=timeout, env=env, cwd=REPO)
+        p = subprocess.run(
+            [sys.executable, "-c", CHILD, str(store), json.dumps(uids)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=REPO,
+        )
     except subprocess.TimeoutExpired:
         return "hang", f"no answer in {timeout:.0f} s"
     text = (p.stdout + p.stderr).strip()

@@ -17,6 +17,7 @@ Prints:
 
 The last lines are machine-readable, one figure each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,6 +56,7 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
 
 # ------------------------------------------------------------------ text encoding
 
+
 def text_speed(model: VideoTextMamba, batch: int, repeats: int) -> float:
     """Queries per second at `batch` queries a call."""
     vocab = os.environ.get("VMSTREAM_BERT_VOCAB")
@@ -80,6 +82,7 @@ def text_speed(model: VideoTextMamba, batch: int, repeats: int) -> float:
 
 # ------------------------------------------------------------------------- search
 
+
 def segment_embeddings(n: int, seed: int = 0, topics: int = 100, per_video: int = 20) -> np.ndarray:
     """Means over 8 frames of unit vectors scattered around video and topic directions:
     what a video-text store holds (norms below 1, clustered)."""
@@ -97,7 +100,7 @@ def segment_embeddings(n: int, seed: int = 0, topics: int = 100, per_video: int 
         for _ in range(FRAMES):
             f = centre + 1.0 / math.sqrt(D_JOINT) * rng.standard_normal((m, D_JOINT), np.float32)
             acc += f / np.linalg.norm(f, axis=1, keepdims=True)
-        x[i:i + m] = acc / FRAMES
+        x[i : i + m] = acc / FRAMES
     return x
 
 
@@ -131,11 +134,17 @@ def search_speed(n: int, n_queries: int, workdir: Path) -> dict:
         found += len({h.uid for h in hits} & set(truth[j].tolist()))
     store.close()
     lat_ms = np.array(lat) * 1e3
-    return {"n": n, "add_s": add_s, "p50_ms": float(np.percentile(lat_ms, 50)),
-            "p99_ms": float(np.percentile(lat_ms, 99)), "recall": found / truth.size}
+    return {
+        "n": n,
+        "add_s": add_s,
+        "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p99_ms": float(np.percentile(lat_ms, 99)),
+        "recall": found / truth.size,
+    }
 
 
 # ------------------------------------------------------------------ vision segment
+
 
 def vision_matmul_shapes(T=FRAMES, embed=576, depth=32, d_state=16, patch=16, embed_joint=D_JOINT):
     """(M, K, N, count) of every matmul of one segment of the video-text vision encoder."""
@@ -193,16 +202,20 @@ def main() -> None:
         for n in sizes:
             r = search_speed(n, args.queries, Path(tmp))
             results[n] = r
-            print(f"search {n:>9,d} stored (ivfsq8, ip): p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-                  f"recall@10 vs exact {r['recall']:.3f} (added in {r['add_s']:.1f} s)")
+            print(
+                f"search {n:>9,d} stored (ivfsq8, ip): p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+                f"recall@10 vs exact {r['recall']:.3f} (added in {r['add_s']:.1f} s)"
+            )
 
     seg = segment_ms(model, repeats)
     shapes = vision_matmul_shapes()
     t_mm = time_matmuls(shapes, repeats)
     gmacs = sum(m * k * n * c for _, m, k, n, c in shapes) / 1e9
     eff = t_mm * 1e3 / seg
-    print(f"video-text vision segment {FRAMES}x{IMG}: {seg:.0f} ms ({2 * gmacs / seg * 1e3:.1f} GFLOP/s; its "
-          f"{gmacs:.1f} G MACs of matmuls take {t_mm * 1e3:.0f} ms alone) -> matmul_efficiency {eff:.3f}")
+    print(
+        f"video-text vision segment {FRAMES}x{IMG}: {seg:.0f} ms ({2 * gmacs / seg * 1e3:.1f} GFLOP/s; its "
+        f"{gmacs:.1f} G MACs of matmuls take {t_mm * 1e3:.0f} ms alone) -> matmul_efficiency {eff:.3f}"
+    )
 
     big = max(results)
     print(f"text_queries_per_s_b64={qps64:.1f}")

@@ -21,6 +21,7 @@ masked_forward_ratio=, masked_step_ratio=.
 
     .venv/bin/python benchmarks/train_speed.py [--batch 2] [--segments 2] [--repeats 3] [--pretrain-only]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,10 +109,30 @@ def time_steps(step, model, batch, optimizer, repeats: int, timer=None):
 def time_pretraining(a, clip_step_s: float) -> dict:
     """Masked pretraining of the Ti student (see the module docstring)."""
     torch.manual_seed(0)
-    student = VideoMambaPretrain(img_size=224, patch_size=16, depth=24, embed_dim=192, num_frames=a.frames,
-                                 drop_path_rate=0.1, clip_decoder_embed_dim=192, clip_output_dim=512)
-    teacher = ClipTeacher(input_resolution=224, patch_size=16, width=768, layers=12, heads=12, output_dim=512,
-                          return_attn=True, clip_return_cls=True).eval().requires_grad_(False)
+    student = VideoMambaPretrain(
+        img_size=224,
+        patch_size=16,
+        depth=24,
+        embed_dim=192,
+        num_frames=a.frames,
+        drop_path_rate=0.1,
+        clip_decoder_embed_dim=192,
+        clip_output_dim=512,
+    )
+    teacher = (
+        ClipTeacher(
+            input_resolution=224,
+            patch_size=16,
+            width=768,
+            layers=12,
+            heads=12,
+            output_dim=512,
+            return_attn=True,
+            clip_return_cls=True,
+        )
+        .eval()
+        .requires_grad_(False)
+    )
     cfg = PretrainConfig(mask_type="attention", mask_ratio=a.mask_ratio, clip_output_dim=512)
     opt, _ = build_optimizer(student, 1e-4, 0.05)
     x = torch.randn(a.batch, 3, a.frames, 224, 224)
@@ -135,12 +156,17 @@ def time_pretraining(a, clip_step_s: float) -> dict:
                 if i:
                     times.append(time.perf_counter() - t)
             fwd[name] = statistics.median(times)
-    print(f"masked pretraining ({a.mask_ratio:.0%} attention masking, CLIP-B/16 teacher): "
-          f"{step_s * 1e3:.0f} ms for {a.batch} clips -> {a.batch / step_s:.2f} clips/s; student alone "
-          f"{masked_step_s * 1e3:.0f} ms ({masked_step_s / clip_step_s:.2f}x the clip fine-tuning step); masked "
-          f"forward {fwd['masked'] * 1e3:.0f} ms vs full forward {fwd['full'] * 1e3:.0f} ms")
-    return {"clips_per_s": a.batch / step_s, "forward_ratio": fwd["masked"] / fwd["full"],
-            "step_ratio": masked_step_s / clip_step_s}
+    print(
+        f"masked pretraining ({a.mask_ratio:.0%} attention masking, CLIP-B/16 teacher): "
+        f"{step_s * 1e3:.0f} ms for {a.batch} clips -> {a.batch / step_s:.2f} clips/s; student alone "
+        f"{masked_step_s * 1e3:.0f} ms ({masked_step_s / clip_step_s:.2f}x the clip fine-tuning step); masked "
+        f"forward {fwd['masked'] * 1e3:.0f} ms vs full forward {fwd['full'] * 1e3:.0f} ms"
+    )
+    return {
+        "clips_per_s": a.batch / step_s,
+        "forward_ratio": fwd["masked"] / fwd["full"],
+        "step_ratio": masked_step_s / clip_step_s,
+    }
 
 
 def main() -> int:
@@ -169,23 +195,29 @@ def main() -> int:
     y = torch.randint(0, 400, (a.batch,))
     step = clip_step(torch.nn.CrossEntropyLoss())
     with ScanTimer() as timer:
-        clip_s, fwd_share, bwd_share = time_steps(step, model, {"x": x, "y": y}, opt, a.repeats,
-                                                  timer if backend == "cpu" else None)
+        clip_s, fwd_share, bwd_share = time_steps(
+            step, model, {"x": x, "y": y}, opt, a.repeats, timer if backend == "cpu" else None
+        )
     clips = a.batch / clip_s
-    print(f"clip step: {clip_s * 1e3:.0f} ms for {a.batch} clips -> {clips:.2f} clips/s "
-          f"(scan forward {fwd_share:.0%}, scan backward {bwd_share:.0%} of the step)")
+    print(
+        f"clip step: {clip_s * 1e3:.0f} ms for {a.batch} clips -> {clips:.2f} clips/s "
+        f"(scan forward {fwd_share:.0%}, scan backward {bwd_share:.0%} of the step)"
+    )
 
     segs = float("nan")
     if not a.pretrain_only:
         xs = torch.randn(a.batch, a.segments, 3, a.frames, 224, 224)
         sstep = streaming_step(torch.nn.CrossEntropyLoss(), tbptt_k=0, loss="last")
         with ScanTimer() as timer:
-            stream_s, sfwd, sbwd = time_steps(sstep, model, {"x": xs, "y": y}, opt, a.repeats,
-                                              timer if backend == "cpu" else None)
+            stream_s, sfwd, sbwd = time_steps(
+                sstep, model, {"x": xs, "y": y}, opt, a.repeats, timer if backend == "cpu" else None
+            )
         segs = a.batch * a.segments / stream_s
-        print(f"streaming step: {stream_s * 1e3:.0f} ms for {a.batch} videos x {a.segments} segments -> "
-              f"{segs:.2f} segments/s ({segs / clips:.2f}x clip throughput; scan forward {sfwd:.0%}, "
-              f"backward {sbwd:.0%})")
+        print(
+            f"streaming step: {stream_s * 1e3:.0f} ms for {a.batch} videos x {a.segments} segments -> "
+            f"{segs:.2f} segments/s ({segs / clips:.2f}x clip throughput; scan forward {sfwd:.0%}, "
+            f"backward {sbwd:.0%})"
+        )
 
         if a.with_ref and backend != "ref":
             os.environ["VMSTREAM_SCAN_BACKEND"] = "ref"

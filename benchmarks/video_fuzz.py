@@ -22,6 +22,7 @@ The damaged files of every traceback and hang are kept and listed.
 Last lines, one figure each: video_fuzz_clear_error=, video_fuzz_clean=,
 video_fuzz_traceback=, video_fuzz_hang= (the last two must be 0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,18 @@ def make_bases(root: Path) -> dict[str, bytes]:
     for name, args in BASES.items():
         path = root / name
         audio = "-c:a" in args
-        cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-               "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25:duration=2"]
+        cmd = [
+            FFMPEG,
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=96x64:rate=25:duration=2",
+        ]
         if audio:
             cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2"]
         subprocess.run(cmd + args + ["-t", "2", str(path)], check=True)
@@ -70,8 +81,9 @@ def make_checkpoint(path: Path) -> None:
     from vmstream.models import VideoMamba
 
     torch.manual_seed(0)
-    model = VideoMamba(img_size=32, patch_size=16, depth=2, embed_dim=32, num_classes=5, num_frames=4,
-                       ssm_cfg={"d_state": 8})
+    model = VideoMamba(
+        img_size=32, patch_size=16, depth=2, embed_dim=32, num_classes=5, num_frames=4, ssm_cfg={"d_state": 8}
+    )
     torch.save({"model": model.state_dict()}, path)
 
 
@@ -99,16 +111,32 @@ def damage(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return bytes(buf), f"{count} byte(s) flipped in bytes {lo}-{hi} (first at {spots[0]})"
 
 
-def run_batch(files: list[Path], ckpt: Path, out: Path, timeout: float, extra: tuple = ()
-              ) -> tuple[str, dict[str, str], str]:
+def run_batch(
+    files: list[Path], ckpt: Path, out: Path, timeout: float, extra: tuple = ()
+) -> tuple[str, dict[str, str], str]:
     """('done' | 'hang', {file: verdict}, stderr) for one `vmstream run` over `files`."""
     d = out.with_suffix(".in")
     d.mkdir(parents=True, exist_ok=True)
     for f in files:
         os.link(f, d / f.name)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "vmstream.cli", "run", str(d), "--checkpoint", str(ckpt), "--out", str(out),
-           "--no-progress", "--fps", "4", "--max-streams", "2", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vmstream.cli",
+        "run",
+        str(d),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--fps",
+        "4",
+        "--max-streams",
+        "2",
+        *extra,
+    ]
     try:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(out.parent))
     except subprocess.TimeoutExpired as e:
@@ -136,8 +164,9 @@ def judge(files: list[Path], d: Path, out: Path, code: int, stderr: str) -> dict
         ends = [e for e in evs if e["kind"] == "end"]
         errors = [e for e in evs if e["kind"] == "error"]
         reason = json.loads(ends[-1]["details"] or "{}").get("reason", "eof") if ends else None
-        if reason in ("eof", "truncated") and not any(json.loads(e["details"] or "{}").get("reason") == "non_finite"
-                                                      for e in errors):
+        if reason in ("eof", "truncated") and not any(
+            json.loads(e["details"] or "{}").get("reason") == "non_finite" for e in errors
+        ):
             verdicts[f.name] = "clean"
         elif errors or reason == "error":
             messages = [e["message"] for e in errors] + ([ends[-1]["message"]] if ends else [])
@@ -184,7 +213,7 @@ def main() -> int:
     extra = ("--audio",) if args.audio else ()
     verdicts: dict[str, str] = {}
     for b in range(0, len(files), args.batch):
-        batch = files[b:b + args.batch]
+        batch = files[b : b + args.batch]
         state, got, err = run_batch(batch, ckpt, work / f"run-{b:03d}", args.timeout, extra)
         if state == "done" and "suspect" not in got.values() and "traceback" not in got.values():
             verdicts.update(got)
@@ -204,10 +233,14 @@ def main() -> int:
 
     counts = Counter(verdicts.values())
     by_kind = Counter((name.rsplit(".", 1)[1], v) for name, v in verdicts.items())
-    print(f"{len(files)} damaged videos (seed {args.seed}) in {time.time() - t0:.0f} s; "
-          f"findings kept in {keep if keep.exists() else '(none)'}")
+    print(
+        f"{len(files)} damaged videos (seed {args.seed}) in {time.time() - t0:.0f} s; "
+        f"findings kept in {keep if keep.exists() else '(none)'}"
+    )
     for ext in ("mp4", "webm"):
-        print(f"  {ext}: " + ", ".join(f"{v} {by_kind[(ext, v)]}" for v in ("clear_error", "clean", "traceback", "hang")))
+        print(
+            f"  {ext}: " + ", ".join(f"{v} {by_kind[(ext, v)]}" for v in ("clear_error", "clean", "traceback", "hang"))
+        )
     if not keep.exists():
         shutil.rmtree(work, ignore_errors=True)
     for v in ("clear_error", "clean", "traceback", "hang"):

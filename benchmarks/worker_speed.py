@@ -22,6 +22,7 @@ reported apart.
 Without --bootstrap it starts a private broker in a temp dir and removes it afterwards.
 The last line is JSON with every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vmstream.kafka.topics import TopicNames, delete_topics, ensure_topics, vmstream_topics  # noqa: E402
 from vmstream.kafka.state import KafkaStateStore, partition_for_key  # noqa: E402
+from vmstream.kafka.topics import TopicNames, delete_topics, ensure_topics, vmstream_topics  # noqa: E402
 
 TI_STATE = 700_000
 M_STATE = 2_800_000
@@ -78,8 +79,11 @@ def bench_store(bootstrap: str, streams: int, repeats: int) -> dict:
             for r in range(repeats):
                 sid = f"cam-{(r * 7) % streams}"
                 p = partition_for_key(sid.encode(), 6)
-                other = next(f"cam-{k}" for k in range(streams) if f"cam-{k}" != sid
-                             and partition_for_key(f"cam-{k}".encode(), 6) == p)
+                other = next(
+                    f"cam-{k}"
+                    for k in range(streams)
+                    if f"cam-{k}" != sid and partition_for_key(f"cam-{k}".encode(), 6) == p
+                )
                 with KafkaStateStore(bootstrap, names.state) as reader:  # a fresh worker
                     t0 = time.perf_counter()
                     assert reader.load(sid)["next_index"] == 10
@@ -94,14 +98,16 @@ def bench_store(bootstrap: str, streams: int, repeats: int) -> dict:
                 t0 = time.perf_counter()
                 assert sid.encode() in latest_by_key(bootstrap, names.state)
                 full.append(time.perf_counter() - t0)
-        fig.update({
-            "load_first_ms": 1000 * statistics.median(first),
-            "load_incremental_ms": 1000 * statistics.median(incr),
-            "load_index_hit_ms": 1000 * statistics.median(hit),
-            "read_whole_topic_ms": 1000 * statistics.median(full),
-            "streams_in_topic": streams,
-            "topic_mb": round(streams * TI_STATE / 1e6, 1),
-        })
+        fig.update(
+            {
+                "load_first_ms": 1000 * statistics.median(first),
+                "load_incremental_ms": 1000 * statistics.median(incr),
+                "load_index_hit_ms": 1000 * statistics.median(hit),
+                "read_whole_topic_ms": 1000 * statistics.median(full),
+                "streams_in_topic": streams,
+                "topic_mb": round(streams * TI_STATE / 1e6, 1),
+            }
+        )
     finally:
         delete_topics(bootstrap, names.all())
     return fig
@@ -113,18 +119,20 @@ def bench_worker(bootstrap: str, jobs: int, tmp: Path) -> dict:
 
     from tests.fixtures.media import make_video
     from tests.fixtures.videomamba import make_tiny_model
+    from vmstream.kafka.readers import read_records
     from vmstream.pipeline.assembly import build_runner
     from vmstream.pipeline.config import load_config
-    from vmstream.kafka.readers import read_records
     from vmstream.stages.sources import source_from_job
 
     ckpt = tmp / "tiny.pth"
     torch.save({"model": make_tiny_model(seed=3).state_dict()}, ckpt)
     video = make_video(str(tmp / "v.mp4"), fps=10, seconds=30, gop=20, size=(64, 48))
-    base = {"model": {"checkpoint": str(ckpt), "name": None, "top_k": 3, "device": "cpu"},
-            "decode": {"fps": 4.0, "img_size": 32},
-            "output": {"dir": str(tmp / "inproc"), "console": False, "faiss": False},
-            "runner": {"progress": False, "snapshot_every": 10}}
+    base = {
+        "model": {"checkpoint": str(ckpt), "name": None, "top_k": 3, "device": "cpu"},
+        "decode": {"fps": 4.0, "img_size": 32},
+        "output": {"dir": str(tmp / "inproc"), "console": False, "faiss": False},
+        "runner": {"progress": False, "snapshot_every": 10},
+    }
     specs = [{"stream_id": f"bench-{i}", "uri": video} for i in range(jobs)]
 
     cfg = load_config(overrides=base)
@@ -136,17 +144,30 @@ def bench_worker(bootstrap: str, jobs: int, tmp: Path) -> dict:
 
     names = TopicNames.with_prefix(f"benchw{uuid.uuid4().hex[:8]}")
     ensure_topics(bootstrap, vmstream_topics(names, partitions=6))
-    wcfg = dict(base, output=dict(base["output"], dir=str(tmp / "worker")),
-                kafka={"bootstrap": bootstrap, "jobs_topic": names.jobs, "results_topic": names.segments,
-                       "events_topic": names.events, "summaries_topic": names.summaries,
-                       "state_topic": names.state, "dead_letter_topic": names.dead_letter,
-                       "group_id": f"g-{names.jobs}",
-                       "jobs": {"roots": [str(tmp)]}})  # the job policy: the video's directory
+    wcfg = dict(
+        base,
+        output=dict(base["output"], dir=str(tmp / "worker")),
+        kafka={
+            "bootstrap": bootstrap,
+            "jobs_topic": names.jobs,
+            "results_topic": names.segments,
+            "events_topic": names.events,
+            "summaries_topic": names.summaries,
+            "state_topic": names.state,
+            "dead_letter_topic": names.dead_letter,
+            "group_id": f"g-{names.jobs}",
+            "jobs": {"roots": [str(tmp)]},
+        },
+    )  # the job policy: the video's directory
     (tmp / "w.yaml").write_text(yaml.safe_dump(wcfg))
     log = open(tmp / "worker.log", "w")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "vmstream.cli", "worker", "--config", str(tmp / "w.yaml")],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmstream.cli", "worker", "--config", str(tmp / "w.yaml")],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         while "assigned partitions [" + names.jobs not in (tmp / "worker.log").read_text():
             if proc.poll() is not None or time.perf_counter() - t0 > 120:
@@ -174,8 +195,14 @@ def bench_worker(bootstrap: str, jobs: int, tmp: Path) -> dict:
         proc.wait(60)
         log.close()
         delete_topics(bootstrap, names.all())
-    return {"jobs": jobs, "segments_per_job": report.segments // jobs, "inprocess_s": inproc, "worker_s": worker,
-            "worker_over_inprocess": worker / inproc, "worker_startup_s": startup}
+    return {
+        "jobs": jobs,
+        "segments_per_job": report.segments // jobs,
+        "inprocess_s": inproc,
+        "worker_s": worker,
+        "worker_over_inprocess": worker / inproc,
+        "worker_startup_s": startup,
+    }
 
 
 def main() -> int:
@@ -192,8 +219,12 @@ def main() -> int:
     try:
         bootstrap = a.bootstrap
         if not bootstrap:
-            r = subprocess.run([script, "start", "--state-dir", state, "--owner-pid", str(os.getpid())],
-                               capture_output=True, text=True, timeout=300)
+            r = subprocess.run(
+                [script, "start", "--state-dir", state, "--owner-pid", str(os.getpid())],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if r.returncode != 0:
                 print(r.stderr, file=sys.stderr)
                 return 1
@@ -206,13 +237,17 @@ def main() -> int:
         print(f"  load, first         {fig['load_first_ms']:7.1f} ms   (reads the key's partition)")
         print(f"  load, incremental   {fig['load_incremental_ms']:7.1f} ms   (one new snapshot in the partition)")
         print(f"  load, index hit     {fig['load_index_hit_ms']:7.1f} ms   (one fetch)")
-        print(f"  baseline: whole topic read {fig['read_whole_topic_ms']:7.1f} ms "
-              f"= {fig['read_whole_topic_ms'] / fig['load_incremental_ms']:.0f}x an incremental load")
+        print(
+            f"  baseline: whole topic read {fig['read_whole_topic_ms']:7.1f} ms "
+            f"= {fig['read_whole_topic_ms'] / fig['load_incremental_ms']:.0f}x an incremental load"
+        )
         w = bench_worker(bootstrap, a.jobs, tmp)
         fig.update(w)
-        print(f"worker: {w['jobs']} jobs x {w['segments_per_job']} segments: {w['worker_s']:.2f} s from sending to "
-              f"the last summary; in-process runner {w['inprocess_s']:.2f} s; ratio {w['worker_over_inprocess']:.2f}x; "
-              f"worker start-up {w['worker_startup_s']:.1f} s")
+        print(
+            f"worker: {w['jobs']} jobs x {w['segments_per_job']} segments: {w['worker_s']:.2f} s from sending to "
+            f"the last summary; in-process runner {w['inprocess_s']:.2f} s; ratio {w['worker_over_inprocess']:.2f}x; "
+            f"worker start-up {w['worker_startup_s']:.1f} s"
+        )
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in fig.items()}))
         return 0
     finally:

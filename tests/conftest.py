@@ -1,5 +1,6 @@
 """Shared pytest fixtures. Each area keeps its fixtures in its own module under
 tests/fixtures/ and registers it here with one import line."""
+
 import os
 
 # Triton decides between interpreted and compiled kernels when a kernel module is
@@ -8,10 +9,10 @@ import os
 # Triton reads it; the Triton tests run on CPU tensors through it (tests/models/ops/).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tests.fixtures.training import *  # noqa: F401,F403
 from tests.fixtures.kafka import *  # noqa: F401,F403
-from tests.fixtures.videomamba import *  # noqa: F401,F403
 from tests.fixtures.media import *  # noqa: F401,F403
+from tests.fixtures.training import *  # noqa: F401,F403
+from tests.fixtures.videomamba import *  # noqa: F401,F403
 
 
 def pytest_sessionstart(session):
@@ -30,8 +31,11 @@ def pytest_sessionstart(session):
     missing = [tool for tool in ("ffmpeg", "java", "mvn") if shutil.which(tool) is None]
     if cpu_ext._compiler() is None:
         missing.append("a C++ compiler")
-    for mod in (["duckdb", "matplotlib"] + (["nvidia.dali"] if platform.machine() == "x86_64" else [])
-                + (["triton"] if platform.system() == "Linux" else [])):
+    for mod in (
+        ["duckdb", "matplotlib"]
+        + (["nvidia.dali"] if platform.machine() == "x86_64" else [])
+        + (["triton"] if platform.system() == "Linux" else [])
+    ):
         try:
             __import__(mod)
         except ImportError:

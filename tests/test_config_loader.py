@@ -1,5 +1,6 @@
 """The one config mechanism: YAML layers, deep merge, KEY=VALUE overrides, validation;
 and that the pipeline's presets and the training recipes read overrides alike."""
+
 from typing import Optional
 
 import pytest
@@ -36,12 +37,15 @@ def test_an_empty_value_is_null_and_quotes_give_the_empty_string():
     assert parse_override("finetune=''") == {"finetune": ""}
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("novalue", "expected KEY=VALUE"),
-    ("=3", "empty part"),
-    ("a..b=3", "empty part"),
-    ("a.=3", "empty part"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("novalue", "expected KEY=VALUE"),
+        ("=3", "empty part"),
+        ("a..b=3", "empty part"),
+        ("a.=3", "empty part"),
+    ],
+)
 def test_bad_override_keys(text, needle):
     with pytest.raises(ConfigError, match=needle):
         parse_override(text)
@@ -134,6 +138,7 @@ def test_pipeline_and_training_read_an_empty_value_alike():
 
 
 # ------------------------------------------------------------ bounded YAML reading
+
 
 def _laughs(levels: int = 6, width: int = 10) -> str:
     """A "billion laughs": each level an alias list of the one before (width**levels leaves)."""

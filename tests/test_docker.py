@@ -3,6 +3,7 @@ this reads them as Docker would and checks what can go wrong without one: every 
 they run is a real vmstream command with valid arguments (the real argparse parsers),
 every config file they mount exists and is a valid pipeline config, every path they copy
 or build from exists, and versions are pinned."""
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ DATA_MOUNTS = {"/data/videos"}
 
 
 # ------------------------------------------------------------------------- parsing
+
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
@@ -63,7 +65,7 @@ def shell_commands(script: str) -> list[list[str]]:
     def lead(t: str) -> bool:
         return t in keywords or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", t) is not None
 
-    cmds = [c[next((i for i, t in enumerate(c) if not lead(t)), len(c)):] for c in cmds]
+    cmds = [c[next((i for i, t in enumerate(c) if not lead(t)), len(c)) :] for c in cmds]
     return [c for c in cmds if c and c != ["fi"] and c != ["done"]]
 
 
@@ -141,16 +143,19 @@ def bind_mounts(service: dict) -> dict[str, Path]:
 def host_path(container_path: str, mounts: dict[str, Path]) -> Path:
     for dst, src in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
         if container_path == dst or container_path.startswith(dst.rstrip("/") + "/"):
-            return src / container_path[len(dst):].lstrip("/")
+            return src / container_path[len(dst) :].lstrip("/")
     pytest.fail(f"{container_path} is not inside any bind mount {sorted(mounts)}")
 
 
 def our_services() -> dict[str, dict]:
     """Services that run vmstream images (built from our Dockerfiles)."""
-    return {n: s for n, s in compose()["services"].items() if "build" in s or str(s.get("image", "")).startswith("vmstream")}
+    return {
+        n: s for n, s in compose()["services"].items() if "build" in s or str(s.get("image", "")).startswith("vmstream")
+    }
 
 
 # --------------------------------------------------------------------------- tests
+
 
 def test_the_files_exist():
     assert {p.name for p in DOCKERFILES} == {"Dockerfile.cpu", "Dockerfile.gpu"}
@@ -235,7 +240,7 @@ def test_compose_broker_matches_the_tested_broker_and_volumes_are_declared():
     kafka = c["services"]["kafka"]
     image_version = kafka["image"].split(":")[1]
     script = (REPO / "scripts" / "kafka-local").read_text()
-    tested = re.search(r'VMSTREAM_KAFKA_VERSION:-([0-9.]+)', script).group(1)
+    tested = re.search(r"VMSTREAM_KAFKA_VERSION:-([0-9.]+)", script).group(1)
     assert image_version == tested, "compose runs another Kafka version than the tests"
     env = kafka["environment"]
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
@@ -262,8 +267,15 @@ def test_the_parsers_used_here_reject_what_they_should():
     with pytest.raises(pytest.fail.Exception):
         check_vmstream_argv("vmstream.nothing", [])
     assert unpinned_packages(["pip", "install", "--index-url", "$X", "torch==2.11.0", ".", "ninja"]) == ["ninja"]
-    assert shell_commands("pip install . && vmstream info || true") == [["pip", "install", "."], ["vmstream", "info"], ["true"]]
-    assert shell_commands('if [ -n "$X" ]; then A=1 pip install y; fi') == [["[", "-n", "$X", "]"], ["pip", "install", "y"]]
+    assert shell_commands("pip install . && vmstream info || true") == [
+        ["pip", "install", "."],
+        ["vmstream", "info"],
+        ["true"],
+    ]
+    assert shell_commands('if [ -n "$X" ]; then A=1 pip install y; fi') == [
+        ["[", "-n", "$X", "]"],
+        ["pip", "install", "y"],
+    ]
     assert vmstream_invocation(["python3", "-m", "vmstream.cli.kafka_topics"]) == ("vmstream.cli.kafka_topics", [])
 
 

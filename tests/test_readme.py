@@ -3,6 +3,7 @@ parsed by the real parser it goes to (a `vmstream` command by the CLI's, a
 `-m vmstream.training` one by the training entry point's), scripts and benchmarks it
 names exist, and the cheap ones run: the first run (with a local checkpoint of random
 weights in place of the hub download) and the search commands against its store."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import tomllib
 from starlette.routing import Match
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def readme_commands() -> list[list[str]]:
             while words:
                 cut = words.index("&&") if "&&" in words else len(words)
                 commands.append(words[:cut])
-                words = words[cut + 1:]
+                words = words[cut + 1 :]
     return commands
 
 
@@ -72,7 +73,7 @@ def test_each_readme_command_parses(argv):
         assert args[args.index("-m") + 1] == "vmstream.training", argv
         from vmstream.training.__main__ import build_parser as training_parser
 
-        training_parser().parse_args(args[args.index("-m") + 2:])
+        training_parser().parse_args(args[args.index("-m") + 2 :])
     elif prog.startswith("scripts/"):
         assert os.access(ROOT / prog, os.X_OK), f"{prog} is not an executable script"
     elif prog == ".venv/bin/python" and args[:2] == ["-m", "pytest"]:
@@ -83,8 +84,10 @@ def test_each_readme_command_parses(argv):
         assert (ROOT / args[0]).is_file(), f"{args[0]} does not exist"
     elif prog == "curl":
         path = urlsplit(next(a for a in args if a.startswith("http://"))).path
-        assert any(r.matches({"type": "http", "path": path, "method": "POST" if "-F" in args else "GET"})[0]
-                   == Match.FULL for r in _serve_routes()), f"{argv}: vmstream serve has no such endpoint"
+        assert any(
+            r.matches({"type": "http", "path": path, "method": "POST" if "-F" in args else "GET"})[0] == Match.FULL
+            for r in _serve_routes()
+        ), f"{argv}: vmstream serve has no such endpoint"
     elif prog == ".venv/bin/pip":
         extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
         wanted = re.fullmatch(r"\.\[(.*)\]", args[-1])
@@ -109,11 +112,17 @@ def first_run(tmp_path_factory):
     make_video(str(cwd / "my_video.mp4"), fps=10, seconds=70, size=(160, 120), gop=20, crf=35)
     shutil.copy(cwd / "my_video.mp4", cwd / "query.mp4")
     torch.manual_seed(0)
-    torch.save({"model": VideoMamba(patch_size=16, num_classes=10, img_size=64, depth=2, embed_dim=64,
-                                    num_frames=4).state_dict()}, cwd / "tiny.pth")
+    torch.save(
+        {
+            "model": VideoMamba(
+                patch_size=16, num_classes=10, img_size=64, depth=2, embed_dim=64, num_frames=4
+            ).state_dict()
+        },
+        cwd / "tiny.pth",
+    )
     first = next(c for c in COMMANDS if c[:2] == [VMSTREAM, "run"])
     at = first.index("--model")
-    argv = first[:at] + ["--checkpoint", "tiny.pth"] + first[at + 2:]
+    argv = first[:at] + ["--checkpoint", "tiny.pth"] + first[at + 2 :]
     r = _vmstream(argv, cwd)
     assert r.returncode == 0, r.stderr[-3000:]
     return cwd
@@ -122,8 +131,9 @@ def first_run(tmp_path_factory):
 def _vmstream(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     assert argv[0] == VMSTREAM
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "vmstream.cli", *argv[1:]], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "vmstream.cli", *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_the_first_run_writes_what_the_readme_says(first_run):
@@ -133,8 +143,9 @@ def test_the_first_run_writes_what_the_readme_says(first_run):
     assert list(out.glob("plots/timeline*.png"))
 
 
-@pytest.mark.parametrize("argv", [c for c in COMMANDS if c[:4] == [VMSTREAM, "search", "--index", "runs/demo"]],
-                         ids=_id)
+@pytest.mark.parametrize(
+    "argv", [c for c in COMMANDS if c[:4] == [VMSTREAM, "search", "--index", "runs/demo"]], ids=_id
+)
 def test_the_readme_search_commands_run_on_the_first_runs_store(first_run, argv):
     import pandas as pd
 

@@ -1,4 +1,5 @@
 """The tests' waits stretch with the machine's load and still end."""
+
 from __future__ import annotations
 
 import pytest

@@ -23,6 +23,7 @@ nesting is at most MAX_DEPTH levels (deeper would exhaust the parser's recursion
 a key given twice in one mapping is an error (YAML's "last wins" hides typos); and a
 file is at most MAX_FILE_BYTES.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,19 @@ from typing import Any, Iterable, Mapping, Optional, TypeVar, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["ConfigError", "OVERRIDE_HELP", "read_yaml", "read_layered", "deep_merge", "parse_override",
-           "parse_overrides", "validate", "load_yaml_text", "MAX_DEPTH", "MAX_FILE_BYTES"]
+__all__ = [
+    "ConfigError",
+    "OVERRIDE_HELP",
+    "read_yaml",
+    "read_layered",
+    "deep_merge",
+    "parse_override",
+    "parse_overrides",
+    "validate",
+    "load_yaml_text",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,8 +56,10 @@ MAX_FILE_BYTES = 1 << 20
 PathLike = Union[str, os.PathLike]
 
 # For the CLIs' help text, so both say the same.
-OVERRIDE_HELP = ("KEY=VALUE overrides a config key (dots for nested keys: a.b=3); the value is read as YAML "
-                 "(lists as [1, 2]); KEY= sets it to null, KEY=\"\" to the empty string")
+OVERRIDE_HELP = (
+    "KEY=VALUE overrides a config key (dots for nested keys: a.b=3); the value is read as YAML "
+    '(lists as [1, 2]); KEY= sets it to null, KEY="" to the empty string'
+)
 
 
 class ConfigError(ValueError):
@@ -130,8 +144,10 @@ def parse_override(text: str) -> dict:
         try:
             value = load_yaml_text(raw)
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({_one_line(e)}); "
-                              f"quote it to mean the text: {key}='{raw}'") from None
+            raise ConfigError(
+                f"override {key}: value {raw!r} is not valid YAML ({_one_line(e)}); "
+                f"quote it to mean the text: {key}='{raw}'"
+            ) from None
         except _Refused as e:
             raise ConfigError(f"override {key}: {e}") from None
     for p in reversed(parts):
@@ -170,8 +186,10 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed in a config{_at(event.start_mark)}; "
-                           "write the value out")
+            raise _Refused(
+                f"YAML aliases (*{event.anchor}) are not allowed in a config{_at(event.start_mark)}; "
+                "write the value out"
+            )
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -191,8 +209,9 @@ class _BoundedLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base class says so
                 break
             if first is not key_node.start_mark:
-                raise _Refused(f"key {key!r} is given twice in one mapping{_at(key_node.start_mark)} "
-                               f"(first{_at(first)})")
+                raise _Refused(
+                    f"key {key!r} is given twice in one mapping{_at(key_node.start_mark)} (first{_at(first)})"
+                )
         return super().construct_mapping(node, deep=deep)
 
 

@@ -1,6 +1,7 @@
 """Text that came from a user or a file, made safe to echo on a terminal: control
 characters (an ANSI escape sequence in a query or a file name would recolour, move or
 clear the user's terminal) are shown as `\\xNN` escapes instead of being sent raw."""
+
 from __future__ import annotations
 
 import re

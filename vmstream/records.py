@@ -7,6 +7,7 @@ Defined once here so every stage, sink and transport agrees on them:
 `SEGMENT_SCHEMA` is the one Arrow schema that Parquet files, Kafka payloads and the
 FAISS id map follow; `StreamSummary` and `StreamEvent` have their own small schemas.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -109,8 +110,13 @@ class SegmentResult:
 
     def thumb_row(self) -> dict[str, Any]:
         """A row of `THUMB_SCHEMA` (the middle frame's time: the middle of the span)."""
-        return {"uid": self.uid, "stream_id": self.stream_id, "segment_index": int(self.segment_index),
-                "t": (float(self.t_start) + float(self.t_end)) / 2, "jpeg": bytes(self.thumb)}
+        return {
+            "uid": self.uid,
+            "stream_id": self.stream_id,
+            "segment_index": int(self.segment_index),
+            "t": (float(self.t_start) + float(self.t_end)) / 2,
+            "jpeg": bytes(self.thumb),
+        }
 
     @property
     def uid(self) -> int:
@@ -233,11 +239,11 @@ class StreamEvent:
 class EndReason(str, Enum):
     """Why a stream ended (the "reason" of its "end" event)."""
 
-    EOF = "eof"              # the input ended where it said it would
+    EOF = "eof"  # the input ended where it said it would
     TRUNCATED = "truncated"  # the data ended before the container's duration
-    STOPPED = "stopped"      # the caller stopped it (Ctrl-C, a rebalance): resumable
-    ERROR = "error"          # decoding failed
-    GAVE_UP = "gave_up"      # a live source stopped reconnecting
+    STOPPED = "stopped"  # the caller stopped it (Ctrl-C, a rebalance): resumable
+    ERROR = "error"  # decoding failed
+    GAVE_UP = "gave_up"  # a live source stopped reconnecting
 
 
 # The one table from an end reason to a stream's status, shared by every report of a

@@ -3,6 +3,7 @@
 A source keeps its full URL (FFmpeg needs the credentials to connect); every copy of it
 that leaves the process (results, events, the worker's log, the state topic, dead
 letters) goes through here first."""
+
 from __future__ import annotations
 
 import re

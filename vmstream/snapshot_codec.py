@@ -16,6 +16,7 @@ vmstream resumes; the next snapshot of it is written as v2.
 Its own module because two layers store snapshots: the pipeline's local state store
 (`vmstream.pipeline.snapshots`) and the Kafka state store (`vmstream.kafka.state`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,10 +57,16 @@ def _header(raw: bytes, where: str) -> dict:
         header = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise SnapshotError(f"{where}: corrupt header ({type(e).__name__})") from None
-    ok = (isinstance(header, dict) and isinstance(header.get("stream_id"), str)
-          and all(isinstance(header.get(k), int) and not isinstance(header.get(k), bool) and header[k] >= 0
-                  for k in ("next_index", "state_len", "book_len"))
-          and isinstance(header.get("t_end"), (int, float)) and isinstance(header.get("extra", {}), dict))
+    ok = (
+        isinstance(header, dict)
+        and isinstance(header.get("stream_id"), str)
+        and all(
+            isinstance(header.get(k), int) and not isinstance(header.get(k), bool) and header[k] >= 0
+            for k in ("next_index", "state_len", "book_len")
+        )
+        and isinstance(header.get("t_end"), (int, float))
+        and isinstance(header.get("extra", {}), dict)
+    )
     if not ok:
         raise SnapshotError(f"{where}: corrupt header (fields missing or of the wrong type)")
     return header
@@ -82,20 +89,21 @@ def decode_snapshot(data: bytes, where: str = "snapshot") -> dict:
             raise SnapshotError(f"{where}: truncated ({len(data)} bytes)")
         body, digest = data[:-_DIGEST], data[-_DIGEST:]
         if hashlib.sha256(body).digest() != digest:
-            raise SnapshotError(f"{where}: damaged: its checksum does not match its content "
-                                "(truncated, padded or bytes changed)")
+            raise SnapshotError(
+                f"{where}: damaged: its checksum does not match its content (truncated, padded or bytes changed)"
+            )
         data = body
     off += struct.calcsize("<BI")
     if hlen > min(_MAX_HEADER, len(data) - off):
         raise SnapshotError(f"{where}: truncated header")
-    header = _header(data[off:off + hlen], where)
+    header = _header(data[off : off + hlen], where)
     off += hlen
     need = off + header["state_len"] + header["book_len"]
     if len(data) != need:
         raise SnapshotError(f"{where}: {len(data)} bytes, expected {need} (truncated or padded)")
-    state = data[off:off + header["state_len"]]
+    state = data[off : off + header["state_len"]]
     off += header["state_len"]
-    book = data[off:off + header["book_len"]]
+    book = data[off : off + header["book_len"]]
     return {
         "stream_id": header["stream_id"],
         "next_index": header["next_index"],

@@ -1,5 +1,6 @@
 """The official maximum text length (tokens) of each retrieval benchmark, torch-free so the
 command line can offer them as choices without loading the models."""
+
 from __future__ import annotations
 
 # The official `max_txt_l` of each retrieval benchmark (video_mm configs, exp_zs/*/config.py).

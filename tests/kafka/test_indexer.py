@@ -2,6 +2,7 @@
 workers (tiny checkpoint, tiny encoded videos), the indexer as a real subprocess (so it
 can be SIGKILLed), the store it builds compared with the one `vmstream run` writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def ref_config(ckpt: str, out: Path, bootstrap=None, names=None, **over) -> dict:
-    cfg = {"model": {"checkpoint": ckpt, "name": None, "top_k": 3, "device": "cpu"},
-           "output": {"dir": str(out), "console": False},
-           "decode": dict(PIPELINE["decode"]), "runner": dict(PIPELINE["runner"])}
+    cfg = {
+        "model": {"checkpoint": ckpt, "name": None, "top_k": 3, "device": "cpu"},
+        "output": {"dir": str(out), "console": False},
+        "decode": dict(PIPELINE["decode"]),
+        "runner": dict(PIPELINE["runner"]),
+    }
     if bootstrap:
-        cfg["kafka"] = {"bootstrap": bootstrap, "results_topic": names.segments, "events_topic": names.events,
-                        "summaries_topic": names.summaries, "state_topic": names.state,
-                        "dead_letter_topic": names.dead_letter, "jobs_topic": names.jobs}
+        cfg["kafka"] = {
+            "bootstrap": bootstrap,
+            "results_topic": names.segments,
+            "events_topic": names.events,
+            "summaries_topic": names.summaries,
+            "state_topic": names.state,
+            "dead_letter_topic": names.dead_letter,
+            "jobs_topic": names.jobs,
+        }
     for section, values in over.items():
         cfg.setdefault(section, {}).update(values)
     return cfg
@@ -54,10 +64,22 @@ def run_reference(ckpt: str, jobs: list, out: Path, bootstrap=None, names=None, 
 
 
 def indexer_config(path: Path, bootstrap: str, names) -> Path:
-    path.write_text(yaml.safe_dump({"kafka": {
-        "bootstrap": bootstrap, "results_topic": names.segments, "events_topic": names.events,
-        "summaries_topic": names.summaries, "state_topic": names.state, "dead_letter_topic": names.dead_letter,
-        "jobs_topic": names.jobs, "indexer_group_id": f"idx-{names.jobs}"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {
+                    "bootstrap": bootstrap,
+                    "results_topic": names.segments,
+                    "events_topic": names.events,
+                    "summaries_topic": names.summaries,
+                    "state_topic": names.state,
+                    "dead_letter_topic": names.dead_letter,
+                    "jobs_topic": names.jobs,
+                    "indexer_group_id": f"idx-{names.jobs}",
+                }
+            }
+        )
+    )
     return path
 
 
@@ -67,9 +89,25 @@ class IndexerProc:
         self._log = open(log_path, "a")
         self.starts = (log_path.read_text().count("indexing ") if log_path.exists() else 0) + 1
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "vmstream.cli", "index", "--config", str(config),
-                                      "--out", str(out), "--commit-interval", "0.2", *extra],
-                                     cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vmstream.cli",
+                "index",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--commit-interval",
+                "0.2",
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -151,8 +189,14 @@ def store_view(out: Path) -> dict:
 
     with open_store(out / "index", readonly=True) as s:
         ids, vecs = s.live_vectors()
-        view = {"ids": ids.tolist(), "vectors": vecs, "idmap": s.id_rows(), "metric": s.meta.get("metric"),
-                "model": s.meta.get("model"), "dim": s.meta.get("dim")}
+        view = {
+            "ids": ids.tolist(),
+            "vectors": vecs,
+            "idmap": s.id_rows(),
+            "metric": s.meta.get("metric"),
+            "model": s.meta.get("model"),
+            "dim": s.meta.get("dim"),
+        }
     view["segments"] = sorted(read_table(out, "segments").to_pylist(), key=lambda r: r["uid"])
     view["summaries"] = sorted(read_table(out, "summaries").to_pylist(), key=lambda r: r["stream_id"])
     view["events"] = sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(out, "events").to_pylist())
@@ -162,8 +206,13 @@ def store_view(out: Path) -> dict:
 def _approx_rows(rows: list) -> list:
     """Rows with their float lists as pytest.approx: the model run in other processes,
     batched with other streams, gives scores that differ in the last bits."""
-    return [{k: (pytest.approx(v, rel=1e-5, abs=1e-6) if isinstance(v, list) and v and isinstance(v[0], float)
-                 else v) for k, v in r.items()} for r in rows]
+    return [
+        {
+            k: (pytest.approx(v, rel=1e-5, abs=1e-6) if isinstance(v, list) and v and isinstance(v[0], float) else v)
+            for k, v in r.items()
+        }
+        for r in rows
+    ]
 
 
 def assert_same_store(got: dict, want: dict, *, exact: bool = True) -> None:
@@ -235,8 +284,12 @@ def backend_args(backend: str, tmp_path: Path) -> list:
 def test_the_indexer_builds_the_store_run_writes(tmp_path, kafka_bootstrap, produced, indexers, backend):
     names = produced["names"]
     out = tmp_path / "store"
-    p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log",
-                 *backend_args(backend, tmp_path))
+    p = indexers(
+        indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names),
+        out,
+        tmp_path / "i.log",
+        *backend_args(backend, tmp_path),
+    )
     wait_indexed(out, kafka_bootstrap, names, p)
     assert p.terminate() == 0
     assert len(produced["view"]["ids"]) >= 12
@@ -321,8 +374,17 @@ def test_a_poison_record_is_dead_lettered_and_the_indexer_goes_on(tmp_path, kafk
     names = make_topics(kafka_bootstrap)
     msgs = _raw_messages(kafka_bootstrap, [src.segments])
     good = [m for m in msgs if m.key == b"cam-0"]
-    wrong_dim = SegmentResult(stream_id="cam-9", segment_index=0, t_start=0.0, t_end=1.0, labels=[], scores=[], label_ids=[],
-                              embedding=np.ones(7, np.float32), stream_version="x")
+    wrong_dim = SegmentResult(
+        stream_id="cam-9",
+        segment_index=0,
+        t_start=0.0,
+        t_end=1.0,
+        labels=[],
+        scores=[],
+        label_ids=[],
+        embedding=np.ones(7, np.float32),
+        stream_version="x",
+    )
     prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     try:
         half = len(good) // 2
@@ -380,15 +442,22 @@ def test_a_stream_resent_with_changed_content_is_replaced(tmp_path, kafka_bootst
         delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
 
 
-def test_two_workers_and_one_indexer_give_the_store_run_writes(tmp_path, kafka_bootstrap, produced, workers,
-                                                               indexers, tiny_ckpt):
+def test_two_workers_and_one_indexer_give_the_store_run_writes(
+    tmp_path, kafka_bootstrap, produced, workers, indexers, tiny_ckpt
+):
     names = make_topics(kafka_bootstrap, partitions=4)
     from vmstream.kafka.topics import delete_topics
 
     try:
         group = f"g-{names.jobs}"
-        cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group,
-                           output={"console": False, "store": {"backend": "none"}})
+        cfg = write_config(
+            tmp_path / "w.yaml",
+            tiny_ckpt,
+            kafka_bootstrap,
+            names,
+            group,
+            output={"console": False, "store": {"backend": "none"}},
+        )
         a = workers(cfg, "a")
         b = workers(cfg, "b")
         out = tmp_path / "store"
@@ -420,8 +489,9 @@ def test_two_workers_and_one_indexer_give_the_store_run_writes(tmp_path, kafka_b
         delete_topics(kafka_bootstrap, names.all(), timeout_s=10)
 
 
-def test_a_worker_killed_mid_job_leaves_every_segment_once_in_the_store(tmp_path, kafka_bootstrap, workers,
-                                                                         indexers, tiny_ckpt):
+def test_a_worker_killed_mid_job_leaves_every_segment_once_in_the_store(
+    tmp_path, kafka_bootstrap, workers, indexers, tiny_ckpt
+):
     from tests.fixtures.media import make_video
     from vmstream.kafka.readers import RecordConsumer
     from vmstream.kafka.topics import delete_topics
@@ -430,8 +500,15 @@ def test_a_worker_killed_mid_job_leaves_every_segment_once_in_the_store(tmp_path
     try:
         video = make_video(str(tmp_path / "long.mp4"), fps=10, seconds=40, gop=20, size=(64, 48), faststart=True)
         job = {"stream_id": "cam-long", "uri": video}
-        cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, f"g-{names.jobs}",
-                           decode={"fps": 8.0}, output={"console": False, "store": {"backend": "none"}})
+        cfg = write_config(
+            tmp_path / "w.yaml",
+            tiny_ckpt,
+            kafka_bootstrap,
+            names,
+            f"g-{names.jobs}",
+            decode={"fps": 8.0},
+            output={"console": False, "store": {"backend": "none"}},
+        )
         out = tmp_path / "store"
         p = indexers(indexer_config(tmp_path / "i.yaml", kafka_bootstrap, names), out, tmp_path / "i.log")
         a = workers(cfg, "a")
@@ -485,7 +562,9 @@ def test_shards_split_the_streams_between_indexers(tmp_path, kafka_bootstrap, pr
         topics = [names.segments, names.events, names.summaries]
         ends = {k: v for k, v in end_offsets(kafka_bootstrap, topics).items() if int(k.rsplit(":", 1)[1]) % 2 == i}
         wait_until(p.started, 60, "the indexer to start")
-        wait_until(lambda ends=ends, out=out: all(consumed(out).get(k, 0) >= v for k, v in ends.items()), 120, "shard indexed")
+        wait_until(
+            lambda ends=ends, out=out: all(consumed(out).get(k, 0) >= v for k, v in ends.items()), 120, "shard indexed"
+        )
         assert p.terminate() == 0
         assert set(consumed(out)) == set(ends)
         views.append(store_view(out))
@@ -511,15 +590,27 @@ def test_versions_are_ordered_by_production_time_not_by_arrival(tmp_path, kafka_
     rng = np.random.default_rng(0)
 
     def rec(i: int, version: str, t: float = 0.0) -> SegmentResult:
-        return SegmentResult(stream_id="s", segment_index=i, t_start=float(i), t_end=i + 1.0, labels=[], scores=[],
-                             label_ids=[], embedding=rng.standard_normal(8).astype(np.float32),
-                             stream_version=version)
+        return SegmentResult(
+            stream_id="s",
+            segment_index=i,
+            t_start=float(i),
+            t_end=i + 1.0,
+            labels=[],
+            scores=[],
+            label_ids=[],
+            embedding=rng.standard_normal(8).astype(np.float32),
+            stream_version=version,
+        )
 
-    sends = [(rec(0, "v1"), 1_000), (rec(1, "v1"), 1_001),
-             (rec(0, "v2"), 2_000), (rec(1, "v2"), 2_001),
-             (rec(2, "v1"), 1_500),      # late: produced before v2 started
-             (rec(3, "v2"), 2_002),
-             (rec(0, "v1"), 3_000)]      # v1's content run again, after v2: replaces v2
+    sends = [
+        (rec(0, "v1"), 1_000),
+        (rec(1, "v1"), 1_001),
+        (rec(0, "v2"), 2_000),
+        (rec(1, "v2"), 2_001),
+        (rec(2, "v1"), 1_500),  # late: produced before v2 started
+        (rec(3, "v2"), 2_002),
+        (rec(0, "v1"), 3_000),
+    ]  # v1's content run again, after v2: replaces v2
     prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     try:
         for r, ts in sends:

@@ -1,4 +1,5 @@
 """The worker's job policy (kafka.jobs): what a job may make a worker read."""
+
 from __future__ import annotations
 
 import os
@@ -56,17 +57,19 @@ def test_paths_out_of_the_roots_get_one_message_whatever_exists(tree, tmp_path):
     root, outside = tree
     p = JobPolicy(JobPolicyConfig(roots=[str(root)]))
     uris = [
-        "/etc/passwd",                       # a file
-        "file:///etc/shadow",                # a file, as a URL
-        "/etc",                              # a directory
-        "/dev/zero", "/dev/sda",             # devices
-        "/no/such/file.mp4",                 # missing
-        str(outside / "secret.mp4"),         # a file next to the root
-        str(root / "escape.mp4"),            # a symlink out of the root
+        "/etc/passwd",  # a file
+        "file:///etc/shadow",  # a file, as a URL
+        "/etc",  # a directory
+        "/dev/zero",
+        "/dev/sda",  # devices
+        "/no/such/file.mp4",  # missing
+        str(outside / "secret.mp4"),  # a file next to the root
+        str(root / "escape.mp4"),  # a symlink out of the root
         str(root / "outdir" / "secret.mp4"),  # a directory symlink out of the root
         str(root / ".." / "outside" / "secret.mp4"),
         str(root / "proc-link" / "environ"),  # a symlink into /proc
-        "/proc/self/environ", "/sys/kernel/notes",
+        "/proc/self/environ",
+        "/sys/kernel/notes",
     ]
     messages = {refusal(p, {"stream_id": "x", "uri": u}) for u in uris}
     assert len(messages) == 1
@@ -93,9 +96,17 @@ def test_hosts_names_and_networks():
     admit(p, {"uri": "rtsp://a.cams.local:554/s"})
     admit(p, {"uri": "rtsp://user:pw@10.1.2.3/s"})
     admit(p, {"uri": "http://10.0.0.7:8080/feed"})
-    host_msgs = {refusal(p, {"uri": u}) for u in (
-        "rtsp://evil.example.com/s", "http://192.168.1.1/x.mp4", "http://169.254.169.254/latest/meta-data",
-        "rtsp://cams.local/s", "http://[::1]/x.mp4", "http://localhost/x.mp4")}
+    host_msgs = {
+        refusal(p, {"uri": u})
+        for u in (
+            "rtsp://evil.example.com/s",
+            "http://192.168.1.1/x.mp4",
+            "http://169.254.169.254/latest/meta-data",
+            "rtsp://cams.local/s",
+            "http://[::1]/x.mp4",
+            "http://localhost/x.mp4",
+        )
+    }
     assert len(host_msgs) == 1 and "kafka.jobs.hosts" in host_msgs.pop()
     assert "scheme 'https'" in refusal(p, {"uri": "https://cam.example.com/x.mp4"})
     assert "scheme 'file'" in refusal(p, {"uri": "/etc/passwd"})
@@ -111,15 +122,27 @@ def test_raw_ffmpeg_options_and_forced_formats_are_refused_by_default(tree):
     assert "option 'ffmpeg'" in refusal(p, {"uri": v, "options": {"ffmpeg": {"protocol_whitelist": "file,http"}}})
     formats = ",".join(JobPolicyConfig().formats)
     assert admit(p, {"uri": v, "options": {"timeout": 5}}).options == {
-        "timeout": 5, "ffmpeg": {"protocol_whitelist": "file", "format_whitelist": formats}}
+        "timeout": 5,
+        "ffmpeg": {"protocol_whitelist": "file", "format_whitelist": formats},
+    }
     # Allowed by the operator: only the named FFmpeg options; the worker's own win.
-    p = JobPolicy(JobPolicyConfig(roots=[str(root)], options=["ffmpeg"], ffmpeg_options=["rtsp_transport"],
-                                  ffmpeg={"protocol_whitelist": "file,crypto"}))
+    p = JobPolicy(
+        JobPolicyConfig(
+            roots=[str(root)],
+            options=["ffmpeg"],
+            ffmpeg_options=["rtsp_transport"],
+            ffmpeg={"protocol_whitelist": "file,crypto"},
+        )
+    )
     s = admit(p, {"uri": v, "options": {"ffmpeg": {"rtsp_transport": "tcp"}}})
-    assert s.options["ffmpeg"] == {"rtsp_transport": "tcp", "protocol_whitelist": "file,crypto",
-                                   "format_whitelist": formats}
+    assert s.options["ffmpeg"] == {
+        "rtsp_transport": "tcp",
+        "protocol_whitelist": "file,crypto",
+        "format_whitelist": formats,
+    }
     assert "FFmpeg option 'allowed_extensions'" in refusal(
-        p, {"uri": v, "options": {"ffmpeg": {"allowed_extensions": "ALL"}}})
+        p, {"uri": v, "options": {"ffmpeg": {"allowed_extensions": "ALL"}}}
+    )
     assert admit(p, {"uri": v}).options["ffmpeg"] == {"protocol_whitelist": "file,crypto", "format_whitelist": formats}
     # Network sources get only the worker's own options (and the format limit).
     p = JobPolicy(JobPolicyConfig(schemes=["rtsp"], hosts=["10.0.0.0/8"]))
@@ -127,16 +150,23 @@ def test_raw_ffmpeg_options_and_forced_formats_are_refused_by_default(tree):
 
 
 def test_the_config_section_is_validated():
-    cfg = load_config(sets=["kafka.jobs.roots=[/data]", "kafka.jobs.schemes=[FILE, rtsp]",
-                            "kafka.jobs.hosts=[10.0.0.0/8, cam-1.local]"])
+    cfg = load_config(
+        sets=[
+            "kafka.jobs.roots=[/data]",
+            "kafka.jobs.schemes=[FILE, rtsp]",
+            "kafka.jobs.hosts=[10.0.0.0/8, cam-1.local]",
+        ]
+    )
     assert cfg.kafka.jobs.schemes == ["file", "rtsp"] and not cfg.kafka.jobs.allow_replace
-    for bad, key in [("kafka.jobs.roots=[data]", "kafka.jobs.roots"),
-                     ("kafka.jobs.options=[protocol_whitelist]", "kafka.jobs.options"),
-                     ("kafka.jobs.hosts=['a b']", "kafka.jobs.hosts"),
-                     ("kafka.jobs.schemes=['fi/le']", "kafka.jobs.schemes"),
-                     ("kafka.jobs.formats=['hls,concat']", "kafka.jobs.formats"),
-                     ("kafka.jobs.formats=[]", "kafka.jobs.formats"),
-                     ("kafka.jobs.rootz=[/data]", "kafka.jobs.rootz")]:
+    for bad, key in [
+        ("kafka.jobs.roots=[data]", "kafka.jobs.roots"),
+        ("kafka.jobs.options=[protocol_whitelist]", "kafka.jobs.options"),
+        ("kafka.jobs.hosts=['a b']", "kafka.jobs.hosts"),
+        ("kafka.jobs.schemes=['fi/le']", "kafka.jobs.schemes"),
+        ("kafka.jobs.formats=['hls,concat']", "kafka.jobs.formats"),
+        ("kafka.jobs.formats=[]", "kafka.jobs.formats"),
+        ("kafka.jobs.rootz=[/data]", "kafka.jobs.rootz"),
+    ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(sets=[bad])
 

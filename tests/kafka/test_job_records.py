@@ -1,5 +1,6 @@
 """The pieces that keep a hostile job record from hurting the worker: the bounds read
 before parsing, and the redaction of URL passwords."""
+
 from __future__ import annotations
 
 import logging
@@ -15,9 +16,9 @@ from vmstream.redaction import redact_text, redact_uri
 def test_depth_counts_brackets_outside_strings_only():
     assert json_depth(b'{"uri": "a.mp4"}') == 1
     assert json_depth(b'{"a": [1, {"b": []}]}') == 4
-    assert json_depth(b'{"uri": "[[[[{{{{"}') == 1          # brackets in a string
+    assert json_depth(b'{"uri": "[[[[{{{{"}') == 1  # brackets in a string
     assert json_depth(b'{"uri": "x\\"[[[[", "o": {}}') == 2  # an escaped quote does not end it
-    assert json_depth(b'["\\\\", [[]]]') == 3               # an escaped backslash does not escape the quote
+    assert json_depth(b'["\\\\", [[]]]') == 3  # an escaped backslash does not escape the quote
     assert json_depth(b"[" * 100_000) == 100_000
 
 
@@ -37,7 +38,10 @@ def test_passwords_are_taken_out_of_urls_and_text():
     assert redact_uri("rtsp://admin:pw@10.0.0.7:554/s?x=a@b") == "rtsp://10.0.0.7:554/s?x=a@b"
     assert redact_uri("http://u:p@ss@host/v.mp4") == "http://host/v.mp4"  # a raw "@" in the password
     assert redact_uri("/data/me@home.mp4") == "/data/me@home.mp4"
-    assert redact_text("open 'http://a:b@h/x' failed; retry http://c:d@h/y") == "open 'http://h/x' failed; retry http://h/y"
+    assert (
+        redact_text("open 'http://a:b@h/x' failed; retry http://c:d@h/y")
+        == "open 'http://h/x' failed; retry http://h/y"
+    )
 
 
 def test_the_worker_log_filter_redacts_messages_and_tracebacks():

@@ -1,5 +1,6 @@
 """A job's http(s) redirects pass the job policy (kafka.jobs): real HTTP servers on
 127.0.0.1 (allowed) and 127.0.0.2 (a host the policy does not allow)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Topic administration against the real broker."""
+
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import uuid
 
 import pytest
 
+from vmstream.cli.kafka_topics import main
 from vmstream.kafka.topics import (
     STATE_MAX_MESSAGE_BYTES,
     TopicNames,
@@ -17,7 +19,6 @@ from vmstream.kafka.topics import (
     ensure_topics,
     vmstream_topics,
 )
-from vmstream.cli.kafka_topics import main
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -40,7 +41,11 @@ def _describe(bootstrap, topics):
 def test_names_and_prefix():
     d = TopicNames()
     assert (d.jobs, d.segments, d.state, d.dead_letter) == (
-        "vmstream.jobs", "vmstream.segments", "vmstream.state", "vmstream.dead-letter")
+        "vmstream.jobs",
+        "vmstream.segments",
+        "vmstream.state",
+        "vmstream.dead-letter",
+    )
     c = TopicNames.with_prefix("cam")
     assert c.all() == ["cam.jobs", "cam.segments", "cam.events", "cam.summaries", "cam.state", "cam.dead-letter"]
     assert c.sink_topics() == {"segment": "cam.segments", "event": "cam.events", "summary": "cam.summaries"}
@@ -60,7 +65,13 @@ def test_ensure_topics_creates_them_with_their_configs_once(kafka_bootstrap, nam
     assert report == {n: "created" for n in names.all()}
     d = _describe(kafka_bootstrap, names.all())
     assert {n: d[n]["partitions"] for n in names.all()} == {
-        names.jobs: 3, names.segments: 3, names.events: 3, names.summaries: 3, names.state: 3, names.dead_letter: 1}
+        names.jobs: 3,
+        names.segments: 3,
+        names.events: 3,
+        names.summaries: 3,
+        names.state: 3,
+        names.dead_letter: 1,
+    }
     state = d[names.state]["configs"]
     assert state["cleanup.policy"] == "compact"
     assert int(state["max.message.bytes"]) == STATE_MAX_MESSAGE_BYTES
@@ -77,8 +88,13 @@ def test_drifted_config_is_restored_and_partitions_are_not_silently_changed(kafk
     admin = admin_client(kafka_bootstrap)
     try:
         admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, names.state, {"max.message.bytes": "1000000",
-                                                                    "retention.bytes": "123456789"})],
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    names.state,
+                    {"max.message.bytes": "1000000", "retention.bytes": "123456789"},
+                )
+            ],
             incremental=True,
         )
     finally:

@@ -1,4 +1,5 @@
 """The Kafka results sink against a real broker (scripts/kafka-local)."""
+
 from __future__ import annotations
 
 import json
@@ -269,9 +270,14 @@ def test_backpressure_blocks_then_resumes_and_give_up_raises(outage_broker, kafk
     names = kafka_topics(partitions=1, bootstrap=broker.bootstrap)
     record_bytes = len(encode_record(make_result("s", 0, dim=256)).value)
     sink = KafkaSink(
-        broker.bootstrap, topics=names.sink_topics(), spill_dir=tmp_path,
-        max_buffer_bytes=10 * record_bytes, delivery_timeout_ms=2000, retry_backoff_s=0.2,
-        max_retry_backoff_s=0.5, give_up_s=60,
+        broker.bootstrap,
+        topics=names.sink_topics(),
+        spill_dir=tmp_path,
+        max_buffer_bytes=10 * record_bytes,
+        delivery_timeout_ms=2000,
+        retry_backoff_s=0.2,
+        max_retry_backoff_s=0.5,
+        give_up_s=60,
     )
     sink.write(make_result("s", 0, dim=256))
     sink.flush()
@@ -324,14 +330,16 @@ def test_kafka_local_start_is_idempotent_and_status_tells(kafka_broker):
     from tests.fixtures.kafka import SCRIPT
 
     assert kafka_broker.running()
-    status = subprocess.run([str(SCRIPT), "status", "--state-dir", str(kafka_broker.state_dir)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [str(SCRIPT), "status", "--state-dir", str(kafka_broker.state_dir)], capture_output=True, text=True
+    )
     assert status.returncode == 0 and f"bootstrap={kafka_broker.bootstrap}" in status.stdout
     assert "sasl_bootstrap=127.0.0.1:" in status.stdout
     before = kafka_broker.bootstrap
     assert kafka_broker.start() == before  # already running: same address, no second JVM
-    missing = subprocess.run([str(SCRIPT), "status", "--state-dir", str(kafka_broker.state_dir) + "-none"],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [str(SCRIPT), "status", "--state-dir", str(kafka_broker.state_dir) + "-none"], capture_output=True, text=True
+    )
     assert missing.returncode == 3 and "stopped" in missing.stdout
 
 
@@ -354,8 +362,10 @@ def test_live_consumer_sees_records_and_skips_duplicates(kafka_bootstrap, kafka_
     from kafka import KafkaProducer
 
     names = kafka_topics(partitions=2)
-    with RecordConsumer(kafka_bootstrap, names.segments) as consumer, \
-            KafkaSink(kafka_bootstrap, topics=names.sink_topics(), spill_dir=tmp_path) as sink:
+    with (
+        RecordConsumer(kafka_bootstrap, names.segments) as consumer,
+        KafkaSink(kafka_bootstrap, topics=names.sink_topics(), spill_dir=tmp_path) as sink,
+    ):
         for i in range(5):
             sink.write(make_result("live", i))
         sink.flush()
@@ -385,17 +395,31 @@ def test_security_settings_pass_through_to_a_sasl_listener(kafka_bootstrap, kafk
     # Without the settings, or with a wrong password, the listener refuses us.
     for bad in ({}, {**cfg, "sasl_plain_password": "wrong"}):
         with pytest.raises(ConnectionError, match="cannot connect to Kafka"):
-            KafkaSink(sasl_bootstrap, topics=names.sink_topics(), client_config=bad, spill_dir=tmp_path,
-                      connect_timeout_s=2)
+            KafkaSink(
+                sasl_bootstrap, topics=names.sink_topics(), client_config=bad, spill_dir=tmp_path, connect_timeout_s=2
+            )
 
 
 # ------------------------------------------------------------------ no broker needed
 
+
 def test_client_options_pass_security_settings_and_catch_typos():
-    opts = client_options({"security.protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
-                           "sasl_plain_username": "u", "sasl_plain_password": "p", "ssl_cafile": "/ca.pem"})
-    assert opts == {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u",
-                    "sasl_plain_password": "p", "ssl_cafile": "/ca.pem"}
+    opts = client_options(
+        {
+            "security.protocol": "SASL_SSL",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": "u",
+            "sasl_plain_password": "p",
+            "ssl_cafile": "/ca.pem",
+        }
+    )
+    assert opts == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+        "ssl_cafile": "/ca.pem",
+    }
     with pytest.raises(ValueError, match="sasl_mechanism"):
         client_options({"sasl_mechanisms": "PLAIN"})
     with pytest.raises(ValueError, match="set by vmstream"):

@@ -1,4 +1,5 @@
 """Stream versions on Kafka: carried in the payload, and the readers keep the newest."""
+
 from __future__ import annotations
 
 import math
@@ -12,14 +13,26 @@ from vmstream.records import SCHEMA_VERSION, SegmentResult, StreamEvent, StreamS
 
 
 def seg(i: int, version: str, sid: str = "cam", value: float = 0.0) -> SegmentResult:
-    return SegmentResult(stream_id=sid, segment_index=i, t_start=i, t_end=i + 1, labels=["a"], scores=[1.0],
-                         label_ids=[0], embedding=np.full(4, value, np.float32), stream_version=version)
+    return SegmentResult(
+        stream_id=sid,
+        segment_index=i,
+        t_start=i,
+        t_end=i + 1,
+        labels=["a"],
+        scores=[1.0],
+        label_ids=[0],
+        embedding=np.full(4, value, np.float32),
+        stream_version=version,
+    )
 
 
 def test_records_carry_their_stream_version_through_kafka():
     assert SCHEMA_VERSION >= 2
-    for rec in (seg(3, "v1"), StreamEvent("cam", "end", 0.0, 1.0, stream_version="v1"),
-                StreamSummary("cam", ["a"], [1.0], [0], "last", 1.0, 1, stream_version="v1")):
+    for rec in (
+        seg(3, "v1"),
+        StreamEvent("cam", "end", 0.0, 1.0, stream_version="v1"),
+        StreamSummary("cam", ["a"], [1.0], [0], "last", 1.0, 1, stream_version="v1"),
+    ):
         enc = encode_record(rec)
         back = decode_message(enc.value, enc.headers)
         assert type(back) is type(rec) and back.stream_version == "v1"
@@ -58,14 +71,20 @@ def test_dedupe_agrees_with_the_parquet_sink_on_which_version_stands():
     got = dedupe_by_uid([seg(i, "v1") for i in range(4)] + [summ("v1", 4)] + [seg(0, "v2")])
     assert [(type(r).__name__, r.stream_version) for r in got] == [("SegmentResult", "v2")]
     # A, then B, then A again (a file restored with its mtime): the last run stands.
-    got = dedupe_by_uid([seg(i, "A") for i in range(4)] + [summ("A", 4)] + [seg(i, "B") for i in range(2)]
-                        + [summ("B", 2)] + [seg(i, "A", value=5.0) for i in range(3)])
+    got = dedupe_by_uid(
+        [seg(i, "A") for i in range(4)]
+        + [summ("A", 4)]
+        + [seg(i, "B") for i in range(2)]
+        + [summ("B", 2)]
+        + [seg(i, "A", value=5.0) for i in range(3)]
+    )
     assert [(r.stream_version, r.segment_index) for r in got] == [("A", 0), ("A", 1), ("A", 2)]
     assert {float(r.embedding[0]) for r in got} == {5.0}
     # Segments and summaries read from their own topics, one after the other.
     got = dedupe_by_uid([seg(0, "v1"), seg(0, "v2"), seg(1, "v2"), summ("v1", 1), summ("v2", 2)])
     assert [(type(r).__name__, r.stream_version) for r in got] == [("SegmentResult", "v2")] * 2 + [
-        ("StreamSummary", "v2")]
+        ("StreamSummary", "v2")
+    ]
 
 
 @pytest.mark.kafka
@@ -76,8 +95,11 @@ def test_record_consumer_follows_a_stream_to_its_new_version(kafka_bootstrap, ka
     from vmstream.kafka.readers import RecordConsumer, read_results
 
     names = kafka_topics(partitions=1)
-    sent = ([seg(i, "v1", value=1.0) for i in range(5)] + [seg(4, "v1", value=1.0)]  # a re-send
-            + [seg(i, "v2", value=2.0) for i in range(3)])
+    sent = (
+        [seg(i, "v1", value=1.0) for i in range(5)]
+        + [seg(4, "v1", value=1.0)]  # a re-send
+        + [seg(i, "v2", value=2.0) for i in range(3)]
+    )
     p = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     try:
         for r in sent:
@@ -93,7 +115,9 @@ def test_record_consumer_follows_a_stream_to_its_new_version(kafka_bootstrap, ka
         got += c.poll(1.0)
         assert c.duplicates == 1 and c.new_versions == 1
     # v2's segments 0-2 are not duplicates of v1's uids.
-    assert [(r.stream_version, r.segment_index) for r in got] == [("v1", i) for i in range(5)] + [("v2", i) for i in range(3)]
+    assert [(r.stream_version, r.segment_index) for r in got] == [("v1", i) for i in range(5)] + [
+        ("v2", i) for i in range(3)
+    ]
     # The batch reader: only the newest version stands.
     final = read_results(kafka_bootstrap, names.segments, timeout_s=30)
     assert [(r.stream_version, r.segment_index) for r in final] == [("v2", i) for i in range(3)]

@@ -5,6 +5,7 @@ Workers run as subprocesses (`python -m vmstream.cli worker`) so one can be
 SIGKILLed mid-stream. Their group timing is short (session 6 s, the broker's minimum;
 heartbeat 1 s) so the group notices a dead worker quickly.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -42,9 +43,22 @@ class WorkerProc:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmstream.cli", "worker", "--config", str(config),
-             "--set", f"output.dir={out_dir}", *extra],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "vmstream.cli",
+                "worker",
+                "--config",
+                str(config),
+                "--set",
+                f"output.dir={out_dir}",
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -52,8 +66,9 @@ class WorkerProc:
     def wait_log(self, pattern: str, timeout: float = 90.0) -> re.Match:
         def found():
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited ({self.proc.returncode}) before logging {pattern!r}:\n"
-                                     + self.log()[-4000:])
+                raise AssertionError(
+                    f"worker exited ({self.proc.returncode}) before logging {pattern!r}:\n" + self.log()[-4000:]
+                )
             return re.search(pattern, self.log())
 
         return wait_until(found, timeout, f"{pattern!r} in {self.log_path.name}")
@@ -114,7 +129,7 @@ class _Throttled(http.server.BaseHTTPRequestHandler):
         start, end = 0, len(data) - 1
         rng = self.headers.get("Range", "")
         if rng.startswith("bytes="):
-            a, _, b = rng[len("bytes="):].partition("-")
+            a, _, b = rng[len("bytes=") :].partition("-")
             start = int(a) if a else 0
             end = min(int(b), end) if b else end
             self.send_response(206)
@@ -129,7 +144,7 @@ class _Throttled(http.server.BaseHTTPRequestHandler):
         while pos <= end and not self.server.closing:
             n = min(1024, end - pos + 1)
             try:
-                self.wfile.write(data[pos:pos + n])
+                self.wfile.write(data[pos : pos + n])
             except (BrokenPipeError, ConnectionResetError):
                 return
             pos += n
@@ -177,8 +192,7 @@ def slow_http():
     h.close()
 
 
-PIPELINE = {"decode": {"fps": 4.0, "img_size": 32},
-            "runner": {"progress": False, "snapshot_every": 2, "queue_size": 2}}
+PIPELINE = {"decode": {"fps": 4.0, "img_size": 32}, "runner": {"progress": False, "snapshot_every": 2, "queue_size": 2}}
 LONG = {"decode": {"fps": 8.0}}
 
 
@@ -190,9 +204,13 @@ def write_config(path: Path, ckpt: str, bootstrap: str, names, group: str, **ove
         "runner": dict(PIPELINE["runner"]),
         "kafka": {
             "bootstrap": bootstrap,
-            "jobs_topic": names.jobs, "results_topic": names.segments, "events_topic": names.events,
-            "summaries_topic": names.summaries, "state_topic": names.state,
-            "dead_letter_topic": names.dead_letter, "group_id": group,
+            "jobs_topic": names.jobs,
+            "results_topic": names.segments,
+            "events_topic": names.events,
+            "summaries_topic": names.summaries,
+            "state_topic": names.state,
+            "dead_letter_topic": names.dead_letter,
+            "group_id": group,
             "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 60000},
             # The tests' videos (pytest's temporary directories) and their local HTTP servers.
             "jobs": {"schemes": ["file", "http"], "roots": [str(path.parent.parent)], "hosts": ["127.0.0.1"]},
@@ -269,9 +287,12 @@ def reference(ckpt: str, video: str, tmp_path: Path, **over) -> tuple[dict[int, 
     from vmstream.stages.sinks.base import Sink
     from vmstream.stages.sources import resolve_sources
 
-    cfg = {"model": {"checkpoint": ckpt, "name": None, "top_k": 3, "device": "cpu"},
-           "output": {"dir": str(tmp_path / "ref"), "console": False, "parquet": False, "faiss": False},
-           "decode": dict(PIPELINE["decode"]), "runner": dict(PIPELINE["runner"])}
+    cfg = {
+        "model": {"checkpoint": ckpt, "name": None, "top_k": 3, "device": "cpu"},
+        "output": {"dir": str(tmp_path / "ref"), "console": False, "parquet": False, "faiss": False},
+        "decode": dict(PIPELINE["decode"]),
+        "runner": dict(PIPELINE["runner"]),
+    }
     for section, values in over.items():
         cfg[section].update(values)
 
@@ -300,8 +321,9 @@ def assert_matches_reference(recs, sid: str, ref) -> None:
     assert sorted(got) == sorted(emb), f"stream {sid}: segments {sorted(set(emb) - set(got))} missing"
     for i, r in got.items():
         assert r.uid == segment_uid(sid, i)
-    np.testing.assert_allclose(np.stack([got[i].embedding for i in sorted(got)]),
-                               np.stack([emb[i] for i in sorted(emb)]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([got[i].embedding for i in sorted(got)]), np.stack([emb[i] for i in sorted(emb)]), rtol=1e-5, atol=1e-5
+    )
     (s,) = summaries_of(recs, sid)
     assert s.segment_count == summary.segment_count == len(emb)
     assert s.label_ids == summary.label_ids and s.status == "ok"
@@ -321,13 +343,17 @@ def test_job_in_results_out_offset_committed(tmp_path, kafka_bootstrap, kafka_to
     w.wait_log(r"assigned partitions \[\S")
     sid = "cam-short"
     send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": sid, "uri": videos["short"]}])
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, sid) and r, 90,
-                      "the stream's summary")
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, sid) and r, 90, "the stream's summary"
+    )
     assert_matches_reference(recs, sid, reference(tiny_ckpt, videos["short"], tmp_path))
     w.wait_log(r"stream cam-short done \(ok\)")
     ends = end_offsets(kafka_bootstrap, names.jobs)
-    wait_until(lambda: committed(kafka_bootstrap, group, names.jobs) == {p: e or None for p, e in ends.items()},
-               30, "the job's offset to be committed")
+    wait_until(
+        lambda: committed(kafka_bootstrap, group, names.jobs) == {p: e or None for p, e in ends.items()},
+        30,
+        "the job's offset to be committed",
+    )
     with KafkaStateStore(kafka_bootstrap, names.state) as store:
         assert store.load(sid) is None  # finished: its snapshot is tombstoned
     # Local outputs per the config: Parquet here (FAISS is off in these tests).
@@ -348,18 +374,27 @@ def test_bad_jobs_go_to_the_dead_letter_topic(tmp_path, kafka_bootstrap, kafka_t
     missing = str(tmp_path / "no-such-video.mp4")
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video")
-    send_jobs(kafka_bootstrap, names.jobs, [
-        b"this is not json",
-        {"stream_id": "broken", "uri": missing},
-        {"stream_id": "no-uri"},
-        {"stream_id": "text", "uri": str(not_video)},
-        {"stream_id": "good", "uri": videos["short"]},
-    ], partition=0)
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good") and r, 90,
-                      "the good job's summary after the bad ones")
+    send_jobs(
+        kafka_bootstrap,
+        names.jobs,
+        [
+            b"this is not json",
+            {"stream_id": "broken", "uri": missing},
+            {"stream_id": "no-uri"},
+            {"stream_id": "text", "uri": str(not_video)},
+            {"stream_id": "good", "uri": videos["short"]},
+        ],
+        partition=0,
+    )
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good") and r,
+        90,
+        "the good job's summary after the bad ones",
+    )
     assert len(segments_of(recs, "good")) == 4
-    dead = wait_until(lambda: len(m := read_messages(kafka_bootstrap, names.dead_letter)) >= 4 and m, 30,
-                      "four dead letters")
+    dead = wait_until(
+        lambda: len(m := read_messages(kafka_bootstrap, names.dead_letter)) >= 4 and m, 30, "four dead letters"
+    )
     assert len(dead) == 4
     by_offset = {json.loads(m.value)["source"]["offset"]: json.loads(m.value) for m in dead}
     assert sorted(by_offset) == [0, 1, 2, 3]
@@ -379,8 +414,9 @@ def test_bad_jobs_go_to_the_dead_letter_topic(tmp_path, kafka_bootstrap, kafka_t
     assert w.terminate() == 0
 
 
-def test_a_job_cannot_make_the_worker_read_outside_its_roots(tmp_path, kafka_bootstrap, kafka_topics, workers,
-                                                            tiny_ckpt, videos):
+def test_a_job_cannot_make_the_worker_read_outside_its_roots(
+    tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos
+):
     """The probe of issue 11: /etc/passwd decoded as raw video made segment results."""
     from vmstream.kafka.readers import read_messages
 
@@ -389,21 +425,31 @@ def test_a_job_cannot_make_the_worker_read_outside_its_roots(tmp_path, kafka_boo
     cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group)
     w = workers(cfg, "a")
     raw = {"format": "rawvideo", "ffmpeg": {"video_size": "8x8", "pixel_format": "gray", "framerate": "4"}}
-    send_jobs(kafka_bootstrap, names.jobs, [
-        {"stream_id": "x", "uri": "file:///etc/passwd", "options": raw},
-        {"stream_id": "y", "uri": "file:///etc/passwd"},
-        {"stream_id": "z", "uri": "/etc/no-such-file"},
-        {"stream_id": "raw-in-root", "uri": videos["short"], "options": raw},
-        {"stream_id": "web", "uri": "http://169.254.169.254/latest/meta-data"},
-        {"stream_id": "good", "uri": videos["short"]},
-    ], partition=0)
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good") and r, 90,
-                      "the good job's summary after the refused ones")
+    send_jobs(
+        kafka_bootstrap,
+        names.jobs,
+        [
+            {"stream_id": "x", "uri": "file:///etc/passwd", "options": raw},
+            {"stream_id": "y", "uri": "file:///etc/passwd"},
+            {"stream_id": "z", "uri": "/etc/no-such-file"},
+            {"stream_id": "raw-in-root", "uri": videos["short"], "options": raw},
+            {"stream_id": "web", "uri": "http://169.254.169.254/latest/meta-data"},
+            {"stream_id": "good", "uri": videos["short"]},
+        ],
+        partition=0,
+    )
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good") and r,
+        90,
+        "the good job's summary after the refused ones",
+    )
     assert {r.stream_id for r in recs} == {"good"}  # no result of any refused job
-    dead = wait_until(lambda: len(m := read_messages(kafka_bootstrap, names.dead_letter)) >= 5 and m, 30,
-                      "five dead letters")
-    by_sid = {json.loads(m.value)["stream_id"] or json.loads(m.value)["job"]["stream_id"]: json.loads(m.value)
-              for m in dead}
+    dead = wait_until(
+        lambda: len(m := read_messages(kafka_bootstrap, names.dead_letter)) >= 5 and m, 30, "five dead letters"
+    )
+    by_sid = {
+        json.loads(m.value)["stream_id"] or json.loads(m.value)["job"]["stream_id"]: json.loads(m.value) for m in dead
+    }
     assert sorted(by_sid) == ["raw-in-root", "web", "x", "y", "z"]
     assert all(d["reason"] == "refused" for d in by_sid.values())
     assert "option 'ffmpeg'" in by_sid["x"]["error"] and "option 'ffmpeg'" in by_sid["raw-in-root"]["error"]
@@ -414,8 +460,9 @@ def test_a_job_cannot_make_the_worker_read_outside_its_roots(tmp_path, kafka_boo
     assert w.terminate() == 0
 
 
-def test_a_stream_id_rerun_replaces_its_results_only_when_allowed(tmp_path, kafka_bootstrap, kafka_topics, workers,
-                                                                  tiny_ckpt, videos):
+def test_a_stream_id_rerun_replaces_its_results_only_when_allowed(
+    tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos
+):
     """Issue 11: two jobs of one stream id and different files left new rows plus stale
     ones, and the Kafka reader and the Parquet sink disagreed on which copy won."""
     from tests.fixtures.media import make_video
@@ -427,22 +474,31 @@ def test_a_stream_id_rerun_replaces_its_results_only_when_allowed(tmp_path, kafk
     group = f"g-{names.jobs}"
     cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group)
     w = workers(cfg, "a")
-    send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "cam", "uri": videos["short"]},
-                                            {"stream_id": "cam", "uri": other}], partition=0)
+    send_jobs(
+        kafka_bootstrap,
+        names.jobs,
+        [{"stream_id": "cam", "uri": videos["short"]}, {"stream_id": "cam", "uri": other}],
+        partition=0,
+    )
     dead = wait_until(lambda: read_messages(kafka_bootstrap, names.dead_letter), 90, "the second job's dead letter")
     (d,) = [json.loads(m.value) for m in dead]
     assert d["stream_id"] == "cam" and d["reason"] == "failed" and "allow_replace" in d["error"]
     assert videos["short"] not in d["error"]
     recs = records(kafka_bootstrap, names)
-    assert len(segments_of(recs, "cam")) == 4 and {r.uri for r in segments_of(recs, "cam").values()} == {videos["short"]}
+    assert len(segments_of(recs, "cam")) == 4 and {r.uri for r in segments_of(recs, "cam").values()} == {
+        videos["short"]
+    }
     assert w.terminate() == 0
 
     # Allowed by the operator: the rerun replaces the stream's results everywhere.
     w = workers(cfg, "b", "--set", "kafka.jobs.allow_replace=true", "--set", f"output.dir={tmp_path / 'out-a'}")
     send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "cam", "uri": other}], partition=0)
     w.wait_log(r"stream cam done \(ok\)")
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and {s.uri for s in summaries_of(r, "cam")} == {other}
-                      and r, 60, "the new version's summary")
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and {s.uri for s in summaries_of(r, "cam")} == {other} and r,
+        60,
+        "the new version's summary",
+    )
     segs = segments_of(recs, "cam")
     assert sorted(segs) == [0, 1] and {r.uri for r in segs.values()} == {other}
     assert len({r.stream_version for r in segs.values()}) == 1
@@ -453,8 +509,9 @@ def test_a_stream_id_rerun_replaces_its_results_only_when_allowed(tmp_path, kafk
     assert w.terminate() == 0
 
 
-def test_killed_worker_is_resumed_by_another_from_the_snapshot(tmp_path, kafka_bootstrap, kafka_topics, workers,
-                                                               tiny_ckpt, videos):
+def test_killed_worker_is_resumed_by_another_from_the_snapshot(
+    tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos
+):
     from vmstream.kafka.readers import RecordConsumer
 
     names = kafka_topics(partitions=2)
@@ -477,8 +534,11 @@ def test_killed_worker_is_resumed_by_another_from_the_snapshot(tmp_path, kafka_b
     assert 6 <= len(first) < total, "worker a finished before it could be stopped; make the video longer"
     a.kill()
     b = workers(cfg, "b")
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, sid) and r, 120,
-                      "worker b to finish the stream")
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, sid) and r,
+        120,
+        "worker b to finish the stream",
+    )
     assert_matches_reference(recs, sid, ref)
     # b resumed from a snapshot instead of starting over: it skipped the segments
     # before it, so fewer than `total` segments were made again.
@@ -502,10 +562,12 @@ def test_two_workers_share_the_jobs(tmp_path, kafka_bootstrap, kafka_topics, wor
     b.wait_log(r"assigned partitions \[\S")  # the group has settled: two partitions each
     sids = [f"s{p}-{i}" for p in range(4) for i in range(2)]
     for sid in sids:
-        send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": sid, "uri": videos["short"]}],
-                  partition=int(sid[1]))
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and all(summaries_of(r, s) for s in sids) and r,
-                      120, "every stream's summary")
+        send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": sid, "uri": videos["short"]}], partition=int(sid[1]))
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and all(summaries_of(r, s) for s in sids) and r,
+        120,
+        "every stream's summary",
+    )
     ref = reference(tiny_ckpt, videos["short"], tmp_path)
     for sid in sids:
         assert_matches_reference(recs, sid, ref)  # exactly one summary each: done once
@@ -515,8 +577,9 @@ def test_two_workers_share_the_jobs(tmp_path, kafka_bootstrap, kafka_topics, wor
         done_by[name] = set(seg.stream_id)
     assert done_by["a"] and done_by["b"], f"one worker got no work: {done_by}"
     assert done_by["a"].isdisjoint(done_by["b"]) and done_by["a"] | done_by["b"] == set(sids)
-    wait_until(lambda: committed(kafka_bootstrap, group, names.jobs) == {p: 2 for p in range(4)}, 30,
-               "all offsets committed")
+    wait_until(
+        lambda: committed(kafka_bootstrap, group, names.jobs) == {p: 2 for p in range(4)}, 30, "all offsets committed"
+    )
     assert a.terminate() == 0 and b.terminate() == 0
 
 
@@ -531,9 +594,14 @@ class Intruder:
         from kafka import KafkaConsumer
         from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                                      partition_assignment_strategy=[CooperativeStickyAssignor],
-                                      session_timeout_ms=6000, heartbeat_interval_ms=1000)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            partition_assignment_strategy=[CooperativeStickyAssignor],
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
         self.consumer.subscribe([topic])
         self.assigned: set = set()
         self.generation = -1
@@ -553,8 +621,9 @@ class Intruder:
         self._thread.join(30)
 
 
-def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos,
-                                            slow_http):
+def test_rebalance_hands_a_running_job_over(
+    tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos, slow_http
+):
     """A runs two long jobs on two partitions. A new group member arrives: A gives one
     partition up, cancelling its job (snapshot saved, offset not committed) while the
     other job runs on undisturbed. The partition then reaches worker b, which resumes
@@ -598,8 +667,11 @@ def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_top
         intruder.leave()
     b.wait_log(rf"stream {moved}: resuming at segment \d+", timeout=60)
     slow_http.unthrottle()  # the handover is done; no need to wait out the pace
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "p0")
-                      and summaries_of(r, "p1") and r, 120, "both streams to finish")
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "p0") and summaries_of(r, "p1") and r,
+        120,
+        "both streams to finish",
+    )
     for sid in ("p0", "p1"):
         assert_matches_reference(recs, sid, ref)
     b.wait_log(rf"stream {moved} done \(ok\)")
@@ -609,12 +681,11 @@ def test_rebalance_hands_a_running_job_over(tmp_path, kafka_bootstrap, kafka_top
     assert a.terminate() == 0 and b.terminate() == 0
 
 
-def test_sigterm_stops_cleanly_and_the_job_resumes(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt,
-                                                   videos):
+def test_sigterm_stops_cleanly_and_the_job_resumes(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos):
     """SIGTERM mid-stream: snapshot saved, results flushed, the job's offset NOT
     committed, the group left; the next worker resumes where it stopped."""
-    from vmstream.kafka.state import KafkaStateStore
     from vmstream.kafka.readers import RecordConsumer
+    from vmstream.kafka.state import KafkaStateStore
 
     names = kafka_topics(partitions=1)
     group = f"g-{names.jobs}"
@@ -639,8 +710,11 @@ def test_sigterm_stops_cleanly_and_the_job_resumes(tmp_path, kafka_bootstrap, ka
     # The stop snapshot covers every result a flushed: nothing after it was lost.
     assert snap is not None and snap["next_index"] == len(first) == max(first) + 1
     b = workers(cfg, "b")
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, sid) and r, 120,
-                      "worker b to finish the stream")
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, sid) and r,
+        120,
+        "worker b to finish the stream",
+    )
     assert_matches_reference(recs, sid, ref)
     b.wait_log(rf"stream {sid}: resuming at segment {snap['next_index']}\b")
     raw = [r for r in records(kafka_bootstrap, names, dedupe=False) if isinstance(r, SegmentResult)]
@@ -649,8 +723,9 @@ def test_sigterm_stops_cleanly_and_the_job_resumes(tmp_path, kafka_bootstrap, ka
 
 
 @pytest.mark.slow
-def test_broker_outage_delays_results_and_loses_none(tmp_path, make_kafka_broker, kafka_topics, workers, tiny_ckpt,
-                                                     videos):
+def test_broker_outage_delays_results_and_loses_none(
+    tmp_path, make_kafka_broker, kafka_topics, workers, tiny_ckpt, videos
+):
     """The broker goes away mid-stream and comes back: the worker waits (results and
     snapshots held, commits retried) and then completes the job, every segment there."""
     from vmstream.kafka.readers import RecordConsumer
@@ -675,12 +750,16 @@ def test_broker_outage_delays_results_and_loses_none(tmp_path, make_kafka_broker
     # Long enough for the consumer's metadata refreshes and coordinator lookups to fail
     # (kafka-python 3 raises those out of poll; the worker must ride them out).
     time.sleep(8)
-    assert a.proc.poll() is None and "stopping:" not in a.log(), \
+    assert a.proc.poll() is None and "stopping:" not in a.log(), (
         "the worker stopped with the broker:\n" + a.log()[-3000:]
+    )
     broker.start()
     try:
-        recs = wait_until(lambda: (r := records(bootstrap, names)) and summaries_of(r, sid) and r, 180,
-                          "the stream's summary after the outage")
+        recs = wait_until(
+            lambda: (r := records(bootstrap, names)) and summaries_of(r, sid) and r,
+            180,
+            "the stream's summary after the outage",
+        )
     except AssertionError as e:
         raise AssertionError(f"{e}; the worker's log:\n{a.log()[-6000:]}") from None
     assert_matches_reference(recs, sid, ref)
@@ -697,7 +776,12 @@ def test_start_errors_are_one_clear_line(tmp_path, kafka_bootstrap, kafka_topics
         (["--set", "kafka.client.sasl_mechanizm=PLAIN"], "did you mean sasl_mechanism"),
     ]
     for extra, message in cases:
-        r = subprocess.run([sys.executable, "-m", "vmstream.cli", "worker", "--config", str(cfg), *extra],
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "vmstream.cli", "worker", "--config", str(cfg), *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2, r.stderr[-2000:]
         assert message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

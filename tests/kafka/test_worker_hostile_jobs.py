@@ -2,6 +2,7 @@
 a job out of its policy, poison job records, a password in a job's URL, damaged
 records on the state topic. Each ends in a dead letter (or a fresh start), the worker
 goes on and serves the good job after them."""
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.http_files import http_servers  # noqa: F401  (fixture)
 from tests.kafka.test_worker import (  # noqa: F401  (fixtures)
     REPO,
     committed,
@@ -24,15 +26,34 @@ from tests.kafka.test_worker import (  # noqa: F401  (fixtures)
     write_config,
 )
 
-from tests.fixtures.http_files import http_servers  # noqa: F401  (fixture)
-
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
 
 def make_ts(path: Path) -> Path:
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                    "-i", "testsrc2=size=64x48:rate=10:duration=4", "-c:v", "libx264", "-g", "10",
-                    "-pix_fmt", "yuv420p", "-f", "mpegts", str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x48:rate=10:duration=4",
+            "-c:v",
+            "libx264",
+            "-g",
+            "10",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "mpegts",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
@@ -46,8 +67,9 @@ def playlist(*entries: str) -> str:
 def dead_letters(bootstrap: str, names, n: int) -> dict:
     from vmstream.kafka.readers import read_messages
 
-    dead = wait_until(lambda: len(m := read_messages(bootstrap, names.dead_letter)) >= n and m, 120,
-                      f"{n} dead letters")
+    dead = wait_until(
+        lambda: len(m := read_messages(bootstrap, names.dead_letter)) >= n and m, 120, f"{n} dead letters"
+    )
     out = {}
     for m in dead:
         d = json.loads(m.value)
@@ -56,8 +78,9 @@ def dead_letters(bootstrap: str, names, n: int) -> dict:
     return out
 
 
-def test_playlists_cannot_walk_a_job_out_of_its_policy(tmp_path, kafka_bootstrap, kafka_topics, workers,
-                                                       tiny_ckpt, videos, http_servers):
+def test_playlists_cannot_walk_a_job_out_of_its_policy(
+    tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos, http_servers
+):
     """The issue's attack: root/evil.m3u8 naming /elsewhere/secret.ts ended "done (ok)"
     with the outside video's segments; so did a master playlist over it, an ffconcat
     list, and an allowed host's playlist naming a host the policy does not allow."""
@@ -77,8 +100,11 @@ def test_playlists_cannot_walk_a_job_out_of_its_policy(tmp_path, kafka_bootstrap
 
     names = kafka_topics(partitions=1)
     group = f"g-{names.jobs}"
-    policy = {"schemes": ["file", "http"], "roots": [str(root), str(Path(videos["short"]).parent)],
-              "hosts": ["127.0.0.1"]}
+    policy = {
+        "schemes": ["file", "http"],
+        "roots": [str(root), str(Path(videos["short"]).parent)],
+        "hosts": ["127.0.0.1"],
+    }
     cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group, kafka={"jobs": policy})
     w = workers(cfg, "a")
     hostile = {
@@ -88,11 +114,16 @@ def test_playlists_cannot_walk_a_job_out_of_its_policy(tmp_path, kafka_bootstrap
         "disguised": str(root / "disguised.mp4"),
         "web": allowed.url("/list.m3u8"),
     }
-    send_jobs(kafka_bootstrap, names.jobs,
-              [{"stream_id": sid, "uri": uri} for sid, uri in hostile.items()]
-              + [{"stream_id": "good", "uri": videos["short"]}], partition=0)
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good") and r, 120,
-                      "the good job's summary")
+    send_jobs(
+        kafka_bootstrap,
+        names.jobs,
+        [{"stream_id": sid, "uri": uri} for sid, uri in hostile.items()]
+        + [{"stream_id": "good", "uri": videos["short"]}],
+        partition=0,
+    )
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good") and r, 120, "the good job's summary"
+    )
     by_sid = dead_letters(kafka_bootstrap, names, len(hostile))
     assert sorted(by_sid) == sorted(hostile)
     for sid, d in by_sid.items():
@@ -101,8 +132,9 @@ def test_playlists_cannot_walk_a_job_out_of_its_policy(tmp_path, kafka_bootstrap
             continue
         assert d["reason"] == "refused", (sid, d)
         assert "kafka.jobs.formats" in d["error"], (sid, d["error"])
-    wait_until(lambda: committed(kafka_bootstrap, group, names.jobs) == {0: len(hostile) + 1}, 60,
-               "every job committed")
+    wait_until(
+        lambda: committed(kafka_bootstrap, group, names.jobs) == {0: len(hostile) + 1}, 60, "every job committed"
+    )
     recs = records(kafka_bootstrap, names)
     assert {r.stream_id for r in recs} == {"good"}  # not one segment of the secret video
     assert other.hits == {}  # the refused host was never asked
@@ -110,8 +142,9 @@ def test_playlists_cannot_walk_a_job_out_of_its_policy(tmp_path, kafka_bootstrap
     assert w.terminate() == 0
 
 
-def test_poison_job_records_are_dead_lettered_and_the_worker_goes_on(tmp_path, kafka_bootstrap, kafka_topics,
-                                                                     workers, tiny_ckpt, videos):
+def test_poison_job_records_are_dead_lettered_and_the_worker_goes_on(
+    tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos
+):
     """A job nesting deeply (100k levels in the attack) raised RecursionError and stopped the worker, and a
     restarted worker read the same record and stopped again."""
     names = kafka_topics(partitions=1)
@@ -127,8 +160,11 @@ def test_poison_job_records_are_dead_lettered_and_the_worker_goes_on(tmp_path, k
         json.dumps({"uri": "\u0000"}).encode(),
     ]
     send_jobs(kafka_bootstrap, names.jobs, poison + [{"stream_id": "good", "uri": videos["short"]}], partition=0)
-    wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good"), 120,
-               "the good job's summary after the poison")
+    wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "good"),
+        120,
+        "the good job's summary after the poison",
+    )
     by_offset = {d["source"]["offset"]: d for d in dead_letters(kafka_bootstrap, names, len(poison)).values()}
     assert sorted(by_offset) == list(range(len(poison)))
     assert all(d["reason"] == "bad_message" for d in by_offset.values())
@@ -136,8 +172,9 @@ def test_poison_job_records_are_dead_lettered_and_the_worker_goes_on(tmp_path, k
     assert "nests 10001 levels" in by_offset[1]["error"]
     assert "at most 65536" in by_offset[2]["error"]
     assert "UTF-8" in by_offset[3]["error"]
-    wait_until(lambda: committed(kafka_bootstrap, group, names.jobs) == {0: len(poison) + 1}, 60,
-               "every record committed")
+    wait_until(
+        lambda: committed(kafka_bootstrap, group, names.jobs) == {0: len(poison) + 1}, 60, "every record committed"
+    )
     assert w.proc.poll() is None and "stopping without committing" not in w.log()
     assert w.terminate() == 0
     # A restarted worker finds nothing left to choke on.
@@ -148,9 +185,24 @@ def test_poison_job_records_are_dead_lettered_and_the_worker_goes_on(tmp_path, k
 
 def test_job_fuzz_small(kafka_bootstrap):
     """benchmarks/job_fuzz.py in small (the closing note's figures come from 1,000)."""
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "job_fuzz.py"), "--count", "60", "--seed", "7",
-                        "--bootstrap", kafka_bootstrap, "--timeout", "180"],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "job_fuzz.py"),
+            "--count",
+            "60",
+            "--seed",
+            "7",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--timeout",
+            "180",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     figures = dict(line.split("=", 1) for line in p.stdout.splitlines() if line.startswith("job_fuzz_"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert figures["job_fuzz_good_job_served"] == "1" and figures["job_fuzz_committed_all"] == "1"
@@ -159,8 +211,9 @@ def test_job_fuzz_small(kafka_bootstrap):
     assert int(figures["job_fuzz_dead_lettered"]) == int(figures["job_fuzz_records"]) == 60
 
 
-def test_a_password_in_a_job_url_is_written_nowhere(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt,
-                                                   videos, http_servers):
+def test_a_password_in_a_job_url_is_written_nowhere(
+    tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos, http_servers
+):
     """`http://user:password@host/...` was in the worker's log, the state topic and every
     segment record's uri."""
     from vmstream.kafka.readers import read_messages
@@ -173,23 +226,35 @@ def test_a_password_in_a_job_url_is_written_nowhere(tmp_path, kafka_bootstrap, k
     group = f"g-{names.jobs}"
     cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group)
     w = workers(cfg, "a")
-    send_jobs(kafka_bootstrap, names.jobs, [{"uri": url}, {"stream_id": "bad", "uri": url.replace(".mp4", ".mkv")}],
-              partition=0)
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and any(isinstance(x, StreamSummary) for x in r)
-                      and r, 120, "the job's summary")
+    send_jobs(
+        kafka_bootstrap,
+        names.jobs,
+        [{"uri": url}, {"stream_id": "bad", "uri": url.replace(".mp4", ".mkv")}],
+        partition=0,
+    )
+    recs = wait_until(
+        lambda: (r := records(kafka_bootstrap, names)) and any(isinstance(x, StreamSummary) for x in r) and r,
+        120,
+        "the job's summary",
+    )
     dead_letters(kafka_bootstrap, names, 1)
     (sid,) = {r.stream_id for r in recs}
     assert "s3cr3t" not in sid
     assert segments_of(recs, sid) and all(r.uri == srv.url("/short.mp4") for r in recs)
-    raw = [m.value for m in read_messages(kafka_bootstrap, [names.segments, names.events, names.summaries,
-                                                            names.state, names.dead_letter])]
+    raw = [
+        m.value
+        for m in read_messages(
+            kafka_bootstrap, [names.segments, names.events, names.summaries, names.state, names.dead_letter]
+        )
+    ]
     assert raw and not [v for v in raw if v and b"s3cr3t" in v]
     assert w.terminate() == 0
     assert "s3cr3t" not in w.log() and srv.url("/short.mp4") in w.log()
 
 
-def test_a_damaged_state_record_starts_its_stream_over(tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt,
-                                                       videos):
+def test_a_damaged_state_record_starts_its_stream_over(
+    tmp_path, kafka_bootstrap, kafka_topics, workers, tiny_ckpt, videos
+):
     """A snapshot on the state topic with an unexpected key stopped the worker, and it
     stopped again on every restart; garbage bytes there failed the job on every try."""
     import io
@@ -205,20 +270,49 @@ def test_a_damaged_state_record_starts_its_stream_over(tmp_path, kafka_bootstrap
     group = f"g-{names.jobs}"
     src = source_from_uri(videos["short"], stream_id="odd-key")
     book = io.BytesIO()
-    torch.save({"next_index": 2, "segments": 2, "t_start": 0.0, "t_end": 2.0, "uri": src.uri,
-                "last_logits": None, "sum_logits": None, "failed": "", "planted": 1}, book)
-    snap = encode_snapshot({"stream_id": "odd-key", "next_index": 2, "t_end": 2.0, "state": b"",
-                            "book": book.getvalue(), "extra": {"stream_version": content_version(src)}})
+    torch.save(
+        {
+            "next_index": 2,
+            "segments": 2,
+            "t_start": 0.0,
+            "t_end": 2.0,
+            "uri": src.uri,
+            "last_logits": None,
+            "sum_logits": None,
+            "failed": "",
+            "planted": 1,
+        },
+        book,
+    )
+    snap = encode_snapshot(
+        {
+            "stream_id": "odd-key",
+            "next_index": 2,
+            "t_end": 2.0,
+            "state": b"",
+            "book": book.getvalue(),
+            "extra": {"stream_version": content_version(src)},
+        }
+    )
     p = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     p.send(names.state, snap, key=b"odd-key").get(30)
     p.send(names.state, b"\x00garbage, not a snapshot", key=b"garbage").get(30)
     p.close()
     cfg = write_config(tmp_path / "w.yaml", tiny_ckpt, kafka_bootstrap, names, group)
     w = workers(cfg, "a")
-    send_jobs(kafka_bootstrap, names.jobs, [{"stream_id": "odd-key", "uri": videos["short"]},
-                                            {"stream_id": "garbage", "uri": videos["short"]}], partition=0)
-    recs = wait_until(lambda: (r := records(kafka_bootstrap, names)) and summaries_of(r, "odd-key")
-                      and summaries_of(r, "garbage") and r, 120, "both jobs' summaries")
+    send_jobs(
+        kafka_bootstrap,
+        names.jobs,
+        [{"stream_id": "odd-key", "uri": videos["short"]}, {"stream_id": "garbage", "uri": videos["short"]}],
+        partition=0,
+    )
+    recs = wait_until(
+        lambda: (
+            (r := records(kafka_bootstrap, names)) and summaries_of(r, "odd-key") and summaries_of(r, "garbage") and r
+        ),
+        120,
+        "both jobs' summaries",
+    )
     # Each started over: every segment from the first, none skipped by the planted state.
     assert sorted(segments_of(recs, "odd-key")) == sorted(segments_of(recs, "garbage")) == [0, 1, 2, 3]
     wait_until(lambda: committed(kafka_bootstrap, group, names.jobs) == {0: 2}, 60, "both jobs committed")

@@ -1,5 +1,6 @@
 """KafkaStateStore against the real local broker: snapshots written by one worker are
 what another loads; tombstones; big states; the incremental read."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,14 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
 
 def snap(sid: str, i: int, nbytes: int = 256) -> dict:
-    return {"stream_id": sid, "next_index": i, "t_end": 1.5 * i, "state": os.urandom(nbytes),
-            "book": f"book-{i}".encode(), "extra": {"i": i}}
+    return {
+        "stream_id": sid,
+        "next_index": i,
+        "t_end": 1.5 * i,
+        "state": os.urandom(nbytes),
+        "book": f"book-{i}".encode(),
+        "extra": {"i": i},
+    }
 
 
 def test_latest_snapshot_by_any_worker(kafka_bootstrap, kafka_topics):
@@ -97,12 +104,14 @@ def test_runner_resumes_from_kafka_snapshots(tmp_path, kafka_bootstrap, kafka_to
     ckpt = tmp_path / "tiny.pth"
     torch.save({"model": make_tiny_model(seed=3).state_dict()}, ckpt)
     video = make_video(str(tmp_path / "v.mp4"), fps=10, seconds=40, gop=20, size=(64, 48))
-    cfg = load_config(overrides={
-        "model": {"checkpoint": str(ckpt), "name": None, "top_k": 3},
-        "decode": {"fps": 4.0, "img_size": 32},
-        "output": {"dir": str(tmp_path / "out"), "console": False, "parquet": False, "faiss": False},
-        "runner": {"progress": False, "snapshot_every": 1, "queue_size": 1},
-    })
+    cfg = load_config(
+        overrides={
+            "model": {"checkpoint": str(ckpt), "name": None, "top_k": 3},
+            "decode": {"fps": 4.0, "img_size": 32},
+            "output": {"dir": str(tmp_path / "out"), "console": False, "parquet": False, "faiss": False},
+            "runner": {"progress": False, "snapshot_every": 1, "queue_size": 1},
+        }
+    )
 
     class Collect(Sink):
         name = "collect"
@@ -139,8 +148,12 @@ def test_runner_resumes_from_kafka_snapshots(tmp_path, kafka_bootstrap, kafka_to
     assert min(rest.results) == saved["next_index"]
     got = {**part.results, **rest.results}
     assert sorted(got) == sorted(full.results)
-    np.testing.assert_allclose(np.stack([got[i] for i in sorted(got)]),
-                               np.stack([full.results[i] for i in sorted(full.results)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([got[i] for i in sorted(got)]),
+        np.stack([full.results[i] for i in sorted(full.results)]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_snapshot_bytes_are_the_shared_format(kafka_bootstrap, kafka_topics):

@@ -1,5 +1,6 @@
 """The worker's pure parts: offset bookkeeping, job parsing, dead-letter payloads,
 consumer options. No broker needed."""
+
 from __future__ import annotations
 
 import json
@@ -156,12 +157,14 @@ def test_runner_stop_lands_within_its_bounded_queues(tmp_path, media):
     ckpt = tmp_path / "tiny.pth"
     torch.save({"model": make_tiny_model(seed=3).state_dict()}, ckpt)
     video = make_video(str(tmp_path / "v.mp4"), fps=10, seconds=150, gop=20, size=(64, 48))
-    cfg = load_config(overrides={
-        "model": {"checkpoint": str(ckpt), "name": None, "max_batch": 1},
-        "decode": {"fps": 4.0, "img_size": 32},
-        "output": {"dir": str(tmp_path / "out"), "console": False, "parquet": False, "faiss": False},
-        "runner": {"progress": False, "snapshot_every": 0, "queue_size": 8},
-    })
+    cfg = load_config(
+        overrides={
+            "model": {"checkpoint": str(ckpt), "name": None, "max_batch": 1},
+            "decode": {"fps": 4.0, "img_size": 32},
+            "output": {"dir": str(tmp_path / "out"), "console": False, "parquet": False, "faiss": False},
+            "runner": {"progress": False, "snapshot_every": 0, "queue_size": 8},
+        }
+    )
 
     class Count(Sink):
         name = "count"
@@ -383,8 +386,13 @@ def test_poll_rides_out_broker_errors_and_raises_real_ones(caplog):
 
     w = _worker_with(stops_on_cancel=set())
     w.poll_timeout_s = 0.01
-    outcomes = [E.KafkaConnectionError("111 ECONNREFUSED"), E.KafkaTimeoutError(), ConnectionRefusedError(111),
-                {"tp": ["m"]}, E.IllegalStateError("a bug, not an outage")]
+    outcomes = [
+        E.KafkaConnectionError("111 ECONNREFUSED"),
+        E.KafkaTimeoutError(),
+        ConnectionRefusedError(111),
+        {"tp": ["m"]},
+        E.IllegalStateError("a bug, not an outage"),
+    ]
 
     class Flaky:
         def poll(self, timeout_ms, max_records):

@@ -1,5 +1,6 @@
 """The model card: what the model carries, what loading puts on it, the preprocessing
 read from it, and that `vmstream.models` stands without the records and pyarrow."""
+
 import dataclasses
 import json
 import os
@@ -10,15 +11,28 @@ import pytest
 import torch
 
 from tests.fixtures.videomamba import make_tiny_model
-from vmstream.models import (IMAGENET_MEAN, IMAGENET_STD, DataConfig, create_model, load_model,
-                             resolve_data_config, resolve_device)
+from vmstream.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataConfig,
+    create_model,
+    load_model,
+    resolve_data_config,
+    resolve_device,
+)
 
 
 def test_the_model_builds_its_card():
     model = make_tiny_model()
     card = model.card
-    assert (card.num_frames, card.img_size, card.patch_size, card.embed_dim, card.depth, card.num_classes) == \
-        (4, 32, 16, 32, 2, 5)
+    assert (card.num_frames, card.img_size, card.patch_size, card.embed_dim, card.depth, card.num_classes) == (
+        4,
+        32,
+        16,
+        32,
+        2,
+        5,
+    )
     assert card.input_size == (3, 4, 32, 32)
     assert (card.mean, card.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert (card.interpolation, card.crop) == ("bilinear", "short_side_crop")
@@ -61,13 +75,24 @@ def test_the_card_is_replaced_not_written_and_tags_states():
 def test_resolve_data_config_reads_the_card_and_takes_overrides():
     model = make_tiny_model()
     dc = resolve_data_config(model)
-    assert dc == DataConfig(img_size=32, num_frames=4, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                            interpolation="bilinear", crop="short_side_crop")
+    assert dc == DataConfig(
+        img_size=32,
+        num_frames=4,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        interpolation="bilinear",
+        crop="short_side_crop",
+    )
     assert dc.input_size == (3, 4, 32, 32)
     model.card = model.card.replace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bicubic")
     dc = resolve_data_config(model, img_size=64, crop="direct")
-    assert (dc.img_size, dc.crop, dc.mean, dc.std, dc.interpolation) == \
-        (64, "direct", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic")
+    assert (dc.img_size, dc.crop, dc.mean, dc.std, dc.interpolation) == (
+        64,
+        "direct",
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        "bicubic",
+    )
     assert resolve_data_config(model.card) == resolve_data_config(model)
     with pytest.raises(ValueError, match="crop="):
         resolve_data_config(model, crop="zoom")
@@ -97,9 +122,11 @@ def test_resolve_device():
 
 
 def test_importing_the_models_pulls_in_no_records_stages_or_pyarrow():
-    code = ("import sys, json, vmstream.models; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow' "
-            "or m.startswith(('vmstream.records', 'vmstream.stages', 'vmstream.pipeline', 'vmstream.training')))))")
+    code = (
+        "import sys, json, vmstream.models; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow' "
+        "or m.startswith(('vmstream.records', 'vmstream.stages', 'vmstream.pipeline', 'vmstream.training')))))"
+    )
     import vmstream
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(vmstream.__file__)))

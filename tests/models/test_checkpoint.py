@@ -1,6 +1,7 @@
 """Checkpoint loading: official layouts, safe unpickling, resampling, strict key checks,
 architecture inference, digests, and resolving registry names through the HF cache
 (offline: no test touches the network)."""
+
 import argparse
 import hashlib
 import logging
@@ -13,8 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from tests.fixtures.videomamba import make_tiny_model
-from vmstream.models import (CHECKPOINT_DIR_ENV, CheckpointError, CheckpointNotFound, VideoMamba, infer_config,
-                             load_checkpoint, load_model, resolve_checkpoint)
+from vmstream.models import (
+    CHECKPOINT_DIR_ENV,
+    CheckpointError,
+    CheckpointNotFound,
+    VideoMamba,
+    infer_config,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint,
+)
 
 
 def _save(obj, path):
@@ -34,8 +43,16 @@ def test_official_finetuning_layout_loads_with_args_and_prefixes(tmp_path):
     src = make_tiny_model(seed=1)
     sd = {"module." + k: v for k, v in src.state_dict().items()}
     args = argparse.Namespace(model="videomamba_tiny", nb_classes=5, num_frames=4, window_size=(4, 2, 2))
-    path = _save({"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 7,
-                  "scaler": {"scale": 65536.0}, "args": args}, tmp_path / "checkpoint-best.pth")
+    path = _save(
+        {
+            "model": sd,
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 7,
+            "scaler": {"scale": 65536.0},
+            "args": args,
+        },
+        tmp_path / "checkpoint-best.pth",
+    )
     dst = make_tiny_model(seed=2)
     report = load_checkpoint(dst, path)
     _same_weights(src, dst)
@@ -44,12 +61,15 @@ def test_official_finetuning_layout_loads_with_args_and_prefixes(tmp_path):
     assert dst.card.checkpoint_digest == report.digest
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda sd: sd,
-    lambda sd: {"module": sd},
-    lambda sd: {"state_dict": {"backbone." + k: v for k, v in sd.items()}},
-    lambda sd: {"model": {"encoder." + k: v for k, v in sd.items()}},
-])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"module": sd},
+        lambda sd: {"state_dict": {"backbone." + k: v for k, v in sd.items()}},
+        lambda sd: {"model": {"encoder." + k: v for k, v in sd.items()}},
+    ],
+)
 def test_state_dict_nesting_and_prefixes(tmp_path, wrap):
     src = make_tiny_model(seed=3)
     path = _save(wrap(src.state_dict()), tmp_path / "ck.pth")
@@ -61,13 +81,30 @@ def test_state_dict_nesting_and_prefixes(tmp_path, wrap):
 
 
 def test_load_model_infers_the_architecture(tmp_path):
-    src = make_tiny_model(seed=4, depth=3, embed_dim=48, num_frames=8, img_size=48,
-                          ssm_cfg={"d_state": 4, "d_conv": 3, "expand": 1}, num_classes=7)
+    src = make_tiny_model(
+        seed=4,
+        depth=3,
+        embed_dim=48,
+        num_frames=8,
+        img_size=48,
+        ssm_cfg={"d_state": 4, "d_conv": 3, "expand": 1},
+        num_classes=7,
+    )
     path = _save({"model": src.state_dict()}, tmp_path / "custom.pth")
     cfg = infer_config(torch.load(path, weights_only=True)["model"])
-    assert cfg == {"img_size": 48, "patch_size": 16, "depth": 3, "embed_dim": 48, "channels": 3, "num_classes": 7,
-                   "kernel_size": 1, "bimamba": True, "rms_norm": True, "num_frames": 8,
-                   "ssm_cfg": {"d_state": 4, "d_conv": 3, "expand": 1}}
+    assert cfg == {
+        "img_size": 48,
+        "patch_size": 16,
+        "depth": 3,
+        "embed_dim": 48,
+        "channels": 3,
+        "num_classes": 7,
+        "kernel_size": 1,
+        "bimamba": True,
+        "rms_norm": True,
+        "num_frames": 8,
+        "ssm_cfg": {"d_state": 4, "d_conv": 3, "expand": 1},
+    }
     model = load_model(path)
     assert not model.training
     _same_weights(src, model)
@@ -93,7 +130,9 @@ def test_temporal_and_spatial_resampling_reads_sizes_from_the_tensors(tmp_path, 
     torch.testing.assert_close(model.temporal_pos_embedding.detach(), want_t)
     pe = src.pos_embed.detach()
     grid = pe[:, 1:].reshape(1, 2, 2, -1).permute(0, 3, 1, 2)
-    want_s = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 16, -1)
+    want_s = (
+        F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 16, -1)
+    )
     assert torch.equal(model.pos_embed[:, :1], pe[:, :1])  # cls position kept
     torch.testing.assert_close(model.pos_embed.detach()[:, 1:], want_s)
     notes = " | ".join(model.card.load_notes)
@@ -199,6 +238,7 @@ def test_masked_pretraining_checkpoint_gives_a_feature_backbone(tmp_path):
 
 # ------------------------------------------------------------------ hub / registry
 
+
 def _fake_hf_cache(root, filename, payload_path):
     repo = root / "models--OpenGVLab--VideoMamba"
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -266,8 +306,9 @@ def test_unknown_names_and_missing_paths(tmp_path):
 
 def test_load_checkpoint_accepts_a_loaded_state_dict():
     src = make_tiny_model(seed=13)
-    dst = VideoMamba(**{**dict(img_size=32, depth=2, embed_dim=32, num_classes=5, num_frames=4),
-                        "ssm_cfg": {"d_state": 8}})
+    dst = VideoMamba(
+        **{**dict(img_size=32, depth=2, embed_dim=32, num_classes=5, num_frames=4), "ssm_cfg": {"d_state": 8}}
+    )
     report = load_checkpoint(dst, {"model": src.state_dict()})
     assert report.source == "<state dict>"
     _same_weights(src, dst)
@@ -298,12 +339,15 @@ def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path, poison):
             assert "in 1 tensor(s): layers.1.mixer.A_log (1 NaN, 0 Inf" in msg
 
 
-@pytest.mark.parametrize("key, shape", [
-    ("patch_embed.proj.weight", (32, 3, 1, 16, 0)),
-    ("patch_embed.proj.weight", (0, 3, 1, 16, 16)),
-    ("pos_embed", (1, 0, 32)),
-    ("layers.0.mixer.A_log", (0, 8)),
-])
+@pytest.mark.parametrize(
+    "key, shape",
+    [
+        ("patch_embed.proj.weight", (32, 3, 1, 16, 0)),
+        ("patch_embed.proj.weight", (0, 3, 1, 16, 16)),
+        ("pos_embed", (1, 0, 32)),
+        ("layers.0.mixer.A_log", (0, 8)),
+    ],
+)
 def test_zero_size_tensors_are_a_clear_error(tmp_path, key, shape):
     sd = make_tiny_model(seed=13).state_dict()
     sd[key] = torch.zeros(shape)

@@ -1,9 +1,10 @@
 """The CLIP teacher: official forward semantics, and its weights in the official extracted,
 whole-OpenAI and Hugging Face layouts, mapped key for key."""
+
 import pytest
 import torch
 
-from vmstream.models import ClipTeacher, CheckpointError
+from vmstream.models import CheckpointError, ClipTeacher
 from vmstream.models.clip_teacher import clip_teacher
 
 TINY = dict(input_resolution=32, patch_size=16, width=32, layers=2, heads=4, output_dim=24)
@@ -20,14 +21,19 @@ def to_hf(sd, layers):
     encoder.layers.N.{self_attn.{q,k,v,out}_proj, layer_norm1, mlp.fc1, mlp.fc2, layer_norm2},
     post_layernorm; CLIPModel.visual_projection without bias), plus a text-tower key."""
     v = "vision_model."
-    hf = {v + "embeddings.class_embedding": sd["class_embedding"],
-          v + "embeddings.patch_embedding.weight": sd["conv1.weight"][:, :, 0],
-          v + "embeddings.position_embedding.weight": sd["positional_embedding"],
-          v + "embeddings.position_ids": torch.arange(sd["positional_embedding"].shape[0])[None],
-          v + "pre_layrnorm.weight": sd["ln_pre.weight"], v + "pre_layrnorm.bias": sd["ln_pre.bias"],
-          v + "post_layernorm.weight": sd["ln_post.weight"], v + "post_layernorm.bias": sd["ln_post.bias"],
-          "visual_projection.weight": sd["proj"].t(),
-          "text_model.embeddings.token_embedding.weight": torch.zeros(3, 4), "logit_scale": torch.tensor(1.0)}
+    hf = {
+        v + "embeddings.class_embedding": sd["class_embedding"],
+        v + "embeddings.patch_embedding.weight": sd["conv1.weight"][:, :, 0],
+        v + "embeddings.position_embedding.weight": sd["positional_embedding"],
+        v + "embeddings.position_ids": torch.arange(sd["positional_embedding"].shape[0])[None],
+        v + "pre_layrnorm.weight": sd["ln_pre.weight"],
+        v + "pre_layrnorm.bias": sd["ln_pre.bias"],
+        v + "post_layernorm.weight": sd["ln_post.weight"],
+        v + "post_layernorm.bias": sd["ln_post.bias"],
+        "visual_projection.weight": sd["proj"].t(),
+        "text_model.embeddings.token_embedding.weight": torch.zeros(3, 4),
+        "logit_scale": torch.tensor(1.0),
+    }
     for i in range(layers):
         o, h = f"transformer.resblocks.{i}.", f"{v}encoder.layers.{i}."
         for kind in ("weight", "bias"):
@@ -44,13 +50,35 @@ def to_hf(sd, layers):
 
 def test_official_keys():
     keys = set(_teacher().state_dict())
-    want = {"class_embedding", "positional_embedding", "proj", "conv1.weight", "ln_pre.weight", "ln_pre.bias",
-            "ln_post.weight", "ln_post.bias"}
+    want = {
+        "class_embedding",
+        "positional_embedding",
+        "proj",
+        "conv1.weight",
+        "ln_pre.weight",
+        "ln_pre.bias",
+        "ln_post.weight",
+        "ln_post.bias",
+    }
     for i in range(2):
         p = f"transformer.resblocks.{i}."
-        want |= {p + s for s in ("attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
-                                 "attn.out_proj.bias", "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                                 "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight", "ln_2.bias")}
+        want |= {
+            p + s
+            for s in (
+                "attn.in_proj_weight",
+                "attn.in_proj_bias",
+                "attn.out_proj.weight",
+                "attn.out_proj.bias",
+                "ln_1.weight",
+                "ln_1.bias",
+                "mlp.c_fc.weight",
+                "mlp.c_fc.bias",
+                "mlp.c_proj.weight",
+                "mlp.c_proj.bias",
+                "ln_2.weight",
+                "ln_2.bias",
+            )
+        }
     assert keys == want
 
 
@@ -61,8 +89,11 @@ def test_layouts_load_to_same_outputs(layout, tmp_path):
     if layout == "official_2d":  # vit_b16.pth as extracted: a 2D patch conv
         sd["conv1.weight"] = sd["conv1.weight"][:, :, 0]
     elif layout == "openai_full":
-        sd = {**{"visual." + k: v for k, v in sd.items()}, "transformer.resblocks.0.ln_1.weight": torch.ones(8),
-              "token_embedding.weight": torch.zeros(3, 8)}
+        sd = {
+            **{"visual." + k: v for k, v in sd.items()},
+            "transformer.resblocks.0.ln_1.weight": torch.ones(8),
+            "token_embedding.weight": torch.zeros(3, 8),
+        }
     elif layout == "huggingface":
         sd = to_hf(sd, 2)
     path = tmp_path / "w.pth"
@@ -108,10 +139,10 @@ def test_forward_semantics_frames_cls_mean_attention():
     video = torch.randn(2, 3, 3, 32, 32)
     with torch.no_grad():
         out, attn = t(video)
-        frames = [t(video[:, :, i:i + 1]) for i in range(3)]
+        frames = [t(video[:, :, i : i + 1]) for i in range(3)]
     assert out.shape == (1, 2, 1 + 3 * 4, 32) and attn.shape == (2 * 3, 4)
     for i, (f, a) in enumerate(frames):
-        torch.testing.assert_close(out[:, :, 1 + 4 * i:1 + 4 * (i + 1)], f[:, :, 1:])  # frames are independent
+        torch.testing.assert_close(out[:, :, 1 + 4 * i : 1 + 4 * (i + 1)], f[:, :, 1:])  # frames are independent
         torch.testing.assert_close(attn.view(2, 3, 4)[:, i], a)
     torch.testing.assert_close(out[:, :, 0], torch.stack([f[0][:, :, 0] for f in frames]).mean(0))
     assert (attn > 0).all() and (attn.sum(-1) < 1).all()  # the cls row, without its own column
@@ -134,9 +165,20 @@ def test_return_layers_and_l2():
 
 
 def test_official_b16_and_l14_sizes():
-    b16 = ClipTeacher(input_resolution=224, patch_size=16, width=768, layers=12, heads=12, output_dim=512,
-                      clip_norm_type="l2", kernel_size=1, return_attn=False, clip_return_layer=1,
-                      clip_return_interval=1, clip_return_cls=True)
+    b16 = ClipTeacher(
+        input_resolution=224,
+        patch_size=16,
+        width=768,
+        layers=12,
+        heads=12,
+        output_dim=512,
+        clip_norm_type="l2",
+        kernel_size=1,
+        return_attn=False,
+        clip_return_layer=1,
+        clip_return_interval=1,
+        clip_return_cls=True,
+    )
     sd = b16.state_dict()
     assert sd["conv1.weight"].shape == (768, 3, 1, 16, 16) and sd["positional_embedding"].shape == (197, 768)
     assert sd["proj"].shape == (768, 512) and sd["transformer.resblocks.11.attn.in_proj_weight"].shape == (2304, 768)

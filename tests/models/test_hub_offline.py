@@ -1,6 +1,7 @@
 """Checkpoint download without a network: the hub is found unreachable once, within a
 couple of seconds, and the user gets one message saying which file to fetch and where to
 put it, without huggingface_hub's retry warnings (six, each printed twice, over ~23 s)."""
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,17 @@ def closed_port():
 
 @pytest.fixture
 def no_checkpoint_env(monkeypatch):
-    for var in (CHECKPOINT_DIR_ENV, "HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy",
-                "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+    for var in (
+        CHECKPOINT_DIR_ENV,
+        "HF_HUB_OFFLINE",
+        "HF_ENDPOINT",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -51,15 +61,17 @@ def _fake_hf_cache(root: Path, filename: str) -> Path:
 def _resolve_in_a_fresh_process(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     """The loader as `vmstream run --model NAME` calls it: logging configured like the CLI,
     a fresh HF cache (HF_HOME is read when huggingface_hub is imported)."""
-    code = ("import logging, sys\n"
-            "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')\n"
-            "logging.getLogger('vmstream').setLevel(logging.INFO)\n"
-            "from vmstream.models.hub import resolve_checkpoint\n"
-            "try:\n"
-            f"    resolve_checkpoint({NAME!r})\n"
-            "except Exception as e:\n"
-            "    print(f'FAILED: {e}', file=sys.stderr)\n"
-            "    sys.exit(1)\n")
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')\n"
+        "logging.getLogger('vmstream').setLevel(logging.INFO)\n"
+        "from vmstream.models.hub import resolve_checkpoint\n"
+        "try:\n"
+        f"    resolve_checkpoint({NAME!r})\n"
+        "except Exception as e:\n"
+        "    print(f'FAILED: {e}', file=sys.stderr)\n"
+        "    sys.exit(1)\n"
+    )
     clean = {k: v for k, v in os.environ.items() if k not in (CHECKPOINT_DIR_ENV, "HF_HUB_OFFLINE", "HF_ENDPOINT")}
     env = {**clean, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO), **env}
     t0 = time.monotonic()
@@ -91,8 +103,9 @@ def test_a_closed_endpoint_fails_fast_in_a_fresh_process(tmp_path, closed_port):
     assert f"127.0.0.1:{closed_port}" in r.stderr and "Connection refused" in r.stderr, r.stderr
 
 
-def test_a_closed_endpoint_fails_fast_without_retry_warnings(tmp_path, monkeypatch, capfd, caplog,
-                                                              closed_port, no_checkpoint_env):
+def test_a_closed_endpoint_fails_fast_without_retry_warnings(
+    tmp_path, monkeypatch, capfd, caplog, closed_port, no_checkpoint_env
+):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
     downloads = _count_downloads(monkeypatch)
     with caplog.at_level(logging.DEBUG), pytest.raises(CheckpointNotFound) as err:
@@ -101,8 +114,11 @@ def test_a_closed_endpoint_fails_fast_without_retry_warnings(tmp_path, monkeypat
     msg = str(err.value)
     assert f"the hub at http://127.0.0.1:{closed_port} is unreachable" in msg, msg
     assert f"--checkpoint /path/to/{NAME}.pth" in msg and CHECKPOINT_DIR_ENV in msg
-    noisy = [r for r in caplog.records if r.name.startswith(("huggingface_hub", "urllib3", "httpx"))
-             and r.levelno >= logging.WARNING]
+    noisy = [
+        r
+        for r in caplog.records
+        if r.name.startswith(("huggingface_hub", "urllib3", "httpx")) and r.levelno >= logging.WARNING
+    ]
     assert not noisy, [r.getMessage() for r in noisy]
     assert "Retry" not in capfd.readouterr().err
 
@@ -172,8 +188,9 @@ def hub_without_the_file():
     server.server_close()
 
 
-def test_a_reachable_hub_is_asked_and_its_answer_reported_once(tmp_path, monkeypatch, caplog,
-                                                               hub_without_the_file, no_checkpoint_env):
+def test_a_reachable_hub_is_asked_and_its_answer_reported_once(
+    tmp_path, monkeypatch, caplog, hub_without_the_file, no_checkpoint_env
+):
     assert hub.hub_unreachable(hub_without_the_file) is None
     monkeypatch.setenv("HF_ENDPOINT", hub_without_the_file)
     _NotFound.requests.clear()
@@ -186,8 +203,9 @@ def test_a_reachable_hub_is_asked_and_its_answer_reported_once(tmp_path, monkeyp
     assert not [r for r in caplog.records if r.name.startswith("huggingface_hub") and r.levelno >= logging.WARNING]
 
 
-def test_the_probe_goes_through_the_proxy_the_environment_names(monkeypatch, closed_port,
-                                                                hub_without_the_file, no_checkpoint_env):
+def test_the_probe_goes_through_the_proxy_the_environment_names(
+    monkeypatch, closed_port, hub_without_the_file, no_checkpoint_env
+):
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv("NO_PROXY", "")
     monkeypatch.delenv("no_proxy", raising=False)

@@ -1,6 +1,7 @@
 """The fused CPU kernel's build cache: one build per (source, compiler, flags, CPU, torch
 installation, Python), shared by every checkout that has that source, announced before
 it starts, and never reported as "loaded from" when it was rebuilt."""
+
 from __future__ import annotations
 
 import os
@@ -24,13 +25,13 @@ def _checkout(root: Path) -> Path:
 
 
 def _start_in(checkout: Path, cache: Path, *, logging: bool = True) -> subprocess.Popen:
-    code = (("import logging; logging.basicConfig(level=logging.DEBUG)\n" if logging else "")
-            + "from vmstream.models.ops import cpu_ext\n"
-            "cpu_ext.load()\n"
-            "print(cpu_ext.SOURCE)\n")
+    code = (
+        "import logging; logging.basicConfig(level=logging.DEBUG)\n" if logging else ""
+    ) + "from vmstream.models.ops import cpu_ext\ncpu_ext.load()\nprint(cpu_ext.SOURCE)\n"
     env = {**os.environ, "PYTHONPATH": str(checkout), "VMSTREAM_CACHE_DIR": str(cache)}
-    return subprocess.Popen([sys.executable, "-c", code], cwd=checkout, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
@@ -103,10 +104,14 @@ def test_the_key_follows_everything_that_changes_the_binary(tmp_path, monkeypatc
     assert cpu_ext.build_key()[0] == name
 
     assert cpu_ext.build_key("scalar")[0] != name  # flags
-    for part, value in [("torch installation", "/elsewhere/site-packages/torch"),
-                        ("torch version", "9.9.9"), ("C++ ABI", "cxx11abi=0"),
-                        ("compiler", "/usr/bin/clang++ clang version 99"), ("CPU", "flags: sse2"),
-                        ("Python", "3.99.0")]:
+    for part, value in [
+        ("torch installation", "/elsewhere/site-packages/torch"),
+        ("torch version", "9.9.9"),
+        ("C++ ABI", "cxx11abi=0"),
+        ("compiler", "/usr/bin/clang++ clang version 99"),
+        ("CPU", "flags: sse2"),
+        ("Python", "3.99.0"),
+    ]:
         real = cpu_ext._key_parts
 
         def changed(flags, part=part, value=value, real=real):
@@ -138,6 +143,7 @@ def test_an_unwritable_cache_is_named_in_the_error(tmp_path, monkeypatch):
     monkeypatch.setenv("VMSTREAM_CACHE_DIR", str(blocker / "cache"))  # under a file: no directory can be made
     monkeypatch.setattr(cpu_ext, "_loaded", {})
     monkeypatch.setattr(cpu_ext, "_failed", {})
-    with pytest.raises(cpu_ext.ExtensionUnavailable, match=f"cannot create the kernel cache directory {blocker}.*"
-                                                           "VMSTREAM_CACHE_DIR"):
+    with pytest.raises(
+        cpu_ext.ExtensionUnavailable, match=f"cannot create the kernel cache directory {blocker}.*VMSTREAM_CACHE_DIR"
+    ):
         cpu_ext.load()

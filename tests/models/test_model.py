@@ -1,4 +1,5 @@
 """VideoMamba: official parameter layout, initialisation, and the official clip forward."""
+
 import copy
 import math
 
@@ -10,24 +11,57 @@ from vmstream.models import VideoMamba, create_model
 from vmstream.models.videomamba import Mamba, resample_temporal_pos
 
 # The official Mamba (bimamba) mixer's keys, in the official registration order.
-MIXER_KEYS = ["A_log", "D", "A_b_log", "D_b", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
-              "dt_proj.weight", "dt_proj.bias", "conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight",
-              "dt_proj_b.weight", "dt_proj_b.bias", "out_proj.weight"]
+MIXER_KEYS = [
+    "A_log",
+    "D",
+    "A_b_log",
+    "D_b",
+    "in_proj.weight",
+    "conv1d.weight",
+    "conv1d.bias",
+    "x_proj.weight",
+    "dt_proj.weight",
+    "dt_proj.bias",
+    "conv1d_b.weight",
+    "conv1d_b.bias",
+    "x_proj_b.weight",
+    "dt_proj_b.weight",
+    "dt_proj_b.bias",
+    "out_proj.weight",
+]
 
 
 def test_state_dict_has_the_official_keys_and_shapes():
     m = VideoMamba(embed_dim=192, depth=24, num_frames=16, num_classes=400, device="meta")
     sd = m.state_dict()
     expected = {
-        "cls_token": (1, 1, 192), "pos_embed": (1, 197, 192), "temporal_pos_embedding": (1, 16, 192),
-        "patch_embed.proj.weight": (192, 3, 1, 16, 16), "patch_embed.proj.bias": (192,),
-        "head.weight": (400, 192), "head.bias": (400,), "norm_f.weight": (192,),
+        "cls_token": (1, 1, 192),
+        "pos_embed": (1, 197, 192),
+        "temporal_pos_embedding": (1, 16, 192),
+        "patch_embed.proj.weight": (192, 3, 1, 16, 16),
+        "patch_embed.proj.bias": (192,),
+        "head.weight": (400, 192),
+        "head.bias": (400,),
+        "norm_f.weight": (192,),
     }
-    layer = {"A_log": (384, 16), "D": (384,), "A_b_log": (384, 16), "D_b": (384,), "in_proj.weight": (768, 192),
-             "conv1d.weight": (384, 1, 4), "conv1d.bias": (384,), "x_proj.weight": (44, 384),
-             "dt_proj.weight": (384, 12), "dt_proj.bias": (384,), "conv1d_b.weight": (384, 1, 4),
-             "conv1d_b.bias": (384,), "x_proj_b.weight": (44, 384), "dt_proj_b.weight": (384, 12),
-             "dt_proj_b.bias": (384,), "out_proj.weight": (192, 384)}
+    layer = {
+        "A_log": (384, 16),
+        "D": (384,),
+        "A_b_log": (384, 16),
+        "D_b": (384,),
+        "in_proj.weight": (768, 192),
+        "conv1d.weight": (384, 1, 4),
+        "conv1d.bias": (384,),
+        "x_proj.weight": (44, 384),
+        "dt_proj.weight": (384, 12),
+        "dt_proj.bias": (384,),
+        "conv1d_b.weight": (384, 1, 4),
+        "conv1d_b.bias": (384,),
+        "x_proj_b.weight": (44, 384),
+        "dt_proj_b.weight": (384, 12),
+        "dt_proj_b.bias": (384,),
+        "out_proj.weight": (192, 384),
+    }
     for i in range(24):
         expected.update({f"layers.{i}.mixer.{k}": v for k, v in layer.items()})
         expected[f"layers.{i}.norm.weight"] = (192,)
@@ -35,13 +69,14 @@ def test_state_dict_has_the_official_keys_and_shapes():
     assert [k.split("mixer.")[1] for k in sd if k.startswith("layers.0.mixer.")] == MIXER_KEYS
 
 
-@pytest.mark.parametrize("size,millions", [("videomamba_tiny", 7.03), ("videomamba_small", 25.6),
-                                           ("videomamba_middle", 73.9)])
+@pytest.mark.parametrize(
+    "size,millions", [("videomamba_tiny", 7.03), ("videomamba_small", 25.6), ("videomamba_middle", 73.9)]
+)
 def test_parameter_counts_at_16_frames(size, millions):
     m = create_model(size, num_frames=16, num_classes=400, device="meta")
     n = sum(p.numel() for p in m.parameters()) / 1e6
     digits = len(str(millions).split(".")[1])
-    assert math.floor(n * 10 ** digits + 0.5) / 10 ** digits == pytest.approx(millions, abs=0.011), n
+    assert math.floor(n * 10**digits + 0.5) / 10**digits == pytest.approx(millions, abs=0.011), n
 
 
 def test_initialisation_matches_the_official_model():
@@ -71,7 +106,7 @@ def test_standalone_mixer_dt_init_is_inverse_softplus():
     mixer = Mamba(64, dt_min=0.001, dt_max=0.1)
     dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
     assert dt.min() >= 0.001 * 0.999 and dt.max() <= 0.1 * 1.001
-    assert mixer.dt_proj.weight.abs().max() <= 4 ** -0.5  # dt_rank = ceil(64 / 16)
+    assert mixer.dt_proj.weight.abs().max() <= 4**-0.5  # dt_rank = ceil(64 / 16)
 
 
 def test_forward_features_equals_the_official_semantics_oracle():
@@ -185,7 +220,7 @@ def test_runs_under_bfloat16_autocast():
             p.copy_(p.to(torch.bfloat16).float())
         inherent = rounded.forward_features(clip.to(torch.bfloat16).float())
     rel = lambda a: float((a.float() - ref).norm() / ref.norm())  # noqa: E731
-    assert 0 < rel(inherent) < 2 ** -6
+    assert 0 < rel(inherent) < 2**-6
     assert rel(feats) < 3 * rel(inherent), (rel(feats), rel(inherent))
 
 

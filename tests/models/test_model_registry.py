@@ -1,4 +1,5 @@
 """The registry of sizes and official checkpoints, and the shipped class lists."""
+
 import pytest
 
 from vmstream.models import CHECKPOINTS, SIZES, class_names, create_model, get_checkpoint, list_checkpoints
@@ -28,9 +29,14 @@ def test_every_size_lists_its_official_checkpoints(code):
 
 
 def test_masked_variants_of_middle():
-    for name in ("videomamba_m16_k400_mask_pt_f8_res224", "videomamba_m16_ssv2_mask_pt_f8_res224",
-                 "videomamba_m16_k400_mask_ft_f64_res224to384", "videomamba_m16_breakfast_mask_ft_f32_res224",
-                 "videomamba_m16_coin_mask_ft_f64_res224", "videomamba_m16_ssv2_mask_ft_f16_res224to288"):
+    for name in (
+        "videomamba_m16_k400_mask_pt_f8_res224",
+        "videomamba_m16_ssv2_mask_pt_f8_res224",
+        "videomamba_m16_k400_mask_ft_f64_res224to384",
+        "videomamba_m16_breakfast_mask_ft_f32_res224",
+        "videomamba_m16_coin_mask_ft_f64_res224",
+        "videomamba_m16_ssv2_mask_ft_f16_res224to288",
+    ):
         assert get_checkpoint(name).size == "videomamba_middle"
     pt = get_checkpoint("videomamba_m16_k400_mask_pt_f8_res224")
     assert pt.num_classes == 0 and pt.class_list is None
@@ -38,8 +44,15 @@ def test_masked_variants_of_middle():
 
 def test_entry_metadata():
     c = get_checkpoint("videomamba_t16_k400_f16_res224.pth")
-    assert (c.filename, c.size, c.dataset, c.num_frames, c.img_size, c.num_classes, c.top1) == \
-        ("videomamba_t16_k400_f16_res224.pth", "videomamba_tiny", "k400", 16, 224, 400, 78.1)
+    assert (c.filename, c.size, c.dataset, c.num_frames, c.img_size, c.num_classes, c.top1) == (
+        "videomamba_t16_k400_f16_res224.pth",
+        "videomamba_tiny",
+        "k400",
+        16,
+        224,
+        400,
+        78.1,
+    )
     assert c.url == "https://huggingface.co/OpenGVLab/VideoMamba/resolve/main/videomamba_t16_k400_f16_res224.pth"
     assert get_checkpoint("videomamba_s16_k400_f64_res224to384").img_size == 384
     assert get_checkpoint("videomamba_m16_ssv2_f16_res224to288").img_size == 288
@@ -64,8 +77,14 @@ def test_kinetics400_class_names():
     assert names[0] == "abseiling" and names[-1] == "zumba"
     assert names == sorted(names)  # the official label order is alphabetical
     assert names[names.index("passing American football (in game)") + 1] == "passing American football (not in game)"
-    for n in ("skiing (not slalom or crosscountry)", "massaging person's head", "tying knot (not on a tie)",
-              "using remote controller (not gaming)", "punching person (boxing)", "hurling (sport)"):
+    for n in (
+        "skiing (not slalom or crosscountry)",
+        "massaging person's head",
+        "tying knot (not on a tie)",
+        "using remote controller (not gaming)",
+        "punching person (boxing)",
+        "hurling (sport)",
+    ):
         assert n in names
     assert all(n == n.strip() and n for n in names)
 

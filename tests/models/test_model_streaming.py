@@ -7,10 +7,17 @@
 4. a state survives bytes and the stream continues identically; states of several
    streams stack into one batch and split again.
 """
+
 import torch
 
-from tests.fixtures.videomamba import make_tiny_model, oracle_embed, oracle_features, oracle_forward
-from tests.fixtures.videomamba import random_segments, stream_segments
+from tests.fixtures.videomamba import (
+    make_tiny_model,
+    oracle_embed,
+    oracle_features,
+    oracle_forward,
+    random_segments,
+    stream_segments,
+)
 from vmstream.models import StreamState
 
 TOL = dict(atol=3e-5, rtol=1e-4)
@@ -24,8 +31,7 @@ def _oracle_stream(model, clips):
     for p in pieces:
         bounds.append((start, start + p.shape[1]))
         start += p.shape[1]
-    hidden = oracle_forward(sd, torch.cat(pieces, dim=1), len(model.layers), bimamba=model.bimamba,
-                            segments=bounds)
+    hidden = oracle_forward(sd, torch.cat(pieces, dim=1), len(model.layers), bimamba=model.bimamba, segments=bounds)
     return [hidden[:, s] for s, _ in bounds]
 
 
@@ -139,8 +145,7 @@ def test_4b_streams_with_different_histories_batch_and_split():
     torch.testing.assert_close(split_b.conv, alone_b.state.conv, atol=1e-5, rtol=1e-5)
     # A fresh stream joins a batch of old ones: its row equals a stream started alone.
     with torch.no_grad():
-        mixed = model.forward_segment(torch.cat([next_b, next_a]),
-                                      StreamState.stack([state_b, model.init_state(1)]))
+        mixed = model.forward_segment(torch.cat([next_b, next_a]), StreamState.stack([state_b, model.init_state(1)]))
         fresh = model.forward_segment(next_a)
     torch.testing.assert_close(mixed.features[1], fresh.features[0], atol=1e-5, rtol=1e-5)
 

@@ -10,6 +10,7 @@ Each family's state dict is loaded with vmstream's own loader, the recorded inpu
 run, and every recorded output must agree to 1e-5 relative to its largest magnitude
 (fp32). The guard tests change one weight and show the same comparison then fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,10 +61,12 @@ def test_fixtures_stay_small():
 
 # --------------------------------------------------------------------------- the classifier
 
+
 def _classifier():
     # load_model infers the configuration from the official training save itself.
-    return load_model(FIXTURES / "classifier_checkpoint.pth", num_frames=META["families"]["classifier"]["config"]
-                      ["num_frames"])
+    return load_model(
+        FIXTURES / "classifier_checkpoint.pth", num_frames=META["families"]["classifier"]["config"]["num_frames"]
+    )
 
 
 def test_classifier_features_and_logits_are_the_official_ones():
@@ -78,8 +81,12 @@ def test_classifier_features_and_logits_are_the_official_ones():
 
 def test_classifier_load_checkpoint_into_a_built_model():
     from vmstream.models import VideoMamba
-    cfg = {k: v for k, v in META["families"]["classifier"]["config"].items()
-           if k not in ("drop_path_rate", "fused_add_norm", "rms_norm", "residual_in_fp32", "bimamba")}
+
+    cfg = {
+        k: v
+        for k, v in META["families"]["classifier"]["config"].items()
+        if k not in ("drop_path_rate", "fused_add_norm", "rms_norm", "residual_in_fp32", "bimamba")
+    }
     model = VideoMamba(**cfg)
     load_checkpoint(model, FIXTURES / "classifier_checkpoint.pth")
     model.eval()
@@ -150,6 +157,7 @@ def test_pretrain_guard_one_changed_weight_fails():
 
 # --------------------------------------------------------------------------- the video-text model
 
+
 def _videotext():
     bert = META["families"]["videotext"]["bert"]
     # load_model reads the official training save (its pickled EasyDict config as inert data).
@@ -181,13 +189,20 @@ def test_videotext_encoders_similarity_and_itm_are_the_official_ones():
 
 def test_videotext_retrieval_scores_are_official_evaluation():
     from vmstream.pipeline.retrieval_eval import retrieval_scores
+
     rec = io("videotext_io.pt")
     model = _videotext()
     with torch.no_grad():
         video, text = _video_text_encodings(model, rec)
-        i2t_x, t2i_x, i2t = retrieval_scores(model, video.features, list(video.tokens), text.tokens,
-                                             rec["attention_mask"], text.features,
-                                             k_test=META["families"]["videotext"]["k_test"])
+        i2t_x, t2i_x, i2t = retrieval_scores(
+            model,
+            video.features,
+            list(video.tokens),
+            text.tokens,
+            rec["attention_mask"],
+            text.features,
+            k_test=META["families"]["videotext"]["k_test"],
+        )
     assert_official(i2t, rec["eval_i2t_emb"], "evaluation() i2t_emb")
     assert_official(i2t.T, rec["eval_t2i_emb"], "evaluation() t2i_emb")
     # -100 outside each query's top k: the same places, and the same ITM scores inside.
@@ -195,12 +210,16 @@ def test_videotext_retrieval_scores_are_official_evaluation():
     assert torch.equal(t2i_x == -100, rec["eval_t2i_x"] == -100)
     assert_official(i2t_x, rec["eval_i2t_x"], "evaluation() i2t_x")
     assert_official(t2i_x, rec["eval_t2i_x"], "evaluation() t2i_x")
-    assert_official(torch.where(i2t_x == -100, 0, i2t_x), torch.where(i2t_x == -100, 0, rec["eval_i2t_x"]),
-                    "evaluation() i2t_x ITM entries")
+    assert_official(
+        torch.where(i2t_x == -100, 0, i2t_x),
+        torch.where(i2t_x == -100, 0, rec["eval_i2t_x"]),
+        "evaluation() i2t_x ITM entries",
+    )
 
 
 def test_videotext_tokenizer_gives_the_official_ids():
     from vmstream.models.tokenizer import BertTokenizer
+
     rec = io("videotext_io.pt")
     meta = META["families"]["videotext"]
     tok = BertTokenizer(FIXTURES / meta["vocab"], max_length=meta["max_txt_l"])
@@ -215,6 +234,7 @@ def test_videotext_guard_one_changed_weight_fails():
     with torch.no_grad():
         model.text_encoder.encoder.layer[2].crossattention.self.key.weight[1, 2] += 0.5  # one fusion weight
         video, _ = _video_text_encodings(model, rec)
-        err = rel_err(model.itm_scores(video.tokens, rec["input_ids"], rec["attention_mask"]),
-                      rec["itm_logits"][..., 1])
+        err = rel_err(
+            model.itm_scores(video.tokens, rec["input_ids"], rec["attention_mask"]), rec["itm_logits"][..., 1]
+        )
     assert err > RTOL

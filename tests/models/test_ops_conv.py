@@ -1,4 +1,5 @@
 """The fast causal depthwise conv backends (`BACKENDS`: "cpu" C++, "numba", "triton") against the reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,10 @@ def backend(request, monkeypatch):
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("K", [4, 3])
-@pytest.mark.parametrize("activation,use_bias,use_tail", [
-    ("silu", True, True), (None, False, False), ("silu", False, True), (None, True, False)])
+@pytest.mark.parametrize(
+    "activation,use_bias,use_tail",
+    [("silu", True, True), (None, False, False), ("silu", False, True), (None, True, False)],
+)
 def test_forward_matches_reference(backend, reverse, K, activation, use_bias, use_tail):
     inp = conv_inputs(K=K)
     if not use_bias:
@@ -25,8 +28,7 @@ def test_forward_matches_reference(backend, reverse, K, activation, use_bias, us
     if not use_tail:
         inp["initial_tail"] = None
     y_ref, t_ref = causal_conv1d_ref(**inp, activation=activation, return_final_tail=True, reverse=reverse)
-    y, t = causal_conv1d(**inp, activation=activation, return_final_tail=True, reverse=reverse,
-                         backend=backend)
+    y, t = causal_conv1d(**inp, activation=activation, return_final_tail=True, reverse=reverse, backend=backend)
     assert_close(y, y_ref, what="out")
     assert_close(t, t_ref, what="final_tail")
 
@@ -71,15 +73,22 @@ def test_gradients_match_reference(backend, reverse, K, L):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_pieces_equal_whole(backend, reverse):
     inp = conv_inputs(L=30, seed=4)
-    whole, tail = causal_conv1d(**inp, activation="silu", return_final_tail=True, reverse=reverse,
-                                backend=backend)
+    whole, tail = causal_conv1d(**inp, activation="silu", return_final_tail=True, reverse=reverse, backend=backend)
     pieces = [slice(0, 11), slice(11, 30)]
     if reverse:
         pieces = pieces[::-1]
     t = inp["initial_tail"]
     outs = {}
     for sl in pieces:
-        outs[sl.start], t = causal_conv1d(inp["x"][:, sl], inp["weight"], inp["bias"], t, "silu",
-                                          return_final_tail=True, reverse=reverse, backend=backend)
+        outs[sl.start], t = causal_conv1d(
+            inp["x"][:, sl],
+            inp["weight"],
+            inp["bias"],
+            t,
+            "silu",
+            return_final_tail=True,
+            reverse=reverse,
+            backend=backend,
+        )
     assert_close(torch.cat([outs[0], outs[11]], dim=1), whole, what="out")
     assert_close(t, tail, what="final_tail")

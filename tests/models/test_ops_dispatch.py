@@ -1,4 +1,5 @@
 """Backend selection: automatic choice, overrides, fallbacks and their log lines, errors."""
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from tests.fixtures.ops import pick, scan_inputs
-from vmstream.models.ops import cpu_ext, dispatch, selective_scan
 from vmstream.models.ops import causal_conv1d as conv
+from vmstream.models.ops import cpu_ext, dispatch, selective_scan
 
 
 @pytest.fixture(autouse=True)
@@ -100,8 +101,7 @@ def test_no_compiler_and_no_numba_falls_back_to_the_reference(calls, monkeypatch
     with caplog.at_level(logging.INFO, logger="vmstream.models.ops"):
         selective_scan(**small())
     assert calls == ["ref"]
-    assert any("ref" in r.getMessage() and "numba not installed" in r.getMessage()
-               for r in caplog.records)
+    assert any("ref" in r.getMessage() and "numba not installed" in r.getMessage() for r in caplog.records)
 
 
 def test_a_failed_build_is_reported_with_the_compiler_error(monkeypatch, tmp_path):
@@ -147,7 +147,8 @@ def test_cpu_use_never_imports_the_gpu_packages():
         "available_backends(build=False)\n"
         "bad = [m for m in ('mamba_ssm', 'causal_conv1d', 'triton') if m in sys.modules]\n"
         "print('imported:', bad)\n"
-        "sys.exit(1 if bad else 0)\n")
+        "sys.exit(1 if bad else 0)\n"
+    )
     # tests/models/ops/conftest.py sets TRITON_INTERPRET=1, which asks for Triton on the CPU
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
@@ -159,8 +160,7 @@ def test_build_command_warms_the_cache():
     if cpu_ext._compiler() is None:
         pytest.skip("no C++ compiler")
     cpu_ext.load()  # built (or loaded) in this process
-    r = subprocess.run([sys.executable, "-m", "vmstream.models.ops.build"], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "vmstream.models.ops.build"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "fused CPU kernels ready" in r.stdout
     assert "loaded from" in r.stdout + r.stderr  # not rebuilt
@@ -177,8 +177,13 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_later_loads(tmp_path)
     # of which could clear the stale lock before the process under test sees it.
     shutil.copytree(cpu_ext.cache_root() / "ext" / name, tmp_path / "ext" / name)
     (tmp_path / "ext" / name / "lock").touch()
-    r = subprocess.run([sys.executable, "-m", "vmstream.models.ops.build"], capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "VMSTREAM_CACHE_DIR": str(tmp_path)})
+    r = subprocess.run(
+        [sys.executable, "-m", "vmstream.models.ops.build"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VMSTREAM_CACHE_DIR": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr
     assert "fused CPU kernels ready" in r.stdout
     assert "left by a build that was killed" in r.stdout + r.stderr

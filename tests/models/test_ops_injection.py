@@ -7,6 +7,7 @@ from the state, for outputs and final state, in both directions. The last tests 
 (channel-major [B, D, L], no initial state, a last state without gradient) emulated by
 the references: they pin the transposes, flips and the order of injection and z gate.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,7 @@ from vmstream.models.ops import causal_conv1d_ref, injection, selective_scan_ref
 def test_zero_start_plus_injection_equals_started_scan(reverse, use_z):
     inp = pick(scan_inputs(Bsz=2, L=45, D=12, N=16, seed=0, trained=True), use_z=use_z)
     h0 = inp["initial_state"]
-    expect, last_expect = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True,
-                                             reverse=reverse)
+    expect, last_expect = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True, reverse=reverse)
     zero = pick(inp, use_z=False, use_h0=False)
     y0, last0 = selective_scan_ref(**zero, delta_softplus=True, return_last_state=True, reverse=reverse)
     d_eff = injection.effective_delta(inp["delta"], inp["delta_bias"], True)
@@ -75,15 +75,26 @@ def test_final_state_from_zero_matches_reference_with_gradients(reverse):
 
 
 # ------------------------------------------------------------------ cuda.py's glue on CPU
-def _mamba_selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                             delta_softplus=False, return_last_state=False):
+def _mamba_selective_scan_fn(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
     """mamba-ssm's selective_scan_fn contract: [B, D, L] / [B, N, L], token axis
     contiguous, no initial state, last state returned without gradient."""
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C)):
         assert t.stride(-1) == 1, f"{name} must have a contiguous token axis"
-    y, last = selective_scan_ref(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2),
-                                 C.transpose(1, 2), D, None if z is None else z.transpose(1, 2),
-                                 delta_bias, delta_softplus, None, True)
+    y, last = selective_scan_ref(
+        u.transpose(1, 2),
+        delta.transpose(1, 2),
+        A,
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        D,
+        None if z is None else z.transpose(1, 2),
+        delta_bias,
+        delta_softplus,
+        None,
+        True,
+    )
     y = y.transpose(1, 2)
     return (y, last.detach()) if return_last_state else y
 
@@ -100,9 +111,12 @@ def emulated_gpu_packages(monkeypatch):
     ssi.selective_scan_fn = _mamba_selective_scan_fn
     cc = types.ModuleType("causal_conv1d")
     cc.causal_conv1d_fn = _causal_conv1d_fn
-    for name, mod in (("mamba_ssm", types.ModuleType("mamba_ssm")),
-                      ("mamba_ssm.ops", types.ModuleType("mamba_ssm.ops")),
-                      ("mamba_ssm.ops.selective_scan_interface", ssi), ("causal_conv1d", cc)):
+    for name, mod in (
+        ("mamba_ssm", types.ModuleType("mamba_ssm")),
+        ("mamba_ssm.ops", types.ModuleType("mamba_ssm.ops")),
+        ("mamba_ssm.ops.selective_scan_interface", ssi),
+        ("causal_conv1d", cc),
+    ):
         monkeypatch.setitem(sys.modules, name, mod)
     from vmstream.models.ops import cuda
 
@@ -128,8 +142,7 @@ def test_cuda_scan_glue(emulated_gpu_packages, reverse):
         assert_close(grads[k], grads_ref[k], rtol=1e-3, atol_rel=1e-4, what=f"d{k}")
     # without gradients the kernel's own last state is used
     with torch.no_grad():
-        y2, last2 = cuda.selective_scan_cuda(**base, delta_softplus=True, return_last_state=True,
-                                             reverse=reverse)
+        y2, last2 = cuda.selective_scan_cuda(**base, delta_softplus=True, return_last_state=True, reverse=reverse)
     assert_close(y2, y_ref, what="out (no grad)")
     assert_close(last2, last_ref, what="last_state (no grad)")
 

@@ -1,5 +1,6 @@
 """`mamba_inner` (a Mamba layer between in_proj and out_proj) on the fused C++ kernel and
 as the composition of the dispatched ops, held to `reference.mamba_inner_ref`."""
+
 from __future__ import annotations
 
 import platform
@@ -11,26 +12,33 @@ import torch.nn.functional as F
 from tests.fixtures.ops import assert_close
 from vmstream.models.ops import MixerDirection, cpu_ext, mamba_inner
 from vmstream.models.ops.mixer import mamba_inner_cpu
-from vmstream.models.ops.reference import (exp_bf16_mode_ref, mamba_inner_ref, silu_bf16_mode_ref,
-                                           softplus_bf16_mode_ref)
+from vmstream.models.ops.reference import exp_bf16_mode_ref, mamba_inner_ref, silu_bf16_mode_ref, softplus_bf16_mode_ref
 
 
 def directions(D=40, N=16, R=5, K=4, n=2, seed=0, conv_bias=True):
     g = torch.Generator().manual_seed(seed)
 
     def one():
-        return MixerDirection(torch.randn(D, 1, K, generator=g) * 0.4,
-                              torch.randn(D, generator=g) * 0.1 if conv_bias else None,
-                              torch.randn(R + 2 * N, D, generator=g) * 0.2, torch.randn(D, R, generator=g) * 0.4,
-                              torch.randn(D, generator=g) * 0.5 - 2, -torch.rand(D, N, generator=g) * 3 - 0.05,
-                              torch.randn(D, generator=g))
+        return MixerDirection(
+            torch.randn(D, 1, K, generator=g) * 0.4,
+            torch.randn(D, generator=g) * 0.1 if conv_bias else None,
+            torch.randn(R + 2 * N, D, generator=g) * 0.2,
+            torch.randn(D, R, generator=g) * 0.4,
+            torch.randn(D, generator=g) * 0.5 - 2,
+            -torch.rand(D, N, generator=g) * 3 - 0.05,
+            torch.randn(D, generator=g),
+        )
+
     return [one() for _ in range(n)]
 
 
 def inputs(Bsz=2, L=45, D=40, N=16, K=4, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(Bsz, L, 2 * D, generator=g), torch.randn(Bsz, D, K - 1, generator=g),
-            torch.randn(Bsz, D, N, generator=g))
+    return (
+        torch.randn(Bsz, L, 2 * D, generator=g),
+        torch.randn(Bsz, D, K - 1, generator=g),
+        torch.randn(Bsz, D, N, generator=g),
+    )
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 16, 1000])
@@ -83,13 +91,14 @@ def check_bf16_mode(variant="native", chunk=9, D=40, L=45):
     dirs = directions(D=D)
     xz, tail, h0 = inputs(D=D, L=L)
     xzb = xz.bfloat16()
-    y, (t, h) = mamba_inner_cpu(xzb, dirs, tail, h0, return_state=True, out_dtype=torch.bfloat16, chunk=chunk,
-                                variant=variant)
+    y, (t, h) = mamba_inner_cpu(
+        xzb, dirs, tail, h0, return_state=True, out_dtype=torch.bfloat16, chunk=chunk, variant=variant
+    )
     assert y.dtype == torch.bfloat16
     yr, (tr, hr) = mamba_inner_ref(xzb, dirs, tail, h0, return_state=True, bf16=True)
     assert_close(h, hr, what=f"{variant} bf16-mode state")
     assert torch.equal(t, tr)
-    assert_close(y.float(), yr, rtol=2 ** -8, atol_rel=2e-5, what=f"{variant} bf16 y")
+    assert_close(y.float(), yr, rtol=2**-8, atol_rel=2e-5, what=f"{variant} bf16 y")
     equal = (y == yr.bfloat16()).float().mean().item()
     assert equal >= 0.99, f"{variant}: only {equal:.3f} of the bf16 y equal the reference rounded"
     return h, hr
@@ -175,8 +184,10 @@ def test_bad_input_is_refused():
         mamba_inner_cpu(torch.randn(2, 5, 80), directions(D=40)[:1] + directions(D=40, R=2)[:1])
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or cpu_ext._compiler() is None,
-                    reason="x86-64 variants need an x86-64 machine and a C++ compiler")
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or cpu_ext._compiler() is None,
+    reason="x86-64 variants need an x86-64 machine and a C++ compiler",
+)
 def test_avx2_variant_matches_the_reference():
     dirs = directions(D=37)
     xz, tail, h0 = inputs(D=37, L=21)

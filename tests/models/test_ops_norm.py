@@ -1,4 +1,5 @@
 """`ops.add_rms_norm` (the block's residual add + RMSNorm in one pass) held to its reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,11 @@ from vmstream.models.ops.reference import add_rms_norm_ref
 
 def _inputs(C=192, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, 37, C, generator=g), torch.randn(2, 37, C, generator=g) * 3,
-            torch.rand(C, generator=g) + 0.5)
+    return (
+        torch.randn(2, 37, C, generator=g),
+        torch.randn(2, 37, C, generator=g) * 3,
+        torch.rand(C, generator=g) + 0.5,
+    )
 
 
 @pytest.mark.parametrize("C", [192, 20, 7])
@@ -37,7 +41,7 @@ def test_bf16_hidden_in_and_normed_out():
     assert normed.dtype == torch.bfloat16 and res.dtype == torch.float32
     assert torch.equal(res, ref_res)
     assert torch.equal(normed, normed32.bfloat16()), "bf16 out is the fp32 result rounded to nearest even"
-    assert_close(normed.float(), ref_normed, rtol=2 ** -8, atol_rel=1e-6, what="bf16 normed")
+    assert_close(normed.float(), ref_normed, rtol=2**-8, atol_rel=1e-6, what="bf16 normed")
 
 
 def test_gradients_use_the_reference():

@@ -1,4 +1,5 @@
 """The fast selective-scan backends (`BACKENDS`: fused C++ "cpu", "numba", "triton") against the reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,7 @@ def backend(request, monkeypatch):
 
 def run_both(backend, inp, softplus=True, reverse=False, **kw):
     ref = selective_scan_ref(**inp, delta_softplus=softplus, return_last_state=True, reverse=reverse)
-    got = selective_scan(**inp, delta_softplus=softplus, return_last_state=True, reverse=reverse,
-                         backend=backend, **kw)
+    got = selective_scan(**inp, delta_softplus=softplus, return_last_state=True, reverse=reverse, backend=backend, **kw)
     return got, ref
 
 
@@ -59,8 +59,8 @@ def test_strided_views(backend):
     """Any stride over L and B: every-other token of a longer sequence, a batch taken
     from a transposed [L, B, D] buffer, a delta with a padded row."""
     inp = scan_inputs(Bsz=2, L=30, D=24, seed=2)
-    lbd = torch.randn(30, 2, 24).transpose(0, 1)          # [B, L, D] with B-stride 24
-    padded = torch.randn(2, 60, 32)[:, ::2, :24]          # L-stride 64, row padding
+    lbd = torch.randn(30, 2, 24).transpose(0, 1)  # [B, L, D] with B-stride 24
+    padded = torch.randn(2, 60, 32)[:, ::2, :24]  # L-stride 64, row padding
     inp.update(u=lbd, delta=padded)
     assert inp["u"].stride(-1) == 1 and not inp["u"].is_contiguous()
     (y, last), (y_ref, last_ref) = run_both(backend, inp)
@@ -93,8 +93,9 @@ def test_huge_delta_forgets_exactly(backend):
 def test_gradients_match_reference(backend, reverse, use_D, use_z, use_bias, use_h0):
     """Gradients of every input, with the loss on the output and on the last state
     (truncated BPTT carries the state: its gradient must flow back in)."""
-    base = pick(scan_inputs(Bsz=2, L=37, D=20, N=16, seed=5), use_D=use_D, use_z=use_z,
-                use_bias=use_bias, use_h0=use_h0)
+    base = pick(
+        scan_inputs(Bsz=2, L=37, D=20, N=16, seed=5), use_D=use_D, use_z=use_z, use_bias=use_bias, use_h0=use_h0
+    )
     softplus = use_bias
     if not softplus:
         base["delta"] = base["delta"].abs() * 0.3
@@ -121,7 +122,7 @@ def test_gradient_through_last_state_only(backend):
     for fn in (lambda **a: selective_scan(**a, backend=backend), selective_scan_ref):
         inp = leaf_copies(base)
         _, last = fn(**inp, delta_softplus=True, return_last_state=True)
-        (last ** 2).sum().backward()
+        (last**2).sum().backward()
         grads.append({k: v.grad for k, v in inp.items()})
     for k in SCAN_INPUTS:
         got, ref = grads[0][k], grads[1][k]
@@ -135,8 +136,7 @@ def test_gradient_through_last_state_only(backend):
 def test_pieces_equal_whole(backend, reverse):
     """Scanning in pieces and carrying the state equals one pass (the streaming mode)."""
     inp = scan_inputs(Bsz=2, L=40, D=20, seed=8)
-    whole, last = selective_scan(**inp, delta_softplus=True, return_last_state=True,
-                                 reverse=reverse, backend=backend)
+    whole, last = selective_scan(**inp, delta_softplus=True, return_last_state=True, reverse=reverse, backend=backend)
     cut = 13
     pieces = [slice(0, cut), slice(cut, 40)]
     if reverse:  # a reverse scan meets the later tokens first
@@ -145,9 +145,17 @@ def test_pieces_equal_whole(backend, reverse):
     outs = {}
     for sl in pieces:
         part = {k: inp[k][:, sl] for k in ("u", "delta", "B", "C", "z")}
-        outs[sl.start], h = selective_scan(**part, A=inp["A"], D=inp["D"], delta_bias=inp["delta_bias"],
-                                           initial_state=h, delta_softplus=True,
-                                           return_last_state=True, reverse=reverse, backend=backend)
+        outs[sl.start], h = selective_scan(
+            **part,
+            A=inp["A"],
+            D=inp["D"],
+            delta_bias=inp["delta_bias"],
+            initial_state=h,
+            delta_softplus=True,
+            return_last_state=True,
+            reverse=reverse,
+            backend=backend,
+        )
     assert_close(torch.cat([outs[0], outs[cut]], dim=1), whole, what="out")
     assert_close(h, last, what="last_state")
 
@@ -155,23 +163,28 @@ def test_pieces_equal_whole(backend, reverse):
 def test_out_accumulates_both_directions(backend):
     """The bidirectional block: the reverse scan adds into the forward scan's output."""
     inp = scan_inputs(Bsz=2, L=19, D=20, seed=9)
-    expect = (selective_scan_ref(**inp, delta_softplus=True)
-              + selective_scan_ref(**pick(inp, use_h0=False), delta_softplus=True, reverse=True))
+    expect = selective_scan_ref(**inp, delta_softplus=True) + selective_scan_ref(
+        **pick(inp, use_h0=False), delta_softplus=True, reverse=True
+    )
     with torch.no_grad():
         y = selective_scan(**inp, delta_softplus=True, backend=backend)
-        y2 = selective_scan(**pick(inp, use_h0=False), delta_softplus=True, reverse=True,
-                            out=y, accumulate=True, backend=backend)
+        y2 = selective_scan(
+            **pick(inp, use_h0=False), delta_softplus=True, reverse=True, out=y, accumulate=True, backend=backend
+        )
     assert y2 is y
     assert_close(y, expect, what="fwd + bwd")
     # with gradients the same call is out.add_(y): values and gradients still right
     inp_g = leaf_copies(inp)
     y = selective_scan(**inp_g, delta_softplus=True, backend=backend)
-    selective_scan(**pick(inp_g, use_h0=False), delta_softplus=True, reverse=True, out=y,
-                   accumulate=True, backend=backend)
+    selective_scan(
+        **pick(inp_g, use_h0=False), delta_softplus=True, reverse=True, out=y, accumulate=True, backend=backend
+    )
     y.sum().backward()
     inp_r = leaf_copies(inp)
-    (selective_scan_ref(**inp_r, delta_softplus=True)
-     + selective_scan_ref(**pick(inp_r, use_h0=False), delta_softplus=True, reverse=True)).sum().backward()
+    (
+        selective_scan_ref(**inp_r, delta_softplus=True)
+        + selective_scan_ref(**pick(inp_r, use_h0=False), delta_softplus=True, reverse=True)
+    ).sum().backward()
     assert_close(y, expect, what="fwd + bwd (grad mode)")
     for k in ("u", "delta", "A", "B", "C", "initial_state"):
         assert_close(inp_g[k].grad, inp_r[k].grad, rtol=1e-3, atol_rel=1e-4, what=f"d{k}")

@@ -14,6 +14,7 @@ is added (an initial state in, a loss on the last state). Upstream's grouped B/C
 Backends here: "ref" (the readable reference), "cpu" (the fused C++ kernel), "numba".
 Triton, through its interpreter: tests/models/ops/test_triton_upstream.py.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -21,8 +22,16 @@ import itertools
 import pytest
 import torch
 
-from tests.fixtures.ops import (CONV_SEQLENS, SCAN_SEQLENS, assert_within, conv_excess, pick,
-                                scan_excess, upstream_conv_inputs, upstream_scan_inputs)
+from tests.fixtures.ops import (
+    CONV_SEQLENS,
+    SCAN_SEQLENS,
+    assert_within,
+    conv_excess,
+    pick,
+    scan_excess,
+    upstream_conv_inputs,
+    upstream_scan_inputs,
+)
 from vmstream.models.ops import causal_conv1d, causal_conv1d_ref, dispatch, selective_scan, selective_scan_ref
 
 HALF = (torch.float16, torch.bfloat16)
@@ -54,8 +63,8 @@ def conv_fn(backend):
 
 # --------------------------------------------------------------------------- selective scan
 
-@pytest.mark.parametrize("seqlen", [pytest.param(L, marks=pytest.mark.slow) if L >= 2048 else L
-                                    for L in SCAN_SEQLENS])
+
+@pytest.mark.parametrize("seqlen", [pytest.param(L, marks=pytest.mark.slow) if L >= 2048 else L for L in SCAN_SEQLENS])
 def test_selective_scan_upstream_grid(backend, seqlen):
     inp = upstream_scan_inputs(seqlen)
     assert_within(scan_excess(scan_fn(backend), inp), f"{backend} seqlen={seqlen}")
@@ -67,13 +76,16 @@ def test_selective_scan_long_wide_channels(backend):
     long-memory channel (|Δ·A| small every step) compounded it to 6x the fp32 tolerance.
     Forward only (the reference's autograd over 4096 steps of [2, 64, 16] is slow)."""
     from tests.fixtures.ops import allclose_excess, scan_tolerances, selective_scan_f64
+
     inp = upstream_scan_inputs(4096, dim=64, dstate=16)
     with torch.no_grad():
         y, h = scan_fn(backend)(**inp, delta_softplus=True, return_last_state=True)
         y64, h64 = selective_scan_f64(**inp, delta_softplus=True)
     tol = scan_tolerances(torch.float32)
-    assert_within({"out": allclose_excess(y, y64, *tol["out"]),
-                   "last_state": allclose_excess(h, h64, *tol["last_state"])}, backend)
+    assert_within(
+        {"out": allclose_excess(y, y64, *tol["out"]), "last_state": allclose_excess(h, h64, *tol["last_state"])},
+        backend,
+    )
 
 
 FEATURE_SETS = list(itertools.product([True, False], repeat=4))  # D, z, delta_bias, softplus
@@ -84,8 +96,10 @@ def _full_grid(backend, itype, seqlens, features):
         base = upstream_scan_inputs(seqlen, itype=itype, seed=seqlen)
         for has_D, has_z, has_bias, softplus in features:
             inp = pick(base, use_D=has_D, use_z=has_z, use_bias=has_bias)
-            assert_within(scan_excess(scan_fn(backend), inp, delta_softplus=softplus, itype=itype),
-                          f"{backend} {itype} seqlen={seqlen} D={has_D} z={has_z} bias={has_bias} sp={softplus}")
+            assert_within(
+                scan_excess(scan_fn(backend), inp, delta_softplus=softplus, itype=itype),
+                f"{backend} {itype} seqlen={seqlen} D={has_D} z={has_z} bias={has_bias} sp={softplus}",
+            )
 
 
 @pytest.mark.parametrize("itype", [torch.float32, *HALF])
@@ -118,8 +132,19 @@ def test_streaming_in_chunks_with_gradients(backend, chunk):
         h, outs = initial_state, []
         for s in range(0, L, chunk):
             sl = slice(s, s + chunk)
-            y, h = fn(u=u[:, sl], delta=delta[:, sl], A=A, B=B[:, sl], C=C[:, sl], D=D, z=z[:, sl],
-                      delta_bias=delta_bias, initial_state=h, delta_softplus=delta_softplus, return_last_state=True)
+            y, h = fn(
+                u=u[:, sl],
+                delta=delta[:, sl],
+                A=A,
+                B=B[:, sl],
+                C=C[:, sl],
+                D=D,
+                z=z[:, sl],
+                delta_bias=delta_bias,
+                initial_state=h,
+                delta_softplus=delta_softplus,
+                return_last_state=True,
+            )
             outs.append(y)
         return torch.cat(outs, 1), h
 
@@ -135,12 +160,13 @@ def _conv_grid(backend, itype, width, seqlens, flags):
     for seqlen in seqlens:
         base = upstream_conv_inputs(seqlen, dim=64, width=width, itype=itype, seed=seqlen)
         for has_bias, silu, has_init, final in flags:
-            inp = dict(base, bias=base["bias"] if has_bias else None,
-                       initial_tail=base["initial_tail"] if has_init else None)
-            assert_within(conv_excess(conv_fn(backend), inp, activation="silu" if silu else None, final=final,
-                                      itype=itype),
-                          f"{backend} {itype} L={seqlen} width={width} bias={has_bias} silu={silu} "
-                          f"init={has_init} final={final}")
+            inp = dict(
+                base, bias=base["bias"] if has_bias else None, initial_tail=base["initial_tail"] if has_init else None
+            )
+            assert_within(
+                conv_excess(conv_fn(backend), inp, activation="silu" if silu else None, final=final, itype=itype),
+                f"{backend} {itype} L={seqlen} width={width} bias={has_bias} silu={silu} init={has_init} final={final}",
+            )
 
 
 # By default fp32 at width 4 and bf16 at width 2 (every flag at the short lengths; fp32
@@ -148,9 +174,14 @@ def _conv_grid(backend, itype, width, seqlens, flags):
 CONV_DEFAULT = {(torch.float32, 4), (torch.bfloat16, 2)}
 
 
-@pytest.mark.parametrize("itype,width", [
-    (it, w) if (it, w) in CONV_DEFAULT else pytest.param(it, w, marks=pytest.mark.slow)
-    for it in (torch.float32, *HALF) for w in (2, 3, 4)])
+@pytest.mark.parametrize(
+    "itype,width",
+    [
+        (it, w) if (it, w) in CONV_DEFAULT else pytest.param(it, w, marks=pytest.mark.slow)
+        for it in (torch.float32, *HALF)
+        for w in (2, 3, 4)
+    ],
+)
 def test_causal_conv1d_upstream_grid(backend, itype, width):
     """causal-conv1d's grid at dim 64: all 18 lengths with bias, SiLU, initial and final
     states on, and every on/off combination of those at lengths 1, 2, 8 and 129 (shorter
@@ -175,5 +206,7 @@ def test_causal_conv1d_upstream_wide(backend, itype):
     """Upstream's dim 4096 + 32 (channel blocks with a partial last one)."""
     for seqlen in (1, 129, 1134):
         inp = upstream_conv_inputs(seqlen, dim=4096 + 32, width=4, itype=itype, seed=seqlen)
-        assert_within(conv_excess(conv_fn(backend), inp, activation="silu", final=True, itype=itype),
-                      f"{backend} {itype} L={seqlen} dim=4128")
+        assert_within(
+            conv_excess(conv_fn(backend), inp, activation="silu", final=True, itype=itype),
+            f"{backend} {itype} L={seqlen} dim=4128",
+        )

@@ -1,6 +1,7 @@
 """The C++ kernel's other instruction-set paths, built on this machine with other -march
 flags: AVX2 (most laptops: no AVX-512) and the portable scalar code (slow: one more
 15-20 s build on a fresh cache)."""
+
 from __future__ import annotations
 
 import platform
@@ -13,7 +14,8 @@ from vmstream.models.ops import causal_conv1d_ref, cpu, cpu_ext, selective_scan_
 
 pytestmark = pytest.mark.skipif(
     platform.machine() not in ("x86_64", "AMD64") or cpu_ext._compiler() is None,
-    reason="x86-64 variants need an x86-64 machine and a C++ compiler")
+    reason="x86-64 variants need an x86-64 machine and a C++ compiler",
+)
 
 
 def _check_variant(variant, monkeypatch):

@@ -1,6 +1,7 @@
 """What a user installs: the `read` extra the README points to for reading the Parquet
 output, and the kernel pre-build `scripts/setup` runs (which must fail soft, in one line,
 where no compiler exists)."""
+
 from __future__ import annotations
 
 import os
@@ -38,10 +39,16 @@ def test_setup_parses_and_prebuilds_the_kernel():
 
 def test_the_prebuild_without_a_compiler_says_so_in_one_line(tmp_path):
     """`scripts/setup` shows the build's last line and goes on with numba."""
-    env = {**os.environ, "PATH": str(tmp_path), "CXX": "no-such-compiler", "PYTHONPATH": str(REPO),
-           "VMSTREAM_CACHE_DIR": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, "-m", "vmstream.models.ops.build"], env=env, capture_output=True,
-                       text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PATH": str(tmp_path),
+        "CXX": "no-such-compiler",
+        "PYTHONPATH": str(REPO),
+        "VMSTREAM_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "vmstream.models.ops.build"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 1
     lines = (r.stdout + r.stderr).strip().splitlines()
     assert lines == ["fused CPU kernels unavailable: no C++ compiler (c++, g++ or clang++) on PATH"], lines

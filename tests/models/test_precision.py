@@ -11,6 +11,7 @@ bf16 mode (1.44e-5, 3.7e-6). The
 bound below (1e-4) leaves 7x. It holds the mode to fp32; which parts run in bf16 is held
 by test_bf16_runs_only_the_big_matmuls_in_bf16 and tests/models/test_ops_mixer.py.
 """
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """StreamState: construction, sizes, batching, serialisation and its error messages."""
+
 import json
 import struct
 
@@ -12,8 +13,11 @@ from vmstream.models.state import FORMAT_VERSION, MAGIC
 
 def _random_state(layers=2, batch=3, d_inner=8, d_conv=4, d_state=5, seed=0, tag=""):
     g = torch.Generator().manual_seed(seed)
-    return StreamState(torch.randn(layers, batch, d_inner, d_conv - 1, generator=g),
-                       torch.randn(layers, batch, d_inner, d_state, generator=g), tag)
+    return StreamState(
+        torch.randn(layers, batch, d_inner, d_conv - 1, generator=g),
+        torch.randn(layers, batch, d_inner, d_state, generator=g),
+        tag,
+    )
 
 
 def test_sizes_of_the_official_models_states():
@@ -51,23 +55,26 @@ def test_half_precision_states_round_trip():
 
 def _rewrite_header(blob, **changes):
     magic, version, n = struct.unpack_from("<8sII", blob, 0)
-    header = json.loads(blob[16:16 + n])
+    header = json.loads(blob[16 : 16 + n])
     header.update(changes)
     new = json.dumps(header).encode()
-    return struct.pack("<8sII", magic, version, len(new)) + new + blob[16 + n:]
+    return struct.pack("<8sII", magic, version, len(new)) + new + blob[16 + n :]
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda b: b"NOTSTATE" + b[8:], "not a serialised StreamState"),
-    (lambda b: b[:5], "too short"),
-    (lambda b: b[:8] + struct.pack("<I", FORMAT_VERSION + 7) + b[12:], "version 8 is not supported"),
-    (lambda b: b[:-10], "truncated or corrupt"),
-    (lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]), "checksum mismatch"),
-    (lambda b: _rewrite_header(b, dtype="float64"), "dtype 'float64'"),
-    (lambda b: _rewrite_header(b, conv_shape=[2, 3, 8]), "conv_shape"),
-    (lambda b: _rewrite_header(b, ssm_shape=[2, 4, 8, 5]), "disagree"),
-    (lambda b: b[:16] + b"{not json" + b[25:], "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda b: b"NOTSTATE" + b[8:], "not a serialised StreamState"),
+        (lambda b: b[:5], "too short"),
+        (lambda b: b[:8] + struct.pack("<I", FORMAT_VERSION + 7) + b[12:], "version 8 is not supported"),
+        (lambda b: b[:-10], "truncated or corrupt"),
+        (lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]), "checksum mismatch"),
+        (lambda b: _rewrite_header(b, dtype="float64"), "dtype 'float64'"),
+        (lambda b: _rewrite_header(b, conv_shape=[2, 3, 8]), "conv_shape"),
+        (lambda b: _rewrite_header(b, ssm_shape=[2, 4, 8, 5]), "disagree"),
+        (lambda b: b[:16] + b"{not json" + b[25:], "not valid JSON"),
+    ],
+)
 def test_bad_bytes_are_refused_with_a_clear_error(mutate, message):
     blob = _random_state().to_bytes()
     with pytest.raises(StateError, match=message):

@@ -1,13 +1,30 @@
 """The video-text tokenizer: bert-base-uncased WordPiece semantics on a small local
 vocabulary (no hub here), truncation that says so, and the offline error."""
+
 import logging
 
 import pytest
 
 from vmstream.models.tokenizer import MAX_TEXT_LEN, VOCAB_ENV, BertTokenizer, VocabularyNotFound, resolve_vocab
 
-VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "catch", "##es", "frisbee", ".",
-         "the", "cafe", ",", "!"]
+VOCAB = [
+    "[PAD]",
+    "[unused0]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "dog",
+    "catch",
+    "##es",
+    "frisbee",
+    ".",
+    "the",
+    "cafe",
+    ",",
+    "!",
+]
 
 
 @pytest.fixture
@@ -36,8 +53,10 @@ def test_truncation_keeps_sep_last_and_tells_the_user(vocab, caplog):
     tok = BertTokenizer(vocab, max_length=5)
     with caplog.at_level(logging.WARNING, logger="vmstream.models.tokenizer"):
         batch = tok(["a dog catches the frisbee", "a dog"], padding="max_length")
-    assert batch.input_ids.tolist() == [_ids("[CLS]", "a", "dog", "catch", "[SEP]"),
-                                        _ids("[CLS]", "a", "dog", "[SEP]") + [0]]
+    assert batch.input_ids.tolist() == [
+        _ids("[CLS]", "a", "dog", "catch", "[SEP]"),
+        _ids("[CLS]", "a", "dog", "[SEP]") + [0],
+    ]
     assert batch.truncated == [True, False] and batch.lengths == [8, 4]
     assert "truncated to 5 of its 8 tokens" in caplog.text
 

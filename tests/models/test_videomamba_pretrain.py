@@ -1,5 +1,6 @@
 """The masked-pretraining student: official keys, token dropping, the distillation head,
 loading into the classifier."""
+
 import pytest
 import torch
 
@@ -7,8 +8,16 @@ from vmstream.models import VideoMamba, VideoMambaPretrain, load_checkpoint
 from vmstream.models.videomamba_pretrain import sinusoid_table
 from vmstream.training.masking import make_mask
 
-KW = dict(img_size=32, patch_size=16, depth=3, embed_dim=32, num_frames=4, clip_decoder_embed_dim=32,
-          clip_output_dim=24, clip_norm_type="l2")
+KW = dict(
+    img_size=32,
+    patch_size=16,
+    depth=3,
+    embed_dim=32,
+    num_frames=4,
+    clip_decoder_embed_dim=32,
+    clip_output_dim=24,
+    clip_norm_type="l2",
+)
 N = 1 + 4 * 2 * 2
 
 
@@ -22,22 +31,46 @@ def official_keys(depth, K, embed_dim=32, out_dim=24, tokens=4, frames=4, d_stat
     written from its module tree: PatchEmbed.proj, cls/pos/temporal, mamba_simple.Mamba with
     bimamba v2 (*_b), the Block's RMSNorm, the final `norm`, Linear_Decoder (head, norm)."""
     d_in, rank = 2 * embed_dim, -(-embed_dim // 16)
-    keys = {"cls_token": (1, 1, embed_dim), "pos_embed": (1, tokens + 1, embed_dim),
-            "temporal_pos_embedding": (1, frames, embed_dim),
-            "patch_embed.proj.weight": (embed_dim, 3, 1, 16, 16), "patch_embed.proj.bias": (embed_dim,),
-            "norm.weight": (embed_dim,)}
+    keys = {
+        "cls_token": (1, 1, embed_dim),
+        "pos_embed": (1, tokens + 1, embed_dim),
+        "temporal_pos_embedding": (1, frames, embed_dim),
+        "patch_embed.proj.weight": (embed_dim, 3, 1, 16, 16),
+        "patch_embed.proj.bias": (embed_dim,),
+        "norm.weight": (embed_dim,),
+    }
     for i in range(depth):
         p = f"layers.{i}.mixer."
-        keys.update({p + "A_log": (d_in, d_state), p + "D": (d_in,), p + "in_proj.weight": (2 * d_in, embed_dim),
-                     p + "conv1d.weight": (d_in, 1, 4), p + "conv1d.bias": (d_in,),
-                     p + "x_proj.weight": (rank + 2 * d_state, d_in), p + "dt_proj.weight": (d_in, rank),
-                     p + "dt_proj.bias": (d_in,), p + "A_b_log": (d_in, d_state), p + "conv1d_b.weight": (d_in, 1, 4),
-                     p + "conv1d_b.bias": (d_in,), p + "x_proj_b.weight": (rank + 2 * d_state, d_in),
-                     p + "dt_proj_b.weight": (d_in, rank), p + "dt_proj_b.bias": (d_in,), p + "D_b": (d_in,),
-                     p + "out_proj.weight": (embed_dim, d_in), f"layers.{i}.norm.weight": (embed_dim,)})
+        keys.update(
+            {
+                p + "A_log": (d_in, d_state),
+                p + "D": (d_in,),
+                p + "in_proj.weight": (2 * d_in, embed_dim),
+                p + "conv1d.weight": (d_in, 1, 4),
+                p + "conv1d.bias": (d_in,),
+                p + "x_proj.weight": (rank + 2 * d_state, d_in),
+                p + "dt_proj.weight": (d_in, rank),
+                p + "dt_proj.bias": (d_in,),
+                p + "A_b_log": (d_in, d_state),
+                p + "conv1d_b.weight": (d_in, 1, 4),
+                p + "conv1d_b.bias": (d_in,),
+                p + "x_proj_b.weight": (rank + 2 * d_state, d_in),
+                p + "dt_proj_b.weight": (d_in, rank),
+                p + "dt_proj_b.bias": (d_in,),
+                p + "D_b": (d_in,),
+                p + "out_proj.weight": (embed_dim, d_in),
+                f"layers.{i}.norm.weight": (embed_dim,),
+            }
+        )
     for k in range(K):
-        keys.update({f"clip_decoder.{k}.head.weight": (out_dim, embed_dim), f"clip_decoder.{k}.head.bias": (out_dim,),
-                     f"clip_decoder.{k}.norm.weight": (out_dim,), f"clip_decoder.{k}.norm.bias": (out_dim,)})
+        keys.update(
+            {
+                f"clip_decoder.{k}.head.weight": (out_dim, embed_dim),
+                f"clip_decoder.{k}.head.bias": (out_dim,),
+                f"clip_decoder.{k}.norm.weight": (out_dim,),
+                f"clip_decoder.{k}.norm.bias": (out_dim,),
+            }
+        )
     return keys
 
 
@@ -58,8 +91,14 @@ def test_sinusoid_table_hand_values():
     assert t.shape == (3, 4)
     assert torch.allclose(t[0], torch.tensor([0.0, 1.0, 0.0, 1.0]))
     p = 2.0
-    want = torch.tensor([torch.sin(torch.tensor(p)), torch.cos(torch.tensor(p)),
-                         torch.sin(torch.tensor(p / 100.0)), torch.cos(torch.tensor(p / 100.0))])
+    want = torch.tensor(
+        [
+            torch.sin(torch.tensor(p)),
+            torch.cos(torch.tensor(p)),
+            torch.sin(torch.tensor(p / 100.0)),
+            torch.cos(torch.tensor(p / 100.0)),
+        ]
+    )
     assert torch.allclose(t[2], want, atol=1e-6)
 
 
@@ -71,7 +110,7 @@ def _by_hand(m, video, mask):
     outs = []
     for b in range(video.shape[0]):
         idx = [i for i in range(mask.shape[1]) if not mask[b, i]]
-        h = tokens[b:b + 1, idx]
+        h = tokens[b : b + 1, idx]
         residual = None
         for layer in m.layers:
             h, residual, _ = layer(h, residual)
@@ -103,8 +142,8 @@ def test_masked_patches_do_not_matter_visible_ones_do():
     t, y, x = [int(v) for v in grid.nonzero()[0]]  # a masked patch
     tv, yv, xv = [int(v) for v in (~grid).nonzero()[0]]  # a visible one
     changed_masked, changed_visible = video.clone(), video.clone()
-    changed_masked[:, :, t, 16 * y:16 * y + 16, 16 * x:16 * x + 16] += 5
-    changed_visible[:, :, tv, 16 * yv:16 * yv + 16, 16 * xv:16 * xv + 16] += 5
+    changed_masked[:, :, t, 16 * y : 16 * y + 16, 16 * x : 16 * x + 16] += 5
+    changed_visible[:, :, tv, 16 * yv : 16 * yv + 16, 16 * xv : 16 * xv + 16] += 5
     with torch.no_grad():
         base = m(video, mask)
         assert torch.equal(m(changed_masked, mask), base)
@@ -163,9 +202,18 @@ def test_bad_inputs():
 
 def test_official_middle_student_size_matches_official_keys():
     """videomamba_middle_pretrain as the official K400/SSv2 scripts build it."""
-    m = VideoMambaPretrain(img_size=224, patch_size=16, depth=32, embed_dim=576, num_frames=8,
-                           clip_decoder_embed_dim=576, clip_output_dim=512, clip_norm_type="l2",
-                           clip_return_layer=1, clip_student_return_interval=1)
+    m = VideoMambaPretrain(
+        img_size=224,
+        patch_size=16,
+        depth=32,
+        embed_dim=576,
+        num_frames=8,
+        clip_decoder_embed_dim=576,
+        clip_output_dim=512,
+        clip_norm_type="l2",
+        clip_return_layer=1,
+        clip_student_return_interval=1,
+    )
     got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert got == official_keys(32, 1, embed_dim=576, out_dim=512, tokens=196, frames=8)
     assert m.clip_pos_embed.shape == (1, 8 * 196 + 1, 576) and m.return_index == [31]

@@ -6,6 +6,7 @@ PretrainVideoMamba's "cls+avg" pooling with keep_temporal; retrieval_utils' get_
 ITM path), in float64, sharing no code with vmstream.models.bert / videotext. The Mamba
 blocks' oracle is the classifier's (tests/fixtures/videomamba.py).
 """
+
 import math
 
 import pytest
@@ -19,6 +20,7 @@ TOL = dict(atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------- references
+
 
 def _sd(model):
     return {k: v.double() for k, v in model.state_dict().items()}
@@ -45,14 +47,21 @@ def _attention(sd, prefix, x, src, bias, heads, eps):
     def split(t):
         return t.reshape(t.shape[0], t.shape[1], heads, d).permute(0, 2, 1, 3)
 
-    q, k, v = split(_lin(sd, prefix + ".self.query", x)), split(_lin(sd, prefix + ".self.key", src)), \
-        split(_lin(sd, prefix + ".self.value", src))
+    q, k, v = (
+        split(_lin(sd, prefix + ".self.query", x)),
+        split(_lin(sd, prefix + ".self.key", src)),
+        split(_lin(sd, prefix + ".self.value", src)),
+    )
     scores = q @ k.transpose(-1, -2) / math.sqrt(d)
     if bias is not None:
         scores = scores + bias
     ctx = (torch.softmax(scores, -1) @ v).permute(0, 2, 1, 3).reshape(B, L, D)
-    return _ln(_lin(sd, prefix + ".output.dense", ctx) + x, sd[prefix + ".output.LayerNorm.weight"],
-               sd[prefix + ".output.LayerNorm.bias"], eps)
+    return _ln(
+        _lin(sd, prefix + ".output.dense", ctx) + x,
+        sd[prefix + ".output.LayerNorm.weight"],
+        sd[prefix + ".output.LayerNorm.bias"],
+        eps,
+    )
 
 
 def ref_bert(sd, ids, mask, layers, *, embeds=None, memory=None, heads, eps=1e-12):
@@ -60,8 +69,11 @@ def ref_bert(sd, ids, mask, layers, *, embeds=None, memory=None, heads, eps=1e-1
     p = "text_encoder."
     if embeds is None:
         L = ids.shape[1]
-        x = sd[p + "embeddings.word_embeddings.weight"][ids] + sd[p + "embeddings.token_type_embeddings.weight"][0] \
+        x = (
+            sd[p + "embeddings.word_embeddings.weight"][ids]
+            + sd[p + "embeddings.token_type_embeddings.weight"][0]
             + sd[p + "embeddings.position_embeddings.weight"][:L]
+        )
         x = _ln(x, sd[p + "embeddings.LayerNorm.weight"], sd[p + "embeddings.LayerNorm.bias"], eps)
     else:
         x = embeds
@@ -72,15 +84,19 @@ def ref_bert(sd, ids, mask, layers, *, embeds=None, memory=None, heads, eps=1e-1
         if lp + ".crossattention.self.query.weight" in sd:
             x = _attention(sd, lp + ".crossattention", x, memory, None, heads, eps)
         h = _gelu(_lin(sd, lp + ".intermediate.dense", x))
-        x = _ln(_lin(sd, lp + ".output.dense", h) + x, sd[lp + ".output.LayerNorm.weight"],
-                sd[lp + ".output.LayerNorm.bias"], eps)
+        x = _ln(
+            _lin(sd, lp + ".output.dense", h) + x,
+            sd[lp + ".output.LayerNorm.weight"],
+            sd[lp + ".output.LayerNorm.bias"],
+            eps,
+        )
     return x
 
 
 def ref_vision(model, clip):
     """(patch tokens, per-frame pooled, per-frame normalised projected features), official."""
     sd = _sd(model)
-    vis = {k[len("vision_encoder."):]: v for k, v in sd.items() if k.startswith("vision_encoder.")}
+    vis = {k[len("vision_encoder.") :]: v for k, v in sd.items() if k.startswith("vision_encoder.")}
     vis["norm_f.weight"] = vis["norm.weight"]  # the oracle's name for the final norm
     tokens = oracle_forward(vis, oracle_embed(vis, clip, TINY_VISION["num_frames"]), TINY_VISION["depth"])
     return ref_pool(sd, tokens, clip.shape[2])
@@ -89,8 +105,12 @@ def ref_vision(model, clip):
 def ref_pool(sd, tokens, T):
     x_cls, x_vis = tokens[:, :1], tokens[:, 1:]
     B, _, C = x_vis.shape
-    pooled = _ln(x_cls + x_vis.view(B, T, -1, C).mean(2), sd["vision_encoder.pool_norm.weight"],
-                 sd["vision_encoder.pool_norm.bias"], 1e-5)
+    pooled = _ln(
+        x_cls + x_vis.view(B, T, -1, C).mean(2),
+        sd["vision_encoder.pool_norm.weight"],
+        sd["vision_encoder.pool_norm.bias"],
+        1e-5,
+    )
     proj = _lin(sd, "vision_proj", pooled)
     return x_vis, pooled, proj / proj.norm(dim=-1, keepdim=True)
 
@@ -106,7 +126,9 @@ def ref_similarity(vproj, tproj):
     out = torch.zeros(vproj.shape[0], tproj.shape[0], dtype=torch.float64)
     for i in range(vproj.shape[0]):
         for j in range(tproj.shape[0]):
-            cos = [torch.dot(vproj[i, t] / vproj[i, t].norm(), tproj[j] / tproj[j].norm()) for t in range(vproj.shape[1])]
+            cos = [
+                torch.dot(vproj[i, t] / vproj[i, t].norm(), tproj[j] / tproj[j].norm()) for t in range(vproj.shape[1])
+            ]
             out[i, j] = sum(cos) / len(cos)
     return out
 
@@ -115,13 +137,21 @@ def ref_itm(sd, video_tokens, text_states, mask):
     out = torch.zeros(video_tokens.shape[0], text_states.shape[0], dtype=torch.float64)
     for i in range(video_tokens.shape[0]):
         for j in range(text_states.shape[0]):
-            fused = ref_bert(sd, None, mask[j:j + 1], range(TINY_TEXT["fusion_layer"], TINY_TEXT["num_layers"]),
-                             embeds=text_states[j:j + 1], memory=video_tokens[i:i + 1], heads=TINY_TEXT["num_heads"])
+            fused = ref_bert(
+                sd,
+                None,
+                mask[j : j + 1],
+                range(TINY_TEXT["fusion_layer"], TINY_TEXT["num_layers"]),
+                embeds=text_states[j : j + 1],
+                memory=video_tokens[i : i + 1],
+                heads=TINY_TEXT["num_heads"],
+            )
             out[i, j] = _lin(sd, "itm_head", fused[:, 0])[0, 1]
     return out
 
 
 # ---------------------------------------------------------------------- inputs
+
 
 def _clip(b=2, t=4, seed=0):
     return torch.randn(b, 3, t, 32, 32, generator=torch.Generator().manual_seed(seed))
@@ -140,6 +170,7 @@ def _text(seed=0):
 
 # ----------------------------------------------------------------------- tests
 
+
 def test_state_dict_names_are_the_official_ones_key_for_key():
     model = make_tiny_videotext()
     expected = official_names(TINY_VISION["depth"], TINY_TEXT["num_layers"], TINY_TEXT["fusion_layer"])
@@ -151,6 +182,7 @@ def test_default_constructor_is_the_official_videomamba_m_with_bert_base():
     m = VideoTextMamba(vision=dict(depth=1), text=dict(num_layers=10))
     assert VideoTextMamba.__init__.__defaults__[-2:] == (512, 0.07)
     from vmstream.models.videotext import TEXT_DEFAULTS, VISION_DEFAULTS
+
     assert VISION_DEFAULTS["depth"] == 32 and TEXT_DEFAULTS["num_layers"] == 12 and TEXT_DEFAULTS["fusion_layer"] == 9
     sd = m.state_dict()
     assert sd["vision_encoder.pos_embed"].shape == (1, 197, 576)
@@ -241,5 +273,6 @@ def test_segment_embedding_inner_product_is_the_official_similarity():
         v, t = model.encode_video(clip), model.encode_text(ids, mask)
     assert seg.features.shape == (2, 16)
     torch.testing.assert_close(seg.features @ t.features.T, model.similarity(v.features, t.features), **TOL)
-    torch.testing.assert_close(model.similarity(seg.features, t.features), model.similarity(v.features, t.features),
-                               **TOL)
+    torch.testing.assert_close(
+        model.similarity(seg.features, t.features), model.similarity(v.features, t.features), **TOL
+    )

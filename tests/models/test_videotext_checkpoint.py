@@ -1,6 +1,7 @@
 """Video-text checkpoints: the official training-save and bare layouts, pretraining and
 retrieval key names, a pickled EasyDict config read without running it, architecture
 inference from shapes, registry names through the HF cache (offline)."""
+
 import sys
 import types
 
@@ -74,11 +75,21 @@ def _same_weights(a, b):
 def test_official_training_save_with_pretraining_keys_and_an_easydict_config(tmp_path, easydict_module):
     EasyDict, marker = easydict_module
     src = make_tiny_videotext(seed=1, text=TEXT)
-    config = EasyDict(model=dict(model_cls="UMT_VIDEOMAMBA", embed_dim=16, text_encoder=dict(fusion_layer=2)),
-                      batch_size=8)
+    config = EasyDict(
+        model=dict(model_cls="UMT_VIDEOMAMBA", embed_dim=16, text_encoder=dict(fusion_layer=2)), batch_size=8
+    )
     path = tmp_path / "videomamba_m16_5M_f8_res224.pth"
-    torch.save({"model": _pretraining_sd(src), "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
-                "scheduler": {"last_epoch": 3}, "config": config, "epoch": 3, "global_step": 12}, path)
+    torch.save(
+        {
+            "model": _pretraining_sd(src),
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+            "scheduler": {"last_epoch": 3},
+            "config": config,
+            "epoch": 3,
+            "global_step": 12,
+        },
+        path,
+    )
     for k in ("utils", "utils.easydict"):  # as on a user's machine: the class is not importable
         sys.modules.pop(k, None)
 
@@ -114,8 +125,7 @@ def test_bare_retrieval_state_dict_file_and_mapping(tmp_path):
 
 
 def test_architecture_is_inferred_from_shapes(tmp_path):
-    src = make_tiny_videotext(seed=4, vision=dict(depth=3, num_frames=2), text=dict(TEXT, num_layers=4,
-                                                                                    fusion_layer=1))
+    src = make_tiny_videotext(seed=4, vision=dict(depth=3, num_frames=2), text=dict(TEXT, num_layers=4, fusion_layer=1))
     path = tmp_path / "m.pth"
     torch.save({"model": src.state_dict()}, path)
     model = load_model(path)
@@ -123,8 +133,15 @@ def test_architecture_is_inferred_from_shapes(tmp_path):
     assert cfg["vision"]["depth"] == 3 and cfg["vision"]["num_frames"] == 2 and cfg["vision"]["img_size"] == 32
     assert cfg["vision"]["embed_dim"] == 32 and cfg["embed_dim"] == 16
     t = model.text_encoder.config
-    assert (t.num_layers, t.fusion_layer, t.hidden_size, t.num_heads, t.vocab_size, t.max_position_embeddings,
-            t.encoder_width) == (4, 1, 128, 2, 60, 16, 32)
+    assert (
+        t.num_layers,
+        t.fusion_layer,
+        t.hidden_size,
+        t.num_heads,
+        t.vocab_size,
+        t.max_position_embeddings,
+        t.encoder_width,
+    ) == (4, 1, 128, 2, 60, 16, 32)
     # heads cannot be read from shapes: width / 64 unless told
     narrow = make_tiny_videotext(seed=5)  # width 24, 2 heads
     torch.save(narrow.state_dict(), tmp_path / "n.pth")
@@ -169,6 +186,7 @@ def test_non_finite_weights_are_refused_by_both_loaders(tmp_path):
 
 def test_a_pickled_function_is_still_refused(tmp_path):
     import os
+
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -199,5 +217,6 @@ def test_registry_names_resolve_through_the_hf_cache_offline(tmp_path, monkeypat
     for n in ("videomamba_m16_5M_f8_res224", "videomamba_m16_17M_f8_res224"):
         assert get_checkpoint(n).kind == "videotext"
     from vmstream.models import create_model
+
     untrained = create_model("videomamba_m16_17M_f8_res224", depth=1)
     assert isinstance(untrained, VideoTextMamba) and untrained.card.num_frames == 8

@@ -4,13 +4,13 @@ the one-pass oracle (forward scan across segments, backward scan restarted in ea
 states survive bytes, batch and split; and each segment's joint-space embedding is the
 mean of its per-frame normalised features, so its inner product with a text feature is
 the official similarity of that segment."""
+
 import pytest
 import torch
 
-from tests.fixtures.videomamba import oracle_embed, oracle_forward
+from tests.fixtures.videomamba import oracle_embed, oracle_forward, random_segments, stream_segments
 from tests.fixtures.videotext import make_tiny_videotext
 from tests.models.test_videotext import ref_pool
-from tests.fixtures.videomamba import random_segments, stream_segments
 from vmstream.models import StateError, StreamState
 
 TOL = dict(atol=3e-5, rtol=1e-4)
@@ -19,7 +19,7 @@ TOL = dict(atol=3e-5, rtol=1e-4)
 def _oracle_embeddings(model, clips):
     """Per-segment embeddings from one pass over the concatenated segments' tokens."""
     sd = {k: v.double() for k, v in model.state_dict().items()}
-    vis = {k[len("vision_encoder."):]: v for k, v in sd.items() if k.startswith("vision_encoder.")}
+    vis = {k[len("vision_encoder.") :]: v for k, v in sd.items() if k.startswith("vision_encoder.")}
     vis["norm_f.weight"] = vis["norm.weight"]
     pieces = [oracle_embed(vis, c, model.num_frames) for c in clips]
     bounds, start = [], 0

@@ -1,6 +1,7 @@
 """Weights and inputs that are not what they claim, end to end through `vmstream run`:
 a model whose output overflows leaves no rows, a frame size over the bound and a file
 with no decodable frame are failed streams with a message that says why."""
+
 import json
 
 import pytest
@@ -11,8 +12,8 @@ from tests.stages.test_decode_bounds import _no_frame_webm, write_y4m_header
 from vmstream.cli import main
 from vmstream.pipeline.assembly import build_runner
 from vmstream.pipeline.config import load_config
-from vmstream.store.results import read_table
 from vmstream.stages.sources import resolve_sources
+from vmstream.store.results import read_table
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,22 @@ def overflow_ckpt(tmp_path_factory):
 
 
 def _run(sources, ckpt, out, *extra):
-    return main(["run", *sources, "--checkpoint", ckpt, "--out", str(out), "--fps", "4", "--no-progress",
-                 "--set", "decode.img_size=32", *extra])
+    return main(
+        [
+            "run",
+            *sources,
+            "--checkpoint",
+            ckpt,
+            "--out",
+            str(out),
+            "--fps",
+            "4",
+            "--no-progress",
+            "--set",
+            "decode.img_size=32",
+            *extra,
+        ]
+    )
 
 
 def test_non_finite_model_output_is_an_error_event_never_a_row(tmp_path, overflow_ckpt, h264_mp4, capsys):
@@ -40,7 +55,7 @@ def test_non_finite_model_output_is_an_error_event_never_a_row(tmp_path, overflo
     summaries = read_table(out, "summaries").to_pylist()
     assert [(s["status"], s["labels"], s["segment_count"]) for s in summaries] == [("error", [], 0)]
     shown = captured.out + captured.err
-    table = shown[shown.index("stream  "):]  # the console's end-of-run table
+    table = shown[shown.index("stream  ") :]  # the console's end-of-run table
     assert "error" in table.splitlines()[2] and "1 failed" in table
     events = read_table(out, "events").to_pandas()
     errors = events[events.kind == "error"]
@@ -50,10 +65,14 @@ def test_non_finite_model_output_is_an_error_event_never_a_row(tmp_path, overflo
 
 
 def test_a_stream_failed_in_the_model_is_reported_failed_by_the_runner(tmp_path, overflow_ckpt, h264_mp4):
-    cfg = load_config(overrides={"model": {"checkpoint": overflow_ckpt, "name": None},
-                                 "decode": {"fps": 4.0, "img_size": 32},
-                                 "output": {"dir": str(tmp_path / "out"), "console": False},
-                                 "runner": {"progress": False}})
+    cfg = load_config(
+        overrides={
+            "model": {"checkpoint": overflow_ckpt, "name": None},
+            "decode": {"fps": 4.0, "img_size": 32},
+            "output": {"dir": str(tmp_path / "out"), "console": False},
+            "runner": {"progress": False},
+        }
+    )
     report = build_runner(cfg).run(resolve_sources([h264_mp4]))
     assert report.streams_failed == 1 and report.statuses[h264_mp4] == "error"
 

@@ -1,6 +1,7 @@
 """model.max_batch auto: which sizes are measured, which wins, what is cached, and that a
 first run starts on its own segments at once. The throughputs are given (a table per
 test), never timed: the logic is what is tested."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,15 @@ import json
 import pytest
 
 from tests.fixtures.videomamba import make_tiny_model
-from vmstream.pipeline.batch_size import (AdaptiveBatch, FixedBatch, batch_policy, candidates, choose,
-                                          resolve_max_batch, sweep)
+from vmstream.pipeline.batch_size import (
+    AdaptiveBatch,
+    FixedBatch,
+    batch_policy,
+    candidates,
+    choose,
+    resolve_max_batch,
+    sweep,
+)
 from vmstream.pipeline.config import ConfigError, load_config
 
 
@@ -47,8 +55,16 @@ def _resolve(tmp_path, table, max_streams=8, asked=None, **kw):
             asked.append(b)
         return table[b]
 
-    return resolve_max_batch("auto", model=make_tiny_model(), max_streams=max_streams, device="cpu", frames=4,
-                             cache_file=tmp_path / "probe.json", measure=measure, **kw)
+    return resolve_max_batch(
+        "auto",
+        model=make_tiny_model(),
+        max_streams=max_streams,
+        device="cpu",
+        frames=4,
+        cache_file=tmp_path / "probe.json",
+        measure=measure,
+        **kw,
+    )
 
 
 def test_auto_picks_the_measured_best_and_caches_it(tmp_path):
@@ -85,10 +101,18 @@ def test_a_number_or_one_stream_needs_no_probe(tmp_path):
         raise AssertionError("probed")
 
     model = make_tiny_model()
-    assert resolve_max_batch(3, model=model, max_streams=8, device="cpu", frames=4, measure=measure,
-                             cache_file=tmp_path / "p.json") == 3
-    assert resolve_max_batch("auto", model=model, max_streams=1, device="cpu", frames=4, measure=measure,
-                             cache_file=tmp_path / "p.json") == 1
+    assert (
+        resolve_max_batch(
+            3, model=model, max_streams=8, device="cpu", frames=4, measure=measure, cache_file=tmp_path / "p.json"
+        )
+        == 3
+    )
+    assert (
+        resolve_max_batch(
+            "auto", model=model, max_streams=1, device="cpu", frames=4, measure=measure, cache_file=tmp_path / "p.json"
+        )
+        == 1
+    )
     assert not (tmp_path / "p.json").exists()
 
 
@@ -100,8 +124,10 @@ def test_a_damaged_cache_is_probed_again(tmp_path):
 
 def test_nothing_measured_yet_means_measure_as_the_run_goes(tmp_path):
     model = make_tiny_model()
-    assert resolve_max_batch("auto", model=model, max_streams=4, device="cpu", frames=4,
-                             cache_file=tmp_path / "p.json") is None
+    assert (
+        resolve_max_batch("auto", model=model, max_streams=4, device="cpu", frames=4, cache_file=tmp_path / "p.json")
+        is None
+    )
     policy = batch_policy("auto", model=model, max_streams=4, device="cpu", frames=4, cache_file=tmp_path / "p.json")
     assert isinstance(policy, AdaptiveBatch) and policy.limit() == 1
     assert isinstance(batch_policy(3, model=model, max_streams=4, device="cpu", frames=4), FixedBatch)
@@ -143,8 +169,9 @@ def test_partial_batches_say_nothing_about_a_size():
     assert policy.choice is None and policy.measured == {1: 1.0}
 
 
-def test_a_first_run_starts_on_its_own_segments_with_no_probe_first(tmp_path, monkeypatch, h264_mp4,
-                                                                    vp9_webm_noaudio, h264_ts):
+def test_a_first_run_starts_on_its_own_segments_with_no_probe_first(
+    tmp_path, monkeypatch, h264_mp4, vp9_webm_noaudio, h264_ts
+):
     """No forward pass runs on anything but the run's segments: the first forward is the
     first segment, at batch 1, and every forward's batch is real segments."""
     from tests.pipeline.test_pipeline import _cfg

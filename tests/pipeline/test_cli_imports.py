@@ -1,5 +1,6 @@
 """`--version`, `--help` and a config error answer at once: they import no torch (about
 10 s on a busy machine) and stay under a fixed number of modules. Counted, not timed."""
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,21 @@ print(json.dumps({"rc": rc, "modules": len(sys.modules), "heavy": heavy}), file=
 
 
 def _imports(*argv: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=300,
-                       cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=300, cwd=ROOT)
     return json.loads(r.stderr.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["run", "--help"], ["search", "--help"],
-                                  ["eval-retrieval", "--help"], ["train", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["--help"],
+        ["run", "--help"],
+        ["search", "--help"],
+        ["eval-retrieval", "--help"],
+        ["train", "--help"],
+    ],
+)
 def test_version_and_help_import_no_torch(argv):
     got = _imports(*argv)
     assert got["rc"] == 0
@@ -43,10 +52,15 @@ def test_version_and_help_import_no_torch(argv):
     assert got["modules"] < PARSER_BUDGET, f"{' '.join(argv)} imported {got['modules']} modules"
 
 
-@pytest.mark.parametrize("argv", [["run", "clip.mp4", "--set", "decode.fpss=2"],
-                                  ["run", "nosuch.mp4"],
-                                  ["train", "--config", "configs/train/synthetic_memory.yaml", "--set", "epochz=1"],
-                                  ["eval", "--config", "nosuch.yaml"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "clip.mp4", "--set", "decode.fpss=2"],
+        ["run", "nosuch.mp4"],
+        ["train", "--config", "configs/train/synthetic_memory.yaml", "--set", "epochz=1"],
+        ["eval", "--config", "nosuch.yaml"],
+    ],
+)
 def test_a_config_error_does_not_wait_for_torch(argv):
     got = _imports(*argv)
     assert got["rc"] == 2
@@ -55,9 +69,21 @@ def test_a_config_error_does_not_wait_for_torch(argv):
 
 
 def test_python_m_training_takes_set_as_vmstream_train_does():
-    r = subprocess.run([sys.executable, "-m", "vmstream.training", "train", "--config",
-                        "configs/train/synthetic_memory.yaml", "--set", "epochz=1"],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmstream.training",
+            "train",
+            "--config",
+            "configs/train/synthetic_memory.yaml",
+            "--set",
+            "epochz=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].endswith("epochz: unknown key"), r.stderr
-

@@ -1,5 +1,6 @@
 """What a person sees of the logs: vmstream's notices as plain lines, library chatter
 (kafka-python logs every failed connection attempt) only with -v."""
+
 from __future__ import annotations
 
 import subprocess
@@ -24,8 +25,9 @@ logging.getLogger("vmstream.pipeline").warning("something to look at")
 def test_what_a_person_sees_of_the_logs(verbose, command):
     """By default: our notices as plain lines, warnings marked, no kafka-python chatter;
     -v: every line with its time and logger; above search results: warnings only."""
-    r = subprocess.run([sys.executable, "-c", _LOGS, str(verbose), command], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-c", _LOGS, str(verbose), command], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     lines = r.stderr.strip().splitlines()
     if verbose:
         assert len(lines) == 3 and all(" kafka.conn: " in ln or " vmstream." in ln for ln in lines), lines

@@ -2,6 +2,7 @@
 shell): each case ends in ONE line on stderr naming the input and what is wrong, exit
 code 2 (1 where the README's exit-code table says a stream failed), never a traceback.
 Issue 20 item 1 and 8, issue 25 item 5."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,25 @@ from tests.fixtures.videotext import make_tiny_videotext
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs the ffmpeg CLI")
 
 VMSTREAM = [sys.executable, "-m", "vmstream.cli"]
-VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "catch", "##es", "frisbee", ".",
-         "the", "person", "cooking", "video", "of"]
+VOCAB = [
+    "[PAD]",
+    "[unused0]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "dog",
+    "catch",
+    "##es",
+    "frisbee",
+    ".",
+    "the",
+    "person",
+    "cooking",
+    "video",
+    "of",
+]
 # The tiny video-text model's BERT has 60 word embeddings (tests/fixtures/videotext.py).
 BIG_VOCAB = VOCAB + [f"word{i}" for i in range(100)]
 SMALL = ["--fps", "4", "--set", "decode.img_size=32", "--no-progress", "--set", "output.console=false"]
@@ -65,8 +83,22 @@ def files(tmp_path_factory, h264_mp4):
     (d / "big_vocab.txt").write_text("\n".join(BIG_VOCAB) + "\n")
     (d / "binary.txt").write_bytes(bytes(range(256)) * 8)
     assert main(["run", h264_mp4, "--checkpoint", str(d / "cls.pth"), "--out", str(d / "cls_out"), *SMALL]) == 0
-    assert main(["run", h264_mp4, "--checkpoint", str(d / "vt.pth"), "--out", str(d / "vt_out"), "--vocab",
-                 str(d / "vocab.txt"), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "run",
+                h264_mp4,
+                "--checkpoint",
+                str(d / "vt.pth"),
+                "--out",
+                str(d / "vt_out"),
+                "--vocab",
+                str(d / "vocab.txt"),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     return d
 
 
@@ -79,8 +111,19 @@ def test_search_text_with_a_vocabulary_larger_than_the_models(files):
 
 
 def test_run_labels_with_a_vocabulary_larger_than_the_models(files, h264_mp4, tmp_path):
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "vt.pth", "--out", tmp_path / "out", "--vocab",
-                   files / "big_vocab.txt", "--labels", "a dog,cooking", *SMALL)
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "vt.pth",
+        "--out",
+        tmp_path / "out",
+        "--vocab",
+        files / "big_vocab.txt",
+        "--labels",
+        "a dog,cooking",
+        *SMALL,
+    )
     one_line(res, "vmstream run:", str(files / "big_vocab.txt"), "knows 60")
 
 
@@ -90,8 +133,19 @@ def test_eval_retrieval_with_a_vocabulary_larger_than_the_models(files, h264_mp4
     shutil.copy(h264_mp4, vids / "a.mp4")
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps([{"video": "a.mp4", "caption": "a dog catches the frisbee"}]))
-    res = vmstream("eval-retrieval", "--checkpoint", files / "vt.pth", "--annotations", ann, "--videos", vids,
-                   "--vocab", files / "big_vocab.txt", "--max-text-len", "16")
+    res = vmstream(
+        "eval-retrieval",
+        "--checkpoint",
+        files / "vt.pth",
+        "--annotations",
+        ann,
+        "--videos",
+        vids,
+        "--vocab",
+        files / "big_vocab.txt",
+        "--max-text-len",
+        "16",
+    )
     one_line(res, "vmstream eval-retrieval:", str(files / "big_vocab.txt"), "knows 60")
 
 
@@ -107,20 +161,44 @@ def test_search_video_that_does_not_exist_is_refused_before_the_model_loads(file
 
 
 def test_run_into_an_out_holding_another_models_store(files, h264_mp4):
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "vt.pth", "--out", files / "cls_out", "--vocab",
-                   files / "vocab.txt", *SMALL)
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "vt.pth",
+        "--out",
+        files / "cls_out",
+        "--vocab",
+        files / "vocab.txt",
+        *SMALL,
+    )
     one_line(res, "vmstream run:", str(files / "cls_out"), "32-dim", "dim=16", "another --out")
 
 
-@pytest.mark.parametrize("recipe, extra", [
-    ("configs/train/k400/videomamba_tiny_f16x224.yaml", []),
-    ("configs/pretrain/k400/videomamba_middle_mask_pt_f8x224.yaml",
-     ["--set", "pretrain.clip_teacher_weights=/weights/vit_b16.pth"]),
-])
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        ("configs/train/k400/videomamba_tiny_f16x224.yaml", []),
+        (
+            "configs/pretrain/k400/videomamba_middle_mask_pt_f8x224.yaml",
+            ["--set", "pretrain.clip_teacher_weights=/weights/vit_b16.pth"],
+        ),
+    ],
+)
 def test_the_readmes_training_commands_without_the_data(tmp_path, recipe, extra):
     data = tmp_path / "k400"
-    res = vmstream("train", "--config", recipe, "--set", f"data_path={data}", "--set", f"prefix={data}/videos",
-                   "--set", f"output_dir={tmp_path / 'out'}", *extra)
+    res = vmstream(
+        "train",
+        "--config",
+        recipe,
+        "--set",
+        f"data_path={data}",
+        "--set",
+        f"prefix={data}/videos",
+        "--set",
+        f"output_dir={tmp_path / 'out'}",
+        *extra,
+    )
     one_line(res, "vmstream train:", "annotation list", str(data))
 
 
@@ -129,8 +207,9 @@ def test_gpu_check_dry_run_without_triton_skips_its_checks_in_one_line_each(tmp_
     (tmp_path / "triton.py").write_text("raise ImportError('No module named triton (test stand-in)')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run"], capture_output=True, text=True,
-                         env=env, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--dry-run"], capture_output=True, text=True, env=env, timeout=900
+    )
     assert "Traceback" not in res.stdout + res.stderr, res.stderr
     skips = [ln for ln in res.stdout.splitlines() if ln.strip().startswith("SKIP Triton")]
     assert len(skips) == 2 and all("triton not importable" in ln for ln in skips), res.stdout
@@ -141,9 +220,21 @@ def test_gpu_check_dry_run_without_triton_skips_its_checks_in_one_line_each(tmp_
 
 
 def test_a_synthetic_proof_that_misses_its_threshold_says_why(tmp_path):
-    res = vmstream("train", "--config", "configs/train/synthetic_memory.yaml", "--set", "epochs=1",
-                   "--set", "synthetic.train_videos=32", "--set", "synthetic.val_videos=32",
-                   "--set", "synthetic.train_reset_control=false", "--set", "synthetic.seed=1")
+    res = vmstream(
+        "train",
+        "--config",
+        "configs/train/synthetic_memory.yaml",
+        "--set",
+        "epochs=1",
+        "--set",
+        "synthetic.train_videos=32",
+        "--set",
+        "synthetic.val_videos=32",
+        "--set",
+        "synthetic.train_reset_control=false",
+        "--set",
+        "synthetic.seed=1",
+    )
     lines = error_lines(res)
     assert res.returncode == 1
     assert lines[-1].startswith("vmstream train: the proof failed: carried_state_accuracy="), lines
@@ -151,8 +242,9 @@ def test_a_synthetic_proof_that_misses_its_threshold_says_why(tmp_path):
 
 
 def test_search_id_with_at_is_an_error(files):
-    one_line(vmstream("search", "--index", files / "cls_out", "--id", "1", "--at", "3"),
-             "vmstream search:", "--at 3", "--id")
+    one_line(
+        vmstream("search", "--index", files / "cls_out", "--id", "1", "--at", "3"), "vmstream search:", "--at 3", "--id"
+    )
 
 
 def test_json_hits_say_id_as_the_text_does_and_keep_uid(files):
@@ -169,13 +261,27 @@ def test_json_hits_say_id_as_the_text_does_and_keep_uid(files):
 
 
 def test_control_characters_in_queries_are_never_echoed_raw(files):
-    res = vmstream("search", "--index", files / "vt_out", "--text", "a \x1b[31mdog\x1b[0m", "--text", "cooking",
-                   "--vocab", files / "vocab.txt", "-k", "1")
+    res = vmstream(
+        "search",
+        "--index",
+        files / "vt_out",
+        "--text",
+        "a \x1b[31mdog\x1b[0m",
+        "--text",
+        "cooking",
+        "--vocab",
+        files / "vocab.txt",
+        "-k",
+        "1",
+    )
     out = res.stdout.decode()
     assert res.returncode == 0 and "\x1b" not in out, res.stderr
     assert "query: a \\x1b[31mdog\\x1b[0m" in out
-    line = one_line(vmstream("search", "--index", files / "cls_out", "--video", "\x1b]0;pwned\x07x.mp4"),
-                    "--video", "\\x1b]0;pwned\\x07x.mp4")
+    line = one_line(
+        vmstream("search", "--index", files / "cls_out", "--video", "\x1b]0;pwned\x07x.mp4"),
+        "--video",
+        "\\x1b]0;pwned\\x07x.mp4",
+    )
     assert "\x1b" not in line and "\x07" not in line
 
 
@@ -226,32 +332,47 @@ def test_a_fifo_among_a_folders_files_fails_alone(files, h264_mp4, tmp_path):
     folder.mkdir()
     shutil.copy(h264_mp4, folder / "a.mp4")
     os.mkfifo(folder / "b.mp4")
-    res = vmstream("run", folder, "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL,
-                   timeout=120)
+    res = vmstream("run", folder, "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL, timeout=120)
     lines = error_lines(res)
     assert res.returncode == 1, lines
     assert [ln.strip() for ln in lines if "FAILED" in ln] == [
-        f"FAILED {folder / 'b.mp4'}: not a regular file (a FIFO); only files and URLs are read as media"]
+        f"FAILED {folder / 'b.mp4'}: not a regular file (a FIFO); only files and URLs are read as media"
+    ]
     assert any(ln.startswith("run: 2 streams (1 failed)") for ln in lines), lines
 
 
-@pytest.mark.parametrize("setting, limit", [
-    ("decode.threads=100000", "less than or equal to 64"),
-    ("decode.uniform_frames=1000000000", "less than or equal to 1024"),
-    ("decode.img_size=8192", "less than or equal to 1024"),
-    ("decode.max_frame_pixels=1000000000000", "less than or equal to 268435456"),
-])
+@pytest.mark.parametrize(
+    "setting, limit",
+    [
+        ("decode.threads=100000", "less than or equal to 64"),
+        ("decode.uniform_frames=1000000000", "less than or equal to 1024"),
+        ("decode.img_size=8192", "less than or equal to 1024"),
+        ("decode.max_frame_pixels=1000000000000", "less than or equal to 268435456"),
+    ],
+)
 def test_settings_that_allocate_have_an_upper_bound(files, h264_mp4, tmp_path, setting, limit):
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", "--no-progress",
-                   "--set", setting)
+    res = vmstream(
+        "run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", "--no-progress", "--set", setting
+    )
     one_line(res, "vmstream run:", setting.split("=")[0], limit)
 
 
 def test_non_utf8_bytes_in_text_and_labels(files, h264_mp4, tmp_path):
     res = vmstream("search", "--index", files / "vt_out", "--text", b"a \xff dog", "--vocab", files / "vocab.txt")
     one_line(res, "vmstream search:", "text query 1", "not valid UTF-8", "0xff")
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "vt.pth", "--out", tmp_path / "out", "--vocab",
-                   files / "vocab.txt", "--labels", b"a \xfe dog,cooking", *SMALL)
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "vt.pth",
+        "--out",
+        tmp_path / "out",
+        "--vocab",
+        files / "vocab.txt",
+        "--labels",
+        b"a \xfe dog,cooking",
+        *SMALL,
+    )
     one_line(res, "vmstream run:", "--labels", "not valid UTF-8", "0xfe")
 
 
@@ -259,24 +380,47 @@ def test_binary_files_as_vocab_and_as_labels(files, h264_mp4, tmp_path):
     binary = files / "binary.txt"
     res = vmstream("search", "--index", files / "vt_out", "--text", "a dog", "--vocab", binary)
     one_line(res, "vmstream search:", str(binary), "not a BERT WordPiece vocabulary")
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "o1", "--labels", binary,
-                   *SMALL)
+    res = vmstream(
+        "run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "o1", "--labels", binary, *SMALL
+    )
     one_line(res, "vmstream run:", "model.labels", str(binary), "not a text file")
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "vt.pth", "--out", tmp_path / "o2", "--vocab",
-                   files / "vocab.txt", "--labels", binary, *SMALL)
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "vt.pth",
+        "--out",
+        tmp_path / "o2",
+        "--vocab",
+        files / "vocab.txt",
+        "--labels",
+        binary,
+        *SMALL,
+    )
     one_line(res, "vmstream run:", str(binary), "not a text file")
 
 
-@pytest.mark.parametrize("backend, says", [
-    ("bogus", "unknown scan backend 'bogus' (from VMSTREAM_SCAN_BACKEND)"),
-    ("cuda", "scan backend 'cuda' (from VMSTREAM_SCAN_BACKEND) needs CUDA tensors"),
-    ("triton", "scan backend 'triton' (from VMSTREAM_SCAN_BACKEND)"),
-])
+@pytest.mark.parametrize(
+    "backend, says",
+    [
+        ("bogus", "unknown scan backend 'bogus' (from VMSTREAM_SCAN_BACKEND)"),
+        ("cuda", "scan backend 'cuda' (from VMSTREAM_SCAN_BACKEND) needs CUDA tensors"),
+        ("triton", "scan backend 'triton' (from VMSTREAM_SCAN_BACKEND)"),
+    ],
+)
 def test_a_scan_backend_that_cannot_run_here(files, h264_mp4, tmp_path, backend, says):
     if backend != "bogus" and torch.cuda.is_available():
         pytest.skip("a GPU is here: the backend can run")
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL,
-                   env={"VMSTREAM_SCAN_BACKEND": backend})
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "cls.pth",
+        "--out",
+        tmp_path / "out",
+        *SMALL,
+        env={"VMSTREAM_SCAN_BACKEND": backend},
+    )
     one_line(res, "vmstream run:", says)
     res = vmstream("search", "--index", files / "cls_out", "--video", h264_mp4, env={"VMSTREAM_SCAN_BACKEND": backend})
     one_line(res, "vmstream search:", says)
@@ -305,9 +449,13 @@ def test_a_second_run_on_an_out_another_run_is_writing(files, h264_mp4, tmp_path
     env.pop("TRITON_INTERPRET", None)
     # The first run reads a live feed from its stdin, which the test holds open: it is writing
     # its --out until the feed ends.
-    first = subprocess.Popen([*VMSTREAM, "run", "pipe:0", "--checkpoint", str(files / "cls.pth"), "--out", str(out),
-                              *SMALL], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env=env)
+    first = subprocess.Popen(
+        [*VMSTREAM, "run", "pipe:0", "--checkpoint", str(files / "cls.pth"), "--out", str(out), *SMALL],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         lock = out / "segments" / ".lock"
         deadline = time.monotonic() + 120
@@ -330,8 +478,9 @@ def test_a_second_run_on_an_out_another_run_is_writing(files, h264_mp4, tmp_path
 def test_a_checkpoint_head_of_another_width_names_the_width(tmp_path):
     ckpt = tmp_path / "w32.pth"
     torch.save({"model": make_tiny_model(num_classes=4, embed_dim=32).state_dict()}, ckpt)
-    res = vmstream("train", "--config", "configs/train/synthetic_memory.yaml", "--set", f"finetune={ckpt}",
-                   "--set", "epochs=1")
+    res = vmstream(
+        "train", "--config", "configs/train/synthetic_memory.yaml", "--set", f"finetune={ckpt}", "--set", "epochs=1"
+    )
     one_line(res, "vmstream train:", "both have 4 classes", "input width is 32", "the model's is 64")
 
 
@@ -342,15 +491,27 @@ def test_a_device_as_checkpoint_is_not_a_regular_file(h264_mp4, tmp_path):
 
 @pytest.mark.parametrize("value", ["5", "ssl", "TLS"])
 def test_kafka_security_protocol_is_validated(files, h264_mp4, tmp_path, value):
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL,
-                   "--set", f"kafka.client.security_protocol={value}")
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "cls.pth",
+        "--out",
+        tmp_path / "out",
+        *SMALL,
+        "--set",
+        f"kafka.client.security_protocol={value}",
+    )
     one_line(res, "vmstream run:", "kafka.client", "'security_protocol'", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
 
 
-@pytest.mark.parametrize("args, says", [
-    (["-k", "1000000000"], "argument -k: 1000000000 hits: at most 100000"),
-    (["--rerank", "5000"], "argument --rerank: 5000 hits: at most 1000"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["-k", "1000000000"], "argument -k: 1000000000 hits: at most 100000"),
+        (["--rerank", "5000"], "argument --rerank: 5000 hits: at most 1000"),
+    ],
+)
 def test_search_counts_have_an_upper_bound(files, args, says):
     res = vmstream("search", "--index", files / "vt_out", "--text", "a dog", *args)
     err = res.stderr.decode()
@@ -358,37 +519,69 @@ def test_search_counts_have_an_upper_bound(files, args, says):
     assert err.strip().splitlines()[-1] == f"vmstream search: error: {says}", err  # argparse: usage, then this
 
 
-@pytest.mark.parametrize("option, value, says", [("--num-frames", "100000", "at most 1024"),
-                                                ("--k-test", "1000000000", "at most 100000")])
+@pytest.mark.parametrize(
+    "option, value, says", [("--num-frames", "100000", "at most 1024"), ("--k-test", "1000000000", "at most 100000")]
+)
 def test_eval_retrieval_counts_have_an_upper_bound(files, tmp_path, option, value, says):
     ann = tmp_path / "ann.json"
     ann.write_text("[]")
-    res = vmstream("eval-retrieval", "--checkpoint", files / "vt.pth", "--annotations", ann, "--videos", tmp_path,
-                   option, value)
+    res = vmstream(
+        "eval-retrieval", "--checkpoint", files / "vt.pth", "--annotations", ann, "--videos", tmp_path, option, value
+    )
     one_line(res, "vmstream eval-retrieval:", f"{option} {value}", says)
 
 
 def test_a_character_device_as_input_is_not_opened(files, tmp_path):
-    res = vmstream("run", "/dev/zero", "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL,
-                   timeout=120)
+    res = vmstream(
+        "run", "/dev/zero", "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL, timeout=120
+    )
     lines = error_lines(res)
     assert res.returncode == 1, lines
     assert [ln.strip() for ln in lines if "FAILED" in ln] == [
-        "FAILED /dev/zero: not a regular file (a character device); only files and URLs are read as media"]
+        "FAILED /dev/zero: not a regular file (a character device); only files and URLs are read as media"
+    ]
 
 
 def test_special_files_as_labels_are_not_read(files, h264_mp4, tmp_path):
     fifo = tmp_path / "labels.txt"
     os.mkfifo(fifo)
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "o1", "--labels",
-                   "/dev/zero", *SMALL, timeout=120)
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "cls.pth",
+        "--out",
+        tmp_path / "o1",
+        "--labels",
+        "/dev/zero",
+        *SMALL,
+        timeout=120,
+    )
     one_line(res, "vmstream run:", "model.labels: /dev/zero is not a regular file")
-    res = vmstream("run", h264_mp4, "--checkpoint", files / "vt.pth", "--out", tmp_path / "o2", "--vocab",
-                   files / "vocab.txt", "--labels", fifo, *SMALL, timeout=120)
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "vt.pth",
+        "--out",
+        tmp_path / "o2",
+        "--vocab",
+        files / "vocab.txt",
+        "--labels",
+        fifo,
+        *SMALL,
+        timeout=120,
+    )
     one_line(res, "vmstream run:", f"labels file {fifo} is not a regular file")
 
 
 def test_train_with_a_scan_backend_that_does_not_exist():
-    res = vmstream("train", "--config", "configs/train/synthetic_memory.yaml", "--set", "epochs=1",
-                   env={"VMSTREAM_SCAN_BACKEND": "bogus"})
+    res = vmstream(
+        "train",
+        "--config",
+        "configs/train/synthetic_memory.yaml",
+        "--set",
+        "epochs=1",
+        env={"VMSTREAM_SCAN_BACKEND": "bogus"},
+    )
     one_line(res, "vmstream train:", "unknown scan backend 'bogus' (from VMSTREAM_SCAN_BACKEND)")

@@ -2,6 +2,7 @@
 (120x40 and 80x24), the progress bar on. A run in a terminal once crashed on its own
 progress bar and hung on a directory; none of the in-process tests could see it, since
 the bar only draws when stderr is a terminal with a size."""
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,12 @@ def _shows_no_traceback(text: str) -> None:
 @pytest.mark.parametrize("cols,rows", SIZES)
 def test_run_a_file_in_a_terminal(tmp_path, ckpt, videos, cols, rows):
     out = tmp_path / "out"
-    r = run_in_terminal([*VMSTREAM, "run", videos["one"], "--checkpoint", ckpt, "--out", str(out),
-                         "--fps", "2", "--plot"], cols=cols, rows=rows, timeout=180)
+    r = run_in_terminal(
+        [*VMSTREAM, "run", videos["one"], "--checkpoint", ckpt, "--out", str(out), "--fps", "2", "--plot"],
+        cols=cols,
+        rows=rows,
+        timeout=180,
+    )
     _shows_no_traceback(r.text)
     assert r.rc == 0, r.text[-3000:]
     assert "video:" in r.raw and "100%" in r.text, "the progress bar was drawn and reached the end"
@@ -82,13 +87,22 @@ def test_run_a_file_in_a_terminal(tmp_path, ckpt, videos, cols, rows):
 
 def test_run_a_folder_with_a_broken_file_in_a_terminal(tmp_path, ckpt, videos):
     out = tmp_path / "out"
-    r = run_in_terminal([*VMSTREAM, "run", videos["folder"], "--checkpoint", ckpt, "--out", str(out),
-                         "--fps", "2"], cols=120, rows=40, timeout=180)
+    r = run_in_terminal(
+        [*VMSTREAM, "run", videos["folder"], "--checkpoint", ckpt, "--out", str(out), "--fps", "2"],
+        cols=120,
+        rows=40,
+        timeout=180,
+    )
     _shows_no_traceback(r.text)
     assert r.rc == 1, r.text[-3000:]  # one input failed, the others went on
-    rows = {ln.split()[0].rsplit("/", 1)[-1]: ln.split()[1] for ln in r.text.splitlines()
-            if ln.split() and ln.split()[0].endswith(".mp4") and len(ln.split()) > 2
-            and ln.split()[1] in ("ok", "error", "stopped", "truncated")}
+    rows = {
+        ln.split()[0].rsplit("/", 1)[-1]: ln.split()[1]
+        for ln in r.text.splitlines()
+        if ln.split()
+        and ln.split()[0].endswith(".mp4")
+        and len(ln.split()) > 2
+        and ln.split()[1] in ("ok", "error", "stopped", "truncated")
+    }
     assert rows == {"broken.mp4": "error", "first.mp4": "ok", "second.mp4": "ok"}, r.text[-3000:]
     # The two good files can be told apart on the timeline at this width.
     assert _timeline(r.text, "first.mp4") and _timeline(r.text, "second.mp4")
@@ -106,8 +120,24 @@ def test_every_line_fits_the_terminal_and_the_bar_ends_above_the_table(tmp_path,
         shutil.copy(videos["one"], folder / name)
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"riding or walking with a horse, take {i}\n" for i in range(10)))
-    r = run_in_terminal([*VMSTREAM, "run", str(folder), "--checkpoint", ckpt, "--out", str(tmp_path / "out"),
-                         "--fps", "2", "--labels", str(labels)], cols=cols, rows=rows, timeout=180)
+    r = run_in_terminal(
+        [
+            *VMSTREAM,
+            "run",
+            str(folder),
+            "--checkpoint",
+            ckpt,
+            "--out",
+            str(tmp_path / "out"),
+            "--fps",
+            "2",
+            "--labels",
+            str(labels),
+        ],
+        cols=cols,
+        rows=rows,
+        timeout=180,
+    )
     _shows_no_traceback(r.text)
     assert r.rc == 0, r.text[-3000:]
     lines = r.text.splitlines()
@@ -124,8 +154,9 @@ def test_every_line_fits_the_terminal_and_the_bar_ends_above_the_table(tmp_path,
 def test_ctrl_c_stops_within_a_segment_and_the_rerun_resumes(tmp_path, slow_ckpt, videos):
     out = tmp_path / "out"
     cmd = [*VMSTREAM, "run", videos["long"], "--checkpoint", slow_ckpt, "--out", str(out), "--fps", "4"]
-    r = run_in_terminal(cmd, cols=120, rows=40, timeout=300,
-                        interrupt_when=lambda text: len(_timeline(text, "long.mp4")) >= 2)
+    r = run_in_terminal(
+        cmd, cols=120, rows=40, timeout=300, interrupt_when=lambda text: len(_timeline(text, "long.mp4")) >= 2
+    )
     _shows_no_traceback(r.text)
     assert r.interrupted_at is not None, "no segment appeared before the run ended"
     assert r.rc == 130, r.text[-3000:]
@@ -135,8 +166,11 @@ def test_ctrl_c_stops_within_a_segment_and_the_rerun_resumes(tmp_path, slow_ckpt
     # the one in the model (and one the sinks held) may still print.
     later = _timeline(after.split("stopping", 1)[1], "long.mp4")
     assert len(later) <= 2, later
-    table = [ln for ln in after.splitlines() if ln.startswith(("long.mp4", videos["long"][:20]))
-             or ("long.mp4" in ln and " stopped " in ln)]
+    table = [
+        ln
+        for ln in after.splitlines()
+        if ln.startswith(("long.mp4", videos["long"][:20])) or ("long.mp4" in ln and " stopped " in ln)
+    ]
     assert any(" stopped " in ln for ln in table), after[-2000:]
     state_dir = out / "state"
     assert "run the same command again" in after and str(state_dir) in after
@@ -155,10 +189,10 @@ def test_ctrl_c_stops_within_a_segment_and_the_rerun_resumes(tmp_path, slow_ckpt
 def test_a_closed_pipe_loses_no_work(tmp_path, ckpt, videos):
     """`vmstream run ... | head -2`: the timeline's reader goes away; the run finishes."""
     out = tmp_path / "out"
-    cmd = " ".join([*VMSTREAM, "run", videos["one"], "--checkpoint", ckpt, "--out", str(out), "--fps", "4",
-                    "--no-progress"])
-    p = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -1"], capture_output=True, text=True,
-                       timeout=180)
+    cmd = " ".join(
+        [*VMSTREAM, "run", videos["one"], "--checkpoint", ckpt, "--out", str(out), "--fps", "4", "--no-progress"]
+    )
+    p = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -1"], capture_output=True, text=True, timeout=180)
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     assert "broken pipe" in p.stderr
     seg = pd.read_parquet(out / "segments")
@@ -175,17 +209,27 @@ def test_a_live_stream_in_a_terminal_until_ctrl_c(tmp_path, ckpt):
     port = _free_port()
     # A camera-like feed: ffmpeg serves one client per listen, so it is restarted in a loop
     # (the run probes the feed, then opens it to decode).
-    serve = ("ffmpeg -nostdin -loglevel error -re -f lavfi -i testsrc2=size=160x96:rate=25 -c:v libx264 "
-             "-preset ultrafast -tune zerolatency -g 25 -f mpegts "
-             f"'tcp://127.0.0.1:{port}?listen=1'")
-    server = subprocess.Popen(["bash", "-c", f"for i in $(seq 20); do {serve}; done"], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = (
+        "ffmpeg -nostdin -loglevel error -re -f lavfi -i testsrc2=size=160x96:rate=25 -c:v libx264 "
+        "-preset ultrafast -tune zerolatency -g 25 -f mpegts "
+        f"'tcp://127.0.0.1:{port}?listen=1'"
+    )
+    server = subprocess.Popen(
+        ["bash", "-c", f"for i in $(seq 20); do {serve}; done"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         out = tmp_path / "out"
         url = f"tcp://127.0.0.1:{port}"
-        r = run_in_terminal([*VMSTREAM, "run", url, "--checkpoint", ckpt, "--out", str(out), "--fps", "4"],
-                            cols=80, rows=24, timeout=180,
-                            interrupt_when=lambda text: len(_timeline(text, "127.0.0.1")) >= 2)
+        r = run_in_terminal(
+            [*VMSTREAM, "run", url, "--checkpoint", ckpt, "--out", str(out), "--fps", "4"],
+            cols=80,
+            rows=24,
+            timeout=180,
+            interrupt_when=lambda text: len(_timeline(text, "127.0.0.1")) >= 2,
+        )
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=10)

@@ -1,4 +1,5 @@
 """Pipeline config: presets, overrides, and errors that name the key."""
+
 import pytest
 
 from vmstream.pipeline.config import ConfigError, load_config, parse_override
@@ -13,23 +14,28 @@ def test_defaults_are_valid():
 def test_yaml_then_flags_then_sets(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("decode:\n  fps: 2\n  audio: true\nrunner:\n  queue_size: 3\n")
-    cfg = load_config(p, overrides={"decode": {"fps": 4}}, sets=["runner.queue_size=5", "kafka.client.security_protocol=SSL"])
+    cfg = load_config(
+        p, overrides={"decode": {"fps": 4}}, sets=["runner.queue_size=5", "kafka.client.security_protocol=SSL"]
+    )
     assert cfg.decode.fps == 4 and cfg.decode.audio is True
     assert cfg.runner.queue_size == 5
     assert cfg.kafka.client == {"security_protocol": "SSL"}
 
 
-@pytest.mark.parametrize("bad, needle", [
-    ({"decode": {"fps": 0}}, "decode.fps"),
-    ({"decode": {"fps": -1.5}}, "decode.fps"),
-    ({"decode": {"img_size": 100}}, "multiple of the patch size"),
-    ({"segment": {"frames": 0}}, "segment.frames"),
-    ({"modle": {"name": "x"}}, "modle: unknown key"),
-    ({"decode": {"fsp": 1}}, "decode.fsp: unknown key"),
-    ({"live": {"backoff_initial": 5, "backoff_max": 1}}, "backoff_max"),
-    ({"output": {"faiss_kind": "annoy"}}, "output.faiss_kind"),
-    ({"model": {"precision": "fp16"}}, "model.precision"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"decode": {"fps": 0}}, "decode.fps"),
+        ({"decode": {"fps": -1.5}}, "decode.fps"),
+        ({"decode": {"img_size": 100}}, "multiple of the patch size"),
+        ({"segment": {"frames": 0}}, "segment.frames"),
+        ({"modle": {"name": "x"}}, "modle: unknown key"),
+        ({"decode": {"fsp": 1}}, "decode.fsp: unknown key"),
+        ({"live": {"backoff_initial": 5, "backoff_max": 1}}, "backoff_max"),
+        ({"output": {"faiss_kind": "annoy"}}, "output.faiss_kind"),
+        ({"model": {"precision": "fp16"}}, "model.precision"),
+    ],
+)
 def test_bad_values_name_the_key(bad, needle):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=bad)

@@ -1,4 +1,5 @@
 """Every pipeline preset in configs/ is valid and names a registered model."""
+
 from pathlib import Path
 
 import pytest

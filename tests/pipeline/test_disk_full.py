@@ -1,6 +1,7 @@
 """A full disk under --out (a small tmpfs): the run ends with one line saying what could
 not be written, where, and that the same command resumes; exit code 3, no traceback; the
 store verifies; after more space the same command gives every segment exactly once."""
+
 from __future__ import annotations
 
 import collections
@@ -22,8 +23,9 @@ SEGMENTS = 20
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     # At 4 fps and 4 frames per segment: one segment per second.
-    return make_video(str(tmp_path_factory.mktemp("disk-full") / "v.mp4"), fps=10, seconds=SEGMENTS, gop=20,
-                      size=(64, 48))
+    return make_video(
+        str(tmp_path_factory.mktemp("disk-full") / "v.mp4"), fps=10, seconds=SEGMENTS, gop=20, size=(64, 48)
+    )
 
 
 @pytest.fixture
@@ -47,8 +49,14 @@ def small_disk(tmp_path):
 
 
 def _cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "vmstream.cli", *args], check=False, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=_ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmstream.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=_ROOT),
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -59,8 +67,23 @@ def test_a_full_disk_ends_in_one_line_and_the_rerun_completes(small_disk, tiny_c
     mnt, mount = small_disk
     mount(size, remount=True)
     out = mnt / "out"
-    run = ["run", clip, "--checkpoint", tiny_ckpt, "--out", str(out), "--no-progress", "--fps", "4",
-           "--set", "decode.img_size=32", "--set", "runner.snapshot_every=1", "--set", "output.console=false"]
+    run = [
+        "run",
+        clip,
+        "--checkpoint",
+        tiny_ckpt,
+        "--out",
+        str(out),
+        "--no-progress",
+        "--fps",
+        "4",
+        "--set",
+        "decode.img_size=32",
+        "--set",
+        "runner.snapshot_every=1",
+        "--set",
+        "output.console=false",
+    ]
     code, _, err = _cli(*run)
     if code == 0:
         pytest.skip(f"{size} was enough space for this run on this file system")

@@ -1,5 +1,6 @@
 """The front door's small promises: the progress bar never fails a run, the stream names
 a person reads, search's friction points, --version, one override spelling."""
+
 from __future__ import annotations
 
 import io
@@ -27,9 +28,14 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def _cfg(out, ckpt):
-    return load_config(overrides={"model": {"checkpoint": ckpt, "name": None}, "decode": {"fps": 4.0, "img_size": 32},
-                                  "output": {"dir": str(out), "console": False},
-                                  "runner": {"progress": False}})
+    return load_config(
+        overrides={
+            "model": {"checkpoint": ckpt, "name": None},
+            "decode": {"fps": 4.0, "img_size": 32},
+            "output": {"dir": str(out), "console": False},
+            "runner": {"progress": False},
+        }
+    )
 
 
 def test_a_progress_callback_that_raises_fails_no_stream(tmp_path, tiny_ckpt, h264_mp4, caplog):
@@ -49,8 +55,17 @@ def test_a_progress_callback_that_raises_fails_no_stream(tmp_path, tiny_ckpt, h2
 
 
 def _info(duration):
-    return StreamInfo(uri="x", width=320, height=240, fps=25.0, duration=duration, frame_count=None,
-                      start_time=0.0, live=duration is None, codec="h264")
+    return StreamInfo(
+        uri="x",
+        width=320,
+        height=240,
+        fps=25.0,
+        duration=duration,
+        frame_count=None,
+        start_time=0.0,
+        live=duration is None,
+        codec="h264",
+    )
 
 
 def test_the_bar_draws_with_an_unknown_total_then_a_known_one():
@@ -58,8 +73,11 @@ def test_the_bar_draws_with_an_unknown_total_then_a_known_one():
     p = Progress(enabled="force", file=out)
     p(("stream", "live", _info(None)))  # a live stream first: no total yet
     p(("stream", "a", _info(10.0)))
-    p(SegmentResult(stream_id="a", segment_index=0, t_start=0.0, t_end=4.0, labels=[], scores=[], label_ids=[],
-                    embedding=None))
+    p(
+        SegmentResult(
+            stream_id="a", segment_index=0, t_start=0.0, t_end=4.0, labels=[], scores=[], label_ids=[], embedding=None
+        )
+    )
     p(("done", "a", "ok"))
     p.close()
     assert p.enabled and p.failed is None
@@ -73,8 +91,18 @@ def test_the_bar_counts_the_seconds_of_live_streams():
     p(("stream", "cam", _info(None)))
     t0 = 1_700_000_000.0  # live streams carry wall-clock times
     for i in range(3):
-        p(SegmentResult(stream_id="cam", segment_index=i, t_start=t0 + 4 * i, t_end=t0 + 4 * i + 4, labels=[],
-                        scores=[], label_ids=[], embedding=None))
+        p(
+            SegmentResult(
+                stream_id="cam",
+                segment_index=i,
+                t_start=t0 + 4 * i,
+                t_end=t0 + 4 * i + 4,
+                labels=[],
+                scores=[],
+                label_ids=[],
+                embedding=None,
+            )
+        )
     p.close()
     assert "video: 12 s" in out.getvalue()
 
@@ -106,10 +134,19 @@ def test_stream_names_keep_the_file_name():
 def test_every_report_of_a_stopped_stream_says_stopped():
     lines = []
     sink = ConsoleSink(writer=lines.append, color=False)
-    sink.write(SegmentResult(stream_id="s", segment_index=0, t_start=0.0, t_end=4.0, labels=["a"], scores=[0.9],
-                             label_ids=[0], embedding=None))
-    sink.write(StreamEvent(stream_id="s", kind="end", message="stopped by the caller",
-                           details={"reason": "stopped"}))
+    sink.write(
+        SegmentResult(
+            stream_id="s",
+            segment_index=0,
+            t_start=0.0,
+            t_end=4.0,
+            labels=["a"],
+            scores=[0.9],
+            label_ids=[0],
+            embedding=None,
+        )
+    )
+    sink.write(StreamEvent(stream_id="s", kind="end", message="stopped by the caller", details={"reason": "stopped"}))
     sink.close()
     row = [ln for ln in lines if ln.startswith("s ")][-1]
     assert row.split()[1] == "stopped" == stream_status("stopped")
@@ -132,8 +169,26 @@ def test_version_and_help(capsys):
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory, tiny_ckpt, h264_mp4):
     out = tmp_path_factory.mktemp("store") / "out"
-    assert main(["run", h264_mp4, "--checkpoint", tiny_ckpt, "--out", str(out), "--fps", "4",
-                 "--set", "decode.img_size=32", "--no-progress", "--set", "output.console=false"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                h264_mp4,
+                "--checkpoint",
+                tiny_ckpt,
+                "--out",
+                str(out),
+                "--fps",
+                "4",
+                "--set",
+                "decode.img_size=32",
+                "--no-progress",
+                "--set",
+                "output.console=false",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -167,5 +222,5 @@ def test_search_refuses_bad_numbers_in_one_line(small_store, h264_mp4, capsys, b
 
 def test_search_refuses_an_id_past_64_bits(small_store, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["search", "--index", str(small_store), "--id", str(2 ** 64)])
+        main(["search", "--index", str(small_store), "--id", str(2**64)])
     assert e.value.code == 2 and "64-bit" in capsys.readouterr().err

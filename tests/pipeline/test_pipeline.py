@@ -1,5 +1,6 @@
 """The runner end to end: real encoded videos -> decode -> segments -> VideoMamba's
 recurrent mode -> Parquet + FAISS + console, with a tiny checkpoint made here."""
+
 from __future__ import annotations
 
 import threading
@@ -10,14 +11,14 @@ import pytest
 import torch
 
 from tests.fixtures.videomamba import make_tiny_model
-from vmstream.pipeline.assembly import build_runner
-from vmstream.pipeline.sequential import embed_video
 from vmstream.cli import main
+from vmstream.pipeline.assembly import build_runner
 from vmstream.pipeline.config import load_config
+from vmstream.pipeline.sequential import embed_video
 from vmstream.records import SegmentResult, segment_uid
-from vmstream.store.results import read_table
-from vmstream.store import VideoStore
 from vmstream.stages.sources import resolve_sources
+from vmstream.store import VideoStore
+from vmstream.store.results import read_table
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +100,28 @@ def test_many_streams_batched_match_one_by_one(tmp_path, tiny_ckpt, h264_mp4, vp
     build_runner(one).run(resolve_sources(srcs))
     single = read_table(tmp_path / "single", "segments").to_pandas().set_index("uid").sort_index()
     assert list(batched.index) == list(single.index)
-    np.testing.assert_allclose(np.stack(batched.embedding.to_numpy()), np.stack(single.embedding.to_numpy()),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack(batched.embedding.to_numpy()), np.stack(single.embedding.to_numpy()), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_directory_run_bad_files_fail_alone(tmp_path, tiny_ckpt, video_dir, capsys):
     out = tmp_path / "out"
-    rc = main(["run", video_dir, "--checkpoint", tiny_ckpt, "--out", str(out), "--fps", "4",
-               "--set", "decode.img_size=32", "--no-progress"])
+    rc = main(
+        [
+            "run",
+            video_dir,
+            "--checkpoint",
+            tiny_ckpt,
+            "--out",
+            str(out),
+            "--fps",
+            "4",
+            "--set",
+            "decode.img_size=32",
+            "--no-progress",
+        ]
+    )
     assert rc == 1  # some inputs failed; the good ones are done
     seg = read_table(out, "segments").to_pandas()
     assert sorted(set(seg.stream_id.map(lambda s: s.rsplit("/", 1)[-1]))) == ["a.mp4", "b.webm"]
@@ -120,8 +135,25 @@ def test_directory_run_bad_files_fail_alone(tmp_path, tiny_ckpt, video_dir, caps
 
 def test_cli_run_then_search(tmp_path, tiny_ckpt, h264_mp4, vp9_webm_noaudio, capsys):
     out = tmp_path / "out"
-    assert main(["run", h264_mp4, vp9_webm_noaudio, "--checkpoint", tiny_ckpt, "--out", str(out), "--fps", "4",
-                 "--set", "decode.img_size=32", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                h264_mp4,
+                vp9_webm_noaudio,
+                "--checkpoint",
+                tiny_ckpt,
+                "--out",
+                str(out),
+                "--fps",
+                "4",
+                "--set",
+                "decode.img_size=32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     timeline = capsys.readouterr().out
     assert "stream" in timeline  # the console timeline and its summary table
     store = VideoStore(out / "index", readonly=True)
@@ -145,13 +177,48 @@ def test_query_video_is_embedded_with_the_stores_sampling(tmp_path, tiny_ckpt, h
     import json
 
     out = tmp_path / "out"
-    assert main(["run", h264_mp4, "--checkpoint", tiny_ckpt, "--out", str(out), "--fps", "6",
-                 "--segment-frames", "2", "--set", "decode.img_size=32", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                h264_mp4,
+                "--checkpoint",
+                tiny_ckpt,
+                "--out",
+                str(out),
+                "--fps",
+                "6",
+                "--segment-frames",
+                "2",
+                "--set",
+                "decode.img_size=32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     store = VideoStore(out / "index", readonly=True)
     assert len(store) >= 4
-    assert main(["search", "--index", str(out), "--video", h264_mp4, "--at", "1.0", "-k", "3", "--json",
-                 "--checkpoint", tiny_ckpt]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--index",
+                str(out),
+                "--video",
+                h264_mp4,
+                "--at",
+                "1.0",
+                "-k",
+                "3",
+                "--json",
+                "--checkpoint",
+                tiny_ckpt,
+            ]
+        )
+        == 0
+    )
     hits = [json.loads(h) for h in capsys.readouterr().out.strip().splitlines()]
     own = [h for h in hits if h["t_start"] <= 1.0 <= h["t_end"] + 1 / 6]
     assert own and own[0]["score"] >= hits[0]["score"] - 1e-5 and own[0]["score"] > 0.9999
@@ -187,8 +254,9 @@ def test_stop_and_resume_gives_the_uninterrupted_results(tmp_path, tiny_ckpt, me
     assert not report.stopped
     got = read_table(tmp_path / "part", "segments").to_pandas().set_index("uid").sort_index()
     assert list(got.index) == list(want.index)
-    np.testing.assert_allclose(np.stack(got.embedding.to_numpy()), np.stack(want.embedding.to_numpy()),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack(got.embedding.to_numpy()), np.stack(want.embedding.to_numpy()), rtol=1e-5, atol=1e-6
+    )
     summ = read_table(tmp_path / "part", "summaries").to_pandas()
     assert summ.segment_count.iloc[-1] == 40
 
@@ -236,8 +304,9 @@ def test_cancel_one_stream_keeps_it_resumable(tmp_path, tiny_ckpt, h264_mp4):
     from vmstream.pipeline.snapshots import LocalStateStore
 
     long_video = make_video(str(tmp_path / "long.mp4"), fps=10, seconds=30, gop=20, size=(64, 48))
-    cfg = _cfg(tmp_path / "out", tiny_ckpt, **{"runner.queue_size": 1, "runner.max_streams": 2,
-                                               "runner.snapshot_every": 1})
+    cfg = _cfg(
+        tmp_path / "out", tiny_ckpt, **{"runner.queue_size": 1, "runner.max_streams": 2, "runner.snapshot_every": 1}
+    )
     done = {}
     (long_src,) = resolve_sources([long_video])
     (short_src,) = resolve_sources([h264_mp4])
@@ -260,8 +329,19 @@ def test_cancel_one_stream_keeps_it_resumable(tmp_path, tiny_ckpt, h264_mp4):
 
 
 def test_bf16_into_an_fp32_store_is_said(tmp_path, tiny_ckpt, h264_mp4, capsys):
-    args = ["run", h264_mp4, "--checkpoint", tiny_ckpt, "--out", str(tmp_path / "out"), "--fps", "4",
-            "--set", "decode.img_size=32", "--no-progress"]
+    args = [
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        tiny_ckpt,
+        "--out",
+        str(tmp_path / "out"),
+        "--fps",
+        "4",
+        "--set",
+        "decode.img_size=32",
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "warning" not in capsys.readouterr().err
     assert main([*args, "--precision", "bf16"]) == 0

@@ -1,5 +1,6 @@
 """The README is the user's manual: every option of every command's parser is in it, and
 the config keys that name a choice accept what the code behind them does."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,9 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_cli_option_is_in_the_readme():
     commands = _commands()
-    assert {"run", "search", "store", "eval-retrieval", "info", "worker", "kafka-topics", "train", "eval"} <= set(commands)
+    assert {"run", "search", "store", "eval-retrieval", "info", "worker", "kafka-topics", "train", "eval"} <= set(
+        commands
+    )
     missing = {}
     for name, parser in commands.items():
         assert re.search(rf"vmstream {re.escape(name)}\b", README), f"command {name!r} is not in the README"
@@ -37,8 +40,10 @@ def test_run_choices_are_spelled_in_the_readme():
     for action in run._actions:
         if action.choices and action.option_strings:
             for choice in action.choices:
-                assert f"`{choice}`" in README or f"|{choice}" in README or f"{choice}|" in README, \
-                    (action.option_strings, choice)
+                assert f"`{choice}`" in README or f"|{choice}" in README or f"{choice}|" in README, (
+                    action.option_strings,
+                    choice,
+                )
 
 
 def test_faiss_kind_names_every_index_kind_the_store_builds():

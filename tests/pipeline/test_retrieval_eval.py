@@ -1,5 +1,6 @@
 """eval-retrieval: the official caption cleaning, frame sampling and annotation layout,
 and the ITM re-ranking plumbing against brute force on a tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,30 @@ from vmstream.models.tokenizer import BertTokenizer
 from vmstream.pipeline.retrieval_eval import ClipReader, evaluate, load_annotations, middle_indices, pre_text
 from vmstream.pipeline.retrieval_metrics import itm_eval
 
-VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "catch", "##es", "frisbee",
-         "the", "person", "cooking", "man", "runs"]
+VOCAB = [
+    "[PAD]",
+    "[unused0]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "dog",
+    "catch",
+    "##es",
+    "frisbee",
+    "the",
+    "person",
+    "cooking",
+    "man",
+    "runs",
+]
 
 
 def test_pre_text_is_the_official_cleaning():
-    assert pre_text("A man's dog -- catches (the) Frisbee!  <person>/cat.") == "a mans dog catches the frisbee person cat"
+    assert (
+        pre_text("A man's dog -- catches (the) Frisbee!  <person>/cat.") == "a mans dog catches the frisbee person cat"
+    )
 
 
 def test_middle_sampling_by_hand():
@@ -36,8 +55,11 @@ def test_annotations_several_captions_and_paragraphs(tmp_path):
     for n in ("a.mp4", "b.mp4"):
         (tmp_path / "v" / n).write_bytes(b"x")
     ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps([{"video": "a.mp4", "caption": ["A dog.", "The dog runs"]},
-                               {"video": "b.mp4", "caption": "Cooking!"}]))
+    ann.write_text(
+        json.dumps(
+            [{"video": "a.mp4", "caption": ["A dog.", "The dog runs"]}, {"video": "b.mp4", "caption": "Cooking!"}]
+        )
+    )
     d = load_annotations(ann, tmp_path / "v")
     assert d.texts == ["a dog", "the dog runs", "cooking"]
     assert d.txt2vid == [0, 0, 1] and d.vid2txt == [[0, 1], [2]]
@@ -58,10 +80,15 @@ def small_set(tmp_path, h264_mp4, h264_ts, vp9_webm):
     for src in (h264_mp4, h264_ts, vp9_webm):
         shutil.copy(src, vids / os.path.basename(src))
     ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps([
-        {"video": os.path.basename(h264_mp4), "caption": ["a dog catches the frisbee", "a man runs"]},
-        {"video": os.path.basename(h264_ts), "caption": "a person cooking"},
-        {"video": os.path.basename(vp9_webm), "caption": "the dog runs"}]))
+    ann.write_text(
+        json.dumps(
+            [
+                {"video": os.path.basename(h264_mp4), "caption": ["a dog catches the frisbee", "a man runs"]},
+                {"video": os.path.basename(h264_ts), "caption": "a person cooking"},
+                {"video": os.path.basename(vp9_webm), "caption": "the dog runs"},
+            ]
+        )
+    )
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     torch.save(make_tiny_videotext(seed=11).state_dict(), tmp_path / "vt.pth")
     return tmp_path, ann, vids
@@ -88,15 +115,34 @@ def test_itm_reranking_of_every_candidate_equals_the_full_itm_matrix(small_set):
 
 def test_cli_prints_recall_and_refuses_a_classifier(small_set, capsys):
     tmp, ann, vids = small_set
-    code = main(["eval-retrieval", "--checkpoint", str(tmp / "vt.pth"), "--annotations", str(ann), "--videos",
-                 str(vids), "--vocab", str(tmp / "vocab.txt"), "--k-test", "2", "--max-text-len", "16", "--json"])
+    code = main(
+        [
+            "eval-retrieval",
+            "--checkpoint",
+            str(tmp / "vt.pth"),
+            "--annotations",
+            str(ann),
+            "--videos",
+            str(vids),
+            "--vocab",
+            str(tmp / "vocab.txt"),
+            "--k-test",
+            "2",
+            "--max-text-len",
+            "16",
+            "--json",
+        ]
+    )
     assert code == 0
     res = json.loads(capsys.readouterr().out)
     assert res["videos"] == 3 and res["texts"] == 4
     assert set(res["itc"]) >= {"t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r_mean", "r_mean"}
     assert res["itc"]["t2v_r10"] == 100.0 and "itm" in res
     from tests.fixtures.videomamba import make_tiny_model
+
     torch.save(make_tiny_model().state_dict(), tmp / "cls.pth")
-    assert main(["eval-retrieval", "--checkpoint", str(tmp / "cls.pth"), "--annotations", str(ann), "--videos",
-                 str(vids)]) == 2
+    assert (
+        main(["eval-retrieval", "--checkpoint", str(tmp / "cls.pth"), "--annotations", str(ann), "--videos", str(vids)])
+        == 2
+    )
     assert "needs a video-text model" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Stream snapshots: byte format and the local state store; damaged, foreign and
 special snapshot files through `vmstream run`."""
+
 import os
 import shutil
 import subprocess
@@ -16,8 +17,14 @@ from vmstream.store.results import read_table
 
 
 def _snap(sid="cam/1 ü?x"):
-    return {"stream_id": sid, "next_index": 7, "t_end": 12.5, "state": b"\x00\x01state", "book": b"book",
-            "extra": {"uri": "rtsp://x"}}
+    return {
+        "stream_id": sid,
+        "next_index": 7,
+        "t_end": 12.5,
+        "state": b"\x00\x01state",
+        "book": b"book",
+        "extra": {"uri": "rtsp://x"},
+    }
 
 
 def test_round_trip():
@@ -25,12 +32,15 @@ def test_round_trip():
     assert decode_snapshot(encode_snapshot(s)) == s
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda b: b"XX" + b[2:], "bad magic"),
-    (lambda b: b[:-1], "truncated"),
-    (lambda b: b + b"x", "padded"),
-    (lambda b: b[:6] + bytes([9]) + b[7:], "format v9"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda b: b"XX" + b[2:], "bad magic"),
+        (lambda b: b[:-1], "truncated"),
+        (lambda b: b + b"x", "padded"),
+        (lambda b: b[:6] + bytes([9]) + b[7:], "format v9"),
+    ],
+)
 def test_corrupt_snapshots_are_refused(mutate, needle):
     with pytest.raises(SnapshotError, match=needle):
         decode_snapshot(mutate(encode_snapshot(_snap())))
@@ -64,11 +74,32 @@ def clips(tmp_path_factory):
 
 def _run(video, out, ckpt, *more):
     """`vmstream run` as a person runs it, in its own process: (exit code, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "vmstream.cli", "run", video, "--checkpoint", ckpt,
-                           "--out", str(out), "--no-progress", "--fps", "4", "--set", "decode.img_size=32",
-                           "--set", "runner.snapshot_every=1", *more],
-                          check=False, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=_ROOT))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmstream.cli",
+            "run",
+            video,
+            "--checkpoint",
+            ckpt,
+            "--out",
+            str(out),
+            "--no-progress",
+            "--fps",
+            "4",
+            "--set",
+            "decode.img_size=32",
+            "--set",
+            "runner.snapshot_every=1",
+            *more,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=_ROOT),
+    )
     return proc.returncode, proc.stderr
 
 
@@ -138,10 +169,14 @@ def test_another_streams_snapshot_under_this_name_is_not_resumed(tmp_path, tiny_
     from vmstream.records import SegmentResult
     from vmstream.stages.sources import resolve_sources
 
-    cfg = load_config(overrides={"model": {"checkpoint": tiny_ckpt, "name": None},
-                                 "decode": {"fps": 4.0, "img_size": 32},
-                                 "output": {"dir": str(out), "console": False},
-                                 "runner": {"progress": False, "snapshot_every": 1, "queue_size": 1}})
+    cfg = load_config(
+        overrides={
+            "model": {"checkpoint": tiny_ckpt, "name": None},
+            "decode": {"fps": 4.0, "img_size": 32},
+            "output": {"dir": str(out), "console": False},
+            "runner": {"progress": False, "snapshot_every": 1, "queue_size": 1},
+        }
+    )
     seen = []
 
     def progress(item):
@@ -169,8 +204,9 @@ def test_another_streams_snapshot_under_this_name_is_not_resumed(tmp_path, tiny_
     assert _run(a, tmp_path / "clean", tiny_ckpt)[0] == 0
     ref_index, ref = _embeddings(tmp_path / "clean")
     assert got.column("segment_index").to_pylist() == ref_index == list(range(8))
-    np.testing.assert_allclose(np.stack(got.column("embedding").to_numpy(zero_copy_only=False)), ref,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack(got.column("embedding").to_numpy(zero_copy_only=False)), ref, rtol=1e-5, atol=1e-6
+    )
     assert b_snap.exists()  # B's own snapshot is untouched
 
 
@@ -215,8 +251,16 @@ def test_a_v1_snapshot_without_checksum_is_still_read():
     import struct
 
     s = _snap()
-    h = json.dumps({"stream_id": s["stream_id"], "next_index": 7, "t_end": 12.5, "state_len": len(s["state"]),
-                    "book_len": len(s["book"]), "extra": s["extra"]}).encode()
+    h = json.dumps(
+        {
+            "stream_id": s["stream_id"],
+            "next_index": 7,
+            "t_end": 12.5,
+            "state_len": len(s["state"]),
+            "book_len": len(s["book"]),
+            "extra": s["extra"],
+        }
+    ).encode()
     v1 = b"VMSNAP" + struct.pack("<BI", 1, len(h)) + h + s["state"] + s["book"]
     assert decode_snapshot(v1) == s
 

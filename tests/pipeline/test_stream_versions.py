@@ -1,5 +1,6 @@
 """Stream versions: a rerun over changed content replaces the old results in every sink,
 a snapshot resumes only its own version, and a stream id is not taken over silently."""
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,9 @@ from vmstream.pipeline.config import load_config
 from vmstream.pipeline.snapshots import LocalStateStore
 from vmstream.pipeline.versions import StreamIds, StreamIdTaken, content_version
 from vmstream.records import SegmentResult
-from vmstream.store.results import read_table
-from vmstream.store import VideoStore
 from vmstream.stages.sources import resolve_sources, source_from_uri
+from vmstream.store import VideoStore
+from vmstream.store.results import read_table
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +123,9 @@ def test_resume_applies_to_the_same_version_only(tmp_path, tiny_ckpt, clips, cap
     build_runner(ref_cfg).run(resolve_sources([clips[10]]))
     ref = pd.read_parquet(tmp_path / "ref" / "segments").sort_values("segment_index")
     seg = seg.sort_values("segment_index")
-    np.testing.assert_allclose(np.stack(seg.embedding.to_numpy()), np.stack(ref.embedding.to_numpy()),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack(seg.embedding.to_numpy()), np.stack(ref.embedding.to_numpy()), rtol=1e-5, atol=1e-6
+    )
     assert state.load(video) is None
 
 
@@ -154,7 +156,7 @@ def test_a_stream_id_is_not_taken_over_unless_allowed(tmp_path, tiny_ckpt, clips
     assert report.streams_failed == 0
     report = build_runner(cfg, allow_replace=False).run(resolve_sources([other]))
     assert report.streams_failed == 1
-    (sid, _, error), = report.failures
+    ((sid, _, error),) = report.failures
     assert sid == "cam" and "allow_replace" in error and clips[3] not in error
     seg = pd.read_parquet(tmp_path / "out" / "segments")
     assert len(seg) == 3 and set(seg.uri) == {clips[3]}  # untouched
@@ -181,8 +183,14 @@ def test_checkpoints_discard_a_snapshot_of_another_version(tmp_path, clips):
 
     store = LocalStateStore(tmp_path / "state")
     src = source_from_uri(clips[3])
-    snap = {"stream_id": src.stream_id, "next_index": 2, "t_end": 1.9, "state": b"", "book": b"",
-            "extra": {"stream_version": "0" * 32}}
+    snap = {
+        "stream_id": src.stream_id,
+        "next_index": 2,
+        "t_end": 1.9,
+        "state": b"",
+        "book": b"",
+        "extra": {"stream_version": "0" * 32},
+    }
     store.save(snap)
     cp = Checkpoints(store, inference=None)
     start, resume = cp.begin(src, Resume(src.stream_id, store.load(src.stream_id)))

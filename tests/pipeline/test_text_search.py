@@ -2,6 +2,7 @@
 joint-space embeddings unnormalised (inner product), `vmstream search --text` encodes the
 query with the store's model from the run manifest, `--labels` gives open-vocabulary
 labels; the bad inputs each get one line."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,25 @@ from vmstream.models.tokenizer import BertTokenizer
 from vmstream.records import segment_uid
 from vmstream.store import VideoStore
 
-VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "catch", "##es", "frisbee", ".",
-         "the", "person", "cooking", "video", "of"]
+VOCAB = [
+    "[PAD]",
+    "[unused0]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "dog",
+    "catch",
+    "##es",
+    "frisbee",
+    ".",
+    "the",
+    "person",
+    "cooking",
+    "video",
+    "of",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +53,43 @@ def files(tmp_path_factory):
 
 
 def _run(src, ckpt, out, *extra):
-    return main(["run", src, "--checkpoint", str(ckpt), "--out", str(out), "--fps", "4", "--set",
-                 "decode.img_size=32", "--no-progress", "--set", "output.console=false", *extra])
+    return main(
+        [
+            "run",
+            src,
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--fps",
+            "4",
+            "--set",
+            "decode.img_size=32",
+            "--no-progress",
+            "--set",
+            "output.console=false",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def vt_store(files, h264_mp4):
     out = files / "out"
-    assert _run(h264_mp4, files / "vt.pth", out, "--vocab", str(files / "vocab.txt"), "--labels",
-                str(files / "prompts.txt"), "--label-template", "a video of {}") == 0
+    assert (
+        _run(
+            h264_mp4,
+            files / "vt.pth",
+            out,
+            "--vocab",
+            str(files / "vocab.txt"),
+            "--labels",
+            str(files / "prompts.txt"),
+            "--label-template",
+            "a video of {}",
+        )
+        == 0
+    )
     return out
 
 
@@ -56,15 +102,30 @@ def test_run_stores_unnormalised_joint_space_embeddings_scored_by_inner_product(
 
 def test_search_text_scores_are_the_stored_embedding_dot_the_text_feature(vt_store, files, capsys):
     capsys.readouterr()
-    code = main(["search", "--index", str(vt_store), "--text", "a dog catches the frisbee", "--text", "cooking",
-                 "--vocab", str(files / "vocab.txt"), "-k", "3", "--json"])
+    code = main(
+        [
+            "search",
+            "--index",
+            str(vt_store),
+            "--text",
+            "a dog catches the frisbee",
+            "--text",
+            "cooking",
+            "--vocab",
+            str(files / "vocab.txt"),
+            "-k",
+            "3",
+            "--json",
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["query"] for r in rows] == ["a dog catches the frisbee"] * 3 + ["cooking"] * 3
     model = load_model(files / "vt.pth")
     store = VideoStore(vt_store / "index", readonly=True)
-    feats = encode_queries(model, ["a dog catches the frisbee", "cooking"],
-                           tokenizer=BertTokenizer(files / "vocab.txt")).numpy()
+    feats = encode_queries(
+        model, ["a dog catches the frisbee", "cooking"], tokenizer=BertTokenizer(files / "vocab.txt")
+    ).numpy()
     for r in rows:
         q = feats[1] if r["query"] == "cooking" else feats[0]
         assert r["score"] == pytest.approx(float(store.vector(r["uid"]) @ q), abs=1e-5)
@@ -82,8 +143,11 @@ def test_open_vocabulary_labels_are_softmax_of_similarity_over_temp(vt_store, fi
     assert set(labels[0]) == {"a dog", "cooking", "a person"}
     model = load_model(files / "vt.pth")
     store = VideoStore(vt_store / "index", readonly=True)
-    prompts = encode_queries(model, ["a video of a dog", "a video of cooking", "a video of a person"],
-                             tokenizer=BertTokenizer(files / "vocab.txt"))
+    prompts = encode_queries(
+        model,
+        ["a video of a dog", "a video of cooking", "a video of a person"],
+        tokenizer=BertTokenizer(files / "vocab.txt"),
+    )
     uid0 = store.ids.table.column("uid").to_pylist()[0]
     row = store.get(uid0)
     i = next(j for j in range(table.num_rows) if table.column("segment_index")[j].as_py() == row["segment_index"])
@@ -127,8 +191,25 @@ def test_rerank_rescores_the_top_k_with_itm_on_re_decoded_segments(vt_store, fil
     from vmstream.pipeline.rerank import segment_clips
 
     capsys.readouterr()
-    assert main(["search", "--index", str(vt_store), "--text", "a dog catches the frisbee", "--rerank", "3",
-                 "-k", "4", "--json", "--vocab", str(files / "vocab.txt")]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--index",
+                str(vt_store),
+                "--text",
+                "a dog catches the frisbee",
+                "--rerank",
+                "3",
+                "-k",
+                "4",
+                "--json",
+                "--vocab",
+                str(files / "vocab.txt"),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and [r["itm"] is not None for r in rows] == [True, True, True, False]
     itms = [r["itm"] for r in rows[:3]]
@@ -177,16 +258,31 @@ def test_rerank_says_when_a_source_can_no_longer_be_read(files, h264_mp4, capsys
 def test_a_store_of_other_weights_than_the_query_model_is_refused(vt_store, files, capsys, tmp_path):
     other = tmp_path / "other.pth"
     torch.save(make_tiny_videotext(seed=4).state_dict(), other)
-    assert main(["search", "--index", str(vt_store), "--text", "a dog", "--checkpoint", str(other),
-                 "--vocab", str(files / "vocab.txt")]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "--index",
+                str(vt_store),
+                "--text",
+                "a dog",
+                "--checkpoint",
+                str(other),
+                "--vocab",
+                str(files / "vocab.txt"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "not comparable" in err and "\n" not in err
 
 
 def test_without_labels_segments_carry_none(files, h264_mp4, tmp_path):
     out = tmp_path / "out"
-    assert _run(h264_mp4, files / "vt.pth", out, "--vocab", str(files / "vocab.txt"), "--set",
-                "output.console=true") == 0
+    assert (
+        _run(h264_mp4, files / "vt.pth", out, "--vocab", str(files / "vocab.txt"), "--set", "output.console=true") == 0
+    )
     table = pq.read_table(next((out / "segments").rglob("*.parquet")))
     assert table.num_rows == 4 and all(labels == [] for labels in table.column("labels").to_pylist())
 
@@ -194,17 +290,51 @@ def test_without_labels_segments_carry_none(files, h264_mp4, tmp_path):
 def test_text_search_and_rerank_on_a_milvus_store_answer_as_on_faiss(vt_store, files, h264_mp4, capsys, tmp_path):
     pytest.importorskip("milvus_lite")
     out = tmp_path / "milvus-out"
-    assert _run(h264_mp4, files / "vt.pth", out, "--vocab", str(files / "vocab.txt"), "--labels",
-                str(files / "prompts.txt"), "--label-template", "a video of {}", "--set", "output.store.backend=milvus",
-                "--set", f"output.store.uri={tmp_path / 'vt.db'}") == 0
+    assert (
+        _run(
+            h264_mp4,
+            files / "vt.pth",
+            out,
+            "--vocab",
+            str(files / "vocab.txt"),
+            "--labels",
+            str(files / "prompts.txt"),
+            "--label-template",
+            "a video of {}",
+            "--set",
+            "output.store.backend=milvus",
+            "--set",
+            f"output.store.uri={tmp_path / 'vt.db'}",
+        )
+        == 0
+    )
     answers = []
     for where in (vt_store, out):
         capsys.readouterr()
-        assert main(["search", "--index", str(where), "--text", "a dog catches the frisbee", "--rerank", "3",
-                     "-k", "4", "--json", "--vocab", str(files / "vocab.txt")]) == 0
+        assert (
+            main(
+                [
+                    "search",
+                    "--index",
+                    str(where),
+                    "--text",
+                    "a dog catches the frisbee",
+                    "--rerank",
+                    "3",
+                    "-k",
+                    "4",
+                    "--json",
+                    "--vocab",
+                    str(files / "vocab.txt"),
+                ]
+            )
+            == 0
+        )
         answers.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
     faiss_rows, milvus_rows = answers
     assert [r["uid"] for r in milvus_rows] == [r["uid"] for r in faiss_rows]
     for a, b in zip(faiss_rows, milvus_rows):
         assert b["score"] == pytest.approx(a["score"], abs=1e-5)
-        assert (b["itm"] is None) == (a["itm"] is None) and (a["itm"] is None or b["itm"] == pytest.approx(a["itm"], abs=1e-4))
+        assert (b["itm"] is None) == (a["itm"] is None) and (
+            a["itm"] is None or b["itm"] == pytest.approx(a["itm"], abs=1e-4)
+        )

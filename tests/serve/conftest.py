@@ -1,6 +1,7 @@
 """Serve fixtures: a video-text store built by `vmstream run` from real encoded videos
 (an H.264 MP4, which clips stream-copy, and a VP9 WebM, which clips transcode), and
 `vmstream serve` started as a person starts it, on 127.0.0.1 and a free port."""
+
 from __future__ import annotations
 
 import os
@@ -21,15 +22,52 @@ from tests.fixtures.videotext import make_tiny_videotext
 from vmstream.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "catch", "##es", "frisbee", ".",
-         "the", "person", "cooking", "video", "of", "bike", "riding"]
+VOCAB = [
+    "[PAD]",
+    "[unused0]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "dog",
+    "catch",
+    "##es",
+    "frisbee",
+    ".",
+    "the",
+    "person",
+    "cooking",
+    "video",
+    "of",
+    "bike",
+    "riding",
+]
 LABELS = "a dog,cooking,a person,riding a bike"
 
 
 def run_store(files: Path, out: Path, *sources: str) -> None:
-    code = main(["run", *sources, "--checkpoint", str(files / "vt.pth"), "--out", str(out), "--fps", "4",
-                 "--set", "decode.img_size=32", "--no-progress", "--set", "output.console=false",
-                 "--vocab", str(files / "vocab.txt"), "--labels", LABELS])
+    code = main(
+        [
+            "run",
+            *sources,
+            "--checkpoint",
+            str(files / "vt.pth"),
+            "--out",
+            str(out),
+            "--fps",
+            "4",
+            "--set",
+            "decode.img_size=32",
+            "--no-progress",
+            "--set",
+            "output.console=false",
+            "--vocab",
+            str(files / "vocab.txt"),
+            "--labels",
+            LABELS,
+        ]
+    )
     assert code == 0
 
 
@@ -77,9 +115,25 @@ class Server:
             args = (*args, "--cache-dir", str(files / f"clips-{time.monotonic_ns()}"))
         self.log = open(files / f"serve-{os.getpid()}-{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmstream.cli", "serve", "--index", str(index), "--port", "0",
-             "--vocab", str(files / "vocab.txt"), *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=str(files))
+            [
+                sys.executable,
+                "-m",
+                "vmstream.cli",
+                "serve",
+                "--index",
+                str(index),
+                "--port",
+                "0",
+                "--vocab",
+                str(files / "vocab.txt"),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            cwd=str(files),
+        )
         deadline = time.monotonic() + timeout
         self.url = None
         while time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """The JSON API against a real `vmstream serve` (uvicorn on 127.0.0.1) over a store that
 `vmstream run` built from real encoded videos with a (tiny, random) video-text model."""
+
 from __future__ import annotations
 
 import io
@@ -40,7 +41,9 @@ def test_text_search_returns_moments_scored_by_the_store_model(server, serve_sto
     assert body["group"] == "segments" and len(segs) == 5
     store = VideoStore(serve_store / "index", readonly=True)
     model = load_model(serve_files / "vt.pth")
-    want = store.search_text("a dog catches the frisbee", model, k=5, tokenizer=BertTokenizer(serve_files / "vocab.txt"))
+    want = store.search_text(
+        "a dog catches the frisbee", model, k=5, tokenizer=BertTokenizer(serve_files / "vocab.txt")
+    )
     assert [s["id"] for s in segs] == [str(h.uid) for h in want]
     assert [s["score"] for s in segs] == pytest.approx([h.score for h in want], abs=1e-5)
     for s in segs:
@@ -97,8 +100,12 @@ def test_thumbnails_are_the_captured_jpegs(server, serve_store):
 def _probe(data: bytes, tmp_path) -> dict:
     p = tmp_path / "clip.mp4"
     p.write_bytes(data)
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,height:format=duration",
-                          "-of", "json", str(p)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,height:format=duration", "-of", "json", str(p)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -122,8 +129,9 @@ def test_clips_stream_copy_h264_and_transcode_vp9(server, tmp_path):
 
 def test_upload_a_query_clip(server, serve_files):
     with open(serve_files / "query.mp4", "rb") as f:
-        r = server.client.post("/api/search", params={"k": 4, "group": "segments"},
-                               files={"video": ("q.mp4", f, "video/mp4")})
+        r = server.client.post(
+            "/api/search", params={"k": 4, "group": "segments"}, files={"video": ("q.mp4", f, "video/mp4")}
+        )
     assert r.status_code == 200, r.text
     assert len(r.json()["results"]) == 4 and r.json()["query"] == {"video": "q.mp4"}
 
@@ -197,9 +205,26 @@ def test_a_classifier_store_is_served_without_text_search(serve_files, tmp_path)
     from vmstream.cli import main
 
     torch.save({"model": make_tiny_model(seed=5).state_dict()}, tmp_path / "cls.pth")
-    assert main(["run", str(serve_files / "later.mp4"), "--checkpoint", str(tmp_path / "cls.pth"), "--out",
-                 str(tmp_path / "out"), "--fps", "4", "--set", "decode.img_size=32", "--no-progress",
-                 "--set", "output.console=false"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(serve_files / "later.mp4"),
+                "--checkpoint",
+                str(tmp_path / "cls.pth"),
+                "--out",
+                str(tmp_path / "out"),
+                "--fps",
+                "4",
+                "--set",
+                "decode.img_size=32",
+                "--no-progress",
+                "--set",
+                "output.console=false",
+            ]
+        )
+        == 0
+    )
     s = Server(tmp_path / "out", files=serve_files)
     try:
         ready = s.get("/readyz").json()

@@ -1,6 +1,7 @@
 """The page in a real browser (Debian's headless Chromium through Selenium): type a
 sentence, press Enter, see thumbnails that loaded, click one and watch the moment play
 from its start; the streams' label timelines draw. Each test saves a screenshot."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,9 +41,13 @@ def test_search_see_thumbnails_click_and_watch_the_moment(server, browser, tmp_p
     assert "–" in text and ("park.mp4" in text or "kitchen.webm" in text)
     assert d.find_elements(By.CSS_SELECTOR, "#grid .card .chip")
     # the timelines: one canvas per stream, each with its segments drawn
-    drawn = wait_for(lambda: d.execute_script(
-        "const c=[...document.querySelectorAll('canvas.timeline')];"
-        "return c.length===2 && c.every(x=>+x.dataset.drawn>0) ? c.map(x=>+x.dataset.drawn) : null;"), timeout=20)
+    drawn = wait_for(
+        lambda: d.execute_script(
+            "const c=[...document.querySelectorAll('canvas.timeline')];"
+            "return c.length===2 && c.every(x=>+x.dataset.drawn>0) ? c.map(x=>+x.dataset.drawn) : null;"
+        ),
+        timeout=20,
+    )
     assert sorted(drawn) == [6, 8]
     d.save_screenshot(str(tmp_path / "results.png"))
 
@@ -51,10 +56,13 @@ def test_search_see_thumbnails_click_and_watch_the_moment(server, browser, tmp_p
         card = next(c for c in d.find_elements(By.CSS_SELECTOR, "#grid .card") if name in c.text)
         start = float(card.get_attribute("data-start"))
         card.click()
-        state = wait_for(lambda: d.execute_script("""
+        state = wait_for(
+            lambda: d.execute_script("""
             const v = document.getElementById('video');
             return v.src && !v.paused && v.readyState >= 2 && v.currentTime > 0
-              ? [v.currentTime, +v.dataset.clipStart, +v.dataset.momentStart] : null;"""), timeout=30)
+              ? [v.currentTime, +v.dataset.clipStart, +v.dataset.momentStart] : null;"""),
+            timeout=30,
+        )
         now, clip_start, moment_start = state
         assert moment_start == pytest.approx(start)
         assert abs(clip_start + now - start) < 1.0, (name, state)
@@ -74,9 +82,13 @@ def test_more_like_this_and_a_timeline_click(server, browser, tmp_path):
     first = d.find_elements(By.CSS_SELECTOR, "#grid .card")[0]
     first_id = first.get_attribute("data-id")
     first.find_element(By.CSS_SELECTOR, "button.more").click()
-    wait_for(lambda: d.find_elements(By.CSS_SELECTOR, "#grid .card")
-             and first_id not in [c.get_attribute("data-id") for c in d.find_elements(By.CSS_SELECTOR, "#grid .card")],
-             timeout=30)
+    wait_for(
+        lambda: (
+            d.find_elements(By.CSS_SELECTOR, "#grid .card")
+            and first_id not in [c.get_attribute("data-id") for c in d.find_elements(By.CSS_SELECTOR, "#grid .card")]
+        ),
+        timeout=30,
+    )
     wait_for(lambda: _thumbs_loaded(d), timeout=30)
     d.save_screenshot(str(tmp_path / "more-like-this.png"))
 
@@ -90,7 +102,9 @@ def test_an_error_is_shown_on_the_page(server, browser, tmp_path):
     box = d.find_element(By.ID, "q")
     box.send_keys("a dog " * 30)
     box.send_keys(Keys.ENTER)
-    status = wait_for(lambda: (lambda s: s if "tokens" in s.text else None)(d.find_element(By.ID, "status")), timeout=20)
+    status = wait_for(
+        lambda: (lambda s: s if "tokens" in s.text else None)(d.find_element(By.ID, "status")), timeout=20
+    )
     assert "error" in status.get_attribute("class") and "shorten it" in status.text
     d.save_screenshot(str(tmp_path / "error.png"))
 

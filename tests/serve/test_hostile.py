@@ -1,11 +1,23 @@
 """Hostile requests: every answer is a 4xx JSON error naming the field; no file outside
 the store is ever read (ids are numbers; media are found by id in the store)."""
+
 from __future__ import annotations
 
 import pytest
 
-TRAVERSALS = ["../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-              "/etc/passwd", "1/../../etc/passwd", "12;ls", "0x10", "1e3", "-", " 1", "１２"]
+TRAVERSALS = [
+    "../../../../etc/passwd",
+    "..%2F..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/etc/passwd",
+    "1/../../etc/passwd",
+    "12;ls",
+    "0x10",
+    "1e3",
+    "-",
+    " 1",
+    "１２",
+]
 
 
 def _is_json_error(r, status=None, field=None):
@@ -40,28 +52,31 @@ def test_ids_not_in_the_store_are_404(server):
     _is_json_error(server.get("/api/thumbs/12345.jpg"), 404, "id")
     _is_json_error(server.get("/api/clips/12345"), 404, "id")
     _is_json_error(server.get("/api/search", params={"id": "12345"}), 404, "id")
-    _is_json_error(server.get("/api/search", params={"id": str(2 ** 64)}), 400, "id")
+    _is_json_error(server.get("/api/search", params={"id": str(2**64)}), 400, "id")
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"text": "a dog", "k": "1000000000"}, "k"),
-    ({"text": "a dog", "k": "0"}, "k"),
-    ({"text": "a dog", "k": "ten"}, "k"),
-    ({"text": "a dog", "k": "-5"}, "k"),
-    ({"text": "a dog " * 30}, "text"),
-    ({"text": "   "}, "text"),
-    ({}, "text"),
-    ({"text": "a dog", "id": "1"}, "text"),
-    ({"text": "a dog", "after": "nan"}, "after"),
-    ({"text": "a dog", "before": "-1"}, "before"),
-    ({"text": "a dog", "after": "1e400"}, "after"),
-    ({"text": "a dog", "after": "5", "before": "2"}, "before"),
-    ({"text": "a dog", "group": "frames"}, "group"),
-    ({"text": "a dog", "streams": ",".join(["s"] * 500)}, "streams"),
-    ({"text": "a dog", "path": "/etc/passwd"}, "path"),
-    ({"stream": "park.mp4"}, "at"),
-    ({"stream": "park.mp4", "at": "99999"}, "at"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"text": "a dog", "k": "1000000000"}, "k"),
+        ({"text": "a dog", "k": "0"}, "k"),
+        ({"text": "a dog", "k": "ten"}, "k"),
+        ({"text": "a dog", "k": "-5"}, "k"),
+        ({"text": "a dog " * 30}, "text"),
+        ({"text": "   "}, "text"),
+        ({}, "text"),
+        ({"text": "a dog", "id": "1"}, "text"),
+        ({"text": "a dog", "after": "nan"}, "after"),
+        ({"text": "a dog", "before": "-1"}, "before"),
+        ({"text": "a dog", "after": "1e400"}, "after"),
+        ({"text": "a dog", "after": "5", "before": "2"}, "before"),
+        ({"text": "a dog", "group": "frames"}, "group"),
+        ({"text": "a dog", "streams": ",".join(["s"] * 500)}, "streams"),
+        ({"text": "a dog", "path": "/etc/passwd"}, "path"),
+        ({"stream": "park.mp4"}, "at"),
+        ({"stream": "park.mp4", "at": "99999"}, "at"),
+    ],
+)
 def test_bad_parameters_name_the_field(server, params, field):
     _is_json_error(server.get("/api/search", params=params), 400 if field != "streams" else None, field)
 
@@ -91,5 +106,6 @@ def test_uploads_must_be_small_videos(server, serve_files, tmp_path):
     _is_json_error(server.client.post("/api/search", files={"video": ("big.mp4", big, "video/mp4")}), 413, "video")
     _is_json_error(server.client.post("/api/search", data={"other": "x"}), 400, "video")
     (tmp_path / "a.wav").write_bytes(b"RIFF" + b"\0" * 100)
-    _is_json_error(server.client.post("/api/search", files={"video": ("a.wav", (tmp_path / "a.wav").read_bytes())}),
-                   415, "video")
+    _is_json_error(
+        server.client.post("/api/search", files={"video": ("a.wav", (tmp_path / "a.wav").read_bytes())}), 415, "video"
+    )

@@ -1,6 +1,7 @@
 """A live store: a `vmstream run` writes the store a server is serving; the server picks
 up each new generation without a restart and no answer ever mixes two of them. A damaged
 store answers 503 with its one-line reason, and recovers when the files are whole."""
+
 from __future__ import annotations
 
 import threading
@@ -20,8 +21,7 @@ def test_a_run_writing_the_store_under_a_running_server(serve_store, serve_files
                 problems.append((r.status_code, r.text[:200]))
                 continue
             b = r.json()
-            seen.append((b["generation"], b["segments"], sum(x["segments"] for x in b["streams"]),
-                         len(b["streams"])))
+            seen.append((b["generation"], b["segments"], sum(x["segments"] for x in b["streams"]), len(b["streams"])))
             q = s.get("/api/search", params={"text": "a dog", "k": 50, "group": "segments"})
             if q.status_code != 200:
                 problems.append((q.status_code, q.text[:200]))

@@ -1,5 +1,6 @@
 """The serve parts on their own: moments, the batching text encoder and its bound, the
 clip cache's bound, and the thumbnails a run captures."""
+
 from __future__ import annotations
 
 import io
@@ -18,15 +19,24 @@ from vmstream.store.results import read_table
 
 
 def _hit(stream, i, score):
-    return SearchHit(uid=100 * hash(stream) % 1000 + i, score=score, stream_id=stream, segment_index=i,
-                     t_start=2.0 * i, t_end=2.0 * i + 1.7)
+    return SearchHit(
+        uid=100 * hash(stream) % 1000 + i,
+        score=score,
+        stream_id=stream,
+        segment_index=i,
+        t_start=2.0 * i,
+        t_end=2.0 * i + 1.7,
+    )
 
 
 def test_adjacent_hits_of_a_stream_merge_into_a_moment_with_its_best_score():
     hits = [_hit("a", 3, 0.5), _hit("a", 4, 0.9), _hit("b", 4, 0.7), _hit("a", 5, 0.2), _hit("a", 9, 0.8)]
     ms = merge_moments(hits)
     assert [(m.stream, m.start, m.end, m.score) for m in ms] == [
-        ("a", 6.0, 11.7, 0.9), ("a", 18.0, 19.7, 0.8), ("b", 8.0, 9.7, 0.7)]
+        ("a", 6.0, 11.7, 0.9),
+        ("a", 18.0, 19.7, 0.8),
+        ("b", 8.0, 9.7, 0.7),
+    ]
     assert [h.segment_index for h in ms[0].hits] == [3, 4, 5] and ms[0].best.segment_index == 4
     long = merge_moments([_hit("a", i, 0.5) for i in range(40)], max_span_s=30)
     assert [len(m.hits) for m in sorted(long, key=lambda m: m.start)] == [15, 15, 10]

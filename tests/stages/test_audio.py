@@ -1,6 +1,7 @@
 """Per-segment log-mel audio features (vmstream.stages.audio), on real encoded files
 made here with ffmpeg: sine tones at known frequencies, with and without an audio track,
 audio shorter than the video, a long track for the memory bound."""
+
 from __future__ import annotations
 
 import logging
@@ -42,28 +43,91 @@ def audio_media(tmp_path_factory):
     files = {}
     # H.264 + AAC stereo 44.1 kHz: 480 Hz for 2 s, then 2400 Hz for 2 s.
     files["mp4"] = d / "tones.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=4",
-            "-f", "lavfi", "-i", f"aevalsrc='{_tone_expr(2)}':s=44100:d=4",
-            "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-ac", "2", str(files["mp4"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10:duration=4",
+        "-f",
+        "lavfi",
+        "-i",
+        f"aevalsrc='{_tone_expr(2)}':s=44100:d=4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-ac",
+        "2",
+        str(files["mp4"]),
+    )
     # VP9 + Opus 48 kHz mono, same tones.
     files["webm"] = d / "tones.webm"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=4",
-            "-f", "lavfi", "-i", f"aevalsrc='{_tone_expr(2)}':s=48000:d=4",
-            "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus", str(files["webm"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10:duration=4",
+        "-f",
+        "lavfi",
+        "-i",
+        f"aevalsrc='{_tone_expr(2)}':s=48000:d=4",
+        "-c:v",
+        "libvpx-vp9",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-c:a",
+        "libopus",
+        str(files["webm"]),
+    )
     # Video only.
     files["silent"] = d / "noaudio.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=2",
-            "-c:v", "libx264", "-preset", "ultrafast", str(files["silent"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10:duration=2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        str(files["silent"]),
+    )
     # 4 s of video, 2 s of audio (480 Hz).
     files["short_audio"] = d / "short_audio.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=4",
-            "-f", "lavfi", "-i", f"sine=frequency={LOW}:sample_rate=44100:duration=2",
-            "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(files["short_audio"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10:duration=4",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency={LOW}:sample_rate=44100:duration=2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        str(files["short_audio"]),
+    )
     # 60 s of audio only, the tone switching every 10 s: memory bound and seeking.
     files["long"] = d / "long.m4a"
-    _ffmpeg("-f", "lavfi", "-i",
-            f"aevalsrc='0.5*sin(2*PI*if(lt(mod(t,20),10),{LOW},{HIGH})*t)':s=16000:d=60",
-            "-c:a", "aac", "-b:a", "48k", str(files["long"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"aevalsrc='0.5*sin(2*PI*if(lt(mod(t,20),10),{LOW},{HIGH})*t)':s=16000:d=60",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "48k",
+        str(files["long"]),
+    )
     return files
 
 
@@ -83,13 +147,16 @@ def _decode_all(path) -> tuple[np.ndarray, float]:
 
 def _expected_bin(freq: float, cfg: AudioConfig = CFG) -> int:
     fb = torchaudio.functional.melscale_fbanks(
-        cfg.n_fft // 2 + 1, cfg.f_min, cfg.sample_rate / 2, cfg.n_mels, cfg.sample_rate)
+        cfg.n_fft // 2 + 1, cfg.f_min, cfg.sample_rate / 2, cfg.n_mels, cfg.sample_rate
+    )
     return int(fb[int(round(freq / (cfg.sample_rate / cfg.n_fft)))].argmax())
 
 
 def _segments(uri, spans):
-    return [Segment(stream_id="s", index=i, t_start=a, t_end=b, pixels=torch.zeros(3, 1, 8, 8), uri=str(uri))
-            for i, (a, b) in enumerate(spans)]
+    return [
+        Segment(stream_id="s", index=i, t_start=a, t_end=b, pixels=torch.zeros(3, 1, 8, 8), uri=str(uri))
+        for i, (a, b) in enumerate(spans)
+    ]
 
 
 def test_torch_torchaudio_pair_and_melspectrogram():
@@ -277,8 +344,13 @@ def test_runner_hook_passes_events_through_in_order(audio_media):
     segs = _segments(audio_media["mp4"], [(0.2, 1.8), (2.2, 3.8)])
     for s in segs:
         s.uri = ""  # the factory's source names the file, not the segments
-    items = [StreamEvent("s", "gap", 0.0, 0.1), segs[0], StreamEvent("s", "error", message="x"), segs[1],
-             StreamEvent("s", "end", details={"reason": "eof"})]
+    items = [
+        StreamEvent("s", "gap", 0.0, 0.1),
+        segs[0],
+        StreamEvent("s", "error", message="x"),
+        segs[1],
+        StreamEvent("s", "end", details={"reason": "eof"}),
+    ]
     out = list(AudioFeatures.factory(CFG)(src).run(iter(items)))
     assert [type(o).__name__ for o in out] == [type(i).__name__ for i in items]
     assert [o.kind for o in out if isinstance(o, StreamEvent)] == ["gap", "error", "end"]
@@ -308,8 +380,10 @@ def _audio_of(out):
     return [s.audio for s in out if isinstance(s, Segment)]
 
 
-@pytest.mark.parametrize("kind,policy,T", [("mp4", "fps:4", 3), ("webm", "all", 8), ("short_audio", "fps:5", 4),
-                                           ("mp4", "fps:1:keyframes", 2)])
+@pytest.mark.parametrize(
+    "kind,policy,T",
+    [("mp4", "fps:4", 3), ("webm", "all", 8), ("short_audio", "fps:5", 4), ("mp4", "fps:1:keyframes", 2)],
+)
 def test_audio_read_in_the_video_pass_equals_reading_the_file(audio_media, monkeypatch, kind, policy, T):
     """The decoder demuxes the audio track in its own pass (one open of the file) and the
     stage takes the chunks from the item stream: the same features as the stage reading
@@ -336,8 +410,9 @@ def test_audio_read_in_the_video_pass_equals_reading_the_file(audio_media, monke
     assert [type(o).__name__ for o in out] == [type(o).__name__ for o in want_out]
     got, want = _audio_of(out), _audio_of(want_out)
     assert got and any(w is not None for w in want)
-    for a, b, sa, sb in zip(got, want, [o for o in out if isinstance(o, Segment)],
-                            [o for o in want_out if isinstance(o, Segment)]):
+    for a, b, sa, sb in zip(
+        got, want, [o for o in out if isinstance(o, Segment)], [o for o in want_out if isinstance(o, Segment)]
+    ):
         assert (a is None) == (b is None)
         torch.testing.assert_close(sa.pixels, sb.pixels, rtol=0, atol=0)
         if a is not None:

@@ -6,6 +6,7 @@ the PyAV backend does), and its presentation time. DALI converts YUV to RGB and 
 with its own kernels, so pixels agree to within a few levels, not exactly; a wrong
 frame would differ by much more, which each test checks against the neighbours.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,6 +31,7 @@ from vmstream.stages.decode.base import (  # noqa: E402
     UnsupportedVideoError,
 )
 from vmstream.stages.decode.dali import DALIDecoder, _cuda_device, index_file, select_frames  # noqa: E402
+
 # The DALI backend probes and indexes with the PyAV backend's helpers.
 PyAVDecoder = pytest.importorskip("vmstream.stages.decode.pyav", reason="needs the PyAV backend").PyAVDecoder
 from vmstream.stages.sampling import (  # noqa: E402
@@ -55,16 +57,52 @@ def vids(tmp_path_factory):
     v = {}
     src = ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=3"]
     v["vp9"] = str(d / "a.webm")  # 75 frames, keyframe every 25
-    _ffmpeg(*src, "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "400k",
-            "-g", "25", "-pix_fmt", "yuv420p", v["vp9"])
+    _ffmpeg(
+        *src,
+        "-c:v",
+        "libvpx-vp9",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "400k",
+        "-g",
+        "25",
+        "-pix_fmt",
+        "yuv420p",
+        v["vp9"],
+    )
     v["mjpeg"] = str(d / "a.mkv")
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10:duration=2", "-c:v", "mjpeg",
-            "-q:v", "3", "-pix_fmt", "yuvj420p", v["mjpeg"])
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=10:duration=2",
+        "-c:v",
+        "mjpeg",
+        "-q:v",
+        "3",
+        "-pix_fmt",
+        "yuvj420p",
+        v["mjpeg"],
+    )
     # MJPEG in MOV whose display matrix asks for a 90 degree clockwise turn (written with
     # PyAV: the ffmpeg CLI here cannot set one).
     mj = str(d / "plain.mov")
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10:duration=1", "-c:v", "mjpeg",
-            "-q:v", "3", "-pix_fmt", "yuvj420p", mj)
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=10:duration=1",
+        "-c:v",
+        "mjpeg",
+        "-q:v",
+        "3",
+        "-pix_fmt",
+        "yuvj420p",
+        mj,
+    )
     v["rotated"] = str(d / "rotated.mov")
     with av.open(mj) as src, av.open(v["rotated"], "w") as out:
         st = out.add_stream("mjpeg", rate=10)
@@ -76,8 +114,19 @@ def vids(tmp_path_factory):
         for pkt in st.encode(None):
             out.mux(pkt)
     v["h264"] = str(d / "a.mp4")
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1", "-c:v", "libx264",
-            "-preset", "ultrafast", "-pix_fmt", "yuv420p", v["h264"])
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25:duration=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        v["h264"],
+    )
     v["audio_only"] = str(d / "sound.webm")
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "libopus", v["audio_only"])
     v["text"] = str(d / "notes.webm")
@@ -125,8 +174,9 @@ def _assert_same_frames(frames, ref_imgs, ref_times, want_idx, limit):
         d = _mad(f.image, ref_imgs[i])
         assert d < limit, (i, d)
         # And it is that frame, not a neighbour.
-        near = [j for j in range(i - 2, i + 3) if 0 <= j < len(ref_imgs) and j != i
-                and _mad(ref_imgs[j], ref_imgs[i]) > 0]
+        near = [
+            j for j in range(i - 2, i + 3) if 0 <= j < len(ref_imgs) and j != i and _mad(ref_imgs[j], ref_imgs[i]) > 0
+        ]
         assert all(d < _mad(f.image, ref_imgs[j]) for j in near), i
 
 
@@ -208,7 +258,9 @@ def test_start_time_resumes_without_earlier_frames(vids, dec):
 
 def test_stop_event_ends_with_reason_stopped(vids):
     stop = threading.Event()
-    it = DALIDecoder(device="cpu", chunk_frames=8).frames(source_from_uri(vids["vp9"]), AllFrames(), FrameSize(224, 224), stop=stop)
+    it = DALIDecoder(device="cpu", chunk_frames=8).frames(
+        source_from_uri(vids["vp9"]), AllFrames(), FrameSize(224, 224), stop=stop
+    )
     first = next(it)
     stop.set()
     rest = list(it)
@@ -225,7 +277,11 @@ def test_truncated_file_ends_with_reason_truncated(vids, dec):
 
 def test_bad_inputs_fail_up_front_naming_the_input(vids, dec, tmp_path):
     missing = str(tmp_path / "nope.webm")
-    for path, err in ((missing, InputNotFoundError), (vids["text"], NotAVideoError), (vids["audio_only"], NoVideoTrackError)):
+    for path, err in (
+        (missing, InputNotFoundError),
+        (vids["text"], NotAVideoError),
+        (vids["audio_only"], NoVideoTrackError),
+    ):
         with pytest.raises(err) as e:
             dec.frames(source_from_uri(path), AllFrames(), FrameSize(224, 224))  # raises at the call
         assert path in str(e.value)
@@ -253,10 +309,18 @@ def test_h264_falls_back_to_pyav_with_a_log_line(vids, caplog):
     assert any("PyAV" in r.getMessage() and "h264" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("policy,start", [
-    (AllFrames(), 0.0), (FpsSampling(4.0), 0.0), (FpsSampling(3.0), 1.3), (UniformSampling(16), 0.0),
-    (TsnSampling(8, train=True, seed=1), 0.0), (FpsSampling(2.0, keyframes_only=True), 0.0),
-], ids=lambda x: x.describe().replace(" ", "_") if hasattr(x, "describe") else f"start{x}")
+@pytest.mark.parametrize(
+    "policy,start",
+    [
+        (AllFrames(), 0.0),
+        (FpsSampling(4.0), 0.0),
+        (FpsSampling(3.0), 1.3),
+        (UniformSampling(16), 0.0),
+        (TsnSampling(8, train=True, seed=1), 0.0),
+        (FpsSampling(2.0, keyframes_only=True), 0.0),
+    ],
+    ids=lambda x: x.describe().replace(" ", "_") if hasattr(x, "describe") else f"start{x}",
+)
 def test_same_as_the_pyav_backend(vids, dec, policy, start):
     """Both backends, same VP9 file and policy: the same timestamps, frames within
     resize and colour-conversion differences."""
@@ -315,8 +379,11 @@ def test_display_rotation_is_applied(vids, dec):
     with av.open(vids["rotated"]) as c:
         for f in c.decode(video=0):
             turned = np.ascontiguousarray(np.rot90(f.to_ndarray(format="rgb24"), k=-1))  # clockwise
-            img = av.VideoFrame.from_ndarray(turned, format="rgb24").reformat(
-                width=sw, height=sh, interpolation="BILINEAR").to_ndarray()
+            img = (
+                av.VideoFrame.from_ndarray(turned, format="rgb24")
+                .reformat(width=sw, height=sh, interpolation="BILINEAR")
+                .to_ndarray()
+            )
             ref.append(img[y0 : y0 + size.height, x0 : x0 + size.width])
     assert len(frames) == len(ref) == 10
     for f, i in zip(frames, range(10)):

@@ -1,6 +1,7 @@
 """Inputs that are not what they claim: a declared frame size over the bound is refused
 when probed (naming the size and the bound), and a file that yields no frame at all is
 a failed stream."""
+
 import pytest
 
 from tests.fixtures.media import make_video
@@ -55,7 +56,7 @@ def _no_frame_webm(tmp_path) -> str:
     cluster = data.find(bytes.fromhex("1F43B675"))
     assert cluster > 0
     out = tmp_path / "noframes.webm"
-    out.write_bytes(data[:cluster + 40])
+    out.write_bytes(data[: cluster + 40])
     return str(out)
 
 
@@ -81,6 +82,6 @@ def test_a_file_cut_inside_its_header_says_so(tmp_path):
     src = make_video(str(tmp_path / "src.webm"), codec="vp9", seconds=1)
     data = open(src, "rb").read()
     cut = tmp_path / "cut.webm"
-    cut.write_bytes(data[:data.find(bytes.fromhex("1F43B675"))])  # the header, no cluster
+    cut.write_bytes(data[: data.find(bytes.fromhex("1F43B675"))])  # the header, no cluster
     with pytest.raises(NotAVideoError, match="the data ends before FFmpeg could read the container's header"):
         PyAVDecoder().probe(str(cut))

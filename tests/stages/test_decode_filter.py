@@ -1,4 +1,5 @@
 """The H.264 packet filter's pure parts: NAL header reading and GOP planning."""
+
 import av
 import pytest
 
@@ -16,9 +17,9 @@ def annexb(*nals: bytes) -> bytes:
 
 
 SEI = bytes([0x06, 0x05, 0x10]) + b"\x00" * 16
-IDR = bytes([0x65, 0x88, 0x84])        # nal_ref_idc 3, type 5
-P_REF = bytes([0x41, 0x9A, 0x00])      # nal_ref_idc 2, type 1
-B_NONREF = bytes([0x01, 0x9E, 0x00])   # nal_ref_idc 0, type 1
+IDR = bytes([0x65, 0x88, 0x84])  # nal_ref_idc 3, type 5
+P_REF = bytes([0x41, 0x9A, 0x00])  # nal_ref_idc 2, type 1
+B_NONREF = bytes([0x01, 0x9E, 0x00])  # nal_ref_idc 0, type 1
 AUD = bytes([0x09, 0xF0])
 
 

@@ -1,6 +1,7 @@
 """Runs of GOPs on several decoders at once (`gop_pool`) against one decoder in order
 and against decoding everything: the same frames, bit for bit, on files where a wrong
 run boundary would show (B-pyramids, open GOPs, resumes, seeks)."""
+
 import subprocess
 import threading
 
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 
 from vmstream.records import Frame, StreamEvent
-from vmstream.stages.decode.packet_filter import H264Inspector
 from vmstream.stages.decode.container import SKIP_PROBE_DECODE
 from vmstream.stages.decode.gop_pool import pool_decoder_threads
+from vmstream.stages.decode.packet_filter import H264Inspector
 from vmstream.stages.decode.pyav import PyAVDecoder
 from vmstream.stages.media import FrameSize
 from vmstream.stages.sampling import AllFrames, FpsSampling, TsnSampling, UniformSampling
@@ -21,10 +22,31 @@ SIZE = FrameSize(48, 32)
 
 
 def encode(path, params, seconds=6, size="192x108"):
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size={size}:rate=30:duration={seconds}", "-vf", "noise=alls=10:allf=t",
-                    "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-x264-params", params,
-                    path], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate=30:duration={seconds}",
+            "-vf",
+            "noise=alls=10:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "high",
+            "-x264-params",
+            params,
+            path,
+        ],
+        check=True,
+    )
     return path
 
 
@@ -32,13 +54,14 @@ def encode(path, params, seconds=6, size="192x108"):
 def pyramid_mp4(tmp_path_factory):
     """High profile, 3 B-frames with a B-pyramid (reference B pictures), 3 reference
     frames, an IDR every 15 frames: many independent runs."""
-    return encode(str(tmp_path_factory.mktemp("pool") / "pyramid.mp4"),
-                  "keyint=15:min-keyint=15:scenecut=0:bframes=3:b-pyramid=normal:ref=3")
+    return encode(
+        str(tmp_path_factory.mktemp("pool") / "pyramid.mp4"),
+        "keyint=15:min-keyint=15:scenecut=0:bframes=3:b-pyramid=normal:ref=3",
+    )
 
 
 def decode(path, policy, *, mode="auto", workers=2, **kw):
-    items = list(PyAVDecoder(exact_mode=mode, gop_workers=workers).frames(source_from_uri(path), policy,
-                                                                          SIZE, **kw))
+    items = list(PyAVDecoder(exact_mode=mode, gop_workers=workers).frames(source_from_uri(path), policy, SIZE, **kw))
     frames = [i for i in items if isinstance(i, Frame)]
     end = items[-1]
     assert isinstance(end, StreamEvent) and end.kind == "end"
@@ -58,13 +81,17 @@ def test_the_fixture_has_reference_b_pictures(pyramid_mp4):
         s = c.streams.video[0]
         ins = H264Inspector(s.codec_context.extradata)
         pics = [(p.pts, ins.inspect(p)) for p in c.demux(s) if p.size]
-    shown_early_refs = [pts for i, (pts, k) in enumerate(pics)
-                        if k.ref and not k.idr and i and pts < max(q for q, _ in pics[:i])]
+    shown_early_refs = [
+        pts for i, (pts, k) in enumerate(pics) if k.ref and not k.idr and i and pts < max(q for q, _ in pics[:i])
+    ]
     assert len(shown_early_refs) >= 10
 
 
-@pytest.mark.parametrize("policy", [AllFrames(), FpsSampling(1), FpsSampling(7.5), UniformSampling(11),
-                                    TsnSampling(6, train=True, seed=2)], ids=lambda p: p.describe())
+@pytest.mark.parametrize(
+    "policy",
+    [AllFrames(), FpsSampling(1), FpsSampling(7.5), UniformSampling(11), TsnSampling(6, train=True, seed=2)],
+    ids=lambda p: p.describe(),
+)
 def test_pool_gives_the_single_decoders_frames_on_a_b_pyramid(pyramid_mp4, policy):
     one, one_end = decode(pyramid_mp4, policy, workers=1)
     many, end = decode(pyramid_mp4, policy, workers=2)
@@ -94,8 +121,7 @@ def test_pool_resumes_and_seeks_like_one_decoder(tmp_path, pyramid_mp4):
             many, _ = decode(pyramid_mp4, policy, workers=2, start_time=start)
             assert_same_frames(one, many)
             assert many and many[0].t >= start - 1e-6
-    long = encode(str(tmp_path / "long.mp4"), "keyint=30:min-keyint=30:scenecut=0:bframes=3", seconds=30,
-                  size="128x72")
+    long = encode(str(tmp_path / "long.mp4"), "keyint=30:min-keyint=30:scenecut=0:bframes=3", seconds=30, size="128x72")
     ref, _ = decode(long, UniformSampling(4), mode="full")
     got, end = decode(long, UniformSampling(4), workers=2)
     assert_same_frames(ref, got)
@@ -142,21 +168,50 @@ def test_a_pool_decoder_that_cannot_open_fails_the_caller_with_the_input_named(p
         pool.close()
 
 
-@pytest.mark.parametrize("fmt,codec", [("mp4", ["-c:v", "libx264", "-c:a", "aac"]),
-                                       ("ts", ["-c:v", "libx264", "-c:a", "aac"]),
-                                       ("webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus"])])
+@pytest.mark.parametrize(
+    "fmt,codec",
+    [
+        ("mp4", ["-c:v", "libx264", "-c:a", "aac"]),
+        ("ts", ["-c:v", "libx264", "-c:a", "aac"]),
+        ("webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus"]),
+    ],
+)
 def test_an_open_that_skips_the_probe_decode_decodes_the_same(tmp_path, fmt, codec):
     """SKIP_PROBE_DECODE (the decode opens of a file already probed) leaves the stream's
     decoder as a plain open gives it: the same pictures, formats, colours and audio."""
     path = str(tmp_path / f"clip.{fmt}")
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=96x64:rate=25:duration=1", "-f", "lavfi", "-i", "sine=f=440:d=1",
-                    "-pix_fmt", "yuv420p", "-color_range", "tv", "-colorspace", "bt709", *codec, path], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=96x64:rate=25:duration=1",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=440:d=1",
+            "-pix_fmt",
+            "yuv420p",
+            "-color_range",
+            "tv",
+            "-colorspace",
+            "bt709",
+            *codec,
+            path,
+        ],
+        check=True,
+    )
 
     def everything(options):
         with av.open(path, options=options) as c:
-            frames = [(f.pts, f.format.name, f.color_range, f.colorspace, f.to_ndarray().tobytes())
-                      for f in c.decode(video=0)]
+            frames = [
+                (f.pts, f.format.name, f.color_range, f.colorspace, f.to_ndarray().tobytes()) for f in c.decode(video=0)
+            ]
         with av.open(path, options=options) as c:
             audio = [(f.pts, f.format.name, f.layout.name, f.to_ndarray().tobytes()) for f in c.decode(audio=0)]
         return frames, audio

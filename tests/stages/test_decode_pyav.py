@@ -6,6 +6,7 @@ Two independent references hold it:
 - the decoder's own "full" mode (decode everything, pick on output) is the readable
   reference the fast modes ("seek", "filter") must match bit for bit.
 """
+
 import os
 import shutil
 import subprocess
@@ -105,11 +106,13 @@ def test_bad_inputs_fail_before_any_work_with_the_input_named(tmp_path, not_a_vi
     missing = str(tmp_path / "nope.mp4")
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    cases = [(missing, InputNotFoundError, "no such file"),
-             (not_a_video, NotAVideoError, "not a video"),
-             (no_video_track, NoVideoTrackError, "no video track"),
-             (str(tmp_path), NotAVideoError, "directory"),
-             (str(empty), NotAVideoError, "empty")]
+    cases = [
+        (missing, InputNotFoundError, "no such file"),
+        (not_a_video, NotAVideoError, "not a video"),
+        (no_video_track, NoVideoTrackError, "no video track"),
+        (str(tmp_path), NotAVideoError, "directory"),
+        (str(empty), NotAVideoError, "empty"),
+    ]
     for path, err, words in cases:
         with pytest.raises(err, match=words) as e:
             d.probe(path)
@@ -121,9 +124,14 @@ def test_bad_inputs_fail_before_any_work_with_the_input_named(tmp_path, not_a_vi
 
 
 def test_absurd_options_are_rejected(h264_mp4):
-    for bad in [dict(height=100, width=224), dict(height=0, width=224), dict(height=-16, width=16),
-                dict(height=224, width=224, mode="stretch"), dict(height=224.0, width=224),
-                dict(height=224, width=224, interpolation="smooth")]:
+    for bad in [
+        dict(height=100, width=224),
+        dict(height=0, width=224),
+        dict(height=-16, width=16),
+        dict(height=224, width=224, mode="stretch"),
+        dict(height=224.0, width=224),
+        dict(height=224, width=224, interpolation="smooth"),
+    ]:
         with pytest.raises(ValueError):
             FrameSize(**bad)
     d = PyAVDecoder()
@@ -151,8 +159,14 @@ def test_selected_times_are_the_frames_on_screen_at_the_targets(media, name):
 @pytest.mark.parametrize("name", ["h264_mp4", "h264_ts", "open_gop_mp4", "vfr_mp4", "vp9_webm"])
 def test_fast_modes_are_bit_identical_to_decoding_everything(media, name):
     path = media.path(name)
-    policies = [FpsSampling(1), FpsSampling(3.3), UniformSampling(7), TsnSampling(5, train=True, seed=3),
-                TsnSampling(9, train=True, seed=11), FrameIndexSampling([3, 3, 26, 49, 77, 1000])]
+    policies = [
+        FpsSampling(1),
+        FpsSampling(3.3),
+        UniformSampling(7),
+        TsnSampling(5, train=True, seed=3),
+        TsnSampling(9, train=True, seed=11),
+        FrameIndexSampling([3, 3, 26, 49, 77, 1000]),
+    ]
     for policy in policies:
         ref, ref_end = decode(path, policy, mode="full")
         assert ref_end.details["mode"] == "full" and ref_end.details["seeks"] == 0
@@ -177,13 +191,35 @@ def test_the_filter_skips_work(h264_mp4):
 def test_bit_identical_on_harder_h264_structures(tmp_path):
     # Interlaced (field pictures), many B-frames with open GOPs and scene cuts: the
     # cases where a wrong dependency assumption would show.
-    cases = {"interlaced.mp4": "keyint=30:bframes=2:interlaced=1:tff=1",
-             "open_sc.ts": "keyint=40:bframes=5:open-gop=1:ref=5:b-adapt=2:scenecut=60"}
+    cases = {
+        "interlaced.mp4": "keyint=30:bframes=2:interlaced=1:tff=1",
+        "open_sc.ts": "keyint=40:bframes=5:open-gop=1:ref=5:b-adapt=2:scenecut=60",
+    }
     for fname, params in cases.items():
         p = str(tmp_path / fname)
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                        "testsrc2=size=160x96:rate=30:duration=5", "-vf", "noise=alls=10:allf=t",
-                        "-c:v", "libx264", "-preset", "veryfast", "-x264-params", params, p], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=160x96:rate=30:duration=5",
+                "-vf",
+                "noise=alls=10:allf=t",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-x264-params",
+                params,
+                p,
+            ],
+            check=True,
+        )
         for policy in (FpsSampling(1.7), TsnSampling(8, train=True, seed=5)):
             ref, _ = decode(p, policy, mode="full")
             got, _ = decode(p, policy, mode="filter")
@@ -289,8 +325,24 @@ def test_display_rotation_is_applied_like_ffmpeg(rotated_mp4):
     if not shutil.which("ffmpeg"):
         pytest.skip("ffmpeg CLI not installed")
     w, h = ROTATED["size"]
-    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", rotated_mp4, "-frames:v", "1",
-                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-i",
+            rotated_mp4,
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     ref = np.frombuffer(raw, np.uint8).reshape(w, h, 3)  # FFmpeg autorotates: portrait
     frames, _ = decode(rotated_mp4, AllFrames(), size=FrameSize(w, h, mode="direct"))
     img = frames[0].image

@@ -1,5 +1,6 @@
 """The inference stage's guard on the model's outputs: a non-finite embedding or logits
 is an error event for that stream, never a result, and the stream has failed."""
+
 import json
 
 import numpy as np
@@ -34,8 +35,11 @@ def test_a_non_finite_output_fails_that_stream_only():
     # Its later segments are not run (the carried state is poisoned), even finite ones;
     # the other stream goes on in the same batch.
     out = stage.process([_seg("bad", 1), _seg("good", 1)])
-    assert isinstance(out[0], StreamEvent) and out[0].details == {"reason": "non_finite", "segment_index": 1,
-                                                                   "skipped": True}
+    assert isinstance(out[0], StreamEvent) and out[0].details == {
+        "reason": "non_finite",
+        "segment_index": 1,
+        "skipped": True,
+    }
     assert "segment 1 not analysed: the stream failed at an earlier segment" in out[0].message
     assert isinstance(out[1], SegmentResult) and out[1].segment_index == 1
 

@@ -1,4 +1,5 @@
 """Live sources: a real ffmpeg MPEG-TS server on 127.0.0.1 that we kill and restart."""
+
 import os
 import random
 import shutil
@@ -10,9 +11,9 @@ import time
 import pytest
 
 from vmstream.records import Frame, Segment, StreamEvent
-from vmstream.stages.media import FrameSize
 from vmstream.stages.decode.live import ReconnectPolicy, WallClock
 from vmstream.stages.decode.pyav import PyAVDecoder
+from vmstream.stages.media import FrameSize
 from vmstream.stages.sampling import AllFrames, FpsSampling, UniformSampling
 from vmstream.stages.segmenter import Segmenter
 from vmstream.stages.sources import source_from_job
@@ -34,12 +35,34 @@ class TsServer:
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        self.procs.append(subprocess.Popen(
-            ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi",
-             "-i", "testsrc2=size=160x96:rate=25", "-c:v", "libx264", "-preset", "ultrafast",
-             "-tune", "zerolatency", "-g", "25", "-f", "mpegts",
-             f"tcp://127.0.0.1:{self.port}?listen=1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    "ffmpeg",
+                    "-nostdin",
+                    "-loglevel",
+                    "error",
+                    "-re",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "testsrc2=size=160x96:rate=25",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-tune",
+                    "zerolatency",
+                    "-g",
+                    "25",
+                    "-f",
+                    "mpegts",
+                    f"tcp://127.0.0.1:{self.port}?listen=1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
 
     def kill(self) -> None:
         for p in self.procs:
@@ -65,9 +88,13 @@ def wait_for(cond, timeout: float, what: str) -> None:
 
 def test_reconnects_after_the_feed_drops_and_reports_the_gap(ts_server):
     ts_server.start()
-    src = source_from_job({"stream_id": "cam-test", "uri": f"tcp://127.0.0.1:{ts_server.port}",
-                           "options": {"reconnect": {"initial": 0.2, "max_delay": 0.5, "give_up_after": 20},
-                                       "timeout": 3}})
+    src = source_from_job(
+        {
+            "stream_id": "cam-test",
+            "uri": f"tcp://127.0.0.1:{ts_server.port}",
+            "options": {"reconnect": {"initial": 0.2, "max_delay": 0.5, "give_up_after": 20}, "timeout": 3},
+        }
+    )
     assert src.live
     stop = threading.Event()
     items: list = []
@@ -109,9 +136,13 @@ def test_reconnects_after_the_feed_drops_and_reports_the_gap(ts_server):
 
 
 def test_gives_up_when_the_feed_never_comes_back():
-    src = source_from_job({"stream_id": "dead", "uri": f"tcp://127.0.0.1:{free_port()}",
-                           "options": {"reconnect": {"initial": 0.05, "max_delay": 0.1, "max_tries": 3},
-                                       "timeout": 1}})
+    src = source_from_job(
+        {
+            "stream_id": "dead",
+            "uri": f"tcp://127.0.0.1:{free_port()}",
+            "options": {"reconnect": {"initial": 0.05, "max_delay": 0.1, "max_tries": 3}, "timeout": 1},
+        }
+    )
     t0 = time.monotonic()
     items = list(PyAVDecoder().frames(src, AllFrames(), FrameSize(32, 32)))
     assert time.monotonic() - t0 < 10
@@ -132,8 +163,15 @@ def test_backoff_is_exponential_bounded_and_validated():
     assert [next(d) for _ in range(6)] == [0.5, 1, 2, 4, 4, 4]
     j = ReconnectPolicy(initial=1, max_delay=1, jitter=0.1).delays(random.Random(1))
     assert all(0.9 <= next(j) <= 1.1 for _ in range(50))
-    for bad in (dict(initial=0), dict(initial=2, max_delay=1), dict(factor=0.5), dict(jitter=1),
-                dict(max_tries=-1), dict(give_up_after=0), dict(initial="1")):
+    for bad in (
+        dict(initial=0),
+        dict(initial=2, max_delay=1),
+        dict(factor=0.5),
+        dict(jitter=1),
+        dict(max_tries=-1),
+        dict(give_up_after=0),
+        dict(initial="1"),
+    ):
         with pytest.raises(ValueError):
             ReconnectPolicy(**bad)
 
@@ -166,8 +204,13 @@ def test_a_pipe_source_ends_when_the_pipe_closes(h264_ts):
     import sys
 
     with open(h264_ts, "rb") as f:
-        r = subprocess.run([sys.executable, "-c", code], stdin=f, capture_output=True, timeout=60,
-                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            stdin=f,
+            capture_output=True,
+            timeout=60,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        )
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     n, reason = r.stdout.decode().split()
     assert int(n) == 100 and reason == "eof"

@@ -1,6 +1,7 @@
 """A source with a length is never a live feed: an HLS playlist with #EXT-X-ENDLIST
 over http, or a local file sent with "live": true, was replayed forever with
 wall-clock times (146 segments of a 4 s video in 150 s), holding a worker slot."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,8 +17,7 @@ from vmstream.stages.media import FrameSize, Source
 from vmstream.stages.sampling import FpsSampling
 from vmstream.stages.sources import source_from_job, source_from_uri
 
-pytestmark = [pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs the ffmpeg CLI"),
-              pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs the ffmpeg CLI"), pytest.mark.timeout(120)]
 
 
 def read_bounded(src: Source, limit_s: float = 60.0) -> tuple[list, bool]:
@@ -49,8 +49,10 @@ def check_read_once(items: list, seconds: float) -> None:
 def test_a_finished_hls_playlist_over_http_is_read_once(http_servers, h264_ts):
     srv = http_servers("127.0.0.1")
     srv.files["/seg0.ts"] = open(h264_ts, "rb").read()
-    srv.files["/list.m3u8"] = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n"
-                               b"#EXTINF:4.0,\nseg0.ts\n#EXT-X-ENDLIST\n")
+    srv.files["/list.m3u8"] = (
+        b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        b"#EXTINF:4.0,\nseg0.ts\n#EXT-X-ENDLIST\n"
+    )
     src = source_from_uri(srv.url("/list.m3u8"))
     assert src.live  # a playlist URL could be a feed: the decoder finds out when it opens it
     t0 = time.monotonic()

@@ -1,4 +1,5 @@
 """Sampling policies: pure functions from stream info to target times."""
+
 import itertools
 import math
 
@@ -21,9 +22,18 @@ from vmstream.stages.sampling import (
 
 
 def info(n=300, fps=30.0, start=0.0, uri="v.mp4", **kw):
-    return StreamInfo(uri=uri, width=64, height=48, codec="h264", fps=fps,
-                      duration=None if n is None or fps is None else n / fps,
-                      frame_count=n, frame_count_exact=n is not None, start_time=start, **kw)
+    return StreamInfo(
+        uri=uri,
+        width=64,
+        height=48,
+        codec="h264",
+        fps=fps,
+        duration=None if n is None or fps is None else n / fps,
+        frame_count=n,
+        frame_count_exact=n is not None,
+        start_time=start,
+        **kw,
+    )
 
 
 def test_frames_for_targets_is_the_frame_on_screen():
@@ -145,11 +155,17 @@ def test_config_and_cli_sampling_names_are_the_factorys():
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    (cli_choices,) = [a.choices for a in parser._subparsers._group_actions[0].choices["run"]._actions
-                      if a.dest == "sampling"]
+    (cli_choices,) = [
+        a.choices for a in parser._subparsers._group_actions[0].choices["run"]._actions if a.dest == "sampling"
+    ]
     assert tuple(cli_choices) == SAMPLING_KINDS
-    want = {"fps": FpsSampling(2.0), "uniform": UniformSampling(6), "tsn": TsnSampling(6),
-            "keyframes": AllFrames(keyframes_only=True), "all": AllFrames()}
+    want = {
+        "fps": FpsSampling(2.0),
+        "uniform": UniformSampling(6),
+        "tsn": TsnSampling(6),
+        "keyframes": AllFrames(keyframes_only=True),
+        "all": AllFrames(),
+    }
     assert set(want) == set(SAMPLING_KINDS)
     for kind, policy in want.items():
         cfg = load_config(sets=[f"decode.sampling={kind}", "decode.fps=2", "decode.uniform_frames=6"])

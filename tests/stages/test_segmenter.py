@@ -1,4 +1,5 @@
 """Segmenter: frames into normalised [3, T, H, W] segments; events pass through."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,8 @@ import torch
 
 from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 from vmstream.records import Frame, Segment, StreamEvent
-from vmstream.stages.media import AudioChunk, AudioFormat, AudioTrack, FrameSize
 from vmstream.stages.decode.pyav import PyAVDecoder
+from vmstream.stages.media import AudioChunk, AudioFormat, AudioTrack, FrameSize
 from vmstream.stages.sampling import FpsSampling
 from vmstream.stages.segmenter import (
     Segmenter,
@@ -94,7 +95,11 @@ def test_events_pass_through_and_streams_interleave():
     a, b = frames(6, sid="a"), frames(3, sid="b", t0=100.0)
     err = StreamEvent("a", "error", message="hiccup")
     items = [a[0], b[0], a[1], b[1], a[2], err, b[2], a[3], end("b"), a[4], a[5], end("a")]
-    out = list(Segmenter(2, ).segments(items, first_index=7))
+    out = list(
+        Segmenter(
+            2,
+        ).segments(items, first_index=7)
+    )
     sa = [o for o in out if isinstance(o, Segment) and o.stream_id == "a"]
     sb = [o for o in out if isinstance(o, Segment) and o.stream_id == "b"]
     assert [s.index for s in sa] == [7, 8, 9] and [s.is_last for s in sa] == [False, False, True]

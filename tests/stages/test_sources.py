@@ -1,10 +1,11 @@
 """Sources: files, directories, globs, URLs and job dicts become Sources."""
+
 import os
 
 import pytest
 
-from vmstream.stages.media import InputNotFoundError, NotAVideoError, NoVideoTrackError
 from vmstream.stages.decode.pyav import PyAVDecoder
+from vmstream.stages.media import InputNotFoundError, NotAVideoError, NoVideoTrackError
 from vmstream.stages.sources import (
     Source,
     SourceSpecError,
@@ -66,8 +67,16 @@ def test_duplicate_inputs_are_refused(h264_mp4):
 
 
 def test_urls_are_live_unless_they_name_a_file():
-    for u in ("rtsp://cam/1", "rtmp://x/live", "srt://1.2.3.4:9000", "tcp://127.0.0.1:5000",
-              "udp://239.0.0.1:1234", "pipe:0", "http://cam.local/mjpeg", "https://x/live.m3u8"):
+    for u in (
+        "rtsp://cam/1",
+        "rtmp://x/live",
+        "srt://1.2.3.4:9000",
+        "tcp://127.0.0.1:5000",
+        "udp://239.0.0.1:1234",
+        "pipe:0",
+        "http://cam.local/mjpeg",
+        "https://x/live.m3u8",
+    ):
         assert is_live_uri(u), u
     for u in ("https://example.com/archive/clip.mp4", "/data/a.ts", "C://video.mp4", "file:///a.mkv"):
         assert not is_live_uri(u), u
@@ -78,23 +87,33 @@ def test_urls_are_live_unless_they_name_a_file():
 
 
 def test_job_dicts_are_validated_with_the_field_named():
-    s = source_from_job({"stream_id": "cam-7", "uri": "tcp://127.0.0.1:9000",
-                         "options": {"reconnect": {"initial": 0.1, "max_tries": 3},
-                                     "ffmpeg": {"rtsp_transport": "tcp"}, "timeout": 2}})
+    s = source_from_job(
+        {
+            "stream_id": "cam-7",
+            "uri": "tcp://127.0.0.1:9000",
+            "options": {
+                "reconnect": {"initial": 0.1, "max_tries": 3},
+                "ffmpeg": {"rtsp_transport": "tcp"},
+                "timeout": 2,
+            },
+        }
+    )
     assert s == Source("cam-7", "tcp://127.0.0.1:9000", live=True)
     assert s.options["reconnect"]["max_tries"] == 3
     assert source_from_job({"uri": "https://h/v.mp4", "live": True}).live
-    bad = [({"stream_id": "x"}, "uri"),
-           ({"uri": ""}, "uri"),
-           ({"uri": "a.mp4", "stream_id": 5}, "stream_id"),
-           ({"uri": "a.mp4", "live": "yes"}, "live"),
-           ({"uri": "a.mp4", "options": []}, "options"),
-           ({"uri": "a.mp4", "options": {"ffmpeg": "fast"}}, "ffmpeg"),
-           ({"uri": "a.mp4", "options": {"reconnect": {"initial": -1}}}, "reconnect.initial"),
-           ({"uri": "a.mp4", "options": {"reconnect": {"initial": 5, "max_delay": 1}}}, "max_delay"),
-           ({"uri": "a.mp4", "options": {"timeout": 0}}, "timeout"),
-           ({"uri": "a.mp4", "priority": 3}, "unknown field"),
-           ("a.mp4", "must be a dict")]
+    bad = [
+        ({"stream_id": "x"}, "uri"),
+        ({"uri": ""}, "uri"),
+        ({"uri": "a.mp4", "stream_id": 5}, "stream_id"),
+        ({"uri": "a.mp4", "live": "yes"}, "live"),
+        ({"uri": "a.mp4", "options": []}, "options"),
+        ({"uri": "a.mp4", "options": {"ffmpeg": "fast"}}, "ffmpeg"),
+        ({"uri": "a.mp4", "options": {"reconnect": {"initial": -1}}}, "reconnect.initial"),
+        ({"uri": "a.mp4", "options": {"reconnect": {"initial": 5, "max_delay": 1}}}, "max_delay"),
+        ({"uri": "a.mp4", "options": {"timeout": 0}}, "timeout"),
+        ({"uri": "a.mp4", "priority": 3}, "unknown field"),
+        ("a.mp4", "must be a dict"),
+    ]
     for job, words in bad:
         with pytest.raises(SourceSpecError, match=words):
             source_from_job(job)

@@ -2,6 +2,7 @@
 part, each part recorded in its table's _parts.json; a flipped bit, a deleted part or a
 foreign part is found by `store verify` (one line), stops the next `run` (one line, no
 pyarrow traceback), and `store repair` moves it aside and never rebuilds from it."""
+
 from __future__ import annotations
 
 import json
@@ -119,8 +120,19 @@ def test_a_deleted_or_foreign_part_is_found(tmp_path, capsys, how):
 
 def test_a_damaged_part_stops_the_next_run_with_one_line(tmp_path, tiny_ckpt, h264_mp4, capsys):
     out = tmp_path / "out"
-    run = ["run", h264_mp4, "--checkpoint", tiny_ckpt, "--out", str(out), "--fps", "4",
-           "--set", "decode.img_size=32", "--no-progress"]
+    run = [
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        tiny_ckpt,
+        "--out",
+        str(out),
+        "--fps",
+        "4",
+        "--set",
+        "decode.img_size=32",
+        "--no-progress",
+    ]
     assert main(run) == 0
     part = _parts(out / "segments")[0]
     _flip_bit(part, 0.5)

@@ -1,5 +1,6 @@
 """The store's behaviour through its one interface (`open_store`), on both backends:
 FAISS (embedded files) and Milvus (milvus-lite: the real engine, embedded)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,19 @@ BACKENDS = ["faiss", "milvus"]
 
 
 def seg(sid: str, i: int, v, model: str = "m", **kw) -> SegmentResult:
-    return SegmentResult(stream_id=sid, segment_index=i, t_start=float(i), t_end=i + 1.0, labels=["a", "b"],
-                         scores=[0.75, 0.25], label_ids=[1, 2], embedding=np.asarray(v, np.float32),
-                         uri=f"/v/{sid}.mp4", model=model, **kw)
+    return SegmentResult(
+        stream_id=sid,
+        segment_index=i,
+        t_start=float(i),
+        t_end=i + 1.0,
+        labels=["a", "b"],
+        scores=[0.75, 0.25],
+        label_ids=[1, 2],
+        embedding=np.asarray(v, np.float32),
+        uri=f"/v/{sid}.mp4",
+        model=model,
+        **kw,
+    )
 
 
 def vecs(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -30,8 +41,13 @@ def make(request, tmp_path):
     opened = []
 
     def open_(readonly: bool = False, **options):
-        s = open_store(tmp_path / "index", backend=None if readonly else request.param,
-                       uri=str(tmp_path / "store.db"), readonly=readonly, **options)
+        s = open_store(
+            tmp_path / "index",
+            backend=None if readonly else request.param,
+            uri=str(tmp_path / "store.db"),
+            readonly=readonly,
+            **options,
+        )
         opened.append(s)
         return s
 
@@ -46,7 +62,7 @@ def test_writes_are_idempotent_upserts_by_stream_and_segment(make):
     v = vecs(5)
     s.add_results([seg("a", i, v[i]) for i in range(5)])
     s.add_results([seg("a", i, v[i]) for i in range(5)])  # a re-delivery: the same ids
-    s.add_results([seg("a", 4, v[0])])                    # a changed segment: replaced
+    s.add_results([seg("a", 4, v[0])])  # a changed segment: replaced
     s.commit()
     assert len(s) == 5
     uids, got = s.live_vectors()
@@ -66,8 +82,9 @@ def test_search_scores_and_hits_agree_with_cosine(make):
     unit = v / np.linalg.norm(v, axis=1, keepdims=True)
     want = np.argsort(-(unit @ (q / np.linalg.norm(q))))[:5]
     assert [h.segment_index for h in hits] == want.tolist()
-    np.testing.assert_allclose([h.score for h in hits], np.sort(-(unit @ (q / np.linalg.norm(q))))[:5] * -1,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        [h.score for h in hits], np.sort(-(unit @ (q / np.linalg.norm(q))))[:5] * -1, rtol=1e-4, atol=1e-5
+    )
     h = hits[0]
     assert (h.stream_id, h.t_start, h.t_end, h.uri, h.labels) == ("s1", 3.0, 4.0, "/v/s1.mp4", ("a", "b"))
     assert h.label_scores == pytest.approx((0.75, 0.25))
@@ -162,11 +179,34 @@ def test_run_on_milvus_gives_the_store_run_on_faiss_gives(tmp_path, tiny_ckpt, c
     from vmstream.cli import main
 
     video = make_video(str(tmp_path / "cam.mp4"), fps=10, seconds=4, gop=20, size=(64, 48))
-    common = ["--checkpoint", tiny_ckpt, "--fps", "4", "--no-progress", "--set", "decode.img_size=32",
-              "--set", "output.console=false"]
+    common = [
+        "--checkpoint",
+        tiny_ckpt,
+        "--fps",
+        "4",
+        "--no-progress",
+        "--set",
+        "decode.img_size=32",
+        "--set",
+        "output.console=false",
+    ]
     assert main(["run", video, "--out", str(tmp_path / "f"), *common]) == 0
-    assert main(["run", video, "--out", str(tmp_path / "m"), *common, "--set", "output.store.backend=milvus",
-                 "--set", f"output.store.uri={tmp_path / 'run.db'}"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                video,
+                "--out",
+                str(tmp_path / "m"),
+                *common,
+                "--set",
+                "output.store.backend=milvus",
+                "--set",
+                f"output.store.uri={tmp_path / 'run.db'}",
+            ]
+        )
+        == 0
+    )
     views = []
     for d in ("f", "m"):
         with open_store(tmp_path / d / "index", readonly=True) as s:

@@ -1,10 +1,10 @@
 """The consumer record an indexer commits with its changes (CURRENT's `consumer` field)."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from vmstream.store import VideoStore
-from vmstream.store import files
+from vmstream.store import VideoStore, files
 
 
 def _vecs(n, d=8, seed=0):

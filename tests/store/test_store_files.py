@@ -1,5 +1,6 @@
 """The store checks its own files: damage found on open and named, never written over;
 verify and repair from the command line; compaction on close and past a bound."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def flip(path: Path, offset: int = 200, n: int = 200) -> None:
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
 
 
 def gen_dir(path: Path) -> Path:
@@ -64,8 +66,11 @@ def test_a_damaged_file_is_named_and_no_writer_appends_to_it(logged_store, which
     flip(target)
     before = snapshot(logged_store)
     name = target.name
-    for opener in (lambda: VideoStore(logged_store, readonly=True), lambda: VideoStore(logged_store),
-                   lambda: FaissSink(logged_store)):
+    for opener in (
+        lambda: VideoStore(logged_store, readonly=True),
+        lambda: VideoStore(logged_store),
+        lambda: FaissSink(logged_store),
+    ):
         with pytest.raises(StoreCorruptError, match=rf"{name}: damaged.*vmstream store repair"):
             opener()
     assert snapshot(logged_store) == before  # nothing written, nothing cleaned up
@@ -75,7 +80,9 @@ def test_a_damaged_file_is_named_and_no_writer_appends_to_it(logged_store, which
 def test_a_deleted_log_file_is_an_error_not_a_smaller_store(logged_store, seq):
     (logged_store / f"wal-000001-00000{seq}.arrow").unlink()
     for readonly in (True, False):
-        with pytest.raises(StoreCorruptError, match=rf"wal-000001-00000{seq}.arrow: missing \(CURRENT records 3 log files"):
+        with pytest.raises(
+            StoreCorruptError, match=rf"wal-000001-00000{seq}.arrow: missing \(CURRENT records 3 log files"
+        ):
             VideoStore(logged_store, readonly=readonly)
 
 
@@ -162,8 +169,10 @@ def _run_like(out: Path, n: int = 60) -> list:
 
 def _hits(path: Path, queries: np.ndarray) -> list:
     store = VideoStore(path, readonly=True)
-    return [[(h.uid, round(h.score, 5), h.stream_id, h.segment_index, h.t_start, h.labels) for h in hs]
-            for hs in store.search(queries, k=8)]
+    return [
+        [(h.uid, round(h.score, 5), h.stream_id, h.segment_index, h.t_start, h.labels) for h in hs]
+        for hs in store.search(queries, k=8)
+    ]
 
 
 def test_repair_rebuilds_what_an_undamaged_store_holds(tmp_path, capsys):
@@ -228,8 +237,19 @@ def test_a_run_into_a_damaged_store_fails_and_repair_brings_search_back(tmp_path
     """The issue's journey: run, damage the index, run again (it must fail, naming the
     file and the repair, and not append), repair, search."""
     out = tmp_path / "out"
-    run = ["run", h264_mp4, "--checkpoint", tiny_ckpt, "--out", str(out), "--fps", "4",
-           "--set", "decode.img_size=32", "--no-progress"]
+    run = [
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        tiny_ckpt,
+        "--out",
+        str(out),
+        "--fps",
+        "4",
+        "--set",
+        "decode.img_size=32",
+        "--no-progress",
+    ]
     assert main(run) == 0
     index = out / "index"
     assert [p.name for p in index.iterdir() if p.name.startswith(("gen-", "wal-"))] == [gen_dir(index).name]

@@ -1,4 +1,5 @@
 """FAISS video store: index kinds held to exact search, upsert, id map, atomic save."""
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,12 @@ def test_flat_store_matches_exact_search_and_returns_segment_metadata(tmp_path):
         r = results[47]
         top = store.search(r.embedding, k=1)[0]
         assert isinstance(top, SearchHit) and top.uid == r.uid == segment_uid(r.stream_id, r.segment_index)
-        assert (top.stream_id, top.segment_index, top.t_start, top.t_end) == (r.stream_id, r.segment_index, r.t_start, r.t_end)
+        assert (top.stream_id, top.segment_index, top.t_start, top.t_end) == (
+            r.stream_id,
+            r.segment_index,
+            r.t_start,
+            r.t_end,
+        )
         assert top.label == r.labels[0] and top.uri == r.uri and top.score == pytest.approx(1.0, abs=1e-5)
 
 
@@ -75,8 +81,12 @@ def test_every_kind_upserts_and_survives_reload(tmp_path, kind):
     n = 3000
     x = clustered(n)
     uids = np.arange(n, dtype=np.int64) * 1000 + 7
-    meta = {"stream_id": [f"s{i % 3}" for i in range(n)], "segment_index": list(range(n)),
-            "t_start": [float(i) for i in range(n)], "t_end": [float(i + 1) for i in range(n)]}
+    meta = {
+        "stream_id": [f"s{i % 3}" for i in range(n)],
+        "segment_index": list(range(n)),
+        "t_start": [float(i) for i in range(n)],
+        "t_end": [float(i + 1) for i in range(n)],
+    }
     store = VideoStore(tmp_path / kind, kind=kind, train_at=2000)
     store.add(uids[:1500], x[:1500], {k: v[:1500] for k, v in meta.items()})
     store.add(uids[1500:], x[1500:], {k: v[1500:] for k, v in meta.items()})
@@ -84,8 +94,11 @@ def test_every_kind_upserts_and_survives_reload(tmp_path, kind):
 
     # Re-produce 200 segments with new vectors (a resumed run): same ids, replaced.
     y = clustered(200, seed=9)
-    store.add(uids[:200], y, {"stream_id": ["s0"] * 200, "segment_index": list(range(200)),
-                              "t_start": [0.5] * 200, "t_end": [1.5] * 200})
+    store.add(
+        uids[:200],
+        y,
+        {"stream_id": ["s0"] * 200, "segment_index": list(range(200)), "t_start": [0.5] * 200, "t_end": [1.5] * 200},
+    )
     assert len(store) == n
     got = store.search(y[:20], k=3)
     lossy = kind == "ivfpq"  # 8-byte PQ codes of 32-dim vectors: neighbours blur
@@ -94,7 +107,7 @@ def test_every_kind_upserts_and_survives_reload(tmp_path, kind):
     for i in range(20):  # the stored vector is the new one (decoded codes for IVF kinds)
         v = store.vector(int(uids[i]))
         assert v @ y[i] > (0.5 if lossy else 0.95) and v @ y[i] > v @ x[i] + 0.3
-    assert all(len({h.uid for h in hs}) == len(hs) for hs in got)        # no duplicates
+    assert all(len({h.uid for h in hs}) == len(hs) for hs in got)  # no duplicates
     assert store.get(int(uids[5]))["t_start"] == 0.5
     store.close()
 
@@ -159,7 +172,9 @@ def test_search_by_id_time_and_query_video(tmp_path):
     scene = rng.standard_normal(D).astype(np.float32)
     for j in range(5):  # consecutive segments of one scene are alike, as in real video
         by_key[("cam0", 20 + j)].embedding = scene + 0.5 * rng.standard_normal(D).astype(np.float32)
-        by_key[("cam1", 10 + j)].embedding = by_key[("cam0", 20 + j)].embedding + 0.05 * rng.standard_normal(D).astype(np.float32)
+        by_key[("cam1", 10 + j)].embedding = by_key[("cam0", 20 + j)].embedding + 0.05 * rng.standard_normal(D).astype(
+            np.float32
+        )
     store = VideoStore(tmp_path / "s")
     store.add_results(results)
 
@@ -268,8 +283,7 @@ SAVER = textwrap.dedent(
 @pytest.mark.parametrize("kind", ["auto", "hnsw"])
 def test_sigkill_during_saves_leaves_a_consistent_store(tmp_path, kind):
     path = tmp_path / "k"
-    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), kind], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), kind], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         seen = 0
         deadline = time.monotonic() + 60
@@ -299,15 +313,15 @@ def test_faiss_sink_batches_saves_on_flush_and_upserts_a_resumed_run(tmp_path):
     sink = FaissSink(path, batch_size=16)
     for i in range(20):
         sink.write(make_result("cam0", i, dim=D))
-    sink.write(make_event("cam0"))      # no embedding: ignored here
+    sink.write(make_event("cam0"))  # no embedding: ignored here
     sink.write(make_summary("cam0", 20))
-    assert len(sink.store) == 16          # one batch in, four buffered
+    assert len(sink.store) == 16  # one batch in, four buffered
     assert not (path / "CURRENT").exists()
     sink.flush()
     assert len(VideoStore(path, readonly=True)) == 20
     sink.close()
 
-    with FaissSink(path) as sink:        # resumed from segment 15: same uids
+    with FaissSink(path) as sink:  # resumed from segment 15: same uids
         for i in range(15, 25):
             sink.write(make_result("cam0", i, dim=D, seed=1))
     store = VideoStore(path, readonly=True)
@@ -467,7 +481,9 @@ def test_commit_logs_changes_and_readers_replay_them(tmp_path):
         assert repr(reader.get(u)) == repr(writer.get(u))  # repr: nan == nan
     assert reader.get(1295) is None and reader.get(1010)["stream_id"] == "cam9"
     q = clustered(5, seed=4)
-    assert [[h.uid for h in hs] for hs in reader.search(q, k=5)] == [[h.uid for h in hs] for hs in writer.search(q, k=5)]
+    assert [[h.uid for h in hs] for hs in reader.search(q, k=5)] == [
+        [h.uid for h in hs] for hs in writer.search(q, k=5)
+    ]
 
     for i in range(3):  # the log reaches wal_max_files: the next commit rolls a generation
         writer.add([5000 + i], x[350 + i : 351 + i])

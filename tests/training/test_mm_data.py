@@ -1,6 +1,7 @@
 """Multimodal data: the official JSON formats (image and video corpora, caption lists, bad
 entries), images as one-frame videos, videos from real files, the official caption
 cleaning and frame sampling, the mixed image/video order."""
+
 import json
 import random
 
@@ -22,8 +23,9 @@ def _write(path, data):
 
 
 def test_official_corpus_forms():
-    got = parse_corpora([["a.json", "imgs"], ["b.json", "vids", "video"], {"anno": "c.json", "root": "r",
-                                                                          "media": "video"}])
+    got = parse_corpora(
+        [["a.json", "imgs"], ["b.json", "vids", "video"], {"anno": "c.json", "root": "r", "media": "video"}]
+    )
     assert got == [Corpus("a.json", "imgs", "image"), Corpus("b.json", "vids", "video"), Corpus("c.json", "r", "video")]
     assert parse_corpora(["a.json", "imgs"]) == [Corpus("a.json", "imgs", "image")]  # one corpus, unwrapped
     with pytest.raises(ConfigError, match=r"train_file\[0\].*'video'"):
@@ -33,8 +35,10 @@ def test_official_corpus_forms():
 
 
 def test_image_and_video_json_with_caption_strings_and_lists(tmp_path):
-    img = _write(tmp_path / "cc3m.json", [{"image": "a/1.jpg", "caption": "A dog."},
-                                          {"image": "2.jpg", "caption": ["one", "two"]}])
+    img = _write(
+        tmp_path / "cc3m.json",
+        [{"image": "a/1.jpg", "caption": "A dog."}, {"image": "2.jpg", "caption": ["one", "two"]}],
+    )
     vid = _write(tmp_path / "webvid.json", [{"video": "v/1.mp4", "caption": "a man cooking"}])
     a = load_anno(Corpus(img, "/data/cc3m", "image"))
     assert [e.path for e in a] == ["/data/cc3m/a/1.jpg", "/data/cc3m/2.jpg"]
@@ -43,15 +47,18 @@ def test_image_and_video_json_with_caption_strings_and_lists(tmp_path):
     assert v[0].path == "/data/webvid/v/1.mp4"
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"image": "x.jpg"}, "entry 1: no 'caption' field"),
-    ({"video": "x.mp4", "caption": "c"}, "entry 1: no 'image' field (it has 'video'"),
-    ({"image": "x.jpg", "caption": 3}, "entry 1: 'caption' must be a string or a non-empty list"),
-    ({"image": "x.jpg", "caption": []}, "entry 1: 'caption' must be"),
-    ({"image": "x.jpg", "caption": "?!"}, "entry 1: the caption is empty after cleaning"),
-    ({"image": "", "caption": "c"}, "entry 1: 'image' must be a non-empty path"),
-    ("x.jpg", "entry 1: expected an object"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"image": "x.jpg"}, "entry 1: no 'caption' field"),
+        ({"video": "x.mp4", "caption": "c"}, "entry 1: no 'image' field (it has 'video'"),
+        ({"image": "x.jpg", "caption": 3}, "entry 1: 'caption' must be a string or a non-empty list"),
+        ({"image": "x.jpg", "caption": []}, "entry 1: 'caption' must be"),
+        ({"image": "x.jpg", "caption": "?!"}, "entry 1: the caption is empty after cleaning"),
+        ({"image": "", "caption": "c"}, "entry 1: 'image' must be a non-empty path"),
+        ("x.jpg", "entry 1: expected an object"),
+    ],
+)
 def test_a_bad_entry_is_a_one_line_error_naming_file_and_entry(tmp_path, entry, message):
     path = _write(tmp_path / "bad.json", [{"image": "ok.jpg", "caption": "fine"}, entry])
     with pytest.raises(ValueError) as e:
@@ -134,8 +141,10 @@ def test_mixed_loader_yields_one_media_type_a_batch():
     def items(media, n, frames):
         return [{"x": torch.zeros(3, frames, 4, 4), "caption": "c", "idx": i, "media": media} for i in range(n)]
 
-    loaders = {"image": DataLoader(items("image", 6, 1), batch_size=2, collate_fn=collate_pairs),
-               "video": DataLoader(items("video", 4, 2), batch_size=2, collate_fn=collate_pairs)}
+    loaders = {
+        "image": DataLoader(items("image", 6, 1), batch_size=2, collate_fn=collate_pairs),
+        "video": DataLoader(items("video", 4, 2), batch_size=2, collate_fn=collate_pairs),
+    }
     mixed = MixedLoader(loaders, seed=0)
     batches = list(mixed)
     assert len(mixed) == len(batches) == 5

@@ -1,6 +1,7 @@
 """The multimodal losses on hand-checkable cases: VTC on a known similarity matrix, VTM's
 negatives (never a positive, drawn by the weights), MLM's masking rules and statistics,
 UTA's values; the temperature clamp."""
+
 import math
 
 import pytest
@@ -9,8 +10,18 @@ import torch.nn.functional as F
 
 from tests.fixtures.videotext import TINY_TEXT
 from vmstream.models.bert import BertConfig, BertModel
-from vmstream.training.mm_losses import (SpecialTokens, clamp_temp_, draw_negatives, get_sim, mask_tokens, mlm_loss,
-                                         negative_weights, uta_loss, vtc_loss, vtm_loss)
+from vmstream.training.mm_losses import (
+    SpecialTokens,
+    clamp_temp_,
+    draw_negatives,
+    get_sim,
+    mask_tokens,
+    mlm_loss,
+    negative_weights,
+    uta_loss,
+    vtc_loss,
+    vtm_loss,
+)
 
 SPECIAL = SpecialTokens(pad=0, cls=2, sep=3, mask=4, vocab_size=60)
 
@@ -25,8 +36,9 @@ def test_vtc_on_a_known_similarity_matrix():
     got = vtc_loss(v, t, torch.tensor([0, 1]), temp, all_gather=False)
     assert math.isclose(float(got), float((want_v2t + want_t2v) / 2), rel_tol=1e-6)
     # by hand, row 0 of v2t: -log(e^2 / (e^2 + e^1.2))
-    assert math.isclose(float(-torch.log_softmax(sim, 1)[0, 0]), -math.log(math.e ** 2 / (math.e ** 2 + math.e ** 1.2)),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        float(-torch.log_softmax(sim, 1)[0, 0]), -math.log(math.e**2 / (math.e**2 + math.e**1.2)), rel_tol=1e-6
+    )
 
 
 def test_vtc_pairs_of_one_entry_share_the_target():

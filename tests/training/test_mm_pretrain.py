@@ -2,6 +2,7 @@
 (the second without teacher, at its own lr), resume equal to the uninterrupted run, the
 official schedule, the Table II recipes, `vmstream train` on real files (and torchrun),
 the synthetic recipe from the command line."""
+
 import json
 import os
 import subprocess
@@ -25,10 +26,18 @@ from vmstream.training.synthetic_multimodal import SyntheticPairs, write_vocab
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTH = os.path.join(REPO, "configs", "pretrain", "synthetic_multimodal.yaml")
 MM_DIR = os.path.join(REPO, "configs", "pretrain", "multimodal")
-VISION = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_frames=4, clip_output_dim=16,
-              ssm_cfg={"d_state": 8})
-TEXT = dict(vocab_size=16, hidden_size=24, num_layers=3, num_heads=2, intermediate_size=40,
-            max_position_embeddings=16, fusion_layer=2)
+VISION = dict(
+    img_size=32, patch_size=8, depth=2, embed_dim=32, num_frames=4, clip_output_dim=16, ssm_cfg={"d_state": 8}
+)
+TEXT = dict(
+    vocab_size=16,
+    hidden_size=24,
+    num_layers=3,
+    num_heads=2,
+    intermediate_size=40,
+    max_position_embeddings=16,
+    fusion_layer=2,
+)
 SPECIAL = SpecialTokens(pad=0, cls=2, sep=3, mask=4, vocab_size=16)  # write_vocab's 16 tokens
 
 
@@ -50,11 +59,21 @@ def _mask(B, n, visible, seed):
 def test_the_pretraining_model_has_the_official_keys():
     m = _model()
     names = official_names(depth=2, num_layers=3, fusion_layer=2)
-    official = [("text_encoder.bert." + n[len("text_encoder."):]) if n.startswith("text_encoder.") else n
-                for n in names]
-    official += ["text_encoder.cls.predictions." + k for k in
-                 ("bias", "transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight",
-                  "transform.LayerNorm.bias", "decoder.weight", "decoder.bias")]
+    official = [
+        ("text_encoder.bert." + n[len("text_encoder.") :]) if n.startswith("text_encoder.") else n for n in names
+    ]
+    official += [
+        "text_encoder.cls.predictions." + k
+        for k in (
+            "bias",
+            "transform.dense.weight",
+            "transform.dense.bias",
+            "transform.LayerNorm.weight",
+            "transform.LayerNorm.bias",
+            "decoder.weight",
+            "decoder.bias",
+        )
+    ]
     assert sorted(official_pretrain_keys(m.state_dict())) == sorted(official)
 
 
@@ -65,11 +84,17 @@ def test_an_official_layout_checkpoint_loads_key_for_key(tmp_path):
     sd["text_encoder.bert.embeddings.position_ids"] = torch.arange(16)[None]
     path = tmp_path / "official.pth"
     torch.save({"model": sd, "epoch": 9}, path)
-    cfg = load_recipe(SYNTH, [f"finetune={path}", f"multimodal.vocab={write_vocab(str(tmp_path / 'v.txt'))}",
-                              "model_args={embed_dim: 32, depth: 2, patch_size: 8, ssm_cfg: {d_state: 8}}",
-                              "multimodal.text_args={hidden_size: 24, num_layers: 3, num_heads: 2, "
-                              "intermediate_size: 40, max_position_embeddings: 16, fusion_layer: 2}",
-                              "multimodal.embed_dim=16"])
+    cfg = load_recipe(
+        SYNTH,
+        [
+            f"finetune={path}",
+            f"multimodal.vocab={write_vocab(str(tmp_path / 'v.txt'))}",
+            "model_args={embed_dim: 32, depth: 2, patch_size: 8, ssm_cfg: {d_state: 8}}",
+            "multimodal.text_args={hidden_size: 24, num_layers: 3, num_heads: 2, "
+            "intermediate_size: 40, max_position_embeddings: 16, fusion_layer: 2}",
+            "multimodal.embed_dim=16",
+        ],
+    )
     from vmstream.models.tokenizer import BertTokenizer
 
     dst = build_mm_model(cfg, BertTokenizer(cfg.multimodal.vocab))
@@ -83,8 +108,16 @@ def test_masked_forward_is_the_official_student():
     (same weights), and an image skips the temporal positions and uses the image table."""
     m = _model().eval()
     enc = m.vision_encoder
-    kw = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, clip_decoder_embed_dim=32, clip_output_dim=16,
-              ssm_cfg={"d_state": 8}, clip_norm_type="l2")
+    kw = dict(
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        clip_decoder_embed_dim=32,
+        clip_output_dim=16,
+        ssm_cfg={"d_state": 8},
+        clip_norm_type="l2",
+    )
     sd = {k: v for k, v in enc.state_dict().items() if not k.startswith("pool_norm")}
     student = VideoMambaPretrain(num_frames=4, **kw).eval()
     student.load_state_dict(sd)
@@ -97,8 +130,12 @@ def test_masked_forward_is_the_official_student():
         img_student = VideoMambaPretrain(num_frames=1, **kw).eval()
         img_student.load_state_dict(dict(sd, temporal_pos_embedding=torch.zeros(1, 1, 32)))
         xi, mi = torch.randn(2, 3, 1, 32, 32), _mask(2, 16, 8, 1)
-        torch.testing.assert_close(F.normalize(enc.forward_pretrain(xi, mi, use_image=True).clip, dim=-1),
-                                   img_student(xi, mi), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            F.normalize(enc.forward_pretrain(xi, mi, use_image=True).clip, dim=-1),
+            img_student(xi, mi),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_unmasked_forward_pools_per_frame_as_the_retrieval_path():
@@ -115,9 +152,17 @@ def test_unmasked_forward_pools_per_frame_as_the_retrieval_path():
 def _cfg(tmp_path, *over):
     tmp_path.mkdir(parents=True, exist_ok=True)
     vocab = write_vocab(str(tmp_path / "vocab.txt"))
-    base = [f"multimodal.vocab={vocab}", "epochs=2", "batch_size=4", "warmup_epochs=0.5",
-            "multimodal.unmasked.batch_size=4", "multimodal.unmasked.lr_scale_divisor=4", "lr_scale_divisor=4",
-            f"output_dir={tmp_path / 'run'}", "save_ckpt=true"]
+    base = [
+        f"multimodal.vocab={vocab}",
+        "epochs=2",
+        "batch_size=4",
+        "warmup_epochs=0.5",
+        "multimodal.unmasked.batch_size=4",
+        "multimodal.unmasked.lr_scale_divisor=4",
+        "lr_scale_divisor=4",
+        f"output_dir={tmp_path / 'run'}",
+        "save_ckpt=true",
+    ]
     return load_recipe(SYNTH, base + list(over))
 
 
@@ -215,11 +260,19 @@ def _files(tmp_path):
     (tmp_path / "img.json").write_text(json.dumps(imgs))
     (tmp_path / "vid.json").write_text(json.dumps(vids))
     vocab = write_vocab(str(tmp_path / "vocab.txt"))
-    return [f"multimodal.vocab={vocab}",
-            f"multimodal.train_file=[[{tmp_path / 'img.json'}, {tmp_path / 'img'}], "
-            f"[{tmp_path / 'vid.json'}, {tmp_path / 'vid'}, video]]",
-            "task=pretrain_multimodal", "batch_size=2", "epochs=1", "multimodal.unmasked.batch_size=2",
-            "decode_short_side=40", "flip=true", "lr_scale_divisor=2", "multimodal.unmasked.lr_scale_divisor=2"]
+    return [
+        f"multimodal.vocab={vocab}",
+        f"multimodal.train_file=[[{tmp_path / 'img.json'}, {tmp_path / 'img'}], "
+        f"[{tmp_path / 'vid.json'}, {tmp_path / 'vid'}, video]]",
+        "task=pretrain_multimodal",
+        "batch_size=2",
+        "epochs=1",
+        "multimodal.unmasked.batch_size=2",
+        "decode_short_side=40",
+        "flip=true",
+        "lr_scale_divisor=2",
+        "multimodal.unmasked.lr_scale_divisor=2",
+    ]
 
 
 def test_vmstream_train_multimodal_on_image_and_video_files(tmp_path):
@@ -259,30 +312,64 @@ def test_torchrun_two_cpu_processes_multimodal(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=REPO)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "vmstream.training", "train", "--config", SYNTH,
-           *over]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "vmstream.training",
+        "train",
+        "--config",
+        SYNTH,
+        *over,
+    ]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ranks_in_sync=true world_size=2" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
 def test_synthetic_recipe_from_the_command_line_short(tmp_path):
-    cmd = [sys.executable, "-m", "vmstream.training", "train", "--config", SYNTH, "epochs=2",
-           "multimodal.unmasked.epochs=1", "synthetic_multimodal.train_videos=32",
-           "synthetic_multimodal.train_images=16", "synthetic_multimodal.heldout_videos=16"]
-    r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
-                       text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "vmstream.training",
+        "train",
+        "--config",
+        SYNTH,
+        "epochs=2",
+        "multimodal.unmasked.epochs=1",
+        "synthetic_multimodal.train_videos=32",
+        "synthetic_multimodal.train_images=16",
+        "synthetic_multimodal.heldout_videos=16",
+    ]
+    r = subprocess.run(
+        cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300
+    )
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     lines = r.stdout.splitlines()
-    for key in ("vtc_loss_first", "vtc_loss_last", "mlm_loss_first", "uta_loss_last", "retrieval_r1_before",
-                "retrieval_r1_after", "chance_r1"):
+    for key in (
+        "vtc_loss_first",
+        "vtc_loss_last",
+        "mlm_loss_first",
+        "uta_loss_last",
+        "retrieval_r1_before",
+        "retrieval_r1_after",
+        "chance_r1",
+    ):
         assert any(line.startswith(key + "=") for line in lines), key
     # Too short to be sure to learn: the exit code is the verdict on the printed figures
     # (train_main: 0 when retrieval R@1 rose by 0.2, else 1), never a crash's 1.
     fig = {k: float(v) for k, v in (ln.split("=", 1) for ln in lines if ln.startswith("retrieval_r1_"))}
-    assert r.returncode == (0 if fig["retrieval_r1_after"] >= fig["retrieval_r1_before"] + 0.2 else 1), \
-        (fig, r.stderr[-3000:])
+    assert r.returncode == (0 if fig["retrieval_r1_after"] >= fig["retrieval_r1_before"] + 0.2 else 1), (
+        fig,
+        r.stderr[-3000:],
+    )
 
 
 @pytest.mark.slow
@@ -290,8 +377,14 @@ def test_synthetic_recipe_learns(capsys):
     from vmstream.training.trainer import train_main
 
     assert train_main(SYNTH) == 0
-    out = {k: float(v) for k, v in (line.split("=") for line in capsys.readouterr().out.splitlines() if "=" in line
-                                    and not line.startswith("epoch"))}
+    out = {
+        k: float(v)
+        for k, v in (
+            line.split("=")
+            for line in capsys.readouterr().out.splitlines()
+            if "=" in line and not line.startswith("epoch")
+        )
+    }
     assert out["retrieval_r1_after"] > out["retrieval_r1_before"] + 0.5
     assert out["vtc_loss_last"] < out["vtc_loss_first"] - 1.0
 
@@ -346,8 +439,16 @@ def test_vision_encoder_from_an_official_mask_pt_student(tmp_path):
     from vmstream.models.videomamba import resample_temporal_pos
 
     torch.manual_seed(3)
-    student = VideoMambaPretrain(img_size=32, patch_size=8, depth=2, embed_dim=32, num_frames=8,
-                                 clip_decoder_embed_dim=32, clip_output_dim=16, ssm_cfg={"d_state": 8})
+    student = VideoMambaPretrain(
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_frames=8,
+        clip_decoder_embed_dim=32,
+        clip_output_dim=16,
+        ssm_cfg={"d_state": 8},
+    )
     torch.save({"model": student.state_dict()}, tmp_path / "m16_k400_mask_pt.pth")
     cfg = _synth_cfg(tmp_path, f"multimodal.vision_pretrained={tmp_path / 'm16_k400_mask_pt.pth'}")
     model = build_mm_model(cfg, BertTokenizer(cfg.multimodal.vocab))
@@ -360,8 +461,10 @@ def test_vision_encoder_from_an_official_mask_pt_student(tmp_path):
     from vmstream.config_loader import ConfigError
 
     with pytest.raises(ConfigError, match="vision_pretrained: .* missing"):
-        build_mm_model(_synth_cfg(tmp_path, f"multimodal.vision_pretrained={tmp_path / 'bad.pth'}"),
-                       BertTokenizer(cfg.multimodal.vocab))
+        build_mm_model(
+            _synth_cfg(tmp_path, f"multimodal.vision_pretrained={tmp_path / 'bad.pth'}"),
+            BertTokenizer(cfg.multimodal.vocab),
+        )
 
 
 def test_bert_from_hugging_face_bert_base_layout(tmp_path):
@@ -388,9 +491,12 @@ def test_bert_from_hugging_face_bert_base_layout(tmp_path):
     torch.manual_seed(6)
     model = build_mm_model(_synth_cfg(tmp_path, f"multimodal.text_pretrained={tmp_path / 'pytorch_model.bin'}"), tok)
     te = model.text_encoder
-    assert torch.equal(te.encoder.layer[0].attention.self.query.weight, donor.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(
+        te.encoder.layer[0].attention.self.query.weight, donor.encoder.layer[0].attention.self.query.weight
+    )
     assert torch.equal(te.cls.predictions.transform.dense.weight, donor.cls.predictions.transform.dense.weight)
     assert torch.equal(te.cls.predictions.decoder.weight, donor.embeddings.word_embeddings.weight)  # tied
     assert torch.equal(te.embeddings.LayerNorm.weight, donor.embeddings.LayerNorm.weight)
-    assert not torch.equal(te.encoder.layer[2].crossattention.self.key.weight,
-                           donor.encoder.layer[2].crossattention.self.key.weight)
+    assert not torch.equal(
+        te.encoder.layer[2].crossattention.self.key.weight, donor.encoder.layer[2].crossattention.self.key.weight
+    )

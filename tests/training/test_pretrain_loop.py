@@ -1,6 +1,7 @@
 """The masked-pretraining loop: resume repeats the uninterrupted run, gradient
 accumulation equals the large batch, checkpoints load into the classifier, the
 synthetic-distillation recipe runs end to end (marked slow)."""
+
 import glob
 import os
 
@@ -72,8 +73,9 @@ def test_teacher_from_recipe_weights(tmp_path):
     src = synthetic_teacher(cfg)
     p = tmp_path / "vit.pth"
     torch.save({"visual." + k: v for k, v in src.state_dict().items()}, p)
-    t = build_teacher(cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(
-        update={"clip_teacher_weights": str(p)})}))
+    t = build_teacher(
+        cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"clip_teacher_weights": str(p)})})
+    )
     assert torch.equal(t.proj, src.proj) and t.return_attn
 
 
@@ -93,8 +95,13 @@ def test_synthetic_distill_recipe_end_to_end(capsys):
 
     assert train_main(RECIPE) == 0
     out = capsys.readouterr().out
-    for key in ("distill_cosine_before=", "distill_cosine_after=", "probe_accuracy_pretrained=",
-                "probe_accuracy_random_init=", "chance_accuracy="):
+    for key in (
+        "distill_cosine_before=",
+        "distill_cosine_after=",
+        "probe_accuracy_pretrained=",
+        "probe_accuracy_random_init=",
+        "chance_accuracy=",
+    ):
         assert key in out
 
 
@@ -119,12 +126,27 @@ def test_vmstream_train_pretrains_on_video_files(train_videos, tmp_path):
     from vmstream.training.trainer import train_main
 
     recipe = os.path.join(os.path.dirname(RECIPE), "k400", "videomamba_middle_mask_pt_f8x224.yaml")
-    over = [f"data_path={train_videos}", f"prefix={train_videos}", f"output_dir={tmp_path}", "model=videomamba_tiny",
-            "model_args={embed_dim: 32, depth: 2, patch_size: 8}", "input_size=32", "num_frames=4",
-            "batch_size=4", "update_freq=2", "epochs=2", "warmup_epochs=1", "num_workers=0", "device=cpu",
-            "decode_short_side=48", "short_side_size=32",
-            "pretrain.clip_decoder_embed_dim=32", "pretrain.clip_output_dim=16", "pretrain.clip_input_resolution=32",
-            "pretrain.teacher_args={patch_size: 8, width: 32, layers: 1, heads: 2, output_dim: 16}"]
+    over = [
+        f"data_path={train_videos}",
+        f"prefix={train_videos}",
+        f"output_dir={tmp_path}",
+        "model=videomamba_tiny",
+        "model_args={embed_dim: 32, depth: 2, patch_size: 8}",
+        "input_size=32",
+        "num_frames=4",
+        "batch_size=4",
+        "update_freq=2",
+        "epochs=2",
+        "warmup_epochs=1",
+        "num_workers=0",
+        "device=cpu",
+        "decode_short_side=48",
+        "short_side_size=32",
+        "pretrain.clip_decoder_embed_dim=32",
+        "pretrain.clip_output_dim=16",
+        "pretrain.clip_input_resolution=32",
+        "pretrain.teacher_args={patch_size: 8, width: 32, layers: 1, heads: 2, output_dim: 16}",
+    ]
     assert train_main(recipe, over) == 0
     ck = torch.load(tmp_path / "checkpoint-latest.pth", map_location="cpu", weights_only=False)
     assert ck["epoch"] == 1 and ck["step"] == 2 * 2  # 16 clips / (4 x 2) = 2 steps an epoch
@@ -134,14 +156,35 @@ def test_vmstream_train_pretrains_on_video_files(train_videos, tmp_path):
 
 def test_torchrun_two_cpu_processes_pretraining(train_videos, tmp_path):
     """DDP (find_unused_parameters: the last mixer and the final norm get no gradient)."""
-    recipe = dict(task="pretrain", model="videomamba_tiny", model_args={"embed_dim": 32, "depth": 2, "patch_size": 8},
-                  data_path=train_videos, prefix=train_videos, split=",", num_frames=4, input_size=32,
-                  short_side_size=32, decode_short_side=40, num_workers=0, batch_size=2, epochs=1,
-                  max_steps_per_epoch=2, warmup_epochs=0, output_dir=str(tmp_path / "run"), device="cpu",
-                  torch_threads=1, log_every=1,
-                  pretrain=dict(mask_type="attention", mask_ratio=0.8, clip_decoder_embed_dim=32, clip_output_dim=16,
-                                clip_input_resolution=32,
-                                teacher_args=dict(patch_size=8, width=32, layers=1, heads=2, output_dim=16)))
+    recipe = dict(
+        task="pretrain",
+        model="videomamba_tiny",
+        model_args={"embed_dim": 32, "depth": 2, "patch_size": 8},
+        data_path=train_videos,
+        prefix=train_videos,
+        split=",",
+        num_frames=4,
+        input_size=32,
+        short_side_size=32,
+        decode_short_side=40,
+        num_workers=0,
+        batch_size=2,
+        epochs=1,
+        max_steps_per_epoch=2,
+        warmup_epochs=0,
+        output_dir=str(tmp_path / "run"),
+        device="cpu",
+        torch_threads=1,
+        log_every=1,
+        pretrain=dict(
+            mask_type="attention",
+            mask_ratio=0.8,
+            clip_decoder_embed_dim=32,
+            clip_output_dim=16,
+            clip_input_resolution=32,
+            teacher_args=dict(patch_size=8, width=32, layers=1, heads=2, output_dim=16),
+        ),
+    )
     r = _torchrun(recipe, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ranks_in_sync=true world_size=2" in r.stdout, r.stdout + r.stderr[-2000:]
@@ -162,10 +205,23 @@ def _torchrun(recipe: dict, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=repo)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "vmstream.training", "train", "--config", str(path)]
-    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "vmstream.training",
+        "train",
+        "--config",
+        str(path),
+    ]
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_teacher_input_resize_and_grid_mismatch():
@@ -176,8 +232,9 @@ def test_teacher_input_resize_and_grid_mismatch():
     assert teacher_input(x, 32) is x
     y = teacher_input(x, 48)
     assert y.shape == (2, 3, 4, 48, 48)
-    torch.testing.assert_close(y[:, :, 1], torch.nn.functional.interpolate(x[:, :, 1], size=(48, 48), mode="bicubic",
-                                                                           align_corners=False))
+    torch.testing.assert_close(
+        y[:, :, 1], torch.nn.functional.interpolate(x[:, :, 1], size=(48, 48), mode="bicubic", align_corners=False)
+    )
     cfg = _cfg()
     student = build_student(cfg)
     wrong = _cfg(**{"pretrain.teacher_args": "{patch_size: 16, width: 64, layers: 1, heads: 4, output_dim: 32}"})

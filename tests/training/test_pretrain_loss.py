@@ -1,4 +1,5 @@
 """Distillation losses and targets on hand-checkable cases."""
+
 import math
 
 import pytest

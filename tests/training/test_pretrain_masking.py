@@ -1,4 +1,5 @@
 """Mask strategies: ratio, per-frame structure, cls visible (official semantics)."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Clip-consistent augmentation, RandAugment policy parsing, mixup / cutmix targets."""
+
 from __future__ import annotations
 
 import random
@@ -7,10 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from vmstream.training.augment import (EvalTransform, TrainTransform, parse_rand_augment,
-                                       random_resized_crop_params, spatial_views)
-from vmstream.training.mixup import (LabelSmoothingCrossEntropy, Mixup, SoftTargetCrossEntropy,
-                                     mixup_target, smooth_one_hot)
+from vmstream.training.augment import (
+    EvalTransform,
+    TrainTransform,
+    parse_rand_augment,
+    random_resized_crop_params,
+    spatial_views,
+)
+from vmstream.training.mixup import (
+    LabelSmoothingCrossEntropy,
+    Mixup,
+    SoftTargetCrossEntropy,
+    mixup_target,
+    smooth_one_hot,
+)
 
 
 def _frames(t=4, h=40, w=56, same=True, seed=0):
@@ -42,8 +53,9 @@ def test_train_transform_is_consistent_across_frames(seed):
 
 
 def test_each_randaugment_op_is_consistent_across_frames():
-    from vmstream.training.augment import RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, _apply_op, _level_to_arg
     from torchvision.transforms import InterpolationMode
+
+    from vmstream.training.augment import RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, _apply_op, _level_to_arg
 
     clip = torch.from_numpy(_frames()).permute(0, 3, 1, 2).contiguous()
     for name in set(RAND_TRANSFORMS) | set(RAND_INCREASING_TRANSFORMS):
@@ -58,12 +70,13 @@ def test_flip_off_for_ssv2_and_erasing_per_frame():
     flips = set()
     for s in range(20):
         random.seed(s)
-        a = TrainTransform(crop_size=32, rand_augment=None, flip=False, reprob=0, scale=(1, 1), ratio=(56 / 40, 56 / 40))(f)
+        a = TrainTransform(
+            crop_size=32, rand_augment=None, flip=False, reprob=0, scale=(1, 1), ratio=(56 / 40, 56 / 40)
+        )(f)
         flips.add(a.flatten()[:5].tolist().__repr__())
     assert len(flips) == 1  # no flip, full-frame crop: always the same output
     random.seed(3)
-    x = TrainTransform(crop_size=32, rand_augment=None, flip=False, reprob=1.0,
-                       erase_per_frame=True)(_frames())
+    x = TrainTransform(crop_size=32, rand_augment=None, flip=False, reprob=1.0, erase_per_frame=True)(_frames())
     assert not torch.allclose(x[:, 0], x[:, 1])  # boxes differ between frames (official)
 
 
@@ -140,8 +153,21 @@ def test_multi_scale_crop_official_sizes_and_fixed_offsets():
         assert (hs == 0 or top % hs == 0) and (ws == 0 or left % ws == 0)
         if hs and ws:
             seen.add((top // hs, left // ws))
-    assert seen <= {(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2), (1, 1), (1, 3), (3, 1),
-                    (3, 3)}
+    assert seen <= {
+        (0, 0),
+        (0, 4),
+        (4, 0),
+        (4, 4),
+        (2, 2),
+        (2, 0),
+        (2, 4),
+        (4, 2),
+        (0, 2),
+        (1, 1),
+        (1, 3),
+        (3, 1),
+        (3, 3),
+    }
     assert len(seen) == 13
     assert multi_scale_crop_params(226, 300, 224, scales=(1.0,))[2:] == (224, 224)  # 226 snaps to 224
     assert multi_scale_crop_params(230, 300, 224, scales=(1.0,))[2:] == (230, 230)

@@ -1,5 +1,6 @@
 """Training data: official list formats, LVU trimming, TSN sampling, multi-view test
 views, repeated augmentation, and corrupt / missing videos skipped and counted."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,15 @@ import pytest
 import torch
 
 from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
-from vmstream.training.annotations import (AnnotationError, TargetNorm, VideoEntry, check_labels,
-                                           lvu_windows, read_video_list, trim_entries)
+from vmstream.training.annotations import (
+    AnnotationError,
+    TargetNorm,
+    VideoEntry,
+    check_labels,
+    lvu_windows,
+    read_video_list,
+    trim_entries,
+)
 from vmstream.training.augment import TrainTransform
 from vmstream.training.datasets import VideoClsDataset, collate, view_frame_indices, window_frames
 
@@ -49,7 +57,7 @@ def test_lvu_windows_official_rule():
     assert lvu_windows(30, 60, 16) == [(0.0, 30.0)]  # shorter than a window: whole video
     # 100 s: starts 0,16,...,96; 48->100 cut short but >= 30 s kept; 80 (20 s) and 96 dropped
     w = lvu_windows(100, 60, 16)
-    assert w == [(0, 60), (16, 76), (32, 92), (48, 100.0), (64, 100.0)][:len(w)]
+    assert w == [(0, 60), (16, 76), (32, 92), (48, 100.0), (64, 100.0)][: len(w)]
     assert (48, 100.0) in w and all(e - s >= 30 for s, e in w)
     assert [s for s, _ in w] == [0, 16, 32, 48, 64]  # 64 -> 36 s kept; 80 -> 20 s dropped
     assert lvu_windows(60, 60, 16)[0] == (0, 60)
@@ -82,8 +90,9 @@ def _small_tt(**kw):
 
 def test_train_dataset_shapes_norm_and_repeated_aug(train_videos):
     e = read_video_list(os.path.join(train_videos, "train.csv"), ",", prefix=train_videos)
-    ds = VideoClsDataset(e, "train", num_frames=4, crop_size=32, train_transform=_small_tt(),
-                         num_sample=2, decode_short_side=48)
+    ds = VideoClsDataset(
+        e, "train", num_frames=4, crop_size=32, train_transform=_small_tt(), num_sample=2, decode_short_side=48
+    )
     x, y, i, skipped = ds[5]
     assert isinstance(x, list) and len(x) == 2 and x[0].shape == (3, 4, 32, 32)
     assert x[0].dtype == torch.float32 and not torch.equal(x[0], x[1])  # two augmentations
@@ -107,8 +116,7 @@ def test_val_dataset_is_normalised_centre_crop(train_videos):
 
 def test_test_dataset_returns_all_views(train_videos):
     e = read_video_list(os.path.join(train_videos, "test.csv"), ",", prefix=train_videos)
-    ds = VideoClsDataset(e, "test", num_frames=4, crop_size=32, short_side_size=32,
-                         test_num_segment=2, test_num_crop=3)
+    ds = VideoClsDataset(e, "test", num_frames=4, crop_size=32, short_side_size=32, test_num_segment=2, test_num_crop=3)
     x, _, _, _ = ds[0]
     assert ds.num_views == 6 and x.shape == (6, 3, 4, 32, 32)
     # 3 spatial crops of a 64x48 clip at short side 32 (43x32): left, centre, right differ

@@ -1,6 +1,7 @@
 """Whole training runs on a small generated dataset: the loss decreases over two epochs,
 a resumed run repeats the uninterrupted one exactly, checkpoints have the official
 layout, multi-view testing averages the right number of views, recipes validate."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,22 +22,49 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _cfg(train_videos, out, **kw):
     base = dict(
-        task="classification", model="videomamba_tiny",
+        task="classification",
+        model="videomamba_tiny",
         model_args={"embed_dim": 32, "depth": 2, "patch_size": 16},
-        data_set="custom", data_path=train_videos, prefix=train_videos, split=",", nb_classes=4,
-        num_frames=2, input_size=32, short_side_size=32, decode_short_side=40, num_workers=0,
-        aa="rand-m5-n2-mstd0.25-inc1", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1, num_sample=1,
-        lr=2e-3, lr_scale_divisor=8, min_lr=1e-5, warmup_lr=1e-5, warmup_epochs=0, weight_decay=0.05,
-        layer_decay=0.75, drop_path=0.0, epochs=2, batch_size=8, test_num_segment=2, test_num_crop=3,
-        output_dir=str(out), seed=3, device="cpu", torch_threads=1, log_every=0,
+        data_set="custom",
+        data_path=train_videos,
+        prefix=train_videos,
+        split=",",
+        nb_classes=4,
+        num_frames=2,
+        input_size=32,
+        short_side_size=32,
+        decode_short_side=40,
+        num_workers=0,
+        aa="rand-m5-n2-mstd0.25-inc1",
+        reprob=0.0,
+        mixup=0.0,
+        cutmix=0.0,
+        smoothing=0.1,
+        num_sample=1,
+        lr=2e-3,
+        lr_scale_divisor=8,
+        min_lr=1e-5,
+        warmup_lr=1e-5,
+        warmup_epochs=0,
+        weight_decay=0.05,
+        layer_decay=0.75,
+        drop_path=0.0,
+        epochs=2,
+        batch_size=8,
+        test_num_segment=2,
+        test_num_crop=3,
+        output_dir=str(out),
+        seed=3,
+        device="cpu",
+        torch_threads=1,
+        log_every=0,
     )
     base.update(kw)
     return load_recipe(None, **base)
 
 
 def test_two_epochs_decrease_loss_checkpoint_layout_and_views(train_videos, tmp_path):
-    cfg = _cfg(train_videos, tmp_path / "run", epochs=2, batch_size=2, num_sample=2, smoothing=0.0, lr=6e-3,
-               aa=None)
+    cfg = _cfg(train_videos, tmp_path / "run", epochs=2, batch_size=2, num_sample=2, smoothing=0.0, lr=6e-3, aa=None)
     lines = []
     res = fit(cfg, print_fn=lines.append)
     h = res["history"]
@@ -58,8 +86,7 @@ def test_two_epochs_decrease_loss_checkpoint_layout_and_views(train_videos, tmp_
 
 
 def test_resume_reproduces_the_uninterrupted_run(train_videos, tmp_path):
-    kw = dict(epochs=3, aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, num_sample=2,
-              drop_path=0.1)
+    kw = dict(epochs=3, aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, num_sample=2, drop_path=0.1)
     full = fit(_cfg(train_videos, tmp_path / "full", **kw), print_fn=lambda *_: None)
     # the same run stopped after 2 epochs, then resumed from its output dir
     fit(_cfg(train_videos, tmp_path / "cut", stop_after_epochs=2, **kw), print_fn=lambda *_: None)
@@ -90,8 +117,11 @@ def test_a_stop_without_checkpoints_says_the_rerun_starts_over(train_videos, tmp
     """With save_ckpt off nothing is saved, so "the same command resumes" would be false
     (it was said by every training loop, the synthetic proofs included)."""
     lines = []
-    cut = fit(_cfg(train_videos, tmp_path / "nosave", epochs=3, num_sample=1, batch_size=4, save_ckpt=False),
-              print_fn=lines.append, should_stop=lambda: True)
+    cut = fit(
+        _cfg(train_videos, tmp_path / "nosave", epochs=3, num_sample=1, batch_size=4, save_ckpt=False),
+        print_fn=lines.append,
+        should_stop=lambda: True,
+    )
     assert cut["stopped"] and not (tmp_path / "nosave" / "checkpoint-latest.pth").exists()
     (line,) = [ln for ln in lines if ln.startswith("stopped after epoch 0")]
     assert "starts over" in line and "resumes" not in line
@@ -142,8 +172,15 @@ def test_every_shipped_recipe_validates():
         if cfg.finetune and cfg.data_set != "imagenet":  # ImageNet: 2D image checkpoints
             assert get_checkpoint(cfg.finetune), p  # every initialisation is an official checkpoint
     t = load_recipe(recipe_path("k400/videomamba_tiny_f8x224"))
-    assert (t.weight_decay, t.drop_path, t.lr, t.epochs, t.num_sample, t.smoothing, t.cutmix) == \
-        (0.1, 0.1, 2e-4, 70, 2, 0.1, 1.0)
+    assert (t.weight_decay, t.drop_path, t.lr, t.epochs, t.num_sample, t.smoothing, t.cutmix) == (
+        0.1,
+        0.1,
+        2e-4,
+        70,
+        2,
+        0.1,
+        1.0,
+    )
     m = load_recipe(recipe_path("k400/videomamba_middle_mask_f16x224"))
     assert (m.drop_path, m.layer_decay, m.finetune) == (0.4, 0.8, "videomamba_m16_k400_mask_pt_f8_res224")
     hi = load_recipe(recipe_path("k400/videomamba_small_f64x224to384"))
@@ -168,10 +205,19 @@ def test_recipe_errors_name_the_key(tmp_path):
 
 
 def test_lvu_recipe_builds_trimmed_datasets(train_videos):
-    cfg = load_recipe(recipe_path("lvu/videomamba_tiny_class_trim"),
-                      [f"prefix={train_videos}", f"train_list={train_videos}/lvu.csv", f"val_list={train_videos}/lvu.csv",
-                       f"test_list={train_videos}/absent.csv",
-                       "trimmed=1.0", "time_stride=0.5", "nb_classes=4", "data_set=custom"])
+    cfg = load_recipe(
+        recipe_path("lvu/videomamba_tiny_class_trim"),
+        [
+            f"prefix={train_videos}",
+            f"train_list={train_videos}/lvu.csv",
+            f"val_list={train_videos}/lvu.csv",
+            f"test_list={train_videos}/absent.csv",
+            "trimmed=1.0",
+            "time_stride=0.5",
+            "nb_classes=4",
+            "data_set=custom",
+        ],
+    )
     train, val, test, _ = build_datasets(cfg)
     assert len(train) > 16 and train.entries[1].start == 0.5 and len(val) == len(train) and test is None
 
@@ -180,16 +226,37 @@ def test_regression_streaming_eval_and_finetune_resampling(train_videos, tmp_pat
     import logging
 
     # LVU-style regression (like / view): float targets, z-scored, MSE
-    reg = fit(_cfg(train_videos, tmp_path / "reg", task="regression", nb_classes=1, epochs=1, num_sample=1,
-                   batch_size=4, test_num_segment=1, test_num_crop=1), print_fn=lambda *_: None)
+    reg = fit(
+        _cfg(
+            train_videos,
+            tmp_path / "reg",
+            task="regression",
+            nb_classes=1,
+            epochs=1,
+            num_sample=1,
+            batch_size=4,
+            test_num_segment=1,
+            test_num_crop=1,
+        ),
+        print_fn=lambda *_: None,
+    )
     assert "mse" in reg["test"] and np.isfinite(reg["history"][0]["train_loss"])
     ck = torch.load(tmp_path / "reg" / "checkpoint-latest.pth", weights_only=False)
     assert ck["target_norm"]["std"] > 0
 
     # streaming fine-tuning from a video list: 2 segments of 2 frames per video
-    st = fit(_cfg(train_videos, tmp_path / "stream", task="streaming", epochs=1, batch_size=4, num_sample=1,
-                  streaming={"segments": 2, "segment_frames": 2, "tbptt_k": 1, "loss": "last"}),
-             print_fn=lambda *_: None)
+    st = fit(
+        _cfg(
+            train_videos,
+            tmp_path / "stream",
+            task="streaming",
+            epochs=1,
+            batch_size=4,
+            num_sample=1,
+            streaming={"segments": 2, "segment_frames": 2, "tbptt_k": 1, "loss": "last"},
+        ),
+        print_fn=lambda *_: None,
+    )
     assert len(st["history"][0]["losses"]) == 4 and st["test"]["n"] == 4
 
     # eval_main on the clip checkpoint of a fresh run (the CLI's `vmstream eval`)
@@ -208,8 +275,18 @@ def test_regression_streaming_eval_and_finetune_resampling(train_videos, tmp_pat
 
     # fine-tuning a 2-frame checkpoint at 4 frames resamples the temporal positions, and says so
     with caplog.at_level(logging.INFO, logger="vmstream"):
-        fit(_cfg(train_videos, tmp_path / "long", epochs=1, num_sample=1, batch_size=4, num_frames=4,
-                 finetune=str(tmp_path / "clip" / "checkpoint-best.pth")), print_fn=lambda *_: None)
+        fit(
+            _cfg(
+                train_videos,
+                tmp_path / "long",
+                epochs=1,
+                num_sample=1,
+                batch_size=4,
+                num_frames=4,
+                finetune=str(tmp_path / "clip" / "checkpoint-best.pth"),
+            ),
+            print_fn=lambda *_: None,
+        )
     assert any("temporal" in r.getMessage().lower() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 

@@ -1,5 +1,6 @@
 """Parameter groups (no weight decay sets, layer-wise lr decay) against the recipe, and the
 per-step cosine schedules."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,14 @@ import pytest
 import torch
 
 from vmstream.models import create_model
-from vmstream.training.optim import (apply_schedule, build_optimizer, cosine_schedule, layer_scales,
-                                     parameter_groups, scaled_lr)
+from vmstream.training.optim import (
+    apply_schedule,
+    build_optimizer,
+    cosine_schedule,
+    layer_scales,
+    parameter_groups,
+    scaled_lr,
+)
 from vmstream.training.recipes import load_recipe, recipe_path
 
 DEPTH = 4
@@ -27,14 +34,30 @@ def test_no_weight_decay_set(model):
     _, specs = parameter_groups(model, 0.05, None)
     where = _where(specs)
     no_decay = {n for n, s in where.items() if s.weight_decay == 0}
-    for name in ("cls_token", "pos_embed", "temporal_pos_embedding", "norm_f.weight", "head.bias",
-                 "patch_embed.proj.bias", "layers.0.mixer.A_log", "layers.0.mixer.A_b_log",
-                 "layers.1.mixer.D", "layers.1.mixer.D_b", "layers.2.mixer.conv1d.bias",
-                 "layers.2.mixer.dt_proj.bias", "layers.3.norm.weight"):
+    for name in (
+        "cls_token",
+        "pos_embed",
+        "temporal_pos_embedding",
+        "norm_f.weight",
+        "head.bias",
+        "patch_embed.proj.bias",
+        "layers.0.mixer.A_log",
+        "layers.0.mixer.A_b_log",
+        "layers.1.mixer.D",
+        "layers.1.mixer.D_b",
+        "layers.2.mixer.conv1d.bias",
+        "layers.2.mixer.dt_proj.bias",
+        "layers.3.norm.weight",
+    ):
         assert name in no_decay, name
-    for name in ("patch_embed.proj.weight", "head.weight", "layers.0.mixer.in_proj.weight",
-                 "layers.3.mixer.out_proj.weight", "layers.1.mixer.x_proj_b.weight",
-                 "layers.2.mixer.conv1d.weight"):
+    for name in (
+        "patch_embed.proj.weight",
+        "head.weight",
+        "layers.0.mixer.in_proj.weight",
+        "layers.3.mixer.out_proj.weight",
+        "layers.1.mixer.x_proj_b.weight",
+        "layers.2.mixer.conv1d.weight",
+    ):
         assert where[name].weight_decay == 0.05, name
     assert len(where) == len(list(model.parameters()))
 
@@ -62,15 +85,20 @@ def test_layer_decay_official_mode(model):
     assert where["layers.0.mixer.in_proj.weight"].lr_scale == 1.0
     assert where["temporal_pos_embedding"].lr_scale == 1.0
     assert where["layers.0.mixer.A_log"].weight_decay == 0.1  # the official code decays it
-    assert sorted(s.name for s in specs) == ["layer_0_decay", "layer_0_no_decay", f"layer_{DEPTH + 1}_decay",
-                                             f"layer_{DEPTH + 1}_no_decay"]
+    assert sorted(s.name for s in specs) == [
+        "layer_0_decay",
+        "layer_0_no_decay",
+        f"layer_{DEPTH + 1}_decay",
+        f"layer_{DEPTH + 1}_no_decay",
+    ]
 
 
 def test_groups_match_the_recipe(model):
     cfg = load_recipe(recipe_path("k400/videomamba_small_f8x224"))
     assert (cfg.weight_decay, cfg.layer_decay, cfg.drop_path) == (0.05, 0.75, 0.35)
-    opt, specs = build_optimizer(model, 1e-3, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps,
-                                 cfg.layer_decay, cfg.layer_decay_mode)
+    opt, specs = build_optimizer(
+        model, 1e-3, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, cfg.layer_decay, cfg.layer_decay_mode
+    )
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
     decays = {g["weight_decay"] for g in opt.param_groups}
     assert decays == {0.0, 0.05}

@@ -1,5 +1,6 @@
 """Streaming fine-tuning: truncated BPTT through the carried state, dense and end-of-video
 losses, reset-state control, and the long-range memory task (small version)."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,17 @@ def _one_thread():
 
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
-    m = create_model("videomamba_tiny", embed_dim=32, depth=2, patch_size=16, img_size=32, num_frames=2,
-                     num_classes=3, drop_path_rate=0.0, **kw)
+    m = create_model(
+        "videomamba_tiny",
+        embed_dim=32,
+        depth=2,
+        patch_size=16,
+        img_size=32,
+        num_frames=2,
+        num_classes=3,
+        drop_path_rate=0.0,
+        **kw,
+    )
     mamba_dt_init_(m)
     return m
 
@@ -109,9 +119,16 @@ def test_memory_videos_show_the_label_only_in_segment_zero():
 
 
 def test_memory_task_small_carried_state_learns_reset_does_not():
-    cfg = load_recipe(os.path.join(REPO, "configs", "train", "synthetic_memory.yaml"),
-                      ["epochs=4", "streaming.segments=2", "synthetic.train_videos=512",
-                       "synthetic.val_videos=128", "synthetic.train_reset_control=false"])
+    cfg = load_recipe(
+        os.path.join(REPO, "configs", "train", "synthetic_memory.yaml"),
+        [
+            "epochs=4",
+            "streaming.segments=2",
+            "synthetic.train_videos=512",
+            "synthetic.val_videos=128",
+            "synthetic.train_reset_control=false",
+        ],
+    )
     lines = []
     res = run_memory_task(cfg, print_fn=lines.append)
     assert res["carried_state_accuracy"] >= 0.9, res["carried_losses"]

@@ -14,6 +14,7 @@ answer at once.
     vmstream train --config FILE [--set KEY=VALUE ...]
     vmstream eval --config FILE [--checkpoint C] [--set KEY=VALUE ...]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """What the commands share: common options, logging, and turning options into a config."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,10 @@ from typing import Any
 
 from vmstream.errors import UserError
 
-SET_HELP = ("override any config key, e.g. --set decode.fps=2 (repeatable; the value is YAML: "
-            "2, true, [1, 2]; an empty value, key=, sets null)")
+SET_HELP = (
+    "override any config key, e.g. --set decode.fps=2 (repeatable; the value is YAML: "
+    "2, true, [1, 2]; an empty value, key=, sets null)"
+)
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
@@ -27,8 +30,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--model", help="registry name of an official checkpoint, e.g. videomamba_t16_k400_f16_res224 "
-                                   "(downloaded from the Hugging Face hub into its cache)")
+    g.add_argument(
+        "--model",
+        help="registry name of an official checkpoint, e.g. videomamba_t16_k400_f16_res224 "
+        "(downloaded from the Hugging Face hub into its cache)",
+    )
     g.add_argument("--checkpoint", help="a local checkpoint file (.pth); the architecture is read from it")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
 
@@ -41,8 +47,9 @@ def setup_logging(verbosity: int, command: str | None = None) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     plain = verbosity <= 0 and command != "worker"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PlainFormatter() if plain else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _PlainFormatter() if plain else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(level=level, handlers=[handler])
     # Our own one-line notices (backend choice, resampling) are worth seeing by default,
     # except above search results, where they are noise.
@@ -114,8 +121,11 @@ def make_output_dirs(cfg) -> None:
     import os
 
     dirs = [("output.dir", cfg.output.dir)]
-    dirs.append(("runner.state_dir", cfg.runner.state_dir) if cfg.runner.state_dir
-                else ("output.dir", os.path.join(cfg.output.dir, "state")))
+    dirs.append(
+        ("runner.state_dir", cfg.runner.state_dir)
+        if cfg.runner.state_dir
+        else ("output.dir", os.path.join(cfg.output.dir, "state"))
+    )
     for key, path in dirs:
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{key}: {path!r} exists and is not a directory")

@@ -1,4 +1,5 @@
 """`vmstream index`: one store from a fleet's results on Kafka (see pipeline/indexer.py)."""
+
 from __future__ import annotations
 
 from vmstream.cli.common import add_common, config_from_args
@@ -6,23 +7,40 @@ from vmstream.cli.common import add_common, config_from_args
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "index", help="build one store (FAISS + Parquet) from the workers' results on Kafka, exactly once",
+        "index",
+        help="build one store (FAISS + Parquet) from the workers' results on Kafka, exactly once",
         description="Consume the results topics (segments, events, summaries) of a fleet of workers into one "
-                    "store under --out, laid out as `vmstream run --out` writes it, so `vmstream search --index "
-                    "DIR` searches the whole fleet's output. The consumed offsets are committed inside the "
-                    "store's own commit point: after any stop, even kill -9, it resumes where its store is, "
-                    "adding nothing twice and losing nothing. A record that cannot be indexed goes to the "
-                    "dead-letter topic with its reason. Run one per store; stop it with Ctrl-C or SIGTERM.")
+        "store under --out, laid out as `vmstream run --out` writes it, so `vmstream search --index "
+        "DIR` searches the whole fleet's output. The consumed offsets are committed inside the "
+        "store's own commit point: after any stop, even kill -9, it resumes where its store is, "
+        "adding nothing twice and losing nothing. A record that cannot be indexed goes to the "
+        "dead-letter topic with its reason. Run one per store; stop it with Ctrl-C or SIGTERM.",
+    )
     p.add_argument("--kafka", metavar="BOOTSTRAP", help="the broker (host:port); default kafka.bootstrap")
     p.add_argument("--out", metavar="DIR", help="the store's directory (default output.dir)")
     p.add_argument("--config", help="YAML config (its kafka section names the topics)")
-    p.add_argument("--commit-interval", type=float, default=1.0, metavar="S",
-                   help="longest a record waits before it is committed and searchable (default 1 s)")
-    p.add_argument("--commit-records", type=int, default=4096, metavar="N",
-                   help="commit after at most N records even within the interval (default 4096)")
-    p.add_argument("--shard", metavar="I/N", type=_shard, default=(0, 1),
-                   help="take only the partitions p with p %% N == I (several indexers feeding one Milvus "
-                        "collection, each with its own --out); default all")
+    p.add_argument(
+        "--commit-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="longest a record waits before it is committed and searchable (default 1 s)",
+    )
+    p.add_argument(
+        "--commit-records",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="commit after at most N records even within the interval (default 4096)",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        type=_shard,
+        default=(0, 1),
+        help="take only the partitions p with p %% N == I (several indexers feeding one Milvus "
+        "collection, each with its own --out); default all",
+    )
     add_common(p)
     p.set_defaults(handler=main)
 
@@ -57,10 +75,9 @@ def _check_out(path: str) -> None:
 
 
 def main(args) -> int:
-    from vmstream.pipeline.indexer import Indexer
-
     import logging
 
+    from vmstream.pipeline.indexer import Indexer
     from vmstream.pipeline.worker import RepeatFilter
 
     cfg = config_from_args(args)
@@ -68,5 +85,10 @@ def main(args) -> int:
     quiet = RepeatFilter()  # kafka-python repeats each outage line many times a second
     for h in logging.getLogger().handlers:
         h.addFilter(quiet)
-    return Indexer(cfg, cfg.output.dir, commit_interval_s=args.commit_interval,
-                   commit_records=args.commit_records, shard=args.shard).run()
+    return Indexer(
+        cfg,
+        cfg.output.dir,
+        commit_interval_s=args.commit_interval,
+        commit_records=args.commit_records,
+        shard=args.shard,
+    ).run()

@@ -1,4 +1,5 @@
 """`vmstream search`: segments like a stored one, like a stream's moment, or like a query video."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,6 @@ from pathlib import Path
 from vmstream.cli.common import add_common, add_model_args, config_from_args
 from vmstream.errors import UserError
 from vmstream.printable import printable
-
 
 # Upper bounds: FAISS allocates k results per query up front (-k 1e9 took 1 GB before
 # answering), and every --rerank candidate is decoded again from its source.
@@ -50,38 +50,55 @@ def _uid(text: str) -> int:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a segment id (a whole number)") from None
-    if not -(2 ** 63) <= v < 2 ** 63:
+    if not -(2**63) <= v < 2**63:
         raise argparse.ArgumentTypeError(f"{v} is not a segment id (ids are signed 64-bit numbers)")
     return v
 
 
 def add_parser(sub) -> None:
     search = sub.add_parser(
-        "search", help="search a FAISS store by text, by id, by stream+time, or by a query video",
+        "search",
+        help="search a FAISS store by text, by id, by stream+time, or by a query video",
         description="Find the stored segments most like a query: a stored segment (--id), the segment of a "
-                    "stream at a time (--stream ID --at S; the stream as given to `run`), or a query video "
-                    "embedded with the store's own model and decoding (--video FILE); in a store built by a "
-                    "video-text model, a sentence (--text). Prints rank, score (cosine; for --text the "
-                    "model's video-text similarity), stream, time range, segment index, id and label.")
+        "stream at a time (--stream ID --at S; the stream as given to `run`), or a query video "
+        "embedded with the store's own model and decoding (--video FILE); in a store built by a "
+        "video-text model, a sentence (--text). Prints rank, score (cosine; for --text the "
+        "model's video-text similarity), stream, time range, segment index, id and label.",
+    )
     search.add_argument("--index", required=True, metavar="DIR", help="the store (a run's --out or its index/ dir)")
     q = search.add_mutually_exclusive_group(required=True)
     q.add_argument("--video", metavar="FILE", help="embed this video and search with it")
-    q.add_argument("--text", action="append", metavar="TEXT",
-                   help="search by a sentence (repeatable; a store built by a video-text model, e.g. "
-                        "videomamba_m16_25M_f8_res224)")
+    q.add_argument(
+        "--text",
+        action="append",
+        metavar="TEXT",
+        help="search by a sentence (repeatable; a store built by a video-text model, e.g. "
+        "videomamba_m16_25M_f8_res224)",
+    )
     q.add_argument("--id", type=_uid, metavar="N", help="search with a stored vector's id")
     q.add_argument("--stream", metavar="ID", help="search with the stored segment of stream ID at --at")
-    search.add_argument("--at", type=_seconds, metavar="SECONDS",
-                        help="with --video: use the segment covering this time (default: the whole video, "
-                             "mean of its segment embeddings); with --stream: required")
+    search.add_argument(
+        "--at",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --video: use the segment covering this time (default: the whole video, "
+        "mean of its segment embeddings); with --stream: required",
+    )
     search.add_argument("-k", type=_positive_int, default=10, help=f"number of hits (default 10, at most {MAX_HITS})")
     search.add_argument("--json", action="store_true", help="print hits as JSON lines")
     search.add_argument("--config", help="YAML config for embedding --video (model, decoding)")
-    search.add_argument("--rerank", type=_rerank_k, metavar="K",
-                        help="--text: re-score the top K hits with the model's ITM head, re-decoding those "
-                             "segments from their sources (the official two-stage retrieval)")
-    search.add_argument("--vocab", metavar="FILE",
-                        help="--text: bert-base-uncased vocab.txt (default $VMSTREAM_BERT_VOCAB or the hub cache)")
+    search.add_argument(
+        "--rerank",
+        type=_rerank_k,
+        metavar="K",
+        help="--text: re-score the top K hits with the model's ITM head, re-decoding those "
+        "segments from their sources (the official two-stage retrieval)",
+    )
+    search.add_argument(
+        "--vocab",
+        metavar="FILE",
+        help="--text: bert-base-uncased vocab.txt (default $VMSTREAM_BERT_VOCAB or the hub cache)",
+    )
     add_model_args(search)
     add_common(search)
     search.set_defaults(handler=main)
@@ -112,8 +129,12 @@ def main(args) -> int:
         raise UserError("--rerank re-scores text search hits; it needs --text")
     if args.text is not None:
         queries = list(args.text)
-        print_text_hits(queries, _search_by_text(args, store, where, queries, k), as_json=args.json,
-                        reranked=args.rerank is not None)
+        print_text_hits(
+            queries,
+            _search_by_text(args, store, where, queries, k),
+            as_json=args.json,
+            reranked=args.rerank is not None,
+        )
         return 0
     if args.id is not None:
         if store.get(args.id) is None:
@@ -145,8 +166,10 @@ def find_stream(given: str, streams: list[str], where) -> str:
         return by_name[0]
     shown = ", ".join(streams[:10]) + (f" ... ({len(streams)} in all)" if len(streams) > 10 else "")
     if len(by_name) > 1:
-        raise UserError(f"stream {given!r} matches {len(by_name)} streams in the store {where}: "
-                        f"{', '.join(by_name[:10])}; give the whole id")
+        raise UserError(
+            f"stream {given!r} matches {len(by_name)} streams in the store {where}: "
+            f"{', '.join(by_name[:10])}; give the whole id"
+        )
     raise UserError(f"stream {given!r} is not in the store {where}; it holds: {shown or 'no streams'}")
 
 
@@ -159,8 +182,9 @@ def at_segment(store, stream: str, t: float) -> None:
     t0 = min(rows.column("t_start").to_pylist())
     t1 = max(rows.column("t_end").to_pylist())
     if not t0 - 0.5 <= t <= t1 + 0.5:
-        raise UserError(f"--at {t:g}: the store holds stream {stream!r} from {fmt_time(t0)} to {fmt_time(t1)} "
-                        f"({t0:.1f}-{t1:.1f} s)")
+        raise UserError(
+            f"--at {t:g}: the store holds stream {stream!r} from {fmt_time(t0)} to {fmt_time(t1)} ({t0:.1f}-{t1:.1f} s)"
+        )
 
 
 def _search_by_video(args, store, where: Path, k: int):
@@ -177,8 +201,10 @@ def _search_by_video(args, store, where: Path, k: int):
     digest = store.meta.get("checkpoint_digest") or ""
     ours = model.card.checkpoint_digest
     if digest and ours and digest != ours:
-        raise UserError(f"the store was built with checkpoint {digest[:12]}…, the query model is "
-                        f"{ours[:12]}…; embeddings would not be comparable")
+        raise UserError(
+            f"the store was built with checkpoint {digest[:12]}…, the query model is "
+            f"{ours[:12]}…; embeddings would not be comparable"
+        )
     embs, spans = embed_video(cfg, model, args.video)
     if args.at is None:
         return store.search_video(embs, k)
@@ -198,8 +224,10 @@ def _search_by_text(args, store, where: Path, queries: list, k: int):
     cfg.model.labels = None  # the run's label prompts play no part in a search
     model = load_pipeline_model(cfg)
     if not is_videotext(model):
-        raise UserError(f"--text needs a store built by a video-text model; {where} was built with model "
-                        f"{model.card.name!r}, a video classifier with no text encoder")
+        raise UserError(
+            f"--text needs a store built by a video-text model; {where} was built with model "
+            f"{model.card.name!r}, a video classifier with no text encoder"
+        )
     tokenizer = make_tokenizer(args.vocab or cfg.model.vocab)
     try:
         hits = store.search_text(queries, model, max(k, args.rerank or 0), tokenizer=tokenizer)
@@ -225,9 +253,18 @@ def print_text_hits(queries, hits_per_query, as_json: bool = False, reranked: bo
     for query, hits in zip(queries, hits_per_query):
         if as_json:
             for rank, (h, itm) in enumerate(hits, 1):
-                row = {"query": query, "rank": rank, "id": h.uid, "uid": h.uid, "score": round(float(h.score), 6),
-                       "stream_id": h.stream_id, "segment_index": h.segment_index,
-                       "t_start": h.t_start, "t_end": h.t_end, "uri": h.uri}
+                row = {
+                    "query": query,
+                    "rank": rank,
+                    "id": h.uid,
+                    "uid": h.uid,
+                    "score": round(float(h.score), 6),
+                    "stream_id": h.stream_id,
+                    "segment_index": h.segment_index,
+                    "t_start": h.t_start,
+                    "t_end": h.t_end,
+                    "uri": h.uri,
+                }
                 if reranked:
                     row["itm"] = None if itm is None else round(itm, 6)
                 print(json.dumps(row))
@@ -236,9 +273,11 @@ def print_text_hits(queries, hits_per_query, as_json: bool = False, reranked: bo
             print(f"query: {printable(query)}")
         for rank, (h, itm) in enumerate(hits, 1):
             extra = "" if itm is None else f"  itm {itm:.4f}"
-            print(f"{rank:3d}. {h.score:.4f}{extra}  {printable(h.stream_id)}  "
-                  f"[{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
-                  f"segment {h.segment_index}  id {h.uid}")
+            print(
+                f"{rank:3d}. {h.score:.4f}{extra}  {printable(h.stream_id)}  "
+                f"[{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
+                f"segment {h.segment_index}  id {h.uid}"
+            )
         if not hits:
             print("no hits")
 
@@ -274,13 +313,27 @@ def print_hits(hits, as_json: bool = False) -> None:
     for rank, h in enumerate(hits, 1):
         if as_json:
             # "id" as the text output says it; "uid" kept for readers written before it
-            print(json.dumps({"rank": rank, "id": h.uid, "uid": h.uid, "score": round(float(h.score), 6),
-                              "stream_id": h.stream_id,
-                              "segment_index": h.segment_index, "t_start": h.t_start, "t_end": h.t_end,
-                              "uri": h.uri, "labels": list(h.labels)}))
+            print(
+                json.dumps(
+                    {
+                        "rank": rank,
+                        "id": h.uid,
+                        "uid": h.uid,
+                        "score": round(float(h.score), 6),
+                        "stream_id": h.stream_id,
+                        "segment_index": h.segment_index,
+                        "t_start": h.t_start,
+                        "t_end": h.t_end,
+                        "uri": h.uri,
+                        "labels": list(h.labels),
+                    }
+                )
+            )
         else:
             label = f"  {printable(h.label)}" if h.labels else ""
-            print(f"{rank:3d}. {h.score:.4f}  {printable(h.stream_id)}  [{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
-                  f"segment {h.segment_index}  id {h.uid}{label}")
+            print(
+                f"{rank:3d}. {h.score:.4f}  {printable(h.stream_id)}  [{fmt_time(h.t_start)}-{fmt_time(h.t_end)}]  "
+                f"segment {h.segment_index}  id {h.uid}{label}"
+            )
     if not hits:
         print("no hits")

@@ -1,4 +1,5 @@
 """`vmstream serve`: one store as an HTTP search API and a web page (vmstream/serve/)."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,24 +36,45 @@ def _megabytes(text: str) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "serve", help="serve a store: an HTTP search API and a web page (text, more-like-this, clips)",
+        "serve",
+        help="serve a store: an HTTP search API and a web page (text, more-like-this, clips)",
         description="Serve one store (a `vmstream run` --out) over HTTP: the page at /, the JSON API under "
-                    "/api (OpenAPI at /docs), /healthz, /readyz, /metrics. The store's model is loaded once "
-                    "from OUT/run.json; a run writing the same store is picked up as it commits.")
+        "/api (OpenAPI at /docs), /healthz, /readyz, /metrics. The store's model is loaded once "
+        "from OUT/run.json; a run writing the same store is picked up as it commits.",
+    )
     p.add_argument("--index", required=True, metavar="DIR", help="the store: a run's --out (or its index/ dir)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; any other needs --token-file or --insecure)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; any other needs --token-file or --insecure)",
+    )
     p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--token-file", metavar="F", help="a file holding the bearer token every request must send")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-local bind without a token (anyone who reaches the port can search)")
-    p.add_argument("--max-upload-mb", type=_megabytes, default=64 << 20, metavar="MB",
-                   help="largest query clip accepted by POST /api/search (default 64)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-local bind without a token (anyone who reaches the port can search)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=_megabytes,
+        default=64 << 20,
+        metavar="MB",
+        help="largest query clip accepted by POST /api/search (default 64)",
+    )
     p.add_argument("--cache-dir", metavar="DIR", help="where cut clips are kept (default: a temp dir)")
-    p.add_argument("--cache-mb", type=_megabytes, default=512 << 20, metavar="MB",
-                   help="most disk the clip cache uses (default 512)")
-    p.add_argument("--vocab", metavar="FILE", help="bert-base-uncased vocab.txt for text search "
-                                                   "(default: the run's, $VMSTREAM_BERT_VOCAB or the hub cache)")
+    p.add_argument(
+        "--cache-mb",
+        type=_megabytes,
+        default=512 << 20,
+        metavar="MB",
+        help="most disk the clip cache uses (default 512)",
+    )
+    p.add_argument(
+        "--vocab",
+        metavar="FILE",
+        help="bert-base-uncased vocab.txt for text search (default: the run's, $VMSTREAM_BERT_VOCAB or the hub cache)",
+    )
     p.add_argument("--device", help="device for the model (default: the run's)")
     add_common(p)
     p.set_defaults(handler=main)
@@ -88,8 +110,10 @@ def check_bind(host: str, token: bool, insecure: bool) -> None:
         except ValueError:
             local = False
     if not local and not token and not insecure:
-        raise UserError(f"--host {host} exposes the store beyond this machine: give --token-file F (a bearer "
-                        "token every request must send) or --insecure")
+        raise UserError(
+            f"--host {host} exposes the store beyond this machine: give --token-file F (a bearer "
+            "token every request must send) or --insecure"
+        )
 
 
 def main(args) -> int:
@@ -114,15 +138,32 @@ def main(args) -> int:
         raise UserError(str(e)) from None
     except StoreCorruptError as e:  # serve anyway: /readyz and every query say why (it may be repaired)
         print(f"vmstream serve: {e}", file=sys.stderr)
-    cfg, model, tokenizer, why = load_store_model(out, meta, sets=getattr(args, "sets", []), device=args.device,
-                                                  vocab=args.vocab)
-    app = create_app(out, index_dir=index, model=model, tokenizer=tokenizer, cfg=cfg, model_error=why, token=token,
-                     limits=Limits(max_upload_bytes=args.max_upload_mb), cache_dir=args.cache_dir,
-                     cache_bytes=args.cache_mb)
+    cfg, model, tokenizer, why = load_store_model(
+        out, meta, sets=getattr(args, "sets", []), device=args.device, vocab=args.vocab
+    )
+    app = create_app(
+        out,
+        index_dir=index,
+        model=model,
+        tokenizer=tokenizer,
+        cfg=cfg,
+        model_error=why,
+        token=token,
+        limits=Limits(max_upload_bytes=args.max_upload_mb),
+        cache_dir=args.cache_dir,
+        cache_bytes=args.cache_mb,
+    )
     # h11 with room for a long query string: an over-long text= is answered by the app
     # (400 naming the field), not cut off by the HTTP parser with a bare 400.
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                            http="h11", h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http="h11",
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+    )
     server = uvicorn.Server(config)
     text = "text search on" if tokenizer is not None else f"no text search: {why}"
     _announce(server, args.host, f"model {model.card.name}, {text}")

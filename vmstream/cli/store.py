@@ -1,5 +1,6 @@
 """`vmstream store verify|repair DIR`: check a FAISS store's files, rebuild it from the
 run's Parquet results."""
+
 from __future__ import annotations
 
 import sys
@@ -13,23 +14,31 @@ KINDS = ("auto", "flat", "ivfpq", "ivfsq8", "hnsw")
 
 def add_parser(sub) -> None:
     store = sub.add_parser(
-        "store", help="verify or repair a FAISS store",
+        "store",
+        help="verify or repair a FAISS store",
         description="Check every file of a FAISS store against its checksums (verify), or rebuild the store "
-                    "from the run's Parquet results, moving its files aside (repair). DIR is a run's --out "
-                    "or its index/ dir.")
+        "from the run's Parquet results, moving its files aside (repair). DIR is a run's --out "
+        "or its index/ dir.",
+    )
     actions = store.add_subparsers(dest="action", metavar="ACTION", required=True)
-    verify = actions.add_parser("verify", help="check the store; exit 0 if sound, 1 with one line per problem",
-                                description="Check every file of the store against its recorded checksum and "
-                                            "read it back whole. Exit 0 if sound, 1 (one line per problem) if not.")
+    verify = actions.add_parser(
+        "verify",
+        help="check the store; exit 0 if sound, 1 with one line per problem",
+        description="Check every file of the store against its recorded checksum and "
+        "read it back whole. Exit 0 if sound, 1 (one line per problem) if not.",
+    )
     verify.add_argument("dir", metavar="DIR", help="a run's --out or its index/ dir")
     add_verbose(verify)
     verify.set_defaults(handler=verify_main)
-    repair = actions.add_parser("repair", help="rebuild the store from the run's Parquet results",
-                                description="Rebuild the index from OUT/segments (every segment's embedding is "
-                                            "there) into a new generation; the store's old files move into its "
-                                            "damaged-<time>/ folder (OUT/index/damaged-<time>/), nothing is "
-                                            "deleted. A sound store is "
-                                            "left as it is unless --force.")
+    repair = actions.add_parser(
+        "repair",
+        help="rebuild the store from the run's Parquet results",
+        description="Rebuild the index from OUT/segments (every segment's embedding is "
+        "there) into a new generation; the store's old files move into its "
+        "damaged-<time>/ folder (OUT/index/damaged-<time>/), nothing is "
+        "deleted. A sound store is "
+        "left as it is unless --force.",
+    )
     repair.add_argument("dir", metavar="DIR", help="a run's --out or its index/ dir")
     repair.add_argument("--force", action="store_true", help="rebuild even a sound store")
     repair.add_argument("--kind", choices=KINDS, help="index kind of the rebuilt store (default: the old store's)")
@@ -62,8 +71,11 @@ def verify_main(args) -> int:
         print(f"{(store / problem.file) if problem.file != '.' else store}: {problem.what}")
     for problem in results:
         print(f"{out / problem.file}: {problem.what}")
-    print(f"`vmstream store repair {args.dir}` rebuilds the store from the run's Parquet results"
-          f"{' (damaged result parts are moved aside first, never used)' if results else ''}", file=sys.stderr)
+    print(
+        f"`vmstream store repair {args.dir}` rebuilds the store from the run's Parquet results"
+        f"{' (damaged result parts are moved aside first, never used)' if results else ''}",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -72,8 +84,10 @@ def repair_main(args) -> int:
 
     store, out = locate(args.dir)
     if _backend(store) == "milvus":
-        raise UserError(f"video store {store} is kept in Milvus, which keeps its own replicas and logs; "
-                        "to rebuild it, delete its collection and run `vmstream index` from the results topics")
+        raise UserError(
+            f"video store {store} is kept in Milvus, which keeps its own replicas and logs; "
+            "to rebuild it, delete its collection and run `vmstream index` from the results topics"
+        )
     report = verify_store(store)
     results = verify_results(out)
     if report.sound and not results and not args.force:
@@ -87,16 +101,20 @@ def repair_main(args) -> int:
         if report.sound and not args.force:
             # The store was built as the results were written, before their damage: it
             # keeps what the set-aside parts held.
-            print(f"video store {store}: sound, kept; running the same `vmstream run` again writes the "
-                  "set-aside results anew")
+            print(
+                f"video store {store}: sound, kept; running the same `vmstream run` again writes the "
+                "set-aside results anew"
+            )
             return 0
-        done = rebuild_from_results(store, out / "segments", kind=args.kind,
-                                    fallback={"kind": _run_kind(out), "metric": _run_metric(out)})
+        done = rebuild_from_results(
+            store, out / "segments", kind=args.kind, fallback={"kind": _run_kind(out), "metric": _run_metric(out)}
+        )
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # no results; a writer holds the store
         raise UserError(str(e)) from None
     except OSError as e:  # a read-only or full file system: nothing was changed
-        raise UserError(f"cannot repair the store {store}: {e.strerror or e}"
-                        + (f" ({e.filename})" if e.filename else "")) from None
+        raise UserError(
+            f"cannot repair the store {store}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+        ) from None
     for note in done.notes:
         print(f"note: video store {store}: {note}")
     skipped = f" ({done.skipped} rows without a usable embedding skipped)" if done.skipped else ""

@@ -1,4 +1,5 @@
 """`vmstream train` and `vmstream eval`: recipes in configs/train/, overridden with --set."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,17 +15,23 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-    train = sub.add_parser("train", help="train or fine-tune (configs/train/*.yaml)",
-                           description="Train or fine-tune with a recipe (configs/train/DATASET/*.yaml). "
-                                       "Recipe keys are overridden with --set KEY=VALUE, e.g. "
-                                       "--set data_path=/data/k400 --set epochs=5. " + SET_HELP.capitalize() + ".")
+    train = sub.add_parser(
+        "train",
+        help="train or fine-tune (configs/train/*.yaml)",
+        description="Train or fine-tune with a recipe (configs/train/DATASET/*.yaml). "
+        "Recipe keys are overridden with --set KEY=VALUE, e.g. "
+        "--set data_path=/data/k400 --set epochs=5. " + SET_HELP.capitalize() + ".",
+    )
     train.add_argument("--config", required=True, help="the recipe (YAML)")
     _add_overrides(train)
     train.set_defaults(handler=main_train)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on a data list (multi-view)",
-                        description="The multi-view test of a checkpoint on the recipe's test list. "
-                                    "Recipe keys are overridden with --set KEY=VALUE.")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a data list (multi-view)",
+        description="The multi-view test of a checkpoint on the recipe's test list. "
+        "Recipe keys are overridden with --set KEY=VALUE.",
+    )
     ev.add_argument("--config", required=True, help="the recipe (YAML)")
     ev.add_argument("--checkpoint", help="checkpoint file or registry name (default: the recipe's finetune)")
     _add_overrides(ev)

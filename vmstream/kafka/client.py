@@ -5,6 +5,7 @@
 ConnectionError message; `admin_client` and `topic_message_limit` are the admin calls
 the sink, the state store and the topics step all need.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -36,8 +37,13 @@ def client_options(config: Optional[Mapping[str, Any]], client: str = "producer"
             close = difflib.get_close_matches(name, list(valid), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown Kafka {client} setting {key!r}{hint}")
-        if name in ("bootstrap_servers", "key_serializer", "value_serializer", "key_deserializer",
-                    "value_deserializer"):
+        if name in (
+            "bootstrap_servers",
+            "key_serializer",
+            "value_serializer",
+            "key_deserializer",
+            "value_deserializer",
+        ):
             raise ValueError(f"Kafka setting {key!r} is set by vmstream, not by client_config")
         out[name] = value
     return out
@@ -61,20 +67,29 @@ def connect_error(bootstrap: Any, timeout_s: float, config: Optional[Mapping[str
     # real reason and keeps trying until the bootstrap timeout), so say both.
     msg = f"cannot connect to Kafka at {bootstrap} within {timeout_s:.0f}s ({exc})"
     proto = dict(client_options(config, "producer")).get("security_protocol", "PLAINTEXT")
-    return msg + (f": is the broker running and listening for {proto} there?"
-                  + (" Are the SASL/SSL settings (sasl_*, ssl_*) right?" if proto != "PLAINTEXT" else ""))
+    return msg + (
+        f": is the broker running and listening for {proto} there?"
+        + (" Are the SASL/SSL settings (sasl_*, ssl_*) right?" if proto != "PLAINTEXT" else "")
+    )
 
 
-def admin_client(bootstrap_servers: Union[str, Sequence[str]], client_config: Optional[Mapping[str, Any]] = None,
-                 timeout_s: float = 30.0, request_timeout_s: Optional[float] = None):
+def admin_client(
+    bootstrap_servers: Union[str, Sequence[str]],
+    client_config: Optional[Mapping[str, Any]] = None,
+    timeout_s: float = 30.0,
+    request_timeout_s: Optional[float] = None,
+):
     """A kafka-python admin client with vmstream's option checking; ConnectionError
     when no broker answers within `timeout_s`. Requests time out after
     `request_timeout_s` (default: `timeout_s`)."""
     from kafka import KafkaAdminClient
 
     request_s = timeout_s if request_timeout_s is None else request_timeout_s
-    opts: dict[str, Any] = dict(bootstrap_servers=bootstrap_servers, bootstrap_timeout_ms=int(timeout_s * 1000),
-                                request_timeout_ms=int(request_s * 1000))
+    opts: dict[str, Any] = dict(
+        bootstrap_servers=bootstrap_servers,
+        bootstrap_timeout_ms=int(timeout_s * 1000),
+        request_timeout_ms=int(request_s * 1000),
+    )
     opts.update(client_options(client_config, "admin"))
     try:
         return KafkaAdminClient(**opts)
@@ -93,5 +108,7 @@ def topic_message_limit(admin: Any, topic: str) -> int:
 
 def create_hint(bootstrap_servers: Any) -> str:
     """How to make vmstream's topics, for errors about a missing one."""
-    return (f"create them with `vmstream kafka-topics --bootstrap {bootstrap_servers}` "
-            "or vmstream.kafka.topics.ensure_topics()")
+    return (
+        f"create them with `vmstream kafka-topics --bootstrap {bootstrap_servers}` "
+        "or vmstream.kafka.topics.ensure_topics()"
+    )

@@ -35,6 +35,7 @@ records' `stream_version`): its records replace the old version's. `dedupe_by_ui
 last change of version on in the log, and of each segment its last copy: what the
 Parquet sink keeps too.
 """
+
 from __future__ import annotations
 
 import math
@@ -216,7 +217,9 @@ def decode_message(
     where = _where(topic, partition, offset)
     h = _header_map(headers)
     if H_SCHEMA not in h or H_KIND not in h:
-        raise RecordFormatError(f"message {where} has no vmstream headers ({H_SCHEMA}, {H_KIND}): not a vmstream record")
+        raise RecordFormatError(
+            f"message {where} has no vmstream headers ({H_SCHEMA}, {H_KIND}): not a vmstream record"
+        )
     try:
         version = int(h[H_SCHEMA])
     except ValueError:

@@ -28,6 +28,7 @@ Security settings (SSL, SASL) pass through `client_config`, in kafka-python's na
 (`security_protocol`, `ssl_cafile`, `sasl_mechanism`, `sasl_plain_username`, ...;
 dotted spellings like `security.protocol` are accepted too).
 """
+
 from __future__ import annotations
 
 import logging
@@ -185,8 +186,14 @@ class ReliableProducer:
 
     # -- public
 
-    def send(self, topic: str, value: Optional[bytes], key: Optional[bytes] = None,
-             headers: Optional[list] = None, timeout_s: Optional[float] = None) -> int:
+    def send(
+        self,
+        topic: str,
+        value: Optional[bytes],
+        key: Optional[bytes] = None,
+        headers: Optional[list] = None,
+        timeout_s: Optional[float] = None,
+    ) -> int:
         """Queue one record (value None: a tombstone, for compacted topics); returns its
         sequence number. Blocks while the buffer is full (at most `timeout_s`, then
         TimeoutError; None: until give-up)."""
@@ -345,14 +352,18 @@ class ReliableProducer:
                 self._queue.add(seq)
                 # Backoff grows with re-send rounds that brought no ack (counted in the
                 # re-send loop), not with the number of records failing at once.
-                backoff = min(self._max_retry_backoff_s,
-                              self._retry_backoff_s * 2 ** min(self._failures_in_row, 10))
+                backoff = min(self._max_retry_backoff_s, self._retry_backoff_s * 2 ** min(self._failures_in_row, 10))
                 self._queue_due = max(self._queue_due, time.monotonic() + backoff)
                 now = time.monotonic()
                 if now - self._last_warn > 10:
                     self._last_warn = now
-                    log.warning("Kafka delivery to %s failed (%s); %d records kept, re-sending in %.1fs",
-                                self.bootstrap_servers, self.stats.last_error, len(self._pending), backoff)
+                    log.warning(
+                        "Kafka delivery to %s failed (%s); %d records kept, re-sending in %.1fs",
+                        self.bootstrap_servers,
+                        self.stats.last_error,
+                        len(self._pending),
+                        backoff,
+                    )
             else:
                 self.stats.failed += 1
                 if self._error is None:
@@ -401,8 +412,9 @@ class ReliableProducer:
         still held fail back into our queue through their errbacks and are re-sent."""
         from kafka import KafkaProducer
 
-        log.warning("Kafka producer stuck or in an error state (%s); replacing it",
-                    self.stats.last_error or "no error reported")
+        log.warning(
+            "Kafka producer stuck or in an error state (%s); replacing it", self.stats.last_error or "no error reported"
+        )
         fresh = KafkaProducer(**self._opts)
         with self._cond:
             old, self._producer = self._producer, fresh

@@ -8,6 +8,7 @@
 
 The message format is `vmstream.kafka.codec`'s.
 """
+
 from __future__ import annotations
 
 import time
@@ -103,8 +104,9 @@ def read_records(
     """Everything on `topics` now (see `read_messages`), decoded, and de-duplicated
     by uid unless `dedupe=False`."""
     records = [
-        decode_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset,
-                       resolve_refs=resolve_refs)
+        decode_message(
+            m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset, resolve_refs=resolve_refs
+        )
         for m in read_messages(bootstrap_servers, topics, client_config=client_config, timeout_s=timeout_s)
     ]
     return dedupe_by_uid(records) if dedupe else records

@@ -38,6 +38,7 @@ The producer is `ReliableProducer` (idempotent, acks=all, never drops): `save` a
 `delete` block until acknowledged, and raise `KafkaDeliveryError` only after the
 broker has been unreachable for `give_up_s`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,14 @@ import threading
 import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from vmstream.kafka.client import UNREACHABLE, admin_client, client_options, connect_error, create_hint, topic_message_limit
+from vmstream.kafka.client import (
+    UNREACHABLE,
+    admin_client,
+    client_options,
+    connect_error,
+    create_hint,
+    topic_message_limit,
+)
 from vmstream.kafka.producer import ReliableProducer
 from vmstream.snapshot_codec import decode_snapshot, encode_snapshot
 
@@ -114,8 +122,9 @@ class KafkaStateStore:
             )
         except UNREACHABLE as e:
             self._producer.close()
-            raise ConnectionError(connect_error(bootstrap_servers, min(self.timeout_s, 30.0),
-                                                 self._client_config, e)) from e
+            raise ConnectionError(
+                connect_error(bootstrap_servers, min(self.timeout_s, 30.0), self._client_config, e)
+            ) from e
         self._lock = threading.Lock()
         self._read_to: dict[int, int] = {}  # partition -> next offset to read
         self._index: dict[bytes, tuple[int, int]] = {}  # key -> (partition, offset) of its newest message
@@ -125,7 +134,8 @@ class KafkaStateStore:
             self.close()
             raise ValueError(
                 f"Kafka state topic {topic!r} does not exist on {bootstrap_servers}; "
-                f"{create_hint(bootstrap_servers)} (compacted, with a raised message size limit)")
+                f"{create_hint(bootstrap_servers)} (compacted, with a raised message size limit)"
+            )
 
     # ----------------------------------------------------------------- the interface
 
@@ -135,7 +145,8 @@ class KafkaStateStore:
             raise ValueError(
                 f"snapshot of stream {snap['stream_id']!r} is {len(data)} bytes, over the state topic "
                 f"{self.topic!r} limit of {self.max_message_bytes} (raise its max.message.bytes: "
-                "vmstream kafka-topics --state-max-message-bytes)")
+                "vmstream kafka-topics --state-max-message-bytes)"
+            )
         self._producer.send(self.topic, data, key=_key(snap["stream_id"]))
         self._producer.flush()
 
@@ -164,8 +175,7 @@ class KafkaStateStore:
                 msg = self._fetch(loc[0], loc[1], deadline)
                 if msg is not None and msg.offset == loc[1] and msg.key == key and msg.value is not None:
                     return self._decode(stream_id, msg.value, f"{self.topic}[{p}]@{loc[1]}")
-            raise RuntimeError(f"{self.topic}: the snapshot of {stream_id!r} kept moving under compaction; "
-                               "try again")
+            raise RuntimeError(f"{self.topic}: the snapshot of {stream_id!r} kept moving under compaction; try again")
 
     def _decode(self, stream_id: str, data: bytes, where: str) -> Optional[dict]:
         """The snapshot in `data`, or None when it is damaged: anyone who can write to
@@ -179,8 +189,13 @@ class KafkaStateStore:
             return snap
         except Exception as e:
             self.stats["damaged"] += 1
-            log.warning("state topic: the snapshot of %r at %s is damaged (%s: %s); set aside, the stream "
-                        "starts over", stream_id, where, type(e).__name__, e)
+            log.warning(
+                "state topic: the snapshot of %r at %s is damaged (%s: %s); set aside, the stream starts over",
+                stream_id,
+                where,
+                type(e).__name__,
+                e,
+            )
             return None
 
     def close(self) -> None:
@@ -208,7 +223,8 @@ class KafkaStateStore:
             if self.topic not in set(admin.list_topics()):
                 raise ValueError(
                     f"Kafka state topic {self.topic!r} does not exist on {self.bootstrap_servers}; "
-                    + create_hint(self.bootstrap_servers))
+                    + create_hint(self.bootstrap_servers)
+                )
             try:
                 return topic_message_limit(admin, self.topic)
             except E.KafkaError as e:  # e.g. no DescribeConfigs permission
@@ -232,8 +248,13 @@ class KafkaStateStore:
         start = self._read_to.get(p, 0)
         if start > end:
             # The topic was deleted and made again: what we know of it is void.
-            log.warning("%s[%d]: end offset %d is behind what was read (%d); re-reading the partition",
-                        self.topic, p, end, start)
+            log.warning(
+                "%s[%d]: end offset %d is behind what was read (%d); re-reading the partition",
+                self.topic,
+                p,
+                end,
+                start,
+            )
             self._index = {k: v for k, v in self._index.items() if v[0] != p}
             start = 0
         if start >= end:
@@ -245,8 +266,10 @@ class KafkaStateStore:
         while pos < end:
             if time.monotonic() > deadline:
                 self._read_to[p] = pos  # what was read is indexed; go on from there next time
-                raise TimeoutError(f"reading Kafka state topic {self.topic}[{p}] up to offset {end} "
-                                   f"took over {self.timeout_s:.0f}s (at {pos})")
+                raise TimeoutError(
+                    f"reading Kafka state topic {self.topic}[{p}] up to offset {end} "
+                    f"took over {self.timeout_s:.0f}s (at {pos})"
+                )
             batch = c.poll(timeout_ms=min(500, _ms_left(deadline)), max_records=1000)
             for m in batch.get(tp, ()):
                 if m.offset >= end:

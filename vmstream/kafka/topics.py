@@ -25,6 +25,7 @@ which partition a stream lands on. `ensure_topics` never adds partitions to an e
 topic unless asked (`grow_partitions=True`; it warns instead), because that moves
 streams between partitions and breaks their order across the change.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,7 +59,7 @@ class TopicNames:
         if not prefix or not all(c.isalnum() or c in "._-" for c in prefix):
             raise ValueError(f"Kafka topic prefix {prefix!r}: use letters, digits, '.', '_' or '-'")
         d = cls()
-        return cls(**{k: prefix + getattr(d, k)[len("vmstream"):] for k in d.__dataclass_fields__})
+        return cls(**{k: prefix + getattr(d, k)[len("vmstream") :] for k in d.__dataclass_fields__})
 
     @classmethod
     def from_config(cls, kafka: Any) -> "TopicNames":
@@ -214,7 +215,10 @@ def ensure_topics(
                     log.warning(
                         "Kafka topic %s has %d partitions, the spec asks for %d; not adding them, since that "
                         "moves streams between partitions (grow_partitions=True / --grow-partitions does)",
-                        s.name, have["partitions"], s.partitions)
+                        s.name,
+                        have["partitions"],
+                        s.partitions,
+                    )
                 else:
                     admin.create_partitions({s.name: s.partitions}, timeout_ms=int(timeout_s * 1000))
                     report[s.name] = "updated"
@@ -285,5 +289,13 @@ def delete_topics(
         admin.close()
 
 
-__all__ = ["TopicNames", "TopicSpec", "STATE_MAX_MESSAGE_BYTES", "vmstream_topics", "admin_client", "describe_topics",
-           "ensure_topics", "delete_topics"]
+__all__ = [
+    "TopicNames",
+    "TopicSpec",
+    "STATE_MAX_MESSAGE_BYTES",
+    "vmstream_topics",
+    "admin_client",
+    "describe_topics",
+    "ensure_topics",
+    "delete_topics",
+]

@@ -9,6 +9,7 @@ measures the cost against the load and against the sha256 digest every load comp
 Files in the legacy (pre-1.6, non-zip) format, as some official checkpoints are, carry no
 checksum to check.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,7 @@ def _damaged(path: str, member: Optional[str], what: str) -> DamagedArchive:
 def _member_crc(view, start: int, size: int) -> int:
     crc = 0
     for s in range(start, start + size, _SLICE):
-        crc = zlib.crc32(view[s:min(s + _SLICE, start + size)], crc)
+        crc = zlib.crc32(view[s : min(s + _SLICE, start + size)], crc)
     return crc
 
 
@@ -92,6 +93,7 @@ def check_archive(path: Union[str, os.PathLike], workers: Optional[int] = None) 
             results = dict(zip((j[0].filename for j in big_first), pool.map(crc_ok, big_first)))
     for info in infos:
         if not results[info.filename]:
-            raise _damaged(path, info.filename, "fails the archive's CRC-32 check (the file changed after it "
-                                                "was written)")
+            raise _damaged(
+                path, info.filename, "fails the archive's CRC-32 check (the file changed after it was written)"
+            )
     return True

@@ -22,6 +22,7 @@ Semantics (the official ones):
   `cls.predictions.decoder` (its weight tied to the word embeddings, as Hugging Face ties
   them) and `cls.predictions.bias`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,16 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-__all__ = ["BertConfig", "BertModel", "BertEmbeddings", "BertLayer", "BertAttention", "BertSelfAttention",
-           "BertOnlyMLMHead", "MODES"]
+__all__ = [
+    "BertConfig",
+    "BertModel",
+    "BertEmbeddings",
+    "BertLayer",
+    "BertAttention",
+    "BertSelfAttention",
+    "BertOnlyMLMHead",
+    "MODES",
+]
 
 MODES = ("text", "fusion", "multi_modal")
 # The official mask value (xbert's get_extended_attention_mask); -inf would change nothing
@@ -63,8 +72,9 @@ class BertConfig:
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"BertConfig: hidden_size {self.hidden_size} is not a multiple of "
-                             f"num_heads {self.num_heads}")
+            raise ValueError(
+                f"BertConfig: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+            )
         if not 0 <= self.fusion_layer <= self.num_layers:
             raise ValueError(f"BertConfig: fusion_layer {self.fusion_layer} is outside 0..{self.num_layers}")
 
@@ -83,8 +93,9 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
         L = input_ids.shape[1]
         if L > self.position_embeddings.num_embeddings:
-            raise ValueError(f"text has {L} tokens but the model has {self.position_embeddings.num_embeddings} "
-                             "positions")
+            raise ValueError(
+                f"text has {L} tokens but the model has {self.position_embeddings.num_embeddings} positions"
+            )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         positions = torch.arange(L, device=input_ids.device)[None]
@@ -112,8 +123,9 @@ class BertSelfAttention(nn.Module):
     def forward(self, x: Tensor, mask_bias: Optional[Tensor] = None, memory: Optional[Tensor] = None) -> Tensor:
         src = x if memory is None else memory
         q, k, v = self._heads(self.query(x)), self._heads(self.key(src)), self._heads(self.value(src))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias,
-                                             dropout_p=self.dropout_p if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask_bias, dropout_p=self.dropout_p if self.training else 0.0
+        )
         return out.transpose(1, 2).reshape(x.shape)
 
 
@@ -171,13 +183,20 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
-    def forward(self, x: Tensor, mask_bias: Optional[Tensor] = None, memory: Optional[Tensor] = None,
-                memory_bias: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask_bias: Optional[Tensor] = None,
+        memory: Optional[Tensor] = None,
+        memory_bias: Optional[Tensor] = None,
+    ) -> Tensor:
         x = self.attention(x, mask_bias)
         if self.has_cross_attention:
             if memory is None:
-                raise ValueError(f"BERT layer {self.layer_num} has cross-attention and needs the video tokens "
-                                 "(encoder_hidden_states)")
+                raise ValueError(
+                    f"BERT layer {self.layer_num} has cross-attention and needs the video tokens "
+                    "(encoder_hidden_states)"
+                )
             x = self.crossattention(x, memory_bias, memory)
         return self.output(self.intermediate(x), x)
 
@@ -262,10 +281,17 @@ class BertModel(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None, *,
-                mode: str = "text", encoder_embeds: Optional[Tensor] = None,
-                encoder_hidden_states: Optional[Tensor] = None, encoder_attention_mask: Optional[Tensor] = None,
-                token_type_ids: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        *,
+        mode: str = "text",
+        encoder_embeds: Optional[Tensor] = None,
+        encoder_hidden_states: Optional[Tensor] = None,
+        encoder_attention_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+    ) -> Tensor:
         """Last hidden states [B, L, hidden]. `encoder_embeds` replaces the embedding of
         `input_ids` (the fusion mode's input: the text-mode states)."""
         if mode not in MODES:
@@ -286,8 +312,9 @@ class BertModel(nn.Module):
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.encoder.layer[start:stop]:
             if ckpt:
-                x = torch.utils.checkpoint.checkpoint(layer, x, bias, encoder_hidden_states, mem_bias,
-                                                      use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(
+                    layer, x, bias, encoder_hidden_states, mem_bias, use_reentrant=False
+                )
             else:
                 x = layer(x, bias, encoder_hidden_states, mem_bias)
         return x

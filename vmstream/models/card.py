@@ -9,6 +9,7 @@ metadata behind the back of the code that holds it: an update is a new card
 interpolation, crop), so preprocessing follows the model instead of constants
 scattered over the stages. Nothing here imports torch, the records or pyarrow.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -25,8 +26,15 @@ CROP_MODES = ("short_side_crop", "direct")
 # PyAV's / libswscale's); their default and the official models' is bilinear.
 INTERPOLATIONS = ("bilinear", "bicubic", "area", "lanczos")
 
-__all__ = ["ModelCard", "DataConfig", "resolve_data_config", "IMAGENET_MEAN", "IMAGENET_STD",
-           "CROP_MODES", "INTERPOLATIONS"]
+__all__ = [
+    "ModelCard",
+    "DataConfig",
+    "resolve_data_config",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CROP_MODES",
+    "INTERPOLATIONS",
+]
 
 
 @dataclass(frozen=True)
@@ -66,13 +74,16 @@ class ModelCard:
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(f"ModelCard: mean and std need {self.in_chans} values (in_chans), "
-                             f"got {len(self.mean)} and {len(self.std)}")
+            raise ValueError(
+                f"ModelCard: mean and std need {self.in_chans} values (in_chans), "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"ModelCard.std must be positive, got {self.std}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(f"ModelCard.class_names has {len(self.class_names)} names but the model has "
-                             f"{self.num_classes} classes")
+            raise ValueError(
+                f"ModelCard.class_names has {len(self.class_names)} names but the model has {self.num_classes} classes"
+            )
         if self.crop not in CROP_MODES:
             raise ValueError(f"ModelCard.crop={self.crop!r}; expected one of {CROP_MODES}")
         if self.interpolation not in INTERPOLATIONS:
@@ -106,17 +117,37 @@ class DataConfig:
         return (len(self.mean), self.num_frames, self.img_size, self.img_size)
 
 
-def resolve_data_config(model_or_card: Any, *, img_size: Optional[int] = None, num_frames: Optional[int] = None,
-                        mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                        interpolation: Optional[str] = None, crop: Optional[str] = None) -> DataConfig:
+def resolve_data_config(
+    model_or_card: Any,
+    *,
+    img_size: Optional[int] = None,
+    num_frames: Optional[int] = None,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    interpolation: Optional[str] = None,
+    crop: Optional[str] = None,
+) -> DataConfig:
     """The preprocessing a model (or its card) wants; a keyword that is not None wins over
     the card (e.g. a pipeline config's `decode.img_size`), and is checked like the card."""
     card = model_or_card if isinstance(model_or_card, ModelCard) else getattr(model_or_card, "card", None)
     if not isinstance(card, ModelCard):
-        raise TypeError(f"resolve_data_config needs a model with a `card` (a ModelCard), "
-                        f"got {type(model_or_card).__name__}")
-    given = {"img_size": img_size, "num_frames": num_frames, "mean": mean, "std": std,
-             "interpolation": interpolation, "crop": crop}
+        raise TypeError(
+            f"resolve_data_config needs a model with a `card` (a ModelCard), got {type(model_or_card).__name__}"
+        )
+    given = {
+        "img_size": img_size,
+        "num_frames": num_frames,
+        "mean": mean,
+        "std": std,
+        "interpolation": interpolation,
+        "crop": crop,
+    }
     card = card.replace(**{k: v for k, v in given.items() if v is not None})
-    return DataConfig(img_size=card.img_size, num_frames=card.num_frames, mean=card.mean, std=card.std,
-                      interpolation=card.interpolation, crop=card.crop)
+    return DataConfig(
+        img_size=card.img_size,
+        num_frames=card.num_frames,
+        mean=card.mean,
+        std=card.std,
+        interpolation=card.interpolation,
+        crop=card.crop,
+    )

@@ -17,6 +17,7 @@
 * Weights must be finite: a NaN or Inf anywhere (a diverged training run, a damaged file)
   would make every output NaN, so it is refused at load, naming the tensors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,7 @@ class LoadReport:
 
 
 # ------------------------------------------------------------------------ reading
+
 
 def _safe_globals() -> list:
     allowed: list = [argparse.Namespace, np.dtype]
@@ -136,7 +138,8 @@ def _load_with_inert_classes(path: Path, meta: dict):
             f"refused to load {path}: it contains pickled objects other than tensors, containers and "
             f"argparse.Namespace, which could run code when unpickled (GLOBAL {', '.join(functions)}). "
             "If you trust the file, load it yourself and pass its state dict (or re-save it with "
-            "torch.save(state_dict)).")
+            "torch.save(state_dict))."
+        )
     stand_ins = [(InertObject, name) for name in names]
     with torch.serialization.safe_globals(_safe_globals() + stand_ins):
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -155,8 +158,10 @@ def _find_state_dict(obj: Any, meta: dict) -> Mapping:
         if isinstance(inner, Mapping) and inner and any(isinstance(v, Tensor) for v in inner.values()):
             meta["nested_key"] = key
             return inner
-    raise CheckpointError(f"no state dict in checkpoint: top-level keys are {sorted(map(str, obj))[:20]}; "
-                          f"expected tensors, or a dict under one of {list(_NESTED_KEYS)}")
+    raise CheckpointError(
+        f"no state dict in checkpoint: top-level keys are {sorted(map(str, obj))[:20]}; "
+        f"expected tensors, or a dict under one of {list(_NESTED_KEYS)}"
+    )
 
 
 def _strip_prefixes(sd: Mapping) -> dict[str, Tensor]:
@@ -204,11 +209,14 @@ def check_finite(sd: Mapping[str, Tensor], label: str) -> None:
         bad.append(f"{key} ({nan} NaN, {int((~finite).sum()) - nan} Inf of {t.numel()})")
     if bad:
         shown = ", ".join(bad[:5]) + (f" ... and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise CheckpointError(f"checkpoint {label} has non-finite weights (NaN or Inf) in {len(bad)} "
-                              f"tensor(s): {shown}; it cannot give meaningful outputs")
+        raise CheckpointError(
+            f"checkpoint {label} has non-finite weights (NaN or Inf) in {len(bad)} "
+            f"tensor(s): {shown}; it cannot give meaningful outputs"
+        )
 
 
 # ---------------------------------------------------------------- architecture
+
 
 def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     """VideoMamba constructor arguments read from a state dict's shapes.
@@ -218,16 +226,25 @@ def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     sd = _drop_aux(dict(sd), [])
     w = sd.get("patch_embed.proj.weight")
     if w is None or w.dim() not in (4, 5) or "pos_embed" not in sd:
-        raise CheckpointError("not a VideoMamba checkpoint: it lacks patch_embed.proj.weight or pos_embed "
-                              f"(first keys: {list(sd)[:8]})")
+        raise CheckpointError(
+            f"not a VideoMamba checkpoint: it lacks patch_embed.proj.weight or pos_embed (first keys: {list(sd)[:8]})"
+        )
     # Every size below is read from these shapes; a zero anywhere would divide by it.
-    for key, dims in (("patch_embed.proj.weight", (4, 5)), ("pos_embed", (3,)), ("layers.0.mixer.A_log", (2,)),
-                      ("layers.0.mixer.conv1d.weight", (2, 3)), ("layers.0.mixer.dt_proj.weight", (2,)),
-                      ("temporal_pos_embedding", (3,)), ("head.weight", (2,))):
+    for key, dims in (
+        ("patch_embed.proj.weight", (4, 5)),
+        ("pos_embed", (3,)),
+        ("layers.0.mixer.A_log", (2,)),
+        ("layers.0.mixer.conv1d.weight", (2, 3)),
+        ("layers.0.mixer.dt_proj.weight", (2,)),
+        ("temporal_pos_embedding", (3,)),
+        ("head.weight", (2,)),
+    ):
         t = sd.get(key)
         if t is not None and (t.dim() not in dims or 0 in t.shape):
-            raise CheckpointError(f"not a usable VideoMamba checkpoint: {key} has shape {tuple(t.shape)} "
-                                  f"(expected {' or '.join(map(str, dims))} non-zero dimensions)")
+            raise CheckpointError(
+                f"not a usable VideoMamba checkpoint: {key} has shape {tuple(t.shape)} "
+                f"(expected {' or '.join(map(str, dims))} non-zero dimensions)"
+            )
     embed_dim, channels, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[-1])
     kernel_size = int(w.shape[2]) if w.dim() == 5 else 1
     layer_ids = {int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()}
@@ -258,8 +275,14 @@ def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     if d_inner % embed_dim:
         raise CheckpointError(f"d_inner {d_inner} is not a multiple of embed_dim {embed_dim}")
     ssm: dict[str, Any] = {}
-    defaults = {"d_state": 16, "d_conv": 4, "expand": 2, "dt_rank": math.ceil(embed_dim / 16),
-                "conv_bias": True, "bias": False}
+    defaults = {
+        "d_state": 16,
+        "d_conv": 4,
+        "expand": 2,
+        "dt_rank": math.ceil(embed_dim / 16),
+        "conv_bias": True,
+        "bias": False,
+    }
     found = {
         "d_state": d_state,
         "d_conv": int(sd["layers.0.mixer.conv1d.weight"].shape[-1]),
@@ -277,6 +300,7 @@ def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- adaptation
+
 
 def resample_pos_embed(pos: Tensor, num_patches: int) -> Tensor:
     """Spatial positions [1, 1 + s0*s0, D] -> [1, 1 + num_patches, D], bicubic on the
@@ -302,8 +326,9 @@ def inflate_patch_weight(weight_2d: Tensor, time_dim: int) -> Tensor:
     return w
 
 
-def adapt_state_dict(sd: Mapping[str, Tensor], model: VideoMamba, reset_head: bool = False
-                     ) -> tuple[dict[str, Tensor], list[str]]:
+def adapt_state_dict(
+    sd: Mapping[str, Tensor], model: VideoMamba, reset_head: bool = False
+) -> tuple[dict[str, Tensor], list[str]]:
     """Fit a checkpoint's state dict to `model` (see the module docstring). Returns the
     adapted dict and the notes saying what was changed; raises CheckpointError otherwise."""
     sd = dict(sd)
@@ -321,15 +346,22 @@ def adapt_state_dict(sd: Mapping[str, Tensor], model: VideoMamba, reset_head: bo
         sd["temporal_pos_embedding"] = torch.zeros_like(target["temporal_pos_embedding"])
         notes.append("image checkpoint: temporal_pos_embedding starts at zero (as in the official fine-tuning)")
 
-    if "pos_embed" in sd and sd["pos_embed"].shape != target["pos_embed"].shape \
-            and sd["pos_embed"].shape[-1] == target["pos_embed"].shape[-1]:
+    if (
+        "pos_embed" in sd
+        and sd["pos_embed"].shape != target["pos_embed"].shape
+        and sd["pos_embed"].shape[-1] == target["pos_embed"].shape[-1]
+    ):
         n0, n1 = sd["pos_embed"].shape[1] - 1, target["pos_embed"].shape[1] - 1
         sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], n1)
         s0, s1 = math.isqrt(n0), math.isqrt(n1)
         notes.append(f"resampled pos_embed {s0}x{s0} -> {s1}x{s1} patches (bicubic, cls kept)")
     tp = sd.get("temporal_pos_embedding")
-    if tp is not None and tp.dim() == 3 and tp.shape != target["temporal_pos_embedding"].shape \
-            and tp.shape[-1] == target["temporal_pos_embedding"].shape[-1]:
+    if (
+        tp is not None
+        and tp.dim() == 3
+        and tp.shape != target["temporal_pos_embedding"].shape
+        and tp.shape[-1] == target["temporal_pos_embedding"].shape[-1]
+    ):
         t1 = target["temporal_pos_embedding"].shape[1]
         sd["temporal_pos_embedding"] = resample_temporal_pos(tp.float(), t1).to(tp.dtype)
         notes.append(f"resampled temporal_pos_embedding {tp.shape[1]} -> {t1} positions (linear)")
@@ -345,8 +377,11 @@ def check_fit(sd: Mapping[str, Tensor], target: Mapping[str, Tensor], what: str)
     against the model's `target` state dict (the first 20 of each)."""
     missing = [k for k in target if k not in sd]
     unexpected = [k for k in sd if k not in target]
-    mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-                  for k in target if k in sd and sd[k].shape != target[k].shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in target
+        if k in sd and sd[k].shape != target[k].shape
+    ]
     if missing or unexpected or mismatched:
         parts = []
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
@@ -365,13 +400,16 @@ def _fit_head(sd: dict, target: Mapping, reset_head: bool, notes: list[str]) -> 
     ck_n = int(ck_head["head.weight"].shape[0]) if "head.weight" in ck_head else 0
     model_n = int(model_head["head.weight"].shape[0]) if "head.weight" in model_head else 0
     if not reset_head and ck_n == model_n:  # same classes: the head's width or its keys differ
-        raise CheckpointError(f"the checkpoint's head does not fit the model's, though both have {ck_n or 'no'} "
-                              f"classes: {_head_difference(ck_head, model_head)}")
+        raise CheckpointError(
+            f"the checkpoint's head does not fit the model's, though both have {ck_n or 'no'} "
+            f"classes: {_head_difference(ck_head, model_head)}"
+        )
     if not reset_head:
         raise CheckpointError(
             f"the checkpoint's head has {ck_n or 'no'} classes but the model's has {model_n or 'no'} "
             "(num_classes); pass reset_head=True to keep the model's own freshly initialised head "
-            "(fine-tuning on other classes, or num_classes=0 for features only)")
+            "(fine-tuning on other classes, or num_classes=0 for features only)"
+        )
     for k in ck_head:
         del sd[k]
     for k, v in model_head.items():
@@ -383,15 +421,20 @@ def _fit_head(sd: dict, target: Mapping, reset_head: bool, notes: list[str]) -> 
 def _head_difference(ck_head: Mapping, model_head: Mapping) -> str:
     ck_w, model_w = ck_head.get("head.weight"), model_head.get("head.weight")
     if ck_w is not None and model_w is not None and ck_w.shape[1:] != model_w.shape[1:]:
-        return (f"its input width is {ck_w.shape[1]} (the checkpoint's embed_dim) and the model's is "
-                f"{model_w.shape[1]}: the checkpoint is of another model size")
+        return (
+            f"its input width is {ck_w.shape[1]} (the checkpoint's embed_dim) and the model's is "
+            f"{model_w.shape[1]}: the checkpoint is of another model size"
+        )
     shape = lambda head, k: tuple(head[k].shape) if k in head else "absent"  # noqa: E731
-    return "; ".join(f"{k}: checkpoint {shape(ck_head, k)} vs model {shape(model_head, k)}"
-                     for k in sorted(ck_head.keys() | model_head.keys())
-                     if k not in ck_head or k not in model_head or ck_head[k].shape != model_head[k].shape)
+    return "; ".join(
+        f"{k}: checkpoint {shape(ck_head, k)} vs model {shape(model_head, k)}"
+        for k in sorted(ck_head.keys() | model_head.keys())
+        if k not in ck_head or k not in model_head or ck_head[k].shape != model_head[k].shape
+    )
 
 
 # ------------------------------------------------------------------- public API
+
 
 def open_checkpoint(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, dict, str, str]:
     """(state dict, metadata, label, sha256) of a file path, registry name or loaded
@@ -404,8 +447,9 @@ def open_checkpoint(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, dic
     return sd, meta, str(path), file_digest(path)
 
 
-def load_checkpoint(model: VideoMamba, source: Union[str, os.PathLike, Mapping], reset_head: bool = False
-                    ) -> LoadReport:
+def load_checkpoint(
+    model: VideoMamba, source: Union[str, os.PathLike, Mapping], reset_head: bool = False
+) -> LoadReport:
     """Load a checkpoint (file path, registry name or loaded object) into `model`, strictly."""
     sd, meta, label, digest = open_checkpoint(source)
     adapted, notes = adapt_state_dict(sd, model, reset_head=reset_head)
@@ -417,8 +461,15 @@ def load_checkpoint(model: VideoMamba, source: Union[str, os.PathLike, Mapping],
     return LoadReport(source=label, digest=digest, notes=notes, args=meta.get("args"))
 
 
-def load_model(path_or_name: Union[str, os.PathLike], *, reset_head: bool = False, class_list: Optional[str] = None,
-               cache_dir=None, local_files_only: Optional[bool] = None, **overrides) -> VideoMamba:
+def load_model(
+    path_or_name: Union[str, os.PathLike],
+    *,
+    reset_head: bool = False,
+    class_list: Optional[str] = None,
+    cache_dir=None,
+    local_files_only: Optional[bool] = None,
+    **overrides,
+) -> VideoMamba:
     """A VideoMamba built from a checkpoint's shapes and loaded with its weights, in eval mode.
 
     `path_or_name`: a file, or a registry name (downloaded through the HF hub cache).
@@ -428,12 +479,18 @@ def load_model(path_or_name: Union[str, os.PathLike], *, reset_head: bool = Fals
     """
     path = resolve_checkpoint(path_or_name, cache_dir=cache_dir, local_files_only=local_files_only)
     sd, _ = read_checkpoint(path)
-    return classifier_from_state_dict(path_or_name, path, sd, reset_head=reset_head, class_list=class_list,
-                                      **overrides)
+    return classifier_from_state_dict(path_or_name, path, sd, reset_head=reset_head, class_list=class_list, **overrides)
 
 
-def classifier_from_state_dict(path_or_name, path: Path, sd: dict[str, Tensor], *, reset_head: bool = False,
-                               class_list: Optional[str] = None, **overrides) -> VideoMamba:
+def classifier_from_state_dict(
+    path_or_name,
+    path: Path,
+    sd: dict[str, Tensor],
+    *,
+    reset_head: bool = False,
+    class_list: Optional[str] = None,
+    **overrides,
+) -> VideoMamba:
     """`load_model`'s second half, for a state dict already read from `path`."""
     info = registry_entry(path_or_name, path)
     cfg = infer_config(sd)
@@ -450,8 +507,9 @@ def classifier_from_state_dict(path_or_name, path: Path, sd: dict[str, Tensor], 
         class_list = info.class_list
     names = class_names(class_list) if class_list else None
     if names is not None and len(names) != cfg["num_classes"]:
-        raise CheckpointError(f"class list {class_list!r} has {len(names)} names but the model has "
-                              f"{cfg['num_classes']} classes")
+        raise CheckpointError(
+            f"class list {class_list!r} has {len(names)} names but the model has {cfg['num_classes']} classes"
+        )
     model.card = model.card.replace(
         architecture=info.size if info else size_name(model.card.embed_dim, model.card.depth),
         name=info.name if info else path.stem,

@@ -22,6 +22,7 @@ picked), or the Hugging Face `openai/clip-vit-*` layout (`vision_model.*` and
 `visual_projection.weight`); names are mapped key for key and anything missing or left
 over is an error naming the keys.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,11 +65,15 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(d_model, n_head)
         self.ln_1 = LayerNorm(d_model)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(d_model, d_model * 4)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(d_model * 4, d_model)),
-        ]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(d_model, d_model * 4)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(d_model * 4, d_model)),
+                ]
+            )
+        )
         self.ln_2 = LayerNorm(d_model)
 
     def forward(self, x: Tensor, return_attn: bool = False):
@@ -90,9 +95,21 @@ class Transformer(nn.Module):
 class ClipTeacher(nn.Module):
     """The official CLIP visual encoder for videos (keywords as the official class)."""
 
-    def __init__(self, input_resolution=224, patch_size=16, width=768, layers=12, heads=12, output_dim=512,
-                 clip_norm_type="l2", kernel_size=1, return_attn=False, clip_return_layer=1,
-                 clip_return_interval=1, clip_return_cls=False):
+    def __init__(
+        self,
+        input_resolution=224,
+        patch_size=16,
+        width=768,
+        layers=12,
+        heads=12,
+        output_dim=512,
+        clip_norm_type="l2",
+        kernel_size=1,
+        return_attn=False,
+        clip_return_layer=1,
+        clip_return_interval=1,
+        clip_return_cls=False,
+    ):
         super().__init__()
         if clip_norm_type not in ("l2", "none"):
             raise ValueError(f"clip_norm_type must be 'l2' or 'none', got {clip_norm_type!r}")
@@ -104,9 +121,10 @@ class ClipTeacher(nn.Module):
         self.return_attn = return_attn
         self.clip_return_cls = clip_return_cls
         self.output_dim = output_dim
-        self.conv1 = nn.Conv3d(3, width, (kernel_size, patch_size, patch_size), (kernel_size, patch_size, patch_size),
-                               bias=False)
-        scale = width ** -0.5
+        self.conv1 = nn.Conv3d(
+            3, width, (kernel_size, patch_size, patch_size), (kernel_size, patch_size, patch_size), bias=False
+        )
+        scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
@@ -117,8 +135,12 @@ class ClipTeacher(nn.Module):
     def forward(self, x: Tensor):
         """video [B, 3, T, H, W] -> [K, B, (1 +) T'*h*w, output_dim] (and with
         `return_attn`, the cls-to-patch attention [B*T', h*w])."""
-        if x.dim() != 5 or x.shape[1] != 3 or x.shape[-1] != self.input_resolution or \
-                x.shape[-2] != self.input_resolution:
+        if (
+            x.dim() != 5
+            or x.shape[1] != 3
+            or x.shape[-1] != self.input_resolution
+            or x.shape[-2] != self.input_resolution
+        ):
             r = self.input_resolution
             raise ValueError(f"teacher input must be [B, 3, T, {r}, {r}]; got shape {tuple(x.shape)}")
         x = self.conv1(x)
@@ -161,18 +183,25 @@ class ClipTeacher(nn.Module):
 # --------------------------------------------------------------------------- weights
 
 _HF_BLOCK = {
-    "self_attn.out_proj.weight": "attn.out_proj.weight", "self_attn.out_proj.bias": "attn.out_proj.bias",
-    "layer_norm1.weight": "ln_1.weight", "layer_norm1.bias": "ln_1.bias",
-    "layer_norm2.weight": "ln_2.weight", "layer_norm2.bias": "ln_2.bias",
-    "mlp.fc1.weight": "mlp.c_fc.weight", "mlp.fc1.bias": "mlp.c_fc.bias",
-    "mlp.fc2.weight": "mlp.c_proj.weight", "mlp.fc2.bias": "mlp.c_proj.bias",
+    "self_attn.out_proj.weight": "attn.out_proj.weight",
+    "self_attn.out_proj.bias": "attn.out_proj.bias",
+    "layer_norm1.weight": "ln_1.weight",
+    "layer_norm1.bias": "ln_1.bias",
+    "layer_norm2.weight": "ln_2.weight",
+    "layer_norm2.bias": "ln_2.bias",
+    "mlp.fc1.weight": "mlp.c_fc.weight",
+    "mlp.fc1.bias": "mlp.c_fc.bias",
+    "mlp.fc2.weight": "mlp.c_proj.weight",
+    "mlp.fc2.bias": "mlp.c_proj.bias",
 }
 _HF_TOP = {
     "vision_model.embeddings.class_embedding": "class_embedding",
     "vision_model.embeddings.patch_embedding.weight": "conv1.weight",
     "vision_model.embeddings.position_embedding.weight": "positional_embedding",
-    "vision_model.pre_layrnorm.weight": "ln_pre.weight", "vision_model.pre_layrnorm.bias": "ln_pre.bias",
-    "vision_model.post_layernorm.weight": "ln_post.weight", "vision_model.post_layernorm.bias": "ln_post.bias",
+    "vision_model.pre_layrnorm.weight": "ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "ln_pre.bias",
+    "vision_model.post_layernorm.weight": "ln_post.weight",
+    "vision_model.post_layernorm.bias": "ln_post.bias",
 }
 _HF_LAYER = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.(.+)")
 
@@ -211,8 +240,10 @@ def hf_to_official(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if unknown:
         raise CheckpointError(f"Hugging Face CLIP keys with no place in the teacher: {sorted(unknown)[:10]}")
     if "proj" not in out:
-        raise CheckpointError("the Hugging Face CLIP weights have no 'visual_projection.weight' (a CLIPVisionModel "
-                              "without projection); use the full CLIPModel or CLIPVisionModelWithProjection weights")
+        raise CheckpointError(
+            "the Hugging Face CLIP weights have no 'visual_projection.weight' (a CLIPVisionModel "
+            "without projection); use the full CLIPModel or CLIPVisionModelWithProjection weights"
+        )
     return out
 
 
@@ -238,28 +269,33 @@ def convert_clip_state_dict(sd: Mapping[str, Tensor], model: ClipTeacher) -> dic
     if any(k.startswith("vision_model.") for k in sd):
         out = hf_to_official(sd)
     elif any(k.startswith("visual.") for k in sd):
-        out = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+        out = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
     else:
         out = dict(sd)
     w = out.get("conv1.weight")
     if w is not None and w.dim() == 4:
         out["conv1.weight"] = _inflate(w, model.kernel_size)
     if "positional_embedding" in out:
-        out["positional_embedding"] = _resample_positions(out["positional_embedding"],
-                                                          model.input_resolution // model.patch_size)
+        out["positional_embedding"] = _resample_positions(
+            out["positional_embedding"], model.input_resolution // model.patch_size
+        )
     target = nn.Module.state_dict(model)
     missing = sorted(set(target) - set(out))
     unexpected = sorted(set(out) - set(target))
     shapes = sorted(k for k in set(target) & set(out) if tuple(target[k].shape) != tuple(out[k].shape))
     if missing or unexpected or shapes:
-        parts = [f"{title} {keys[:8]}{' ...' if len(keys) > 8 else ''}"
-                 for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys]
+        parts = [
+            f"{title} {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+            for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
+            if keys
+        ]
         raise CheckpointError("CLIP weights do not fit the teacher: " + "; ".join(parts))
     return out
 
 
-def clip_teacher(name: str = "clip_b16", weights: Optional[Union[str, os.PathLike, Mapping]] = None,
-                 **kwargs) -> ClipTeacher:
+def clip_teacher(
+    name: str = "clip_b16", weights: Optional[Union[str, os.PathLike, Mapping]] = None, **kwargs
+) -> ClipTeacher:
     """A frozen teacher of an official size (`CLIP_TEACHERS`), loaded from `weights` (a
     path or state dict in any supported layout) when given; in eval mode, no gradients."""
     if name not in CLIP_TEACHERS:
@@ -277,8 +313,10 @@ def _read_weights(path: Union[str, os.PathLike]) -> Mapping[str, Tensor]:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise CheckpointError(f"{path} is a safetensors file but the safetensors package is not installed; "
-                                  "install it or use the pytorch_model.bin of the same release") from None
+            raise CheckpointError(
+                f"{path} is a safetensors file but the safetensors package is not installed; "
+                "install it or use the pytorch_model.bin of the same release"
+            ) from None
         return load_file(str(path))
     sd, _ = read_checkpoint(path)
     return sd

@@ -1,4 +1,5 @@
 """Which torch device a configured name means: one rule for the pipeline and training."""
+
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,7 @@ DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when torch sees a GPU, else the CPU; "cpu", "cuda", "cuda:1" as
+    """ "auto" -> CUDA when torch sees a GPU, else the CPU; "cpu", "cuda", "cuda:1" as
     named. Asking for CUDA that torch does not see is a ValueError now, not a failure
     at the first tensor moved."""
     if name == "auto":
@@ -15,8 +16,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {name!r} is not a device name; use one of {', '.join(DEVICE_NAMES)} "
-                         "(or cuda:N)") from None
+        raise ValueError(
+            f"device {name!r} is not a device name; use one of {', '.join(DEVICE_NAMES)} (or cuda:N)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device (see `vmstream info`)")
     return device

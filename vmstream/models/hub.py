@@ -13,6 +13,7 @@ handler and the application's), before the same answer. Unreachable, only the ca
 consulted and the error says so once. The hub's own retry warnings are kept quiet during
 the download; the error that ends it is ours.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,12 @@ def _truthy(value: Optional[str]) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def resolve_checkpoint(name_or_path: Union[str, os.PathLike], *, cache_dir: Optional[Union[str, Path]] = None,
-                       local_files_only: Optional[bool] = None) -> Path:
+def resolve_checkpoint(
+    name_or_path: Union[str, os.PathLike],
+    *,
+    cache_dir: Optional[Union[str, Path]] = None,
+    local_files_only: Optional[bool] = None,
+) -> Path:
     """A local file for a checkpoint path or registry name, downloading it if needed."""
     raw = os.fspath(name_or_path)
     path = Path(raw).expanduser()
@@ -59,13 +64,16 @@ def resolve_checkpoint(name_or_path: Union[str, os.PathLike], *, cache_dir: Opti
     except KeyError as e:
         if os.sep in raw or raw.endswith(_WEIGHT_SUFFIXES):
             raise CheckpointNotFound(f"checkpoint file {path} does not exist") from None
-        raise CheckpointNotFound(f"{raw!r} is neither an existing file nor a known checkpoint name: {e.args[0]}") from None
+        raise CheckpointNotFound(
+            f"{raw!r} is neither an existing file nor a known checkpoint name: {e.args[0]}"
+        ) from None
     if os.sep in raw and not path.exists():
         # An explicit path to an official file name that is not there: say so rather
         # than quietly downloading somewhere else.
-        raise CheckpointNotFound(f"checkpoint file {path} does not exist; to use the official "
-                                 f"{info.filename}, pass the name {info.name!r} or download it:\n"
-                                 + _where_to_get(info, cache_dir))
+        raise CheckpointNotFound(
+            f"checkpoint file {path} does not exist; to use the official "
+            f"{info.filename}, pass the name {info.name!r} or download it:\n" + _where_to_get(info, cache_dir)
+        )
 
     local_dir = os.environ.get(CHECKPOINT_DIR_ENV)
     if local_dir:
@@ -77,16 +85,25 @@ def resolve_checkpoint(name_or_path: Union[str, os.PathLike], *, cache_dir: Opti
     try:
         from huggingface_hub import constants, hf_hub_download
     except ImportError:
-        raise CheckpointNotFound(f"checkpoint {info.name!r} is not available locally and huggingface_hub is not "
-                                 "installed to download it.\n" + _where_to_get(info, cache_dir)) from None
+        raise CheckpointNotFound(
+            f"checkpoint {info.name!r} is not available locally and huggingface_hub is not "
+            "installed to download it.\n" + _where_to_get(info, cache_dir)
+        ) from None
     # huggingface_hub reads HF_ENDPOINT once, at import; read it now, and hand the same
     # endpoint to both the probe and the download.
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     unreachable = None if offline else hub_unreachable(endpoint)
     try:
         with _quiet_hub_logs():
-            return Path(hf_hub_download(HF_REPO, info.filename, cache_dir=cache_dir, endpoint=endpoint,
-                                        local_files_only=offline or unreachable is not None))
+            return Path(
+                hf_hub_download(
+                    HF_REPO,
+                    info.filename,
+                    cache_dir=cache_dir,
+                    endpoint=endpoint,
+                    local_files_only=offline or unreachable is not None,
+                )
+            )
     except Exception as e:  # offline, unreachable, 404, auth: all end the same way for the user
         if offline:
             reason = "offline mode, and it is not in the Hugging Face cache"
@@ -97,8 +114,10 @@ def resolve_checkpoint(name_or_path: Union[str, os.PathLike], *, cache_dir: Opti
             # wraps what the hub answered (a 404, a 401): report that answer.
             answer = e.__cause__ if type(e).__name__ == "LocalEntryNotFoundError" and e.__cause__ else e
             reason = f"{type(answer).__name__}: {answer}".splitlines()[0]
-        raise CheckpointNotFound(f"checkpoint {info.name!r} is not available locally and could not be downloaded "
-                                 f"({reason}).\n" + _where_to_get(info, cache_dir)) from None
+        raise CheckpointNotFound(
+            f"checkpoint {info.name!r} is not available locally and could not be downloaded "
+            f"({reason}).\n" + _where_to_get(info, cache_dir)
+        ) from None
 
 
 def hub_unreachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> Optional[str]:
@@ -146,23 +165,36 @@ def _quiet_hub_logs():
 
 def _where_to_get(info: CheckpointInfo, cache_dir) -> str:
     local_dir = os.environ.get(CHECKPOINT_DIR_ENV)
-    target = f"${CHECKPOINT_DIR_ENV} (now {local_dir})" if local_dir else f"a directory and set {CHECKPOINT_DIR_ENV} to it"
+    target = (
+        f"${CHECKPOINT_DIR_ENV} (now {local_dir})" if local_dir else f"a directory and set {CHECKPOINT_DIR_ENV} to it"
+    )
     hf_home = os.environ.get("HF_HOME")
-    cache = (cache_dir or os.environ.get("HF_HUB_CACHE")
-             or (os.path.join(hf_home, "hub") if hf_home else "~/.cache/huggingface/hub"))
-    note = "" if info.name_confirmed else (
-        f"\n  Note: the official MODEL_ZOO links this row to another file; {info.filename} follows the zoo's "
-        "naming pattern but is unconfirmed.")
-    return (f"  Download {info.url}\n"
-            f"  and put it in {target} as {info.filename},\n"
-            f"  or fetch it into the hub cache ({cache}) with: {_download_command()} {HF_REPO} {info.filename}\n"
-            f"  or pass the file directly: --checkpoint /path/to/{info.filename}" + note)
+    cache = (
+        cache_dir
+        or os.environ.get("HF_HUB_CACHE")
+        or (os.path.join(hf_home, "hub") if hf_home else "~/.cache/huggingface/hub")
+    )
+    note = (
+        ""
+        if info.name_confirmed
+        else (
+            f"\n  Note: the official MODEL_ZOO links this row to another file; {info.filename} follows the zoo's "
+            "naming pattern but is unconfirmed."
+        )
+    )
+    return (
+        f"  Download {info.url}\n"
+        f"  and put it in {target} as {info.filename},\n"
+        f"  or fetch it into the hub cache ({cache}) with: {_download_command()} {HF_REPO} {info.filename}\n"
+        f"  or pass the file directly: --checkpoint /path/to/{info.filename}" + note
+    )
 
 
 def _download_command() -> str:
     """huggingface_hub's command line as installed: `hf` since 0.34 (1.x has only `hf`)."""
     try:
         from huggingface_hub import __version__
+
         major, minor = (int(x) for x in __version__.split(".")[:2])
     except (ImportError, ValueError):
         return "hf download"

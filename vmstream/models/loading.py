@@ -4,6 +4,7 @@ A checkpoint whose keys hold a `vision_encoder` and a `text_encoder` is a video-
 model (VideoTextMamba, `videotext_checkpoint.py`); anything else is the VideoMamba
 classifier (`checkpoint.py`). The file is read once, safely, by `read_checkpoint`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,14 @@ from typing import Optional, Union
 
 import torch.nn as nn
 
-from .checkpoint import (LoadReport, check_finite, classifier_from_state_dict, open_checkpoint, read_checkpoint,
-                         registry_entry)
+from .checkpoint import (
+    LoadReport,
+    check_finite,
+    classifier_from_state_dict,
+    open_checkpoint,
+    read_checkpoint,
+    registry_entry,
+)
 from .checkpoint import load_checkpoint as load_classifier_checkpoint
 from .hub import file_digest, resolve_checkpoint
 from .videotext import VideoTextMamba
@@ -26,8 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = ["load_model", "load_checkpoint"]
 
 
-def load_checkpoint(model: nn.Module, source: Union[str, os.PathLike, Mapping], reset_head: bool = False
-                    ) -> LoadReport:
+def load_checkpoint(model: nn.Module, source: Union[str, os.PathLike, Mapping], reset_head: bool = False) -> LoadReport:
     """Load a checkpoint (file path, registry name or loaded object) into `model`.
 
     VideoTextMamba: the official training save or a bare state dict, pretraining or
@@ -44,9 +50,16 @@ def load_checkpoint(model: nn.Module, source: Union[str, os.PathLike, Mapping], 
     return LoadReport(source=label, digest=digest, notes=notes, args=meta.get("args"))
 
 
-def load_model(path_or_name: Union[str, os.PathLike], *, reset_head: bool = False, class_list: Optional[str] = None,
-               cache_dir=None, local_files_only: Optional[bool] = None, num_heads: Optional[int] = None,
-               **overrides) -> nn.Module:
+def load_model(
+    path_or_name: Union[str, os.PathLike],
+    *,
+    reset_head: bool = False,
+    class_list: Optional[str] = None,
+    cache_dir=None,
+    local_files_only: Optional[bool] = None,
+    num_heads: Optional[int] = None,
+    **overrides,
+) -> nn.Module:
     """A model built from a checkpoint's shapes and loaded with its weights, in eval mode:
     a VideoMamba classifier, or a VideoTextMamba for the official video-text checkpoints.
 
@@ -58,8 +71,9 @@ def load_model(path_or_name: Union[str, os.PathLike], *, reset_head: bool = Fals
     path = resolve_checkpoint(path_or_name, cache_dir=cache_dir, local_files_only=local_files_only)
     sd, meta = read_checkpoint(path)
     if not is_videotext_state_dict(sd):
-        return classifier_from_state_dict(path_or_name, path, sd, reset_head=reset_head, class_list=class_list,
-                                          **overrides)
+        return classifier_from_state_dict(
+            path_or_name, path, sd, reset_head=reset_head, class_list=class_list, **overrides
+        )
     return _videotext_from_state_dict(path_or_name, path, sd, meta, num_heads, overrides)
 
 
@@ -76,8 +90,12 @@ def _videotext_from_state_dict(path_or_name, path: Path, sd, meta, num_heads, ov
     _log_notes(path.name, _config_notes(meta), notes)
     notes = _config_notes(meta) + notes
     info = registry_entry(path_or_name, path)
-    model.card = model.card.replace(name=info.name if info else path.stem, checkpoint=str(path),
-                                    checkpoint_digest=file_digest(path), load_notes=notes)
+    model.card = model.card.replace(
+        name=info.name if info else path.stem,
+        checkpoint=str(path),
+        checkpoint_digest=file_digest(path),
+        load_notes=notes,
+    )
     return model.eval()
 
 

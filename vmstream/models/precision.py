@@ -17,6 +17,7 @@ as fp32; the drift against fp32 is measured by tests/models/test_precision.py an
 The change is in place and one way in effect: the weights are rounded to bf16, so going
 back to "fp32" keeps the rounded values. Load the model again for exact fp32.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,8 +68,10 @@ def set_precision(model: nn.Module, precision: str) -> nn.Module:
     if not found:
         raise ValueError(f"{type(model).__name__} has no VideoMamba layers to set to {precision}")
     if dtype is torch.bfloat16 and not bf16_is_native() and _on_cpu(model):
-        log.warning("precision bf16: this CPU has no native bf16 matmuls (AVX512-BF16/AMX); "
-                    "they are emulated and slower than fp32")
+        log.warning(
+            "precision bf16: this CPU has no native bf16 matmuls (AVX512-BF16/AMX); "
+            "they are emulated and slower than fp32"
+        )
     return model
 
 

@@ -5,6 +5,7 @@ model; checkpoint names are the official file names without `.pth` (e.g.
 `videomamba_t16_k400_f16_res224`), each with what it was trained on and its class list,
 taken from the official MODEL_ZOO.md files (video_sm and image_sm).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -62,8 +63,9 @@ def _video(code, dataset, frames, res, num_classes, pretraining, top1, tag="", c
     res_tag = f"res{res}" if isinstance(res, int) else res
     img = int(res_tag.rsplit("to", 1)[-1].replace("res", ""))
     name = f"videomamba_{code}_{dataset}{tag}_f{frames}_{res_tag}"
-    return CheckpointInfo(name, name + ".pth", _SIZE_CODES[code], dataset, frames, img, num_classes,
-                          pretraining, top1, confirmed)
+    return CheckpointInfo(
+        name, name + ".pth", _SIZE_CODES[code], dataset, frames, img, num_classes, pretraining, top1, confirmed
+    )
 
 
 def _build() -> dict[str, CheckpointInfo]:
@@ -123,15 +125,19 @@ def _build() -> dict[str, CheckpointInfo]:
             # The zoo's HF link for t16 res224to448 points at m16_in1k_res224 (its aliyun
             # link has the name used here).
             confirmed = name != "videomamba_t16_in1k_res224to448"
-            items.append(CheckpointInfo(name, name + ".pth", _SIZE_CODES[code], "in1k", None, img, 1000,
-                                        "in1k", top1, confirmed))
+            items.append(
+                CheckpointInfo(name, name + ".pth", _SIZE_CODES[code], "in1k", None, img, 1000, "in1k", top1, confirmed)
+            )
 
     # Video-text (UMT_VIDEOMAMBA) models, pretrained from the K400 masked model on 5M /
     # 17M / 25M video-text pairs (video_mm/MODEL_ZOO.md); saved with their CLIP teacher.
     for corpus in ("5M", "17M", "25M"):
         name = f"videomamba_m16_{corpus}_f8_res224"
-        items.append(CheckpointInfo(name, name + ".pth", "videomamba_middle", "", 8, 224, 0,
-                                    f"mask+{corpus} video-text", kind="videotext"))
+        items.append(
+            CheckpointInfo(
+                name, name + ".pth", "videomamba_middle", "", 8, 224, 0, f"mask+{corpus} video-text", kind="videotext"
+            )
+        )
     return {c.name: c for c in items}
 
 
@@ -149,8 +155,11 @@ def get_checkpoint(name: str) -> CheckpointInfo:
 
 
 def list_checkpoints(size: Optional[str] = None, dataset: Optional[str] = None) -> list[CheckpointInfo]:
-    return [c for c in CHECKPOINTS.values()
-            if (size is None or c.size == size) and (dataset is None or c.dataset == dataset)]
+    return [
+        c
+        for c in CHECKPOINTS.values()
+        if (size is None or c.size == size) and (dataset is None or c.dataset == dataset)
+    ]
 
 
 def create_model(name: str = "videomamba_tiny", **overrides):

@@ -19,6 +19,7 @@ worker or a Kafka topic, and unpickling untrusted bytes runs code):
 The JSON header names dtype, shapes, payload length, a CRC32 of the payload and the
 `tag`; the payload is `conv` then `ssm`, raw.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,17 @@ class StreamState:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def zeros(cls, n_layers: int, batch_size: int, d_inner: int, d_conv: int, d_state: int,
-              device=None, dtype: torch.dtype = torch.float32, tag: str = "") -> "StreamState":
+    def zeros(
+        cls,
+        n_layers: int,
+        batch_size: int,
+        d_inner: int,
+        d_conv: int,
+        d_state: int,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        tag: str = "",
+    ) -> "StreamState":
         if batch_size < 1:
             raise StateError(f"batch_size must be >= 1, got {batch_size}")
         return cls(
@@ -119,14 +129,15 @@ class StreamState:
         return self.conv[i], self.ssm[i]
 
     def __repr__(self) -> str:
-        return (f"StreamState(layers={self.n_layers}, batch={self.batch_size}, d_inner={self.d_inner}, "
-                f"d_conv={self.d_conv}, d_state={self.d_state}, dtype={self.dtype}, device={self.device}, "
-                f"nbytes={self.nbytes}, tag={self.tag!r})")
+        return (
+            f"StreamState(layers={self.n_layers}, batch={self.batch_size}, d_inner={self.d_inner}, "
+            f"d_conv={self.d_conv}, d_state={self.d_state}, dtype={self.dtype}, device={self.device}, "
+            f"nbytes={self.nbytes}, tag={self.tag!r})"
+        )
 
     # --------------------------------------------------------------------- movement
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "StreamState":
-        return StreamState(self.conv.to(device=device, dtype=dtype),
-                           self.ssm.to(device=device, dtype=dtype), self.tag)
+        return StreamState(self.conv.to(device=device, dtype=dtype), self.ssm.to(device=device, dtype=dtype), self.tag)
 
     def detach(self) -> "StreamState":
         """Cut the autograd history (truncated backprop through time in training)."""
@@ -150,7 +161,12 @@ class StreamState:
             raise StateError("StreamState.stack needs at least one state")
         first = states[0]
         for k, s in enumerate(states[1:], start=1):
-            if (s.n_layers, s.d_inner, s.d_conv, s.d_state) != (first.n_layers, first.d_inner, first.d_conv, first.d_state):
+            if (s.n_layers, s.d_inner, s.d_conv, s.d_state) != (
+                first.n_layers,
+                first.d_inner,
+                first.d_conv,
+                first.d_state,
+            ):
                 raise StateError(
                     f"cannot stack state {k} (layers={s.n_layers}, d_inner={s.d_inner}, d_conv={s.d_conv}, "
                     f"d_state={s.d_state}) with state 0 (layers={first.n_layers}, d_inner={first.d_inner}, "
@@ -159,10 +175,11 @@ class StreamState:
             if s.tag != first.tag:
                 raise StateError(f"cannot stack state {k} tagged {s.tag!r} with state 0 tagged {first.tag!r}")
             if s.device != first.device or s.dtype != first.dtype:
-                raise StateError(f"cannot stack state {k} ({s.dtype} on {s.device}) with state 0 "
-                                 f"({first.dtype} on {first.device}); move them first with .to()")
-        return cls(torch.cat([s.conv for s in states], dim=1),
-                   torch.cat([s.ssm for s in states], dim=1), first.tag)
+                raise StateError(
+                    f"cannot stack state {k} ({s.dtype} on {s.device}) with state 0 "
+                    f"({first.dtype} on {first.device}); move them first with .to()"
+                )
+        return cls(torch.cat([s.conv for s in states], dim=1), torch.cat([s.ssm for s in states], dim=1), first.tag)
 
     def split(self, split_size_or_sections: Union[int, Sequence[int]] = 1) -> list["StreamState"]:
         """Split the batch back into states (like `torch.split` on the batch axis).
@@ -182,8 +199,9 @@ class StreamState:
             raise StateError("StreamState.select needs at least one index")
         if int(idx.min()) < -self.batch_size or int(idx.max()) >= self.batch_size:
             raise StateError(f"StreamState.select indices {idx.tolist()} out of range for batch {self.batch_size}")
-        return StreamState(self.conv.index_select(1, idx % self.batch_size),
-                           self.ssm.index_select(1, idx % self.batch_size), self.tag)
+        return StreamState(
+            self.conv.index_select(1, idx % self.batch_size), self.ssm.index_select(1, idx % self.batch_size), self.tag
+        )
 
     # ---------------------------------------------------------------- serialisation
     def to_bytes(self) -> bytes:
@@ -191,14 +209,17 @@ class StreamState:
         ssm = self.ssm.detach().to("cpu").contiguous()
         dtype_name = _dtype_name(self.dtype)
         payload = _tensor_bytes(conv) + _tensor_bytes(ssm)
-        header = json.dumps({
-            "dtype": dtype_name,
-            "conv_shape": list(conv.shape),
-            "ssm_shape": list(ssm.shape),
-            "payload_bytes": len(payload),
-            "crc32": zlib.crc32(payload),
-            "tag": self.tag,
-        }, sort_keys=True).encode()
+        header = json.dumps(
+            {
+                "dtype": dtype_name,
+                "conv_shape": list(conv.shape),
+                "ssm_shape": list(ssm.shape),
+                "payload_bytes": len(payload),
+                "crc32": zlib.crc32(payload),
+                "tag": self.tag,
+            },
+            sort_keys=True,
+        ).encode()
         return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload
 
     @classmethod
@@ -215,12 +236,14 @@ class StreamState:
         if magic != MAGIC:
             raise StateError(f"not a serialised StreamState (magic {magic!r}, expected {MAGIC!r})")
         if version not in _SUPPORTED_VERSIONS:
-            raise StateError(f"StreamState format version {version} is not supported by this vmstream "
-                             f"(reads versions {list(_SUPPORTED_VERSIONS)})")
+            raise StateError(
+                f"StreamState format version {version} is not supported by this vmstream "
+                f"(reads versions {list(_SUPPORTED_VERSIONS)})"
+            )
         if header_len > _MAX_HEADER or _PREFIX.size + header_len > len(data):
             raise StateError(f"StreamState header length {header_len} is invalid for {len(data)} bytes (truncated?)")
         try:
-            header = json.loads(data[_PREFIX.size:_PREFIX.size + header_len].decode())
+            header = json.loads(data[_PREFIX.size : _PREFIX.size + header_len].decode())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise StateError(f"StreamState header is not valid JSON: {e}") from None
         for key in ("dtype", "conv_shape", "ssm_shape", "payload_bytes", "crc32"):
@@ -235,15 +258,18 @@ class StreamState:
             if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(n, int) and n >= 0 for n in shape)):
                 raise StateError(f"StreamState {name} {shape!r} is not four non-negative ints")
         if conv_shape[:3] != ssm_shape[:3]:
-            raise StateError(f"StreamState conv_shape {conv_shape} and ssm_shape {ssm_shape} disagree on layers, "
-                             "batch or d_inner")
+            raise StateError(
+                f"StreamState conv_shape {conv_shape} and ssm_shape {ssm_shape} disagree on layers, batch or d_inner"
+            )
         itemsize = torch.empty((), dtype=dtype).element_size()
         n_conv = int(np.prod(conv_shape)) * itemsize
         n_ssm = int(np.prod(ssm_shape)) * itemsize
-        payload = data[_PREFIX.size + header_len:]
+        payload = data[_PREFIX.size + header_len :]
         if header["payload_bytes"] != n_conv + n_ssm or len(payload) != n_conv + n_ssm:
-            raise StateError(f"StreamState payload is {len(payload)} bytes; shapes {conv_shape} + {ssm_shape} "
-                             f"of {dtype_name} need {n_conv + n_ssm} (truncated or corrupt)")
+            raise StateError(
+                f"StreamState payload is {len(payload)} bytes; shapes {conv_shape} + {ssm_shape} "
+                f"of {dtype_name} need {n_conv + n_ssm} (truncated or corrupt)"
+            )
         if zlib.crc32(payload) != header["crc32"]:
             raise StateError("StreamState payload checksum mismatch (corrupt bytes)")
         conv = _tensor_from(payload[:n_conv], dtype, conv_shape)
@@ -253,12 +279,25 @@ class StreamState:
             state.check(**expect)
         return state.to(device) if device is not None else state
 
-    def check(self, n_layers: Optional[int] = None, d_inner: Optional[int] = None, d_conv: Optional[int] = None,
-              d_state: Optional[int] = None, batch_size: Optional[int] = None, tag: Optional[str] = None) -> None:
+    def check(
+        self,
+        n_layers: Optional[int] = None,
+        d_inner: Optional[int] = None,
+        d_conv: Optional[int] = None,
+        d_state: Optional[int] = None,
+        batch_size: Optional[int] = None,
+        tag: Optional[str] = None,
+    ) -> None:
         """Raise StateError naming every field that differs from the given expectations."""
         wrong = []
-        for name, want in (("n_layers", n_layers), ("d_inner", d_inner), ("d_conv", d_conv),
-                           ("d_state", d_state), ("batch_size", batch_size), ("tag", tag)):
+        for name, want in (
+            ("n_layers", n_layers),
+            ("d_inner", d_inner),
+            ("d_conv", d_conv),
+            ("d_state", d_state),
+            ("batch_size", batch_size),
+            ("tag", tag),
+        ):
             if want is not None and getattr(self, name) != want:
                 wrong.append(f"{name}={getattr(self, name)!r} (expected {want!r})")
         if wrong:

@@ -6,6 +6,7 @@ query that is cut would silently search for something else). `parse_labels` read
 open-vocabulary labels from a comma list or a file (one prompt a line) and applies a
 template such as "a video of {}".
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,10 @@ def require_videotext(model, what: str) -> None:
     """A ValueError naming the model when it is not a video-text model."""
     if not is_videotext(model):
         name = getattr(getattr(model, "card", None), "name", "") or type(model).__name__
-        raise ValueError(f"{what} needs a video-text model (e.g. videomamba_m16_25M_f8_res224); "
-                         f"model {name!r} is a video classifier with no text encoder")
+        raise ValueError(
+            f"{what} needs a video-text model (e.g. videomamba_m16_25M_f8_res224); "
+            f"model {name!r} is a video classifier with no text encoder"
+        )
 
 
 def check_vocabulary(model, tokenizer: BertTokenizer) -> None:
@@ -38,13 +41,21 @@ def check_vocabulary(model, tokenizer: BertTokenizer) -> None:
     table = getattr(getattr(getattr(model, "text_encoder", None), "embeddings", None), "word_embeddings", None)
     known = getattr(table, "num_embeddings", None)
     if known is not None and tokenizer.vocab_size > known:
-        raise ValueError(f"the text vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} tokens, the "
-                         f"model's text encoder knows {known}: use the vocabulary its checkpoint was trained with")
+        raise ValueError(
+            f"the text vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} tokens, the "
+            f"model's text encoder knows {known}: use the vocabulary its checkpoint was trained with"
+        )
 
 
 @torch.inference_mode()
-def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertTokenizer] = None,
-                   max_length: Optional[int] = None, batch_size: int = 256) -> Tensor:
+def encode_queries(
+    model,
+    texts: Sequence[str],
+    *,
+    tokenizer: Optional[BertTokenizer] = None,
+    max_length: Optional[int] = None,
+    batch_size: int = 256,
+) -> Tensor:
     """Unit text features [len(texts), E] on the model's device."""
     require_videotext(model, "a text query")
     texts = list(texts)
@@ -59,12 +70,11 @@ def encode_queries(model, texts: Sequence[str], *, tokenizer: Optional[BertToken
     device = next(model.parameters()).device
     out = []
     for s in range(0, len(texts), batch_size):
-        chunk = texts[s:s + batch_size]
+        chunk = texts[s : s + batch_size]
         batch = tokenizer(chunk, max_length=max_length)
         for t, cut, n in zip(chunk, batch.truncated, batch.lengths):
             if cut:
-                raise ValueError(f"text query {t[:60]!r} has {n} tokens; the maximum is {max_length} "
-                                 "(shorten it)")
+                raise ValueError(f"text query {t[:60]!r} has {n} tokens; the maximum is {max_length} (shorten it)")
         feats = model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device)).features
         out.append(feats.float())
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
@@ -77,8 +87,9 @@ def _check_utf8(text: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         bad = text[e.start].encode("utf-8", "surrogateescape")
-        raise ValueError(f"{what} {text[:60]!r} is not valid UTF-8 (byte 0x{bad.hex()} at character "
-                         f"{e.start + 1})") from None
+        raise ValueError(
+            f"{what} {text[:60]!r} is not valid UTF-8 (byte 0x{bad.hex()} at character {e.start + 1})"
+        ) from None
 
 
 def parse_labels(spec: str, template: Optional[str] = None) -> tuple[list[str], list[str]]:
@@ -91,8 +102,10 @@ def parse_labels(spec: str, template: Optional[str] = None) -> tuple[list[str], 
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"labels file {path} is not a text file (not valid UTF-8: byte "
-                             f"0x{e.object[e.start]:02x} at offset {e.start})") from None
+            raise ValueError(
+                f"labels file {path} is not a text file (not valid UTF-8: byte "
+                f"0x{e.object[e.start]:02x} at offset {e.start})"
+            ) from None
         names = [ln.strip() for ln in text.splitlines() if ln.strip()]
         where = str(path)
     else:

@@ -26,6 +26,7 @@ Recurrent (streaming) mode, see docs/design.md: a segment of T frames is embedde
 from `num_frames`); each layer's forward direction starts from the carried `StreamState`
 and returns the new one; the backward direction runs inside the segment from zero.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,11 +44,24 @@ from .mamba_init import init_dt_proj, s4d_real_log
 from .ops import MixerDirection, add_rms_norm, mamba_inner
 from .state import StateError, StreamState
 
-__all__ = ["VideoMamba", "Mamba", "Block", "RMSNorm", "PatchEmbed", "DropPath", "SegmentOutput",
-           "create_block", "create_layers", "resample_temporal_pos", "init_videomamba_weights", "norm_fp32"]
+__all__ = [
+    "VideoMamba",
+    "Mamba",
+    "Block",
+    "RMSNorm",
+    "PatchEmbed",
+    "DropPath",
+    "SegmentOutput",
+    "create_block",
+    "create_layers",
+    "resample_temporal_pos",
+    "init_videomamba_weights",
+    "norm_fp32",
+]
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def resample_temporal_pos(pos: Tensor, length: int) -> Tensor:
     """Temporal position embedding [1, T0, D] resampled to [1, length, D].
@@ -72,8 +86,9 @@ def norm_fp32(norm: nn.Module, x: Tensor) -> Tensor:
     """RMSNorm or LayerNorm of x computed in fp32 (returns fp32), like the fused add+norm."""
     if isinstance(norm, RMSNorm):
         return F.rms_norm(x.float(), (x.shape[-1],), norm.weight.float(), norm.eps)
-    return F.layer_norm(x.float(), (x.shape[-1],), norm.weight.float(),
-                        None if norm.bias is None else norm.bias.float(), norm.eps)
+    return F.layer_norm(
+        x.float(), (x.shape[-1],), norm.weight.float(), None if norm.bias is None else norm.bias.float(), norm.eps
+    )
 
 
 class RMSNorm(nn.Module):
@@ -123,8 +138,9 @@ class PatchEmbed(nn.Module):
         self.grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.tubelet_size = kernel_size
-        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(kernel_size, *patch_size),
-                              stride=(kernel_size, *patch_size))
+        self.proj = nn.Conv3d(
+            in_chans, embed_dim, kernel_size=(kernel_size, *patch_size), stride=(kernel_size, *patch_size)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         md = self.matmul_dtype
@@ -138,6 +154,7 @@ def _pair(v) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- mixer
+
 
 class Mamba(nn.Module):
     """Bidirectional Mamba mixer with the official (mamba_simple + bimamba) parameters.
@@ -205,8 +222,15 @@ class Mamba(nn.Module):
     def _conv(self, conv_bias, factory) -> nn.Conv1d:
         # Only its weight [d_inner, 1, d_conv] and bias are used (by ops.causal_conv1d);
         # padding is the official one, for anyone calling the module directly.
-        return nn.Conv1d(self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
-                         padding=self.d_conv - 1, bias=conv_bias, **factory)
+        return nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            kernel_size=self.d_conv,
+            groups=self.d_inner,
+            padding=self.d_conv - 1,
+            bias=conv_bias,
+            **factory,
+        )
 
     def _matmul(self, linear: nn.Linear, x: Tensor, keep: bool = False) -> Tensor:
         """`linear(x)`; in a reduced-precision mode (`models.precision`) its weight is
@@ -219,8 +243,13 @@ class Mamba(nn.Module):
         out = linear(x.to(md))
         return out if keep else out.float()
 
-    def forward(self, hidden_states: Tensor, state: Optional[tuple[Tensor, Tensor]] = None,
-                return_state: bool = False, keep_matmul_dtype: bool = False):
+    def forward(
+        self,
+        hidden_states: Tensor,
+        state: Optional[tuple[Tensor, Tensor]] = None,
+        return_state: bool = False,
+        keep_matmul_dtype: bool = False,
+    ):
         """With `keep_matmul_dtype` the output stays in a reduced-precision mode's matmul
         dtype (the block's add+norm widens it in its own pass); else it is fp32."""
         xz = self._matmul(self.in_proj, hidden_states, keep=True)  # [B, L, 2*d_inner]
@@ -229,19 +258,37 @@ class Mamba(nn.Module):
         # Scanning the flipped sequence from its start == scanning ours from the end, from
         # zero: the second direction of `mamba_inner`. Its y comes out in the matmul dtype
         # (the rounding out_proj's input cast would do).
-        y = mamba_inner(xz, self.directions(), conv_tail, ssm_state, return_state=return_state,
-                        out_dtype=self.matmul_dtype)
+        y = mamba_inner(
+            xz, self.directions(), conv_tail, ssm_state, return_state=return_state, out_dtype=self.matmul_dtype
+        )
         y, new_state = y if return_state else (y, None)
         out = self._matmul(self.out_proj, y, keep=keep_matmul_dtype)
         return (out, new_state) if return_state else out
 
     def directions(self) -> list[MixerDirection]:
-        dirs = [MixerDirection(self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-                               self.dt_proj.bias, self._neg_exp(self.A_log, "forward"), self.D)]
+        dirs = [
+            MixerDirection(
+                self.conv1d.weight,
+                self.conv1d.bias,
+                self.x_proj.weight,
+                self.dt_proj.weight,
+                self.dt_proj.bias,
+                self._neg_exp(self.A_log, "forward"),
+                self.D,
+            )
+        ]
         if self.bimamba:
-            dirs.append(MixerDirection(self.conv1d_b.weight, self.conv1d_b.bias, self.x_proj_b.weight,
-                                       self.dt_proj_b.weight, self.dt_proj_b.bias,
-                                       self._neg_exp(self.A_b_log, "backward"), self.D_b))
+            dirs.append(
+                MixerDirection(
+                    self.conv1d_b.weight,
+                    self.conv1d_b.bias,
+                    self.x_proj_b.weight,
+                    self.dt_proj_b.weight,
+                    self.dt_proj_b.bias,
+                    self._neg_exp(self.A_b_log, "backward"),
+                    self.D_b,
+                )
+            )
         return dirs
 
     def _neg_exp(self, A_log: Tensor, slot: str) -> Tensor:
@@ -267,6 +314,7 @@ class Mamba(nn.Module):
 
 # ----------------------------------------------------------------------------- block
 
+
 class Block(nn.Module):
     """Add -> norm -> mixer, returning (mixer output, residual), the official layout.
 
@@ -281,19 +329,28 @@ class Block(nn.Module):
         self.norm = norm_cls(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, hidden_states: Tensor, residual: Optional[Tensor] = None,
-                state: Optional[tuple[Tensor, Tensor]] = None, return_state: bool = False,
-                use_checkpoint: bool = False):
+    def forward(
+        self,
+        hidden_states: Tensor,
+        residual: Optional[Tensor] = None,
+        state: Optional[tuple[Tensor, Tensor]] = None,
+        return_state: bool = False,
+        use_checkpoint: bool = False,
+    ):
         in_dtype = hidden_states.dtype
-        fast = self.residual_in_fp32 and isinstance(self.norm, RMSNorm) and not (
-            self.training and isinstance(self.drop_path, DropPath))
+        fast = (
+            self.residual_in_fp32
+            and isinstance(self.norm, RMSNorm)
+            and not (self.training and isinstance(self.drop_path, DropPath))
+        )
         if fast:
             # The same add and norm as one pass (ops.add_rms_norm); in a reduced-precision
             # mode the normed output comes out in the mixer's matmul dtype, the cast in_proj
             # would do.
             out_dtype = getattr(self.mixer, "matmul_dtype", None) or in_dtype
-            hidden_states, residual = add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps,
-                                                   out_dtype=out_dtype)
+            hidden_states, residual = add_rms_norm(
+                hidden_states, residual, self.norm.weight, self.norm.eps, out_dtype=out_dtype
+            )
         else:
             residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
             if self.residual_in_fp32:
@@ -301,8 +358,7 @@ class Block(nn.Module):
             # As the fused kernel: normalise the (fp32) residual in fp32, output in the input's dtype.
             hidden_states = norm_fp32(self.norm, residual).to(in_dtype)
         if use_checkpoint:
-            out = torch.utils.checkpoint.checkpoint(self.mixer, hidden_states, state, return_state,
-                                                    use_reentrant=False)
+            out = torch.utils.checkpoint.checkpoint(self.mixer, hidden_states, state, return_state, use_reentrant=False)
         elif fast and not torch.is_grad_enabled() and isinstance(self.mixer, Mamba):
             # Inference: a bf16 mixer output goes to the next block's add+norm as it is
             # (VideoMamba._blocks widens the last one), one elementwise pass less per layer.
@@ -315,8 +371,18 @@ class Block(nn.Module):
         return out, residual, None
 
 
-def create_block(d_model, ssm_cfg=None, norm_epsilon=1e-5, drop_path=0.0, rms_norm=True, residual_in_fp32=True,
-                 layer_idx=None, bimamba=True, device=None, dtype=None) -> Block:
+def create_block(
+    d_model,
+    ssm_cfg=None,
+    norm_epsilon=1e-5,
+    drop_path=0.0,
+    rms_norm=True,
+    residual_in_fp32=True,
+    layer_idx=None,
+    bimamba=True,
+    device=None,
+    dtype=None,
+) -> Block:
     factory = {"device": device, "dtype": dtype}
     ssm_cfg = dict(ssm_cfg or {})
 
@@ -328,8 +394,7 @@ def create_block(d_model, ssm_cfg=None, norm_epsilon=1e-5, drop_path=0.0, rms_no
             return RMSNorm(dim, eps=norm_epsilon, **factory)
         return nn.LayerNorm(dim, eps=norm_epsilon, **factory)
 
-    block = Block(d_model, mixer_cls, norm_cls=norm_cls, drop_path=drop_path,
-                  residual_in_fp32=residual_in_fp32)
+    block = Block(d_model, mixer_cls, norm_cls=norm_cls, drop_path=drop_path, residual_in_fp32=residual_in_fp32)
     block.layer_idx = layer_idx
     return block
 
@@ -341,11 +406,13 @@ def create_layers(d_model, depth, drop_path_rate=0.0, **block_kw) -> tuple[nn.Mo
     dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
     inter_dpr = [0.0] + dpr
     final = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
-    return final, nn.ModuleList([create_block(d_model, layer_idx=i, drop_path=inter_dpr[i], **block_kw)
-                                 for i in range(depth)])
+    return final, nn.ModuleList(
+        [create_block(d_model, layer_idx=i, drop_path=inter_dpr[i], **block_kw) for i in range(depth)]
+    )
 
 
 # ----------------------------------------------------------------------------- model
+
 
 def init_videomamba_weights(model: nn.Module, depth: int, initializer_cfg: dict) -> None:
     """The official initialisation of a VideoMamba-style model (classifier or pretraining student).
@@ -354,6 +421,7 @@ def init_videomamba_weights(model: nn.Module, depth: int, initializer_cfg: dict)
     overrides the mixer's dt_proj init, exactly as in the official model), LayerNorms
     to 1/0, pos_embed trunc_normal(0.02); then the GPT-2 style rescale of out_proj.
     """
+
     def segm_init(m):
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -374,7 +442,6 @@ def init_videomamba_weights(model: nn.Module, depth: int, initializer_cfg: dict)
             nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
             with torch.no_grad():
                 m.out_proj.weight /= math.sqrt(n_res * depth)
-
 
 
 @dataclass
@@ -399,9 +466,22 @@ class VideoTrunk(nn.Module):
 
     final_norm_name = "norm_f"
 
-    def _build_embedding(self, *, img_size, patch_size, kernel_size, channels, embed_dim, num_frames,
-                         drop_rate=0.0, residual_in_fp32=True, use_checkpoint=False, checkpoint_num=0,
-                         device=None, dtype=None) -> None:
+    def _build_embedding(
+        self,
+        *,
+        img_size,
+        patch_size,
+        kernel_size,
+        channels,
+        embed_dim,
+        num_frames,
+        drop_rate=0.0,
+        residual_in_fp32=True,
+        use_checkpoint=False,
+        checkpoint_num=0,
+        device=None,
+        dtype=None,
+    ) -> None:
         factory = {"device": device, "dtype": dtype}
         if num_frames % kernel_size:
             raise ValueError(f"num_frames={num_frames} is not a multiple of kernel_size={kernel_size}")
@@ -411,22 +491,33 @@ class VideoTrunk(nn.Module):
         self.d_model = self.num_features = self.embed_dim = embed_dim
         self.num_frames = num_frames
         self.kernel_size = kernel_size
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size,
-                                      in_chans=channels, embed_dim=embed_dim)
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, kernel_size=kernel_size, in_chans=channels, embed_dim=embed_dim
+        )
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **factory))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim, **factory))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, num_frames // kernel_size, embed_dim, **factory))
         self.pos_drop = nn.Dropout(p=drop_rate)
 
-    def _build_blocks(self, *, embed_dim, depth, drop_path_rate, ssm_cfg, norm_epsilon, rms_norm, bimamba,
-                      device=None, dtype=None) -> None:
+    def _build_blocks(
+        self, *, embed_dim, depth, drop_path_rate, ssm_cfg, norm_epsilon, rms_norm, bimamba, device=None, dtype=None
+    ) -> None:
         factory = {"device": device, "dtype": dtype}
         self.drop_path, self.layers = create_layers(
-            embed_dim, depth, drop_path_rate, ssm_cfg=ssm_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
-            residual_in_fp32=self.residual_in_fp32, bimamba=bimamba, **factory)
-        setattr(self, self.final_norm_name,
-                (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory))
+            embed_dim,
+            depth,
+            drop_path_rate,
+            ssm_cfg=ssm_cfg,
+            norm_epsilon=norm_epsilon,
+            rms_norm=rms_norm,
+            residual_in_fp32=self.residual_in_fp32,
+            bimamba=bimamba,
+            **factory,
+        )
+        setattr(
+            self, self.final_norm_name, (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory)
+        )
 
     @property
     def final_norm(self) -> nn.Module:
@@ -465,9 +556,11 @@ class VideoTrunk(nn.Module):
             raise ValueError(f"clip must be [B, {C}, T, H, W]; got shape {tuple(x.shape)}")
         H, W = self.patch_embed.img_size
         if tuple(x.shape[-2:]) != (H, W):
-            raise ValueError(f"clip frames are {x.shape[-2]}x{x.shape[-1]} but the model takes {H}x{W} "
-                             f"(resize when decoding, or load the model with img_size={x.shape[-2]} so its "
-                             "position embedding is resampled)")
+            raise ValueError(
+                f"clip frames are {x.shape[-2]}x{x.shape[-1]} but the model takes {H}x{W} "
+                f"(resize when decoding, or load the model with img_size={x.shape[-2]} so its "
+                "position embedding is resampled)"
+            )
         T = x.shape[2]
         if T < self.kernel_size or T % self.kernel_size:
             raise ValueError(f"clip has {T} frames; it needs a positive multiple of kernel_size={self.kernel_size}")
@@ -481,8 +574,9 @@ class VideoTrunk(nn.Module):
         tails, ssms = [], []
         for i, layer in enumerate(self.layers):
             layer_state = state.layer(i) if state is not None else None
-            hidden, residual, new = layer(hidden, residual, layer_state, return_state,
-                                          use_checkpoint=self._checkpointed(i))
+            hidden, residual, new = layer(
+                hidden, residual, layer_state, return_state, use_checkpoint=self._checkpointed(i)
+            )
             if return_state:
                 tails.append(new[0])
                 ssms.append(new[1])
@@ -497,8 +591,9 @@ class VideoTrunk(nn.Module):
     def _final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
         return norm_fp32(self.final_norm, residual + self.drop_path(hidden)).to(hidden.dtype)
 
-    def forward_visible(self, tokens: Tensor, return_index, need_output: bool = True
-                        ) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    def forward_visible(
+        self, tokens: Tensor, return_index, need_output: bool = True
+    ) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """The official pretraining forward of the blocks over (already masked) tokens
         [B, L, D]: (final-normed output [B, L, D] or None, the distilled features
         [K, B, L, D] or None when `return_index` is empty).
@@ -566,16 +661,35 @@ class VideoMamba(VideoTrunk):
         checkpoint_num=0,
     ):
         super().__init__()
-        self._build_embedding(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size, channels=channels,
-                              embed_dim=embed_dim, num_frames=num_frames, drop_rate=drop_rate,
-                              residual_in_fp32=residual_in_fp32, use_checkpoint=use_checkpoint,
-                              checkpoint_num=checkpoint_num, device=device, dtype=dtype)
+        self._build_embedding(
+            img_size=img_size,
+            patch_size=patch_size,
+            kernel_size=kernel_size,
+            channels=channels,
+            embed_dim=embed_dim,
+            num_frames=num_frames,
+            drop_rate=drop_rate,
+            residual_in_fp32=residual_in_fp32,
+            use_checkpoint=use_checkpoint,
+            checkpoint_num=checkpoint_num,
+            device=device,
+            dtype=dtype,
+        )
         self.num_classes = num_classes
         self.bimamba = bimamba
         self.head_drop = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
-        self._build_blocks(embed_dim=embed_dim, depth=depth, drop_path_rate=drop_path_rate, ssm_cfg=ssm_cfg,
-                           norm_epsilon=norm_epsilon, rms_norm=rms_norm, bimamba=bimamba, device=device, dtype=dtype)
+        self._build_blocks(
+            embed_dim=embed_dim,
+            depth=depth,
+            drop_path_rate=drop_path_rate,
+            ssm_cfg=ssm_cfg,
+            norm_epsilon=norm_epsilon,
+            rms_norm=rms_norm,
+            bimamba=bimamba,
+            device=device,
+            dtype=dtype,
+        )
 
         init_videomamba_weights(self, depth, initializer_cfg or {})
         mixer = self.layers[0].mixer if depth else None
@@ -584,9 +698,15 @@ class VideoMamba(VideoTrunk):
         self.d_conv = mixer.d_conv if mixer else 0
         # What the model is and wants as input (timm's pretrained_cfg, typed); the loaders
         # replace it with one carrying the checkpoint fields and class names.
-        self.card = ModelCard(num_frames=num_frames, img_size=self.patch_embed.img_size[0],
-                              patch_size=self.patch_embed.patch_size[0], embed_dim=embed_dim, depth=depth,
-                              num_classes=num_classes, in_chans=channels)
+        self.card = ModelCard(
+            num_frames=num_frames,
+            img_size=self.patch_embed.img_size[0],
+            patch_size=self.patch_embed.patch_size[0],
+            embed_dim=embed_dim,
+            depth=depth,
+            num_classes=num_classes,
+            in_chans=channels,
+        )
 
     def forward_tokens(self, tokens: Tensor, state: Optional[StreamState] = None) -> tuple[Tensor, StreamState]:
         """Run the blocks and the final norm over one piece of a token sequence [B, L, D].
@@ -619,8 +739,15 @@ class VideoMamba(VideoTrunk):
         """The state of streams that have seen nothing: zeros, float32."""
         if device is None:
             device = self.cls_token.device
-        return StreamState.zeros(len(self.layers), batch_size, self.d_inner, self.d_conv, self.d_state,
-                                 device=device, tag=self.card.checkpoint_digest)
+        return StreamState.zeros(
+            len(self.layers),
+            batch_size,
+            self.d_inner,
+            self.d_conv,
+            self.d_state,
+            device=device,
+            tag=self.card.checkpoint_digest,
+        )
 
     def _check_state(self, state: StreamState, batch_size: int, device) -> None:
         if not isinstance(state, StreamState):
@@ -628,8 +755,10 @@ class VideoMamba(VideoTrunk):
         state.check(batch_size=batch_size, **self.state_spec())
         digest = self.card.checkpoint_digest
         if state.tag and digest and state.tag != digest:
-            raise StateError(f"state was made by checkpoint {state.tag!r}, this model is {digest!r}; "
-                             "a stream cannot continue on different weights")
+            raise StateError(
+                f"state was made by checkpoint {state.tag!r}, this model is {digest!r}; "
+                "a stream cannot continue on different weights"
+            )
         if state.device != torch.device(device):
             raise StateError(f"state is on {state.device} but the input is on {device}; move it with state.to()")
 

@@ -24,6 +24,7 @@ Output [K, B, 1 + visible, clip_output_dim], K = `clip_return_layer`, layers in
 ascending depth order (the teacher's order). A pretrained student loads into the
 classifier with `vmstream.models.load_checkpoint` (decoder dropped, `norm` -> `norm_f`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -128,24 +129,45 @@ class VideoMambaPretrain(VideoTrunk):
         if clip_decoder_embed_dim != embed_dim:
             # The decoder reads the student's hidden states directly.
             raise ValueError(f"clip_decoder_embed_dim={clip_decoder_embed_dim} must equal embed_dim={embed_dim}")
-        self.return_index = return_layers(depth, clip_return_layer, clip_student_return_interval,
-                                          f"a depth-{depth} student")
+        self.return_index = return_layers(
+            depth, clip_return_layer, clip_student_return_interval, f"a depth-{depth} student"
+        )
         self.depth = depth
         # Registration order = the official one (state_dict keys in the same order).
-        self._build_embedding(img_size=img_size, patch_size=patch_size, kernel_size=kernel_size, channels=channels,
-                              embed_dim=embed_dim, num_frames=num_frames, residual_in_fp32=residual_in_fp32,
-                              use_checkpoint=use_checkpoint, checkpoint_num=checkpoint_num, device=device,
-                              dtype=dtype)
-        self._build_blocks(embed_dim=embed_dim, depth=depth, drop_path_rate=drop_path_rate, ssm_cfg=ssm_cfg,
-                           norm_epsilon=norm_epsilon, rms_norm=rms_norm, bimamba=bimamba, device=device, dtype=dtype)
-        self.clip_decoder = nn.ModuleList([
-            LinearDecoder(clip_output_dim, clip_decoder_embed_dim, clip_norm_type) for _ in range(clip_return_layer)
-        ])
+        self._build_embedding(
+            img_size=img_size,
+            patch_size=patch_size,
+            kernel_size=kernel_size,
+            channels=channels,
+            embed_dim=embed_dim,
+            num_frames=num_frames,
+            residual_in_fp32=residual_in_fp32,
+            use_checkpoint=use_checkpoint,
+            checkpoint_num=checkpoint_num,
+            device=device,
+            dtype=dtype,
+        )
+        self._build_blocks(
+            embed_dim=embed_dim,
+            depth=depth,
+            drop_path_rate=drop_path_rate,
+            ssm_cfg=ssm_cfg,
+            norm_epsilon=norm_epsilon,
+            rms_norm=rms_norm,
+            bimamba=bimamba,
+            device=device,
+            dtype=dtype,
+        )
+        self.clip_decoder = nn.ModuleList(
+            [LinearDecoder(clip_output_dim, clip_decoder_embed_dim, clip_norm_type) for _ in range(clip_return_layer)]
+        )
         # Fixed, not a parameter, not in the state dict (as the official plain attribute).
         num_patches = self.patch_embed.num_patches
-        self.register_buffer("clip_pos_embed",
-                             sinusoid_table(num_patches * num_frames // kernel_size + 1, clip_decoder_embed_dim),
-                             persistent=False)
+        self.register_buffer(
+            "clip_pos_embed",
+            sinusoid_table(num_patches * num_frames // kernel_size + 1, clip_decoder_embed_dim),
+            persistent=False,
+        )
         init_videomamba_weights(self, depth, initializer_cfg or {})
 
     @property
@@ -158,13 +180,16 @@ class VideoMambaPretrain(VideoTrunk):
         C = self.patch_embed.proj.in_channels
         H, W = self.patch_embed.img_size
         if x.dim() != 5 or x.shape[1] != C or tuple(x.shape[-2:]) != (H, W) or x.shape[2] != self.num_frames:
-            raise ValueError(f"video must be [B, {C}, {self.num_frames}, {H}, {W}] for this student; "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"video must be [B, {C}, {self.num_frames}, {H}, {W}] for this student; got shape {tuple(x.shape)}"
+            )
 
     def _check_mask(self, mask: Tensor, batch: int) -> None:
         if mask.dtype != torch.bool or mask.shape != (batch, self.num_tokens):
-            raise ValueError(f"mask must be a bool tensor [B={batch}, {self.num_tokens}] (True = masked, cls "
-                             f"column first); got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be a bool tensor [B={batch}, {self.num_tokens}] (True = masked, cls "
+                f"column first); got {mask.dtype} {tuple(mask.shape)}"
+            )
         if mask[:, 0].any():
             raise ValueError("mask hides the cls token (column 0); the cls token must stay visible")
         counts = (~mask).sum(dim=1)

@@ -22,6 +22,7 @@ its `features` are the segment's joint-space embedding, the mean over frames of 
 L2-normalised projected per-frame features, so an inner product with a normalised text
 feature *is* the official similarity.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,16 +39,38 @@ from .state import StreamState
 from .videomamba import SegmentOutput, VideoMamba
 from .videomamba_pretrain import LinearDecoder, decode_visible, return_layers, sinusoid_table
 
-__all__ = ["VideoTextMamba", "VisionEncoder", "VideoEncoding", "TextEncoding",
-           "PretrainVision", "VISION_DEFAULTS", "TEXT_DEFAULTS"]
+__all__ = [
+    "VideoTextMamba",
+    "VisionEncoder",
+    "VideoEncoding",
+    "TextEncoding",
+    "PretrainVision",
+    "VISION_DEFAULTS",
+    "TEXT_DEFAULTS",
+]
 
 # The official VideoMamba-M multimodal configuration (exp_pt/videomamba_middle_*/config.py).
-VISION_DEFAULTS: dict[str, Any] = dict(img_size=224, patch_size=16, depth=32, embed_dim=576, num_frames=8,
-                                       kernel_size=1, clip_decoder_embed_dim=576, clip_output_dim=512,
-                                       clip_return_layer=1)
-TEXT_DEFAULTS: dict[str, Any] = dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12,
-                                     intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
-                                     fusion_layer=9)
+VISION_DEFAULTS: dict[str, Any] = dict(
+    img_size=224,
+    patch_size=16,
+    depth=32,
+    embed_dim=576,
+    num_frames=8,
+    kernel_size=1,
+    clip_decoder_embed_dim=576,
+    clip_output_dim=512,
+    clip_return_layer=1,
+)
+TEXT_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_layers=12,
+    num_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    fusion_layer=9,
+)
 
 
 @dataclass
@@ -66,6 +89,7 @@ class TextEncoding:
 @dataclass
 class PretrainVision:
     """What the official `PretrainVideoMamba.forward(x, mask, use_image, keep_temporal)` returns."""
+
     tokens: Tensor  # [B, visible patches, Dv] final-normed, no cls (VTM / MLM memory)
     pooled: Tensor  # [B, T or 1, Dv] pool_norm(cls + patch mean), per frame with keep_temporal
     clip: Optional[Tensor]  # [K, B, 1 + visible, clip_output_dim] decoder outputs (with a mask), else None
@@ -77,32 +101,72 @@ class VisionEncoder(VideoMamba):
 
     final_norm_name = "norm"
 
-    def __init__(self, img_size=224, patch_size=16, depth=32, embed_dim=576, num_frames=8, kernel_size=1,
-                 channels=3, drop_path_rate=0.0, ssm_cfg=None, norm_epsilon=1e-5, rms_norm=True,
-                 residual_in_fp32=True, fused_add_norm=True, bimamba=True, pool_type="cls+avg",
-                 clip_decoder_embed_dim: Optional[int] = None, clip_output_dim=512, clip_return_layer=1,
-                 clip_student_return_interval=1, use_checkpoint=False, checkpoint_num=0):
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        depth=32,
+        embed_dim=576,
+        num_frames=8,
+        kernel_size=1,
+        channels=3,
+        drop_path_rate=0.0,
+        ssm_cfg=None,
+        norm_epsilon=1e-5,
+        rms_norm=True,
+        residual_in_fp32=True,
+        fused_add_norm=True,
+        bimamba=True,
+        pool_type="cls+avg",
+        clip_decoder_embed_dim: Optional[int] = None,
+        clip_output_dim=512,
+        clip_return_layer=1,
+        clip_student_return_interval=1,
+        use_checkpoint=False,
+        checkpoint_num=0,
+    ):
         if pool_type != "cls+avg":
             raise ValueError(f"pool_type {pool_type!r}: only the official 'cls+avg' is implemented")
-        super().__init__(img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim,
-                         channels=channels, num_classes=0, drop_path_rate=drop_path_rate, ssm_cfg=ssm_cfg,
-                         norm_epsilon=norm_epsilon, fused_add_norm=fused_add_norm, rms_norm=rms_norm,
-                         residual_in_fp32=residual_in_fp32, bimamba=bimamba, kernel_size=kernel_size,
-                         num_frames=num_frames, use_checkpoint=use_checkpoint, checkpoint_num=checkpoint_num)
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            depth=depth,
+            embed_dim=embed_dim,
+            channels=channels,
+            num_classes=0,
+            drop_path_rate=drop_path_rate,
+            ssm_cfg=ssm_cfg,
+            norm_epsilon=norm_epsilon,
+            fused_add_norm=fused_add_norm,
+            rms_norm=rms_norm,
+            residual_in_fp32=residual_in_fp32,
+            bimamba=bimamba,
+            kernel_size=kernel_size,
+            num_frames=num_frames,
+            use_checkpoint=use_checkpoint,
+            checkpoint_num=checkpoint_num,
+        )
         self.pool_type = pool_type
         dec_dim = clip_decoder_embed_dim or embed_dim
-        self.clip_decoder = nn.ModuleList([
-            # video_mm's Linear_Decoder: no L2 normalisation (the student's has it).
-            LinearDecoder(output_dim=clip_output_dim, embed_dim=dec_dim, clip_norm_type="none")
-            for _ in range(clip_return_layer)])
+        self.clip_decoder = nn.ModuleList(
+            [
+                # video_mm's Linear_Decoder: no L2 normalisation (the student's has it).
+                LinearDecoder(output_dim=clip_output_dim, embed_dim=dec_dim, clip_norm_type="none")
+                for _ in range(clip_return_layer)
+            ]
+        )
         self.pool_norm = nn.LayerNorm(embed_dim)
         # Checkpoints saved without the decoder (clip_return_layer 0) distil nothing.
-        self.return_index = return_layers(depth, clip_return_layer, clip_student_return_interval,
-                                          f"a depth-{depth} vision encoder") if clip_return_layer else []
+        self.return_index = (
+            return_layers(depth, clip_return_layer, clip_student_return_interval, f"a depth-{depth} vision encoder")
+            if clip_return_layer
+            else []
+        )
         # Fixed sinusoidal tables (official plain attributes: not in the state dict).
         n = self.patch_embed.num_patches
-        self.register_buffer("clip_pos_embed", sinusoid_table(n * num_frames // kernel_size + 1, dec_dim),
-                             persistent=False)
+        self.register_buffer(
+            "clip_pos_embed", sinusoid_table(n * num_frames // kernel_size + 1, dec_dim), persistent=False
+        )
         self.register_buffer("clip_img_pos_embed", sinusoid_table(n + 1, dec_dim), persistent=False)
 
     def encode(self, x: Tensor, state: Optional[StreamState] = None, return_state: bool = False):
@@ -114,8 +178,9 @@ class VisionEncoder(VideoMamba):
             return self._final_norm(hidden, residual)
         return self.forward_tokens(tokens, state)
 
-    def forward_pretrain(self, x: Tensor, mask: Optional[Tensor] = None, use_image: bool = False,
-                         keep_temporal: bool = False) -> PretrainVision:
+    def forward_pretrain(
+        self, x: Tensor, mask: Optional[Tensor] = None, use_image: bool = False, keep_temporal: bool = False
+    ) -> PretrainVision:
         """The official pretraining forward: `mask` [B, 1 + T*N] (True = dropped, cls
         visible) drops tokens before the blocks; the CLIP features are read from the
         residual stream as the masked student does (the final norm of the residual
@@ -152,8 +217,15 @@ class VideoTextMamba(nn.Module):
     # What `forward_segment`'s features are: joint-space embeddings, compared by inner product.
     embedding_space = "video-text"
 
-    def __init__(self, vision: Optional[Mapping[str, Any]] = None, text: Optional[Mapping[str, Any]] = None,
-                 embed_dim: int = 512, temp: float = 0.07, *, mlm_head: bool = False):
+    def __init__(
+        self,
+        vision: Optional[Mapping[str, Any]] = None,
+        text: Optional[Mapping[str, Any]] = None,
+        embed_dim: int = 512,
+        temp: float = 0.07,
+        *,
+        mlm_head: bool = False,
+    ):
         super().__init__()
         vcfg = dict(VISION_DEFAULTS, **(vision or {}))
         if "clip_decoder_embed_dim" not in (vision or {}):
@@ -174,10 +246,18 @@ class VideoTextMamba(nn.Module):
         # Open-vocabulary labels: unit prompt features [K, E] (set_label_prompts).
         self.register_buffer("label_features", torch.empty(0, embed_dim), persistent=False)
         ve = self.vision_encoder
-        self._card = ModelCard(num_frames=ve.num_frames, img_size=ve.img_size, patch_size=ve.patch_embed.patch_size[0],
-                               embed_dim=embed_dim, depth=len(ve.layers), num_classes=0,
-                               in_chans=ve.patch_embed.proj.in_channels, architecture="videomamba_videotext",
-                               interpolation="bicubic", crop="direct")
+        self._card = ModelCard(
+            num_frames=ve.num_frames,
+            img_size=ve.img_size,
+            patch_size=ve.patch_embed.patch_size[0],
+            embed_dim=embed_dim,
+            depth=len(ve.layers),
+            num_classes=0,
+            in_chans=ve.patch_embed.proj.in_channels,
+            architecture="videomamba_videotext",
+            interpolation="bicubic",
+            crop="direct",
+        )
 
     # ------------------------------------------------------------------ card
     @property
@@ -189,7 +269,8 @@ class VideoTextMamba(nn.Module):
         # The vision encoder tags and checks stream states with the checkpoint digest.
         self._card = card
         self.vision_encoder.card = self.vision_encoder.card.replace(
-            checkpoint=card.checkpoint, checkpoint_digest=card.checkpoint_digest)
+            checkpoint=card.checkpoint, checkpoint_digest=card.checkpoint_digest
+        )
 
     @property
     def num_frames(self) -> int:
@@ -229,8 +310,15 @@ class VideoTextMamba(nn.Module):
             return torch.einsum("vte,be->vtb", F.normalize(v, dim=-1), t).mean(1)
         return v @ t.T
 
-    def itm_scores(self, video_tokens: Tensor, input_ids: Optional[Tensor], attention_mask: Optional[Tensor] = None,
-                   *, text_tokens: Optional[Tensor] = None, chunk: int = 32) -> Tensor:
+    def itm_scores(
+        self,
+        video_tokens: Tensor,
+        input_ids: Optional[Tensor],
+        attention_mask: Optional[Tensor] = None,
+        *,
+        text_tokens: Optional[Tensor] = None,
+        chunk: int = 32,
+    ) -> Tensor:
         """[Bv, Bt]: `itm_head` logit 1 on the fusion [CLS] for every (video, text) pair,
         `chunk` pairs per forward. `text_tokens` (from `encode_text`) skips re-encoding
         the text (then `input_ids` may be None; `attention_mask` is still the text's)."""
@@ -245,9 +333,13 @@ class VideoTextMamba(nn.Module):
         pairs_t = torch.arange(Bt, device=text_tokens.device).repeat(Bv)
         scores = []
         for s in range(0, Bv * Bt, chunk):
-            v, t = pairs_v[s:s + chunk], pairs_t[s:s + chunk]
-            fused = self.text_encoder(attention_mask=attention_mask[t], mode="fusion", encoder_embeds=text_tokens[t],
-                                      encoder_hidden_states=video_tokens[v])
+            v, t = pairs_v[s : s + chunk], pairs_t[s : s + chunk]
+            fused = self.text_encoder(
+                attention_mask=attention_mask[t],
+                mode="fusion",
+                encoder_embeds=text_tokens[t],
+                encoder_hidden_states=video_tokens[v],
+            )
             scores.append(self.itm_head(fused[:, 0])[:, 1])
         return torch.cat(scores).float().view(Bv, Bt)
 
@@ -258,8 +350,7 @@ class VideoTextMamba(nn.Module):
     def init_state(self, batch_size: int, device=None) -> StreamState:
         return self.vision_encoder.init_state(batch_size, device=device)
 
-    def encode_segment(self, clip: Tensor, state: Optional[StreamState] = None
-                       ) -> tuple[VideoEncoding, StreamState]:
+    def encode_segment(self, clip: Tensor, state: Optional[StreamState] = None) -> tuple[VideoEncoding, StreamState]:
         """One segment [B, C, T, H, W] of B streams from their carried state: the segment's
         encoding (as `encode_video` of a clip) and the next state."""
         normed, new_state = self.vision_encoder.encode(clip, state, return_state=True)  # checks the state
@@ -271,8 +362,10 @@ class VideoTextMamba(nn.Module):
         similarity / temp (softmax of them: the official zero-shot scores)."""
         names = tuple(names)
         if features.dim() != 2 or features.shape[1] != self.embed_dim or features.shape[0] != len(names):
-            raise ValueError(f"label prompts: features {tuple(features.shape)} for {len(names)} names; "
-                             f"expected [{len(names)}, {self.embed_dim}]")
+            raise ValueError(
+                f"label prompts: features {tuple(features.shape)} for {len(names)} names; "
+                f"expected [{len(names)}, {self.embed_dim}]"
+            )
         self.label_features = F.normalize(features.float(), dim=-1).to(self.temp.device)
         self.card = self.card.replace(num_classes=len(names), class_names=names)
 

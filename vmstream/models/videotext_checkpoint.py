@@ -14,6 +14,7 @@ frames, image size, patch, clip decoder; text width, layers, vocabulary, positio
 token types, feed-forward width, `fusion_layer` = the first layer with cross-attention,
 heads = width / 64 unless given; the joint `embed_dim` from `vision_proj`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,13 @@ from .videotext import VideoTextMamba
 
 log = logging.getLogger(__name__)
 
-__all__ = ["is_videotext_state_dict", "canonical_videotext_keys", "infer_videotext_config", "official_pretrain_keys",
-           "adapt_videotext_state_dict"]
+__all__ = [
+    "is_videotext_state_dict",
+    "canonical_videotext_keys",
+    "infer_videotext_config",
+    "official_pretrain_keys",
+    "adapt_videotext_state_dict",
+]
 
 # Keys of the official training-time model that retrieval does not use, and what they are.
 _UNUSED = {
@@ -45,8 +51,9 @@ def is_videotext_state_dict(sd: Mapping[str, Tensor]) -> bool:
     return any(k.startswith("vision_encoder.") for k in sd) and any(k.startswith("text_encoder.") for k in sd)
 
 
-def canonical_videotext_keys(sd: Mapping[str, Tensor], keep: tuple[str, ...] = ()
-                              ) -> tuple[dict[str, Tensor], list[str]]:
+def canonical_videotext_keys(
+    sd: Mapping[str, Tensor], keep: tuple[str, ...] = ()
+) -> tuple[dict[str, Tensor], list[str]]:
     """(state dict with retrieval key names and without unused keys, notes on what was done);
     the unused-key prefixes in `keep` are kept (a pretraining model has the MLM head)."""
     out: dict[str, Tensor] = {}
@@ -55,7 +62,7 @@ def canonical_videotext_keys(sd: Mapping[str, Tensor], keep: tuple[str, ...] = (
     renamed = 0
     for key, value in sd.items():
         if key.startswith("text_encoder.bert."):
-            key = "text_encoder." + key[len("text_encoder.bert."):]
+            key = "text_encoder." + key[len("text_encoder.bert.") :]
             renamed += 1
         prefix = next((p for p in _UNUSED if key.startswith(p) and p not in keep), None)
         if prefix is not None:
@@ -70,7 +77,7 @@ def canonical_videotext_keys(sd: Mapping[str, Tensor], keep: tuple[str, ...] = (
 
 
 def _sub(sd: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def infer_videotext_config(sd: Mapping[str, Tensor], num_heads: Optional[int] = None) -> dict[str, Any]:
@@ -119,11 +126,19 @@ def adapt_videotext_state_dict(sd: Mapping[str, Tensor], model: VideoTextMamba) 
     keep = ("text_encoder.cls.",) if any(k.startswith("text_encoder.cls.") for k in target) else ()
     sd, notes = canonical_videotext_keys(sd, keep)
     for key, resample, what in (
-            ("vision_encoder.temporal_pos_embedding", lambda t, n: resample_temporal_pos(t.float(), n[1]).to(t.dtype),
-             "temporal positions (linear)"),
-            ("vision_encoder.pos_embed", lambda t, n: resample_pos_embed(t, n[1] - 1), "spatial positions (bicubic)")):
-        if key in sd and key in target and sd[key].shape != target[key].shape \
-                and sd[key].shape[-1] == target[key].shape[-1]:
+        (
+            "vision_encoder.temporal_pos_embedding",
+            lambda t, n: resample_temporal_pos(t.float(), n[1]).to(t.dtype),
+            "temporal positions (linear)",
+        ),
+        ("vision_encoder.pos_embed", lambda t, n: resample_pos_embed(t, n[1] - 1), "spatial positions (bicubic)"),
+    ):
+        if (
+            key in sd
+            and key in target
+            and sd[key].shape != target[key].shape
+            and sd[key].shape[-1] == target[key].shape[-1]
+        ):
             old = sd[key].shape[1]
             sd[key] = resample(sd[key], target[key].shape)
             notes.append(f"resampled {what} {old} -> {target[key].shape[1]}")
@@ -138,6 +153,6 @@ def official_pretrain_keys(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for key, value in sd.items():
         if key.startswith("text_encoder.") and not key.startswith("text_encoder.cls."):
-            key = "text_encoder.bert." + key[len("text_encoder."):]
+            key = "text_encoder.bert." + key[len("text_encoder.") :]
         out[key] = value
     return out

@@ -1,6 +1,7 @@
 """Assembly: a validated config in, wired objects out (model, decoder, sampling policy,
 segmenter, sinks, runner). Every command and the Kafka worker build pipelines here, so
 they build them the same way; no command logic lives here."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,6 @@ def resolve_device(name: str):
 def load_pipeline_model(cfg: PipelineConfig):
     """The model the config names (a checkpoint file wins over a registry name)."""
     from vmstream.models import CheckpointError, CheckpointNotFound, load_model
-
     from vmstream.models.ops.dispatch import check_backend
 
     if cfg.model.scan_backend != "auto":
@@ -55,15 +55,19 @@ def load_pipeline_model(cfg: PipelineConfig):
             raise UserError(f"model.labels: {p} is not a regular file")
         if not p.is_file():
             if "," in cfg.model.labels or not cfg.model.labels.endswith(".txt"):
-                raise UserError(f"--labels {cfg.model.labels!r}: open-vocabulary labels need a video-text model "
-                                f"(e.g. videomamba_m16_25M_f8_res224); model {model.card.name!r} is a classifier, "
-                                "whose labels are a file naming its classes")
+                raise UserError(
+                    f"--labels {cfg.model.labels!r}: open-vocabulary labels need a video-text model "
+                    f"(e.g. videomamba_m16_25M_f8_res224); model {model.card.name!r} is a classifier, "
+                    "whose labels are a file naming its classes"
+                )
             raise UserError(f"model.labels: {p} does not exist")
         try:
             names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
         except UnicodeDecodeError as e:
-            raise UserError(f"model.labels: {p} is not a text file of class names (not valid UTF-8: byte "
-                            f"0x{e.object[e.start]:02x} at offset {e.start})") from None
+            raise UserError(
+                f"model.labels: {p} is not a text file of class names (not valid UTF-8: byte "
+                f"0x{e.object[e.start]:02x} at offset {e.start})"
+            ) from None
         n = model.head.out_features if hasattr(model.head, "out_features") else None
         if n is not None and len(names) != n:
             raise UserError(f"model.labels: {p} has {len(names)} names, the model has {n} classes")
@@ -171,13 +175,20 @@ def build_sinks(cfg: PipelineConfig, model, *, console_stream=None) -> list:
             # A video-text model's segment embeddings are scored by inner product (see models/videotext.py).
             metric = "ip" if is_videotext(model) else None
             try:
-                sinks.append(FaissSink(out / "index", store=open_configured_store(
-                    cfg, out / "index", dim=int(model.embed_dim), kind=kind, metric=metric)))
+                sinks.append(
+                    FaissSink(
+                        out / "index",
+                        store=open_configured_store(
+                            cfg, out / "index", dim=int(model.embed_dim), kind=kind, metric=metric
+                        ),
+                    )
+                )
             except UserError:
                 raise
             except ValueError as e:  # a store of another model's vectors (dim, kind, metric)
-                raise UserError(f"output.dir {out}: {e}; another model's results are there: give this "
-                                "model another --out") from None
+                raise UserError(
+                    f"output.dir {out}: {e}; another model's results are there: give this model another --out"
+                ) from None
         if cfg.kafka.bootstrap:
             sinks.append(make_kafka_sink(cfg))
     except BaseException:
@@ -223,27 +234,45 @@ def make_kafka_sink(cfg: PipelineConfig, *, create_topics: bool = True):
             ensure_topics(cfg.kafka.bootstrap, specs, client_config=cfg.kafka.client)
         except (ConnectionError, OSError) as e:
             raise UserError(f"Kafka at {cfg.kafka.bootstrap}: {e}") from None
-    return KafkaSink(cfg.kafka.bootstrap, topics=names.sink_topics(), client_config=cfg.kafka.client,
-                     spill_dir=Path(cfg.output.dir) / "kafka-spill")
+    return KafkaSink(
+        cfg.kafka.bootstrap,
+        topics=names.sink_topics(),
+        client_config=cfg.kafka.client,
+        spill_dir=Path(cfg.output.dir) / "kafka-spill",
+    )
 
 
 def build_plan(cfg: PipelineConfig, model):
     """How every stream of a run is decoded and cut into segments (plan.StreamPlan)."""
     from vmstream.pipeline.plan import StreamPlan
 
-    return StreamPlan(decoder=make_decoder(cfg), policy=sampling_policy(cfg), size=make_size(cfg, model),
-                      segmenter_factory=make_segmenter_factory(cfg, model), audio_factory=make_audio_factory(cfg))
+    return StreamPlan(
+        decoder=make_decoder(cfg),
+        policy=sampling_policy(cfg),
+        size=make_size(cfg, model),
+        segmenter_factory=make_segmenter_factory(cfg, model),
+        audio_factory=make_audio_factory(cfg),
+    )
 
 
 def make_inference(cfg: PipelineConfig, model):
     from vmstream.stages.inference import InferenceStage
 
-    return InferenceStage(model, device=resolve_device(cfg.model.device), top_k=cfg.model.top_k,
-                          summary=cfg.model.summary)
+    return InferenceStage(
+        model, device=resolve_device(cfg.model.device), top_k=cfg.model.top_k, summary=cfg.model.summary
+    )
 
 
-def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=None, progress=None,
-                 flush_on_stream_end: bool = False, allow_replace: bool = True):
+def build_runner(
+    cfg: PipelineConfig,
+    *,
+    model=None,
+    sinks=None,
+    state_store=None,
+    progress=None,
+    flush_on_stream_end: bool = False,
+    allow_replace: bool = True,
+):
     """A ready (not started) runner for `cfg`. Pass `model`/`sinks`/`state_store` to
     reuse or replace the configured ones (tests, the worker); `allow_replace=False`
     refuses a stream id already run from another uri (the worker's jobs)."""
@@ -266,9 +295,14 @@ def build_runner(cfg: PipelineConfig, *, model=None, sinks=None, state_store=Non
         checkpoints=Checkpoints(state_store, inference, every=cfg.runner.snapshot_every, allow_replace=allow_replace),
         queue_size=cfg.runner.queue_size,
         max_streams=cfg.runner.max_streams,
-        max_batch=batch_policy(cfg.model.max_batch, model=model, max_streams=cfg.runner.max_streams,
-                               device=inference.device, frames=segment_frames(cfg, model),
-                               precision=cfg.model.precision),
+        max_batch=batch_policy(
+            cfg.model.max_batch,
+            model=model,
+            max_streams=cfg.runner.max_streams,
+            device=inference.device,
+            frames=segment_frames(cfg, model),
+            precision=cfg.model.precision,
+        ),
         flush_on_stream_end=flush_on_stream_end,
         progress=progress,
     )

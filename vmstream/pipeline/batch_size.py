@@ -22,6 +22,7 @@ kernel cache's directory, $VMSTREAM_CACHE_DIR); later runs start at it. A number
 config skips all of this. A run with one stream at a time has nothing to measure and
 runs at 1.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,20 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TOLERANCE", "MAX_PROBED", "STEPS", "candidates", "choose", "sweep", "ops_fingerprint", "probe_key",
-           "resolve_max_batch", "batch_policy", "FixedBatch", "AdaptiveBatch"]
+__all__ = [
+    "TOLERANCE",
+    "MAX_PROBED",
+    "STEPS",
+    "candidates",
+    "choose",
+    "sweep",
+    "ops_fingerprint",
+    "probe_key",
+    "resolve_max_batch",
+    "batch_policy",
+    "FixedBatch",
+    "AdaptiveBatch",
+]
 
 TOLERANCE = 0.05  # sizes within 5 % of the best throughput count as equal (timing noise)
 MAX_PROBED = 16
@@ -88,10 +101,23 @@ def ops_fingerprint() -> str:
 
 def probe_key(model, *, frames: int, device, precision: str) -> str:
     card = model.card
-    return "|".join(str(x) for x in (
-        _cpu_name(), torch.__version__, torch.device(device).type, torch.get_num_threads(),
-        type(model).__name__, card.embed_dim, card.depth, card.img_size, card.patch_size, frames, precision,
-        ops_fingerprint()))
+    return "|".join(
+        str(x)
+        for x in (
+            _cpu_name(),
+            torch.__version__,
+            torch.device(device).type,
+            torch.get_num_threads(),
+            type(model).__name__,
+            card.embed_dim,
+            card.depth,
+            card.img_size,
+            card.patch_size,
+            frames,
+            precision,
+            ops_fingerprint(),
+        )
+    )
 
 
 class FixedBatch:
@@ -115,8 +141,14 @@ class AdaptiveBatch:
     about a size; with fewer streams ready the loop simply runs what it has. Once the sweep
     ends, `on_done(measured, choice)` is called once and the choice holds."""
 
-    def __init__(self, sizes: list[int], *, on_done: Optional[Callable[[dict, int], None]] = None,
-                 steps: int = STEPS, tolerance: float = TOLERANCE):
+    def __init__(
+        self,
+        sizes: list[int],
+        *,
+        on_done: Optional[Callable[[dict, int], None]] = None,
+        steps: int = STEPS,
+        tolerance: float = TOLERANCE,
+    ):
         self.sizes = list(sizes)
         self.steps = steps
         self.tolerance = tolerance
@@ -149,17 +181,36 @@ class AdaptiveBatch:
                 self.on_done(dict(self.measured), self.choice)
             return
         self._at += 1
-        log.info("model.max_batch auto: %.2f segments/s at batch %d; trying %d", self.measured[size], size,
-                 self.sizes[self._at])
+        log.info(
+            "model.max_batch auto: %.2f segments/s at batch %d; trying %d",
+            self.measured[size],
+            size,
+            self.sizes[self._at],
+        )
 
 
-def batch_policy(setting: Union[int, str], *, model, max_streams: int, device, frames: int,
-                 precision: str = "fp32", cache_file: Optional[Path] = None):
+def batch_policy(
+    setting: Union[int, str],
+    *,
+    model,
+    max_streams: int,
+    device,
+    frames: int,
+    precision: str = "fp32",
+    cache_file: Optional[Path] = None,
+):
     """The run's batch policy: `FixedBatch` for a number, a cached measurement or a single
     stream at a time; else `AdaptiveBatch`, which starts at 1 and measures as the run goes
     (nothing runs before the first segment), caching its answer."""
-    known = resolve_max_batch(setting, model=model, max_streams=max_streams, device=device, frames=frames,
-                              precision=precision, cache_file=cache_file)
+    known = resolve_max_batch(
+        setting,
+        model=model,
+        max_streams=max_streams,
+        device=device,
+        frames=frames,
+        precision=precision,
+        cache_file=cache_file,
+    )
     if known is not None:
         return FixedBatch(known)
     sizes = candidates(max_streams)
@@ -167,8 +218,11 @@ def batch_policy(setting: Union[int, str], *, model, max_streams: int, device, f
     key = probe_key(model, frames=frames, device=device, precision=precision)
 
     def remember(measured: dict, choice: int) -> None:
-        log.info("model.max_batch auto: %d (segments/s at batch %s; remembered)", choice,
-                 ", ".join(f"{b}: {v:.2f}" for b, v in measured.items()))
+        log.info(
+            "model.max_batch auto: %d (segments/s at batch %s; remembered)",
+            choice,
+            ", ".join(f"{b}: {v:.2f}" for b, v in measured.items()),
+        )
         log.debug("model.max_batch auto: measured on this run's segments, cached in %s", cache_file)
         cached = _read(cache_file)
         cached[key] = {"sizes": sizes, "measured": {str(b): v for b, v in measured.items()}}
@@ -177,9 +231,17 @@ def batch_policy(setting: Union[int, str], *, model, max_streams: int, device, f
     return AdaptiveBatch(sizes, on_done=remember)
 
 
-def resolve_max_batch(setting: Union[int, str], *, model, max_streams: int, device, frames: int,
-                      precision: str = "fp32", cache_file: Optional[Path] = None,
-                      measure: Optional[Callable[[int], float]] = None) -> Optional[int]:
+def resolve_max_batch(
+    setting: Union[int, str],
+    *,
+    model,
+    max_streams: int,
+    device,
+    frames: int,
+    precision: str = "fp32",
+    cache_file: Optional[Path] = None,
+    measure: Optional[Callable[[int], float]] = None,
+) -> Optional[int]:
     """`setting` when it is a number; for "auto" the cached best, 1 when one stream runs at a
     time, else (nothing measured yet) None, or with `measure(batch) -> segments/s` given
     the sweep of it, cached (benchmarks and tests; runs measure as they go: batch_policy).
@@ -205,8 +267,13 @@ def resolve_max_batch(setting: Union[int, str], *, model, max_streams: int, devi
     t0 = time.perf_counter()
     measured = sweep(measure, sizes)
     pick = choose(measured)
-    log.info("model.max_batch auto: %d (segments/s by batch size: %s; probed in %.1f s, cached in %s)", pick,
-             ", ".join(f"{b}: {v:.2f}" for b, v in measured.items()), time.perf_counter() - t0, cache_file)
+    log.info(
+        "model.max_batch auto: %d (segments/s by batch size: %s; probed in %.1f s, cached in %s)",
+        pick,
+        ", ".join(f"{b}: {v:.2f}" for b, v in measured.items()),
+        time.perf_counter() - t0,
+        cache_file,
+    )
     cached[key] = {"sizes": sizes, "measured": {str(b): v for b, v in measured.items()}}
     _write(cache_file, cached)
     return pick

@@ -1,6 +1,7 @@
 """The inference thread's work: one FIFO per stream, batches of ready segments of
 distinct streams (round robin), the control records handled in stream order, and a
 stopped stream's queued segments left for its resume."""
+
 from __future__ import annotations
 
 import logging
@@ -24,9 +25,18 @@ class InferenceLoop:
     `is_stopping(stream_id)`: whether the stream was asked to stop; `fail(e)`: the
     pipeline's fatal error."""
 
-    def __init__(self, *, inference, checkpoints: Checkpoints, seg_q: "queue.Queue", put_out: Callable,
-                 is_stopping: Callable[[str], bool], fail: Callable[[BaseException], None], report: RunReport,
-                 max_batch):
+    def __init__(
+        self,
+        *,
+        inference,
+        checkpoints: Checkpoints,
+        seg_q: "queue.Queue",
+        put_out: Callable,
+        is_stopping: Callable[[str], bool],
+        fail: Callable[[BaseException], None],
+        report: RunReport,
+        max_batch,
+    ):
         self.inference = inference
         self.checkpoints = checkpoints
         self.seg_q = seg_q
@@ -172,6 +182,13 @@ class InferenceLoop:
             return StreamDone(item.stream_id, "stopped") if item.status in ("ok", "truncated") else item
         if item.kind == "end" and end_reason(item) in (EndReason.EOF.value, EndReason.TRUNCATED.value):
             details = dict(item.details or {}, reason=EndReason.STOPPED.value)
-            return StreamEvent(stream_id=item.stream_id, kind="end", t_start=item.t_start, t_end=item.t_end,
-                               message="stopped by the caller", details=details, uri=item.uri)
+            return StreamEvent(
+                stream_id=item.stream_id,
+                kind="end",
+                t_start=item.t_start,
+                t_end=item.t_end,
+                message="stopped by the caller",
+                details=details,
+                uri=item.uri,
+            )
         return item

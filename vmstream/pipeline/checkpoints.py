@@ -12,6 +12,7 @@ the content changed, the snapshot is discarded and the stream starts over; one m
 another model is set aside (the state store keeps it) and the stream starts over. The
 state store itself refuses damaged snapshots and those of other streams (snapshots.py). Starting a stream also claims its id (`versions.StreamIds`) unless
 `allow_replace` lets any input take any id (`vmstream run`: the user is the operator)."""
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,12 @@ class Checkpoints:
             float(snap["t_end"]), int(snap["next_index"])
             self.inference.read_snapshot(snap)
         except Exception as e:
-            log.warning("stream %s: its snapshot is damaged or not this model's (%s: %s); set aside, "
-                        "the stream starts over", stream_id, type(e).__name__, e)
+            log.warning(
+                "stream %s: its snapshot is damaged or not this model's (%s: %s); set aside, the stream starts over",
+                stream_id,
+                type(e).__name__,
+                e,
+            )
             return None
         return Resume(stream_id, snap)
 
@@ -87,13 +92,21 @@ class Checkpoints:
                 self.store.delete(sid)
             resume = None
         if resume is not None and snapshot_version(resume.snapshot) != version:
-            log.warning("stream %s: its content changed since its snapshot (version %s, now %s): starting over",
-                        sid, snapshot_version(resume.snapshot) or "unknown", version)
+            log.warning(
+                "stream %s: its content changed since its snapshot (version %s, now %s): starting over",
+                sid,
+                snapshot_version(resume.snapshot) or "unknown",
+                version,
+            )
             self.store.delete(sid)
             resume = None
         if resume is not None:
-            log.info("stream %s: resuming at segment %d (t > %.3f s) from its snapshot", sid,
-                     int(resume.snapshot["next_index"]), float(resume.snapshot["t_end"]))
+            log.info(
+                "stream %s: resuming at segment %d (t > %.3f s) from its snapshot",
+                sid,
+                int(resume.snapshot["next_index"]),
+                float(resume.snapshot["t_end"]),
+            )
         self._versions[sid] = version
         return StreamStart(sid, version, resumed=resume is not None), resume
 
@@ -111,8 +124,7 @@ class Checkpoints:
         if not self.enabled or not self.inference.has_stream(stream_id):
             return None
         snap = self.inference.snapshot(stream_id)
-        snap["extra"] = dict(snap.get("extra") or {}, stream_version=self._versions.get(stream_id),
-                             model=self._model())
+        snap["extra"] = dict(snap.get("extra") or {}, stream_version=self._versions.get(stream_id), model=self._model())
         return SaveSnapshot(stream_id, snap)
 
     def _model(self) -> Optional[str]:

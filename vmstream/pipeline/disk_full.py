@@ -8,6 +8,7 @@ space leaves what was there intact: the store verifies, and the same command, ru
 once there is space, resumes each stream from its last snapshot (or starts it over,
 replacing its rows) and gives every segment once.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,9 +30,11 @@ class DiskFullError(UserError):
         self.what, self.where, self.err = what, where, err
         # The system's words for the errno: pyarrow's OSError carries its own longer text.
         reason = os.strerror(err.errno) if err.errno else "No space left on device"
-        super().__init__(f"{reason}: could not write {what} in {where}; "
-                         "what was written before is intact; free some space there and run the same command "
-                         "again: it resumes where this run stopped")
+        super().__init__(
+            f"{reason}: could not write {what} in {where}; "
+            "what was written before is intact; free some space there and run the same command "
+            "again: it resumes where this run stopped"
+        )
 
 
 def no_space(e: Optional[BaseException]) -> Optional[OSError]:

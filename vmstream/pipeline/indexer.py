@@ -48,6 +48,7 @@ offsets are written after each cycle for monitoring only, never read back.
   their reason, and the indexer goes on. The dead letters are flushed before the
   commit that moves past them: a crash can send one twice, never lose one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -107,8 +108,16 @@ class Indexer:
     `commit_interval_s`: longest a consumed record waits before it is committed (and
     searchable); `commit_records`: a cycle ends early after this many records."""
 
-    def __init__(self, cfg, out: Any, *, commit_interval_s: float = 1.0, commit_records: int = 4096,
-                 record_lag: bool = False, shard: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        cfg,
+        out: Any,
+        *,
+        commit_interval_s: float = 1.0,
+        commit_records: int = 4096,
+        record_lag: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ):
         if not cfg.kafka.bootstrap:
             raise UserError("vmstream index needs a broker: --kafka BOOTSTRAP or kafka.bootstrap in the config")
         self.cfg = cfg
@@ -151,11 +160,15 @@ class Indexer:
             self.parquet = ParquetSink(self.out, max_delay_s=None)
             held = self.store.consumer or {}
             if held and held.get("format") != CONSUMER_FORMAT:
-                raise UserError(f"video store {self.out / 'index'}: its consumer record is of format "
-                                f"{held.get('format')!r}, this vmstream reads {CONSUMER_FORMAT}")
+                raise UserError(
+                    f"video store {self.out / 'index'}: its consumer record is of format "
+                    f"{held.get('format')!r}, this vmstream reads {CONSUMER_FORMAT}"
+                )
             if held and list(held.get("shard") or [0, 1]) != list(self.shard):
-                raise UserError(f"video store {self.out}: it holds shard {held.get('shard')} of the partitions, "
-                                f"asked for {list(self.shard)}")
+                raise UserError(
+                    f"video store {self.out}: it holds shard {held.get('shard')} of the partitions, "
+                    f"asked for {list(self.shard)}"
+                )
             self._offsets = {k: int(v) for k, v in (held.get("offsets") or {}).items()}
             self._streams = {k: list(v) for k, v in (held.get("streams") or {}).items()}
             self._connect()
@@ -171,11 +184,16 @@ class Indexer:
         k = self.cfg.kafka
         try:
             self.consumer = KafkaConsumer(
-                bootstrap_servers=k.bootstrap, group_id=k.indexer_group_id, enable_auto_commit=False,
-                auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
-                **client_options(k.client, "consumer"))
-            self.producer = KafkaProducer(bootstrap_servers=k.bootstrap, acks="all",
-                                          **client_options(k.client, "producer"))
+                bootstrap_servers=k.bootstrap,
+                group_id=k.indexer_group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=16 << 20,
+                **client_options(k.client, "consumer"),
+            )
+            self.producer = KafkaProducer(
+                bootstrap_servers=k.bootstrap, acks="all", **client_options(k.client, "producer")
+            )
         except UNREACHABLE as e:
             raise UserError(connect_error(k.bootstrap, 30, k.client, e)) from None
         self._assign()
@@ -190,8 +208,10 @@ class Indexer:
             if ps is None:
                 from vmstream.kafka.client import create_hint
 
-                raise UserError(f"Kafka topic {t!r} does not exist on {self.cfg.kafka.bootstrap}; "
-                                + create_hint(self.cfg.kafka.bootstrap))
+                raise UserError(
+                    f"Kafka topic {t!r} does not exist on {self.cfg.kafka.bootstrap}; "
+                    + create_hint(self.cfg.kafka.bootstrap)
+                )
             tps += [TopicPartition(t, p) for p in sorted(ps) if p % self.shard[1] == self.shard[0]]
         if set(tps) == set(self.consumer.assignment()):
             return
@@ -253,15 +273,23 @@ class Indexer:
                     self._uncommitted += 1
             if batch:
                 last_data = now
-            if self._uncommitted and (self._uncommitted >= self.commit_records
-                                      or now - last_commit >= self.commit_interval_s):
+            if self._uncommitted and (
+                self._uncommitted >= self.commit_records or now - last_commit >= self.commit_interval_s
+            ):
                 self.commit()
                 last_commit = time.monotonic()
             if now - last_report >= 60.0:
                 st = self.stats
-                log.info("indexed %d records (%d segments; %d dead-lettered, %d late records of replaced versions "
-                         "skipped, %d streams replaced) into %s", st.records, st.segments, st.dead_letters,
-                         st.stale, st.replaced, self.out)
+                log.info(
+                    "indexed %d records (%d segments; %d dead-lettered, %d late records of replaced versions "
+                    "skipped, %d streams replaced) into %s",
+                    st.records,
+                    st.segments,
+                    st.dead_letters,
+                    st.stale,
+                    st.replaced,
+                    self.out,
+                )
                 last_report = now
             if now - last_assign >= 10.0:  # partitions an operator added meanwhile
                 self._assign()
@@ -288,8 +316,14 @@ class Indexer:
         else:
             if int(m.timestamp) < int(held[1]):
                 self.stats.stale += 1
-                log.debug("stream %s: skipping a late record of replaced version %s (%s[%d]@%d)",
-                          sid, version, m.topic, m.partition, m.offset)
+                log.debug(
+                    "stream %s: skipping a late record of replaced version %s (%s[%d]@%d)",
+                    sid,
+                    version,
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                )
                 return
             self._replace(sid, version, int(m.timestamp))
         if isinstance(rec, SegmentResult):
@@ -344,35 +378,45 @@ class Indexer:
         log.warning("%s[%d]@%d: dead-lettered (%s): %s", m.topic, m.partition, m.offset, reason, error)
         raw = m.value or b""
         try:
-            original: Any = json.loads(raw[:256 << 10].decode("utf-8"))
+            original: Any = json.loads(raw[: 256 << 10].decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            original = {"base64": base64.b64encode(raw[:256 << 10]).decode("ascii")}
+            original = {"base64": base64.b64encode(raw[: 256 << 10]).decode("ascii")}
         payload = {
             "reason": reason,
             "error": error[:8192],
             "record": original,
-            "source": {"topic": m.topic, "partition": m.partition, "offset": m.offset,
-                       "timestamp_ms": m.timestamp,
-                       "key": None if m.key is None else m.key.decode("utf-8", errors="replace")},
+            "source": {
+                "topic": m.topic,
+                "partition": m.partition,
+                "offset": m.offset,
+                "timestamp_ms": m.timestamp,
+                "key": None if m.key is None else m.key.decode("utf-8", errors="replace"),
+            },
             "indexer": f"{os.uname().nodename}:{os.getpid()}",
             "store": str(self.out),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        headers = [("vmstream.dead_letter.reason", reason.encode()),
-                   ("vmstream.dead_letter.error", error.encode("utf-8", errors="replace")[:1024])]
+        headers = [
+            ("vmstream.dead_letter.reason", reason.encode()),
+            ("vmstream.dead_letter.error", error.encode("utf-8", errors="replace")[:1024]),
+        ]
         self.producer.send(self.names.dead_letter, json.dumps(payload).encode(), key=m.key, headers=headers)
 
     # -- the commit point ------------------------------------------------------------
     def consumer_record(self) -> dict:
-        return {"format": CONSUMER_FORMAT, "topics": self.topics, "shard": list(self.shard),
-                "offsets": dict(self._offsets),
-                "streams": {k: list(v) for k, v in self._streams.items()}}
+        return {
+            "format": CONSUMER_FORMAT,
+            "topics": self.topics,
+            "shard": list(self.shard),
+            "offsets": dict(self._offsets),
+            "streams": {k: list(v) for k, v in self._streams.items()},
+        }
 
     def commit(self) -> None:
         """Everything consumed so far, durable in the store with its offsets (module doc)."""
         self._add_pending()
         self.producer.flush(timeout=60)  # dead letters before the offsets that pass them
-        self.parquet.flush()              # the rows before the CURRENT that claims them
+        self.parquet.flush()  # the rows before the CURRENT that claims them
         self.store.commit(consumer=self.consumer_record())
         self._uncommitted = 0
         self.stats.commits += 1

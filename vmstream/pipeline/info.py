@@ -1,4 +1,5 @@
 """`vmstream info`: versions, devices, and which optional backends are usable, and why not."""
+
 from __future__ import annotations
 
 import importlib
@@ -47,8 +48,9 @@ def collect_info() -> dict:
         import nvidia.dali as dali  # noqa: F401
 
         backends["decode: dali"] = (
-            f"ok ({dali.__version__}, NVDEC)" if cuda else
-            f"CPU variant only ({dali.__version__}): VP8/VP9/MJPEG, no H.264; PyAV is used by default"
+            f"ok ({dali.__version__}, NVDEC)"
+            if cuda
+            else f"CPU variant only ({dali.__version__}): VP8/VP9/MJPEG, no H.264; PyAV is used by default"
         )
     except Exception as e:  # noqa: BLE001
         backends["decode: dali"] = f"not installed (pip install 'vmstream[dali]'): {type(e).__name__}"

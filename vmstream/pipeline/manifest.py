@@ -1,5 +1,6 @@
 """The run manifest (`OUT/run.json`): which model, checkpoint and config produced a run's
 results, so `search` embeds queries the way the run embedded the store."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """The plan of a stream, declared once: source -> decode -> segment -> [audio] -> items
 for inference. The threaded runner and the sequential `run_stream` both build a
 stream's chain from it, so they cannot drift apart."""
+
 from __future__ import annotations
 
 import threading
@@ -36,8 +37,15 @@ class StreamPlan:
 
         return probe_for_policy(self.decoder, source.uri, source.options, self.policy)
 
-    def items(self, source, info, *, resume: Optional[dict] = None, stop: Optional[threading.Event] = None,
-              on_frames: Optional[Callable[[Iterator], Iterator]] = None) -> Iterator:
+    def items(
+        self,
+        source,
+        info,
+        *,
+        resume: Optional[dict] = None,
+        stop: Optional[threading.Event] = None,
+        on_frames: Optional[Callable[[Iterator], Iterator]] = None,
+    ) -> Iterator:
         """Segments and events of `source` (its "end" event last), from the start or just
         after `resume`'s last segment. `on_frames` wraps the frame iterator (counting)."""
         start_time, first_index = 0.0, 0
@@ -47,8 +55,15 @@ class StreamPlan:
         audio = self.audio_factory(source) if self.audio_factory is not None and info.has_audio else None
         # A stage that says its `audio_format` gets the audio in the decoder's pass (one read).
         fmt = getattr(audio, "audio_format", None)
-        frames = self.decoder.frames(source, self.policy, self.size, start_time, stop=stop, info=info,
-                                     **({"audio": fmt} if fmt is not None else {}))
+        frames = self.decoder.frames(
+            source,
+            self.policy,
+            self.size,
+            start_time,
+            stop=stop,
+            info=info,
+            **({"audio": fmt} if fmt is not None else {}),
+        )
         if on_frames is not None:
             frames = on_frames(frames)
         items = self.segmenter_factory(source).segments(frames, uri=source.uri, first_index=first_index)

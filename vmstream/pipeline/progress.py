@@ -5,6 +5,7 @@ The bar is decoration. Every call into tqdm is guarded: an error is logged once 
 bar switched off, so a terminal quirk never fails a stream or stalls a run (tqdm raises
 while holding its own lock, and the run's threads all report here).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,8 +99,15 @@ class Progress:
             # that can block on tqdm's lock at exit.
             monitor_interval = 0
 
-        return _Bar(total=None, unit="s", desc="video", dynamic_ncols=True, file=self.file or sys.stderr,
-                    bar_format=_FORMAT_OPEN, postfix={"segments": self.segments})
+        return _Bar(
+            total=None,
+            unit="s",
+            desc="video",
+            dynamic_ncols=True,
+            file=self.file or sys.stderr,
+            bar_format=_FORMAT_OPEN,
+            postfix={"segments": self.segments},
+        )
 
     def _show_total(self) -> None:
         if self._bar is None:

@@ -1,4 +1,5 @@
 """What a run reports at its end: counts, each stage's busy time, the bottleneck, failures."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

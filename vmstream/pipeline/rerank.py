@@ -7,6 +7,7 @@ decoded again from its source with the run's own plan (decoding, sampling, segme
 and encoded as a clip on its own (the official ITM sees a clip, not a stream's carried
 state). A source that can no longer be read keeps its hits' ITC scores and is reported.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ maximum length. Scores: ITC = the mean over frames of the per-frame cosine; ITM 
 each query's top `k_test` by `itm_head` logit 1 (the rest stay at -100). Recall as
 `retrieval_metrics.itm_eval`.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,15 @@ from .retrieval_metrics import itm_eval
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RetrievalSet", "load_annotations", "pre_text", "middle_indices", "ClipReader", "evaluate",
-           "retrieval_scores"]
+__all__ = [
+    "RetrievalSet",
+    "load_annotations",
+    "pre_text",
+    "middle_indices",
+    "ClipReader",
+    "evaluate",
+    "retrieval_scores",
+]
 
 _PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
 
@@ -63,11 +71,11 @@ def load_annotations(path, video_dir, *, paragraph: bool = False) -> RetrievalSe
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"annotations {path}: {e}") from None
     if not isinstance(items, list) or not items:
-        raise ValueError(f"annotations {path}: expected a non-empty JSON list of {{\"video\", \"caption\"}}")
+        raise ValueError(f'annotations {path}: expected a non-empty JSON list of {{"video", "caption"}}')
     data = RetrievalSet([], [], [], [])
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "video" not in item or "caption" not in item:
-            raise ValueError(f"annotations {path}: entry {i} lacks \"video\" or \"caption\"")
+            raise ValueError(f'annotations {path}: entry {i} lacks "video" or "caption"')
         caps = item["caption"] if isinstance(item["caption"], list) else [item["caption"]]
         if not caps or not all(isinstance(c, str) for c in caps):
             raise ValueError(f"annotations {path}: entry {i} has no caption text")
@@ -82,8 +90,9 @@ def load_annotations(path, video_dir, *, paragraph: bool = False) -> RetrievalSe
             data.texts.append(pre_text(c))
     missing = [str(p) for p in data.videos if not p.is_file()]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(data.videos)} videos are missing under {video_dir}, "
-                         f"e.g. {missing[0]}")
+        raise ValueError(
+            f"{len(missing)} of {len(data.videos)} videos are missing under {video_dir}, e.g. {missing[0]}"
+        )
     return data
 
 
@@ -115,9 +124,11 @@ class ClipReader:
                 n, _ = stream_length(info)
             want = middle_indices(num_frames, n)
             policy = FrameIndexSampling(indices=tuple(want))
-            frames = [np.asarray(f.image) for f in self.decoder.frames(Source(stream_id="eval", uri=str(path)),
-                                                                       policy, self.size, info=info)
-                      if isinstance(f, Frame)]
+            frames = [
+                np.asarray(f.image)
+                for f in self.decoder.frames(Source(stream_id="eval", uri=str(path)), policy, self.size, info=info)
+                if isinstance(f, Frame)
+            ]
         except (VideoInputError, ValueError, OSError) as e:
             raise ValueError(f"{path}: {e}") from None
         if not frames:
@@ -132,22 +143,35 @@ def _encode_texts(model, tokenizer, texts, max_len: int, device, batch: int = 25
     check_vocabulary(model, tokenizer)
     states, masks, feats, cut = [], [], [], 0
     for s in range(0, len(texts), batch):
-        tb = tokenizer(texts[s:s + batch], max_length=max_len, padding="max_length", warn=False)
+        tb = tokenizer(texts[s : s + batch], max_length=max_len, padding="max_length", warn=False)
         cut += sum(tb.truncated)
         enc = model.encode_text(tb.input_ids.to(device), tb.attention_mask.to(device))
         states.append(enc.tokens)
         masks.append(tb.attention_mask.to(device))
         feats.append(enc.features)
     if cut:
-        log.warning("%d of %d captions were truncated to %d tokens (the dataset's maximum text length)",
-                    cut, len(texts), max_len)
+        log.warning(
+            "%d of %d captions were truncated to %d tokens (the dataset's maximum text length)",
+            cut,
+            len(texts),
+            max_len,
+        )
     return torch.cat(states), torch.cat(masks), torch.cat(feats)
 
 
 @torch.inference_mode()
-def evaluate(model, data: RetrievalSet, tokenizer, *, reader: ClipReader, num_frames: int, max_text_len: int,
-             k_test: int = 128, itm: bool = True, progress: Optional[Callable[[str, int, int], None]] = None
-             ) -> dict[str, dict[str, float]]:
+def evaluate(
+    model,
+    data: RetrievalSet,
+    tokenizer,
+    *,
+    reader: ClipReader,
+    num_frames: int,
+    max_text_len: int,
+    k_test: int = 128,
+    itm: bool = True,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+) -> dict[str, dict[str, float]]:
     """{"itc": recall, "itm": recall (when `itm`)} for `data` with the official scoring."""
     device = next(model.parameters()).device
     t_states, t_masks, t_feats = _encode_texts(model, tokenizer, data.texts, max_text_len, device)
@@ -160,8 +184,9 @@ def evaluate(model, data: RetrievalSet, tokenizer, *, reader: ClipReader, num_fr
         if progress:
             progress("videos", i + 1, len(data.videos))
     v_feats = torch.stack(v_feats)
-    i2t_x, t2i_x, i2t = retrieval_scores(model, v_feats, v_tokens if itm else None, t_states, t_masks, t_feats,
-                                         k_test=k_test, progress=progress)
+    i2t_x, t2i_x, i2t = retrieval_scores(
+        model, v_feats, v_tokens if itm else None, t_states, t_masks, t_feats, k_test=k_test, progress=progress
+    )
     out = {"itc": itm_eval(i2t.cpu().numpy(), i2t.T.cpu().numpy(), data.txt2vid, data.vid2txt)}
     if not itm:
         return out
@@ -170,8 +195,17 @@ def evaluate(model, data: RetrievalSet, tokenizer, *, reader: ClipReader, num_fr
 
 
 @torch.inference_mode()
-def retrieval_scores(model, v_feats: Tensor, v_tokens, t_states: Tensor, t_masks: Tensor, t_feats: Tensor, *,
-                     k_test: int = 128, progress: Optional[Callable[[str, int, int], None]] = None):
+def retrieval_scores(
+    model,
+    v_feats: Tensor,
+    v_tokens,
+    t_states: Tensor,
+    t_masks: Tensor,
+    t_feats: Tensor,
+    *,
+    k_test: int = 128,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+):
     """(i2t_x, t2i_x, i2t): the official `evaluation()` score matrices. i2t [V, Tn] is the
     ITC similarity; i2t_x / t2i_x hold each query's top `k_test` re-scored by ITM (logit
     1), -100 elsewhere (None, None when `v_tokens`, the videos' [T*N, D] memories, is None)."""
@@ -181,8 +215,9 @@ def retrieval_scores(model, v_feats: Tensor, v_tokens, t_states: Tensor, t_masks
     i2t_x = torch.full(i2t.shape, -100.0)
     for i in range(i2t.shape[0]):
         top = i2t[i].topk(min(k_test, i2t.shape[1])).indices
-        i2t_x[i, top.cpu()] = model.itm_scores(v_tokens[i][None].float(), None, t_masks[top],
-                                               text_tokens=t_states[top])[0].cpu()
+        i2t_x[i, top.cpu()] = model.itm_scores(
+            v_tokens[i][None].float(), None, t_masks[top], text_tokens=t_states[top]
+        )[0].cpu()
         if progress:
             progress("re-rank videos", i + 1, i2t.shape[0])
     t2i = i2t.T
@@ -190,8 +225,9 @@ def retrieval_scores(model, v_feats: Tensor, v_tokens, t_states: Tensor, t_masks
     for j in range(t2i.shape[0]):
         top = t2i[j].topk(min(k_test, t2i.shape[1])).indices
         memory = torch.stack([v_tokens[int(v)] for v in top]).float()
-        t2i_x[j, top.cpu()] = model.itm_scores(memory, None, t_masks[j:j + 1],
-                                               text_tokens=t_states[j:j + 1])[:, 0].cpu()
+        t2i_x[j, top.cpu()] = model.itm_scores(memory, None, t_masks[j : j + 1], text_tokens=t_states[j : j + 1])[
+            :, 0
+        ].cpu()
         if progress:
             progress("re-rank texts", j + 1, t2i.shape[0])
     return i2t_x, t2i_x, i2t

@@ -5,6 +5,7 @@ For each query the rank of its best-ranked ground truth in the scores sorted des
 is < K. A video may have several captions (`img2txt[v]` a list: the best of them
 counts) and a caption one video (`txt2img[t]`) or several (a list).
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Union
@@ -30,8 +31,9 @@ def recall(r: np.ndarray, k: int) -> float:
     return 100.0 * float(np.count_nonzero(r < k)) / len(r)
 
 
-def itm_eval(scores_v2t: np.ndarray, scores_t2v: np.ndarray, txt2vid: Sequence[GroundTruth],
-             vid2txt: Sequence[GroundTruth]) -> dict[str, float]:
+def itm_eval(
+    scores_v2t: np.ndarray, scores_t2v: np.ndarray, txt2vid: Sequence[GroundTruth], vid2txt: Sequence[GroundTruth]
+) -> dict[str, float]:
     """R@1/5/10 and means for video-to-text (`v2t_*`, the official `txt_r*`) and
     text-to-video (`t2v_*`, the official `img_r*`), and their overall mean, rounded to 2."""
     rv = ranks(scores_v2t, vid2txt)

@@ -21,6 +21,7 @@ durable in the sinks, so a stream resumed from it loses nothing.
 The runner takes sources at any time (`submit`), which is what the Kafka worker does;
 `run(sources)` is the one-shot form the CLI uses.
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,12 +101,26 @@ class Runner:
         self._t0 = 0.0
         self._started = False
         self._decode_lock = threading.Lock()
-        self._batcher = InferenceLoop(inference=inference, checkpoints=self.checkpoints, seg_q=self._seg_q,
-                                      put_out=self._put_out, is_stopping=self._stopping, fail=self._fail,
-                                      report=self.report, max_batch=max_batch)
-        self._writer = SinkWriter(sinks=self.sinks, checkpoints=self.checkpoints, out_q=self._out_q,
-                                  report=self.report, stream_done=self._stream_done, notify=self._notify,
-                                  fail=self._fail, is_fatal=lambda: self._fatal is not None)
+        self._batcher = InferenceLoop(
+            inference=inference,
+            checkpoints=self.checkpoints,
+            seg_q=self._seg_q,
+            put_out=self._put_out,
+            is_stopping=self._stopping,
+            fail=self._fail,
+            report=self.report,
+            max_batch=max_batch,
+        )
+        self._writer = SinkWriter(
+            sinks=self.sinks,
+            checkpoints=self.checkpoints,
+            out_q=self._out_q,
+            report=self.report,
+            stream_done=self._stream_done,
+            notify=self._notify,
+            fail=self._fail,
+            is_fatal=lambda: self._fatal is not None,
+        )
 
     @property
     def state_store(self):
@@ -264,9 +279,13 @@ class Runner:
                 self._decode_stream(job)
             except BaseException as e:  # a stream's failure must never kill the worker
                 log.exception("stream %s failed", job.source.stream_id)
-                ev = StreamEvent(stream_id=job.source.stream_id, kind="error",
-                                 message=f"{type(e).__name__}: {e}", uri=job.source.uri,
-                                 details={"reason": "error"})
+                ev = StreamEvent(
+                    stream_id=job.source.stream_id,
+                    kind="error",
+                    message=f"{type(e).__name__}: {e}",
+                    uri=job.source.uri,
+                    details={"reason": "error"},
+                )
                 self._put_seg(ev, force=True)
                 self._put_seg(StreamDone(job.source.stream_id, "error", str(e)), force=True)
 
@@ -283,8 +302,16 @@ class Runner:
         except (VideoInputError, ValueError) as e:
             # Unusable input: reported and skipped; the others go on.
             log.error("skipping %s: %s", src.uri, e)
-            self._put_seg(StreamEvent(stream_id=sid, kind="error", message=str(e), uri=src.uri,
-                                      details={"reason": getattr(e, "reason", "bad_input")}), force=True)
+            self._put_seg(
+                StreamEvent(
+                    stream_id=sid,
+                    kind="error",
+                    message=str(e),
+                    uri=src.uri,
+                    details={"reason": getattr(e, "reason", "bad_input")},
+                ),
+                force=True,
+            )
             self._put_seg(StreamDone(sid, "failed", str(e)), force=True)
             return
         self._notify(("stream", sid, info))
@@ -293,8 +320,9 @@ class Runner:
             self._put_seg(resume, force=True)
         if self._stop.is_set():
             job.stop.set()
-        items = self.plan.items(src, info, resume=resume.snapshot if resume else None, stop=job.stop,
-                                on_frames=self._counted)
+        items = self.plan.items(
+            src, info, resume=resume.snapshot if resume else None, stop=job.stop, on_frames=self._counted
+        )
         status, err = "ok", None
         it = iter(items)
         try:

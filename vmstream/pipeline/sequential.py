@@ -1,6 +1,7 @@
 """A stream run start to end in the calling thread, from the same plan as the threaded
 runner (the same decoding, segmenting and carried state). `search --video` embeds its
 query this way; tests and evaluation use it as the runner's reference."""
+
 from __future__ import annotations
 
 from typing import Iterator

@@ -1,6 +1,7 @@
 """One SIGINT/SIGTERM handler for every long command (`run`, `worker`, `train`): the
 first signal asks the work to stop cleanly (sinks flushed, index saved, snapshots
 written), a second exits at once."""
+
 from __future__ import annotations
 
 import os

@@ -2,6 +2,7 @@
 sinks are flushed, and a stream's end reported once its records are written. A
 stream's start tells every sink its version (a fresh start replaces what the sink holds
 of the stream) and that version is stamped on each of its records."""
+
 from __future__ import annotations
 
 import logging
@@ -23,9 +24,18 @@ class SinkWriter:
     """Reads the output queue until its `None`. `stream_done(done)` is called for each
     StreamDone (after a flush when it asks for one); `notify(item)` reports progress."""
 
-    def __init__(self, *, sinks: Sequence[Sink], checkpoints: Checkpoints, out_q: "queue.Queue",
-                 report: RunReport, stream_done: Callable[[StreamDone], None], notify: Callable,
-                 fail: Callable[[BaseException], None], is_fatal: Callable[[], bool]):
+    def __init__(
+        self,
+        *,
+        sinks: Sequence[Sink],
+        checkpoints: Checkpoints,
+        out_q: "queue.Queue",
+        report: RunReport,
+        stream_done: Callable[[StreamDone], None],
+        notify: Callable,
+        fail: Callable[[BaseException], None],
+        is_fatal: Callable[[], bool],
+    ):
         self.sinks = list(sinks)
         self.checkpoints = checkpoints
         self.out_q = out_q

@@ -24,6 +24,7 @@ damaged, another stream's snapshot, a directory, a FIFO or other special file, w
 never opened) is moved into set-aside/ with one warning naming it, and the stream starts
 over: nothing is deleted, and no stream is blocked by a bad file.
 """
+
 from __future__ import annotations
 
 import errno
@@ -178,9 +179,14 @@ class LocalStateStore:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISLNK, "a symbolic link"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "a special file"

@@ -15,6 +15,7 @@ what the sinks hold of it.
 `StreamIds` keeps, beside the snapshots in the state store, which uri each stream id
 was last run from, so a worker can refuse a job that reuses another stream's id.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,7 +55,7 @@ def content_version(source) -> str:
 
 def stream_of_key(key: str) -> str:
     """The stream a state-store key belongs to (its snapshot's or its id record's)."""
-    return key[len(_ID_PREFIX):] if key.startswith(_ID_PREFIX) else key
+    return key[len(_ID_PREFIX) :] if key.startswith(_ID_PREFIX) else key
 
 
 class StreamIdTaken(ValueError):
@@ -83,11 +84,21 @@ class StreamIds:
             return
         if known is not None:
             if not allow_replace:
-                raise StreamIdTaken(f"stream id {stream_id!r} belongs to another input; this worker does not "
-                                    "let a job replace another stream's results (kafka.jobs.allow_replace)")
+                raise StreamIdTaken(
+                    f"stream id {stream_id!r} belongs to another input; this worker does not "
+                    "let a job replace another stream's results (kafka.jobs.allow_replace)"
+                )
             log.warning("stream %s: now read from another input; its earlier results are replaced", stream_id)
-        self.store.save({"stream_id": _ID_PREFIX + stream_id, "next_index": 0, "t_end": 0.0,
-                         "state": b"", "book": b"", "extra": {"uri": uri}})
+        self.store.save(
+            {
+                "stream_id": _ID_PREFIX + stream_id,
+                "next_index": 0,
+                "t_end": 0.0,
+                "state": b"",
+                "book": b"",
+                "extra": {"uri": uri},
+            }
+        )
 
 
 def snapshot_version(snapshot: dict) -> Optional[str]:

@@ -1,5 +1,6 @@
 """The JSON API: search (text, id, stream+time, uploaded clip), streams, timelines,
 segments. Ids travel as strings (64-bit ids do not fit a JavaScript number)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,24 +34,37 @@ def finite(x):
 
 
 def hit_json(h) -> dict:
-    return {"id": str(h.uid), "stream": h.stream_id, "segment": h.segment_index, "start": finite(h.t_start),
-            "end": finite(h.t_end), "score": round(float(h.score), 6),
-            "labels": [{"label": lb, "score": round(float(s), 4)} for lb, s in zip(h.labels, h.label_scores)][:5]}
+    return {
+        "id": str(h.uid),
+        "stream": h.stream_id,
+        "segment": h.segment_index,
+        "start": finite(h.t_start),
+        "end": finite(h.t_end),
+        "score": round(float(h.score), 6),
+        "labels": [{"label": lb, "score": round(float(s), 4)} for lb, s in zip(h.labels, h.label_scores)][:5],
+    }
 
 
 def moment_json(m, uri: str) -> dict:
     first, last = m.hits[0], m.hits[-1]
     playable = is_playable(uri)
     clip = f"/api/clips/{first.uid}" + (f"?to={last.uid}" if last.uid != first.uid else "")
-    return {"id": str(m.best.uid), "ids": [str(u) for u in m.ids], "stream": m.stream,
-            "stream_name": os.path.basename(m.stream.rstrip("/")) or m.stream,
-            "start": finite(m.start), "end": finite(m.end), "score": round(float(m.score), 6),
-            "labels": hit_json(m.best)["labels"],
-            "thumb_url": f"/api/thumbs/{m.best.uid}.jpg",
-            "clip_url": clip if playable else None,
-            "clip_info_url": (clip.replace(f"/api/clips/{first.uid}", f"/api/clips/{first.uid}/info")
-                              if playable else None),
-            "live": not playable}
+    return {
+        "id": str(m.best.uid),
+        "ids": [str(u) for u in m.ids],
+        "stream": m.stream,
+        "stream_name": os.path.basename(m.stream.rstrip("/")) or m.stream,
+        "start": finite(m.start),
+        "end": finite(m.end),
+        "score": round(float(m.score), 6),
+        "labels": hit_json(m.best)["labels"],
+        "thumb_url": f"/api/thumbs/{m.best.uid}.jpg",
+        "clip_url": clip if playable else None,
+        "clip_info_url": (
+            clip.replace(f"/api/clips/{first.uid}", f"/api/clips/{first.uid}/info") if playable else None
+        ),
+        "live": not playable,
+    }
 
 
 def find_stream(snap: Snapshot, given: str, field: str = "stream") -> str:
@@ -64,8 +78,9 @@ def find_stream(snap: Snapshot, given: str, field: str = "stream") -> str:
     raise ApiError(404, f"{field}: {given[:80]!r} is not a stream of this store", field)
 
 
-def _filtered_search(snap: Snapshot, vec: np.ndarray, k: int, *, group: str, streams, after, before,
-                     exclude=()) -> list:
+def _filtered_search(
+    snap: Snapshot, vec: np.ndarray, k: int, *, group: str, streams, after, before, exclude=()
+) -> list:
     """Hits passing the filters: fetched wider until there are enough, or MAX_SCAN nearest
     were looked at (bounded work: a filter that matches little gives fewer hits, not a
     scan of the whole store). Moments need more segments than k (adjacent ones merge)."""
@@ -78,8 +93,13 @@ def _filtered_search(snap: Snapshot, vec: np.ndarray, k: int, *, group: str, str
     kk = min(n, want + len(exclude) + (want if filtering else 0))
     while True:
         hits = store.search(vec, kk, exclude=exclude)
-        kept = [h for h in hits if (not streams or h.stream_id in streams)
-                and (after is None or h.t_end >= after) and (before is None or h.t_start <= before)]
+        kept = [
+            h
+            for h in hits
+            if (not streams or h.stream_id in streams)
+            and (after is None or h.t_end >= after)
+            and (before is None or h.t_start <= before)
+        ]
         if len(kept) >= want or kk >= min(n, MAX_SCAN):
             return kept[:want]
         kk = min(n, MAX_SCAN, kk * 4)
@@ -95,8 +115,14 @@ def _answer(snap: Snapshot, hits: list, k: int, group: str, query: dict, t0: flo
     else:
         moments = merge_moments(hits)[:k]
         results = [moment_json(m, uri.get(m.stream, m.best.uri)) for m in moments]
-    return {"query": query, "group": group, "generation": snap.generation, "count": len(results),
-            "took_ms": round((time.perf_counter() - t0) * 1e3, 2), "results": results}
+    return {
+        "query": query,
+        "group": group,
+        "generation": snap.generation,
+        "count": len(results),
+        "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+        "results": results,
+    }
 
 
 def _common(request: Request, snap: Snapshot):
@@ -116,10 +142,18 @@ KNOWN = {"text", "id", "stream", "at", "k", "group", "streams", "after", "before
 
 
 @router.get("/search", summary="Search by text, by a stored segment id, or by a stream's moment")
-async def search(request: Request, text: str | None = None, id: str | None = None,
-                 stream: str | None = None, at: str | None = None, k: str | None = None,
-                 group: str | None = None, streams: str | None = None, after: str | None = None,
-                 before: str | None = None):
+async def search(
+    request: Request,
+    text: str | None = None,
+    id: str | None = None,
+    stream: str | None = None,
+    at: str | None = None,
+    k: str | None = None,
+    group: str | None = None,
+    streams: str | None = None,
+    after: str | None = None,
+    before: str | None = None,
+):
     """One of `text=` (a video-text store), `id=`, or `stream=` with `at=` (seconds).
     `k` moments (1-200, default 12), `group=segments` for raw segments, `streams=a,b`,
     `after=`/`before=` (seconds) filters."""
@@ -128,12 +162,15 @@ async def search(request: Request, text: str | None = None, id: str | None = Non
     q = request.query_params
     for name in q.keys():
         if name not in KNOWN:
-            raise bad(name, "is not a search parameter (expected text, id, stream+at, k, group, streams, "
-                            "after, before)")
+            raise bad(
+                name, "is not a search parameter (expected text, id, stream+at, k, group, streams, after, before)"
+            )
     given = [n for n in ("text", "id", "stream") if q.get(n) is not None]
     if len(given) != 1:
-        raise bad("text", "give exactly one of text=, id=, or stream= with at=" +
-                  (f" (got {', '.join(given)})" if given else ""))
+        raise bad(
+            "text",
+            "give exactly one of text=, id=, or stream= with at=" + (f" (got {', '.join(given)})" if given else ""),
+        )
     snap = st.live.snapshot()
     k_, group_, streams_, after_, before_ = _common(request, snap)
     exclude: tuple = ()
@@ -168,8 +205,9 @@ async def search(request: Request, text: str | None = None, id: str | None = Non
             raise ApiError(404, f"id: {uid} is not a segment of this store", "id")
         vec = await run_in_threadpool(snap.store.vector, uid)
         exclude = (uid,)
-    hits = await run_in_threadpool(_filtered_search, snap, vec, k_, group=group_, streams=streams_,
-                                   after=after_, before=before_, exclude=exclude)
+    hits = await run_in_threadpool(
+        _filtered_search, snap, vec, k_, group=group_, streams=streams_, after=after_, before=before_, exclude=exclude
+    )
     st.metrics.inc("vmstream_queries_total", kind=kind)
     return _answer(snap, hits, k_, group_, query, t0)
 
@@ -186,8 +224,9 @@ async def search_upload(request: Request):
     if length is None:
         raise ApiError(411, "video: send the upload with a Content-Length", "video")
     if not length.isdigit() or int(length) > limit + 65536:
-        raise ApiError(413, f"video: the upload is {length[:20]} bytes; the most this server takes is "
-                            f"{limit} bytes", "video")
+        raise ApiError(
+            413, f"video: the upload is {length[:20]} bytes; the most this server takes is {limit} bytes", "video"
+        )
     snap = st.live.snapshot()
     k_, group_, streams_, after_, before_ = _common(request, snap)
     if st.model is None:
@@ -217,8 +256,9 @@ async def search_upload(request: Request):
     m = embs.mean(axis=0)
     if not np.isfinite(m).all() or not np.linalg.norm(m):
         raise bad("video", "the clip's embedding has no direction (all zero)")
-    hits = await run_in_threadpool(_filtered_search, snap, m, k_, group=group_, streams=streams_,
-                                   after=after_, before=before_)
+    hits = await run_in_threadpool(
+        _filtered_search, snap, m, k_, group=group_, streams=streams_, after=after_, before=before_
+    )
     st.metrics.inc("vmstream_queries_total", kind="video")
     return _answer(snap, hits, k_, group_, {"video": getattr(upload, "filename", "") or "upload"}, t0)
 
@@ -252,8 +292,11 @@ def embed_upload(st, path: str) -> np.ndarray:
 @router.get("/streams", summary="The store's streams: name, duration, version, segments")
 def streams(request: Request):
     snap = _state(request).live.snapshot()
-    return {"generation": snap.generation, "segments": len(snap),
-            "streams": [dict(s.to_json(), playable=is_playable(s.uri)) for s in snap.streams.values()]}
+    return {
+        "generation": snap.generation,
+        "segments": len(snap),
+        "streams": [dict(s.to_json(), playable=is_playable(s.uri)) for s in snap.streams.values()],
+    }
 
 
 @router.get("/streams/{stream:path}/timeline", summary="A stream's labels over time")
@@ -261,8 +304,13 @@ def timeline(request: Request, stream: str):
     snap = _state(request).live.snapshot()
     name = find_stream(snap, stream)
     info = snap.streams[name]
-    return {"stream": name, "start": info.start, "end": info.end, "generation": snap.generation,
-            "segments": stream_timeline(snap, name)}
+    return {
+        "stream": name,
+        "start": info.start,
+        "end": info.end,
+        "generation": snap.generation,
+        "segments": stream_timeline(snap, name),
+    }
 
 
 @router.get("/segments/{id}", summary="One stored segment")
@@ -274,9 +322,16 @@ def segment(request: Request, id: str):
         raise ApiError(404, f"id: {uid} is not a segment of this store", "id")
     uri = snap.streams[row["stream_id"]].uri if row["stream_id"] in snap.streams else row["uri"]
     playable = is_playable(uri or "")
-    return {"id": str(uid), "stream": row["stream_id"], "segment": row["segment_index"],
-            "start": row["t_start"], "end": row["t_end"],
-            "labels": [{"label": lb, "score": round(float(s), 4)}
-                       for lb, s in zip(row["labels"] or [], row["scores"] or [])],
-            "thumb_url": f"/api/thumbs/{uid}.jpg", "clip_url": f"/api/clips/{uid}" if playable else None,
-            "live": not playable}
+    return {
+        "id": str(uid),
+        "stream": row["stream_id"],
+        "segment": row["segment_index"],
+        "start": row["t_start"],
+        "end": row["t_end"],
+        "labels": [
+            {"label": lb, "score": round(float(s), 4)} for lb, s in zip(row["labels"] or [], row["scores"] or [])
+        ],
+        "thumb_url": f"/api/thumbs/{uid}.jpg",
+        "clip_url": f"/api/clips/{uid}" if playable else None,
+        "live": not playable,
+    }

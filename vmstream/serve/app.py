@@ -5,6 +5,7 @@ Routes: the page at `/` (static/), the JSON API under `/api` (api.py, media_rout
 at `/docs`. Every error is JSON {"error": one line, "field": the parameter} (errors.py);
 with a token, every request needs it (auth.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,9 +31,20 @@ from .text_batcher import TextBatcher
 STATIC = Path(__file__).with_name("static")
 
 
-def create_app(out_dir, *, index_dir=None, model=None, tokenizer=None, cfg=None, model_error: str = "",
-               token: Optional[str] = None, limits: Optional[Limits] = None, cache_dir=None,
-               cache_bytes: int = 512 << 20, poll_s: float = 0.5) -> FastAPI:
+def create_app(
+    out_dir,
+    *,
+    index_dir=None,
+    model=None,
+    tokenizer=None,
+    cfg=None,
+    model_error: str = "",
+    token: Optional[str] = None,
+    limits: Optional[Limits] = None,
+    cache_dir=None,
+    cache_bytes: int = 512 << 20,
+    poll_s: float = 0.5,
+) -> FastAPI:
     out_dir = Path(out_dir)
     limits = limits or Limits()
     live = LiveStore(out_dir, Path(index_dir) if index_dir else out_dir / "index", poll_s=poll_s)
@@ -42,9 +54,17 @@ def create_app(out_dir, *, index_dir=None, model=None, tokenizer=None, cfg=None,
     if cache_dir is None:  # one cache per store, the same in every run of the server
         digest = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:16]
         cache_dir = Path(tempfile.gettempdir()) / f"vmstream-clips-{digest}"
-    st = ServeState(live=live, limits=limits, metrics=Metrics(), clips=ClipCache(Path(cache_dir), cache_bytes),
-                    model=model, cfg=cfg, batcher=batcher,
-                    model_error=model_error or ("" if model is not None else "no model loaded"), token=token)
+    st = ServeState(
+        live=live,
+        limits=limits,
+        metrics=Metrics(),
+        clips=ClipCache(Path(cache_dir), cache_bytes),
+        model=model,
+        cfg=cfg,
+        batcher=batcher,
+        model_error=model_error or ("" if model is not None else "no model loaded"),
+        token=token,
+    )
     _gauges(st)
 
     @asynccontextmanager
@@ -57,9 +77,15 @@ def create_app(out_dir, *, index_dir=None, model=None, tokenizer=None, cfg=None,
             if batcher is not None:
                 batcher.close()
 
-    app = FastAPI(title="vmstream serve", version="1", lifespan=lifespan, description=(
-        "Search one vmstream video store by text, by a stored segment, by a stream's moment, or by an "
-        "uploaded clip; thumbnails and playable clips of what is found."))
+    app = FastAPI(
+        title="vmstream serve",
+        version="1",
+        lifespan=lifespan,
+        description=(
+            "Search one vmstream video store by text, by a stored segment, by a stream's moment, or by an "
+            "uploaded clip; thumbnails and playable clips of what is found."
+        ),
+    )
     app.state.serve = st
     app.include_router(api.router)
     app.include_router(media_routes.router)
@@ -69,8 +95,9 @@ def create_app(out_dir, *, index_dir=None, model=None, tokenizer=None, cfg=None,
 
     @app.get("/", include_in_schema=False)
     def page(request: Request):
-        return token_redirect(request, st.token) or FileResponse(STATIC / "index.html",
-                                                                 headers={"Cache-Control": "no-cache"})
+        return token_redirect(request, st.token) or FileResponse(
+            STATIC / "index.html", headers={"Cache-Control": "no-cache"}
+        )
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -89,8 +116,7 @@ def _gauges(st: ServeState) -> None:
     m, live = st.metrics, st.live
     m.gauge("vmstream_store_segments", "segments in the served store", lambda: len(live.snapshot()))
     m.gauge("vmstream_store_generation", "the served store's generation", lambda: live.snapshot().generation)
-    m.gauge("vmstream_store_reloads_total", "times the store was opened again after a change",
-            lambda: live.reloads)
+    m.gauge("vmstream_store_reloads_total", "times the store was opened again after a change", lambda: live.reloads)
     m.gauge("vmstream_store_ready", "1 when the store is open and verified", lambda: int(live.ready))
     m.gauge("vmstream_thumbnails_captured", "captured thumbnails indexed", lambda: len(live.thumbs))
     m.gauge("vmstream_clip_cache_bytes", "bytes of cut clips on disk", st.clips.size)

@@ -1,5 +1,6 @@
 """The bearer token: with one configured, every request needs `Authorization: Bearer
 TOKEN` (or the cookie the page gets from opening `/?token=TOKEN` once)."""
+
 from __future__ import annotations
 
 import hmac
@@ -22,8 +23,11 @@ def authorised(request: Request, token: str) -> bool:
 
 
 def refused() -> JSONResponse:
-    return JSONResponse({"error": "authorization: send the bearer token (Authorization: Bearer TOKEN)",
-                         "field": "authorization"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse(
+        {"error": "authorization: send the bearer token (Authorization: Bearer TOKEN)", "field": "authorization"},
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def token_redirect(request: Request, token: str | None):

@@ -9,6 +9,7 @@ source time of the clip's first frame, so a player can seek to the moment's star
 `ClipCache` keeps the cut clips on disk under a bounded total size (least recently used
 go first); names are made of segment ids only, never of anything a request sent.
 """
+
 from __future__ import annotations
 
 import json

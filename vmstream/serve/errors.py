@@ -1,4 +1,5 @@
 """Every error as JSON {"error": one line, "field": the parameter}: never a traceback."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, e: RequestValidationError):
         err = (e.errors() or [{}])[0]
         field = str((err.get("loc") or ["", "request"])[-1])
-        return JSONResponse({"error": f"{field}: {err.get('msg', 'is not valid')}", "field": field},
-                            status_code=400)
+        return JSONResponse({"error": f"{field}: {err.get('msg', 'is not valid')}", "field": field}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):

@@ -8,6 +8,7 @@ aside and swaps the reference: a query holds the snapshot it started with, so it
 sees half of a generation. A store that fails to open (`StoreCorruptError`, a missing
 file) becomes the one-line reason every query answers 503 with, until it opens again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,15 @@ class StreamInfo:
     version: str = ""
 
     def to_json(self) -> dict:
-        return {"name": self.name, "segments": self.segments, "start": self.start, "end": self.end,
-                "duration": round(self.end - self.start, 3), "version": self.version, "uri": self.uri}
+        return {
+            "name": self.name,
+            "segments": self.segments,
+            "start": self.start,
+            "end": self.end,
+            "duration": round(self.end - self.start, 3),
+            "version": self.version,
+            "uri": self.uri,
+        }
 
 
 @dataclass
@@ -59,14 +67,18 @@ def _streams(store: VideoStore, versions: dict[str, str]) -> dict[str, StreamInf
     t = store.ids.table
     if t.num_rows == 0:
         return {}
-    g = t.group_by("stream_id").aggregate([("uid", "count"), ("t_start", "min"), ("t_end", "max"),
-                                           ("uri", "max")])
+    g = t.group_by("stream_id").aggregate([("uid", "count"), ("t_start", "min"), ("t_end", "max"), ("uri", "max")])
     out = {}
     for row in g.to_pylist():
         name = row["stream_id"]
-        out[name] = StreamInfo(name=name, segments=int(row["uid_count"]), start=float(row["t_start_min"]),
-                               end=float(row["t_end_max"]), uri=row["uri_max"] or "",
-                               version=versions.get(name, ""))
+        out[name] = StreamInfo(
+            name=name,
+            segments=int(row["uid_count"]),
+            start=float(row["t_start_min"]),
+            end=float(row["t_end_max"]),
+            uri=row["uri_max"] or "",
+            version=versions.get(name, ""),
+        )
     return dict(sorted(out.items()))
 
 
@@ -75,8 +87,10 @@ def _versions(out_dir: Path) -> dict[str, str]:
         t = read_table(out_dir, "summaries")
     except (OSError, ValueError, pa.ArrowException):
         return {}
-    return {r["stream_id"]: r.get("stream_version") or "" for r in t.select(
-        [c for c in ("stream_id", "stream_version") if c in t.column_names]).to_pylist()}
+    return {
+        r["stream_id"]: r.get("stream_version") or ""
+        for r in t.select([c for c in ("stream_id", "stream_version") if c in t.column_names]).to_pylist()
+    }
 
 
 class LiveStore:
@@ -124,8 +138,13 @@ class LiveStore:
             return self._fail(key, str(e))
         except Exception as e:  # StoreCorruptError and anything a damaged file raises
             return self._fail(key, str(e).splitlines()[0] if str(e) else type(e).__name__)
-        fresh = Snapshot(store=store, key=key, generation=int(store.meta.get("generation", 0)),
-                         streams=_streams(store, _versions(self.out_dir)), loaded_at=time.time())
+        fresh = Snapshot(
+            store=store,
+            key=key,
+            generation=int(store.meta.get("generation", 0)),
+            streams=_streams(store, _versions(self.out_dir)),
+            loaded_at=time.time(),
+        )
         self.thumbs.refresh()
         self._snap, self.error = fresh, None  # the swap: one reference assignment
         self.reloads += 1
@@ -181,6 +200,13 @@ def stream_timeline(snap: Snapshot, stream: str, max_points: int = 2000) -> list
     out = []
     for r in rows.slice(0).to_pylist()[::step]:
         labels, scores = r["labels"] or [], r["scores"] or []
-        out.append({"id": str(r["uid"]), "start": r["t_start"], "end": r["t_end"],
-                    "label": labels[0] if labels else "", "score": float(scores[0]) if scores else None})
+        out.append(
+            {
+                "id": str(r["uid"]),
+                "start": r["t_start"],
+                "end": r["t_end"],
+                "label": labels[0] if labels else "",
+                "score": float(scores[0]) if scores else None,
+            }
+        )
     return out

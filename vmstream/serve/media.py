@@ -5,6 +5,7 @@ capture falls back to decoding the source at the segment's middle (kept in a sma
 memory cache). A clip is the moment's span of the source (`clips.ClipCache`); a source
 that is not a local file (a live feed, or gone) has no clip, only thumbnails.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Thumbnail and clip routes: the segment comes from the store by its id; the file
 served is the captured thumbnail, a frame decoded from the stored source, or a clip cut
 from it into the cache. No part of a request is ever used as a path."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -35,8 +36,9 @@ async def thumb(request: Request, name: str):
         uri = (info.uri if info else "") or row["uri"] or ""
         jpeg = await run_in_threadpool(st.decoded.get, uid, uri, (row["t_start"] + row["t_end"]) / 2)
         if jpeg is None:
-            raise ApiError(404, f"id: segment {uid} has no thumbnail (none was captured and its source "
-                                "cannot be read)", "id")
+            raise ApiError(
+                404, f"id: segment {uid} has no thumbnail (none was captured and its source cannot be read)", "id"
+            )
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
 
@@ -60,8 +62,9 @@ def _span(request: Request, id: str, to: str | None):
     info = snap.streams.get(row["stream_id"])
     uri = (info.uri if info else "") or row["uri"] or ""
     if not is_playable(uri):
-        raise ApiError(404, f"id: segment {uid} is of a live feed or a source that is gone: it has a "
-                            "thumbnail but no clip", "id")
+        raise ApiError(
+            404, f"id: segment {uid} is of a live feed or a source that is gone: it has a thumbnail but no clip", "id"
+        )
     return st, uid, last, start, end, uri
 
 
@@ -73,8 +76,9 @@ async def _clip(request: Request, id: str, to: str | None):
     except TimeoutError as e:
         raise ApiError(503, f"clips: {e}; try again shortly") from None
     except (OSError, ValueError) as e:
-        raise ApiError(422, f"id: segment {uid}'s source could not be cut ({str(e).splitlines()[0][:200]})",
-                       "id") from None
+        raise ApiError(
+            422, f"id: segment {uid}'s source could not be cut ({str(e).splitlines()[0][:200]})", "id"
+        ) from None
     return path, info, uid, last, start, end
 
 
@@ -82,12 +86,22 @@ async def _clip(request: Request, id: str, to: str | None):
 async def clip_info(request: Request, id: str, to: str | None = None):
     path, info, uid, last, start, end = await _clip(request, id, to)
     url = f"/api/clips/{uid}" + (f"?to={last}" if last != uid else "")
-    return {"url": url, "start": start, "end": end, "clip_start": info["clip_start"],
-            "offset": max(0.0, start - info["clip_start"]), "mode": info["mode"], "codec": info["codec"]}
+    return {
+        "url": url,
+        "start": start,
+        "end": end,
+        "clip_start": info["clip_start"],
+        "offset": max(0.0, start - info["clip_start"]),
+        "mode": info["mode"],
+        "codec": info["codec"],
+    }
 
 
 @router.get("/clips/{id}", summary="The moment around a segment as an MP4 clip (to=ID: up to that segment)")
 async def clip(request: Request, id: str, to: str | None = None):
     path, info, *_ = await _clip(request, id, to)
-    return FileResponse(path, media_type="video/mp4",
-                        headers={"X-Clip-Start": f"{info['clip_start']:.3f}", "Cache-Control": "private, max-age=300"})
+    return FileResponse(
+        path,
+        media_type="video/mp4",
+        headers={"X-Clip-Start": f"{info['clip_start']:.3f}", "Cache-Control": "private, max-age=300"},
+    )

@@ -1,5 +1,6 @@
 """The store's model, from the run manifest (OUT/run.json), loaded once: its text
 batcher for a video-text model, and the run's decoding for uploaded clips."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,9 @@ def run_config(out_dir: Path, sets: list | None = None, device: str | None = Non
 
     manifest = read_manifest(out_dir)
     if manifest is None:
-        raise UserError(f"{out_dir}: no {RUN_MANIFEST} (the store's model is unknown; serve a `vmstream run` "
-                        "output directory)")
+        raise UserError(
+            f"{out_dir}: no {RUN_MANIFEST} (the store's model is unknown; serve a `vmstream run` output directory)"
+        )
     run_cfg = manifest.get("config", {})
     data = {k: dict(run_cfg[k]) for k in ("model", "decode", "segment") if k in run_cfg}
     if device:
@@ -40,9 +42,15 @@ def load_store_model(out_dir: Path, store_meta: dict, *, sets=None, device: str 
     digest = store_meta.get("checkpoint_digest") or ""
     ours = model.card.checkpoint_digest
     if digest and ours and digest != ours:
-        raise UserError(f"the store was built with checkpoint {digest[:12]}…, the run manifest's model is "
-                        f"{ours[:12]}…; their embeddings are not comparable")
+        raise UserError(
+            f"the store was built with checkpoint {digest[:12]}…, the run manifest's model is "
+            f"{ours[:12]}…; their embeddings are not comparable"
+        )
     if not is_videotext(model):
-        return cfg, model, None, (f"the store was built by {model.card.name!r}, a video classifier with no "
-                                  "text encoder")
+        return (
+            cfg,
+            model,
+            None,
+            (f"the store was built by {model.card.name!r}, a video classifier with no text encoder"),
+        )
     return cfg, model, make_tokenizer(vocab or cfg.model.vocab), ""

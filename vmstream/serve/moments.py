@@ -1,5 +1,6 @@
 """Moments: the hits of one stream that are adjacent segments, merged into one span
 scored by its best hit (what a person wants to watch, not four 2-second pieces)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ class Moment:
     start: float
     end: float
     score: float
-    best: object                     # the best SearchHit
+    best: object  # the best SearchHit
     hits: list = field(default_factory=list)
 
     @property
@@ -35,8 +36,11 @@ def merge_moments(hits, *, max_gap_s: float = 0.5, max_span_s: float = MAX_MOMEN
         hs.sort(key=lambda h: (h.t_start, h.segment_index))
         cur = None
         for h in hs:
-            if cur is not None and (h.segment_index == cur.hits[-1].segment_index + 1
-                                    or h.t_start <= cur.end + max_gap_s) and h.t_end - cur.start <= max_span_s:
+            if (
+                cur is not None
+                and (h.segment_index == cur.hits[-1].segment_index + 1 or h.t_start <= cur.end + max_gap_s)
+                and h.t_end - cur.start <= max_span_s
+            ):
                 cur.hits.append(h)
                 cur.end = max(cur.end, h.t_end)
                 if h.score > cur.score:

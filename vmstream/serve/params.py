@@ -1,4 +1,5 @@
 """Request checks: every bad parameter is a 4xx JSON error naming the field."""
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,7 @@ def uid_param(value: str, field: str = "id") -> int:
     if not (text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit()))) or len(text) > 20:
         raise bad(field, f"{text[:40]!r} is not a segment id (a whole number)")
     v = int(text)
-    if not -(2 ** 63) <= v < 2 ** 63:
+    if not -(2**63) <= v < 2**63:
         raise bad(field, f"{text[:40]!r} is not a segment id (ids are signed 64-bit numbers)")
     return v
 

@@ -1,5 +1,6 @@
 """What the server holds for its lifetime: the live store, the warm model and its text
 batcher, the clip cache, the limits and the metrics."""
+
 from __future__ import annotations
 
 import threading
@@ -19,7 +20,7 @@ class Limits:
     max_upload_bytes: int = 64 << 20
     max_queue: int = 256
     max_batch: int = 32
-    max_video_queries: int = 2      # uploaded clips embedded at once; more waiting -> 503
+    max_video_queries: int = 2  # uploaded clips embedded at once; more waiting -> 503
 
 
 @dataclass
@@ -29,10 +30,10 @@ class ServeState:
     metrics: Metrics
     clips: ClipCache
     decoded: DecodedThumbs = field(default_factory=DecodedThumbs)
-    model: Any = None               # the store's model, warm (None: id/stream search only)
-    cfg: Any = None                 # the run's config (decoding, segmenting) for uploaded clips
+    model: Any = None  # the store's model, warm (None: id/stream search only)
+    cfg: Any = None  # the run's config (decoding, segmenting) for uploaded clips
     batcher: TextBatcher | None = None
-    model_error: str = ""           # why text / upload search is unavailable
+    model_error: str = ""  # why text / upload search is unavailable
     token: str | None = None
     video_slots: threading.BoundedSemaphore = field(default=None)  # type: ignore[assignment]
 

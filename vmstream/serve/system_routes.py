@@ -1,5 +1,6 @@
 """`/healthz` (the process is up), `/readyz` (store open and verified, model loaded) and
 `/metrics` (Prometheus text format)."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -17,8 +18,12 @@ def healthz():
 def readyz(request: Request):
     st = request.app.state.serve
     live = st.live
-    body = {"store": live.error or "ok", "generation": live.generation,
-            "model": "ok" if st.model is not None else st.model_error, "text_search": st.batcher is not None}
+    body = {
+        "store": live.error or "ok",
+        "generation": live.generation,
+        "model": "ok" if st.model is not None else st.model_error,
+        "text_search": st.batcher is not None,
+    }
     ok = live.ready
     return JSONResponse(dict(body, ready=ok), status_code=200 if ok else 503)
 

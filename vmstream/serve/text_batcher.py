@@ -6,6 +6,7 @@ arrived within `linger_s` (up to `max_batch`), encodes them together and answers
 future. The queue holds at most `max_queue` queries; a query that finds it full gets
 `QueueFull` (the API's 503): memory and latency stay bounded under any load.
 """
+
 from __future__ import annotations
 
 import queue
@@ -64,8 +65,11 @@ class TextBatcher:
             deadline = time.perf_counter() + self.linger_s
             while len(items) < self.max_batch:
                 try:
-                    more = self._q.get_nowait() if time.perf_counter() >= deadline else \
-                        self._q.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    more = (
+                        self._q.get_nowait()
+                        if time.perf_counter() >= deadline
+                        else self._q.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    )
                 except queue.Empty:
                     break
                 if more is None:
@@ -76,8 +80,14 @@ class TextBatcher:
             if not live:
                 continue
             try:
-                feats = encode_queries(self.model, [t for t, _ in live], tokenizer=self.tokenizer,
-                                       max_length=self.max_length).cpu().numpy().astype(np.float32)
+                feats = (
+                    encode_queries(
+                        self.model, [t for t, _ in live], tokenizer=self.tokenizer, max_length=self.max_length
+                    )
+                    .cpu()
+                    .numpy()
+                    .astype(np.float32)
+                )
             except Exception as e:
                 for _, f in live:
                     f.set_exception(e)

@@ -1,6 +1,7 @@
 """Where each segment's captured thumbnail is: uid -> (part file, row group, row) over
 the `thumbs` result table, rebuilt when the table's parts change, with a small LRU of
 decoded row groups so a thumbnail is a dict lookup after the first of its group."""
+
 from __future__ import annotations
 
 import os

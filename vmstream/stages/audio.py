@@ -29,6 +29,7 @@ Conventions (what the sinks will see):
   overlaps the span.
 - Features are natural-log mel power: ``log(mel + log_offset)``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -125,8 +126,7 @@ class AudioFeatures:
     fails a stream. `stats` describes the last stream.
     """
 
-    def __init__(self, config: AudioConfig = AudioConfig(), uri: Optional[str] = None,
-                 options: Optional[dict] = None):
+    def __init__(self, config: AudioConfig = AudioConfig(), uri: Optional[str] = None, options: Optional[dict] = None):
         self.config = config
         self.uri = uri
         self.options = dict(options or {})
@@ -142,8 +142,11 @@ class AudioFeatures:
         """`audio_factory(source)` for the runner: one stage per source, on its file."""
 
         def make(source) -> "AudioFeatures":
-            return cls(config, uri=getattr(source, "path", None) or getattr(source, "uri", None),
-                       options=getattr(source, "options", None))
+            return cls(
+                config,
+                uri=getattr(source, "path", None) or getattr(source, "uri", None),
+                options=getattr(source, "options", None),
+            )
 
         return make
 
@@ -181,8 +184,15 @@ class AudioFeatures:
 
     @staticmethod
     def _new_stats(uri: str) -> dict:
-        return {"uri": uri, "audio": False, "segments": 0, "segments_without_audio": 0,
-                "broken_packets": 0, "seeks": 0, "peak_buffered_seconds": 0.0}
+        return {
+            "uri": uri,
+            "audio": False,
+            "segments": 0,
+            "segments_without_audio": 0,
+            "broken_packets": 0,
+            "seeks": 0,
+            "peak_buffered_seconds": 0.0,
+        }
 
     def _open(self, uri: str) -> Optional[PyAVAudioReader]:
         if not uri:
@@ -204,8 +214,9 @@ class AudioFeatures:
         try:
             seg.audio = mel.summary(float(seg.t_start), t1)
         except Exception as e:  # a summary failure loses audio, never the segment
-            log.warning("%s: audio of segment %s failed (%s: %s); audio stays None",
-                        uri, seg.index, type(e).__name__, e)
+            log.warning(
+                "%s: audio of segment %s failed (%s: %s); audio stays None", uri, seg.index, type(e).__name__, e
+            )
             seg.audio = None
         self.stats["segments"] += 1
         if seg.audio is None:
@@ -228,14 +239,18 @@ class AudioFeatures:
         cfg = self.config
         self.stats = self._new_stats(uri)
         if track.format != cfg.audio_format:
-            log.warning("%s: the decoder's audio is %s, this stage reads %s; audio stays None",
-                        uri, track.format, cfg.audio_format)
+            log.warning(
+                "%s: the decoder's audio is %s, this stage reads %s; audio stays None",
+                uri,
+                track.format,
+                cfg.audio_format,
+            )
             yield from (x for x in items if not isinstance(x, (AudioTrack, AudioChunk)))
             return
         self.stats.update(audio=True, in_band=True)
         mel = LogMelStream(cfg)
         held: deque = deque()  # items waiting (in order) for the audio of the first Segment
-        video_t = -math.inf    # the latest segment end seen: how far the video has come
+        video_t = -math.inf  # the latest segment end seen: how far the video has come
         for item in items:
             if isinstance(item, AudioChunk):
                 mel.push(item.samples, item.t)
@@ -300,8 +315,13 @@ class AudioFeatures:
                         break
                     mel.push(x, t)
             except Exception as e:  # a decode failure loses audio, never the segment
-                log.warning("%s: audio of segment %s failed (%s: %s); audio stays None",
-                            reader.uri, seg.index, type(e).__name__, e)
+                log.warning(
+                    "%s: audio of segment %s failed (%s: %s); audio stays None",
+                    reader.uri,
+                    seg.index,
+                    type(e).__name__,
+                    e,
+                )
                 seg.audio = None
                 self.stats["segments"] += 1
                 self.stats["segments_without_audio"] += 1

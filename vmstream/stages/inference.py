@@ -17,6 +17,7 @@ then poisoned, so the stream's later segments are not run (each slot an "error" 
 saying it was skipped) and its summary has status "error" and no labels;
 `failure(stream_id)` tells the caller, which owns the stream's final status.
 """
+
 from __future__ import annotations
 
 import io
@@ -168,9 +169,7 @@ class InferenceStage:
 
         book = _StreamBook.from_bytes(snap["book"])
         if snap.get("state"):
-            book.state = StreamState.from_bytes(
-                snap["state"], device=self.device, expect=self.model.state_spec()
-            )
+            book.state = StreamState.from_bytes(snap["state"], device=self.device, expect=self.model.state_spec())
         return book
 
     def drop(self, stream_id: str) -> None:
@@ -233,8 +232,7 @@ class InferenceStage:
             clip = stack_segments(segs).to(self.device)
             if self.dtype is not None:
                 clip = clip.to(self.dtype)
-            states = [b.state if b.state is not None else self.model.init_state(1, device=self.device)
-                      for b in books]
+            states = [b.state if b.state is not None else self.model.init_state(1, device=self.device) for b in books]
             from vmstream.models import StreamState
 
             state = states[0] if len(states) == 1 else StreamState.stack(states)
@@ -244,8 +242,11 @@ class InferenceStage:
             logits = res.logits.float().cpu()
             for j, (i, s, b) in enumerate(zip(idxs, segs, books)):
                 b.next_index = s.index + 1
-                bad = [name for name, t in (("embedding", feats[j]), ("logits", logits[j]))
-                       if not bool(torch.isfinite(t).all())]
+                bad = [
+                    name
+                    for name, t in (("embedding", feats[j]), ("logits", logits[j]))
+                    if not bool(torch.isfinite(t).all())
+                ]
                 if bad:
                     out[i] = self._fail(s, b, bad)
                     continue
@@ -282,8 +283,10 @@ class InferenceStage:
 
     def _fail(self, s: Segment, book: _StreamBook, bad: list[str]) -> StreamEvent:
         """The stream's output went non-finite: it fails here, its state is dropped."""
-        book.failed = (f"segment {s.index} ({s.t_start:.2f}-{s.t_end:.2f} s): the model's output is not finite "
-                       f"(NaN or Inf in its {' and '.join(bad)}); the stream's later segments are not analysed")
+        book.failed = (
+            f"segment {s.index} ({s.t_start:.2f}-{s.t_end:.2f} s): the model's output is not finite "
+            f"(NaN or Inf in its {' and '.join(bad)}); the stream's later segments are not analysed"
+        )
         book.state = None
         book.t_end = s.t_end  # a snapshot resumes after it, as after any segment
         self._failures[s.stream_id] = book.failed
@@ -291,17 +294,29 @@ class InferenceStage:
         while len(self._failures) > 4096:
             self._failures.popitem(last=False)
         log.error("stream %s: %s", s.stream_id, book.failed)
-        return StreamEvent(stream_id=s.stream_id, kind="error", t_start=s.t_start, t_end=s.t_end,
-                           message=book.failed, uri=s.uri,
-                           details={"reason": "non_finite", "segment_index": s.index, "outputs": bad})
+        return StreamEvent(
+            stream_id=s.stream_id,
+            kind="error",
+            t_start=s.t_start,
+            t_end=s.t_end,
+            message=book.failed,
+            uri=s.uri,
+            details={"reason": "non_finite", "segment_index": s.index, "outputs": bad},
+        )
 
     def _skip(self, s: Segment, book: _StreamBook) -> StreamEvent:
         book.next_index = s.index + 1
         book.t_end = s.t_end
-        return StreamEvent(stream_id=s.stream_id, kind="error", t_start=s.t_start, t_end=s.t_end,
-                           message=f"segment {s.index} not analysed: the stream failed at an earlier segment "
-                                   "(non-finite model output)",
-                           uri=s.uri, details={"reason": "non_finite", "segment_index": s.index, "skipped": True})
+        return StreamEvent(
+            stream_id=s.stream_id,
+            kind="error",
+            t_start=s.t_start,
+            t_end=s.t_end,
+            message=f"segment {s.index} not analysed: the stream failed at an earlier segment "
+            "(non-finite model output)",
+            uri=s.uri,
+            details={"reason": "non_finite", "segment_index": s.index, "skipped": True},
+        )
 
     def end_stream(self, event: StreamEvent) -> Optional[StreamSummary]:
         """The stream's "end" event arrived: its summary (None if it had no segments);
@@ -310,10 +325,20 @@ class InferenceStage:
         book = self._books.pop(event.stream_id, None)
         if book is not None and book.failed:
             return StreamSummary(
-                stream_id=event.stream_id, labels=[], scores=[], label_ids=[], mode=self.summary_mode,
+                stream_id=event.stream_id,
+                labels=[],
+                scores=[],
+                label_ids=[],
+                mode=self.summary_mode,
                 duration=max(0.0, book.t_end - book.t_start) if book.segments else 0.0,
-                segment_count=book.segments, t_start=book.t_start, t_end=book.t_end, status="error",
-                model=self.meta.name, checkpoint_digest=self.meta.checkpoint_digest, uri=book.uri or event.uri)
+                segment_count=book.segments,
+                t_start=book.t_start,
+                t_end=book.t_end,
+                status="error",
+                model=self.meta.name,
+                checkpoint_digest=self.meta.checkpoint_digest,
+                uri=book.uri or event.uri,
+            )
         if book is None or book.segments == 0:
             return None
         logits = book.last_logits if self.summary_mode == "last" else book.sum_logits / book.segments

@@ -11,6 +11,7 @@ Features are natural-log mel power, ``log(mel + log_offset)``. A span shorter th
 hop is given the single frame whose centre is nearest the span's midpoint, if that
 frame's window overlaps the span; a span with no audio gets None.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,10 +71,8 @@ class AudioConfig:
             )
         if self.log_offset <= 0:
             problems.append(f"log_offset={self.log_offset} must be > 0")
-        if min(self.block_seconds, self.seek_ahead_seconds, self.discontinuity_seconds,
-               self.interleave_seconds) <= 0:
-            problems.append("block_seconds, seek_ahead_seconds, discontinuity_seconds, "
-                            "interleave_seconds must be > 0")
+        if min(self.block_seconds, self.seek_ahead_seconds, self.discontinuity_seconds, self.interleave_seconds) <= 0:
+            problems.append("block_seconds, seek_ahead_seconds, discontinuity_seconds, interleave_seconds must be > 0")
         if problems:
             raise ValueError("bad AudioConfig: " + "; ".join(problems))
 
@@ -133,7 +132,9 @@ def _log_mel(mel: torchaudio.transforms.MelSpectrogram, samples: np.ndarray, off
         return torch.log(spec + offset).T.contiguous().numpy()
 
 
-def summarise_frames(centers: np.ndarray, rows: np.ndarray, t_start: float, t_end: float, half_window: float) -> Optional[np.ndarray]:
+def summarise_frames(
+    centers: np.ndarray, rows: np.ndarray, t_start: float, t_end: float, half_window: float
+) -> Optional[np.ndarray]:
     """Mean and std of the rows whose centre is in [t_start, t_end), with the short-span
     and no-audio conventions of the module docstring."""
     if len(centers) == 0:
@@ -157,7 +158,11 @@ def reference_logmel_summary(
     """The readable reference: mel of the whole mono signal at once (sample i at time
     t0 + i / sample_rate), then one summary per (t_start, t_end) span."""
     cfg = config
-    rows = _log_mel(cfg.mel_transform(), samples, cfg.log_offset) if len(samples) >= cfg.n_fft else np.zeros((0, cfg.n_mels), np.float32)
+    rows = (
+        _log_mel(cfg.mel_transform(), samples, cfg.log_offset)
+        if len(samples) >= cfg.n_fft
+        else np.zeros((0, cfg.n_mels), np.float32)
+    )
     centers = t0 + (np.arange(len(rows)) * cfg.hop_length + cfg.n_fft / 2) / cfg.sample_rate
     return [summarise_frames(centers, rows, a, b, cfg.half_window) for a, b in spans]
 

@@ -9,6 +9,7 @@ imports, and which imports none of them.
 - `AudioFormat`, `AudioTrack`, `AudioChunk`: audio demuxed in the video's pass, as it
   travels beside the frames to the audio stage.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,19 @@ class SourceSpecError(ValueError):
 RESIZE_MODES = ("short_side_crop", "direct")
 # libswscale scalers (PyAV's Interpolation names). BILINEAR is the default; AREA and
 # FAST_BILINEAR cost about 0.7x and 0.5x of it per 1080p frame here.
-INTERPOLATIONS = ("BILINEAR", "FAST_BILINEAR", "AREA", "BICUBIC", "POINT", "LANCZOS", "SPLINE",
-                  "GAUSS", "SINC", "BICUBLIN", "X")
+INTERPOLATIONS = (
+    "BILINEAR",
+    "FAST_BILINEAR",
+    "AREA",
+    "BICUBIC",
+    "POINT",
+    "LANCZOS",
+    "SPLINE",
+    "GAUSS",
+    "SINC",
+    "BICUBLIN",
+    "X",
+)
 
 
 @dataclass(frozen=True)
@@ -105,9 +117,7 @@ class FrameSize:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"FrameSize.{name} must be a positive int, got {v!r}")
             if v % PATCH_SIZE:
-                raise ValueError(
-                    f"FrameSize.{name}={v} is not a multiple of the patch size {PATCH_SIZE}"
-                )
+                raise ValueError(f"FrameSize.{name}={v} is not a multiple of the patch size {PATCH_SIZE}")
         if self.mode not in RESIZE_MODES:
             raise ValueError(f"FrameSize.mode={self.mode!r}; expected one of {RESIZE_MODES}")
         if not isinstance(self.interpolation, str) or self.interpolation.upper() not in INTERPOLATIONS:
@@ -198,17 +208,22 @@ def uri_scheme(uri: str) -> str:
 
 @dataclass(frozen=True)
 class ReconnectPolicy:
-    initial: float = 0.5        # first wait, seconds
-    max_delay: float = 10.0     # cap on one wait
-    factor: float = 2.0         # growth per failed attempt
-    jitter: float = 0.1         # +- fraction, so many cameras do not retry in lockstep
-    max_tries: Optional[int] = None        # attempts in a row that bring no video, then give up
+    initial: float = 0.5  # first wait, seconds
+    max_delay: float = 10.0  # cap on one wait
+    factor: float = 2.0  # growth per failed attempt
+    jitter: float = 0.1  # +- fraction, so many cameras do not retry in lockstep
+    max_tries: Optional[int] = None  # attempts in a row that bring no video, then give up
     give_up_after: Optional[float] = 300.0  # seconds without video before giving up
 
     def __post_init__(self) -> None:
         def pos(name, v, allow_zero=False):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v < 0 or (v == 0 and not allow_zero):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v < 0
+                or (v == 0 and not allow_zero)
+            ):
                 raise ValueError(f"reconnect.{name} must be a finite number > 0, got {v!r}")
 
         pos("initial", self.initial)
@@ -219,8 +234,9 @@ class ReconnectPolicy:
             raise ValueError(f"reconnect.factor must be >= 1, got {self.factor!r}")
         if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
             raise ValueError(f"reconnect.jitter must be in [0, 1), got {self.jitter!r}")
-        if self.max_tries is not None and (isinstance(self.max_tries, bool)
-                                           or not isinstance(self.max_tries, int) or self.max_tries < 0):
+        if self.max_tries is not None and (
+            isinstance(self.max_tries, bool) or not isinstance(self.max_tries, int) or self.max_tries < 0
+        ):
             raise ValueError(f"reconnect.max_tries must be an int >= 0 or None, got {self.max_tries!r}")
         if self.give_up_after is not None:
             pos("give_up_after", self.give_up_after)
@@ -263,10 +279,10 @@ def check_source_options(options: Any, where: str) -> None:
 @dataclass(frozen=True)
 class Source:
     """One stream to decode. `options` may hold:
-      "ffmpeg":    dict of FFmpeg (format/protocol) options, e.g. {"rtsp_transport": "tcp"}
-      "format":    force the container format (e.g. "mpegts" for pipe:)
-      "reconnect": dict of `ReconnectPolicy` fields (live sources)
-      "timeout":   seconds to wait for data before a live source counts as dropped
+    "ffmpeg":    dict of FFmpeg (format/protocol) options, e.g. {"rtsp_transport": "tcp"}
+    "format":    force the container format (e.g. "mpegts" for pipe:)
+    "reconnect": dict of `ReconnectPolicy` fields (live sources)
+    "timeout":   seconds to wait for data before a live source counts as dropped
     """
 
     stream_id: str

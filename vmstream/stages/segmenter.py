@@ -20,6 +20,7 @@ Normalisation runs in torch on the small frames the decoder already resized (nev
 full-resolution frames). `normalize_reference` is the readable definition;
 `frames_to_pixels` the fast one the tests hold to it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,9 +38,10 @@ from vmstream.stages.thumbnails import jpeg_thumbnail
 def normalize_reference(images: Sequence, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 [H, W, 3] frames -> float32 [3, T, H, W], (x / 255 - mean) / std."""
     x = torch.stack([torch.as_tensor(np.asarray(im) if not torch.is_tensor(im) else im) for im in images])
-    x = x.to(torch.float32) / 255.0                       # [T, H, W, 3]
+    x = x.to(torch.float32) / 255.0  # [T, H, W, 3]
     x = (x - torch.tensor(mean, dtype=torch.float32, device=x.device)) / torch.tensor(
-        std, dtype=torch.float32, device=x.device)
+        std, dtype=torch.float32, device=x.device
+    )
     return x.permute(3, 0, 1, 2).contiguous()
 
 
@@ -61,8 +63,9 @@ class _Affine:
         return self._cache[key]
 
 
-def frames_to_pixels(images: Sequence, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                     _affine: Optional[_Affine] = None) -> torch.Tensor:
+def frames_to_pixels(
+    images: Sequence, mean=IMAGENET_MEAN, std=IMAGENET_STD, _affine: Optional[_Affine] = None
+) -> torch.Tensor:
     """Fast path of `normalize_reference`: one uint8 stack, one strided copy into the
     [3, T, H, W] float32 output, two in-place ops. Works for numpy or torch frames
     (CUDA frames stay on their device)."""
@@ -93,8 +96,15 @@ class _StreamState:
 class Segmenter:
     """Groups frames of one or more (interleaved) streams into T-frame segments."""
 
-    def __init__(self, num_frames: int = 16, *, drop_last: bool = False,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, thumbnails: bool = True):
+    def __init__(
+        self,
+        num_frames: int = 16,
+        *,
+        drop_last: bool = False,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        thumbnails: bool = True,
+    ):
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames (T) must be an int >= 1, got {num_frames!r}")
         self.num_frames = num_frames
@@ -104,17 +114,25 @@ class Segmenter:
 
     def _make(self, sid: str, st: _StreamState, frames: list[Frame], is_last: bool) -> Segment:
         pixels = frames_to_pixels([f.image for f in frames], _affine=self._affine)
-        seg = Segment(stream_id=sid, index=st.next_index, t_start=float(frames[0].t),
-                      t_end=float(frames[-1].t), pixels=pixels,
-                      frame_times=tuple(float(f.t) for f in frames), gaps=tuple(st.gaps),
-                      is_last=is_last, uri=st.uri,
-                      thumb=jpeg_thumbnail(frames[len(frames) // 2].image) if self.thumbnails else b"")
+        seg = Segment(
+            stream_id=sid,
+            index=st.next_index,
+            t_start=float(frames[0].t),
+            t_end=float(frames[-1].t),
+            pixels=pixels,
+            frame_times=tuple(float(f.t) for f in frames),
+            gaps=tuple(st.gaps),
+            is_last=is_last,
+            uri=st.uri,
+            thumb=jpeg_thumbnail(frames[len(frames) // 2].image) if self.thumbnails else b"",
+        )
         st.next_index += 1
         st.gaps = []
         return seg
 
-    def segments(self, items: Iterable[Union[Frame, StreamEvent, AudioTrack, AudioChunk]], *, uri: str = "",
-                 first_index: int = 0) -> Iterator[Union[Segment, StreamEvent, AudioTrack, AudioChunk]]:
+    def segments(
+        self, items: Iterable[Union[Frame, StreamEvent, AudioTrack, AudioChunk]], *, uri: str = "", first_index: int = 0
+    ) -> Iterator[Union[Segment, StreamEvent, AudioTrack, AudioChunk]]:
         """Segments and pass-through events. `first_index` numbers the first segment
         of each stream (a resumed stream continues its numbering)."""
         states: dict[str, _StreamState] = {}
@@ -192,8 +210,7 @@ def stack_segments(segments: Sequence[Segment]) -> torch.Tensor:
     shapes = {tuple(s.pixels.shape) for s in segments}
     if len(shapes) != 1:
         detail = ", ".join(f"{s.stream_id}#{s.index}: {tuple(s.pixels.shape)}" for s in segments)
-        raise ValueError(f"segments of different shapes cannot be stacked ({detail}); "
-                         f"use group_by_shape")
+        raise ValueError(f"segments of different shapes cannot be stacked ({detail}); use group_by_shape")
     return torch.stack([torch.as_tensor(s.pixels) for s in segments])
 
 

@@ -15,6 +15,7 @@
 the broken ones (missing, not a video, no video track), so a directory run can report
 and skip the broken files while the others proceed.
 """
+
 from __future__ import annotations
 
 import glob as globlib
@@ -36,8 +37,18 @@ from vmstream.stages.media import (
 )
 
 __all__ = [
-    "DECODER_OPTION_KEYS", "LIVE_SCHEMES", "VIDEO_EXTENSIONS", "ProbeReport", "Source", "SourceSpecError",
-    "file_stream_id", "is_live_uri", "probe_sources", "redact_uri", "resolve_sources", "source_from_job",
+    "DECODER_OPTION_KEYS",
+    "LIVE_SCHEMES",
+    "VIDEO_EXTENSIONS",
+    "ProbeReport",
+    "Source",
+    "SourceSpecError",
+    "file_stream_id",
+    "is_live_uri",
+    "probe_sources",
+    "redact_uri",
+    "resolve_sources",
+    "source_from_job",
     "source_from_uri",
 ]
 
@@ -89,8 +100,13 @@ def is_live_uri(uri: str) -> bool:
     return scheme in LIVE_SCHEMES or scheme == "pipe"
 
 
-def source_from_uri(uri: str, *, stream_id: Optional[str] = None, live: Optional[bool] = None,
-                    options: Optional[Mapping[str, Any]] = None) -> Source:
+def source_from_uri(
+    uri: str,
+    *,
+    stream_id: Optional[str] = None,
+    live: Optional[bool] = None,
+    options: Optional[Mapping[str, Any]] = None,
+) -> Source:
     """A Source for one file path or URL (no globbing, no directory walk)."""
     options = dict(options or {})
     if uri_scheme(uri) == "file":
@@ -101,8 +117,9 @@ def source_from_uri(uri: str, *, stream_id: Optional[str] = None, live: Optional
         # would be replayed forever). Devices and FIFOs may be feeds.
         live = bool(live) and not os.path.isfile(path)
         return Source(stream_id or file_stream_id(path), os.path.abspath(path), live=live, options=options)
-    return Source(stream_id or redact_uri(uri), uri,
-                  live=is_live_uri(uri) if live is None else bool(live), options=options)
+    return Source(
+        stream_id or redact_uri(uri), uri, live=is_live_uri(uri) if live is None else bool(live), options=options
+    )
 
 
 def source_from_job(job: Mapping[str, Any]) -> Source:
@@ -149,9 +166,12 @@ def _walk_videos(root: str, extensions: frozenset) -> list[str]:
     return found
 
 
-def resolve_sources(inputs: Union[str, Mapping, Sequence[Union[str, Mapping]]], *,
-                    extensions: Iterable[str] = VIDEO_EXTENSIONS,
-                    options: Optional[Mapping[str, Any]] = None) -> list[Source]:
+def resolve_sources(
+    inputs: Union[str, Mapping, Sequence[Union[str, Mapping]]],
+    *,
+    extensions: Iterable[str] = VIDEO_EXTENSIONS,
+    options: Optional[Mapping[str, Any]] = None,
+) -> list[Source]:
     """Sources for files, directories, globs, URLs and job dicts, in input order.
 
     Raises InputNotFoundError for a path that does not exist or a glob/directory that

@@ -4,6 +4,7 @@ The frame is the one the decoder already resized for the model, so a thumbnail c
 JPEG encode (1-3 ms at 224x224 on the 2-core dev CPU, under 1 % of the segment's model
 time), never a second decode of the source.
 """
+
 from __future__ import annotations
 
 import io

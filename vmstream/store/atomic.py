@@ -8,6 +8,7 @@ rename, the directory entry after it.
 Temporary names start with "." so that dataset readers (pyarrow, pandas, duckdb globs on
 ``*.parquet``) never pick up a half-written file.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -7,6 +7,7 @@ Both take: add_results, remove, remove_stream, commit(consumer=...), consumer, c
 len(), search, search_id, search_at, search_video, search_text, get, vector, streams,
 stream_rows, live_vectors, id_rows, meta, metric, dim, path, backend.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,14 @@ def store_backend(path: Union[str, os.PathLike]) -> str:
     return desc["backend"] if desc else "faiss"
 
 
-def open_store(path: Union[str, os.PathLike], *, backend: Optional[str] = None, uri: Optional[str] = None,
-               readonly: bool = False, **options: Any):
+def open_store(
+    path: Union[str, os.PathLike],
+    *,
+    backend: Optional[str] = None,
+    uri: Optional[str] = None,
+    readonly: bool = False,
+    **options: Any,
+):
     """The store in `path`. `backend` (a writer's config) must agree with an existing
     store's; None: whatever the store is. `uri` is Milvus' (a store.db or a server)."""
     have = store_backend(path)

@@ -22,6 +22,7 @@ whole, a log file, then CURRENT, which is the one commit point. A crash leaves C
 naming complete files; what it does not name (a generation or log file written just
 before the crash) is a leftover that the next writer removes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -196,8 +197,11 @@ def _commit_record(r: _Reading) -> Optional[dict]:
             return None
         if gens == [gen_name(1)] and not wals:
             return {"generation": gens[0], "log": [], "adopted": True}
-        r.bad(CURRENT, f"missing, but the store holds {', '.join(gens + wals[:3])}"
-                       f"{' ...' if len(wals) > 3 else ''} (CURRENT says which of them count)")
+        r.bad(
+            CURRENT,
+            f"missing, but the store holds {', '.join(gens + wals[:3])}"
+            f"{' ...' if len(wals) > 3 else ''} (CURRENT says which of them count)",
+        )
         return None
     data = r.read(CURRENT)
     if data is None:
@@ -262,8 +266,10 @@ def _log_files(r: _Reading, generation: int, entries: list) -> list[bytes]:
     for seq, entry in enumerate(entries):
         name = wal_name(generation, seq)
         if not isinstance(entry, dict) or entry.get("name") != name:
-            r.bad(CURRENT, f"log record {seq} names {entry.get('name') if isinstance(entry, dict) else entry!r}, "
-                           f"expected {name}")
+            r.bad(
+                CURRENT,
+                f"log record {seq} names {entry.get('name') if isinstance(entry, dict) else entry!r}, expected {name}",
+            )
             continue
         if not (r.path / name).exists():
             r.bad(name, f"missing (CURRENT records {len(entries)} log files; this is number {seq})")
@@ -310,8 +316,16 @@ def _parse(r: _Reading, gen: str, files: dict[str, bytes], logs: list[bytes], re
     if consumer is not None and not isinstance(consumer, dict):
         r.bad(CURRENT, "its consumer record is not an object")
         return None
-    return StoredState(int(GEN_RE.match(gen).group(1)), meta, index, ids, tables, list(record["log"]),
-                       adopted=bool(record.get("adopted")), consumer=consumer)
+    return StoredState(
+        int(GEN_RE.match(gen).group(1)),
+        meta,
+        index,
+        ids,
+        tables,
+        list(record["log"]),
+        adopted=bool(record.get("adopted")),
+        consumer=consumer,
+    )
 
 
 def read_state(path: Path) -> tuple[Optional[StoredState], list[Problem]]:
@@ -338,10 +352,17 @@ def read_state(path: Path) -> tuple[Optional[StoredState], list[Problem]]:
 def log_table(op: str, uids: np.ndarray, x: Optional[np.ndarray], table: pa.Table, d: int) -> pa.Table:
     """Log rows for one change: the id-map columns, the op ("add" or "remove") and
     the unit vector (null for a removal)."""
-    vec = (pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), d) if x is not None
-           else pa.nulls(len(uids), pa.list_(pa.float32(), d)))
-    return (table.select(list(ID_MAP_SCHEMA.names)).cast(ID_MAP_SCHEMA)
-            .append_column("op", pa.array([op] * len(uids), pa.string())).append_column("vector", vec))
+    vec = (
+        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), d)
+        if x is not None
+        else pa.nulls(len(uids), pa.list_(pa.float32(), d))
+    )
+    return (
+        table.select(list(ID_MAP_SCHEMA.names))
+        .cast(ID_MAP_SCHEMA)
+        .append_column("op", pa.array([op] * len(uids), pa.string()))
+        .append_column("vector", vec)
+    )
 
 
 def log_runs(t: pa.Table):
@@ -366,8 +387,9 @@ def write_current(path: Path, generation: int, log_entries: list[dict], consumer
     write_bytes_atomic(path / CURRENT, name.encode() + b"\n" + seal(record) + b"\n")
 
 
-def write_generation(path: Path, generation: int, meta: dict, index: Optional[faiss.Index], ids,
-                     consumer: Optional[dict] = None) -> None:
+def write_generation(
+    path: Path, generation: int, meta: dict, index: Optional[faiss.Index], ids, consumer: Optional[dict] = None
+) -> None:
     """A complete generation directory (its manifest last), renamed into place; then
     CURRENT names it with an empty log. The caller removes what came before."""
     with atomic_path(path / gen_name(generation)) as tmp:

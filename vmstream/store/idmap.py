@@ -5,6 +5,7 @@ so anyone can read what a store holds without faiss. In memory it is an Arrow ta
 (settled, sorted by uid for O(log n) lookups) plus recent additions kept aside until
 they are many enough to be worth merging: adding stays amortised O(batch).
 """
+
 from __future__ import annotations
 
 import math

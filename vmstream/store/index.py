@@ -27,6 +27,7 @@ GPU: `to_gpu` clones flat and IVF kinds with `faiss.index_cpu_to_gpu` for search
 when faiss-gpu and a GPU are present; the CPU index stays the master copy, receives the
 adds, and is what gets saved.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -174,8 +175,9 @@ class VectorIndex:
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def empty(cls, kind: str, d: int, *, hnsw_m: int = 32, ef_construction: int = 64,
-              threads: Optional[int] = None) -> "VectorIndex":
+    def empty(
+        cls, kind: str, d: int, *, hnsw_m: int = 32, ef_construction: int = 64, threads: Optional[int] = None
+    ) -> "VectorIndex":
         if kind == "flat":
             return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(d)), "flat", threads)
         if kind == "hnsw":
@@ -284,8 +286,9 @@ class VectorIndex:
     def _purge_hnsw(self) -> None:
         live_ids, vecs = self.live_vectors()
         old = faiss.downcast_index(self.index.index)
-        fresh = VectorIndex.empty("hnsw", self.d, hnsw_m=_hnsw_m(old), ef_construction=old.hnsw.efConstruction,
-                                  threads=self.threads)
+        fresh = VectorIndex.empty(
+            "hnsw", self.d, hnsw_m=_hnsw_m(old), ef_construction=old.hnsw.efConstruction, threads=self.threads
+        )
         fresh.add(live_ids, vecs)
         log.info("rebuilt HNSW graph without %d tombstones (%d live vectors)", self.tombstones, live_ids.size)
         self.index, self.tombstones = fresh.index, 0
@@ -311,14 +314,19 @@ class VectorIndex:
             if sz:
                 ids_parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), sz).copy())
         ids = np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int64)
-        vecs = np.vstack([self.index.reconstruct_batch(ids[i : i + 65536]) for i in range(0, ids.size, 65536)]) if ids.size else np.empty((0, self.d), np.float32)
+        vecs = (
+            np.vstack([self.index.reconstruct_batch(ids[i : i + 65536]) for i in range(0, ids.size, 65536)])
+            if ids.size
+            else np.empty((0, self.d), np.float32)
+        )
         return ids, vecs
 
     def reconstruct(self, uid: int) -> np.ndarray:
         return self.index.reconstruct(int(uid))
 
-    def search(self, q: np.ndarray, k: int, *, nprobe: Optional[int] = None, ef: Optional[int] = None,
-               gpu_index=None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, q: np.ndarray, k: int, *, nprobe: Optional[int] = None, ef: Optional[int] = None, gpu_index=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(q, np.float32)
         if gpu_index is not None:
             if nprobe is not None and self.kind in TRAINED_KINDS:
@@ -326,7 +334,9 @@ class VectorIndex:
             return gpu_index.search(q, k)
         params = None
         if self.kind in TRAINED_KINDS:
-            params = faiss.SearchParametersIVF(nprobe=int(nprobe or default_nprobe(faiss.extract_index_ivf(self.index).nlist)))
+            params = faiss.SearchParametersIVF(
+                nprobe=int(nprobe or default_nprobe(faiss.extract_index_ivf(self.index).nlist))
+            )
         elif self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=int(max(ef or 64, k)))
             if self.tombstones:

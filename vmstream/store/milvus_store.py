@@ -31,6 +31,7 @@ see a segment twice (one row per primary key) and never lose a committed one.
 milvus-lite is single-process: while an indexer or run holds `store.db`, another
 process cannot open it (searching a live store needs a Milvus server).
 """
+
 from __future__ import annotations
 
 import json
@@ -99,9 +100,18 @@ class MilvusStore(StoreSearch):
 
     backend = "milvus"
 
-    def __init__(self, path: PathLike, *, uri: Optional[str] = None, collection: Optional[str] = None,
-                 dim: Optional[int] = None, metric: Optional[str] = None, readonly: bool = False,
-                 token: Optional[str] = None, **_faiss_options: Any):
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        uri: Optional[str] = None,
+        collection: Optional[str] = None,
+        dim: Optional[int] = None,
+        metric: Optional[str] = None,
+        readonly: bool = False,
+        token: Optional[str] = None,
+        **_faiss_options: Any,
+    ):
         self.path = Path(path)
         self.readonly = readonly
         self._closed = False
@@ -113,11 +123,20 @@ class MilvusStore(StoreSearch):
             if readonly:
                 raise FileNotFoundError(f"no video store at {self.path} (no {DESCRIPTION})")
             if not uri:
-                raise UserError("output.store.uri: the Milvus store needs a uri (./store.db for milvus-lite, "
-                                "http://host:19530 for a server)")
-            desc = {"backend": "milvus", "uri": resolve_uri(uri), "collection": collection or DEFAULT_COLLECTION,
-                    "dim": dim, "metric": metric or "cosine", "model": "", "checkpoint_digest": "",
-                    "kind": "milvus"}
+                raise UserError(
+                    "output.store.uri: the Milvus store needs a uri (./store.db for milvus-lite, "
+                    "http://host:19530 for a server)"
+                )
+            desc = {
+                "backend": "milvus",
+                "uri": resolve_uri(uri),
+                "collection": collection or DEFAULT_COLLECTION,
+                "dim": dim,
+                "metric": metric or "cosine",
+                "model": "",
+                "checkpoint_digest": "",
+                "kind": "milvus",
+            }
         elif uri and resolve_uri(uri) != desc["uri"]:
             raise UserError(f"video store {self.path} is kept in Milvus at {desc['uri']}, asked for {uri}")
         if metric is not None and metric != desc["metric"]:
@@ -148,8 +167,10 @@ class MilvusStore(StoreSearch):
         try:
             from pymilvus import MilvusClient
         except ImportError:
-            raise UserError("output.store.backend: milvus needs pymilvus (and milvus-lite for a local "
-                            "store.db): pip install pymilvus milvus-lite") from None
+            raise UserError(
+                "output.store.backend: milvus needs pymilvus (and milvus-lite for a local "
+                "store.db): pip install pymilvus milvus-lite"
+            ) from None
         uri = self.meta["uri"]
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +182,11 @@ class MilvusStore(StoreSearch):
         try:
             return MilvusClient(uri, token=token or os.environ.get("VMSTREAM_MILVUS_TOKEN", ""))
         except Exception as e:  # noqa: BLE001 - pymilvus raises its own classes for every way to fail
-            hint = (" (milvus-lite opens a store.db in one process at a time: is an indexer or run "
-                    "holding it?)" if "://" not in uri else " (is the Milvus server up?)")
+            hint = (
+                " (milvus-lite opens a store.db in one process at a time: is an indexer or run holding it?)"
+                if "://" not in uri
+                else " (is the Milvus server up?)"
+            )
             raise UserError(f"video store {self.path}: cannot open Milvus at {uri}: {e}{hint}") from None
 
     def _create(self) -> None:
@@ -221,10 +245,17 @@ class MilvusStore(StoreSearch):
             self._create()
         rows = {}
         for r, v in zip(results, x):  # within a batch the last row of a uid wins, as in FAISS
-            rows[int(r.uid)] = {"uid": int(r.uid), "stream_id": r.stream_id, "segment_index": int(r.segment_index),
-                                "t_start": float(r.t_start), "t_end": float(r.t_end), "uri": r.uri or "",
-                                "labels": json.dumps(list(r.labels)),
-                                "scores": json.dumps([float(s) for s in r.scores]), "vector": v.tolist()}
+            rows[int(r.uid)] = {
+                "uid": int(r.uid),
+                "stream_id": r.stream_id,
+                "segment_index": int(r.segment_index),
+                "t_start": float(r.t_start),
+                "t_end": float(r.t_end),
+                "uri": r.uri or "",
+                "labels": json.dumps(list(r.labels)),
+                "scores": json.dumps([float(s) for s in r.scores]),
+                "vector": v.tolist(),
+            }
         self.client.upsert(self.collection, list(rows.values()))
         self._dirty = True
         return len(results)
@@ -240,7 +271,8 @@ class MilvusStore(StoreSearch):
             elif have != value:
                 raise ValueError(
                     f"video store {self.path} holds embeddings from {key} {have!r}; segment "
-                    f"{r.segment_index} of stream {r.stream_id!r} comes from {value!r} (use another store)")
+                    f"{r.segment_index} of stream {r.stream_id!r} comes from {value!r} (use another store)"
+                )
 
     def remove(self, uids: Sequence[int]) -> int:
         self._check_writable()
@@ -309,15 +341,30 @@ class MilvusStore(StoreSearch):
         return "milvus"
 
     def _row(self, e: dict) -> dict:
-        return {"uid": int(e["uid"]), "stream_id": e["stream_id"], "segment_index": int(e["segment_index"]),
-                "t_start": float(e["t_start"]), "t_end": float(e["t_end"]), "uri": e["uri"] or None,
-                "labels": json.loads(e["labels"]), "scores": json.loads(e["scores"])}
+        return {
+            "uid": int(e["uid"]),
+            "stream_id": e["stream_id"],
+            "segment_index": int(e["segment_index"]),
+            "t_start": float(e["t_start"]),
+            "t_end": float(e["t_end"]),
+            "uri": e["uri"] or None,
+            "labels": json.loads(e["labels"]),
+            "scores": json.loads(e["scores"]),
+        }
 
     def _hit(self, score: float, e: dict) -> SearchHit:
         r = self._row(e)
-        return SearchHit(uid=r["uid"], score=float(score), stream_id=r["stream_id"],
-                         segment_index=r["segment_index"], t_start=r["t_start"], t_end=r["t_end"],
-                         uri=r["uri"] or "", labels=tuple(r["labels"]), label_scores=tuple(r["scores"]))
+        return SearchHit(
+            uid=r["uid"],
+            score=float(score),
+            stream_id=r["stream_id"],
+            segment_index=r["segment_index"],
+            t_start=r["t_start"],
+            t_end=r["t_end"],
+            uri=r["uri"] or "",
+            labels=tuple(r["labels"]),
+            label_scores=tuple(r["scores"]),
+        )
 
     def _search_units(self, q: np.ndarray, k: int, keep=None, **params) -> list[list[SearchHit]]:
         if k < 1:
@@ -327,8 +374,9 @@ class MilvusStore(StoreSearch):
             return [[] for _ in range(q.shape[0])]
         fields = [f for f in _FIELDS if f != "uid"]
         first = min(k if keep is None else 2 * k + 8, n_live, _MAX_LIMIT)
-        res = self.client.search(self.collection, data=q.tolist(), limit=first, output_fields=fields,
-                                 anns_field="vector")
+        res = self.client.search(
+            self.collection, data=q.tolist(), limit=first, output_fields=fields, anns_field="vector"
+        )
         out = []
         for row, found in enumerate(res):
             hits = [self._hit(h["distance"], dict(h["entity"], uid=h["uid"])) for h in found]
@@ -337,16 +385,23 @@ class MilvusStore(StoreSearch):
                 hits = [h for h in hits if keep(h)]
             while len(hits) < k and kk < min(n_live, _MAX_LIMIT):
                 kk = min(4 * kk, n_live, _MAX_LIMIT)
-                wide = self.client.search(self.collection, data=q[row:row + 1].tolist(), limit=kk,
-                                          output_fields=fields, anns_field="vector")[0]
-                hits = [h for h in (self._hit(w["distance"], dict(w["entity"], uid=w["uid"])) for w in wide)
-                        if keep is None or keep(h)]
+                wide = self.client.search(
+                    self.collection, data=q[row : row + 1].tolist(), limit=kk, output_fields=fields, anns_field="vector"
+                )[0]
+                hits = [
+                    h
+                    for h in (self._hit(w["distance"], dict(w["entity"], uid=w["uid"])) for w in wide)
+                    if keep is None or keep(h)
+                ]
             out.append(hits[:k])
         return out
 
     def vector(self, uid: int) -> np.ndarray:
-        got = self.client.get(self.collection, ids=[int(uid)], output_fields=["vector"]) \
-            if self.client.has_collection(self.collection) else []
+        got = (
+            self.client.get(self.collection, ids=[int(uid)], output_fields=["vector"])
+            if self.client.has_collection(self.collection)
+            else []
+        )
         if not got:
             raise KeyError(f"id {uid} is not in video store {self.path}")
         return np.asarray(got[0]["vector"], np.float32)
@@ -379,11 +434,21 @@ class MilvusStore(StoreSearch):
         return sorted({r["stream_id"] for r in self._query_all("", ["stream_id"])})
 
     def stream_rows(self, stream_id: str) -> pa.Table:
-        rows = sorted((self._row(r) for r in self._query_all(f"stream_id == {json.dumps(stream_id)}", _FIELDS)),
-                      key=lambda r: r["segment_index"])
-        return pa.Table.from_pylist(rows) if rows else pa.table({"uid": pa.array([], pa.int64()),
-                                                                  "t_start": pa.array([], pa.float64()),
-                                                                  "t_end": pa.array([], pa.float64())})
+        rows = sorted(
+            (self._row(r) for r in self._query_all(f"stream_id == {json.dumps(stream_id)}", _FIELDS)),
+            key=lambda r: r["segment_index"],
+        )
+        return (
+            pa.Table.from_pylist(rows)
+            if rows
+            else pa.table(
+                {
+                    "uid": pa.array([], pa.int64()),
+                    "t_start": pa.array([], pa.float64()),
+                    "t_end": pa.array([], pa.float64()),
+                }
+            )
+        )
 
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(uids, vectors) of every stored segment, by uid."""
@@ -417,6 +482,7 @@ class MilvusStore(StoreSearch):
         d = self.client.describe_collection(self.collection)
         dims = [f.get("params", {}).get("dim") for f in d.get("fields", []) if f.get("name") == "vector"]
         if dims and int(dims[0]) != int(self.meta["dim"]):
-            problems.append(f"collection {self.collection!r} holds {dims[0]}-dim vectors, {DESCRIPTION} records "
-                            f"{self.meta['dim']}")
+            problems.append(
+                f"collection {self.collection!r} holds {dims[0]}-dim vectors, {DESCRIPTION} records {self.meta['dim']}"
+            )
         return problems

@@ -21,6 +21,7 @@ What the record catches (each a `Problem` naming the file): a part whose bytes c
 (a flipped bit, truncation), a part missing, a part no record names (another run's or
 table's file dropped in), the record itself damaged.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,9 @@ def _entry(e: dict) -> dict:
 class PartManifest:
     """The record of one table directory (see the module doc)."""
 
-    def __init__(self, directory: PathLike, parts: Optional[dict] = None, pending: Optional[dict] = None,
-                 *, exists: bool = False):
+    def __init__(
+        self, directory: PathLike, parts: Optional[dict] = None, pending: Optional[dict] = None, *, exists: bool = False
+    ):
         self.directory = Path(directory)
         self.parts: dict[str, dict] = dict(parts or {})
         self.pending: dict[str, dict] = dict(pending or {})
@@ -89,8 +91,9 @@ class PartManifest:
 
     # -- writing (the table's one writer, under its lock) --------------------------------
     def write(self) -> None:
-        write_bytes_atomic(self.directory / MANIFEST,
-                           seal({"format": FORMAT, "parts": self.parts, "pending": self.pending}))
+        write_bytes_atomic(
+            self.directory / MANIFEST, seal({"format": FORMAT, "parts": self.parts, "pending": self.pending})
+        )
         self.exists = True
         self.stale = False
 
@@ -156,8 +159,13 @@ class PartManifest:
             on_disk.add(name)
             if name not in self.parts and name not in self.pending:
                 what = "a directory" if p.is_dir() else "a file"
-                problems.append(Problem(prefix + name, f"{what} that {MANIFEST} does not record (not a part "
-                                                       "of these results; readers of the directory would read it)"))
+                problems.append(
+                    Problem(
+                        prefix + name,
+                        f"{what} that {MANIFEST} does not record (not a part "
+                        "of these results; readers of the directory would read it)",
+                    )
+                )
                 continue
             if not p.is_file() or p.is_symlink():
                 problems.append(Problem(prefix + name, "not a regular file"))

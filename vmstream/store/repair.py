@@ -11,6 +11,7 @@ The results are checked too (`verify_results`: each part against its table's
 damaged or unrecorded part into OUT/damaged-<UTC time>/<table>/ and drops missing ones
 from the record, naming each.
 """
+
 from __future__ import annotations
 
 import os
@@ -150,14 +151,20 @@ def _read_whole(p: Path) -> int:
 @dataclass(frozen=True)
 class RebuildReport:
     vectors: int
-    skipped: int        # rows without a usable embedding (none, NaN, another model)
+    skipped: int  # rows without a usable embedding (none, NaN, another model)
     aside: Optional[Path]
     moved: list[str]
     notes: tuple[str, ...] = ()  # where the rebuilt store's options came from, when not its own metadata
 
 
-def rebuild_from_results(store_dir: PathLike, segments_dir: PathLike, *, kind: Optional[str] = None,
-                         fallback: Optional[dict] = None, **store_options) -> RebuildReport:
+def rebuild_from_results(
+    store_dir: PathLike,
+    segments_dir: PathLike,
+    *,
+    kind: Optional[str] = None,
+    fallback: Optional[dict] = None,
+    **store_options,
+) -> RebuildReport:
     """A new store at `store_dir` from the segment results in `segments_dir`, the old
     files moved into `store_dir/damaged-<UTC time>/`. The damaged store's kind and
     options are kept where its metadata passes its checksum; otherwise `fallback`'s
@@ -165,8 +172,10 @@ def rebuild_from_results(store_dir: PathLike, segments_dir: PathLike, *, kind: O
     `kind` overrides."""
     store_dir, segments_dir = Path(store_dir), Path(segments_dir)
     if not segments_dir.is_dir():
-        raise FileNotFoundError(f"no Parquet results at {segments_dir} (the store is rebuilt from them; "
-                                "was the run made with output.parquet off?)")
+        raise FileNotFoundError(
+            f"no Parquet results at {segments_dir} (the store is rebuilt from them; "
+            "was the run made with output.parquet off?)"
+        )
     table = read_table(segments_dir)  # before anything moves: unreadable results change nothing
     table = table.filter(table.column("embedding").is_valid())
     if table.num_rows == 0:
@@ -177,8 +186,10 @@ def rebuild_from_results(store_dir: PathLike, segments_dir: PathLike, *, kind: O
         old = {k: v for k, v in (fallback or {}).items() if v is not None}
         if store_dir.is_dir() and any(files.list_entries(store_dir)[0]):
             derived = ", ".join(f"{k} {old[k]}" for k in sorted(old)) or "nothing"
-            notes.append(f"its metadata is not trusted ({source}): the rebuilt store takes {derived} from the "
-                         f"run's config, the defaults for the rest, and its dimension from the results")
+            notes.append(
+                f"its metadata is not trusted ({source}): the rebuilt store takes {derived} from the "
+                f"run's config, the defaults for the rest, and its dimension from the results"
+            )
     options = {k: old[k] for k in _OPTIONS if old.get(k) is not None}
     if kind is not None:
         options["kind"] = kind
@@ -214,5 +225,4 @@ def _add_rows(store: VideoStore, rows: list[dict]) -> int:
     return refused
 
 
-__all__ = ["RebuildReport", "StoreReport", "rebuild_from_results", "repair_results", "verify_results",
-           "verify_store"]
+__all__ = ["RebuildReport", "StoreReport", "rebuild_from_results", "repair_results", "verify_results", "verify_store"]

@@ -49,6 +49,7 @@ against it on open: a damaged, missing or unrecorded part is a `ResultsCorruptEr
 (one line naming it), never read into a compaction or a run. A directory of an older
 vmstream (no record) has its parts recorded as they are on first open.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -176,8 +177,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` in `schema`: columns an older schema lacked (stream_version) as nulls."""
     if table.schema.equals(schema, check_metadata=False):
         return table.replace_schema_metadata(schema.metadata)
-    cols = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-            for f in schema]
+    cols = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)
 
 
@@ -241,8 +241,12 @@ class PartTable:
                     raise ResultsCorruptError(self.directory, [Problem(name, _unreadable(e))]) from None
             m.adopt(found)
             if found:
-                log.info("%s: recorded its %d parts (written by an older vmstream) in %s", self.directory,
-                         len(found), MANIFEST)
+                log.info(
+                    "%s: recorded its %d parts (written by an older vmstream) in %s",
+                    self.directory,
+                    len(found),
+                    MANIFEST,
+                )
             m.write()
             return m
         if m.settle():
@@ -291,8 +295,9 @@ class PartTable:
         final = self._new_part_path()
         tmp = tmp_path_for(final)
         try:
-            pq.write_table(table, tmp, row_group_size=self.row_group_rows, compression=self.compression,
-                           write_page_checksum=True)
+            pq.write_table(
+                table, tmp, row_group_size=self.row_group_rows, compression=self.compression, write_page_checksum=True
+            )
             self._put([(tmp, final, table.num_rows)])
         except BaseException:
             remove_quietly(tmp)
@@ -347,8 +352,12 @@ class PartTable:
         key_cols = list(self.key) if self.key else None
         read_cols = key_cols if key_cols is None or drop_stream is None else sorted({*key_cols, "stream_id"})
         # Emptied parts (kept for readers that may have listed them) are read as empty.
-        key_tables = [_read_columns(p.path, read_cols) if p.num_rows else
-                      self.schema.empty_table().select(read_cols or self.schema.names) for p in parts]
+        key_tables = [
+            _read_columns(p.path, read_cols)
+            if p.num_rows
+            else self.schema.empty_table().select(read_cols or self.schema.names)
+            for p in parts
+        ]
         keys_per_part = [_keys_of(t, self.key) for t in key_tables]
         if keys_per_part and isinstance(keys_per_part[0], np.ndarray):
             all_keys: Sequence = np.concatenate(keys_per_part)
@@ -385,8 +394,9 @@ class PartTable:
         kept_rows = 0
         tmps = [tmp_path_for(out)]
         try:
-            with pq.ParquetWriter(tmps[0], self.schema, compression=self.compression,
-                                  write_page_checksum=True) as writer:
+            with pq.ParquetWriter(
+                tmps[0], self.schema, compression=self.compression, write_page_checksum=True
+            ) as writer:
                 for i in chosen:
                     pf = pq.ParquetFile(parts[i].path, page_checksum_verification=True)
                     offset = 0
@@ -396,15 +406,18 @@ class PartTable:
                         if not m.all():
                             batch = batch.filter(pa.array(m))
                         if batch.num_rows:
-                            writer.write_table(_conform(pa.Table.from_batches([batch]), self.schema),
-                                               row_group_size=self.row_group_rows)
+                            writer.write_table(
+                                _conform(pa.Table.from_batches([batch]), self.schema),
+                                row_group_size=self.row_group_rows,
+                            )
                             kept_rows += batch.num_rows
             items = [(tmps[0], out, kept_rows)]
             # The other inputs are emptied in place: readers that listed them read no rows.
             for i in chosen[:-1]:
                 tmps.append(tmp_path_for(parts[i].path))
-                pq.write_table(self.schema.empty_table(), tmps[-1], compression=self.compression,
-                               write_page_checksum=True)
+                pq.write_table(
+                    self.schema.empty_table(), tmps[-1], compression=self.compression, write_page_checksum=True
+                )
                 items.append((tmps[-1], parts[i].path, 0))
             self._put(items)  # the merged part first: the stubs follow it (module doc)
         except BaseException:
@@ -497,8 +510,9 @@ def _record_of(directory: Path) -> Optional[PartManifest]:
     return record if record.exists else None
 
 
-def _read_part(path: Path, schema: pa.Schema, record: Optional[PartManifest] = None, *,
-               last_try: bool = True) -> pa.Table:
+def _read_part(
+    path: Path, schema: pa.Schema, record: Optional[PartManifest] = None, *, last_try: bool = True
+) -> pa.Table:
     """One part, its bytes checked against the table's record (when it has one) and its
     pages against their checksums: the bytes checked are the bytes parsed."""
     data = path.read_bytes()

@@ -1,6 +1,7 @@
 """Searching a video store: by vector, by a stored segment, by a stream's moment, by a
 query video. `StoreSearch` is the reading half of `VideoStore` (it needs the store's
 `index`, `ids`, `dim` and `path`); `SearchHit` is what a search returns."""
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,7 @@ class StoreSearch:
 
     @property
     def metric(self) -> str:
-        """"cosine": vectors are stored L2-normalised; "ip": as given (a video-text model's
+        """ "cosine": vectors are stored L2-normalised; "ip": as given (a video-text model's
         joint-space embeddings, whose inner product with a text feature is its score)."""
         return self.meta.get("metric", "cosine")
 
@@ -95,12 +96,19 @@ class StoreSearch:
         for s, row in zip(scores[valid], rows):
             if row is None:
                 continue
-            hits.append(SearchHit(
-                uid=int(row["uid"]), score=float(s), stream_id=row["stream_id"],
-                segment_index=int(row["segment_index"]), t_start=float(row["t_start"]),
-                t_end=float(row["t_end"]), uri=row["uri"] or "",
-                labels=tuple(row["labels"] or ()), label_scores=tuple(row["scores"] or ()),
-            ))
+            hits.append(
+                SearchHit(
+                    uid=int(row["uid"]),
+                    score=float(s),
+                    stream_id=row["stream_id"],
+                    segment_index=int(row["segment_index"]),
+                    t_start=float(row["t_start"]),
+                    t_end=float(row["t_end"]),
+                    uri=row["uri"] or "",
+                    labels=tuple(row["labels"] or ()),
+                    label_scores=tuple(row["scores"] or ()),
+                )
+            )
         return hits
 
     def _search_units(self, q: np.ndarray, k: int, keep=None, **params) -> list[list[SearchHit]]:
@@ -125,8 +133,15 @@ class StoreSearch:
             out.append(hits[:k])
         return out
 
-    def search(self, vectors, k: int = 10, *, nprobe: Optional[int] = None, ef: Optional[int] = None,
-               exclude: Iterable[int] = ()):
+    def search(
+        self,
+        vectors,
+        k: int = 10,
+        *,
+        nprobe: Optional[int] = None,
+        ef: Optional[int] = None,
+        exclude: Iterable[int] = (),
+    ):
         """Nearest stored segments by cosine similarity.
 
         `vectors` [D] returns list[SearchHit]; [n, D] returns one list per row. `nprobe`
@@ -152,13 +167,16 @@ class StoreSearch:
         """Segments like the stored segment `uid`."""
         return self.search(self.vector(uid), k, exclude=[uid] if exclude_self else (), **params)
 
-    def search_at(self, stream_id: str, t: float, k: int = 10, *, exclude_self: bool = True, **params) -> list[SearchHit]:
+    def search_at(
+        self, stream_id: str, t: float, k: int = 10, *, exclude_self: bool = True, **params
+    ) -> list[SearchHit]:
         """Segments like the one of `stream_id` at `t` seconds (the covering segment,
         else the nearest in time)."""
         return self.search_id(self.ids.segment_at(stream_id, float(t)), k, exclude_self=exclude_self, **params)
 
-    def search_video(self, embeddings, k: int = 10, *, mode: str = "mean",
-                     exclude_stream: Optional[str] = None, **params) -> list[SearchHit]:
+    def search_video(
+        self, embeddings, k: int = 10, *, mode: str = "mean", exclude_stream: Optional[str] = None, **params
+    ) -> list[SearchHit]:
         """Search by a query video given as its segments' embeddings [n, D] (embed the
         video with the model, then call this).
 

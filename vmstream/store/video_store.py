@@ -36,6 +36,7 @@ faiss's OpenMP/OpenBLAS threads mostly spin waiting for each other. By default
 (`threads=None`) faiss runs on one thread except for HNSW bulk adds (the measurements
 are in `index.py`); `threads=n` uses n threads for everything.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,8 @@ import pyarrow as pa
 
 from vmstream.records import SCHEMA_VERSION, SegmentResult
 
-from .atomic import DirLock, remove_stale_tmp
 from . import files
+from .atomic import DirLock, remove_stale_tmp
 from .files import Problem, StoreCorruptError, StoredState
 from .idmap import ID_MAP_FIELDS, ID_MAP_SCHEMA, IdMap, meta_table
 from .index import KINDS, TRAINED_KINDS, VectorIndex, default_nlist, gpu_available, min_train_size
@@ -73,12 +74,12 @@ __all__ = ["SearchHit", "StoreCorruptError", "VideoStore"]
 class VideoStore(StoreSearch):
     """The FAISS video embedding store. See the module docstring for the layout.
 
-        store = VideoStore("out/index", dim=192)        # create or load-and-continue
-        store.add_results(results)                       # upsert by SegmentResult.uid
-        store.commit()                                   # durable (a log file)
-        store.search(vec, k=10)                          # -> list[SearchHit]
-        store.search_id(uid), store.search_at("cam0", 65.0), store.search_video(E)
-        store.close()                                    # one compacted generation
+    store = VideoStore("out/index", dim=192)        # create or load-and-continue
+    store.add_results(results)                       # upsert by SegmentResult.uid
+    store.commit()                                   # durable (a log file)
+    store.search(vec, k=10)                          # -> list[SearchHit]
+    store.search_id(uid), store.search_at("cam0", 65.0), store.search_video(E)
+    store.close()                                    # one compacted generation
     """
 
     def __init__(
@@ -110,9 +111,9 @@ class VideoStore(StoreSearch):
         self.threads = None if threads is None else int(threads)
         self.wal_max_rows, self.wal_max_files = int(wal_max_rows), int(wal_max_files)
         self.wal_max_bytes = int(wal_max_bytes)
-        self._log: list[pa.Table] = []   # changes since the last commit, in order
-        self._full_save = False          # a change the log cannot express (conversion, meta)
-        self._wal: list[dict] = []       # this generation's committed log files (CURRENT's records)
+        self._log: list[pa.Table] = []  # changes since the last commit, in order
+        self._full_save = False  # a change the log cannot express (conversion, meta)
+        self._wal: list[dict] = []  # this generation's committed log files (CURRENT's records)
         self._lock: Optional[DirLock] = None
         if not readonly:
             self._lock = DirLock(self.path, what="video store").acquire()
@@ -209,8 +210,14 @@ class VideoStore(StoreSearch):
         self.ids = IdMap(state.ids)
         gen = files.gen_name(state.generation)
         if int(self.meta.get("count", len(self.ids))) != len(self.ids):
-            raise StoreCorruptError(self.path, [Problem(f"{gen}/ids.parquet", f"holds {len(self.ids)} rows, "
-                                                        f"meta.json records {self.meta.get('count')}")])
+            raise StoreCorruptError(
+                self.path,
+                [
+                    Problem(
+                        f"{gen}/ids.parquet", f"holds {len(self.ids)} rows, meta.json records {self.meta.get('count')}"
+                    )
+                ],
+            )
         for entry, table in zip(state.log_entries, state.logs):
             try:
                 self._apply_log(table)
@@ -243,8 +250,11 @@ class VideoStore(StoreSearch):
             self.ids.add(part.select(list(ID_MAP_FIELDS)).cast(ID_MAP_SCHEMA))
 
     def _compaction_due(self, rows: int) -> bool:
-        return (self._wal_rows + rows > self.wal_max_rows or len(self._wal) + 1 > self.wal_max_files
-                or sum(e["size"] for e in self._wal) > self.wal_max_bytes)
+        return (
+            self._wal_rows + rows > self.wal_max_rows
+            or len(self._wal) + 1 > self.wal_max_files
+            or sum(e["size"] for e in self._wal) > self.wal_max_bytes
+        )
 
     @property
     def _wal_rows(self) -> int:
@@ -287,17 +297,22 @@ class VideoStore(StoreSearch):
             return False
         gen = int(self.meta["generation"]) + 1
         t0 = time.perf_counter()
-        meta = dict(self.meta, generation=gen, count=len(self.ids), saved_at=time.time(),
-                    index_kind=self.index.kind if self.index else None)
-        files.write_generation(self.path, gen, meta, self.index.index if self.index else None, self.ids,
-                               self.consumer)
+        meta = dict(
+            self.meta,
+            generation=gen,
+            count=len(self.ids),
+            saved_at=time.time(),
+            index_kind=self.index.kind if self.index else None,
+        )
+        files.write_generation(self.path, gen, meta, self.index.index if self.index else None, self.ids, self.consumer)
         # CURRENT names the new generation: the old one and its log can go.
         files.remove_leftovers(self.path, gen, [])
         self.meta = meta
         self._dirty = False
         self._log, self._full_save, self._wal = [], False, []
-        log.debug("saved %s (%d vectors) in %.2fs", self.path / files.gen_name(gen), len(self.ids),
-                  time.perf_counter() - t0)
+        log.debug(
+            "saved %s (%d vectors) in %.2fs", self.path / files.gen_name(gen), len(self.ids), time.perf_counter() - t0
+        )
         return True
 
     def close(self) -> None:
@@ -374,7 +389,9 @@ class VideoStore(StoreSearch):
         if x.shape[0] != uids.size:
             raise ValueError(f"video store {self.path}: {uids.size} ids for {x.shape[0]} vectors")
         if (uids < 0).any():
-            raise ValueError(f"video store {self.path}: ids must be non-negative (segment_uid), got {int(uids[uids < 0][0])}")
+            raise ValueError(
+                f"video store {self.path}: ids must be non-negative (segment_uid), got {int(uids[uids < 0][0])}"
+            )
         table = meta if isinstance(meta, pa.Table) else meta_table(uids, meta)
         if table.num_rows != uids.size or not np.array_equal(table.column("uid").to_numpy(), uids):
             raise ValueError(f"video store {self.path}: id-map rows do not match the ids")
@@ -470,8 +487,9 @@ class VideoStore(StoreSearch):
             rng = np.random.default_rng(0)
             n_train = min(n, max(min_train_size(nlist), 64 * 1024))
             sample = vecs[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else vecs
-            fresh = VectorIndex.trained(kind, sample, n_expected=n, nlist=nlist, pq_m=self.meta.get("pq_m"),
-                                        threads=self.threads)
+            fresh = VectorIndex.trained(
+                kind, sample, n_expected=n, nlist=nlist, pq_m=self.meta.get("pq_m"), threads=self.threads
+            )
         elif kind == "hnsw":
             fresh = VectorIndex.empty("hnsw", self.dim, hnsw_m=int(self.meta.get("hnsw_m") or 32), threads=self.threads)
         else:
@@ -482,7 +500,9 @@ class VideoStore(StoreSearch):
         self._dirty = True
         self._full_save = True  # a new index: the log of the old one no longer applies
         self._gpu_index = None
-        log.info("video store %s: built %s index over %d vectors in %.1fs", self.path, kind, n, time.perf_counter() - t0)
+        log.info(
+            "video store %s: built %s index over %d vectors in %.1fs", self.path, kind, n, time.perf_counter() - t0
+        )
 
     def rebuild(self, kind: Optional[str] = None, *, nlist: Optional[int] = None) -> None:
         """Re-build the index (optionally of another kind, or with more IVF lists) from

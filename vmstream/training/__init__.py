@@ -14,6 +14,7 @@ evaluation), `checkpoint` (official layout, exact resume), `distributed` (torchr
 `model_setup` (seeds, threads, device, the recipe's model), `trainer` (whole runs), `epochs` (the resume / save / stop skeleton the three training loops share).
 Recipes are read with `vmstream.config_loader`, as the pipeline's presets are.
 """
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ The same entry points `vmstream train` / `vmstream eval` call. Under torchrun
 (``torchrun --nproc_per_node 2 -m vmstream.training train ...``) every process runs
 this and joins the process group.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ COIN); LVU rows add the video's duration in seconds, ``path,label,duration``, an
 LVU videos are cut into sliding windows (`lvu_windows`). The split character and a path
 prefix are configurable, as in the official ``--split`` / ``--prefix``.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,7 +90,8 @@ def read_video_list(
             if len(cols) < ncols:
                 want = "path, label, duration" if with_duration else "path, label"
                 raise AnnotationError(
-                    f"{list_path}:{n}: expected {ncols} columns ({want}) separated by {sep!r}, got {line!r}")
+                    f"{list_path}:{n}: expected {ncols} columns ({want}) separated by {sep!r}, got {line!r}"
+                )
             path = cols[0].strip()
             try:
                 label = float(cols[1]) if regression else int(cols[1])
@@ -116,7 +118,8 @@ def check_labels(entries: Sequence[VideoEntry], num_classes: int, list_path: str
         if not 0 <= int(e.label) < num_classes:
             raise AnnotationError(
                 f"{list_path or 'annotation list'}:{e.line}: label {e.label} is outside "
-                f"[0, {num_classes}) for {e.path!r}")
+                f"[0, {num_classes}) for {e.path!r}"
+            )
 
 
 def lvu_windows(duration: float, window: float = 60.0, stride: float = 16.0) -> list[tuple[float, float]]:
@@ -150,8 +153,9 @@ def trim_entries(entries: Sequence[VideoEntry], window: float, stride: float) ->
     out = []
     for e in entries:
         if e.duration is None:
-            raise AnnotationError(f"line {e.line}: {e.path!r} has no duration; LVU trimming needs "
-                                  "'path,label,duration' rows")
+            raise AnnotationError(
+                f"line {e.line}: {e.path!r} has no duration; LVU trimming needs 'path,label,duration' rows"
+            )
         for s, t in lvu_windows(e.duration, window, stride):
             out.append(VideoEntry(e.path, e.label, s, t, e.duration, e.line))
     return out

@@ -12,6 +12,7 @@ The image ops are torchvision's tensor kernels; RandAugment's policy string and
 magnitude rules (``rand-m7-n4-mstd0.5-inc1``) are timm's. Randomness comes from Python's
 `random` (as the official code), so checkpoints restore it exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,22 +34,56 @@ _MAX_LEVEL = 10.0
 _FILL = [128.0, 128.0, 128.0]
 
 RAND_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
-    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
-    "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 # "inc1": ops whose strength grows with the magnitude (timm's increasing variants).
 RAND_INCREASING_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
-    "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing",
-    "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
-    "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 _CHOICE_WEIGHTS_0 = {
-    "Rotate": 0.3, "ShearX": 0.2, "ShearY": 0.2, "TranslateXRel": 0.1, "TranslateYRel": 0.1,
-    "Color": 0.025, "Sharpness": 0.025, "AutoContrast": 0.025, "Solarize": 0.005,
-    "SolarizeAdd": 0.005, "Contrast": 0.005, "Brightness": 0.005, "Equalize": 0.005,
-    "Posterize": 0, "Invert": 0,
+    "Rotate": 0.3,
+    "ShearX": 0.2,
+    "ShearY": 0.2,
+    "TranslateXRel": 0.1,
+    "TranslateYRel": 0.1,
+    "Color": 0.025,
+    "Sharpness": 0.025,
+    "AutoContrast": 0.025,
+    "Solarize": 0.005,
+    "SolarizeAdd": 0.005,
+    "Contrast": 0.005,
+    "Brightness": 0.005,
+    "Equalize": 0.005,
+    "Posterize": 0,
+    "Invert": 0,
 }
 
 
@@ -113,14 +148,29 @@ def _apply_op(name: str, clip: Tensor, arg, interp: InterpolationMode) -> Tensor
     if base in ("ShearX", "ShearY"):
         deg = math.degrees(math.atan(float(arg)))
         shear = [deg, 0.0] if base == "ShearX" else [0.0, deg]
-        return F.affine(clip, angle=0.0, translate=[0, 0], scale=1.0, shear=shear,
-                        interpolation=interp, fill=_FILL, center=[0, 0])
+        return F.affine(
+            clip, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=interp, fill=_FILL, center=[0, 0]
+        )
     if base == "TranslateXRel":
-        return F.affine(clip, angle=0.0, translate=[-float(arg) * w, 0.0], scale=1.0,
-                        shear=[0.0, 0.0], interpolation=interp, fill=_FILL)
+        return F.affine(
+            clip,
+            angle=0.0,
+            translate=[-float(arg) * w, 0.0],
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=interp,
+            fill=_FILL,
+        )
     if base == "TranslateYRel":
-        return F.affine(clip, angle=0.0, translate=[0.0, -float(arg) * h], scale=1.0,
-                        shear=[0.0, 0.0], interpolation=interp, fill=_FILL)
+        return F.affine(
+            clip,
+            angle=0.0,
+            translate=[0.0, -float(arg) * h],
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=interp,
+            fill=_FILL,
+        )
     raise ValueError(f"unknown RandAugment op {name!r}")
 
 
@@ -179,8 +229,10 @@ class RandAugment:
         if self.weights is None:
             names = [self.ops[int(i)] for i in np.random.choice(len(self.ops), self.spec.num_ops)]
         else:
-            names = [self.ops[int(i)] for i in np.random.choice(len(self.ops), self.spec.num_ops,
-                                                                replace=False, p=self.weights)]
+            names = [
+                self.ops[int(i)]
+                for i in np.random.choice(len(self.ops), self.spec.num_ops, replace=False, p=self.weights)
+            ]
         for name in names:
             if random.random() > self.prob:
                 continue
@@ -195,8 +247,9 @@ class RandAugment:
 # ---------------------------------------------------------------------- geometry
 
 
-def random_resized_crop_params(height: int, width: int, scale=(0.08, 1.0),
-                               ratio=(3 / 4, 4 / 3), attempts: int = 10) -> tuple[int, int, int, int]:
+def random_resized_crop_params(
+    height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts: int = 10
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of an Inception-style crop; falls back to a centre crop."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -217,8 +270,9 @@ def random_resized_crop_params(height: int, width: int, scale=(0.08, 1.0),
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def multi_scale_crop_params(height: int, width: int, crop: int,
-                            scales=(1.0, 0.875, 0.75, 0.66), max_distort: int = 1, fix_crop: bool = True):
+def multi_scale_crop_params(
+    height: int, width: int, crop: int, scales=(1.0, 0.875, 0.75, 0.66), max_distort: int = 1, fix_crop: bool = True
+):
     """TSN's multi-scale crop (the official ``GroupMultiScaleCrop`` of masked pretraining):
     a crop side pair from base*scales (sides within 3 px of `crop` snap to it; aspect
     distortion at most `max_distort` steps), placed at one of the 13 fixed offsets
@@ -265,9 +319,9 @@ def spatial_views(clip: Tensor, size: int, num_crops: int) -> list[Tensor]:
         else:
             start = int(k * (long_side - size) / (num_crops - 1))
         if h >= w:
-            views.append(clip[..., start:start + size, :])
+            views.append(clip[..., start : start + size, :])
         else:
-            views.append(clip[..., :, start:start + size])
+            views.append(clip[..., :, start : start + size])
     return views
 
 
@@ -289,8 +343,9 @@ def normalize(clip_u8: Tensor) -> Tensor:
     return (clip_u8.float().div_(255.0) - mean) / std
 
 
-def random_erase_(clip: Tensor, prob: float, area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3)),
-                  per_frame: bool = True) -> Tensor:
+def random_erase_(
+    clip: Tensor, prob: float, area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3)), per_frame: bool = True
+) -> Tensor:
     """Random erasing ('pixel' mode: per-pixel normal noise) of a normalised [T, C, H, W]
     clip. `per_frame` draws a box per frame, as the official fine-tuning does; False
     erases the same box in every frame."""
@@ -306,9 +361,9 @@ def random_erase_(clip: Tensor, prob: float, area=(0.02, 1 / 3), log_ratio=(math
             if eh < h and ew < w:
                 top, left = random.randint(0, h - eh), random.randint(0, w - ew)
                 if i is None:
-                    clip[:, :, top:top + eh, left:left + ew] = torch.randn(t, c, eh, ew)
+                    clip[:, :, top : top + eh, left : left + ew] = torch.randn(t, c, eh, ew)
                 else:
-                    clip[i, :, top:top + eh, left:left + ew] = torch.randn(c, eh, ew)
+                    clip[i, :, top : top + eh, left : left + ew] = torch.randn(c, eh, ew)
                 break
     return clip
 
@@ -345,7 +400,7 @@ class TrainTransform:
             top, left, ch, cw = random_resized_crop_params(h, w, tuple(self.scale), tuple(self.ratio))
         else:
             top, left, ch, cw = multi_scale_crop_params(h, w, self.crop_size)
-        x = x[..., top:top + ch, left:left + cw]
+        x = x[..., top : top + ch, left : left + cw]
         x = TF.interpolate(x, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False)
         if self.flip and random.random() < 0.5:
             x = x.flip(-1)

@@ -10,6 +10,7 @@ ignores: ``rng`` (torch, numpy, python ``random`` states, CUDA if present), ``st
 config). Everything is stored as tensors / plain Python values so resuming loads with
 ``weights_only=True`` (only ``argparse.Namespace`` is allowed beyond the defaults).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,26 @@ import torch
 import vmstream
 from vmstream.models.archive_check import check_archive
 
-_SCALER_DEFAULT = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
-                   "growth_interval": 2000, "_growth_tracker": 0}
+_SCALER_DEFAULT = {
+    "scale": 65536.0,
+    "growth_factor": 2.0,
+    "backoff_factor": 0.5,
+    "growth_interval": 2000,
+    "_growth_tracker": 0,
+}
 
 
 def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": _py_state_to_plain(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -50,8 +61,9 @@ def _py_state_to_plain(s):
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -75,9 +87,19 @@ def config_namespace(config) -> argparse.Namespace:
     return argparse.Namespace(**flat)
 
 
-def save_checkpoint(path: str, *, model, optimizer, epoch: int, step: int, config=None,
-                    scaler=None, best: Optional[float] = None, extra: Optional[dict] = None,
-                    model_state: Optional[dict] = None) -> str:
+def save_checkpoint(
+    path: str,
+    *,
+    model,
+    optimizer,
+    epoch: int,
+    step: int,
+    config=None,
+    scaler=None,
+    best: Optional[float] = None,
+    extra: Optional[dict] = None,
+    model_state: Optional[dict] = None,
+) -> str:
     """Write atomically (temp file + rename): a crash never leaves a half checkpoint.
     `model_state` replaces the model's state dict (e.g. written in another key layout)."""
     raw = model.module if hasattr(model, "module") else model
@@ -91,8 +113,10 @@ def save_checkpoint(path: str, *, model, optimizer, epoch: int, step: int, confi
         "step": int(step),
         "best": best,
         "rng": rng_state(),
-        "vmstream": {"version": vmstream.__version__,
-                     "config": config.model_dump() if hasattr(config, "model_dump") else {}},
+        "vmstream": {
+            "version": vmstream.__version__,
+            "config": config.model_dump() if hasattr(config, "model_dump") else {},
+        },
     }
     if extra:
         obj.update(extra)
@@ -121,8 +145,10 @@ def stop_line(what: str, out_dir: Optional[str], saving: bool) -> str:
     saves nothing (no output_dir, save_ckpt off), that a rerun starts over."""
     if out_dir and saving:
         return f"stopped after {what} (its checkpoint is in {out_dir}; the same command resumes)"
-    return f"stopped after {what} (no checkpoint is saved: save_ckpt is off or output_dir unset, so the same " \
-           f"command starts over)"
+    return (
+        f"stopped after {what} (no checkpoint is saved: save_ckpt is off or output_dir unset, so the same "
+        f"command starts over)"
+    )
 
 
 def find_resume(output_dir: str) -> Optional[str]:

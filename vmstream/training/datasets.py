@@ -15,6 +15,7 @@ A missing or corrupt video is reported (logged, counted in the batch's ``skipped
 and never stops training: a training sample is replaced by the next readable entry
 (deterministically, so data order survives resume); an evaluation sample is dropped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -158,8 +159,10 @@ class VideoClsDataset(Dataset):
                 skipped.append(Skip(e.path, str(err)))
                 i = (i + 1) % len(self.entries)
         if self.mode == "train":
-            raise RuntimeError(f"{self.max_retries} videos in a row could not be read, the last "
-                               f"{skipped[-1].path!r}: {skipped[-1].reason}")
+            raise RuntimeError(
+                f"{self.max_retries} videos in a row could not be read, the last "
+                f"{skipped[-1].path!r}: {skipped[-1].reason}"
+            )
         return None, self._label(self.entries[index]), index, skipped
 
 
@@ -192,11 +195,19 @@ class LongVideoDataset(Dataset):
     parameters for the whole video (training) or resized and centre-cropped (eval),
     returned as [S, 3, T, H, W]. Items: (x, label, index, skipped)."""
 
-    def __init__(self, entries: Sequence[VideoEntry], segments: int, segment_frames: int,
-                 train: bool, crop_size: int = 224, short_side_size: int = 224,
-                 train_transform: Optional[TrainTransform] = None,
-                 decode_short_side: Optional[int] = 256,
-                 target_fn: Optional[Callable[[float], float]] = None, max_retries: int = 10):
+    def __init__(
+        self,
+        entries: Sequence[VideoEntry],
+        segments: int,
+        segment_frames: int,
+        train: bool,
+        crop_size: int = 224,
+        short_side_size: int = 224,
+        train_transform: Optional[TrainTransform] = None,
+        decode_short_side: Optional[int] = 256,
+        target_fn: Optional[Callable[[float], float]] = None,
+        max_retries: int = 10,
+    ):
         if not entries:
             raise ValueError("dataset has no entries")
         self.entries = list(entries)

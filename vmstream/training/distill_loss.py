@@ -8,6 +8,7 @@ gradients. The student's predictions are L2-normalised by its decoders, so for t
 official default loss (``l2``) each token contributes 2 - 2 cos(pred, target), i.e. the
 squared distance of two unit vectors.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -25,8 +26,10 @@ def visible_targets(teacher_out: Tensor, mask: Tensor) -> Tensor:
     t = teacher_out.unsqueeze(0) if squeeze else teacher_out
     K, B, L, C = t.shape
     if mask.shape != (B, L):
-        raise ValueError(f"mask {tuple(mask.shape)} does not match the teacher's tokens [B={B}, {L}] "
-                         "(does the teacher return the cls token? set clip_return_cls)")
+        raise ValueError(
+            f"mask {tuple(mask.shape)} does not match the teacher's tokens [B={B}, {L}] "
+            "(does the teacher return the cls token? set clip_return_cls)"
+        )
     vis = t[:, ~mask].reshape(K, B, -1, C)
     return vis[0] if squeeze else vis
 

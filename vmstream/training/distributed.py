@@ -4,6 +4,7 @@
 LOCAL_RANK; `init()` then joins the group (gloo on CPU, nccl on CUDA). Without those
 variables everything runs as a single process and the helpers are no-ops.
 """
+
 from __future__ import annotations
 
 import datetime

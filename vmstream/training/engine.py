@@ -7,6 +7,7 @@ what the official ``engine_for_finetuning.py`` does: per-step lr / weight-decay 
 the schedule (times each group's layer-decay scale), gradient accumulation
 (`update_freq`), clipping, bf16 autocast on CUDA (fp32 on CPU), NaN/inf loss stops.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,9 @@ def autocast_context(device: torch.device, bf16: bool = True):
     return contextlib.nullcontext()
 
 
-def clip_step(criterion: nn.Module, mixup=None, device=torch.device("cpu"), amp=None,
-              regression: bool = False) -> StepFn:
+def clip_step(
+    criterion: nn.Module, mixup=None, device=torch.device("cpu"), amp=None, regression: bool = False
+) -> StepFn:
     """Step for clip batches: x [B, 3, T, H, W] -> model(x) -> criterion -> backward."""
     amp = amp or contextlib.nullcontext
 
@@ -153,8 +155,15 @@ def train_one_epoch(
         stats.lrs.append(max(g["lr"] for g in optimizer.param_groups))
         stats.grad_norms.append(float(norm))
         if dist.is_main() and log_every and step % log_every == 0:
-            log.info("epoch %d step %d/%d loss %.4f lr %.3g grad_norm %.3f", epoch, step,
-                     steps_per_epoch, mean_loss, stats.lrs[-1], stats.grad_norms[-1])
+            log.info(
+                "epoch %d step %d/%d loss %.4f lr %.3g grad_norm %.3f",
+                epoch,
+                step,
+                steps_per_epoch,
+                mean_loss,
+                stats.lrs[-1],
+                stats.grad_norms[-1],
+            )
         step += 1
     stats.seconds = time.perf_counter() - t0
     return stats
@@ -164,13 +173,19 @@ def topk_correct(scores: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[
     maxk = min(max(ks), scores.shape[1])
     pred = scores.topk(maxk, dim=1).indices
     hit = pred.eq(target.view(-1, 1))
-    return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device=torch.device("cpu"), amp=None,
-             regression: bool = False, forward: Optional[Callable] = None,
-             multi_view: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    loader,
+    device=torch.device("cpu"),
+    amp=None,
+    regression: bool = False,
+    forward: Optional[Callable] = None,
+    multi_view: bool = True,
+) -> dict[str, Any]:
     """Top-1 / top-5 (or MSE) over a loader.
 
     Batches whose ``x`` is [B, V, 3, T, H, W] are multi-view (test) batches: the softmax
@@ -225,6 +240,5 @@ def evaluate(model: nn.Module, loader, device=torch.device("cpu"), amp=None,
     probs = torch.stack([v[0] for v in merged.values()])
     targets = torch.tensor([v[1] for v in merged.values()])
     c1, c5 = topk_correct(probs, targets)
-    result.update(acc1=100.0 * c1 / n, acc5=100.0 * c5 / n,
-                  loss=float(np.mean([v[2] for v in merged.values()])))
+    result.update(acc1=100.0 * c1 / n, acc5=100.0 * c5 / n, loss=float(np.mean([v[2] for v in merged.values()])))
     return result

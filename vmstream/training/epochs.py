@@ -12,6 +12,7 @@ A run that ends before its last epoch (a stop request, or `stop_after_epochs` us
 says so with `checkpoint.stop_line`: where its checkpoint is and that the same command
 resumes, or that nothing was saved.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,9 @@ def resume_path(cfg, out_dir: str) -> Optional[str]:
     return cfg.resume or (ckpt.find_resume(out_dir) if (out_dir and cfg.auto_resume) else None)
 
 
-def resume(path: str, *, model, optimizer, scaler=None, load_model: Optional[Callable[[dict], Any]] = None,
-           label: str = "") -> tuple[int, dict]:
+def resume(
+    path: str, *, model, optimizer, scaler=None, load_model: Optional[Callable[[dict], Any]] = None, label: str = ""
+) -> tuple[int, dict]:
     """Restore model, optimizer (and scaler) from `path` and this rank's RNG state (each
     rank's, when the run that saved it had the same number of ranks); returns (the first
     epoch to run, the checkpoint dict). `load_model` replaces `model.load_state_dict` for
@@ -53,9 +55,20 @@ def resume(path: str, *, model, optimizer, scaler=None, load_model: Optional[Cal
     return start, ck
 
 
-def save_epoch(out_dir: str, cfg, *, model, optimizer, epoch: int, step: int, scaler=None,
-               best: Optional[float] = None, improved: bool = False, extra: Optional[dict] = None,
-               model_state: Optional[dict] = None) -> None:
+def save_epoch(
+    out_dir: str,
+    cfg,
+    *,
+    model,
+    optimizer,
+    epoch: int,
+    step: int,
+    scaler=None,
+    best: Optional[float] = None,
+    improved: bool = False,
+    extra: Optional[dict] = None,
+    model_state: Optional[dict] = None,
+) -> None:
     """After an epoch: checkpoint-latest, checkpoint-best when `improved`, and every
     `save_ckpt_freq` epochs checkpoint-EPOCH, each with every rank's RNG state so a
     resumed run repeats this one. Nothing without `out_dir` or with `save_ckpt` off."""
@@ -65,10 +78,20 @@ def save_epoch(out_dir: str, cfg, *, model, optimizer, epoch: int, step: int, sc
     if dist.is_dist():
         extra["rng_ranks"] = dist.all_gather_object(ckpt.rng_state())
     if dist.is_main():
+
         def save(name: str) -> None:
-            ckpt.save_checkpoint(os.path.join(out_dir, name), model=model, optimizer=optimizer, epoch=epoch,
-                                 step=step, config=cfg, scaler=scaler, best=best, extra=extra,
-                                 model_state=model_state)
+            ckpt.save_checkpoint(
+                os.path.join(out_dir, name),
+                model=model,
+                optimizer=optimizer,
+                epoch=epoch,
+                step=step,
+                config=cfg,
+                scaler=scaler,
+                best=best,
+                extra=extra,
+                model_state=model_state,
+            )
 
         save("checkpoint-latest.pth")
         if improved:
@@ -78,10 +101,20 @@ def save_epoch(out_dir: str, cfg, *, model, optimizer, epoch: int, step: int, sc
     dist.barrier()
 
 
-def run_epochs(start: int, end: int, total: int, epoch_fn: Callable[[int], dict],
-               save_fn: Callable[[int, dict], None], line_fn: Callable[[dict], str], *,
-               out_dir: str, saving: bool, should_stop: Optional[Callable[[], bool]] = None,
-               print_fn: Callable[[str], Any] = print, label: str = "") -> tuple[list[dict], bool]:
+def run_epochs(
+    start: int,
+    end: int,
+    total: int,
+    epoch_fn: Callable[[int], dict],
+    save_fn: Callable[[int, dict], None],
+    line_fn: Callable[[dict], str],
+    *,
+    out_dir: str,
+    saving: bool,
+    should_stop: Optional[Callable[[], bool]] = None,
+    print_fn: Callable[[str], Any] = print,
+    label: str = "",
+) -> tuple[list[dict], bool]:
     """Epochs `start` .. `end - 1` of a run of `total`: each `epoch_fn(epoch)` -> its row,
     printed as `line_fn(row)` (rank 0), then `save_fn(epoch, row)`; saved after the epoch's
     evaluation, so the RNG states are those the next epoch starts from. `should_stop()`

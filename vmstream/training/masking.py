@@ -17,6 +17,7 @@ generators in `video_sm/datasets/masking_generator.py` round them):
   with probabilities given by the teacher's cls-to-patch attention (the official loop's
   ``torch.multinomial``), so the tokens the teacher looks at are kept more often.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -24,8 +25,16 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["MASK_TYPES", "make_mask", "attention_mask", "tube_mask", "random_mask", "tube_row_mask",
-           "random_row_mask", "with_cls"]
+__all__ = [
+    "MASK_TYPES",
+    "make_mask",
+    "attention_mask",
+    "tube_mask",
+    "random_mask",
+    "tube_row_mask",
+    "random_row_mask",
+    "with_cls",
+]
 
 MASK_TYPES = ("tube", "random", "tube_row", "random_row", "attention")
 
@@ -46,40 +55,67 @@ def _choose(batch: int, n: int, k: int, generator: Optional[torch.Generator], de
     return out
 
 
-def tube_mask(batch: int, frames: int, height: int, width: int, ratio: float,
-              generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+def tube_mask(
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    ratio: float,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+) -> Tensor:
     """[B, T*h*w]: the same int(ratio*h*w) patches masked in every frame."""
     _check(ratio, frames=frames, height=height, width=width)
     spatial = _choose(batch, height * width, int(ratio * height * width), generator, device)
     return spatial[:, None, :].expand(batch, frames, height * width).reshape(batch, -1)
 
 
-def random_mask(batch: int, frames: int, height: int, width: int, ratio: float,
-                generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+def random_mask(
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    ratio: float,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+) -> Tensor:
     """[B, T*h*w]: int(ratio*T*h*w) patches anywhere in the clip."""
     _check(ratio, frames=frames, height=height, width=width)
     n = frames * height * width
     return _choose(batch, n, int(ratio * n), generator, device)
 
 
-def tube_row_mask(batch: int, frames: int, height: int, width: int, ratio: float,
-                  generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+def tube_row_mask(
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    ratio: float,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+) -> Tensor:
     """[B, T*h*w]: int(ratio*h) whole rows per frame, different rows in each frame."""
     _check(ratio, frames=frames, height=height, width=width)
     rows = _choose(batch * frames, height, int(ratio * height), generator, device)
     return rows.view(batch, frames, height, 1).expand(batch, frames, height, width).reshape(batch, -1)
 
 
-def random_row_mask(batch: int, frames: int, height: int, width: int, ratio: float,
-                    generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+def random_row_mask(
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    ratio: float,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+) -> Tensor:
     """[B, T*h*w]: T*int(ratio*h) whole rows chosen among the clip's T*h rows."""
     _check(ratio, frames=frames, height=height, width=width)
     rows = _choose(batch, frames * height, frames * int(ratio * height), generator, device)
     return rows.view(batch, frames, height, 1).expand(batch, frames, height, width).reshape(batch, -1)
 
 
-_GENERATORS = {"tube": tube_mask, "random": random_mask, "tube_row": tube_row_mask,
-               "random_row": random_row_mask}
+_GENERATORS = {"tube": tube_mask, "random": random_mask, "tube_row": tube_row_mask, "random_row": random_row_mask}
 
 
 def with_cls(patch_mask: Tensor) -> Tensor:
@@ -107,8 +143,16 @@ def attention_mask(attn: Tensor, batch: int, ratio: float, generator: Optional[t
     return with_cls(mask.view(batch, -1))
 
 
-def make_mask(kind: str, batch: int, frames: int, height: int, width: int, ratio: float,
-              generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+def make_mask(
+    kind: str,
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    ratio: float,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+) -> Tensor:
     """A [B, 1 + T*h*w] mask of one of the non-attention strategies (cls visible)."""
     if kind == "attention":
         raise ValueError("mask type 'attention' needs the teacher's attention: use attention_mask(attn, ...)")

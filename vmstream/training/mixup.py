@@ -7,6 +7,7 @@ box out of every frame of a clip (the box lives on the last two axes of
 smoothed one-hot vectors mixed with the same lambda, so every row sums to 1. Randomness
 comes from numpy's global generator, which checkpoints save and restore.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -65,10 +66,18 @@ class Mixup:
     to use CutMix when both are enabled. Returns (mixed clips, soft targets [B, classes]).
     """
 
-    def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
-                 cutmix_minmax: Optional[Sequence[float]] = None, prob: float = 1.0,
-                 switch_prob: float = 0.5, mode: str = "batch", correct_lam: bool = True,
-                 label_smoothing: float = 0.1, num_classes: int = 1000):
+    def __init__(
+        self,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        cutmix_minmax: Optional[Sequence[float]] = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: str = "batch",
+        correct_lam: bool = True,
+        label_smoothing: float = 0.1,
+        num_classes: int = 1000,
+    ):
         if mode not in ("batch", "pair", "elem"):
             raise ValueError(f"mixup mode {mode!r}: expected 'batch', 'pair' or 'elem'")
         if cutmix_minmax is not None:
@@ -95,9 +104,11 @@ class Mixup:
             return lam, use_cut
         if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
             use_cut = np.random.rand(n) < self.switch_prob
-            lam_mix = np.where(use_cut,
-                               np.random.beta(self.cutmix_alpha, self.cutmix_alpha, size=n),
-                               np.random.beta(self.mixup_alpha, self.mixup_alpha, size=n))
+            lam_mix = np.where(
+                use_cut,
+                np.random.beta(self.cutmix_alpha, self.cutmix_alpha, size=n),
+                np.random.beta(self.mixup_alpha, self.mixup_alpha, size=n),
+            )
         elif self.mixup_alpha > 0:
             lam_mix = np.random.beta(self.mixup_alpha, self.mixup_alpha, size=n)
         else:
@@ -114,8 +125,9 @@ class Mixup:
         if lam == 1.0:
             return 1.0
         if use_cut:
-            (y0, y1, x0, x1), lam = cutmix_box_and_lam(x.shape[-2], x.shape[-1], lam,
-                                                       self.cutmix_minmax, self.correct_lam)
+            (y0, y1, x0, x1), lam = cutmix_box_and_lam(
+                x.shape[-2], x.shape[-1], lam, self.cutmix_minmax, self.correct_lam
+            )
             x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
         else:
             flipped = x.flip(0).mul_(1.0 - lam)
@@ -132,8 +144,9 @@ class Mixup:
             if lam[i] == 1.0:
                 continue
             if use_cut[i]:
-                (y0, y1, x0, x1), lam[i] = cutmix_box_and_lam(x.shape[-2], x.shape[-1], float(lam[i]),
-                                                              self.cutmix_minmax, self.correct_lam)
+                (y0, y1, x0, x1), lam[i] = cutmix_box_and_lam(
+                    x.shape[-2], x.shape[-1], float(lam[i]), self.cutmix_minmax, self.correct_lam
+                )
                 x[i][..., y0:y1, x0:x1] = orig[j][..., y0:y1, x0:x1]
                 if pairs:
                     x[j][..., y0:y1, x0:x1] = orig[i][..., y0:y1, x0:x1]

@@ -19,6 +19,7 @@ spaces collapsed.
 Every entry is checked when the file is read; a bad one is a one-line error naming the
 file and the entry's position.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ def _corpus(item: Any, where: str) -> Corpus:
         if len(item) == 3 and item[2] not in MEDIA_TYPES:
             raise ConfigError(f"{where}: the third field of {list(item)} must be 'video' (or 'image')")
     else:
-        raise ConfigError(f"{where}: a corpus is [anno.json, media_root] or [anno.json, media_root, 'video']; "
-                          f"got {item!r}")
+        raise ConfigError(
+            f"{where}: a corpus is [anno.json, media_root] or [anno.json, media_root, 'video']; got {item!r}"
+        )
     if media not in MEDIA_TYPES:
         raise ConfigError(f"{where}: media {media!r} is not one of {MEDIA_TYPES}")
     return Corpus(anno=str(anno), root=str(root or ""), media=media)

@@ -17,6 +17,7 @@ annotations, ``dataset/__init__.py``'s train transform):
 A file that cannot be read is replaced by another random entry (the official retry),
 with a warning naming it; after `max_retries` failures in a row the error is raised.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,16 @@ class PairTransform:
 
     def __call__(self, frames: Tensor) -> Tensor:
         top, left, h, w = random_resized_crop_params(frames.shape[-2], frames.shape[-1], self.scale)
-        out = TF.resized_crop(frames, top, left, h, w, [self.image_res, self.image_res],
-                              interpolation=InterpolationMode.BICUBIC, antialias=True)
+        out = TF.resized_crop(
+            frames,
+            top,
+            left,
+            h,
+            w,
+            [self.image_res, self.image_res],
+            interpolation=InterpolationMode.BICUBIC,
+            antialias=True,
+        )
         if self.flip and random.random() < 0.5:
             out = out.flip(-1)
         return normalize(out).permute(1, 0, 2, 3).contiguous()
@@ -81,8 +90,15 @@ def read_image(path: str) -> Tensor:
 class MediaTextDataset(Dataset):
     """Items: {"x": [3, T, S, S] (T = 1 for images), "caption": str, "idx": int, "media": str}."""
 
-    def __init__(self, entries: Sequence[MediaText], media: str, transform: PairTransform, num_frames: int = 8,
-                 decode_short_side: Optional[int] = None, max_retries: int = 10):
+    def __init__(
+        self,
+        entries: Sequence[MediaText],
+        media: str,
+        transform: PairTransform,
+        num_frames: int = 8,
+        decode_short_side: Optional[int] = None,
+        max_retries: int = 10,
+    ):
         if media not in ("image", "video"):
             raise ValueError(f"media {media!r} is not 'image' or 'video'")
         if not entries:
@@ -116,8 +132,9 @@ class MediaTextDataset(Dataset):
                 continue
             caption = pre_text(random.choice(e.captions))
             return {"x": x, "caption": caption, "idx": i, "media": self.media}
-        raise RuntimeError(f"{self.max_retries} {self.media} files in a row could not be read; the last: "
-                           f"{self.entries[i].path}")
+        raise RuntimeError(
+            f"{self.max_retries} {self.media} files in a row could not be read; the last: {self.entries[i].path}"
+        )
 
 
 def collate_pairs(items: list[dict]) -> dict[str, Any]:
@@ -125,5 +142,9 @@ def collate_pairs(items: list[dict]) -> dict[str, Any]:
     media = {it["media"] for it in items}
     if len(media) != 1:
         raise ValueError(f"a batch mixes media types {sorted(media)}")
-    return {"x": torch.stack([it["x"] for it in items]), "text": [it["caption"] for it in items],
-            "idx": torch.tensor([it["idx"] for it in items], dtype=torch.long), "media": media.pop()}
+    return {
+        "x": torch.stack([it["x"] for it in items]),
+        "text": [it["caption"] for it in items],
+        "idx": torch.tensor([it["idx"] for it in items], dtype=torch.long),
+        "media": media.pop(),
+    }

@@ -6,6 +6,7 @@ batch of the type the order names, so a batch holds one media type and an epoch 
 every batch of both. The official code shuffles on rank 0 and broadcasts; we draw the
 order from (seed, epoch), the same on every rank without a collective.
 """
+
 from __future__ import annotations
 
 import random

@@ -21,6 +21,7 @@
   both L2-normalised (``uta_norm_type='l2'``), then 2 - 2cos (``uta_loss_type='l2'``), MSE
   or smooth L1 (`distill_loss.distill_loss`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,22 @@ from torch import Tensor, nn
 
 from .distill_loss import distill_loss
 
-__all__ = ["TEMP_MIN", "TEMP_MAX", "clamp_temp_", "gather_with_grad", "get_sim", "match_mask", "vtc_loss",
-           "negative_weights", "draw_negatives", "vtm_loss", "SpecialTokens", "mask_tokens", "mlm_loss", "uta_loss"]
+__all__ = [
+    "TEMP_MIN",
+    "TEMP_MAX",
+    "clamp_temp_",
+    "gather_with_grad",
+    "get_sim",
+    "match_mask",
+    "vtc_loss",
+    "negative_weights",
+    "draw_negatives",
+    "vtm_loss",
+    "SpecialTokens",
+    "mask_tokens",
+    "mlm_loss",
+    "uta_loss",
+]
 
 TEMP_MIN, TEMP_MAX = 0.001, 0.5  # the official clip_contrastive_temperature bounds
 
@@ -57,7 +72,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return grad[ctx.n * ctx.rank: ctx.n * (ctx.rank + 1)]
+        return grad[ctx.n * ctx.rank : ctx.n * (ctx.rank + 1)]
 
 
 def gather_with_grad(t: Tensor) -> Tensor:
@@ -111,22 +126,35 @@ def negative_weights(sim_v2t: Tensor, sim_t2v: Tensor, idx: Optional[Tensor]) ->
     return w_v2t, w_t2v, positives
 
 
-def draw_negatives(weights: Tensor, positives: Tensor, hard: bool = True,
-                   generator: Optional[torch.Generator] = None) -> Tensor:
+def draw_negatives(
+    weights: Tensor, positives: Tensor, hard: bool = True, generator: Optional[torch.Generator] = None
+) -> Tensor:
     """One negative column per row: drawn with `weights` (hard), or uniformly among the
     non-positive columns (the official `get_rand_indices`)."""
     if (~positives).sum(1).min() == 0:
-        raise ValueError("VTM needs a negative for every sample, but some batch has only pairs of one "
-                         "annotation entry (all idx equal); use a larger batch")
+        raise ValueError(
+            "VTM needs a negative for every sample, but some batch has only pairs of one "
+            "annotation entry (all idx equal); use a larger batch"
+        )
     if hard:
         return torch.multinomial(weights, 1, generator=generator).squeeze(1)
     noise = torch.randn(positives.shape, generator=generator, device=positives.device)
     return (noise - 10000 * positives.float()).argmax(1)
 
 
-def vtm_loss(text_encoder: nn.Module, itm_head: nn.Module, temp, vision_embeds: Tensor, text_embeds: Tensor,
-             vision_proj: Tensor, text_proj: Tensor, text_atts: Tensor, idx: Optional[Tensor], hard_neg: bool = True,
-             generator: Optional[torch.Generator] = None) -> Tensor:
+def vtm_loss(
+    text_encoder: nn.Module,
+    itm_head: nn.Module,
+    temp,
+    vision_embeds: Tensor,
+    text_embeds: Tensor,
+    vision_proj: Tensor,
+    text_proj: Tensor,
+    text_atts: Tensor,
+    idx: Optional[Tensor],
+    hard_neg: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
     """Matching loss on this rank's batch (no gather, as the official)."""
     with torch.no_grad():
         sim_v2t, sim_t2v = get_sim(vision_proj, text_proj, temp)
@@ -137,8 +165,13 @@ def vtm_loss(text_encoder: nn.Module, itm_head: nn.Module, temp, vision_embeds: 
     t_all = torch.cat([text_embeds, text_embeds, text_embeds[text_neg]], 0)
     atts_all = torch.cat([text_atts, text_atts, text_atts[text_neg]], 0)
     v_atts = torch.ones(v_all.shape[:-1], dtype=torch.long, device=v_all.device)
-    fused = text_encoder(attention_mask=atts_all, mode="fusion", encoder_embeds=t_all,
-                         encoder_hidden_states=v_all, encoder_attention_mask=v_atts)
+    fused = text_encoder(
+        attention_mask=atts_all,
+        mode="fusion",
+        encoder_embeds=t_all,
+        encoder_hidden_states=v_all,
+        encoder_attention_mask=v_atts,
+    )
     logits = itm_head(fused[:, 0])
     B = vision_embeds.shape[0]
     labels = torch.zeros(3 * B, dtype=torch.long, device=logits.device)
@@ -155,8 +188,13 @@ class SpecialTokens:
     vocab_size: int
 
 
-def mask_tokens(input_ids: Tensor, special: SpecialTokens, prob: float = 0.5, protect_sep: bool = False,
-                generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+def mask_tokens(
+    input_ids: Tensor,
+    special: SpecialTokens,
+    prob: float = 0.5,
+    protect_sep: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[Tensor, Tensor]:
     """(corrupted ids, labels with -100 off the masked places): the official MLM rule."""
     ids = input_ids.clone()
     labels = input_ids.clone()
@@ -178,13 +216,21 @@ def mask_tokens(input_ids: Tensor, special: SpecialTokens, prob: float = 0.5, pr
     return ids, labels
 
 
-def mlm_loss(text_encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor, vision_embeds: Tensor,
-             special: SpecialTokens, prob: float = 0.5, protect_sep: bool = False,
-             generator: Optional[torch.Generator] = None) -> Tensor:
+def mlm_loss(
+    text_encoder: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    vision_embeds: Tensor,
+    special: SpecialTokens,
+    prob: float = 0.5,
+    protect_sep: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
     ids, labels = mask_tokens(input_ids, special, prob, protect_sep, generator)
     text = text_encoder(ids, attention_mask, mode="text")
-    fused = text_encoder(attention_mask=attention_mask, mode="fusion", encoder_embeds=text,
-                         encoder_hidden_states=vision_embeds)
+    fused = text_encoder(
+        attention_mask=attention_mask, mode="fusion", encoder_embeds=text, encoder_hidden_states=vision_embeds
+    )
     logits = text_encoder.mlm_logits(fused)
     if (labels != -100).sum() == 0:  # nothing masked (tiny batches): no signal, no NaN
         return logits.sum() * 0.0

@@ -8,6 +8,7 @@ and, in the masked stage, the mask and the CLIP teacher's targets (computed outs
 the frozen teacher is no part of the trained module, its optimizer or DDP), and returns
 the four weighted losses. A loss whose weight is 0 is not computed (a zero is returned).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ LOSS_NAMES = ("uta", "vtc", "vtm", "mlm")
 @dataclass(frozen=True)
 class Criterion:
     """The official ``criterion`` block of the pretraining configs."""
+
     special: SpecialTokens
     loss_weight: Mapping[str, float] = field(default_factory=lambda: dict(vtc=1.0, mlm=1.0, vtm=1.0, uta=1.0))
     vtm_hard_neg: bool = True
@@ -38,18 +40,32 @@ class Criterion:
 
 
 class VideoTextPretrain(VideoTextMamba):
-    def __init__(self, criterion: Criterion, vision: Optional[Mapping[str, Any]] = None,
-                 text: Optional[Mapping[str, Any]] = None, embed_dim: int = 512, temp: float = 0.07):
+    def __init__(
+        self,
+        criterion: Criterion,
+        vision: Optional[Mapping[str, Any]] = None,
+        text: Optional[Mapping[str, Any]] = None,
+        embed_dim: int = 512,
+        temp: float = 0.07,
+    ):
         super().__init__(vision=vision, text=text, embed_dim=embed_dim, temp=temp, mlm_head=True)
         vocab = self.text_encoder.config.vocab_size
         if criterion.special.vocab_size != vocab:
-            raise ValueError(f"the tokenizer has {criterion.special.vocab_size} tokens but the text encoder's "
-                             f"vocabulary has {vocab}")
+            raise ValueError(
+                f"the tokenizer has {criterion.special.vocab_size} tokens but the text encoder's vocabulary has {vocab}"
+            )
         self.criterion = criterion
 
-    def forward(self, x: Tensor, input_ids: Tensor, attention_mask: Tensor, idx: Optional[Tensor] = None,
-                mask: Optional[Tensor] = None, clip_target: Optional[Tensor] = None,
-                keep_temporal: bool = True) -> dict[str, Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        idx: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+        clip_target: Optional[Tensor] = None,
+        keep_temporal: bool = True,
+    ) -> dict[str, Tensor]:
         """x [B, 3, T, H, W] (T = 1: an image); `mask` [B, 1 + T*N] (True = dropped);
         `clip_target` [K, B, 1 + visible, C] -> {"loss_uta", "loss_vtc", "loss_vtm", "loss_mlm"}."""
         c = self.criterion
@@ -62,15 +78,42 @@ class VideoTextPretrain(VideoTextMamba):
         text_proj = self.text_proj(text[:, 0])
         zero = vision_proj.new_zeros(())
         losses = {f"loss_{k}": zero for k in LOSS_NAMES}
-        if w.get("uta", 0) and clip_target is not None and vis.clip is not None \
-                and not (c.uta_image_only and not use_image):
+        if (
+            w.get("uta", 0)
+            and clip_target is not None
+            and vis.clip is not None
+            and not (c.uta_image_only and not use_image)
+        ):
             losses["loss_uta"] = uta_loss(vis.clip, clip_target, c.uta_norm_type, c.uta_loss_type) * w["uta"]
         if w.get("vtc", 0):
             losses["loss_vtc"] = vtc_loss(vision_proj, text_proj, idx, self.temp) * w["vtc"]
         if w.get("vtm", 0):
-            losses["loss_vtm"] = vtm_loss(self.text_encoder, self.itm_head, self.temp, vis.tokens, text, vision_proj,
-                                          text_proj, attention_mask, idx, c.vtm_hard_neg) * w["vtm"]
+            losses["loss_vtm"] = (
+                vtm_loss(
+                    self.text_encoder,
+                    self.itm_head,
+                    self.temp,
+                    vis.tokens,
+                    text,
+                    vision_proj,
+                    text_proj,
+                    attention_mask,
+                    idx,
+                    c.vtm_hard_neg,
+                )
+                * w["vtm"]
+            )
         if w.get("mlm", 0):
-            losses["loss_mlm"] = mlm_loss(self.text_encoder, input_ids, attention_mask, vis.tokens, c.special,
-                                          c.mlm_masking_prob, c.mlm_protect_sep) * w["mlm"]
+            losses["loss_mlm"] = (
+                mlm_loss(
+                    self.text_encoder,
+                    input_ids,
+                    attention_mask,
+                    vis.tokens,
+                    c.special,
+                    c.mlm_masking_prob,
+                    c.mlm_protect_sep,
+                )
+                * w["mlm"]
+            )
         return losses

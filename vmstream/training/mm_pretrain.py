@@ -24,6 +24,7 @@ every epoch, the model under ``model`` in the official pretraining keys
 and `load_model` serves it for retrieval. The same command resumes: a finished stage is skipped (its weights loaded), an unfinished one
 continues from its last epoch with its optimizer and RNG state.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,19 @@ from .optim import build_optimizer, official_mm_cosine
 from .pretrain import open_teacher, teacher_input
 from .recipes import TrainConfig
 
-__all__ = ["Stage", "stages", "make_tokenizer", "special_tokens", "build_mm_model", "build_mm_teacher",
-           "build_mm_datasets", "mask_and_targets", "mm_step", "run_stage", "multimodal_fit"]
+__all__ = [
+    "Stage",
+    "stages",
+    "make_tokenizer",
+    "special_tokens",
+    "build_mm_model",
+    "build_mm_teacher",
+    "build_mm_datasets",
+    "mask_and_targets",
+    "mm_step",
+    "run_stage",
+    "multimodal_fit",
+]
 
 log = logging.getLogger("vmstream.training")
 
@@ -87,12 +99,34 @@ def stages(cfg: TrainConfig) -> list[Stage]:
     out = []
     for name in mm.stages:
         if name == "masked":
-            out.append(Stage("masked", cfg.epochs, cfg.lr, cfg.min_lr / cfg.lr, cfg.warmup_epochs, cfg.batch_size,
-                             mm.batch_size_image or cfg.batch_size, cfg.lr_scale_divisor, True))
+            out.append(
+                Stage(
+                    "masked",
+                    cfg.epochs,
+                    cfg.lr,
+                    cfg.min_lr / cfg.lr,
+                    cfg.warmup_epochs,
+                    cfg.batch_size,
+                    mm.batch_size_image or cfg.batch_size,
+                    cfg.lr_scale_divisor,
+                    True,
+                )
+            )
         else:
             u = mm.unmasked
-            out.append(Stage("unmasked", u.epochs, u.lr, u.min_lr / u.lr, u.warmup_epochs, u.batch_size,
-                             u.batch_size, u.lr_scale_divisor, False))
+            out.append(
+                Stage(
+                    "unmasked",
+                    u.epochs,
+                    u.lr,
+                    u.min_lr / u.lr,
+                    u.warmup_epochs,
+                    u.batch_size,
+                    u.batch_size,
+                    u.lr_scale_divisor,
+                    False,
+                )
+            )
     return out
 
 
@@ -108,8 +142,13 @@ def make_tokenizer(cfg: TrainConfig) -> BertTokenizer:
 
 def special_tokens(tok: BertTokenizer) -> SpecialTokens:
     try:
-        return SpecialTokens(pad=tok.pad_id, cls=tok.token_id("[CLS]"), sep=tok.token_id("[SEP]"),
-                             mask=tok.token_id("[MASK]"), vocab_size=tok.vocab_size)
+        return SpecialTokens(
+            pad=tok.pad_id,
+            cls=tok.token_id("[CLS]"),
+            sep=tok.token_id("[SEP]"),
+            mask=tok.token_id("[MASK]"),
+            vocab_size=tok.vocab_size,
+        )
     except ValueError as e:
         raise ConfigError(f"multimodal.vocab: {e}") from None
 
@@ -120,17 +159,28 @@ def build_mm_model(cfg: TrainConfig, tok: BertTokenizer) -> VideoTextPretrain:
     if cfg.model not in SIZES:
         raise ConfigError(f"model {cfg.model!r}: the vision encoder is one of {', '.join(SIZES)}")
     vision: dict[str, Any] = dict(SIZES[cfg.model])
-    vision.update(img_size=cfg.input_size, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
-                  drop_path_rate=cfg.drop_path, clip_output_dim=cfg.pretrain.clip_output_dim,
-                  clip_return_layer=cfg.pretrain.clip_return_layer,
-                  clip_student_return_interval=cfg.pretrain.clip_student_return_interval)
+    vision.update(
+        img_size=cfg.input_size,
+        num_frames=cfg.num_frames,
+        kernel_size=cfg.tubelet_size,
+        drop_path_rate=cfg.drop_path,
+        clip_output_dim=cfg.pretrain.clip_output_dim,
+        clip_return_layer=cfg.pretrain.clip_return_layer,
+        clip_student_return_interval=cfg.pretrain.clip_student_return_interval,
+    )
     vision.update(cfg.model_args)
     text = dict(mm.text_args)
     text.setdefault("vocab_size", tok.vocab_size)
-    crit = Criterion(special=special_tokens(tok), loss_weight=mm.loss_weight.model_dump(),
-                     vtm_hard_neg=mm.vtm_hard_neg, mlm_masking_prob=mm.mlm_masking_prob,
-                     mlm_protect_sep=mm.mlm_protect_sep, uta_norm_type=mm.uta_norm_type,
-                     uta_loss_type=mm.uta_loss_type, uta_image_only=mm.uta_image_only)
+    crit = Criterion(
+        special=special_tokens(tok),
+        loss_weight=mm.loss_weight.model_dump(),
+        vtm_hard_neg=mm.vtm_hard_neg,
+        mlm_masking_prob=mm.mlm_masking_prob,
+        mlm_protect_sep=mm.mlm_protect_sep,
+        uta_norm_type=mm.uta_norm_type,
+        uta_loss_type=mm.uta_loss_type,
+        uta_image_only=mm.uta_image_only,
+    )
     try:
         model = VideoTextPretrain(crit, vision=vision, text=text, embed_dim=mm.embed_dim, temp=mm.temp)
     except (TypeError, ValueError) as e:
@@ -144,10 +194,15 @@ def build_mm_teacher(cfg: TrainConfig):
     """The frozen CLIP teacher of the masked stage (its features not normalised here:
     UTA normalises, as the official criterion)."""
     p, mm = cfg.pretrain, cfg.multimodal
-    kw = dict(input_resolution=p.clip_input_resolution, kernel_size=cfg.tubelet_size, clip_norm_type="none",
-              return_attn="attention" in (mm.video_mask_type, mm.image_mask_type),
-              clip_return_layer=p.clip_return_layer, clip_return_interval=p.clip_return_interval,
-              clip_return_cls=True)
+    kw = dict(
+        input_resolution=p.clip_input_resolution,
+        kernel_size=cfg.tubelet_size,
+        clip_norm_type="none",
+        return_attn="attention" in (mm.video_mask_type, mm.image_mask_type),
+        clip_return_layer=p.clip_return_layer,
+        clip_return_interval=p.clip_return_interval,
+        clip_return_cls=True,
+    )
     return open_teacher(p, kw)
 
 
@@ -169,8 +224,16 @@ def build_mm_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
 
 
 @torch.no_grad()
-def mask_and_targets(teacher: nn.Module, x: torch.Tensor, mask_type: str, ratio: float, patch: int,
-                     kernel: int, amp=None, generator: Optional[torch.Generator] = None):
+def mask_and_targets(
+    teacher: nn.Module,
+    x: torch.Tensor,
+    mask_type: str,
+    ratio: float,
+    patch: int,
+    kernel: int,
+    amp=None,
+    generator: Optional[torch.Generator] = None,
+):
     """(mask [B, 1 + T*h*w], teacher targets at the visible places [K, B, 1 + visible, C])."""
     amp = amp or contextlib.nullcontext
     with amp():
@@ -180,9 +243,11 @@ def mask_and_targets(teacher: nn.Module, x: torch.Tensor, mask_type: str, ratio:
     t, h, w = max(1, T // kernel), H // patch, W // patch
     if mask_type == "attention":
         if attn is None or attn.shape != (B * t, h * w):
-            raise ConfigError(f"attention masking needs the teacher's attention on the student's grid "
-                              f"[{B * t}, {h * w}]; got {None if attn is None else tuple(attn.shape)} (is the "
-                              "teacher's patch size the student's?)")
+            raise ConfigError(
+                f"attention masking needs the teacher's attention on the student's grid "
+                f"[{B * t}, {h * w}]; got {None if attn is None else tuple(attn.shape)} (is the "
+                "teacher's patch size the student's?)"
+            )
         mask = attention_mask(attn.float(), B, ratio, generator=generator)
     else:
         mask = make_mask(mask_type, B, t, h, w, ratio, generator=generator, device=x.device)
@@ -190,8 +255,9 @@ def mask_and_targets(teacher: nn.Module, x: torch.Tensor, mask_type: str, ratio:
     return mask, visible_targets(feats.float(), mask)
 
 
-def mm_step(cfg: TrainConfig, teacher: Optional[nn.Module], tok: BertTokenizer, device: torch.device, amp,
-            record: list) -> StepFn:
+def mm_step(
+    cfg: TrainConfig, teacher: Optional[nn.Module], tok: BertTokenizer, device: torch.device, amp, record: list
+) -> StepFn:
     """The per-batch step: tokenise, (masked stage) mask + targets, the four losses,
     backward. Each micro-batch's losses are appended to `record`."""
     mm = cfg.multimodal
@@ -205,13 +271,15 @@ def mm_step(cfg: TrainConfig, teacher: Optional[nn.Module], tok: BertTokenizer, 
         image = x.shape[2] == 1
         mask = target = None
         if teacher is not None:
-            kind, ratio = ((mm.image_mask_type, mm.image_mask_ratio) if image
-                           else (mm.video_mask_type, mm.video_mask_ratio))
+            kind, ratio = (
+                (mm.image_mask_type, mm.image_mask_ratio) if image else (mm.video_mask_type, mm.video_mask_ratio)
+            )
             mask, target = mask_and_targets(teacher, x, kind, ratio, patch, cfg.tubelet_size, amp)
         keep_temporal = mm.keep_temporal and (mask is None or both_tube)
         with amp():
-            losses = model(x, text.input_ids.to(device), text.attention_mask.to(device), idx, mask, target,
-                           keep_temporal)
+            losses = model(
+                x, text.input_ids.to(device), text.attention_mask.to(device), idx, mask, target, keep_temporal
+            )
         loss = sum(losses.values())
         check_finite(loss)
         (loss * scale).backward()
@@ -228,10 +296,16 @@ def _loaders(cfg: TrainConfig, datasets: dict[str, Dataset], stage: Stage) -> Mi
     ws, loaders = dist.world_size(), {}
     for media, ds in datasets.items():
         bs = stage.batch_size_image if media == "image" else stage.batch_size
-        sampler = DistributedSampler(ds, num_replicas=ws, rank=dist.rank(), shuffle=True, seed=cfg.seed,
-                                     drop_last=True)
-        loaders[media] = DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=cfg.num_workers,
-                                    collate_fn=collate_pairs, drop_last=True, pin_memory=torch.cuda.is_available())
+        sampler = DistributedSampler(ds, num_replicas=ws, rank=dist.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
+        loaders[media] = DataLoader(
+            ds,
+            batch_size=bs,
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_pairs,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+        )
     return MixedLoader(loaders, seed=cfg.seed)
 
 
@@ -244,29 +318,44 @@ def _epoch_line(stage: str, epoch: int, loss: float, record: list) -> str:
     return " ".join(parts)
 
 
-def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optional[nn.Module],
-              datasets: dict[str, Dataset], tok: BertTokenizer, device: torch.device, print_fn=print,
-              should_stop: Optional[Callable[[], bool]] = None, max_epochs: Optional[int] = None,
-              resume: Optional[str] = None) -> dict[str, Any]:
+def run_stage(
+    cfg: TrainConfig,
+    stage: Stage,
+    model: nn.Module,
+    teacher: Optional[nn.Module],
+    datasets: dict[str, Dataset],
+    tok: BertTokenizer,
+    device: torch.device,
+    print_fn=print,
+    should_stop: Optional[Callable[[], bool]] = None,
+    max_epochs: Optional[int] = None,
+    resume: Optional[str] = None,
+) -> dict[str, Any]:
     """One stage from `resume` (a checkpoint of this stage) or its own checkpoint
     directory, at most `max_epochs` epochs of it; returns its history and whether it
     stopped before its end."""
     out_dir = os.path.join(cfg.output_dir, stage.name) if cfg.output_dir else ""
     if cfg.multimodal.loss_weight.vtm and min(stage.batch_size, stage.batch_size_image) < 2:
-        raise ConfigError(f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU "
-                          "must be at least 2")
+        raise ConfigError(
+            f"[{stage.name}] VTM draws its negatives within a GPU's batch: the batch size per GPU must be at least 2"
+        )
     ws = dist.world_size()
     total = stage.batch_size * ws * cfg.update_freq
     lr = stage.lr * total / stage.lr_scale_divisor if stage.lr_scale_divisor > 0 else stage.lr
-    optimizer, _ = build_optimizer(model, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, None,
-                                   layer_decay_mode="official", opt=cfg.opt)
+    optimizer, _ = build_optimizer(
+        model, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, None, layer_decay_mode="official", opt=cfg.opt
+    )
     start = 0
     head: list = []  # the stage's first steps' losses, from its checkpoint when resumed
     path = resume or (ckpt.find_resume(out_dir) if (out_dir and cfg.auto_resume) else None)
     if path:
-        start, ck = epochs.resume(path, model=model, optimizer=optimizer, label=f"[{stage.name}] ",
-                                  load_model=lambda sd: model.load_state_dict(
-                                      canonical_videotext_keys(sd, keep=("text_encoder.cls.",))[0]))
+        start, ck = epochs.resume(
+            path,
+            model=model,
+            optimizer=optimizer,
+            label=f"[{stage.name}] ",
+            load_model=lambda sd: model.load_state_dict(canonical_videotext_keys(sd, keep=("text_encoder.cls.",))[0]),
+        )
         head = list(ck.get(RECORD_HEAD_KEY) or [])
         if dist.is_main():
             print_fn(f"[{stage.name}] resumed from {path} at epoch {start}")
@@ -282,8 +371,10 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
         sizes = {m: len(d) for m, d in datasets.items()}
-        raise ConfigError(f"[{stage.name}] {sizes} pairs give no optimizer step of batch {stage.batch_size} x "
-                          f"{cfg.update_freq} (update_freq) x {ws} ranks")
+        raise ConfigError(
+            f"[{stage.name}] {sizes} pairs give no optimizer step of batch {stage.batch_size} x "
+            f"{cfg.update_freq} (update_freq) x {ws} ranks"
+        )
     lr_values = official_mm_cosine(lr, stage.min_lr_multi, stage.epochs * steps, int(stage.warmup_epochs * steps))
     amp = partial(autocast_context, device, cfg.bf16)
     # A resumed stage's record starts with its first steps (saved with each checkpoint),
@@ -296,20 +387,49 @@ def run_stage(cfg: TrainConfig, stage: Stage, model: nn.Module, teacher: Optiona
     def one_epoch(epoch: int) -> dict:
         loader.set_epoch(epoch)
         first = len(record)
-        stats = train_one_epoch(wrapped, loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
-                                start_step=epoch * steps, lr_values=lr_values, wd_values=None,
-                                update_freq=cfg.update_freq, clip_grad=cfg.clip_grad, log_every=cfg.log_every)
+        stats = train_one_epoch(
+            wrapped,
+            loader,
+            optimizer,
+            step_fn,
+            epoch=epoch,
+            steps_per_epoch=steps,
+            start_step=epoch * steps,
+            lr_values=lr_values,
+            wd_values=None,
+            update_freq=cfg.update_freq,
+            clip_grad=cfg.clip_grad,
+            log_every=cfg.log_every,
+        )
         lines[epoch] = _epoch_line(stage.name, epoch, stats.loss, record[first:])
         return {"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "lrs": stats.lrs}
 
     def save(epoch: int, row: dict) -> None:
         # The stage rides in the checkpoint so `resume: PATH` knows which stage it continues.
-        epochs.save_epoch(out_dir, cfg, model=model, optimizer=optimizer, epoch=epoch, step=(epoch + 1) * steps,
-                          extra={"mm_stage": stage.name, RECORD_HEAD_KEY: record[:RECORD_HEAD]}, model_state=official_pretrain_keys(model.state_dict()))
+        epochs.save_epoch(
+            out_dir,
+            cfg,
+            model=model,
+            optimizer=optimizer,
+            epoch=epoch,
+            step=(epoch + 1) * steps,
+            extra={"mm_stage": stage.name, RECORD_HEAD_KEY: record[:RECORD_HEAD]},
+            model_state=official_pretrain_keys(model.state_dict()),
+        )
 
-    history, stopped = epochs.run_epochs(start, end, stage.epochs, one_epoch, save, lambda row: lines[row["epoch"]],
-                                         out_dir=out_dir, saving=cfg.save_ckpt, should_stop=should_stop,
-                                         print_fn=print_fn, label=f"[{stage.name}] ")
+    history, stopped = epochs.run_epochs(
+        start,
+        end,
+        stage.epochs,
+        one_epoch,
+        save,
+        lambda row: lines[row["epoch"]],
+        out_dir=out_dir,
+        saving=cfg.save_ckpt,
+        should_stop=should_stop,
+        print_fn=print_fn,
+        label=f"[{stage.name}] ",
+    )
     return {"history": history, "stopped": stopped, "record": record}
 
 
@@ -322,15 +442,23 @@ def resume_stage(path: str, names: list[str]) -> str:
         raise ConfigError(f"resume: {e}") from None
     name = ck.get("mm_stage") or os.path.basename(os.path.dirname(os.path.abspath(path)))
     if name not in names:
-        raise ConfigError(f"resume: {path!r} is a checkpoint of stage {name!r}, not of this run's stages "
-                          f"{names} (multimodal checkpoints lie in OUTPUT_DIR/<stage>/)")
+        raise ConfigError(
+            f"resume: {path!r} is a checkpoint of stage {name!r}, not of this run's stages "
+            f"{names} (multimodal checkpoints lie in OUTPUT_DIR/<stage>/)"
+        )
     return name
 
 
-def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = None, *,
-                   model: Optional[VideoTextPretrain] = None, teacher: Optional[nn.Module] = None,
-                   tokenizer: Optional[BertTokenizer] = None, print_fn=print,
-                   should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
+def multimodal_fit(
+    cfg: TrainConfig,
+    datasets: Optional[dict[str, Dataset]] = None,
+    *,
+    model: Optional[VideoTextPretrain] = None,
+    teacher: Optional[nn.Module] = None,
+    tokenizer: Optional[BertTokenizer] = None,
+    print_fn=print,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> dict[str, Any]:
     """Both stages (those in ``multimodal.stages``), each resuming from its directory, or
     from the recipe's `resume` for the stage that saved it.
     `datasets`, `model`, `teacher`, `tokenizer` may be given (synthetic runs, tests)."""
@@ -355,8 +483,19 @@ def multimodal_fit(cfg: TrainConfig, datasets: Optional[dict[str, Dataset]] = No
         if resumed and i < names.index(resumed):
             results[stage.name] = {"history": [], "stopped": False, "record": []}
             continue
-        res = run_stage(cfg, stage, model, teacher, datasets, tok, device, print_fn, should_stop, budget,
-                        resume=cfg.resume if stage.name == resumed else None)
+        res = run_stage(
+            cfg,
+            stage,
+            model,
+            teacher,
+            datasets,
+            tok,
+            device,
+            print_fn,
+            should_stop,
+            budget,
+            resume=cfg.resume if stage.name == resumed else None,
+        )
         results[stage.name] = res
         if budget is not None:
             budget -= len(res["history"])

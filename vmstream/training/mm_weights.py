@@ -14,6 +14,7 @@
   ``beta`` read as ``weight`` / ``bias``) loads into BERT; the fusion layers' cross-attention, absent from
   plain BERT, stay initialised, as with the official ``from_pretrained``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,10 @@ def _read(path: str, what: str) -> dict[str, Tensor]:
             try:
                 from safetensors.torch import load_file
             except ImportError:
-                raise ConfigError(f"{what} {path!r}: reading .safetensors needs the safetensors package "
-                                  "(pip install safetensors), or give the pytorch_model.bin") from None
+                raise ConfigError(
+                    f"{what} {path!r}: reading .safetensors needs the safetensors package "
+                    "(pip install safetensors), or give the pytorch_model.bin"
+                ) from None
             return load_file(path)
         sd, _ = read_checkpoint(path)
         return dict(sd)
@@ -56,8 +59,10 @@ def _load_part(module: nn.Module, sd: dict[str, Tensor], what: str, may_miss: tu
     own = module.state_dict()
     bad = [k for k, v in sd.items() if k not in own or own[k].shape != v.shape]
     if bad:
-        raise ConfigError(f"{what}: {len(bad)} key(s) do not fit the model, e.g. "
-                          + ", ".join(f"{k} {tuple(sd[k].shape)}" for k in bad[:4]))
+        raise ConfigError(
+            f"{what}: {len(bad)} key(s) do not fit the model, e.g. "
+            + ", ".join(f"{k} {tuple(sd[k].shape)}" for k in bad[:4])
+        )
     missing = [k for k in own if k not in sd]
     unexpected_missing = [k for k in missing if not any(p in k for p in may_miss)]
     if unexpected_missing:
@@ -82,13 +87,13 @@ def load_text_pretrained(model: nn.Module, path: str) -> None:
     for k, v in raw.items():
         if k.startswith(_HF_UNUSED):
             continue
-        k = k[len("bert."):] if k.startswith("bert.") else k
+        k = k[len("bert.") :] if k.startswith("bert.") else k
         # the released bert-base-uncased .bin still names LayerNorm parameters gamma / beta
         # (transformers renames them when loading)
         if k.endswith(".gamma"):
-            k = k[:-len(".gamma")] + ".weight"
+            k = k[: -len(".gamma")] + ".weight"
         elif k.endswith(".beta"):
-            k = k[:-len(".beta")] + ".bias"
+            k = k[: -len(".beta")] + ".bias"
         sd[k] = v
     _load_part(model.text_encoder, sd, "multimodal.text_pretrained", ("crossattention",))
 

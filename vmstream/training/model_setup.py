@@ -1,5 +1,6 @@
 """What every training run sets up first: seeds, threads, the device and the model a
 recipe names (`fit`, `eval_main` and the synthetic memory task all start here)."""
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,14 @@ def recipe_device(cfg: TrainConfig) -> torch.device:
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     frames = cfg.streaming.segment_frames if cfg.task in ("streaming", "synthetic_memory") else cfg.num_frames
-    kw = dict(img_size=cfg.input_size, num_classes=cfg.nb_classes, num_frames=frames,
-              drop_path_rate=cfg.drop_path, fc_drop_rate=cfg.fc_drop_rate, kernel_size=cfg.tubelet_size)
+    kw = dict(
+        img_size=cfg.input_size,
+        num_classes=cfg.nb_classes,
+        num_frames=frames,
+        drop_path_rate=cfg.drop_path,
+        fc_drop_rate=cfg.fc_drop_rate,
+        kernel_size=cfg.tubelet_size,
+    )
     kw.update(cfg.model_args)
     return kw
 

@@ -21,6 +21,7 @@ parameter, blocks included, keeps scale 1; and their no-decay test ignores mamba
 ``_no_weight_decay`` flags (``A_log`` is decayed there). Same groups in the same order
 means an optimizer state saved in this mode loads into the official optimizer.
 """
+
 from __future__ import annotations
 
 import math
@@ -149,8 +150,7 @@ def build_optimizer(
         g["lr"] = lr * g["lr_scale"]
     # foreach=False: the per-tensor loop gives the same numbers on every run and
     # thread count, which exact resume relies on; the cost is small on CPU.
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0,
-                                  foreach=False)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0, foreach=False)
     return optimizer, specs
 
 
@@ -177,8 +177,9 @@ def cosine_schedule(
     return out
 
 
-def apply_schedule(optimizer: torch.optim.Optimizer, step: int,
-                   lr_values: Optional[np.ndarray], wd_values: Optional[np.ndarray]) -> None:
+def apply_schedule(
+    optimizer: torch.optim.Optimizer, step: int, lr_values: Optional[np.ndarray], wd_values: Optional[np.ndarray]
+) -> None:
     """Set every group's lr (times its lr_scale) and, for decayed groups, weight decay."""
     for g in optimizer.param_groups:
         if lr_values is not None:
@@ -187,8 +188,9 @@ def apply_schedule(optimizer: torch.optim.Optimizer, step: int,
             g["weight_decay"] = float(wd_values[step])
 
 
-def scaled_lr(lr: float, batch_size: int, world_size: int = 1, update_freq: int = 1,
-              num_sample: int = 1, divisor: float = 256.0) -> float:
+def scaled_lr(
+    lr: float, batch_size: int, world_size: int = 1, update_freq: int = 1, num_sample: int = 1, divisor: float = 256.0
+) -> float:
     """The official linear scaling: lr * (total batch * repeated samples) / divisor."""
     return lr * batch_size * world_size * update_freq * num_sample / divisor
 

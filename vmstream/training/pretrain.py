@@ -17,6 +17,7 @@ Checkpoints (`checkpoint-latest.pth` every epoch, `checkpoint-{epoch}.pth` every
 they load into the official code, back into `VideoMambaPretrain` to continue, and into
 the classifier for fine-tuning (`finetune:` in a fine-tuning recipe).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,16 @@ from .model_setup import apply_threads, recipe_device, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
 from .recipes import PretrainConfig, TrainConfig
 
-__all__ = ["build_student", "build_teacher", "open_teacher", "teacher_input", "draw_mask_and_targets", "distill_step",
-           "pretrain_fit", "build_pretrain_dataset"]
+__all__ = [
+    "build_student",
+    "build_teacher",
+    "open_teacher",
+    "teacher_input",
+    "draw_mask_and_targets",
+    "distill_step",
+    "pretrain_fit",
+    "build_pretrain_dataset",
+]
 
 log = logging.getLogger("vmstream.training")
 
@@ -63,12 +72,17 @@ def build_student(cfg: TrainConfig) -> VideoMambaPretrain:
         raise ConfigError(f"model {cfg.model!r}: a pretraining student is one of {', '.join(SIZES)}")
     p = cfg.pretrain
     kw: dict[str, Any] = dict(SIZES[cfg.model])
-    kw.update(img_size=cfg.input_size, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
-              drop_path_rate=cfg.drop_path)
+    kw.update(
+        img_size=cfg.input_size, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size, drop_path_rate=cfg.drop_path
+    )
     kw.update(cfg.model_args)
-    kw.update(clip_decoder_embed_dim=p.clip_decoder_embed_dim or kw["embed_dim"], clip_output_dim=p.clip_output_dim,
-              clip_norm_type=p.clip_norm_type, clip_return_layer=p.clip_return_layer,
-              clip_student_return_interval=p.clip_student_return_interval)
+    kw.update(
+        clip_decoder_embed_dim=p.clip_decoder_embed_dim or kw["embed_dim"],
+        clip_output_dim=p.clip_output_dim,
+        clip_norm_type=p.clip_norm_type,
+        clip_return_layer=p.clip_return_layer,
+        clip_student_return_interval=p.clip_student_return_interval,
+    )
     try:
         model = VideoMambaPretrain(**kw)
     except (TypeError, ValueError) as e:
@@ -88,9 +102,15 @@ def build_student(cfg: TrainConfig) -> VideoMambaPretrain:
 def build_teacher(cfg: TrainConfig) -> ClipTeacher:
     """The frozen CLIP teacher of the recipe (its size, weights and return settings)."""
     p = cfg.pretrain
-    kw = dict(input_resolution=p.clip_input_resolution, kernel_size=cfg.tubelet_size, clip_norm_type=p.clip_norm_type,
-              return_attn=p.clip_return_attn or p.mask_type == "attention", clip_return_layer=p.clip_return_layer,
-              clip_return_interval=p.clip_return_interval, clip_return_cls=p.clip_return_cls)
+    kw = dict(
+        input_resolution=p.clip_input_resolution,
+        kernel_size=cfg.tubelet_size,
+        clip_norm_type=p.clip_norm_type,
+        return_attn=p.clip_return_attn or p.mask_type == "attention",
+        clip_return_layer=p.clip_return_layer,
+        clip_return_interval=p.clip_return_interval,
+        clip_return_cls=p.clip_return_cls,
+    )
     return open_teacher(p, kw)
 
 
@@ -128,8 +148,14 @@ def _grid(student: nn.Module) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def draw_mask_and_targets(student: nn.Module, teacher: ClipTeacher, x: Tensor, p: PretrainConfig, amp=None,
-                          generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+def draw_mask_and_targets(
+    student: nn.Module,
+    teacher: ClipTeacher,
+    x: Tensor,
+    p: PretrainConfig,
+    amp=None,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[Tensor, Tensor]:
     """(mask [B, 1 + T*h*w], targets [K, B, 1 + visible, C]) for clip batch `x`."""
     amp = amp or contextlib.nullcontext
     with amp():
@@ -140,8 +166,10 @@ def draw_mask_and_targets(student: nn.Module, teacher: ClipTeacher, x: Tensor, p
     if p.mask_type == "attention":
         if attn is None or attn.shape != (B * T, h * w):
             got = None if attn is None else tuple(attn.shape)
-            raise ConfigError(f"attention masking needs the teacher's attention [B*T={B * T}, {h * w}] on the "
-                              f"student's patch grid; got {got}")
+            raise ConfigError(
+                f"attention masking needs the teacher's attention [B*T={B * T}, {h * w}] on the "
+                f"student's patch grid; got {got}"
+            )
         mask = attention_mask(attn.float(), B, p.mask_ratio, generator=generator)
     else:
         mask = make_mask(p.mask_type, B, T, h, w, p.mask_ratio, generator=generator, device=x.device)
@@ -177,19 +205,39 @@ def build_pretrain_dataset(cfg: TrainConfig) -> VideoClsDataset:
     if not path:
         raise ConfigError("the recipe names no training list (data_path or train_list)")
     entries = read_video_list(path, cfg.split, cfg.prefix)
-    tt = TrainTransform(crop_size=cfg.input_size, rand_augment=None, flip=cfg.flip, reprob=0.0,
-                        crop=cfg.pretrain.crop, interpolation=cfg.train_interpolation)
-    return VideoClsDataset(entries, mode="train", num_frames=cfg.num_frames, crop_size=cfg.input_size,
-                           short_side_size=cfg.short_side_size, train_transform=tt, num_sample=cfg.num_sample,
-                           decode_short_side=cfg.decode_short_side)
+    tt = TrainTransform(
+        crop_size=cfg.input_size,
+        rand_augment=None,
+        flip=cfg.flip,
+        reprob=0.0,
+        crop=cfg.pretrain.crop,
+        interpolation=cfg.train_interpolation,
+    )
+    return VideoClsDataset(
+        entries,
+        mode="train",
+        num_frames=cfg.num_frames,
+        crop_size=cfg.input_size,
+        short_side_size=cfg.short_side_size,
+        train_transform=tt,
+        num_sample=cfg.num_sample,
+        decode_short_side=cfg.decode_short_side,
+    )
 
 
 # ---------------------------------------------------------------------------- fit
 
 
-def pretrain_fit(cfg: TrainConfig, train_set=None, *, student: Optional[nn.Module] = None,
-                 teacher: Optional[ClipTeacher] = None, collate_fn: Callable = collate, print_fn=print,
-                 should_stop=None) -> dict[str, Any]:
+def pretrain_fit(
+    cfg: TrainConfig,
+    train_set=None,
+    *,
+    student: Optional[nn.Module] = None,
+    teacher: Optional[ClipTeacher] = None,
+    collate_fn: Callable = collate,
+    print_fn=print,
+    should_stop=None,
+) -> dict[str, Any]:
     """Masked pretraining for `cfg.epochs` (resuming from `output_dir`); returns the
     history and the trained student. `train_set`, `student`, `teacher` may be given
     (synthetic runs, tests); otherwise they come from the recipe."""
@@ -201,24 +249,35 @@ def pretrain_fit(cfg: TrainConfig, train_set=None, *, student: Optional[nn.Modul
     student = (student if student is not None else build_student(cfg)).to(device)
     teacher = (teacher if teacher is not None else build_teacher(cfg)).to(device).eval().requires_grad_(False)
     ws = dist.world_size()
-    lr, min_lr, warmup_lr = (scaled_lr(v, cfg.batch_size, ws, cfg.update_freq, cfg.num_sample, cfg.lr_scale_divisor)
-                             for v in (cfg.lr, cfg.min_lr, cfg.warmup_lr))
-    optimizer, _ = build_optimizer(student, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, None,
-                                   opt=cfg.opt)
+    lr, min_lr, warmup_lr = (
+        scaled_lr(v, cfg.batch_size, ws, cfg.update_freq, cfg.num_sample, cfg.lr_scale_divisor)
+        for v in (cfg.lr, cfg.min_lr, cfg.warmup_lr)
+    )
+    optimizer, _ = build_optimizer(student, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, None, opt=cfg.opt)
     model = student
     if dist.is_dist():
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(student, device_ids=ids, find_unused_parameters=True)
-    sampler = DistributedSampler(train_set, num_replicas=ws, rank=dist.rank(), shuffle=True, seed=cfg.seed,
-                                 drop_last=True)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_fn, drop_last=True, pin_memory=torch.cuda.is_available())
+    sampler = DistributedSampler(
+        train_set, num_replicas=ws, rank=dist.rank(), shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+    )
     steps = len(loader) // cfg.update_freq
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps < 1:
-        raise ConfigError(f"{len(train_set)} clips give no optimizer step of {cfg.batch_size} x {cfg.update_freq} "
-                          f"(update_freq) x {ws} ranks")
+        raise ConfigError(
+            f"{len(train_set)} clips give no optimizer step of {cfg.batch_size} x {cfg.update_freq} "
+            f"(update_freq) x {ws} ranks"
+        )
     lr_values = cosine_schedule(lr, min_lr, cfg.epochs, steps, cfg.warmup_epochs, warmup_lr, cfg.warmup_steps)
     wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
     wd_values = cosine_schedule(cfg.weight_decay, wd_end, cfg.epochs, steps)
@@ -232,19 +291,39 @@ def pretrain_fit(cfg: TrainConfig, train_set=None, *, student: Optional[nn.Modul
 
     def one_epoch(epoch: int) -> dict:
         sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
-                                start_step=epoch * steps, lr_values=lr_values, wd_values=wd_values,
-                                update_freq=cfg.update_freq, clip_grad=cfg.clip_grad, log_every=cfg.log_every)
+        stats = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            step_fn,
+            epoch=epoch,
+            steps_per_epoch=steps,
+            start_step=epoch * steps,
+            lr_values=lr_values,
+            wd_values=wd_values,
+            update_freq=cfg.update_freq,
+            clip_grad=cfg.clip_grad,
+            log_every=cfg.log_every,
+        )
         return {"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses, "seconds": stats.seconds}
 
     def save(epoch: int, row: dict) -> None:
-        epochs.save_epoch(cfg.output_dir, cfg, model=student, optimizer=optimizer, epoch=epoch,
-                          step=(epoch + 1) * steps)
+        epochs.save_epoch(
+            cfg.output_dir, cfg, model=student, optimizer=optimizer, epoch=epoch, step=(epoch + 1) * steps
+        )
 
-    history, stopped = epochs.run_epochs(start, end, cfg.epochs, one_epoch, save,
-                                         lambda row: f"epoch {row['epoch']}: distill_loss={row['train_loss']:.4f}",
-                                         out_dir=cfg.output_dir, saving=cfg.save_ckpt, should_stop=should_stop,
-                                         print_fn=print_fn)
+    history, stopped = epochs.run_epochs(
+        start,
+        end,
+        cfg.epochs,
+        one_epoch,
+        save,
+        lambda row: f"epoch {row['epoch']}: distill_loss={row['train_loss']:.4f}",
+        out_dir=cfg.output_dir,
+        saving=cfg.save_ckpt,
+        should_stop=should_stop,
+        print_fn=print_fn,
+    )
     if dist.is_dist():
         dist.check_ranks_in_sync(student, print_fn)
     return {"history": history, "model": student, "teacher": teacher, "stopped": stopped}

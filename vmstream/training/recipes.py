@@ -12,6 +12,7 @@ Field names follow the official fine-tuning arguments (``run_class_finetuning.py
 OpenGVLab/VideoMamba) so a recipe reads like the official run scripts and the
 checkpoint's ``args`` load in the official code.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vmstream import config_loader
 from vmstream.config_loader import parse_overrides
 
-__all__ = ["TrainConfig", "StreamingConfig", "SyntheticConfig", "PretrainConfig", "SyntheticDistillConfig",
-           "MultimodalConfig", "UnmaskedStageConfig", "LossWeights", "SyntheticMultimodalConfig",
-           "load_recipe", "load_recipe_dict", "parse_overrides", "recipe_path", "REPO_CONFIG_DIR"]
+__all__ = [
+    "TrainConfig",
+    "StreamingConfig",
+    "SyntheticConfig",
+    "PretrainConfig",
+    "SyntheticDistillConfig",
+    "MultimodalConfig",
+    "UnmaskedStageConfig",
+    "LossWeights",
+    "SyntheticMultimodalConfig",
+    "load_recipe",
+    "load_recipe_dict",
+    "parse_overrides",
+    "recipe_path",
+    "REPO_CONFIG_DIR",
+]
 
 REPO_CONFIG_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", "configs", "train")
 
@@ -178,8 +192,16 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = "run"
-    task: Literal["classification", "regression", "streaming", "synthetic_memory", "pretrain",
-                  "synthetic_distill", "pretrain_multimodal", "synthetic_multimodal"] = "classification"
+    task: Literal[
+        "classification",
+        "regression",
+        "streaming",
+        "synthetic_memory",
+        "pretrain",
+        "synthetic_distill",
+        "pretrain_multimodal",
+        "synthetic_multimodal",
+    ] = "classification"
     source: str = ""  # the official script the numbers come from
     reference_gpus: Optional[int] = None  # GPUs of that official run (its total batch)
 
@@ -275,8 +297,18 @@ class TrainConfig(BaseModel):
     multimodal: MultimodalConfig = Field(default_factory=MultimodalConfig)
     synthetic_multimodal: SyntheticMultimodalConfig = Field(default_factory=SyntheticMultimodalConfig)
 
-    @field_validator("source", "finetune", "data_path", "train_list", "val_list", "test_list", "prefix",
-                     "output_dir", "resume", mode="before")
+    @field_validator(
+        "source",
+        "finetune",
+        "data_path",
+        "train_list",
+        "val_list",
+        "test_list",
+        "prefix",
+        "output_dir",
+        "resume",
+        mode="before",
+    )
     @classmethod
     def _null_is_unset(cls, v):
         # null (`key=` on the command line, `key:` in YAML) is "not set", which these

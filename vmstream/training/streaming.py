@@ -20,6 +20,7 @@ Gradients through the carried state need the scan to be differentiable with resp
 to its initial state, which the reference scan is (autograd) and the fast CPU kernel's
 backward provides.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,14 @@ def _raw(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def run_segments(model: nn.Module, x: Tensor, carry_state: bool = True, grad_from: int = 0,
-                 detach_every: Optional[int] = None, on_segment: Optional[Callable] = None):
+def run_segments(
+    model: nn.Module,
+    x: Tensor,
+    carry_state: bool = True,
+    grad_from: int = 0,
+    detach_every: Optional[int] = None,
+    on_segment: Optional[Callable] = None,
+):
     """Run the S segments of ``x`` [B, S, 3, T, H, W]; returns the list of logits.
 
     Segments before `grad_from` run under no_grad. `detach_every` K cuts the graph every
@@ -62,8 +69,14 @@ def run_segments(model: nn.Module, x: Tensor, carry_state: bool = True, grad_fro
     return logits
 
 
-def streaming_step(criterion: nn.Module = None, tbptt_k: int = 0, loss: str = "last",
-                   carry_state: bool = True, device=torch.device("cpu"), amp=None) -> StepFn:
+def streaming_step(
+    criterion: nn.Module = None,
+    tbptt_k: int = 0,
+    loss: str = "last",
+    carry_state: bool = True,
+    device=torch.device("cpu"),
+    amp=None,
+) -> StepFn:
     """The `StepFn` for streaming batches ({"x": [B, S, 3, T, H, W], "y": [B] or [B, S]})."""
     criterion = criterion or nn.CrossEntropyLoss()
     amp = amp or contextlib.nullcontext
@@ -118,8 +131,9 @@ def streaming_predict(model: nn.Module, x: Tensor, carry_state: bool = True, mod
 
 
 @torch.no_grad()
-def streaming_accuracy(model: nn.Module, loader, carry_state: bool = True, mode: str = "last",
-                       device=torch.device("cpu")) -> float:
+def streaming_accuracy(
+    model: nn.Module, loader, carry_state: bool = True, mode: str = "last", device=torch.device("cpu")
+) -> float:
     model.eval()
     correct = total = 0
     for batch in loader:
@@ -130,5 +144,6 @@ def streaming_accuracy(model: nn.Module, loader, carry_state: bool = True, mode:
         correct += int((pred == y).sum())
         total += int(y.numel())
     from . import distributed as dist
+
     t = dist.all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64))
     return float(t[0] / max(t[1], 1))

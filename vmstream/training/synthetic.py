@@ -13,6 +13,7 @@ segment 0 through its state:
 `run_memory_task(config)` trains both with streaming fine-tuning and ends by printing
 ``carried_state_accuracy=0.XX`` and ``reset_state_accuracy=0.XX``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,14 +29,31 @@ from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger(__name__)
 
 # Saturated, mutually distinct colours (RGB 0-255); distractors are grey only.
-PALETTE = np.array([
-    [230, 30, 30], [30, 200, 30], [40, 60, 240], [240, 220, 20],
-    [220, 30, 220], [20, 220, 220], [250, 130, 0], [130, 40, 200],
-], dtype=np.float32)
+PALETTE = np.array(
+    [
+        [230, 30, 30],
+        [30, 200, 30],
+        [40, 60, 240],
+        [240, 220, 20],
+        [220, 30, 220],
+        [20, 220, 220],
+        [250, 130, 0],
+        [130, 40, 200],
+    ],
+    dtype=np.float32,
+)
 
 
-def make_memory_video(rng: np.random.Generator, label: int, segments: int, frames: int, size: int = 32,
-                      shape_size: int = 12, noise: float = 0.25, distractors: int = 2) -> np.ndarray:
+def make_memory_video(
+    rng: np.random.Generator,
+    label: int,
+    segments: int,
+    frames: int,
+    size: int = 32,
+    shape_size: int = 12,
+    noise: float = 0.25,
+    distractors: int = 2,
+) -> np.ndarray:
     """One uint8 video [S, T, H, W, 3] whose first segment shows colour `label`."""
     if label >= len(PALETTE):
         raise ValueError(f"label {label}: the palette has {len(PALETTE)} colours")
@@ -50,7 +68,7 @@ def make_memory_video(rng: np.random.Generator, label: int, segments: int, frame
         dy, dx = rng.integers(-speed, speed + 1, size=2)
         for t in range(frames):
             yy, xx = int(np.clip(y + dy * t, 0, span)), int(np.clip(x + dx * t, 0, span))
-            v[s, t, yy:yy + shape_size, xx:xx + shape_size] = value
+            v[s, t, yy : yy + shape_size, xx : xx + shape_size] = value
 
     square(0, PALETTE[label], 1)  # the cue, drifting a little
     for s in range(1, segments):  # distractors: moving grey squares, no colour
@@ -59,16 +77,25 @@ def make_memory_video(rng: np.random.Generator, label: int, segments: int, frame
     return np.clip(v, 0, 255).astype(np.uint8)
 
 
-def make_memory_videos(n: int, num_classes: int, segments: int, frames: int, size: int = 32,
-                       shape_size: int = 12, noise: float = 0.25, distractors: int = 2,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_memory_videos(
+    n: int,
+    num_classes: int,
+    segments: int,
+    frames: int,
+    size: int = 32,
+    shape_size: int = 12,
+    noise: float = 0.25,
+    distractors: int = 2,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 videos [n, S, T, H, W, 3] and int64 labels [n] (balanced)."""
     if num_classes > len(PALETTE):
         raise ValueError(f"num_classes {num_classes}: the palette has {len(PALETTE)} colours")
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
-    vids = np.stack([make_memory_video(rng, int(y), segments, frames, size, shape_size, noise, distractors)
-                     for y in labels])
+    vids = np.stack(
+        [make_memory_video(rng, int(y), segments, frames, size, shape_size, noise, distractors) for y in labels]
+    )
     return vids, labels
 
 
@@ -81,12 +108,23 @@ class MemoryTaskDataset(Dataset):
     (evaluation) keeps a fixed set made from `seed`.
     """
 
-    def __init__(self, n: int, num_classes: int = 4, segments: int = 4, frames: int = 4,
-                 size: int = 32, shape_size: int = 12, noise: float = 0.25, distractors: int = 2,
-                 seed: int = 0, fresh: bool = False):
+    def __init__(
+        self,
+        n: int,
+        num_classes: int = 4,
+        segments: int = 4,
+        frames: int = 4,
+        size: int = 32,
+        shape_size: int = 12,
+        noise: float = 0.25,
+        distractors: int = 2,
+        seed: int = 0,
+        fresh: bool = False,
+    ):
         self.n, self.num_classes, self.fresh = n, num_classes, fresh
-        self.spec = dict(segments=segments, frames=frames, size=size, shape_size=shape_size,
-                         noise=noise, distractors=distractors)
+        self.spec = dict(
+            segments=segments, frames=frames, size=size, shape_size=shape_size, noise=noise, distractors=distractors
+        )
         if fresh:
             self.videos, self.labels = None, np.arange(n) % num_classes
         else:
@@ -108,8 +146,7 @@ class MemoryTaskDataset(Dataset):
         return (v - self.mean) / self.std, label, i, []
 
 
-def mamba_dt_init_(model: torch.nn.Module, dt_min: float = 1e-3, dt_max: float = 0.1,
-                   floor: float = 1e-4) -> None:
+def mamba_dt_init_(model: torch.nn.Module, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4) -> None:
     """Give every block's step size Δ = softplus(dt_proj bias) mamba's own starting range
     (log-uniform in [dt_min, dt_max]).
 
@@ -128,16 +165,20 @@ def mamba_dt_init_(model: torch.nn.Module, dt_min: float = 1e-3, dt_max: float =
 
 
 def collate_videos(batch):
-    return {"x": torch.stack([b[0] for b in batch]), "y": torch.tensor([b[1] for b in batch]),
-            "index": torch.tensor([b[2] for b in batch]), "skipped": []}
+    return {
+        "x": torch.stack([b[0] for b in batch]),
+        "y": torch.tensor([b[1] for b in batch]),
+        "index": torch.tensor([b[2] for b in batch]),
+        "skipped": [],
+    }
 
 
 def _train_one(cfg, carry_state: bool, train_set, val_set, device) -> dict:
-    from .optim import build_optimizer, cosine_schedule
-    from .engine import train_one_epoch
-    from .streaming import streaming_accuracy, streaming_step
-    from .model_setup import build_model, seed_everything
     from . import distributed as dist
+    from .engine import train_one_epoch
+    from .model_setup import build_model, seed_everything
+    from .optim import build_optimizer, cosine_schedule
+    from .streaming import streaming_accuracy, streaming_step
 
     seed_everything(cfg.seed)
     model = build_model(cfg)
@@ -147,12 +188,15 @@ def _train_one(cfg, carry_state: bool, train_set, val_set, device) -> dict:
     if dist.is_dist():
         for t in list(model.parameters()) + list(model.buffers()):
             torch.distributed.broadcast(t.data, 0)
-    optimizer, _ = build_optimizer(model, cfg.lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps,
-                                   cfg.layer_decay, cfg.layer_decay_mode)
-    sampler = torch.utils.data.DistributedSampler(train_set, dist.world_size(), dist.rank(),
-                                                  shuffle=True, seed=cfg.seed, drop_last=True)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        collate_fn=collate_videos, num_workers=0)
+    optimizer, _ = build_optimizer(
+        model, cfg.lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, cfg.layer_decay, cfg.layer_decay_mode
+    )
+    sampler = torch.utils.data.DistributedSampler(
+        train_set, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, collate_fn=collate_videos, num_workers=0
+    )
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     lr_values = cosine_schedule(cfg.lr, cfg.min_lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.warmup_lr)
     step_fn = streaming_step(tbptt_k=cfg.streaming.tbptt_k, loss="last", carry_state=carry_state, device=device)
@@ -162,42 +206,74 @@ def _train_one(cfg, carry_state: bool, train_set, val_set, device) -> dict:
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
-        st = train_one_epoch(model, loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
-                             start_step=epoch * steps, lr_values=lr_values, clip_grad=cfg.clip_grad,
-                             manual_grad_reduce=True, log_every=0)
+        st = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            step_fn,
+            epoch=epoch,
+            steps_per_epoch=steps,
+            start_step=epoch * steps,
+            lr_values=lr_values,
+            clip_grad=cfg.clip_grad,
+            manual_grad_reduce=True,
+            log_every=0,
+        )
         history.append(st.loss)
         if dist.is_main():
-            log.info("memory task (%s state) epoch %d loss %.4f (%.1fs)",
-                     "carried" if carry_state else "reset", epoch, st.loss, st.seconds)
+            log.info(
+                "memory task (%s state) epoch %d loss %.4f (%.1fs)",
+                "carried" if carry_state else "reset",
+                epoch,
+                st.loss,
+                st.seconds,
+            )
     if dist.is_dist():
         dist.check_ranks_in_sync(model)
     acc = streaming_accuracy(model, val_loader, carry_state=carry_state, device=device)
     other = streaming_accuracy(model, val_loader, carry_state=not carry_state, device=device)
-    return {"accuracy": acc, "other_mode_accuracy": other, "losses": history,
-            "seconds": time.perf_counter() - t0, "model": model}
+    return {
+        "accuracy": acc,
+        "other_mode_accuracy": other,
+        "losses": history,
+        "seconds": time.perf_counter() - t0,
+        "model": model,
+    }
 
 
 def run_memory_task(cfg, device: Optional[torch.device] = None, print_fn=print) -> dict:
     """Train the carried-state model (and the reset control); print the two result lines."""
     device = device or torch.device("cpu")
     sc, st = cfg.synthetic, cfg.streaming
-    common = dict(num_classes=sc.num_classes, segments=st.segments, frames=st.segment_frames,
-                  size=sc.img_size, shape_size=sc.shape_size, noise=sc.noise,
-                  distractors=sc.distractor_shapes)
+    common = dict(
+        num_classes=sc.num_classes,
+        segments=st.segments,
+        frames=st.segment_frames,
+        size=sc.img_size,
+        shape_size=sc.shape_size,
+        noise=sc.noise,
+        distractors=sc.distractor_shapes,
+    )
     train_set = MemoryTaskDataset(sc.train_videos, seed=sc.seed, fresh=True, **common)
     val_set = MemoryTaskDataset(sc.val_videos, seed=sc.seed + 1, **common)
     carried = _train_one(cfg, True, train_set, val_set, device)
-    result = {"carried_state_accuracy": carried["accuracy"],
-              "carried_model_reset_eval_accuracy": carried["other_mode_accuracy"],
-              "carried_losses": carried["losses"], "carried_seconds": carried["seconds"],
-              "chance": 1.0 / sc.num_classes, "model": carried["model"]}
+    result = {
+        "carried_state_accuracy": carried["accuracy"],
+        "carried_model_reset_eval_accuracy": carried["other_mode_accuracy"],
+        "carried_losses": carried["losses"],
+        "carried_seconds": carried["seconds"],
+        "chance": 1.0 / sc.num_classes,
+        "model": carried["model"],
+    }
     if sc.train_reset_control:
         reset = _train_one(cfg, False, train_set, val_set, device)
-        result.update(reset_state_accuracy=reset["accuracy"], reset_losses=reset["losses"],
-                      reset_seconds=reset["seconds"])
+        result.update(
+            reset_state_accuracy=reset["accuracy"], reset_losses=reset["losses"], reset_seconds=reset["seconds"]
+        )
     else:
         result["reset_state_accuracy"] = carried["other_mode_accuracy"]
     from . import distributed as dist
+
     if dist.is_main():
         print_fn(f"chance_accuracy={result['chance']:.2f}")
         print_fn(f"carried_model_reset_eval_accuracy={result['carried_model_reset_eval_accuracy']:.2f}")

@@ -23,6 +23,7 @@ Why the random student is a fair, weak baseline: the official init sets every dt
 hears only the few tokens next to it; distillation of the teacher's frame-averaged cls
 has to teach it to gather the whole clip.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,14 +42,21 @@ from .model_setup import seed_everything
 from .pretrain import build_student, draw_mask_and_targets, pretrain_fit
 from .recipes import TrainConfig
 
-__all__ = ["make_distill_video", "DistillVideos", "run_synthetic_distill", "probe_accuracy", "distill_cosine",
-           "synthetic_teacher"]
+__all__ = [
+    "make_distill_video",
+    "DistillVideos",
+    "run_synthetic_distill",
+    "probe_accuracy",
+    "distill_cosine",
+    "synthetic_teacher",
+]
 
 log = logging.getLogger(__name__)
 
 # Hue families (RGB 0-255): the label. Each video's object gets a random shade of one.
-HUES = np.array([[220, 40, 40], [40, 200, 40], [40, 70, 230], [230, 210, 30],
-                 [210, 40, 210], [30, 210, 210]], dtype=np.float32)
+HUES = np.array(
+    [[220, 40, 40], [40, 200, 40], [40, 70, 230], [230, 210, 30], [210, 40, 210], [30, 210, 210]], dtype=np.float32
+)
 
 
 def make_distill_video(rng: np.random.Generator, label: int, frames: int, size: int) -> np.ndarray:
@@ -63,7 +71,7 @@ def make_distill_video(rng: np.random.Generator, label: int, frames: int, size: 
         dy, dx = rng.integers(-speed, speed + 1, size=2)
         for t in range(frames):
             yy, xx = int(np.clip(y + dy * t, 0, span)), int(np.clip(x + dx * t, 0, span))
-            v[t, yy:yy + side, xx:xx + side] = value
+            v[t, yy : yy + side, xx : xx + side] = value
 
     for _ in range(2):
         square(rng.uniform(30, 220), int(rng.integers(size // 6, size // 3)), 2)
@@ -93,8 +101,9 @@ class DistillVideos(Dataset):
 
 
 @torch.no_grad()
-def distill_cosine(student: nn.Module, teacher: ClipTeacher, data: DistillVideos, cfg: TrainConfig,
-                   seed: int = 0, batch_size: int = 64) -> float:
+def distill_cosine(
+    student: nn.Module, teacher: ClipTeacher, data: DistillVideos, cfg: TrainConfig, seed: int = 0, batch_size: int = 64
+) -> float:
     """Mean cosine between the student's predictions and the teacher's targets at the
     visible places of the recipe's masks (drawn from a fixed generator, so "before" and
     "after" see the same masks when the student's grid is the same)."""
@@ -102,7 +111,7 @@ def distill_cosine(student: nn.Module, teacher: ClipTeacher, data: DistillVideos
     student.eval()
     total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
-        x = data.x[i:i + batch_size]
+        x = data.x[i : i + batch_size]
         mask, targets = draw_mask_and_targets(student, teacher, x, cfg.pretrain, generator=g)
         pred = student(x, mask).float()
         cos = nn.functional.cosine_similarity(pred, targets, dim=-1)
@@ -114,11 +123,19 @@ def distill_cosine(student: nn.Module, teacher: ClipTeacher, data: DistillVideos
 @torch.no_grad()
 def _features(model: VideoMamba, x: Tensor, batch_size: int = 64) -> Tensor:
     model.eval()
-    return torch.cat([model.forward_features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([model.forward_features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, num_classes: int,
-                   epochs: int, lr: float, seed: int = 0) -> float:
+def probe_accuracy(
+    train_f: Tensor,
+    train_y: Tensor,
+    test_f: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    epochs: int,
+    lr: float,
+    seed: int = 0,
+) -> float:
     """A linear probe (standardised features, softmax regression, full-batch Adam)."""
     mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
     a, b = (train_f - mean) / std, (test_f - mean) / std
@@ -144,9 +161,16 @@ def _fit_probe(probe: nn.Linear, opt, a: Tensor, y: Tensor, epochs: int) -> None
 def _classifier(cfg: TrainConfig, student: nn.Module, state: dict) -> VideoMamba:
     """The fine-tuning model of the student's shape with `state` loaded through the
     checkpoint loader (decoder dropped, norm -> norm_f), as fine-tuning starts."""
-    clf = VideoMamba(img_size=cfg.input_size, patch_size=student.patch_embed.patch_size[0], depth=student.depth,
-                     embed_dim=student.embed_dim, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size,
-                     num_classes=0, drop_path_rate=0.0)
+    clf = VideoMamba(
+        img_size=cfg.input_size,
+        patch_size=student.patch_embed.patch_size[0],
+        depth=student.depth,
+        embed_dim=student.embed_dim,
+        num_frames=cfg.num_frames,
+        kernel_size=cfg.tubelet_size,
+        num_classes=0,
+        drop_path_rate=0.0,
+    )
     load_checkpoint(clf, state)
     return clf
 
@@ -154,9 +178,15 @@ def _classifier(cfg: TrainConfig, student: nn.Module, state: dict) -> VideoMamba
 def synthetic_teacher(cfg: TrainConfig) -> ClipTeacher:
     p = cfg.pretrain
     torch.manual_seed(cfg.synthetic_distill.teacher_seed)
-    kw = dict(input_resolution=p.clip_input_resolution, kernel_size=cfg.tubelet_size, clip_norm_type=p.clip_norm_type,
-              return_attn=p.clip_return_attn or p.mask_type == "attention", clip_return_layer=p.clip_return_layer,
-              clip_return_interval=p.clip_return_interval, clip_return_cls=p.clip_return_cls)
+    kw = dict(
+        input_resolution=p.clip_input_resolution,
+        kernel_size=cfg.tubelet_size,
+        clip_norm_type=p.clip_norm_type,
+        return_attn=p.clip_return_attn or p.mask_type == "attention",
+        clip_return_layer=p.clip_return_layer,
+        clip_return_interval=p.clip_return_interval,
+        clip_return_cls=p.clip_return_cls,
+    )
     kw.update(p.teacher_args)
     teacher = ClipTeacher(**kw)
     if cfg.synthetic_distill.teacher_zero_cls:
@@ -190,11 +220,23 @@ def run_synthetic_distill(cfg: TrainConfig, print_fn=print, should_stop=None) ->
     accs = {}
     for name, state in (("pretrained", student.state_dict()), ("random_init", initial)):
         clf = _classifier(cfg, student, state)
-        accs[name] = probe_accuracy(_features(clf, probe_train.x), ty, _features(clf, probe_test.x), ey, n_cls,
-                                    sd.probe_epochs, sd.probe_lr, seed=cfg.seed)
-    out = {"distill_cosine_before": before, "distill_cosine_after": after,
-           "probe_accuracy_pretrained": accs["pretrained"], "probe_accuracy_random_init": accs["random_init"],
-           "chance_accuracy": 1.0 / n_cls}
+        accs[name] = probe_accuracy(
+            _features(clf, probe_train.x),
+            ty,
+            _features(clf, probe_test.x),
+            ey,
+            n_cls,
+            sd.probe_epochs,
+            sd.probe_lr,
+            seed=cfg.seed,
+        )
+    out = {
+        "distill_cosine_before": before,
+        "distill_cosine_after": after,
+        "probe_accuracy_pretrained": accs["pretrained"],
+        "probe_accuracy_random_init": accs["random_init"],
+        "chance_accuracy": 1.0 / n_cls,
+    }
     for k, v in out.items():
         print_fn(f"{k}={v:.4f}")
     return out

@@ -16,6 +16,7 @@ official similarity. Printed, one figure a line:
     uta_loss_first=  uta_loss_last=     (masked stage)
     retrieval_r1_before=  retrieval_r1_after=  chance_r1=
 """
+
 from __future__ import annotations
 
 import os
@@ -34,11 +35,25 @@ from .mm_pretrain import build_mm_model, build_mm_teacher, multimodal_fit
 from .model_setup import seed_everything
 from .recipes import TrainConfig
 
-__all__ = ["COLOURS", "SIZES", "caption", "write_vocab", "SyntheticPairs", "video_captions", "retrieval_r1",
-           "run_synthetic_multimodal"]
+__all__ = [
+    "COLOURS",
+    "SIZES",
+    "caption",
+    "write_vocab",
+    "SyntheticPairs",
+    "video_captions",
+    "retrieval_r1",
+    "run_synthetic_multimodal",
+]
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 70, 230), "yellow": (230, 210, 30),
-           "purple": (170, 40, 210), "cyan": (30, 210, 210)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 40),
+    "blue": (40, 70, 230),
+    "yellow": (230, 210, 30),
+    "purple": (170, 40, 210),
+    "cyan": (30, 210, 210),
+}
 SIZES = ("small", "big")
 _WORDS = ["a", "square", "moving"] + list(SIZES) + list(COLOURS)
 
@@ -65,7 +80,7 @@ def _clip(rng: np.random.Generator, colour: str, big: bool, frames: int, size: i
     v = rng.uniform(70, 110) + rng.normal(0, 25, size=(frames, size, size, 3))
     s = size // 4
     y, x = int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1))
-    v[:, y:y + s, x:x + s] = rng.uniform(120, 200)
+    v[:, y : y + s, x : x + s] = rng.uniform(120, 200)
     side = int(size * (rng.uniform(0.45, 0.6) if big else rng.uniform(0.15, 0.25)))
     span = size - side
     y0, x0 = int(rng.integers(0, span + 1)), int(rng.integers(0, span + 1))
@@ -73,7 +88,7 @@ def _clip(rng: np.random.Generator, colour: str, big: bool, frames: int, size: i
     shade = np.asarray(COLOURS[colour]) * rng.uniform(0.85, 1.1)
     for t in range(frames):
         yy, xx = int(np.clip(y0 + dy * t, 0, span)), int(np.clip(x0 + dx * t, 0, span))
-        v[t, yy:yy + side, xx:xx + side] = shade
+        v[t, yy : yy + side, xx : xx + side] = shade
     return np.clip(v, 0, 255).astype(np.uint8)
 
 
@@ -114,8 +129,7 @@ def retrieval_r1(model: VideoTextPretrain, tok: BertTokenizer, videos: Synthetic
     t = tok(captions, max_length=max_len, padding="max_length", warn=False)
     text = model.encode_text(t.input_ids, t.attention_mask).features
     x = torch.stack([it["x"] for it in videos.items])
-    sims = torch.cat([model.similarity(model.encode_video(x[i:i + 32]).features, text)
-                      for i in range(0, len(x), 32)])
+    sims = torch.cat([model.similarity(model.encode_video(x[i : i + 32]).features, text) for i in range(0, len(x), 32)])
     truth = torch.tensor([captions.index(it["caption"]) for it in videos.items])
     model.train(was)
     return float((sims.argmax(1) == truth).float().mean())
@@ -136,16 +150,19 @@ def run_synthetic_multimodal(cfg: TrainConfig, print_fn=print, should_stop=None)
     cfg = cfg.model_copy(update={"multimodal": cfg.multimodal.model_copy(update={"vocab": vocab})})
     tok = BertTokenizer(vocab, max_length=cfg.multimodal.max_txt_l)
     size, frames = cfg.input_size, cfg.num_frames
-    data = {"image": SyntheticPairs(s.train_images, "image", frames, size, s.data_seed),
-            "video": SyntheticPairs(s.train_videos, "video", frames, size, s.data_seed + 1)}
+    data = {
+        "image": SyntheticPairs(s.train_images, "image", frames, size, s.data_seed),
+        "video": SyntheticPairs(s.train_videos, "video", frames, size, s.data_seed + 1),
+    }
     heldout = SyntheticPairs(s.heldout_videos, "video", frames, size, s.data_seed + 2)
     seed_everything(cfg.seed)
     model = build_mm_model(cfg, tok)
     torch.manual_seed(s.teacher_seed)
     teacher = build_mm_teacher(cfg)
     before = retrieval_r1(model, tok, heldout, cfg.multimodal.max_txt_l)
-    res = multimodal_fit(cfg, data, model=model, teacher=teacher, tokenizer=tok, print_fn=print_fn,
-                         should_stop=should_stop)
+    res = multimodal_fit(
+        cfg, data, model=model, teacher=teacher, tokenizer=tok, print_fn=print_fn, should_stop=should_stop
+    )
     if res["stopped"]:
         return None
     after = retrieval_r1(model, tok, heldout, cfg.multimodal.max_txt_l)

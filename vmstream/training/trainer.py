@@ -11,6 +11,7 @@ model's loader), AdamW with layer decay, per-step cosine schedules, auto-resume 
 ``output_dir``, ``checkpoint-latest.pth`` every epoch, ``checkpoint-best.pth`` on a
 better validation score, and at the end the multi-view test of the best model.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,15 @@ from vmstream.models.ops.dispatch import check_backend
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import epochs
-from .annotations import (DATASET_CLASSES, REGRESSION_DATASETS, AnnotationError, TargetNorm, check_labels,
-                          read_video_list, trim_entries)
+from .annotations import (
+    DATASET_CLASSES,
+    REGRESSION_DATASETS,
+    AnnotationError,
+    TargetNorm,
+    check_labels,
+    read_video_list,
+    trim_entries,
+)
 from .augment import TrainTransform
 from .datasets import LongVideoDataset, VideoClsDataset, collate
 from .engine import autocast_context, clip_step, evaluate, train_one_epoch
@@ -60,8 +68,7 @@ def _entries(cfg: TrainConfig, split: str):
     if split != "train" and not os.path.exists(path):
         return None
     regression = cfg.task == "regression" or cfg.data_set in REGRESSION_DATASETS
-    entries = read_video_list(path, cfg.split, cfg.prefix, regression=regression,
-                              with_duration=cfg.trimmed is not None)
+    entries = read_video_list(path, cfg.split, cfg.prefix, regression=regression, with_duration=cfg.trimmed is not None)
     if cfg.trimmed is not None:
         entries = trim_entries(entries, cfg.trimmed, cfg.time_stride)
     if not regression:
@@ -81,19 +88,40 @@ def build_datasets(cfg: TrainConfig):
     if cfg.task == "regression" and cfg.regression_norm == "zscore":
         norm = TargetNorm.fit([float(e.label) for e in train_e])
         target_fn = norm.apply
-    tt = TrainTransform(crop_size=cfg.input_size, rand_augment=cfg.aa, flip=cfg.flip, reprob=cfg.reprob,
-                        interpolation=cfg.train_interpolation)
+    tt = TrainTransform(
+        crop_size=cfg.input_size,
+        rand_augment=cfg.aa,
+        flip=cfg.flip,
+        reprob=cfg.reprob,
+        interpolation=cfg.train_interpolation,
+    )
     if cfg.task == "streaming":
         st = cfg.streaming
-        mk = partial(LongVideoDataset, segments=st.segments, segment_frames=st.segment_frames,
-                     crop_size=cfg.input_size, short_side_size=cfg.short_side_size,
-                     decode_short_side=cfg.decode_short_side, target_fn=target_fn)
-        return (mk(train_e, train=True, train_transform=tt), mk(val_e, train=False) if val_e else None,
-                mk(test_e, train=False) if test_e else None, norm)
-    mk = partial(VideoClsDataset, num_frames=cfg.num_frames, crop_size=cfg.input_size,
-                 short_side_size=cfg.short_side_size, test_num_segment=cfg.test_num_segment,
-                 test_num_crop=cfg.test_num_crop, decode_short_side=cfg.decode_short_side,
-                 target_fn=target_fn)
+        mk = partial(
+            LongVideoDataset,
+            segments=st.segments,
+            segment_frames=st.segment_frames,
+            crop_size=cfg.input_size,
+            short_side_size=cfg.short_side_size,
+            decode_short_side=cfg.decode_short_side,
+            target_fn=target_fn,
+        )
+        return (
+            mk(train_e, train=True, train_transform=tt),
+            mk(val_e, train=False) if val_e else None,
+            mk(test_e, train=False) if test_e else None,
+            norm,
+        )
+    mk = partial(
+        VideoClsDataset,
+        num_frames=cfg.num_frames,
+        crop_size=cfg.input_size,
+        short_side_size=cfg.short_side_size,
+        test_num_segment=cfg.test_num_segment,
+        test_num_crop=cfg.test_num_crop,
+        decode_short_side=cfg.decode_short_side,
+        target_fn=target_fn,
+    )
     train = mk(train_e, mode="train", train_transform=tt, num_sample=cfg.num_sample)
     val = mk(val_e, mode="val") if val_e else None
     test = mk(test_e, mode="test") if test_e else None
@@ -101,11 +129,19 @@ def build_datasets(cfg: TrainConfig):
 
 
 def _loader(ds, cfg: TrainConfig, train: bool, batch_size: int, collate_fn=collate):
-    sampler = DistributedSampler(ds, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=train,
-                                 seed=cfg.seed, drop_last=train)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                      collate_fn=collate_fn, drop_last=train, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+    sampler = DistributedSampler(
+        ds, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=train, seed=cfg.seed, drop_last=train
+    )
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        drop_last=train,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 # ------------------------------------------------------------------------- fit
@@ -141,8 +177,9 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
     model = build_model(cfg).to(device)
     ws = dist.world_size()
     lr, min_lr, warmup_lr = _scaled_lrs(cfg, ws)
-    optimizer, specs = build_optimizer(model, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps,
-                                       cfg.layer_decay, cfg.layer_decay_mode, cfg.opt)
+    optimizer, specs = build_optimizer(
+        model, lr, cfg.weight_decay, tuple(cfg.opt_betas), cfg.opt_eps, cfg.layer_decay, cfg.layer_decay_mode, cfg.opt
+    )
     model = _distribute(model, device, streaming)
 
     batch = cfg.batch_size
@@ -174,12 +211,28 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
     def one_epoch(epoch: int) -> dict:
         nonlocal best, improved
         train_loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, train_loader, optimizer, step_fn, epoch=epoch, steps_per_epoch=steps,
-                                start_step=epoch * steps, lr_values=lr_values, wd_values=wd_values,
-                                update_freq=cfg.update_freq, clip_grad=cfg.clip_grad,
-                                manual_grad_reduce=streaming and dist.is_dist(), log_every=cfg.log_every)
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": stats.loss, "losses": stats.losses,
-                               "skipped": len(stats.skipped), "seconds": stats.seconds}
+        stats = train_one_epoch(
+            model,
+            train_loader,
+            optimizer,
+            step_fn,
+            epoch=epoch,
+            steps_per_epoch=steps,
+            start_step=epoch * steps,
+            lr_values=lr_values,
+            wd_values=wd_values,
+            update_freq=cfg.update_freq,
+            clip_grad=cfg.clip_grad,
+            manual_grad_reduce=streaming and dist.is_dist(),
+            log_every=cfg.log_every,
+        )
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "losses": stats.losses,
+            "skipped": len(stats.skipped),
+            "seconds": stats.seconds,
+        }
         improved = False
         if val_loader is not None and (epoch + 1) % cfg.eval_every == 0:
             v = evaluate(model, val_loader, device, amp, regression, eval_fwd, multi_view=not streaming)
@@ -191,17 +244,41 @@ def fit(cfg: TrainConfig, datasets=None, print_fn=print, should_stop=None) -> di
 
     def save(epoch: int, row: dict) -> None:
         extra = {"target_norm": {"mean": norm.mean, "std": norm.std}} if norm is not None else None
-        epochs.save_epoch(cfg.output_dir, cfg, model=model, optimizer=optimizer, epoch=epoch,
-                          step=(epoch + 1) * steps, scaler=scaler, best=best, improved=improved, extra=extra)
+        epochs.save_epoch(
+            cfg.output_dir,
+            cfg,
+            model=model,
+            optimizer=optimizer,
+            epoch=epoch,
+            step=(epoch + 1) * steps,
+            scaler=scaler,
+            best=best,
+            improved=improved,
+            extra=extra,
+        )
 
-    history, stopped = epochs.run_epochs(start_epoch, end_epoch, cfg.epochs, one_epoch, save, _epoch_line,
-                                         out_dir=cfg.output_dir, saving=cfg.save_ckpt, should_stop=should_stop,
-                                         print_fn=print_fn)
+    history, stopped = epochs.run_epochs(
+        start_epoch,
+        end_epoch,
+        cfg.epochs,
+        one_epoch,
+        save,
+        _epoch_line,
+        out_dir=cfg.output_dir,
+        saving=cfg.save_ckpt,
+        should_stop=should_stop,
+        print_fn=print_fn,
+    )
 
     if dist.is_dist():
         dist.check_ranks_in_sync(model, print_fn)
-    result: dict[str, Any] = {"history": history, "best": best, "model": model, "param_groups": specs,
-                              "stopped": stopped}
+    result: dict[str, Any] = {
+        "history": history,
+        "best": best,
+        "model": model,
+        "param_groups": specs,
+        "stopped": stopped,
+    }
     if test_loader is not None and not stopped:
         result["test"] = _final_test(cfg, model, test_loader, device, amp, eval_fwd, print_fn)
     return result
@@ -229,8 +306,10 @@ def _final_test(cfg: TrainConfig, model, test_loader, device, amp, eval_fwd, pri
 def _scaled_lrs(cfg: TrainConfig, world_size: int) -> tuple[float, float, float]:
     """(lr, min_lr, warmup_lr) scaled to the total batch, as the official runs do."""
     reps = cfg.num_sample if (cfg.lr_scale_num_sample and cfg.task != "streaming") else 1
-    return tuple(scaled_lr(v, cfg.batch_size, world_size, cfg.update_freq, reps, cfg.lr_scale_divisor)
-                 for v in (cfg.lr, cfg.min_lr, cfg.warmup_lr))
+    return tuple(
+        scaled_lr(v, cfg.batch_size, world_size, cfg.update_freq, reps, cfg.lr_scale_divisor)
+        for v in (cfg.lr, cfg.min_lr, cfg.warmup_lr)
+    )
 
 
 def _distribute(model: nn.Module, device: torch.device, streaming: bool) -> nn.Module:
@@ -263,8 +342,16 @@ def _step_fn(cfg: TrainConfig, device: torch.device, amp):
     elif streaming:
         criterion = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 else nn.CrossEntropyLoss()
     elif cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None:
-        mixup = Mixup(cfg.mixup, cfg.cutmix, cfg.cutmix_minmax, cfg.mixup_prob, cfg.mixup_switch_prob,
-                      cfg.mixup_mode, label_smoothing=cfg.smoothing, num_classes=cfg.nb_classes)
+        mixup = Mixup(
+            cfg.mixup,
+            cfg.cutmix,
+            cfg.cutmix_minmax,
+            cfg.mixup_prob,
+            cfg.mixup_switch_prob,
+            cfg.mixup_mode,
+            label_smoothing=cfg.smoothing,
+            num_classes=cfg.nb_classes,
+        )
         criterion = SoftTargetCrossEntropy()
     elif cfg.smoothing > 0:
         criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
@@ -281,8 +368,10 @@ def _step_fn(cfg: TrainConfig, device: torch.device, amp):
 def _test_line(t: dict, regression: bool) -> str:
     if regression:
         return f"test_mse={t.get('mse', float('nan')):.4f} videos={t['n']} views={t['num_views']}"
-    return (f"test_top1={t.get('acc1', float('nan')):.2f} test_top5={t.get('acc5', float('nan')):.2f} "
-            f"videos={t['n']} views={t['num_views']} skipped={t['skipped']}")
+    return (
+        f"test_top1={t.get('acc1', float('nan')):.2f} test_top5={t.get('acc5', float('nan')):.2f} "
+        f"videos={t['n']} views={t['num_views']} skipped={t['skipped']}"
+    )
 
 
 # ------------------------------------------------------------------------- entry points
@@ -290,8 +379,9 @@ def _test_line(t: dict, regression: bool) -> str:
 
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                            stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+        )
 
 
 def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> int:
@@ -319,16 +409,24 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
             res = run_synthetic_distill(cfg, should_stop=should_stop)
             if res is None:
                 return 130
-            return _proof_exit("probe_accuracy_pretrained", res["probe_accuracy_pretrained"],
-                               res["probe_accuracy_random_init"] + 0.10, "probe_accuracy_random_init + 0.10")
+            return _proof_exit(
+                "probe_accuracy_pretrained",
+                res["probe_accuracy_pretrained"],
+                res["probe_accuracy_random_init"] + 0.10,
+                "probe_accuracy_random_init + 0.10",
+            )
         if cfg.task == "synthetic_multimodal":
             from .synthetic_multimodal import run_synthetic_multimodal
 
             res = run_synthetic_multimodal(cfg, should_stop=should_stop)
             if res is None:
                 return 130
-            return _proof_exit("retrieval_r1_after", res["retrieval_r1_after"], res["retrieval_r1_before"] + 0.2,
-                               "retrieval_r1_before + 0.2")
+            return _proof_exit(
+                "retrieval_r1_after",
+                res["retrieval_r1_after"],
+                res["retrieval_r1_before"] + 0.2,
+                "retrieval_r1_before + 0.2",
+            )
         if cfg.task == "pretrain_multimodal":
             from .mm_pretrain import multimodal_fit
 
@@ -349,8 +447,11 @@ def _proof_exit(name: str, value: float, threshold: float, rule: str = "") -> in
     """A synthetic proof's exit code, with one line saying why when it fails."""
     if value >= threshold:
         return 0
-    print(f"vmstream train: the proof failed: {name}={value:.4f} is under its threshold "
-          f"{threshold:.4f}{f' ({rule})' if rule else ''}", file=sys.stderr)
+    print(
+        f"vmstream train: the proof failed: {name}={value:.4f} is under its threshold "
+        f"{threshold:.4f}{f' ({rule})' if rule else ''}",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -375,8 +476,7 @@ def eval_main(config_path: Optional[str], overrides=(), checkpoint: Optional[str
         loader = _loader(test_set, cfg, False, cfg.batch_size)
         amp = partial(autocast_context, device, cfg.bf16)
         fwd = _stream_forward(model) if cfg.task == "streaming" else None
-        t = evaluate(model, loader, device, amp, cfg.task == "regression", fwd,
-                     multi_view=cfg.task != "streaming")
+        t = evaluate(model, loader, device, amp, cfg.task == "regression", fwd, multi_view=cfg.task != "streaming")
         if dist.is_main():
             print(_test_line(t, cfg.task == "regression"))
         return 0

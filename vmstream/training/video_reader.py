@@ -6,6 +6,7 @@ that keeps the aspect ratio (the
 training crops need the whole frame, so no centre crop here). Resizing happens inside
 the decoder (libswscale), as everywhere else in the project.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -77,8 +78,9 @@ class VideoReader:
         policy = FrameIndexSampling(indices=tuple(int(i) for i in idx))
         frames, end = [], None
         try:
-            for item in self.decoder.frames(Source(stream_id="train", uri=path), policy,
-                                            frame_size(info, short_side), info=info):
+            for item in self.decoder.frames(
+                Source(stream_id="train", uri=path), policy, frame_size(info, short_side), info=info
+            ):
                 if isinstance(item, Frame):
                     frames.append(np.asarray(item.image))
                 elif item.kind == "end":

@@ -5,6 +5,7 @@ TRITON_INTERPRET at that moment: so the variable is set here, when pytest collec
 folder, before any test imports the kernels. It stays set for the session (only Triton
 code reads it); subprocess tests that must not see it remove it from their env.
 """
+
 import os
 
 import pytest
@@ -15,8 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 def pytest_configure(config):
     # numpy >= 1.25 deprecates what Triton 3.6's interpreter does on every index (int() of
     # a 1-element array); numpy 2.4 makes it an error, hence numpy<2.4 in the dev extra.
-    config.addinivalue_line("filterwarnings",
-                            "ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
 
 @pytest.fixture

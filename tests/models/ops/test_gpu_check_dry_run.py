@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py --dry-run: every step of the GPU check on CPU tensors (the
 Triton kernels through the interpreter, tiny models, PyAV), so its first real run on a
 GPU meets no plumbing error."""
+
 from __future__ import annotations
 
 import os
@@ -16,13 +17,14 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
 
 def _run(prelude: str = "") -> subprocess.CompletedProcess:
-    code = (f"import sys, runpy\n{prelude}"
-            f"sys.argv = [{str(SCRIPT)!r}, '--dry-run']\n"
-            f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n")
+    code = (
+        f"import sys, runpy\n{prelude}"
+        f"sys.argv = [{str(SCRIPT)!r}, '--dry-run']\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("VMSTREAM_SCAN_BACKEND", None)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                          env=env, cwd=REPO)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
 
 
 def _figures(stdout: str) -> dict:
@@ -44,8 +46,13 @@ def test_dry_run_runs_every_section_and_passes(triton_ops):
     figs = _figures(r.stdout)
     assert figs["gpu_check_ok"] == 1 and figs["failures"] == 0
     assert r.stdout.rstrip().splitlines()[-1] == "gpu_check_ok=1"
-    for key in ("parity_scan_fp32_fwd", "parity_scan_fp32_bwd", "parity_conv_fp32_bwd",
-                "parity_model_ti_fp32", "parity_model_m_fp32"):
+    for key in (
+        "parity_scan_fp32_fwd",
+        "parity_scan_fp32_bwd",
+        "parity_conv_fp32_bwd",
+        "parity_model_ti_fp32",
+        "parity_model_m_fp32",
+    ):
         assert figs[key] < 1e-4, key
     assert 0 < figs["parity_scan_bf16_bwd"] < 5e-2  # bf16 inputs really reached the kernels
     assert figs["bf16_drift_ti"] > 0  # autocast really ran in bf16

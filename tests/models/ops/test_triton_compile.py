@@ -5,6 +5,7 @@ The interpreter tests (test_triton_scan.py, test_triton_conv.py) check the math 
 accept Python that the compiler rejects; this catches that before a GPU machine does.
 Run in a subprocess: the kernels must be imported with TRITON_INTERPRET unset.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ import sys
 
 import pytest
 
-CODE = r'''
+CODE = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler.compiler import ASTSource
@@ -42,7 +43,7 @@ for arch in (90, 80):
                                                              BLOCK_D=16, BLOCK_N=16, CHUNK=16), 4, arch)
         n += 4
 print("compiled", n)
-'''
+"""
 
 
 def test_kernels_compile_for_sm90_and_sm80():

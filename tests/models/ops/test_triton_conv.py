@@ -1,6 +1,7 @@
 """The Triton causal depthwise conv (triton_scan.py) against the reference, on CPU
 tensors through Triton's interpreter. Its tiles are 32 tokens x 32 channels: L = 33 and
 D = 33 cross both edges; L < K-1 keeps part of the initial tail in the final tail."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,7 @@ def _inputs(use_bias=True, use_tail=True, **kw):
 def test_sizes_across_tile_edges(triton_ops, L, D, reverse):
     inp = _inputs(Bsz=2, L=L, D=D, K=4, seed=1)
     y_ref, t_ref = causal_conv1d_ref(**inp, activation="silu", return_final_tail=True, reverse=reverse)
-    y, t = triton_ops.causal_conv1d_triton(**inp, activation="silu", return_final_tail=True,
-                                           reverse=reverse)
+    y, t = triton_ops.causal_conv1d_triton(**inp, activation="silu", return_final_tail=True, reverse=reverse)
     assert_close(y, y_ref, what="out")
     assert_close(t, t_ref, what="final_tail")
 

@@ -1,6 +1,7 @@
 """Where the Triton kernels are chosen (dispatch.py): the automatic rule on CUDA with its
 fallbacks and log lines, VMSTREAM_SCAN_BACKEND=triton for the whole model, and clear
 errors where Triton cannot run."""
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,7 @@ def test_available_backends_reports_triton(triton_ops):
 
 
 def _run(code: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
 
 
 def _env(**changes):
@@ -72,23 +72,25 @@ def _env(**changes):
     return env
 
 
-SCAN = ("import torch\n"
-        "from vmstream.models.ops import selective_scan\n"
-        "x = torch.randn(1, 4, 16)\n"
-        "selective_scan(x, x.abs(), -torch.ones(16, 4), torch.randn(1, 4, 4), torch.randn(1, 4, 4))\n")
+SCAN = (
+    "import torch\n"
+    "from vmstream.models.ops import selective_scan\n"
+    "x = torch.randn(1, 4, 16)\n"
+    "selective_scan(x, x.abs(), -torch.ones(16, 4), torch.randn(1, 4, 4), torch.randn(1, 4, 4))\n"
+)
 
 
 def test_forcing_triton_without_triton_installed_says_so():
     """Triton missing: `vmstream info` says why; the automatic choice runs another
     backend; forcing Triton fails with the reason instead of running something else."""
-    code = ("import sys\n"
-            "sys.modules['triton'] = None  # as if not installed\n"
-            "from vmstream.models.ops import available_backends\n"
-            "print('status:', available_backends(build=False)['triton'])\n"
-            + SCAN + "print('automatic: ran')\n"
-            "import os\n"
-            "os.environ['VMSTREAM_SCAN_BACKEND'] = 'triton'\n"
-            + SCAN.split("\n", 2)[2])
+    code = (
+        "import sys\n"
+        "sys.modules['triton'] = None  # as if not installed\n"
+        "from vmstream.models.ops import available_backends\n"
+        "print('status:', available_backends(build=False)['triton'])\n" + SCAN + "print('automatic: ran')\n"
+        "import os\n"
+        "os.environ['VMSTREAM_SCAN_BACKEND'] = 'triton'\n" + SCAN.split("\n", 2)[2]
+    )
     r = _run(code, _env(TRITON_INTERPRET="1"))
     assert "status: triton not importable" in r.stdout, r.stdout + r.stderr
     assert "automatic: ran" in r.stdout

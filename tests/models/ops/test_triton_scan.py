@@ -6,6 +6,7 @@ pads to a state block of 8, and with checkpoints every 8 steps L = 1, 8, 9 and 1
 one partial chunk, exactly one chunk, one chunk plus a step, and two full chunks plus a
 partial one. The interpreter is slow (~10 ms a step per program): shapes stay small.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,9 @@ FEATURES = [  # (D skip, z gate, delta_bias + softplus, initial state)
 
 def _inputs(Bsz=1, L=19, D=20, N=5, seed=0, features=FEATURES[0]):
     use_D, use_z, use_bias, use_h0 = features
-    inp = pick(scan_inputs(Bsz=Bsz, L=L, D=D, N=N, seed=seed), use_D=use_D, use_z=use_z,
-               use_bias=use_bias, use_h0=use_h0)
+    inp = pick(
+        scan_inputs(Bsz=Bsz, L=L, D=D, N=N, seed=seed), use_D=use_D, use_z=use_z, use_bias=use_bias, use_h0=use_h0
+    )
     if not use_bias:  # without softplus Δ must still be a sensible step size
         inp["delta"] = inp["delta"].abs() * 0.3
     return inp, use_bias
@@ -35,10 +37,8 @@ def _inputs(Bsz=1, L=19, D=20, N=5, seed=0, features=FEATURES[0]):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_lengths_across_chunk_edges(triton_ops, L, reverse):
     inp, _ = _inputs(L=L, seed=1)
-    y, last = triton_ops.selective_scan_triton(**inp, delta_softplus=True, return_last_state=True,
-                                               reverse=reverse)
-    y_ref, last_ref = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True,
-                                         reverse=reverse)
+    y, last = triton_ops.selective_scan_triton(**inp, delta_softplus=True, return_last_state=True, reverse=reverse)
+    y_ref, last_ref = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True, reverse=reverse)
     assert_close(y, y_ref, what="out")
     assert_close(last, last_ref, what="last_state")
 
@@ -48,12 +48,12 @@ def test_half_inputs_keep_a_float32_state(triton_ops, dtype):
     """bf16/fp16 inputs: out in the input's dtype, the state in float32, both as close to
     the float32 reference (on the same rounded inputs) as one final rounding allows."""
     inp, _ = _inputs(L=9, seed=2)
-    low = {k: (v.to(dtype) if k in ("u", "delta", "z", "B", "C") and v is not None else v)
-           for k, v in inp.items()}
+    low = {k: (v.to(dtype) if k in ("u", "delta", "z", "B", "C") and v is not None else v) for k, v in inp.items()}
     y, last = triton_ops.selective_scan_triton(**low, delta_softplus=True, return_last_state=True)
     assert y.dtype == dtype and last.dtype == torch.float32
-    y_ref, last_ref = selective_scan_ref(**{k: v.float() if v is not None else None for k, v in low.items()},
-                                         delta_softplus=True, return_last_state=True)
+    y_ref, last_ref = selective_scan_ref(
+        **{k: v.float() if v is not None else None for k, v in low.items()}, delta_softplus=True, return_last_state=True
+    )
     assert_close(last, last_ref, what="last_state")
     assert_close(y, y_ref, rtol=1e-2, atol_rel=1e-2, what="out")
 

@@ -1,5 +1,6 @@
 """Console timeline: per-segment lines for a few streams, collapsed runs for many,
 gaps and errors always shown, the summary table at the end."""
+
 from __future__ import annotations
 
 import io
@@ -46,8 +47,7 @@ def test_gaps_and_errors_are_always_shown():
     r.gaps = [(20.0, 23.5)]
     sink.write(r)
     sink.write(make_event("cam0", "gap", 30.0, 42.0, "reconnected"))
-    sink.write(StreamEvent("bad.mp4", "error", t_start=12.0, message="invalid data found",
-                           uri="file:///in/bad.mp4"))
+    sink.write(StreamEvent("bad.mp4", "error", t_start=12.0, message="invalid data found", uri="file:///in/bad.mp4"))
     text = out.getvalue()
     assert "GAP 00:00:20-00:00:23 (3.5 s)" in text
     assert "GAP 00:00:30-00:00:42 (12.0 s)  reconnected" in text
@@ -69,10 +69,8 @@ def test_many_streams_collapse_to_label_runs_and_stay_readable():
     assert len(timeline) < n_streams * n_seg / 3  # far fewer lines than segments
     # The runs of a stream tile its segments exactly (those before collapsing aside).
     for s in range(n_streams):
-        counts = [int(m.group(1)) for l in timeline if l.startswith(f"cam{s:02d}")
-                  for m in [re.search(r" x(\d+)", l)]]
-        per_segment = [l for l in text.splitlines() if l.startswith(f"cam{s:02d}") and " x" not in l
-                       and "-00:" in l]
+        counts = [int(m.group(1)) for l in timeline if l.startswith(f"cam{s:02d}") for m in [re.search(r" x(\d+)", l)]]
+        per_segment = [l for l in text.splitlines() if l.startswith(f"cam{s:02d}") and " x" not in l and "-00:" in l]
         assert sum(counts) + len(per_segment) == n_seg
     assert re.search(r"^cam05  00:00:40-00:01:20  reading\s+x5\s+mean 0\.\d\d$", text, re.M)
     assert "12 streams, 360 segments" in text
@@ -103,8 +101,17 @@ def test_summary_table_and_writer_callback():
     sink.write(StreamEvent("b", "error", message="no video stream"))
     sink.close()
     table = "\n".join(got[got.index("") + 1 :])
-    assert table.splitlines()[0].split() == ["stream", "status", "duration", "segments", "answer", "(last)", "top-3",
-                                             "gaps", "errors"]
+    assert table.splitlines()[0].split() == [
+        "stream",
+        "status",
+        "duration",
+        "segments",
+        "answer",
+        "(last)",
+        "top-3",
+        "gaps",
+        "errors",
+    ]
     assert re.search(r"^a\s+ok\s+00:10:00\s+75\s+cooking 0\.70\s+cooking 0\.70, walking 0\.20", table, re.M)
     assert re.search(r"^b\s+error\s+-\s+0\s", table, re.M)
     assert table.splitlines()[-1] == "2 streams, 75 segments, 1 failed"
@@ -134,8 +141,18 @@ def test_live_wall_clock_times_print_as_clock_time():
 def test_summary_table_fits_a_width_keeping_names_apart_and_scores_whole(width):
     a = "/home/me/videos/archive/2024/the_first_recording_of_the_afternoon.mp4"
     b = "/home/me/videos/archive/2024/the_second_recording_of_the_afternoon.mp4"
-    sums = [StreamSummary(sid, ["riding or walking with a horse", "riding a mechanical bull", "x"],
-                          [0.71, 0.2, 0.05], [1, 2, 3], "last", 600.0, 75) for sid in (a, b)]
+    sums = [
+        StreamSummary(
+            sid,
+            ["riding or walking with a horse", "riding a mechanical bull", "x"],
+            [0.71, 0.2, 0.05],
+            [1, 2, 3],
+            "last",
+            600.0,
+            75,
+        )
+        for sid in (a, b)
+    ]
     table = format_summary_table(sums, width=width)
     lines = table.splitlines()
     assert max(len(ln) for ln in lines) <= width, table

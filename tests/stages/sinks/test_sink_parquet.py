@@ -1,4 +1,5 @@
 """Parquet sink: schema, row groups that survive SIGKILL, upsert by uid, compaction."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,13 @@ REPO = Path(__file__).resolve().parents[3]
 def part_files(d: Path, emptied: bool = False) -> list[str]:
     """The part files holding rows (with `emptied`, also compacted-away parts waiting for
     readers that may have listed them)."""
-    return sorted(p.name for p in d.iterdir() if p.name.endswith(".parquet") and not p.name.startswith(".")
-                  and (emptied or pq.ParquetFile(p).metadata.num_rows > 0))
+    return sorted(
+        p.name
+        for p in d.iterdir()
+        if p.name.endswith(".parquet")
+        and not p.name.startswith(".")
+        and (emptied or pq.ParquetFile(p).metadata.num_rows > 0)
+    )
 
 
 def test_round_trip_readable_by_pandas_without_vmstream(tmp_path):
@@ -65,7 +71,9 @@ def test_round_trip_readable_by_pandas_without_vmstream(tmp_path):
             assert s.metadata[b"vmstream.schema_version"] == schema.metadata[b"vmstream.schema_version"]
     # And back into records.
     back = [SegmentResult.from_row(r) for r in read_table(tmp_path, "segments").to_pylist()]
-    assert sorted((b.stream_id, b.segment_index) for b in back) == sorted((r.stream_id, r.segment_index) for r in results)
+    assert sorted((b.stream_id, b.segment_index) for b in back) == sorted(
+        (r.stream_id, r.segment_index) for r in results
+    )
 
 
 def test_resumed_run_upserts_newest_row_wins(tmp_path):
@@ -233,7 +241,10 @@ WRITER = textwrap.dedent(
 def _spawn_writer(out: Path, rg: int, mode: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", WRITER, str(out), str(rg), mode],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -306,8 +317,9 @@ def test_readable_by_duckdb_mid_run_and_after(tmp_path):
     sink.write(make_summary("cam0", 10))
     sink.close()
     assert duckdb.sql(q).fetchall() == [(10, 9)]
-    top = duckdb.sql(f"SELECT labels[1] AS top, count(*) FROM '{tmp_path}/segments/*.parquet' "
-                     "GROUP BY top ORDER BY top").fetchall()
+    top = duckdb.sql(
+        f"SELECT labels[1] AS top, count(*) FROM '{tmp_path}/segments/*.parquet' GROUP BY top ORDER BY top"
+    ).fetchall()
     assert top == [("running", 5), ("walking", 5)]
     assert duckdb.sql(f"SELECT segment_count FROM '{tmp_path}/summaries/*.parquet'").fetchall() == [(10,)]
 

@@ -1,4 +1,5 @@
 """Timeline plots: PNG (matplotlib, lazily imported) and self-contained HTML."""
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,16 @@ def an_hour(stream="cam0", n=450, seconds=8.0, seed=0) -> list:
         logits[scene] += 3
         p = np.exp(logits) / np.exp(logits).sum()
         top = np.argsort(-p)[:3]
-        r = SegmentResult(stream, i, i * seconds, (i + 1) * seconds, [LABELS[j] for j in top],
-                          [float(p[j]) for j in top], [int(j) for j in top], np.zeros(4, np.float32))
+        r = SegmentResult(
+            stream,
+            i,
+            i * seconds,
+            (i + 1) * seconds,
+            [LABELS[j] for j in top],
+            [float(p[j]) for j in top],
+            [int(j) for j in top],
+            np.zeros(4, np.float32),
+        )
         if i == 100:
             r.gaps = [(i * seconds - 30.0, i * seconds)]
         out.append(r)
@@ -71,8 +80,14 @@ def test_html_is_self_contained_with_a_bar_per_label_and_tooltips(tmp_path):
     results = an_hour(n=120)
     (path,) = plot_timeline(results, tmp_path / "t.html", top_k=3, max_tracks=40)
     doc = path.read_text()
-    assert doc.startswith("<!doctype html>") and "<script" not in doc and "http" not in doc.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    bars = re.findall(r'<rect x="[\d.]+" y="\d+" width="[\d.]+" height="\d+" fill="#[0-9a-f]{6}" fill-opacity="([\d.]+)"><title>', doc)
+    assert (
+        doc.startswith("<!doctype html>")
+        and "<script" not in doc
+        and "http" not in doc.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    )
+    bars = re.findall(
+        r'<rect x="[\d.]+" y="\d+" width="[\d.]+" height="\d+" fill="#[0-9a-f]{6}" fill-opacity="([\d.]+)"><title>', doc
+    )
     assert len(bars) == 120 * (1 + 3)  # the top strip + each of the top-3 labels
     assert all(0.1 <= float(a) <= 1.0 for a in bars)
     assert "00:02:00–00:02:08" in doc and "gap 00:12:50–00:13:20" in doc and "corrupt packet" in doc
@@ -104,8 +119,7 @@ def test_plot_sink_draws_on_close(tmp_path):
 
 
 def test_matplotlib_is_imported_only_for_png():
-    code = ("import sys, vmstream.stages.sinks.plot, vmstream.stages.sinks.console;"
-            "print('matplotlib' in sys.modules)")
+    code = "import sys, vmstream.stages.sinks.plot, vmstream.stages.sinks.console;print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -1,4 +1,5 @@
 """A stream starting over replaces what each sink holds of it (begin_stream)."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -51,7 +52,9 @@ def test_parquet_reads_and_rewrites_parts_written_before_versions(tmp_path):
     rows = [make_result("cam", i).to_row() for i in range(3)]
     for r in rows:
         del r["stream_version"]
-    pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), tmp_path / "segments" / "part-000000000-aaaaaa.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=old_schema), tmp_path / "segments" / "part-000000000-aaaaaa.parquet"
+    )
     with ParquetSink(tmp_path) as sink:
         sink.begin_stream("other", "v1", replace=True)
         sink.write(make_result("other", 0))

@@ -6,10 +6,11 @@ backend is chosen per call (see `dispatch.py`): the PyTorch reference (the oracl
 fast fused CPU kernel, vmstream's Triton kernels on CUDA (`triton_scan.py`), or
 mamba-ssm / causal-conv1d on CUDA where asked for.
 """
-from .reference import causal_conv1d_ref, selective_scan_ref
+
 from .dispatch import available_backends, causal_conv1d, selective_scan
 from .mixer import MixerDirection, mamba_inner
 from .norm import add_rms_norm
+from .reference import causal_conv1d_ref, selective_scan_ref
 
 __all__ = [
     "selective_scan",

@@ -6,6 +6,7 @@ pay the 10-20 s first build at the first scan:
 
 Exit status 1 (with the reason) when the kernels cannot be built here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,17 @@ from . import cpu_ext
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vmstream.models.ops.build", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", default="native", choices=sorted(cpu_ext.VARIANT_FLAGS),
-                    help="instruction-set variant (default: native)")
+    ap = argparse.ArgumentParser(
+        prog="python -m vmstream.models.ops.build",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--variant",
+        default="native",
+        choices=sorted(cpu_ext.VARIANT_FLAGS),
+        help="instruction-set variant (default: native)",
+    )
     ap.add_argument("--numba", action="store_true", help="also compile the numba kernels")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -34,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fused CPU kernels unavailable: {e}", file=sys.stderr)
         return 1
     name, _ = cpu_ext.build_key(args.variant)
-    print(f"fused CPU kernels ready: {ops.isa()} ({time.perf_counter() - t0:.1f} s) "
-          f"in {cpu_ext.cache_root() / 'ext' / name}")
+    print(
+        f"fused CPU kernels ready: {ops.isa()} ({time.perf_counter() - t0:.1f} s) "
+        f"in {cpu_ext.cache_root() / 'ext' / name}"
+    )
     if args.numba:
         t0 = time.perf_counter()
         from . import numba_scan  # noqa: F401, PLC0415 (compiles or loads from cache)

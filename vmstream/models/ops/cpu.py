@@ -5,6 +5,7 @@ With gradients the forward also stores the state every `CKPT_EVERY` steps
 ([B, L/CKPT_EVERY, N, D] floats) and the backward kernel recomputes each chunk from
 them, so memory stays O(B·D·N·L/64), never O(B·D·N·L).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -40,8 +41,9 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse, variant):
         ops = cpu_ext.load(variant)
-        out, last, ckpt = ops.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                                 softplus, reverse, None, False, True, CKPT_EVERY)
+        out, last, ckpt = ops.selective_scan_fwd(
+            u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse, None, False, True, CKPT_EVERY
+        )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         ctx.flags = (softplus, reverse, variant, CKPT_EVERY, initial_state is not None)
         return out, last
@@ -52,24 +54,68 @@ class _SelectiveScanFn(torch.autograd.Function):
         softplus, reverse, variant, every, has_h0 = ctx.flags
         ops = cpu_ext.load(variant)
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = ops.selective_scan_bwd(
-            u, delta, A, B, C, D, z, delta_bias, ckpt, _tokens(dout),
-            None if dlast is None else dlast.float().contiguous(), softplus, reverse, every,
-            has_h0 and ctx.needs_input_grad[8])
-        return (du, ddelta, dA, dB, dC,
-                dD if D is not None else None,
-                dz if z is not None else None,
-                dbias if delta_bias is not None else None,
-                dh0 if dh0.numel() else None,
-                None, None, None)
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            ckpt,
+            _tokens(dout),
+            None if dlast is None else dlast.float().contiguous(),
+            softplus,
+            reverse,
+            every,
+            has_h0 and ctx.needs_input_grad[8],
+        )
+        return (
+            du,
+            ddelta,
+            dA,
+            dB,
+            dC,
+            dD if D is not None else None,
+            dz if z is not None else None,
+            dbias if delta_bias is not None else None,
+            dh0 if dh0.numel() else None,
+            None,
+            None,
+            None,
+        )
 
 
-def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       initial_state=None, return_last_state=False, reverse=False, out=None,
-                       accumulate=False, variant: str = "native"):
+def selective_scan_cpu(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+    reverse=False,
+    out=None,
+    accumulate=False,
+    variant: str = "native",
+):
     """The contract of `dispatch.selective_scan` on the fused C++ kernel (CPU tensors)."""
     dtype_in = u.dtype
-    args = (_tokens(u), _tokens(delta), _small(A), B.float(), C.float(), _small(D), _tokens(z),
-            _small(delta_bias), _small(initial_state))
+    args = (
+        _tokens(u),
+        _tokens(delta),
+        _small(A),
+        B.float(),
+        C.float(),
+        _small(D),
+        _tokens(z),
+        _small(delta_bias),
+        _small(initial_state),
+    )
     if _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state):
         y, last = _SelectiveScanFn.apply(*args, bool(delta_softplus), bool(reverse), variant)
         y = y.to(dtype_in)
@@ -77,11 +123,21 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
             y = out.add_(y) if accumulate else out.copy_(y)
         return (y, last) if return_last_state else y
     ops = cpu_ext.load(variant)
-    direct = (out is not None and out.dtype == torch.float32 and out.shape == u.shape
-              and (out.stride(-1) == 1 or out.size(-1) == 1))
-    y, last, _ = ops.selective_scan_fwd(*args, bool(delta_softplus), bool(reverse),
-                                        out if direct else None, bool(accumulate and direct),
-                                        bool(return_last_state), 0)
+    direct = (
+        out is not None
+        and out.dtype == torch.float32
+        and out.shape == u.shape
+        and (out.stride(-1) == 1 or out.size(-1) == 1)
+    )
+    y, last, _ = ops.selective_scan_fwd(
+        *args,
+        bool(delta_softplus),
+        bool(reverse),
+        out if direct else None,
+        bool(accumulate and direct),
+        bool(return_last_state),
+        0,
+    )
     if direct:
         y = out
     else:
@@ -106,15 +162,29 @@ class _CausalConv1dFn(torch.autograd.Function):
         silu, reverse, variant = ctx.flags
         ops = cpu_ext.load(variant)
         dx, dw, db, dt = ops.causal_conv1d_bwd(
-            x, weight, bias, initial_tail, _tokens(dout),
-            None if dtail is None else dtail.float().contiguous(), silu, reverse,
-            initial_tail is not None and ctx.needs_input_grad[3])
-        return (dx, dw, db if bias is not None else None, dt if dt.numel() else None,
-                None, None, None)
+            x,
+            weight,
+            bias,
+            initial_tail,
+            _tokens(dout),
+            None if dtail is None else dtail.float().contiguous(),
+            silu,
+            reverse,
+            initial_tail is not None and ctx.needs_input_grad[3],
+        )
+        return (dx, dw, db if bias is not None else None, dt if dt.numel() else None, None, None, None)
 
 
-def causal_conv1d_cpu(x, weight, bias=None, initial_tail=None, activation=None,
-                      return_final_tail=False, reverse=False, variant: str = "native"):
+def causal_conv1d_cpu(
+    x,
+    weight,
+    bias=None,
+    initial_tail=None,
+    activation=None,
+    return_final_tail=False,
+    reverse=False,
+    variant: str = "native",
+):
     """The contract of `dispatch.causal_conv1d` on the fused C++ kernel (CPU tensors)."""
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"causal_conv1d: unsupported activation {activation!r} (silu or None)")
@@ -126,8 +196,7 @@ def causal_conv1d_cpu(x, weight, bias=None, initial_tail=None, activation=None,
     if _needs_grad(x, weight, bias, initial_tail):
         y, tail = _CausalConv1dFn.apply(*args, silu, bool(reverse), variant)
     else:
-        y, tail = cpu_ext.load(variant).causal_conv1d_fwd(*args, silu, bool(reverse),
-                                                          bool(return_final_tail))
+        y, tail = cpu_ext.load(variant).causal_conv1d_fwd(*args, silu, bool(reverse), bool(return_final_tail))
     y = y.to(dtype_in)
     if return_final_tail:
         return y, tail.to(dtype_in)

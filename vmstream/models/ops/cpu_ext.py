@@ -17,6 +17,7 @@ The ops are registered with `TORCH_LIBRARY` under a namespace that carries the s
 `python -m vmstream.models.ops.build` calls it ahead of time to warm the cache
 (`scripts/setup` does).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,8 +99,7 @@ def _cpu_identity() -> str:
 
 def _compiler_version(cxx: str) -> str:
     try:
-        return subprocess.run([cxx, "--version"], capture_output=True, text=True,
-                              timeout=30).stdout.splitlines()[0]
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "unknown"
 
@@ -215,8 +215,10 @@ def _build_and_load(variant: str):
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ExtensionUnavailable(f"cannot create the kernel cache directory {build_dir} ({e.strerror or e}); "
-                                   "set VMSTREAM_CACHE_DIR to a writable directory") from None
+        raise ExtensionUnavailable(
+            f"cannot create the kernel cache directory {build_dir} ({e.strerror or e}); "
+            "set VMSTREAM_CACHE_DIR to a writable directory"
+        ) from None
     library, done = build_dir / f"{name}.so", build_dir / "built.txt"
     with _build_lock(build_dir):
         if done.exists() and library.exists():
@@ -227,8 +229,10 @@ def _build_and_load(variant: str):
             return ops
         before = library.stat().st_mtime_ns if library.exists() else None
         # Measured: 36 s on a quiet 2-core machine, 60-90 s on a busy one.
-        _notice("building the fused CPU scan kernel for this machine (once per torch install; "
-                "about a minute on 2 cores) ...")
+        _notice(
+            "building the fused CPU scan kernel for this machine (once per torch install; "
+            "about a minute on 2 cores) ..."
+        )
         t0 = time.perf_counter()
         _compile(name, flags, build_dir)
         ops = getattr(torch.ops, name)
@@ -253,5 +257,12 @@ def _compile(name: str, flags: list[str], build_dir: Path) -> None:
     if not source.exists() or source.read_bytes() != text:  # rewritten only when it differs: ninja reads mtimes
         source.write_bytes(text)
     ldflags = ["-fopenmp"] if "-fopenmp" in flags else []
-    cpp_extension.load(name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=ldflags,
-                       build_directory=str(build_dir), is_python_module=False, verbose=False)
+    cpp_extension.load(
+        name=name,
+        sources=[str(source)],
+        extra_cflags=flags,
+        extra_ldflags=ldflags,
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )

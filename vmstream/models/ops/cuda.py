@@ -16,6 +16,7 @@ last state is asked for, it is recomputed as a differentiable expression instead
 This path cannot be run on the CPU-only development machine; the injection math is
 tested on the CPU around the reference scan (tests/test_ops_injection.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,7 @@ from . import injection
 
 
 def status() -> str:
-    """"ok", or why the CUDA backend cannot run here."""
+    """ "ok", or why the CUDA backend cannot run here."""
     if not torch.cuda.is_available():
         return "no CUDA device"
     try:
@@ -39,27 +40,48 @@ def status() -> str:
     return "ok"
 
 
-def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                        initial_state=None, return_last_state=False, reverse=False):
+def selective_scan_cuda(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+    reverse=False,
+):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     dtype_in = u.dtype
     if reverse:
         u, delta, B, C = u.flip(1), delta.flip(1), B.flip(1), C.flip(1)
         z = None if z is None else z.flip(1)
+
     # [B, L, X] -> [B, X, L] with the token axis contiguous, as the kernel requires;
     # delta, B, C must share u's dtype there (A, D, delta_bias are float32).
     def chan(t):
         return t.to(dtype_in).transpose(1, 2).contiguous()
 
     y, last = selective_scan_fn(
-        chan(u), chan(delta), A.float().contiguous(), chan(B), chan(C),
-        None if D is None else D.float().contiguous(), None,
+        chan(u),
+        chan(delta),
+        A.float().contiguous(),
+        chan(B),
+        chan(C),
+        None if D is None else D.float().contiguous(),
+        None,
         None if delta_bias is None else delta_bias.float().contiguous(),
-        bool(delta_softplus), return_last_state=True)
+        bool(delta_softplus),
+        return_last_state=True,
+    )
     y = y.transpose(1, 2).float()  # [B, L, D]
     need_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias, initial_state))
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias, initial_state)
+    )
     if initial_state is not None or (return_last_state and need_grad):
         d_eff = injection.effective_delta(delta, delta_bias, delta_softplus)
     if return_last_state and need_grad:
@@ -76,8 +98,9 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     return (y, last.float()) if return_last_state else y
 
 
-def causal_conv1d_cuda(x, weight, bias=None, initial_tail=None, activation=None,
-                       return_final_tail=False, reverse=False):
+def causal_conv1d_cuda(
+    x, weight, bias=None, initial_tail=None, activation=None, return_final_tail=False, reverse=False
+):
     from causal_conv1d import causal_conv1d_fn
 
     if activation not in (None, "silu", "swish"):
@@ -88,14 +111,14 @@ def causal_conv1d_cuda(x, weight, bias=None, initial_tail=None, activation=None,
     if reverse:
         x = x.flip(1)
     xt = x.transpose(1, 2)  # [B, D, L]
-    tail = (xt.new_zeros(Bsz, D, K - 1) if initial_tail is None
-            else initial_tail.to(x.dtype))
+    tail = xt.new_zeros(Bsz, D, K - 1) if initial_tail is None else initial_tail.to(x.dtype)
     xp = torch.cat([tail, xt], dim=2).contiguous()  # the tail goes in front
-    out = causal_conv1d_fn(xp, w, None if bias is None else bias.to(x.dtype).contiguous(),
-                           activation=activation)[..., K - 1:]
+    out = causal_conv1d_fn(xp, w, None if bias is None else bias.to(x.dtype).contiguous(), activation=activation)[
+        ..., K - 1 :
+    ]
     out = out.transpose(1, 2)  # [B, L, D] view; transposing back for the scan is free
     if reverse:
         out = out.flip(1)
     if return_final_tail:
-        return out, xp[:, :, xp.shape[2] - (K - 1):]
+        return out, xp[:, :, xp.shape[2] - (K - 1) :]
     return out

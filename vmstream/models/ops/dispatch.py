@@ -54,6 +54,7 @@ recomputes the last state as a differentiable expression when it needs a gradien
 `available_backends()` tells which backends work here and why not (`vmstream info`).
 Pre-build the C++ kernel with `python -m vmstream.models.ops.build`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,7 +90,7 @@ def _numba_status() -> str:
 
 
 def _triton_status() -> str:
-    """"ok", or why the Triton kernels cannot run here. Imports triton only where it
+    """ "ok", or why the Triton kernels cannot run here. Imports triton only where it
     could run: with a CUDA device, or with TRITON_INTERPRET=1 (the interpreter)."""
     global _triton_error
     if _triton_error is not None:
@@ -99,8 +100,10 @@ def _triton_status() -> str:
     try:
         from . import triton_scan  # noqa: F401, PLC0415
     except Exception as e:  # ImportError, or a triton that breaks at import
-        _triton_error = (f"triton not importable ({type(e).__name__}: {e}); it ships with torch's "
-                         "CUDA wheels, or pip install 'vmstream[gpu]'")
+        _triton_error = (
+            f"triton not importable ({type(e).__name__}: {e}); it ships with torch's "
+            "CUDA wheels, or pip install 'vmstream[gpu]'"
+        )
         return _triton_error
     return "ok"
 
@@ -152,11 +155,16 @@ def _auto_cuda() -> str:
         return "triton"
     cuda_status = cuda.status()
     if cuda_status == "ok":
-        _warn_once("auto-cuda", "scan backend: cuda (mamba-ssm and causal-conv1d); Triton unavailable: %s",
-                   triton_status)
+        _warn_once(
+            "auto-cuda", "scan backend: cuda (mamba-ssm and causal-conv1d); Triton unavailable: %s", triton_status
+        )
         return "cuda"
-    _warn_once("auto-cuda", "scan backend: ref on CUDA tensors, the slow PyTorch loop (Triton unavailable: "
-               "%s; mamba-ssm unavailable: %s)", triton_status, cuda_status)
+    _warn_once(
+        "auto-cuda",
+        "scan backend: ref on CUDA tensors, the slow PyTorch loop (Triton unavailable: %s; mamba-ssm unavailable: %s)",
+        triton_status,
+        cuda_status,
+    )
     return "ref"
 
 
@@ -181,8 +189,11 @@ def _resolve_cpu() -> str:
             log.warning("scan backend: numba (the fused C++ kernel is unavailable: %s)", reason)
         else:
             _cpu_impl = "ref"
-            log.warning("scan backend: ref, the slow PyTorch loop (C++ kernel unavailable: %s; "
-                        "numba unavailable: %s)", reason, status)
+            log.warning(
+                "scan backend: ref, the slow PyTorch loop (C++ kernel unavailable: %s; numba unavailable: %s)",
+                reason,
+                status,
+            )
         return _cpu_impl
 
 
@@ -192,22 +203,21 @@ def _choose(tensor: Tensor, backend: Optional[str]) -> str:
         backend, source = os.environ[ENV_VAR], ENV_VAR
     if backend is not None:
         if backend not in _BACKENDS:
-            raise ValueError(f"unknown scan backend {backend!r} (from {source}); "
-                             f"expected one of {_BACKENDS}")
+            raise ValueError(f"unknown scan backend {backend!r} (from {source}); expected one of {_BACKENDS}")
         if backend == "cuda" and not tensor.is_cuda:
-            raise ValueError(f"scan backend 'cuda' (from {source}) needs CUDA tensors, "
-                             f"got {tensor.device}")
+            raise ValueError(f"scan backend 'cuda' (from {source}) needs CUDA tensors, got {tensor.device}")
         if backend in ("cpu", "numba") and tensor.device.type != "cpu":
-            raise ValueError(f"scan backend {backend!r} (from {source}) needs CPU tensors, "
-                             f"got {tensor.device}")
+            raise ValueError(f"scan backend {backend!r} (from {source}) needs CPU tensors, got {tensor.device}")
         if backend == "triton":
             status = _triton_status()
             if status.startswith("triton not importable"):
                 raise RuntimeError(f"scan backend 'triton' (from {source}): {status}")
             if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-                raise ValueError(f"scan backend 'triton' (from {source}) needs CUDA tensors, or "
-                                 f"TRITON_INTERPRET=1 in the environment to run on {tensor.device} "
-                                 "tensors through Triton's interpreter")
+                raise ValueError(
+                    f"scan backend 'triton' (from {source}) needs CUDA tensors, or "
+                    f"TRITON_INTERPRET=1 in the environment to run on {tensor.device} "
+                    "tensors through Triton's interpreter"
+                )
         if source == ENV_VAR:
             _info_once(f"env-{backend}", "scan backend: %s (set by %s)", backend, ENV_VAR)
         return backend
@@ -280,16 +290,25 @@ def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, out):
     if A.dim() != 2 or A.shape[0] != Dm:
         raise ValueError(f"selective_scan: A must be [D, N] = [{Dm}, N], got shape {_shape(A)}")
     N = A.shape[1]
-    expect = {"delta": (delta, (Bsz, L, Dm)), "B": (B, (Bsz, L, N)), "C": (C, (Bsz, L, N)),
-              "D": (D, (Dm,)), "z": (z, (Bsz, L, Dm)), "delta_bias": (delta_bias, (Dm,)),
-              "initial_state": (initial_state, (Bsz, Dm, N)), "out": (out, (Bsz, L, Dm))}
+    expect = {
+        "delta": (delta, (Bsz, L, Dm)),
+        "B": (B, (Bsz, L, N)),
+        "C": (C, (Bsz, L, N)),
+        "D": (D, (Dm,)),
+        "z": (z, (Bsz, L, Dm)),
+        "delta_bias": (delta_bias, (Dm,)),
+        "initial_state": (initial_state, (Bsz, Dm, N)),
+        "out": (out, (Bsz, L, Dm)),
+    }
     for name, (t, shape) in expect.items():
         if t is None:
             continue
         if _shape(t) != shape:
-            raise ValueError(f"selective_scan: {name} must have shape {list(shape)} "
-                             f"(u is [B, L, D] = {list(u.shape)}, A is [D, N] = {list(A.shape)}), "
-                             f"got {list(t.shape)}")
+            raise ValueError(
+                f"selective_scan: {name} must have shape {list(shape)} "
+                f"(u is [B, L, D] = {list(u.shape)}, A is [D, N] = {list(A.shape)}), "
+                f"got {list(t.shape)}"
+            )
         if t.device != u.device:
             raise ValueError(f"selective_scan: {name} is on {t.device}, u on {u.device}")
         if not t.is_floating_point():
@@ -305,8 +324,9 @@ def _check_conv(x, weight, bias, initial_tail):
     if L == 0:
         raise ValueError("causal_conv1d: x has no tokens (L == 0)")
     if weight.dim() not in (2, 3) or weight.shape[0] != Dm or (weight.dim() == 3 and weight.shape[1] != 1):
-        raise ValueError(f"causal_conv1d: weight must be [D, K] (or [D, 1, K]) with D = {Dm}, "
-                         f"got shape {_shape(weight)}")
+        raise ValueError(
+            f"causal_conv1d: weight must be [D, K] (or [D, 1, K]) with D = {Dm}, got shape {_shape(weight)}"
+        )
     K = weight.shape[-1]
     if K < 2:
         raise ValueError(f"causal_conv1d: kernel width K must be >= 2, got {K}")
@@ -331,9 +351,23 @@ def fused_cpu_ops(tensor: Tensor, backend: Optional[str] = None):
     return cpu_ext.load()
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   initial_state=None, return_last_state=False, reverse=False, backend=None,
-                   out=None, accumulate=False):
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+    reverse=False,
+    backend=None,
+    out=None,
+    accumulate=False,
+):
     _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, out)
     name = explicit = _choose(u, backend)
     if name == "cpu":
@@ -341,29 +375,59 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if impl == "cpp":
             from .cpu import selective_scan_cpu  # noqa: PLC0415
 
-            return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                      initial_state, return_last_state, reverse, out, accumulate)
+            return selective_scan_cpu(
+                u,
+                delta,
+                A,
+                B,
+                C,
+                D,
+                z,
+                delta_bias,
+                delta_softplus,
+                initial_state,
+                return_last_state,
+                reverse,
+                out,
+                accumulate,
+            )
         name = impl
     if name == "numba":
         nbk = _numba_kernels(explicit == "numba")
         if nbk is not None:
-            return nbk.selective_scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                            initial_state, return_last_state, reverse, out,
-                                            accumulate)
+            return nbk.selective_scan_numba(
+                u,
+                delta,
+                A,
+                B,
+                C,
+                D,
+                z,
+                delta_bias,
+                delta_softplus,
+                initial_state,
+                return_last_state,
+                reverse,
+                out,
+                accumulate,
+            )
         name = "ref"
     if name == "cuda":
         from .cuda import selective_scan_cuda  # noqa: PLC0415
 
-        res = selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                  initial_state, return_last_state, reverse)
+        res = selective_scan_cuda(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, reverse
+        )
     elif name == "triton":
         from .triton_scan import selective_scan_triton  # noqa: PLC0415
 
-        res = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                    initial_state, return_last_state, reverse)
+        res = selective_scan_triton(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, reverse
+        )
     else:
-        res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                 initial_state, return_last_state, reverse)
+        res = selective_scan_ref(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, reverse
+        )
     if out is None:
         return res
     y, rest = (res[0], res[1:]) if return_last_state else (res, ())
@@ -371,8 +435,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (y, *rest) if return_last_state else y
 
 
-def causal_conv1d(x, weight, bias=None, initial_tail=None, activation=None,
-                  return_final_tail=False, reverse=False, backend=None):
+def causal_conv1d(
+    x, weight, bias=None, initial_tail=None, activation=None, return_final_tail=False, reverse=False, backend=None
+):
     _check_conv(x, weight, bias, initial_tail)
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"causal_conv1d: unsupported activation {activation!r} (silu or None)")
@@ -382,24 +447,19 @@ def causal_conv1d(x, weight, bias=None, initial_tail=None, activation=None,
         if impl == "cpp":
             from .cpu import causal_conv1d_cpu  # noqa: PLC0415
 
-            return causal_conv1d_cpu(x, weight, bias, initial_tail, activation,
-                                     return_final_tail, reverse)
+            return causal_conv1d_cpu(x, weight, bias, initial_tail, activation, return_final_tail, reverse)
         name = impl
     if name == "numba":
         nbk = _numba_kernels(explicit == "numba")
         if nbk is not None:
-            return nbk.causal_conv1d_numba(x, weight, bias, initial_tail, activation,
-                                           return_final_tail, reverse)
+            return nbk.causal_conv1d_numba(x, weight, bias, initial_tail, activation, return_final_tail, reverse)
         name = "ref"
     if name == "cuda":
         from .cuda import causal_conv1d_cuda  # noqa: PLC0415
 
-        return causal_conv1d_cuda(x, weight, bias, initial_tail, activation,
-                                  return_final_tail, reverse)
+        return causal_conv1d_cuda(x, weight, bias, initial_tail, activation, return_final_tail, reverse)
     if name == "triton":
         from .triton_scan import causal_conv1d_triton  # noqa: PLC0415
 
-        return causal_conv1d_triton(x, weight, bias, initial_tail, activation,
-                                    return_final_tail, reverse)
-    return causal_conv1d_ref(x, weight, bias, initial_tail, activation, return_final_tail,
-                             reverse)
+        return causal_conv1d_triton(x, weight, bias, initial_tail, activation, return_final_tail, reverse)
+    return causal_conv1d_ref(x, weight, bias, initial_tail, activation, return_final_tail, reverse)

@@ -14,6 +14,7 @@ kernel and the tests check them against the reference scan on the CPU.
 `final_state_from_zero` is h_L(0) as a differentiable expression, for training on
 CUDA: mamba-ssm's kernel returns its last state without a gradient.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -26,8 +27,7 @@ from torch.utils.checkpoint import checkpoint
 DEFAULT_CHUNK = 256  # tokens per [B, chunk, D, N] intermediate
 
 
-def effective_delta(delta: Tensor, delta_bias: Optional[Tensor] = None,
-                    delta_softplus: bool = False) -> Tensor:
+def effective_delta(delta: Tensor, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False) -> Tensor:
     """Δ as the scan uses it: float32, plus delta_bias, through softplus when asked."""
     d = delta.float()
     if delta_bias is not None:
@@ -44,8 +44,9 @@ def cumulative_delta(delta_eff: Tensor, reverse: bool = False) -> Tensor:
     return s.float()
 
 
-def initial_state_output(delta_eff: Tensor, A: Tensor, C: Tensor, h0: Tensor,
-                         reverse: bool = False, chunk: int = DEFAULT_CHUNK) -> Tensor:
+def initial_state_output(
+    delta_eff: Tensor, A: Tensor, C: Tensor, h0: Tensor, reverse: bool = False, chunk: int = DEFAULT_CHUNK
+) -> Tensor:
     """The output term of h0, [B, L, D]: C_t · (exp(A S_t) ⊙ h0), before the z gate.
 
     delta_eff [B, L, D] (see `effective_delta`), A [D, N], C [B, L, N], h0 [B, D, N].
@@ -57,8 +58,8 @@ def initial_state_output(delta_eff: Tensor, A: Tensor, C: Tensor, h0: Tensor,
     C = C.float()
     parts = []
     for l0 in range(0, S.shape[1], chunk):
-        decay = torch.exp(S[:, l0:l0 + chunk, :, None] * A)  # [B, c, D, N]
-        parts.append(torch.einsum("bldn,bdn,bln->bld", decay, h0, C[:, l0:l0 + chunk]))
+        decay = torch.exp(S[:, l0 : l0 + chunk, :, None] * A)  # [B, c, D, N]
+        parts.append(torch.einsum("bldn,bdn,bln->bld", decay, h0, C[:, l0 : l0 + chunk]))
     return torch.cat(parts, dim=1)
 
 
@@ -74,8 +75,9 @@ def _final_chunk(delta_c: Tensor, u_c: Tensor, B_c: Tensor, after_c: Tensor, A: 
     return torch.einsum("bldn,bld,bln->bdn", decay, delta_c * u_c, B_c)
 
 
-def final_state_from_zero(u: Tensor, delta_eff: Tensor, A: Tensor, B: Tensor,
-                          reverse: bool = False, chunk: int = DEFAULT_CHUNK) -> Tensor:
+def final_state_from_zero(
+    u: Tensor, delta_eff: Tensor, A: Tensor, B: Tensor, reverse: bool = False, chunk: int = DEFAULT_CHUNK
+) -> Tensor:
     """h_L of a scan started from zero, [B, D, N], as a differentiable expression:
     h_L = Σ_t exp(A · Σ_{steps after t} Δ) ⊙ Δ_t u_t B_t.
 

@@ -26,6 +26,7 @@ has them), the decay, SiLUs and softplus with a degree-3 exponential
 xz is widened exactly. The composed path keeps float32 math in every precision and
 rounds y at the end.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
@@ -76,22 +77,34 @@ def _small(t: Tensor) -> Tensor:
     return t.detach().float().contiguous()
 
 
-def mamba_inner(xz: Tensor, directions: Sequence[MixerDirection], initial_tail: Optional[Tensor] = None,
-                initial_state: Optional[Tensor] = None, return_state: bool = False,
-                out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None):
+def mamba_inner(
+    xz: Tensor,
+    directions: Sequence[MixerDirection],
+    initial_tail: Optional[Tensor] = None,
+    initial_state: Optional[Tensor] = None,
+    return_state: bool = False,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+):
     _check(xz, directions)
     out_dtype = out_dtype or torch.float32
-    if out_dtype in (torch.float32, torch.bfloat16) and _fused_ok(xz, directions, initial_tail, initial_state,
-                                                                    backend):
+    if out_dtype in (torch.float32, torch.bfloat16) and _fused_ok(xz, directions, initial_tail, initial_state, backend):
         return mamba_inner_cpu(xz, directions, initial_tail, initial_state, return_state, out_dtype)
     y, state = _composed(xz.float(), directions, initial_tail, initial_state, return_state, backend)
     y = y.to(out_dtype)
     return (y, state) if return_state else y
 
 
-def mamba_inner_cpu(xz: Tensor, directions: Sequence[MixerDirection], initial_tail: Optional[Tensor] = None,
-                    initial_state: Optional[Tensor] = None, return_state: bool = False,
-                    out_dtype: torch.dtype = torch.float32, chunk: int = 0, variant: str = "native"):
+def mamba_inner_cpu(
+    xz: Tensor,
+    directions: Sequence[MixerDirection],
+    initial_tail: Optional[Tensor] = None,
+    initial_state: Optional[Tensor] = None,
+    return_state: bool = False,
+    out_dtype: torch.dtype = torch.float32,
+    chunk: int = 0,
+    variant: str = "native",
+):
     """`mamba_inner` on the fused C++ kernel, without autograd (CPU tensors; `chunk` 0 is
     `CHUNK`; `variant` picks an instruction-set build, see `cpu_ext.VARIANT_FLAGS`)."""
     _check(xz, directions)
@@ -99,17 +112,29 @@ def mamba_inner_cpu(xz: Tensor, directions: Sequence[MixerDirection], initial_ta
     params = []
     for d in directions:
         bias = d.conv_bias if d.conv_bias is not None else d.conv_weight.new_zeros(Dm)
-        params += [_small(d.conv_weight.reshape(Dm, -1)), _small(bias), _small(d.x_proj_weight),
-                   _small(d.dt_proj_weight), _small(d.dt_bias), _small(d.A), _small(d.D)]
+        params += [
+            _small(d.conv_weight.reshape(Dm, -1)),
+            _small(bias),
+            _small(d.x_proj_weight),
+            _small(d.dt_proj_weight),
+            _small(d.dt_bias),
+            _small(d.A),
+            _small(d.D),
+        ]
     if xz.dtype not in (torch.float32, torch.bfloat16):
         xz = xz.float()
     if xz.stride(-1) != 1:
         xz = xz.contiguous()
     with torch.no_grad():
         y, tail, last = cpu_ext.load(variant).mixer_fwd(
-            xz.detach(), params, None if initial_tail is None else _small(initial_tail),
-            None if initial_state is None else _small(initial_state), bool(return_state), chunk or CHUNK,
-            out_dtype == torch.bfloat16)
+            xz.detach(),
+            params,
+            None if initial_tail is None else _small(initial_tail),
+            None if initial_state is None else _small(initial_state),
+            bool(return_state),
+            chunk or CHUNK,
+            out_dtype == torch.bfloat16,
+        )
     return (y, (tail, last)) if return_state else y
 
 
@@ -122,8 +147,17 @@ def _composed(xz, directions, initial_tail, initial_state, return_state, backend
         # Without autograd the second direction's scan adds into the first's output in
         # place (no temporary); under autograd y must stay intact for backward, so sum.
         acc = y if y is not None and not torch.is_grad_enabled() else None
-        yd = _direction(x, z, d, initial_tail if first else None, initial_state if first else None,
-                        reverse=not first, return_state=return_state and first, out=acc, backend=backend)
+        yd = _direction(
+            x,
+            z,
+            d,
+            initial_tail if first else None,
+            initial_state if first else None,
+            reverse=not first,
+            return_state=return_state and first,
+            out=acc,
+            backend=backend,
+        )
         if return_state and first:
             yd, state = yd
         y = yd if (y is None or acc is not None) else y + yd
@@ -133,16 +167,38 @@ def _composed(xz, directions, initial_tail, initial_state, return_state, backend
 def _direction(x, z, d: MixerDirection, tail, h0, reverse, return_state, out, backend):
     Dm, N = d.A.shape
     R = d.dt_proj_weight.shape[1]
-    xc = causal_conv1d(x, d.conv_weight.reshape(Dm, -1), d.conv_bias, initial_tail=tail, activation="silu",
-                       return_final_tail=return_state, reverse=reverse, backend=backend)
+    xc = causal_conv1d(
+        x,
+        d.conv_weight.reshape(Dm, -1),
+        d.conv_bias,
+        initial_tail=tail,
+        activation="silu",
+        return_final_tail=return_state,
+        reverse=reverse,
+        backend=backend,
+    )
     if return_state:
         xc, new_tail = xc
     x_dbl = F.linear(xc, d.x_proj_weight)
     dt, B, C = torch.split(x_dbl, [R, N, N], dim=-1)
     dt = F.linear(dt, d.dt_proj_weight)  # bias -> delta_bias, as the fused kernel does
-    y = selective_scan(xc, dt, d.A, B, C, d.D.float(), z=z, delta_bias=d.dt_bias.float(), delta_softplus=True,
-                       initial_state=h0, return_last_state=return_state, reverse=reverse, out=out,
-                       accumulate=out is not None, backend=backend)
+    y = selective_scan(
+        xc,
+        dt,
+        d.A,
+        B,
+        C,
+        d.D.float(),
+        z=z,
+        delta_bias=d.dt_bias.float(),
+        delta_softplus=True,
+        initial_state=h0,
+        return_last_state=return_state,
+        reverse=reverse,
+        out=out,
+        accumulate=out is not None,
+        backend=backend,
+    )
     if return_state:
         y, last = y
         return y, (new_tail, last)

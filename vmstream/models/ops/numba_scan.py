@@ -14,17 +14,18 @@ them from numba's on-disk cache (`cache=True`) after the first time.
 Inputs reach the kernels as numpy views of the tensors (no copies for the model's
 strided views); gradients come from `torch.autograd.Function` wrappers.
 """
+
 from __future__ import annotations
 
 import functools
 from typing import Optional
 
 import numba as nb
+import numpy as np
+import torch
 from llvmlite import ir as llvm_ir
 from numba import prange
 from numba.extending import intrinsic
-import numpy as np
-import torch
 from torch import Tensor
 
 CKPT_EVERY = 64
@@ -34,12 +35,12 @@ f32 = np.float32
 LOG2E = f32(1.4426950408889634)
 # 2^f on [-0.5, 0.5], the same polynomial as the C++ kernel (p(0) = 1 and p'(0) = ln 2 exact,
 # so the decay of a long-memory channel has no per-step bias to compound; see scan_cpu.cpp)
-P0, P1, P2, P3, P4, P5 = (f32(v) for v in (1.0, 6.931471806e-01, 2.402225896e-01,
-                                           5.550552468e-02, 9.671051678e-03, 1.330622285e-03))
+P0, P1, P2, P3, P4, P5 = (
+    f32(v) for v in (1.0, 6.931471806e-01, 2.402225896e-01, 5.550552468e-02, 9.671051678e-03, 1.330622285e-03)
+)
 # One compilation per kernel, whatever the strides: explicit signatures with 'A'
 # (any-layout) arrays; cached on disk by numba.
-_jit = functools.partial(nb.njit, cache=True, nogil=True, error_model="numpy",
-                         fastmath={"contract"})
+_jit = functools.partial(nb.njit, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 _a1, _a2, _a3, _a4 = nb.float32[:], nb.float32[:, :], nb.float32[:, :, :], nb.float32[:, :, :, :]
 
 
@@ -79,14 +80,17 @@ def softplus(x):
     e = exp2f(-abs(x) * LOG2E)
     s = e / (e + f32(2.0))
     s2 = s * s
-    p = (((((f32(1 / 13) * s2 + f32(1 / 11)) * s2 + f32(1 / 9)) * s2 + f32(1 / 7)) * s2
-          + f32(1 / 5)) * s2 + f32(1 / 3)) * s2 + f32(1.0)
+    p = (
+        ((((f32(1 / 13) * s2 + f32(1 / 11)) * s2 + f32(1 / 9)) * s2 + f32(1 / 7)) * s2 + f32(1 / 5)) * s2 + f32(1 / 3)
+    ) * s2 + f32(1.0)
     pos = x if x > f32(0.0) else f32(0.0)
     return pos + f32(2.0) * s * p
 
 
-@_jit(nb.void(_a3, _a3, _a2, _a3, _a3, _a1, _a3, _a1, _a3, _a3, _a3, _a4,
-              nb.types.UniTuple(nb.boolean, 9), nb.int64), parallel=True)
+@_jit(
+    nb.void(_a3, _a3, _a2, _a3, _a3, _a1, _a3, _a1, _a3, _a3, _a3, _a4, nb.types.UniTuple(nb.boolean, 9), nb.int64),
+    parallel=True,
+)
 def scan_fwd(u, delta, A, Bm, Cm, Dv, z, bias, h0, out, last, ckpt, flags, K):
     has_D, has_z, has_bias, has_h0, softp, reverse, accumulate, want_last, want_ckpt = flags
     Bsz, L, D = u.shape
@@ -143,8 +147,35 @@ def scan_fwd(u, delta, A, Bm, Cm, Dv, z, bias, h0, out, last, ckpt, flags, K):
 
 
 @_jit(inline="always")
-def _recompute_chunk(b, d0, nl, s0, cnt, L, reverse, u, delta, bias, Bm, Cm, Dv, z, dout,
-                     has_bias, softp, has_z, has_D, A2, H, Ad, pre, dtk, dtu, dy, dz_o):
+def _recompute_chunk(
+    b,
+    d0,
+    nl,
+    s0,
+    cnt,
+    L,
+    reverse,
+    u,
+    delta,
+    bias,
+    Bm,
+    Cm,
+    Dv,
+    z,
+    dout,
+    has_bias,
+    softp,
+    has_z,
+    has_D,
+    A2,
+    H,
+    Ad,
+    pre,
+    dtk,
+    dtu,
+    dy,
+    dz_o,
+):
     """The forward pass over one chunk again, from its checkpointed state H[0]: the
     states, decays and gate gradients the reverse recurrence needs."""
     N = A2.shape[0]
@@ -180,11 +211,36 @@ def _recompute_chunk(b, d0, nl, s0, cnt, L, reverse, u, delta, bias, Bm, Cm, Dv,
             dy[j, i] = f32(0.0)
 
 
-@_jit(nb.void(_a3, _a3, _a2, _a3, _a3, _a1, _a3, _a1, _a4, _a3, _a3,
-              nb.types.UniTuple(nb.boolean, 6), nb.int64, _a3, _a3, _a3, _a3, _a3, _a2, _a2,
-              _a4, _a4), parallel=True)
-def scan_bwd(u, delta, A, Bm, Cm, Dv, z, bias, ckpt, dout, dlast, flags, K,
-             du_o, dd_o, dz_o, dh0_o, dA_w, dD_w, db_w, dB_w, dC_w):
+@_jit(
+    nb.void(
+        _a3,
+        _a3,
+        _a2,
+        _a3,
+        _a3,
+        _a1,
+        _a3,
+        _a1,
+        _a4,
+        _a3,
+        _a3,
+        nb.types.UniTuple(nb.boolean, 6),
+        nb.int64,
+        _a3,
+        _a3,
+        _a3,
+        _a3,
+        _a3,
+        _a2,
+        _a2,
+        _a4,
+        _a4,
+    ),
+    parallel=True,
+)
+def scan_bwd(
+    u, delta, A, Bm, Cm, Dv, z, bias, ckpt, dout, dlast, flags, K, du_o, dd_o, dz_o, dh0_o, dA_w, dD_w, db_w, dB_w, dC_w
+):
     has_D, has_z, has_bias, softp, reverse, has_dlast = flags
     Bsz, L, D = u.shape
     N = A.shape[1]
@@ -193,8 +249,8 @@ def scan_bwd(u, delta, A, Bm, Cm, Dv, z, bias, ckpt, dout, dlast, flags, K,
     nw = dA_w.shape[0]
     nck = (L + K - 1) // K
     for wk in prange(nw):  # worker wk owns row wk of every reduction buffer
-        H = np.zeros((K + 1, N, W), f32)    # H[j] = state before step j of the chunk
-        Ad = np.zeros((K, N, W), f32)       # decays
+        H = np.zeros((K + 1, N, W), f32)  # H[j] = state before step j of the chunk
+        Ad = np.zeros((K, N, W), f32)  # decays
         pre = np.zeros((K, W), f32)
         dtk = np.zeros((K, W), f32)
         dtu = np.zeros((K, W), f32)
@@ -225,8 +281,35 @@ def scan_bwd(u, delta, A, Bm, Cm, Dv, z, bias, ckpt, dout, dlast, flags, K,
                 for n in range(N):
                     for i in range(W):
                         H[0, n, i] = ckpt[b, k, n, d0 + i] if i < nl else f32(0.0)
-                _recompute_chunk(b, d0, nl, s0, cnt, L, reverse, u, delta, bias, Bm, Cm, Dv, z, dout,
-                                 has_bias, softp, has_z, has_D, A2, H, Ad, pre, dtk, dtu, dy, dz_o)
+                _recompute_chunk(
+                    b,
+                    d0,
+                    nl,
+                    s0,
+                    cnt,
+                    L,
+                    reverse,
+                    u,
+                    delta,
+                    bias,
+                    Bm,
+                    Cm,
+                    Dv,
+                    z,
+                    dout,
+                    has_bias,
+                    softp,
+                    has_z,
+                    has_D,
+                    A2,
+                    H,
+                    Ad,
+                    pre,
+                    dtk,
+                    dtu,
+                    dy,
+                    dz_o,
+                )
                 for j in range(cnt - 1, -1, -1):  # the reverse recurrence
                     t = L - 1 - (s0 + j) if reverse else s0 + j
                     sgB[:] = 0.0
@@ -293,8 +376,7 @@ def conv_fwd(x, w, bias, tail, out, ftail, flags):
                 ftail[b, d, k] = win[k]
 
 
-@_jit(nb.void(_a3, _a2, _a1, _a3, _a3, _a3, nb.types.UniTuple(nb.boolean, 5), _a3, _a2, _a1,
-              _a3), parallel=True)
+@_jit(nb.void(_a3, _a2, _a1, _a3, _a3, _a3, nb.types.UniTuple(nb.boolean, 5), _a3, _a2, _a1, _a3), parallel=True)
 def conv_bwd(x, w, bias, tail, dout, dfinal, flags, dx, dw, db, dtail):
     has_bias, has_tail, silu, reverse, has_dfinal = flags
     Bsz, L, D = x.shape
@@ -339,7 +421,6 @@ def conv_bwd(x, w, bias, tail, dout, dfinal, flags, dx, dw, db, dtail):
                     dx[b, t, d] = dwin
 
 
-
 def _np(t: Optional[Tensor]) -> np.ndarray:
     """A numpy view of a float32 CPU [D] tensor (no copy), or a 1-element dummy for None."""
     if t is None:
@@ -362,23 +443,43 @@ def _fwd(u, delta, A, B, C, D, z, bias, h0, softplus, reverse, out, accumulate, 
     ckpt = torch.empty(Bsz, (L + K - 1) // K, N, Dm) if K > 0 else None
     if out is None:
         out = torch.empty(Bsz, L, Dm)
-    flags = (D is not None, z is not None, bias is not None, h0 is not None, bool(softplus),
-             bool(reverse), bool(accumulate), bool(want_last), K > 0)
+    flags = (
+        D is not None,
+        z is not None,
+        bias is not None,
+        h0 is not None,
+        bool(softplus),
+        bool(reverse),
+        bool(accumulate),
+        bool(want_last),
+        K > 0,
+    )
     d3 = np.zeros((1, 1, 1), np.float32)
-    scan_fwd(u.detach().numpy(), delta.detach().numpy(), A.detach().numpy(), B.detach().numpy(),
-             C.detach().numpy(), _np(D), d3 if z is None else z.detach().numpy(), _np(bias),
-             d3 if h0 is None else h0.detach().numpy(), out.detach().numpy(),
-             d3 if last is None else last.numpy(),
-             np.zeros((1, 1, 1, 1), np.float32) if ckpt is None else ckpt.numpy(),
-             flags, max(K, 1))
+    scan_fwd(
+        u.detach().numpy(),
+        delta.detach().numpy(),
+        A.detach().numpy(),
+        B.detach().numpy(),
+        C.detach().numpy(),
+        _np(D),
+        d3 if z is None else z.detach().numpy(),
+        _np(bias),
+        d3 if h0 is None else h0.detach().numpy(),
+        out.detach().numpy(),
+        d3 if last is None else last.numpy(),
+        np.zeros((1, 1, 1, 1), np.float32) if ckpt is None else ckpt.numpy(),
+        flags,
+        max(K, 1),
+    )
     return out, last, ckpt
 
 
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse):
-        out, last, ckpt = _fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus,
-                               reverse, None, False, True, CKPT_EVERY)
+        out, last, ckpt = _fwd(
+            u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse, None, False, True, CKPT_EVERY
+        )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         ctx.flags = (softplus, reverse, CKPT_EVERY)
         return out, last
@@ -397,28 +498,78 @@ class _SelectiveScanFn(torch.autograd.Function):
         dB_w, dC_w = torch.zeros(nw, Bsz, L, N), torch.zeros(nw, Bsz, L, N)
         d3 = np.zeros((1, 1, 1), np.float32)
         dout = dout.float().contiguous()
-        flags = (D is not None, z is not None, bias is not None, bool(softplus), bool(reverse),
-                 dlast is not None)
-        scan_bwd(u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), _np(D),
-                 d3 if z is None else z.numpy(), _np(bias), ckpt.numpy(), dout.numpy(),
-                 d3 if dlast is None else dlast.float().contiguous().numpy(), flags, K,
-                 du.numpy(), dd.numpy(), d3 if dz is None else dz.numpy(), dh0.numpy(),
-                 dA_w.numpy(), dD_w.numpy(), db_w.numpy(), dB_w.numpy(), dC_w.numpy())
-        return (du, dd, dA_w.sum(0), dB_w.sum(0), dC_w.sum(0),
-                dD_w.sum(0) if D is not None else None, dz,
-                db_w.sum(0) if bias is not None else None,
-                dh0 if ctx.needs_input_grad[8] else None, None, None)
+        flags = (D is not None, z is not None, bias is not None, bool(softplus), bool(reverse), dlast is not None)
+        scan_bwd(
+            u.numpy(),
+            delta.numpy(),
+            A.numpy(),
+            B.numpy(),
+            C.numpy(),
+            _np(D),
+            d3 if z is None else z.numpy(),
+            _np(bias),
+            ckpt.numpy(),
+            dout.numpy(),
+            d3 if dlast is None else dlast.float().contiguous().numpy(),
+            flags,
+            K,
+            du.numpy(),
+            dd.numpy(),
+            d3 if dz is None else dz.numpy(),
+            dh0.numpy(),
+            dA_w.numpy(),
+            dD_w.numpy(),
+            db_w.numpy(),
+            dB_w.numpy(),
+            dC_w.numpy(),
+        )
+        return (
+            du,
+            dd,
+            dA_w.sum(0),
+            dB_w.sum(0),
+            dC_w.sum(0),
+            dD_w.sum(0) if D is not None else None,
+            dz,
+            db_w.sum(0) if bias is not None else None,
+            dh0 if ctx.needs_input_grad[8] else None,
+            None,
+            None,
+        )
 
 
-def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         initial_state=None, return_last_state=False, reverse=False, out=None,
-                         accumulate=False):
+def selective_scan_numba(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+    reverse=False,
+    out=None,
+    accumulate=False,
+):
     """The contract of `dispatch.selective_scan` on the numba kernels (CPU tensors)."""
     dtype_in = u.dtype
-    args = (u.float(), delta.float(), _f32c(A), B.float(), C.float(), _f32c(D),
-            None if z is None else z.float(), _f32c(delta_bias), _f32c(initial_state))
+    args = (
+        u.float(),
+        delta.float(),
+        _f32c(A),
+        B.float(),
+        C.float(),
+        _f32c(D),
+        None if z is None else z.float(),
+        _f32c(delta_bias),
+        _f32c(initial_state),
+    )
     grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    )
     if grad:
         y, last = _SelectiveScanFn.apply(*args, bool(delta_softplus), bool(reverse))
     else:
@@ -435,9 +586,15 @@ def _conv_fwd(x, w, bias, tail, silu, reverse, want_tail):
     out = torch.empty(Bsz, L, D)
     ftail = torch.empty(Bsz, D, K - 1)
     d3 = np.zeros((1, 1, 1), np.float32)
-    conv_fwd(x.detach().numpy(), w.detach().numpy(), _np(bias),
-             d3 if tail is None else tail.detach().numpy(), out.numpy(), ftail.numpy(),
-             (bias is not None, tail is not None, bool(silu), bool(reverse), bool(want_tail)))
+    conv_fwd(
+        x.detach().numpy(),
+        w.detach().numpy(),
+        _np(bias),
+        d3 if tail is None else tail.detach().numpy(),
+        out.numpy(),
+        ftail.numpy(),
+        (bias is not None, tail is not None, bool(silu), bool(reverse), bool(want_tail)),
+    )
     return out, ftail
 
 
@@ -459,25 +616,39 @@ class _CausalConv1dFn(torch.autograd.Function):
         dw, db = torch.zeros(D, K), torch.zeros(D)
         dtail = torch.empty(Bsz, D, K - 1)
         d3 = np.zeros((1, 1, 1), np.float32)
-        conv_bwd(x.numpy(), w.numpy(), _np(bias), d3 if tail is None else tail.numpy(),
-                 dout.float().contiguous().numpy(),
-                 d3 if dfinal is None else dfinal.float().contiguous().numpy(),
-                 (bias is not None, tail is not None, bool(silu), bool(reverse), dfinal is not None),
-                 dx.numpy(), dw.numpy(), db.numpy(), dtail.numpy())
-        return (dx, dw, db if bias is not None else None,
-                dtail if tail is not None and ctx.needs_input_grad[3] else None, None, None)
+        conv_bwd(
+            x.numpy(),
+            w.numpy(),
+            _np(bias),
+            d3 if tail is None else tail.numpy(),
+            dout.float().contiguous().numpy(),
+            d3 if dfinal is None else dfinal.float().contiguous().numpy(),
+            (bias is not None, tail is not None, bool(silu), bool(reverse), dfinal is not None),
+            dx.numpy(),
+            dw.numpy(),
+            db.numpy(),
+            dtail.numpy(),
+        )
+        return (
+            dx,
+            dw,
+            db if bias is not None else None,
+            dtail if tail is not None and ctx.needs_input_grad[3] else None,
+            None,
+            None,
+        )
 
 
-def causal_conv1d_numba(x, weight, bias=None, initial_tail=None, activation=None,
-                        return_final_tail=False, reverse=False):
+def causal_conv1d_numba(
+    x, weight, bias=None, initial_tail=None, activation=None, return_final_tail=False, reverse=False
+):
     """The contract of `dispatch.causal_conv1d` on the numba kernels (CPU tensors)."""
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"causal_conv1d: unsupported activation {activation!r} (silu or None)")
     dtype_in = x.dtype
     D = x.shape[-1]
     args = (x.float(), _f32c(weight.reshape(D, weight.shape[-1])), _f32c(bias), _f32c(initial_tail))
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, initial_tail))
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, initial_tail))
     if grad:
         y, tail = _CausalConv1dFn.apply(*args, activation is not None, bool(reverse))
     else:

@@ -10,6 +10,7 @@ These are the oracles every fast backend is tested against. Same math as mamba-s
 * `reverse=True` scans from the last token to the first, which equals flipping the
   sequence, scanning and flipping back (the bidirectional block's backward direction).
 """
+
 from __future__ import annotations
 
 import math
@@ -93,9 +94,7 @@ def causal_conv1d_ref(
     flipped sequence: out = flip(conv(flip(x))).
     """
     if reverse:
-        out = causal_conv1d_ref(
-            x.flip(1), weight, bias, initial_tail, activation, return_final_tail, reverse=False
-        )
+        out = causal_conv1d_ref(x.flip(1), weight, bias, initial_tail, activation, return_final_tail, reverse=False)
         if return_final_tail:
             return out[0].flip(1), out[1]
         return out.flip(1)
@@ -118,7 +117,7 @@ def causal_conv1d_ref(
         raise ValueError(f"unsupported activation {activation!r} (silu or None)")
     out = out.transpose(1, 2).to(dtype_in)
     if return_final_tail:
-        return out, xp[:, :, xp.shape[2] - (K - 1):].to(dtype_in)
+        return out, xp[:, :, xp.shape[2] - (K - 1) :].to(dtype_in)
     return out
 
 
@@ -166,8 +165,14 @@ def _bf16_values(t: Tensor) -> Tensor:
     return t.float().bfloat16().float()
 
 
-def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = None,
-                    initial_state: Optional[Tensor] = None, return_state: bool = False, bf16: bool = False):
+def mamba_inner_ref(
+    xz: Tensor,
+    directions,
+    initial_tail: Optional[Tensor] = None,
+    initial_state: Optional[Tensor] = None,
+    return_state: bool = False,
+    bf16: bool = False,
+):
     """A Mamba layer between in_proj and out_proj, the readable way (see `mixer.py`).
 
     xz [B, L, 2D] is split into x and z; each direction (a `mixer.MixerDirection`) is
@@ -187,16 +192,35 @@ def mamba_inner_ref(xz: Tensor, directions, initial_tail: Optional[Tensor] = Non
         first = i == 0
         Dm, N = d.A.shape
         R = d.dt_proj_weight.shape[1]
-        xc, tail = causal_conv1d_ref(x, d.conv_weight.reshape(Dm, -1).float(), d.conv_bias,
-                                     initial_tail if first else None, None, True, reverse=not first)
+        xc, tail = causal_conv1d_ref(
+            x,
+            d.conv_weight.reshape(Dm, -1).float(),
+            d.conv_bias,
+            initial_tail if first else None,
+            None,
+            True,
+            reverse=not first,
+        )
         xc = silu(xc)
         dt, B, C = torch.split(F.linear(rnd(xc), rnd(d.x_proj_weight)), [R, N, N], dim=-1)
         pre = F.linear(rnd(dt), rnd(d.dt_proj_weight)) + d.dt_bias.float()
         delta = softplus_bf16_mode_ref(pre) if bf16 else F.softplus(pre)
         # fp32 gates each direction (the official order); the bf16 mode gates their sum.
-        yd, last = selective_scan_ref(xc, delta, d.A, B, C, d.D, None if bf16 else z, None, False,
-                                      initial_state if first else None, True, reverse=not first,
-                                      exp=exp_bf16_mode_ref if bf16 else torch.exp)
+        yd, last = selective_scan_ref(
+            xc,
+            delta,
+            d.A,
+            B,
+            C,
+            d.D,
+            None if bf16 else z,
+            None,
+            False,
+            initial_state if first else None,
+            True,
+            reverse=not first,
+            exp=exp_bf16_mode_ref if bf16 else torch.exp,
+        )
         if first:
             state = (tail, last)
         y = yd if y is None else y + yd

@@ -30,6 +30,7 @@ imported, the same kernels run on CPU tensors through Triton's interpreter (nump
 that is how the tests hold them to the reference on machines without a GPU. The
 interpreter needs numpy < 2.4 (pyproject.toml's dev extra says why).
 """
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,9 @@ def _version(v: str) -> tuple:
 INTERPRETER_PROBLEM = (
     f"Triton {triton.__version__}'s interpreter fails with numpy {np.__version__} (numpy >= 2.4 "
     "refuses int() of 1-element arrays); install numpy<2.4 to run the Triton kernels on the CPU"
-    if _version(np.__version__) >= (2, 4) and _version(triton.__version__) <= (3, 6) else None)
+    if _version(np.__version__) >= (2, 4) and _version(triton.__version__) <= (3, 6)
+    else None
+)
 
 
 def block_d(Bsz: int, D: int) -> int:
@@ -107,14 +110,49 @@ def _load_or_zeros(ptr, offs, mask, PRESENT: tl.constexpr):
 
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-    out_ptr, last_ptr, ckpt_ptr,
-    L, Dm, N, n_ck, CK,
-    s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_Bb, s_Bl, s_Bn, s_Cb, s_Cl, s_Cn,
-    s_zb, s_zl, s_zd, s_ob, s_ol,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, STORE_CKPT: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    u_ptr,
+    dt_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    h0_ptr,
+    out_ptr,
+    last_ptr,
+    ckpt_ptr,
+    L,
+    Dm,
+    N,
+    n_ck,
+    CK,
+    s_ub,
+    s_ul,
+    s_ud,
+    s_tb,
+    s_tl,
+    s_td,
+    s_Bb,
+    s_Bl,
+    s_Bn,
+    s_Cb,
+    s_Cl,
+    s_Cn,
+    s_zb,
+    s_zl,
+    s_zd,
+    s_ob,
+    s_ol,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    STORE_CKPT: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -164,14 +202,50 @@ def _combine(a1, b1, a2, b2):
 
 @triton.jit
 def _scan_fwd_chunked_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-    out_ptr, last_ptr, ckpt_ptr,
-    L, Dm, N, n_ck, CK,
-    s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_Bb, s_Bl, s_Bn, s_Cb, s_Cl, s_Cn,
-    s_zb, s_zl, s_zd, s_ob, s_ol,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, STORE_CKPT: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    u_ptr,
+    dt_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    h0_ptr,
+    out_ptr,
+    last_ptr,
+    ckpt_ptr,
+    L,
+    Dm,
+    N,
+    n_ck,
+    CK,
+    s_ub,
+    s_ul,
+    s_ud,
+    s_tb,
+    s_tl,
+    s_td,
+    s_Bb,
+    s_Bl,
+    s_Bn,
+    s_Cb,
+    s_Cl,
+    s_Cn,
+    s_zb,
+    s_zl,
+    s_zd,
+    s_ob,
+    s_ol,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    STORE_CKPT: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     # The chunked form: CHUNK steps loaded as tiles at once, their states from
     # tl.associative_scan over the step axis of [CHUNK, BLOCK_D, BLOCK_N], plus the
@@ -199,21 +273,31 @@ def _scan_fwd_chunked_kernel(
         mc = steps < L
         mcd = mc[:, None] & md[None, :]
         mcn = mc[:, None] & mn[None, :]
-        u = tl.load(u_ptr + pid_b * s_ub + t[:, None] * s_ul + offs_d[None, :] * s_ud, mask=mcd, other=0.0).to(tl.float32)
-        dt = tl.load(dt_ptr + pid_b * s_tb + t[:, None] * s_tl + offs_d[None, :] * s_td, mask=mcd, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + pid_b * s_ub + t[:, None] * s_ul + offs_d[None, :] * s_ud, mask=mcd, other=0.0).to(
+            tl.float32
+        )
+        dt = tl.load(dt_ptr + pid_b * s_tb + t[:, None] * s_tl + offs_d[None, :] * s_td, mask=mcd, other=0.0).to(
+            tl.float32
+        )
         dt = dt + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(mcd, dt, 0.0)
-        Bt = tl.load(B_ptr + pid_b * s_Bb + t[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=mcn, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + pid_b * s_Cb + t[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=mcn, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + pid_b * s_Bb + t[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=mcn, other=0.0).to(
+            tl.float32
+        )
+        Ct = tl.load(C_ptr + pid_b * s_Cb + t[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=mcn, other=0.0).to(
+            tl.float32
+        )
         decay = tl.exp(dt[:, :, None] * A[None, :, :])  # [CHUNK, BLOCK_D, BLOCK_N]
         inp = (dt * u)[:, :, None] * Bt[:, None, :]
         cum_decay, h_local = tl.associative_scan((decay, inp), 0, _combine)
         hs = h_local + cum_decay * h[None, :, :]
         y = tl.sum(hs * Ct[:, None, :], axis=2) + Dv[None, :] * u
         if HAS_Z:
-            z = tl.load(z_ptr + pid_b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd, mask=mcd, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + pid_b * s_zb + t[:, None] * s_zl + offs_d[None, :] * s_zd, mask=mcd, other=0.0).to(
+                tl.float32
+            )
             y = y * z * _sigmoid(z)
         tl.store(out_ptr + pid_b * s_ob + t[:, None] * s_ol + offs_d[None, :], y.to(out_ptr.dtype.element_ty), mask=mcd)
         h = tl.sum(tl.where((offs_c == CHUNK - 1)[:, None, None], hs, 0.0), axis=0)  # the chunk's last state
@@ -221,10 +305,33 @@ def _scan_fwd_chunked_kernel(
 
 
 @triton.jit
-def _recompute_chunk(h, c, CK, L, scratch, blk, A, bias, u_row, dt_row, B_row, offs_d, offs_n, md, mn,
-                     s_ul, s_ud, s_tl, s_td, s_Bl, s_Bn,
-                     SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_N: tl.constexpr):
+def _recompute_chunk(
+    h,
+    c,
+    CK,
+    L,
+    scratch,
+    blk,
+    A,
+    bias,
+    u_row,
+    dt_row,
+    B_row,
+    offs_d,
+    offs_n,
+    md,
+    mn,
+    s_ul,
+    s_ud,
+    s_tl,
+    s_td,
+    s_Bl,
+    s_Bn,
+    SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """States of chunk c from its checkpoint h: each step's incoming state to scratch."""
     for j in range(0, CK):
         i = c * CK + j
@@ -241,14 +348,57 @@ def _recompute_chunk(h, c, CK, L, scratch, blk, A, bias, u_row, dt_row, B_row, o
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, dlast_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr, dh0_ptr, scratch_ptr,
-    L, Dm, N, n_ck, CK, n_db,
-    s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_Bb, s_Bl, s_Bn, s_Cb, s_Cl, s_Cn,
-    s_zb, s_zl, s_zd, s_gb, s_gl,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    u_ptr,
+    dt_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    ckpt_ptr,
+    dout_ptr,
+    dlast_ptr,
+    du_ptr,
+    ddt_ptr,
+    dz_ptr,
+    dA_ptr,
+    dD_ptr,
+    dB_ptr,
+    dC_ptr,
+    dh0_ptr,
+    scratch_ptr,
+    L,
+    Dm,
+    N,
+    n_ck,
+    CK,
+    n_db,
+    s_ub,
+    s_ul,
+    s_ud,
+    s_tb,
+    s_tl,
+    s_td,
+    s_Bb,
+    s_Bl,
+    s_Bn,
+    s_Cb,
+    s_Cl,
+    s_Cn,
+    s_zb,
+    s_zl,
+    s_zd,
+    s_gb,
+    s_gl,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_DLAST: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # Outputs: du, ddt, dz [B, L, D] contiguous (ddt is the gradient of the raw delta);
     # dA [B, D, N] and dD [B, D] per batch row; dB, dC [B, L, n_db, N] per channel
@@ -274,8 +424,33 @@ def _scan_bwd_kernel(
     for cc in range(0, n_ck):
         c = n_ck - 1 - cc
         h = tl.load(ckpt_ptr + (pid_b * n_ck + c) * Dm * N + dn, mask=mdn, other=0.0)
-        _recompute_chunk(h, c, CK, L, scratch, blk, A, bias, u_row, dt_row, B_row, offs_d, offs_n, md, mn,
-                         s_ul, s_ud, s_tl, s_td, s_Bl, s_Bn, SOFTPLUS, REVERSE, BLOCK_D, BLOCK_N)
+        _recompute_chunk(
+            h,
+            c,
+            CK,
+            L,
+            scratch,
+            blk,
+            A,
+            bias,
+            u_row,
+            dt_row,
+            B_row,
+            offs_d,
+            offs_n,
+            md,
+            mn,
+            s_ul,
+            s_ud,
+            s_tl,
+            s_td,
+            s_Bl,
+            s_Bn,
+            SOFTPLUS,
+            REVERSE,
+            BLOCK_D,
+            BLOCK_N,
+        )
         tl.debug_barrier()
         for jj in range(0, CK):  # the adjoint recurrence, backwards through the chunk
             j = CK - 1 - jj
@@ -330,8 +505,9 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, reverse, st
     last = torch.empty(Bsz, Dm, N, device=u.device, dtype=torch.float32)
     CK = CKPT_EVERY
     n_ck = triton.cdiv(L, CK)
-    ckpt = (torch.empty(Bsz, n_ck, Dm, N, device=u.device, dtype=torch.float32) if store_ckpt
-            else last)  # an unused pointer when not stored
+    ckpt = (
+        torch.empty(Bsz, n_ck, Dm, N, device=u.device, dtype=torch.float32) if store_ckpt else last
+    )  # an unused pointer when not stored
     zz = z if z is not None else u
     grid = (Bsz, triton.cdiv(Dm, BD))
     chunk = math.gcd(16, CK)
@@ -339,16 +515,50 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, reverse, st
     kernel = _scan_fwd_chunked_kernel if chunked else _scan_fwd_kernel
     extra = dict(CHUNK=chunk) if chunked else {}
     kernel[grid](
-        u, delta, A, B, C, D if D is not None else A, zz,
-        delta_bias if delta_bias is not None else A, h0 if h0 is not None else last,
-        out, last, ckpt,
-        L, Dm, N, n_ck, CK,
-        u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        zz.stride(0), zz.stride(1), zz.stride(2), out.stride(0), out.stride(1),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        HAS_H0=h0 is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse),
-        STORE_CKPT=bool(store_ckpt), BLOCK_D=BD, BLOCK_N=BN, num_warps=2 if BD <= 16 and not chunked else 4,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D if D is not None else A,
+        zz,
+        delta_bias if delta_bias is not None else A,
+        h0 if h0 is not None else last,
+        out,
+        last,
+        ckpt,
+        L,
+        Dm,
+        N,
+        n_ck,
+        CK,
+        u.stride(0),
+        u.stride(1),
+        u.stride(2),
+        delta.stride(0),
+        delta.stride(1),
+        delta.stride(2),
+        B.stride(0),
+        B.stride(1),
+        B.stride(2),
+        C.stride(0),
+        C.stride(1),
+        C.stride(2),
+        zz.stride(0),
+        zz.stride(1),
+        zz.stride(2),
+        out.stride(0),
+        out.stride(1),
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        HAS_H0=h0 is not None,
+        SOFTPLUS=bool(softplus),
+        REVERSE=bool(reverse),
+        STORE_CKPT=bool(store_ckpt),
+        BLOCK_D=BD,
+        BLOCK_N=BN,
+        num_warps=2 if BD <= 16 and not chunked else 4,
         **extra,
     )
     return out, last, ((ckpt, CK) if store_ckpt else None)
@@ -373,17 +583,58 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, CK, dout, dlast, s
     scratch = torch.empty(Bsz, n_db, CK, BD, BN, device=dev, dtype=f32)
     zz = z if z is not None else u
     _scan_bwd_kernel[(Bsz, n_db)](
-        u, delta, A, B, C, D if D is not None else A, zz,
-        delta_bias if delta_bias is not None else A, ckpt, dout,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D if D is not None else A,
+        zz,
+        delta_bias if delta_bias is not None else A,
+        ckpt,
+        dout,
         dlast if dlast is not None else dh0,
-        du, ddt, dz, dA, dD, dB, dC, dh0, scratch,
-        L, Dm, N, n_ck, CK, n_db,
-        u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        zz.stride(0), zz.stride(1), zz.stride(2), dout.stride(0), dout.stride(1),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        HAS_DLAST=dlast is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse),
-        BLOCK_D=BD, BLOCK_N=BN, num_warps=2 if BD <= 16 else 4,
+        du,
+        ddt,
+        dz,
+        dA,
+        dD,
+        dB,
+        dC,
+        dh0,
+        scratch,
+        L,
+        Dm,
+        N,
+        n_ck,
+        CK,
+        n_db,
+        u.stride(0),
+        u.stride(1),
+        u.stride(2),
+        delta.stride(0),
+        delta.stride(1),
+        delta.stride(2),
+        B.stride(0),
+        B.stride(1),
+        B.stride(2),
+        C.stride(0),
+        C.stride(1),
+        C.stride(2),
+        zz.stride(0),
+        zz.stride(1),
+        zz.stride(2),
+        dout.stride(0),
+        dout.stride(1),
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        HAS_DLAST=dlast is not None,
+        SOFTPLUS=bool(softplus),
+        REVERSE=bool(reverse),
+        BLOCK_D=BD,
+        BLOCK_N=BN,
+        num_warps=2 if BD <= 16 else 4,
     )
     return du, ddt, dz, dA.sum(0), dD.sum(0), dB.sum(2), dC.sum(2), dh0
 
@@ -391,8 +642,9 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, CK, dout, dlast, s
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse):
-        out, last, (ckpt, every) = _scan_forward(u, delta, A, B, C, D, z, delta_bias,
-                                                 initial_state, softplus, reverse, store_ckpt=True)
+        out, last, (ckpt, every) = _scan_forward(
+            u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse, store_ckpt=True
+        )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         ctx.flags = (softplus, reverse, every)
         return out, last
@@ -407,13 +659,22 @@ class _SelectiveScanFn(torch.autograd.Function):
             dout = dout.contiguous()
         dlast = None if dlast is None else dlast.float().contiguous()
         du, ddt, dz, dA, dD, dB, dC, dh0 = _scan_backward(
-            u, delta, A, B, C, D, z, delta_bias, ckpt, every, dout, dlast, softplus, reverse)
+            u, delta, A, B, C, D, z, delta_bias, ckpt, every, dout, dlast, softplus, reverse
+        )
         need = ctx.needs_input_grad
-        return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD.to(D.dtype) if D is not None else None,
-                dz.to(z.dtype) if z is not None else None,
-                ddt.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None and need[7] else None,
-                dh0 if need[8] else None, None, None)
+        return (
+            du.to(u.dtype),
+            ddt.to(delta.dtype),
+            dA.to(A.dtype),
+            dB.to(B.dtype),
+            dC.to(C.dtype),
+            dD.to(D.dtype) if D is not None else None,
+            dz.to(z.dtype) if z is not None else None,
+            ddt.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None and need[7] else None,
+            dh0 if need[8] else None,
+            None,
+            None,
+        )
 
 
 def _needs_grad(*ts) -> bool:
@@ -429,14 +690,28 @@ def check_device(t: torch.Tensor) -> None:
     if INTERPRET and t.device.type in ("cpu", "cuda"):
         return
     if t.device.type == "cpu":
-        raise ValueError("scan backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 in the "
-                         "environment (before the first Triton scan of the process) to run the "
-                         "Triton kernels on the CPU through Triton's interpreter")
+        raise ValueError(
+            "scan backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 in the "
+            "environment (before the first Triton scan of the process) to run the "
+            "Triton kernels on the CPU through Triton's interpreter"
+        )
     raise ValueError(f"scan backend 'triton' needs CUDA tensors, got {t.device}")
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          initial_state=None, return_last_state=False, reverse=False):
+def selective_scan_triton(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+    reverse=False,
+):
     """The contract of `dispatch.selective_scan` on the Triton kernels."""
     check_device(u)
     A = A.float().contiguous()
@@ -444,20 +719,33 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()
     if _needs_grad(u, delta, A, B, C, D, z, delta_bias, h0):
-        out, last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0,
-                                           bool(delta_softplus), bool(reverse))
+        out, last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus), bool(reverse))
     else:
-        out, last, _ = _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus,
-                                     reverse, store_ckpt=False)
+        out, last, _ = _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, reverse, store_ckpt=False)
     return (out, last) if return_last_state else out
 
 
 @triton.jit
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, tail_ptr, out_ptr, L, Dm,
-    s_xb, s_xl, s_xd, s_ob, s_ol,
-    K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_TAIL: tl.constexpr, SILU: tl.constexpr,
-    REVERSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    tail_ptr,
+    out_ptr,
+    L,
+    Dm,
+    s_xb,
+    s_xl,
+    s_xd,
+    s_ob,
+    s_ol,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_TAIL: tl.constexpr,
+    SILU: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     # step s (scan order) reads the padded input xp[s .. s+K-1], xp = tail ++ x in scan order
     pid_b = tl.program_id(0).to(tl.int64)
@@ -475,12 +763,14 @@ def _conv_fwd_kernel(
         else:
             tok = src
         m = (ms & in_x)[:, None] & md[None, :]
-        xv = tl.load(x_ptr + pid_b * s_xb + tok[:, None] * s_xl + offs_d[None, :] * s_xd,
-                     mask=m, other=0.0).to(tl.float32)
+        xv = tl.load(x_ptr + pid_b * s_xb + tok[:, None] * s_xl + offs_d[None, :] * s_xd, mask=m, other=0.0).to(
+            tl.float32
+        )
         if HAS_TAIL:
             mt = (ms & (p < K - 1))[:, None] & md[None, :]
-            xv += tl.load(tail_ptr + (pid_b * Dm + offs_d[None, :]) * (K - 1) + p[:, None],
-                          mask=mt, other=0.0).to(tl.float32)
+            xv += tl.load(tail_ptr + (pid_b * Dm + offs_d[None, :]) * (K - 1) + p[:, None], mask=mt, other=0.0).to(
+                tl.float32
+            )
         wk = tl.load(w_ptr + offs_d * K + k, mask=md, other=0.0).to(tl.float32)
         acc += xv * wk[None, :]
     if HAS_BIAS:
@@ -491,8 +781,11 @@ def _conv_fwd_kernel(
         tok_out = L - 1 - offs_s
     else:
         tok_out = offs_s
-    tl.store(out_ptr + pid_b * s_ob + tok_out[:, None] * s_ol + offs_d[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=ms[:, None] & md[None, :])
+    tl.store(
+        out_ptr + pid_b * s_ob + tok_out[:, None] * s_ol + offs_d[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=ms[:, None] & md[None, :],
+    )
 
 
 def _conv_forward(x, w, bias, tail, silu, reverse):
@@ -502,10 +795,26 @@ def _conv_forward(x, w, bias, tail, silu, reverse):
     BL, BD = 32, 32
     grid = (Bsz, triton.cdiv(L, BL), triton.cdiv(Dm, BD))
     _conv_fwd_kernel[grid](
-        x, w, bias if bias is not None else w, tail if tail is not None else w, out, L, Dm,
-        x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1),
-        K=K, HAS_BIAS=bias is not None, HAS_TAIL=tail is not None, SILU=bool(silu),
-        REVERSE=bool(reverse), BLOCK_L=BL, BLOCK_D=BD, num_warps=4,
+        x,
+        w,
+        bias if bias is not None else w,
+        tail if tail is not None else w,
+        out,
+        L,
+        Dm,
+        x.stride(0),
+        x.stride(1),
+        x.stride(2),
+        out.stride(0),
+        out.stride(1),
+        K=K,
+        HAS_BIAS=bias is not None,
+        HAS_TAIL=tail is not None,
+        SILU=bool(silu),
+        REVERSE=bool(reverse),
+        BLOCK_L=BL,
+        BLOCK_D=BD,
+        num_warps=4,
     )
     return out
 
@@ -513,9 +822,9 @@ def _conv_forward(x, w, bias, tail, silu, reverse):
 def _final_tail(x, tail, K, reverse):
     """The last K-1 inputs in scan order, [B, D, K-1] (read off x, never a full copy)."""
     Bsz, L, Dm = x.shape
-    xs = x[:, :K - 1].flip(1) if reverse else x[:, max(L - (K - 1), 0):]
+    xs = x[:, : K - 1].flip(1) if reverse else x[:, max(L - (K - 1), 0) :]
     head = tail if tail is not None else x.new_zeros(Bsz, Dm, K - 1)
-    return torch.cat([head.to(x.dtype), xs.transpose(1, 2)], dim=2)[:, :, -(K - 1):]
+    return torch.cat([head.to(x.dtype), xs.transpose(1, 2)], dim=2)[:, :, -(K - 1) :]
 
 
 class _CausalConv1dFn(torch.autograd.Function):
@@ -529,8 +838,10 @@ class _CausalConv1dFn(torch.autograd.Function):
     def backward(ctx, dout):
         x, w, bias, tail = ctx.saved_tensors
         silu, reverse = ctx.flags
-        inputs = [t.detach().requires_grad_(need) if t is not None else None
-                  for t, need in zip((x, w, bias, tail), ctx.needs_input_grad)]
+        inputs = [
+            t.detach().requires_grad_(need) if t is not None else None
+            for t, need in zip((x, w, bias, tail), ctx.needs_input_grad)
+        ]
         with torch.enable_grad():
             # in float32 as the forward computed (x may be bf16 beside a float32 weight);
             # each gradient comes back in its input's dtype through the casts
@@ -538,12 +849,12 @@ class _CausalConv1dFn(torch.autograd.Function):
             out = causal_conv1d_ref(*f32, "silu" if silu else None, reverse=reverse)
             wanted = [t for t in inputs if t is not None and t.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, dout.float()))
-        return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs),
-                None, None)
+        return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs), None, None)
 
 
-def causal_conv1d_triton(x, weight, bias=None, initial_tail=None, activation=None,
-                         return_final_tail=False, reverse=False):
+def causal_conv1d_triton(
+    x, weight, bias=None, initial_tail=None, activation=None, return_final_tail=False, reverse=False
+):
     """The contract of `dispatch.causal_conv1d` on the Triton kernel."""
     check_device(x)
     if activation not in (None, "silu", "swish"):

@@ -70,6 +70,7 @@ The modules:
 
 The Kafka transport itself (producer, state store, topics) is `vmstream.kafka`.
 """
+
 from vmstream.pipeline.worker.log_filter import RedactFilter, RepeatFilter
 from vmstream.pipeline.worker.loop import Worker
 

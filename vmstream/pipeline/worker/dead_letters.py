@@ -1,6 +1,7 @@
 """Dead letters: jobs that cannot run (a bad message, an input that fails) go to the
 dead-letter topic with the error, the original message and where it came from; once
 the topic has acknowledged one, its job counts as done."""
+
 from __future__ import annotations
 
 import base64
@@ -78,8 +79,10 @@ class DeadLetters:
             raise RuntimeError(f"job {job.where}: the dead-letter producer is not started")
         value = dead_letter_payload(job, reason, error, worker_id=self.worker_id, group_id=self.group_id)
         headers = [h for h in job.headers if not h[0].startswith("vmstream.dead_letter.")]
-        headers += [("vmstream.dead_letter.reason", reason.encode()),
-                    ("vmstream.dead_letter.error", redact_text(error).encode("utf-8", errors="replace")[:1024])]
+        headers += [
+            ("vmstream.dead_letter.reason", reason.encode()),
+            ("vmstream.dead_letter.error", redact_text(error).encode("utf-8", errors="replace")[:1024]),
+        ]
         key = job.key if job.key is not None else (job.stream_id or "").encode() or None
         self.producer.send(self.topic, value, key=key, headers=headers)
         with self._lock:

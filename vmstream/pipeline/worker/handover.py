@@ -7,6 +7,7 @@ cancellation outlasts the wait is fenced: its later snapshot writes are dropped
 (`GuardedStore`), so they cannot overwrite the new owner's. Lost (the group evicted
 this worker): fence at once, commit nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,9 +57,17 @@ class Handover:
     `loop_sleep`) and `sync_wait_s` (how long a blocking listener may wait) are set
     when the consumer is made."""
 
-    def __init__(self, table: JobTable, *, worker_id: str, revoke_timeout_s: float, stats: dict,
-                 cancel: Callable[[str], Any], commit_async: Callable[[dict], Any],
-                 forget_dead_letters: Callable[[Iterable[Any]], None]):
+    def __init__(
+        self,
+        table: JobTable,
+        *,
+        worker_id: str,
+        revoke_timeout_s: float,
+        stats: dict,
+        cancel: Callable[[str], Any],
+        commit_async: Callable[[dict], Any],
+        forget_dead_letters: Callable[[Iterable[Any]], None],
+    ):
         self.table = table
         self.worker_id = worker_id
         self.revoke_timeout_s = revoke_timeout_s
@@ -75,8 +84,11 @@ class Handover:
     def on_lost(self, lost) -> None:
         """Evicted from the group: others own these partitions now. Cancel their jobs,
         drop their snapshot writes, commit nothing."""
-        log.warning("worker %s: lost partitions %s (evicted from the group); cancelling their jobs",
-                    self.worker_id, fmt_tps(lost))
+        log.warning(
+            "worker %s: lost partitions %s (evicted from the group); cancelling their jobs",
+            self.worker_id,
+            fmt_tps(lost),
+        )
         self._revoke_jobs(lost, fence=True)
         self.table.drop_ledgers(lost)
 
@@ -131,8 +143,12 @@ class Handover:
         if not revoked:
             return None
         held = self.table.held(revoked)
-        log.info("worker %s: partitions %s revoked; cancelling %d job(s) taken from them", self.worker_id,
-                 fmt_tps(revoked), sum(1 for j in held if j.state == "running"))
+        log.info(
+            "worker %s: partitions %s revoked; cancelling %d job(s) taken from them",
+            self.worker_id,
+            fmt_tps(revoked),
+            sum(1 for j in held if j.state == "running"),
+        )
         # Not fenced while we wait: their last snapshots are what the next owner resumes from.
         cancelled = self._revoke_jobs(revoked, fence=False)
         return revoked, held, cancelled
@@ -142,8 +158,13 @@ class Handover:
             for job in cancelled:
                 if not job.finished.is_set():
                     self.table.fence(job)
-                    log.warning("job %s: stream %s still stopping after %.0fs; the next owner resumes it from an "
-                                "earlier snapshot", job.where, job.stream_id, self.revoke_timeout_s)
+                    log.warning(
+                        "job %s: stream %s still stopping after %.0fs; the next owner resumes it from an "
+                        "earlier snapshot",
+                        job.where,
+                        job.stream_id,
+                        self.revoke_timeout_s,
+                    )
         offsets = self.table.release(revoked, held)
         if offsets:
             from kafka.structs import OffsetAndMetadata
@@ -151,8 +172,9 @@ class Handover:
             # Asynchronously: this runs on kafka-python's event loop, which a blocking
             # commit would deadlock. It goes out before the group re-joins.
             fut = self._commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-            fut.add_errback(lambda e: log.warning("committing revoked partitions' offsets %s: %s",
-                                                  fmt_offsets(offsets), e))
+            fut.add_errback(
+                lambda e: log.warning("committing revoked partitions' offsets %s: %s", fmt_offsets(offsets), e)
+            )
         for job in cancelled:
             if job.finished.is_set():
                 log.info("job %s: stream %s handed over (%s)", job.where, job.stream_id, job.status)
@@ -201,8 +223,12 @@ def make_listener(handover: Handover):
 
 
 def fmt_tps(tps) -> str:
-    return "[" + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps, key=lambda t: (t.topic, t.partition))) + "]"
+    return (
+        "[" + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps, key=lambda t: (t.topic, t.partition))) + "]"
+    )
 
 
 def fmt_offsets(offsets: dict) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]={o}" for tp, o in sorted(offsets.items(), key=lambda x: x[0].partition))
+    return ", ".join(
+        f"{tp.topic}[{tp.partition}]={o}" for tp, o in sorted(offsets.items(), key=lambda x: x[0].partition)
+    )

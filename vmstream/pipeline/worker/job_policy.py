@@ -30,6 +30,7 @@ is missing, a file, a directory, a device or a symlink out of a root.
 
 `vmstream run` does not apply this: its user is the operator.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -118,8 +119,9 @@ class JobPolicy:
                 raise JobRefused(f"job refused: option {key!r} is not one a job may set here (kafka.jobs.options)")
         for name in sorted(options.get("ffmpeg") or {}):
             if name not in self.ffmpeg_options:
-                raise JobRefused(f"job refused: FFmpeg option {name!r} is not one a job may set here "
-                                 "(kafka.jobs.ffmpeg_options)")
+                raise JobRefused(
+                    f"job refused: FFmpeg option {name!r} is not one a job may set here (kafka.jobs.ffmpeg_options)"
+                )
 
     def _local_path(self, path: str) -> str:
         """The resolved path of an allowed local file; JobRefused (one message for

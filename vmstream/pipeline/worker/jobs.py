@@ -1,5 +1,6 @@
 """The worker's jobs: a job message, its parsing, and the table of jobs a worker holds
 with each partition's committable offset."""
+
 from __future__ import annotations
 
 import json
@@ -200,8 +201,9 @@ class JobTable:
     def deferred_before(self, job: Job) -> bool:
         """Whether an earlier job of the same stream is waiting its turn."""
         with self.lock:
-            return any(j.state == "deferred" and j.stream_id == job.stream_id and j.seq < job.seq
-                       for j in self.jobs.values())
+            return any(
+                j.state == "deferred" and j.stream_id == job.stream_id and j.seq < job.seq for j in self.jobs.values()
+            )
 
     def note_store_failure(self, stream_id: str, exc: BaseException) -> None:
         with self.lock:

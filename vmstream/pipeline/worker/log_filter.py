@@ -1,5 +1,6 @@
 """The log filters `vmstream worker` installs: kafka-python repeats each outage line many
 times a second; a job's URL may carry a password."""
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """The worker's consumer loop: take jobs from the jobs topic, run them in the pipeline
 runner, commit offsets past finished jobs, stop cleanly (see the package doc)."""
+
 from __future__ import annotations
 
 import functools
@@ -101,13 +102,18 @@ class Worker:
         self.runner = None
         self.consumer = None
         self.stats = {"jobs": 0, "done": 0, "dead_lettered": 0, "revoked": 0, "retried": 0, "commits": 0}
-        self.dead_letters = DeadLetters(self.topics.dead_letter, worker_id=self.worker_id,
-                                        group_id=cfg.kafka.group_id, lock=self.table.lock)
+        self.dead_letters = DeadLetters(
+            self.topics.dead_letter, worker_id=self.worker_id, group_id=cfg.kafka.group_id, lock=self.table.lock
+        )
         self.handover = Handover(
-            self.table, worker_id=self.worker_id, revoke_timeout_s=revoke_timeout_s, stats=self.stats,
+            self.table,
+            worker_id=self.worker_id,
+            revoke_timeout_s=revoke_timeout_s,
+            stats=self.stats,
             cancel=lambda stream_id: self.runner.cancel(stream_id),
             commit_async=lambda offsets: self.consumer.commit_async(offsets),
-            forget_dead_letters=self.dead_letters.forget)
+            forget_dead_letters=self.dead_letters.forget,
+        )
 
     # ----------------------------------------------------------------- public
 
@@ -136,8 +142,13 @@ class Worker:
             try:
                 self._serve()
             except Exception as e:  # the pipeline failed (e.g. a sink gave up on the broker)
-                log.error("worker %s: %s: %s; stopping without committing unfinished jobs", self.worker_id,
-                          type(e).__name__, e, exc_info=not isinstance(e, RuntimeError))
+                log.error(
+                    "worker %s: %s: %s; stopping without committing unfinished jobs",
+                    self.worker_id,
+                    type(e).__name__,
+                    e,
+                    exc_info=not isinstance(e, RuntimeError),
+                )
                 rc = 1
             return max(rc, self._shutdown(failed=rc != 0))
         finally:
@@ -163,15 +174,26 @@ class Worker:
             self._store = KafkaStateStore(k.bootstrap, self.topics.state, client_config=k.client)
         sinks = self._sinks if self._sinks is not None else build_sinks(cfg, model)
         self.dead_letters.producer = ReliableProducer(k.bootstrap, client_config=k.client)
-        self.runner = build_runner(cfg, model=model, sinks=sinks, state_store=GuardedStore(self._store, self.table),
-                                   flush_on_stream_end=True, allow_replace=cfg.kafka.jobs.allow_replace)
+        self.runner = build_runner(
+            cfg,
+            model=model,
+            sinks=sinks,
+            state_store=GuardedStore(self._store, self.table),
+            flush_on_stream_end=True,
+            allow_replace=cfg.kafka.jobs.allow_replace,
+        )
         self.runner.start()
         self.consumer = KafkaConsumer(**consumer_opts)
         self.consumer.subscribe([self.topics.jobs], listener=make_listener(self.handover))
         self.handover.sleep = loop_sleep(self.consumer)
         self.handover.sync_wait_s = sync_wait_s(consumer_opts)
-        log.info("worker %s: in group %s on %s, up to %d jobs at a time", self.worker_id, k.group_id,
-                 self.topics.jobs, self.runner.max_streams)
+        log.info(
+            "worker %s: in group %s on %s, up to %d jobs at a time",
+            self.worker_id,
+            k.group_id,
+            self.topics.jobs,
+            self.runner.max_streams,
+        )
 
     def _shutdown(self, failed: bool) -> int:
         """Stop the runner (snapshots), keep the group alive while it drains, commit
@@ -298,8 +320,12 @@ class Worker:
                 raise
             now = time.monotonic()
             if self._poll_failures == 0 or now - self._poll_warned_at > 30:
-                log.warning("worker %s: polling the jobs topic: %s: %s (retrying while the broker is away)",
-                            self.worker_id, type(e).__name__, e)
+                log.warning(
+                    "worker %s: polling the jobs topic: %s: %s (retrying while the broker is away)",
+                    self.worker_id,
+                    type(e).__name__,
+                    e,
+                )
                 self._poll_warned_at = now
             self._poll_failures += 1
             self._stop_requested.wait(min(self.poll_timeout_s, 1.0))
@@ -333,8 +359,9 @@ class Worker:
         if job is None:
             # Delivered again after the position moved back (e.g. an offset reset):
             # this worker holds or has finished it already.
-            log.warning("job %s[%s]@%s: delivered again; already taken, ignoring this copy",
-                        tp.topic, tp.partition, m.offset)
+            log.warning(
+                "job %s[%s]@%s: delivered again; already taken, ignoring this copy", tp.topic, tp.partition, m.offset
+            )
             return
         self.stats["jobs"] += 1
         try:
@@ -350,8 +377,7 @@ class Worker:
         self._try_submit(job)
 
     def _try_submit(self, job: Job) -> None:
-        if (self.table.deferred_before(job) or job.stream_id in self.runner.running()
-                or time.monotonic() < job.retry_at):
+        if self.table.deferred_before(job) or job.stream_id in self.runner.running() or time.monotonic() < job.retry_at:
             # Another job of this stream is still in the runner (e.g. cancelled by a
             # rebalance and not finished yet): this one starts after it.
             job.state = "deferred"
@@ -439,16 +465,26 @@ class Worker:
         if not offsets:
             return
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
-                                 timeout_ms=int(self.commit_timeout_s * 1000))
+            self.consumer.commit(
+                {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
+                timeout_ms=int(self.commit_timeout_s * 1000),
+            )
         except (E.KafkaError, ConnectionError) as e:
             # The broker's trouble or the group's own churn: the offsets stay pending
             # and the next commit tries again.
-            if not _broker_trouble(e, also=(E.CommitFailedError, E.RebalanceInProgressError,
-                                            E.IllegalGenerationError, E.UnknownMemberIdError)):
+            if not _broker_trouble(
+                e,
+                also=(
+                    E.CommitFailedError,
+                    E.RebalanceInProgressError,
+                    E.IllegalGenerationError,
+                    E.UnknownMemberIdError,
+                ),
+            ):
                 raise
-            (log.error if final else log.warning)("committing offsets %s: %s%s", fmt_offsets(offsets), e,
-                                                  "" if final else " (will retry)")
+            (log.error if final else log.warning)(
+                "committing offsets %s: %s%s", fmt_offsets(offsets), e, "" if final else " (will retry)"
+            )
             return
         self.table.committed(offsets)
         self.stats["commits"] += 1

@@ -1,12 +1,13 @@
 """The worker's Kafka settings from the pipeline config: its consumer's options and the
 topics it needs."""
+
 from __future__ import annotations
 
 from typing import Any
 
+from vmstream.errors import UserError
 from vmstream.kafka.client import client_options
 from vmstream.kafka.topics import TopicNames, admin_client, describe_topics, ensure_topics, vmstream_topics
-from vmstream.errors import UserError
 
 ASSIGNORS = ("range", "roundrobin", "sticky", "cooperative-sticky")
 
@@ -34,12 +35,15 @@ def consumer_options(cfg, worker_id: str) -> dict[str, Any]:
     except ValueError as e:
         raise UserError(f"kafka.client / kafka.consumer: {e}") from None
     if opts.get("enable_auto_commit"):
-        raise UserError("kafka.consumer.enable_auto_commit: the worker commits offsets itself, "
-                        "only past finished jobs; auto-commit would lose jobs on a crash")
+        raise UserError(
+            "kafka.consumer.enable_auto_commit: the worker commits offsets itself, "
+            "only past finished jobs; auto-commit would lose jobs on a crash"
+        )
     opts["enable_auto_commit"] = False
     strategy = opts.get("partition_assignment_strategy")
-    if isinstance(strategy, (str, list, tuple)) and any(isinstance(s, str) for s in (
-            [strategy] if isinstance(strategy, str) else strategy)):
+    if isinstance(strategy, (str, list, tuple)) and any(
+        isinstance(s, str) for s in ([strategy] if isinstance(strategy, str) else strategy)
+    ):
         opts["partition_assignment_strategy"] = assignors([strategy] if isinstance(strategy, str) else strategy)
     return opts
 
@@ -57,16 +61,21 @@ def assignors(names):
     from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
     from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
-    table = {"range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor,
-             "sticky": StickyPartitionAssignor, "cooperative-sticky": CooperativeStickyAssignor}
+    table = {
+        "range": RangePartitionAssignor,
+        "roundrobin": RoundRobinPartitionAssignor,
+        "sticky": StickyPartitionAssignor,
+        "cooperative-sticky": CooperativeStickyAssignor,
+    }
     out = []
     for n in names:
         if not isinstance(n, str):
             out.append(n)
             continue
         if n not in table:
-            raise UserError(f"kafka.consumer.partition_assignment_strategy: unknown assignor {n!r} "
-                            f"(one of {', '.join(ASSIGNORS)})")
+            raise UserError(
+                f"kafka.consumer.partition_assignment_strategy: unknown assignor {n!r} (one of {', '.join(ASSIGNORS)})"
+            )
         out.append(table[n])
     return out
 

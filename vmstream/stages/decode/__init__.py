@@ -7,6 +7,7 @@
 The records (FrameSize, StreamInfo, the input errors, the audio records) live in
 `vmstream.stages.media`; they are re-exported here, the package's face.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,8 @@ from .base import (
     AudioChunk,
     AudioFormat,
     AudioTrack,
-    Decoder,
     DecodedItem,
+    Decoder,
     FrameSize,
     InputNotFoundError,
     NotAVideoError,
@@ -33,9 +34,21 @@ log = logging.getLogger(__name__)
 DECODERS = ("auto", "pyav", "dali")
 
 __all__ = [
-    "PATCH_SIZE", "AudioChunk", "AudioFormat", "AudioTrack", "Decoder", "DecodedItem", "FrameSize", "InputNotFoundError", "NotAVideoError",
-    "NoVideoTrackError", "StreamInfo", "UnsupportedVideoError", "VideoInputError",
-    "make_decoder", "gpu_available",
+    "PATCH_SIZE",
+    "AudioChunk",
+    "AudioFormat",
+    "AudioTrack",
+    "Decoder",
+    "DecodedItem",
+    "FrameSize",
+    "InputNotFoundError",
+    "NotAVideoError",
+    "NoVideoTrackError",
+    "StreamInfo",
+    "UnsupportedVideoError",
+    "VideoInputError",
+    "make_decoder",
+    "gpu_available",
 ]
 
 
@@ -67,8 +80,7 @@ def make_decoder(name: str = "auto", gop_workers: Optional[int] = None, **kwargs
             except ImportError as e:
                 reason = f"DALI is not available ({e})"
                 if name == "dali":
-                    raise ImportError(f"decoder 'dali' asked for, but {reason}; "
-                                      f"pip install 'vmstream[dali]'") from e
+                    raise ImportError(f"decoder 'dali' asked for, but {reason}; pip install 'vmstream[dali]'") from e
         log.info("decoder: using PyAV (%s)", reason)
     from .pyav import PyAVDecoder
 

@@ -3,6 +3,7 @@ packets it demuxes to an `AudioTap`, which turns them into `AudioChunk` records 
 travel among the frames to the audio stage, so a file with both is opened and read
 once. The PCM is the same as a separate audio reader's (`container.AudioDecoder`, the
 same packets in the same order)."""
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,12 @@ class AudioTap:
         try:
             self._add(self._decoder.decode(packet))
         except Exception as e:  # audio never fails the video: the rest of the track is dropped
-            log.warning("%s: audio decoding failed (%s: %s); the rest of the audio is skipped",
-                        self._decoder.uri, type(e).__name__, e)
+            log.warning(
+                "%s: audio decoding failed (%s: %s); the rest of the audio is skipped",
+                self._decoder.uri,
+                type(e).__name__,
+                e,
+            )
             self.finished = True
 
     def finish(self, at_eof: bool) -> None:

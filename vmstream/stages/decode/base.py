@@ -20,6 +20,7 @@ End reasons: "eof" (finished), "truncated" (input ended early or had broken pack
 what could be decoded was), "error" (could not go on), "stopped" (the caller's stop
 event), "gave_up" (a live source that did not come back within its reconnect policy).
 """
+
 from __future__ import annotations
 
 import abc
@@ -48,10 +49,26 @@ from vmstream.stages.sampling import SamplingPolicy, stream_length
 
 # The media records are re-exported here: callers have imported them from this module.
 __all__ = [
-    "END_REASONS", "INTERPOLATIONS", "PATCH_SIZE", "RESIZE_MODES", "AudioChunk", "AudioFormat", "AudioTrack",
-    "DecodedItem", "Decoder", "FrameSize", "InputNotFoundError", "NotAVideoError", "NoVideoTrackError",
-    "StreamInfo", "UnsupportedVideoError", "VideoInputError", "check_frames_args", "end_event",
-    "no_frame_reason", "probe_for_policy",
+    "END_REASONS",
+    "INTERPOLATIONS",
+    "PATCH_SIZE",
+    "RESIZE_MODES",
+    "AudioChunk",
+    "AudioFormat",
+    "AudioTrack",
+    "DecodedItem",
+    "Decoder",
+    "FrameSize",
+    "InputNotFoundError",
+    "NotAVideoError",
+    "NoVideoTrackError",
+    "StreamInfo",
+    "UnsupportedVideoError",
+    "VideoInputError",
+    "check_frames_args",
+    "end_event",
+    "no_frame_reason",
+    "probe_for_policy",
 ]
 
 # Audio records come only when the caller asked for audio (`frames(..., audio=)`).
@@ -124,13 +141,18 @@ def check_frames_args(source, policy, size, start_time) -> None:
         raise TypeError(f"policy must be a SamplingPolicy, got {type(policy).__name__}")
     if not isinstance(size, FrameSize):
         raise TypeError(f"size must be a FrameSize, got {type(size).__name__}")
-    if isinstance(start_time, bool) or not isinstance(start_time, (int, float)) \
-            or not math.isfinite(start_time) or start_time < 0:
+    if (
+        isinstance(start_time, bool)
+        or not isinstance(start_time, (int, float))
+        or not math.isfinite(start_time)
+        or start_time < 0
+    ):
         raise ValueError(f"start_time must be seconds >= 0, got {start_time!r}")
 
 
-def probe_for_policy(decoder: Decoder, uri: str, options: Optional[dict], policy: SamplingPolicy,
-                     info: Optional[StreamInfo] = None) -> StreamInfo:
+def probe_for_policy(
+    decoder: Decoder, uri: str, options: Optional[dict], policy: SamplingPolicy, info: Optional[StreamInfo] = None
+) -> StreamInfo:
     """What `policy` needs to know about a (file) input: the probe (or `info`, a probe
     the caller already made), probed again with an exact frame count when the policy
     needs the stream's length and the container does not say it. Raises
@@ -158,13 +180,23 @@ def no_frame_reason(reason: str, message: str, frames: int, start_time: float) -
     return reason, message
 
 
-def end_event(stream_id: str, uri: str, reason: str, *, frames: int, broken_packets: int = 0,
-              t_start: float = math.nan, t_end: float = math.nan, message: str = "",
-              **details) -> StreamEvent:
+def end_event(
+    stream_id: str,
+    uri: str,
+    reason: str,
+    *,
+    frames: int,
+    broken_packets: int = 0,
+    t_start: float = math.nan,
+    t_end: float = math.nan,
+    message: str = "",
+    **details,
+) -> StreamEvent:
     """The "end" event every decoder finishes with (one shape for all backends)."""
     if reason not in END_REASONS:
         raise ValueError(f"unknown end reason {reason!r}; expected one of {END_REASONS}")
     d = {"frames": int(frames), "broken_packets": int(broken_packets), "reason": reason}
     d.update(details)
-    return StreamEvent(stream_id=stream_id, kind="end", t_start=t_start, t_end=t_end,
-                       message=message or reason, details=d, uri=uri)
+    return StreamEvent(
+        stream_id=stream_id, kind="end", t_start=t_start, t_end=t_end, message=message or reason, details=d, uri=uri
+    )

@@ -11,6 +11,7 @@ it is read.
 - `FrameConverter`: a decoded frame to uint8 RGB at model size in one swscale call;
 - `AudioDecoder`: an audio stream's packets to mono float32 PCM at a fixed rate.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,20 @@ log = logging.getLogger(__name__)
 
 # Container formats that hold one still picture, and "video" codecs FFmpeg uses for
 # text art: opening these succeeds, but they are not videos.
-_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "gif_pipe", "webp_pipe",
-                  "tiff_pipe", "ppm_pipe", "pgm_pipe", "pam_pipe", "svg_pipe", "jpegxl_pipe")
+_IMAGE_FORMATS = (
+    "image2",
+    "png_pipe",
+    "jpeg_pipe",
+    "bmp_pipe",
+    "gif_pipe",
+    "webp_pipe",
+    "tiff_pipe",
+    "ppm_pipe",
+    "pgm_pipe",
+    "pam_pipe",
+    "svg_pipe",
+    "jpegxl_pipe",
+)
 _TEXT_CODECS = ("ansi", "bintext", "xbin", "idf", "tty")
 
 
@@ -65,8 +78,12 @@ def ffmpeg_options(options: Optional[dict]) -> dict[str, str]:
 SKIP_PROBE_DECODE = {"skip_frame": "all"}
 
 
-_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-            (stat.S_ISBLK, "a block device"))
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def refuse_special_file(uri: str) -> None:
@@ -84,8 +101,7 @@ def refuse_special_file(uri: str) -> None:
             raise NotAVideoError(uri, f"not a regular file ({kind}); only files and URLs are read as media")
 
 
-def open_input(uri: str, options: Optional[dict] = None, *, timeout=None,
-               extra_ffmpeg: Optional[dict] = None):
+def open_input(uri: str, options: Optional[dict] = None, *, timeout=None, extra_ffmpeg: Optional[dict] = None):
     """av.open with the source's FFmpeg options, mapping failures to VideoInputError."""
     opts = dict(extra_ffmpeg or {})
     opts.update(ffmpeg_options(options))
@@ -109,17 +125,23 @@ def open_input(uri: str, options: Optional[dict] = None, *, timeout=None,
         raise VideoInputError(uri, "permission denied") from None
     except av.error.InvalidDataError:
         raise NotAVideoError(
-            uri, "not a video: FFmpeg finds no container format it can read in it "
-                 "(or the file is truncated before its header/index)") from None
+            uri,
+            "not a video: FFmpeg finds no container format it can read in it "
+            "(or the file is truncated before its header/index)",
+        ) from None
     except av.error.EOFError:
-        raise NotAVideoError(uri, "the data ends before FFmpeg could read the container's header "
-                                  "(truncated, or not a video)") from None
+        raise NotAVideoError(
+            uri, "the data ends before FFmpeg could read the container's header (truncated, or not a video)"
+        ) from None
     except av.error.ArgumentError as e:
         if "format_whitelist" in opts:
             # FFmpeg probed the data and refused its format before reading any of it.
-            raise FormatRefusedError(uri, "its container format is not one this worker reads for jobs "
-                                      "(kafka.jobs.formats; playlists such as HLS or concat are refused "
-                                      "unless listed there)") from None
+            raise FormatRefusedError(
+                uri,
+                "its container format is not one this worker reads for jobs "
+                "(kafka.jobs.formats; playlists such as HLS or concat are refused "
+                "unless listed there)",
+            ) from None
         raise NotAVideoError(uri, f"FFmpeg cannot open it: {e}") from None
     except (av.error.DemuxerNotFoundError, av.error.ProtocolNotFoundError) as e:
         raise NotAVideoError(uri, f"FFmpeg cannot open it: {e}") from None
@@ -149,8 +171,11 @@ def describe(container, stream, uri: str, live: bool = False) -> StreamInfo:
     if fmt == "tty" or codec in _TEXT_CODECS:
         raise NotAVideoError(uri, "not a video: FFmpeg reads it as a text file")
     if cc is None or not codec or cc.codec is None:
-        raise NotAVideoError(uri, f"FFmpeg reads it as {fmt or 'an unknown format'} but finds no video "
-                                  f"codec it can decode in it (damaged, or the wrong format forced?)")
+        raise NotAVideoError(
+            uri,
+            f"FFmpeg reads it as {fmt or 'an unknown format'} but finds no video "
+            f"codec it can decode in it (damaged, or the wrong format forced?)",
+        )
     width, height = int(cc.width or 0), int(cc.height or 0)
     if width <= 0 or height <= 0:
         raise NotAVideoError(uri, f"the video track ({codec}) has no picture size: corrupt header?")
@@ -179,11 +204,21 @@ def describe(container, stream, uri: str, live: bool = False) -> StreamInfo:
     if not exact:
         n = int(round(duration * fps)) if (duration and fps) else 0
     return StreamInfo(
-        uri=uri, width=width, height=height, codec=codec, fps=fps, duration=duration,
-        frame_count=n or None, frame_count_exact=exact, start_time=start or 0.0,
-        has_audio=bool(container.streams.audio), container=fmt,
+        uri=uri,
+        width=width,
+        height=height,
+        codec=codec,
+        fps=fps,
+        duration=duration,
+        frame_count=n or None,
+        frame_count_exact=exact,
+        start_time=start or 0.0,
+        has_audio=bool(container.streams.audio),
+        container=fmt,
         pix_fmt=cc.format.name if cc.format is not None else "",
-        bit_rate=int(cc.bit_rate or container.bit_rate or 0) or None, time_base=tb, live=live,
+        bit_rate=int(cc.bit_rate or container.bit_rate or 0) or None,
+        time_base=tb,
+        live=live,
     )
 
 
@@ -245,8 +280,13 @@ class FrameConverter:
 
     def scaled(self, frame: av.VideoFrame, rw: int, rh: int) -> av.VideoFrame:
         return self._reformatter.reformat(
-            frame, width=rw, height=rh, format="gbrp", interpolation=self._interp,
-            src_color_range=frame.color_range or None, threads=self.threads,
+            frame,
+            width=rw,
+            height=rh,
+            format="gbrp",
+            interpolation=self._interp,
+            src_color_range=frame.color_range or None,
+            threads=self.threads,
         )
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
@@ -297,8 +337,7 @@ class AudioDecoder:
             self.broken_packets += 1
             log.debug("%s: broken audio packet at pts %s: %s", self.uri, packet.pts, e)
             return []
-        return [(out.to_ndarray().reshape(-1), out.time)
-                for frame in frames for out in self._resampler.resample(frame)]
+        return [(out.to_ndarray().reshape(-1), out.time) for frame in frames for out in self._resampler.resample(frame)]
 
     def flush(self) -> list[tuple[np.ndarray, Optional[float]]]:
         return [(out.to_ndarray().reshape(-1), out.time) for out in self._resampler.resample(None)]

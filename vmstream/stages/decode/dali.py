@@ -32,6 +32,7 @@ at or before it) but are not faster here. Untested here (no GPU): the mixed-devi
 path; DALI's mixed video input keeps its input in pinned host memory, which may mean a
 copy of the whole encoded file per stream.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,9 +47,14 @@ import numpy as np
 
 from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 from vmstream.records import Frame, StreamEvent
-
-from vmstream.stages.decode.base import (Decoder, DecodedItem, check_frames_args, end_event, no_frame_reason,
-                                         probe_for_policy)
+from vmstream.stages.decode.base import (
+    DecodedItem,
+    Decoder,
+    check_frames_args,
+    end_event,
+    no_frame_reason,
+    probe_for_policy,
+)
 from vmstream.stages.decode.container import open_input, video_stream
 from vmstream.stages.media import AudioFormat, FrameSize, NotAVideoError, Source, StreamInfo, UnsupportedVideoError
 from vmstream.stages.sampling import SamplingPolicy, frames_for_targets
@@ -174,8 +180,14 @@ def index_file(uri: str, options: Optional[dict] = None) -> FrameIndex:
     end = float(times[-1]) + dur
     if not cut and declared is not None and end < declared - max(0.5, 2 * dur):
         cut = f"the file ends at {end:.3f}s but its header says {declared:.3f}s"
-    return FrameIndex(times=times, keyframe=keyframe, frame_duration=dur,
-                      rotation=_first_frame_rotation(uri, options), truncated=cut, broken_packets=broken)
+    return FrameIndex(
+        times=times,
+        keyframe=keyframe,
+        frame_duration=dur,
+        rotation=_first_frame_rotation(uri, options),
+        truncated=cut,
+        broken_packets=broken,
+    )
 
 
 def _first_frame_rotation(uri: str, options: Optional[dict]) -> int:
@@ -197,8 +209,13 @@ def _first_frame_rotation(uri: str, options: Optional[dict]) -> int:
 END_SLACK = 1e-3
 
 
-def select_frames(index: FrameIndex, info: StreamInfo, policy: SamplingPolicy,
-                  start_time: float = 0.0, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def select_frames(
+    index: FrameIndex,
+    info: StreamInfo,
+    policy: SamplingPolicy,
+    start_time: float = 0.0,
+    rng: Optional[np.random.Generator] = None,
+) -> np.ndarray:
     """Frame numbers (ascending, repeated where the policy repeats) the policy asks for,
     by the shared rule `sampling.frames_for_targets`; none before `start_time`.
 
@@ -234,9 +251,18 @@ def select_frames(index: FrameIndex, info: StreamInfo, policy: SamplingPolicy,
 # --------------------------------------------------------------------------- pipeline
 
 
-def _build_pipeline(*, device: str, device_id: Optional[int], num_threads: int, chunk: int,
-                    scaled: tuple[int, int], crop: tuple[int, int, int, int], rotation: int,
-                    interp: str, normalize: bool = False):
+def _build_pipeline(
+    *,
+    device: str,
+    device_id: Optional[int],
+    num_threads: int,
+    chunk: int,
+    scaled: tuple[int, int],
+    crop: tuple[int, int, int, int],
+    rotation: int,
+    interp: str,
+    normalize: bool = False,
+):
     """One stream's DALI pipeline: consecutive chunks of decoded frames in, the wanted
     frames of each chunk out, resized and centre-cropped: uint8 FHWC, or with
     `normalize` float32 FCHW normalised with the ImageNet mean / std."""
@@ -246,7 +272,10 @@ def _build_pipeline(*, device: str, device_id: Optional[int], num_threads: int, 
     @pipeline_def(batch_size=1, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1)
     def graph():
         video = fn.experimental.inputs.video(
-            name="video", device=device, sequence_length=chunk, last_sequence_policy="partial",
+            name="video",
+            device=device,
+            sequence_length=chunk,
+            last_sequence_policy="partial",
             no_copy=True,
         )
         sel = fn.external_source(name="sel", dtype=types.INT32, ndim=1)
@@ -264,8 +293,12 @@ def _build_pipeline(*, device: str, device_id: Optional[int], num_threads: int, 
             x = fn.slice(x, start=[y0, x0], shape=[ch, cw], axis_names="HW")
         if normalize:
             x = fn.crop_mirror_normalize(
-                x, dtype=types.FLOAT, output_layout="FCHW",
-                mean=[255.0 * m for m in IMAGENET_MEAN], std=[255.0 * s for s in IMAGENET_STD])
+                x,
+                dtype=types.FLOAT,
+                output_layout="FCHW",
+                mean=[255.0 * m for m in IMAGENET_MEAN],
+                std=[255.0 * s for s in IMAGENET_STD],
+            )
         return x, decoded
 
     pipe = graph()
@@ -290,9 +323,17 @@ class DALIDecoder(Decoder):
 
     name = "dali"
 
-    def __init__(self, device: str = "auto", *, fallback: bool = True, chunk_frames: int = 16,
-                 num_threads: int = 2, device_id: Optional[int] = None, normalize: bool = False,
-                 **pyav_kwargs):
+    def __init__(
+        self,
+        device: str = "auto",
+        *,
+        fallback: bool = True,
+        chunk_frames: int = 16,
+        num_threads: int = 2,
+        device_id: Optional[int] = None,
+        normalize: bool = False,
+        **pyav_kwargs,
+    ):
         if not dali_available():
             raise ImportError(f"nvidia-dali is not importable ({DALI_IMPORT_ERROR}); pip install 'vmstream[dali]'")
         if device not in ("auto", "gpu", "cpu"):
@@ -329,10 +370,17 @@ class DALIDecoder(Decoder):
     def supports(self, info: StreamInfo) -> bool:
         return (not info.live) and info.codec in self.codecs
 
-    def frames(self, source: Source, policy: SamplingPolicy, size: FrameSize,
-               start_time: float = 0.0, *, stop: Optional[threading.Event] = None,
-               info: Optional[StreamInfo] = None, audio: Optional[AudioFormat] = None
-               ) -> Iterator[DecodedItem]:
+    def frames(
+        self,
+        source: Source,
+        policy: SamplingPolicy,
+        size: FrameSize,
+        start_time: float = 0.0,
+        *,
+        stop: Optional[threading.Event] = None,
+        info: Optional[StreamInfo] = None,
+        audio: Optional[AudioFormat] = None,
+    ) -> Iterator[DecodedItem]:
         """See base.Decoder.frames. Probes, indexes and builds the pipeline now (bad input
         raises here); decoding runs lazily in the returned iterator. `audio` is honoured
         by the PyAV fallback only (DALI decodes no audio: the audio stage reads it)."""
@@ -344,18 +392,20 @@ class DALIDecoder(Decoder):
         else:
             info = probe_for_policy(self, path, source.options, policy, info)  # VideoInputError up front
             if info.codec not in self.codecs:
-                where = "NVDEC" if self.on_gpu else "DALI's CPU decoder (VP8/VP9/MJPEG only; H.264 and others need a GPU)"
+                where = (
+                    "NVDEC" if self.on_gpu else "DALI's CPU decoder (VP8/VP9/MJPEG only; H.264 and others need a GPU)"
+                )
                 why = f"{path}: codec {info.codec!r} cannot be decoded by {where}"
         if why is not None:
             if not self.fallback:
                 raise UnsupportedVideoError(source.uri, why.split(": ", 1)[1])
             log.info("%s; decoding with PyAV instead", why)
-            return self._pyav_decoder().frames(source, policy, size, start_time, stop=stop, info=info,
-                                               audio=audio)
+            return self._pyav_decoder().frames(source, policy, size, start_time, stop=stop, info=info, audio=audio)
         index = index_file(path, source.options)
         chosen = select_frames(index, info, policy, float(start_time))
-        return self._decode(source, path, replace(info, rotation=index.rotation), index, chosen, size, stop,
-                            resumed=start_time > 0)
+        return self._decode(
+            source, path, replace(info, rotation=index.rotation), index, chosen, size, stop, resumed=start_time > 0
+        )
 
     def close(self) -> None:
         if self._pyav is not None:
@@ -370,8 +420,17 @@ class DALIDecoder(Decoder):
                 self._pyav = PyAVDecoder(**self._pyav_kwargs)
             return self._pyav
 
-    def _decode(self, source, path, info: StreamInfo, index: FrameIndex, chosen: np.ndarray,
-                size: FrameSize, stop: Optional[threading.Event], resumed: bool = False) -> Iterator[DecodedItem]:
+    def _decode(
+        self,
+        source,
+        path,
+        info: StreamInfo,
+        index: FrameIndex,
+        chosen: np.ndarray,
+        size: FrameSize,
+        stop: Optional[threading.Event],
+        resumed: bool = False,
+    ) -> Iterator[DecodedItem]:
         sid, uri = source.stream_id, source.uri
         L = self.chunk_frames
         dw, dh = info.display_size
@@ -381,14 +440,21 @@ class DALIDecoder(Decoder):
         n = len(index)
         t0 = time.perf_counter()
         pipe = _build_pipeline(
-            device="mixed" if self.on_gpu else "cpu", device_id=self.device_id,
-            num_threads=self.num_threads, chunk=L, scaled=scaled, crop=(x0, y0, size.width, size.height),
-            rotation=info.rotation % 360, interp=interp, normalize=self.normalize,
+            device="mixed" if self.on_gpu else "cpu",
+            device_id=self.device_id,
+            num_threads=self.num_threads,
+            chunk=L,
+            scaled=scaled,
+            crop=(x0, y0, size.width, size.height),
+            rotation=info.rotation % 360,
+            interp=interp,
+            normalize=self.normalize,
         )
         data = np.memmap(path, dtype=np.uint8, mode="r")
         pipe.feed_input("video", [data])
-        log.debug("%s: DALI pipeline (%s) built in %.3fs", uri, "mixed" if self.on_gpu else "cpu",
-                  time.perf_counter() - t0)
+        log.debug(
+            "%s: DALI pipeline (%s) built in %.3fs", uri, "mixed" if self.on_gpu else "cpu", time.perf_counter() - t0
+        )
 
         def gen():
             emitted = 0
@@ -415,8 +481,14 @@ class DALIDecoder(Decoder):
                         message = f"DALI stopped decoding near frame {j * L} of {n}: {_first_line(e)}"
                         reason = "truncated" if index.truncated else "error"
                         log.warning("%s: %s", uri, message)
-                        yield StreamEvent(sid, "error", t_start=last_t, message=message,
-                                          details={"error": type(e).__name__, "decoder": "dali"}, uri=uri)
+                        yield StreamEvent(
+                            sid,
+                            "error",
+                            t_start=last_t,
+                            message=message,
+                            details={"error": type(e).__name__, "decoder": "dali"},
+                            uri=uri,
+                        )
                         break
                     got = int(np.asarray(shp.as_cpu()[0])[0])
                     decoded += got
@@ -443,9 +515,19 @@ class DALIDecoder(Decoder):
                 reason = "truncated"
                 message = index.truncated or f"{index.broken_packets} corrupt packets skipped"
             reason, message = no_frame_reason(reason, message, emitted, 1.0 if resumed else 0.0)
-            yield end_event(sid, uri, reason, frames=emitted, broken_packets=index.broken_packets,
-                            t_start=first_t, t_end=last_t, message=message, decoder="dali",
-                            device="gpu" if self.on_gpu else "cpu", decoded_frames=decoded)
+            yield end_event(
+                sid,
+                uri,
+                reason,
+                frames=emitted,
+                broken_packets=index.broken_packets,
+                t_start=first_t,
+                t_end=last_t,
+                message=message,
+                decoder="dali",
+                device="gpu" if self.on_gpu else "cpu",
+                decoded_frames=decoded,
+            )
 
         pipe_ref = [pipe, data]  # released when the generator ends or is closed
         return gen()
@@ -463,8 +545,9 @@ class DALIDecoder(Decoder):
 def _dali_interp(size: FrameSize):
     interp = _INTERP.get(size.interpolation.upper())
     if interp is None:
-        raise ValueError(f"FrameSize.interpolation={size.interpolation!r} has no DALI equivalent; "
-                         f"use one of {sorted(_INTERP)}")
+        raise ValueError(
+            f"FrameSize.interpolation={size.interpolation!r} has no DALI equivalent; use one of {sorted(_INTERP)}"
+        )
     return interp
 
 

@@ -14,6 +14,7 @@ one decoded YUV 4:2:0 frame at about 100 MB.
 Y4M (raw YUV) headers are read here before FFmpeg opens the file: the format is
 trivial to forge and FFmpeg refuses the largest sizes before it reports them.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -35,9 +36,11 @@ def check_frame_size(uri: str, width: int, height: int, bound: int) -> None:
     """Raise FrameTooLargeError when width x height exceeds `bound` pixels."""
     if width * height > bound:
         raise FrameTooLargeError(
-            uri, f"the video declares frames of {width}x{height} ({width * height / 1e6:.1f} Mpixels), over the "
-                 f"bound of {bound} pixels ({bound / 1e6:.1f} Mpixels; decode.max_frame_pixels, default "
-                 f"8192x8192); raise the bound to decode it")
+            uri,
+            f"the video declares frames of {width}x{height} ({width * height / 1e6:.1f} Mpixels), over the "
+            f"bound of {bound} pixels ({bound / 1e6:.1f} Mpixels; decode.max_frame_pixels, default "
+            f"8192x8192); raise the bound to decode it",
+        )
 
 
 def y4m_frame_size(uri: str, options: Optional[dict] = None) -> Optional[tuple[int, int]]:

@@ -19,6 +19,7 @@ time; results come back in submission order, at most `depth` windows behind, so
 memory stays bounded however long a run is. `SerialDecoder` is the same interface on
 one decoder in the caller's thread: the readable form, and what non-H.264 codecs use.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,6 +42,7 @@ __all__ = ["Decoded", "GopPool", "SerialDecoder", "decode_packet"]
 class Decoded:
     """One wanted output frame: its pts, the converted image, the targets it serves
     (`count`; 1 when every frame is wanted)."""
+
     pts: Optional[int]
     image: np.ndarray
     count: int
@@ -51,8 +53,8 @@ class RunCounts:
     fed: int = 0
     decoded: int = 0
     decode_errors: int = 0
-    missed: int = 0     # wanted frames the decoder never put out
-    runs: int = 0       # runs started on a fresh decoder (pool only)
+    missed: int = 0  # wanted frames the decoder never put out
+    runs: int = 0  # runs started on a fresh decoder (pool only)
 
 
 def decode_packet(cc, packet, counts: RunCounts, uri: str = "") -> list:
@@ -142,8 +144,8 @@ _END = object()
 class _Run:
     windows: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
     results: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
-    submitted: int = 0     # windows put in
-    taken: int = 0         # window results taken out
+    submitted: int = 0  # windows put in
+    taken: int = 0  # window results taken out
     closed: bool = False
 
 
@@ -165,18 +167,27 @@ class GopPool:
     opened in its thread; convert(): a new frame converter (one per worker).
     """
 
-    def __init__(self, open_decoder: Callable[[], tuple[Any, Any]], convert: Callable[[], Callable],
-                 counts: RunCounts, *, workers: int = 2, depth: int = 4, uri: str = ""):
+    def __init__(
+        self,
+        open_decoder: Callable[[], tuple[Any, Any]],
+        convert: Callable[[], Callable],
+        counts: RunCounts,
+        *,
+        workers: int = 2,
+        depth: int = 4,
+        uri: str = "",
+    ):
         if workers < 2:
             raise ValueError(f"GopPool needs workers >= 2, got {workers}")
         self.counts, self.uri, self.depth = counts, uri, max(1, depth)
         self._open, self._convert = open_decoder, convert
         self._runs: "queue.SimpleQueue[Optional[_Run]]" = queue.SimpleQueue()
-        self._order: deque[_Run] = deque()   # runs not yet fully taken, oldest first
+        self._order: deque[_Run] = deque()  # runs not yet fully taken, oldest first
         self._current: Optional[_Run] = None
         self._closing = False
-        self._threads = [threading.Thread(target=self._work, name=f"gop-decoder-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"gop-decoder-{i}", daemon=True) for i in range(workers)
+        ]
         for t in self._threads:
             t.start()
 
@@ -322,4 +333,3 @@ class GopPool:
         res = [] if self._closing else out(decode_packet(cc, None, counts, self.uri))
         counts.missed = wanted.missed()
         run.results.put(("end", res, counts))
-

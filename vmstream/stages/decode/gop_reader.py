@@ -6,6 +6,7 @@ When an `AudioTap` rides along, the same demux pass carries the audio track's pa
 to it (one open, one read of the file); forward seeks are then off, since the audio of
 a skipped span is wanted (the segments cover it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,8 +78,15 @@ class GopReader:
     """Video packets in decode order, one GOP window at a time, with the lookahead
     the planner needs (the next keyframe and its leading pictures), and seeking."""
 
-    def __init__(self, container, stream, inspector: Optional[H264Inspector], stats: dict,
-                 use_refs: bool = True, audio: Optional[AudioTap] = None):
+    def __init__(
+        self,
+        container,
+        stream,
+        inspector: Optional[H264Inspector],
+        stats: dict,
+        use_refs: bool = True,
+        audio: Optional[AudioTap] = None,
+    ):
         self.c, self.s = container, stream
         self.audio = audio
         self.use_refs = use_refs  # False: read IDR-ness only, treat every picture as a reference
@@ -89,10 +97,10 @@ class GopReader:
         self._it = None
         self.eof = False
         self.demux_error: Optional[str] = None
-        self.last_t: Optional[float] = None      # largest presentation time read
-        self.gop_seconds = 0.0                   # largest keyframe spacing seen
+        self.last_t: Optional[float] = None  # largest presentation time read
+        self.gop_seconds = 0.0  # largest keyframe spacing seen
         self._last_key_t: Optional[float] = None
-        self.pts_dts_offset = 0                  # keyframe pts - dts (index is in dts for MP4)
+        self.pts_dts_offset = 0  # keyframe pts - dts (index is in dts for MP4)
         self._offset_known = False
         self.no_seek_until = -math.inf  # a seek that made no progress is not retried
         self.end_time: Optional[float] = None
@@ -270,7 +278,7 @@ class GopReader:
                 self._unread([p])
             if landed_ok:
                 return True
-            ts -= self._ticks(back * (2 ** attempt))
+            ts -= self._ticks(back * (2**attempt))
         # Give up seeking: start over from the beginning (always correct).
         return self.seek_start()
 

@@ -12,6 +12,7 @@ is not a feed, whatever the source said: its frames keep their own times and its
 is the stream's end ("eof"), never a drop to reconnect after (which would replay it
 forever and hold a worker's slot).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- reading
+
 
 def low_latency_options(timeout: float) -> dict[str, str]:
     """FFmpeg options for live inputs: a small probe, low-delay decoding, and socket
@@ -85,8 +87,9 @@ class WallClock:
         return t
 
 
-def live_frames(decoder: Decoder, source: Source, policy: SamplingPolicy, size: FrameSize,
-                *, stop: Optional[threading.Event] = None) -> Iterator:
+def live_frames(
+    decoder: Decoder, source: Source, policy: SamplingPolicy, size: FrameSize, *, stop: Optional[threading.Event] = None
+) -> Iterator:
     """Frames of a live source, reconnecting per `ReconnectPolicy` (see module doc).
     `decoder` gives the settings (`threads`, `swscale_threads`, `live_timeout`: a
     PyAVDecoder's).
@@ -100,8 +103,9 @@ def live_frames(decoder: Decoder, source: Source, policy: SamplingPolicy, size: 
 class _LiveStream:
     """One live source's life: connections, outages between them, reconnects."""
 
-    def __init__(self, decoder: Decoder, source: Source, policy: SamplingPolicy, size: FrameSize,
-                 stop: Optional[threading.Event]):
+    def __init__(
+        self, decoder: Decoder, source: Source, policy: SamplingPolicy, size: FrameSize, stop: Optional[threading.Event]
+    ):
         opts = dict(source.options or {})
         self.rp = ReconnectPolicy(**(opts.get("reconnect") or {}))
         self.timeout = float(opts.get("timeout") or decoder.live_timeout)
@@ -116,7 +120,7 @@ class _LiveStream:
         self.sid, self.uri = source.stream_id, source.uri
         self.stats = dict(frames=0, broken_packets=0, reconnects=0, gaps=0, attempts=0)
         self.first_t = self.last_t = math.nan
-        self.t_lost: Optional[float] = None      # stream time of the last frame before an outage
+        self.t_lost: Optional[float] = None  # stream time of the last frame before an outage
         self.lost_since: Optional[float] = None  # monotonic time the outage began
         self.failures = 0
         self.delays = self.rp.delays()
@@ -128,8 +132,11 @@ class _LiveStream:
     def _give_up_now(self) -> bool:
         if self.rp.max_tries is not None and self.failures >= self.rp.max_tries:
             return True
-        return (self.rp.give_up_after is not None and self.lost_since is not None
-                and time.monotonic() - self.lost_since > self.rp.give_up_after)
+        return (
+            self.rp.give_up_after is not None
+            and self.lost_since is not None
+            and time.monotonic() - self.lost_since > self.rp.give_up_after
+        )
 
     def run(self) -> Iterator:
         reason, message = "stopped", "stopped by the caller"
@@ -149,8 +156,10 @@ class _LiveStream:
             if self.finite and self.got_frame:
                 # Read to its end (or failed part way): opening it again would start over.
                 reason = "eof"
-                message = ("the input has a length (a file or a finished playlist), not a live feed: "
-                           f"read once, to its end ({err})")
+                message = (
+                    "the input has a length (a file or a finished playlist), not a live feed: "
+                    f"read once, to its end ({err})"
+                )
                 break
             # The feed is down. Remember when, then back off and try again.
             if self.t_lost is None and self.stats["frames"] > 0 and not math.isnan(self.last_t):
@@ -161,8 +170,10 @@ class _LiveStream:
                 self.failures += 1
             if self._give_up_now():
                 reason = "gave_up"
-                message = (f"no video for {time.monotonic() - self.lost_since:.1f}s after {self.failures} "
-                           f"failed attempt(s); last error: {err}")
+                message = (
+                    f"no video for {time.monotonic() - self.lost_since:.1f}s after {self.failures} "
+                    f"failed attempt(s); last error: {err}"
+                )
                 break
             wait = next(self.delays)
             log.info("%s: %s; reconnecting in %.1fs", self.sid, _without_uri(err, self.uri), wait)
@@ -170,9 +181,17 @@ class _LiveStream:
             if self.stop.wait(wait):
                 break
         st = self.stats
-        yield end_event(self.sid, self.uri, reason, frames=st["frames"], broken_packets=st["broken_packets"],
-                        t_start=self.first_t, t_end=self.last_t, message=message,
-                        **{k: v for k, v in st.items() if k not in ("frames", "broken_packets")})
+        yield end_event(
+            self.sid,
+            self.uri,
+            reason,
+            frames=st["frames"],
+            broken_packets=st["broken_packets"],
+            t_start=self.first_t,
+            t_end=self.last_t,
+            message=message,
+            **{k: v for k, v in st.items() if k not in ("frames", "broken_packets")},
+        )
 
     def _connection(self) -> Generator[object, None, str]:
         """One connection: its frames and gap events; returns why it ended."""
@@ -229,9 +248,15 @@ class _LiveStream:
         if self.t_lost is not None:
             gap = (self.t_lost, t)
             self.stats["gaps"] += 1
-            yield StreamEvent(self.sid, "gap", t_start=gap[0], t_end=gap[1],
-                              message=f"feed lost for {gap[1] - gap[0]:.1f}s",
-                              details={"reconnects": self.stats["reconnects"]}, uri=self.uri)
+            yield StreamEvent(
+                self.sid,
+                "gap",
+                t_start=gap[0],
+                t_end=gap[1],
+                message=f"feed lost for {gap[1] - gap[0]:.1f}s",
+                details={"reconnects": self.stats["reconnects"]},
+                uri=self.uri,
+            )
             self.t_lost = None
         if not self.got_frame:
             self.got_frame, self.failures, self.lost_since = True, 0, None

@@ -21,6 +21,7 @@ decoder runs per GOP; the tests hold the result to decoding everything
 
 Other codecs get rule 1 only (every frame treated as a possible reference).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,15 +32,15 @@ import numpy as np
 from vmstream.stages.media import TIME_EPS
 
 # H.264 nal_unit_type values (ITU-T H.264 Table 7-1).
-NAL_SLICE = 1        # coded slice of a non-IDR picture
-NAL_SLICE_DPA = 2    # slice data partition A (carries the slice header)
+NAL_SLICE = 1  # coded slice of a non-IDR picture
+NAL_SLICE_DPA = 2  # slice data partition A (carries the slice header)
 NAL_IDR = 5
 
 
 @dataclass(frozen=True, slots=True)
 class PictureKind:
-    ref: bool   # nal_ref_idc != 0: other pictures may be predicted from it
-    idr: bool   # an IDR picture: nothing after it references anything before it
+    ref: bool  # nal_ref_idc != 0: other pictures may be predicted from it
+    idr: bool  # an IDR picture: nothing after it references anything before it
 
 
 class H264Inspector:
@@ -78,7 +79,7 @@ class H264Inspector:
     def _avcc(self, mv: memoryview):
         n, ls, i = len(mv), self.length_size, 0
         while i + ls < n:
-            size = int.from_bytes(mv[i:i + ls], "big")
+            size = int.from_bytes(mv[i : i + ls], "big")
             if size <= 0:
                 return
             yield mv[i + ls]
@@ -96,8 +97,7 @@ class H264Inspector:
             pos = j + 4
 
 
-def wanted_in_window(times: Sequence[float], targets: Sequence[float],
-                     eps: float = TIME_EPS) -> dict[int, int]:
+def wanted_in_window(times: Sequence[float], targets: Sequence[float], eps: float = TIME_EPS) -> dict[int, int]:
     """For one GOP window: {decode-order index: how many targets it serves}.
 
     `times` are the window's presentation times in decode order; `targets` the pending

@@ -31,7 +31,7 @@ time; `packet_filter` plans which of them to feed; `gop_pool` decodes the planne
 (on several decoders, or in order on one); `live` runs live sources; this module picks
 the strategy and runs it over a file.
 """
-from __future__ import annotations
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +46,14 @@ import av.error
 
 from vmstream.records import Frame, StreamEvent
 from vmstream.stages.decode.audio_tap import AudioTap
-from vmstream.stages.decode.base import (Decoder, DecodedItem, check_frames_args, end_event, no_frame_reason,
-                                         probe_for_policy)
+from vmstream.stages.decode.base import (
+    DecodedItem,
+    Decoder,
+    check_frames_args,
+    end_event,
+    no_frame_reason,
+    probe_for_policy,
+)
 from vmstream.stages.decode.container import (
     SKIP_PROBE_DECODE,
     FrameConverter,
@@ -68,8 +74,16 @@ from vmstream.stages.media import TIME_EPS, AudioFormat, FrameSize, Source, Stre
 from vmstream.stages.sampling import SamplingPolicy
 
 # Container access lives in `container`; these stay importable from here.
-__all__ = ["CLOSED_GOP_CODECS", "END_SLACK", "EXACT_MODES", "FrameConverter", "PyAVDecoder", "count_frames",
-           "describe", "open_input"]
+__all__ = [
+    "CLOSED_GOP_CODECS",
+    "END_SLACK",
+    "EXACT_MODES",
+    "FrameConverter",
+    "PyAVDecoder",
+    "count_frames",
+    "describe",
+    "open_input",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +91,9 @@ EXACT_MODES = ("auto", "filter", "seek", "full")
 
 # Codecs whose keyframes never let later frames reference earlier ones (no open GOPs):
 # decoding may resume at their keyframes after skipped packets without a flush.
-CLOSED_GOP_CODECS = frozenset({"vp8", "vp9", "mjpeg", "png", "prores", "dnxhd", "ffv1",
-                               "rawvideo", "huffyuv", "utvideo"})
+CLOSED_GOP_CODECS = frozenset(
+    {"vp8", "vp9", "mjpeg", "png", "prores", "dnxhd", "ffv1", "rawvideo", "huffyuv", "utvideo"}
+)
 
 # Targets closer than this to the end of the last frame's display count as past the
 # end (container durations are often rounded to the millisecond).
@@ -104,9 +119,17 @@ class PyAVDecoder(Decoder):
 
     name = "pyav"
 
-    def __init__(self, *, threads: int = 0, thread_type: str = "AUTO", exact_mode: str = "auto",
-                 live_timeout: float = 5.0, swscale_threads: int = 1, max_frame_pixels: int = MAX_FRAME_PIXELS,
-                 gop_workers: int = 2):
+    def __init__(
+        self,
+        *,
+        threads: int = 0,
+        thread_type: str = "AUTO",
+        exact_mode: str = "auto",
+        live_timeout: float = 5.0,
+        swscale_threads: int = 1,
+        max_frame_pixels: int = MAX_FRAME_PIXELS,
+        gop_workers: int = 2,
+    ):
         if exact_mode not in EXACT_MODES:
             raise ValueError(f"exact_mode={exact_mode!r}; expected one of {EXACT_MODES}")
         if thread_type not in ("AUTO", "FRAME", "SLICE", "NONE"):
@@ -145,16 +168,22 @@ class PyAVDecoder(Decoder):
             n, lo, end = count_frames(uri, options)
             dur = max(end - lo, 1e-6)
             fps = info.fps or (n / dur if n > 1 else None)
-            info = replace(info, frame_count=n, frame_count_exact=True, start_time=lo, duration=dur,
-                           fps=fps)
+            info = replace(info, frame_count=n, frame_count_exact=True, start_time=lo, duration=dur, fps=fps)
         return info
 
     # ------------------------------------------------------------------ frames
 
-    def frames(self, source: Source, policy: SamplingPolicy, size: FrameSize,
-               start_time: float = 0.0, *, stop: Optional[threading.Event] = None,
-               info: Optional[StreamInfo] = None, audio: Optional[AudioFormat] = None
-               ) -> Iterator[DecodedItem]:
+    def frames(
+        self,
+        source: Source,
+        policy: SamplingPolicy,
+        size: FrameSize,
+        start_time: float = 0.0,
+        *,
+        stop: Optional[threading.Event] = None,
+        info: Optional[StreamInfo] = None,
+        audio: Optional[AudioFormat] = None,
+    ) -> Iterator[DecodedItem]:
         """See base.Decoder.frames. Validates and probes now (errors raise here, before
         any work); the decoding itself runs lazily in the returned iterator.
         `info` skips the probe when the caller already has it. `audio`: a file's audio
@@ -192,11 +221,29 @@ class PyAVDecoder(Decoder):
             raise
         return c, s, tap
 
-    def _file_frames(self, source: Source, info: StreamInfo, policy: SamplingPolicy,
-                     size: FrameSize, start_time: float, stop,
-                     audio: Optional[AudioFormat]) -> Iterator[DecodedItem]:
-        stats = dict(packets=0, corrupt_packets=0, decode_errors=0, decoded=0, fed=0, seeks=0,
-                     inspected=0, frames=0, missed_targets=0, flushes=0, runs=0)
+    def _file_frames(
+        self,
+        source: Source,
+        info: StreamInfo,
+        policy: SamplingPolicy,
+        size: FrameSize,
+        start_time: float,
+        stop,
+        audio: Optional[AudioFormat],
+    ) -> Iterator[DecodedItem]:
+        stats = dict(
+            packets=0,
+            corrupt_packets=0,
+            decode_errors=0,
+            decoded=0,
+            fed=0,
+            seeks=0,
+            inspected=0,
+            frames=0,
+            missed_targets=0,
+            flushes=0,
+            runs=0,
+        )
         sid, uri = source.stream_id, source.uri
         try:
             c, s, tap = self._open_stream(source, policy.keyframes_only, audio)
@@ -227,8 +274,14 @@ class PyAVDecoder(Decoder):
                     run.reader.read_audio_until(max(run.reader.last_t or -math.inf, last_t) + 1.0)
         except Exception as e:  # a bad file fails its stream, never the caller's loop
             log.warning("%s: decoding failed: %s", uri, e, exc_info=not isinstance(e, av.error.FFmpegError))
-            yield StreamEvent(sid, "error", t_start=last_t, message=f"decoding failed: {e}",
-                              details={"error": type(e).__name__}, uri=uri)
+            yield StreamEvent(
+                sid,
+                "error",
+                t_start=last_t,
+                message=f"decoding failed: {e}",
+                details={"error": type(e).__name__},
+                uri=uri,
+            )
             reason, message = "error", f"decoding failed: {e}"
         finally:
             c.close()
@@ -238,17 +291,36 @@ class PyAVDecoder(Decoder):
             extra["audio_broken_packets"] = tap.broken_packets
         broken = stats["decode_errors"] + stats["corrupt_packets"]
         reason, message = no_frame_reason(reason, message, stats["frames"], start_time)
-        yield end_event(sid, uri, reason, frames=stats["frames"], broken_packets=broken,
-                        t_start=first_t, t_end=last_t, message=message,
-                        **{k: v for k, v in stats.items() if k not in ("frames",)},
-                        mode=run.mode, **extra)
+        yield end_event(
+            sid,
+            uri,
+            reason,
+            frames=stats["frames"],
+            broken_packets=broken,
+            t_start=first_t,
+            t_end=last_t,
+            message=message,
+            **{k: v for k, v in stats.items() if k not in ("frames",)},
+            mode=run.mode,
+            **extra,
+        )
 
 
 class _FileRun:
     """One pass over a file: the strategies share frame output and counters."""
 
-    def __init__(self, dec: PyAVDecoder, source: Source, info: StreamInfo, policy: SamplingPolicy,
-                 size: FrameSize, start_time: float, stop, stats: dict, tap: Optional[AudioTap] = None):
+    def __init__(
+        self,
+        dec: PyAVDecoder,
+        source: Source,
+        info: StreamInfo,
+        policy: SamplingPolicy,
+        size: FrameSize,
+        start_time: float,
+        stop,
+        stats: dict,
+        tap: Optional[AudioTap] = None,
+    ):
         self.dec, self.source, self.info, self.policy = dec, source, info, policy
         self.tap = tap
         self.size, self.start_time, self.stop, self.stats = size, start_time, stop, stats
@@ -273,11 +345,11 @@ class _FileRun:
             # With an exact frame index the container's end is trusted to a frame or two;
             # otherwise (webm, TS: a header duration or a bitrate estimate) only a clear
             # shortfall counts, so an estimate a few percent off is not called truncation.
-            slack = (2 * max(self.frame_dur, 0.02) + 0.5 if info.frame_count_exact
-                     else 0.1 * (info.duration or 0.0) + 1.0)
+            slack = (
+                2 * max(self.frame_dur, 0.02) + 0.5 if info.frame_count_exact else 0.1 * (info.duration or 0.0) + 1.0
+            )
             if r.last_t < info.end_time - slack:
-                return "truncated", (f"the data ends at {r.last_t:.2f}s but the container says "
-                                     f"{info.end_time:.2f}s")
+                return "truncated", (f"the data ends at {r.last_t:.2f}s but the container says {info.end_time:.2f}s")
         return "eof", ""
 
     def _emit(self, avf, t: float, count: int) -> Iterator[Frame]:
@@ -335,11 +407,17 @@ class _FileRun:
         # Runs of GOPs go to several decoders at once where IDRs can be found (H.264).
         # Each pool decoder opens the file for its codec parameters: local files only,
         # and not when the audio rides along (then the file is opened once, on purpose).
-        pooled = (self.dec.gop_workers > 1 and self.info.codec == "h264" and mode in ("all", "filter", "seek")
-                  and os.path.isfile(self.source.uri) and self.tap is None)
+        pooled = (
+            self.dec.gop_workers > 1
+            and self.info.codec == "h264"
+            and mode in ("all", "filter", "seek")
+            and os.path.isfile(self.source.uri)
+            and self.tap is None
+        )
         planned = mode in ("filter", "seek", "keyframes")
-        inspector = (H264Inspector(s.codec_context.extradata)
-                     if (planned or pooled) and self.info.codec == "h264" else None)
+        inspector = (
+            H264Inspector(s.codec_context.extradata) if (planned or pooled) and self.info.codec == "h264" else None
+        )
         self.reader = GopReader(c, s, inspector, self.stats, use_refs=(mode == "filter"), audio=self.tap)
         self.reader.end_time = self.info.end_time
         if self.start_time > 0 and not self.reader.seek(self.start_time):
@@ -421,8 +499,14 @@ class _FileRun:
         if not pooled:
             return SerialDecoder(s.codec_context, self.convert, counts, self.source.uri)
         size, sws = self.size, self.dec.swscale_threads
-        return GopPool(self._open_decoder, lambda: FrameConverter(size, threads=sws), counts,
-                       workers=self.dec.gop_workers, depth=2 * self.dec.gop_workers, uri=self.source.uri)
+        return GopPool(
+            self._open_decoder,
+            lambda: FrameConverter(size, threads=sws),
+            counts,
+            workers=self.dec.gop_workers,
+            depth=2 * self.dec.gop_workers,
+            uri=self.source.uri,
+        )
 
     def _open_decoder(self):
         """A decoder of this file's video for a pool worker: opened like the main one,
@@ -545,8 +629,11 @@ class _FileRun:
                         self.stats["flushes"] += 1
                     elif idr:
                         yield from out(ex.idr())
-                    yield from out(ex.submit([p.packet for p, f in zip(pkts, mask) if f],
-                                             {pkts[i].pts: n for i, n in wanted.items()}))
+                    yield from out(
+                        ex.submit(
+                            [p.packet for p, f in zip(pkts, mask) if f], {pkts[i].pts: n for i, n in wanted.items()}
+                        )
+                    )
                 # Only left-out references leave gaps; unfed non-reference pictures do not.
                 cut_before = any(p.ref and not f for p, f in zip(pkts, mask))
             if not self.stopped:
@@ -555,8 +642,9 @@ class _FileRun:
             ex.close()
             self._merge(counts)
 
-    def _plan_window(self, pkts: list[Packet], bound: float, next_key_t: float,
-                     targets: Optional[TargetQueue], keyframes: bool) -> tuple[dict[int, int], list[bool]]:
+    def _plan_window(
+        self, pkts: list[Packet], bound: float, next_key_t: float, targets: Optional[TargetQueue], keyframes: bool
+    ) -> tuple[dict[int, int], list[bool]]:
         """For one GOP window: {decode-order index: targets served} and which packets
         to feed. `targets` None: keyframes-only every-frame (each window's keyframe)."""
         if keyframes:
@@ -588,5 +676,3 @@ class _FileRun:
 
 class _NoTimestamps(Exception):
     """Packets without presentation times: planning is impossible."""
-
-

@@ -5,6 +5,7 @@ what it cares about. The runner calls `write` for each record, `flush` at checkp
 (after which everything written so far must be durable / delivered, so the runner may
 snapshot stream state and commit offsets), and `close` once at the end (which flushes).
 """
+
 from __future__ import annotations
 
 import abc

@@ -19,6 +19,7 @@ are always printed. `close()` prints the summary table of the StreamSummary reco
 Times are media seconds for files (H:MM:SS) and wall-clock epochs for live streams
 (printed as local clock time).
 """
+
 from __future__ import annotations
 
 import sys
@@ -74,7 +75,7 @@ def short_name(stream_id: str, width: int) -> str:
     name = tail[1:] if tail else stream_id
     keep = width - 1
     front = keep // 2
-    return name[:front] + "…" + name[len(name) - (keep - front):]
+    return name[:front] + "…" + name[len(name) - (keep - front) :]
 
 
 class _Style:
@@ -191,8 +192,9 @@ class ConsoleSink(Sink):
             _detach_stdout(self.file)
             import logging
 
-            logging.getLogger(__name__).warning("the timeline's reader closed its end (broken pipe): "
-                                                "no more timeline lines; the run goes on")
+            logging.getLogger(__name__).warning(
+                "the timeline's reader closed its end (broken pipe): no more timeline lines; the run goes on"
+            )
 
     def _sid(self, stream_id: str) -> str:
         self._sid_width = max(self._sid_width, min(self.stream_width, len(stream_id)))
@@ -338,8 +340,12 @@ class ConsoleSink(Sink):
         self.flush()
 
 
-def format_summary_table(summaries: Iterable[StreamSummary],
-                         streams: Optional[dict[str, _StreamState]] = None, *, width: Optional[int] = None) -> str:
+def format_summary_table(
+    summaries: Iterable[StreamSummary],
+    streams: Optional[dict[str, _StreamState]] = None,
+    *,
+    width: Optional[int] = None,
+) -> str:
     """The end-of-run table: one row per stream (a StreamSummary, or the counts of a
     stream that ended without one, e.g. after an error). With `width` (a terminal's
     columns) it fits: the top-3 column goes first, then gaps/errors where all are 0,
@@ -352,12 +358,14 @@ def format_summary_table(summaries: Iterable[StreamSummary],
     n_err = sum(1 for r in rows if r[1] == "error")
     n_stop = sum(1 for r in rows if r[1] == "stopped")
     w = table.widths()
-    lines = ["  ".join(h.ljust(n) for h, n in zip(table.header, w)).rstrip(),
-             "  ".join("-" * n for n in w)]
+    lines = ["  ".join(h.ljust(n) for h, n in zip(table.header, w)).rstrip(), "  ".join("-" * n for n in w)]
     for r in rows:
         lines.append("  ".join(c.ljust(n) for c, n in zip(r, w)).rstrip())
-    lines.append(f"{len(rows)} streams, {total_seg} segments" + (f", {n_err} failed" if n_err else "")
-                 + (f", {n_stop} stopped (resumable)" if n_stop else ""))
+    lines.append(
+        f"{len(rows)} streams, {total_seg} segments"
+        + (f", {n_err} failed" if n_err else "")
+        + (f", {n_stop} stopped (resumable)" if n_stop else "")
+    )
     return "\n".join(lines)
 
 
@@ -368,8 +376,16 @@ class _SummaryTable:
         latest = {s.stream_id: s for s in summaries}  # a re-sent summary replaces the old
         modes = {s.mode for s in latest.values()}
         one_mode = modes.pop() if len(modes) == 1 else None  # said once, in the header
-        self.header = ["stream", "status", "duration", "segments",
-                       f"answer ({one_mode})" if one_mode else "answer", "top-3", "gaps", "errors"]
+        self.header = [
+            "stream",
+            "status",
+            "duration",
+            "segments",
+            f"answer ({one_mode})" if one_mode else "answer",
+            "top-3",
+            "gaps",
+            "errors",
+        ]
         self.rows: list[list[str]] = []
         self.answers: list[tuple[str, str]] = []  # (label, the rest), so a cut keeps the score
         for sid in sorted(set(latest) | set(streams)):
@@ -379,8 +395,18 @@ class _SummaryTable:
                 rest = f" {s.scores[0]:.2f}" + ("" if one_mode else f" ({s.mode})") if s.labels and s.scores else ""
                 self.answers.append((s.labels[0], rest) if rest else ("-", ""))
                 top3 = ", ".join(f"{lab} {sc:.2f}" for lab, sc in list(zip(s.labels, s.scores))[:3]) or "-"
-                self.rows.append([sid, s.status, fmt_time(s.duration), str(s.segment_count), "", _fit(top3, 48),
-                                  str(st.gaps), str(st.errors)])
+                self.rows.append(
+                    [
+                        sid,
+                        s.status,
+                        fmt_time(s.duration),
+                        str(s.segment_count),
+                        "",
+                        _fit(top3, 48),
+                        str(st.gaps),
+                        str(st.errors),
+                    ]
+                )
             else:
                 status = st.status or ("error" if st.errors else ("running" if not st.ended else "ok"))
                 done = st.t_last - st.t_first
@@ -398,8 +424,9 @@ class _SummaryTable:
             r[4] = _fit(label, self.label_w) + rest
 
     def widths(self) -> list[int]:
-        return [max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h)
-                for i, h in enumerate(self.header)]
+        return [
+            max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h) for i, h in enumerate(self.header)
+        ]
 
     def _total(self) -> int:
         return sum(self.widths()) + 2 * (len(self.header) - 1)

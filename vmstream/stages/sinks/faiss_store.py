@@ -10,15 +10,16 @@ open with a `StoreCorruptError` naming the file: a run never appends to it.
 Events and summaries carry no embedding and are ignored here (the Parquet sink keeps
 them). Search with `VideoStore(path, readonly=True)` (see `store/video_store.py`).
 """
+
 from __future__ import annotations
 
 import os
 from typing import Union
 
 from vmstream.records import SegmentResult
+from vmstream.store import SearchHit, VideoStore
 
 from .base import Sink, SinkRecord
-from vmstream.store import SearchHit, VideoStore
 
 __all__ = ["FaissSink", "SearchHit", "VideoStore"]
 

@@ -12,6 +12,7 @@ described in `vmstream.kafka.codec`; reading back is `vmstream.kafka.readers`).
 Delivery is `vmstream.kafka.producer.ReliableProducer`'s: never dropped, bounded
 buffer, `KafkaDeliveryError` after `give_up_s` without an acknowledgement.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,9 @@ class KafkaSink(Sink):
     ):
         unknown = set(topics or {}) - set(DEFAULT_TOPICS)
         if unknown:
-            raise ValueError(f"KafkaSink topics: unknown record kinds {sorted(unknown)} (expected {sorted(DEFAULT_TOPICS)})")
+            raise ValueError(
+                f"KafkaSink topics: unknown record kinds {sorted(unknown)} (expected {sorted(DEFAULT_TOPICS)})"
+            )
         self.topics = {**DEFAULT_TOPICS, **(topics or {})}
         self.spill_dir = Path(spill_dir)
         self.bootstrap_servers = bootstrap_servers
@@ -69,9 +72,7 @@ class KafkaSink(Sink):
         # The producer refuses a request over max_request_size itself; let it carry the
         # largest record the broker takes, so the broker's limit is the one that counts.
         producer_kwargs.setdefault("max_request_size", max(1 << 20, max(limits.values()) + _FRAMING_BYTES))
-        self.inline_limit = {
-            t: min(lim - _FRAMING_BYTES, inline_limit_bytes or lim) for t, lim in limits.items()
-        }
+        self.inline_limit = {t: min(lim - _FRAMING_BYTES, inline_limit_bytes or lim) for t, lim in limits.items()}
         self._limits_checked = float("-inf")  # re-read on the first refusal
         self._producer = ReliableProducer(
             bootstrap_servers, client_config=self._client_config, on_too_large=self._fit_or_spill, **producer_kwargs
@@ -168,8 +169,12 @@ class KafkaSink(Sink):
         enc = EncodedRecord(kind, key or b"", value, headers, orjson.loads(value))
         ref = spill_to_parquet(enc, self.spill_dir)
         self._producer.stats.spilled += 1
-        log.warning("Kafka refused a %d-byte record on %s as too large (limit now %d); sent a Parquet "
-                    "reference instead", len(value), topic, self.message_limits[topic])
+        log.warning(
+            "Kafka refused a %d-byte record on %s as too large (limit now %d); sent a Parquet reference instead",
+            len(value),
+            topic,
+            self.message_limits[topic],
+        )
         return ref.value, ref.headers
 
 

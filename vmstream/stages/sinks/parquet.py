@@ -1,6 +1,7 @@
 """The Parquet sink: every record a run produces goes to the store's result tables
 (`vmstream.store.results`: segments, events, summaries, each a directory of part files),
 and each segment's thumbnail to `thumbs`."""
+
 from __future__ import annotations
 
 import logging

@@ -17,10 +17,10 @@ nothing: one self-contained file with inline SVG and a tooltip per bar.
     plot_timeline(results_or_parquet_dir, "out/timeline.png")   -> [Path, ...]
     PlotSink("out/timeline.html")   # collects while the run goes, draws on close()
 """
+
 from __future__ import annotations
 
 import dataclasses
-
 import html
 import math
 import os
@@ -40,9 +40,26 @@ PathLike = Union[str, os.PathLike]
 # matplotlib's tab20, reordered so the first ten are the strong tones; HTML uses it
 # without importing matplotlib.
 PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
 ]
 OTHER_COLOR = "#b0b0b0"
 MIN_ALPHA = 0.12  # a score of 0.01 must still be visible as "there"
@@ -120,8 +137,15 @@ def build_timelines(source) -> dict[str, Timeline]:
             rec = SegmentResult.from_row(rec)
         if isinstance(rec, SegmentResult):
             t = tl(rec.stream_id)
-            t.segments.append(_Seg(float(rec.t_start), float(rec.t_end), tuple(rec.labels),
-                                   tuple(float(s) for s in rec.scores), int(rec.num_frames or 0)))
+            t.segments.append(
+                _Seg(
+                    float(rec.t_start),
+                    float(rec.t_end),
+                    tuple(rec.labels),
+                    tuple(float(s) for s in rec.scores),
+                    int(rec.num_frames or 0),
+                )
+            )
             t.gaps.extend((float(a), float(b)) for a, b in rec.gaps)
         elif isinstance(rec, StreamEvent):
             if rec.kind == "gap":
@@ -162,8 +186,15 @@ def _safe_name(stream_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stream_id).strip("_")[:80] or "stream"
 
 
-def plot_timeline(source, out_path: PathLike, *, stream_id: Optional[str] = None, top_k: int = 3,
-                  max_tracks: int = 12, title: Optional[str] = None) -> list[Path]:
+def plot_timeline(
+    source,
+    out_path: PathLike,
+    *,
+    stream_id: Optional[str] = None,
+    top_k: int = 3,
+    max_tracks: int = 12,
+    title: Optional[str] = None,
+) -> list[Path]:
     """Draw the timeline(s) of `source` (see `build_timelines`) to `out_path`.
 
     The format follows the suffix (.png or .html). With several streams (and no
@@ -185,13 +216,18 @@ def plot_timeline(source, out_path: PathLike, *, stream_id: Optional[str] = None
     # is an empty frame, so such streams are not drawn.
     labelled = {sid: t for sid, t in timelines.items() if any(seg.labels for seg in t.segments)}
     if not labelled:
-        raise ValueError("nothing to plot: the segments have no labels (a video-text model gives labels "
-                         "with --labels \"a,b,c\")")
+        raise ValueError(
+            'nothing to plot: the segments have no labels (a video-text model gives labels with --labels "a,b,c")'
+        )
     timelines = labelled
     out_path.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for sid, t in sorted(timelines.items()):
-        path = out_path if len(timelines) == 1 else out_path.with_name(f"{out_path.stem}-{_safe_name(sid)}{out_path.suffix}")
+        path = (
+            out_path
+            if len(timelines) == 1
+            else out_path.with_name(f"{out_path.stem}-{_safe_name(sid)}{out_path.suffix}")
+        )
         if fmt == ".png":
             _draw_png(t, path, top_k=top_k, max_tracks=max_tracks, title=title)
         else:
@@ -273,8 +309,9 @@ def _draw_png(t: Timeline, path: Path, *, top_k: int, max_tracks: int, title: Op
     for te, _msg in t.errors:
         if te == te:
             ax.axvline(te, color="#d62728", lw=1.5)
-            ax.annotate("error", (te, n - 0.45), color="#d62728", fontsize=8, ha="left", va="bottom",
-                        annotation_clip=False)
+            ax.annotate(
+                "error", (te, n - 0.45), color="#d62728", fontsize=8, ha="left", va="bottom", annotation_clip=False
+            )
 
     ax.set_yticks([y(i) for i in range(n)])
     ax.set_yticklabels(rows, fontsize=9)
@@ -314,48 +351,66 @@ def _draw_html(t: Timeline, *, top_k: int, max_tracks: int, title: Optional[str]
     e = html.escape
     parts = []
     for g0, g1 in t.gaps:
-        parts.append(f'<rect x="{x(g0):.1f}" y="{top}" width="{max(1.0, x(g1) - x(g0)):.1f}" '
-                     f'height="{row_h * len(rows)}" fill="url(#hatch)"><title>gap {fmt_time(g0)}–{fmt_time(g1)}</title></rect>')
+        parts.append(
+            f'<rect x="{x(g0):.1f}" y="{top}" width="{max(1.0, x(g1) - x(g0)):.1f}" '
+            f'height="{row_h * len(rows)}" fill="url(#hatch)"><title>gap {fmt_time(g0)}–{fmt_time(g1)}</title></rect>'
+        )
     for i, lab in enumerate(rows):
         yy = top + i * row_h
         color = colors.get(lab, "#222")
         weight = "bold" if i == 0 else "normal"
-        parts.append(f'<text x="{left - 8}" y="{yy + row_h * 0.68:.1f}" text-anchor="end" fill="{color}" '
-                     f'font-weight="{weight}">{e(lab[:24])}</text>')
+        parts.append(
+            f'<text x="{left - 8}" y="{yy + row_h * 0.68:.1f}" text-anchor="end" fill="{color}" '
+            f'font-weight="{weight}">{e(lab[:24])}</text>'
+        )
     for s in t.segments:
         xs, w = x(s.t_start), max(0.6, x(s.t_end) - x(s.t_start))
         when = f"{fmt_time(s.t_start)}–{fmt_time(s.t_end)}"
         tip = e(when + "\n" + "\n".join(f"{lab} {sc:.2f}" for lab, sc in zip(s.labels[:top_k], s.scores[:top_k])))
         if s.labels:
             c = colors.get(s.labels[0], OTHER_COLOR)
-            parts.append(f'<rect x="{xs:.1f}" y="{top + 2}" width="{w:.1f}" height="{row_h - 4}" fill="{c}" '
-                         f'fill-opacity="{_alpha(s.scores[0] if s.scores else 1.0):.2f}"><title>{tip}</title></rect>')
+            parts.append(
+                f'<rect x="{xs:.1f}" y="{top + 2}" width="{w:.1f}" height="{row_h - 4}" fill="{c}" '
+                f'fill-opacity="{_alpha(s.scores[0] if s.scores else 1.0):.2f}"><title>{tip}</title></rect>'
+            )
         for lab, sc in zip(s.labels[:top_k], s.scores[:top_k]):
             if lab in colors:
                 yy = top + (1 + tracks.index(lab)) * row_h
-                parts.append(f'<rect x="{xs:.1f}" y="{yy + 3}" width="{w:.1f}" height="{row_h - 6}" fill="{colors[lab]}" '
-                             f'fill-opacity="{_alpha(sc):.2f}"><title>{tip}</title></rect>')
+                parts.append(
+                    f'<rect x="{xs:.1f}" y="{yy + 3}" width="{w:.1f}" height="{row_h - 6}" fill="{colors[lab]}" '
+                    f'fill-opacity="{_alpha(sc):.2f}"><title>{tip}</title></rect>'
+                )
     axis_y = top + row_h * len(rows) + 4
     parts.append(f'<line x1="{left}" x2="{left + width}" y1="{axis_y}" y2="{axis_y}" stroke="#444"/>')
     for tick in _nice_ticks(t0, t1):
-        parts.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top}" y2="{axis_y + 4}" stroke="#e5e5e5"/>'
-                     f'<text x="{x(tick):.1f}" y="{axis_y + 18}" text-anchor="middle" font-size="11">{fmt_time(tick)}</text>')
+        parts.append(
+            f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top}" y2="{axis_y + 4}" stroke="#e5e5e5"/>'
+            f'<text x="{x(tick):.1f}" y="{axis_y + 18}" text-anchor="middle" font-size="11">{fmt_time(tick)}</text>'
+        )
     for te, msg in t.errors:
         if te == te:
-            parts.append(f'<line x1="{x(te):.1f}" x2="{x(te):.1f}" y1="{top}" y2="{axis_y}" stroke="#d62728" '
-                         f'stroke-width="2"><title>error: {e(msg)}</title></line>')
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" height="{height}" '
-           f'font-family="sans-serif" font-size="12"><defs><pattern id="hatch" width="6" height="6" '
-           f'patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="#eee"/>'
-           f'<line x1="0" y1="0" x2="0" y2="6" stroke="#999" stroke-width="2"/></pattern></defs>'
-           + "".join(parts) + "</svg>")
+            parts.append(
+                f'<line x1="{x(te):.1f}" x2="{x(te):.1f}" y1="{top}" y2="{axis_y}" stroke="#d62728" '
+                f'stroke-width="2"><title>error: {e(msg)}</title></line>'
+            )
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" height="{height}" '
+        f'font-family="sans-serif" font-size="12"><defs><pattern id="hatch" width="6" height="6" '
+        f'patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="#eee"/>'
+        f'<line x1="0" y1="0" x2="0" y2="6" stroke="#999" stroke-width="2"/></pattern></defs>'
+        + "".join(parts)
+        + "</svg>"
+    )
     errors = "".join(f"<li>{e(fmt_time(te))}: {e(msg)}</li>" for te, msg in t.errors)
-    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{e(_title(t, title))}</title>"
-            f"<style>body{{font-family:sans-serif;margin:16px}} h1{{font-size:15px}} p{{color:#555;font-size:12px}}</style>"
-            f"</head><body><h1>{e(_title(t, title))}</h1>{svg}"
-            f"<p>Opacity is the score; a bar means the label is in the segment's top {top_k}. "
-            f"Hover a bar for its time and scores. Hatched: gaps in the stream.</p>"
-            + (f"<ul>{errors}</ul>" if errors else "") + "</body></html>\n")
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{e(_title(t, title))}</title>'
+        f"<style>body{{font-family:sans-serif;margin:16px}} h1{{font-size:15px}} p{{color:#555;font-size:12px}}</style>"
+        f"</head><body><h1>{e(_title(t, title))}</h1>{svg}"
+        f"<p>Opacity is the score; a bar means the label is in the segment's top {top_k}. "
+        f"Hover a bar for its time and scores. Hatched: gaps in the stream.</p>"
+        + (f"<ul>{errors}</ul>" if errors else "")
+        + "</body></html>\n"
+    )
 
 
 class PlotSink(Sink):
@@ -364,8 +419,9 @@ class PlotSink(Sink):
 
     name = "plot"
 
-    def __init__(self, out_path: PathLike, *, top_k: int = 3, max_tracks: int = 12,
-                 max_segments_per_stream: int = 200_000):
+    def __init__(
+        self, out_path: PathLike, *, top_k: int = 3, max_tracks: int = 12, max_segments_per_stream: int = 200_000
+    ):
         self.out_path = Path(out_path)
         if self.out_path.suffix.lower() not in (".png", ".html", ".htm"):
             raise ValueError(f"plot output {self.out_path} must end in .png or .html")
@@ -378,9 +434,19 @@ class PlotSink(Sink):
     def write(self, record: SinkRecord) -> None:
         if isinstance(record, SegmentResult):
             # Keep a light copy: the embedding is not plotted.
-            self._records[record.stream_id].append(SegmentResult(
-                record.stream_id, record.segment_index, record.t_start, record.t_end,
-                list(record.labels), list(record.scores), [], embedding=None, gaps=list(record.gaps)))
+            self._records[record.stream_id].append(
+                SegmentResult(
+                    record.stream_id,
+                    record.segment_index,
+                    record.t_start,
+                    record.t_end,
+                    list(record.labels),
+                    list(record.scores),
+                    [],
+                    embedding=None,
+                    gaps=list(record.gaps),
+                )
+            )
         elif isinstance(record, (StreamEvent, StreamSummary)):
             self._other.append(record)
         else:
