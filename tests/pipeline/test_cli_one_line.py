@@ -17,30 +17,12 @@ import pytest
 import torch
 
 from tests.fixtures.videomamba import make_tiny_model
-from tests.fixtures.videotext import make_tiny_videotext
+from tests.fixtures.videotext import TINY_VOCAB, make_tiny_videotext
 
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs the ffmpeg CLI")
 
 VMSTREAM = [sys.executable, "-m", "vmstream.cli"]
-VOCAB = [
-    "[PAD]",
-    "[unused0]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "a",
-    "dog",
-    "catch",
-    "##es",
-    "frisbee",
-    ".",
-    "the",
-    "person",
-    "cooking",
-    "video",
-    "of",
-]
+VOCAB = TINY_VOCAB
 # The tiny video-text model's BERT has 60 word embeddings (tests/fixtures/videotext.py).
 BIG_VOCAB = VOCAB + [f"word{i}" for i in range(100)]
 SMALL = ["--fps", "4", "--set", "decode.img_size=32", "--no-progress", "--set", "output.console=false"]

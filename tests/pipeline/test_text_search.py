@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.fixtures.videomamba import make_tiny_model
-from tests.fixtures.videotext import make_tiny_videotext
+from tests.fixtures.videotext import TINY_VOCAB, make_tiny_videotext
 from vmstream.cli import main
 from vmstream.models import load_model
 from vmstream.models.text_query import encode_queries
@@ -21,25 +21,7 @@ from vmstream.models.tokenizer import BertTokenizer
 from vmstream.records import segment_uid
 from vmstream.store import VideoStore
 
-VOCAB = [
-    "[PAD]",
-    "[unused0]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "a",
-    "dog",
-    "catch",
-    "##es",
-    "frisbee",
-    ".",
-    "the",
-    "person",
-    "cooking",
-    "video",
-    "of",
-]
+VOCAB = TINY_VOCAB
 
 
 @pytest.fixture(scope="module")

@@ -18,31 +18,11 @@ import pytest
 import torch
 
 from tests.fixtures.media import make_video
-from tests.fixtures.videotext import make_tiny_videotext
+from tests.fixtures.videotext import TINY_VOCAB, make_tiny_videotext
 from vmstream.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-VOCAB = [
-    "[PAD]",
-    "[unused0]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "a",
-    "dog",
-    "catch",
-    "##es",
-    "frisbee",
-    ".",
-    "the",
-    "person",
-    "cooking",
-    "video",
-    "of",
-    "bike",
-    "riding",
-]
+VOCAB = [*TINY_VOCAB, "bike", "riding"]
 LABELS = "a dog,cooking,a person,riding a bike"
 
 
