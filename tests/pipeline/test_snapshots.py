@@ -268,14 +268,14 @@ def test_a_v1_snapshot_without_checksum_is_still_read():
 def test_a_snapshot_of_another_model_is_set_aside(tmp_path, clips):
     from types import SimpleNamespace
 
-    from vmstream.pipeline.checkpoints import Checkpoints
+    from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
     from vmstream.pipeline.versions import content_version
     from vmstream.records import Resume
 
     src = source_from_uri(clips[6])
     store = LocalStateStore(tmp_path)
     inference = SimpleNamespace(meta=SimpleNamespace(name="videomamba_tiny", checkpoint_digest="abc"))
-    cp = Checkpoints(store, inference)
+    cp = SnapshotKeeper(store, inference)
     snap = dict(_snap(src.stream_id), extra={"stream_version": content_version(src), "model": "videomamba_tiny@zzz"})
     store.save(snap)
     start, resume = cp.begin(src, Resume(src.stream_id, store.load(src.stream_id)))

@@ -13,8 +13,8 @@ import pytest
 
 from tests.fixtures.media import make_video
 from vmstream.pipeline.assembly import build_runner
-from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.config import load_config
+from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.pipeline.snapshots import LocalStateStore
 from vmstream.pipeline.versions import StreamIds, StreamIdTaken, content_version
 from vmstream.records import SegmentResult
@@ -178,7 +178,7 @@ def test_stream_ids_claims(tmp_path):
     assert ids.uri_of("cam") == "/b.mp4"
 
 
-def test_checkpoints_discard_a_snapshot_of_another_version(tmp_path, clips):
+def test_snapshot_keeper_discards_a_snapshot_of_another_version(tmp_path, clips):
     from vmstream.records import Resume
 
     store = LocalStateStore(tmp_path / "state")
@@ -192,7 +192,7 @@ def test_checkpoints_discard_a_snapshot_of_another_version(tmp_path, clips):
         "extra": {"stream_version": "0" * 32},
     }
     store.save(snap)
-    cp = Checkpoints(store, inference=None)
+    cp = SnapshotKeeper(store, inference=None)
     start, resume = cp.begin(src, Resume(src.stream_id, store.load(src.stream_id)))
     assert resume is None and not start.resumed and start.version == content_version(src)
     assert store.load(src.stream_id) is None
@@ -211,7 +211,7 @@ def test_a_state_store_failure_while_claiming_is_an_error_not_a_bad_input(tmp_pa
     (tmp_path / "state").write_text("not a directory")
     src = source_from_uri(clips[3], stream_id="cam")
     with pytest.raises(RuntimeError, match="id record"):
-        Checkpoints(store, inference=None, allow_replace=False).begin(src, None)
+        SnapshotKeeper(store, inference=None, allow_replace=False).begin(src, None)
 
 
 def test_a_rerun_of_a_finished_stream_says_it_replaces_earlier_results(tmp_path, tiny_ckpt, clips, caplog):

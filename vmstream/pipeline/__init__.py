@@ -1,1 +1,1 @@
-"""The pipeline: config, assembly, the stream plan, the threaded runner and its sequential twin, checkpoints, progress and signals, the Kafka worker."""
+"""The pipeline: config, assembly, the stream plan, the threaded runner and its sequential twin, the snapshot keeper, progress and signals, the Kafka worker."""

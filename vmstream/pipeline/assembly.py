@@ -277,8 +277,8 @@ def build_runner(
     reuse or replace the configured ones (tests, the worker); `allow_replace=False`
     refuses a stream id already run from another uri (the worker's jobs)."""
     from vmstream.pipeline.batch_size import batch_policy
-    from vmstream.pipeline.checkpoints import Checkpoints
     from vmstream.pipeline.runner import Runner
+    from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
     from vmstream.pipeline.snapshots import LocalStateStore
 
     if model is None:
@@ -292,7 +292,7 @@ def build_runner(
         plan=build_plan(cfg, model),
         inference=inference,
         sinks=sinks,
-        checkpoints=Checkpoints(state_store, inference, every=cfg.runner.snapshot_every, allow_replace=allow_replace),
+        snapshots=SnapshotKeeper(state_store, inference, every=cfg.runner.snapshot_every, allow_replace=allow_replace),
         queue_size=cfg.runner.queue_size,
         max_streams=cfg.runner.max_streams,
         max_batch=batch_policy(

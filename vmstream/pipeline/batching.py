@@ -11,8 +11,8 @@ from collections import OrderedDict, deque
 from typing import Callable
 
 from vmstream.pipeline.batch_size import FixedBatch
-from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.report import RunReport
+from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.records import EndReason, Resume, Segment, StreamDone, StreamEvent, StreamStart, end_reason
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class InferenceLoop:
         self,
         *,
         inference,
-        checkpoints: Checkpoints,
+        snapshots: SnapshotKeeper,
         seg_q: "queue.Queue",
         put_out: Callable,
         is_stopping: Callable[[str], bool],
@@ -38,7 +38,7 @@ class InferenceLoop:
         max_batch,
     ):
         self.inference = inference
-        self.checkpoints = checkpoints
+        self.snapshots = snapshots
         self.seg_q = seg_q
         self.put_out = put_out
         self.is_stopping = is_stopping
@@ -125,7 +125,7 @@ class InferenceLoop:
         for seg, res in zip(batch, results):
             self.put_out(res)
             self.report.segments += 1
-            snap = self.checkpoints.after_segment(seg)
+            snap = self.snapshots.after_segment(seg)
             if snap is not None:
                 self.put_out(snap)
 
@@ -145,7 +145,7 @@ class InferenceLoop:
         if isinstance(item, (StreamEvent, StreamDone)) and item.stream_id in self._cut:
             item = self._as_stopped(item)
         if isinstance(item, Resume):
-            self.checkpoints.restore(item)
+            self.snapshots.restore(item)
         elif isinstance(item, StreamStart):
             self.put_out(item)
         elif isinstance(item, StreamEvent):
@@ -154,7 +154,7 @@ class InferenceLoop:
                 return
             if end_reason(item) == EndReason.STOPPED.value:
                 # Interrupted, not finished: keep the stream resumable.
-                snap = self.checkpoints.take(item.stream_id)
+                snap = self.snapshots.take(item.stream_id)
                 if snap is not None:
                     self.put_out(snap)
                 self.inference.drop(item.stream_id)

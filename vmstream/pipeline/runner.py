@@ -9,7 +9,7 @@
         out_q -> every sink; at snapshot points: flush all sinks, then save snapshots
 
 What a stream is made of is the plan's (plan.StreamPlan); when its snapshots are taken,
-saved and dropped is the checkpoints' (checkpoints.Checkpoints); the runner keeps only
+saved and dropped is the snapshot keeper's (snapshot_keeper.SnapshotKeeper); the runner keeps only
 threads, queues and batching. Control records (records.Resume, SaveSnapshot,
 StreamDone) travel in the queues in stream order with the data.
 
@@ -33,11 +33,11 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from vmstream.errors import UserError
 from vmstream.pipeline.batching import InferenceLoop
-from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.disk_full import DiskFullError
 from vmstream.pipeline.plan import StreamPlan
 from vmstream.pipeline.report import RunReport
 from vmstream.pipeline.sink_writer import SinkWriter
+from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.records import Frame, StreamDone, StreamEvent, end_reason, stream_status
 from vmstream.stages.sinks.base import Sink
 
@@ -61,7 +61,7 @@ class _Job:
 
 
 class Runner:
-    """Runs streams through `plan`, `inference` and `sinks`; `checkpoints` loads and saves
+    """Runs streams through `plan`, `inference` and `sinks`; `snapshots` loads and saves
     their snapshots."""
 
     def __init__(
@@ -70,7 +70,7 @@ class Runner:
         plan: StreamPlan,
         inference,
         sinks: Sequence[Sink],
-        checkpoints: Optional[Checkpoints] = None,
+        snapshots: Optional[SnapshotKeeper] = None,
         queue_size: int = 8,
         max_streams: int = 2,
         max_batch: int = 4,
@@ -80,7 +80,7 @@ class Runner:
         self.plan = plan
         self.inference = inference
         self.sinks = list(sinks)
-        self.checkpoints = checkpoints or Checkpoints(None, inference)
+        self.snapshots = snapshots or SnapshotKeeper(None, inference)
         self.max_streams = max_streams
         self.flush_on_stream_end = flush_on_stream_end
         self.progress = progress
@@ -103,7 +103,7 @@ class Runner:
         self._decode_lock = threading.Lock()
         self._batcher = InferenceLoop(
             inference=inference,
-            checkpoints=self.checkpoints,
+            snapshots=self.snapshots,
             seg_q=self._seg_q,
             put_out=self._put_out,
             is_stopping=self._stopping,
@@ -113,7 +113,7 @@ class Runner:
         )
         self._writer = SinkWriter(
             sinks=self.sinks,
-            checkpoints=self.checkpoints,
+            snapshots=self.snapshots,
             out_q=self._out_q,
             report=self.report,
             stream_done=self._stream_done,
@@ -124,7 +124,7 @@ class Runner:
 
     @property
     def state_store(self):
-        return self.checkpoints.store
+        return self.snapshots.store
 
     # ----------------------------------------------------------------- public
 
@@ -294,11 +294,11 @@ class Runner:
 
         src = job.source
         sid = src.stream_id
-        resume = self.checkpoints.resume_point(sid)
+        resume = self.snapshots.resume_point(sid)
         try:
             info = self.plan.probe(src)
             # Its version, the snapshot's fit and the id's claim (versions.py).
-            start, resume = self.checkpoints.begin(src, resume)
+            start, resume = self.snapshots.begin(src, resume)
         except (VideoInputError, ValueError) as e:
             # Unusable input: reported and skipped; the others go on.
             log.error("skipping %s: %s", src.uri, e)
@@ -379,7 +379,7 @@ class Runner:
             self.report.failures.append((done.stream_id, job.source.uri if job else "", done.error or done.status))
         if self.flush_on_stream_end or done.status == "stopped":
             self._writer.flush()
-        self.checkpoints.stream_ended(done.stream_id, done.status)
+        self.snapshots.stream_ended(done.stream_id, done.status)
         if job is not None:
             job.status = done.status
             job.error = done.error

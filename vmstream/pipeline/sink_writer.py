@@ -11,9 +11,9 @@ import time
 from typing import Callable, Sequence
 
 from vmstream.errors import UserError
-from vmstream.pipeline.checkpoints import Checkpoints
 from vmstream.pipeline.disk_full import disk_full, sink_what
 from vmstream.pipeline.report import RunReport
+from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.records import SaveSnapshot, StreamDone, StreamStart, StreamSummary
 from vmstream.stages.sinks.base import Sink
 
@@ -28,7 +28,7 @@ class SinkWriter:
         self,
         *,
         sinks: Sequence[Sink],
-        checkpoints: Checkpoints,
+        snapshots: SnapshotKeeper,
         out_q: "queue.Queue",
         report: RunReport,
         stream_done: Callable[[StreamDone], None],
@@ -37,7 +37,7 @@ class SinkWriter:
         is_fatal: Callable[[], bool],
     ):
         self.sinks = list(sinks)
-        self.checkpoints = checkpoints
+        self.snapshots = snapshots
         self.out_q = out_q
         self.report = report
         self.stream_done = stream_done
@@ -58,8 +58,8 @@ class SinkWriter:
                     continue  # drain so producers never block forever
                 if isinstance(item, SaveSnapshot):
                     self.flush()
-                    self._doing = (f"the snapshot of stream {item.stream_id}", self.checkpoints.location)
-                    self.checkpoints.save(item)
+                    self._doing = (f"the snapshot of stream {item.stream_id}", self.snapshots.location)
+                    self.snapshots.save(item)
                 elif isinstance(item, StreamStart):
                     self._start(item)
                 elif isinstance(item, StreamDone):

@@ -24,7 +24,7 @@ from vmstream.records import Resume, SaveSnapshot, Segment, StreamStart
 log = logging.getLogger(__name__)
 
 
-class Checkpoints:
+class SnapshotKeeper:
     def __init__(self, store, inference, every: int = 10, *, allow_replace: bool = True):
         self.store = store  # LocalStateStore, KafkaStateStore, or None (no snapshots)
         self.inference = inference
