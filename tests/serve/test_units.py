@@ -4,8 +4,11 @@ clip cache's bound, and the thumbnails a run captures."""
 from __future__ import annotations
 
 import io
+import logging
+import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
 
 from tests.fixtures.videotext import make_tiny_videotext
@@ -111,3 +114,48 @@ def test_the_thumbnail_is_the_middle_frame(tmp_path):
     im = np.asarray(Image.open(io.BytesIO(seg.thumb)))
     assert im.shape == (32, 48, 3) and abs(float(im.mean()) - 30 * 4) < 3
     assert next(iter(Segmenter(num_frames=8, thumbnails=False).segments(frames))).thumb == b""
+
+
+def _damage_a_jpeg(part, jpeg: bytes) -> None:
+    """Flip one byte inside a JPEG as stored in the part (thumbnails are stored
+    uncompressed by Parquet's codecs only when they do not shrink; find it either way)."""
+    data = bytearray(part.read_bytes())
+    at = data.find(jpeg[100:140])
+    assert at > 0, "the JPEG's bytes are not stored verbatim in the part"
+    data[at + 5] ^= 0xFF
+    part.write_bytes(bytes(data))
+
+
+def test_a_damaged_thumbnails_part_is_left_out_with_a_warning_never_served(serve_store, tmp_path, caplog):
+    from vmstream.serve.thumb_index import ThumbIndex
+    from vmstream.store.results import check_part, part_paths
+
+    out = tmp_path / "out"
+    shutil.copytree(serve_store, out)
+    thumbs = read_table(out, "thumbs")
+    want = dict(zip(thumbs.column("uid").to_pylist(), thumbs.column("jpeg").to_pylist()))
+    index = ThumbIndex(out / "thumbs")
+    index.refresh()
+    assert {u: index.get(u) for u in want} == want
+
+    parts = part_paths(out / "thumbs")
+    victim = parts[0]
+    in_victim = set(pq.read_table(victim).column("uid").to_pylist())
+    assert in_victim and check_part(victim) is None
+    _damage_a_jpeg(victim, next(j for u, j in want.items() if u in in_victim))
+    assert "checksum mismatch" in check_part(victim).what
+
+    fresh = ThumbIndex(out / "thumbs")  # a server started on the damaged store
+    with caplog.at_level(logging.WARNING, logger="vmstream.serve.thumb_index"):
+        fresh.refresh()
+        got = {u: fresh.get(u) for u in want}
+    assert all(got[u] is None for u in in_victim)
+    assert all(got[u] == want[u] for u in want if u not in in_victim)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and victim.name in warned[0] and "checksum mismatch" in warned[0]
+
+    # The running server's index saw the part intact; the damage is found when the
+    # part changes on disk, and its thumbnails are no longer served either.
+    index.refresh()
+    assert all(index.get(u) is None for u in in_victim)
+    assert victim.read_bytes() != b"" and victim.exists()  # detected, never written over

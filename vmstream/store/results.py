@@ -516,17 +516,69 @@ def _read_part(
     """One part, its bytes checked against the table's record (when it has one) and its
     pages against their checksums: the bytes checked are the bytes parsed."""
     data = path.read_bytes()
-    if record is not None:
-        found = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        want = [e for e in (record.parts.get(path.name), record.pending.get(path.name)) if e is not None]
-        if not any(found["sha256"] == e["sha256"] and found["size"] == e["size"] for e in want):
-            if not last_try:
-                raise _Moved(path.name)
-            what = ("not recorded in " + MANIFEST) if not want else f"damaged: checksum mismatch ({MANIFEST})"
-            raise ResultsCorruptError(path.parent, [Problem(path.name, what)])
+    what = _mismatch(path.name, data, record)
+    if what is not None:
+        if not last_try:
+            raise _Moved(path.name)
+        raise ResultsCorruptError(path.parent, [Problem(path.name, what)])
     try:
         return pq.read_table(pa.BufferReader(data), schema=schema, page_checksum_verification=True)
     except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ArrowInvalid, ... for bad bytes
+        raise ResultsCorruptError(path.parent, [Problem(path.name, _unreadable(e))]) from None
+
+
+def _mismatch(name: str, data: bytes, record: Optional[PartManifest]) -> Optional[str]:
+    """None when `data` is what the table's record holds for part `name` (or the table
+    has no record), else what is wrong with it."""
+    if record is None:
+        return None
+    found = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    want = [e for e in (record.parts.get(name), record.pending.get(name)) if e is not None]
+    if any(found["sha256"] == e["sha256"] and found["size"] == e["size"] for e in want):
+        return None
+    return ("not recorded in " + MANIFEST) if not want else f"damaged: checksum mismatch ({MANIFEST})"
+
+
+def part_paths(directory: PathLike) -> list[Path]:
+    """A table directory's part files in write order (their footers not read)."""
+    directory = Path(directory)
+    found = []
+    for p in directory.iterdir() if directory.is_dir() else ():
+        m = _PART_RE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p.name, p))
+    return [p for *_, p in sorted(found)]
+
+
+def check_part(path: PathLike) -> Optional[Problem]:
+    """None when the part at `path` matches its table's record (`_parts.json`) and its
+    footer reads, else the Problem naming it: for readers that read a table piecewise,
+    row group by row group (`read_row_group`), instead of through `read_table`. A part
+    that a running writer is replacing may fail once: check again before believing it."""
+    path = Path(path)
+    try:
+        record = _record_of(path.parent)
+    except ResultsCorruptError as e:
+        return e.problems[0]
+    data = path.read_bytes()
+    what = _mismatch(path.name, data, record)
+    if what is None:
+        try:
+            pq.ParquetFile(pa.BufferReader(data))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for bad bytes
+            what = _unreadable(e)
+    return None if what is None else Problem(path.name, what)
+
+
+def read_row_group(path: PathLike, index: int, columns: Optional[list[str]] = None) -> pa.Table:
+    """One row group of a part, its pages checked against their checksums (the whole
+    part's bytes are checked by `check_part`). ResultsCorruptError when a page is damaged."""
+    path = Path(path)
+    try:
+        return pq.ParquetFile(path, page_checksum_verification=True).read_row_group(index, columns=columns)
+    except (FileNotFoundError, IndexError):
+        raise
+    except Exception as e:  # noqa: BLE001
         raise ResultsCorruptError(path.parent, [Problem(path.name, _unreadable(e))]) from None
 
 
