@@ -29,8 +29,19 @@ def test_health_ready_and_prometheus_metrics(server):
     assert 'vmstream_queries_total{kind="text"}' in text
     assert "vmstream_store_segments 14" in text and "vmstream_store_generation " in text
     assert 'vmstream_request_seconds_bucket{le="+Inf",route="/api/search"}' in text
-    assert server.get("/docs").status_code == 200
     assert "/api/search" in server.get("/openapi.json").json()["paths"]
+
+
+def test_the_api_docs_need_no_network(server):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = server.get(page)
+        assert html.status_code == 200
+        urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html.text)
+        assert urls and not [u for u in urls if "//" in u], f"{page} loads from elsewhere: {urls}"
+        for u in urls:
+            assert server.get(u).status_code == 200, u
 
 
 def test_text_search_returns_moments_scored_by_the_store_model(server, serve_store, serve_files):

@@ -132,3 +132,16 @@ def test_a_live_moment_shows_its_thumbnail_and_says_it_has_no_clip(gone_store, s
         d.save_screenshot(str(tmp_path / "live.png"))
     finally:
         s.stop()
+
+
+def test_the_api_docs_render_offline(server, browser, tmp_path):
+    """Swagger UI draws the API from files the server itself serves (the browser here
+    has no network to fetch a CDN's)."""
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    d.get(server.url + "/docs")
+    ops = wait_for(lambda: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"), timeout=30)
+    paths = {o.get_attribute("data-path") or o.text for o in ops}
+    assert "/api/search" in paths, paths
+    d.save_screenshot(str(tmp_path / "docs.png"))

@@ -1,8 +1,9 @@
 """The app factory: `create_app(out_dir, ...)` -> a FastAPI app over one store.
 
 Routes: the page at `/` (static/), the JSON API under `/api` (api.py, media_routes.py),
-`/healthz`, `/readyz`, `/metrics` (system_routes.py), and FastAPI's OpenAPI description
-at `/docs`. Every error is JSON {"error": one line, "field": the parameter} (errors.py);
+`/healthz`, `/readyz`, `/metrics` (system_routes.py), and the OpenAPI description at
+`/docs` (Swagger UI) and `/redoc`, their scripts served from here (fastapi-offline's
+package files): the page and the docs need no network. Every error is JSON {"error": one line, "field": the parameter} (errors.py);
 with a token, every request needs it (auth.py).
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -81,6 +83,8 @@ def create_app(
         title="vmstream serve",
         version="1",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         description=(
             "Search one vmstream video store by text, by a stored segment, by a stream's moment, or by an "
             "uploaded clip; thumbnails and playable clips of what is found."
@@ -91,7 +95,30 @@ def create_app(
     app.include_router(media_routes.router)
     app.include_router(system_routes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-static", StaticFiles(directory=_docs_assets()), name="docs-static")
     install_error_handlers(app)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request):
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=app.title + " - API",
+            swagger_js_url=f"{root}/docs-static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-static/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request):
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=app.title + " - API",
+            redoc_js_url=f"{root}/docs-static/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/docs-static/favicon.png",
+            with_google_fonts=False,
+        )
 
     @app.get("/", include_in_schema=False)
     def page(request: Request):
@@ -110,6 +137,13 @@ def create_app(
         return response
 
     return app
+
+
+def _docs_assets() -> Path:
+    """Swagger UI's and ReDoc's files, as fastapi-offline ships them."""
+    import fastapi_offline  # noqa: PLC0415
+
+    return Path(fastapi_offline.__file__).parent / "static"
 
 
 def _gauges(st: ServeState) -> None:
