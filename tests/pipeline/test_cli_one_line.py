@@ -567,3 +567,47 @@ def test_train_with_a_scan_backend_that_does_not_exist():
         env={"VMSTREAM_SCAN_BACKEND": "bogus"},
     )
     one_line(res, "vmstream train:", "unknown scan backend 'bogus' (from VMSTREAM_SCAN_BACKEND)")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_to_a_broker_that_is_not_there_says_so_in_seconds(files, h264_mp4, tmp_path):
+    """Nothing listens on the port: one line within the probe's window (3 s), not after
+    kafka-python's 30 s bootstrap timeout. Time is bounded by the subprocess timeout only
+    (tests assert no wall-clock times); the message says which case it found."""
+    port = _free_port()
+    res = vmstream(
+        "run",
+        h264_mp4,
+        "--checkpoint",
+        files / "cls.pth",
+        "--out",
+        tmp_path / "o",
+        "--kafka",
+        f"127.0.0.1:{port}",
+        *SMALL,
+        timeout=25,
+    )
+    one_line(res, f"Kafka at 127.0.0.1:{port}", "connection refused, nothing listens there")
+
+
+def test_nothing_listens_tells_refused_and_missing_hosts_from_a_listening_port():
+    import socket
+
+    from vmstream.kafka.client import nothing_listens
+
+    port = _free_port()
+    assert "connection refused" in nothing_listens(f"127.0.0.1:{port}", window_s=0)
+    assert "no such host" in nothing_listens("no-such-host.invalid:9092", window_s=0)
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        live = srv.getsockname()[1]
+        assert nothing_listens(f"127.0.0.1:{port},127.0.0.1:{live}", window_s=0) is None
+        assert nothing_listens([f"[::1]:{port}", f"localhost:{live}"], window_s=0) is None

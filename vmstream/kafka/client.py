@@ -3,12 +3,16 @@
 `client_options` checks user settings (SSL, SASL, ...) before any client is made;
 `UNREACHABLE` and `connect_error` turn kafka-python's "cannot bootstrap" into one
 ConnectionError message; `admin_client` and `topic_message_limit` are the admin calls
-the sink, the state store and the topics step all need.
+the sink, the state store and the topics step all need. `nothing_listens` tells, in
+seconds, the case no wait cures soon (no such host, or every address refuses), which
+kafka-python would otherwise wait its whole bootstrap timeout to report.
 """
 
 from __future__ import annotations
 
 import difflib
+import socket
+import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
 # The broker's message.max.bytes default: what a topic takes when its limit cannot be read.
@@ -112,3 +116,53 @@ def create_hint(bootstrap_servers: Any) -> str:
         f"create them with `vmstream kafka-topics --bootstrap {bootstrap_servers}` "
         "or vmstream.kafka.topics.ensure_topics()"
     )
+
+
+def _addresses(bootstrap: Union[str, Sequence[str]]) -> list[tuple[str, int]]:
+    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    out = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        if not host:  # "host" alone: kafka-python's default port
+            host, port = item, "9092"
+        host = host.strip("[]")  # [::1]:9092
+        try:
+            out.append((host, int(port)))
+        except ValueError:
+            continue
+    return out
+
+
+def nothing_listens(bootstrap: Union[str, Sequence[str]], window_s: float = 3.0) -> Optional[str]:
+    """Why no broker can be at `bootstrap`, when for `window_s` seconds every address
+    either has no such host or refuses TCP connections (nothing is listening there);
+    None as soon as one accepts, or does not answer at all (a firewall or a slow
+    network: the client's own timeout decides those). The window lets a broker that is
+    just starting open its port."""
+    addresses = _addresses(bootstrap)
+    if not addresses:
+        return None
+    deadline = time.monotonic() + window_s
+    while True:
+        reasons = []
+        for host, port in addresses:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as e:
+                reasons.append(f"{host}: no such host ({e.strerror})")
+                continue
+            for family, kind, proto, _name, addr in infos:
+                with socket.socket(family, kind, proto) as s:
+                    s.settimeout(1.0)
+                    try:
+                        s.connect(addr)
+                        return None
+                    except ConnectionRefusedError:
+                        reasons.append(f"{host}:{port}: connection refused, nothing listens there")
+                    except OSError:
+                        return None  # timed out or unreachable: not known to be empty
+        if time.monotonic() >= deadline:
+            return "; ".join(dict.fromkeys(reasons))
+        time.sleep(0.5)

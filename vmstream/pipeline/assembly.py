@@ -223,9 +223,15 @@ def open_configured_store(cfg: PipelineConfig, path: Path, **options):
 def make_kafka_sink(cfg: PipelineConfig, *, create_topics: bool = True):
     """The Kafka results sink; the results/events/summaries topics are created first
     when missing (the project's admin step; auto-creation is off on the broker)."""
+    from vmstream.kafka.client import nothing_listens
     from vmstream.kafka.topics import TopicNames, ensure_topics, vmstream_topics
     from vmstream.stages.sinks.kafka import KafkaSink
 
+    # Without this a run told to use a broker that is not there would wait kafka-python's
+    # whole bootstrap timeout (30 s) in silence before saying so.
+    why = nothing_listens(cfg.kafka.bootstrap)
+    if why:
+        raise UserError(f"Kafka at {cfg.kafka.bootstrap}: cannot connect ({why}): is the broker running?")
     names = TopicNames.from_config(cfg.kafka)
     if create_topics:
         wanted = set(names.sink_topics().values())
