@@ -26,7 +26,7 @@ VOCAB = [*TINY_VOCAB, "bike", "riding"]
 LABELS = "a dog,cooking,a person,riding a bike"
 
 
-def run_store(files: Path, out: Path, *sources: str) -> None:
+def run_store(files: Path, out: Path, *sources: str, sets: tuple = ()) -> None:
     code = main(
         [
             "run",
@@ -46,6 +46,7 @@ def run_store(files: Path, out: Path, *sources: str) -> None:
             str(files / "vocab.txt"),
             "--labels",
             LABELS,
+            *(a for s in sets for a in ("--set", s)),
         ]
     )
     assert code == 0
@@ -125,9 +126,11 @@ class Server:
                 self.url = m.group(1)
                 break
         if self.url is None:
-            self.stop()
+            self.log.flush()
             self.log.seek(0)
-            raise RuntimeError(f"vmstream serve did not start: {self.log.read()[-3000:]}")
+            said = self.log.read()[-3000:]
+            self.stop()
+            raise RuntimeError(f"vmstream serve did not start: {said}")
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def get(self, path: str, **kw):

@@ -126,12 +126,13 @@ def main(args) -> int:
     from vmstream.serve.app import create_app
     from vmstream.serve.model_loader import load_store_model
     from vmstream.serve.state import Limits
-    from vmstream.store import VideoStore
+    from vmstream.store import open_store, store_backend
     from vmstream.store.files import StoreCorruptError
 
     meta = {}
     try:
-        store = VideoStore(index, readonly=True, use_gpu=False)
+        faiss_only = {"use_gpu": False} if store_backend(index) == "faiss" else {}
+        store = open_store(index, readonly=True, **faiss_only)
         meta = dict(store.meta)
         store.close()
     except FileNotFoundError as e:

@@ -199,7 +199,7 @@ async def search(
             info = snap.streams[name]
             if not info.start - 0.5 <= t <= info.end + 0.5:
                 raise bad("at", f"{t:g} s is outside the stream ({info.start:.1f}-{info.end:.1f} s)")
-            uid = snap.store.ids.segment_at(name, t)
+            uid = snap.store.segment_at(name, t)
             kind, query = "stream", {"stream": name, "at": t}
         if snap.store.get(uid) is None:
             raise ApiError(404, f"id: {uid} is not a segment of this store", "id")

@@ -2,6 +2,9 @@
 
 A `Snapshot` is one verified, fully loaded state of the store (a generation and its
 change log, opened read-only) with what the API needs precomputed (streams, sources).
+A Milvus store (`output.store.backend: milvus`) is live rather than generational: its
+one read-only client is kept, and a change of its directory (a writer's commit record,
+milvus-lite's file) only gathers the streams again.
 A watcher thread looks at the store's files every `poll_s`; when any changed (a
 `vmstream run` committed, compacted, or someone damaged a file) it opens the store again
 aside and swaps the reference: a query holds the snapshot it started with, so it never
@@ -21,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vmstream.store import VideoStore
+from vmstream.store import open_store, store_backend
 from vmstream.store.results import read_table
 
 from .params import ApiError
@@ -53,7 +56,7 @@ class StreamInfo:
 
 @dataclass
 class Snapshot:
-    store: VideoStore
+    store: object  # VideoStore or MilvusStore (store.backends): one reading interface
     key: tuple
     generation: int
     streams: dict[str, StreamInfo] = field(default_factory=dict)
@@ -63,8 +66,8 @@ class Snapshot:
         return len(self.store)
 
 
-def _streams(store: VideoStore, versions: dict[str, str]) -> dict[str, StreamInfo]:
-    t = store.ids.table
+def _streams(store, versions: dict[str, str]) -> dict[str, StreamInfo]:
+    t = store.id_table()
     if t.num_rows == 0:
         return {}
     g = t.group_by("stream_id").aggregate([("uid", "count"), ("t_start", "min"), ("t_end", "max"), ("uri", "max")])
@@ -133,7 +136,12 @@ class LiveStore:
         if snap is None and self.error is not None and getattr(self, "_bad_key", None) == key:
             return False
         try:
-            store = VideoStore(self.index_dir, readonly=True, use_gpu=False)
+            if snap is not None and snap.store.backend == "milvus":
+                store = snap.store  # live: the same client sees every commit
+            elif store_backend(self.index_dir) == "milvus":
+                store = open_store(self.index_dir, readonly=True)
+            else:
+                store = open_store(self.index_dir, readonly=True, use_gpu=False)
         except FileNotFoundError as e:
             return self._fail(key, str(e))
         except Exception as e:  # StoreCorruptError and anything a damaged file raises
@@ -141,7 +149,7 @@ class LiveStore:
         fresh = Snapshot(
             store=store,
             key=key,
-            generation=int(store.meta.get("generation", 0)),
+            generation=int(store.meta.get("generation") or 0),
             streams=_streams(store, _versions(self.out_dir)),
             loaded_at=time.time(),
         )
@@ -182,6 +190,9 @@ class LiveStore:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        snap = self._snap
+        if snap is not None and snap.store.backend == "milvus":
+            snap.store.close()  # milvus-lite's file is one process's at a time
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -194,7 +205,7 @@ class LiveStore:
 def stream_timeline(snap: Snapshot, stream: str, max_points: int = 2000) -> list[dict]:
     """The stream's segments in time order: start, end, top label and its score (every
     n-th when there are more than `max_points`)."""
-    rows = snap.store.ids.stream_rows(stream)
+    rows = snap.store.stream_rows(stream)
     rows = rows.take(pc.sort_indices(rows, [("t_start", "ascending")]))
     step = max(1, -(-rows.num_rows // max_points))
     out = []

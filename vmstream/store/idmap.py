@@ -8,7 +8,6 @@ they are many enough to be worth merging: adding stays amortised O(batch).
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Sequence
 
@@ -139,21 +138,6 @@ class IdMap:
         self._settle()
         t = self._table.filter(pc.equal(self._table.column("stream_id"), stream_id))
         return t.sort_by([("t_start", "ascending"), ("segment_index", "ascending")])
-
-    def segment_at(self, stream_id: str, t: float) -> int:
-        """uid of the stream's segment covering time `t` (seconds), else the nearest."""
-        if not math.isfinite(t):
-            raise ValueError(f"time must be a finite number of seconds, got {t!r}")
-        rows = self.stream_rows(stream_id)
-        if rows.num_rows == 0:
-            known = self.streams()
-            shown = ", ".join(repr(s) for s in known[:10]) + (" ..." if len(known) > 10 else "")
-            raise KeyError(f"stream {stream_id!r} has no segments in this store (streams: {shown or 'none'})")
-        t0 = rows.column("t_start").to_numpy()
-        t1 = rows.column("t_end").to_numpy()
-        # 0 inside [t0, t1], else the distance to the nearer end.
-        dist = np.maximum(0.0, np.maximum(t0 - t, t - t1))
-        return int(rows.column("uid")[int(np.argmin(dist))].as_py())
 
     # -- persistence -----------------------------------------------------------------
     def write(self, path: "os.PathLike[str] | str") -> None:

@@ -48,6 +48,7 @@ from vmstream.records import SegmentResult
 
 from .atomic import DirLock, write_bytes_atomic
 from .files import seal, unseal
+from .idmap import ID_MAP_SCHEMA
 from .searching import SearchHit, StoreSearch, unit_rows
 
 log = logging.getLogger(__name__)
@@ -459,18 +460,13 @@ class MilvusStore(StoreSearch):
         vecs = np.array([r["vector"] for r in rows], np.float32).reshape(len(rows), d)
         return uids, vecs
 
+    def id_table(self) -> pa.Table:
+        """Every segment's id-map row (ID_MAP_SCHEMA), by uid."""
+        return pa.Table.from_pylist(self.id_rows(), schema=ID_MAP_SCHEMA)
+
     def id_rows(self) -> list[dict]:
         """Every segment's id-map row (what FAISS' id map holds), by uid."""
         return sorted((self._row(r) for r in self._query_all("", _FIELDS)), key=lambda r: r["uid"])
-
-    def search_at(self, stream_id: str, t: float, k: int = 10, *, exclude_self: bool = True, **params):
-        rows = self.stream_rows(stream_id).to_pylist()
-        if not rows:
-            raise KeyError(f"stream {stream_id!r} is not in video store {self.path}")
-        t = float(t)
-        covering = [r for r in rows if r["t_start"] <= t <= r["t_end"]]
-        pick = covering[0] if covering else min(rows, key=lambda r: min(abs(r["t_start"] - t), abs(r["t_end"] - t)))
-        return self.search_id(pick["uid"], k, exclude_self=exclude_self, **params)
 
     def verify(self) -> list[str]:
         """What is wrong with the store, one line each ([] when sound)."""

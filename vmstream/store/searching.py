@@ -5,6 +5,7 @@ query video. `StoreSearch` is the reading half of `VideoStore` (it needs the sto
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -172,7 +173,22 @@ class StoreSearch:
     ) -> list[SearchHit]:
         """Segments like the one of `stream_id` at `t` seconds (the covering segment,
         else the nearest in time)."""
-        return self.search_id(self.ids.segment_at(stream_id, float(t)), k, exclude_self=exclude_self, **params)
+        return self.search_id(self.segment_at(stream_id, float(t)), k, exclude_self=exclude_self, **params)
+
+    def segment_at(self, stream_id: str, t: float) -> int:
+        """uid of the stream's segment covering time `t` (seconds), else the nearest."""
+        if not math.isfinite(t):
+            raise ValueError(f"time must be a finite number of seconds, got {t!r}")
+        rows = self.stream_rows(stream_id)
+        if rows.num_rows == 0:
+            known = self.streams()
+            shown = ", ".join(repr(s) for s in known[:10]) + (" ..." if len(known) > 10 else "")
+            raise KeyError(f"stream {stream_id!r} has no segments in this store (streams: {shown or 'none'})")
+        t0 = rows.column("t_start").to_numpy()
+        t1 = rows.column("t_end").to_numpy()
+        # 0 inside [t0, t1], else the distance to the nearer end.
+        dist = np.maximum(0.0, np.maximum(t0 - t, t - t1))
+        return int(rows.column("uid")[int(np.argmin(dist))].as_py())
 
     def search_video(
         self, embeddings, k: int = 10, *, mode: str = "mean", exclude_stream: Optional[str] = None, **params

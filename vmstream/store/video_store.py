@@ -353,6 +353,10 @@ class VideoStore(StoreSearch):
         order = np.argsort(ids)
         return ids[order], vecs[order]
 
+    def id_table(self) -> pa.Table:
+        """Every segment's id-map row (ID_MAP_SCHEMA), in no particular order."""
+        return self.ids.table
+
     def id_rows(self) -> list[dict]:
         """Every segment's id-map row, by uid."""
         return sorted(self.ids.table.to_pylist(), key=lambda r: r["uid"])
