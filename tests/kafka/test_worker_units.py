@@ -195,7 +195,7 @@ def test_runner_stop_lands_within_its_bounded_queues(tmp_path, media):
 
 
 # --------------------------------------------------------------------------- rebalance bookkeeping
-# The revoke/lost logic on its own, with a stand-in runner and consumer so the timing
+# The revoke/lost logic with a stand-in runner and kafka-python consumer so the timing
 # cases (a cancel that outlasts the wait) are exact. test_worker.py runs the same code
 # with real workers in a real group.
 
@@ -247,9 +247,14 @@ class _Msg:
 
 
 def _worker_with(stops_on_cancel):
+    import threading
+
+    from vmstream.pipeline.worker.consumer import JobConsumer
+
     # The jobs of _Msg read /videos (the job policy refuses every local file by default).
     w = Worker(_cfg(jobs={"roots": ["/videos"]}), install_signals=False, revoke_timeout_s=0.5)
-    w.runner, w.consumer = _Runner(stops_on_cancel), _Consumer()
+    w.runner = _Runner(stops_on_cancel)
+    w.consumer = JobConsumer(_Consumer(), worker_id=w.worker_id, stopping=threading.Event())
     w.handover.sleep, w.handover.sync_wait_s = None, 0.5
     return w
 
@@ -290,7 +295,7 @@ def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
     assert sorted(w.runner.cancelled) == ["b", "d"]
     # tp0: a done, b cancelled (stopped in time, not done), c done -> commit up to b.
     # tp1: d still stopping -> nothing to commit.
-    assert w.consumer.async_commits == [{0: 1}]
+    assert w.consumer.consumer.async_commits == [{0: 1}]
     # b stopped within the wait: its final snapshot was allowed. d did not: fenced.
     assert not w.table.fenced_stream("b") and w.table.fenced_stream("d")
     guard.save({"stream_id": "d"})
@@ -314,7 +319,7 @@ def test_lost_partitions_fence_at_once_and_commit_nothing():
     w.runner.finish("f", "ok")
     w.handover.on_lost({tp})
     assert w.runner.cancelled == ["e"] and w.table.fenced_stream("e")
-    assert w.consumer.async_commits == [] and w.table.ledgers == {}
+    assert w.consumer.consumer.async_commits == [] and w.table.ledgers == {}
 
 
 def test_jobs_of_a_stream_still_in_the_runner_wait_their_turn():
@@ -377,35 +382,3 @@ def test_a_snapshot_that_cannot_be_loaded_is_retried_not_dead_lettered():
     w.runner.finish("x", "ok")
     w._process_completions()
     assert w.table.ledgers[tp].commit_offset() == 1
-
-
-def test_poll_rides_out_broker_errors_and_raises_real_ones(caplog):
-    """kafka-python 3 raises connection errors out of poll() while the broker is away
-    (seen in the real outage test): the worker must wait and poll again, not stop."""
-    from kafka import errors as E
-
-    w = _worker_with(stops_on_cancel=set())
-    w.poll_timeout_s = 0.01
-    outcomes = [
-        E.KafkaConnectionError("111 ECONNREFUSED"),
-        E.KafkaTimeoutError(),
-        ConnectionRefusedError(111),
-        {"tp": ["m"]},
-        E.IllegalStateError("a bug, not an outage"),
-    ]
-
-    class Flaky:
-        def poll(self, timeout_ms, max_records):
-            got = outcomes.pop(0)
-            if isinstance(got, BaseException):
-                raise got
-            return got
-
-    w.consumer = Flaky()
-    with caplog.at_level("INFO", logger="vmstream.pipeline.worker"):
-        assert [w._poll(0.01, 1) for _ in range(4)] == [{}, {}, {}, {"tp": ["m"]}]
-    warned = [r for r in caplog.records if "retrying while the broker is away" in r.getMessage()]
-    assert len(warned) == 1  # one warning per outage, not one per poll
-    assert any("after 3 failed poll(s)" in r.getMessage() for r in caplog.records)
-    with pytest.raises(E.IllegalStateError):
-        w._poll(0.01, 1)

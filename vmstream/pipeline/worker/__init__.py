@@ -63,6 +63,8 @@ The modules:
     options.py       the consumer's options and the topics, from the pipeline config
     job_policy.py    what a job may make the worker read (JobPolicy, JobRefused)
     loop.py          the consumer loop (Worker): take, run, finish, commit, stop
+    consumer.py      the jobs topic's consumer riding out the broker's trouble:
+                     poll, heartbeat while full, commit (JobConsumer)
     handover.py      rebalances: revoke, fence, hand over (Handover, GuardedStore)
     dead_letters.py  the dead-letter topic (DeadLetters, dead_letter_payload)
     log_filter.py    the log filters `vmstream worker` installs: kafka-python's repeats

@@ -52,10 +52,10 @@ class Handover:
     """The revoke / lost / assigned handling of one worker (see the module doc).
 
     `cancel(stream_id)` cancels a stream in the runner; `commit_async(offsets)` is the
-    consumer's; `forget_dead_letters(tps)` drops unacknowledged dead letters of
-    partitions leaving. `sleep` (an awaitable sleep on kafka-python's event loop, see
-    `loop_sleep`) and `sync_wait_s` (how long a blocking listener may wait) are set
-    when the consumer is made."""
+    consumer's (`JobConsumer`); `forget_dead_letters(tps)` drops unacknowledged dead
+    letters of partitions leaving. `sleep` (an awaitable sleep on kafka-python's event
+    loop, see `JobConsumer.loop_sleep`) and `sync_wait_s` (how long a blocking listener
+    may wait) are set when the consumer is made."""
 
     def __init__(
         self,
@@ -167,26 +167,10 @@ class Handover:
                     )
         offsets = self.table.release(revoked, held)
         if offsets:
-            from kafka.structs import OffsetAndMetadata
-
-            # Asynchronously: this runs on kafka-python's event loop, which a blocking
-            # commit would deadlock. It goes out before the group re-joins.
-            fut = self._commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-            fut.add_errback(
-                lambda e: log.warning("committing revoked partitions' offsets %s: %s", fmt_offsets(offsets), e)
-            )
+            self._commit_async(offsets)
         for job in cancelled:
             if job.finished.is_set():
                 log.info("job %s: stream %s handed over (%s)", job.where, job.stream_id, job.status)
-
-
-def loop_sleep(consumer):
-    """An awaitable sleep on kafka-python's event loop (where rebalance listeners
-    run), so a listener can wait while the loop keeps heartbeating. None when this
-    kafka-python has no such loop; then listeners wait by blocking, briefly."""
-    net = getattr(getattr(consumer, "_coordinator", None), "_net", None)
-    sleep = getattr(net, "sleep", None)
-    return sleep if callable(sleep) else None
 
 
 def make_listener(handover: Handover):
@@ -225,10 +209,4 @@ def make_listener(handover: Handover):
 def fmt_tps(tps) -> str:
     return (
         "[" + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps, key=lambda t: (t.topic, t.partition))) + "]"
-    )
-
-
-def fmt_offsets(offsets: dict) -> str:
-    return ", ".join(
-        f"{tp.topic}[{tp.partition}]={o}" for tp, o in sorted(offsets.items(), key=lambda x: x[0].partition)
     )
