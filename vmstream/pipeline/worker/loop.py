@@ -19,7 +19,7 @@ from vmstream.pipeline.worker.consumer import JobConsumer, fmt_offsets
 from vmstream.pipeline.worker.dead_letters import DeadLetters
 from vmstream.pipeline.worker.handover import GuardedStore, Handover, make_listener
 from vmstream.pipeline.worker.job_policy import JobPolicy, JobRefused
-from vmstream.pipeline.worker.jobs import Job, JobTable, parse_job
+from vmstream.pipeline.worker.jobs import Job, JobTable, WorkerStats, parse_job
 from vmstream.pipeline.worker.options import consumer_options, ensure_worker_topics, sync_wait_s
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class Worker:
             raise UserError("the worker needs Kafka: set kafka.bootstrap in the config or pass --kafka HOST:PORT")
         self.cfg = cfg
         self.poll_timeout_s = poll_timeout_s
+        self.revoke_timeout_s = revoke_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.commit_timeout_s = commit_timeout_s
@@ -86,23 +87,14 @@ class Worker:
         self._sinks = sinks
         self._store = state_store
         self.table = JobTable()
+        self.stats = WorkerStats()
         self._completed: "queue.Queue[Job]" = queue.Queue()
         self._stop_requested = threading.Event()
-        self.runner = None
+        # Made by _start, as they reach the broker; the hand-over is given the first three.
+        self.runner = None  # vmstream.pipeline.runner.Runner
         self.consumer: Optional[JobConsumer] = None
-        self.stats = {"jobs": 0, "done": 0, "dead_lettered": 0, "revoked": 0, "retried": 0, "commits": 0}
-        self.dead_letters = DeadLetters(
-            self.topics.dead_letter, worker_id=self.worker_id, group_id=cfg.kafka.group_id, lock=self.table.lock
-        )
-        self.handover = Handover(
-            self.table,
-            worker_id=self.worker_id,
-            revoke_timeout_s=revoke_timeout_s,
-            stats=self.stats,
-            cancel=lambda stream_id: self.runner.cancel(stream_id),
-            commit_async=lambda offsets: self.consumer.commit_async(offsets),
-            forget_dead_letters=self.dead_letters.forget,
-        )
+        self.dead_letters: Optional[DeadLetters] = None
+        self.handover: Optional[Handover] = None
 
     # ----------------------------------------------------------------- public
 
@@ -162,7 +154,13 @@ class Worker:
         if self._store is None:
             self._store = KafkaStateStore(k.bootstrap, self.topics.state, client_config=k.client)
         sinks = self._sinks if self._sinks is not None else build_sinks(cfg, model)
-        self.dead_letters.producer = ReliableProducer(k.bootstrap, client_config=k.client)
+        self.dead_letters = DeadLetters(
+            ReliableProducer(k.bootstrap, client_config=k.client),
+            self.topics.dead_letter,
+            worker_id=self.worker_id,
+            group_id=k.group_id,
+            lock=self.table.lock,
+        )
         self.runner = build_runner(
             cfg,
             model=model,
@@ -179,9 +177,18 @@ class Worker:
             retry_wait_s=min(self.poll_timeout_s, 1.0),
             commit_timeout_s=self.commit_timeout_s,
         )
+        self.handover = Handover(
+            self.table,
+            runner=self.runner,
+            consumer=self.consumer,
+            dead_letters=self.dead_letters,
+            stats=self.stats,
+            worker_id=self.worker_id,
+            revoke_timeout_s=self.revoke_timeout_s,
+            sleep=self.consumer.loop_sleep(),
+            sync_wait_s=sync_wait_s(consumer_opts),
+        )
         self.consumer.subscribe(self.topics.jobs, make_listener(self.handover))
-        self.handover.sleep = self.consumer.loop_sleep()
-        self.handover.sync_wait_s = sync_wait_s(consumer_opts)
         log.info(
             "worker %s: in group %s on %s, up to %d jobs at a time",
             self.worker_id,
@@ -218,7 +225,7 @@ class Worker:
         except Exception as e:
             log.warning("closing the Kafka consumer: %s", e)
         self.consumer = None
-        log.info("worker %s: stopped (%s)", self.worker_id, ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+        log.info("worker %s: stopped (%s)", self.worker_id, self.stats.format())
         return 1 if failed else 0
 
     def _drain(self, failed: bool) -> bool:
@@ -255,7 +262,7 @@ class Worker:
             except Exception:
                 pass
             self.consumer = None
-        for closer in (self.dead_letters.close, getattr(self._store, "close", None)):
+        for closer in (getattr(self.dead_letters, "close", None), getattr(self._store, "close", None)):
             if closer is None:
                 continue
             try:
@@ -308,7 +315,7 @@ class Worker:
                 "job %s[%s]@%s: delivered again; already taken, ignoring this copy", tp.topic, tp.partition, m.offset
             )
             return
-        self.stats["jobs"] += 1
+        self.stats.jobs += 1
         try:
             spec = parse_job(m.value)
             source = self.job_policy.admit(source_from_job(spec), spec["uri"].strip())
@@ -345,7 +352,6 @@ class Worker:
     def _on_done(self, job: Job, source, status: str, error: Optional[str]) -> None:
         # The runner's sink thread: hand over to the main thread.
         self.table.complete(job, status, error)
-        job.finished.set()
         self._completed.put(job)
 
     def _process_completions(self, stopping: bool = False) -> None:
@@ -372,7 +378,7 @@ class Worker:
             self._finish(job)
         elif status in ("failed", "error") and job.store_failed:
             log.warning("job %s: %s; retrying in %.0fs", job.where, job.error, self.retry_backoff_s)
-            self.stats["retried"] += 1
+            self.stats.retried += 1
             job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
         elif status in ("failed", "error"):
             log.warning("job %s: stream %s %s: %s", job.where, job.stream_id, status, job.error)
@@ -381,18 +387,18 @@ class Worker:
             if not stopping and not self._stop_requested.is_set():
                 # Not asked for: run it again (it resumes from its snapshot).
                 job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
-                self.stats["retried"] += 1
+                self.stats.retried += 1
             # else: left uncommitted; whoever owns the partition next resumes it
         else:
             log.error("job %s: unknown status %r; leaving it uncommitted", job.where, status)
 
     def _finish(self, job: Job) -> None:
         self.table.finish(job)
-        self.stats["done"] += 1
+        self.stats.done += 1
 
     def _dead_letter(self, job: Job, reason: str, error: str) -> None:
         self.dead_letters.send(job, reason, error)
-        self.stats["dead_lettered"] += 1
+        self.stats.dead_lettered += 1
 
     def _check_dead_letters(self) -> None:
         """Dead-lettered jobs count as done once the dead-letter topic has them."""
@@ -409,5 +415,5 @@ class Worker:
         if not offsets or not self.consumer.commit(offsets, final=final):
             return
         self.table.committed(offsets)
-        self.stats["commits"] += 1
+        self.stats.commits += 1
         log.debug("committed %s", fmt_offsets(offsets))
