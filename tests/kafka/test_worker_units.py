@@ -194,10 +194,10 @@ def test_runner_stop_lands_within_its_bounded_queues(tmp_path, media):
     assert sink.n <= 20 + bound < 150, f"{sink.n} segments after the stop"
 
 
-# --------------------------------------------------------------------------- rebalance bookkeeping
-# The revoke/lost logic on its own, with a stand-in runner and consumer so the timing
-# cases (a cancel that outlasts the wait) are exact. test_worker.py runs the same code
-# with real workers in a real group.
+# --------------------------------------------------------------------------- the loop's jobs
+# The loop's side of taking, deferring, retrying and finishing jobs, with a stand-in
+# runner so the order of events is exact. The hand-over alone is test_handover.py, the
+# consumer alone test_job_consumer.py; test_worker.py runs them all in real workers.
 
 
 class _Runner:
@@ -227,7 +227,7 @@ class _Runner:
         return True
 
 
-class _Consumer:
+class _KafkaConsumer:  # kafka-python's commit_async, the one call these tests make
     def __init__(self):
         self.async_commits = []
 
@@ -247,15 +247,35 @@ class _Msg:
 
 
 def _worker_with(stops_on_cancel):
+    """A Worker with the parts _start would make, the runner and consumer stood in for."""
+    import threading
+
+    from vmstream.pipeline.worker.consumer import JobConsumer
+    from vmstream.pipeline.worker.dead_letters import DeadLetters
+    from vmstream.pipeline.worker.handover import Handover
+
     # The jobs of _Msg read /videos (the job policy refuses every local file by default).
     w = Worker(_cfg(jobs={"roots": ["/videos"]}), install_signals=False, revoke_timeout_s=0.5)
-    w.runner, w.consumer = _Runner(stops_on_cancel), _Consumer()
-    w.handover.sleep, w.handover.sync_wait_s = None, 0.5
+    w.runner = _Runner(stops_on_cancel)
+    w.consumer = JobConsumer(_KafkaConsumer(), worker_id=w.worker_id, stopping=threading.Event())
+    w.dead_letters = DeadLetters(None, "jobs.dead", worker_id=w.worker_id, group_id="g", lock=w.table.lock)
+    w.handover = Handover(
+        w.table,
+        runner=w.runner,
+        consumer=w.consumer,
+        dead_letters=w.dead_letters,
+        stats=w.stats,
+        worker_id=w.worker_id,
+        revoke_timeout_s=w.revoke_timeout_s,
+        sync_wait_s=0.5,
+    )
     return w
 
 
 @pytest.mark.parametrize("listener", ["sync", "async"])
-def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
+def test_the_loop_and_the_handover_agree_on_revoked_jobs(listener):
+    """The worker's loop with its hand-over: what the loop saw finish and what it did
+    not are both committed at the revoke; a revoked job's late end is ignored."""
     from kafka import TopicPartition
 
     from vmstream.pipeline.worker.handover import GuardedStore
@@ -290,7 +310,7 @@ def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
     assert sorted(w.runner.cancelled) == ["b", "d"]
     # tp0: a done, b cancelled (stopped in time, not done), c done -> commit up to b.
     # tp1: d still stopping -> nothing to commit.
-    assert w.consumer.async_commits == [{0: 1}]
+    assert w.consumer.consumer.async_commits == [{0: 1}]
     # b stopped within the wait: its final snapshot was allowed. d did not: fenced.
     assert not w.table.fenced_stream("b") and w.table.fenced_stream("d")
     guard.save({"stream_id": "d"})
@@ -302,19 +322,6 @@ def test_revoke_commits_finished_jobs_and_fences_slow_cancels(listener):
     assert not w.table.fenced_stream("d")
     w._process_completions()
     assert w.table.ledgers == {} and not w.table.jobs
-
-
-def test_lost_partitions_fence_at_once_and_commit_nothing():
-    from kafka import TopicPartition
-
-    w = _worker_with(stops_on_cancel=set())
-    tp = TopicPartition("jobs", 3)
-    w._take(tp, _Msg(7, "e"))
-    w._take(tp, _Msg(8, "f"))
-    w.runner.finish("f", "ok")
-    w.handover.on_lost({tp})
-    assert w.runner.cancelled == ["e"] and w.table.fenced_stream("e")
-    assert w.consumer.async_commits == [] and w.table.ledgers == {}
 
 
 def test_jobs_of_a_stream_still_in_the_runner_wait_their_turn():
@@ -371,41 +378,9 @@ def test_a_snapshot_that_cannot_be_loaded_is_retried_not_dead_lettered():
     w.runner.finish("x", "error")
     w._process_completions()
     (job,) = w.table.jobs.values()
-    assert job.state == "deferred" and "state topic" in job.error and w.stats["retried"] == 1
+    assert job.state == "deferred" and "state topic" in job.error and w.stats.retried == 1
     w._submit_deferred()
     assert job.state == "running" and "x" in w.runner.running()
     w.runner.finish("x", "ok")
     w._process_completions()
     assert w.table.ledgers[tp].commit_offset() == 1
-
-
-def test_poll_rides_out_broker_errors_and_raises_real_ones(caplog):
-    """kafka-python 3 raises connection errors out of poll() while the broker is away
-    (seen in the real outage test): the worker must wait and poll again, not stop."""
-    from kafka import errors as E
-
-    w = _worker_with(stops_on_cancel=set())
-    w.poll_timeout_s = 0.01
-    outcomes = [
-        E.KafkaConnectionError("111 ECONNREFUSED"),
-        E.KafkaTimeoutError(),
-        ConnectionRefusedError(111),
-        {"tp": ["m"]},
-        E.IllegalStateError("a bug, not an outage"),
-    ]
-
-    class Flaky:
-        def poll(self, timeout_ms, max_records):
-            got = outcomes.pop(0)
-            if isinstance(got, BaseException):
-                raise got
-            return got
-
-    w.consumer = Flaky()
-    with caplog.at_level("INFO", logger="vmstream.pipeline.worker"):
-        assert [w._poll(0.01, 1) for _ in range(4)] == [{}, {}, {}, {"tp": ["m"]}]
-    warned = [r for r in caplog.records if "retrying while the broker is away" in r.getMessage()]
-    assert len(warned) == 1  # one warning per outage, not one per poll
-    assert any("after 3 failed poll(s)" in r.getMessage() for r in caplog.records)
-    with pytest.raises(E.IllegalStateError):
-        w._poll(0.01, 1)

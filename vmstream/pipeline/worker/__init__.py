@@ -59,11 +59,17 @@ The modules:
 
     jobs.py          a job (Job, parse_job: bounded in size and depth before parsing),
                      offsets committable past done jobs
-                     (OffsetLedger) and the table of jobs a worker holds (JobTable)
+                     (OffsetLedger), the table of jobs a worker holds (JobTable) and
+                     what the worker counts of them (WorkerStats)
     options.py       the consumer's options and the topics, from the pipeline config
     job_policy.py    what a job may make the worker read (JobPolicy, JobRefused)
-    loop.py          the consumer loop (Worker): take, run, finish, commit, stop
-    handover.py      rebalances: revoke, fence, hand over (Handover, GuardedStore)
+    loop.py          the worker (Worker): take, run, finish, commit, stop; it makes the
+                     parts below and owns the job table they share
+    consumer.py      the jobs topic's consumer riding out the broker's trouble:
+                     poll, heartbeat while full, commit (JobConsumer)
+    handover.py      rebalances: revoke, fence, hand over (Handover, GuardedStore); the
+                     Handover is given the job table, the runner (to cancel), the
+                     consumer (to commit) and the dead letters (to forget)
     dead_letters.py  the dead-letter topic (DeadLetters, dead_letter_payload)
     log_filter.py    the log filters `vmstream worker` installs: kafka-python's repeats
                      (RepeatFilter), URL passwords (RedactFilter)

@@ -62,21 +62,21 @@ def dead_letter_payload(job: Job, reason: str, error: str, *, worker_id: str, gr
 
 class DeadLetters:
     """The dead-letter topic of one worker: sends, and tells which sent jobs the topic
-    has acknowledged. `producer` (a vmstream.kafka.producer.ReliableProducer) is set
-    when the worker starts; `lock` is the worker's job table lock, so a job's state and
-    this list change together."""
+    has acknowledged. `producer` is a vmstream.kafka.producer.ReliableProducer (its
+    `send`, `flush`, `close`); `lock` is the worker's job table lock, so a job's state
+    and this list change together (a rebalance forgets both at once)."""
 
-    def __init__(self, topic: str, *, worker_id: str, group_id: str, lock: Optional[Any] = None):
+    def __init__(self, producer: Any, topic: str, *, worker_id: str, group_id: str, lock: Optional[Any] = None):
+        self.producer = producer
         self.topic = topic
         self.worker_id = worker_id
         self.group_id = group_id
-        self.producer: Any = None
         self._lock = lock if lock is not None else threading.RLock()
         self._waiting: list[Job] = []
 
     def send(self, job: Job, reason: str, error: str) -> None:
         if self.producer is None:
-            raise RuntimeError(f"job {job.where}: the dead-letter producer is not started")
+            raise RuntimeError(f"job {job.where}: the dead-letter producer is closed")
         value = dead_letter_payload(job, reason, error, worker_id=self.worker_id, group_id=self.group_id)
         headers = [h for h in job.headers if not h[0].startswith("vmstream.dead_letter.")]
         headers += [

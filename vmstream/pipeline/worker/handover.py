@@ -6,16 +6,22 @@ consumer keeps heartbeating, commit what is done, give the partitions up. A job 
 cancellation outlasts the wait is fenced: its later snapshot writes are dropped
 (`GuardedStore`), so they cannot overwrite the new owner's. Lost (the group evicted
 this worker): fence at once, commit nothing.
+
+A Handover is given what it acts on: the worker's job table, the runner (it cancels
+streams), the consumer (it commits the offsets of partitions leaving) and the dead
+letters (it forgets those of partitions leaving). The worker's rebalance listener
+(`make_listener`) calls it, on kafka-python's event loop.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Optional, Protocol
 
 from vmstream.pipeline.versions import stream_of_key
-from vmstream.pipeline.worker.jobs import Job, JobTable
+from vmstream.pipeline.worker.dead_letters import DeadLetters
+from vmstream.pipeline.worker.jobs import Job, JobTable, WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -48,35 +54,52 @@ class GuardedStore:
         self.store.delete(stream_id)
 
 
-class Handover:
-    """The revoke / lost / assigned handling of one worker (see the module doc).
+class StreamCanceller(Protocol):
+    """The runner, as the hand-over uses it (`vmstream.pipeline.runner.Runner`)."""
 
-    `cancel(stream_id)` cancels a stream in the runner; `commit_async(offsets)` is the
-    consumer's; `forget_dead_letters(tps)` drops unacknowledged dead letters of
-    partitions leaving. `sleep` (an awaitable sleep on kafka-python's event loop, see
-    `loop_sleep`) and `sync_wait_s` (how long a blocking listener may wait) are set
-    when the consumer is made."""
+    def cancel(self, stream_id: str) -> Any:
+        """Stop the stream; it ends "stopped" (its job's `finished` is set then)."""
+
+
+class OffsetCommitter(Protocol):
+    """The consumer, as the hand-over uses it (`JobConsumer`)."""
+
+    def commit_async(self, offsets: dict) -> None:
+        """Commit {TopicPartition: offset} without blocking kafka-python's event loop."""
+
+
+class Handover:
+    """The revoke / lost / assigned handling of one worker (see the module doc), what
+    its rebalance listener (`make_listener`) calls.
+
+    It cancels jobs through `runner`, commits the offsets of partitions leaving
+    through `consumer`, and forgets the unacknowledged `dead_letters` of those
+    partitions; `stats.revoked` counts the jobs given up. `sleep` is an awaitable sleep
+    on kafka-python's event loop (`JobConsumer.loop_sleep`; None: wait by blocking) and
+    `sync_wait_s` how long a listener that blocks may wait (`options.sync_wait_s`)."""
 
     def __init__(
         self,
         table: JobTable,
         *,
+        runner: StreamCanceller,
+        consumer: OffsetCommitter,
+        dead_letters: DeadLetters,
+        stats: WorkerStats,
         worker_id: str,
         revoke_timeout_s: float,
-        stats: dict,
-        cancel: Callable[[str], Any],
-        commit_async: Callable[[dict], Any],
-        forget_dead_letters: Callable[[Iterable[Any]], None],
+        sleep: Optional[Callable[[float], Awaitable[Any]]] = None,
+        sync_wait_s: float = 15.0,
     ):
         self.table = table
+        self.runner = runner
+        self.consumer = consumer
+        self.dead_letters = dead_letters
+        self.stats = stats
         self.worker_id = worker_id
         self.revoke_timeout_s = revoke_timeout_s
-        self.stats = stats
-        self._cancel = cancel
-        self._commit_async = commit_async
-        self._forget_dead_letters = forget_dead_letters
-        self.sleep = None
-        self.sync_wait_s = 15.0
+        self.sleep = sleep
+        self.sync_wait_s = sync_wait_s
 
     def on_assigned(self, assigned) -> None:
         log.info("worker %s: assigned partitions %s", self.worker_id, fmt_tps(assigned))
@@ -127,15 +150,15 @@ class Handover:
         with self.table.lock:
             for job in self.table.pop_jobs(tps):
                 job.revoked = True
-                self.stats["revoked"] += 1
+                self.stats.revoked += 1
                 if job.state == "running" and not job.finished.is_set():
                     if fence:
                         self.table.fence(job)
                     cancelled.append(job)
             # Dead-lettered but unacknowledged: the next owner tries them again.
-            self._forget_dead_letters(tps)
+            self.dead_letters.forget(tps)
         for job in cancelled:
-            self._cancel(job.stream_id)
+            self.runner.cancel(job.stream_id)
         return cancelled
 
     def _begin_revoke(self, revoked):
@@ -167,26 +190,10 @@ class Handover:
                     )
         offsets = self.table.release(revoked, held)
         if offsets:
-            from kafka.structs import OffsetAndMetadata
-
-            # Asynchronously: this runs on kafka-python's event loop, which a blocking
-            # commit would deadlock. It goes out before the group re-joins.
-            fut = self._commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-            fut.add_errback(
-                lambda e: log.warning("committing revoked partitions' offsets %s: %s", fmt_offsets(offsets), e)
-            )
+            self.consumer.commit_async(offsets)
         for job in cancelled:
             if job.finished.is_set():
                 log.info("job %s: stream %s handed over (%s)", job.where, job.stream_id, job.status)
-
-
-def loop_sleep(consumer):
-    """An awaitable sleep on kafka-python's event loop (where rebalance listeners
-    run), so a listener can wait while the loop keeps heartbeating. None when this
-    kafka-python has no such loop; then listeners wait by blocking, briefly."""
-    net = getattr(getattr(consumer, "_coordinator", None), "_net", None)
-    sleep = getattr(net, "sleep", None)
-    return sleep if callable(sleep) else None
 
 
 def make_listener(handover: Handover):
@@ -225,10 +232,4 @@ def make_listener(handover: Handover):
 def fmt_tps(tps) -> str:
     return (
         "[" + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps, key=lambda t: (t.topic, t.partition))) + "]"
-    )
-
-
-def fmt_offsets(offsets: dict) -> str:
-    return ", ".join(
-        f"{tp.topic}[{tp.partition}]={o}" for tp, o in sorted(offsets.items(), key=lambda x: x[0].partition)
     )

@@ -1,5 +1,5 @@
-"""The worker's jobs: a job message, its parsing, and the table of jobs a worker holds
-with each partition's committable offset."""
+"""The worker's jobs: a job message, its parsing, the table of jobs a worker holds
+with each partition's committable offset, and what the worker counts of them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Optional
 
 
@@ -39,6 +39,21 @@ class Job:
     @property
     def stream_id(self) -> Optional[str]:
         return self.source.stream_id if self.source is not None else None
+
+
+@dataclass
+class WorkerStats:
+    """What a worker counts (the loop and the hand-over add to it), logged when it stops."""
+
+    jobs: int = 0  # taken from the jobs topic
+    done: int = 0
+    dead_lettered: int = 0
+    revoked: int = 0  # given up with their partitions
+    retried: int = 0
+    commits: int = 0
+
+    def format(self) -> str:
+        return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
 
 
 # A job is a URI, a stream id and a few options: far below these. Both bounds are
@@ -185,7 +200,8 @@ class JobTable:
                 ledger.finish(job.offset)
 
     def complete(self, job: Job, status: str, error: Optional[str]) -> None:
-        """Record the runner's verdict on `job` (from the runner's sink thread)."""
+        """Record the runner's verdict on `job` (from the runner's sink thread): the
+        job has left the runner (`job.finished` is set)."""
         with self.lock:
             job.status, job.error = status, error
             if job.stream_id in self._store_failures and status in ("error", "failed"):
@@ -193,6 +209,7 @@ class JobTable:
                 job.error = self._store_failures.pop(job.stream_id)
             if job.fenced:
                 self.unfence(job)
+        job.finished.set()
 
     def deferred(self) -> list[Job]:
         with self.lock:

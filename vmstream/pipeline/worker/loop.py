@@ -15,23 +15,14 @@ from typing import Optional
 from vmstream.errors import UserError
 from vmstream.kafka.topics import TopicNames
 from vmstream.pipeline.signals import StopSignals
+from vmstream.pipeline.worker.consumer import JobConsumer, fmt_offsets
 from vmstream.pipeline.worker.dead_letters import DeadLetters
-from vmstream.pipeline.worker.handover import GuardedStore, Handover, fmt_offsets, loop_sleep, make_listener
+from vmstream.pipeline.worker.handover import GuardedStore, Handover, make_listener
 from vmstream.pipeline.worker.job_policy import JobPolicy, JobRefused
-from vmstream.pipeline.worker.jobs import Job, JobTable, parse_job
+from vmstream.pipeline.worker.jobs import Job, JobTable, WorkerStats, parse_job
 from vmstream.pipeline.worker.options import consumer_options, ensure_worker_topics, sync_wait_s
 
 log = logging.getLogger(__name__)
-
-
-def _broker_trouble(e: BaseException, also: tuple = ()) -> bool:
-    """Whether an error from a consumer call is the broker being away or busy (a socket
-    error, or a Kafka error marked retriable, or one of `also`): wait and call again."""
-    from kafka import errors as E
-
-    if isinstance(e, E.KafkaError):
-        return bool(getattr(e, "retriable", False)) or isinstance(e, also)
-    return isinstance(e, ConnectionError)
 
 
 def take_error(e: Exception) -> tuple[str, str]:
@@ -84,6 +75,7 @@ class Worker:
             raise UserError("the worker needs Kafka: set kafka.bootstrap in the config or pass --kafka HOST:PORT")
         self.cfg = cfg
         self.poll_timeout_s = poll_timeout_s
+        self.revoke_timeout_s = revoke_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.commit_timeout_s = commit_timeout_s
@@ -95,25 +87,14 @@ class Worker:
         self._sinks = sinks
         self._store = state_store
         self.table = JobTable()
+        self.stats = WorkerStats()
         self._completed: "queue.Queue[Job]" = queue.Queue()
         self._stop_requested = threading.Event()
-        self._poll_failures = 0
-        self._poll_warned_at = 0.0
-        self.runner = None
-        self.consumer = None
-        self.stats = {"jobs": 0, "done": 0, "dead_lettered": 0, "revoked": 0, "retried": 0, "commits": 0}
-        self.dead_letters = DeadLetters(
-            self.topics.dead_letter, worker_id=self.worker_id, group_id=cfg.kafka.group_id, lock=self.table.lock
-        )
-        self.handover = Handover(
-            self.table,
-            worker_id=self.worker_id,
-            revoke_timeout_s=revoke_timeout_s,
-            stats=self.stats,
-            cancel=lambda stream_id: self.runner.cancel(stream_id),
-            commit_async=lambda offsets: self.consumer.commit_async(offsets),
-            forget_dead_letters=self.dead_letters.forget,
-        )
+        # Made by _start, as they reach the broker; the hand-over is given the first three.
+        self.runner = None  # vmstream.pipeline.runner.Runner
+        self.consumer: Optional[JobConsumer] = None
+        self.dead_letters: Optional[DeadLetters] = None
+        self.handover: Optional[Handover] = None
 
     # ----------------------------------------------------------------- public
 
@@ -173,7 +154,13 @@ class Worker:
         if self._store is None:
             self._store = KafkaStateStore(k.bootstrap, self.topics.state, client_config=k.client)
         sinks = self._sinks if self._sinks is not None else build_sinks(cfg, model)
-        self.dead_letters.producer = ReliableProducer(k.bootstrap, client_config=k.client)
+        self.dead_letters = DeadLetters(
+            ReliableProducer(k.bootstrap, client_config=k.client),
+            self.topics.dead_letter,
+            worker_id=self.worker_id,
+            group_id=k.group_id,
+            lock=self.table.lock,
+        )
         self.runner = build_runner(
             cfg,
             model=model,
@@ -183,10 +170,25 @@ class Worker:
             allow_replace=cfg.kafka.jobs.allow_replace,
         )
         self.runner.start()
-        self.consumer = KafkaConsumer(**consumer_opts)
-        self.consumer.subscribe([self.topics.jobs], listener=make_listener(self.handover))
-        self.handover.sleep = loop_sleep(self.consumer)
-        self.handover.sync_wait_s = sync_wait_s(consumer_opts)
+        self.consumer = JobConsumer(
+            KafkaConsumer(**consumer_opts),
+            worker_id=self.worker_id,
+            stopping=self._stop_requested,
+            retry_wait_s=min(self.poll_timeout_s, 1.0),
+            commit_timeout_s=self.commit_timeout_s,
+        )
+        self.handover = Handover(
+            self.table,
+            runner=self.runner,
+            consumer=self.consumer,
+            dead_letters=self.dead_letters,
+            stats=self.stats,
+            worker_id=self.worker_id,
+            revoke_timeout_s=self.revoke_timeout_s,
+            sleep=self.consumer.loop_sleep(),
+            sync_wait_s=sync_wait_s(consumer_opts),
+        )
+        self.consumer.subscribe(self.topics.jobs, make_listener(self.handover))
         log.info(
             "worker %s: in group %s on %s, up to %d jobs at a time",
             self.worker_id,
@@ -198,8 +200,7 @@ class Worker:
     def _shutdown(self, failed: bool) -> int:
         """Stop the runner (snapshots), keep the group alive while it drains, commit
         what is done, leave the group."""
-        c = self.consumer
-        if c is None:
+        if self.consumer is None:
             return 1 if failed else 0
         log.info("worker %s: stopping: %d job(s) running", self.worker_id, len(self.runner.running()))
         self.runner.stop()
@@ -220,11 +221,11 @@ class Worker:
             failed = True
         try:
             # Leaving the group hands the partitions over at once; commits are done.
-            c.close(autocommit=False)
+            self.consumer.close()
         except Exception as e:
             log.warning("closing the Kafka consumer: %s", e)
         self.consumer = None
-        log.info("worker %s: stopped (%s)", self.worker_id, ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+        log.info("worker %s: stopped (%s)", self.worker_id, self.stats.format())
         return 1 if failed else 0
 
     def _drain(self, failed: bool) -> bool:
@@ -239,8 +240,7 @@ class Worker:
                 return True
             if idle:
                 break
-            self._pause_all()
-            self._poll_nothing()
+            self.consumer.heartbeat(self.poll_timeout_s)
             self._process_completions(stopping=True)
         if not idle and not failed:
             log.error("worker %s: the runner did not stop within %.0fs", self.worker_id, self.shutdown_timeout_s)
@@ -258,11 +258,11 @@ class Worker:
     def _close_clients(self) -> None:
         if self.consumer is not None:
             try:
-                self.consumer.close(autocommit=False)
+                self.consumer.close()
             except Exception:
                 pass
             self.consumer = None
-        for closer in (self.dead_letters.close, getattr(self._store, "close", None)):
+        for closer in (getattr(self.dead_letters, "close", None), getattr(self._store, "close", None)):
             if closer is None:
                 continue
             try:
@@ -283,71 +283,23 @@ class Worker:
             free = self._free_slots()
             if free <= 0:
                 # Full: keep the membership alive and wait for a job to finish (the
-                # next one starts as soon as one does). The poll needs a real timeout:
-                # kafka-python drives group joins from inside it, and one of 0 ms never
-                # gets a rebalance going, which would hold the whole group up.
-                self._pause_all()
-                self._poll_nothing(timeout_s=self.poll_timeout_s / 2)
+                # next one starts as soon as one does).
+                c.heartbeat(self.poll_timeout_s / 2)
                 self._wait_completion(self.poll_timeout_s / 2)
                 continue
-            if c.paused():
-                c.resume(*c.paused())
-            records = self._poll(self.poll_timeout_s, max(1, free))
+            c.resume()
+            records = c.poll(self.poll_timeout_s, max(1, free))
             for tp, msgs in records.items():
                 for m in msgs:
                     if self._free_slots() <= 0:
                         # Taken while full (a partition assigned since the last pause):
                         # give it back to the fetcher for later.
-                        c.seek(tp, m.offset)
-                        c.pause(tp)
+                        c.put_back(tp, m.offset)
                         break
                     self._take(tp, m)
 
     def _free_slots(self) -> int:
         return self.runner.max_streams - len(self.runner.running()) - len(self.table.deferred())
-
-    def _poll(self, timeout_s: float, max_records: int) -> dict:
-        """consumer.poll, riding out a broker outage: kafka-python 3 can raise connection
-        and timeout errors out of poll (from the coordinator lookup and offset validation
-        it runs inside). Those are the broker's trouble, not the worker's: wait and poll
-        again (jobs keep running, results wait in the sinks), never stop."""
-        from kafka import errors as E
-
-        try:
-            records = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        except (E.KafkaError, ConnectionError) as e:
-            if not _broker_trouble(e):
-                raise
-            now = time.monotonic()
-            if self._poll_failures == 0 or now - self._poll_warned_at > 30:
-                log.warning(
-                    "worker %s: polling the jobs topic: %s: %s (retrying while the broker is away)",
-                    self.worker_id,
-                    type(e).__name__,
-                    e,
-                )
-                self._poll_warned_at = now
-            self._poll_failures += 1
-            self._stop_requested.wait(min(self.poll_timeout_s, 1.0))
-            return {}
-        if self._poll_failures:
-            log.info("worker %s: polling again after %d failed poll(s)", self.worker_id, self._poll_failures)
-            self._poll_failures = 0
-        return records
-
-    def _pause_all(self) -> None:
-        assigned = self.consumer.assignment()
-        if assigned:
-            self.consumer.pause(*assigned)
-
-    def _poll_nothing(self, timeout_s: Optional[float] = None) -> None:
-        """Keep the group membership alive (all partitions paused)."""
-        t = self.poll_timeout_s if timeout_s is None else timeout_s
-        records = self._poll(t, 1)
-        for tp, msgs in records.items():
-            if msgs:
-                self.consumer.seek(tp, msgs[0].offset)
-                self.consumer.pause(tp)
 
     # ----------------------------------------------------------------- jobs in
 
@@ -363,7 +315,7 @@ class Worker:
                 "job %s[%s]@%s: delivered again; already taken, ignoring this copy", tp.topic, tp.partition, m.offset
             )
             return
-        self.stats["jobs"] += 1
+        self.stats.jobs += 1
         try:
             spec = parse_job(m.value)
             source = self.job_policy.admit(source_from_job(spec), spec["uri"].strip())
@@ -400,7 +352,6 @@ class Worker:
     def _on_done(self, job: Job, source, status: str, error: Optional[str]) -> None:
         # The runner's sink thread: hand over to the main thread.
         self.table.complete(job, status, error)
-        job.finished.set()
         self._completed.put(job)
 
     def _process_completions(self, stopping: bool = False) -> None:
@@ -427,7 +378,7 @@ class Worker:
             self._finish(job)
         elif status in ("failed", "error") and job.store_failed:
             log.warning("job %s: %s; retrying in %.0fs", job.where, job.error, self.retry_backoff_s)
-            self.stats["retried"] += 1
+            self.stats.retried += 1
             job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
         elif status in ("failed", "error"):
             log.warning("job %s: stream %s %s: %s", job.where, job.stream_id, status, job.error)
@@ -436,18 +387,18 @@ class Worker:
             if not stopping and not self._stop_requested.is_set():
                 # Not asked for: run it again (it resumes from its snapshot).
                 job.state, job.retry_at = "deferred", time.monotonic() + self.retry_backoff_s
-                self.stats["retried"] += 1
+                self.stats.retried += 1
             # else: left uncommitted; whoever owns the partition next resumes it
         else:
             log.error("job %s: unknown status %r; leaving it uncommitted", job.where, status)
 
     def _finish(self, job: Job) -> None:
         self.table.finish(job)
-        self.stats["done"] += 1
+        self.stats.done += 1
 
     def _dead_letter(self, job: Job, reason: str, error: str) -> None:
         self.dead_letters.send(job, reason, error)
-        self.stats["dead_lettered"] += 1
+        self.stats.dead_lettered += 1
 
     def _check_dead_letters(self) -> None:
         """Dead-lettered jobs count as done once the dead-letter topic has them."""
@@ -458,34 +409,11 @@ class Worker:
     # ----------------------------------------------------------------- commits
 
     def _commit(self, final: bool = False) -> None:
-        from kafka import errors as E
-        from kafka.structs import OffsetAndMetadata
-
+        """Commit each partition past its done jobs (only once their results are
+        durable: see the package doc); what fails stays pending for the next try."""
         offsets = self.table.commit_offsets()
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(
-                {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
-                timeout_ms=int(self.commit_timeout_s * 1000),
-            )
-        except (E.KafkaError, ConnectionError) as e:
-            # The broker's trouble or the group's own churn: the offsets stay pending
-            # and the next commit tries again.
-            if not _broker_trouble(
-                e,
-                also=(
-                    E.CommitFailedError,
-                    E.RebalanceInProgressError,
-                    E.IllegalGenerationError,
-                    E.UnknownMemberIdError,
-                ),
-            ):
-                raise
-            (log.error if final else log.warning)(
-                "committing offsets %s: %s%s", fmt_offsets(offsets), e, "" if final else " (will retry)"
-            )
+        if not offsets or not self.consumer.commit(offsets, final=final):
             return
         self.table.committed(offsets)
-        self.stats["commits"] += 1
+        self.stats.commits += 1
         log.debug("committed %s", fmt_offsets(offsets))
