@@ -18,20 +18,21 @@ from vmstream.pipeline.report import RunReport
 from vmstream.pipeline.run_control import POLL, RunControl
 from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.records import EndReason, Resume, Segment, StreamDone, StreamEvent, StreamStart, end_reason
+from vmstream.stages.inference import InferenceStage
 
 log = logging.getLogger(__name__)
 
 
 class InferenceLoop:
-    """Reads `seg_q` until its `None`, runs the segments through `inference` (an
-    InferenceStage), and writes results, events, summaries, snapshot requests and stream
-    ends to `out_q` (then a final `None`). An error of its own is the run's fatal error
+    """Reads `seg_q` until its `None`, runs the segments through `inference`, and
+    writes results, events, summaries, snapshot requests and stream ends to `out_q`
+    (then a final `None`). An error of its own is the run's fatal error
     (`control.fail`); it then drains `seg_q` so the decoders never block."""
 
     def __init__(
         self,
         *,
-        inference,
+        inference: InferenceStage,
         snapshots: SnapshotKeeper,
         seg_q: "queue.Queue",
         out_q: "queue.Queue",

@@ -43,6 +43,7 @@ from vmstream.pipeline.run_control import POLL, RunControl, StreamJob
 from vmstream.pipeline.sink_writer import SinkWriter
 from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.records import Frame, StreamDone, StreamEvent, end_reason, stream_status
+from vmstream.stages.inference import InferenceStage
 from vmstream.stages.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Runner:
         self,
         *,
         plan: StreamPlan,
-        inference,
+        inference: InferenceStage,
         sinks: Sequence[Sink],
         snapshots: Optional[SnapshotKeeper] = None,
         queue_size: int = 8,
