@@ -17,8 +17,8 @@ wins (a smaller batch means less latency and memory for the same throughput). No
 runs before the first segment: an earlier version probed on random clips first, a
 silent 30 s to 4 minutes on a 2-core machine while a live source waited. The answer is
 cached per machine, model shape, precision, device, thread count and kernel code
-(`ops_fingerprint`: faster kernels move the best size) in <cache>/batch_probe.json (the
-kernel cache's directory, $VMSTREAM_CACHE_DIR); later runs start at it. A number in the
+(`ops_fingerprint`: faster kernels move the best size) in <cache>/batch_probe.json
+(vmstream's cache directory, `vmstream.cache_dir`); later runs start at it. A number in the
 config skips all of this. A run with one stream at a time has nothing to measure and
 runs at 1.
 """
@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
+
+from vmstream.cache_dir import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +282,6 @@ def resolve_max_batch(
 
 
 def _default_cache() -> Path:
-    from vmstream.models.ops.cpu_ext import cache_root
-
     return cache_root() / "batch_probe.json"
 
 

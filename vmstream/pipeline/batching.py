@@ -1,6 +1,10 @@
 """The inference thread's work: one FIFO per stream, batches of ready segments of
 distinct streams (round robin), the control records handled in stream order, and a
-stopped stream's queued segments left for its resume."""
+stopped stream's queued segments left for its resume.
+
+It reads the segment queue the decode workers fill and writes the output queue the sink
+writer reads; the run's control (run_control.RunControl) says which streams were asked
+to stop and takes its fatal error."""
 
 from __future__ import annotations
 
@@ -8,41 +12,39 @@ import logging
 import queue
 import time
 from collections import OrderedDict, deque
-from typing import Callable
 
 from vmstream.pipeline.batch_size import FixedBatch
 from vmstream.pipeline.report import RunReport
+from vmstream.pipeline.run_control import POLL, RunControl
 from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.records import EndReason, Resume, Segment, StreamDone, StreamEvent, StreamStart, end_reason
+from vmstream.stages.inference import InferenceStage
 
 log = logging.getLogger(__name__)
 
 
 class InferenceLoop:
-    """Reads the segment queue until its `None`, writes results, events, summaries and
-    snapshot requests to `put_out` (then a final `None`).
-
-    `is_stopping(stream_id)`: whether the stream was asked to stop; `fail(e)`: the
-    pipeline's fatal error."""
+    """Reads `seg_q` until its `None`, runs the segments through `inference`, and
+    writes results, events, summaries, snapshot requests and stream ends to `out_q`
+    (then a final `None`). An error of its own is the run's fatal error
+    (`control.fail`); it then drains `seg_q` so the decoders never block."""
 
     def __init__(
         self,
         *,
-        inference,
+        inference: InferenceStage,
         snapshots: SnapshotKeeper,
         seg_q: "queue.Queue",
-        put_out: Callable,
-        is_stopping: Callable[[str], bool],
-        fail: Callable[[BaseException], None],
+        out_q: "queue.Queue",
+        control: RunControl,
         report: RunReport,
         max_batch,
     ):
         self.inference = inference
         self.snapshots = snapshots
         self.seg_q = seg_q
-        self.put_out = put_out
-        self.is_stopping = is_stopping
-        self.fail = fail
+        self.out_q = out_q
+        self.control = control
         self.report = report
         # A number, or a policy (pipeline/batch_size.py) that may change the size as the
         # run goes: `limit()` before a step, `observe(batch, seconds)` after it.
@@ -76,11 +78,22 @@ class InferenceLoop:
                     del fifos[k]
         except BaseException as e:
             log.exception("inference failed")
-            self.fail(e)
+            self.control.fail(e)
             while not finished:  # drain so decode threads never block
                 finished = self.seg_q.get() is None
         finally:
             self.put_out(None, force=True)
+
+    def put_out(self, item, force: bool = False) -> None:
+        """Onto the output queue, waiting for room; once the run has failed (the sink
+        writer only drains) only a `force` item (the final `None`) still waits."""
+        while True:
+            try:
+                self.out_q.put(item, timeout=POLL)
+                return
+            except queue.Full:
+                if self.control.fatal is not None and not force:
+                    return
 
     def _take_input(self, fifos: "OrderedDict[str, deque]") -> bool:
         """Move queued items into the FIFOs; True once the queue's end was read."""
@@ -110,7 +123,7 @@ class InferenceLoop:
             q = fifos[sid]
             while q and not isinstance(q[0], Segment):
                 self._handle(q.popleft())
-            if q and self.is_stopping(sid):
+            if q and self.control.stopping(sid):
                 self._cut_stream(sid, q)
                 continue
             if q and len(batch) < limit:

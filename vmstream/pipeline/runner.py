@@ -9,9 +9,12 @@
         out_q -> every sink; at snapshot points: flush all sinks, then save snapshots
 
 What a stream is made of is the plan's (plan.StreamPlan); when its snapshots are taken,
-saved and dropped is the snapshot keeper's (snapshot_keeper.SnapshotKeeper); the runner keeps only
-threads, queues and batching. Control records (records.Resume, SaveSnapshot,
-StreamDone) travel in the queues in stream order with the data.
+saved and dropped is the snapshot keeper's (snapshot_keeper.SnapshotKeeper); which
+streams are in flight, which were asked to stop, the run's fatal error and progress are
+the run control's (run_control.RunControl), which all three kinds of thread hold. The
+runner keeps the threads, the queues, the streams waiting for a decoder, and decoding.
+Control records (records.Resume, SaveSnapshot, StreamDone) travel in the queues in
+stream order with the data.
 
 Decoding overlaps the model (PyAV releases the GIL while decoding, torch while
 computing), and the bounded queues make a slow sink slow the sources down instead of
@@ -36,28 +39,14 @@ from vmstream.pipeline.batching import InferenceLoop
 from vmstream.pipeline.disk_full import DiskFullError
 from vmstream.pipeline.plan import StreamPlan
 from vmstream.pipeline.report import RunReport
+from vmstream.pipeline.run_control import POLL, RunControl, StreamJob
 from vmstream.pipeline.sink_writer import SinkWriter
 from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.records import Frame, StreamDone, StreamEvent, end_reason, stream_status
+from vmstream.stages.inference import InferenceStage
 from vmstream.stages.sinks.base import Sink
 
 log = logging.getLogger(__name__)
-
-# Seconds a blocked put/get waits before re-checking the stop flag.
-_POLL = 0.1
-
-
-class _Job:
-    __slots__ = ("source", "on_done", "status", "error", "stop")
-
-    def __init__(self, source, on_done):
-        self.source = source
-        self.on_done = on_done
-        self.status = "pending"
-        self.error: Optional[str] = None
-        # Set by runner.stop() (all streams) or runner.cancel(stream_id) (one): the
-        # decoder ends the stream with reason "stopped" and a snapshot is saved.
-        self.stop = threading.Event()
 
 
 class Runner:
@@ -68,7 +57,7 @@ class Runner:
         self,
         *,
         plan: StreamPlan,
-        inference,
+        inference: InferenceStage,
         sinks: Sequence[Sink],
         snapshots: Optional[SnapshotKeeper] = None,
         queue_size: int = 8,
@@ -82,22 +71,16 @@ class Runner:
         self.sinks = list(sinks)
         self.snapshots = snapshots or SnapshotKeeper(None, inference)
         self.max_streams = max_streams
-        self.flush_on_stream_end = flush_on_stream_end
-        self.progress = progress
+        self.report = RunReport()
+        self.control = RunControl(self.report, progress)
 
         self._seg_q: "queue.Queue" = queue.Queue(maxsize=queue_size)
         self._out_q: "queue.Queue" = queue.Queue(maxsize=max(4 * queue_size, 16))
-        self._pending: "deque[_Job]" = deque()
+        self._pending: "deque[StreamJob]" = deque()
         self._pending_lock = threading.Condition()
-        self._stop = threading.Event()  # stop producing: decoders end their streams
         self._closing = False
         self._shutdown_decoders = False
-        self._jobs: dict[str, _Job] = {}
         self._threads: list[threading.Thread] = []
-        self._fatal: Optional[BaseException] = None
-        self._idle = threading.Condition()
-        self._outstanding = 0  # submitted streams whose StreamDone has not passed the sinks
-        self.report = RunReport()
         self._t0 = 0.0
         self._started = False
         self._decode_lock = threading.Lock()
@@ -105,9 +88,8 @@ class Runner:
             inference=inference,
             snapshots=self.snapshots,
             seg_q=self._seg_q,
-            put_out=self._put_out,
-            is_stopping=self._stopping,
-            fail=self._fail,
+            out_q=self._out_q,
+            control=self.control,
             report=self.report,
             max_batch=max_batch,
         )
@@ -115,11 +97,9 @@ class Runner:
             sinks=self.sinks,
             snapshots=self.snapshots,
             out_q=self._out_q,
+            control=self.control,
             report=self.report,
-            stream_done=self._stream_done,
-            notify=self._notify,
-            fail=self._fail,
-            is_fatal=lambda: self._fatal is not None,
+            flush_on_stream_end=flush_on_stream_end,
         )
 
     @property
@@ -150,12 +130,7 @@ class Runner:
         input), or "stopped" (the runner stopped first; a snapshot was saved)."""
         if self._closing:
             raise RuntimeError("runner is closing; no new sources")
-        if source.stream_id in self._jobs:
-            raise ValueError(f"stream {source.stream_id!r} is already running")
-        job = _Job(source, on_done)
-        with self._idle:
-            self._outstanding += 1
-        self._jobs[source.stream_id] = job
+        job = self.control.add(source, on_done)
         with self._pending_lock:
             self._pending.append(job)
             self._pending_lock.notify()
@@ -163,9 +138,7 @@ class Runner:
     def stop(self) -> None:
         """Stop producing (SIGINT/SIGTERM): streams end early, snapshots are saved,
         sinks flushed; `wait`/`close` then return."""
-        self._stop.set()
-        for job in list(self._jobs.values()):
-            job.stop.set()
+        self.control.stop()
         with self._pending_lock:
             self._pending_lock.notify_all()
 
@@ -173,7 +146,7 @@ class Runner:
         """Stop one stream the way `stop()` stops all (snapshot saved, reported as
         "stopped" to its on_done), e.g. when a Kafka rebalance moves its job to another
         worker. False if the stream is not running or queued here."""
-        job = self._jobs.get(stream_id)
+        job = self.control.job(stream_id)
         if job is None:
             return False
         job.stop.set()
@@ -185,23 +158,19 @@ class Runner:
 
     def running(self) -> list[str]:
         """Stream ids submitted and not yet done."""
-        return list(self._jobs)
+        return self.control.running()
 
     @property
     def stopped(self) -> bool:
-        return self._stop.is_set()
+        return self.control.stopped
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until every submitted stream is done (or stopped). True when idle."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._idle:
-            while self._outstanding > 0 and self._fatal is None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._idle.wait(timeout=_POLL if remaining is None else min(_POLL, remaining))
-        if self._fatal is not None:
-            raise RuntimeError(f"pipeline failed: {self._fatal}") from self._fatal
+        if not self.control.wait_idle(timeout):
+            return False
+        fatal = self.control.fatal
+        if fatal is not None:
+            raise RuntimeError(f"pipeline failed: {fatal}") from fatal
         return True
 
     def close(self) -> RunReport:
@@ -217,16 +186,17 @@ class Runner:
         self._sink_thread.join()
         errors = self._writer.close()
         self.report.wall_s = time.perf_counter() - self._t0
-        self.report.stopped = self._stop.is_set()
+        self.report.stopped = self.control.stopped
         self.report.inference.busy_s = self.inference.stats.busy_s
+        fatal = self.control.fatal
         # A full disk: one line (disk_full.DiskFullError), whichever write met it first.
-        full = next((e for e in (self._fatal, *self._writer.close_failures) if isinstance(e, DiskFullError)), None)
+        full = next((e for e in (fatal, *self._writer.close_failures) if isinstance(e, DiskFullError)), None)
         if full is not None:
             raise full
-        if isinstance(self._fatal, UserError):  # one line too (a damaged result part found mid-run)
-            raise self._fatal
-        if self._fatal is not None:
-            raise RuntimeError(f"pipeline failed: {self._fatal}") from self._fatal
+        if isinstance(fatal, UserError):  # one line too (a damaged result part found mid-run)
+            raise fatal
+        if fatal is not None:
+            raise RuntimeError(f"pipeline failed: {fatal}") from fatal
         if errors:
             raise RuntimeError("sinks failed to close: " + "; ".join(errors))
         return self.report
@@ -244,12 +214,12 @@ class Runner:
 
     # ----------------------------------------------------------------- decode
 
-    def _next_job(self) -> Optional[_Job]:
+    def _next_job(self) -> Optional[StreamJob]:
         with self._pending_lock:
             while True:
-                if self._pending and not self._stop.is_set():
+                if self._pending and not self.control.stopped:
                     return self._pending.popleft()
-                if self._stop.is_set():
+                if self.control.stopped:
                     # Streams never started: report them stopped (nothing to snapshot).
                     while self._pending:
                         job = self._pending.popleft()
@@ -257,14 +227,14 @@ class Runner:
                     return None
                 if self._shutdown_decoders:
                     return None
-                self._pending_lock.wait(timeout=_POLL)
+                self._pending_lock.wait(timeout=POLL)
 
     def _put_seg(self, item, force: bool = False) -> bool:
         # `force` items (errors, ends) wait for room even while stopping; only a fatal
         # pipeline failure (nobody consumes any more) gives up.
-        while self._fatal is None:
+        while self.control.fatal is None:
             try:
-                self._seg_q.put(item, timeout=_POLL)
+                self._seg_q.put(item, timeout=POLL)
                 return True
             except queue.Full:
                 continue
@@ -289,7 +259,7 @@ class Runner:
                 self._put_seg(ev, force=True)
                 self._put_seg(StreamDone(job.source.stream_id, "error", str(e)), force=True)
 
-    def _decode_stream(self, job: _Job) -> None:
+    def _decode_stream(self, job: StreamJob) -> None:
         from vmstream.stages.decode.base import VideoInputError
 
         src = job.source
@@ -314,11 +284,11 @@ class Runner:
             )
             self._put_seg(StreamDone(sid, "failed", str(e)), force=True)
             return
-        self._notify(("stream", sid, info))
+        self.control.notify(("stream", sid, info))
         self._put_seg(start, force=True)
         if resume is not None:
             self._put_seg(resume, force=True)
-        if self._stop.is_set():
+        if self.control.stopped:
             job.stop.set()
         items = self.plan.items(
             src, info, resume=resume.snapshot if resume else None, stop=job.stop, on_frames=self._counted
@@ -351,61 +321,3 @@ class Runner:
             if isinstance(item, Frame):
                 self.report.frames += 1
             yield item
-
-    # ----------------------------------------------------------------- between threads
-
-    def _stopping(self, stream_id: str) -> bool:
-        job = self._jobs.get(stream_id)
-        return job is not None and job.stop.is_set()
-
-    def _put_out(self, item, force: bool = False) -> None:
-        while True:
-            try:
-                self._out_q.put(item, timeout=_POLL)
-                return
-            except queue.Full:
-                if self._fatal is not None and not force:
-                    return
-
-    def _stream_done(self, done: StreamDone) -> None:
-        """From the sink thread: every record of the stream is written."""
-        job = self._jobs.get(done.stream_id)
-        self.report.streams += 1
-        self.report.statuses[done.stream_id] = done.status
-        if done.status == "stopped":
-            self.report.streams_stopped += 1
-        if done.status in ("failed", "error"):
-            self.report.streams_failed += 1
-            self.report.failures.append((done.stream_id, job.source.uri if job else "", done.error or done.status))
-        if self.flush_on_stream_end or done.status == "stopped":
-            self._writer.flush()
-        self.snapshots.stream_ended(done.stream_id, done.status)
-        if job is not None:
-            job.status = done.status
-            job.error = done.error
-            self._jobs.pop(done.stream_id, None)
-            if job.on_done is not None:
-                job.on_done(job.source, done.status, done.error)
-        self._notify(("done", done.stream_id, done.status))
-        with self._idle:
-            self._outstanding -= 1
-            self._idle.notify_all()
-
-    def _notify(self, item) -> None:
-        # Progress reporting is decoration: its failure is logged once and switched off,
-        # never a stream's failure (it runs on the decode and sink threads).
-        progress = self.progress
-        if progress is None:
-            return
-        try:
-            progress(item)
-        except Exception as e:
-            self.progress = None
-            log.warning("progress reporting switched off after an error: %s: %s", type(e).__name__, e)
-
-    def _fail(self, e: BaseException) -> None:
-        if self._fatal is None:
-            self._fatal = e
-        self._stop.set()
-        with self._idle:
-            self._idle.notify_all()

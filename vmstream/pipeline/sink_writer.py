@@ -1,18 +1,23 @@
 """The sink thread's work: every record to every sink, a snapshot saved only after the
 sinks are flushed, and a stream's end reported once its records are written. A
 stream's start tells every sink its version (a fresh start replaces what the sink holds
-of the stream) and that version is stamped on each of its records."""
+of the stream) and that version is stamped on each of its records.
+
+It reads the output queue the inference loop fills; the run's control
+(run_control.RunControl) hears of each stream's end and of a sink's failure, which is
+the run's fatal error (a full disk as one line: disk_full.DiskFullError)."""
 
 from __future__ import annotations
 
 import logging
 import queue
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 from vmstream.errors import UserError
 from vmstream.pipeline.disk_full import disk_full, sink_what
 from vmstream.pipeline.report import RunReport
+from vmstream.pipeline.run_control import RunControl
 from vmstream.pipeline.snapshot_keeper import SnapshotKeeper
 from vmstream.records import SaveSnapshot, StreamDone, StreamStart, StreamSummary
 from vmstream.stages.sinks.base import Sink
@@ -21,8 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class SinkWriter:
-    """Reads the output queue until its `None`. `stream_done(done)` is called for each
-    StreamDone (after a flush when it asks for one); `notify(item)` reports progress."""
+    """Reads `out_q` until its `None` and writes each record to every sink. A stream's
+    end (StreamDone) flushes the sinks first when `flush_on_stream_end` or the stream
+    was stopped, ends the stream's snapshot life (snapshot_keeper.stream_ended), then
+    tells `control`. After a failure it only drains `out_q`; `close()` closes the sinks."""
 
     def __init__(
         self,
@@ -30,20 +37,16 @@ class SinkWriter:
         sinks: Sequence[Sink],
         snapshots: SnapshotKeeper,
         out_q: "queue.Queue",
+        control: RunControl,
         report: RunReport,
-        stream_done: Callable[[StreamDone], None],
-        notify: Callable,
-        fail: Callable[[BaseException], None],
-        is_fatal: Callable[[], bool],
+        flush_on_stream_end: bool = False,
     ):
         self.sinks = list(sinks)
         self.snapshots = snapshots
         self.out_q = out_q
+        self.control = control
         self.report = report
-        self.stream_done = stream_done
-        self.notify = notify
-        self.fail = fail
-        self.is_fatal = is_fatal
+        self.flush_on_stream_end = flush_on_stream_end
         self._versions: dict[str, str] = {}
         self._doing: tuple[str, object] = ("results", "the output directory")  # for a full disk's message
         self.close_failures: list[BaseException] = []
@@ -54,7 +57,7 @@ class SinkWriter:
                 item = self.out_q.get()
                 if item is None:
                     break
-                if self.is_fatal():
+                if self.control.fatal is not None:
                     continue  # drain so producers never block forever
                 if isinstance(item, SaveSnapshot):
                     self.flush()
@@ -63,8 +66,7 @@ class SinkWriter:
                 elif isinstance(item, StreamStart):
                     self._start(item)
                 elif isinstance(item, StreamDone):
-                    self._versions.pop(item.stream_id, None)
-                    self.stream_done(item)
+                    self._end(item)
                 else:
                     self._write(item)
         except BaseException as e:
@@ -76,7 +78,7 @@ class SinkWriter:
                 log.debug("sink failed", exc_info=True)
             else:
                 log.exception("sink failed")
-            self.fail(e)
+            self.control.fail(e)
             while self.out_q.get() is not None:  # keep draining so upstream threads can finish
                 pass
 
@@ -87,6 +89,13 @@ class SinkWriter:
             begin = getattr(s, "begin_stream", None)
             if begin is not None:
                 begin(start.stream_id, start.version, replace=not start.resumed)
+
+    def _end(self, done: StreamDone) -> None:
+        self._versions.pop(done.stream_id, None)
+        if self.flush_on_stream_end or done.status == "stopped":
+            self.flush()
+        self.snapshots.stream_ended(done.stream_id, done.status)
+        self.control.stream_done(done)
 
     def _write(self, item) -> None:
         version = self._versions.get(item.stream_id)
@@ -102,7 +111,7 @@ class SinkWriter:
         self.report.sinks.busy_s += time.perf_counter() - t0
         if isinstance(item, StreamSummary):
             self.report.summaries.append(item)
-        self.notify(item)
+        self.control.notify(item)
 
     def flush(self) -> None:
         t0 = time.perf_counter()

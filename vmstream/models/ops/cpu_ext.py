@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from vmstream import cache_dir
+
 log = logging.getLogger("vmstream.models.ops")
 
 SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
@@ -73,11 +75,7 @@ _failed: dict[str, str] = {}
 
 
 def cache_root() -> Path:
-    env = os.environ.get("VMSTREAM_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "vmstream"
+    return cache_dir.cache_root()
 
 
 def _compiler() -> str | None:
