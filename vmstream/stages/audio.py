@@ -107,7 +107,7 @@ class AudioFeatures:
         items = decoder.frames(source, policy, size, audio=stage.audio_format)
         for item in stage.run(segmenter.segments(items)):   # Segments and StreamEvents
             ...
-        # the runner's hook: audio_factory=AudioFeatures.factory(AudioConfig())
+        # in a StreamPlan: audio_factory=AudioFeatures.factory(AudioConfig())
 
     Audio in the item stream (an `AudioTrack` before the first Segment, then
     `AudioChunk`s): taken out of the stream and summarised; each Segment waits (in
