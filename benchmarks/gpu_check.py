@@ -39,7 +39,6 @@ Section 2 lives in gpu_check_decode.py. Section 3 ends with the pipeline on 16 p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -76,12 +75,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check_decode import decoding  # noqa: E402
 from gpu_check_pipeline import PipelinePlan, pipeline_step  # noqa: E402
 
-from vmstream.models import VideoMamba, create_model  # noqa: E402
+from vmstream.models import VideoMamba, create_model, set_scan_backend  # noqa: E402
 from vmstream.models.ops import (  # noqa: E402
     available_backends,
     causal_conv1d,
     causal_conv1d_ref,
-    dispatch,
     selective_scan,
     selective_scan_ref,
 )
@@ -106,7 +104,7 @@ class Plan:
     faiss_n: int
     faiss_d: int
     matmul_n: int
-    gpu_backend: str | None  # VMSTREAM_SCAN_BACKEND for the "GPU" side; None = automatic
+    gpu_backend: str | None  # the "GPU" side models' scan_backend; None = automatic
     pipeline: PipelinePlan | None = None
     repeats: int = 3  # timed runs per figure (median), after one warm-up
 
@@ -223,20 +221,6 @@ def median_time(fn, device: str, repeats: int = 3, warmup: int = 1) -> float:
         sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-@contextlib.contextmanager
-def ScanBackend(name):  # noqa: N802 (used like a class: `with ScanBackend("triton"):`)
-    """VMSTREAM_SCAN_BACKEND for a block (None: the automatic choice)."""
-    old = os.environ.pop(dispatch.ENV_VAR, None)
-    if name is not None:
-        os.environ[dispatch.ENV_VAR] = name
-    try:
-        yield
-    finally:
-        os.environ.pop(dispatch.ENV_VAR, None)
-        if old is not None:
-            os.environ[dispatch.ENV_VAR] = old
 
 
 # ------------------------------------------------------------------------ 1. parity
@@ -359,13 +343,14 @@ def parity_mamba(rep: Report, plan: Plan) -> None:
         rep.check("parity_mamba_conv_fwd", rel_err(y, causal_conv1d_ref(x, w, None, tail, "silu")), 1e-5)
 
 
-def build_model(plan: Plan, name: str, frames: int) -> VideoMamba:
+def build_model(plan: Plan, name: str, frames: int, backend: str | None = None) -> VideoMamba:
+    """Model `name` of the plan on scan backend `backend` (None: automatic)."""
     registry_name, overrides = plan.models[name]
     torch.manual_seed(0)
     if registry_name is None:
-        model = VideoMamba(num_frames=frames, **overrides)
+        model = VideoMamba(num_frames=frames, scan_backend=backend, **overrides)
     else:
-        model = create_model(registry_name, num_frames=frames, **overrides)
+        model = create_model(registry_name, num_frames=frames, scan_backend=backend, **overrides)
     return model.eval()
 
 
@@ -388,25 +373,23 @@ def parity_models(rep: Report, plan: Plan) -> None:
             if rep.out_of_time(f"model parity {name}"):
                 return
             cpu_model = build_model(plan, name, plan.parity_frames)
-            dev_model = copy.deepcopy(cpu_model).to(plan.device)
+            dev_model = set_scan_backend(copy.deepcopy(cpu_model).to(plan.device), plan.gpu_backend)
             g = torch.Generator().manual_seed(3)
             clips = [torch.randn(1, 3, plan.parity_frames, plan.img, plan.img, generator=g) for _ in range(3)]
             feats_cpu, state_cpu = _stream(cpu_model, clips)
             dev_clips = [c.to(plan.device) for c in clips]
-            with ScanBackend(plan.gpu_backend):
-                feats, state = _stream(dev_model, dev_clips)
-                rep.check(
-                    f"parity_model_{name.lower()}_fp32",
-                    max(rel_err(feats, feats_cpu), rel_err(state.ssm, state_cpu.ssm)),
-                    1e-3,
-                )
-                feats_bf16, _ = _stream(dev_model, dev_clips, dtype=torch.bfloat16)
+            feats, state = _stream(dev_model, dev_clips)
+            rep.check(
+                f"parity_model_{name.lower()}_fp32",
+                max(rel_err(feats, feats_cpu), rel_err(state.ssm, state_cpu.ssm)),
+                1e-3,
+            )
+            feats_bf16, _ = _stream(dev_model, dev_clips, dtype=torch.bfloat16)
             drift = rel_err(feats_bf16, feats)
             rep.figure(f"bf16_drift_{name.lower()}", drift)
             rep.line(f"     bf16_drift_{name.lower()} = {drift:.2e} (autocast bf16 against fp32, features)")
             if plan.device == "cuda" and available_backends(build=False)["cuda"] == "ok":
-                with ScanBackend("cuda"):
-                    feats_m, _ = _stream(dev_model, dev_clips)
+                feats_m, _ = _stream(set_scan_backend(dev_model, "cuda"), dev_clips)
                 rep.check(f"parity_model_{name.lower()}_mamba", rel_err(feats_m, feats_cpu), 1e-3)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
@@ -454,37 +437,36 @@ def throughput(rep: Report, plan: Plan) -> None:
         rates[tag] = matmul_rate(plan, dtype)
         rep.figure(f"matmul_tflops_{tag}", rates[tag])
         rep.line(f"torch.matmul {plan.matmul_n}^2 {tag}: {rates[tag]:.1f} TFLOP/s")
-    with ScanBackend(plan.gpu_backend):
-        for name, frames, batches in plan.throughput:
-            model = build_model(plan, name, frames).to(plan.device)
-            flops = 2 * segment_macs(model, frames, plan.img, plan.device)
-            for batch in batches:
-                for dtype, tag in ((None, "fp32"), (torch.bfloat16, "bf16")):
-                    key = f"{name.lower()}{frames}_b{batch}_{tag}"
-                    if rep.out_of_time(key):
-                        rep.figures.setdefault(f"{key}_seg_per_s", float("nan"))
-                        continue
-                    clip = torch.randn(batch, 3, frames, plan.img, plan.img, device=plan.device)
-                    state = model.init_state(batch, device=plan.device)
+    for name, frames, batches in plan.throughput:
+        model = build_model(plan, name, frames, plan.gpu_backend).to(plan.device)
+        flops = 2 * segment_macs(model, frames, plan.img, plan.device)
+        for batch in batches:
+            for dtype, tag in ((None, "fp32"), (torch.bfloat16, "bf16")):
+                key = f"{name.lower()}{frames}_b{batch}_{tag}"
+                if rep.out_of_time(key):
+                    rep.figures.setdefault(f"{key}_seg_per_s", float("nan"))
+                    continue
+                clip = torch.randn(batch, 3, frames, plan.img, plan.img, device=plan.device)
+                state = model.init_state(batch, device=plan.device)
 
-                    def step(model=model, clip=clip, state=state, dtype=dtype):
-                        with (
-                            torch.inference_mode(),
-                            torch.autocast(plan.device, dtype=torch.bfloat16, enabled=dtype is not None),
-                        ):
-                            model.forward_segment(clip, state)
+                def step(model=model, clip=clip, state=state, dtype=dtype):
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(plan.device, dtype=torch.bfloat16, enabled=dtype is not None),
+                    ):
+                        model.forward_segment(clip, state)
 
-                    t = median_time(step, plan.device, repeats=plan.repeats, warmup=1)
-                    achieved = batch * flops / t / 1e12
-                    rep.figure(f"{key}_seg_per_s", batch / t)
-                    rep.figure(f"{key}_tflops", achieved)
-                    rep.line(
-                        f"{name} {frames}x{plan.img} batch {batch:2d} {tag}: {batch / t:8.2f} segments/s, "
-                        f"{achieved:.2f} TFLOP/s = {achieved / rates[tag]:.0%} of matmul"
-                    )
-                    if tag == "fp32" and not rep.out_of_time("isolated scan"):
-                        scan_share(rep, plan, model, frames, batch, t, key)
-            del model
+                t = median_time(step, plan.device, repeats=plan.repeats, warmup=1)
+                achieved = batch * flops / t / 1e12
+                rep.figure(f"{key}_seg_per_s", batch / t)
+                rep.figure(f"{key}_tflops", achieved)
+                rep.line(
+                    f"{name} {frames}x{plan.img} batch {batch:2d} {tag}: {batch / t:8.2f} segments/s, "
+                    f"{achieved:.2f} TFLOP/s = {achieved / rates[tag]:.0%} of matmul"
+                )
+                if tag == "fp32" and not rep.out_of_time("isolated scan"):
+                    scan_share(rep, plan, model, frames, batch, t, key)
+        del model
 
 
 def scan_share(rep: Report, plan: Plan, model, frames: int, batch: int, t_segment: float, key: str) -> None:
@@ -525,8 +507,9 @@ def scan_share(rep: Report, plan: Plan, model, frames: int, batch: int, t_segmen
 
 def pipeline(rep: Report, plan: Plan) -> None:
     if not rep.out_of_time("pipeline"):
-        with ScanBackend(plan.gpu_backend):
-            pipeline_step(rep, plan, plan.pipeline, build_model, sync)
+        pipeline_step(
+            rep, plan, plan.pipeline, lambda plan, name, frames: build_model(plan, name, frames, plan.gpu_backend), sync
+        )
 
 
 # ------------------------------------------------------------------------ 4. faiss

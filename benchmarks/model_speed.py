@@ -30,8 +30,8 @@ inside the fused mamba kernel. `matmul_efficiency` uses our full count, because 
 matmul work the segment really does: it is (time those matmuls take in isolation at the
 rate measured here) / (measured segment time); 1.0 means everything but the matmuls is free.
 
-Backends: the fast one is `--backend` (default: $VMSTREAM_SCAN_BACKEND or "cpu"), the
-baseline is "ref"; the line `backend_used=` says which ran. When the fast backend is not
+Backends: the fast one is `--backend` (default "cpu"), the baseline is "ref", each given
+to the model (its mixers' `scan_backend`) or to the op it times; the line `backend_used=` says which ran. When the fast backend is not
 available, its figures are reported as nan and the rest is measured with the reference.
 
     .venv/bin/python benchmarks/model_speed.py            # full run
@@ -60,10 +60,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmstream.models import create_model  # noqa: E402
+from vmstream.models import create_model, set_scan_backend  # noqa: E402
 from vmstream.models import videomamba as vm_module  # noqa: E402
 from vmstream.models.ops import selective_scan  # noqa: E402
 from vmstream.models.precision import bf16_is_native, set_precision  # noqa: E402
+from vmstream.models.scan_backend import scan_backend_of  # noqa: E402
 
 PAPER_GMACS_TI_T16 = 17.0
 IMG = 224
@@ -73,17 +74,16 @@ IMG = 224
 
 
 @contextlib.contextmanager
-def scan_backend(name: str):
-    """Select the ops backend through the documented environment variable."""
-    old = os.environ.get("VMSTREAM_SCAN_BACKEND")
-    os.environ["VMSTREAM_SCAN_BACKEND"] = name
+def scan_backend(name: str, *models):
+    """`models` on scan backend `name` for a block (`set_scan_backend`), then back on theirs."""
+    before = [scan_backend_of(m) for m in models]
+    for m in models:
+        set_scan_backend(m, name)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("VMSTREAM_SCAN_BACKEND", None)
-        else:
-            os.environ["VMSTREAM_SCAN_BACKEND"] = old
+        for m, old in zip(models, before):
+            set_scan_backend(m, old)
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -103,7 +103,7 @@ def backend_works(name: str) -> tuple[bool, str]:
 
     u = torch.randn(1, 8, 4)
     try:
-        with scan_backend(name), torch.inference_mode():
+        with torch.inference_mode():
             selective_scan(
                 u,
                 u,
@@ -116,8 +116,9 @@ def backend_works(name: str) -> tuple[bool, str]:
                 delta_softplus=True,
                 initial_state=torch.zeros(1, 4, 2),
                 return_last_state=True,
+                backend=name,
             )
-            causal_conv1d(u, torch.randn(4, 4), torch.zeros(4), activation="silu")
+            causal_conv1d(u, torch.randn(4, 4), torch.zeros(4), activation="silu", backend=name)
         return True, "ok"
     except Exception as e:  # not built, no compiler, no GPU ...
         return False, f"{type(e).__name__}: {e}"
@@ -196,7 +197,7 @@ def segment_latency(model, T: int, backend: str, repeats: int) -> tuple[float, f
     state = model.init_state(1)
     timer = OpTimer()
     times = []
-    with scan_backend(backend), torch.inference_mode():
+    with scan_backend(backend, model), torch.inference_mode():
         if repeats > 1:
             model.forward_segment(clip, state)  # warm-up
         with timer.installed():  # ~100 perf_counter calls per segment: negligible
@@ -230,9 +231,10 @@ def isolated_scan(backend: str, repeats: int, L: int = 3137, d_inner: int = 384,
             delta_softplus=True,
             initial_state=h0,
             return_last_state=True,
+            backend=backend,
         )
 
-    with scan_backend(backend), torch.inference_mode():
+    with torch.inference_mode():
         return median_time(run, repeats, warmup=1 if repeats > 1 else 0)
 
 
@@ -243,10 +245,12 @@ def isolated_inner(model, backend: str, repeats: int, T: int = 16) -> float:
     L = 1 + T * (IMG // 16) ** 2
     xz = torch.randn(1, L, 2 * mixer.d_inner, generator=torch.Generator().manual_seed(0))
     state = model.init_state(1)
-    with scan_backend(backend), torch.inference_mode():
+    with torch.inference_mode():
         dirs = mixer.directions()
         tail, h = state.layer(0)
-        return median_time(lambda: vm_module.mamba_inner(xz, dirs, tail, h, return_state=True), repeats)
+        return median_time(
+            lambda: vm_module.mamba_inner(xz, dirs, tail, h, return_state=True, backend=backend), repeats
+        )
 
 
 def stream_overhead(model, T: int, backend: str, repeats: int) -> dict:
@@ -270,7 +274,7 @@ def stream_overhead(model, T: int, backend: str, repeats: int) -> dict:
         model.forward_features(clip)
 
     seg_t, clip_t = [], []
-    with scan_backend(backend), torch.inference_mode():
+    with scan_backend(backend, model), torch.inference_mode():
         if repeats > 1:
             seg()
             full()
@@ -298,10 +302,11 @@ def stream_overhead(model, T: int, backend: str, repeats: int) -> dict:
 def memory_child(backend: str, T: int, counts: list[int]) -> None:
     """Runs in a fresh process: peak RSS (MB) after each count of segments, as JSON."""
     torch.manual_seed(0)
-    model = create_model("videomamba_tiny", num_frames=16, num_classes=400, img_size=IMG).eval()
+    model = create_model("videomamba_tiny", num_frames=16, num_classes=400, img_size=IMG, scan_backend=backend)
+    model.eval()
     state = model.init_state(1)
     out, done = {}, 0
-    with scan_backend(backend), torch.inference_mode():
+    with torch.inference_mode():
         for target in counts:
             while done < target:
                 clip = torch.randn(1, 3, T, IMG, IMG)
@@ -482,7 +487,7 @@ def bf16_speed(fp32_model, bf16_model, backend: str, pairs: int, T: int = 16) ->
         m.forward_segment(clip, state)
         runs[name].append((time.perf_counter() - w, time.process_time() - c))
 
-    with scan_backend(backend), torch.inference_mode():
+    with scan_backend(backend, fp32_model, bf16_model), torch.inference_mode():
         fp32_model.forward_segment(clip, state)
         bf16_model.forward_segment(clip, state)
         for i in range(pairs):
@@ -507,7 +512,7 @@ def bf16_drift(fp32_model, bf16_model, backend: str, streams: int, segments: int
     g = torch.Generator().manual_seed(1)
     cos, agree = [], 0
     s32 = s16 = None
-    with scan_backend(backend), torch.inference_mode():
+    with scan_backend(backend, fp32_model, bf16_model), torch.inference_mode():
         for _ in range(segments):
             clip = torch.randn(streams, 3, T, IMG, IMG, generator=g)
             a, b = fp32_model.forward_segment(clip, s32), bf16_model.forward_segment(clip, s16)
@@ -526,7 +531,7 @@ def stream_sweep(fp32_model, bf16_model, backend: str, counts, steps: int, T: in
 
     pixels = torch.randn(3, T, IMG, IMG).numpy()
     out = {}
-    with scan_backend(backend):
+    with scan_backend(backend, fp32_model, bf16_model):
         for prec, m in (("fp32", fp32_model), ("bf16", bf16_model)):
             for n in counts:
                 stage = InferenceStage(m)
@@ -547,7 +552,7 @@ def stream_sweep(fp32_model, bf16_model, backend: str, counts, steps: int, T: in
 
 
 def print_floor(model, fast: str, repeats: int) -> dict:
-    with scan_backend(fast):
+    with scan_backend(fast, model):
         floor = cpu_floor(model, repeats)
     print(
         f"cpu floor T=16 [{fast}], priced by what the fused kernel does (medians of {floor['rounds']} rounds):\n"
@@ -571,7 +576,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--backend",
-        default=os.environ.get("VMSTREAM_SCAN_BACKEND") or "cpu",
+        default="cpu",
         help="the fast scan backend to measure (cpu, cuda, ...); the baseline is 'ref'",
     )
     ap.add_argument("--repeats", type=int, default=5)
@@ -611,7 +616,7 @@ def main() -> None:
     model = create_model("videomamba_tiny", num_frames=16, num_classes=400, img_size=IMG).eval()
     fast_ok, why = backend_works(args.backend) if args.backend != "ref" else (False, "baseline itself")
     fast = args.backend if fast_ok else "ref"
-    with scan_backend("ref"), torch.inference_mode():  # one-off lazy initialisation, off the clock
+    with scan_backend("ref", model), torch.inference_mode():  # one-off lazy initialisation, off the clock
         model.forward_segment(torch.randn(1, 3, 1, IMG, IMG))
     print(
         f"# VideoMamba-Ti {IMG}x{IMG}, batch 1, torch {torch.__version__}, threads {torch.get_num_threads()}, "

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vmstream.models import ClipTeacher, VideoMambaPretrain, create_model  # noqa: E402
+from vmstream.models import ClipTeacher, VideoMambaPretrain, create_model, set_scan_backend  # noqa: E402
 from vmstream.models.ops import available_backends  # noqa: E402
 from vmstream.training.engine import clip_step  # noqa: E402
 from vmstream.training.optim import build_optimizer  # noqa: E402
@@ -82,9 +82,11 @@ class ScanTimer:
         self.fwd = self.bwd = 0.0
 
 
-def _model(frames: int):
+def _model(frames: int, backend: str):
     torch.manual_seed(0)
-    return create_model("videomamba_tiny", num_frames=frames, img_size=224, num_classes=400, drop_path_rate=0.1)
+    return create_model(
+        "videomamba_tiny", num_frames=frames, img_size=224, num_classes=400, drop_path_rate=0.1, scan_backend=backend
+    )
 
 
 def time_steps(step, model, batch, optimizer, repeats: int, timer=None):
@@ -106,7 +108,7 @@ def time_steps(step, model, batch, optimizer, repeats: int, timer=None):
     return med, (statistics.median(fwd) if fwd else float("nan")), (statistics.median(bwd) if bwd else float("nan"))
 
 
-def time_pretraining(a, clip_step_s: float) -> dict:
+def time_pretraining(a, clip_step_s: float, backend: str) -> dict:
     """Masked pretraining of the Ti student (see the module docstring)."""
     torch.manual_seed(0)
     student = VideoMambaPretrain(
@@ -118,6 +120,7 @@ def time_pretraining(a, clip_step_s: float) -> dict:
         drop_path_rate=0.1,
         clip_decoder_embed_dim=192,
         clip_output_dim=512,
+        scan_backend=backend,
     )
     teacher = (
         ClipTeacher(
@@ -186,10 +189,9 @@ def main() -> int:
     if backends.get("cpu") != "ok":
         print(f"fast CPU scan unavailable ({backends.get('cpu')}); timing the reference only")
     backend = "cpu" if backends.get("cpu") == "ok" else "ref"
-    os.environ["VMSTREAM_SCAN_BACKEND"] = backend
     print(f"VideoMamba-Ti {a.frames}x224, batch {a.batch}, threads {torch.get_num_threads()}, scan backend {backend}")
 
-    model = _model(a.frames)
+    model = _model(a.frames, backend)
     opt, _ = build_optimizer(model, 1e-4, 0.1, layer_decay=0.75)
     x = torch.randn(a.batch, 3, a.frames, 224, 224)
     y = torch.randint(0, 400, (a.batch,))
@@ -220,12 +222,11 @@ def main() -> int:
         )
 
         if a.with_ref and backend != "ref":
-            os.environ["VMSTREAM_SCAN_BACKEND"] = "ref"
-            ref_s, _, _ = time_steps(step, model, {"x": x, "y": y}, opt, 1)
+            ref_s, _, _ = time_steps(step, set_scan_backend(model, "ref"), {"x": x, "y": y}, opt, 1)
             print(f"reference scan clip step: {ref_s * 1e3:.0f} ms -> fast scan is {ref_s / clip_s:.1f}x faster")
-            os.environ["VMSTREAM_SCAN_BACKEND"] = backend
+            set_scan_backend(model, backend)
 
-    pre = time_pretraining(a, clip_s)
+    pre = time_pretraining(a, clip_s, backend)
 
     print(f"train_clips_per_s={clips:.3f}")
     print(f"stream_segments_per_s={segs:.3f}")

@@ -63,23 +63,29 @@ def test_cpu_tensors_use_the_fused_kernel(calls):
     assert calls == ["cpp"]
 
 
-def test_argument_and_environment_overrides(calls, monkeypatch):
+def test_the_argument_is_the_only_choice(calls, monkeypatch):
+    """backend= picks the backend; an environment variable the old releases read changes nothing."""
     selective_scan(**small(), backend="ref")
-    monkeypatch.setenv(dispatch.ENV_VAR, "numba")
-    selective_scan(**small())
-    selective_scan(**small(), backend="ref")  # the argument wins over the variable
-    assert calls == ["ref", "numba", "ref"]
+    selective_scan(**small(), backend="numba")
+    monkeypatch.setenv("VMSTREAM_SCAN_BACKEND", "ref")
+    selective_scan(**small(), backend="numba")
+    assert calls == ["ref", "numba", "numba"]
 
 
-def test_unknown_or_misplaced_backends_are_clear_errors(monkeypatch):
-    with pytest.raises(ValueError, match="unknown scan backend 'gpu'.*backend="):
+def test_unknown_or_misplaced_backends_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown scan backend 'gpu'; expected one of"):
         selective_scan(**small(), backend="gpu")
-    monkeypatch.setenv(dispatch.ENV_VAR, "fast")
-    with pytest.raises(ValueError, match=f"'fast'.*{dispatch.ENV_VAR}"):
-        selective_scan(**small())
-    monkeypatch.delenv(dispatch.ENV_VAR)
     with pytest.raises(ValueError, match="'cuda'.*needs CUDA tensors"):
         selective_scan(**small(), backend="cuda")
+
+
+def test_check_backend_checks_the_name_it_is_given():
+    dispatch.check_backend(None, torch.device("cpu"))  # automatic: always runs
+    dispatch.check_backend("ref", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown scan backend 'fast'"):
+        dispatch.check_backend("fast")
+    with pytest.raises(ValueError, match="scan backend 'cuda' needs CUDA tensors"):
+        dispatch.check_backend("cuda", torch.device("cpu"))
 
 
 def test_no_compiler_falls_back_to_numba_and_says_why(calls, monkeypatch, caplog):

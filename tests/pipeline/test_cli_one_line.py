@@ -385,26 +385,18 @@ def test_binary_files_as_vocab_and_as_labels(files, h264_mp4, tmp_path):
 @pytest.mark.parametrize(
     "backend, says",
     [
-        ("bogus", "unknown scan backend 'bogus' (from VMSTREAM_SCAN_BACKEND)"),
-        ("cuda", "scan backend 'cuda' (from VMSTREAM_SCAN_BACKEND) needs CUDA tensors"),
-        ("triton", "scan backend 'triton' (from VMSTREAM_SCAN_BACKEND)"),
+        ("bogus", "model.scan_backend: Input should be 'auto', 'ref'"),
+        ("cuda", "model.scan_backend: scan backend 'cuda' needs CUDA tensors"),
+        ("triton", "model.scan_backend: scan backend 'triton'"),
     ],
 )
 def test_a_scan_backend_that_cannot_run_here(files, h264_mp4, tmp_path, backend, says):
     if backend != "bogus" and torch.cuda.is_available():
         pytest.skip("a GPU is here: the backend can run")
-    res = vmstream(
-        "run",
-        h264_mp4,
-        "--checkpoint",
-        files / "cls.pth",
-        "--out",
-        tmp_path / "out",
-        *SMALL,
-        env={"VMSTREAM_SCAN_BACKEND": backend},
-    )
+    choose = ("--set", f"model.scan_backend={backend}")
+    res = vmstream("run", h264_mp4, "--checkpoint", files / "cls.pth", "--out", tmp_path / "out", *SMALL, *choose)
     one_line(res, "vmstream run:", says)
-    res = vmstream("search", "--index", files / "cls_out", "--video", h264_mp4, env={"VMSTREAM_SCAN_BACKEND": backend})
+    res = vmstream("search", "--index", files / "cls_out", "--video", h264_mp4, *choose)
     one_line(res, "vmstream search:", says)
 
 
@@ -564,9 +556,25 @@ def test_train_with_a_scan_backend_that_does_not_exist():
         "configs/train/synthetic_memory.yaml",
         "--set",
         "epochs=1",
-        env={"VMSTREAM_SCAN_BACKEND": "bogus"},
+        "--set",
+        "scan_backend=bogus",
     )
-    one_line(res, "vmstream train:", "unknown scan backend 'bogus' (from VMSTREAM_SCAN_BACKEND)")
+    one_line(res, "vmstream train:", "scan_backend: unknown scan backend 'bogus'")
+
+
+def test_train_with_a_scan_backend_that_cannot_run_here():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the backend can run")
+    res = vmstream(
+        "train",
+        "--config",
+        "configs/train/synthetic_memory.yaml",
+        "--set",
+        "epochs=1",
+        "--set",
+        "scan_backend=triton",
+    )
+    one_line(res, "vmstream train:", "scan_backend: scan backend 'triton' needs CUDA tensors")
 
 
 def _free_port() -> int:

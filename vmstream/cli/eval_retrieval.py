@@ -57,7 +57,6 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from vmstream.models import CheckpointError, CheckpointNotFound, load_model, resolve_device
-    from vmstream.models.ops.dispatch import check_backend
     from vmstream.models.text_query import require_videotext
     from vmstream.pipeline.assembly import make_tokenizer
     from vmstream.pipeline.retrieval_eval import ClipReader, evaluate, load_annotations
@@ -80,7 +79,6 @@ def main(args) -> int:
         model = load_model(args.checkpoint or args.model)
         require_videotext(model, "eval-retrieval")
         model = model.to(resolve_device(args.device))
-        check_backend(resolve_device(args.device))
     except (ValueError, CheckpointNotFound, CheckpointError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     if max_len > model.max_text_len:

@@ -16,6 +16,7 @@ from .clip_teacher import CLIP_TEACHERS, ClipTeacher, clip_teacher
 from .device import resolve_device
 from .hub import CHECKPOINT_DIR_ENV, CheckpointNotFound, file_digest, resolve_checkpoint
 from .loading import load_checkpoint, load_model
+from .precision import set_precision
 from .registry import (
     CHECKPOINTS,
     CLASS_LISTS,
@@ -27,6 +28,7 @@ from .registry import (
     get_checkpoint,
     list_checkpoints,
 )
+from .scan_backend import set_scan_backend
 from .state import StateError, StreamState
 from .videomamba import SegmentOutput, VideoMamba, resample_temporal_pos
 from .videomamba_pretrain import VideoMambaPretrain
@@ -64,6 +66,8 @@ __all__ = [
     "HF_REPO",
     "load_model",
     "load_checkpoint",
+    "set_precision",
+    "set_scan_backend",
     "read_checkpoint",
     "adapt_state_dict",
     "infer_config",

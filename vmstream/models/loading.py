@@ -25,6 +25,9 @@ from .checkpoint import (
 )
 from .checkpoint import load_checkpoint as load_classifier_checkpoint
 from .hub import file_digest, resolve_checkpoint
+from .ops.dispatch import check_backend
+from .precision import set_precision
+from .videomamba import precision_dtype
 from .videotext import VideoTextMamba
 from .videotext_checkpoint import adapt_videotext_state_dict, infer_videotext_config, is_videotext_state_dict
 
@@ -58,32 +61,48 @@ def load_model(
     cache_dir=None,
     local_files_only: Optional[bool] = None,
     num_heads: Optional[int] = None,
+    scan_backend: Optional[str] = None,
+    precision: str = "fp32",
     **overrides,
 ) -> nn.Module:
     """A model built from a checkpoint's shapes and loaded with its weights, in eval mode:
     a VideoMamba classifier, or a VideoTextMamba for the official video-text checkpoints.
 
     `path_or_name`: a file, or a registry name (downloaded through the HF hub cache).
+    `scan_backend`: the ops backend of the model's mixers (None: by the tensors' device);
+    `precision`: its matmul precision, "fp32" or "bf16" (`set_precision`, after loading).
     Classifier `overrides`: VideoMamba constructor arguments (see `checkpoint.load_model`).
     Video-text: `num_heads` for the text encoder (default width / 64), and `num_frames` /
     `img_size` overrides for the vision encoder (positions resampled).
     """
+    check_backend(scan_backend)  # bad names fail before the file is read
+    precision_dtype(precision)
     path = resolve_checkpoint(path_or_name, cache_dir=cache_dir, local_files_only=local_files_only)
     sd, meta = read_checkpoint(path)
     if not is_videotext_state_dict(sd):
-        return classifier_from_state_dict(
-            path_or_name, path, sd, reset_head=reset_head, class_list=class_list, **overrides
+        model = classifier_from_state_dict(
+            path_or_name,
+            path,
+            sd,
+            reset_head=reset_head,
+            class_list=class_list,
+            scan_backend=scan_backend,
+            **overrides,
         )
-    return _videotext_from_state_dict(path_or_name, path, sd, meta, num_heads, overrides)
+    else:
+        model = _videotext_from_state_dict(path_or_name, path, sd, meta, num_heads, scan_backend, overrides)
+    return set_precision(model, precision) if precision != "fp32" else model
 
 
-def _videotext_from_state_dict(path_or_name, path: Path, sd, meta, num_heads, overrides) -> VideoTextMamba:
+def _videotext_from_state_dict(
+    path_or_name, path: Path, sd, meta, num_heads, scan_backend, overrides
+) -> VideoTextMamba:
     cfg = infer_videotext_config(sd, num_heads=num_heads)
     unknown = set(overrides) - {"num_frames", "img_size"}
     if unknown:
         raise TypeError(f"load_model: a video-text model takes num_frames / img_size overrides, not {sorted(unknown)}")
     cfg["vision"].update(overrides)
-    model = VideoTextMamba(**cfg)
+    model = VideoTextMamba(**cfg, scan_backend=scan_backend)
     adapted, notes = adapt_videotext_state_dict(sd, model)
     check_finite(adapted, str(path))
     model.load_state_dict(adapted, strict=True)

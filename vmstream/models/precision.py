@@ -25,13 +25,11 @@ import logging
 import torch
 from torch import nn
 
-from .videomamba import Mamba, PatchEmbed
+from .videomamba import PRECISIONS, Mamba, precision_dtype, set_matmul_dtype
 
 __all__ = ["PRECISIONS", "set_precision", "precision_of", "bf16_is_native"]
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def bf16_is_native() -> bool:
@@ -46,26 +44,14 @@ def bf16_is_native() -> bool:
 def set_precision(model: nn.Module, precision: str) -> nn.Module:
     """Run `model`'s VideoMamba matmuls in `precision` ("fp32" or "bf16"); in place, returns it.
 
-    Works on any module containing VideoMamba mixers and patch embeddings (the classifier,
-    the video-text model's vision tower); other modules are left as they are.
+    The way to change a built or loaded model (a new one takes `precision=` in its
+    constructor). Works on any module containing VideoMamba mixers and patch embeddings
+    (the classifier, the video-text model's vision tower, the pretraining student): each
+    one's declared `matmul_dtype` is set and its big matmuls' weights cast; other modules
+    are left as they are.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
-    weight_dtype = dtype or torch.float32
-    found = False
-    for m in model.modules():
-        if isinstance(m, Mamba):
-            linears = [m.in_proj, m.out_proj]
-        elif isinstance(m, PatchEmbed):
-            linears = [m.proj]
-        else:
-            continue
-        found = True
-        m.matmul_dtype = dtype
-        for lin in linears:
-            lin.to(weight_dtype)
-    if not found:
+    dtype = precision_dtype(precision)
+    if not set_matmul_dtype(model, dtype):
         raise ValueError(f"{type(model).__name__} has no VideoMamba layers to set to {precision}")
     if dtype is torch.bfloat16 and not bf16_is_native() and _on_cpu(model):
         log.warning(
@@ -76,11 +62,10 @@ def set_precision(model: nn.Module, precision: str) -> nn.Module:
 
 
 def precision_of(model: nn.Module) -> str:
-    """The precision `set_precision` gave `model` ("fp32" when never set)."""
+    """The precision of `model`'s VideoMamba matmuls ("fp32" for a model without any)."""
     for m in model.modules():
         if isinstance(m, Mamba):
-            dtype = m.matmul_dtype
-            return next(name for name, d in PRECISIONS.items() if d == dtype)
+            return next(name for name, d in PRECISIONS.items() if d == m.matmul_dtype)
     return "fp32"
 
 

@@ -167,7 +167,7 @@ def create_model(name: str = "videomamba_tiny", **overrides):
     (a VideoTextMamba for the video-text ones; `overrides` then go to its vision encoder).
 
     `overrides` are VideoMamba constructor arguments (num_frames, num_classes, img_size,
-    drop_path_rate, ...). Weights: `vmstream.models.load_model`.
+    drop_path_rate, scan_backend, precision, ...). Weights: `vmstream.models.load_model`.
     """
     if name in SIZES:
         kwargs = dict(SIZES[name])
@@ -176,7 +176,8 @@ def create_model(name: str = "videomamba_tiny", **overrides):
         if info.kind == "videotext":
             from .videotext import VideoTextMamba
 
-            return VideoTextMamba(vision=dict(num_frames=info.num_frames, img_size=info.img_size, **overrides))
+            run = {k: overrides.pop(k) for k in ("scan_backend", "precision") if k in overrides}
+            return VideoTextMamba(vision=dict(num_frames=info.num_frames, img_size=info.img_size, **overrides), **run)
         kwargs = dict(SIZES[info.size], img_size=info.img_size, num_classes=info.num_classes)
         if info.num_frames is not None:
             kwargs["num_frames"] = info.num_frames

@@ -18,8 +18,14 @@ released checkpoints were trained with:
 Everything between in_proj and out_proj (both directions' conv, x_proj, dt_proj, scan) is
 one op, `vmstream.models.ops.mamba_inner`, in token-major layout [B, L, D] (what `nn.Linear`
 produces, so nothing is transposed); the backward direction is the ops' `reverse=True`
-instead of flip copies. Which backend runs (reference, fast CPU kernel,
-CUDA) is the ops' business, not the model's.
+instead of flip copies. Which backend runs (reference, fast CPU kernel, Triton, CUDA) is
+the mixer's `scan_backend`, passed to every op it calls: None (the default) lets the ops
+choose by the tensors' device; a model's constructor argument `scan_backend` sets it on
+every mixer, `models.scan_backend.set_scan_backend` on a built one.
+
+Matmul precision is likewise the model's own: the constructor argument `precision`
+("fp32", the default and exact, or "bf16") and `models.precision.set_precision` on a
+built one set each Mamba and PatchEmbed's `matmul_dtype` and cast their weights.
 
 Recurrent (streaming) mode, see docs/design.md: a segment of T frames is embedded on its own
 (its own cls token at its start, segment-local temporal positions, resampled when T differs
@@ -57,7 +63,31 @@ __all__ = [
     "resample_temporal_pos",
     "init_videomamba_weights",
     "norm_fp32",
+    "PRECISIONS",
+    "precision_dtype",
+    "set_matmul_dtype",
 ]
+
+# A precision's name -> the dtype of the big matmuls (None: their input's, fp32).
+PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def precision_dtype(precision: str) -> Optional[torch.dtype]:
+    """The matmul dtype of `precision` ("fp32" -> None, "bf16" -> bfloat16)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def set_matmul_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> bool:
+    """Every Mamba and PatchEmbed in `model` to matmul dtype `dtype` (their weights cast);
+    whether there was any."""
+    found = False
+    for m in model.modules():
+        if isinstance(m, (Mamba, PatchEmbed)):
+            m.set_matmul_dtype(dtype)
+            found = True
+    return found
 
 
 # --------------------------------------------------------------------------- helpers
@@ -123,13 +153,20 @@ class DropPath(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Conv3d with kernel = stride = (kernel_size, patch, patch): [B, C, T, H, W] -> [B, D, T', H', W']."""
+    """Conv3d with kernel = stride = (kernel_size, patch, patch): [B, C, T, H, W] -> [B, D, T', H', W'].
 
-    # None: the conv runs in its input's dtype; else its weights are stored in this dtype
-    # and it returns fp32 (`models.precision`).
-    matmul_dtype: Optional[torch.dtype] = None
+    `matmul_dtype` None: the conv runs in its input's dtype; else its weights are stored
+    in this dtype and it returns fp32 (`models.precision`)."""
 
-    def __init__(self, img_size=224, patch_size=16, kernel_size=1, in_chans=3, embed_dim=768):
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        kernel_size=1,
+        in_chans=3,
+        embed_dim=768,
+        matmul_dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
         img_size = _pair(img_size)
         patch_size = _pair(patch_size)
@@ -141,6 +178,14 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv3d(
             in_chans, embed_dim, kernel_size=(kernel_size, *patch_size), stride=(kernel_size, *patch_size)
         )
+        self.matmul_dtype: Optional[torch.dtype] = None
+        if matmul_dtype is not None:
+            self.set_matmul_dtype(matmul_dtype)
+
+    def set_matmul_dtype(self, dtype: Optional[torch.dtype]) -> None:
+        """Run the conv in `dtype` (None: its input's), its weights cast to it (fp32 for None)."""
+        self.matmul_dtype = dtype
+        self.proj.to(dtype or torch.float32)
 
     def forward(self, x: Tensor) -> Tensor:
         md = self.matmul_dtype
@@ -162,11 +207,12 @@ class Mamba(nn.Module):
     Token-major in and out: [B, L, d_model]. `state` is the forward direction's
     (conv tail [B, d_inner, d_conv-1], ssm state [B, d_inner, d_state]) to start from;
     with `return_state` the new pair is returned too.
-    """
 
-    # None: every matmul runs in its input's dtype (the exact default); else in_proj and
-    # out_proj weights are stored in this dtype (`models.precision`).
-    matmul_dtype: Optional[torch.dtype] = None
+    `scan_backend`: the ops backend every scan, conv and fused op of this mixer runs on
+    (None: chosen by the tensors' device, see `ops.dispatch`). `matmul_dtype` None: every
+    matmul runs in its input's dtype (the exact default); else in_proj and out_proj
+    weights are stored in this dtype (`models.precision`).
+    """
 
     def __init__(
         self,
@@ -186,9 +232,12 @@ class Mamba(nn.Module):
         device=None,
         dtype=None,
         bimamba: bool = True,
+        scan_backend: Optional[str] = None,
+        matmul_dtype: Optional[torch.dtype] = None,
     ):
         factory = {"device": device, "dtype": dtype}
         super().__init__()
+        self.scan_backend = scan_backend
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
@@ -218,6 +267,16 @@ class Mamba(nn.Module):
             self.D_b = nn.Parameter(torch.ones(self.d_inner, device=device))
             self.D_b._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        self.matmul_dtype: Optional[torch.dtype] = None
+        if matmul_dtype is not None:
+            self.set_matmul_dtype(matmul_dtype)
+
+    def set_matmul_dtype(self, dtype: Optional[torch.dtype]) -> None:
+        """Run in_proj and out_proj in `dtype` (None: their input's), their weights cast to
+        it (fp32 for None)."""
+        self.matmul_dtype = dtype
+        for lin in (self.in_proj, self.out_proj):
+            lin.to(dtype or torch.float32)
 
     def _conv(self, conv_bias, factory) -> nn.Conv1d:
         # Only its weight [d_inner, 1, d_conv] and bias are used (by ops.causal_conv1d);
@@ -259,7 +318,13 @@ class Mamba(nn.Module):
         # zero: the second direction of `mamba_inner`. Its y comes out in the matmul dtype
         # (the rounding out_proj's input cast would do).
         y = mamba_inner(
-            xz, self.directions(), conv_tail, ssm_state, return_state=return_state, out_dtype=self.matmul_dtype
+            xz,
+            self.directions(),
+            conv_tail,
+            ssm_state,
+            return_state=return_state,
+            out_dtype=self.matmul_dtype,
+            backend=self.scan_backend,
         )
         y, new_state = y if return_state else (y, None)
         out = self._matmul(self.out_proj, y, keep=keep_matmul_dtype)
@@ -347,9 +412,13 @@ class Block(nn.Module):
             # The same add and norm as one pass (ops.add_rms_norm); in a reduced-precision
             # mode the normed output comes out in the mixer's matmul dtype, the cast in_proj
             # would do.
-            out_dtype = getattr(self.mixer, "matmul_dtype", None) or in_dtype
             hidden_states, residual = add_rms_norm(
-                hidden_states, residual, self.norm.weight, self.norm.eps, out_dtype=out_dtype
+                hidden_states,
+                residual,
+                self.norm.weight,
+                self.norm.eps,
+                out_dtype=self.mixer.matmul_dtype or in_dtype,
+                backend=self.mixer.scan_backend,
             )
         else:
             residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
@@ -382,12 +451,13 @@ def create_block(
     bimamba=True,
     device=None,
     dtype=None,
+    scan_backend=None,
 ) -> Block:
     factory = {"device": device, "dtype": dtype}
     ssm_cfg = dict(ssm_cfg or {})
 
     def mixer_cls(dim):
-        return Mamba(dim, layer_idx=layer_idx, bimamba=bimamba, **ssm_cfg, **factory)
+        return Mamba(dim, layer_idx=layer_idx, bimamba=bimamba, scan_backend=scan_backend, **ssm_cfg, **factory)
 
     def norm_cls(dim):
         if rms_norm:
@@ -461,7 +531,10 @@ class VideoTrunk(nn.Module):
     A subclass calls `_build_embedding` then (after any modules that the official layout
     registers in between, e.g. the classifier's head) `_build_blocks`; the final norm is
     registered under the class's `final_norm_name` (`norm_f` in the classifier, `norm` in
-    the pretraining models), so each official checkpoint loads key for key.
+    the pretraining models), so each official checkpoint loads key for key. The subclass's
+    constructor takes `scan_backend` (given to `_build_blocks`, so to every mixer) and
+    `precision` (applied with `_apply_precision` once the weights are initialised, so a
+    bf16 model starts from the fp32 initialisation, rounded).
     """
 
     final_norm_name = "norm_f"
@@ -501,7 +574,18 @@ class VideoTrunk(nn.Module):
         self.pos_drop = nn.Dropout(p=drop_rate)
 
     def _build_blocks(
-        self, *, embed_dim, depth, drop_path_rate, ssm_cfg, norm_epsilon, rms_norm, bimamba, device=None, dtype=None
+        self,
+        *,
+        embed_dim,
+        depth,
+        drop_path_rate,
+        ssm_cfg,
+        norm_epsilon,
+        rms_norm,
+        bimamba,
+        scan_backend=None,
+        device=None,
+        dtype=None,
     ) -> None:
         factory = {"device": device, "dtype": dtype}
         self.drop_path, self.layers = create_layers(
@@ -513,11 +597,17 @@ class VideoTrunk(nn.Module):
             rms_norm=rms_norm,
             residual_in_fp32=self.residual_in_fp32,
             bimamba=bimamba,
+            scan_backend=scan_backend,
             **factory,
         )
         setattr(
             self, self.final_norm_name, (RMSNorm if rms_norm else nn.LayerNorm)(embed_dim, eps=norm_epsilon, **factory)
         )
+
+    def _apply_precision(self, precision: str) -> None:
+        dtype = precision_dtype(precision)
+        if dtype is not None:
+            set_matmul_dtype(self, dtype)
 
     @property
     def final_norm(self) -> nn.Module:
@@ -659,8 +749,13 @@ class VideoMamba(VideoTrunk):
         # activation checkpointing of the first `checkpoint_num` blocks' mixers (training)
         use_checkpoint=False,
         checkpoint_num=0,
+        # the ops backend of every mixer (None: by the tensors' device) and the matmul
+        # precision ("fp32" or "bf16"), see the module docstring
+        scan_backend: Optional[str] = None,
+        precision: str = "fp32",
     ):
         super().__init__()
+        precision_dtype(precision)  # a bad name fails before any building
         self._build_embedding(
             img_size=img_size,
             patch_size=patch_size,
@@ -687,11 +782,13 @@ class VideoMamba(VideoTrunk):
             norm_epsilon=norm_epsilon,
             rms_norm=rms_norm,
             bimamba=bimamba,
+            scan_backend=scan_backend,
             device=device,
             dtype=dtype,
         )
 
         init_videomamba_weights(self, depth, initializer_cfg or {})
+        self._apply_precision(precision)
         mixer = self.layers[0].mixer if depth else None
         self.d_inner = mixer.d_inner if mixer else 0
         self.d_state = mixer.d_state if mixer else 0

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .videomamba import VideoTrunk, init_videomamba_weights
+from .videomamba import VideoTrunk, init_videomamba_weights, precision_dtype
 
 __all__ = ["VideoMambaPretrain", "LinearDecoder", "sinusoid_table", "return_layers", "decode_visible"]
 
@@ -92,7 +92,8 @@ class LinearDecoder(nn.Module):
 
 class VideoMambaPretrain(VideoTrunk):
     """The official masked-pretraining student (`videomamba_middle_pretrain` is depth=32,
-    embed_dim=576). Keywords are the official ones."""
+    embed_dim=576). Keywords are the official ones, plus `scan_backend` and `precision`
+    (`VideoMamba`'s)."""
 
     final_norm_name = "norm"
 
@@ -124,8 +125,11 @@ class VideoMambaPretrain(VideoTrunk):
         clip_norm_type="l2",
         clip_return_layer=1,
         clip_student_return_interval=1,
+        scan_backend=None,
+        precision="fp32",
     ):
         super().__init__()
+        precision_dtype(precision)  # a bad name fails before any building
         if clip_decoder_embed_dim != embed_dim:
             # The decoder reads the student's hidden states directly.
             raise ValueError(f"clip_decoder_embed_dim={clip_decoder_embed_dim} must equal embed_dim={embed_dim}")
@@ -155,6 +159,7 @@ class VideoMambaPretrain(VideoTrunk):
             norm_epsilon=norm_epsilon,
             rms_norm=rms_norm,
             bimamba=bimamba,
+            scan_backend=scan_backend,
             device=device,
             dtype=dtype,
         )
@@ -169,6 +174,7 @@ class VideoMambaPretrain(VideoTrunk):
             persistent=False,
         )
         init_videomamba_weights(self, depth, initializer_cfg or {})
+        self._apply_precision(precision)
 
     @property
     def num_tokens(self) -> int:

@@ -124,6 +124,8 @@ class VisionEncoder(VideoMamba):
         clip_student_return_interval=1,
         use_checkpoint=False,
         checkpoint_num=0,
+        scan_backend=None,
+        precision="fp32",
     ):
         if pool_type != "cls+avg":
             raise ValueError(f"pool_type {pool_type!r}: only the official 'cls+avg' is implemented")
@@ -145,6 +147,8 @@ class VisionEncoder(VideoMamba):
             num_frames=num_frames,
             use_checkpoint=use_checkpoint,
             checkpoint_num=checkpoint_num,
+            scan_backend=scan_backend,
+            precision=precision,
         )
         self.pool_type = pool_type
         dec_dim = clip_decoder_embed_dim or embed_dim
@@ -212,7 +216,8 @@ class VisionEncoder(VideoMamba):
 
 
 class VideoTextMamba(nn.Module):
-    """The official UMT_VIDEOMAMBA for retrieval: video and text in one `embed_dim` space."""
+    """The official UMT_VIDEOMAMBA for retrieval: video and text in one `embed_dim` space.
+    `scan_backend` and `precision` are the vision encoder's (`VideoMamba`'s)."""
 
     # What `forward_segment`'s features are: joint-space embeddings, compared by inner product.
     embedding_space = "video-text"
@@ -225,13 +230,17 @@ class VideoTextMamba(nn.Module):
         temp: float = 0.07,
         *,
         mlm_head: bool = False,
+        scan_backend: Optional[str] = None,
+        precision: str = "fp32",
     ):
         super().__init__()
         vcfg = dict(VISION_DEFAULTS, **(vision or {}))
         if "clip_decoder_embed_dim" not in (vision or {}):
             vcfg["clip_decoder_embed_dim"] = vcfg["embed_dim"]
         tcfg = dict(TEXT_DEFAULTS, **(text or {}))
-        self.vision_encoder = VisionEncoder(**vcfg)
+        # The vision tower's scan backend and matmul precision (the text tower is BERT,
+        # plain fp32 PyTorch); how it runs, not what it is, so not in `config`.
+        self.vision_encoder = VisionEncoder(**vcfg, scan_backend=scan_backend, precision=precision)
         tcfg.setdefault("encoder_width", self.vision_encoder.embed_dim)
         # mlm_head: the pretraining model's `text_encoder.cls.*` (BertForMaskedLM's head)
         self.text_encoder = BertModel(BertConfig(**tcfg), mlm_head=mlm_head)

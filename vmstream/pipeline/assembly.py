@@ -4,7 +4,6 @@ they build them the same way; no command logic lives here."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -23,16 +22,16 @@ def resolve_device(name: str):
 
 
 def load_pipeline_model(cfg: PipelineConfig):
-    """The model the config names (a checkpoint file wins over a registry name)."""
+    """The model the config names (a checkpoint file wins over a registry name), on the
+    config's scan backend and precision (the model's own, nothing process-wide)."""
     from vmstream.models import CheckpointError, CheckpointNotFound, load_model
     from vmstream.models.ops.dispatch import check_backend
 
-    if cfg.model.scan_backend != "auto":
-        os.environ["VMSTREAM_SCAN_BACKEND"] = cfg.model.scan_backend
+    backend = scan_backend(cfg)
     try:
-        check_backend(resolve_device(cfg.model.device))
+        check_backend(backend, resolve_device(cfg.model.device))
     except ValueError as e:
-        raise UserError(f"model.scan_backend: {e}" if cfg.model.scan_backend != "auto" else str(e)) from None
+        raise UserError(f"model.scan_backend: {e}") from None
     ref = cfg.model.checkpoint or cfg.model.name
     if not ref:
         raise UserError("no model: pass --model NAME or --checkpoint PATH (see configs/)")
@@ -40,13 +39,9 @@ def load_pipeline_model(cfg: PipelineConfig):
     if cfg.decode.img_size:
         overrides["img_size"] = cfg.decode.img_size
     try:
-        model = load_model(ref, **overrides)
+        model = load_model(ref, scan_backend=backend, precision=cfg.model.precision, **overrides)
     except (CheckpointNotFound, CheckpointError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    if cfg.model.precision != "fp32":
-        from vmstream.models.precision import set_precision
-
-        set_precision(model, cfg.model.precision)
     if cfg.model.labels and is_videotext(model):
         set_open_labels(model, cfg)
     elif cfg.model.labels:
@@ -73,6 +68,11 @@ def load_pipeline_model(cfg: PipelineConfig):
             raise UserError(f"model.labels: {p} has {len(names)} names, the model has {n} classes")
         model.card = model.card.replace(class_names=tuple(names))
     return model
+
+
+def scan_backend(cfg: PipelineConfig):
+    """The scan backend `model.scan_backend` names (None for "auto": by the device)."""
+    return None if cfg.model.scan_backend == "auto" else cfg.model.scan_backend
 
 
 def is_videotext(model) -> bool:

@@ -47,8 +47,11 @@ class VideoTextPretrain(VideoTextMamba):
         text: Optional[Mapping[str, Any]] = None,
         embed_dim: int = 512,
         temp: float = 0.07,
+        scan_backend: Optional[str] = None,
     ):
-        super().__init__(vision=vision, text=text, embed_dim=embed_dim, temp=temp, mlm_head=True)
+        super().__init__(
+            vision=vision, text=text, embed_dim=embed_dim, temp=temp, mlm_head=True, scan_backend=scan_backend
+        )
         vocab = self.text_encoder.config.vocab_size
         if criterion.special.vocab_size != vocab:
             raise ValueError(

@@ -55,7 +55,7 @@ from .mm_loader import MixedLoader
 from .mm_losses import SpecialTokens
 from .mm_model import LOSS_NAMES, Criterion, VideoTextPretrain
 from .mm_weights import load_initial_weights
-from .model_setup import apply_threads, recipe_device, seed_everything
+from .model_setup import apply_threads, recipe_device, scan_backend, seed_everything
 from .optim import build_optimizer, official_mm_cosine
 from .pretrain import open_teacher, teacher_input
 from .recipes import TrainConfig
@@ -182,7 +182,9 @@ def build_mm_model(cfg: TrainConfig, tok: BertTokenizer) -> VideoTextPretrain:
         uta_image_only=mm.uta_image_only,
     )
     try:
-        model = VideoTextPretrain(crit, vision=vision, text=text, embed_dim=mm.embed_dim, temp=mm.temp)
+        model = VideoTextPretrain(
+            crit, vision=vision, text=text, embed_dim=mm.embed_dim, temp=mm.temp, scan_backend=scan_backend(cfg)
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"multimodal model: {e}") from None
     load_initial_weights(model, cfg.finetune, mm.vision_pretrained, mm.text_pretrained)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -39,6 +39,11 @@ def recipe_device(cfg: TrainConfig) -> torch.device:
         raise ConfigError(f"device: {e}") from None
 
 
+def scan_backend(cfg: TrainConfig) -> Optional[str]:
+    """The backend the recipe's `scan_backend` names for the model (None for "auto")."""
+    return None if cfg.scan_backend == "auto" else cfg.scan_backend
+
+
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     frames = cfg.streaming.segment_frames if cfg.task in ("streaming", "synthetic_memory") else cfg.num_frames
     kw = dict(
@@ -48,6 +53,7 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         drop_path_rate=cfg.drop_path,
         fc_drop_rate=cfg.fc_drop_rate,
         kernel_size=cfg.tubelet_size,
+        scan_backend=scan_backend(cfg),
     )
     kw.update(cfg.model_args)
     return kw

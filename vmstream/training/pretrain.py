@@ -43,7 +43,7 @@ from .datasets import VideoClsDataset, collate
 from .distill_loss import distill_loss, visible_targets
 from .engine import StepFn, autocast_context, check_finite, train_one_epoch
 from .masking import attention_mask, make_mask
-from .model_setup import apply_threads, recipe_device, seed_everything
+from .model_setup import apply_threads, recipe_device, scan_backend, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
 from .recipes import PretrainConfig, TrainConfig
 
@@ -73,7 +73,11 @@ def build_student(cfg: TrainConfig) -> VideoMambaPretrain:
     p = cfg.pretrain
     kw: dict[str, Any] = dict(SIZES[cfg.model])
     kw.update(
-        img_size=cfg.input_size, num_frames=cfg.num_frames, kernel_size=cfg.tubelet_size, drop_path_rate=cfg.drop_path
+        img_size=cfg.input_size,
+        num_frames=cfg.num_frames,
+        kernel_size=cfg.tubelet_size,
+        drop_path_rate=cfg.drop_path,
+        scan_backend=scan_backend(cfg),
     )
     kw.update(cfg.model_args)
     kw.update(

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vmstream import config_loader
 from vmstream.config_loader import parse_overrides
+from vmstream.models.ops.dispatch import check_backend
 
 __all__ = [
     "TrainConfig",
@@ -288,6 +289,9 @@ class TrainConfig(BaseModel):
     # many small ops, for which thread hand-offs cost more than they save: use 1.
     torch_threads: Optional[int] = None
     bf16: bool = True  # autocast dtype on CUDA; CPU always trains in fp32
+    # The ops backend of the model's scans and convs (ref, cpu, numba, triton, cuda; see
+    # models/ops/dispatch.py), given to the model built; "auto": chosen by the device.
+    scan_backend: str = "auto"
     log_every: int = 10
 
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
@@ -314,6 +318,13 @@ class TrainConfig(BaseModel):
         # null (`key=` on the command line, `key:` in YAML) is "not set", which these
         # fields spell "".
         return "" if v is None else v
+
+    @field_validator("scan_backend")
+    @classmethod
+    def _known_backend(cls, v):
+        if v != "auto":
+            check_backend(v)  # whether it can run on the device is checked at the start of the run
+        return v
 
     @field_validator("opt_betas")
     @classmethod

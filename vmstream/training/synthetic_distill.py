@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from vmstream.models import ClipTeacher, VideoMamba, load_checkpoint
 from vmstream.models.card import IMAGENET_MEAN, IMAGENET_STD
 
-from .model_setup import seed_everything
+from .model_setup import scan_backend, seed_everything
 from .pretrain import build_student, draw_mask_and_targets, pretrain_fit
 from .recipes import TrainConfig
 
@@ -170,6 +170,7 @@ def _classifier(cfg: TrainConfig, student: nn.Module, state: dict) -> VideoMamba
         kernel_size=cfg.tubelet_size,
         num_classes=0,
         drop_path_rate=0.0,
+        scan_backend=scan_backend(cfg),
     )
     load_checkpoint(clf, state)
     return clf

@@ -44,7 +44,7 @@ from .augment import TrainTransform
 from .datasets import LongVideoDataset, VideoClsDataset, collate
 from .engine import autocast_context, clip_step, evaluate, train_one_epoch
 from .mixup import LabelSmoothingCrossEntropy, Mixup, SoftTargetCrossEntropy
-from .model_setup import apply_threads, build_model, recipe_device, seed_everything
+from .model_setup import apply_threads, build_model, recipe_device, scan_backend, seed_everything
 from .optim import build_optimizer, cosine_schedule, scaled_lr
 from .recipes import TrainConfig, load_recipe
 
@@ -390,7 +390,10 @@ def train_main(config_path: Optional[str], overrides=(), should_stop=None) -> in
     try:
         cfg = load_recipe(config_path, overrides)
         device = recipe_device(cfg)
-        check_backend(device if device.type == "cpu" else None)  # a GPU is checked by its first scan
+        try:  # a GPU is checked by its first scan
+            check_backend(scan_backend(cfg), device if device.type == "cpu" else None)
+        except ValueError as e:
+            raise ConfigError(f"scan_backend: {e}") from None
     except (ConfigError, ValueError) as e:
         print(f"vmstream train: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Where the Triton kernels are chosen (dispatch.py): the automatic rule on CUDA with its
-fallbacks and log lines, VMSTREAM_SCAN_BACKEND=triton for the whole model, and clear
-errors where Triton cannot run."""
+fallbacks and log lines, a model built with scan_backend="triton" running every op on
+it, and clear errors where Triton cannot run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.fixtures.videomamba import make_tiny_model
+from vmstream.models import set_scan_backend
 from vmstream.models.ops import cuda, dispatch
 
 TRITON_MISSING = "triton not importable (ImportError: No module named 'triton')"
@@ -67,7 +68,7 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def _env(**changes):
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", dispatch.ENV_VAR)}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(changes)
     return env
 
@@ -76,7 +77,8 @@ SCAN = (
     "import torch\n"
     "from vmstream.models.ops import selective_scan\n"
     "x = torch.randn(1, 4, 16)\n"
-    "selective_scan(x, x.abs(), -torch.ones(16, 4), torch.randn(1, 4, 4), torch.randn(1, 4, 4))\n"
+    "scan = lambda backend: selective_scan(x, x.abs(), -torch.ones(16, 4), torch.randn(1, 4, 4), "
+    "torch.randn(1, 4, 4), backend=backend)\n"
 )
 
 
@@ -87,26 +89,26 @@ def test_forcing_triton_without_triton_installed_says_so():
         "import sys\n"
         "sys.modules['triton'] = None  # as if not installed\n"
         "from vmstream.models.ops import available_backends\n"
-        "print('status:', available_backends(build=False)['triton'])\n" + SCAN + "print('automatic: ran')\n"
-        "import os\n"
-        "os.environ['VMSTREAM_SCAN_BACKEND'] = 'triton'\n" + SCAN.split("\n", 2)[2]
+        "print('status:', available_backends(build=False)['triton'])\n" + SCAN + "scan(None)\n"
+        "print('automatic: ran')\n"
+        "scan('triton')\n"
     )
     r = _run(code, _env(TRITON_INTERPRET="1"))
     assert "status: triton not importable" in r.stdout, r.stdout + r.stderr
     assert "automatic: ran" in r.stdout
     assert r.returncode != 0
-    assert "RuntimeError: scan backend 'triton' (from VMSTREAM_SCAN_BACKEND): triton not importable" in r.stderr
+    assert "RuntimeError: scan backend 'triton': triton not importable" in r.stderr
 
 
 def test_forcing_triton_on_cpu_tensors_without_the_interpreter_is_a_clear_error():
     pytest.importorskip("triton")
-    r = _run(SCAN, _env(VMSTREAM_SCAN_BACKEND="triton"))
+    r = _run(SCAN + "scan('triton')\n", _env())
     assert r.returncode != 0
     assert "needs CUDA tensors, or TRITON_INTERPRET=1" in r.stderr, r.stderr
 
 
 def test_the_whole_model_streams_through_the_triton_kernels(triton_ops, monkeypatch, caplog):
-    """VMSTREAM_SCAN_BACKEND=triton: every scan and conv of the model runs on the Triton
+    """A model on scan_backend="triton": every scan and conv of it runs on the Triton
     kernels (interpreted here), three segments with carried state equal to the reference,
     and the gradients of a training step through the carried state too."""
     model = make_tiny_model(seed=5, num_frames=2, depth=1).train()
@@ -118,7 +120,7 @@ def test_the_whole_model_streams_through_the_triton_kernels(triton_ops, monkeypa
         monkeypatch.setattr(triton_ops, name, lambda *a, _o=orig, _n=name, **k: (ran.append(_n), _o(*a, **k))[1])
 
     def stream(backend):
-        monkeypatch.setenv(dispatch.ENV_VAR, backend)
+        set_scan_backend(model, backend)
         model.zero_grad(set_to_none=True)
         state, feats = None, []
         for clip in clips:
@@ -129,7 +131,7 @@ def test_the_whole_model_streams_through_the_triton_kernels(triton_ops, monkeypa
 
     with caplog.at_level(logging.INFO, logger="vmstream.models.ops"):
         feats, state, grads = stream("triton")
-    assert "scan backend: triton (set by VMSTREAM_SCAN_BACKEND)" in _scan_lines(caplog)
+    assert "scan backend: triton (asked for by name)" in _scan_lines(caplog)
     assert ran.count("selective_scan_triton") == 3 * 2 and ran.count("causal_conv1d_triton") == 3 * 2
     ref_feats, ref_state, ref_grads = stream("ref")
     torch.testing.assert_close(feats, ref_feats, atol=1e-5, rtol=1e-4)

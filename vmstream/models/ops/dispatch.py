@@ -24,14 +24,15 @@ Optional keyword arguments added to the contract:
         gradients a float32 `out` with a contiguous last dim is written by the kernel
         itself; elsewhere (and under autograd) it is `out.add_(y)` / `out.copy_(y)`.
 
-`backend` is None (automatic), or one of "ref", "cpu", "numba", "cuda", "triton"; the
-environment variable VMSTREAM_SCAN_BACKEND overrides the automatic choice (the argument
-wins over the variable). Automatic: CUDA tensors -> "triton" (vmstream's own Triton
+`backend` is None (automatic), or one of "ref", "cpu", "numba", "cuda", "triton": the
+argument is the only way to choose, nothing process-wide (a model holds its mixers'
+`scan_backend` and passes it to every call; the pipeline's `model.scan_backend` sets it).
+Automatic: CUDA tensors -> "triton" (vmstream's own Triton
 kernels, `triton_scan.py`; Triton ships with torch's CUDA wheels); where Triton does not
 import, "cuda" when mamba-ssm and causal-conv1d import, else "ref" — the choice logged
 once, with the reason for each fallback. "cuda" (mamba-ssm / causal-conv1d with the
 carried state injected around them, `cuda.py`) runs only where asked for
-(backend="cuda" or VMSTREAM_SCAN_BACKEND=cuda) or as that fallback. CPU tensors ->
+(backend="cuda") or as that fallback. CPU tensors ->
 "cpu", the fused C++ kernel, built on first use (`cpu_ext.py`); where it cannot be built
 it falls back to "numba", and where numba is missing too, to "ref" — each fallback
 logged once with its reason. "numba" asks for the numba kernels explicitly. "triton" on
@@ -70,7 +71,6 @@ from .reference import causal_conv1d_ref, selective_scan_ref
 log = logging.getLogger("vmstream.models.ops")
 
 _BACKENDS = ("ref", "cpu", "numba", "cuda", "triton")
-ENV_VAR = "VMSTREAM_SCAN_BACKEND"
 
 _lock = threading.Lock()
 _cpu_impl: Optional[str] = None  # what "cpu" resolved to: "cpp", "numba" or "ref"
@@ -198,28 +198,24 @@ def _resolve_cpu() -> str:
 
 
 def _choose(tensor: Tensor, backend: Optional[str]) -> str:
-    source = "backend="
-    if backend is None and os.environ.get(ENV_VAR):
-        backend, source = os.environ[ENV_VAR], ENV_VAR
     if backend is not None:
         if backend not in _BACKENDS:
-            raise ValueError(f"unknown scan backend {backend!r} (from {source}); expected one of {_BACKENDS}")
+            raise ValueError(f"unknown scan backend {backend!r}; expected one of {_BACKENDS}")
         if backend == "cuda" and not tensor.is_cuda:
-            raise ValueError(f"scan backend 'cuda' (from {source}) needs CUDA tensors, got {tensor.device}")
+            raise ValueError(f"scan backend 'cuda' needs CUDA tensors, got {tensor.device}")
         if backend in ("cpu", "numba") and tensor.device.type != "cpu":
-            raise ValueError(f"scan backend {backend!r} (from {source}) needs CPU tensors, got {tensor.device}")
+            raise ValueError(f"scan backend {backend!r} needs CPU tensors, got {tensor.device}")
         if backend == "triton":
             status = _triton_status()
             if status.startswith("triton not importable"):
-                raise RuntimeError(f"scan backend 'triton' (from {source}): {status}")
+                raise RuntimeError(f"scan backend 'triton': {status}")
             if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ValueError(
-                    f"scan backend 'triton' (from {source}) needs CUDA tensors, or "
+                    "scan backend 'triton' needs CUDA tensors, or "
                     f"TRITON_INTERPRET=1 in the environment to run on {tensor.device} "
                     "tensors through Triton's interpreter"
                 )
-        if source == ENV_VAR:
-            _info_once(f"env-{backend}", "scan backend: %s (set by %s)", backend, ENV_VAR)
+        _info_once(f"named-{backend}", "scan backend: %s (asked for by name)", backend)
         return backend
     if tensor.is_cuda:
         return _auto_cuda()
@@ -228,20 +224,19 @@ def _choose(tensor: Tensor, backend: Optional[str]) -> str:
     return "ref"
 
 
-def check_backend(device=None) -> None:
-    """ValueError, naming the backend and VMSTREAM_SCAN_BACKEND, when the backend that
-    variable names does not exist or cannot run on `device` (cuda or triton on a machine
-    without a GPU): the check a first scan would make, made before any work starts.
-    Without a device only the name is checked."""
-    name = os.environ.get(ENV_VAR)
-    if not name:
+def check_backend(name: Optional[str], device=None) -> None:
+    """ValueError when the scan backend `name` does not exist or cannot run on `device`
+    (cuda or triton on a machine without a GPU): the check a first scan would make, made
+    before any work starts. None (automatic) always passes; without a device only the
+    name is checked (no tensor made: a CUDA context is not wanted yet)."""
+    if name is None:
         return
-    if device is None:  # the name alone (no tensor made: a CUDA context is not wanted yet)
-        if name not in _BACKENDS:
-            raise ValueError(f"unknown scan backend {name!r} (from {ENV_VAR}); expected one of {_BACKENDS}")
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}; expected one of {_BACKENDS}")
+    if device is None:
         return
     try:
-        _choose(torch.empty(0, device=device), None)
+        _choose(torch.empty(0, device=device), name)
     except RuntimeError as e:
         raise ValueError(str(e)) from None
 
