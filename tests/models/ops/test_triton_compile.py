@@ -1,7 +1,8 @@
 """The Triton kernels compile for real GPUs, here without one: Triton's compiler runs its
 frontend, MLIR passes and the bundled ptxas for sm_90 (H100) and sm_80 (A100) targets.
 
-The interpreter tests (test_triton_scan.py, test_triton_conv.py) check the math but
+The interpreter tests (test_ops_scan.py, test_ops_conv.py, test_ops_upstream.py with
+"triton" among their backends, and test_triton_scan.py) check the math but
 accept Python that the compiler rejects; this catches that before a GPU machine does.
 Run in a subprocess: the kernels must be imported with TRITON_INTERPRET unset.
 """
