@@ -27,7 +27,8 @@ reason on a `#` line); `X_vs_Y` is how many times faster X runs than Y (Y's time
     scan_backend_numba_vs_ref_train=…
     scan_backend_numba_vs_cpu_train=…
 
-    .venv/bin/python benchmarks/scan_backends.py                     # small defaults, ~1 minute
+    .venv/bin/python benchmarks/scan_backends.py                     # small defaults: ~10 s quiet,
+                                                                     # 1-2 minutes on 2 busy cores
     .venv/bin/python benchmarks/scan_backends.py --frames 16 --img-size 224 --rounds 5
                                                                      # VideoMamba-Ti's real segment
 """
@@ -126,7 +127,7 @@ def report(times: dict, usable: dict, suffix: str, what: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="videomamba_tiny", help="registry architecture (default videomamba_tiny)")
-    ap.add_argument("--frames", type=int, default=2, help="frames per segment (default 2; the model's own: 16)")
+    ap.add_argument("--frames", type=int, default=4, help="frames per segment (default 4; the model's own: 16)")
     ap.add_argument("--img-size", type=int, default=64, help="frame size (default 64; the model's own: 224)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per step (median), after one warm-up")
