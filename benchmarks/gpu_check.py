@@ -7,15 +7,19 @@ NVIDIA GPU and torch installed; it downloads nothing.
 Sections:
   1. parity: the Triton scan and conv against the reference on the GPU (fp32, bf16,
      forward and backward); a Ti and an M `forward_segment` on the GPU against the CPU
-     model, three segments with carried state; bf16 autocast drift against fp32;
-     mamba-ssm's path too where it imports;
+     model, three segments with carried state; bf16 autocast drift against fp32; the
+     Triton scan and conv against mamba-ssm's and causal-conv1d's own kernels (zero
+     initial state: they take none), where those import;
   2. decoding: DALI on NVDEC against PyAV on the same H.264 and HEVC files (timestamps
      equal, pixel error) for each sampling policy; 1080p decode fps, NVDEC vs PyAV on
      the host's CPUs;
-  3. throughput: Ti 16x224 and M 8x224 segments per second at batch 1, 8, 32 in fp32 and
-     bf16 (autocast), achieved matmul TFLOP/s against torch.matmul's rate measured in the
-     same run; one scan alone at each fp32 shape, per backend (Triton, mamba-ssm where it
-     imports), and the share of the segment its 2 x depth scans take;
+  3. throughput: one scan, Triton against the reference (`scan_backend_triton_vs_ref`,
+     forward and forward + backward: the Triton backend's line; the CPU backends' are in
+     benchmarks/scan_backends.py) and against mamba-ssm's kernel where it imports; Ti
+     16x224 and M 8x224 segments per second at batch 1, 8, 32 in fp32 and bf16
+     (autocast), achieved matmul TFLOP/s against torch.matmul's rate measured in the same
+     run; one scan alone at each fp32 shape in both Triton forms, and the share of the
+     segment its 2 x depth scans take;
   4. faiss-gpu against faiss-cpu (vmstream's store, exact inner product) on 1M vectors:
      same top-10, query latency.
 A step whose package is missing (DALI, faiss-gpu, mamba-ssm, PyAV) prints a SKIP line
@@ -317,30 +321,69 @@ def parity_conv(rep: Report, plan: Plan) -> None:
         rep.check(f"parity_conv_{tag}_bwd", bwd, max(tol, 1e-4))
 
 
-def parity_mamba(rep: Report, plan: Plan) -> None:
-    from vmstream.models.ops import cuda
+MAMBA_SSM_KEYS = ("parity_mamba_ssm_scan_fwd", "parity_mamba_ssm_conv_fwd", "scan_triton_vs_mamba_ssm")
 
-    status = cuda.status()
-    if status != "ok":
-        rep.skip("mamba-ssm scan and conv (backend 'cuda')", status, "parity_mamba_scan_fwd", "parity_mamba_conv_fwd")
+
+def mamba_ssm_missing() -> str | None:
+    """None where mamba-ssm's and causal-conv1d's kernels can run here, else why not.
+    They are no vmstream backend, only a yardstick (benchmarks/gpu_check_wheels.txt)."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        from causal_conv1d import causal_conv1d_fn  # noqa: F401
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
+    except Exception as e:  # ImportError, or a broken build raising at import
+        return f"mamba-ssm / causal-conv1d not importable ({type(e).__name__}: {e}); pip install 'vmstream[mamba]'"
+    return None
+
+
+def _channel_major(t):
+    """[B, L, X] -> [B, X, L] with the token axis contiguous, as mamba-ssm's kernels want."""
+    return t.transpose(1, 2).contiguous()
+
+
+def mamba_ssm_scan(inp: dict):
+    """mamba-ssm's own `selective_scan_fn` on vmstream's token-major inputs, from a zero
+    state (it takes none): (out [B, L, D], last state [B, D, N])."""
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    c = _channel_major
+    y, last = selective_scan_fn(
+        c(inp["u"]),
+        c(inp["delta"]),
+        inp["A"].contiguous(),
+        c(inp["B"]),
+        c(inp["C"]),
+        inp["D"].contiguous(),
+        c(inp["z"]),
+        inp["delta_bias"].contiguous(),
+        True,
+        return_last_state=True,
+    )
+    return y.transpose(1, 2), last
+
+
+def parity_mamba_ssm(rep: Report, plan: Plan) -> None:
+    """vmstream's Triton scan and conv against mamba-ssm's and causal-conv1d's own kernels,
+    called directly, on a zero initial state (theirs take none), fp32 forward."""
+    why = mamba_ssm_missing()
+    if why:
+        rep.skip("mamba-ssm yardstick (Triton against mamba-ssm's own kernels)", why, *MAMBA_SSM_KEYS)
         return
+    from causal_conv1d import causal_conv1d_fn
+
     inp = scan_inputs(plan.scan_shape, plan.device, torch.float32)
-    err = 0.0
+    inp["initial_state"] = None
     with torch.no_grad():
-        for reverse in (False, True):
-            y, last = selective_scan(
-                **inp, delta_softplus=True, return_last_state=True, reverse=reverse, backend="cuda"
-            )
-            y_r, last_r = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True, reverse=reverse)
-            err = max(err, rel_err(y, y_r), rel_err(last, last_r))
-        rep.check("parity_mamba_scan_fwd", err, 1e-4)
-        x = inp["u"].contiguous()
-        w, tail = (
-            torch.randn(x.shape[-1], 4, device=plan.device),
-            torch.randn(x.shape[0], x.shape[-1], 3, device=plan.device),
-        )
-        y = causal_conv1d(x, w, None, tail, "silu", backend="cuda")
-        rep.check("parity_mamba_conv_fwd", rel_err(y, causal_conv1d_ref(x, w, None, tail, "silu")), 1e-5)
+        y, last = selective_scan(**inp, delta_softplus=True, return_last_state=True, backend="triton")
+        y_m, last_m = mamba_ssm_scan(inp)
+        rep.check("parity_mamba_ssm_scan_fwd", max(rel_err(y, y_m), rel_err(last, last_m)), 1e-4)
+        x = inp["u"]
+        w = torch.randn(x.shape[-1], 4, device=plan.device)
+        bias = torch.randn(x.shape[-1], device=plan.device)
+        y = causal_conv1d(x, w, bias, None, "silu", backend="triton")
+        y_m = causal_conv1d_fn(_channel_major(x), w, bias, activation="silu").transpose(1, 2)
+        rep.check("parity_mamba_ssm_conv_fwd", rel_err(y, y_m), 1e-5)
 
 
 def build_model(plan: Plan, name: str, frames: int, backend: str | None = None) -> VideoMamba:
@@ -388,9 +431,6 @@ def parity_models(rep: Report, plan: Plan) -> None:
             drift = rel_err(feats_bf16, feats)
             rep.figure(f"bf16_drift_{name.lower()}", drift)
             rep.line(f"     bf16_drift_{name.lower()} = {drift:.2e} (autocast bf16 against fp32, features)")
-            if plan.device == "cuda" and available_backends(build=False)["cuda"] == "ok":
-                feats_m, _ = _stream(set_scan_backend(dev_model, "cuda"), dev_clips)
-                rep.check(f"parity_model_{name.lower()}_mamba", rel_err(feats_m, feats_cpu), 1e-3)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
 
@@ -474,35 +514,70 @@ def scan_share(rep: Report, plan: Plan, model, frames: int, batch: int, t_segmen
     the segment time the 2 x depth scans take (which parallel form the scan needs)."""
     L = frames * (plan.img // model.card.patch_size) ** 2 + 1
     inp = scan_inputs((batch, L, model.d_inner, model.d_state), plan.device, torch.float32)
-    usable = available_backends(build=False)
-    runs = [("triton", "sequential"), ("triton", "chunked")] if usable["triton"] == "ok" else []
-    if plan.device == "cuda" and usable["cuda"] == "ok":
-        runs.append(("cuda", None))
-    if not runs:
+    if available_backends(build=False)["triton"] != "ok":
         return
     from vmstream.models.ops import triton_scan
 
     form = triton_scan.FORWARD_FORM
-    for backend, form_run in runs:
-        triton_scan.FORWARD_FORM = form_run or form
+    for form_run in ("sequential", "chunked"):
+        triton_scan.FORWARD_FORM = form_run
         try:
             with torch.inference_mode():
                 t = median_time(
-                    lambda backend=backend: selective_scan(
-                        **inp, delta_softplus=True, return_last_state=True, backend=backend
-                    ),
+                    lambda: selective_scan(**inp, delta_softplus=True, return_last_state=True, backend="triton"),
                     plan.device,
                     repeats=plan.repeats,
                 )
         finally:
             triton_scan.FORWARD_FORM = form
-        name = "cuda" if backend == "cuda" else f"triton_{form_run}"
+        name = f"triton_{form_run}"
         share = 2 * len(model.layers) * t / t_segment
         rep.figure(f"{key}_scan_{name}_ms", 1e3 * t)
         rep.line(
             f"     one scan [{batch}, {L}, {model.d_inner}, {model.d_state}] on {name}: {1e3 * t:.2f} ms; "
             f"x{2 * len(model.layers)} = {share:.0%} of the segment"
         )
+
+
+def scan_speed(rep: Report, plan: Plan) -> None:
+    """The Triton backend's line (benchmarks/scan_backends.py has the CPU backends'): one
+    fp32 scan at the parity shape with a carried state, forward and forward + backward,
+    against the reference on the same device in the same run; and, forward from a zero
+    state, against mamba-ssm's own kernel where it is installed. `X_vs_Y` is how many
+    times faster X runs than Y."""
+    inp = scan_inputs(plan.scan_shape, plan.device, torch.float32)
+    Bsz, L, D, N = plan.scan_shape
+
+    def forward(backend, inp=inp):
+        with torch.inference_mode():
+            selective_scan(**inp, delta_softplus=True, return_last_state=True, backend=backend)
+
+    def train(backend):
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
+        y, last = selective_scan(**leaves, delta_softplus=True, return_last_state=True, backend=backend)
+        (y.square().mean() + last.square().mean()).backward()
+
+    for step, suffix, what in ((forward, "", "forward"), (train, "_train", "forward + backward")):
+        t = {
+            b: median_time(lambda b=b, step=step: step(b), plan.device, repeats=plan.repeats) for b in ("triton", "ref")
+        }
+        ratio = t["ref"] / t["triton"]
+        rep.figure(f"scan_backend_triton_vs_ref{suffix}", ratio)
+        rep.line(
+            f"one scan [{Bsz}, {L}, {D}, {N}] fp32 {what}: triton {1e3 * t['triton']:.2f} ms, "
+            f"ref {1e3 * t['ref']:.2f} ms -> scan_backend_triton_vs_ref{suffix} = {ratio:.1f}"
+        )
+    if mamba_ssm_missing():
+        return  # parity_mamba_ssm printed the SKIP line
+    zero = dict(inp, initial_state=None)
+    t_triton = median_time(lambda: forward("triton", zero), plan.device, repeats=plan.repeats)
+    with torch.inference_mode():
+        t_mamba = median_time(lambda: mamba_ssm_scan(zero), plan.device, repeats=plan.repeats)
+    rep.figure("scan_triton_vs_mamba_ssm", t_mamba / t_triton)
+    rep.line(
+        f"one scan [{Bsz}, {L}, {D}, {N}] fp32 forward from a zero state: triton {1e3 * t_triton:.2f} ms, "
+        f"mamba-ssm selective_scan_fn {1e3 * t_mamba:.2f} ms -> scan_triton_vs_mamba_ssm = {t_mamba / t_triton:.2f}"
+    )
 
 
 def pipeline(rep: Report, plan: Plan) -> None:
@@ -585,11 +660,15 @@ def main() -> int:
             rep.skip(what, no_triton)
         else:
             rep.run(what, step, plan)
-    rep.run("mamba-ssm against the reference", parity_mamba, plan)
+    rep.run("Triton against mamba-ssm's own kernels", parity_mamba_ssm, plan)
     rep.run("models on the device against the CPU", parity_models, plan)
     rep.section("2. decoding")
     rep.run("decoding", decoding, plan, median_time)
     rep.section("3. throughput")
+    if no_triton:
+        rep.skip("Triton scan speed against the reference", no_triton, "scan_backend_triton_vs_ref")
+    else:
+        rep.run("Triton scan speed against the reference", scan_speed, plan)
     rep.run("throughput", throughput, plan)
     rep.run("pipeline", pipeline, plan)
     rep.section("4. faiss")

@@ -577,7 +577,7 @@ def main() -> None:
     ap.add_argument(
         "--backend",
         default="cpu",
-        help="the fast scan backend to measure (cpu, cuda, ...); the baseline is 'ref'",
+        help="the fast scan backend to measure (cpu, numba, triton); the baseline is 'ref'",
     )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ref-repeats", type=int, default=1, help="repeats for the (slow) reference runs")

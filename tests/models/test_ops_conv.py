@@ -33,11 +33,12 @@ def test_forward_matches_reference(backend, reverse, K, activation, use_bias, us
     assert_close(t, t_ref, what="final_tail")
 
 
-@pytest.mark.parametrize("L", [1, 2, 5])
+@pytest.mark.parametrize("L,D", [(1, 17), (2, 17), (5, 17), (33, 33), (70, 40)])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_sequences_shorter_than_the_kernel(backend, L, reverse):
-    """With L < K-1 the final tail still holds part of the initial tail."""
-    inp = conv_inputs(Bsz=1, L=L, D=17, K=4, seed=1)
+def test_sizes_short_and_across_block_edges(backend, L, D, reverse):
+    """With L < K-1 the final tail still holds part of the initial tail; L = 33 and D = 33
+    cross both edges of Triton's 32 x 32 tiles, 70 x 40 crosses several."""
+    inp = conv_inputs(Bsz=2, L=L, D=D, K=4, seed=1)
     y_ref, t_ref = causal_conv1d_ref(**inp, activation="silu", return_final_tail=True, reverse=reverse)
     y, t = causal_conv1d(**inp, activation="silu", return_final_tail=True, reverse=reverse, backend=backend)
     assert_close(y, y_ref, what="out")
@@ -49,6 +50,24 @@ def test_accepts_conv1d_weight_shape(backend):
     w3 = inp["weight"][:, None, :]  # nn.Conv1d(groups=D).weight: [D, 1, K]
     y = causal_conv1d(inp["x"], w3, inp["bias"], inp["initial_tail"], "silu", backend=backend)
     assert_close(y, causal_conv1d_ref(**inp, activation="silu"), what="out")
+
+
+def test_half_inputs_beside_a_float32_weight(backend):
+    """bf16 x with a float32 weight, as under autocast: out and dx in bf16, dweight in
+    float32, all as close to float32 math on the same rounded x as bf16 allows."""
+    inp = conv_inputs(L=9, D=20)
+    x = inp["x"].to(torch.bfloat16).requires_grad_(True)
+    w = inp["weight"].clone().requires_grad_(True)
+    y = causal_conv1d(x, w, inp["bias"], inp["initial_tail"], "silu", backend=backend)
+    y.float().square().sum().backward()
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    x_ref = x.detach().float().requires_grad_(True)
+    w_ref = inp["weight"].clone().requires_grad_(True)
+    ref = causal_conv1d_ref(x_ref, w_ref, inp["bias"], inp["initial_tail"], "silu")
+    ref.square().sum().backward()
+    assert_close(y, ref, rtol=1e-2, atol_rel=1e-2, what="bf16 out")
+    assert_close(x.grad, x_ref.grad, rtol=2e-2, atol_rel=2e-2, what="bf16 dx")
+    assert_close(w.grad, w_ref.grad, rtol=2e-2, atol_rel=2e-2, what="dweight")
 
 
 @pytest.mark.parametrize("reverse", [False, True])

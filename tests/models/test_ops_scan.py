@@ -45,6 +45,19 @@ def test_forward_matches_reference(backend, reverse, use_D, use_z, use_bias, use
     assert_close(last, last_ref, what="last_state")
 
 
+@pytest.mark.parametrize("L", [1, 8, 9, 19])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lengths_across_chunk_edges(backend, L, reverse):
+    """With checkpoints every 8 steps (`use_backend`), L = 1, 8, 9 and 19 are one partial
+    chunk, exactly one chunk, one chunk plus a step, and two full chunks plus a partial
+    one; D = 20 spans two of Triton's channel blocks of 16 (the second partial), N = 5
+    pads to its state block of 8."""
+    inp = scan_inputs(Bsz=1, L=L, D=20, N=5, seed=1)
+    (y, last), (y_ref, last_ref) = run_both(backend, inp, True, reverse)
+    assert_close(y, y_ref, what="out")
+    assert_close(last, last_ref, what="last_state")
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 16, 16), (3, 5, 7, 3), (1, 9, 33, 16), (2, 4, 17, 32), (1, 6, 1, 1)])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_odd_sizes(backend, shape, reverse):
@@ -199,11 +212,17 @@ def test_out_overwrites_without_accumulate(backend):
     assert_close(out, selective_scan_ref(**inp, delta_softplus=True), what="out=")
 
 
-def test_bfloat16_inputs_keep_their_dtype(backend):
-    inp = scan_inputs(Bsz=1, L=12, D=16, seed=11)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_keep_their_dtype_and_a_float32_state(backend, dtype):
+    """bf16/fp16 inputs: out in the input's dtype, the state in float32, both as close to
+    the float32 reference on the same rounded inputs as one final rounding allows."""
+    inp = scan_inputs(Bsz=1, L=12, D=20, N=5, seed=11)
     for k in ("u", "delta", "z", "B", "C"):
-        inp[k] = inp[k].to(torch.bfloat16)
-    (y, last), (y_ref, last_ref) = run_both(backend, inp)
-    assert y.dtype == torch.bfloat16 and last.dtype == torch.float32
-    assert_close(y.float(), y_ref.float(), rtol=1e-2, atol_rel=1e-2, what="out")
+        inp[k] = inp[k].to(dtype)
+    y, last = selective_scan(**inp, delta_softplus=True, return_last_state=True, backend=backend)
+    assert y.dtype == dtype and last.dtype == torch.float32
+    y_ref, last_ref = selective_scan_ref(
+        **{k: v.float() for k, v in inp.items()}, delta_softplus=True, return_last_state=True
+    )
+    assert_close(y, y_ref, rtol=1e-2, atol_rel=1e-2, what="out")
     assert_close(last, last_ref, what="last_state")

@@ -11,8 +11,11 @@ inputs (upstream holds its CUDA kernel to the float32 reference), and the carrie
 is added (an initial state in, a loss on the last state). Upstream's grouped B/C
 (varBC_groups=2) has no counterpart: vmstream's scan takes one B and C per token.
 
-Backends here: "ref" (the readable reference), "cpu" (the fused C++ kernel), "numba".
-Triton, through its interpreter: tests/models/ops/test_triton_upstream.py.
+Backends here: "ref" (the readable reference) and every fast backend
+(`tests.fixtures.ops.BACKENDS`: "cpu", the fused C++ kernel, "numba", and "triton" through
+its interpreter on CPU tensors). The interpreter runs each program step by step (~10 ms a
+step): Triton takes upstream's shorter lengths by default, its longer cases are `slow`,
+and the cases of thousands of steps or thousands of channels leave it out (`cases`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 import torch
 
 from tests.fixtures.ops import (
+    BACKENDS,
     CONV_SEQLENS,
     SCAN_SEQLENS,
     assert_within,
@@ -31,14 +35,19 @@ from tests.fixtures.ops import (
     scan_excess,
     upstream_conv_inputs,
     upstream_scan_inputs,
+    use_backend,
 )
 from vmstream.models.ops import causal_conv1d, causal_conv1d_ref, dispatch, selective_scan, selective_scan_ref
 
 HALF = (torch.float16, torch.bfloat16)
 
 
-@pytest.fixture(params=["ref", "cpu", "numba"])
-def backend(request):
+UPSTREAM_BACKENDS = ("ref", *BACKENDS)
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """The backend a case names (parametrised indirectly, through `cases`)."""
     if request.param == "cpu":
         from vmstream.models.ops import cpu_ext
 
@@ -46,7 +55,28 @@ def backend(request):
             pytest.skip("no C++ compiler on this machine (the numba tests cover the fallback)")
         cpu_ext.load()
         dispatch.reset()
+    elif request.param == "triton":  # skips where the interpreter cannot run; checkpoints every 8 steps
+        use_backend("triton", monkeypatch)
     return request.param
+
+
+def cases(values=(None,), *, runs=lambda backend, value: True, default=lambda backend, value: True):
+    """Parameters (backend, *value) for `parametrize(..., indirect=["backend"])`: every
+    upstream backend with every value that `runs` accepts, the pairs `default` rejects
+    marked `slow`. `values=(None,)` gives the backend alone."""
+    out = []
+    for b in UPSTREAM_BACKENDS:
+        for v in values:
+            if not runs(b, v):
+                continue
+            args = (b,) if v is None else (b, *(v if isinstance(v, tuple) else (v,)))
+            out.append(pytest.param(*args, marks=() if default(b, v) else pytest.mark.slow))
+    return out
+
+
+def not_triton(backend, value=None):
+    """Thousands of steps, or thousands of channels: minutes through Triton's interpreter."""
+    return backend != "triton"
 
 
 def scan_fn(backend):
@@ -64,12 +94,21 @@ def conv_fn(backend):
 # --------------------------------------------------------------------------- selective scan
 
 
-@pytest.mark.parametrize("seqlen", [pytest.param(L, marks=pytest.mark.slow) if L >= 2048 else L for L in SCAN_SEQLENS])
+@pytest.mark.parametrize(
+    "backend,seqlen",
+    cases(
+        SCAN_SEQLENS,
+        runs=lambda b, L: b != "triton" or L <= 256,
+        default=lambda b, L: L < (256 if b == "triton" else 2048),
+    ),
+    indirect=["backend"],
+)
 def test_selective_scan_upstream_grid(backend, seqlen):
     inp = upstream_scan_inputs(seqlen)
     assert_within(scan_excess(scan_fn(backend), inp), f"{backend} seqlen={seqlen}")
 
 
+@pytest.mark.parametrize("backend", cases(runs=not_triton), indirect=True)
 def test_selective_scan_long_wide_channels(backend):
     """The case an outside run of the grid flagged: seqlen 4096, dim 64, dstate 16, all
     features on. The fused kernel's and numba's exp2 polynomial had p(0) = 1 + 1.2e-7; a
@@ -102,29 +141,41 @@ def _full_grid(backend, itype, seqlens, features):
             )
 
 
-@pytest.mark.parametrize("itype", [torch.float32, *HALF])
+@pytest.mark.parametrize(
+    "backend,itype",
+    cases((torch.float32, *HALF), default=lambda b, it: b != "triton" or it != torch.float16),
+    indirect=["backend"],
+)
 def test_selective_scan_upstream_full_grid_short(backend, itype):
-    """Upstream's commented-out grid at two short lengths: every on/off combination of D,
-    z, delta_bias and softplus, in fp32, fp16 and bf16."""
-    _full_grid(backend, itype, (8, 64), FEATURE_SETS)
+    """Upstream's commented-out grid at two short lengths (Triton: the shorter), every
+    on/off combination of D, z, delta_bias and softplus, in fp32, fp16 and bf16."""
+    _full_grid(backend, itype, (8,) if backend == "triton" else (8, 64), FEATURE_SETS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("itype", [torch.float32, *HALF])
+@pytest.mark.parametrize("backend,itype", cases((torch.float32, *HALF), runs=not_triton), indirect=["backend"])
 def test_selective_scan_upstream_full_grid_long(backend, itype):
     """The rest of the commented-out grid's lengths; every fifth feature combination."""
     _full_grid(backend, itype, (16, 32), FEATURE_SETS)
     _full_grid(backend, itype, (372, 784, 1134), FEATURE_SETS[::5])
 
 
-@pytest.mark.parametrize("chunk", [1, 63, 339, *(pytest.param(c, marks=pytest.mark.slow) for c in (64, 200, 333))])
+@pytest.mark.parametrize(
+    "backend,chunk",
+    cases(
+        (1, 63, 339, 64, 200, 333),
+        runs=lambda b, c: b != "triton" or c in (63, 200),
+        default=lambda b, c: b != "triton" and c in (1, 63, 339),
+    ),
+    indirect=["backend"],
+)
 def test_streaming_in_chunks_with_gradients(backend, chunk):
-    """1,000 steps scanned in pieces of `chunk` carrying the state (the streaming mode,
-    gradients flowing back through every carry) against the float64 whole: upstream's
-    fp32 tolerances for the output and every gradient."""
+    """1,000 steps (Triton: 400) scanned in pieces of `chunk` carrying the state (the
+    streaming mode, gradients flowing back through every carry) against the float64
+    whole: upstream's fp32 tolerances for the output and every gradient."""
     if backend == "ref" and chunk == 1:
         pytest.skip("1,000 one-step reference calls under autograd: slow, and the chunk=63 case covers the carry")
-    L = 1000
+    L = 400 if backend == "triton" else 1000
     inp = upstream_scan_inputs(L, seed=3)
     fn = scan_fn(backend)
 
@@ -175,25 +226,32 @@ CONV_DEFAULT = {(torch.float32, 4), (torch.bfloat16, 2)}
 
 
 @pytest.mark.parametrize(
-    "itype,width",
-    [
-        (it, w) if (it, w) in CONV_DEFAULT else pytest.param(it, w, marks=pytest.mark.slow)
-        for it in (torch.float32, *HALF)
-        for w in (2, 3, 4)
-    ],
+    "backend,itype,width",
+    cases([(it, w) for it in (torch.float32, *HALF) for w in (2, 3, 4)], default=lambda b, iw: iw in CONV_DEFAULT),
+    indirect=["backend"],
 )
 def test_causal_conv1d_upstream_grid(backend, itype, width):
     """causal-conv1d's grid at dim 64: all 18 lengths with bias, SiLU, initial and final
-    states on, and every on/off combination of those at lengths 1, 2, 8 and 129 (shorter
-    than, about, and past a block of the kernel); x in `itype` beside a float32 weight and
-    bias (upstream's mixed dtypes)."""
-    if itype == torch.float32 or (itype, width) not in CONV_DEFAULT:
+    states on (Triton: test_causal_conv1d_upstream_every_length, `slow`), and every on/off
+    combination of those at lengths 1, 2, 8 and 129 (shorter than, about, and past a block
+    of the kernel); x in `itype` beside a float32 weight and bias (upstream's mixed dtypes)."""
+    if backend != "triton" and (itype == torch.float32 or (itype, width) not in CONV_DEFAULT):
         _conv_grid(backend, itype, width, CONV_SEQLENS, [(True, True, True, True)])
     _conv_grid(backend, itype, width, (1, 2, 8, 129), FLAGS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "backend,itype", cases((torch.float32, *HALF), runs=lambda b, it: b == "triton"), indirect=["backend"]
+)
+def test_causal_conv1d_upstream_every_length(backend, itype):
+    """The grid's 18 lengths with every state on, for the backend whose interpreter makes
+    them too slow for test_causal_conv1d_upstream_grid's default cases."""
+    _conv_grid(backend, itype, 4, CONV_SEQLENS, [(True, True, True, True)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend,itype", cases((torch.float32, torch.bfloat16), runs=not_triton), indirect=["backend"])
 def test_causal_conv1d_upstream_grid_every_flag(backend, itype, width=4):
     """Every length with every flag combination (width 4, fp32 and bf16; the other widths
     and dtypes run every flag at the short lengths above)."""
@@ -201,7 +259,7 @@ def test_causal_conv1d_upstream_grid_every_flag(backend, itype, width=4):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend,itype", cases((torch.float32, torch.bfloat16), runs=not_triton), indirect=["backend"])
 def test_causal_conv1d_upstream_wide(backend, itype):
     """Upstream's dim 4096 + 32 (channel blocks with a partial last one)."""
     for seqlen in (1, 129, 1134):

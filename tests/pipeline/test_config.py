@@ -42,6 +42,19 @@ def test_bad_values_name_the_key(bad, needle):
     assert needle in str(e.value)
 
 
+def test_the_removed_mamba_ssm_backend_says_where_it_went(tmp_path):
+    """An old config's `scan_backend: cuda` (the mamba-ssm backend, removed): one line
+    naming the setting, what happened and what to use instead."""
+    p = tmp_path / "old.yaml"
+    p.write_text("model:\n  scan_backend: cuda\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    assert "model.scan_backend" in msg and "mamba-ssm" in msg and "removed" in msg and "'triton'" in msg, msg
+    assert load_config(overrides={"model": {"scan_backend": "triton"}}).model.scan_backend == "triton"
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")

@@ -21,7 +21,7 @@ __all__ = ["set_scan_backend", "scan_backend_of"]
 
 def set_scan_backend(model: nn.Module, name: Optional[str]) -> nn.Module:
     """Every VideoMamba mixer in `model` on backend `name` ("ref", "cpu", "numba",
-    "triton", "cuda"; None: chosen by the tensors' device); in place, returns it. An
+    "triton"; None: chosen by the tensors' device); in place, returns it. An
     unknown name is a ValueError (whether it can run on the model's device is found at
     its first scan, or beforehand with `ops.dispatch.check_backend(name, device)`)."""
     check_backend(name)

@@ -31,7 +31,7 @@ class ModelConfig(_Strict):
     name: Optional[str] = "videomamba_t16_k400_f16_res224"
     checkpoint: Optional[str] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    scan_backend: Literal["auto", "ref", "cpu", "numba", "triton", "cuda"] = "auto"
+    scan_backend: Literal["auto", "ref", "cpu", "numba", "triton"] = "auto"
     top_k: int = Field(5, ge=1, le=100)
     # Video-level answer of a finite stream: the last segment's logits (they have seen
     # the whole video through the carried state) or the mean over segments.
@@ -51,6 +51,13 @@ class ModelConfig(_Strict):
     # matmul speed on CPUs with AVX512-BF16/AMX; scan, state and norms stay fp32;
     # its drift is in the README).
     precision: Literal["fp32", "bf16"] = "fp32"
+
+    @field_validator("scan_backend", mode="before")
+    @classmethod
+    def _removed_backend(cls, v):
+        if v == "cuda":  # old configs: say where it went, not just what is allowed
+            raise ValueError("'cuda' (the mamba-ssm backend) was removed: 'triton' is the GPU backend")
+        return v
 
     @field_validator("max_batch", mode="before")
     @classmethod

@@ -41,7 +41,7 @@ def test_dry_run_runs_every_section_and_passes(triton_ops):
         assert f"== {title}" in r.stdout
     assert "FAIL" not in r.stdout
     assert "log: scan backend: triton (asked for by name)" in r.stdout
-    assert "SKIP mamba-ssm scan and conv (backend 'cuda'): no CUDA device" in r.stdout
+    assert "SKIP mamba-ssm yardstick (Triton against mamba-ssm's own kernels): no CUDA device" in r.stdout
     figs = _figures(r.stdout)
     assert figs["gpu_check_ok"] == 1 and figs["failures"] == 0
     assert r.stdout.rstrip().splitlines()[-1] == "gpu_check_ok=1"
@@ -57,6 +57,8 @@ def test_dry_run_runs_every_section_and_passes(triton_ops):
     assert figs["bf16_drift_ti"] > 0  # autocast really ran in bf16
     assert figs["decode_pyav_fps"] > 0 and figs["ti2_b2_bf16_seg_per_s"] > 0
     assert figs["matmul_tflops_fp32"] > 0 and figs["faiss_top10_mismatch"] == 0
+    assert figs["scan_backend_triton_vs_ref"] > 0 and figs["scan_backend_triton_vs_ref_train"] > 0
+    assert figs["scan_triton_vs_mamba_ssm"] != figs["scan_triton_vs_mamba_ssm"]  # nan: no mamba-ssm here
     assert figs["pipeline_2x108p_seg_per_s"] > 0 and figs["pipeline_2x108p_vs_slowest_stage"] > 0
 
 

@@ -1,5 +1,7 @@
-"""The Triton selective scan (triton_scan.py) against the reference, on CPU tensors
-through Triton's interpreter (see conftest.py).
+"""What only the Triton selective scan (triton_scan.py) has, on CPU tensors through
+Triton's interpreter (see conftest.py): its chunked forward form, and the error where
+numpy is too new for the interpreter. What every backend must do is in
+tests/models/test_ops_scan.py, Triton among `BACKENDS`.
 
 Block edges crossed: D = 20 spans two channel blocks of 16 (the second partial), N = 5
 pads to a state block of 8, and with checkpoints every 8 steps L = 1, 8, 9 and 19 are
@@ -10,7 +12,6 @@ partial one. The interpreter is slow (~10 ms a step per program): shapes stay sm
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.fixtures.ops import assert_close, leaf_copies, pick, scan_inputs
 from vmstream.models.ops import dispatch, selective_scan_ref
@@ -31,31 +32,6 @@ def _inputs(Bsz=1, L=19, D=20, N=5, seed=0, features=FEATURES[0]):
     if not use_bias:  # without softplus Δ must still be a sensible step size
         inp["delta"] = inp["delta"].abs() * 0.3
     return inp, use_bias
-
-
-@pytest.mark.parametrize("L", [1, 8, 9, 19])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_lengths_across_chunk_edges(triton_ops, L, reverse):
-    inp, _ = _inputs(L=L, seed=1)
-    y, last = triton_ops.selective_scan_triton(**inp, delta_softplus=True, return_last_state=True, reverse=reverse)
-    y_ref, last_ref = selective_scan_ref(**inp, delta_softplus=True, return_last_state=True, reverse=reverse)
-    assert_close(y, y_ref, what="out")
-    assert_close(last, last_ref, what="last_state")
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_inputs_keep_a_float32_state(triton_ops, dtype):
-    """bf16/fp16 inputs: out in the input's dtype, the state in float32, both as close to
-    the float32 reference (on the same rounded inputs) as one final rounding allows."""
-    inp, _ = _inputs(L=9, seed=2)
-    low = {k: (v.to(dtype) if k in ("u", "delta", "z", "B", "C") and v is not None else v) for k, v in inp.items()}
-    y, last = triton_ops.selective_scan_triton(**low, delta_softplus=True, return_last_state=True)
-    assert y.dtype == dtype and last.dtype == torch.float32
-    y_ref, last_ref = selective_scan_ref(
-        **{k: v.float() if v is not None else None for k, v in low.items()}, delta_softplus=True, return_last_state=True
-    )
-    assert_close(last, last_ref, what="last_state")
-    assert_close(y, y_ref, rtol=1e-2, atol_rel=1e-2, what="out")
 
 
 def test_numpy_too_new_for_the_interpreter_is_a_clear_error(triton_ops, monkeypatch):

@@ -3,8 +3,8 @@
 `mamba_inner` (a Mamba layer between in_proj and out_proj, `mixer.py`) is the entry point
 the model uses, built on `selective_scan` and `causal_conv1d`; the
 backend is chosen per call (see `dispatch.py`): the PyTorch reference (the oracle), a
-fast fused CPU kernel, vmstream's Triton kernels on CUDA (`triton_scan.py`), or
-mamba-ssm / causal-conv1d on CUDA where asked for.
+fast fused CPU kernel (numba where no compiler exists), or vmstream's Triton kernels on
+CUDA (`triton_scan.py`).
 """
 
 from .dispatch import available_backends, causal_conv1d, selective_scan

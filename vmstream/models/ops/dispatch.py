@@ -24,15 +24,12 @@ Optional keyword arguments added to the contract:
         gradients a float32 `out` with a contiguous last dim is written by the kernel
         itself; elsewhere (and under autograd) it is `out.add_(y)` / `out.copy_(y)`.
 
-`backend` is None (automatic), or one of "ref", "cpu", "numba", "cuda", "triton": the
+`backend` is None (automatic), or one of "ref", "cpu", "numba", "triton": the
 argument is the only way to choose, nothing process-wide (a model holds its mixers'
 `scan_backend` and passes it to every call; the pipeline's `model.scan_backend` sets it).
 Automatic: CUDA tensors -> "triton" (vmstream's own Triton
 kernels, `triton_scan.py`; Triton ships with torch's CUDA wheels); where Triton does not
-import, "cuda" when mamba-ssm and causal-conv1d import, else "ref" — the choice logged
-once, with the reason for each fallback. "cuda" (mamba-ssm / causal-conv1d with the
-carried state injected around them, `cuda.py`) runs only where asked for
-(backend="cuda") or as that fallback. CPU tensors ->
+import, "ref" — the choice logged once, with the reason for the fallback. CPU tensors ->
 "cpu", the fused C++ kernel, built on first use (`cpu_ext.py`); where it cannot be built
 it falls back to "numba", and where numba is missing too, to "ref" — each fallback
 logged once with its reason. "numba" asks for the numba kernels explicitly. "triton" on
@@ -40,7 +37,11 @@ CPU tensors runs the Triton kernels through Triton's interpreter and needs
 TRITON_INTERPRET=1 in the environment before the first Triton scan (tests, and checking
 the whole model through the GPU kernels on a machine without a GPU). Backends differ
 only in float rounding (a few ulp per op); the CPU and Triton ones compute in float32
-and return `out` in u's dtype (x's for the conv).
+and return `out` in u's dtype (x's for the conv). Each earns its place with a line in a
+benchmark: benchmarks/scan_backends.py (cpu and numba against ref), gpu_check.py
+(triton against ref on a GPU). There is no mamba-ssm backend any more (it was "cuda"):
+the Triton kernels carry the state natively, and gpu_check.py holds them against
+mamba-ssm's own kernels, as a yardstick, where those are installed.
 
 Gradients: every backend is differentiable with respect to every tensor input,
 `initial_state` and `initial_tail` included, and a loss on `last_state` / `final_tail`
@@ -48,9 +49,7 @@ flows back (truncated BPTT across segments). "cpu" and "numba" have backward ker
 that recompute the states from checkpoints every 64 steps (memory O(B·D·N·L/64));
 "triton" has a backward kernel with the same checkpoint scheme (every 32 steps) for the
 scan and recomputes the conv's backward through `F.conv1d` (its forward has two parallel
-forms, VMSTREAM_TRITON_SCAN_FORM=sequential|chunked, see `triton_scan.py`); "cuda" differentiates through
-mamba-ssm's kernel plus the injection terms, and
-recomputes the last state as a differentiable expression when it needs a gradient.
+forms, VMSTREAM_TRITON_SCAN_FORM=sequential|chunked, see `triton_scan.py`).
 
 `available_backends()` tells which backends work here and why not (`vmstream info`).
 Pre-build the C++ kernel with `python -m vmstream.models.ops.build`.
@@ -70,7 +69,7 @@ from .reference import causal_conv1d_ref, selective_scan_ref
 
 log = logging.getLogger("vmstream.models.ops")
 
-_BACKENDS = ("ref", "cpu", "numba", "cuda", "triton")
+_BACKENDS = ("ref", "cpu", "numba", "triton")
 
 _lock = threading.Lock()
 _cpu_impl: Optional[str] = None  # what "cpu" resolved to: "cpp", "numba" or "ref"
@@ -115,7 +114,7 @@ def available_backends(build: bool = True) -> dict[str, str]:
     (about 10-20 s, once per machine); with `build=False` an unbuilt kernel is
     reported as such instead.
     """
-    from . import cpu_ext, cuda  # noqa: PLC0415
+    from . import cpu_ext  # noqa: PLC0415
 
     result = {"ref": "ok"}
     if build:
@@ -127,7 +126,6 @@ def available_backends(build: bool = True) -> dict[str, str]:
     else:
         result["cpu"] = "ok" if "native" in cpu_ext._loaded else "not built yet (built on first use)"
     result["numba"] = _numba_status()
-    result["cuda"] = cuda.status()
     result["triton"] = _triton_status()
     return result
 
@@ -145,25 +143,16 @@ def _info_once(key: str, msg: str, *args) -> None:
 
 
 def _auto_cuda() -> str:
-    """The automatic choice for CUDA tensors: Triton, else mamba-ssm, else the
-    reference; the choice (and why a preferred backend was passed over) logged once."""
-    from . import cuda  # noqa: PLC0415
-
+    """The automatic choice for CUDA tensors: Triton, else the reference; the choice (and
+    why Triton was passed over) logged once."""
     triton_status = _triton_status()
     if triton_status == "ok":
         _info_once("auto-cuda", "scan backend: triton (vmstream's Triton kernels on CUDA)")
         return "triton"
-    cuda_status = cuda.status()
-    if cuda_status == "ok":
-        _warn_once(
-            "auto-cuda", "scan backend: cuda (mamba-ssm and causal-conv1d); Triton unavailable: %s", triton_status
-        )
-        return "cuda"
     _warn_once(
         "auto-cuda",
-        "scan backend: ref on CUDA tensors, the slow PyTorch loop (Triton unavailable: %s; mamba-ssm unavailable: %s)",
+        "scan backend: ref on CUDA tensors, the slow PyTorch loop (Triton unavailable: %s)",
         triton_status,
-        cuda_status,
     )
     return "ref"
 
@@ -197,12 +186,21 @@ def _resolve_cpu() -> str:
         return _cpu_impl
 
 
+def _unknown_backend(name: str) -> ValueError:
+    """The error for a scan backend name that does not exist; "cuda" (the mamba-ssm
+    backend, removed) points at its successor."""
+    if name == "cuda":
+        return ValueError(
+            "scan backend 'cuda' was removed with vmstream's mamba-ssm backend: "
+            "'triton' is the GPU backend (or leave the choice automatic)"
+        )
+    return ValueError(f"unknown scan backend {name!r}; expected one of {_BACKENDS}")
+
+
 def _choose(tensor: Tensor, backend: Optional[str]) -> str:
     if backend is not None:
         if backend not in _BACKENDS:
-            raise ValueError(f"unknown scan backend {backend!r}; expected one of {_BACKENDS}")
-        if backend == "cuda" and not tensor.is_cuda:
-            raise ValueError(f"scan backend 'cuda' needs CUDA tensors, got {tensor.device}")
+            raise _unknown_backend(backend)
         if backend in ("cpu", "numba") and tensor.device.type != "cpu":
             raise ValueError(f"scan backend {backend!r} needs CPU tensors, got {tensor.device}")
         if backend == "triton":
@@ -226,13 +224,13 @@ def _choose(tensor: Tensor, backend: Optional[str]) -> str:
 
 def check_backend(name: Optional[str], device=None) -> None:
     """ValueError when the scan backend `name` does not exist or cannot run on `device`
-    (cuda or triton on a machine without a GPU): the check a first scan would make, made
+    (triton on a machine without a GPU): the check a first scan would make, made
     before any work starts. None (automatic) always passes; without a device only the
     name is checked (no tensor made: a CUDA context is not wanted yet)."""
     if name is None:
         return
     if name not in _BACKENDS:
-        raise ValueError(f"unknown scan backend {name!r}; expected one of {_BACKENDS}")
+        raise _unknown_backend(name)
     if device is None:
         return
     try:
@@ -407,13 +405,7 @@ def selective_scan(
                 accumulate,
             )
         name = "ref"
-    if name == "cuda":
-        from .cuda import selective_scan_cuda  # noqa: PLC0415
-
-        res = selective_scan_cuda(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, reverse
-        )
-    elif name == "triton":
+    if name == "triton":
         from .triton_scan import selective_scan_triton  # noqa: PLC0415
 
         res = selective_scan_triton(
@@ -449,10 +441,6 @@ def causal_conv1d(
         if nbk is not None:
             return nbk.causal_conv1d_numba(x, weight, bias, initial_tail, activation, return_final_tail, reverse)
         name = "ref"
-    if name == "cuda":
-        from .cuda import causal_conv1d_cuda  # noqa: PLC0415
-
-        return causal_conv1d_cuda(x, weight, bias, initial_tail, activation, return_final_tail, reverse)
     if name == "triton":
         from .triton_scan import causal_conv1d_triton  # noqa: PLC0415
 

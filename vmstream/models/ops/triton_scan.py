@@ -1,7 +1,7 @@
 """The Triton backend: selective scan (forward and backward) and causal depthwise conv.
 
 Token-major [B, L, D] like every backend (no transposes), the carried state taken
-natively (no injection algebra), `reverse=True` by walking the tokens backwards, fp32
+natively, `reverse=True` by walking the tokens backwards, fp32
 state and accumulation with fp32/bf16/fp16 inputs, outputs in the input's dtype.
 
 Parallel forms of the forward, one program per (batch row, block of channels) with the
