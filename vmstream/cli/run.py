@@ -111,7 +111,7 @@ def main(args) -> int:
                 file=sys.stderr,
             )
     if report.streams_stopped:
-        where = runner.checkpoints.location
+        where = runner.snapshots.location
         print(
             f"stopped: {report.streams_stopped} of {report.streams} streams did not finish; run the same "
             f"command again to resume them" + (f" (snapshots in {where})" if where else ""),

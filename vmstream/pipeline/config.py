@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vmstream import config_loader
 from vmstream.config_loader import ConfigError, parse_override
+from vmstream.scan_backend_names import ScanBackendSetting, unknown_backend
 from vmstream.stages.sampling_kinds import SAMPLING_KINDS
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "parse_override"]
@@ -31,7 +32,7 @@ class ModelConfig(_Strict):
     name: Optional[str] = "videomamba_t16_k400_f16_res224"
     checkpoint: Optional[str] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    scan_backend: Literal["auto", "ref", "cpu", "numba", "triton"] = "auto"
+    scan_backend: ScanBackendSetting = "auto"
     top_k: int = Field(5, ge=1, le=100)
     # Video-level answer of a finite stream: the last segment's logits (they have seen
     # the whole video through the carried state) or the mean over segments.
@@ -56,7 +57,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _removed_backend(cls, v):
         if v == "cuda":  # old configs: say where it went, not just what is allowed
-            raise ValueError("'cuda' (the mamba-ssm backend) was removed: 'triton' is the GPU backend")
+            raise unknown_backend(v)
         return v
 
     @field_validator("max_batch", mode="before")

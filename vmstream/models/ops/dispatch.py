@@ -65,11 +65,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vmstream.scan_backend_names import SCAN_BACKENDS, unknown_backend
+
 from .reference import causal_conv1d_ref, selective_scan_ref
 
 log = logging.getLogger("vmstream.models.ops")
 
-_BACKENDS = ("ref", "cpu", "numba", "triton")
+_BACKENDS = SCAN_BACKENDS
 
 _lock = threading.Lock()
 _cpu_impl: Optional[str] = None  # what "cpu" resolved to: "cpp", "numba" or "ref"
@@ -187,14 +189,7 @@ def _resolve_cpu() -> str:
 
 
 def _unknown_backend(name: str) -> ValueError:
-    """The error for a scan backend name that does not exist; "cuda" (the mamba-ssm
-    backend, removed) points at its successor."""
-    if name == "cuda":
-        return ValueError(
-            "scan backend 'cuda' was removed with vmstream's mamba-ssm backend: "
-            "'triton' is the GPU backend (or leave the choice automatic)"
-        )
-    return ValueError(f"unknown scan backend {name!r}; expected one of {_BACKENDS}")
+    return unknown_backend(name) or ValueError(f"scan backend {name!r}")
 
 
 def _choose(tensor: Tensor, backend: Optional[str]) -> str:
