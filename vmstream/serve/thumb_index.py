@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vmstream.store.parts_manifest import ResultsCorruptError
-from vmstream.store.results import check_part, read_row_group
+from vmstream.store.results import check_part, part_paths, read_row_group
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,16 @@ class ThumbIndex:
     def _listing(self) -> tuple:
         out = []
         try:
-            names = os.listdir(self.directory)
+            paths = part_paths(self.directory)
         except OSError:
             return ()
-        for n in names:
-            if n.startswith("part-") and n.endswith(".parquet"):
-                try:
-                    st = os.stat(self.directory / n)
-                except OSError:
-                    continue
-                out.append((n, st.st_size, st.st_mtime_ns, st.st_ino))
-        return tuple(sorted(out))
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            out.append((path.name, st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(out)
 
     def __len__(self) -> int:
         return int(self._uids.size)

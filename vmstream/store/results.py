@@ -99,10 +99,7 @@ def _list_parts(directory: Path, cache: Optional[dict] = None) -> list[_Part]:
     """The parts in write order. `cache` (the writer's: name -> (stat key, rows)) saves
     reading the footer of a part that has not changed since the last listing."""
     parts = []
-    for p in directory.iterdir() if directory.is_dir() else ():
-        m = _PART_RE.match(p.name)
-        if not m:
-            continue
+    for p in part_paths(directory):
         if cache is None:
             rows = _num_rows(p)
         else:
@@ -112,7 +109,7 @@ def _list_parts(directory: Path, cache: Optional[dict] = None) -> list[_Part]:
             if hit is None or hit[0] != stamp:
                 hit = cache[p.name] = (stamp, _num_rows(p))
             rows = hit[1]
-        parts.append(_Part(int(m.group(1)), p, rows))
+        parts.append(_Part(int(_PART_RE.match(p.name).group(1)), p, rows))
     if cache is not None and len(cache) > 2 * len(parts) + 16:
         names = {part.path.name for part in parts}
         for name in [n for n in cache if n not in names]:
