@@ -4,7 +4,7 @@ error answer before torch loads."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 SCAN_BACKENDS = ("ref", "cpu", "numba", "triton")
 
@@ -12,14 +12,14 @@ SCAN_BACKENDS = ("ref", "cpu", "numba", "triton")
 ScanBackendSetting = Literal["auto", "ref", "cpu", "numba", "triton"]
 
 
-def unknown_backend(name: str) -> Optional[ValueError]:
-    """None when `name` is a scan backend, else the error to raise; "cuda" (the mamba-ssm
-    backend, removed) points at its successor."""
+def check_backend_name(name: str) -> None:
+    """ValueError unless `name` is a scan backend; "cuda" (the mamba-ssm backend,
+    removed) points at its successor."""
     if name in SCAN_BACKENDS:
-        return None
+        return
     if name == "cuda":
-        return ValueError(
+        raise ValueError(
             "scan backend 'cuda' was removed with vmstream's mamba-ssm backend: "
             "'triton' is the GPU backend (or leave the choice automatic)"
         )
-    return ValueError(f"unknown scan backend {name!r}; expected one of {SCAN_BACKENDS}")
+    raise ValueError(f"unknown scan backend {name!r}; expected one of {SCAN_BACKENDS}")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vmstream import config_loader
 from vmstream.config_loader import ConfigError, parse_override
-from vmstream.scan_backend_names import ScanBackendSetting, unknown_backend
+from vmstream.scan_backend_names import ScanBackendSetting, check_backend_name
 from vmstream.stages.sampling_kinds import SAMPLING_KINDS
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "parse_override"]
@@ -57,7 +57,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _removed_backend(cls, v):
         if v == "cuda":  # old configs: say where it went, not just what is allowed
-            raise unknown_backend(v)
+            check_backend_name(v)
         return v
 
     @field_validator("max_batch", mode="before")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vmstream import config_loader
 from vmstream.config_loader import parse_overrides
-from vmstream.scan_backend_names import unknown_backend
+from vmstream.scan_backend_names import check_backend_name
 
 __all__ = [
     "TrainConfig",
@@ -322,8 +322,8 @@ class TrainConfig(BaseModel):
     @field_validator("scan_backend")
     @classmethod
     def _known_backend(cls, v):
-        if v != "auto" and (e := unknown_backend(v)):  # whether it can run on the device: at the run's start
-            raise e
+        if v != "auto":  # whether it can run on the device is checked at the run's start
+            check_backend_name(v)
         return v
 
     @field_validator("opt_betas")

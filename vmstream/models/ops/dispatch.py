@@ -65,13 +65,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vmstream.scan_backend_names import SCAN_BACKENDS, unknown_backend
+from vmstream.scan_backend_names import check_backend_name
 
 from .reference import causal_conv1d_ref, selective_scan_ref
 
 log = logging.getLogger("vmstream.models.ops")
 
-_BACKENDS = SCAN_BACKENDS
 
 _lock = threading.Lock()
 _cpu_impl: Optional[str] = None  # what "cpu" resolved to: "cpp", "numba" or "ref"
@@ -188,14 +187,9 @@ def _resolve_cpu() -> str:
         return _cpu_impl
 
 
-def _unknown_backend(name: str) -> ValueError:
-    return unknown_backend(name) or ValueError(f"scan backend {name!r}")
-
-
 def _choose(tensor: Tensor, backend: Optional[str]) -> str:
     if backend is not None:
-        if backend not in _BACKENDS:
-            raise _unknown_backend(backend)
+        check_backend_name(backend)
         if backend in ("cpu", "numba") and tensor.device.type != "cpu":
             raise ValueError(f"scan backend {backend!r} needs CPU tensors, got {tensor.device}")
         if backend == "triton":
@@ -224,8 +218,7 @@ def check_backend(name: Optional[str], device=None) -> None:
     name is checked (no tensor made: a CUDA context is not wanted yet)."""
     if name is None:
         return
-    if name not in _BACKENDS:
-        raise _unknown_backend(name)
+    check_backend_name(name)
     if device is None:
         return
     try:
