@@ -126,13 +126,12 @@ def main(args) -> int:
     from vmstream.serve.app import create_app
     from vmstream.serve.model_loader import load_store_model
     from vmstream.serve.state import Limits
-    from vmstream.store import open_store, store_backend
+    from vmstream.store import open_store
     from vmstream.store.files import StoreCorruptError
 
     meta = {}
     try:
-        faiss_only = {"use_gpu": False} if store_backend(index) == "faiss" else {}
-        store = open_store(index, readonly=True, **faiss_only)
+        store = open_store(index, readonly=True, use_gpu=False)  # FAISS' option; Milvus ignores it
         meta = dict(store.meta)
         store.close()
     except FileNotFoundError as e:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vmstream.store import open_store, store_backend
+from vmstream.store import open_store
 from vmstream.store.results import read_table
 
 from .params import ApiError
@@ -138,9 +138,7 @@ class LiveStore:
         try:
             if snap is not None and snap.store.backend == "milvus":
                 store = snap.store  # live: the same client sees every commit
-            elif store_backend(self.index_dir) == "milvus":
-                store = open_store(self.index_dir, readonly=True)
-            else:
+            else:  # use_gpu is FAISS' option; a Milvus store takes and ignores it
                 store = open_store(self.index_dir, readonly=True, use_gpu=False)
         except FileNotFoundError as e:
             return self._fail(key, str(e))
